@@ -1,0 +1,30 @@
+// Entry point of the compiled extension vlkernels._C: the Python module init (so that
+// `import vlkernels._C` loads this library and runs the static op registrations) and the
+// op schemas, declared once here; each backend registers implementations in its own file.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// An empty module: the ops live in torch.ops.vlkernels, not in this module's namespace.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(vlkernels, m) {
+  // A trivial op that proves the build and the registration path work on every backend.
+  m.def("build_info() -> str");
+}
+
+namespace {
+std::string build_info() {
+#ifdef VLKERNELS_WITH_CUDA
+  return "cpu+cuda";
+#else
+  return "cpu";
+#endif
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vlkernels, CompositeExplicitAutograd, m) { m.impl("build_info", &build_info); }

@@ -1,0 +1,17 @@
+"""vlkernels: memory-efficient kernels for vision-language (CLIP-style) pre-training.
+
+Public API::
+
+    from vlkernels import contrastive_loss, ClipLoss
+    loss = contrastive_loss(image_features, text_features, logit_scale)
+"""
+
+from vlkernels.functional import contrastive_loss
+from vlkernels.nn import ClipLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClipLoss",
+    "contrastive_loss",
+]
