@@ -10,7 +10,7 @@ INSTALL_HINT = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_error() -> str | None:
     """None when the extension is loaded, else the reason it is not."""
     import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)

@@ -1,0 +1,1 @@
+"""Kernels and their autograd Functions. Triton modules are imported lazily (see functional.py)."""
