@@ -1,10 +1,11 @@
 """Symmetric InfoNCE (CLIP) loss without the B x B logits: the autograd Function shared by backends.
 
-A backend supplies two O(B)-memory passes over tiles of S = s * I @ T.T (never storing S):
+A backend supplies two O(B)-memory passes over tiles of S = s * I @ T.T (never storing S); both
+accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme uses:
 
-- ``lse(I, T, s) -> (r, c)``: row and column log-sum-exps of S, fp32 [B] each;
+- ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32;
 - ``accumulate(I, T, s, r, c) -> (A_I, A_T)``: with W = exp(S - r[:, None]) + exp(S - c[None, :]),
-  ``A_I = W @ T`` and ``A_T = W.T @ I`` in fp32 [B, D].
+  ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I`` [N, D] in fp32.
 
 Everything else is O(B D) algebra done here once for all backends (see DESIGN.md section 2):
 

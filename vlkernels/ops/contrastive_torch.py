@@ -16,12 +16,13 @@ _CPU_CHUNK_ELEMS = 1 << 22
 _CUDA_CHUNK_ELEMS = 1 << 26
 
 
-def chunk_rows(batch: int, device: torch.device) -> int:
+def chunk_rows(rows: int, cols: int, device: torch.device) -> int:
+    """Rows of S per chunk: ``VLKERNELS_TORCH_CHUNK_ROWS`` if set, else a fixed element budget."""
     env = os.environ.get("VLKERNELS_TORCH_CHUNK_ROWS")
     if env:
         return max(1, int(env))
     elems = _CUDA_CHUNK_ELEMS if device.type == "cuda" else _CPU_CHUNK_ELEMS
-    return max(1, min(batch, elems // batch))
+    return max(1, min(rows, elems // cols))
 
 
 class TorchBackend:
@@ -30,16 +31,17 @@ class TorchBackend:
     def __init__(self, chunk: int | None = None):
         self.chunk = chunk
 
-    def _chunks(self, batch: int, device: torch.device):
-        step = self.chunk or chunk_rows(batch, device)
-        return range(0, batch, step), step
+    def _chunks(self, rows: int, cols: int, device: torch.device):
+        step = self.chunk or chunk_rows(rows, cols, device)
+        return range(0, rows, step), step
 
     def lse(self, image, text, scale):
-        batch = image.shape[0]
+        """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D])."""
+        rows = image.shape[0]
         t32 = text.float()
-        r = torch.empty(batch, dtype=torch.float32, device=image.device)
-        c = torch.full((batch,), float("-inf"), dtype=torch.float32, device=image.device)
-        starts, step = self._chunks(batch, image.device)
+        r = torch.empty(rows, dtype=torch.float32, device=image.device)
+        c = torch.full((text.shape[0],), float("-inf"), dtype=torch.float32, device=image.device)
+        starts, step = self._chunks(rows, text.shape[0], image.device)
         for start in starts:
             s_blk = torch.matmul(image[start : start + step].float(), t32.T).mul_(scale)
             r[start : start + step] = torch.logsumexp(s_blk, dim=1)
@@ -47,11 +49,11 @@ class TorchBackend:
         return r, c
 
     def accumulate(self, image, text, scale, r, c):
-        batch = image.shape[0]
+        """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :])."""
         t32 = text.float()
-        a_i = torch.empty(t32.shape, dtype=torch.float32, device=image.device)
+        a_i = torch.empty(image.shape, dtype=torch.float32, device=image.device)
         a_t = torch.zeros(t32.shape, dtype=torch.float32, device=image.device)
-        starts, step = self._chunks(batch, image.device)
+        starts, step = self._chunks(image.shape[0], text.shape[0], image.device)
         for start in starts:
             i_blk = image[start : start + step].float()
             s_blk = torch.matmul(i_blk, t32.T).mul_(scale)
