@@ -1,0 +1,53 @@
+"""Shared helpers for the loss tests: inputs, per-dtype tolerances, comparison of values and grads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Per-dtype tolerances for comparing against the fp32 naive reference computed from the same inputs:
+# differences come from fp32 accumulation order and from rounding the gradients to the input dtype.
+TOL = {
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=2e-3, rtol=4e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+# On a GPU the operands of the products are rounded to the input dtype (tensor cores) and W to it too.
+TOL_GPU = {
+    torch.float32: dict(atol=1e-4, rtol=1e-4),
+    torch.float16: dict(atol=4e-3, rtol=1e-2),
+    torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
+}
+
+
+def features(batch: int, dim: int, dtype=torch.float32, device="cpu", seed: int = 0):
+    """L2-normalised random image and text features (never zeros), correlated along the diagonal."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    img = torch.randn(batch, dim, generator=g)
+    txt = img + 0.8 * torch.randn(batch, dim, generator=g)
+    img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)
+    return img.to(device=device, dtype=dtype), txt.to(device=device, dtype=dtype)
+
+
+def run_loss(fn, img, txt, scale, grad_out: float = 1.0, **kwargs):
+    """Loss value and the grads of (img, txt, scale) for fresh leaf copies of the inputs."""
+    img = img.detach().clone().requires_grad_()
+    txt = txt.detach().clone().requires_grad_()
+    leaves = [img, txt]
+    if isinstance(scale, torch.Tensor):
+        scale = scale.detach().clone().requires_grad_()
+        leaves.append(scale)
+    loss = fn(img, txt, scale, **kwargs)
+    loss.backward(torch.tensor(grad_out, dtype=loss.dtype, device=loss.device))
+    return [loss.detach()] + [leaf.grad for leaf in leaves]
+
+
+def assert_close_all(got, want, dtype, tol=None):
+    tol = (tol or TOL)[dtype]
+    names = ["loss", "d_image", "d_text", "d_scale"]
+    for name, a, b in zip(names, got, want, strict=True):
+        assert a is not None and b is not None, name
+        assert a.shape == b.shape, (name, a.shape, b.shape)
+        assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
+        assert torch.isfinite(a).all(), f"{name} is not finite"
+        torch.testing.assert_close(a.float(), b.float(), msg=lambda m, n=name: f"{n}: {m}", **tol)

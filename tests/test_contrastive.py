@@ -1,0 +1,327 @@
+"""Contrastive loss: every impl against the naive reference, values and all gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests._ref import TOL, assert_close_all, features, run_loss
+from vlkernels import ClipLoss, contrastive_loss
+from vlkernels.functional import resolve_impl
+from vlkernels.reference import contrastive_loss_naive
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _naive(img, txt, scale, **kw):
+    return contrastive_loss(img, txt, scale, impl="naive", **kw)
+
+
+def _check(impl, batch, dim, dtype=torch.float32, scale=14.3, eps=0.0, grad_out=1.0, reduction="mean"):
+    img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim)
+    kw = dict(label_smoothing=eps, reduction=reduction)
+    want = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
+    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl=impl, **kw)
+    assert_close_all(got, want, dtype)
+    return got
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 17, 127, 257])
+@pytest.mark.parametrize("dim", [1, 7, 64, 100, 129])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_torch_matches_naive_shapes(batch, dim, eps):
+    _check("torch", batch, dim, eps=eps, grad_out=1.7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 14.3, 100.0])
+def test_torch_matches_naive_dtypes_scales(dtype, scale):
+    _check("torch", 33, 65, dtype=dtype, scale=scale, eps=0.1, grad_out=0.3)
+
+
+def test_torch_small_chunks_match(monkeypatch):
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "5")
+    _check("torch", 37, 19, eps=0.1, grad_out=2.0)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "batch,dim",
+    [(1, 1), (2, 7), (3, 64), (17, 100), (17, 129), (40, 1), (33, 65), (64, 32)],
+)
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_triton_matches_naive_shapes(batch, dim, eps):
+    _check("triton", batch, dim, eps=eps, grad_out=1.7)
+
+
+@pytest.mark.interpreter
+@pytest.mark.slow
+def test_triton_matches_naive_large():
+    _check("triton", 127, 129, eps=0.1, grad_out=0.5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_triton_matches_naive_dtypes(dtype, scale):
+    _check("triton", 20, 40, dtype=dtype, scale=scale, eps=0.1, grad_out=0.7)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("deterministic", ["0", "1"])
+def test_triton_backward_variants(monkeypatch, deterministic):
+    # "1": two gradient launches (no atomics); "0": one launch with atomic dK.
+    monkeypatch.setenv("VLKERNELS_DETERMINISTIC", deterministic)
+    _check("triton", 21, 70, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_sum_is_twice_mean(impl):
+    img, txt = features(9, 11)
+    mean = contrastive_loss(img, txt, 5.0, impl=impl)
+    total = contrastive_loss(img, txt, 5.0, impl=impl, reduction="sum")
+    torch.testing.assert_close(total, 2 * mean)
+    _check(impl, 9, 11, reduction="sum", grad_out=0.5, eps=0.1)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_matches_open_clip_formula(impl):
+    # open_clip's own expression, written independently of vlkernels.reference.
+    img, txt = features(23, 16)
+    scale = torch.tensor(math.log(1 / 0.07)).exp()
+    logits = scale * img @ txt.T
+    labels = torch.arange(23)
+    want = (
+        torch.nn.functional.cross_entropy(logits, labels)
+        + torch.nn.functional.cross_entropy(logits.T, labels)
+    ) / 2
+    torch.testing.assert_close(contrastive_loss(img, txt, scale, impl=impl), want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_non_contiguous_inputs(impl):
+    img, txt = features(19, 30)
+    img_nc = img.T.contiguous().T  # column-major storage
+    txt_nc = torch.cat([txt, txt], dim=1)[:, ::2]  # strided view
+    txt_nc.copy_(txt)
+    assert not img_nc.is_contiguous() and not txt_nc.is_contiguous()
+    want = run_loss(_naive, img, txt, torch.tensor(3.0), 1.0)
+    got = run_loss(contrastive_loss, img_nc, txt_nc, torch.tensor(3.0), 1.0, impl=impl)
+    assert_close_all(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_scale_as_float_and_one_element_tensor(impl):
+    img, txt = features(8, 5)
+    a = contrastive_loss(img, txt, 2.5, impl=impl)
+    s = torch.tensor([2.5], requires_grad=True)
+    b = contrastive_loss(img, txt, s, impl=impl)
+    b.backward()
+    torch.testing.assert_close(a, b.detach())
+    assert s.grad.shape == s.shape
+    s0 = torch.tensor(2.5, requires_grad=True)
+    contrastive_loss(img, txt, s0, impl="naive").backward()
+    torch.testing.assert_close(s.grad.reshape(()), s0.grad, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_open_clip_scale_parameter_gradient(impl):
+    # open_clip passes logit_scale.exp(): the gradient reaches the log-parameter through exp.
+    img, txt = features(12, 9)
+    grads = []
+    for which in ("naive", impl):
+        param = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        contrastive_loss(img, txt, param.exp(), impl=which, label_smoothing=0.1).backward()
+        grads.append(param.grad)
+    torch.testing.assert_close(grads[1], grads[0], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_only_requested_grads(impl):
+    img, txt = features(6, 4)
+    img.requires_grad_()
+    loss = contrastive_loss(img, txt, torch.tensor(3.0), impl=impl)
+    loss.backward()
+    assert img.grad is not None and txt.grad is None
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", pytest.param("triton", marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_non_finite_inputs_give_non_finite_loss(impl, bad):
+    img, txt = features(7, 5)
+    img[3, 2] = float(bad)
+    assert not torch.isfinite(contrastive_loss(img, txt, 10.0, impl=impl))
+    img, txt = features(7, 5)
+    assert not torch.isfinite(contrastive_loss(img, txt, torch.tensor(float(bad)), impl=impl))
+
+
+class _MaxNumel(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_never_materialises_b_by_b(monkeypatch, impl):
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    batch, dim = 96, 4
+    img, txt = features(batch, dim)
+    img.requires_grad_()
+    txt.requires_grad_()
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _MaxNumel() as mode:
+        loss = contrastive_loss(img, txt, torch.tensor(5.0, requires_grad=True), impl=impl)
+        loss.backward()
+    # torch: one chunk of 8 rows of S; triton: the interpreter's copies of one 16-row tile-row at most.
+    assert mode.max_numel <= 16 * batch < batch * batch, mode.max_numel
+    assert max(saved) <= batch * dim
+    # The check can fail: the naive implementation does materialise B x B.
+    with _MaxNumel() as mode:
+        contrastive_loss(img, txt, 5.0, impl="naive").backward()
+    assert mode.max_numel >= batch * batch
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 48),
+    dim=st.integers(1, 80),
+    scale=st.floats(0.5, 100.0),
+    eps=st.sampled_from([0.0, 0.1, 0.5]),
+    grad_out=st.floats(0.1, 3.0),
+    seed=st.integers(0, 10_000),
+)
+def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
+    img, txt = features(batch, dim, seed=seed)
+    kw = dict(label_smoothing=eps)
+    want = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
+    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl="torch", **kw)
+    assert_close_all(got, want, torch.float32, tol={torch.float32: dict(atol=5e-5, rtol=5e-5)})
+
+
+@pytest.mark.interpreter
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 40),
+    dim=st.integers(1, 70),
+    scale=st.floats(0.5, 100.0),
+    eps=st.sampled_from([0.0, 0.1]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 10_000),
+)
+def test_hypothesis_triton(batch, dim, scale, eps, dtype, seed):
+    img, txt = features(batch, dim, dtype, seed=seed)
+    kw = dict(label_smoothing=eps)
+    want = run_loss(_naive, img, txt, torch.tensor(scale), 1.0, **kw)
+    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), 1.0, impl="triton", **kw)
+    tol = dict(TOL)
+    tol[torch.float32] = dict(atol=5e-5, rtol=5e-5)
+    assert_close_all(got, want, dtype, tol=tol)
+
+
+def test_reference_matches_direct_formula_with_smoothing():
+    img, txt = features(10, 6)
+    logits = 7.0 * img @ txt.T
+    ls = torch.log_softmax(logits, 1)
+    lt = torch.log_softmax(logits.T, 1)
+    target = 0.9 * torch.eye(10) + 0.1 / 10
+    want = 0.5 * (-(target * ls).sum(1).mean() - (target * lt).sum(1).mean())
+    torch.testing.assert_close(contrastive_loss_naive(img, txt, 7.0, 0.1), want)
+
+
+# --- implementation selection and errors -------------------------------------------------------
+
+
+def test_auto_is_torch_on_cpu():
+    assert resolve_impl("auto", torch.device("cpu")) == "torch"
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    img, txt = features(4, 4)
+    with pytest.raises(RuntimeError, match="impl='triton' cannot run.*CUDA"):
+        contrastive_loss(img, txt, 1.0, impl="triton")
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda i, t: (i, t[:3]), ValueError, "same shape"),
+        (lambda i, t: (i[0], t[0]), ValueError, "2-D"),
+        (lambda i, t: (i.unsqueeze(0), t.unsqueeze(0)), ValueError, "2-D"),
+        (lambda i, t: (i[:0], t[:0]), ValueError, "empty batch"),
+        (lambda i, t: (i[:, :0], t[:, :0]), ValueError, "D=0"),
+        (lambda i, t: (i, t.half()), TypeError, "same dtype"),
+        (lambda i, t: ((i * 10).long(), (t * 10).long()), TypeError, "image_features has dtype"),
+        (lambda i, t: (i.double(), t.double()), TypeError, "supported"),
+        (lambda i, t: (i.numpy(), t), TypeError, "torch.Tensor"),
+        (lambda i, t: (i, t.to("meta")), ValueError, "same device"),
+    ],
+)
+def test_bad_features(make, exc, match):
+    img, txt = features(5, 3)
+    a, b = make(img, txt)
+    with pytest.raises(exc, match=match):
+        contrastive_loss(a, b, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(logit_scale=torch.ones(2)), ValueError, "logit_scale must be a scalar"),
+        (dict(logit_scale=torch.tensor(3)), TypeError, "floating-point"),
+        (dict(logit_scale="3"), TypeError, "logit_scale must be a float"),
+        (dict(logit_scale=float("nan")), ValueError, "finite"),
+        (dict(label_smoothing=1.5), ValueError, "label_smoothing"),
+        (dict(label_smoothing=-0.1), ValueError, "label_smoothing"),
+        (dict(reduction="none"), ValueError, "reduction"),
+        (dict(impl="cuda"), ValueError, "impl must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    img, txt = features(5, 3)
+    kwargs = dict(kwargs)
+    scale = kwargs.pop("logit_scale", 1.0)
+    with pytest.raises(exc, match=match):
+        contrastive_loss(img, txt, scale, **kwargs)
+
+
+# --- ClipLoss ---------------------------------------------------------------------------------
+
+
+def test_clip_loss_module_matches_functional():
+    img, txt = features(14, 10)
+    scale = torch.tensor(20.0)
+    mod = ClipLoss(impl="torch")
+    want = contrastive_loss(img, txt, scale, impl="naive")
+    torch.testing.assert_close(mod(img, txt, scale), want, **TOL[torch.float32])
+    out = mod(img, txt, scale, logit_bias=torch.tensor(-3.0), output_dict=True)
+    assert set(out) == {"contrastive_loss"}
+    torch.testing.assert_close(out["contrastive_loss"], want, **TOL[torch.float32])
+    smoothed = ClipLoss(label_smoothing=0.1)(img, txt, scale)
+    torch.testing.assert_close(smoothed, contrastive_loss(img, txt, scale, label_smoothing=0.1, impl="naive"))
+
+
+def test_clip_loss_rejects_vector_bias():
+    img, txt = features(4, 3)
+    with pytest.raises(ValueError, match="logit_bias"):
+        ClipLoss()(img, txt, 1.0, logit_bias=torch.ones(4))
