@@ -1,0 +1,189 @@
+"""Shared benchmark harness: timing, peak memory beyond the inputs, JSON rows, plots.
+
+Each configuration runs in a fresh subprocess so that its peak memory is its own:
+- CUDA: ``torch.cuda.reset_peak_memory_stats()`` before, ``max_memory_allocated()`` after, minus the
+  memory allocated once the inputs exist; time with ``triton.testing.do_bench`` (median, 20/80 %).
+- CPU: peak RSS (VmHWM, reset through /proc/self/clear_refs after the inputs exist) minus the RSS then;
+  time with ``time.perf_counter`` over repetitions (median, 20/80 %).
+Ratios against the naive implementation are computed from rows measured in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def environment(device: str) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name()
+    else:
+        name = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return dict(
+        device=name,
+        torch=torch.__version__,
+        triton=triton_version,
+        date=datetime.date.today().isoformat(),
+    )
+
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> int:
+    """Peak bytes allocated by one call of ``fn`` beyond what was allocated before it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    if not _reset_peak_rss():
+        return -1
+    base = _rss_bytes("VmRSS")
+    fn()
+    return max(0, _rss_bytes("VmHWM") - base)
+
+
+def timing(fn: Callable[[], object], device: str, reps: int, warmup: int = 1) -> dict:
+    """Median and 20/80 % quantiles in milliseconds."""
+    if device.startswith("cuda"):
+        import triton.testing
+
+        p50, p20, p80 = triton.testing.do_bench(fn, quantiles=[0.5, 0.2, 0.8], warmup=25, rep=max(100, reps))
+        return dict(median_ms=p50, p20_ms=p20, p80_ms=p80)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return dict(median_ms=statistics.median(times), p20_ms=q[0], p80_ms=q[-1])
+
+
+def run_in_subprocess(module: str, config: dict, timeout: float = 1800) -> dict:
+    """Run ``python -m module --worker JSON`` and parse the one JSON row it prints last."""
+    cmd = [sys.executable, "-m", module, "--worker", json.dumps(config)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return dict(config, error=f"timeout after {timeout:.0f} s")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return dict(config, error=" | ".join(tail) or f"exit code {proc.returncode}")
+    return json.loads(lines[-1])
+
+
+def add_ratios(rows: list[dict], key: tuple[str, ...] = ("op", "B", "D", "dtype", "mode")) -> None:
+    """ratio_time_vs_naive / ratio_mem_vs_naive against the naive row of the same configuration."""
+    naive = {tuple(r[k] for k in key): r for r in rows if r.get("impl") == "naive" and "error" not in r}
+    for r in rows:
+        base = naive.get(tuple(r[k] for k in key))
+        if base is None or "error" in r:
+            continue
+        r["ratio_time_vs_naive"] = r["median_ms"] / base["median_ms"]
+        if base.get("peak_mem_bytes", 0) > 0 and r.get("peak_mem_bytes", -1) >= 0:
+            r["ratio_mem_vs_naive"] = r["peak_mem_bytes"] / base["peak_mem_bytes"]
+
+
+def write_json(rows: list[dict], path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(rows, f, indent=1)
+        f.write("\n")
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return str(v)
+
+    cells = [
+        [fmt(r.get(c, "")) if "error" not in r or c in ("op", "impl", "B", "D") else "ERR" for c in columns]
+        for r in rows
+    ]
+    widths = [
+        max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)
+    ]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+    for r in rows:
+        if "error" in r:
+            print(f"error: {r.get('impl')} B={r.get('B')} D={r.get('D')}: {r['error'][:300]}")
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    """Time and peak memory against B, one line per (impl, D, dtype, mode); log-log."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[tuple, list] = {}
+    for r in rows:
+        if "error" in r:
+            continue
+        series.setdefault((r["impl"], r["D"], r["dtype"], r["mode"]), []).append(r)
+    for (impl, dim, dtype, mode), rs in sorted(series.items()):
+        rs.sort(key=lambda r: r["B"])
+        label = f"{impl} D={dim} {dtype} {mode}"
+        axes[0].plot([r["B"] for r in rs], [r["median_ms"] for r in rs], marker="o", label=label)
+        mem = [(r["B"], r["peak_mem_bytes"] / 2**20) for r in rs if r.get("peak_mem_bytes", -1) > 0]
+        if mem:
+            axes[1].plot(*zip(*mem, strict=True), marker="o", label=label)
+    for ax, ylabel in zip(axes, ["median time (ms)", "peak memory beyond inputs (MiB)"], strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size B")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

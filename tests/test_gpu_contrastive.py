@@ -1,0 +1,106 @@
+"""GPU checks of the contrastive loss (run by benchmarks/gpu_suite.sh; skipped with a reason on CPU).
+
+Low-precision results are judged against an fp32 reference and may err no more than PyTorch itself does
+in that dtype (flash-attention's rule): err(kernel) <= 2 * err(naive computed in the input dtype) + atol.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests._ref import TOL_GPU, assert_close_all, features, run_loss
+from vlkernels import contrastive_loss
+from vlkernels.ops.contrastive_triton import row_lse, weighted_sums
+
+pytestmark = pytest.mark.gpu
+
+
+def _naive_same_dtype(img, txt, scale, label_smoothing=0.0):
+    # PyTorch's own low-precision computation: logits in the input dtype, CE internally in fp32.
+    logits = (scale.to(img.dtype) * img) @ txt.T
+    labels = torch.arange(img.shape[0], device=img.device)
+    ce = torch.nn.functional.cross_entropy
+    return 0.5 * (
+        ce(logits.float(), labels, label_smoothing=label_smoothing)
+        + ce(logits.T.float(), labels, label_smoothing=label_smoothing)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch,dim", [(1, 1), (257, 129), (4099, 512), (8192, 1024), (3001, 256)])
+@pytest.mark.parametrize("deterministic", ["0", "1"])
+def test_triton_cuda_vs_fp32_reference(monkeypatch, dtype, batch, dim, deterministic):
+    monkeypatch.setenv("VLKERNELS_DETERMINISTIC", deterministic)
+    img, txt = features(batch, dim, torch.float32, device="cuda", seed=batch + dim)
+    scale = torch.tensor(50.0, device="cuda")
+    ref = run_loss(
+        lambda i, t, s: contrastive_loss(i, t, s, impl="naive", label_smoothing=0.1), img, txt, scale, 1.3
+    )
+    low_i, low_t = img.to(dtype), txt.to(dtype)
+    got = run_loss(
+        lambda i, t, s: contrastive_loss(i, t, s, impl="triton", label_smoothing=0.1),
+        low_i,
+        low_t,
+        scale,
+        1.3,
+    )
+    base = run_loss(lambda i, t, s: _naive_same_dtype(i, t, s, 0.1), low_i, low_t, scale, 1.3)
+    for name, g, b, r in zip(["loss", "d_image", "d_text", "d_scale"], got, base, ref, strict=True):
+        assert torch.isfinite(g).all(), name
+        err_kernel = (g.float() - r.float()).abs().max().item()
+        err_torch = (b.float() - r.float()).abs().max().item()
+        tol = TOL_GPU[dtype]
+        bound = 2 * err_torch + tol["atol"] + tol["rtol"] * r.float().abs().max().item()
+        assert err_kernel <= bound, (name, err_kernel, err_torch)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+def test_cuda_fp32_tight(impl):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    img, txt = features(1000, 300, device="cuda")
+    scale = torch.tensor(30.0, device="cuda")
+    want = run_loss(lambda i, t, s: contrastive_loss(i, t, s, impl="naive"), img, txt, scale, 0.7)
+    got = run_loss(lambda i, t, s: contrastive_loss(i, t, s, impl=impl), img, txt, scale, 0.7)
+    assert_close_all(got, want, torch.float32, tol=TOL_GPU)
+
+
+def test_auto_picks_triton_on_cuda():
+    from vlkernels.functional import resolve_impl
+
+    assert resolve_impl("auto", torch.device("cuda")) == "triton"
+
+
+def test_int64_offsets_beyond_2_to_31_elements():
+    # K has more than 2^31 elements: offsets into it must be computed in int64.
+    dim = 1024
+    rows = (2**31) // dim + 4099
+    k = torch.empty(rows, dim, dtype=torch.bfloat16, device="cuda")
+    k.normal_()
+    k = torch.nn.functional.normalize(k, dim=1)
+    q = torch.nn.functional.normalize(torch.randn(64, dim, device="cuda"), dim=1).bfloat16()
+    k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
+    scale = torch.tensor(20.0, device="cuda")
+    lse = row_lse(q, k, scale)
+    tail = scale * q.float() @ k[-5000:].float().T
+    assert torch.isfinite(lse).all()
+    # The matching rows in the tail dominate the row LSE of the first three queries.
+    assert (lse[:3] >= torch.logsumexp(tail[:3], 1) - 1e-3).all()
+    lse_k = torch.zeros(rows, device="cuda")
+    dq, _ = weighted_sums(q, k, scale, lse, lse_k + 1e4, False)
+    assert torch.isfinite(dq).all()
+
+
+def test_memory_is_o_b():
+    batch, dim = 65536, 512
+    img, txt = features(batch, dim, torch.bfloat16, device="cuda")
+    img.requires_grad_()
+    txt.requires_grad_()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    contrastive_loss(img, txt, torch.tensor(30.0, device="cuda"), impl="triton").backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    # Far below one B x B fp32 matrix (16 GiB); fp32 gradient accumulators are 2 * B * D * 4 bytes.
+    assert extra < 4 * batch * dim * 4 + (64 << 20), extra
