@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU suite, in one go (see ../shared/GPU.md): build the CUDA extension, run the GPU tests, run the
+# benchmarks against naive (and open_clip / Inf-CL where installed), print a summary table last.
+#
+#   bash benchmarks/gpu_suite.sh OUT_DIR
+#
+# Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
+# Budget: under 10 minutes on one H100/H200. SUITE_QUICK=1 runs tiny sizes (to check the script itself).
+set -uo pipefail
+OUT=${1:?usage: gpu_suite.sh OUT_DIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
+export VLKERNELS_CUDA_ARCHS=${VLKERNELS_CUDA_ARCHS:-9.0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+DEVICE=cuda
+QUICK=${SUITE_QUICK:-0}
+python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || DEVICE=cpu
+[ "$DEVICE" = cpu ] && QUICK=1 && echo "no CUDA device: running the suite's quick CPU check only"
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  S=$(mktemp -d)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$S" .whl/*.whl && export PYTHONPATH="$S:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+
+echo "== 1. build (sm_${VLKERNELS_CUDA_ARCHS/./})"
+start=$SECONDS
+python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || tail -20 "$OUT/build.log"
+python3 -c "import vlkernels._ext as e; print('vlkernels._C:', e.build_info() if e.available() else e.load_error())" | tee -a "$OUT/build.log"
+echo "build took $((SECONDS - start)) s"
+
+echo "== 2. GPU tests"
+if [ "$QUICK" = 1 ]; then MARK="not slow"; else MARK="gpu"; fi
+timeout 240 python3 -m pytest -q -m "$MARK" tests -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+
+echo "== 3. benchmarks"
+if [ "$QUICK" = 1 ]; then
+  BC=(--batch-sizes 256 1024 --dims 64 --dtypes float32 --reps 2)
+  BS=(--batch-sizes 256 1024 --dims 64 --reps 2)
+  BA=(--batch 16 --reps 2)
+else
+  BC=(--batch-sizes 8192 32768 131072 524288 1048576 --dims 1024 --dtypes bfloat16 --modes fwd+bwd
+      --impls naive open_clip inf_cl triton torch --max-flops 1e16)
+  BS=(--batch-sizes 8192 32768 131072 --dims 1024 --dtypes bfloat16)
+  BA=(--batch 256)
+fi
+timeout 330 python3 -m benchmarks.bench_contrastive --device "$DEVICE" "${BC[@]}" --out "$OUT/contrastive.json"
+if [ -f benchmarks/bench_soft_target.py ]; then
+  timeout 90 python3 -m benchmarks.bench_soft_target --device "$DEVICE" "${BS[@]}" --out "$OUT/soft_target.json"
+fi
+if [ -f benchmarks/bench_augment.py ]; then
+  timeout 60 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
+fi
+
+echo "== 4. summary"
+python3 -m benchmarks.summary "$OUT" | tee "$OUT/summary.md"

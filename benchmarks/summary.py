@@ -1,0 +1,65 @@
+"""Print a markdown summary of the benchmark JSON files in a results folder.
+
+python -m benchmarks.summary benchmarks/results/<date>-<gpu>
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+COLUMNS = [
+    ("impl", "impl"),
+    ("B", "B"),
+    ("D", "D"),
+    ("dtype", "dtype"),
+    ("mode", "mode"),
+    ("median_ms", "ms"),
+    ("peak_mem_bytes", "peak MiB"),
+    ("ratio_time_vs_naive", "time/naive"),
+    ("ratio_mem_vs_naive", "mem/naive"),
+    ("speedup_vs_inf_cl", "x Inf-CL"),
+    ("tflops", "TFLOP/s"),
+    ("fraction_of_ceiling", "of bf16 peak"),
+    ("images_per_s", "img/s"),
+]
+
+
+def _fmt(key: str, value) -> str:
+    if value is None or value == "":
+        return ""
+    if key == "peak_mem_bytes":
+        return f"{value / 2**20:.1f}"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summarize(folder: str) -> str:
+    lines = []
+    for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
+        with open(path) as f:
+            rows = json.load(f)
+        if not isinstance(rows, list) or not rows:
+            continue
+        present = [(k, h) for k, h in COLUMNS if any(k in r for r in rows)]
+        first = next((r for r in rows if "device" in r), rows[0])
+        lines.append(
+            f"### {os.path.basename(path)}: {first.get('device', '?')}, torch {first.get('torch', '?')}, "
+            f"triton {first.get('triton', '?')}, {first.get('date', '?')}"
+        )
+        lines.append("| " + " | ".join(h for _, h in present) + " |")
+        lines.append("|" + "---|" * len(present))
+        for r in rows:
+            if "error" in r:
+                lines.append(f"| {r.get('impl', '?')} | error: {str(r['error'])[:120]} |")
+                continue
+            lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in present) + " |")
+        lines.append("")
+    return "\n".join(lines) if lines else f"no benchmark JSON in {folder}"
+
+
+if __name__ == "__main__":
+    print(summarize(sys.argv[1] if len(sys.argv) > 1 else "."))
