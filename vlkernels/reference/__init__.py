@@ -1,5 +1,6 @@
 """Naive PyTorch implementations: the parity baseline for tests and benchmarks (they materialise B x B)."""
 
 from vlkernels.reference.contrastive import contrastive_loss_naive
+from vlkernels.reference.soft_target import distill_clip_loss_naive, soft_target_loss_naive
 
-__all__ = ["contrastive_loss_naive"]
+__all__ = ["contrastive_loss_naive", "distill_clip_loss_naive", "soft_target_loss_naive"]
