@@ -48,6 +48,8 @@ def contrastive_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     impl: str = "auto",
+    group=None,
+    gather: bool = False,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP) loss without materialising the B x B logits.
 
@@ -59,6 +61,14 @@ def contrastive_loss(
         label_smoothing: in [0, 1], torch's ``cross_entropy`` semantics.
         reduction: "mean" (the average of the two directions) or "sum" (their sum, i.e. 2x the mean).
         impl: "auto" | "triton" | "torch" | "naive" (see the module docstring).
+        gather: the batch is split across the processes of ``group`` (an initialised torch.distributed
+            process group; None: the default one), each passing its local [b, D] pairs (the same b, D
+            and dtype everywhere). Every rank returns the loss of the whole batch (B = world * b), and
+            the gradients are those of open_clip's ``gather_with_grad=True``: rank r's features get
+            world * dL/df_r (so that DDP's gradient average is the single-process full-batch gradient)
+            and ``logit_scale`` gets dL/ds. Block-row scheme (``vlkernels.distributed``): only the texts
+            are all-gathered, 8 b B D FLOPs per rank, no b x B tensor. ``impl="naive"`` gathers both
+            modalities with autograd and materialises the B x B logits, as open_clip does.
 
     Returns:
         0-d float32 tensor. Naive equivalent: ``S = logit_scale * I.float() @ T.float().T;
@@ -70,6 +80,14 @@ def contrastive_loss(
     factor = _checks.reduction_factor(reduction)
     scale = _checks.scale_tensor(logit_scale, image_features)
     impl = resolve_impl(impl, image_features.device)
+    if gather:
+        from vlkernels import distributed
+
+        return distributed.contrastive_loss(
+            image_features, text_features, scale, eps=eps, factor=factor, impl=impl, group=group
+        )
+    if group is not None:
+        raise ValueError("group is used only with gather=True (pass gather=True to split the batch)")
     if impl == "naive":
         from vlkernels.reference import contrastive_loss_naive
 

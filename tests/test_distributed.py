@@ -1,0 +1,416 @@
+"""Distributed losses on CPU: several processes (torch.multiprocessing, gloo on loopback).
+
+Each spawn runs many checks (process start-up dominates). The references are computed in the workers:
+the single-process full-batch loss and gradients (the contract of ``gather=True``), and a plain copy of
+open_clip's ClipLoss / DistillClipLoss with its ``gather_features`` (the contract of the open_clip flags).
+A hung collective fails the test through the join deadline (and gloo's own timeout).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  (open_clip calls torch.distributed.nn.all_gather)
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from vlkernels import ClipLoss, contrastive_loss
+from vlkernels import distributed as vdist
+from vlkernels.reference import contrastive_loss_naive, soft_target_loss_naive
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = dict(atol=2e-5, rtol=2e-5)
+SIZES = (1, 5, 33)
+JOIN_TIMEOUT_S = 240
+
+
+# --- process plumbing ----------------------------------------------------------------------------
+
+
+def _worker(rank: int, world: int, init_file: str, check: str, args: tuple):
+    dist.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    try:
+        torch.manual_seed(0)
+        globals()[check](rank, world, *args)
+    except BaseException:
+        # Name the rank: the parent re-raises this process's traceback.
+        raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(check: str, world: int, *args):
+    """Run ``check(rank, world, *args)`` in ``world`` processes; fail on any error or a hang."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = mp.start_processes(
+            _worker,
+            args=(world, os.path.join(tmp, "init"), check, args),
+            nprocs=world,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while not ctx.join(timeout=5):
+            if time.monotonic() > deadline:
+                for p in ctx.processes:
+                    if p.is_alive():
+                        p.kill()
+                pytest.fail(f"{check} with {world} processes hung for {JOIN_TIMEOUT_S}s")
+
+
+# --- inputs and references -----------------------------------------------------------------------
+
+
+def _inputs(batch: int, dim: int, seed: int, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
+    txt = F.normalize(img + 0.8 * torch.randn(batch, dim, generator=g), dim=1)
+    return img.to(dtype), txt.to(dtype)
+
+
+def _leaves(*xs):
+    return [x.detach().clone().requires_grad_() for x in xs]
+
+
+def _grads(loss, leaves, grad_out):
+    loss.backward(torch.tensor(grad_out))
+    return [x.grad for x in leaves]
+
+
+def _close(got, want, what, tol=TOL):
+    assert got is not None, f"{what}: no gradient"
+    torch.testing.assert_close(got.float(), want.float(), msg=lambda m: f"{what}: {m}", **tol)
+
+
+def _open_clip_gather(image, text, local_loss, gather_with_grad, rank, world):
+    """open_clip.loss.gather_features (torch.distributed branch), copied."""
+    if gather_with_grad:
+        all_image = torch.cat(torch.distributed.nn.all_gather(image), dim=0)
+        all_text = torch.cat(torch.distributed.nn.all_gather(text), dim=0)
+    else:
+        gathered_image = [torch.zeros_like(image) for _ in range(world)]
+        gathered_text = [torch.zeros_like(text) for _ in range(world)]
+        dist.all_gather(gathered_image, image)
+        dist.all_gather(gathered_text, text)
+        if not local_loss:
+            gathered_image[rank] = image
+            gathered_text[rank] = text
+        all_image = torch.cat(gathered_image, dim=0)
+        all_text = torch.cat(gathered_text, dim=0)
+    return all_image, all_text
+
+
+def _open_clip_logits(image, text, scale, local_loss, gather_with_grad, rank, world):
+    """open_clip.loss.ClipLoss.get_logits + get_ground_truth (world_size > 1), in fp32."""
+    image, text = image.float(), text.float()
+    all_image, all_text = _open_clip_gather(image, text, local_loss, gather_with_grad, rank, world)
+    if local_loss:
+        per_image = scale * image @ all_text.T
+        per_text = scale * text @ all_image.T
+    else:
+        per_image = scale * all_image @ all_text.T
+        per_text = per_image.T
+    labels = torch.arange(per_image.shape[0])
+    if local_loss:
+        labels = labels + per_image.shape[0] * rank
+    return per_image, per_text, labels
+
+
+def _open_clip_loss(image, text, scale, eps, local_loss, gather_with_grad, rank, world):
+    per_image, per_text, labels = _open_clip_logits(
+        image, text, scale, local_loss, gather_with_grad, rank, world
+    )
+    return (
+        F.cross_entropy(per_image, labels, label_smoothing=eps)
+        + F.cross_entropy(per_text, labels, label_smoothing=eps)
+    ) / 2
+
+
+def _open_clip_distill(
+    image, text, scale, t_image, t_text, t_scale, eps, local_loss, gather_with_grad, rank, world
+):
+    """open_clip.loss.DistillClipLoss.forward (teacher logits from the same get_logits), copied."""
+    per_image, per_text, labels = _open_clip_logits(
+        image, text, scale, local_loss, gather_with_grad, rank, world
+    )
+    t_image_l, t_text_l, _ = _open_clip_logits(
+        t_image, t_text, t_scale, local_loss, gather_with_grad, rank, world
+    )
+    contrastive = (
+        F.cross_entropy(per_image, labels, label_smoothing=eps)
+        + F.cross_entropy(per_text, labels, label_smoothing=eps)
+    ) / 2
+
+    def dist_loss(teacher_logits, student_logits):
+        return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(dim=1).mean(dim=0)
+
+    distill = (dist_loss(t_image_l, per_image) + dist_loss(t_text_l, per_text)) / 2
+    return contrastive, distill
+
+
+# --- checks run inside the workers ---------------------------------------------------------------
+
+
+def _check_gather_contract(rank, world, impls, sizes, dims):
+    """gather=True: per-rank loss = full-batch loss; local grads = n * full grads (so DDP's average is the
+    single-process gradient); logit_scale grad = full-batch grad."""
+    for impl in impls:
+        for b in sizes:
+            for dim, eps in zip(dims, (0.0, 0.1), strict=False):
+                batch = world * b
+                img, txt = _inputs(batch, dim, seed=100 * b + dim)
+                own = slice(rank * b, (rank + 1) * b)
+                grad_out = 1.7
+                full = _leaves(img, txt, torch.tensor(11.0))
+                want = contrastive_loss_naive(*full, eps)
+                want_g = _grads(want, full, grad_out)
+                mine = _leaves(img[own], txt[own], torch.tensor(11.0))
+                got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
+                got_g = _grads(got, mine, grad_out)
+                what = f"contrastive impl={impl} b={b} D={dim} eps={eps} rank={rank}"
+                _close(got, want, what + " loss")
+                _close(got_g[0], world * want_g[0][own], what + " d_image")
+                _close(got_g[1], world * want_g[1][own], what + " d_text")
+                _close(got_g[2], want_g[2], what + " d_scale")
+
+
+def _soft_weights(batch, alpha, mask):
+    a = torch.full((batch,), alpha) * mask
+    return 1.0 - a, a
+
+
+def _check_soft_target_contract(rank, world, sizes):
+    """The soft-target loss over the gathered batch: teacher softmax over all B, self and separate teacher."""
+    for b in sizes:
+        batch = world * b
+        for teacher_dim, eps in ((None, 0.0), (None, 0.1), (7, 0.0), (7, 0.1)):
+            img, txt = _inputs(batch, 9, seed=b)
+            mask = torch.arange(batch) % 3 != 1
+            teacher = None
+            if teacher_dim is not None:
+                t_img, t_txt = _inputs(batch, teacher_dim, seed=b + 1)
+                teacher = (t_img, t_txt, torch.tensor(7.0))
+            own = slice(rank * b, (rank + 1) * b)
+            full = _leaves(img, txt, torch.tensor(9.0))
+            t_args = (None, None, None) if teacher is None else teacher
+            want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
+            want_g = _grads(want, full, 0.8)
+            mine = _leaves(img[own], txt[own], torch.tensor(9.0))
+            hard_w, soft_w = _soft_weights(batch, 0.6, mask)
+            t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
+            hard, soft = vdist.soft_target_loss(
+                *mine, hard_w[own], soft_w[own], t_own, eps=eps, factor=2.0, impl="torch"
+            )
+            got = hard + soft
+            got_g = _grads(got, mine, 0.8)
+            what = f"soft-target b={b} teacher={teacher_dim} eps={eps} rank={rank}"
+            _close(got, want, what + " loss")
+            _close(got_g[0], world * want_g[0][own], what + " d_image")
+            _close(got_g[1], world * want_g[1][own], what + " d_text")
+            _close(got_g[2], want_g[2], what + " d_scale")
+
+
+FLAGS = [(False, False), (False, True), (True, False), (True, True)]
+
+
+def _check_clip_flags(rank, world, impls, sizes):
+    """ClipLoss(local_loss, gather_with_grad, rank, world_size) against open_clip's code, per rank; the
+    upstream gradient differs between ranks (open_clip sums them through the gather)."""
+    grad_out = 1.0 + 0.5 * rank
+    for impl in impls:
+        for b in sizes:
+            batch = world * b
+            img, txt = _inputs(batch, 6, seed=b)
+            own = slice(rank * b, (rank + 1) * b)
+            for eps in (0.0, 0.1):
+                for local_loss, with_grad in FLAGS:
+                    ref = _leaves(img[own], txt[own], torch.tensor(10.0))
+                    want = _open_clip_loss(*ref, eps, local_loss, with_grad, rank, world)
+                    want_g = _grads(want, ref, grad_out)
+                    mod = ClipLoss(
+                        local_loss=local_loss,
+                        gather_with_grad=with_grad,
+                        rank=rank,
+                        world_size=world,
+                        label_smoothing=eps,
+                        impl=impl,
+                    )
+                    mine = _leaves(img[own], txt[own], torch.tensor(10.0))
+                    got = mod(*mine)
+                    got_g = _grads(got, mine, grad_out)
+                    what = f"ClipLoss {impl} b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
+                    _close(got, want, what + " loss")
+                    for name, a, w in zip(("d_image", "d_text", "d_scale"), got_g, want_g, strict=True):
+                        _close(a, w, f"{what} {name}")
+
+
+def _check_distill_flags(rank, world, sizes):
+    """Distributed DistillClipLoss semantics (hard = soft = 1 pair weights, a separate teacher) against
+    open_clip's DistillClipLoss code, per rank, both outputs with different upstream grads."""
+    g_c, g_d = 1.0 + 0.5 * rank, 0.7 - 0.2 * rank
+    for b in sizes:
+        batch = world * b
+        img, txt = _inputs(batch, 6, seed=b)
+        t_img, t_txt = _inputs(batch, 5, seed=b + 7)
+        own = slice(rank * b, (rank + 1) * b)
+        teacher = (t_img[own], t_txt[own], torch.tensor(6.0))
+        for eps in (0.0, 0.1):
+            for local_loss, with_grad in FLAGS:
+                ref = _leaves(img[own], txt[own], torch.tensor(10.0))
+                want = _open_clip_distill(*ref, *teacher, eps, local_loss, with_grad, rank, world)
+                (want[0] * g_c + want[1] * g_d).backward()
+                mine = _leaves(img[own], txt[own], torch.tensor(10.0))
+                ones = torch.ones(b)
+                got = vdist.soft_target_loss(
+                    *mine, ones, ones, teacher, eps=eps, factor=1.0, impl="torch",
+                    local_loss=local_loss, gather_with_grad=with_grad,
+                )  # fmt: skip
+                (got[0] * g_c + got[1] * g_d).backward()
+                what = f"distill b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
+                _close(got[0], want[0], what + " contrastive")
+                _close(got[1], want[1], what + " distill")
+                for name, a, w in zip(("d_image", "d_text", "d_scale"), mine, ref, strict=True):
+                    _close(a.grad, w.grad, f"{what} {name}")
+
+
+def _check_ddp_step(rank, world, b):
+    """End to end: a DDP-wrapped linear tower with the gathered loss; after backward the (averaged)
+    parameter gradients equal the single-process full-batch gradients."""
+    batch, dim_in, dim = world * b, 8, 6
+    g = torch.Generator().manual_seed(3)
+    x_img, x_txt = torch.randn(batch, dim_in, generator=g), torch.randn(batch, dim_in, generator=g)
+
+    class Tower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(1)
+            self.img = torch.nn.Linear(dim_in, dim)
+            self.txt = torch.nn.Linear(dim_in, dim)
+            self.logit_scale = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, xi, xt):
+            return F.normalize(self.img(xi), dim=1), F.normalize(self.txt(xt), dim=1), self.logit_scale.exp()
+
+    single = Tower()
+    contrastive_loss_naive(*single(x_img, x_txt), 0.1).backward()
+    model = torch.nn.parallel.DistributedDataParallel(Tower())
+    own = slice(rank * b, (rank + 1) * b)
+    contrastive_loss(
+        *model(x_img[own], x_txt[own]), label_smoothing=0.1, impl="torch", gather=True
+    ).backward()
+    for (name, p), q in zip(model.module.named_parameters(), single.parameters(), strict=True):
+        _close(p.grad, q.grad, f"DDP {name} rank={rank}", tol=dict(atol=1e-5, rtol=1e-4))
+
+
+def _expect_error(fn, exc, match):
+    with pytest.raises(exc, match=match):
+        fn()
+
+
+def _check_errors(rank, world):
+    """Ranks that disagree get the same clear error on every rank, then the group still works."""
+    img, txt = _inputs(8, 4, seed=0)
+    b_bad = 3 if rank == 0 else 4
+    _expect_error(
+        lambda: contrastive_loss(img[:b_bad], txt[:b_bad], 2.0, impl="torch", gather=True),
+        ValueError,
+        r"local batch size \(rank 0: 3, rank 1: 4",
+    )
+    dtype = torch.float32 if rank == 0 else torch.float16
+    _expect_error(
+        lambda: contrastive_loss(img.to(dtype), txt.to(dtype), 2.0, impl="torch", gather=True),
+        ValueError,
+        r"feature dtype \(rank 0: float32, rank 1: float16",
+    )
+    dim = 4 if rank == 0 else 3
+    _expect_error(
+        lambda: contrastive_loss(img[:, :dim], txt[:, :dim], 2.0, impl="torch", gather=True),
+        ValueError,
+        r"feature width D \(rank 0: 4, rank 1: 3",
+    )
+    eps = 0.0 if rank == 0 else 0.1
+    _expect_error(
+        lambda: contrastive_loss(img, txt, 2.0, impl="torch", gather=True, label_smoothing=eps),
+        ValueError,
+        r"label_smoothing \(rank 0: 0.0, rank 1: 0.1",
+    )
+    _expect_error(
+        lambda: ClipLoss(rank=1 - rank, world_size=world, impl="torch")(img, txt, 2.0),
+        ValueError,
+        "rank",
+    )
+    loss = contrastive_loss(img, txt, 2.0, impl="torch", gather=True)
+    full = torch.cat([img, img]), torch.cat([txt, txt])
+    torch.testing.assert_close(loss, contrastive_loss_naive(*full, 2.0), **TOL)
+
+
+# --- tests ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_gather_matches_full_batch(world):
+    _spawn("_check_gather_contract", world, ("torch", "naive"), SIZES, (9, 16))
+    _spawn("_check_soft_target_contract", world, SIZES)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_open_clip_flag_parity(world):
+    _spawn("_check_clip_flags", world, ("torch",), SIZES)
+    _spawn("_check_distill_flags", world, SIZES)
+
+
+def test_ddp_gradients_equal_single_process():
+    _spawn("_check_ddp_step", 2, 5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.slow
+def test_gather_triton_interpreter():
+    assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
+    _spawn("_check_gather_contract", 2, ("triton",), (5,), (9,))
+
+
+def test_rank_mismatch_raises_on_every_rank():
+    _spawn("_check_errors", 2)
+
+
+def test_gather_without_process_group_raises():
+    assert not dist.is_initialized()
+    img, txt = _inputs(4, 3, seed=0)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        contrastive_loss(img, txt, 1.0, gather=True)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        ClipLoss(world_size=2, rank=0)(img, txt, 1.0)
+
+
+def test_torchrun_example():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    out = subprocess.run(
+        [*cmd, str(ROOT / "examples" / "torchrun_clip.py"), "--steps", "3"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "gradients match the single-process run" in out.stdout, out.stdout + out.stderr
