@@ -23,6 +23,7 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (open_clip calls torch.distributed.nn.all_gather)
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vlkernels import ClipLoss, contrastive_loss
 from vlkernels import distributed as vdist
@@ -214,6 +215,9 @@ def _check_soft_target_contract(rank, world, sizes):
             want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
             want_g = _grads(want, full, 0.8)
             mine = _leaves(img[own], txt[own], torch.tensor(9.0))
+            # A constant logit_scale skips the extra statistics pass of a separate teacher.
+            scale_grad = not (teacher_dim and eps)
+            mine[2].requires_grad_(scale_grad)
             hard_w, soft_w = _soft_weights(batch, 0.6, mask)
             t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
             hard, soft = vdist.soft_target_loss(
@@ -225,7 +229,10 @@ def _check_soft_target_contract(rank, world, sizes):
             _close(got, want, what + " loss")
             _close(got_g[0], world * want_g[0][own], what + " d_image")
             _close(got_g[1], world * want_g[1][own], what + " d_text")
-            _close(got_g[2], want_g[2], what + " d_scale")
+            if scale_grad:
+                _close(got_g[2], want_g[2], what + " d_scale")
+            else:
+                assert got_g[2] is None
 
 
 FLAGS = [(False, False), (False, True), (True, False), (True, True)]
@@ -289,6 +296,58 @@ def _check_distill_flags(rank, world, sizes):
                 _close(got[1], want[1], what + " distill")
                 for name, a, w in zip(("d_image", "d_text", "d_scale"), mine, ref, strict=True):
                     _close(a.grad, w.grad, f"{what} {name}")
+
+
+class _MaxNumel(TorchDispatchMode):
+    """Records the largest tensor any op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+def _check_no_block_row_tensor(rank, world):
+    """Neither loss nor any ClipLoss mode makes a b x B tensor (the backend's 8-row chunks at most)."""
+    os.environ["VLKERNELS_TORCH_CHUNK_ROWS"] = "8"
+    b, dim = 40, 3
+    batch = world * b
+    img, txt = _inputs(b, dim, seed=rank)
+    t_img, t_txt = _inputs(b, 2, seed=rank + 5)
+    ones = torch.ones(b)
+    runs = {
+        "gather": lambda i, t, s: contrastive_loss(i, t, s, impl="torch", gather=True),
+        "soft": lambda i, t, s: sum(
+            vdist.soft_target_loss(i, t, s, ones, ones, None, eps=0.1, factor=1.0, impl="torch")
+        ),
+        "naive control": lambda i, t, s: contrastive_loss(i, t, s, impl="naive", gather=True),
+    }
+    for local_loss, with_grad in FLAGS:
+        mod = ClipLoss(
+            local_loss=local_loss, gather_with_grad=with_grad, rank=rank, world_size=world, impl="torch"
+        )
+        runs[f"ClipLoss local={local_loss} grad={with_grad}"] = mod
+        runs[f"distill local={local_loss} grad={with_grad}"] = lambda i, t, s, l=local_loss, g=with_grad: sum(
+            vdist.soft_target_loss(
+                i, t, s, ones, ones, (t_img, t_txt, torch.tensor(3.0)), eps=0.1, factor=1.0, impl="torch",
+                local_loss=l, gather_with_grad=g,
+            )
+        )  # fmt: skip
+    for name, fn in runs.items():
+        leaves = _leaves(img, txt, torch.tensor(4.0))
+        with _MaxNumel() as mode:
+            fn(*leaves).backward()
+        if name == "naive control":
+            assert mode.max_numel >= batch * batch, (name, mode.max_numel)
+        else:
+            # 8-row chunks of S (8 B), the gathered [B, D] features and products; never b x B = 40 B.
+            assert mode.max_numel <= 8 * batch, (name, mode.max_numel)
 
 
 def _check_ddp_step(rank, world, b):
@@ -373,12 +432,16 @@ def test_gather_matches_full_batch(world):
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_open_clip_flag_parity(world):
-    _spawn("_check_clip_flags", world, ("torch",), SIZES)
+    _spawn("_check_clip_flags", world, ("torch", "naive"), SIZES)
     _spawn("_check_distill_flags", world, SIZES)
 
 
 def test_ddp_gradients_equal_single_process():
     _spawn("_check_ddp_step", 2, 5)
+
+
+def test_no_b_by_B_tensor():
+    _spawn("_check_no_block_row_tensor", 2)
 
 
 @pytest.mark.interpreter
