@@ -1,0 +1,383 @@
+"""Triton backend of the soft-target (PSD) loss: tiles of S and S' live in registers, never in memory.
+
+Reuses the contrastive loss's tile helpers and configs (ops/contrastive_triton.py). Kernels take
+Q [M, D], K [N, D] (and for a separate teacher Q' [M, D'], K' [N, D'], any float dtype), arbitrary
+strides, scales read from device memory (no host sync), fp32 accumulation, int64 offsets:
+
+- ``_stats_kernel``: one program per BLOCK_M rows of Q walks all column tiles with three online
+  statistics (base 2, flash-attention style): the student LSE, the teacher LSE and the
+  teacher-softmax-weighted sum of the student logits, rescaled whenever the teacher max moves. Called
+  with (I, T) for the rows and (T, I) for the columns: 4 B^2 D FLOPs (plus 4 B^2 D' for a teacher).
+- ``_accum_kernel``: one program per BLOCK_M rows recomputes the tiles of S (and S') and forms
+  W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), accumulating
+  dQ = W @ K in fp32; with ATOMIC_DK it also adds W.T @ Q into dK with fp32 atomics (one launch),
+  else it runs again with the roles swapped (deterministic). For the self teacher S' = S and the
+  q terms fold into the p terms, so the backward costs what the contrastive one does.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from vlkernels.ops.contrastive_triton import (
+    _config,
+    _dot_precision,
+    _dot_tile,
+    _load_tile,
+    _upcast,
+    _use_atomics,
+)
+
+
+@triton.jit
+def _student_tile(
+    q_ptr,
+    k_ptr,
+    q,
+    offs_m,
+    offs_n,
+    mask_m,
+    mask_n,
+    offs_d,
+    mask_d,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """(Q @ K[offs_n].T in fp32, the K tile when SINGLE_D): q is the register-resident Q block then."""
+    if SINGLE_D:
+        k = _load_tile(k_ptr, offs_n, offs_d, mask_n, mask_d, skn, skd, UPCAST)
+        acc = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    else:
+        k = q
+        acc = _dot_tile(
+            q_ptr, k_ptr, offs_m, offs_n, mask_m, mask_n, D, sqm, sqd, skn, skd,
+            BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST,
+        )  # fmt: skip
+    return acc, k
+
+
+@triton.jit
+def _stats_kernel(
+    q_ptr,
+    k_ptr,
+    scale_ptr,
+    tq_ptr,
+    tk_ptr,
+    t_scale_ptr,
+    lse_ptr,
+    t_lse_ptr,
+    wsum_ptr,
+    M,
+    N,
+    D,
+    DT,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    stqm,
+    stqd,
+    stkn,
+    stkd,
+    TEACHER: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    T_DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    T_UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    scale = tl.load(scale_ptr).to(tl.float32)
+    scale2 = scale * 1.4426950408889634
+    if TEACHER:
+        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * 1.4426950408889634
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if SINGLE_D:
+        q = _load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    # Student max/sum (m_s, l_s); teacher max/sum (m_t, l_t) and sum_j exp2(t2_j - m_t) S_j (acc_w).
+    m_s = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_s = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m_t = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_t = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_w = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        acc, _ = _student_tile(
+            q_ptr, k_ptr, q, offs_m, offs_n, mask_m, mask_n, offs_d, mask_d, D, sqm, sqd, skn, skd,
+            BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST,
+        )  # fmt: skip
+        # Padded columns: -inf in the exponents, but S itself stays finite there (0 * -inf is nan).
+        s = acc * scale
+        s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
+        if TEACHER:
+            t_acc = _dot_tile(
+                tq_ptr, tk_ptr, offs_m, offs_n, mask_m, mask_n, DT, stqm, stqd, stkn, stkd,
+                BLOCK_M, BLOCK_N, BLOCK_DT, T_DOT_PREC, T_UPCAST,
+            )  # fmt: skip
+            t2 = tl.where(mask_n[None, :], t_acc * t_scale2, float("-inf"))
+            m_new = tl.maximum(m_s, tl.max(s2, axis=1))
+            l_s = l_s * tl.exp2(m_s - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
+            m_s = m_new
+        else:
+            t2 = s2
+        mt_new = tl.maximum(m_t, tl.max(t2, axis=1))
+        alpha = tl.exp2(m_t - mt_new)
+        e = tl.exp2(t2 - mt_new[:, None])
+        l_t = l_t * alpha + tl.sum(e, axis=1)
+        acc_w = acc_w * alpha + tl.sum(e * s, axis=1)
+        m_t = mt_new
+    t_lse = (m_t + tl.log2(l_t)) * 0.6931471805599453
+    tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
+    if TEACHER:
+        tl.store(lse_ptr + offs_m, (m_s + tl.log2(l_s)) * 0.6931471805599453, mask=mask_m)
+        tl.store(t_lse_ptr + offs_m, t_lse, mask=mask_m)
+    else:
+        tl.store(lse_ptr + offs_m, t_lse, mask=mask_m)
+
+
+@triton.jit
+def _accum_kernel(
+    q_ptr,
+    k_ptr,
+    scale_ptr,
+    lse_q_ptr,
+    lse_k_ptr,
+    p_q_ptr,
+    p_k_ptr,
+    tq_ptr,
+    tk_ptr,
+    t_scale_ptr,
+    t_lse_q_ptr,
+    t_lse_k_ptr,
+    w_q_ptr,
+    w_k_ptr,
+    dq_ptr,
+    dk_ptr,
+    M,
+    N,
+    D,
+    DT,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    stqm,
+    stqd,
+    stkn,
+    stkd,
+    TEACHER: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    ATOMIC_DK: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    T_DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    T_UPCAST: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    scale2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634
+    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+    p_q = tl.load(p_q_ptr + offs_m, mask=mask_m, other=0.0)
+    if TEACHER:
+        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * 1.4426950408889634
+        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        w_q = tl.load(w_q_ptr + offs_m, mask=mask_m, other=0.0)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if SINGLE_D:
+        q = _load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start_n in range(0, N, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+        p_k = tl.load(p_k_ptr + offs_n, mask=mask_n, other=0.0)
+        acc, k = _student_tile(
+            q_ptr, k_ptr, q, offs_m, offs_n, mask_m, mask_n, offs_d, mask_d, D, sqm, sqd, skn, skd,
+            BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST,
+        )  # fmt: skip
+        s2 = acc * scale2
+        w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
+        if TEACHER:
+            t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+            w_k = tl.load(w_k_ptr + offs_n, mask=mask_n, other=0.0)
+            t_acc = _dot_tile(
+                tq_ptr, tk_ptr, offs_m, offs_n, mask_m, mask_n, DT, stqm, stqd, stkn, stkd,
+                BLOCK_M, BLOCK_N, BLOCK_DT, T_DOT_PREC, T_UPCAST,
+            )  # fmt: skip
+            t2 = t_acc * t_scale2
+            w = w - w_q[:, None] * tl.exp2(t2 - t_lse_q[:, None])
+            w = w - w_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
+        w = tl.where(mask_m[:, None] & mask_n[None, :], w, 0.0)
+        if SINGLE_D:
+            dq = tl.dot(w.to(k.dtype), k, dq, input_precision=DOT_PREC)
+            if ATOMIC_DK:
+                dk_part = tl.dot(tl.trans(w).to(q.dtype), q, input_precision=DOT_PREC)
+                tl.atomic_add(
+                    dk_ptr + offs_n[:, None] * D + offs_d[None, :],
+                    dk_part,
+                    mask=mask_n[:, None] & mask_d[None, :],
+                    sem="relaxed",
+                )
+        else:
+            for start_d in range(0, D, BLOCK_D):
+                offs_dc = start_d + offs_d
+                mask_dc = offs_dc < D
+                k_c = _load_tile(k_ptr, offs_n, offs_dc, mask_n, mask_dc, skn, skd, UPCAST)
+                dq_ptrs = dq_ptr + offs_m[:, None] * D + offs_dc[None, :]
+                dq_mask = mask_m[:, None] & mask_dc[None, :]
+                part = tl.dot(w.to(k_c.dtype), k_c, input_precision=DOT_PREC)
+                tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + part, mask=dq_mask)
+                if ATOMIC_DK:
+                    q_c = _load_tile(q_ptr, offs_m, offs_dc, mask_m, mask_dc, sqm, sqd, UPCAST)
+                    dk_part = tl.dot(tl.trans(w).to(q_c.dtype), q_c, input_precision=DOT_PREC)
+                    tl.atomic_add(
+                        dk_ptr + offs_n[:, None] * D + offs_dc[None, :],
+                        dk_part,
+                        mask=mask_n[:, None] & mask_dc[None, :],
+                        sem="relaxed",
+                    )
+    if SINGLE_D:
+        tl.store(dq_ptr + offs_m[:, None] * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :])
+
+
+def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
+    """Constexpr kwargs and the teacher's runtime arguments (the student's as placeholders when None)."""
+    dim = q.shape[1]
+    cfg = _config(dim, q.dtype, kernel)
+    meta = dict(
+        SINGLE_D=dim <= cfg["BLOCK_D"],
+        DOT_PREC=_dot_precision(q.dtype),
+        UPCAST=_upcast(q.dtype),
+        TEACHER=teacher is not None,
+        **cfg,
+    )
+    if teacher is None:
+        meta.update(BLOCK_DT=cfg["BLOCK_D"], T_DOT_PREC=meta["DOT_PREC"], T_UPCAST=meta["UPCAST"])
+        return meta, (q, k, 1, 0, 0, 0, 0)
+    t_q, t_k, _ = teacher
+    t_dim = t_q.shape[1]
+    meta.update(
+        BLOCK_DT=_config(t_dim, t_q.dtype, kernel)["BLOCK_D"],
+        T_DOT_PREC=_dot_precision(t_q.dtype),
+        T_UPCAST=_upcast(t_q.dtype),
+    )
+    return meta, (t_q, t_k, t_dim, t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
+
+
+def row_stats(q, k, scale, teacher=None):
+    """Per row of q (fp32 [M] each): LSE of S = scale * q @ k.T, LSE of the teacher's S' (S when
+    ``teacher`` is None) and sum_j softmax_j(S'_i.) S_ij. ``teacher``: None or (Q', K', s')."""
+    m = q.shape[0]
+    meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher, "lse")
+    lse = torch.empty(m, dtype=torch.float32, device=q.device)
+    t_lse = lse if teacher is None else torch.empty_like(lse)
+    wsum = torch.empty_like(lse)
+    t_scale = scale if teacher is None else teacher[2]
+    grid = (triton.cdiv(m, meta["BLOCK_M"]),)
+    _stats_kernel[grid](
+        q, k, scale, t_q, t_k, t_scale, lse, t_lse, wsum,
+        m, k.shape[0], q.shape[1], t_dim,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), *t_strides,
+        **meta,
+    )  # fmt: skip
+    return lse, t_lse, wsum
+
+
+def weighted_products(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q, w_k, atomic_dk):
+    """(W @ k, W.T @ q if atomic_dk else None) in fp32 with
+    W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (w_q exp(S' - t_lse_q) + w_k exp(S' - t_lse_k)),
+    the vectors broadcast over rows (``*_q``, [M]) or columns (``*_k``, [N])."""
+    m, dim = q.shape
+    meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher, "grad")
+    dq = torch.zeros((m, dim), dtype=torch.float32, device=q.device)
+    dk = torch.zeros((k.shape[0], dim), dtype=torch.float32, device=q.device) if atomic_dk else dq
+    if teacher is None:
+        t_scale, t_lse_q, t_lse_k, w_q, w_k = scale, lse_q, lse_k, p_q, p_k
+    else:
+        t_scale = teacher[2]
+    grid = (triton.cdiv(m, meta["BLOCK_M"]),)
+    _accum_kernel[grid](
+        q, k, scale, lse_q, lse_k, p_q, p_k, t_q, t_k, t_scale, t_lse_q, t_lse_k, w_q, w_k, dq, dk,
+        m, k.shape[0], dim, t_dim,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), *t_strides,
+        ATOMIC_DK=atomic_dk,
+        **meta,
+    )  # fmt: skip
+    return dq, (dk if atomic_dk else None)
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).contiguous()
+
+
+class TritonSoftTargetBackend:
+    """``stats`` / ``accumulate`` of ops/soft_target.py on the Triton kernels above."""
+
+    name = "triton"
+
+    def __init__(self, atomic_dk: bool | None = None):
+        self.atomic_dk = atomic_dk
+
+    def stats(self, image, text, scale, teacher=None):
+        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32."""
+        scale = _f32(scale.detach())
+        if teacher is not None:
+            t_image, t_text, t_scale = teacher
+            teacher = (t_image, t_text, _f32(t_scale.detach()))
+        r, tr, w_row = row_stats(image, text, scale, teacher)
+        swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
+        c, tc, w_col = row_stats(text, image, scale, swapped)
+        return r, c, tr, tc, w_row, w_col
+
+    def accumulate(
+        self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
+    ):
+        """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py)."""
+        scale = _f32(scale.detach())
+        r, c, p_row, p_col, q_row, q_col = (_f32(x) for x in (r, c, p_row, p_col, q_row, q_col))
+        if teacher is None:
+            # S' = S: the two soft-target terms fold into the softmax terms.
+            p_row, p_col = p_row - q_row, p_col - q_col
+            rows = cols = None
+        else:
+            t_image, t_text, t_scale = teacher
+            t_scale = _f32(t_scale.detach())
+            tr, tc = _f32(tr), _f32(tc)
+            rows = (t_image, t_text, t_scale)
+            cols = (t_text, t_image, t_scale)
+        atomic = _use_atomics() if self.atomic_dk is None else self.atomic_dk
+        a_i, a_t = weighted_products(
+            image, text, scale, r, c, p_row, p_col, rows, tr, tc, q_row, q_col, atomic
+        )
+        if a_t is None:
+            a_t, _ = weighted_products(
+                text, image, scale, c, r, p_col, p_row, cols, tc, tr, q_col, q_row, False
+            )
+        return a_i, a_t
