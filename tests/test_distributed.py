@@ -193,46 +193,47 @@ def _check_gather_contract(rank, world, impls, sizes, dims):
                 _close(got_g[2], want_g[2], what + " d_scale")
 
 
-def _soft_weights(batch, alpha, mask):
-    a = torch.full((batch,), alpha) * mask
-    return 1.0 - a, a
+def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
+    """soft_target_loss(..., gather=True) (reduction "sum")."""
+    t_args = (None, None, None) if teacher is None else teacher
+    return vdist.soft_target_checked(
+        img, txt, scale, alpha, *t_args, mask, label_smoothing=eps, reduction="sum", impl=impl, group=None,
+        local_loss=False, gather_with_grad=True,
+    )  # fmt: skip
 
 
-def _check_soft_target_contract(rank, world, sizes):
+def _check_soft_target_contract(rank, world, impls, sizes):
     """The soft-target loss over the gathered batch: teacher softmax over all B, self and separate teacher."""
-    for b in sizes:
-        batch = world * b
-        for teacher_dim, eps in ((None, 0.0), (None, 0.1), (7, 0.0), (7, 0.1)):
-            img, txt = _inputs(batch, 9, seed=b)
-            mask = torch.arange(batch) % 3 != 1
-            teacher = None
-            if teacher_dim is not None:
-                t_img, t_txt = _inputs(batch, teacher_dim, seed=b + 1)
-                teacher = (t_img, t_txt, torch.tensor(7.0))
-            own = slice(rank * b, (rank + 1) * b)
-            full = _leaves(img, txt, torch.tensor(9.0))
-            t_args = (None, None, None) if teacher is None else teacher
-            want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
-            want_g = _grads(want, full, 0.8)
-            mine = _leaves(img[own], txt[own], torch.tensor(9.0))
-            # A constant logit_scale skips the extra statistics pass of a separate teacher.
-            scale_grad = not (teacher_dim and eps)
-            mine[2].requires_grad_(scale_grad)
-            hard_w, soft_w = _soft_weights(batch, 0.6, mask)
-            t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
-            hard, soft = vdist.soft_target_loss(
-                *mine, hard_w[own], soft_w[own], t_own, eps=eps, factor=2.0, impl="torch"
-            )
-            got = hard + soft
-            got_g = _grads(got, mine, 0.8)
-            what = f"soft-target b={b} teacher={teacher_dim} eps={eps} rank={rank}"
-            _close(got, want, what + " loss")
-            _close(got_g[0], world * want_g[0][own], what + " d_image")
-            _close(got_g[1], world * want_g[1][own], what + " d_text")
-            if scale_grad:
-                _close(got_g[2], want_g[2], what + " d_scale")
-            else:
-                assert got_g[2] is None
+    for impl in impls:
+        for b in sizes:
+            batch = world * b
+            for teacher_dim, eps in ((None, 0.0), (None, 0.1), (7, 0.0), (7, 0.1)):
+                img, txt = _inputs(batch, 9, seed=b)
+                mask = torch.arange(batch) % 3 != 1
+                teacher = None
+                if teacher_dim is not None:
+                    t_img, t_txt = _inputs(batch, teacher_dim, seed=b + 1)
+                    teacher = (t_img, t_txt, torch.tensor(7.0))
+                own = slice(rank * b, (rank + 1) * b)
+                full = _leaves(img, txt, torch.tensor(9.0))
+                t_args = (None, None, None) if teacher is None else teacher
+                want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
+                want_g = _grads(want, full, 0.8)
+                mine = _leaves(img[own], txt[own], torch.tensor(9.0))
+                # A constant logit_scale skips the extra statistics pass of a separate teacher.
+                scale_grad = not (teacher_dim and eps)
+                mine[2].requires_grad_(scale_grad)
+                t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
+                got = _soft_target_gathered(*mine, 0.6, t_own, mask[own], eps, impl)
+                got_g = _grads(got, mine, 0.8)
+                what = f"soft-target {impl} b={b} teacher={teacher_dim} eps={eps} rank={rank}"
+                _close(got, want, what + " loss")
+                _close(got_g[0], world * want_g[0][own], what + " d_image")
+                _close(got_g[1], world * want_g[1][own], what + " d_text")
+                if scale_grad:
+                    _close(got_g[2], want_g[2], what + " d_scale")
+                else:
+                    assert got_g[2] is None
 
 
 FLAGS = [(False, False), (False, True), (True, False), (True, True)]
@@ -269,33 +270,89 @@ def _check_clip_flags(rank, world, impls, sizes):
                         _close(a, w, f"{what} {name}")
 
 
-def _check_distill_flags(rank, world, sizes):
-    """Distributed DistillClipLoss semantics (hard = soft = 1 pair weights, a separate teacher) against
-    open_clip's DistillClipLoss code, per rank, both outputs with different upstream grads."""
+def _distill(img, txt, scale, teacher, eps, impl, local_loss, with_grad, rank, world):
+    """DistillClipLoss(local_loss, gather_with_grad, rank, world_size)."""
+    return vdist.distill_clip_checked(
+        img, txt, scale, *teacher, label_smoothing=eps, impl=impl, group=None, local_loss=local_loss,
+        gather_with_grad=with_grad,
+    )  # fmt: skip
+
+
+def _check_distill_flags(rank, world, impls, sizes):
+    """DistillClipLoss against open_clip's DistillClipLoss code, per rank, both outputs with different
+    upstream grads on each rank."""
     g_c, g_d = 1.0 + 0.5 * rank, 0.7 - 0.2 * rank
+    for impl in impls:
+        for b in sizes:
+            batch = world * b
+            img, txt = _inputs(batch, 6, seed=b)
+            t_img, t_txt = _inputs(batch, 5, seed=b + 7)
+            own = slice(rank * b, (rank + 1) * b)
+            teacher = (t_img[own], t_txt[own], torch.tensor(6.0))
+            for eps in (0.0, 0.1):
+                for local_loss, with_grad in FLAGS:
+                    ref = _leaves(img[own], txt[own], torch.tensor(10.0))
+                    want = _open_clip_distill(*ref, *teacher, eps, local_loss, with_grad, rank, world)
+                    (want[0] * g_c + want[1] * g_d).backward()
+                    mine = _leaves(img[own], txt[own], torch.tensor(10.0))
+                    got = _distill(*mine, teacher, eps, impl, local_loss, with_grad, rank, world)
+                    (got[0] * g_c + got[1] * g_d).backward()
+                    what = f"distill {impl} b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
+                    _close(got[0], want[0], what + " contrastive")
+                    _close(got[1], want[1], what + " distill")
+                    for name, a, w in zip(("d_image", "d_text", "d_scale"), mine, ref, strict=True):
+                        _close(a.grad, w.grad, f"{what} {name}")
+
+
+def _soft_reference(img, txt, scale, alpha, teacher, mask, eps, local_loss, with_grad, rank, world):
+    """open_clip's gather and logits with PSD's soft targets (reduction "mean"); ``mask``: the rows'."""
+    per_image, per_text, labels = _open_clip_logits(img, txt, scale, local_loss, with_grad, rank, world)
+    if teacher is None:
+        t_image, t_text = per_image.detach(), per_text.detach()
+    else:
+        t_image, t_text, _ = _open_clip_logits(*teacher, local_loss, with_grad, rank, world)
+    cols = per_image.shape[1]
+    hard = F.one_hot(labels, cols) * (1.0 - eps) + eps / cols
+    a = (alpha * mask.float())[:, None]
+    q_image = (1.0 - a) * hard + a * t_image.softmax(dim=1)
+    q_text = (1.0 - a) * hard + a * t_text.softmax(dim=1)
+    return 0.5 * (F.cross_entropy(per_image, q_image) + F.cross_entropy(per_text, q_text))
+
+
+def _soft_flags_loss(img, txt, scale, alpha, teacher, mask, eps, local_loss, with_grad, rank, world):
+    """SoftTargetLoss(local_loss, gather_with_grad, rank, world_size) at a fixed alpha."""
+    t_args = (None, None, None) if teacher is None else teacher
+    return vdist.soft_target_checked(
+        img, txt, scale, alpha, *t_args, mask, label_smoothing=eps, reduction="mean", impl="torch",
+        group=None, local_loss=local_loss, gather_with_grad=with_grad,
+    )  # fmt: skip
+
+
+def _check_soft_flags(rank, world, sizes):
+    """The soft-target loss with open_clip's flags against open_clip's gather + logits with soft targets."""
+    grad_out = 1.0 + 0.5 * rank
     for b in sizes:
         batch = world * b
         img, txt = _inputs(batch, 6, seed=b)
-        t_img, t_txt = _inputs(batch, 5, seed=b + 7)
+        t_img, t_txt = _inputs(batch, 4, seed=b + 3)
+        mask = torch.arange(batch) % 3 != 2
         own = slice(rank * b, (rank + 1) * b)
-        teacher = (t_img[own], t_txt[own], torch.tensor(6.0))
-        for eps in (0.0, 0.1):
+        for teacher in (None, (t_img[own], t_txt[own], torch.tensor(5.0))):
             for local_loss, with_grad in FLAGS:
-                ref = _leaves(img[own], txt[own], torch.tensor(10.0))
-                want = _open_clip_distill(*ref, *teacher, eps, local_loss, with_grad, rank, world)
-                (want[0] * g_c + want[1] * g_d).backward()
-                mine = _leaves(img[own], txt[own], torch.tensor(10.0))
-                ones = torch.ones(b)
-                got = vdist.soft_target_loss(
-                    *mine, ones, ones, teacher, eps=eps, factor=1.0, impl="torch",
-                    local_loss=local_loss, gather_with_grad=with_grad,
-                )  # fmt: skip
-                (got[0] * g_c + got[1] * g_d).backward()
-                what = f"distill b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
-                _close(got[0], want[0], what + " contrastive")
-                _close(got[1], want[1], what + " distill")
-                for name, a, w in zip(("d_image", "d_text", "d_scale"), mine, ref, strict=True):
-                    _close(a.grad, w.grad, f"{what} {name}")
+                eps = 0.1 if with_grad else 0.0
+                ref = _leaves(img[own], txt[own], torch.tensor(8.0))
+                ref_mask = mask[own] if local_loss else mask
+                want = _soft_reference(*ref, 0.4, teacher, ref_mask, eps, local_loss, with_grad, rank, world)
+                want_g = _grads(want, ref, grad_out)
+                mine = _leaves(img[own], txt[own], torch.tensor(8.0))
+                got = _soft_flags_loss(
+                    *mine, 0.4, teacher, mask[own], eps, local_loss, with_grad, rank, world
+                )
+                got_g = _grads(got, mine, grad_out)
+                what = f"soft flags b={b} teacher={teacher is not None} local={local_loss} grad={with_grad}"
+                _close(got, want, f"{what} rank={rank} loss")
+                for name, a, w in zip(("d_image", "d_text", "d_scale"), got_g, want_g, strict=True):
+                    _close(a, w, f"{what} rank={rank} {name}")
 
 
 class _MaxNumel(TorchDispatchMode):
@@ -427,13 +484,14 @@ def _check_errors(rank, world):
 @pytest.mark.parametrize("world", [2, 3])
 def test_gather_matches_full_batch(world):
     _spawn("_check_gather_contract", world, ("torch", "naive"), SIZES, (9, 16))
-    _spawn("_check_soft_target_contract", world, SIZES)
+    _spawn("_check_soft_target_contract", world, ("torch", "naive"), SIZES)
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_open_clip_flag_parity(world):
     _spawn("_check_clip_flags", world, ("torch", "naive"), SIZES)
-    _spawn("_check_distill_flags", world, SIZES)
+    _spawn("_check_distill_flags", world, ("torch", "naive"), SIZES)
+    _spawn("_check_soft_flags", world, SIZES)
 
 
 def test_ddp_gradients_equal_single_process():

@@ -52,6 +52,16 @@ def world(group=None) -> tuple[int, int]:
     return dist.get_world_size(group), dist.get_rank(group)
 
 
+def check_world(group, rank: int, world_size: int, owner: str) -> None:
+    """``owner``'s rank / world_size arguments (open_clip's) must describe this process in ``group``."""
+    size, actual = world(group)
+    if (size, actual) != (world_size, rank):
+        raise ValueError(
+            f"{owner} was built with rank={rank}, world_size={world_size} but this process is rank "
+            f"{actual} of {size} in its process group"
+        )
+
+
 def _gather(x: torch.Tensor, group, async_op: bool = False):
     """Concatenation over ranks of x ([b, ...] -> [n b, ...]) and the async work handle (or None)."""
     x = x.contiguous()
@@ -356,23 +366,30 @@ def _check_group(image, text, scale, eps, factor, teacher, group, local_loss, wi
     check_ranks(group, image.device, fields)
 
 
+def open_clip_gather(image, text, *, local_loss: bool, gather_with_grad: bool, group=None):
+    """open_clip's ``gather_features``: ([B, D], [B, D]) with autograd through the gather, or detached
+    copies with the local slice put back (``local_loss=False``) so that the local features keep theirs."""
+    from torch.distributed.nn.functional import all_gather
+
+    _, rank = world(group)
+    if gather_with_grad:
+        return torch.cat(all_gather(image, group=group)), torch.cat(all_gather(text, group=group))
+    all_image, all_text = _gather(image.detach(), group)[0], _gather(text.detach(), group)[0]
+    if not local_loss:
+        b = image.shape[0]
+        head, tail = slice(0, rank * b), slice((rank + 1) * b, None)
+        all_image = torch.cat([all_image[head], image, all_image[tail]])
+        all_text = torch.cat([all_text[head], text, all_text[tail]])
+    return all_image, all_text
+
+
 def open_clip_logits(image, text, scale, *, local_loss: bool, gather_with_grad: bool, group=None):
     """open_clip's ``gather_features`` + ``get_logits`` (B x B or b x B logits, fp32) and its labels:
     the naive distributed baseline."""
-    from torch.distributed.nn.functional import all_gather
-
-    n, rank = world(group)
-    if gather_with_grad:
-        all_image = torch.cat(all_gather(image, group=group))
-        all_text = torch.cat(all_gather(text, group=group))
-    else:
-        all_image = _gather(image.detach(), group)[0]
-        all_text = _gather(text.detach(), group)[0]
-        if not local_loss:
-            b = image.shape[0]
-            own = slice(rank * b, (rank + 1) * b)
-            all_image = torch.cat([all_image[: own.start], image, all_image[own.stop :]])
-            all_text = torch.cat([all_text[: own.start], text, all_text[own.stop :]])
+    _, rank = world(group)
+    all_image, all_text = open_clip_gather(
+        image, text, local_loss=local_loss, gather_with_grad=gather_with_grad, group=group
+    )
     if local_loss:
         per_image = scale * image.float() @ all_text.float().T
         per_text = scale * text.float() @ all_image.float().T
@@ -450,3 +467,116 @@ def soft_target_loss(
         image, text, scale, hard_w, soft_w, *t_args, eps, factor, _soft_backend(impl), group, local_loss,
         gather_with_grad,
     )  # fmt: skip
+
+
+def distill_clip_naive(
+    image, text, scale, teacher, *, eps: float, local_loss: bool, gather_with_grad: bool, group
+):
+    """open_clip's ``DistillClipLoss.forward`` over the ranks (B x B or b x B logits): the baseline."""
+    import torch.nn.functional as F
+
+    flags = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, group=group)
+    per_image, per_text, labels = open_clip_logits(image, text, scale, **flags)
+    t_per_image, t_per_text, _ = open_clip_logits(*teacher, **flags)
+    contrastive = 0.5 * (
+        F.cross_entropy(per_image, labels, label_smoothing=eps)
+        + F.cross_entropy(per_text, labels, label_smoothing=eps)
+    )
+
+    def dist_loss(teacher_logits, student_logits):
+        return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(dim=1).mean(dim=0)
+
+    distill = 0.5 * (dist_loss(t_per_image, per_image) + dist_loss(t_per_text, per_text))
+    return contrastive, distill
+
+
+def soft_target_naive(
+    image, text, scale, alpha, teacher, soft_mask, *, eps, reduction, gather_with_grad, group
+):
+    """The B x B soft-target reference on open_clip-style gathered features (``local_loss=False``)."""
+    from vlkernels.reference import soft_target_loss_naive
+
+    flags = dict(local_loss=False, gather_with_grad=gather_with_grad, group=group)
+    all_image, all_text = open_clip_gather(image, text, **flags)
+    t_args = (None, None, None)
+    if teacher is not None:
+        t_args = (*open_clip_gather(teacher[0], teacher[1], **flags), teacher[2])
+    mask = None if soft_mask is None else _gather(soft_mask.to(torch.uint8), group)[0].bool()
+    return soft_target_loss_naive(all_image, all_text, scale, alpha, *t_args, mask, eps, reduction)
+
+
+def soft_target_checked(
+    image,
+    text,
+    logit_scale,
+    alpha,
+    teacher_image,
+    teacher_text,
+    teacher_scale,
+    soft_mask,
+    *,
+    label_smoothing,
+    reduction: str,
+    impl: str,
+    group,
+    local_loss: bool,
+    gather_with_grad: bool,
+):
+    """``vlkernels.soft_target_loss`` over the ranks of ``group`` (the argument checks, then the
+    block-row Function, or the naive B x B baseline), for every open_clip flag combination."""
+    from vlkernels import _checks
+    from vlkernels.distill import _check_alpha, _check_soft_mask, _check_teacher
+    from vlkernels.functional import resolve_impl
+
+    _checks.check_features(image, text)
+    eps = _checks.check_label_smoothing(label_smoothing)
+    factor = _checks.reduction_factor(reduction)
+    scale = _checks.scale_tensor(logit_scale, image)
+    alpha_t = _check_alpha(alpha, image)
+    teacher = _check_teacher(image, teacher_image, teacher_text, teacher_scale)
+    mask = _check_soft_mask(soft_mask, image)
+    impl = resolve_impl(impl, image.device)
+    if impl == "naive":
+        _check_group(image, text, scale, eps, factor, teacher, group, local_loss, gather_with_grad)
+        if local_loss:
+            raise ValueError(
+                "impl='naive' computes the soft-target loss over the full gathered batch only; "
+                "use local_loss=False, or impl='torch' / 'triton' for local_loss=True"
+            )
+        return soft_target_naive(
+            image, text, scale, alpha_t, teacher, mask, eps=eps, reduction=reduction,
+            gather_with_grad=gather_with_grad, group=group,
+        )  # fmt: skip
+    soft_w = alpha_t.expand(image.shape[0])
+    if mask is not None:
+        soft_w = soft_w * mask
+    hard, soft = soft_target_loss(
+        image, text, scale, 1.0 - soft_w, soft_w, teacher, eps=eps, factor=factor, impl=impl, group=group,
+        local_loss=local_loss, gather_with_grad=gather_with_grad,
+    )  # fmt: skip
+    return hard + soft
+
+
+def distill_clip_checked(
+    image, text, logit_scale, teacher_image, teacher_text, teacher_scale, *, label_smoothing, impl: str,
+    group, local_loss: bool, gather_with_grad: bool,
+):  # fmt: skip
+    """``DistillClipLoss`` over the ranks of ``group``: (contrastive, distill), open_clip's per-rank values
+    and gradients for its (local_loss, gather_with_grad) combination."""
+    from vlkernels import _checks
+    from vlkernels.distill import _check_teacher
+    from vlkernels.functional import resolve_impl
+
+    _checks.check_features(image, text)
+    eps = _checks.check_label_smoothing(label_smoothing)
+    scale = _checks.scale_tensor(logit_scale, image)
+    teacher = _check_teacher(image, teacher_image, teacher_text, teacher_scale)
+    if teacher is None:
+        raise ValueError("dist_image_features, dist_text_features and dist_logit_scale are required")
+    impl = resolve_impl(impl, image.device)
+    flags = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, group=group)
+    if impl == "naive":
+        _check_group(image, text, scale, eps, 1.0, teacher, group, local_loss, gather_with_grad)
+        return distill_clip_naive(image, text, scale, teacher, eps=eps, **flags)
+    ones = torch.ones(image.shape[0], dtype=torch.float32, device=image.device)
+    return soft_target_loss(image, text, scale, ones, ones, teacher, eps=eps, factor=1.0, impl=impl, **flags)

@@ -62,16 +62,6 @@ class ClipLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.impl = impl
 
-    def _check_world(self) -> None:
-        from vlkernels import distributed
-
-        world, rank = distributed.world(self.group)
-        if (world, rank) != (self.world_size, self.rank):
-            raise ValueError(
-                f"ClipLoss was built with rank={self.rank}, world_size={self.world_size} but this process is "
-                f"rank {rank} of {world} in its process group"
-            )
-
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
         _check_logit_bias(logit_bias)
         if self.world_size > 1:
@@ -90,7 +80,7 @@ class ClipLoss(nn.Module):
         from vlkernels import _checks, distributed
         from vlkernels.functional import resolve_impl
 
-        self._check_world()
+        distributed.check_world(self.group, self.rank, self.world_size, type(self).__name__)
         _checks.check_features(image_features, text_features)
         return distributed.contrastive_loss(
             image_features,
