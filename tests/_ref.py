@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # Per-dtype tolerances for comparing against the fp32 naive reference computed from the same inputs:
 # differences come from fp32 accumulation order and from rounding the gradients to the input dtype.
@@ -51,3 +52,32 @@ def assert_close_all(got, want, dtype, tol=None):
         assert a.dtype == b.dtype, (name, a.dtype, b.dtype)
         assert torch.isfinite(a).all(), f"{name} is not finite"
         torch.testing.assert_close(a.float(), b.float(), msg=lambda m, n=name: f"{n}: {m}", **tol)
+
+
+class MaxNumel(TorchDispatchMode):
+    """Records the largest tensor any op produces (to check that no B x B tensor is ever allocated)."""
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.max_numel = max(self.max_numel, t.numel())
+        return out
+
+
+def largest_tensors(fn) -> tuple[int, int]:
+    """(numel of the largest tensor any op produced, numel of the largest tensor saved for backward)
+    while running ``fn()`` (forward and backward)."""
+    saved = [0]
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), MaxNumel() as mode:
+        fn()
+    return mode.max_numel, max(saved)
