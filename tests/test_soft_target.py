@@ -1,0 +1,611 @@
+"""Soft-target (PSD) loss: every impl against the naive reference, values and all gradients; the
+open_clip DistillClipLoss formula; schedules; errors; no B x B tensor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests._ref import TOL, assert_close_all, features, largest_tensors, run_loss
+from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
+from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
+from vlkernels.reference import soft_target_loss_naive
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+TRITON = pytest.param("triton", marks=pytest.mark.interpreter)
+
+
+def _teacher_kwargs(batch: int, t_dim: int | None, dtype=torch.float32, t_scale=9.0):
+    if t_dim is None:
+        return {}
+    t_img, t_txt = features(batch, t_dim, dtype, seed=batch * 7 + t_dim)
+    return dict(teacher_image_features=t_img, teacher_text_features=t_txt, teacher_logit_scale=t_scale)
+
+
+def _mask(batch: int) -> torch.Tensor:
+    return torch.arange(batch) % 3 != 1
+
+
+def _check(
+    impl,
+    batch,
+    dim,
+    dtype=torch.float32,
+    alpha=0.3,
+    t_dim=None,
+    mask=False,
+    eps=0.0,
+    reduction="mean",
+    grad_out=1.0,
+    scale=14.3,
+    tol=None,
+):
+    """The loss and the grads of (image, text, logit_scale) of ``impl`` against naive; none to the teacher."""
+    img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim)
+    kw = dict(label_smoothing=eps, reduction=reduction, **_teacher_kwargs(batch, t_dim))
+    if mask:
+        kw["soft_mask"] = _mask(batch)
+    teacher = [kw[k] for k in ("teacher_image_features", "teacher_text_features") if k in kw]
+    for t in teacher:
+        t.requires_grad_()
+
+    def loss(i, t, s, impl):
+        return soft_target_loss(i, t, s, alpha, impl=impl, **kw)
+
+    want = run_loss(lambda i, t, s: loss(i, t, s, "naive"), img, txt, torch.tensor(scale), grad_out)
+    got = run_loss(lambda i, t, s: loss(i, t, s, impl), img, txt, torch.tensor(scale), grad_out)
+    assert_close_all(got, want, dtype, tol=tol)
+    assert all(t.grad is None for t in teacher), "the teacher must get no gradient"
+    return got
+
+
+# --- torch backend (fast) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 17, 127])
+@pytest.mark.parametrize("dim", [1, 7, 64, 100, 129])
+@pytest.mark.parametrize("t_dim", [None, 33])
+def test_torch_matches_naive_shapes(batch, dim, t_dim):
+    _check("torch", batch, dim, t_dim=t_dim, mask=batch > 2, eps=0.1, grad_out=1.7)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0, "tensor"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("t_dim", [None, 24])
+def test_torch_matches_naive_options(alpha, mask, eps, reduction, t_dim):
+    alpha = torch.tensor(0.6) if alpha == "tensor" else alpha
+    _check("torch", 19, 23, alpha=alpha, t_dim=t_dim, mask=mask, eps=eps, reduction=reduction, grad_out=0.7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t_dim", [None, 48])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_torch_matches_naive_dtypes(dtype, t_dim, scale):
+    _check("torch", 33, 65, dtype=dtype, t_dim=t_dim, mask=True, eps=0.1, grad_out=0.3, scale=scale)
+
+
+def test_torch_small_chunks_match(monkeypatch):
+    # Several chunks: exercises the online merge of the column statistics across chunks.
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "5")
+    for t_dim in (None, 11):
+        _check("torch", 37, 19, t_dim=t_dim, mask=True, eps=0.1, grad_out=2.0)
+
+
+# --- Triton kernels under the interpreter -----------------------------------------------------
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("batch,dim", [(1, 1), (2, 7), (3, 64), (17, 100), (17, 129), (40, 1), (33, 65)])
+@pytest.mark.parametrize("t_dim", [None, 5, 40])
+def test_triton_matches_naive_shapes(batch, dim, t_dim):
+    _check("triton", batch, dim, t_dim=t_dim, mask=batch > 2, eps=0.1, grad_out=1.7)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("alpha", [0.0, 1.0, "tensor"])
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("t_dim", [None, 24])
+def test_triton_matches_naive_options(alpha, mask, t_dim):
+    alpha = torch.tensor(0.6) if alpha == "tensor" else alpha
+    _check("triton", 19, 23, alpha=alpha, t_dim=t_dim, mask=mask, eps=0.0, reduction="sum", grad_out=0.7)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t_dim", [None, 48])
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_triton_matches_naive_dtypes(dtype, t_dim, scale):
+    _check("triton", 20, 40, dtype=dtype, t_dim=t_dim, mask=True, eps=0.1, grad_out=0.7, scale=scale)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("deterministic", ["0", "1"])
+@pytest.mark.parametrize("t_dim", [None, 70])
+def test_triton_backward_variants(monkeypatch, deterministic, t_dim):
+    # "1": two gradient launches (no atomics); "0": one launch with atomic dK. D=70 > BLOCK_D: the
+    # multi-chunk D paths (dQ accumulated in global memory).
+    monkeypatch.setenv("VLKERNELS_DETERMINISTIC", deterministic)
+    _check("triton", 21, 70, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
+@pytest.mark.slow
+@pytest.mark.parametrize("t_dim", [None, 100])
+def test_triton_matches_naive_large(t_dim):
+    _check("triton", 127, 129, t_dim=t_dim, mask=True, eps=0.1, grad_out=0.5)
+
+
+@pytest.mark.interpreter
+def test_triton_teacher_in_another_dtype():
+    # bf16 student, fp16 teacher (each side gets its own upcast / dot precision).
+    img, txt = features(18, 24, torch.bfloat16)
+    kw = _teacher_kwargs(18, 20, torch.float16)
+    want = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 0.5, impl="naive", **kw), img, txt, torch.tensor(20.0)
+    )
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 0.5, impl="triton", **kw), img, txt, torch.tensor(20.0)
+    )
+    assert_close_all(got, want, torch.bfloat16)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_triton_backend_matches_torch_backend_rectangular(teacher, deterministic):
+    # The backend interface on rectangular blocks (the distributed block-row scheme uses M != N), with
+    # independent row/column weights, and non-contiguous inputs.
+    from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend
+
+    m, n, dim = 13, 29, 10
+    g = torch.Generator().manual_seed(3)
+    img = F.normalize(torch.randn(dim, m, generator=g), dim=0).T  # column-major
+    txt = F.normalize(torch.randn(n, dim, generator=g), dim=1)
+    scale = torch.tensor(11.0)
+    t = None
+    if teacher:
+        t = (
+            F.normalize(torch.randn(m, 6, generator=g), dim=1),
+            F.normalize(torch.randn(n, 6, generator=g), dim=1),
+        )
+        t = (*t, torch.tensor(7.0))
+    fast, ref = TritonSoftTargetBackend(atomic_dk=not deterministic), TorchSoftTargetBackend()
+    got, want = fast.stats(img, txt, scale, t), ref.stats(img, txt, scale, t)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    r, c, tr, tc = want[:4]
+    p_row, p_col, q_row, q_col = (torch.rand(k, generator=g) for k in (m, n, m, n))
+    args = (img, txt, scale, r, c, p_row, p_col, q_row, q_col, t, tr, tc)
+    for a, b in zip(fast.accumulate(*args), ref.accumulate(*args), strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+
+
+# --- both backends: properties ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_alpha_zero_is_contrastive_loss(impl, eps, reduction):
+    img, txt = features(15, 12)
+    kw = dict(label_smoothing=eps, reduction=reduction, impl=impl)
+    want = run_loss(lambda i, t, s: contrastive_loss(i, t, s, **kw), img, txt, torch.tensor(8.0), 1.3)
+    for alpha in (0.0, torch.tensor(0.0)):
+        got = run_loss(
+            lambda i, t, s, a=alpha: soft_target_loss(i, t, s, a, **kw), img, txt, torch.tensor(8.0), 1.3
+        )
+        assert_close_all(got, want, torch.float32, tol={torch.float32: dict(atol=1e-6, rtol=1e-6)})
+    # Also with a teacher and a mask: their soft targets get weight 0.
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 0.0, soft_mask=_mask(15), **_teacher_kwargs(15, 9), **kw),
+        img,
+        txt,
+        torch.tensor(8.0),
+        1.3,
+    )
+    assert_close_all(got, want, torch.float32, tol={torch.float32: dict(atol=1e-6, rtol=1e-6)})
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_full_self_distillation_has_zero_gradient(impl):
+    # alpha = 1, self teacher, no mask: the targets are the student's own (detached) softmax, so the loss
+    # is the mean entropy of the two softmaxes and its gradient (P - Q) vanishes.
+    img, txt = features(12, 16)
+    loss, d_img, d_txt, d_scale = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 1.0, impl=impl), img, txt, torch.tensor(10.0)
+    )
+    logits = 10.0 * img @ txt.T
+    entropy = lambda x: -(x.softmax(1) * x.log_softmax(1)).sum(1).mean()  # noqa: E731
+    torch.testing.assert_close(loss, 0.5 * (entropy(logits) + entropy(logits.T)), **TOL[torch.float32])
+    for g in (d_img, d_txt, d_scale):
+        assert g.abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_self_teacher_equals_explicit_copy(impl):
+    # The default teacher is the model itself, detached: passing a detached copy as teacher gives the same.
+    img, txt = features(21, 14)
+    kw = dict(soft_mask=_mask(21), label_smoothing=0.1, impl=impl)
+    want = run_loss(lambda i, t, s: soft_target_loss(i, t, s, 0.4, **kw), img, txt, torch.tensor(6.0), 0.9)
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(
+            i, t, s, 0.4, teacher_image_features=i, teacher_text_features=t, teacher_logit_scale=s, **kw
+        ),
+        img,
+        txt,
+        torch.tensor(6.0),
+        0.9,
+    )
+    assert_close_all(got, want, torch.float32)
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_sum_is_twice_mean(impl):
+    img, txt = features(9, 11)
+    kw = dict(impl=impl, soft_mask=_mask(9), **_teacher_kwargs(9, 4))
+    mean = soft_target_loss(img, txt, 5.0, 0.5, **kw)
+    total = soft_target_loss(img, txt, 5.0, 0.5, reduction="sum", **kw)
+    torch.testing.assert_close(total, 2 * mean)
+
+
+def test_reference_matches_direct_formula():
+    # The naive reference against an independent expression: per-row probability targets.
+    batch = 10
+    img, txt = features(batch, 6)
+    t_img, t_txt = features(batch, 3, seed=5)
+    logits, t_logits = 7.0 * img @ txt.T, 4.0 * t_img @ t_txt.T
+    mask = _mask(batch)
+    a = torch.where(mask, 0.3, 0.0)[:, None]
+    hard = 0.9 * torch.eye(batch) + 0.1 / batch
+    q_i = (1 - a) * hard + a * t_logits.softmax(1)
+    q_t = (1 - a) * hard + a * t_logits.softmax(0).T
+    want = 0.5 * (
+        -(q_i * logits.log_softmax(1)).sum(1).mean() - (q_t * logits.T.log_softmax(1)).sum(1).mean()
+    )
+    got = soft_target_loss_naive(img, txt, 7.0, 0.3, t_img, t_txt, 4.0, mask, 0.1)
+    torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_open_clip_scale_parameter_gradient(impl):
+    # open_clip passes logit_scale.exp(): the gradient reaches the log-parameter through exp.
+    img, txt = features(12, 9)
+    grads = []
+    for which in ("naive", impl):
+        param = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        soft_target_loss(img, txt, param.exp(), 0.5, impl=which, **_teacher_kwargs(12, 5)).backward()
+        grads.append(param.grad)
+    torch.testing.assert_close(grads[1], grads[0], **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_only_requested_grads_and_dtype(impl):
+    img, txt = features(6, 4, torch.float16)
+    img.requires_grad_()
+    loss = soft_target_loss(img, txt, torch.tensor(3.0), 0.5, impl=impl)
+    loss.backward()
+    assert img.grad is not None and txt.grad is None
+    assert img.grad.dtype == torch.float16
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_never_materialises_b_by_b(monkeypatch, impl):
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    batch, dim = 96, 4
+    img, txt = features(batch, dim)
+    img.requires_grad_()
+    txt.requires_grad_()
+    scale = torch.tensor(5.0, requires_grad=True)
+    for kw in ({}, _teacher_kwargs(batch, 3)):
+
+        def step(impl=impl, kw=kw):
+            soft_target_loss(img, txt, scale, 0.5, soft_mask=_mask(batch), impl=impl, **kw).backward()
+
+        produced, saved = largest_tensors(step)
+        # torch: chunks of 8 rows of S (and of S'); triton: the interpreter's copies of one 16-row tile-row.
+        assert produced <= 16 * batch < batch * batch, produced
+        assert saved <= batch * dim
+    # The check can fail: the naive implementation does materialise B x B.
+    produced, _ = largest_tensors(lambda: soft_target_loss(img, txt, scale, 0.5, impl="naive").backward())
+    assert produced >= batch * batch
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_non_finite_inputs_give_non_finite_loss(impl):
+    img, txt = features(7, 5)
+    img[3, 2] = float("nan")
+    assert not torch.isfinite(soft_target_loss(img, txt, 10.0, 0.5, impl=impl))
+    img, txt = features(7, 5)
+    kw = _teacher_kwargs(7, 3)
+    kw["teacher_image_features"][1, 1] = float("inf")
+    assert not torch.isfinite(soft_target_loss(img, txt, 10.0, 0.5, impl=impl, **kw))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 48),
+    dim=st.integers(1, 80),
+    t_dim=st.one_of(st.none(), st.integers(1, 40)),
+    scale=st.floats(0.5, 100.0),
+    alpha=st.floats(0.0, 1.0),
+    eps=st.sampled_from([0.0, 0.1, 0.5]),
+    use_mask=st.booleans(),
+    grad_out=st.floats(0.1, 3.0),
+    seed=st.integers(0, 10_000),
+)
+def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_out, seed):
+    img, txt = features(batch, dim, seed=seed)
+    kw = dict(label_smoothing=eps, **_teacher_kwargs(batch, t_dim, t_scale=scale / 2))
+    if use_mask:
+        kw["soft_mask"] = torch.rand(batch, generator=torch.Generator().manual_seed(seed)) < 0.5
+    want = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="naive", **kw),
+        img,
+        txt,
+        torch.tensor(scale),
+        grad_out,
+    )
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="torch", **kw),
+        img,
+        txt,
+        torch.tensor(scale),
+        grad_out,
+    )
+    assert_close_all(got, want, torch.float32, tol={torch.float32: dict(atol=5e-5, rtol=5e-5)})
+
+
+@pytest.mark.interpreter
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 40),
+    dim=st.integers(1, 70),
+    t_dim=st.one_of(st.none(), st.integers(1, 40)),
+    scale=st.floats(0.5, 100.0),
+    alpha=st.floats(0.0, 1.0),
+    eps=st.sampled_from([0.0, 0.1]),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 10_000),
+)
+def test_hypothesis_triton(batch, dim, t_dim, scale, alpha, eps, dtype, seed):
+    img, txt = features(batch, dim, dtype, seed=seed)
+    kw = dict(label_smoothing=eps, soft_mask=_mask(batch), **_teacher_kwargs(batch, t_dim, dtype, scale / 2))
+    want = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="naive", **kw), img, txt, torch.tensor(scale)
+    )
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="triton", **kw), img, txt, torch.tensor(scale)
+    )
+    tol = dict(TOL)
+    tol[torch.float32] = dict(atol=5e-5, rtol=5e-5)
+    assert_close_all(got, want, dtype, tol=tol)
+
+
+# --- DistillClipLoss: open_clip's formula -----------------------------------------------------
+
+
+def _open_clip_distill(image, text, scale, t_image, t_text, t_scale):
+    """open_clip.loss.DistillClipLoss (world_size 1), written out: (contrastive_loss, distill_loss)."""
+    logits_per_image = scale * image @ text.T
+    logits_per_text = logits_per_image.T
+    t_logits_per_image = t_scale * t_image @ t_text.T
+    t_logits_per_text = t_logits_per_image.T
+    labels = torch.arange(image.shape[0])
+    contrastive = (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+    def dist_loss(teacher_logits, student_logits):
+        return -(teacher_logits.softmax(dim=1) * student_logits.log_softmax(dim=1)).sum(dim=1).mean(dim=0)
+
+    distill = (
+        dist_loss(t_logits_per_image, logits_per_image) + dist_loss(t_logits_per_text, logits_per_text)
+    ) / 2
+    return contrastive, distill
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+@pytest.mark.parametrize("batch,dim,t_dim", [(1, 3, 2), (23, 16, 40)])
+def test_distill_clip_loss_matches_open_clip(impl, batch, dim, t_dim):
+    img, txt = features(batch, dim)
+    t_img, t_txt = features(batch, t_dim, seed=1)
+    scale, t_scale = torch.tensor(math.log(1 / 0.07)).exp(), torch.tensor(30.0)
+    mod = DistillClipLoss(impl=impl)
+    grads = []
+    for fn in (_open_clip_distill, mod):
+        i, t = img.clone().requires_grad_(), txt.clone().requires_grad_()
+        s = scale.clone().requires_grad_()
+        ti, tt = t_img.clone().requires_grad_(), t_txt.clone().requires_grad_()
+        # The teacher is detached in open_clip's training loop (computed under no_grad); here by the loss.
+        teacher = (ti, tt, t_scale) if fn is mod else (ti.detach(), tt.detach(), t_scale)
+        contrastive, distill = fn(i, t, s, *teacher)
+        (0.6 * contrastive + 1.7 * distill).backward()
+        grads.append((contrastive.detach(), distill.detach(), i.grad, t.grad, s.grad))
+        assert ti.grad is None and tt.grad is None
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    out = mod(img, txt, scale, t_img, t_txt, t_scale, output_dict=True)
+    assert set(out) == {"contrastive_loss", "distill_loss"}
+    torch.testing.assert_close(out["distill_loss"], grads[0][1], **TOL[torch.float32])
+
+
+def test_distill_clip_loss_label_smoothing_is_contrastive_only():
+    img, txt = features(11, 8)
+    t_img, t_txt = features(11, 5, seed=2)
+    c, d = DistillClipLoss(label_smoothing=0.1, impl="torch")(img, txt, 12.0, t_img, t_txt, 20.0)
+    torch.testing.assert_close(c, contrastive_loss(img, txt, 12.0, label_smoothing=0.1, impl="naive"))
+    _, d0 = DistillClipLoss(impl="torch")(img, txt, 12.0, t_img, t_txt, 20.0)
+    torch.testing.assert_close(d, d0)
+
+
+def test_distill_clip_loss_needs_a_teacher():
+    img, txt = features(4, 3)
+    with pytest.raises(ValueError, match="dist_image_features"):
+        DistillClipLoss()(img, txt, 1.0, None, None, None)
+    with pytest.raises(ValueError, match="go together"):
+        DistillClipLoss()(img, txt, 1.0, img, None, 1.0)
+
+
+# --- SoftTargetLoss and progressive_alpha -----------------------------------------------------
+
+
+def test_progressive_alpha_values():
+    assert progressive_alpha(0, 10, 0.5) == 0.0
+    assert progressive_alpha(5, 10, 0.5) == pytest.approx(0.25)
+    assert progressive_alpha(10, 10, 0.5) == pytest.approx(0.5)
+    assert progressive_alpha(25, 10, 0.5) == pytest.approx(0.5)
+    assert progressive_alpha(-3, 10, 0.5) == 0.0
+    assert isinstance(progressive_alpha(3, 10, 0.5), float)
+    steps = torch.tensor([0, 4, 8, 12])
+    torch.testing.assert_close(progressive_alpha(steps, 8, 1.0), torch.tensor([0.0, 0.5, 1.0, 1.0]))
+
+
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        ((1, 0, 0.5), ValueError, "total_steps"),
+        ((1, 2.5, 0.5), ValueError, "total_steps"),
+        ((1, 10, 1.5), ValueError, "alpha_max"),
+        ((1, 10, "0.5"), TypeError, "alpha_max"),
+        (("1", 10, 0.5), TypeError, "step"),
+        ((float("nan"), 10, 0.5), TypeError, "step"),
+    ],
+)
+def test_progressive_alpha_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        progressive_alpha(*args)
+
+
+def test_soft_target_loss_module_schedule_and_state_dict():
+    mod = SoftTargetLoss(alpha_max=0.5, total_steps=4, impl="torch")
+    assert float(mod.alpha) == 0.0 and mod.num_steps == 0
+    values = [mod.step() for _ in range(6)]
+    assert values == pytest.approx([0.125, 0.25, 0.375, 0.5, 0.5, 0.5])
+    assert float(mod.alpha) == pytest.approx(0.5)
+    fresh = SoftTargetLoss(alpha_max=0.5, total_steps=4, impl="torch")
+    mod2 = SoftTargetLoss(alpha_max=0.5, total_steps=4, impl="torch")
+    for _ in range(2):
+        mod2.step()
+    fresh.load_state_dict(mod2.state_dict())
+    assert fresh.num_steps == 2 and float(fresh.alpha) == pytest.approx(0.25)
+    assert fresh.step() == pytest.approx(0.375)
+    # forward uses the current alpha: the same as the functional form with that alpha.
+    img, txt = features(10, 6)
+    kw = _teacher_kwargs(10, 4)
+    mask = _mask(10)
+    want = soft_target_loss(img, txt, 7.0, 0.375, soft_mask=mask, impl="naive", **kw)
+    got = fresh(img, txt, 7.0, *kw.values(), soft_mask=mask)
+    torch.testing.assert_close(got, want, **TOL[torch.float32])
+    assert "num_steps=3" in repr(fresh)
+
+
+def test_soft_target_loss_module_custom_schedule_and_options():
+    mod = SoftTargetLoss(0.8, 10, schedule=lambda t: 0.1 * (t % 3), label_smoothing=0.1, reduction="sum")
+    assert [mod.step() for _ in range(4)] == pytest.approx([0.1, 0.2, 0.0, 0.1])
+    img, txt = features(8, 5)
+    want = soft_target_loss(img, txt, 3.0, 0.1, label_smoothing=0.1, reduction="sum", impl="naive")
+    torch.testing.assert_close(mod(img, txt, 3.0), want, **TOL[torch.float32])
+    bad = SoftTargetLoss(0.5, 10, schedule=lambda t: 2.0 * t)
+    with pytest.raises(ValueError, match="outside"):
+        bad.step()
+    with pytest.raises(ValueError, match="impl"):
+        SoftTargetLoss(0.5, 10, impl="cuda")
+    with pytest.raises(ValueError, match="alpha_max"):
+        SoftTargetLoss(1.5, 10)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "alpha,exc,match",
+    [
+        (1.5, ValueError, r"alpha must be in \[0, 1\]"),
+        (-0.1, ValueError, r"alpha must be in \[0, 1\]"),
+        (float("nan"), ValueError, r"alpha must be in \[0, 1\]"),
+        (torch.tensor(1.2), ValueError, r"alpha must be in \[0, 1\]"),
+        (torch.tensor([0.1, 0.2]), ValueError, "scalar"),
+        (torch.tensor(1), TypeError, "floating-point"),
+        ("0.5", TypeError, "alpha must be a float"),
+        (True, TypeError, "alpha must be a float"),
+        (None, TypeError, "alpha must be a float"),
+    ],
+)
+def test_bad_alpha(alpha, exc, match):
+    img, txt = features(5, 3)
+    with pytest.raises(exc, match=match):
+        soft_target_loss(img, txt, 1.0, alpha)
+
+
+@pytest.mark.parametrize("given", [(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)])
+def test_partial_teacher_arguments(given):
+    img, txt = features(5, 3)
+    full = _teacher_kwargs(5, 4)
+    kw = {k: v for n, (k, v) in enumerate(full.items()) if n in given}
+    with pytest.raises(ValueError, match="go together"):
+        soft_target_loss(img, txt, 1.0, 0.5, **kw)
+
+
+@pytest.mark.parametrize(
+    "change,exc,match",
+    [
+        (dict(teacher_image_features=features(6, 4)[0], teacher_text_features=features(6, 4)[1]),
+         ValueError, "batch size"),
+        (dict(teacher_text_features=features(5, 7)[1]), ValueError, "same shape"),
+        (dict(teacher_text_features=features(5, 4, torch.float16)[1]), TypeError, "same dtype"),
+        (dict(teacher_logit_scale="2"), TypeError, "teacher_logit_scale"),
+        (dict(teacher_logit_scale=torch.ones(3)), ValueError, "teacher_logit_scale"),
+        (dict(teacher_image_features=features(5, 4)[0].long()), TypeError, "teacher_image_features"),
+    ],
+)  # fmt: skip
+def test_bad_teacher(change, exc, match):
+    img, txt = features(5, 3)
+    kw = _teacher_kwargs(5, 4)
+    kw.update(change)
+    with pytest.raises(exc, match=match):
+        soft_target_loss(img, txt, 1.0, 0.5, **kw)
+
+
+@pytest.mark.parametrize(
+    "mask,exc,match",
+    [
+        (torch.ones(4, dtype=torch.bool), ValueError, r"soft_mask must have shape \(5,\)"),
+        (torch.ones(5, 1, dtype=torch.bool), ValueError, r"soft_mask must have shape \(5,\)"),
+        (torch.ones(5), TypeError, "torch.bool"),
+        (torch.ones(5, dtype=torch.long), TypeError, "torch.bool"),
+        ([True] * 5, TypeError, "bool tensor"),
+    ],
+)
+def test_bad_soft_mask(mask, exc, match):
+    img, txt = features(5, 3)
+    with pytest.raises(exc, match=match):
+        soft_target_loss(img, txt, 1.0, 0.5, soft_mask=mask)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(label_smoothing=1.5), ValueError, "label_smoothing"),
+        (dict(reduction="none"), ValueError, "reduction"),
+        (dict(impl="cuda"), ValueError, "impl must be one of"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    img, txt = features(5, 3)
+    with pytest.raises(exc, match=match):
+        soft_target_loss(img, txt, 1.0, 0.5, **kwargs)
+    with pytest.raises(ValueError, match="same shape"):
+        soft_target_loss(img, txt[:4], 1.0, 0.5)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    img, txt = features(4, 4)
+    with pytest.raises(RuntimeError, match="impl='triton' cannot run.*CUDA"):
+        soft_target_loss(img, txt, 1.0, 0.5, impl="triton")
