@@ -107,6 +107,8 @@ def soft_target_loss(
     label_smoothing: float = 0.0,
     reduction: str = "mean",
     impl: str = "auto",
+    group=None,
+    gather: bool = False,
 ) -> torch.Tensor:
     """Symmetric CLIP loss against soft targets (PSD) without materialising the B x B logits.
 
@@ -128,12 +130,26 @@ def soft_target_loss(
         label_smoothing: in [0, 1], applied to the hard part ``H`` only.
         reduction: "mean" (the average of the two directions) or "sum" (their sum).
         impl: "auto" | "triton" | "torch" | "naive".
+        gather: the batch is split across the processes of ``group`` (None: the default group), each
+            passing its local pairs (and teacher features and soft_mask); every rank returns the loss of
+            the whole batch, the teacher softmax running over all B pairs, with
+            ``contrastive_loss(gather=True)``'s gradients (see ``vlkernels.distributed``).
 
     Returns:
         0-d float32 tensor. Naive equivalent: ``0.5 * (F.cross_entropy(S, Q_row) +
         F.cross_entropy(S.T, Q_col))`` with the B x B probability targets above
         (``vlkernels.reference.soft_target_loss_naive``).
     """
+    if gather:
+        from vlkernels import distributed
+
+        return distributed.soft_target_checked(
+            image_features, text_features, logit_scale, alpha, teacher_image_features,
+            teacher_text_features, teacher_logit_scale, soft_mask, label_smoothing=label_smoothing,
+            reduction=reduction, impl=impl, group=group, local_loss=False, gather_with_grad=True,
+        )  # fmt: skip
+    if group is not None:
+        raise ValueError("group is used only with gather=True (pass gather=True to split the batch)")
     _checks.check_features(image_features, text_features)
     eps = _checks.check_label_smoothing(label_smoothing)
     factor = _checks.reduction_factor(reduction)
@@ -192,6 +208,9 @@ class SoftTargetLoss(nn.Module):
 
     ``forward(image_features, text_features, logit_scale, teacher_image_features=None,
     teacher_text_features=None, teacher_logit_scale=None, soft_mask=None)`` returns the loss.
+
+    ``local_loss``, ``gather_with_grad``, ``rank``, ``world_size``: open_clip's distributed flags, with
+    ClipLoss's meaning (``world_size > 1``: each rank passes its local pairs; see ``vlkernels.distributed``).
     """
 
     def __init__(
@@ -203,8 +222,22 @@ class SoftTargetLoss(nn.Module):
         label_smoothing: float = 0.0,
         reduction: str = "mean",
         impl: str = "auto",
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        group=None,
     ):
         super().__init__()
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {rank=}, {world_size=}")
+        self.local_loss, self.gather_with_grad, self.rank, self.world_size = (
+            local_loss,
+            gather_with_grad,
+            rank,
+            world_size,
+        )
+        self.group = group
         progressive_alpha(0, total_steps, alpha_max)
         _checks.check_label_smoothing(label_smoothing)
         _checks.reduction_factor(reduction)
@@ -246,6 +279,16 @@ class SoftTargetLoss(nn.Module):
         teacher_logit_scale=None,
         soft_mask=None,
     ):
+        if self.world_size > 1:
+            from vlkernels import distributed
+
+            distributed.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+            return distributed.soft_target_checked(
+                image_features, text_features, logit_scale, self.alpha, teacher_image_features,
+                teacher_text_features, teacher_logit_scale, soft_mask, label_smoothing=self.label_smoothing,
+                reduction=self.reduction, impl=self.impl, group=self.group, local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad,
+            )  # fmt: skip
         return soft_target_loss(
             image_features,
             text_features,
@@ -289,7 +332,8 @@ class DistillClipLoss(ClipLoss):
     those keys, with open_clip's definitions: the CLIP loss of the student, and the mean over both
     directions of ``-(softmax(S_t) * log_softmax(S)).sum(1).mean()``, computed in one tiled pass
     (no B x B tensor). The teacher (``dist_*``, [B, D_t]) gets no gradient. ``label_smoothing`` applies
-    to the contrastive part only.
+    to the contrastive part only. With ``world_size > 1``: open_clip's per-rank values and gradients for
+    its ``local_loss`` / ``gather_with_grad`` flags, as ``ClipLoss``.
     """
 
     def forward(
@@ -302,6 +346,18 @@ class DistillClipLoss(ClipLoss):
         dist_logit_scale,
         output_dict: bool = False,
     ):
+        if self.world_size > 1:
+            from vlkernels import distributed
+
+            distributed.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+            contrastive, distill = distributed.distill_clip_checked(
+                image_features, text_features, logit_scale, dist_image_features, dist_text_features,
+                dist_logit_scale, label_smoothing=self.label_smoothing, impl=self.impl, group=self.group,
+                local_loss=self.local_loss, gather_with_grad=self.gather_with_grad,
+            )  # fmt: skip
+            if output_dict:
+                return {"contrastive_loss": contrastive, "distill_loss": distill}
+            return contrastive, distill
         contrastive, distill = _distill_clip(
             image_features,
             text_features,
