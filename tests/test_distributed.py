@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vlkernels import ClipLoss, contrastive_loss
+from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
 from vlkernels import distributed as vdist
 from vlkernels.reference import contrastive_loss_naive, soft_target_loss_naive
 
@@ -49,6 +49,7 @@ def _worker(rank: int, world: int, init_file: str, check: str, args: tuple):
         timeout=datetime.timedelta(seconds=60),
     )
     try:
+        torch.set_num_threads(1)  # several processes share a few cores: oversubscription is slow
         torch.manual_seed(0)
         globals()[check](rank, world, *args)
     except BaseException:
@@ -196,9 +197,10 @@ def _check_gather_contract(rank, world, impls, sizes, dims):
 def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
     """soft_target_loss(..., gather=True) (reduction "sum")."""
     t_args = (None, None, None) if teacher is None else teacher
-    return vdist.soft_target_checked(
-        img, txt, scale, alpha, *t_args, mask, label_smoothing=eps, reduction="sum", impl=impl, group=None,
-        local_loss=False, gather_with_grad=True,
+    return soft_target_loss(
+        img, txt, scale, alpha, teacher_image_features=t_args[0], teacher_text_features=t_args[1],
+        teacher_logit_scale=t_args[2], soft_mask=mask, label_smoothing=eps, reduction="sum", impl=impl,
+        gather=True,
     )  # fmt: skip
 
 
@@ -272,10 +274,12 @@ def _check_clip_flags(rank, world, impls, sizes):
 
 def _distill(img, txt, scale, teacher, eps, impl, local_loss, with_grad, rank, world):
     """DistillClipLoss(local_loss, gather_with_grad, rank, world_size)."""
-    return vdist.distill_clip_checked(
-        img, txt, scale, *teacher, label_smoothing=eps, impl=impl, group=None, local_loss=local_loss,
-        gather_with_grad=with_grad,
+    mod = DistillClipLoss(
+        local_loss=local_loss, gather_with_grad=with_grad, rank=rank, world_size=world, label_smoothing=eps,
+        impl=impl,
     )  # fmt: skip
+    out = mod(img, txt, scale, *teacher, output_dict=True)
+    return out["contrastive_loss"], out["distill_loss"]
 
 
 def _check_distill_flags(rank, world, impls, sizes):
@@ -321,11 +325,12 @@ def _soft_reference(img, txt, scale, alpha, teacher, mask, eps, local_loss, with
 
 def _soft_flags_loss(img, txt, scale, alpha, teacher, mask, eps, local_loss, with_grad, rank, world):
     """SoftTargetLoss(local_loss, gather_with_grad, rank, world_size) at a fixed alpha."""
-    t_args = (None, None, None) if teacher is None else teacher
-    return vdist.soft_target_checked(
-        img, txt, scale, alpha, *t_args, mask, label_smoothing=eps, reduction="mean", impl="torch",
-        group=None, local_loss=local_loss, gather_with_grad=with_grad,
+    mod = SoftTargetLoss(
+        alpha, 10, schedule=lambda step: alpha, label_smoothing=eps, impl="torch", local_loss=local_loss,
+        gather_with_grad=with_grad, rank=rank, world_size=world,
     )  # fmt: skip
+    t_args = (None, None, None) if teacher is None else teacher
+    return mod(img, txt, scale, *t_args, soft_mask=mask)
 
 
 def _check_soft_flags(rank, world, sizes):
@@ -473,6 +478,22 @@ def _check_errors(rank, world):
         ValueError,
         "rank",
     )
+    t_dim = 3 if rank == 0 else 2
+    _expect_error(
+        lambda: soft_target_loss(
+            img,
+            txt,
+            2.0,
+            0.5,
+            teacher_image_features=img[:, :t_dim],
+            teacher_text_features=txt[:, :t_dim],
+            teacher_logit_scale=1.0,
+            impl="torch",
+            gather=True,
+        ),  # fmt: skip
+        ValueError,
+        r"teacher width D \(rank 0: 3, rank 1: 2",
+    )
     loss = contrastive_loss(img, txt, 2.0, impl="torch", gather=True)
     full = torch.cat([img, img]), torch.cat([txt, txt])
     torch.testing.assert_close(loss, contrastive_loss_naive(*full, 2.0), **TOL)
@@ -520,6 +541,16 @@ def test_gather_without_process_group_raises():
         contrastive_loss(img, txt, 1.0, gather=True)
     with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
         ClipLoss(world_size=2, rank=0)(img, txt, 1.0)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        soft_target_loss(img, txt, 1.0, 0.5, gather=True)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        DistillClipLoss(world_size=2, rank=1)(img, txt, 1.0, img, txt, 1.0)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        SoftTargetLoss(0.5, 10, world_size=3, rank=2)(img, txt, 1.0)
+    with pytest.raises(ValueError, match="group is used only with gather=True"):
+        contrastive_loss(img, txt, 1.0, group=object())
+    with pytest.raises(ValueError, match="rank < world_size"):
+        ClipLoss(world_size=2, rank=2)
 
 
 def test_torchrun_example():
