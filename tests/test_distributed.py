@@ -23,8 +23,8 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (open_clip calls torch.distributed.nn.all_gather)
 import torch.multiprocessing as mp
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from tests._ref import MaxNumel
 from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
 from vlkernels import distributed as vdist
 from vlkernels.reference import contrastive_loss_naive, soft_target_loss_naive
@@ -360,21 +360,6 @@ def _check_soft_flags(rank, world, sizes):
                     _close(a, w, f"{what} rank={rank} {name}")
 
 
-class _MaxNumel(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
-
-
 def _check_no_block_row_tensor(rank, world):
     """Neither loss nor any ClipLoss mode makes a b x B tensor (the backend's 8-row chunks at most)."""
     os.environ["VLKERNELS_TORCH_CHUNK_ROWS"] = "8"
@@ -403,7 +388,7 @@ def _check_no_block_row_tensor(rank, world):
         )  # fmt: skip
     for name, fn in runs.items():
         leaves = _leaves(img, txt, torch.tensor(4.0))
-        with _MaxNumel() as mode:
+        with MaxNumel() as mode:
             fn(*leaves).backward()
         if name == "naive control":
             assert mode.max_numel >= batch * batch, (name, mode.max_numel)
@@ -528,6 +513,8 @@ def test_no_b_by_B_tensor():
 def test_gather_triton_interpreter():
     assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
     _spawn("_check_gather_contract", 2, ("triton",), (5,), (9,))
+    _spawn("_check_clip_flags", 2, ("triton",), (3,))
+    _spawn("_check_soft_target_contract", 2, ("triton",), (3,))
 
 
 def test_rank_mismatch_raises_on_every_rank():
