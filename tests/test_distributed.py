@@ -40,7 +40,7 @@ JOIN_TIMEOUT_S = 240
 # --- process plumbing ----------------------------------------------------------------------------
 
 
-def _worker(rank: int, world: int, init_file: str, check: str, args: tuple):
+def _worker(rank: int, world: int, init_file: str, calls: tuple):
     dist.init_process_group(
         "gloo",
         init_method=f"file://{init_file}",
@@ -51,7 +51,8 @@ def _worker(rank: int, world: int, init_file: str, check: str, args: tuple):
     try:
         torch.set_num_threads(1)  # several processes share a few cores: oversubscription is slow
         torch.manual_seed(0)
-        globals()[check](rank, world, *args)
+        for name, *args in calls:
+            globals()[name](rank, world, *args)
     except BaseException:
         # Name the rank: the parent re-raises this process's traceback.
         raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
@@ -59,12 +60,13 @@ def _worker(rank: int, world: int, init_file: str, check: str, args: tuple):
         dist.destroy_process_group()
 
 
-def _spawn(check: str, world: int, *args):
-    """Run ``check(rank, world, *args)`` in ``world`` processes; fail on any error or a hang."""
+def _spawn(world: int, *calls):
+    """Run each ``(check, *args)`` of ``calls`` as ``check(rank, world, *args)`` in ``world`` processes
+    (one spawn: start-up dominates); fail on any error or a hang."""
     with tempfile.TemporaryDirectory() as tmp:
         ctx = mp.start_processes(
             _worker,
-            args=(world, os.path.join(tmp, "init"), check, args),
+            args=(world, os.path.join(tmp, "init"), calls),
             nprocs=world,
             join=False,
             start_method="spawn",
@@ -75,7 +77,7 @@ def _spawn(check: str, world: int, *args):
                 for p in ctx.processes:
                     if p.is_alive():
                         p.kill()
-                pytest.fail(f"{check} with {world} processes hung for {JOIN_TIMEOUT_S}s")
+                pytest.fail(f"{[c[0] for c in calls]} with {world} processes hung for {JOIN_TIMEOUT_S}s")
 
 
 # --- inputs and references -----------------------------------------------------------------------
@@ -171,27 +173,26 @@ def _open_clip_distill(
 # --- checks run inside the workers ---------------------------------------------------------------
 
 
-def _check_gather_contract(rank, world, impls, sizes, dims):
+def _check_gather_contract(rank, world, cases, dims):
     """gather=True: per-rank loss = full-batch loss; local grads = n * full grads (so DDP's average is the
     single-process gradient); logit_scale grad = full-batch grad."""
-    for impl in impls:
-        for b in sizes:
-            for dim, eps in zip(dims, (0.0, 0.1), strict=False):
-                batch = world * b
-                img, txt = _inputs(batch, dim, seed=100 * b + dim)
-                own = slice(rank * b, (rank + 1) * b)
-                grad_out = 1.7
-                full = _leaves(img, txt, torch.tensor(11.0))
-                want = contrastive_loss_naive(*full, eps)
-                want_g = _grads(want, full, grad_out)
-                mine = _leaves(img[own], txt[own], torch.tensor(11.0))
-                got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
-                got_g = _grads(got, mine, grad_out)
-                what = f"contrastive impl={impl} b={b} D={dim} eps={eps} rank={rank}"
-                _close(got, want, what + " loss")
-                _close(got_g[0], world * want_g[0][own], what + " d_image")
-                _close(got_g[1], world * want_g[1][own], what + " d_text")
-                _close(got_g[2], want_g[2], what + " d_scale")
+    for impl, b in cases:
+        for dim, eps in zip(dims, (0.0, 0.1), strict=False):
+            batch = world * b
+            img, txt = _inputs(batch, dim, seed=100 * b + dim)
+            own = slice(rank * b, (rank + 1) * b)
+            grad_out = 1.7
+            full = _leaves(img, txt, torch.tensor(11.0))
+            want = contrastive_loss_naive(*full, eps)
+            want_g = _grads(want, full, grad_out)
+            mine = _leaves(img[own], txt[own], torch.tensor(11.0))
+            got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
+            got_g = _grads(got, mine, grad_out)
+            what = f"contrastive impl={impl} b={b} D={dim} eps={eps} rank={rank}"
+            _close(got, want, what + " loss")
+            _close(got_g[0], world * want_g[0][own], what + " d_image")
+            _close(got_g[1], world * want_g[1][own], what + " d_text")
+            _close(got_g[2], want_g[2], what + " d_scale")
 
 
 def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
@@ -204,72 +205,70 @@ def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
     )  # fmt: skip
 
 
-def _check_soft_target_contract(rank, world, impls, sizes):
+def _check_soft_target_contract(rank, world, cases):
     """The soft-target loss over the gathered batch: teacher softmax over all B, self and separate teacher."""
-    for impl in impls:
-        for b in sizes:
-            batch = world * b
-            for teacher_dim, eps in ((None, 0.0), (None, 0.1), (7, 0.0), (7, 0.1)):
-                img, txt = _inputs(batch, 9, seed=b)
-                mask = torch.arange(batch) % 3 != 1
-                teacher = None
-                if teacher_dim is not None:
-                    t_img, t_txt = _inputs(batch, teacher_dim, seed=b + 1)
-                    teacher = (t_img, t_txt, torch.tensor(7.0))
-                own = slice(rank * b, (rank + 1) * b)
-                full = _leaves(img, txt, torch.tensor(9.0))
-                t_args = (None, None, None) if teacher is None else teacher
-                want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
-                want_g = _grads(want, full, 0.8)
-                mine = _leaves(img[own], txt[own], torch.tensor(9.0))
-                # A constant logit_scale skips the extra statistics pass of a separate teacher.
-                scale_grad = not (teacher_dim and eps)
-                mine[2].requires_grad_(scale_grad)
-                t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
-                got = _soft_target_gathered(*mine, 0.6, t_own, mask[own], eps, impl)
-                got_g = _grads(got, mine, 0.8)
-                what = f"soft-target {impl} b={b} teacher={teacher_dim} eps={eps} rank={rank}"
-                _close(got, want, what + " loss")
-                _close(got_g[0], world * want_g[0][own], what + " d_image")
-                _close(got_g[1], world * want_g[1][own], what + " d_text")
-                if scale_grad:
-                    _close(got_g[2], want_g[2], what + " d_scale")
-                else:
-                    assert got_g[2] is None
+    for impl, b in cases:
+        batch = world * b
+        for teacher_dim, eps in ((None, 0.0), (None, 0.1), (7, 0.0), (7, 0.1)):
+            img, txt = _inputs(batch, 9, seed=b)
+            mask = torch.arange(batch) % 3 != 1
+            teacher = None
+            if teacher_dim is not None:
+                t_img, t_txt = _inputs(batch, teacher_dim, seed=b + 1)
+                teacher = (t_img, t_txt, torch.tensor(7.0))
+            own = slice(rank * b, (rank + 1) * b)
+            full = _leaves(img, txt, torch.tensor(9.0))
+            t_args = (None, None, None) if teacher is None else teacher
+            want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
+            want_g = _grads(want, full, 0.8)
+            mine = _leaves(img[own], txt[own], torch.tensor(9.0))
+            # A constant logit_scale skips the extra statistics pass of a separate teacher.
+            scale_grad = not (teacher_dim and eps)
+            mine[2].requires_grad_(scale_grad)
+            t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
+            got = _soft_target_gathered(*mine, 0.6, t_own, mask[own], eps, impl)
+            got_g = _grads(got, mine, 0.8)
+            what = f"soft-target {impl} b={b} teacher={teacher_dim} eps={eps} rank={rank}"
+            _close(got, want, what + " loss")
+            _close(got_g[0], world * want_g[0][own], what + " d_image")
+            _close(got_g[1], world * want_g[1][own], what + " d_text")
+            if scale_grad:
+                _close(got_g[2], want_g[2], what + " d_scale")
+            else:
+                assert got_g[2] is None
 
 
 FLAGS = [(False, False), (False, True), (True, False), (True, True)]
 
 
-def _check_clip_flags(rank, world, impls, sizes):
+def _check_clip_flags(rank, world, cases):
     """ClipLoss(local_loss, gather_with_grad, rank, world_size) against open_clip's code, per rank; the
     upstream gradient differs between ranks (open_clip sums them through the gather)."""
     grad_out = 1.0 + 0.5 * rank
-    for impl in impls:
-        for b in sizes:
-            batch = world * b
-            img, txt = _inputs(batch, 6, seed=b)
-            own = slice(rank * b, (rank + 1) * b)
-            for eps in (0.0, 0.1):
-                for local_loss, with_grad in FLAGS:
-                    ref = _leaves(img[own], txt[own], torch.tensor(10.0))
-                    want = _open_clip_loss(*ref, eps, local_loss, with_grad, rank, world)
-                    want_g = _grads(want, ref, grad_out)
-                    mod = ClipLoss(
-                        local_loss=local_loss,
-                        gather_with_grad=with_grad,
-                        rank=rank,
-                        world_size=world,
-                        label_smoothing=eps,
-                        impl=impl,
-                    )
-                    mine = _leaves(img[own], txt[own], torch.tensor(10.0))
-                    got = mod(*mine)
-                    got_g = _grads(got, mine, grad_out)
-                    what = f"ClipLoss {impl} b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
-                    _close(got, want, what + " loss")
-                    for name, a, w in zip(("d_image", "d_text", "d_scale"), got_g, want_g, strict=True):
-                        _close(a, w, f"{what} {name}")
+    for impl, b in cases:
+        batch = world * b
+        img, txt = _inputs(batch, 6, seed=b)
+        own = slice(rank * b, (rank + 1) * b)
+        for eps in (0.0, 0.1):
+            for local_loss, with_grad in FLAGS:
+                ref = _leaves(img[own], txt[own], torch.tensor(10.0))
+                want = _open_clip_loss(*ref, eps, local_loss, with_grad, rank, world)
+                want_g = _grads(want, ref, grad_out)
+                mod = ClipLoss(
+                    local_loss=local_loss,
+                    gather_with_grad=with_grad,
+                    rank=rank,
+                    world_size=world,
+                    label_smoothing=eps,
+                    impl=impl,
+                )
+                mine = _leaves(img[own], txt[own], torch.tensor(10.0))
+                got = mod(*mine)
+                got_g = _grads(got, mine, grad_out)
+                what = f"ClipLoss {impl} b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
+                _close(got, want, what + " loss")
+                for name, a, w in zip(("d_image", "d_text", "d_scale"), got_g, want_g, strict=True):
+                    _close(a, w, f"{what} {name}")
 
 
 def _distill(img, txt, scale, teacher, eps, impl, local_loss, with_grad, rank, world):
@@ -282,30 +281,29 @@ def _distill(img, txt, scale, teacher, eps, impl, local_loss, with_grad, rank, w
     return out["contrastive_loss"], out["distill_loss"]
 
 
-def _check_distill_flags(rank, world, impls, sizes):
+def _check_distill_flags(rank, world, cases):
     """DistillClipLoss against open_clip's DistillClipLoss code, per rank, both outputs with different
     upstream grads on each rank."""
     g_c, g_d = 1.0 + 0.5 * rank, 0.7 - 0.2 * rank
-    for impl in impls:
-        for b in sizes:
-            batch = world * b
-            img, txt = _inputs(batch, 6, seed=b)
-            t_img, t_txt = _inputs(batch, 5, seed=b + 7)
-            own = slice(rank * b, (rank + 1) * b)
-            teacher = (t_img[own], t_txt[own], torch.tensor(6.0))
-            for eps in (0.0, 0.1):
-                for local_loss, with_grad in FLAGS:
-                    ref = _leaves(img[own], txt[own], torch.tensor(10.0))
-                    want = _open_clip_distill(*ref, *teacher, eps, local_loss, with_grad, rank, world)
-                    (want[0] * g_c + want[1] * g_d).backward()
-                    mine = _leaves(img[own], txt[own], torch.tensor(10.0))
-                    got = _distill(*mine, teacher, eps, impl, local_loss, with_grad, rank, world)
-                    (got[0] * g_c + got[1] * g_d).backward()
-                    what = f"distill {impl} b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
-                    _close(got[0], want[0], what + " contrastive")
-                    _close(got[1], want[1], what + " distill")
-                    for name, a, w in zip(("d_image", "d_text", "d_scale"), mine, ref, strict=True):
-                        _close(a.grad, w.grad, f"{what} {name}")
+    for impl, b in cases:
+        batch = world * b
+        img, txt = _inputs(batch, 6, seed=b)
+        t_img, t_txt = _inputs(batch, 5, seed=b + 7)
+        own = slice(rank * b, (rank + 1) * b)
+        teacher = (t_img[own], t_txt[own], torch.tensor(6.0))
+        for eps in (0.0, 0.1):
+            for local_loss, with_grad in FLAGS:
+                ref = _leaves(img[own], txt[own], torch.tensor(10.0))
+                want = _open_clip_distill(*ref, *teacher, eps, local_loss, with_grad, rank, world)
+                (want[0] * g_c + want[1] * g_d).backward()
+                mine = _leaves(img[own], txt[own], torch.tensor(10.0))
+                got = _distill(*mine, teacher, eps, impl, local_loss, with_grad, rank, world)
+                (got[0] * g_c + got[1] * g_d).backward()
+                what = f"distill {impl} b={b} eps={eps} local={local_loss} grad={with_grad} rank={rank}"
+                _close(got[0], want[0], what + " contrastive")
+                _close(got[1], want[1], what + " distill")
+                for name, a, w in zip(("d_image", "d_text", "d_scale"), mine, ref, strict=True):
+                    _close(a.grad, w.grad, f"{what} {name}")
 
 
 def _soft_reference(img, txt, scale, alpha, teacher, mask, eps, local_loss, with_grad, rank, world):
@@ -487,38 +485,46 @@ def _check_errors(rank, world):
 # --- tests ---------------------------------------------------------------------------------------
 
 
+TORCH_CASES = [("torch", b) for b in SIZES] + [("naive", 5)]
+
+
 @pytest.mark.parametrize("world", [2, 3])
 def test_gather_matches_full_batch(world):
-    _spawn("_check_gather_contract", world, ("torch", "naive"), SIZES, (9, 16))
-    _spawn("_check_soft_target_contract", world, ("torch", "naive"), SIZES)
+    _spawn(
+        world,
+        ("_check_gather_contract", TORCH_CASES, (9, 16)),
+        ("_check_soft_target_contract", TORCH_CASES),
+    )
 
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_open_clip_flag_parity(world):
-    _spawn("_check_clip_flags", world, ("torch", "naive"), SIZES)
-    _spawn("_check_distill_flags", world, ("torch", "naive"), SIZES)
-    _spawn("_check_soft_flags", world, SIZES)
+    _spawn(
+        world,
+        ("_check_clip_flags", TORCH_CASES),
+        ("_check_distill_flags", TORCH_CASES),
+        ("_check_soft_flags", SIZES),
+    )
 
 
-def test_ddp_gradients_equal_single_process():
-    _spawn("_check_ddp_step", 2, 5)
-
-
-def test_no_b_by_B_tensor():
-    _spawn("_check_no_block_row_tensor", 2)
+def test_ddp_gradients_and_no_b_by_B_tensor():
+    _spawn(2, ("_check_ddp_step", 5), ("_check_no_block_row_tensor",))
 
 
 @pytest.mark.interpreter
 @pytest.mark.slow
 def test_gather_triton_interpreter():
     assert os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
-    _spawn("_check_gather_contract", 2, ("triton",), (5,), (9,))
-    _spawn("_check_clip_flags", 2, ("triton",), (3,))
-    _spawn("_check_soft_target_contract", 2, ("triton",), (3,))
+    _spawn(
+        2,
+        ("_check_gather_contract", [("triton", 5)], (9,)),
+        ("_check_clip_flags", [("triton", 3)]),
+        ("_check_soft_target_contract", [("triton", 3)]),
+    )
 
 
 def test_rank_mismatch_raises_on_every_rank():
-    _spawn("_check_errors", 2)
+    _spawn(2, ("_check_errors",))
 
 
 def test_gather_without_process_group_raises():

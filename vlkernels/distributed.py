@@ -29,6 +29,7 @@ Gradient semantics follow open_clip's ``gather_features`` (``gather_with_grad``,
 from __future__ import annotations
 
 import struct
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -192,6 +193,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
 
     Also the contrastive loss with ``local_loss=True`` (hard weights 1, soft weights 0): the per-rank
     logit_scale gradient of a local loss needs the softmax-weighted sums that only ``stats`` yields.
+    The logit_scale gradient comes from those sums in the forward (divided by s: s must be nonzero);
+    with a separate teacher it costs one more ``stats`` pass (2 b B D FLOPs) when s requires grad.
     """
 
     @staticmethod
@@ -373,7 +376,10 @@ def open_clip_gather(image, text, *, local_loss: bool, gather_with_grad: bool, g
 
     _, rank = world(group)
     if gather_with_grad:
-        return torch.cat(all_gather(image, group=group)), torch.cat(all_gather(text, group=group))
+        with warnings.catch_warnings():
+            # torch >= 2.11 deprecates the autograd all_gather that open_clip (and this baseline) uses.
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.cat(all_gather(image, group=group)), torch.cat(all_gather(text, group=group))
     all_image, all_text = _gather(image.detach(), group)[0], _gather(text.detach(), group)[0]
     if not local_loss:
         b = image.shape[0]
