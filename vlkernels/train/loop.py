@@ -1,0 +1,369 @@
+"""The training loop: data, model, loss, optimiser, evaluation, checkpoints, metrics (one run).
+
+Every random choice of a step (its batch, its augmentations, the PSD alpha, the learning rate) is a pure
+function of (seed, step), and the checkpoint holds the model and optimiser state, so ``--resume``
+continues exactly the trajectory of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from vlkernels.train import data as data_mod
+from vlkernels.train.gradcache import forward_backward
+from vlkernels.train.model import ClipConfig, TinyClip, param_groups
+from vlkernels.train.report import MetricsLog, PeakMemory, Progress, atomic_write, plot_runs, save_json
+from vlkernels.train.tokenizer import HFTokenizer, WordTokenizer, from_state
+
+
+@dataclass
+class TrainConfig:
+    # data
+    train_data: str | None = None  # None: the built-in synthetic set
+    val_data: str | None = None
+    csv_img_key: str = "filepath"
+    csv_caption_key: str = "title"
+    csv_separator: str | None = None
+    synthetic_train_size: int = 8192
+    synthetic_val_size: int = 1024
+    tokenizer: str | None = None
+    # model
+    model: ClipConfig = field(default_factory=ClipConfig)
+    # loss and recipe
+    loss: str = "vlkernels"  # naive | vlkernels
+    psd: bool = False
+    alpha_max: float = 0.2
+    recipe: str = "baseline"  # baseline | improved
+    grad_cache_chunks: int = 1
+    # optimisation
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 30
+    weight_decay: float = 0.1
+    seed: int = 0
+    device: str = "cpu"
+    # bookkeeping
+    out: str = "runs/train"
+    eval_every: int = 100
+    save_every: int = 100
+    resume: str | None = None
+    stop_at_step: int | None = None
+    max_nonfinite: int = 10
+    progress: bool = True
+    plot: bool = True
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to 0 (open_clip's default schedule)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def make_loss_fn(cfg: TrainConfig, step: int, world: int):
+    """The loss of step ``step``: ``fn(image [B, E], text [B, E], scale) -> 0-d``, vlkernels or naive."""
+    from vlkernels import contrastive_loss, progressive_alpha, soft_target_loss
+
+    impl = "naive" if cfg.loss == "naive" else "auto"
+    smoothing = 0.1 if cfg.recipe == "improved" else 0.0
+    extra = {"gather": True} if world > 1 else {}
+    if cfg.psd:
+        alpha = progressive_alpha(step, cfg.steps, cfg.alpha_max)
+        return lambda i, t, s: soft_target_loss(i, t, s, alpha, label_smoothing=smoothing, impl=impl, **extra)
+    return lambda i, t, s: contrastive_loss(i, t, s, label_smoothing=smoothing, impl=impl, **extra)
+
+
+def strong_view(images_u8: torch.Tensor, size: int, seed: int, synthetic: bool, device) -> torch.Tensor:
+    """The improved recipe's image view: random-resized crop, colour jitter (and, for real data, flips and
+    grayscale) in one fused pass. The synthetic captions name colours and left/right positions, so there
+    the view keeps hue, colour and orientation."""
+    from vlkernels.augment import fused_augment
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    if synthetic:
+        kw = dict(scale=(0.6, 1.0), hflip_p=0.0, jitter=(0.3, 0.3, 0.2, 0.0), jitter_p=0.8, grayscale_p=0.0)
+    else:
+        kw = dict(scale=(0.4, 1.0), hflip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, grayscale_p=0.2)
+    return fused_augment(
+        images_u8.to(device), size, generator=g, mean=data_mod.MEAN, std=data_mod.STD, **kw
+    ).float()
+
+
+@torch.no_grad()
+def zero_shot(model: TinyClip, tokenizer, images_u8: torch.Tensor, labels: torch.Tensor, device) -> float:
+    """Top-1 accuracy of nearest class-prompt embedding (prompt ensemble averaged, as CLIP)."""
+    was_training = model.training
+    model.eval()
+    _, prompts = data_mod.class_prompts()
+    flat = [p for ps in prompts for p in ps]
+    tok, lengths = tokenizer(flat)
+    txt = model.encode_text(tok.to(device), lengths.to(device)).view(len(prompts), len(prompts[0]), -1)
+    classes = torch.nn.functional.normalize(txt.mean(1), dim=-1)
+    correct = 0
+    for start in range(0, len(labels), 512):
+        img = model.encode_image(data_mod.normalize(images_u8[start : start + 512]).to(device))
+        correct += (img @ classes.T).argmax(1).cpu().eq(labels[start : start + 512]).sum().item()
+    model.train(was_training)
+    return correct / len(labels)
+
+
+@torch.no_grad()
+def retrieval(model: TinyClip, tokenizer, dataset, device, limit: int = 1024) -> float:
+    """Image->text top-1 retrieval on (up to ``limit`` readable pairs of) a validation CSV."""
+    was_training = model.training
+    model.eval()
+    images, captions, _ = dataset.batch(list(range(min(limit, len(dataset)))))
+    if len(captions) < 2:
+        return float("nan")
+    img = model.encode_image(data_mod.normalize(images).to(device))
+    tok, lengths = tokenizer(captions)
+    txt = model.encode_text(tok.to(device), lengths.to(device))
+    model.train(was_training)
+    return (img @ txt.T).argmax(1).cpu().eq(torch.arange(len(captions))).float().mean().item()
+
+
+def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device(cfg.device)
+    if world <= 1:
+        return 1, 0, device
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        device = torch.device("cuda", torch.cuda.current_device())
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_world_size(), dist.get_rank(), device
+
+
+def _build_data(cfg: TrainConfig):
+    """(train set, tokenizer, eval callable(model) -> (metric name, value) or None)."""
+    ctx = cfg.model.context_length
+    if cfg.train_data is None:
+        images, captions, _ = data_mod.synthetic(cfg.synthetic_train_size, cfg.seed, cfg.model.image_size)
+        val_images, _, val_labels = data_mod.synthetic(
+            cfg.synthetic_val_size, cfg.seed + 7919, cfg.model.image_size
+        )
+        if cfg.tokenizer:
+            tokenizer = HFTokenizer(cfg.tokenizer, ctx)
+        else:
+            tokenizer = WordTokenizer(data_mod.synthetic_vocab(), ctx)
+
+        def evaluate(model, device):
+            return "zeroshot_top1", zero_shot(model, tokenizer, val_images, val_labels, device)
+
+        return data_mod.ImageTextSet(images, captions), tokenizer, evaluate
+    train = data_mod.CsvImageTextSet(
+        cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.model.image_size, cfg.csv_separator
+    )
+    tokenizer = HFTokenizer(cfg.tokenizer, ctx) if cfg.tokenizer else WordTokenizer.build(train.captions, ctx)
+    if cfg.val_data is None:
+        return train, tokenizer, None
+    val = data_mod.CsvImageTextSet(
+        cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.model.image_size, cfg.csv_separator
+    )
+    return train, tokenizer, lambda m, dev: ("retrieval_top1", retrieval(m, tokenizer, val, dev))
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) one training; returns the summary (also written to ``<out>/summary.json``)."""
+    if cfg.loss not in ("naive", "vlkernels"):
+        raise ValueError(f"loss must be 'naive' or 'vlkernels', got {cfg.loss!r}")
+    if cfg.recipe not in ("baseline", "improved"):
+        raise ValueError(f"recipe must be 'baseline' or 'improved', got {cfg.recipe!r}")
+    world, rank, device = _dist_setup(cfg)
+    lead = rank == 0
+    train_set, tokenizer, evaluate = _build_data(cfg)
+
+    ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
+    state = None
+    if cfg.resume:
+        path = ckpt_path if cfg.resume in ("latest", "auto") else cfg.resume
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(tokenizer, WordTokenizer) and state.get("tokenizer", {}).get("kind") == "word":
+            tokenizer = from_state(state["tokenizer"])
+
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+    torch.manual_seed(cfg.seed)
+    model = TinyClip(model_cfg).to(device)
+    if world > 1:
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    start, nonfinite, skipped = 0, 0, 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start, nonfinite, skipped = state["step"], state["nonfinite"], state["skipped_images"]
+
+    metrics = None
+    if lead:
+        metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), start if state is not None else None)
+    if lead and state is None:
+        save_json(config_dict(cfg), os.path.join(cfg.out, "config.json"))
+    name = os.path.basename(os.path.normpath(cfg.out))
+    progress = Progress(cfg.steps, name, start=start, enabled=cfg.progress and lead)
+    if state is not None:
+        progress.message(f"[{name}] resumed from {path} at step {start}")
+
+    def save(step: int) -> None:
+        if not lead:
+            return
+        ckpt = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "nonfinite": nonfinite,
+            "skipped_images": skipped,
+            "tokenizer": tokenizer.state(),
+            "model_config": model_cfg.to_dict(),
+            "config": config_dict(cfg),
+        }
+        atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+
+    def run_eval(step: int) -> dict | None:
+        if evaluate is None or not lead:
+            return None
+        key, value = evaluate(model, device)
+        rec = {"type": "eval", "step": step, key: value}
+        metrics.write(rec)
+        progress.message(f"[{name}] step {step}: {key} {value:.3f}")
+        return rec
+
+    model.train()
+    mem = PeakMemory(device)
+    mem.start()
+    step_ms, last_eval, stopped = [], None, None
+    end = cfg.steps if cfg.stop_at_step is None else min(cfg.steps, cfg.stop_at_step)
+    done = start
+    for step in range(start, end):
+        done = step + 1  # a skipped step is consumed too (its batch is not redrawn)
+        t_iter = time.perf_counter()
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = data_mod.batch_indices(len(train_set), cfg.batch_size, step, cfg.seed, rank, world)
+        images_u8, captions, n_skip = train_set.batch(idx)
+        skipped += n_skip
+        n = len(captions)
+        if world > 1:  # the gathered loss needs the same batch size on every rank
+            n_t = torch.tensor([n], device=device)
+            dist.all_reduce(n_t, op=dist.ReduceOp.MIN)
+            n = int(n_t)
+            images_u8, captions = images_u8[:n], captions[:n]
+        if n < 2:
+            progress.message(f"[{name}] step {step + 1}: fewer than 2 readable samples, step skipped")
+            continue
+        step_seed = (cfg.seed * 1_000_003 + step) * 4099 + rank
+        if cfg.recipe == "improved":
+            from vlkernels.train.textaug import augment_captions
+
+            images = strong_view(images_u8, model_cfg.image_size, step_seed, cfg.train_data is None, device)
+            captions = augment_captions(captions, step_seed)
+        else:
+            images = data_mod.normalize(images_u8).to(device)
+        tokens, lengths = tokenizer(captions)
+        tokens, lengths = tokens.to(device), lengths.to(device)
+
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss_fn = make_loss_fn(cfg, step, world)
+        loss = forward_backward(model, images, tokens, lengths, loss_fn, cfg.grad_cache_chunks)
+        if not bool(torch.isfinite(loss)):  # the full-batch loss: the same on every rank
+            nonfinite += 1
+            opt.zero_grad(set_to_none=True)
+            if lead:
+                rec = {"type": "nonfinite", "step": step + 1, "loss": float(loss), "count": nonfinite}
+                metrics.write(rec)
+            progress.message(f"[{name}] step {step + 1}: non-finite loss {float(loss)}, step skipped "
+                             f"({nonfinite}/{cfg.max_nonfinite})")  # fmt: skip
+            if nonfinite >= cfg.max_nonfinite:
+                stopped = f"stopped after {nonfinite} non-finite losses (--max-nonfinite)"
+                progress.message(f"[{name}] {stopped}")
+                break
+            continue
+        if world > 1:
+            for p in model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad.div_(world)
+        opt.step()
+        model.clamp_logit_scale()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now = time.perf_counter()
+        step_ms.append((now - t0) * 1e3)
+        rate = n * world / (now - t_iter)
+        if lead:
+            metrics.write({
+                "type": "train", "step": step + 1, "loss": float(loss), "lr": lr,
+                "logit_scale": model.logit_scale.exp().item(),
+                "alpha": make_alpha(cfg, step), "batch": n * world, "step_ms": step_ms[-1],
+                "samples_per_s": rate, "skipped_images": skipped, "nonfinite": nonfinite,
+            })  # fmt: skip
+        progress.update(step + 1, float(loss), rate)
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            last_eval = run_eval(step + 1)
+        if cfg.save_every and (step + 1) % cfg.save_every == 0:
+            save(step + 1)
+    final_step = done
+    peak = mem.peak()
+    save(final_step)
+    if final_step == cfg.steps and stopped is None:
+        last_eval = run_eval(final_step) or last_eval
+
+    summary = {
+        "name": name,
+        "loss_impl": cfg.loss,
+        "steps_done": final_step,
+        "steps": cfg.steps,
+        "final_loss": None,
+        "median_step_ms": statistics.median(step_ms) if step_ms else None,
+        "peak_memory_bytes": peak,
+        "nonfinite": nonfinite,
+        "skipped_images": skipped,
+        "stopped": stopped,
+        "world_size": world,
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    if lead:
+        from vlkernels.train.report import read_jsonl
+
+        records = read_jsonl(metrics.path)
+        train_recs = [r for r in records if r["type"] == "train"]
+        if train_recs:
+            summary["final_loss"] = train_recs[-1]["loss"]
+        if last_eval is not None:
+            summary.update({k: v for k, v in last_eval.items() if k not in ("type", "step")})
+        save_json(summary, os.path.join(cfg.out, "summary.json"))
+        if cfg.plot:
+            plot_runs({name: records}, os.path.join(cfg.out, "curves.png"), f"{name}: {cfg.loss} loss")
+    if stopped is not None and lead:
+        print(f"[{name}] {stopped}", file=sys.stderr)
+    return summary
+
+
+def make_alpha(cfg: TrainConfig, step: int) -> float | None:
+    if not cfg.psd:
+        return None
+    from vlkernels import progressive_alpha
+
+    return progressive_alpha(step, cfg.steps, cfg.alpha_max)

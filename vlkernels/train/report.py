@@ -1,0 +1,168 @@
+"""Reporting: a dependency-free progress bar, JSONL metrics, atomic file writes, PNG plots, peak memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+
+def atomic_write(path: str, write) -> None:
+    """``write(tmp_path)`` then rename over ``path``: a reader (or a crash) never sees a partial file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(obj, path: str) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+            f.write("\n")
+
+    atomic_write(path, write)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class MetricsLog:
+    """Append-only JSONL; on resume, records after the checkpoint's step are dropped (they will be redone)."""
+
+    def __init__(self, path: str, resume_step: int | None = None):
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if resume_step is None:
+            open(path, "w").close()
+        else:
+            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+
+            def write(tmp):
+                with open(tmp, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in kept)
+
+            atomic_write(path, write)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class Progress:
+    """``[name] 120/300 |######----| loss 1.234 | 850 img/s | eta 0:21``: redrawn in place on a terminal,
+    one line every ``total / 10`` steps otherwise (logs, CI)."""
+
+    def __init__(self, total: int, name: str, start: int = 0, stream=None, enabled: bool = True):
+        self.total, self.name, self.stream = total, name, stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self.every = max(1, total // 10)
+        self.t0, self.start = time.perf_counter(), start
+
+    def update(self, step: int, loss: float, samples_per_s: float, extra: str = "") -> None:
+        if not self.enabled or (not self.tty and step % self.every and step != self.total):
+            return
+        done = step / max(1, self.total)
+        bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(1, step - self.start) * (self.total - step)
+        line = (
+            f"[{self.name}] {step}/{self.total} |{bar}| loss {loss:.4f} | {samples_per_s:,.0f} img/s"
+            f" | eta {int(eta) // 60}:{int(eta) % 60:02d}{extra}"
+        )
+        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
+        if self.tty and step == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.stream.write(("\r\033[K" if self.tty else "") + text + "\n")
+            self.stream.flush()
+
+
+def _rss(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return -1
+
+
+class PeakMemory:
+    """Peak memory from ``start()`` to ``peak()``, beyond what was in use at ``start()``: CUDA allocator
+    stats on a GPU; on CPU the process's peak RSS (VmHWM, reset through /proc/self/clear_refs; -1 where
+    the kernel does not allow that)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.base = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.base = _rss("VmRSS")
+        except OSError:
+            self.base = -1
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        if self.base < 0:
+            return -1
+        return max(0, _rss("VmHWM") - self.base)
+
+
+def plot_runs(runs: dict[str, list[dict]], path: str, title: str) -> bool:
+    """Loss (and zero-shot accuracy, when logged) against step, one line per run. False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    has_eval = any(r.get("type") == "eval" for recs in runs.values() for r in recs)
+    fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(11 if has_eval else 6, 4), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for k, (name, recs) in enumerate(runs.items()):
+        train = [r for r in recs if r.get("type") == "train"]
+        axes[0, 0].plot([r["step"] for r in train], [r["loss"] for r in train], styles[k % 4], label=name)
+        if has_eval:
+            ev = [r for r in recs if r.get("type") == "eval"]
+            axes[0, 1].plot([r["step"] for r in ev], [r["zeroshot_top1"] for r in ev], styles[k % 4],
+                            marker="o", label=name)  # fmt: skip
+    axes[0, 0].set_xlabel("step")
+    axes[0, 0].set_ylabel("training loss")
+    axes[0, 0].legend()
+    if has_eval:
+        axes[0, 1].set_xlabel("step")
+        axes[0, 1].set_ylabel("zero-shot top-1 (held-out)")
+        axes[0, 1].legend()
+    for ax in axes.flat:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+    return True
