@@ -507,6 +507,15 @@ def test_open_clip_flag_parity(world):
     )
 
 
+def test_world_size_one():
+    # gather=True in a group of one process: the distributed path (collectives included) on one device.
+    _spawn(
+        1,
+        ("_check_gather_contract", [("torch", 7)], (9, 16)),
+        ("_check_soft_target_contract", [("torch", 4)]),
+    )
+
+
 def test_ddp_gradients_and_no_b_by_B_tensor():
     _spawn(2, ("_check_ddp_step", 5), ("_check_no_block_row_tensor",))
 
