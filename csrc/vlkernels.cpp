@@ -15,6 +15,11 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(vlkernels, m) {
   // A trivial op that proves the build and the registration path work on every backend.
   m.def("build_info() -> str");
+  // Fused CLIP augmentation over a (ragged) batch; layout in vlkernels/augment/_op.py.
+  m.def(
+      "fused_augment(Tensor data, Tensor offsets, Tensor sizes, bool hwc, Tensor boxes, Tensor flip, "
+      "Tensor factors, Tensor order, Tensor gray, float[] mean, float[] std, int out_h, int out_w, "
+      "ScalarType out_dtype) -> Tensor");
 }
 
 namespace {

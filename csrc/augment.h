@@ -1,0 +1,159 @@
+// Fused augmentation: the per-pixel maths shared by the C++ (CPU) and CUDA kernels, written once so
+// that both backends follow the same formulas as the PyTorch reference (vlkernels/augment/reference.py,
+// i.e. torchvision's resized_crop(antialias=True), adjust_* and rgb_to_grayscale on float images).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define VLK_HD __host__ __device__ __forceinline__
+#else
+#define VLK_HD inline
+#endif
+
+namespace vlkernels {
+namespace augment {
+
+// Colour-op ids in the per-sample order (torchvision's ColorJitter numbering).
+enum ColorOp : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
+
+constexpr float kGrayR = 0.2989f;
+constexpr float kGrayG = 0.587f;
+constexpr float kGrayB = 0.114f;
+
+// Plain compares rather than fminf/fmaxf: the same values on [0, 1] data, and they vectorise.
+VLK_HD float vmax(float a, float b) { return a > b ? a : b; }
+VLK_HD float vmin(float a, float b) { return a < b ? a : b; }
+VLK_HD float clamp01(float x) { return vmin(vmax(x, 0.0f), 1.0f); }
+
+VLK_HD float gray_of(float r, float g, float b) { return kGrayR * r + kGrayG * g + kGrayB * b; }
+
+// Whether op `op` with factor `f` changes the image (identity factors are skipped, as torchvision
+// skips an op whose range is the single identity value).
+VLK_HD bool op_active(int op, float f) { return op == kHue ? f != 0.0f : f != 1.0f; }
+
+// Upper bound on the taps of one output pixel along an axis of `in` -> `out` pixels.
+VLK_HD int max_taps(int64_t in, int64_t out) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  const float support = scale >= 1.0f ? scale : 1.0f;
+  return static_cast<int>(ceilf(2.0f * support)) + 2;
+}
+
+// Antialiased bilinear (triangle filter, support scaled by the downscale factor) weights of output
+// pixel i along one axis, normalised to sum 1: PyTorch's interpolate(antialias=True) rule, which is
+// what torchvision's resize(antialias=True) calls. Writes taps to w[0..n), returns the first source
+// index in *start and the count in *n.
+VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* start, int* n) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  const float support = scale >= 1.0f ? scale : 1.0f;
+  const float invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
+  const float center = static_cast<float>(scale * (i + 0.5));
+  int64_t lo = static_cast<int64_t>(center - support + 0.5f);
+  lo = lo < 0 ? 0 : lo;
+  int64_t hi = static_cast<int64_t>(center + support + 0.5f);
+  hi = hi > in ? in : hi;
+  const int count = static_cast<int>(hi - lo);
+  float total = 0.0f;
+  for (int j = 0; j < count; ++j) {
+    float x = static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale);
+    x = fabsf(x);
+    const float wj = x < 1.0f ? 1.0f - x : 0.0f;
+    w[j] = wj;
+    total += wj;
+  }
+  if (total != 0.0f) {
+    for (int j = 0; j < count; ++j) w[j] /= total;
+  }
+  *start = lo;
+  *n = count;
+}
+
+// torchvision's adjust_hue on one pixel: RGB -> HSV (_rgb2hsv), h = (h + hue) mod 1, HSV -> RGB
+// (_hsv2rgb). Branch-free so that the CPU loop vectorises. The two modulo steps are written as
+// exact conditional +-1: h / 6 + 1 lies in [5/6, 11/6] and, for |hue| <= 0.5, h + hue in [-0.5, 1.5),
+// where fmod / torch.remainder reduce to these (exact) subtractions.
+VLK_HD void hue_shift(float& r, float& g, float& b, float hue) {
+  const float maxc = vmax(vmax(r, g), b);
+  const float minc = vmin(vmin(r, g), b);
+  const bool eqc = maxc == minc;
+  const float cr = maxc - minc;
+  const float s = cr / (eqc ? 1.0f : maxc);
+  const float div = eqc ? 1.0f : cr;
+  const float rc = (maxc - r) / div;
+  const float gc = (maxc - g) / div;
+  const float bc = (maxc - b) / div;
+  float h = maxc == r ? bc - gc : (maxc == g ? 2.0f + rc - bc : 4.0f + gc - rc);
+  h = h / 6.0f + 1.0f;
+  h = h >= 1.0f ? h - 1.0f : h;
+  h = h + hue;
+  h = h < 0.0f ? h + 1.0f : (h >= 1.0f ? h - 1.0f : h);
+  const float v = maxc;
+  const float h6 = h * 6.0f;
+  const int fi = static_cast<int>(h6);  // h6 >= 0: truncation is floor
+  const float f = h6 - static_cast<float>(fi);
+  const int sector = fi == 6 ? 0 : fi;
+  const float p = clamp01(v * (1.0f - s));
+  const float q = clamp01(v * (1.0f - s * f));
+  const float t = clamp01(v * (1.0f - s * (1.0f - f)));
+  const float ro = (sector == 0 || sector == 5) ? v : (sector == 1 ? q : (sector == 4 ? t : p));
+  const float go = (sector == 1 || sector == 2) ? v : (sector == 0 ? t : (sector == 3 ? q : p));
+  const float bo = (sector == 3 || sector == 4) ? v : (sector == 2 ? t : (sector == 5 ? q : p));
+  r = clamp01(ro);
+  g = clamp01(go);
+  b = clamp01(bo);
+}
+
+// One colour op on one pixel. `mean` is the gray mean of the whole current image (contrast only).
+// (1 - factor) is formed in double, as the reference's Python float does, then rounded once.
+VLK_HD void color_op(int op, float f, float mean, float& r, float& g, float& b) {
+  if (op == kBrightness) {
+    r = clamp01(f * r);
+    g = clamp01(f * g);
+    b = clamp01(f * b);
+  } else if (op == kContrast) {
+    const float k = static_cast<float>(1.0 - static_cast<double>(f)) * mean;
+    r = clamp01(f * r + k);
+    g = clamp01(f * g + k);
+    b = clamp01(f * b + k);
+  } else if (op == kSaturation) {
+    const float k = static_cast<float>(1.0 - static_cast<double>(f));
+    const float l = gray_of(r, g, b);
+    r = clamp01(f * r + k * l);
+    g = clamp01(f * g + k * l);
+    b = clamp01(f * b + k * l);
+  } else {
+    hue_shift(r, g, b, f);
+  }
+}
+
+// The active colour ops of one sample, in order, split at contrast (which needs the mean gray of the
+// image as it is just before contrast): ops [0, split) run before the mean, [split, count) after.
+struct OpPlan {
+  int ops[4];
+  float factors[4];
+  int count;
+  int split;  // == count when no contrast: everything runs in one pass
+  bool needs_mean;
+};
+
+VLK_HD OpPlan plan_ops(const float* factors, const int64_t* order) {
+  OpPlan plan;
+  plan.count = 0;
+  plan.split = -1;
+  for (int k = 0; k < 4; ++k) {
+    const int op = static_cast<int>(order[k]);
+    const float f = factors[op];
+    if (!op_active(op, f)) continue;
+    if (op == kContrast) plan.split = plan.count;
+    plan.ops[plan.count] = op;
+    plan.factors[plan.count] = f;
+    ++plan.count;
+  }
+  plan.needs_mean = plan.split >= 0;
+  if (!plan.needs_mean) plan.split = plan.count;
+  return plan;
+}
+
+}  // namespace augment
+}  // namespace vlkernels

@@ -1,0 +1,69 @@
+"""Binding of the compiled op ``torch.ops.vlkernels.fused_augment`` (C++ CPU, CUDA) and its fake.
+
+Op layout (one call for the whole batch, ragged or not):
+  data     uint8 [total]   the images back to back, each contiguous, HWC (hwc=True) or CHW
+  offsets  int64 [N]       where image i starts in data
+  sizes    int64 [N, 2]    (H, W) of image i
+  boxes    int64 [N, 4]    crop (top, left, height, width)
+  flip     bool  [N]
+  factors  float32 [N, 4]  (brightness, contrast, saturation, hue); identity values skip the op
+  order    int64 [N, 4]    colour-op order, a permutation of 0..3 per sample
+  gray     bool  [N]
+returns out_dtype [N, 3, out_h, out_w].
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from vlkernels import _ext
+
+OP_NAME = "vlkernels::fused_augment"
+
+
+@functools.cache
+def _register() -> None:
+    _ext.require("fused_augment(impl='cpu'|'cuda')")
+
+    @torch.library.register_fake(OP_NAME)
+    def _fake(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, dt):
+        torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
+        return data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
+
+
+def op():
+    """The registered op (loads the extension and the fake implementation on first use)."""
+    _register()
+    return torch.ops.vlkernels.fused_augment.default
+
+
+def has_kernel(device_type: str) -> bool:
+    """Whether the compiled extension has a kernel of the op for 'cpu' or 'cuda'."""
+    if not _ext.available():
+        return False
+    _register()
+    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
+
+
+def run(
+    data: torch.Tensor,
+    offsets: torch.Tensor,
+    sizes: torch.Tensor,
+    hwc: bool,
+    boxes: torch.Tensor,
+    flip: torch.Tensor,
+    factors: torch.Tensor,
+    order: torch.Tensor,
+    gray: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    out_h: int,
+    out_w: int,
+    out_dtype: torch.dtype,
+) -> torch.Tensor:
+    return op()(
+        data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, out_dtype
+    )

@@ -1,0 +1,194 @@
+"""fused_augment: input checks, layout of the ragged batch, implementation selection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from vlkernels import _ext
+from vlkernels.augment import _op
+from vlkernels.augment.params import AugmentParams, sample_augment_params
+from vlkernels.augment.reference import reference_augment
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+IMPLS = ("auto", "cuda", "cpu", "torch")
+
+
+@dataclass
+class Batch:
+    """The images as the op sees them (flat buffer + offsets) and as the reference does (CHW views)."""
+
+    data: torch.Tensor
+    offsets: torch.Tensor
+    sizes: torch.Tensor
+    hwc: bool
+    views_chw: list[torch.Tensor]
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+
+def _check_image(t, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != torch.uint8:
+        raise TypeError(f"{what} must be uint8 (decoded images), got {t.dtype}")
+
+
+def as_batch(images) -> Batch:
+    """Accept [N, H, W, 3], [N, 3, H, W] or a list of [H_i, W_i, 3] uint8 tensors."""
+    if isinstance(images, torch.Tensor):
+        _check_image(images, "images")
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, H, W, 3] or [N, 3, H, W], got shape {tuple(images.shape)}")
+        n = images.shape[0]
+        if n == 0:
+            raise ValueError("no images: the batch is empty")
+        if images.shape[-1] == 3:
+            nhwc = images
+        elif images.shape[1] == 3:
+            nhwc = images.permute(0, 2, 3, 1)
+        else:
+            raise ValueError(f"images must have 3 channels (RGB), got shape {tuple(images.shape)}")
+        h, w = nhwc.shape[1], nhwc.shape[2]
+        if h == 0 or w == 0:
+            raise ValueError(f"images must be non-empty, got shape {tuple(images.shape)}")
+        # Keep the memory layout the tensor already has: NHWC-contiguous or NCHW-contiguous, no copy.
+        hwc = nhwc.is_contiguous() or not nhwc.permute(0, 3, 1, 2).is_contiguous()
+        flat_src = nhwc.contiguous() if hwc else nhwc.permute(0, 3, 1, 2)
+        dev = images.device
+        data = flat_src.reshape(-1)
+        offsets = torch.arange(n, dtype=torch.int64, device=dev) * (h * w * 3)
+        sizes = torch.tensor([h, w], dtype=torch.int64).to(dev, non_blocking=True).repeat(n, 1)
+        views = list(nhwc.permute(0, 3, 1, 2).unbind(0))
+        return Batch(data, offsets, sizes, hwc, views)
+    if not isinstance(images, Sequence):
+        raise TypeError(f"images must be a tensor or a list of tensors, got {type(images).__name__}")
+    images = list(images)
+    if not images:
+        raise ValueError("no images: the list is empty")
+    dev = None
+    shapes, offs, total = [], [], 0
+    for i, t in enumerate(images):
+        _check_image(t, f"images[{i}]")
+        if t.dim() != 3 or t.shape[-1] != 3:
+            raise ValueError(f"images[{i}] must be [H, W, 3] (RGB), got shape {tuple(t.shape)}")
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"images[{i}] is empty: shape {tuple(t.shape)}")
+        if dev is None:
+            dev = t.device
+        elif t.device != dev:
+            raise ValueError(
+                f"all images must be on one device: images[0] is on {dev}, images[{i}] on {t.device}"
+            )
+        shapes.append((t.shape[0], t.shape[1]))
+        offs.append(total)
+        total += t.numel()
+    data = torch.cat([t.reshape(-1) for t in images])
+    offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
+    sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
+    return Batch(data, offsets, sizes, True, [t.permute(2, 0, 1) for t in images])
+
+
+def _out_size(size) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be an int or (h, w) with both >= 1, got {size}")
+    return size
+
+
+def _pick_impl(impl: str, device: torch.device) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        if _op.has_kernel(device.type):
+            return device.type
+        return "torch"
+    if impl == "torch":
+        return impl
+    if device.type != impl:
+        raise ValueError(f"impl={impl!r} needs the images on {impl}, they are on {device}")
+    _ext.require(f"fused_augment(impl={impl!r})")
+    if not _op.has_kernel(impl):
+        raise RuntimeError(
+            f"fused_augment(impl={impl!r}): vlkernels._C was built without the {impl.upper()} kernel "
+            f"(build_info={_ext.build_info()!r}); rebuild on a machine with CUDA torch and nvcc"
+        )
+    return impl
+
+
+def fused_augment(
+    images,
+    size,
+    *,
+    params: AugmentParams | None = None,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip_p: float = 0.5,
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+    out_dtype: torch.dtype = torch.float32,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """CLIP's training augmentation chain in one kernel call.
+
+    images: uint8 [N, H, W, 3], [N, 3, H, W], or a list of [H_i, W_i, 3]. size: int or (h, w).
+    Returns out_dtype [N, 3, h, w]. Per sample: RandomResizedCrop (bilinear, antialias) -> horizontal
+    flip -> ColorJitter (random op order) applied with probability jitter_p -> RandomGrayscale ->
+    Normalize(mean, std), all computed in fp32 (torchvision's semantics; see reference.py).
+    ``params`` (AugmentParams) fixes the randomness; otherwise they are drawn on the images' device
+    with ``generator`` and the sampling knobs, without a host sync.
+    impl: "auto" (compiled op for the device, else "torch"), "cuda", "cpu" (C++), "torch" (reference).
+    """
+    batch = as_batch(images)
+    out_h, out_w = _out_size(size)
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0.0:
+        raise ValueError(f"mean and std must have 3 values (std non-zero), got {mean}, {std}")
+    which = _pick_impl(impl, batch.device)
+    if params is None:
+        params = sample_augment_params(
+            batch.sizes,
+            scale=scale,
+            ratio=ratio,
+            hflip_p=hflip_p,
+            jitter=jitter,
+            jitter_p=jitter_p,
+            grayscale_p=grayscale_p,
+            generator=generator,
+        )
+    else:
+        if not isinstance(params, AugmentParams):
+            raise TypeError(f"params must be AugmentParams, got {type(params).__name__}")
+        params.validate(batch.sizes)
+    if which == "torch":
+        return reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype)
+    return _op.run(
+        batch.data,
+        batch.offsets,
+        batch.sizes,
+        batch.hwc,
+        params.boxes.long(),
+        params.flip.bool(),
+        params.factors(),
+        params.order.long(),
+        params.grayscale.bool(),
+        mean,
+        std,
+        out_h,
+        out_w,
+        out_dtype,
+    )
