@@ -24,6 +24,7 @@ import torch.distributed.nn  # noqa: F401  (open_clip calls torch.distributed.nn
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests._ref import TOL as REF_TOL
 from tests._ref import MaxNumel
 from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
 from vlkernels import distributed as vdist
@@ -193,6 +194,27 @@ def _check_gather_contract(rank, world, cases, dims):
             _close(got_g[0], world * want_g[0][own], what + " d_image")
             _close(got_g[1], world * want_g[1][own], what + " d_text")
             _close(got_g[2], want_g[2], what + " d_scale")
+
+
+def _check_low_precision(rank, world):
+    """bf16 / fp16 features (texts gathered in that dtype, gradients returned in it) against the fp32
+    single-process reference on the same rounded inputs, with the single-process tolerances."""
+    b = 6
+    for dtype in (torch.bfloat16, torch.float16):
+        img, txt = _inputs(world * b, 12, seed=b, dtype=dtype)
+        own = slice(rank * b, (rank + 1) * b)
+        full = _leaves(img, txt, torch.tensor(9.0))
+        want = contrastive_loss_naive(*full, 0.1)
+        want_g = _grads(want, full, 1.0)
+        mine = _leaves(img[own], txt[own], torch.tensor(9.0))
+        got = contrastive_loss(*mine, label_smoothing=0.1, impl="torch", gather=True)
+        got_g = _grads(got, mine, 1.0)
+        what = f"contrastive {dtype} rank={rank}"
+        assert got_g[0].dtype == dtype and got_g[1].dtype == dtype
+        _close(got, want, what + " loss", tol=REF_TOL[dtype])
+        _close(got_g[0], world * want_g[0][own], what + " d_image", tol=REF_TOL[dtype])
+        _close(got_g[1], world * want_g[1][own], what + " d_text", tol=REF_TOL[dtype])
+        _close(got_g[2], want_g[2], what + " d_scale", tol=REF_TOL[dtype])
 
 
 def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
@@ -494,6 +516,7 @@ def test_gather_matches_full_batch(world):
         world,
         ("_check_gather_contract", TORCH_CASES, (9, 16)),
         ("_check_soft_target_contract", TORCH_CASES),
+        ("_check_low_precision",),
     )
 
 
