@@ -51,7 +51,8 @@ class AugmentParams:
     def factors(self) -> torch.Tensor:
         """float32 [N, 4] (brightness, contrast, saturation, hue), set to the identity where jitter is off."""
         f = torch.stack([self.brightness, self.contrast, self.saturation, self.hue], dim=1).float()
-        ident = torch.tensor([1.0, 1.0, 1.0, 0.0], device=f.device)
+        # Built on the device (a tensor from a Python list would be a blocking host-to-device copy).
+        ident = torch.cat([torch.ones(3, device=f.device), torch.zeros(1, device=f.device)])
         return torch.where(self.jitter.bool()[:, None], f, ident)
 
     @classmethod

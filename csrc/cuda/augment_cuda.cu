@@ -1,0 +1,211 @@
+// Fused augmentation, CUDA kernel (registered as vlkernels::fused_augment for the CUDA key).
+//
+// One launch for the whole (ragged) batch: one thread block per image, parameters read from device
+// tensors, so nothing waits on the host per image. Each thread computes output pixels directly from
+// the uint8 source (antialiased taps evaluated on the fly, rows then columns in the same order as the
+// CPU kernel's separable passes), applies the colour ops, grayscale and normalisation, and writes the
+// three planes (coalesced along the row). Contrast needs the gray mean of the image as it stands just
+// before contrast: blocks of images with an active contrast run a first pass that recomputes the
+// pixels up to that op and reduces the mean in shared memory (recomputing is cheaper than a round trip
+// of a float image through global memory).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include "augment.h"
+#include "augment_checks.h"
+
+namespace vlkernels {
+namespace augment {
+namespace {
+
+constexpr int kThreads = 512;
+
+// The antialiased taps of one output pixel along one axis (aa_weights, with the weights evaluated
+// on demand instead of stored).
+struct Axis {
+  int64_t lo;
+  int n;
+  float center;
+  float invscale;
+  float total;
+
+  __device__ __forceinline__ Axis(int64_t in, int64_t out, int64_t i) {
+    const float scale = static_cast<float>(in) / static_cast<float>(out);
+    const float support = scale >= 1.0f ? scale : 1.0f;
+    invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
+    center = static_cast<float>(scale * (i + 0.5));
+    int64_t a = static_cast<int64_t>(center - support + 0.5f);
+    a = a < 0 ? 0 : a;
+    int64_t b = static_cast<int64_t>(center + support + 0.5f);
+    b = b > in ? in : b;
+    lo = a;
+    n = static_cast<int>(b - a);
+    total = 0.0f;
+    for (int j = 0; j < n; ++j) total += raw(j);
+    if (total == 0.0f) total = 1.0f;
+  }
+  __device__ __forceinline__ float raw(int j) const {
+    const float x = fabsf(static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale));
+    return x < 1.0f ? 1.0f - x : 0.0f;
+  }
+  __device__ __forceinline__ float weight(int j) const { return raw(j) / total; }
+};
+
+struct Image {
+  const uint8_t* src;
+  int64_t sy, sx, sc;
+  int64_t top, left, ch, cw;
+  bool flip;
+};
+
+// Resampled pixel (i, j) of the crop, in [0, 1].
+__device__ __forceinline__ void resample(const Image& im, int64_t oh, int64_t ow, int64_t i, int64_t j,
+                                         float& r, float& g, float& b) {
+  const Axis ay(im.ch, oh, i);
+  const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j);
+  float ar = 0.0f, ag = 0.0f, ab = 0.0f;
+  for (int ky = 0; ky < ay.n; ++ky) {
+    const float wy = ay.weight(ky);
+    const uint8_t* row = im.src + (im.top + ay.lo + ky) * im.sy + (im.left + ax.lo) * im.sx;
+    float rr = 0.0f, rg = 0.0f, rb = 0.0f;
+    for (int kx = 0; kx < ax.n; ++kx) {
+      const float wx = ax.weight(kx);
+      const uint8_t* p = row + kx * im.sx;
+      rr += wx * static_cast<float>(__ldg(p));
+      rg += wx * static_cast<float>(__ldg(p + im.sc));
+      rb += wx * static_cast<float>(__ldg(p + 2 * im.sc));
+    }
+    ar += wy * rr;
+    ag += wy * rg;
+    ab += wy * rb;
+  }
+  r = ar / 255.0f;
+  g = ag / 255.0f;
+  b = ab / 255.0f;
+}
+
+template <typename out_t>
+__global__ void __launch_bounds__(kThreads)
+    fused_augment_kernel(const uint8_t* __restrict__ data, const int64_t* __restrict__ offsets,
+                         const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
+                         const bool* __restrict__ flip, const float* __restrict__ factors,
+                         const int64_t* __restrict__ order, const bool* __restrict__ gray, float m0, float m1,
+                         float m2, float s0, float s1, float s2, int64_t oh, int64_t ow,
+                         out_t* __restrict__ out) {
+  const int64_t n = blockIdx.x;
+  const int64_t H = sizes[2 * n], W = sizes[2 * n + 1];
+  Image im;
+  im.src = data + offsets[n];
+  im.sy = hwc ? W * 3 : W;
+  im.sx = hwc ? 3 : 1;
+  im.sc = hwc ? 1 : H * W;
+  im.top = boxes[4 * n];
+  im.left = boxes[4 * n + 1];
+  im.ch = boxes[4 * n + 2];
+  im.cw = boxes[4 * n + 3];
+  im.flip = flip[n];
+  const bool to_gray = gray[n];
+  const int64_t npix = oh * ow;
+  out_t* o = out + n * 3 * npix;
+  // A box outside the image cannot be reported from here without a host sync (the Python side checks
+  // explicit params); never read out of bounds: the image's output becomes NaN instead.
+  const bool valid = im.top >= 0 && im.left >= 0 && im.ch >= 1 && im.cw >= 1 && im.top + im.ch <= H &&
+                     im.left + im.cw <= W;
+  if (!valid) {
+    for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) o[p] = static_cast<out_t>(NAN);
+    return;
+  }
+  const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
+
+  float gmean = 0.0f;
+  if (plan.needs_mean) {
+    float part = 0.0f;
+    for (int64_t p = threadIdx.x; p < npix; p += blockDim.x) {
+      float r, g, b;
+      resample(im, oh, ow, p / ow, p % ow, r, g, b);
+      for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
+      part += gray_of(r, g, b);
+    }
+    double sum = part;
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+    __shared__ double warp_sums[kThreads / 32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_sums[warp] = sum;
+    __syncthreads();
+    if (warp == 0) {
+      sum = lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0;
+      for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+      if (lane == 0) warp_sums[0] = sum;
+    }
+    __syncthreads();
+    gmean = static_cast<float>(warp_sums[0] / static_cast<double>(npix));
+  }
+
+  for (int64_t p = threadIdx.x; p < npix; p += blockDim.x) {
+    float r, g, b;
+    resample(im, oh, ow, p / ow, p % ow, r, g, b);
+    for (int k = 0; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
+    if (to_gray) {
+      const float l = gray_of(r, g, b);
+      r = l;
+      g = l;
+      b = l;
+    }
+    o[p] = static_cast<out_t>((r - m0) / s0);
+    o[npix + p] = static_cast<out_t>((g - m1) / s1);
+    o[2 * npix + p] = static_cast<out_t>((b - m2) / s2);
+  }
+}
+
+at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+                              bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
+                              const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
+                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
+                              int64_t out_w, at::ScalarType out_dtype) {
+  check_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
+                     out_dtype, at::kCUDA);
+  for (const at::Tensor* t : {&offsets, &sizes, &boxes, &flip, &factors, &order, &gray}) {
+    TORCH_CHECK(t->device() == data.device(), "fused_augment: all tensors must be on ", data.device(),
+                ", got one on ", t->device());
+  }
+  const c10::cuda::CUDAGuard guard(data.device());
+  const int64_t n = offsets.size(0);
+  at::Tensor out = at::empty({n, 3, out_h, out_w}, data.options().dtype(out_dtype));
+  TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 images per call");
+  const dim3 grid(static_cast<unsigned int>(n));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const float m0 = static_cast<float>(mean[0]), m1 = static_cast<float>(mean[1]),
+              m2 = static_cast<float>(mean[2]);
+  const float s0 = static_cast<float>(std[0]), s1 = static_cast<float>(std[1]), s2 = static_cast<float>(std[2]);
+#define VLK_LAUNCH(T)                                                                                   \
+  fused_augment_kernel<T><<<grid, kThreads, 0, stream>>>(                                               \
+      data.data_ptr<uint8_t>(), offsets.data_ptr<int64_t>(), sizes.data_ptr<int64_t>(), hwc,           \
+      boxes.data_ptr<int64_t>(), flip.data_ptr<bool>(), factors.data_ptr<float>(),                      \
+      order.data_ptr<int64_t>(), gray.data_ptr<bool>(), m0, m1, m2, s0, s1, s2, out_h, out_w,           \
+      out.data_ptr<T>())
+  switch (out_dtype) {
+    case at::kFloat:
+      VLK_LAUNCH(float);
+      break;
+    case at::kBFloat16:
+      VLK_LAUNCH(c10::BFloat16);
+      break;
+    default:
+      VLK_LAUNCH(c10::Half);
+      break;
+  }
+#undef VLK_LAUNCH
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+}  // namespace
+}  // namespace augment
+}  // namespace vlkernels
+
+TORCH_LIBRARY_IMPL(vlkernels, CUDA, m) { m.impl("fused_augment", &vlkernels::augment::fused_augment_cuda); }
