@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
         help="--compare: largest batch size whose loss step (fwd+bwd on [B, embed-dim] embeddings) fits "
         "this budget (CPU: peak RSS; GPU: per-process memory fraction); e.g. 512MiB, 8GiB",
     )
-    g.add_argument("--memory-max-batch", type=int, default=32768,
+    g.add_argument("--memory-max-batch", type=int, default=16384,
                    help="--compare: stop doubling the batch size here")  # fmt: skip
     g = p.add_argument_group("data")
     g.add_argument("--train-data", help="CSV/TSV of image paths and captions (default: synthetic set)")

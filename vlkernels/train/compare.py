@@ -51,16 +51,18 @@ def _probe(spec: dict) -> dict:
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, spec["budget"] / total), device)
+
+    def step(b: int) -> None:
+        g = torch.Generator(device=device).manual_seed(0)
+        img = torch.nn.functional.normalize(torch.randn(b, spec["D"], generator=g, device=device), dim=-1)
+        txt = torch.nn.functional.normalize(torch.randn(b, spec["D"], generator=g, device=device), dim=-1)
+        scale = torch.tensor(14.3, device=device, requires_grad=True)
+        contrastive_loss(img.requires_grad_(), txt.requires_grad_(), scale, impl=impl).backward()
+
+    step(64)  # pages in the kernels' code and the thread pools, which RSS would otherwise count
     mem.start()  # the inputs and their gradients count: they are O(B) in both implementations
     try:
-        g = torch.Generator(device=device).manual_seed(0)
-        b, d = spec["B"], spec["D"]
-        img = torch.nn.functional.normalize(torch.randn(b, d, generator=g, device=device), dim=-1)
-        txt = torch.nn.functional.normalize(torch.randn(b, d, generator=g, device=device), dim=-1)
-        img.requires_grad_()
-        txt.requires_grad_()
-        scale = torch.tensor(14.3, device=device, requires_grad=True)
-        contrastive_loss(img, txt, scale, impl=impl).backward()
+        step(spec["B"])
         peak = mem.peak()
     except torch.OutOfMemoryError:
         return {"B": spec["B"], "fits": False, "peak_bytes": None, "oom": True}
@@ -76,9 +78,9 @@ def _run_probe(spec: dict) -> dict:
     return json.loads(lines[-1])
 
 
-def max_batch(loss: str, budget: int, dim: int, device: str, start: int = 1024, limit: int = 32768) -> dict:
+def max_batch(loss: str, budget: int, dim: int, device: str, start: int = 2048, limit: int = 16384) -> dict:
     """Largest B in start * 2^k <= limit whose loss step fits ``budget`` (``capped`` when the limit fits)."""
-    best, probes, b = None, [], start
+    best, probes, b = None, [], min(start, limit)
     while b <= limit:
         r = _run_probe({"loss": loss, "B": b, "D": dim, "device": device, "budget": budget})
         probes.append(r)
@@ -157,7 +159,7 @@ def compare(args, out: str) -> int:
     param_diff = _param_diff(*(os.path.join(out, loss, "checkpoint.pt") for loss in IMPLS))
 
     device = base.device
-    print(f"== memory-budget search: loss step at B = 1024, 2048, ... <= {args.memory_max_batch}, "
+    print(f"== memory-budget search: loss step at B = 2048, 4096, ... <= {args.memory_max_batch}, "
           f"D = {base.model.embed_dim}, budget {_fmt_bytes(args.memory_budget)} ({device})",
           file=sys.stderr, flush=True)  # fmt: skip
     memory = {

@@ -1,7 +1,7 @@
 """Data: the built-in synthetic image-caption set and open_clip-style CSV/TSV files.
 
 Synthetic (no download, deterministic from a seed): each image holds one to three copies of a coloured
-shape on a noisy dark background, placed in distinct cells of a 3 x 3 grid; the caption names the count,
+shape on a noisy dark background, placed in distinct cells of a 2 x 2 grid; the caption names the count,
 colour and shape, and for a single object its size and position ("a small red circle in the top left",
 "two blue squares"). Zero-shot classes are colour x shape (24 classes, chance 1/24), scored on a held-out
 split drawn from another seed stream, with a prompt ensemble over counts.
@@ -30,22 +30,11 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle", "cross")
 COUNTS = ("one", "two", "three")
-POSITIONS = (
-    ("top", "left"), ("top", ""), ("top", "right"),
-    ("", "left"), ("", ""), ("", "right"),
-    ("bottom", "left"), ("bottom", ""), ("bottom", "right"),
-)  # fmt: skip
-TEMPLATES = ("{}", "a photo of {}", "an image of {}", "{} on a dark background", "there is {}")
-PROMPTS = ("a photo of a {c} {s}", "one {c} {s}", "two {c} {ss}", "three {c} {ss}")
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")  # the cells of a 2 x 2 grid
+TEMPLATES = ("{}", "a photo of {}", "an image of {}", "{} on a dark background", "a picture of {}")
+PROMPTS = ("a photo of a small {c} {s}", "a photo of a large {c} {s}", "two {c} {ss}", "three {c} {ss}")
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
-
-
-def _position_words(cell: int) -> str:
-    v, h = POSITIONS[cell]
-    if v and h:
-        return f"in the {v} {h}"
-    return f"at the {v}" if v else f"on the {h}" if h else "in the center"
 
 
 def _plural(shape: str) -> str:
@@ -60,9 +49,9 @@ def synthetic(n: int, seed: int, image_size: int = 32) -> tuple[torch.Tensor, li
     shape = rng.integers(len(SHAPES), size=n)
     count = rng.integers(1, 4, size=n)
     large = rng.random(n) < 0.5
-    cells = np.argsort(rng.random((n, 9)), axis=1)[:, :3]
-    cell = image_size / 3
-    centre = np.stack([cells % 3, cells // 3], axis=-1) * cell + cell / 2
+    cells = np.argsort(rng.random((n, 4)), axis=1)[:, :3]
+    cell = image_size / 2
+    centre = np.stack([cells % 2, cells // 2], axis=-1) * cell + cell / 2
     centre = centre + rng.uniform(-0.12, 0.12, size=centre.shape) * cell
     radius = np.where(large, 0.42, 0.3)[:, None] * cell * rng.uniform(0.9, 1.1, size=(n, 3))
     tint = np.asarray([COLOURS[c] for c in colour_names], dtype=np.float32)[colour]
@@ -98,7 +87,7 @@ def synthetic(n: int, seed: int, image_size: int = 32) -> tuple[torch.Tensor, li
         c, s = colour_names[colour[i]], SHAPES[shape[i]]
         if count[i] == 1:
             size = "large" if large[i] else "small"
-            what = f"a {size} {c} {s} {_position_words(cells[i, 0])}"
+            what = f"a {size} {c} {s} in the {POSITIONS[cells[i, 0]]}"
         else:
             what = f"{COUNTS[count[i] - 1]} {c} {_plural(s)}"
         captions.append(TEMPLATES[template[i]].format(what))
@@ -121,7 +110,7 @@ def synthetic_vocab() -> list[str]:
     from vlkernels.train.tokenizer import words
 
     text = " ".join([*TEMPLATES, *PROMPTS, *COUNTS, *COLOURS, *SHAPES, *map(_plural, SHAPES)])
-    text += " a large small in at on the center top bottom left right"
+    text += " a large small in the top bottom left right"
     return sorted(set(words(text.replace("{c}", " ").replace("{s}", " ").replace("{ss}", " "))))
 
 

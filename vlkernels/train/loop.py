@@ -45,16 +45,16 @@ class TrainConfig:
     recipe: str = "baseline"  # baseline | improved
     grad_cache_chunks: int = 1
     # optimisation
-    steps: int = 300
+    steps: int = 200
     batch_size: int = 128
     lr: float = 2e-3
-    warmup: int = 30
+    warmup: int = 20
     weight_decay: float = 0.1
     seed: int = 0
     device: str = "cpu"
     # bookkeeping
     out: str = "runs/train"
-    eval_every: int = 100
+    eval_every: int = 50
     save_every: int = 100
     resume: str | None = None
     stop_at_step: int | None = None

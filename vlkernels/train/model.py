@@ -64,10 +64,20 @@ class TinyClip(nn.Module):
     def __init__(self, cfg: ClipConfig):
         super().__init__()
         self.cfg = cfg
-        if cfg.image_size % cfg.patch_size:
-            raise ValueError(f"image_size {cfg.image_size} must be a multiple of patch_size {cfg.patch_size}")
+        if cfg.image_size % cfg.patch_size or cfg.patch_size % 2:
+            raise ValueError(
+                f"patch_size {cfg.patch_size} must be even and divide image_size {cfg.image_size}"
+            )
         grid = cfg.image_size // cfg.patch_size
-        self.patch = nn.Conv2d(3, cfg.vision_width, cfg.patch_size, stride=cfg.patch_size, bias=False)
+        # Early-convolution stem (Xiao et al., 2021): one stride-2 3x3 conv before the patchify conv; at
+        # this tiny scale it is what lets the ViT tell shapes apart within a few hundred steps.
+        self.patch = nn.Sequential(
+            nn.Conv2d(3, cfg.vision_width // 2, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(
+                cfg.vision_width // 2, cfg.vision_width, cfg.patch_size // 2, stride=cfg.patch_size // 2
+            ),
+        )
         self.cls = nn.Parameter(torch.randn(cfg.vision_width) * cfg.vision_width**-0.5)
         self.vision_pos = nn.Parameter(torch.randn(grid * grid + 1, cfg.vision_width) * 0.02)
         self.vision_blocks = nn.ModuleList(
