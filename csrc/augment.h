@@ -76,29 +76,47 @@ VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* st
 VLK_HD void hue_shift(float& r, float& g, float& b, float hue) {
   const float maxc = vmax(vmax(r, g), b);
   const float minc = vmin(vmin(r, g), b);
-  const bool eqc = maxc == minc;
   const float cr = maxc - minc;
-  const float s = cr / (eqc ? 1.0f : maxc);
-  const float div = eqc ? 1.0f : cr;
+  // (No bool temporaries: an 8-bit mask next to the float-lane masks stops GCC's vectoriser.)
+  const float s = cr / (maxc == minc ? 1.0f : maxc);
+  const float div = maxc == minc ? 1.0f : cr;
   const float rc = (maxc - r) / div;
   const float gc = (maxc - g) / div;
   const float bc = (maxc - b) / div;
-  float h = maxc == r ? bc - gc : (maxc == g ? 2.0f + rc - bc : 4.0f + gc - rc);
+  const float h_r = bc - gc;
+  const float h_g = 2.0f + rc - bc;
+  const float h_b = 4.0f + gc - rc;
+  float h = maxc == r ? h_r : (maxc == g ? h_g : h_b);
+  // Both arms of every select are computed first: conditional FP arithmetic would stop GCC from
+  // vectorising the loop (it must not speculate operations that may trap).
   h = h / 6.0f + 1.0f;
-  h = h >= 1.0f ? h - 1.0f : h;
+  const float h_wrap = h - 1.0f;
+  h = h >= 1.0f ? h_wrap : h;
   h = h + hue;
-  h = h < 0.0f ? h + 1.0f : (h >= 1.0f ? h - 1.0f : h);
+  const float h_up = h + 1.0f;
+  const float h_down = h - 1.0f;
+  h = h < 0.0f ? h_up : (h >= 1.0f ? h_down : h);
   const float v = maxc;
   const float h6 = h * 6.0f;
-  const int fi = static_cast<int>(h6);  // h6 >= 0: truncation is floor
-  const float f = h6 - static_cast<float>(fi);
-  const int sector = fi == 6 ? 0 : fi;
+  // h6 >= 0: truncation is floor. The sector is kept as a float so that every mask in the selects
+  // has the width of a float lane (mixed-width masks stop GCC's vectoriser).
+  const float fi = static_cast<float>(static_cast<int>(h6));
+  const float f = h6 - fi;
+  const float sec = fi == 6.0f ? 0.0f : fi;
   const float p = clamp01(v * (1.0f - s));
   const float q = clamp01(v * (1.0f - s * f));
   const float t = clamp01(v * (1.0f - s * (1.0f - f)));
-  const float ro = (sector == 0 || sector == 5) ? v : (sector == 1 ? q : (sector == 4 ? t : p));
-  const float go = (sector == 1 || sector == 2) ? v : (sector == 0 ? t : (sector == 3 ? q : p));
-  const float bo = (sector == 3 || sector == 4) ? v : (sector == 2 ? t : (sector == 5 ? q : p));
+  // One-hot sector weights times the candidates, as torchvision's einsum does (exact: one term is
+  // 1 * x, the others 0 * y); branch-free, so the CPU loop vectorises.
+  const float e0 = sec == 0.0f ? 1.0f : 0.0f;
+  const float e1 = sec == 1.0f ? 1.0f : 0.0f;
+  const float e2 = sec == 2.0f ? 1.0f : 0.0f;
+  const float e3 = sec == 3.0f ? 1.0f : 0.0f;
+  const float e4 = sec == 4.0f ? 1.0f : 0.0f;
+  const float e5 = sec == 5.0f ? 1.0f : 0.0f;
+  const float ro = e0 * v + e1 * q + e2 * p + e3 * p + e4 * t + e5 * v;
+  const float go = e0 * t + e1 * v + e2 * v + e3 * q + e4 * p + e5 * p;
+  const float bo = e0 * p + e1 * p + e2 * t + e3 * v + e4 * v + e5 * q;
   r = clamp01(ro);
   g = clamp01(go);
   b = clamp01(bo);

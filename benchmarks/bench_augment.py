@@ -1,0 +1,209 @@
+"""Benchmark of the fused augmentation: images per second.
+
+CPU: the C++ op (impl="cpu") vs the PyTorch reference chain (impl="torch") vs a PIL chain (open_clip's
+CPU path: PIL crop + resize + flip + ColorJitter (ImageEnhance, HSV hue) + grayscale, then to-tensor
+and normalise, one image at a time), at 1 thread (per core) and at all threads.
+GPU: the CUDA op vs the PyTorch reference on the GPU and torchvision v2 applied per sample (when
+torchvision is importable); the fraction of the memory-bandwidth floor (read the uint8 input once,
+write the output once) at the measured device-to-device copy bandwidth.
+Inputs: a batch of --batch 256x256 images (NHWC uint8 tensor) and a list of --batch images of mixed
+sizes (128..384 per side), all to 224x224 float32. Slow baselines run on the first --ref-batch images
+and are reported per image. The same sampled parameters are used by every implementation.
+
+python -m benchmarks.bench_augment --device cpu --batch 256 --out benchmarks/results/cpu/augment.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+import torch
+
+from benchmarks.harness import environment, print_table, timing, write_json
+from vlkernels.augment import CLIP_MEAN, CLIP_STD, AugmentParams, fused_augment, sample_augment_params
+
+
+def make_inputs(kind: str, n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    if kind == "256x256":
+        return torch.randint(0, 256, (n, 256, 256, 3), dtype=torch.uint8, generator=g)
+    sizes = torch.randint(128, 385, (n, 2), generator=g).tolist()
+    return [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for h, w in sizes]
+
+
+def subset(images, params: AugmentParams, k: int):
+    return images[:k], AugmentParams(**{f: v[:k] for f, v in vars(params).items()})
+
+
+def pil_chain(images, params: AugmentParams, size: int):
+    """open_clip's CPU path, written with PIL the way torchvision's PIL backend does each op."""
+    from PIL import Image, ImageEnhance
+
+    mean = torch.tensor(CLIP_MEAN)[:, None, None]
+    std = torch.tensor(CLIP_STD)[:, None, None]
+    boxes, flips, jit = params.boxes.tolist(), params.flip.tolist(), params.jitter.tolist()
+    fac = torch.stack([params.brightness, params.contrast, params.saturation, params.hue], 1).tolist()
+    orders, grays = params.order.tolist(), params.grayscale.tolist()
+    out = []
+    for i, img in enumerate(images):
+        im = Image.fromarray(img.numpy())
+        t, l, h, w = boxes[i]
+        im = im.crop((l, t, l + w, t + h)).resize((size, size), Image.BILINEAR)
+        if flips[i]:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        if jit[i]:
+            for op in orders[i]:
+                f = fac[i][op]
+                if op == 0:
+                    im = ImageEnhance.Brightness(im).enhance(f)
+                elif op == 1:
+                    im = ImageEnhance.Contrast(im).enhance(f)
+                elif op == 2:
+                    im = ImageEnhance.Color(im).enhance(f)
+                else:
+                    hh, ss, vv = im.convert("HSV").split()
+                    np_h = np.array(hh, dtype=np.uint8)
+                    np_h += np.uint8(int(f * 255) % 256)
+                    im = Image.merge("HSV", (Image.fromarray(np_h, "L"), ss, vv)).convert("RGB")
+        if grays[i]:
+            im = im.convert("L").convert("RGB")
+        x = torch.from_numpy(np.asarray(im)).permute(2, 0, 1).float().div(255.0)
+        out.append((x - mean) / std)
+    return torch.stack(out)
+
+
+def torchvision_v2_chain(images, params: AugmentParams, size: int):
+    """torchvision.transforms.v2 functional ops applied per sample on the images' device."""
+    from torchvision.transforms.v2 import functional as TF
+
+    boxes, flips, jit = params.boxes.tolist(), params.flip.tolist(), params.jitter.tolist()
+    fac = torch.stack([params.brightness, params.contrast, params.saturation, params.hue], 1).tolist()
+    orders, grays = params.order.tolist(), params.grayscale.tolist()
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    out = []
+    for i, img in enumerate(images):
+        x = img.permute(2, 0, 1) if img.shape[-1] == 3 else img
+        t, l, h, w = boxes[i]
+        x = TF.resized_crop(x, t, l, h, w, [size, size], antialias=True)
+        x = TF.to_dtype(x, torch.float32, scale=True)
+        if flips[i]:
+            x = TF.horizontal_flip(x)
+        if jit[i]:
+            for op in orders[i]:
+                x = ops[op](x, fac[i][op])
+        if grays[i]:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        out.append(TF.normalize(x, list(CLIP_MEAN), list(CLIP_STD)))
+    return torch.stack(out)
+
+
+def copy_bandwidth(device: str) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write of 1 GiB)."""
+    x = torch.empty(2**30, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    t = timing(lambda: y.copy_(x), device, reps=10)
+    return 2 * x.numel() / (t["median_ms"] * 1e-3)
+
+
+def bench_kind(kind: str, args, env: dict, thread_counts: list[int]) -> list[dict]:
+    rows = []
+
+    def row(impl, n, t, threads, **extra):
+        ips = n / (t["median_ms"] * 1e-3)
+        r = dict(op="augment", impl=impl, B=args.batch, D=kind, dtype="float32", mode=f"to {args.size}")
+        r.update(images=n, threads=threads, images_per_s=ips, images_per_s_per_thread=ips / threads)
+        r.update(t, **extra, **env)
+        rows.append(r)
+        print(f"{impl:>16} {kind:>8} threads={threads} n={n}: {ips:9.1f} img/s", flush=True)
+
+    images = make_inputs(kind, args.batch)
+    params = sample_augment_params(images, generator=torch.Generator().manual_seed(1))
+    ref_images, ref_params = subset(images, params, min(args.ref_batch, args.batch))
+    n_ref, size, reps = len(ref_images), args.size, args.reps
+    if args.device == "cpu":
+        all_threads = torch.get_num_threads()
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            op = lambda: fused_augment(images, size, params=params, impl="cpu")
+            row("cpu", args.batch, timing(op, "cpu", reps), threads)
+            ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
+            row("torch", n_ref, timing(ref, "cpu", max(1, reps // 2), warmup=0), threads)
+        torch.set_num_threads(1)
+        row(
+            "pil", n_ref, timing(lambda: pil_chain(ref_images, ref_params, size), "cpu", max(1, reps // 2)), 1
+        )
+        torch.set_num_threads(all_threads)
+        return rows
+    dev = args.device
+    images = [t.to(dev) for t in images] if isinstance(images, list) else images.to(dev)
+    params, ref_params = params.to(dev), ref_params.to(dev)
+    ref_images = images[:n_ref]
+    in_bytes = sum(t.numel() for t in images) if isinstance(images, list) else images.numel()
+    out_bytes = args.batch * 3 * size * size * 4
+    bw = copy_bandwidth(dev)
+    floor_ms = (in_bytes + out_bytes) / bw * 1e3
+    t = timing(lambda: fused_augment(images, size, params=params, impl="cuda"), dev, reps)
+    row(
+        "cuda",
+        args.batch,
+        t,
+        1,
+        bandwidth_floor_ms=floor_ms,
+        copy_bw_GBps=bw / 1e9,
+        fraction_of_bw_floor=floor_ms / t["median_ms"],
+    )
+    ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
+    row("torch", n_ref, timing(ref, dev, 2), 1)
+    try:
+        row(
+            "torchvision_v2",
+            n_ref,
+            timing(lambda: torchvision_v2_chain(ref_images, ref_params, size), dev, 2),
+            1,
+        )
+    except ImportError as exc:
+        rows.append(dict(op="augment", impl="torchvision_v2", B=args.batch, D=kind, error=str(exc), **env))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--ref-batch", type=int, default=32, help="images for the slow baselines")
+    ap.add_argument(
+        "--threads", type=int, nargs="*", default=None, help="CPU thread counts (default: 1, all)"
+    )
+    ap.add_argument("--inputs", nargs="*", default=["256x256", "mixed"])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    env = environment(args.device)
+    thread_counts = args.threads or sorted({1, torch.get_num_threads()})
+    rows = [r for kind in args.inputs for r in bench_kind(kind, args, env, thread_counts)]
+    by = {(r["impl"], r["D"], r.get("threads")): r for r in rows if "error" not in r}
+    for r in rows:
+        if "error" in r:
+            continue
+        pil = by.get(("pil", r["D"], 1))
+        if pil is not None:
+            r["speedup_per_core_vs_pil"] = r["images_per_s_per_thread"] / pil["images_per_s"]
+        base = by.get(("torch", r["D"], r.get("threads")))
+        if base is not None:
+            r["speedup_vs_torch"] = r["images_per_s"] / base["images_per_s"]
+        tv = by.get(("torchvision_v2", r["D"], 1))
+        if tv is not None:
+            r["speedup_vs_torchvision_v2"] = r["images_per_s"] / tv["images_per_s"]
+    columns = ["impl", "D", "threads", "images", "median_ms", "images_per_s", "speedup_per_core_vs_pil"]
+    print_table(rows, columns + ["speedup_vs_torch", "speedup_vs_torchvision_v2", "fraction_of_bw_floor"])
+    if args.out:
+        write_json(rows, args.out)
+        print(f"wrote {os.path.relpath(args.out)} ({time.strftime('%H:%M:%S')})")
+
+
+if __name__ == "__main__":
+    main()
