@@ -259,9 +259,9 @@ def test_synthetic_data_is_deterministic_and_captions_match_labels():
 @pytest.mark.slow
 def test_default_run_zero_shot_beats_chance(tmp_path):
     """The default configuration (one run, vlkernels loss): held-out zero-shot top-1 far above chance.
-    Calibrated at 0.xx on the shared 2-core CI machine; chance is 1/24 = 0.042."""
+    Calibrated once: 0.780 after the default 200 steps (torch 2.13 CPU, 2 threads); chance is 1/24."""
     summary = train(TrainConfig(out=str(tmp_path), progress=False, plot=False, eval_every=0, save_every=0))
-    assert summary["zeroshot_top1"] > 0.2
+    assert summary["steps_done"] == 200 and summary["zeroshot_top1"] > 0.5
 
 
 @pytest.mark.slow

@@ -187,6 +187,10 @@ def compare(args, out: str) -> int:
         f"wall time {result['wall_s']:.0f} s; outputs in {out}/ (compare.json"
         f"{', compare.png' if plotted else ''}, naive/, vlkernels/)"
     )
+    print(
+        f"At batch {base.batch_size} the towers dominate the step time and memory (the loss is a small part; "
+        "timings on a shared CPU are noisy); the loss's own memory is what the 'largest B' row measures."
+    )
     return 0
 
 
