@@ -88,7 +88,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--name", help="default: compare-<time> or <loss>-<time>")
     g.add_argument("--eval-every", type=int, default=d.eval_every, help="zero-shot / retrieval every N steps")
     g.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every N steps (atomic)")
-    g.add_argument("--resume", help="a checkpoint path, or 'latest' (OUT_DIR/NAME/checkpoint.pt)")
+    g.add_argument(
+        "--resume", help="a checkpoint path (continues in its directory), or 'latest' with --name NAME"
+    )
     g.add_argument("--stop-at-step", type=int, help="stop after this step as if interrupted (then --resume)")
     g.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite,
                    help="stop after this many non-finite losses (each such step is skipped)")  # fmt: skip
@@ -124,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = args.name or (f"compare-{stamp}" if compare else f"{args.loss}-{stamp}")
     out = os.path.join(args.out_dir, name)
+    if args.resume and args.resume not in ("latest", "auto") and not args.name:
+        out = os.path.dirname(os.path.abspath(args.resume))  # continue in the checkpoint's run directory
+    elif args.resume in ("latest", "auto") and not args.name:
+        print("--resume latest needs the run's --name (resumes OUT_DIR/NAME/checkpoint.pt)", file=sys.stderr)
+        return 2
     if compare:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             print("--compare is single-process; under torchrun pass --loss naive|vlkernels", file=sys.stderr)
@@ -132,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_compare(args, out)
     summary = train(config_from_args(args, out))
-    if summary.get("stopped"):
-        return 1
-    return 0
+    if int(os.environ.get("RANK", "0")) == 0:
+        keys = ("final_loss", "zeroshot_top1", "retrieval_top1", "median_step_ms", "skipped_images")
+        print(", ".join(f"{k} {summary[k]:.4g}" for k in keys if isinstance(summary.get(k), (int, float))))
+        print(f"outputs in {out}/ (metrics.jsonl, curves.png, checkpoint.pt, summary.json)")
+    return 1 if summary.get("stopped") else 0
 
 
 if __name__ == "__main__":

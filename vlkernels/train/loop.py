@@ -251,77 +251,85 @@ def train(cfg: TrainConfig) -> dict:
     mem.start()
     step_ms, last_eval, stopped = [], None, None
     end = cfg.steps if cfg.stop_at_step is None else min(cfg.steps, cfg.stop_at_step)
-    done = start
-    for step in range(start, end):
-        done = step + 1  # a skipped step is consumed too (its batch is not redrawn)
-        t_iter = time.perf_counter()
-        lr = lr_at(step, cfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        idx = data_mod.batch_indices(len(train_set), cfg.batch_size, step, cfg.seed, rank, world)
-        images_u8, captions, n_skip = train_set.batch(idx)
-        skipped += n_skip
-        n = len(captions)
-        if world > 1:  # the gathered loss needs the same batch size on every rank
-            n_t = torch.tensor([n], device=device)
-            dist.all_reduce(n_t, op=dist.ReduceOp.MIN)
-            n = int(n_t)
-            images_u8, captions = images_u8[:n], captions[:n]
-        if n < 2:
-            progress.message(f"[{name}] step {step + 1}: fewer than 2 readable samples, step skipped")
-            continue
-        step_seed = (cfg.seed * 1_000_003 + step) * 4099 + rank
-        if cfg.recipe == "improved":
-            from vlkernels.train.textaug import augment_captions
+    done = start  # steps completed (the checkpoint's step)
+    try:
+        for step in range(start, end):
+            t_iter = time.perf_counter()
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = data_mod.batch_indices(len(train_set), cfg.batch_size, step, cfg.seed, rank, world)
+            images_u8, captions, n_skip = train_set.batch(idx)
+            skipped += n_skip
+            n = len(captions)
+            if world > 1:  # the gathered loss needs the same batch size on every rank
+                n_t = torch.tensor([n], device=device)
+                dist.all_reduce(n_t, op=dist.ReduceOp.MIN)
+                n = int(n_t)
+                images_u8, captions = images_u8[:n], captions[:n]
+            if n < 2:
+                progress.message(f"[{name}] step {step + 1}: fewer than 2 readable samples, step skipped")
+                done = step + 1  # a skipped step is consumed (its batch is not redrawn on resume)
+                continue
+            step_seed = (cfg.seed * 1_000_003 + step) * 4099 + rank
+            if cfg.recipe == "improved":
+                from vlkernels.train.textaug import augment_captions
 
-            images = strong_view(images_u8, model_cfg.image_size, step_seed, cfg.train_data is None, device)
-            captions = augment_captions(captions, step_seed)
-        else:
-            images = data_mod.normalize(images_u8).to(device)
-        tokens, lengths = tokenizer(captions)
-        tokens, lengths = tokens.to(device), lengths.to(device)
+                synthetic = cfg.train_data is None
+                images = strong_view(images_u8, model_cfg.image_size, step_seed, synthetic, device)
+                captions = augment_captions(captions, step_seed)
+            else:
+                images = data_mod.normalize(images_u8).to(device)
+            tokens, lengths = tokenizer(captions)
+            tokens, lengths = tokens.to(device), lengths.to(device)
 
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss_fn = make_loss_fn(cfg, step, world)
-        loss = forward_backward(model, images, tokens, lengths, loss_fn, cfg.grad_cache_chunks)
-        if not bool(torch.isfinite(loss)):  # the full-batch loss: the same on every rank
-            nonfinite += 1
+            t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
+            loss_fn = make_loss_fn(cfg, step, world)
+            loss = forward_backward(model, images, tokens, lengths, loss_fn, cfg.grad_cache_chunks)
+            if not bool(torch.isfinite(loss)):  # the full-batch loss: the same on every rank
+                nonfinite += 1
+                done = step + 1
+                opt.zero_grad(set_to_none=True)
+                if lead:
+                    rec = {"type": "nonfinite", "step": step + 1, "loss": float(loss), "count": nonfinite}
+                    metrics.write(rec)
+                progress.message(f"[{name}] step {step + 1}: non-finite loss {float(loss)}, step skipped "
+                                 f"({nonfinite}/{cfg.max_nonfinite})")  # fmt: skip
+                if nonfinite >= cfg.max_nonfinite:
+                    stopped = f"stopped after {nonfinite} non-finite losses (--max-nonfinite)"
+                    progress.message(f"[{name}] {stopped}")
+                    break
+                continue
+            if world > 1:
+                for p in model.parameters():
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad.div_(world)
+            opt.step()
+            model.clamp_logit_scale()
+            done = step + 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            step_ms.append((now - t0) * 1e3)
+            rate = n * world / (now - t_iter)
             if lead:
-                rec = {"type": "nonfinite", "step": step + 1, "loss": float(loss), "count": nonfinite}
-                metrics.write(rec)
-            progress.message(f"[{name}] step {step + 1}: non-finite loss {float(loss)}, step skipped "
-                             f"({nonfinite}/{cfg.max_nonfinite})")  # fmt: skip
-            if nonfinite >= cfg.max_nonfinite:
-                stopped = f"stopped after {nonfinite} non-finite losses (--max-nonfinite)"
-                progress.message(f"[{name}] {stopped}")
-                break
-            continue
-        if world > 1:
-            for p in model.parameters():
-                if p.grad is not None:
-                    dist.all_reduce(p.grad)
-                    p.grad.div_(world)
-        opt.step()
-        model.clamp_logit_scale()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        now = time.perf_counter()
-        step_ms.append((now - t0) * 1e3)
-        rate = n * world / (now - t_iter)
-        if lead:
-            metrics.write({
-                "type": "train", "step": step + 1, "loss": float(loss), "lr": lr,
-                "logit_scale": model.logit_scale.exp().item(),
-                "alpha": make_alpha(cfg, step), "batch": n * world, "step_ms": step_ms[-1],
-                "samples_per_s": rate, "skipped_images": skipped, "nonfinite": nonfinite,
-            })  # fmt: skip
-        progress.update(step + 1, float(loss), rate)
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            last_eval = run_eval(step + 1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0:
-            save(step + 1)
+                metrics.write({
+                    "type": "train", "step": step + 1, "loss": float(loss), "lr": lr,
+                    "logit_scale": model.logit_scale.exp().item(),
+                    "alpha": make_alpha(cfg, step), "batch": n * world, "step_ms": step_ms[-1],
+                    "samples_per_s": rate, "skipped_images": skipped, "nonfinite": nonfinite,
+                })  # fmt: skip
+            progress.update(step + 1, float(loss), rate)
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                last_eval = run_eval(step + 1)
+            if cfg.save_every and (step + 1) % cfg.save_every == 0:
+                save(step + 1)
+    except KeyboardInterrupt:
+        save(done)
+        progress.message(f"[{name}] interrupted: checkpoint at step {done}; continue with --resume latest")
+        raise
     final_step = done
     peak = mem.peak()
     save(final_step)
