@@ -7,8 +7,12 @@ Public API::
 
     from vlkernels import soft_target_loss, SoftTargetLoss, DistillClipLoss, progressive_alpha
     loss = soft_target_loss(image_features, text_features, logit_scale, alpha)
+
+    from vlkernels import fused_augment, sample_augment_params, AugmentParams
+    crops = fused_augment(uint8_images, 224)   # [N, 3, 224, 224] normalised random-resized crops
 """
 
+from vlkernels.augment import AugmentParams, fused_augment, sample_augment_params
 from vlkernels.distill import DistillClipLoss, SoftTargetLoss, progressive_alpha, soft_target_loss
 from vlkernels.functional import contrastive_loss
 from vlkernels.nn import ClipLoss
@@ -16,10 +20,13 @@ from vlkernels.nn import ClipLoss
 __version__ = "0.1.0"
 
 __all__ = [
+    "AugmentParams",
     "ClipLoss",
     "DistillClipLoss",
     "SoftTargetLoss",
     "contrastive_loss",
+    "fused_augment",
     "progressive_alpha",
+    "sample_augment_params",
     "soft_target_loss",
 ]
