@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import numpy as np
@@ -111,8 +112,20 @@ def copy_bandwidth(device: str) -> float:
 def bench_kind(kind: str, args, env: dict, thread_counts: list[int]) -> list[dict]:
     rows = []
 
+    def cpu_time(fn) -> dict:
+        """Median process CPU time per call: on a shared machine, the per-core cost (wall time there
+        includes the time other processes hold the core)."""
+        times = []
+        for _ in range(max(2, reps)):
+            t0 = time.process_time()
+            fn()
+            times.append((time.process_time() - t0) * 1e3)
+        return dict(cpu_ms=statistics.median(times))
+
     def row(impl, n, t, threads, **extra):
         ips = n / (t["median_ms"] * 1e-3)
+        if "cpu_ms" in extra:
+            extra["images_per_cpu_s"] = n / (extra["cpu_ms"] * 1e-3)
         r = dict(op="augment", impl=impl, B=args.batch, D=kind, dtype="float32", mode=f"to {args.size}")
         r.update(images=n, threads=threads, images_per_s=ips, images_per_s_per_thread=ips / threads)
         r.update(t, **extra, **env)
@@ -128,13 +141,14 @@ def bench_kind(kind: str, args, env: dict, thread_counts: list[int]) -> list[dic
         for threads in thread_counts:
             torch.set_num_threads(threads)
             op = lambda: fused_augment(images, size, params=params, impl="cpu")
-            row("cpu", args.batch, timing(op, "cpu", reps), threads)
+            extra = cpu_time(op) if threads == 1 else {}
+            row("cpu", args.batch, timing(op, "cpu", reps), threads, **extra)
             ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
-            row("torch", n_ref, timing(ref, "cpu", max(1, reps // 2), warmup=0), threads)
+            extra = cpu_time(ref) if threads == 1 else {}
+            row("torch", n_ref, timing(ref, "cpu", max(1, reps // 2), warmup=0), threads, **extra)
         torch.set_num_threads(1)
-        row(
-            "pil", n_ref, timing(lambda: pil_chain(ref_images, ref_params, size), "cpu", max(1, reps // 2)), 1
-        )
+        pil = lambda: pil_chain(ref_images, ref_params, size)
+        row("pil", n_ref, timing(pil, "cpu", reps), 1, **cpu_time(pil))
         torch.set_num_threads(all_threads)
         return rows
     dev = args.device
@@ -192,13 +206,16 @@ def main() -> None:
         pil = by.get(("pil", r["D"], 1))
         if pil is not None:
             r["speedup_per_core_vs_pil"] = r["images_per_s_per_thread"] / pil["images_per_s"]
+            if "images_per_cpu_s" in r:
+                r["speedup_cpu_time_vs_pil"] = r["images_per_cpu_s"] / pil["images_per_cpu_s"]
         base = by.get(("torch", r["D"], r.get("threads")))
         if base is not None:
             r["speedup_vs_torch"] = r["images_per_s"] / base["images_per_s"]
         tv = by.get(("torchvision_v2", r["D"], 1))
         if tv is not None:
             r["speedup_vs_torchvision_v2"] = r["images_per_s"] / tv["images_per_s"]
-    columns = ["impl", "D", "threads", "images", "median_ms", "images_per_s", "speedup_per_core_vs_pil"]
+    columns = ["impl", "D", "threads", "images", "median_ms", "images_per_s", "images_per_cpu_s"]
+    columns += ["speedup_per_core_vs_pil", "speedup_cpu_time_vs_pil"]
     print_table(rows, columns + ["speedup_vs_torch", "speedup_vs_torchvision_v2", "fraction_of_bw_floor"])
     if args.out:
         write_json(rows, args.out)
