@@ -178,7 +178,10 @@ def compare(args, out: str) -> int:
         "cpu_count": os.cpu_count(),
     }
     save_json(result, os.path.join(out, "compare.json"))
-    plotted = plot_runs(records, os.path.join(out, "compare.png"), "tiny CLIP: naive vs vlkernels loss")
+    title = "tiny CLIP: naive vs vlkernels loss"
+    plotted = plot_runs(
+        records, os.path.join(out, "compare.png"), title, list(zip(common, diffs, strict=True))
+    )
     print()
     print(table(result))
     print()

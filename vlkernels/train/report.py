@@ -101,10 +101,21 @@ def _rss(field: str) -> int:
     return -1
 
 
+def _maxrss() -> int:
+    """Peak RSS of this process in bytes (getrusage; -1 where unavailable)."""
+    try:
+        import resource
+    except ImportError:
+        return -1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
 class PeakMemory:
     """Peak memory from ``start()`` to ``peak()``, beyond what was in use at ``start()``: CUDA allocator
-    stats on a GPU; on CPU the process's peak RSS (VmHWM, reset through /proc/self/clear_refs; -1 where
-    the kernel does not allow that)."""
+    stats on a GPU; on CPU the process's peak RSS (VmHWM, reset through /proc/self/clear_refs; where the
+    kernel does not allow that, the rise of getrusage's peak RSS, exact only when the measured part sets
+    the process's peak, as in the fresh processes of the memory-budget search)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -119,9 +130,9 @@ class PeakMemory:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            self.base = _rss("VmRSS")
-        except OSError:
-            self.base = -1
+            self.base, self.hwm = _rss("VmRSS"), True
+        except OSError:  # no resettable peak (macOS, locked-down kernels): the process's peak so far
+            self.base, self.hwm = _maxrss(), False
 
     def peak(self) -> int:
         if self.device.type == "cuda":
@@ -129,11 +140,14 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) - self.base
         if self.base < 0:
             return -1
-        return max(0, _rss("VmHWM") - self.base)
+        return max(0, (_rss("VmHWM") if self.hwm else _maxrss()) - self.base)
 
 
-def plot_runs(runs: dict[str, list[dict]], path: str, title: str) -> bool:
-    """Loss (and zero-shot accuracy, when logged) against step, one line per run. False without matplotlib."""
+def plot_runs(
+    runs: dict[str, list[dict]], path: str, title: str, diff: list[tuple[int, float]] | None = None
+) -> bool:
+    """Loss (and zero-shot accuracy, when logged) against step, one line per run; ``diff``: (step, |loss
+    difference|) pairs for a third, log-scale panel. False without matplotlib."""
     try:
         import matplotlib
 
@@ -143,7 +157,8 @@ def plot_runs(runs: dict[str, list[dict]], path: str, title: str) -> bool:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
         return False
     has_eval = any(r.get("type") == "eval" for recs in runs.values() for r in recs)
-    fig, axes = plt.subplots(1, 2 if has_eval else 1, figsize=(11 if has_eval else 6, 4), squeeze=False)
+    panels = 1 + has_eval + (diff is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     styles = ["-", "--", ":", "-."]
     for k, (name, recs) in enumerate(runs.items()):
         train = [r for r in recs if r.get("type") == "train"]
@@ -159,6 +174,11 @@ def plot_runs(runs: dict[str, list[dict]], path: str, title: str) -> bool:
         axes[0, 1].set_xlabel("step")
         axes[0, 1].set_ylabel("zero-shot top-1 (held-out)")
         axes[0, 1].legend()
+    if diff is not None:
+        ax = axes[0, -1]
+        ax.semilogy([d[0] for d in diff], [max(d[1], 1e-9) for d in diff], ".", markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel("|loss difference| (floor 1e-9)")
     for ax in axes.flat:
         ax.grid(True, alpha=0.3)
     fig.suptitle(title)
