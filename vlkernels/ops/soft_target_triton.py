@@ -372,6 +372,12 @@ class TritonSoftTargetBackend:
             tr, tc = _f32(tr), _f32(tc)
             rows = (t_image, t_text, t_scale)
             cols = (t_text, t_image, t_scale)
+        # W is rounded to the input dtype for the tensor-core products: normalise the weights by their
+        # largest magnitude (on the device, no sync) so that W holds probabilities as in the contrastive
+        # kernel (exactly 2 where a softmax is one-hot) instead of values scaled by 1/B and grad_output.
+        norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
+        norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+        p_row, p_col, q_row, q_col = (v / norm for v in (p_row, p_col, q_row, q_col))
         atomic = _use_atomics() if self.atomic_dk is None else self.atomic_dk
         a_i, a_t = weighted_products(
             image, text, scale, r, c, p_row, p_col, rows, tr, tc, q_row, q_col, atomic
@@ -380,4 +386,4 @@ class TritonSoftTargetBackend:
             a_t, _ = weighted_products(
                 text, image, scale, c, r, p_col, p_row, cols, tc, tr, q_col, q_row, False
             )
-        return a_i, a_t
+        return a_i.mul_(norm), a_t.mul_(norm)
