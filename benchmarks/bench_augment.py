@@ -109,7 +109,7 @@ def copy_bandwidth(device: str) -> float:
     return 2 * x.numel() / (t["median_ms"] * 1e-3)
 
 
-def bench_kind(kind: str, args, env: dict, thread_counts: list[int]) -> list[dict]:
+def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     rows = []
 
     def cpu_time(fn) -> dict:
@@ -138,17 +138,16 @@ def bench_kind(kind: str, args, env: dict, thread_counts: list[int]) -> list[dic
     n_ref, size, reps = len(ref_images), args.size, args.reps
     if args.device == "cpu":
         all_threads = torch.get_num_threads()
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
-            op = lambda: fused_augment(images, size, params=params, impl="cpu")
-            extra = cpu_time(op) if threads == 1 else {}
-            row("cpu", args.batch, timing(op, "cpu", reps), threads, **extra)
-            ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
-            extra = cpu_time(ref) if threads == 1 else {}
-            row("torch", n_ref, timing(ref, "cpu", max(1, reps // 2), warmup=0), threads, **extra)
-        torch.set_num_threads(1)
-        pil = lambda: pil_chain(ref_images, ref_params, size)
-        row("pil", n_ref, timing(pil, "cpu", reps), 1, **cpu_time(pil))
+        torch.set_num_threads(threads)
+        op = lambda: fused_augment(images, size, params=params, impl="cpu")
+        extra = cpu_time(op) if threads == 1 else {}
+        row("cpu", args.batch, timing(op, "cpu", reps), threads, **extra)
+        ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
+        extra = cpu_time(ref) if threads == 1 else {}
+        row("torch", n_ref, timing(ref, "cpu", max(1, reps // 2), warmup=0), threads, **extra)
+        if threads == 1:  # the PIL chain is single-threaded
+            pil = lambda: pil_chain(ref_images, ref_params, size)
+            row("pil", n_ref, timing(pil, "cpu", reps), 1, **cpu_time(pil))
         torch.set_num_threads(all_threads)
         return rows
     dev = args.device
@@ -198,7 +197,13 @@ def main() -> None:
     args = ap.parse_args()
     env = environment(args.device)
     thread_counts = args.threads or sorted({1, torch.get_num_threads()})
-    rows = [r for kind in args.inputs for r in bench_kind(kind, args, env, thread_counts)]
+    if not args.device.startswith("cpu"):
+        thread_counts = [1]
+    # All single-thread runs first: idle OpenMP workers of a multi-thread run keep spinning for a while
+    # and would be counted in the process CPU time of the next runs.
+    rows = [
+        r for threads in thread_counts for kind in args.inputs for r in bench_kind(kind, args, env, threads)
+    ]
     by = {(r["impl"], r["D"], r.get("threads")): r for r in rows if "error" not in r}
     for r in rows:
         if "error" in r:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vlkernels import _ext
@@ -89,7 +90,13 @@ def as_batch(images) -> Batch:
         shapes.append((t.shape[0], t.shape[1]))
         offs.append(total)
         total += t.numel()
-    data = torch.cat([t.reshape(-1) for t in images])
+    flat = [t.reshape(-1) for t in images]
+    if dev.type == "cpu":
+        # One single-threaded memcpy per image: torch.cat on CPU may open a parallel region per input,
+        # which costs milliseconds each when the cores are shared.
+        data = torch.from_numpy(np.concatenate([f.numpy() for f in flat]))
+    else:
+        data = torch.cat(flat)
     offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
     sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
     return Batch(data, offsets, sizes, True, [t.permute(2, 0, 1) for t in images])
