@@ -168,6 +168,16 @@ def test_flip_only_is_a_mirror(impl):
 
 
 @pytest.mark.parametrize("impl", ["cpu", "torch"])
+def test_flip_only_of_identity_crop_is_the_mirrored_image(impl):
+    imgs = images_of("nhwc", [(9, 14)] * 2, seed=24)
+    p = AugmentParams.identity([(9, 14)] * 2)
+    p.flip[:] = True
+    out = fused_augment(imgs, (9, 14), params=p, impl=impl, mean=(0, 0, 0), std=(1, 1, 1))
+    expected = imgs.permute(0, 3, 1, 2).flip(-1).float() / 255.0
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", ["cpu", "torch"])
 @pytest.mark.parametrize("kind", ["nhwc", "nchw", "list"])
 def test_identity_crop_is_normalised_image(impl, kind):
     imgs = images_of(kind, [(19, 27)] * 3, seed=14)
@@ -415,6 +425,12 @@ def test_errors():
         fused_augment(good, 8, out_dtype=torch.float64)
     with pytest.raises(ValueError, match="2 rows"):
         fused_augment(images_of("nhwc", [(10, 12)] * 3), 8, params=p)
+    with pytest.raises(ValueError, match="is on meta but the images are on cpu"):
+        fused_augment(good, 8, params=AugmentParams.identity([(10, 12)] * 2).to("meta"))
+    bad_hue = AugmentParams.identity([(10, 12)] * 2)
+    bad_hue.hue[0] = 0.7
+    with pytest.raises(ValueError, match="hue"):
+        fused_augment(good, 8, params=bad_hue)
 
 
 def test_op_level_errors_name_the_argument():

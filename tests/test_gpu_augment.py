@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.test_augment import ONLY, _OpLog, assert_close01, images_of, params_with
+from tests.test_augment import ONLY, _op_args, _OpLog, assert_close01, images_of, params_with
 from vlkernels.augment import AugmentParams, fused_augment
-from vlkernels.augment._op import has_kernel
+from vlkernels.augment._op import has_kernel, op
 
 pytestmark = pytest.mark.gpu
 
@@ -84,3 +84,9 @@ def test_cuda_generator_is_reproducible():
     a = fused_augment(imgs, 24, generator=torch.Generator(device="cuda").manual_seed(1))
     b = fused_augment(imgs, 24, generator=torch.Generator(device="cuda").manual_seed(1))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_opcheck_cuda(dtype):
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args(dtype)]
+    torch.library.opcheck(op(), tuple(args))
