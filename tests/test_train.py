@@ -41,7 +41,7 @@ def losses(out) -> dict[int, float]:
 
 
 def params(out) -> dict[str, torch.Tensor]:
-    return torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=False)["model"]
+    return torch.load(os.path.join(out, "checkpoint.pt"), map_location="cpu", weights_only=True)["model"]
 
 
 def max_param_diff(a, b) -> float:
@@ -108,6 +108,10 @@ def test_resume_continues_the_exact_trajectory(tmp_path):
     evals = lambda out: [r for r in read_jsonl(out / "metrics.jsonl") if r["type"] == "eval"]
     assert evals(part) == evals(full)
     assert max_param_diff(params(full), params(part)) == 0.0
+    assert loop._trajectory_changes(loop.config_dict(tiny_cfg(part)), loop.config_dict(tiny_cfg(full))) == []
+    assert loop._trajectory_changes(
+        loop.config_dict(tiny_cfg(part)), loop.config_dict(tiny_cfg(part, lr=1.0))
+    ) == ["lr"]
 
 
 def _write_images(root, n_good):

@@ -91,8 +91,8 @@ def max_batch(loss: str, budget: int, dim: int, device: str, start: int = 2048, 
 
 
 def _param_diff(path_a: str, path_b: str) -> float:
-    a = torch.load(path_a, map_location="cpu", weights_only=False)["model"]
-    b = torch.load(path_b, map_location="cpu", weights_only=False)["model"]
+    a = torch.load(path_a, map_location="cpu", weights_only=True)["model"]
+    b = torch.load(path_b, map_location="cpu", weights_only=True)["model"]
     return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 

@@ -41,6 +41,8 @@ def forward_backward(model, images, tokens, lengths, loss_fn: LossFn, chunks: in
     txt = torch.cat([e[1] for e in embs]).requires_grad_()
     loss = loss_fn(img, txt, model.logit_scale.exp())
     loss.backward()  # grads of the embeddings (cached) and of logit_scale (accumulated into .grad)
+    if not bool(torch.isfinite(loss)):  # the step will be skipped: no need to re-run the towers
+        return loss.detach()
     sizes = [p[0].shape[0] for p in parts]
     for p, g_img, g_txt in zip(parts, img.grad.split(sizes), txt.grad.split(sizes), strict=True):
         i, t = _encode(model, *p)

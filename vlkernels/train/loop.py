@@ -179,6 +179,23 @@ def config_dict(cfg: TrainConfig) -> dict:
     return dataclasses.asdict(cfg)
 
 
+_BOOKKEEPING = {
+    "out",
+    "eval_every",
+    "save_every",
+    "resume",
+    "stop_at_step",
+    "max_nonfinite",
+    "progress",
+    "plot",
+}
+
+
+def _trajectory_changes(saved: dict, now: dict) -> list[str]:
+    """Settings that differ between a checkpoint's run and this one and change the training itself."""
+    return [k for k in now if k not in _BOOKKEEPING and k in saved and saved[k] != now[k]]
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) one training; returns the summary (also written to ``<out>/summary.json``)."""
     if cfg.loss not in ("naive", "vlkernels"):
@@ -195,7 +212,11 @@ def train(cfg: TrainConfig) -> dict:
         path = ckpt_path if cfg.resume in ("latest", "auto") else cfg.resume
         if not os.path.exists(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        changed = _trajectory_changes(state.get("config", {}), config_dict(cfg))
+        if changed and rank == 0:
+            print(f"warning: resuming with changed settings ({', '.join(changed)}): the run will not follow "
+                  "the trajectory of an uninterrupted one", file=sys.stderr)  # fmt: skip
         if isinstance(tokenizer, WordTokenizer) and state.get("tokenizer", {}).get("kind") == "word":
             tokenizer = from_state(state["tokenizer"])
 
