@@ -193,9 +193,10 @@ TINY_ARGS = [
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_torchrun_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("variant", ["clip", "psd-gradcache"])
+def test_torchrun_two_processes_match_one(tmp_path, variant):
     """2 gloo processes x 16 pairs (losses gathered, gradients all-reduced) train the model that one process
-    trains on the same 32-pair batches."""
+    trains on the same 32-pair batches; also with PSD (gathered soft-target loss) and GradCache (2 chunks)."""
     import subprocess
     import sys
 
@@ -204,9 +205,12 @@ def test_torchrun_two_processes_match_one(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "vlkernels.train", "--loss", "vlkernels", "--batch-size", "16", *TINY_ARGS, *args]
     cmd += ["--out-dir", str(tmp_path), "--name", "ddp"]
+    extra = {} if variant == "clip" else {"psd": True, "alpha_max": 0.5}
+    if extra:
+        cmd += ["--psd", "--alpha-max", "0.5", "--grad-cache-chunks", "2"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    cfg = tiny_cfg(tmp_path / "single", steps=steps, warmup=2, batch_size=32, synthetic_val_size=64)
+    cfg = tiny_cfg(tmp_path / "single", steps=steps, warmup=2, batch_size=32, synthetic_val_size=64, **extra)
     train(cfg)
     ddp, single = losses(tmp_path / "ddp"), losses(tmp_path / "single")
     assert sorted(ddp) == list(range(1, steps + 1))

@@ -35,9 +35,14 @@ def _worker(cfg_json: str) -> None:
     train(TrainConfig(**d))
 
 
+def _env() -> dict:
+    """The children use this process's thread count (--threads)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+
 def _run_training(cfg: TrainConfig) -> int:
     cmd = [sys.executable, "-m", "vlkernels.train.compare", "--worker", json.dumps(dataclasses.asdict(cfg))]
-    return subprocess.run(cmd).returncode
+    return subprocess.run(cmd, env=_env()).returncode
 
 
 def _probe(spec: dict) -> dict:
@@ -71,7 +76,7 @@ def _probe(spec: dict) -> dict:
 
 def _run_probe(spec: dict) -> dict:
     cmd = [sys.executable, "-m", "vlkernels.train.compare", "--probe", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     lines = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     if proc.returncode != 0 or not lines:  # killed (OOM) or crashed: does not fit
         return {"B": spec["B"], "fits": False, "peak_bytes": None, "error": proc.stderr.strip()[-300:]}
