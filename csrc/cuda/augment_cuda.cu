@@ -1,9 +1,10 @@
 // Fused augmentation, CUDA kernel (registered as vlkernels::fused_augment for the CUDA key).
 //
 // One launch for the whole (ragged) batch: one thread block per image, parameters read from device
-// tensors, so nothing waits on the host per image. Each thread computes output pixels directly from
-// the uint8 source (antialiased taps evaluated on the fly, rows then columns in the same order as the
-// CPU kernel's separable passes), applies the colour ops, grayscale and normalisation, and writes the
+// tensors, so nothing waits on the host per image. The block first builds the antialiased tap tables
+// of its crop in shared memory (aa_weights, as the CPU kernel; downscales beyond 3x or outputs beyond
+// ~600 x 600 evaluate the taps on the fly instead). Each thread computes output pixels directly from
+// the uint8 source (rows then columns: the association of the CPU kernel's separable passes), applies the colour ops, grayscale and normalisation, and writes the
 // three planes (coalesced along the row). Contrast needs the gray mean of the image as it stands just
 // before contrast: blocks of images with an active contrast run a first pass that recomputes the
 // pixels up to that op and reduces the mean in shared memory (recomputing is cheaper than a round trip
@@ -63,11 +64,19 @@ struct Image {
   bool flip;
 };
 
-// Resampled pixel (i, j) of the crop, in [0, 1].
-__device__ __forceinline__ void resample(const Image& im, int64_t oh, int64_t ow, int64_t i, int64_t j,
-                                         float& r, float& g, float& b) {
-  const Axis ay(im.ch, oh, i);
-  const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j);
+// The taps of one output pixel read from the per-block tables in shared memory.
+struct TableAxis {
+  int64_t lo;
+  int n;
+  const float* w;
+  __device__ __forceinline__ float weight(int j) const { return w[j]; }
+};
+
+// Resampled pixel of the crop, in [0, 1], from its row taps ay and column taps ax (rows outer,
+// columns inner: the association of the CPU kernel's separable passes).
+template <typename AY, typename AX>
+__device__ __forceinline__ void resample(const Image& im, const AY& ay, const AX& ax, float& r, float& g,
+                                         float& b) {
   float ar = 0.0f, ag = 0.0f, ab = 0.0f;
   for (int ky = 0; ky < ay.n; ++ky) {
     const float wy = ay.weight(ky);
@@ -89,14 +98,58 @@ __device__ __forceinline__ void resample(const Image& im, int64_t oh, int64_t ow
   b = ab / 255.0f;
 }
 
+// Taps per pixel stored in the shared-memory tables: enough for downscales up to 3x (max_taps <= 8);
+// larger downscales evaluate the taps on the fly instead.
+constexpr int kTableTaps = 8;
+
+// Shared-memory tap tables of one image: weights [out, kTableTaps], first index and count per pixel.
+struct Tables {
+  float* wx;
+  float* wy;
+  int* lox;
+  int* loy;
+  int* nx;
+  int* ny;
+};
+
+__device__ __forceinline__ Tables carve_tables(unsigned char* smem, int64_t oh, int64_t ow) {
+  Tables t;
+  t.wx = reinterpret_cast<float*>(smem);
+  t.wy = t.wx + ow * kTableTaps;
+  t.lox = reinterpret_cast<int*>(t.wy + oh * kTableTaps);
+  t.loy = t.lox + ow;
+  t.nx = t.loy + oh;
+  t.ny = t.nx + ow;
+  return t;
+}
+
+size_t table_bytes(int64_t oh, int64_t ow) {
+  return static_cast<size_t>(oh + ow) * (kTableTaps * sizeof(float) + 2 * sizeof(int));
+}
+
+// Output pixel (i, j) of the image, resampled: from the tables or with on-the-fly taps.
+__device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables& t, int64_t oh, int64_t ow,
+                                      int i, int j, float& r, float& g, float& b) {
+  if (tables) {
+    const TableAxis ay{t.loy[i], t.ny[i], t.wy + i * kTableTaps};
+    const TableAxis ax{t.lox[j], t.nx[j], t.wx + j * kTableTaps};
+    resample(im, ay, ax, r, g, b);
+  } else {
+    const Axis ay(im.ch, oh, i);
+    const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j);
+    resample(im, ay, ax, r, g, b);
+  }
+}
+
 template <typename out_t>
 __global__ void __launch_bounds__(kThreads)
     fused_augment_kernel(const uint8_t* __restrict__ data, const int64_t* __restrict__ offsets,
                          const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
                          const bool* __restrict__ flip, const float* __restrict__ factors,
                          const int64_t* __restrict__ order, const bool* __restrict__ gray, float m0, float m1,
-                         float m2, float s0, float s1, float s2, int64_t oh, int64_t ow,
+                         float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
                          out_t* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char smem[];
   const int64_t n = blockIdx.x;
   const int64_t H = sizes[2 * n], W = sizes[2 * n + 1];
   Image im;
@@ -124,13 +177,31 @@ __global__ void __launch_bounds__(kThreads)
   // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
   const int npix32 = static_cast<int>(npix);
   const int ow32 = static_cast<int>(ow);
+  // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
+  const bool tables =
+      use_tables && max_taps(im.cw, ow) <= kTableTaps && max_taps(im.ch, oh) <= kTableTaps;
+  const Tables tab = carve_tables(smem, oh, ow);
+  if (tables) {
+    int64_t lo;
+    for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
+      if (q < ow) {
+        aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, tab.wx + q * kTableTaps, &lo, tab.nx + q);
+        tab.lox[q] = static_cast<int>(lo);
+      } else {
+        const int64_t i = q - ow;
+        aa_weights(im.ch, oh, i, tab.wy + i * kTableTaps, &lo, tab.ny + i);
+        tab.loy[i] = static_cast<int>(lo);
+      }
+    }
+    __syncthreads();
+  }
 
   float gmean = 0.0f;
   if (plan.needs_mean) {
     float part = 0.0f;
     for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
       float r, g, b;
-      resample(im, oh, ow, p / ow32, p % ow32, r, g, b);
+      pixel(im, tables, tab, oh, ow, p / ow32, p % ow32, r, g, b);
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       part += gray_of(r, g, b);
     }
@@ -151,7 +222,7 @@ __global__ void __launch_bounds__(kThreads)
 
   for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
     float r, g, b;
-    resample(im, oh, ow, p / ow32, p % ow32, r, g, b);
+    pixel(im, tables, tab, oh, ow, p / ow32, p % ow32, r, g, b);
     // (A plan kept in local memory, L1-cached: unrolling it into registers doubles the register count
     // to ~123 and halves the blocks resident per SM.)
     for (int k = 0; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
@@ -188,12 +259,15 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   const float m0 = static_cast<float>(mean[0]), m1 = static_cast<float>(mean[1]),
               m2 = static_cast<float>(mean[2]);
   const float s0 = static_cast<float>(std[0]), s1 = static_cast<float>(std[1]), s2 = static_cast<float>(std[2]);
+  // Tap tables in shared memory when they fit the default 48 KiB (outputs up to ~600 x 600).
+  const size_t smem = table_bytes(out_h, out_w);
+  const bool use_tables = smem <= 48 * 1024;
 #define VLK_LAUNCH(T)                                                                                   \
-  fused_augment_kernel<T><<<grid, kThreads, 0, stream>>>(                                               \
+  fused_augment_kernel<T><<<grid, kThreads, use_tables ? smem : 0, stream>>>(                           \
       data.data_ptr<uint8_t>(), offsets.data_ptr<int64_t>(), sizes.data_ptr<int64_t>(), hwc,           \
       boxes.data_ptr<int64_t>(), flip.data_ptr<bool>(), factors.data_ptr<float>(),                      \
       order.data_ptr<int64_t>(), gray.data_ptr<bool>(), m0, m1, m2, s0, s1, s2, out_h, out_w,           \
-      out.data_ptr<T>())
+      use_tables, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:
       VLK_LAUNCH(float);
