@@ -288,3 +288,17 @@ def test_cli_compare_prints_the_table(tmp_path, capsys):
     naive, vlk = result["memory"]["naive"], result["memory"]["vlkernels"]
     assert vlk["max_batch"] is not None and naive["max_batch"] is not None
     assert vlk["max_batch"] >= 2 * naive["max_batch"]  # the O(B) loss fits a larger batch in the same budget
+
+
+def test_compare_table_reports_a_failed_run():
+    from vlkernels.train.compare import table
+
+    run = {"final_loss": 1.5, "median_step_ms": 10.0, "peak_memory_bytes": 2**20, "zeroshot_top1": 0.8}
+    mem = {"naive": {"max_batch": 2048, "capped": False}, "vlkernels": {"max_batch": 16384, "capped": True}}
+    result = dict(naive=dict(run), vlkernels=dict(run, median_step_ms=5.0), steps_compared=3, memory=mem)
+    result.update(max_loss_diff=1e-6, max_param_diff=2e-6, memory_budget=2**28, chance=0.04)
+    text = table(result)
+    assert "0.50x" in text and ">= 16384" in text and ">= 8x" in text and "1.00e-06" in text
+    result["naive"] = {"failed": "exit code 1"}
+    lines = {line.split("  ")[0]: line for line in table(result).splitlines()}
+    assert "failed" in lines["final training loss"] and "n/a" in lines["median step time"]

@@ -111,28 +111,42 @@ def _fmt_batch(r: dict) -> str:
     return (">= " if r["capped"] else "") + str(r["max_batch"])
 
 
+def _cell(summary: dict, key: str, fmt: str) -> str:
+    if "failed" in summary:
+        return "failed"
+    value = summary.get(key)
+    return "n/a" if value is None else fmt.format(value)
+
+
+def _ratio(n: dict, v: dict, key: str) -> str:
+    a, b = n.get(key), v.get(key)
+    return f"{b / a:.2f}x" if a and b is not None and a > 0 and b >= 0 else "n/a"
+
+
 def table(result: dict) -> str:
+    """The --compare table; a failed run (say the naive loss out of memory at a large batch) shows as such."""
     n, v = result["naive"], result["vlkernels"]
-    mem_n, mem_v = n["peak_memory_bytes"], v["peak_memory_bytes"]
-    mem_ratio = f"{mem_v / mem_n:.2f}x" if mem_n and mem_n > 0 and mem_v >= 0 else "n/a"
     bn, bv = result["memory"]["naive"], result["memory"]["vlkernels"]
     b_ratio = "n/a"
     if bn["max_batch"] and bv["max_batch"]:
         b_ratio = (">= " if bv["capped"] else "") + f"{bv['max_batch'] / bn['max_batch']:.0f}x"
-    key = "zeroshot_top1" if "zeroshot_top1" in n else "retrieval_top1" if "retrieval_top1" in n else None
+    both = "failed" not in n and "failed" not in v
+    loss_diff = f"max |diff| over {result['steps_compared']} steps: {result['max_loss_diff']:.2e}"
+    key = next((k for k in ("zeroshot_top1", "retrieval_top1") if k in n or k in v), None)
     rows = [
         ("", "naive", "vlkernels", "vlkernels vs naive"),
-        ("final training loss", f"{n['final_loss']:.5f}", f"{v['final_loss']:.5f}",
-         f"max |diff| over {result['steps_compared']} steps: {result['max_loss_diff']:.2e}"),
-        ("final parameters", "", "", f"max |diff|: {result['max_param_diff']:.2e}"),
-        ("median step time", f"{n['median_step_ms']:.1f} ms", f"{v['median_step_ms']:.1f} ms",
-         f"{v['median_step_ms'] / n['median_step_ms']:.2f}x"),
-        ("peak training memory", _fmt_bytes(mem_n), _fmt_bytes(mem_v), mem_ratio),
+        ("final training loss", _cell(n, "final_loss", "{:.5f}"), _cell(v, "final_loss", "{:.5f}"),
+         loss_diff if both else "n/a"),
+        ("final parameters", "", "", f"max |diff|: {result['max_param_diff']:.2e}" if both else "n/a"),
+        ("median step time", _cell(n, "median_step_ms", "{:.1f} ms"), _cell(v, "median_step_ms", "{:.1f} ms"),
+         _ratio(n, v, "median_step_ms")),
+        ("peak training memory", *(_fmt_bytes(x.get("peak_memory_bytes")) for x in (n, v)),
+         _ratio(n, v, "peak_memory_bytes")),
         (f"largest B under {_fmt_bytes(result['memory_budget'])}", _fmt_batch(bn), _fmt_batch(bv), b_ratio),
     ]  # fmt: skip
     if key:
-        chance = f" (chance {result['chance']:.3f})" if key == "zeroshot_top1" else ""
-        rows.append((key.replace("_", " "), f"{n[key]:.3f}", f"{v[key]:.3f}", chance.strip()))
+        chance = f"(chance {result['chance']:.3f})" if key == "zeroshot_top1" else ""
+        rows.append((key.replace("_", " "), _cell(n, key, "{:.3f}"), _cell(v, key, "{:.3f}"), chance))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -150,18 +164,25 @@ def compare(args, out: str) -> int:
     for loss in IMPLS:
         cfg = dataclasses.replace(base, loss=loss, out=os.path.join(out, loss))
         print(f"== training with the {loss} loss -> {cfg.out}", file=sys.stderr, flush=True)
-        if _run_training(cfg) != 0:
-            print(f"the {loss} run failed", file=sys.stderr)
-            return 1
+        code = _run_training(cfg)
+        if code != 0:  # e.g. the naive loss out of memory at a large batch: report it, keep going
+            print(f"the {loss} run failed (exit code {code})", file=sys.stderr)
+            summaries[loss], records[loss] = {"failed": f"exit code {code}"}, []
+            continue
         with open(os.path.join(cfg.out, "summary.json")) as f:
             summaries[loss] = json.load(f)
         records[loss] = read_jsonl(os.path.join(cfg.out, "metrics.jsonl"))
+    if all("failed" in s for s in summaries.values()):
+        return 1
 
     curves = {k: {r["step"]: r["loss"] for r in recs if r["type"] == "train"} for k, recs in records.items()}
     common = sorted(set(curves["naive"]) & set(curves["vlkernels"]))
     diffs = [abs(curves["naive"][s] - curves["vlkernels"][s]) for s in common]
     max_loss_diff = max(diffs, default=float("nan"))
-    param_diff = _param_diff(*(os.path.join(out, loss, "checkpoint.pt") for loss in IMPLS))
+    failed = [k for k, s in summaries.items() if "failed" in s]
+    param_diff = (
+        float("nan") if failed else _param_diff(*(os.path.join(out, k, "checkpoint.pt") for k in IMPLS))
+    )
 
     device = base.device
     print(f"== memory-budget search: loss step at B = 2048, 4096, ... <= {args.memory_max_batch}, "
@@ -199,7 +220,7 @@ def compare(args, out: str) -> int:
         f"At batch {base.batch_size} the towers dominate the step time and memory (the loss is a small part; "
         "timings on a shared CPU are noisy); the loss's own memory is what the 'largest B' row measures."
     )
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
