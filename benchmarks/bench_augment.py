@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from benchmarks.harness import environment, print_table, timing, write_json
-from vlkernels.augment import CLIP_MEAN, CLIP_STD, AugmentParams, fused_augment, sample_augment_params
+from vlkernels.augment import CLIP_MEAN, CLIP_STD, AugmentParams, _op, fused_augment, sample_augment_params
+from vlkernels.augment.api import as_batch
 
 
 def make_inputs(kind: str, n: int, seed: int = 0):
@@ -155,19 +156,31 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     params, ref_params = params.to(dev), ref_params.to(dev)
     ref_images = images[:n_ref]
     in_bytes = sum(t.numel() for t in images) if isinstance(images, list) else images.numel()
-    out_bytes = args.batch * 3 * size * size * 4
     bw = copy_bandwidth(dev)
-    floor_ms = (in_bytes + out_bytes) / bw * 1e3
-    t = timing(lambda: fused_augment(images, size, params=params, impl="cuda"), dev, reps)
-    row(
-        "cuda",
-        args.batch,
-        t,
-        1,
-        bandwidth_floor_ms=floor_ms,
-        copy_bw_GBps=bw / 1e9,
-        fraction_of_bw_floor=floor_ms / t["median_ms"],
-    )
+    gen = torch.Generator(device=dev).manual_seed(2)
+    # The op alone on a prepared batch (the public call with explicit params also validates them,
+    # one host sync per call), and the whole public path from sampling on the device to the output.
+    b = as_batch(images)
+    op_args = (b.data, b.offsets, b.sizes, b.hwc, params.boxes, params.flip, params.factors(), params.order)
+    op_args += (params.grayscale, list(CLIP_MEAN), list(CLIP_STD), size, size)
+    variants = [
+        ("cuda", torch.float32, lambda: _op.run(*op_args, torch.float32)),
+        ("cuda_bf16", torch.bfloat16, lambda: _op.run(*op_args, torch.bfloat16)),
+        ("cuda_sampling", torch.float32, lambda: fused_augment(images, size, generator=gen, impl="cuda")),
+    ]
+    for impl, dtype, fn in variants:
+        out_bytes = args.batch * 3 * size * size * torch.empty(0, dtype=dtype).element_size()
+        floor_ms = (in_bytes + out_bytes) / bw * 1e3
+        t = timing(fn, dev, reps)
+        row(
+            impl,
+            args.batch,
+            t,
+            1,
+            bandwidth_floor_ms=floor_ms,
+            copy_bw_GBps=bw / 1e9,
+            fraction_of_bw_floor=floor_ms / t["median_ms"],
+        )
     ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
     row("torch", n_ref, timing(ref, dev, 2), 1)
     try:
