@@ -178,6 +178,7 @@ def main(argv=None) -> list[dict]:
                             flush=True,
                         )
                         rows.append(row)
+                        harness.write_json(rows, out)  # partial results survive a suite timeout
     harness.add_ratios(rows)
     if kind == "cuda":
         ceiling = bf16_ceiling_tflops()

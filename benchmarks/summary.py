@@ -12,6 +12,8 @@ import sys
 
 COLUMNS = [
     ("impl", "impl"),
+    ("op", "op"),
+    ("teacher", "teacher"),
     ("B", "B"),
     ("D", "D"),
     ("dtype", "dtype"),
@@ -24,6 +26,9 @@ COLUMNS = [
     ("tflops", "TFLOP/s"),
     ("fraction_of_ceiling", "of bf16 peak"),
     ("images_per_s", "img/s"),
+    ("speedup_per_core_vs_pil", "x PIL/core"),
+    ("speedup_vs_torchvision_v2", "x tv2"),
+    ("fraction_of_bw_floor", "of BW floor"),
 ]
 
 
