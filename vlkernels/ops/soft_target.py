@@ -47,6 +47,12 @@ def _hard_terms(i32: torch.Tensor, t32: torch.Tensor, scale: torch.Tensor, eps: 
     return h_row * scale, h_col * scale
 
 
+def _smoothing_terms(u: torch.Tensor, e: torch.Tensor, x: torch.Tensor, eps: float) -> None:
+    """u -= eps / B * (e colsum(x) + sum_j e_j x_j): the label-smoothing part of the hard targets."""
+    x32 = x.float()
+    u.addr_(e, x32.sum(0), alpha=-eps / x.shape[0]).sub_((e @ x32)[None], alpha=eps / x.shape[0])
+
+
 class SoftTargetFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, eps, factor, backend):
@@ -74,14 +80,14 @@ class SoftTargetFunction(torch.autograd.Function):
         p = e + q
         teacher = None if t_image is None else (t_image, t_text, t_scale)
         a_i, a_t = ctx.backend.accumulate(image, text, scale, r, c, p, p, q, q, teacher, tr, tc)
-        i32, t32 = image.float(), text.float()
+        # In place on the fp32 accumulators, no [B, D] temporaries (the features in their own dtype).
         e_col = e[:, None]
-        u_i = a_i.sub_(e_col * t32, alpha=2.0 * (1.0 - eps))
-        u_t = a_t.sub_(e_col * i32, alpha=2.0 * (1.0 - eps))
+        u_i = a_i.addcmul_(e_col, text, value=-2.0 * (1.0 - eps))
+        u_t = a_t.addcmul_(e_col, image, value=-2.0 * (1.0 - eps))
         if eps:
-            u_i.sub_(e_col * t32.sum(0, keepdim=True) + (e_col * t32).sum(0, keepdim=True), alpha=eps / batch)
-            u_t.sub_(e_col * i32.sum(0, keepdim=True) + (e_col * i32).sum(0, keepdim=True), alpha=eps / batch)
-        d_scale = (i32 * u_i).sum() if need_s else None
-        d_image = (u_i * scale).to(image.dtype) if need_i else None
-        d_text = (u_t * scale).to(text.dtype) if need_t else None
+            _smoothing_terms(u_i, e, text, eps)
+            _smoothing_terms(u_t, e, image, eps)
+        d_scale = torch.linalg.vecdot(image.float(), u_i).sum() if need_s else None
+        d_image = u_i.mul_(scale).to(image.dtype) if need_i else None
+        d_text = u_t.mul_(scale).to(text.dtype) if need_t else None
         return d_image, d_text, d_scale, None, None, None, None, None, None, None, None
