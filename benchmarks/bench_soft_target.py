@@ -214,9 +214,10 @@ def main(argv=None) -> list[dict]:
             flush=True,
         )
         rows.append(row)
-    harness.add_ratios(rows, key=("op", "B", "D", "dtype", "mode", "teacher"))
-    add_contrastive_ratios(rows)
-    harness.write_json(rows, out)
+        # Ratios and JSON after every row: partial results survive a suite timeout.
+        harness.add_ratios(rows, key=("op", "B", "D", "dtype", "mode", "teacher"))
+        add_contrastive_ratios(rows)
+        harness.write_json(rows, out)
     # One plotted line per (op, teacher, impl): the harness groups series by impl.
     labelled = [dict(r, impl=f"{r['op']} {r['impl']} ({r['teacher']})") for r in rows]
     device_name = rows[0]["device"] if rows and "device" in rows[0] else kind
