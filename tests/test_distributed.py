@@ -9,6 +9,7 @@ A hung collective fails the test through the join deadline (and gloo's own timeo
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import subprocess
 import sys
@@ -58,6 +59,8 @@ def _worker(rank: int, world: int, init_file: str, calls: tuple):
         # Name the rank: the parent re-raises this process's traceback.
         raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
     finally:
+        # Free any DDP reducer first: destroying a gloo group under a live one can abort at exit.
+        gc.collect()
         dist.destroy_process_group()
 
 
