@@ -8,9 +8,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from tests._ref import TOL, assert_close_all, features, run_loss
+from tests._ref import TOL, assert_close_all, features, largest_tensors, run_loss
 from vlkernels import ClipLoss, contrastive_loss
 from vlkernels.functional import resolve_impl
 from vlkernels.reference import contrastive_loss_naive
@@ -161,21 +160,6 @@ def test_non_finite_inputs_give_non_finite_loss(impl, bad):
     assert not torch.isfinite(contrastive_loss(img, txt, torch.tensor(float(bad)), impl=impl))
 
 
-class _MaxNumel(TorchDispatchMode):
-    """Records the largest tensor any op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.max_numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
 def test_never_materialises_b_by_b(monkeypatch, impl):
     monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
@@ -183,22 +167,15 @@ def test_never_materialises_b_by_b(monkeypatch, impl):
     img, txt = features(batch, dim)
     img.requires_grad_()
     txt.requires_grad_()
-    saved = []
-
-    def pack(t):
-        saved.append(t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _MaxNumel() as mode:
-        loss = contrastive_loss(img, txt, torch.tensor(5.0, requires_grad=True), impl=impl)
-        loss.backward()
+    largest, saved = largest_tensors(
+        lambda: contrastive_loss(img, txt, torch.tensor(5.0, requires_grad=True), impl=impl).backward()
+    )
     # torch: one chunk of 8 rows of S; triton: the interpreter's copies of one 16-row tile-row at most.
-    assert mode.max_numel <= 16 * batch < batch * batch, mode.max_numel
-    assert max(saved) <= batch * dim
+    assert largest <= 16 * batch < batch * batch, largest
+    assert saved <= batch * dim
     # The check can fail: the naive implementation does materialise B x B.
-    with _MaxNumel() as mode:
-        contrastive_loss(img, txt, 5.0, impl="naive").backward()
-    assert mode.max_numel >= batch * batch
+    largest, _ = largest_tensors(lambda: contrastive_loss(img, txt, 5.0, impl="naive").backward())
+    assert largest >= batch * batch
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
