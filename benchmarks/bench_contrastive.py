@@ -9,10 +9,8 @@ from rows of the same run. FLOPs are counted as 2 B^2 D (forward) and 8 B^2 D (f
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 
 import torch
@@ -112,33 +110,14 @@ def available(impl: str, device: str) -> str | None:
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-sizes", type=int, nargs="+")
-    p.add_argument("--dims", type=int, nargs="+")
-    p.add_argument("--dtypes", nargs="+")
-    p.add_argument("--impls", nargs="+")
-    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (CPU); default 3 on CPU")
-    p.add_argument(
-        "--out", default=None, help="JSON path (default benchmarks/results/<device>/contrastive.json)"
-    )
-    p.add_argument("--plot", default=None, help="PNG path (default next to the JSON)")
-    p.add_argument("--max-flops", type=float, default=2e16, help="skip configurations costlier than this")
+    p = harness.loss_bench_parser(__doc__, "contrastive")
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return []
-    kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    defaults = CUDA_DEFAULTS if kind == "cuda" else CPU_DEFAULTS
-    batch_sizes = args.batch_sizes or defaults["batch_sizes"]
-    dims = args.dims or defaults["dims"]
-    dtypes = args.dtypes or defaults["dtypes"]
-    impls = args.impls or defaults["impls"]
-    reps = args.reps or (3 if kind == "cpu" else 100)
-    out = args.out or os.path.join(harness.ROOT, "benchmarks", "results", kind, "contrastive.json")
-    plot_path = args.plot or os.path.splitext(out)[0] + ".png"
+    harness.fill_loss_defaults(args, CPU_DEFAULTS, CUDA_DEFAULTS, "contrastive")
+    kind, batch_sizes, dims, dtypes, impls = args.kind, args.batch_sizes, args.dims, args.dtypes, args.impls
+    reps, out, plot_path = args.reps, args.out, args.plot
 
     rows = []
     skipped = {impl: available(impl, args.device) for impl in impls}

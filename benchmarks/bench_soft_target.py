@@ -14,10 +14,8 @@ ratios come from rows of the same run. FLOPs are counted as bench_contrastive co
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 
 import torch
@@ -126,17 +124,9 @@ def add_contrastive_ratios(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> list[dict]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-sizes", type=int, nargs="+")
-    p.add_argument("--dims", type=int, nargs="+")
-    p.add_argument("--dtypes", nargs="+")
-    p.add_argument("--impls", nargs="+", help="naive | torch | triton")
+    p = harness.loss_bench_parser(__doc__, "soft_target")
     p.add_argument("--teacher-dims", type=int, nargs="+", help="0: the self teacher; else D_t of a teacher")
-    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
     p.add_argument("--no-contrastive", action="store_true", help="skip the contrastive_loss baseline rows")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions (CPU); default 3 on CPU")
     p.add_argument(
         "--threads",
         type=int,
@@ -144,26 +134,15 @@ def main(argv=None) -> list[dict]:
         help="CPU threads per worker (default 1 on CPU: on a shared machine several threads stall on each "
         "other's time slices and the timings become meaningless; 0 keeps torch's default)",
     )
-    p.add_argument(
-        "--out", default=None, help="JSON path (default benchmarks/results/<device>/soft_target.json)"
-    )
-    p.add_argument("--plot", default=None, help="PNG path (default next to the JSON)")
-    p.add_argument("--max-flops", type=float, default=2e16, help="skip configurations costlier than this")
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return []
-    kind = "cuda" if args.device.startswith("cuda") else "cpu"
-    defaults = CUDA_DEFAULTS if kind == "cuda" else CPU_DEFAULTS
-    batch_sizes = args.batch_sizes or defaults["batch_sizes"]
-    dims = args.dims or defaults["dims"]
-    dtypes = args.dtypes or defaults["dtypes"]
-    impls = args.impls or defaults["impls"]
+    defaults = harness.fill_loss_defaults(args, CPU_DEFAULTS, CUDA_DEFAULTS, "soft_target")
+    kind, batch_sizes, dims, dtypes, impls = args.kind, args.batch_sizes, args.dims, args.dtypes, args.impls
+    reps, out, plot_path = args.reps, args.out, args.plot
     teachers = args.teacher_dims if args.teacher_dims is not None else defaults["teachers"]
-    reps = args.reps or (3 if kind == "cpu" else 100)
     threads = (1 if kind == "cpu" else 0) if args.threads is None else args.threads
-    out = args.out or os.path.join(harness.ROOT, "benchmarks", "results", kind, "soft_target.json")
-    plot_path = args.plot or os.path.splitext(out)[0] + ".png"
 
     skipped = {impl: available(impl, args.device) for impl in impls}
     for impl, why in skipped.items():

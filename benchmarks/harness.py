@@ -10,6 +10,7 @@ Ratios against the naive implementation are computed from rows measured in the s
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -204,3 +205,34 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def loss_bench_parser(doc: str, name: str) -> argparse.ArgumentParser:
+    """The command line shared by the loss benchmarks (a benchmark adds its own options)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-sizes", type=int, nargs="+")
+    p.add_argument("--dims", type=int, nargs="+")
+    p.add_argument("--dtypes", nargs="+")
+    p.add_argument("--impls", nargs="+")
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"], choices=["fwd", "fwd+bwd"])
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (CPU); default 3 on CPU")
+    p.add_argument("--out", default=None, help=f"JSON path (default benchmarks/results/<device>/{name}.json)")
+    p.add_argument("--plot", default=None, help="PNG path (default next to the JSON)")
+    p.add_argument("--max-flops", type=float, default=2e16, help="skip configurations costlier than this")
+    return p
+
+
+def fill_loss_defaults(args: argparse.Namespace, cpu: dict, cuda: dict, name: str) -> dict:
+    """Fill the unset shared options from the device kind's defaults (in place: ``args.kind``,
+    ``batch_sizes``, ``dims``, ``dtypes``, ``impls``, ``reps``, ``out``, ``plot``); returns those defaults."""
+    args.kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    defaults = cuda if args.kind == "cuda" else cpu
+    for key in ("batch_sizes", "dims", "dtypes", "impls"):
+        if not getattr(args, key):
+            setattr(args, key, defaults[key])
+    args.reps = args.reps or (3 if args.kind == "cpu" else 100)
+    args.out = args.out or os.path.join(ROOT, "benchmarks", "results", args.kind, f"{name}.json")
+    args.plot = args.plot or os.path.splitext(args.out)[0] + ".png"
+    return defaults
