@@ -63,20 +63,10 @@ def worker(cfg: dict) -> dict:
         txt.requires_grad_()
         scale.requires_grad_()
     fn = _loss_fn(cfg["impl"], device)
-
-    def step():
-        loss = fn(img, txt, scale)
-        if backward:
-            img.grad = txt.grad = scale.grad = None
-            loss.backward()
-        return loss
-
-    loss = step()  # warm-up (compilation) and a correctness read-out
-    img.grad = txt.grad = scale.grad = None
-    row = dict(cfg, loss=float(loss))
-    row["peak_mem_bytes"] = harness.peak_memory(step, device)
+    row = dict(cfg)
+    leaves = (img, txt, scale)
+    row.update(harness.measure_loss(lambda: fn(*leaves), leaves, backward, device, cfg["reps"]))
     row["grad_bytes"] = 2 * batch * dim * img.element_size() if backward else 0
-    row.update(harness.timing(step, device, reps=cfg["reps"]))
     flops = (8 if backward else 2) * batch * batch * dim
     row["tflops"] = flops / (row["median_ms"] * 1e-3) / 1e12
     row.update(harness.environment(device))

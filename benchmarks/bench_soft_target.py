@@ -91,19 +91,9 @@ def worker(cfg: dict) -> dict:
         def fn():
             return soft_target_loss(img, txt, scale, alpha, impl=impl, **teacher)
 
-    def step():
-        loss = fn()
-        if backward:
-            img.grad = txt.grad = scale.grad = None
-            loss.backward()
-        return loss
-
-    loss = step()  # warm-up (compilation) and a correctness read-out
-    img.grad = txt.grad = scale.grad = None
-    row = dict(cfg, loss=float(loss))
-    row["peak_mem_bytes"] = harness.peak_memory(step, device)
+    row = dict(cfg)
+    row.update(harness.measure_loss(fn, (img, txt, scale), backward, device, cfg["reps"]))
     row["grad_bytes"] = 2 * batch * dim * img.element_size() if backward else 0
-    row.update(harness.timing(step, device, reps=cfg["reps"]))
     row["tflops"] = _flops(cfg["op"], cfg["mode"], batch, dim, t_dim) / (row["median_ms"] * 1e-3) / 1e12
     row.update(harness.environment(device))
     return row

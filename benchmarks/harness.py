@@ -236,3 +236,23 @@ def fill_loss_defaults(args: argparse.Namespace, cpu: dict, cuda: dict, name: st
     args.out = args.out or os.path.join(ROOT, "benchmarks", "results", args.kind, f"{name}.json")
     args.plot = args.plot or os.path.splitext(args.out)[0] + ".png"
     return defaults
+
+
+def measure_loss(fn: Callable[[], torch.Tensor], leaves, backward: bool, device: str, reps: int) -> dict:
+    """Loss value (after a warm-up call), peak memory and timing of ``fn()`` (+ backward into ``leaves``,
+    whose grads are cleared before every call)."""
+
+    def step():
+        loss = fn()
+        if backward:
+            for t in leaves:
+                t.grad = None
+            loss.backward()
+        return loss
+
+    loss = step()  # warm-up (compilation) and a correctness read-out
+    for t in leaves:
+        t.grad = None
+    row = dict(loss=float(loss), peak_mem_bytes=peak_memory(step, device))
+    row.update(timing(step, device, reps=reps))
+    return row

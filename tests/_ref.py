@@ -81,3 +81,16 @@ def largest_tensors(fn) -> tuple[int, int]:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), MaxNumel() as mode:
         fn()
     return mode.max_numel, max(saved)
+
+
+def assert_within_torch_error(got, base, ref, dtype):
+    """flash-attention's rule for low precision: each of (loss, d_image, d_text, d_scale) of the kernel
+    (``got``) errs from the fp32 reference ``ref`` by at most twice what torch itself errs in that dtype
+    (``base``), plus the dtype's tolerance in TOL_GPU."""
+    for name, g, b, r in zip(["loss", "d_image", "d_text", "d_scale"], got, base, ref, strict=True):
+        assert torch.isfinite(g).all(), name
+        err_kernel = (g.float() - r.float()).abs().max().item()
+        err_torch = (b.float() - r.float()).abs().max().item()
+        tol = TOL_GPU[dtype]
+        bound = 2 * err_torch + tol["atol"] + tol["rtol"] * r.float().abs().max().item()
+        assert err_kernel <= bound, (name, err_kernel, err_torch)
