@@ -133,17 +133,19 @@ def retrieval(model: TinyClip, tokenizer, dataset, device, limit: int = 1024) ->
     return (img @ txt.T).argmax(1).cpu().eq(torch.arange(len(captions))).float().mean().item()
 
 
-def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device]:
+def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device, bool]:
+    """(world, rank, device, whether this call created the process group)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = torch.device(cfg.device)
     if world <= 1:
-        return 1, 0, device
+        return 1, 0, device, False
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         device = torch.device("cuda", torch.cuda.current_device())
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_world_size(), dist.get_rank(), device
+    return dist.get_world_size(), dist.get_rank(), device, created
 
 
 def _build_data(cfg: TrainConfig):
@@ -202,7 +204,21 @@ def train(cfg: TrainConfig) -> dict:
         raise ValueError(f"loss must be 'naive' or 'vlkernels', got {cfg.loss!r}")
     if cfg.recipe not in ("baseline", "improved"):
         raise ValueError(f"recipe must be 'baseline' or 'improved', got {cfg.recipe!r}")
-    world, rank, device = _dist_setup(cfg)
+    world, rank, device, created = _dist_setup(cfg)
+    if not created:
+        return _train(cfg, world, rank, device)
+    # torch 2.13 + gloo: a process that exits with its group alive aborts about half the time
+    # ("terminate called without an active exception"), so the group this call made is torn down here:
+    # after a barrier when every rank finished (no barrier after an error: peers may be mid-collective).
+    try:
+        summary = _train(cfg, world, rank, device)
+        dist.barrier()
+        return summary
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dict:
     lead = rank == 0
     train_set, tokenizer, evaluate = _build_data(cfg)
 
