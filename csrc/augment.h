@@ -18,6 +18,43 @@ namespace augment {
 // Colour-op ids in the per-sample order (torchvision's ColorJitter numbering).
 enum ColorOp : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
 
+// Per-image validity of the op's arguments, written once for the host (the CPU op, the CUDA op's
+// checked path) and the device (the CUDA kernel's guard). Every comparison is free of overflow:
+// differences are only formed of values already known to be in range, so hostile int64 values
+// (top + height past INT64_MAX, 3 * H * W past INT64_MAX) cannot wrap into a passing check.
+enum SampleError : int {
+  kSampleOk = 0,
+  kBadSize,     // sizes: H, W >= 1 and 3 * H * W representable
+  kBadOffset,   // offsets: the image's 3 * H * W bytes lie inside data
+  kBadBox,      // boxes: 0 <= top <= H - height, 0 <= left <= W - width, height, width >= 1
+  kBadOrder,    // order: a permutation of 0..3
+  kBadFactor,   // factors: brightness, contrast, saturation finite and >= 0
+  kBadHue,      // factors: hue finite, in [-0.5, 0.5]
+};
+
+VLK_HD int check_sample(int64_t numel, int64_t off, int64_t H, int64_t W, const int64_t* box,
+                        const int64_t* order, const float* factors) {
+  constexpr int64_t kMax = INT64_MAX;
+  if (H < 1 || W < 1 || H > kMax / 3 / W) return kBadSize;
+  const int64_t bytes = 3 * H * W;
+  if (off < 0 || off > numel || bytes > numel - off) return kBadOffset;
+  const int64_t t = box[0], l = box[1], h = box[2], w = box[3];
+  if (h < 1 || w < 1 || h > H || w > W || t < 0 || l < 0 || t > H - h || l > W - w) return kBadBox;
+  int seen = 0;
+  for (int k = 0; k < 4; ++k) {
+    const int64_t op = order[k];
+    if (op < 0 || op > 3) return kBadOrder;
+    seen |= 1 << op;
+  }
+  if (seen != 15) return kBadOrder;
+  for (int c = 0; c < 3; ++c) {
+    // Written so that NaN fails too (every comparison with NaN is false).
+    if (!(factors[c] >= 0.0f && factors[c] <= 3.4028234663852886e38f)) return kBadFactor;
+  }
+  if (!(factors[kHue] >= -0.5f && factors[kHue] <= 0.5f)) return kBadHue;
+  return kSampleOk;
+}
+
 constexpr float kGrayR = 0.2989f;
 constexpr float kGrayG = 0.587f;
 constexpr float kGrayB = 0.114f;

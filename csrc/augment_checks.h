@@ -1,42 +1,145 @@
-// Argument checks of vlkernels::fused_augment at the C++ boundary, shared by the CPU and CUDA kernels.
+// Argument checks of vlkernels::fused_augment at the C++ boundary, shared by the CPU and CUDA ops:
+// the same checks and the same messages whichever device the tensors are on.
+//
+// Two levels:
+// - prepare_augment_args: types, devices, shapes, scalars (no tensor values read: no host sync);
+//   returns contiguous tensors (a strided parameter tensor is copied, not rejected).
+// - check_augment_values: every image's size, offset, crop box, colour-op order and jitter factors
+//   (check_sample in augment.h, the predicate the CUDA kernel also evaluates as its guard), on host
+//   pointers. The CPU op runs it on the tensors themselves; the CUDA op on one packed host copy.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#define VLK_CHECK_TENSOR(x, dtype, dev, ...)                                                          \
-  TORCH_CHECK((x).scalar_type() == (dtype), "fused_augment: ", #x, " must be ", (dtype), ", got ",    \
-              (x).scalar_type());                                                                     \
-  TORCH_CHECK((x).device().type() == (dev), "fused_augment: ", #x, " must be on ", (dev), ", got ",   \
-              (x).device());                                                                          \
-  TORCH_CHECK((x).is_contiguous(), "fused_augment: ", #x, " must be contiguous");                     \
-  TORCH_CHECK((x).sizes().equals(at::IntArrayRef({__VA_ARGS__})), "fused_augment: ", #x,              \
-              " must have shape ", at::IntArrayRef({__VA_ARGS__}), ", got ", (x).sizes())
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "augment.h"
 
 namespace vlkernels {
 namespace augment {
 
-inline void check_augment_args(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
-                               const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
-                               const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
-                               at::ArrayRef<double> std, int64_t out_h, int64_t out_w,
-                               at::ScalarType out_dtype, at::DeviceType dev) {
+struct AugmentArgs {
+  at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray;
+  float mean[3];
+  float std[3];
+  int64_t n;
+};
+
+inline void check_tensor(const at::Tensor& x, const char* name, at::ScalarType dtype, const at::Device& dev,
+                         at::IntArrayRef shape) {
+  TORCH_CHECK(x.scalar_type() == dtype, "fused_augment: ", name, " must be ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK(x.device() == dev, "fused_augment: ", name, " must be on ", dev, " (where data is), got ",
+              x.device());
+  TORCH_CHECK(x.sizes().equals(shape), "fused_augment: ", name, " must have shape ", shape, ", got ", x.sizes());
+}
+
+inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+                                        const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
+                                        const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
+                                        at::ArrayRef<double> std, int64_t out_h, int64_t out_w,
+                                        at::ScalarType out_dtype, at::DeviceType dev) {
   TORCH_CHECK(data.scalar_type() == at::kByte, "fused_augment: data must be uint8, got ", data.scalar_type());
   TORCH_CHECK(data.device().type() == dev, "fused_augment: data must be on ", dev, ", got ", data.device());
-  TORCH_CHECK(data.is_contiguous(), "fused_augment: data must be contiguous");
-  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1, "fused_augment: offsets must be [N] with N >= 1");
+  TORCH_CHECK(data.dim() == 1, "fused_augment: data must be 1-d (the images back to back), got shape ",
+              data.sizes());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) >= 1, "fused_augment: offsets must be [N] with N >= 1, got ",
+              "shape ", offsets.sizes());
   const int64_t n = offsets.size(0);
-  VLK_CHECK_TENSOR(offsets, at::kLong, dev, n);
-  VLK_CHECK_TENSOR(sizes, at::kLong, dev, n, 2);
-  VLK_CHECK_TENSOR(boxes, at::kLong, dev, n, 4);
-  VLK_CHECK_TENSOR(flip, at::kBool, dev, n);
-  VLK_CHECK_TENSOR(factors, at::kFloat, dev, n, 4);
-  VLK_CHECK_TENSOR(order, at::kLong, dev, n, 4);
-  VLK_CHECK_TENSOR(gray, at::kBool, dev, n);
-  TORCH_CHECK(mean.size() == 3 && std.size() == 3, "fused_augment: mean and std must have 3 values");
-  TORCH_CHECK(std[0] != 0.0 && std[1] != 0.0 && std[2] != 0.0, "fused_augment: std must be non-zero");
+  const at::Device d = data.device();
+  check_tensor(offsets, "offsets", at::kLong, d, {n});
+  check_tensor(sizes, "sizes", at::kLong, d, {n, 2});
+  check_tensor(boxes, "boxes", at::kLong, d, {n, 4});
+  check_tensor(flip, "flip", at::kBool, d, {n});
+  check_tensor(factors, "factors", at::kFloat, d, {n, 4});
+  check_tensor(order, "order", at::kLong, d, {n, 4});
+  check_tensor(gray, "gray", at::kBool, d, {n});
+  TORCH_CHECK(mean.size() == 3 && std.size() == 3, "fused_augment: mean and std must have 3 values, got ",
+              mean.size(), " and ", std.size());
+  AugmentArgs a;
+  for (int c = 0; c < 3; ++c) {
+    a.mean[c] = static_cast<float>(mean[c]);
+    a.std[c] = static_cast<float>(std[c]);
+    TORCH_CHECK(std::isfinite(a.mean[c]), "fused_augment: mean must be finite (as float32), got ", mean[c]);
+    TORCH_CHECK(std::isfinite(a.std[c]) && a.std[c] != 0.0f,
+                "fused_augment: std must be finite and non-zero (as float32), got ", std[c]);
+  }
   TORCH_CHECK(out_h >= 1 && out_w >= 1, "fused_augment: output size must be >= 1, got ", out_h, "x", out_w);
+  TORCH_CHECK(out_h <= 2147483647 / out_w, "fused_augment: output images of at most 2^31 - 1 pixels, got ", out_h,
+              "x", out_w);
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf,
               "fused_augment: out_dtype must be float32, bfloat16 or float16, got ", out_dtype);
+  a.data = data.contiguous();
+  a.offsets = offsets.contiguous();
+  a.sizes = sizes.contiguous();
+  a.boxes = boxes.contiguous();
+  a.flip = flip.contiguous();
+  a.factors = factors.contiguous();
+  a.order = order.contiguous();
+  a.gray = gray.contiguous();
+  a.n = n;
+  return a;
+}
+
+// Checks every image (check_sample) on host copies of the parameters; the message names the argument.
+inline void check_augment_values(int64_t n, int64_t numel, const int64_t* off, const int64_t* sz,
+                                 const int64_t* bx, const int64_t* od, const float* fa) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t H = sz[2 * i], W = sz[2 * i + 1];
+    const int64_t* b = bx + 4 * i;
+    const int64_t* o = od + 4 * i;
+    const float* f = fa + 4 * i;
+    switch (check_sample(numel, off[i], H, W, b, o, f)) {
+      case kSampleOk:
+        break;
+      case kBadSize:
+        TORCH_CHECK(false, "fused_augment: sizes of image ", i, " are ", H, "x", W,
+                    ": both must be >= 1 and 3 * H * W must fit int64");
+      case kBadOffset:
+        TORCH_CHECK(false, "fused_augment: offsets: image ", i, " (offset ", off[i], ", ", H, "x", W,
+                    "x3 bytes) lies outside data of ", numel, " bytes");
+      case kBadBox:
+        TORCH_CHECK(false, "fused_augment: boxes: crop box (", b[0], ", ", b[1], ", ", b[2], ", ", b[3],
+                    ") (top, left, height, width) of image ", i, " lies outside the ", H, "x", W,
+                    " image (or is empty)");
+      case kBadOrder:
+        TORCH_CHECK(false, "fused_augment: order of image ", i, " is (", o[0], ", ", o[1], ", ", o[2], ", ", o[3],
+                    "), not a permutation of 0..3");
+      case kBadFactor:
+        TORCH_CHECK(false, "fused_augment: factors of image ", i, ": brightness, contrast, saturation (", f[0],
+                    ", ", f[1], ", ", f[2], ") must be finite and >= 0");
+      default:
+        TORCH_CHECK(false, "fused_augment: factors of image ", i, ": hue factor ", f[kHue],
+                    " lies outside [-0.5, 0.5]");
+    }
+  }
+}
+
+// The same checks for parameters that live on another device (CUDA): one packed device-to-host copy
+// (a single synchronisation for the whole batch), then check_augment_values on the host.
+inline void check_augment_values_via_host(const AugmentArgs& a) {
+  const int64_t n = a.n;
+  // factors travel as their bit patterns (float32 -> int32 view, widened to int64 for the packing).
+  const at::Tensor packed =
+      at::cat({a.offsets.view({n, 1}), a.sizes, a.boxes, a.order, a.factors.view(at::kInt).to(at::kLong)}, 1)
+          .cpu();
+  const int64_t* p = packed.data_ptr<int64_t>();
+  constexpr int kCols = 1 + 2 + 4 + 4 + 4;
+  std::vector<int64_t> off(n), sz(2 * n), bx(4 * n), od(4 * n);
+  std::vector<float> fa(4 * n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t* r = p + i * kCols;
+    off[i] = r[0];
+    for (int k = 0; k < 2; ++k) sz[2 * i + k] = r[1 + k];
+    for (int k = 0; k < 4; ++k) bx[4 * i + k] = r[3 + k];
+    for (int k = 0; k < 4; ++k) od[4 * i + k] = r[7 + k];
+    for (int k = 0; k < 4; ++k) {
+      const int32_t bits = static_cast<int32_t>(r[11 + k]);
+      std::memcpy(&fa[4 * i + k], &bits, sizeof(float));
+    }
+  }
+  check_augment_values(n, a.data.numel(), off.data(), sz.data(), bx.data(), od.data(), fa.data());
 }
 
 }  // namespace augment

@@ -340,19 +340,18 @@ void advise_huge_pages(void* ptr, size_t bytes) {
 }
 
 template <typename out_t>
-void run_batch(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
-               const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
-               const at::Tensor& order, const at::Tensor& gray, const float* mean, const float* std,
-               int64_t oh, int64_t ow, at::Tensor& out) {
-  const int64_t n = offsets.size(0);
-  const uint8_t* base = data.data_ptr<uint8_t>();
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  const int64_t* sz = sizes.data_ptr<int64_t>();
-  const int64_t* bx = boxes.data_ptr<int64_t>();
-  const bool* fl = flip.data_ptr<bool>();
-  const float* fa = factors.data_ptr<float>();
-  const int64_t* od = order.data_ptr<int64_t>();
-  const bool* gr = gray.data_ptr<bool>();
+void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, at::Tensor& out) {
+  const int64_t n = a.n;
+  const uint8_t* base = a.data.data_ptr<uint8_t>();
+  const int64_t* off = a.offsets.data_ptr<int64_t>();
+  const int64_t* sz = a.sizes.data_ptr<int64_t>();
+  const int64_t* bx = a.boxes.data_ptr<int64_t>();
+  // The flags are read as bytes (any non-zero byte is true): a bool tensor viewed from other bytes may
+  // hold values other than 0 and 1, which are undefined behaviour when read as C++ bool.
+  const uint8_t* fl = static_cast<const uint8_t*>(a.flip.data_ptr());
+  const float* fa = a.factors.data_ptr<float>();
+  const int64_t* od = a.order.data_ptr<int64_t>();
+  const uint8_t* gr = static_cast<const uint8_t*>(a.gray.data_ptr());
   out_t* o = out.data_ptr<out_t>();
   auto job = [&](int64_t i) {
     const int64_t H = sz[2 * i], W = sz[2 * i + 1];
@@ -367,12 +366,12 @@ void run_batch(const at::Tensor& data, const at::Tensor& offsets, const at::Tens
     jb.left = bx[4 * i + 1];
     jb.ch = bx[4 * i + 2];
     jb.cw = bx[4 * i + 3];
-    jb.flip = fl[i];
-    jb.gray = gr[i];
+    jb.flip = fl[i] != 0;
+    jb.gray = gr[i] != 0;
     jb.factors = fa + 4 * i;
     jb.order = od + 4 * i;
-    jb.mean = mean;
-    jb.std = std;
+    jb.mean = a.mean;
+    jb.std = a.std;
     jb.oh = oh;
     jb.ow = ow;
     jb.out = o + i * 3 * oh * ow;
@@ -396,50 +395,25 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                              const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
-                             int64_t out_w, at::ScalarType out_dtype) {
-  check_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
-                     out_dtype, at::kCPU);
-  const int64_t n = offsets.size(0);
-  // Host-side checks of every box against its image (the CUDA path leaves these to the Python side).
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  const int64_t* sz = sizes.data_ptr<int64_t>();
-  const int64_t* bx = boxes.data_ptr<int64_t>();
-  const int64_t* od = order.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t H = sz[2 * i], W = sz[2 * i + 1];
-    TORCH_CHECK(H >= 1 && W >= 1, "fused_augment: image ", i, " has size ", H, "x", W);
-    TORCH_CHECK(off[i] >= 0 && off[i] + 3 * H * W <= data.numel(), "fused_augment: image ", i,
-                " (offset ", off[i], ", ", H, "x", W, "x3) lies outside data of ", data.numel(), " bytes");
-    const int64_t t = bx[4 * i], l = bx[4 * i + 1], h = bx[4 * i + 2], w = bx[4 * i + 3];
-    TORCH_CHECK(t >= 0 && l >= 0 && h >= 1 && w >= 1 && t + h <= H && l + w <= W, "fused_augment: crop box (",
-                t, ", ", l, ", ", h, ", ", w, ") (top, left, height, width) of image ", i,
-                " lies outside the ", H, "x", W, " image (or is empty)");
-    int seen = 0;
-    for (int k = 0; k < 4; ++k) {
-      const int64_t op = od[4 * i + k];
-      TORCH_CHECK(op >= 0 && op < 4, "fused_augment: order of image ", i, " holds ", op, ", not 0..3");
-      seen |= 1 << op;
-    }
-    TORCH_CHECK(seen == 15, "fused_augment: order of image ", i, " is not a permutation of 0..3");
-    const float hue = factors.data_ptr<float>()[4 * i + kHue];
-    TORCH_CHECK(hue >= -0.5f && hue <= 0.5f, "fused_augment: hue factor of image ", i, " is ", hue,
-                ", outside [-0.5, 0.5]");
-  }
-  at::Tensor out = at::empty({n, 3, out_h, out_w}, data.options().dtype(out_dtype));
+                             int64_t out_w, at::ScalarType out_dtype, bool check) {
+  // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
+  // host memory already, and the loop costs nanoseconds per image.
+  (void)check;
+  const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std,
+                                             out_h, out_w, out_dtype, at::kCPU);
+  check_augment_values(a.n, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
+                       a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>());
+  at::Tensor out = at::empty({a.n, 3, out_h, out_w}, a.data.options().dtype(out_dtype));
   advise_huge_pages(out.data_ptr(), out.nbytes());
-  const float m[3] = {static_cast<float>(mean[0]), static_cast<float>(mean[1]), static_cast<float>(mean[2])};
-  const float s[3] = {static_cast<float>(std[0]), static_cast<float>(std[1]), static_cast<float>(std[2])};
   switch (out_dtype) {
     case at::kFloat:
-      run_batch<float>(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, m, s, out_h, out_w, out);
+      run_batch<float>(a, hwc, out_h, out_w, out);
       break;
     case at::kBFloat16:
-      run_batch<c10::BFloat16>(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, m, s, out_h,
-                               out_w, out);
+      run_batch<c10::BFloat16>(a, hwc, out_h, out_w, out);
       break;
     default:
-      run_batch<c10::Half>(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, m, s, out_h, out_w,
-                           out);
+      run_batch<c10::Half>(a, hwc, out_h, out_w, out);
       break;
   }
   return out;

@@ -143,15 +143,24 @@ __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables
 
 template <typename out_t>
 __global__ void __launch_bounds__(kThreads)
-    fused_augment_kernel(const uint8_t* __restrict__ data, const int64_t* __restrict__ offsets,
+    fused_augment_kernel(const uint8_t* __restrict__ data, int64_t numel, const int64_t* __restrict__ offsets,
                          const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
-                         const bool* __restrict__ flip, const float* __restrict__ factors,
-                         const int64_t* __restrict__ order, const bool* __restrict__ gray, float m0, float m1,
+                         const uint8_t* __restrict__ flip, const float* __restrict__ factors,
+                         const int64_t* __restrict__ order, const uint8_t* __restrict__ gray, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t n = blockIdx.x;
   const int64_t H = sizes[2 * n], W = sizes[2 * n + 1];
+  const int64_t npix = oh * ow;
+  out_t* o = out + n * 3 * npix;
+  // The host checks the values (check_augment_values) unless the caller vouched for them (check=False,
+  // to avoid a host sync per batch); this guard evaluates the same predicate, so that an invalid image
+  // is never read out of bounds: its output becomes NaN instead.
+  if (check_sample(numel, offsets[n], H, W, boxes + 4 * n, order + 4 * n, factors + 4 * n) != kSampleOk) {
+    for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) o[p] = static_cast<out_t>(NAN);
+    return;
+  }
   Image im;
   im.src = data + offsets[n];
   im.sy = hwc ? W * 3 : W;
@@ -161,18 +170,8 @@ __global__ void __launch_bounds__(kThreads)
   im.left = boxes[4 * n + 1];
   im.ch = boxes[4 * n + 2];
   im.cw = boxes[4 * n + 3];
-  im.flip = flip[n];
-  const bool to_gray = gray[n];
-  const int64_t npix = oh * ow;
-  out_t* o = out + n * 3 * npix;
-  // A box outside the image cannot be reported from here without a host sync (the Python side checks
-  // explicit params); never read out of bounds: the image's output becomes NaN instead.
-  const bool valid = im.top >= 0 && im.left >= 0 && im.ch >= 1 && im.cw >= 1 && im.top + im.ch <= H &&
-                     im.left + im.cw <= W;
-  if (!valid) {
-    for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) o[p] = static_cast<out_t>(NAN);
-    return;
-  }
+  im.flip = flip[n] != 0;
+  const bool to_gray = gray[n] != 0;
   const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
   // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
   const int npix32 = static_cast<int>(npix);
@@ -242,32 +241,31 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                               const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
-                              int64_t out_w, at::ScalarType out_dtype) {
-  check_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
-                     out_dtype, at::kCUDA);
-  for (const at::Tensor* t : {&offsets, &sizes, &boxes, &flip, &factors, &order, &gray}) {
-    TORCH_CHECK(t->device() == data.device(), "fused_augment: all tensors must be on ", data.device(),
-                ", got one on ", t->device());
-  }
-  const c10::cuda::CUDAGuard guard(data.device());
-  const int64_t n = offsets.size(0);
-  at::Tensor out = at::empty({n, 3, out_h, out_w}, data.options().dtype(out_dtype));
+                              int64_t out_w, at::ScalarType out_dtype, bool check) {
+  const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std,
+                                             out_h, out_w, out_dtype, at::kCUDA);
+  const c10::cuda::CUDAGuard guard(a.data.device());
+  // check=True (the default, for direct calls of the op): the same value checks and messages as the CPU
+  // op, on one packed host copy of the parameters (one sync per batch). fused_augment passes False: its
+  // sampled parameters are valid by construction and explicit ones were validated by
+  // AugmentParams.validate, so the normal path never waits on the host. The kernel's guard
+  // (check_sample) keeps even an unchecked call in bounds.
+  if (check) check_augment_values_via_host(a);
+  const int64_t n = a.n;
   TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 images per call");
-  TORCH_CHECK(out_h * out_w < 2147483647, "fused_augment: output images of at most 2^31 - 1 pixels");
+  at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype));
   const dim3 grid(static_cast<unsigned int>(n));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const float m0 = static_cast<float>(mean[0]), m1 = static_cast<float>(mean[1]),
-              m2 = static_cast<float>(mean[2]);
-  const float s0 = static_cast<float>(std[0]), s1 = static_cast<float>(std[1]), s2 = static_cast<float>(std[2]);
   // Tap tables in shared memory when they fit the default 48 KiB (outputs up to ~600 x 600).
   const size_t smem = table_bytes(out_h, out_w);
   const bool use_tables = smem <= 48 * 1024;
 #define VLK_LAUNCH(T)                                                                                   \
   fused_augment_kernel<T><<<grid, kThreads, use_tables ? smem : 0, stream>>>(                           \
-      data.data_ptr<uint8_t>(), offsets.data_ptr<int64_t>(), sizes.data_ptr<int64_t>(), hwc,           \
-      boxes.data_ptr<int64_t>(), flip.data_ptr<bool>(), factors.data_ptr<float>(),                      \
-      order.data_ptr<int64_t>(), gray.data_ptr<bool>(), m0, m1, m2, s0, s1, s2, out_h, out_w,           \
-      use_tables, out.data_ptr<T>())
+      a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                        \
+      a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                    \
+      static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
+      a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()), a.mean[0], a.mean[1], \
+      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:
       VLK_LAUNCH(float);

@@ -9,6 +9,12 @@ Op layout (one call for the whole batch, ragged or not):
   factors  float32 [N, 4]  (brightness, contrast, saturation, hue); identity values skip the op
   order    int64 [N, 4]    colour-op order, a permutation of 0..3 per sample
   gray     bool  [N]
+  check    bool            check the values (sizes, offsets, boxes, order, factors) on the host; the
+                           CPU op always does (host memory, free); the CUDA op then makes one packed
+                           device-to-host copy (one sync per batch). fused_augment passes False on CUDA
+                           (sampled parameters are valid by construction, explicit ones already
+                           validated); the CUDA kernel still guards every image with the same predicate
+                           (an invalid image comes out NaN, never read out of bounds).
 returns out_dtype [N, 3, out_h, out_w].
 """
 
@@ -28,7 +34,9 @@ def _register() -> None:
     _ext.require("fused_augment(impl='cpu'|'cuda')")
 
     @torch.library.register_fake(OP_NAME)
-    def _fake(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, dt):
+    def _fake(
+        data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, dt, check=True
+    ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
         return data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
 
@@ -44,7 +52,9 @@ def has_kernel(device_type: str) -> bool:
     if not _ext.available():
         return False
     _register()
-    key = {"cpu": "CPU", "cuda": "CUDA"}[device_type]
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    if key is None:
+        return False
     return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
 
 
@@ -63,7 +73,22 @@ def run(
     out_h: int,
     out_w: int,
     out_dtype: torch.dtype,
+    check: bool = True,
 ) -> torch.Tensor:
     return op()(
-        data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, out_dtype
+        data,
+        offsets,
+        sizes,
+        hwc,
+        boxes,
+        flip,
+        factors,
+        order,
+        gray,
+        mean,
+        std,
+        out_h,
+        out_w,
+        out_dtype,
+        check,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,13 +11,20 @@ import torch
 
 from vlkernels import _ext
 from vlkernels.augment import _op
-from vlkernels.augment.params import AugmentParams, sample_augment_params
+from vlkernels.augment.params import (
+    AugmentParams,
+    check_generator,
+    check_int,
+    check_reals,
+    sample_augment_params,
+)
 from vlkernels.augment.reference import reference_augment
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 IMPLS = ("auto", "cuda", "cpu", "torch")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass
@@ -103,17 +111,39 @@ def as_batch(images) -> Batch:
 
 
 def _out_size(size) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
+    if isinstance(size, (str, bytes)) or not isinstance(size, (Sequence, torch.Size)):
+        size = (check_int("size", size),) * 2
+    else:
+        if len(size) != 2:
+            raise ValueError(f"size must be an int or an (h, w) pair, got {size!r}")
+        size = (check_int("size[0]", size[0]), check_int("size[1]", size[1]))
+    if min(size) < 1:
         raise ValueError(f"size must be an int or (h, w) with both >= 1, got {size}")
+    if size[0] * size[1] >= 2**31:
+        raise ValueError(f"size: output images of at most 2^31 - 1 pixels, got {size}")
     return size
 
 
+def _mean_std(mean, std) -> tuple[list[float], list[float]]:
+    mean, std = check_reals("mean", mean, 3), check_reals("std", std, 3)
+    # Checked in float32, the precision the op normalises in.
+    if any(not math.isfinite(float(torch.tensor(v, dtype=torch.float32))) for v in mean + std):
+        raise ValueError(f"mean and std must be finite in float32, got {mean}, {std}")
+    if any(float(torch.tensor(s, dtype=torch.float32)) == 0.0 for s in std):
+        raise ValueError(f"std must be non-zero (in float32), got {std}")
+    return mean, std
+
+
 def _pick_impl(impl: str, device: torch.device) -> str:
+    if not isinstance(impl, str):
+        raise TypeError(f"impl must be a str, one of {IMPLS}, got {type(impl).__name__}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if device.type not in DEVICES:
+        raise ValueError(
+            f"fused_augment runs on images on {' or '.join(DEVICES)}, the images are on {device} "
+            f"(device type {device.type!r}): move them with .to('cpu') or .to('cuda')"
+        )
     if impl == "auto":
         if _op.has_kernel(device.type):
             return device.type
@@ -160,12 +190,15 @@ def fused_augment(
     """
     batch = as_batch(images)
     out_h, out_w = _out_size(size)
+    if not isinstance(out_dtype, torch.dtype):
+        raise TypeError(
+            f"out_dtype must be a torch.dtype, one of {OUT_DTYPES}, got {type(out_dtype).__name__}"
+        )
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
-    if len(mean) != 3 or len(std) != 3 or min(abs(s) for s in std) == 0.0:
-        raise ValueError(f"mean and std must have 3 values (std non-zero), got {mean}, {std}")
+    mean, std = _mean_std(mean, std)
     which = _pick_impl(impl, batch.device)
+    check_generator(generator)
     if params is None:
         params = sample_augment_params(
             batch.sizes,
@@ -181,6 +214,8 @@ def fused_augment(
         if not isinstance(params, AugmentParams):
             raise TypeError(f"params must be AugmentParams, got {type(params).__name__}")
         params.validate(batch.sizes)
+    # The parameters are now known valid (sampled, or validated above with one sync): the CUDA op need
+    # not copy them to the host again. The CPU op checks them anyway (host memory, no cost).
     if which == "torch":
         return reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype)
     return _op.run(
@@ -198,4 +233,5 @@ def fused_augment(
         out_h,
         out_w,
         out_dtype,
+        check=which != "cuda",
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -74,39 +76,103 @@ class AugmentParams:
         )
 
     def validate(self, sizes: torch.Tensor) -> None:
-        """Check shapes, dtypes and that every crop box lies inside its image (one host sync)."""
+        """Check types, shapes, devices and values (one host sync): every crop box inside its image
+        (compared without overflow: ``0 <= top <= H - height``, ``height >= 1``, ...), every order row a
+        permutation of 0..3, brightness / contrast / saturation finite and >= 0, hue in [-0.5, 0.5]."""
         n = sizes.shape[0]
         for f in fields(self):
-            t = getattr(self, f.name)
+            name, t = f.name, getattr(self, f.name)
             if not isinstance(t, torch.Tensor):
-                raise TypeError(f"AugmentParams.{f.name} must be a tensor, got {type(t).__name__}")
-            if t.shape[0] != n:
-                raise ValueError(f"AugmentParams.{f.name} has {t.shape[0]} rows for {n} images")
+                raise TypeError(f"AugmentParams.{name} must be a tensor, got {type(t).__name__}")
+            if name in _INT_FIELDS:
+                kinds, want = _INT_DTYPES, f"[{n}, 4]"
+            elif name in _FLAG_FIELDS:
+                kinds, want = _INT_DTYPES + (torch.bool,), f"[{n}]"
+            else:
+                kinds, want = _FLOAT_DTYPES, f"[{n}]"
+            if t.dtype not in kinds:
+                raise TypeError(f"AugmentParams.{name} must have one of the dtypes {kinds}, got {t.dtype}")
+            if t.dim() >= 1 and t.shape[0] != n:
+                raise ValueError(f"AugmentParams.{name} has {t.shape[0]} rows for {n} images")
+            shape = (n, 4) if name in _INT_FIELDS else (n,)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"AugmentParams.{name} must have shape {want}, got {tuple(t.shape)}")
             if t.device != sizes.device:
                 raise ValueError(
-                    f"AugmentParams.{f.name} is on {t.device} but the images are on {sizes.device}"
+                    f"AugmentParams.{name} is on {t.device} but the images are on {sizes.device}"
                 )
-        if tuple(self.boxes.shape) != (n, 4) or tuple(self.order.shape) != (n, 4):
-            raise ValueError(
-                f"AugmentParams.boxes and .order must be [N, 4], got {tuple(self.boxes.shape)}, "
-                f"{tuple(self.order.shape)}"
-            )
         top, left, h, w = self.boxes.long().unbind(1)
-        inside = (top >= 0) & (left >= 0) & (h >= 1) & (w >= 1)
-        inside &= (top + h <= sizes[:, 0]) & (left + w <= sizes[:, 1])
+        height, width = sizes[:, 0], sizes[:, 1]
+        # No sums: top + h could wrap around int64 and pass.
+        inside = (h >= 1) & (w >= 1) & (h <= height) & (w <= width) & (top >= 0) & (left >= 0)
+        inside &= (top <= height - h.clamp_max(height)) & (left <= width - w.clamp_max(width))
         perm = torch.sort(self.order.long(), dim=1).values == torch.arange(4, device=sizes.device)
-        hue_ok = self.hue.abs() <= 0.5
-        ok = torch.stack([inside.all(), perm.all(), hue_ok.all()]).cpu()
+        # In float32, as the op sees them (a float64 1e39 is inf there).
+        bcs = torch.stack([self.brightness, self.contrast, self.saturation], 1).float()
+        bcs_ok = torch.isfinite(bcs) & (bcs >= 0)
+        hue_ok = self.hue.float().abs() <= 0.5  # NaN fails
+        ok = torch.stack([inside.all(), perm.all(1).all(), bcs_ok.all(), hue_ok.all()]).cpu()
         if not bool(ok[0]):
             bad = int((~inside).nonzero()[0, 0])
             raise ValueError(
-                f"crop box {self.boxes[bad].tolist()} (top, left, height, width) of image {bad} lies "
-                f"outside the image of size {sizes[bad].tolist()} (or is empty)"
+                f"AugmentParams.boxes: crop box {self.boxes[bad].tolist()} (top, left, height, width) of "
+                f"image {bad} lies outside the image of size {sizes[bad].tolist()} (or is empty)"
             )
         if not bool(ok[1]):
-            raise ValueError("AugmentParams.order rows must be permutations of (0, 1, 2, 3)")
+            bad = int((~perm.all(1)).nonzero()[0, 0])
+            raise ValueError(
+                f"AugmentParams.order rows must be permutations of (0, 1, 2, 3), row {bad} is "
+                f"{self.order[bad].tolist()}"
+            )
         if not bool(ok[2]):
-            raise ValueError("AugmentParams.hue must lie in [-0.5, 0.5] (turns)")
+            bad = int((~bcs_ok.all(1)).nonzero()[0, 0])
+            raise ValueError(
+                "AugmentParams.brightness, .contrast and .saturation must be finite and >= 0, image "
+                f"{bad} has {bcs[bad].tolist()}"
+            )
+        if not bool(ok[3]):
+            bad = int((~hue_ok).nonzero()[0, 0])
+            raise ValueError(
+                f"AugmentParams.hue must lie in [-0.5, 0.5] (turns), image {bad} has {self.hue[bad].item()}"
+            )
+
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_INT_FIELDS = ("boxes", "order")
+_FLAG_FIELDS = ("flip", "jitter", "grayscale")
+
+
+def check_int(name: str, v) -> int:
+    """An integer argument (Python int, numpy / 0-d torch integer); bool, str and float are refused."""
+    if isinstance(v, (bool, str, bytes)) or (isinstance(v, torch.Tensor) and v.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(v).__name__} {v!r}") from None
+
+
+def check_real(name: str, v, lo: float = -math.inf, hi: float = math.inf) -> float:
+    """A finite real argument in [lo, hi]; bool, str and NaN / inf are refused."""
+    if isinstance(v, (bool, str, bytes)) or not isinstance(v, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {v!r}")
+    if isinstance(v, torch.Tensor) and (v.numel() != 1 or v.dtype == torch.bool or v.is_complex()):
+        raise TypeError(f"{name} must be a real number, got a {v.dtype} tensor of shape {tuple(v.shape)}")
+    x = float(v)
+    if not math.isfinite(x) or not lo <= x <= hi:
+        raise ValueError(f"{name} must be finite and in [{lo}, {hi}], got {x}")
+    return x
+
+
+def check_reals(name: str, v, count: int) -> list[float]:
+    """A sequence (or 1-d tensor) of `count` finite reals."""
+    if isinstance(v, (str, bytes)) or not isinstance(v, (Sequence, torch.Tensor)):
+        raise TypeError(f"{name} must be a sequence of {count} numbers, got {type(v).__name__} {v!r}")
+    v = v.reshape(-1).tolist() if isinstance(v, torch.Tensor) else list(v)
+    if len(v) != count:
+        raise ValueError(f"{name} must have {count} values, got {len(v)}: {v!r}")
+    return [check_real(f"{name}[{i}]", x) for i, x in enumerate(v)]
 
 
 def image_sizes(images_or_sizes, device=None) -> torch.Tensor:
@@ -120,24 +186,51 @@ def image_sizes(images_or_sizes, device=None) -> torch.Tensor:
         dev = x.device if device is None else torch.device(device)
         return torch.tensor([h, w], dtype=torch.int64).to(dev, non_blocking=True).repeat(x.shape[0], 1)
     if isinstance(x, torch.Tensor):
-        if x.dim() != 2 or x.shape[1] != 2 or x.is_floating_point():
+        if x.dim() != 2 or x.shape[1] != 2 or x.dtype not in _INT_DTYPES:
             raise ValueError(f"sizes must be an integer [N, 2] tensor, got {x.dtype} {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError("no images: the sizes tensor is empty")
+        # Checked where that needs no host sync (a CPU tensor); sizes on a GPU are trusted.
+        if x.device.type == "cpu" and not bool((x >= 1).all()):
+            raise ValueError(f"sizes must all be >= 1, got {x[(x < 1).any(1)][0].tolist()}")
         return x.to(torch.int64 if device is None else torch.device(device)).to(torch.int64)
+    if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
+        raise TypeError(
+            f"expected images or sizes (a uint8 batch, a list of images, an [N, 2] tensor or a list of "
+            f"(h, w)), got {type(x).__name__}"
+        )
     x = list(x)
     if not x:
         raise ValueError("no images: the list is empty")
     if isinstance(x[0], torch.Tensor):
         dev = x[0].device if device is None else torch.device(device)
+        for i, t in enumerate(x):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                raise ValueError(f"images[{i}] must be an [H, W, 3] tensor, got {type(t).__name__}")
         sizes = [tuple(t.shape[:2]) for t in x]
     else:
         dev = torch.device("cpu") if device is None else torch.device(device)
-        sizes = [tuple(int(v) for v in s) for s in x]
+        sizes = []
+        for i, s in enumerate(x):
+            if isinstance(s, (str, bytes)) or not isinstance(s, Sequence) or len(s) != 2:
+                raise ValueError(f"sizes[{i}] must be an (h, w) pair, got {s!r}")
+            sizes.append(tuple(check_int(f"sizes[{i}]", v) for v in s))
+    bad = [s for s in sizes if min(s) < 1]
+    if bad:
+        raise ValueError(f"image sizes must be >= 1, got {bad[0]}")
     return torch.tensor(sizes, dtype=torch.int64).to(dev, non_blocking=True)
 
 
-def _check_range(name: str, lo: float, hi: float, low_bound: float = 0.0) -> None:
+def check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def _check_range(name: str, v, low_bound: float = 0.0) -> tuple[float, float]:
+    lo, hi = check_reals(name, v, 2)
     if not (low_bound <= lo <= hi):
         raise ValueError(f"{name} must satisfy {low_bound} <= min <= max, got ({lo}, {hi})")
+    return lo, hi
 
 
 def sample_augment_params(
@@ -160,13 +253,16 @@ def sample_augment_params(
     clamped to the ratio range. Jitter factors follow ``ColorJitter``: brightness, contrast, saturation
     ~ U(max(0, 1 - x), 1 + x), hue ~ U(-h, h), op order a uniform permutation.
     """
-    _check_range("scale", *scale)
-    _check_range("ratio", *ratio, low_bound=1e-12)
-    for name, p in (("hflip_p", hflip_p), ("jitter_p", jitter_p), ("grayscale_p", grayscale_p)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {p}")
-    if len(jitter) != 4 or min(jitter) < 0 or jitter[3] > 0.5:
+    scale = _check_range("scale", scale)
+    ratio = _check_range("ratio", ratio, low_bound=1e-12)
+    hflip_p = check_real("hflip_p", hflip_p, 0.0, 1.0)
+    jitter_p = check_real("jitter_p", jitter_p, 0.0, 1.0)
+    grayscale_p = check_real("grayscale_p", grayscale_p, 0.0, 1.0)
+    jitter = check_reals("jitter", jitter, 4)
+    # (The factors are drawn in float32: 1 + x must stay finite there.)
+    if min(jitter) < 0 or jitter[3] > 0.5 or max(jitter) > 1e38:
         raise ValueError(f"jitter must be 4 non-negative values with hue <= 0.5, got {jitter}")
+    check_generator(generator)
     sizes = image_sizes(images_or_sizes, device)
     dev = sizes.device
     if generator is not None and generator.device.type != dev.type:
