@@ -27,12 +27,14 @@ from vlkernels.train.report import plot_runs, read_jsonl, save_json
 IMPLS = ("naive", "vlkernels")
 
 
-def _worker(cfg_json: str) -> None:
+def _worker(cfg_json: str) -> int:
+    """One training run; the exit code is non-zero when it did not end as asked (non-finite loss limit,
+    nothing trained; an exception exits with its traceback)."""
     from vlkernels.train.loop import train
 
     d = json.loads(cfg_json)
     d["model"] = ClipConfig(**d["model"])
-    train(TrainConfig(**d))
+    return 1 if train(TrainConfig(**d)).get("stopped") else 0
 
 
 def _env() -> dict:
@@ -153,13 +155,14 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(args, out: str) -> int:
-    from vlkernels.train.__main__ import config_from_args
+def compare(base: TrainConfig, memory_budget: int, memory_max_batch: int) -> int:
+    """Train ``base`` with each loss (in ``base.out``/naive and /vlkernels), search the largest batch each
+    loss fits in ``memory_budget`` bytes (B doubling up to ``memory_max_batch``), print the table."""
     from vlkernels.train.data import COLOURS, SHAPES
 
     t_start = time.perf_counter()
+    out = base.out
     os.makedirs(out, exist_ok=True)
-    base = config_from_args(args, out)
     summaries, records = {}, {}
     for loss in IMPLS:
         cfg = dataclasses.replace(base, loss=loss, out=os.path.join(out, loss))
@@ -185,11 +188,11 @@ def compare(args, out: str) -> int:
     )
 
     device = base.device
-    print(f"== memory-budget search: loss step at B = 2048, 4096, ... <= {args.memory_max_batch}, "
-          f"D = {base.model.embed_dim}, budget {_fmt_bytes(args.memory_budget)} ({device})",
+    print(f"== memory-budget search: loss step at B = 2048, 4096, ... <= {memory_max_batch}, "
+          f"D = {base.model.embed_dim}, budget {_fmt_bytes(memory_budget)} ({device})",
           file=sys.stderr, flush=True)  # fmt: skip
     memory = {
-        loss: max_batch(loss, args.memory_budget, base.model.embed_dim, device, limit=args.memory_max_batch)
+        loss: max_batch(loss, memory_budget, base.model.embed_dim, device, limit=memory_max_batch)
         for loss in IMPLS
     }
     result = {
@@ -197,7 +200,7 @@ def compare(args, out: str) -> int:
         "steps_compared": len(common),
         "max_loss_diff": max_loss_diff,
         "max_param_diff": param_diff,
-        "memory_budget": args.memory_budget,
+        "memory_budget": memory_budget,
         "memory": memory,
         "chance": 1.0 / (len(COLOURS) * len(SHAPES)),
         "wall_s": time.perf_counter() - t_start,
@@ -225,6 +228,6 @@ def compare(args, out: str) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1] == "--worker":
-        _worker(sys.argv[2])
+        sys.exit(_worker(sys.argv[2]))
     elif sys.argv[1] == "--probe":
         print(json.dumps(_probe(json.loads(sys.argv[2]))))

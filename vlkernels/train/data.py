@@ -14,11 +14,14 @@ unreadable or corrupt image is skipped and counted, never an error.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 
 import numpy as np
 import torch
+
+from vlkernels.train.config import UsageError
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -114,6 +117,53 @@ def synthetic_vocab() -> list[str]:
     return sorted(set(words(text.replace("{c}", " ").replace("{s}", " ").replace("{ss}", " "))))
 
 
+def read_rows(
+    path: str, img_key: str, caption_key: str, separator: str, option: str
+) -> list[tuple[str, str]]:
+    """(image path, caption) of each row of a CSV/TSV; a ``UsageError`` naming the option, the file and the
+    line for a file that is missing, not UTF-8 (a UTF-8 byte-order mark is fine), malformed, without the
+    two columns, without rows, or with a row that lacks one of the two fields."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot read it ({e.strerror or e})") from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise UsageError(f"{option} {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+                         "save the file as UTF-8") from e  # fmt: skip
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    rows = []
+    try:
+        header = next(reader, None)
+        if not header:
+            raise UsageError(f"{option} {path}: empty file (expected a header line with column names)")
+        header = [h.strip() for h in header]
+        missing = [f"{o} {k!r}" for o, k in (("--csv-img-key", img_key), ("--csv-caption-key", caption_key))
+                   if k not in header]  # fmt: skip
+        if missing:
+            raise UsageError(
+                f"{option} {path}: columns {header} do not include {' and '.join(missing)} "
+                f"(separator {separator!r}; set --csv-separator)"
+            )
+        i_img, i_cap = header.index(img_key), header.index(caption_key)
+        for fields in reader:
+            if not fields or not any(x.strip() for x in fields):
+                continue  # blank line
+            if len(fields) <= max(i_img, i_cap):
+                lacks = caption_key if len(fields) > i_img else img_key
+                raise UsageError(f"{option} {path}, line {reader.line_num}: no {lacks!r} field (the row has "
+                                 f"{len(fields)} field(s), the header {len(header)})")  # fmt: skip
+            rows.append((fields[i_img], fields[i_cap]))
+    except csv.Error as e:
+        raise UsageError(f"{option} {path}, line {reader.line_num}: malformed CSV: {e}") from e
+    if not rows:
+        raise UsageError(f"{option} {path}: no rows after the header")
+    return rows
+
+
 class ImageTextSet:
     """Images already in memory (uint8 [N, H, W, 3]) and captions: the synthetic set."""
 
@@ -136,21 +186,25 @@ class CsvImageTextSet:
     counted in ``skipped`` (and reported in the batch's skip count).
     """
 
-    def __init__(self, path: str, img_key: str, caption_key: str, image_size: int, separator=None):
+    def __init__(
+        self,
+        path: str,
+        img_key: str,
+        caption_key: str,
+        image_size: int,
+        separator=None,
+        option="--train-data",
+    ):
         if separator is None:
             separator = "\t" if path.endswith((".tsv", ".tab")) else ","
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f, delimiter=separator))
-        if rows and (img_key not in rows[0] or caption_key not in rows[0]):
-            raise ValueError(
-                f"{path}: columns {list(rows[0])} do not include --csv-img-key {img_key!r} and "
-                f"--csv-caption-key {caption_key!r} (separator {separator!r}; set --csv-separator)"
-            )
-        if not rows:
-            raise ValueError(f"{path}: no rows")
+        rows = read_rows(path, img_key, caption_key, separator, option)
+        try:
+            import PIL  # noqa: F401
+        except ImportError as e:
+            raise UsageError(f'{option} {path}: CSV data needs Pillow: pip install "vlkernels[train]"') from e
         root = os.path.dirname(os.path.abspath(path))
-        self.paths = [self._resolve(r[img_key], root) for r in rows]
-        self.captions = [r[caption_key] for r in rows]
+        self.paths = [self._resolve(r[0], root) for r in rows]
+        self.captions = [r[1] for r in rows]
         self.image_size = image_size
         self.skipped = 0
 

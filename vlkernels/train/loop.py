@@ -13,54 +13,16 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from vlkernels.train import data as data_mod
+from vlkernels.train.config import TrainConfig, UsageError, check_config
 from vlkernels.train.gradcache import forward_backward
-from vlkernels.train.model import ClipConfig, TinyClip, param_groups
+from vlkernels.train.model import TinyClip, param_groups
 from vlkernels.train.report import MetricsLog, PeakMemory, Progress, atomic_write, plot_runs, save_json
 from vlkernels.train.tokenizer import HFTokenizer, WordTokenizer, from_state
-
-
-@dataclass
-class TrainConfig:
-    # data
-    train_data: str | None = None  # None: the built-in synthetic set
-    val_data: str | None = None
-    csv_img_key: str = "filepath"
-    csv_caption_key: str = "title"
-    csv_separator: str | None = None
-    synthetic_train_size: int = 8192
-    synthetic_val_size: int = 1024
-    tokenizer: str | None = None
-    # model
-    model: ClipConfig = field(default_factory=ClipConfig)
-    # loss and recipe
-    loss: str = "vlkernels"  # naive | vlkernels
-    psd: bool = False
-    alpha_max: float = 0.2
-    recipe: str = "baseline"  # baseline | improved
-    grad_cache_chunks: int = 1
-    # optimisation
-    steps: int = 200
-    batch_size: int = 128
-    lr: float = 2e-3
-    warmup: int = 20
-    weight_decay: float = 0.1
-    seed: int = 0
-    device: str = "cpu"
-    # bookkeeping
-    out: str = "runs/train"
-    eval_every: int = 50
-    save_every: int = 100
-    resume: str | None = None
-    stop_at_step: int | None = None
-    max_nonfinite: int = 10
-    progress: bool = True
-    plot: bool = True
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -148,33 +110,55 @@ def _dist_setup(cfg: TrainConfig) -> tuple[int, int, torch.device, bool]:
     return dist.get_world_size(), dist.get_rank(), device, created
 
 
-def _build_data(cfg: TrainConfig):
-    """(train set, tokenizer, eval callable(model) -> (metric name, value) or None)."""
+def _world_from_env() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise UsageError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+
+
+def _build_tokenizer(cfg: TrainConfig, captions: list[str] | None):
+    """--tokenizer's file, or the built-in word-level tokenizer (the synthetic vocabulary, or the words of
+    the training captions)."""
     ctx = cfg.model.context_length
+    if cfg.tokenizer:
+        try:
+            return HFTokenizer(cfg.tokenizer, ctx)
+        except RuntimeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the tokenizers package raises plain Exceptions
+            raise UsageError(f"--tokenizer {cfg.tokenizer}: cannot load it ({e})") from e
+    if captions is None:
+        return WordTokenizer(data_mod.synthetic_vocab(), ctx)
+    return WordTokenizer.build(captions, ctx)
+
+
+def _build_data(cfg: TrainConfig):
+    """(train set, tokenizer, eval callable(model, tokenizer, device) -> (metric name, value) or None).
+
+    The evaluation takes the tokenizer as an argument: on resume the run uses the checkpoint's tokenizer,
+    which the evaluation must use too."""
     if cfg.train_data is None:
         images, captions, _ = data_mod.synthetic(cfg.synthetic_train_size, cfg.seed, cfg.model.image_size)
         val_images, _, val_labels = data_mod.synthetic(
             cfg.synthetic_val_size, cfg.seed + 7919, cfg.model.image_size
         )
-        if cfg.tokenizer:
-            tokenizer = HFTokenizer(cfg.tokenizer, ctx)
-        else:
-            tokenizer = WordTokenizer(data_mod.synthetic_vocab(), ctx)
 
-        def evaluate(model, device):
+        def evaluate(model, tokenizer, device):
             return "zeroshot_top1", zero_shot(model, tokenizer, val_images, val_labels, device)
 
-        return data_mod.ImageTextSet(images, captions), tokenizer, evaluate
+        return data_mod.ImageTextSet(images, captions), _build_tokenizer(cfg, None), evaluate
     train = data_mod.CsvImageTextSet(
         cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.model.image_size, cfg.csv_separator
     )
-    tokenizer = HFTokenizer(cfg.tokenizer, ctx) if cfg.tokenizer else WordTokenizer.build(train.captions, ctx)
+    tokenizer = _build_tokenizer(cfg, train.captions)
     if cfg.val_data is None:
         return train, tokenizer, None
     val = data_mod.CsvImageTextSet(
-        cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.model.image_size, cfg.csv_separator
-    )
-    return train, tokenizer, lambda m, dev: ("retrieval_top1", retrieval(m, tokenizer, val, dev))
+        cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.model.image_size, cfg.csv_separator,
+        option="--val-data",
+    )  # fmt: skip
+    return train, tokenizer, lambda m, tok, dev: ("retrieval_top1", retrieval(m, tok, val, dev))
 
 
 def config_dict(cfg: TrainConfig) -> dict:
@@ -190,6 +174,7 @@ _BOOKKEEPING = {
     "max_nonfinite",
     "progress",
     "plot",
+    "overwrite",
 }
 
 
@@ -198,12 +183,81 @@ def _trajectory_changes(saved: dict, now: dict) -> list[str]:
     return [k for k in now if k not in _BOOKKEEPING and k in saved and saved[k] != now[k]]
 
 
+_CKPT_KEYS = ("model", "optimizer", "step", "nonfinite", "skipped_images", "tokenizer", "model_config")
+
+
+def _resume_path(cfg: TrainConfig) -> str:
+    if cfg.resume in ("latest", "auto"):
+        path = os.path.join(cfg.out, "checkpoint.pt")
+        if not os.path.exists(path):
+            raise UsageError(
+                f"--resume {cfg.resume}: no checkpoint at {path} yet (a run saves one every --save-every "
+                "steps, at --stop-at-step and at its end); start the run without --resume"
+            )
+        return path
+    path = cfg.resume
+    if os.path.isdir(path):  # a run directory
+        path = os.path.join(path, "checkpoint.pt")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume {cfg.resume}: no checkpoint file at {path}")
+    return path
+
+
+def _load_checkpoint(cfg: TrainConfig, path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, unpickling refused, ...
+        raise UsageError(f"--resume: cannot read the checkpoint {path} ({type(e).__name__}: {e})") from e
+    missing = [k for k in _CKPT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise UsageError(f"--resume: {path} is not a checkpoint of this trainer (no {', '.join(missing)})")
+    return state
+
+
+def _check_resume(cfg: TrainConfig, state: dict, path: str, tokenizer) -> None:
+    """The settings a checkpoint cannot be resumed under: a different data source, tokenizer or model
+    shape (the weights or the vocabulary would not fit), or a step at or past --steps / --stop-at-step."""
+    saved = state.get("config", {}) if isinstance(state.get("config"), dict) else {}
+    if "train_data" in saved and (saved["train_data"] is None) != (cfg.train_data is None):
+        was = "the synthetic set" if saved["train_data"] is None else f"--train-data {saved['train_data']}"
+        now = "the synthetic set" if cfg.train_data is None else f"--train-data {cfg.train_data}"
+        raise UsageError(f"--resume: {path} was trained on {was}, this run uses {now}; pass the same data "
+                         "(or start a new run under another --name)")  # fmt: skip
+    kind = state["tokenizer"].get("kind") if isinstance(state["tokenizer"], dict) else None
+    if kind != ("hf" if cfg.tokenizer else "word"):
+        raise UsageError(f"--resume: {path} used the {'--tokenizer file' if kind == 'hf' else 'built-in'} "
+                         "tokenizer, this run the other one; pass the same --tokenizer")  # fmt: skip
+    saved_model = state["model_config"]
+    shape = [
+        k
+        for k in dataclasses.asdict(cfg.model)
+        if k != "vocab_size" and saved_model.get(k) != getattr(cfg.model, k)
+    ]
+    if shape:
+        opts = ", ".join(
+            f"--{k.replace('_', '-')} {saved_model.get(k)} (now {getattr(cfg.model, k)})" for k in shape
+        )
+        raise UsageError(f"--resume: {path} has another model shape: {opts}; pass the checkpoint's values")
+    if saved_model.get("vocab_size") != tokenizer.vocab_size:
+        raise UsageError(f"--resume: {path} has a vocabulary of {saved_model.get('vocab_size')} tokens, the "
+                         f"tokenizer {tokenizer.vocab_size}; pass the run's --tokenizer")  # fmt: skip
+    step = state["step"]
+    if step >= cfg.steps:
+        raise UsageError(f"--resume: {path} is at step {step}, the run has --steps {cfg.steps}: nothing left "
+                         "to train (a larger --steps continues it, on a changed schedule)")  # fmt: skip
+    if cfg.stop_at_step is not None and cfg.stop_at_step <= step:
+        raise UsageError(f"--resume: {path} is at step {step}, at or past --stop-at-step {cfg.stop_at_step}: "
+                         "nothing to train")  # fmt: skip
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) one training; returns the summary (also written to ``<out>/summary.json``)."""
-    if cfg.loss not in ("naive", "vlkernels"):
-        raise ValueError(f"loss must be 'naive' or 'vlkernels', got {cfg.loss!r}")
-    if cfg.recipe not in ("baseline", "improved"):
-        raise ValueError(f"recipe must be 'baseline' or 'improved', got {cfg.recipe!r}")
+    """Run (or resume) one training; returns the summary (also written to ``<out>/summary.json``).
+
+    The summary's ``status`` is ``completed``, ``paused`` (``stop_at_step``), ``stopped`` (the non-finite
+    loss limit, or no step could be trained) or ``failed`` (an exception, which is re-raised after the
+    summary is written); ``stopped`` holds the reason whenever the run did not end as asked.
+    ``UsageError``: a bad setting or input file, found before anything is written."""
+    check_config(cfg, _world_from_env())
     world, rank, device, created = _dist_setup(cfg)
     if not created:
         return _train(cfg, world, rank, device)
@@ -220,21 +274,29 @@ def train(cfg: TrainConfig) -> dict:
 
 def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dict:
     lead = rank == 0
+    # Everything that can be wrong with the options, the files or the checkpoint is found here, before
+    # the first write (metrics.jsonl, config.json, checkpoint.pt).
     train_set, tokenizer, evaluate = _build_data(cfg)
+    if len(train_set) < cfg.batch_size * world:
+        what = "--train-data " + cfg.train_data if cfg.train_data else "--synthetic-train-size"
+        raise UsageError(f"{what}: {len(train_set)} samples, fewer than one global batch (--batch-size "
+                         f"{cfg.batch_size} x {world} process(es))")  # fmt: skip
 
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
-    state = None
+    state, path = None, None
     if cfg.resume:
-        path = ckpt_path if cfg.resume in ("latest", "auto") else cfg.resume
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path = _resume_path(cfg)
+        state = _load_checkpoint(cfg, path)
+        if isinstance(tokenizer, WordTokenizer) and state["tokenizer"].get("kind") == "word":
+            tokenizer = from_state(state["tokenizer"])
+        _check_resume(cfg, state, path, tokenizer)
         changed = _trajectory_changes(state.get("config", {}), config_dict(cfg))
         if changed and rank == 0:
             print(f"warning: resuming with changed settings ({', '.join(changed)}): the run will not follow "
                   "the trajectory of an uninterrupted one", file=sys.stderr)  # fmt: skip
-        if isinstance(tokenizer, WordTokenizer) and state.get("tokenizer", {}).get("kind") == "word":
-            tokenizer = from_state(state["tokenizer"])
+    elif os.path.exists(ckpt_path) and not cfg.overwrite:
+        raise UsageError(f"{cfg.out} already holds a run (checkpoint.pt): continue it with --resume latest, "
+                         "start afresh in it with --overwrite, or pick another --name")  # fmt: skip
 
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     torch.manual_seed(cfg.seed)
@@ -243,23 +305,32 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
         for p in model.parameters():
             dist.broadcast(p.data, src=0)
     opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
-    start, nonfinite, skipped = 0, 0, 0
+    start, nonfinite, skipped, skipped_steps = 0, 0, 0, 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"--resume: {path} does not fit this model: {e}") from e
         start, nonfinite, skipped = state["step"], state["nonfinite"], state["skipped_images"]
+        skipped_steps = state.get("skipped_steps", 0)
 
     metrics = None
     if lead:
-        metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), start if state is not None else None)
+        try:
+            metrics = MetricsLog(os.path.join(cfg.out, "metrics.jsonl"), start if state is not None else None)
+        except ValueError as e:  # a damaged line before the last one (a torn last line is only dropped)
+            raise UsageError(f"--resume: {e}; repair or delete that line") from e
     if lead and state is None:
         save_json(config_dict(cfg), os.path.join(cfg.out, "config.json"))
     name = os.path.basename(os.path.normpath(cfg.out))
     progress = Progress(cfg.steps, name, start=start, enabled=cfg.progress and lead)
     if state is not None:
         progress.message(f"[{name}] resumed from {path} at step {start}")
+    saved_step = start if state is not None else None
 
     def save(step: int) -> None:
+        nonlocal saved_step
         if not lead:
             return
         ckpt = {
@@ -268,16 +339,19 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
             "step": step,
             "nonfinite": nonfinite,
             "skipped_images": skipped,
+            "skipped_steps": skipped_steps,
             "tokenizer": tokenizer.state(),
             "model_config": model_cfg.to_dict(),
             "config": config_dict(cfg),
+            "world_size": world,
         }
         atomic_write(ckpt_path, lambda tmp: torch.save(ckpt, tmp))
+        saved_step = step
 
     def run_eval(step: int) -> dict | None:
         if evaluate is None or not lead:
             return None
-        key, value = evaluate(model, device)
+        key, value = evaluate(model, tokenizer, device)
         rec = {"type": "eval", "step": step, key: value}
         metrics.write(rec)
         progress.message(f"[{name}] step {step}: {key} {value:.3f}")
@@ -286,9 +360,10 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
     model.train()
     mem = PeakMemory(device)
     mem.start()
-    step_ms, last_eval, stopped = [], None, None
+    step_ms, last_eval, stopped, error = [], None, None, None
     end = cfg.steps if cfg.stop_at_step is None else min(cfg.steps, cfg.stop_at_step)
     done = start  # steps completed (the checkpoint's step)
+    updating = False  # inside the parameter update: the model is then neither step `done`'s nor the next's
     try:
         for step in range(start, end):
             t_iter = time.perf_counter()
@@ -306,6 +381,7 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
                 images_u8, captions = images_u8[:n], captions[:n]
             if n < 2:
                 progress.message(f"[{name}] step {step + 1}: fewer than 2 readable samples, step skipped")
+                skipped_steps += 1
                 done = step + 1  # a skipped step is consumed (its batch is not redrawn on resume)
                 continue
             step_seed = (cfg.seed * 1_000_003 + step) * 4099 + rank
@@ -343,9 +419,10 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
                     if p.grad is not None:
                         dist.all_reduce(p.grad)
                         p.grad.div_(world)
+            updating = True
             opt.step()
             model.clamp_logit_scale()
-            done = step + 1
+            done, updating = step + 1, False
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             now = time.perf_counter()
@@ -364,46 +441,96 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
             if cfg.save_every and (step + 1) % cfg.save_every == 0:
                 save(step + 1)
     except KeyboardInterrupt:
-        save(done)
-        progress.message(f"[{name}] interrupted: checkpoint at step {done}; continue with --resume latest")
+        if not updating:
+            save(done)
+        progress.message(
+            f"[{name}] interrupted: checkpoint at step {saved_step}; continue with --resume latest"
+        )
+        _finish(cfg, lead, metrics, name, _summary(cfg, name, done, start, step_ms, mem, nonfinite, skipped,
+                skipped_steps, saved_step, "interrupted", "interrupted (KeyboardInterrupt)", world, device),
+                None)  # fmt: skip
+        raise
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        stopped = f"failed at step {done + 1}: {error}"
+        try:
+            if not updating:  # the model and optimiser are step `done`'s: keep that progress
+                save(done)
+        except Exception as save_error:  # noqa: BLE001 - the original error is the one to report
+            progress.message(f"[{name}] could not save a checkpoint after the failure: {save_error}")
+        summary = _summary(cfg, name, done, start, step_ms, mem, nonfinite, skipped, skipped_steps,
+                           saved_step, "failed", stopped, world, device)  # fmt: skip
+        summary["error"] = error
+        try:
+            _finish(cfg, lead, metrics, name, summary, None)
+        except Exception as finish_error:  # noqa: BLE001
+            progress.message(f"[{name}] could not write the summary after the failure: {finish_error}")
         raise
     final_step = done
-    peak = mem.peak()
+    trained = len(step_ms)
+    if stopped is None and end > start and trained == 0:
+        why = "no step ran"
+        if skipped_steps:
+            why = (f"every batch had fewer than 2 readable samples ({skipped} unreadable images); check "
+                   f"--train-data {cfg.train_data}'s image paths")  # fmt: skip
+        stopped = f"no step was trained: {why}"
     save(final_step)
     if final_step == cfg.steps and stopped is None:
         last_eval = run_eval(final_step) or last_eval
+    if stopped is not None:
+        status = "stopped"
+    else:
+        status = "completed" if final_step >= cfg.steps else "paused"
+    summary = _summary(cfg, name, final_step, start, step_ms, mem, nonfinite, skipped, skipped_steps,
+                       saved_step, status, stopped, world, device)  # fmt: skip
+    _finish(cfg, lead, metrics, name, summary, last_eval)
+    if stopped is not None and lead:
+        print(f"[{name}] {stopped}", file=sys.stderr)
+    return summary
 
-    summary = {
+
+def _summary(cfg, name, done, start, step_ms, mem, nonfinite, skipped, skipped_steps, saved_step, status,
+             stopped, world, device) -> dict:  # fmt: skip
+    return {
         "name": name,
         "loss_impl": cfg.loss,
-        "steps_done": final_step,
+        "status": status,
+        "stopped": stopped,
+        "steps_done": done,
         "steps": cfg.steps,
+        "steps_trained": len(step_ms),  # optimiser steps of this invocation
+        "skipped_steps": skipped_steps,  # steps without 2 readable samples, over the whole run
+        "checkpoint_step": saved_step,
         "final_loss": None,
         "median_step_ms": statistics.median(step_ms) if step_ms else None,
-        "peak_memory_bytes": peak,
+        "peak_memory_bytes": mem.peak(),
         "nonfinite": nonfinite,
         "skipped_images": skipped,
-        "stopped": stopped,
         "world_size": world,
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    if lead:
-        from vlkernels.train.report import read_jsonl
 
-        records = read_jsonl(metrics.path)
-        train_recs = [r for r in records if r["type"] == "train"]
-        if train_recs:
-            summary["final_loss"] = train_recs[-1]["loss"]
-        if last_eval is not None:
-            summary.update({k: v for k, v in last_eval.items() if k not in ("type", "step")})
-        save_json(summary, os.path.join(cfg.out, "summary.json"))
-        if cfg.plot:
-            plot_runs({name: records}, os.path.join(cfg.out, "curves.png"), f"{name}: {cfg.loss} loss")
-    if stopped is not None and lead:
-        print(f"[{name}] {stopped}", file=sys.stderr)
-    return summary
+
+def _finish(cfg: TrainConfig, lead: bool, metrics, name: str, summary: dict, last_eval: dict | None) -> None:
+    """The lead process: the final loss and evaluation into the summary, an "end" record (status, reason)
+    into metrics.jsonl, summary.json, the plot."""
+    if not lead or metrics is None:
+        return
+    from vlkernels.train.report import read_jsonl
+
+    metrics.write({"type": "end", "step": summary["steps_done"], "status": summary["status"],
+                   "reason": summary["stopped"]})  # fmt: skip
+    records = read_jsonl(metrics.path)
+    train_recs = [r for r in records if r.get("type") == "train"]
+    if train_recs:
+        summary["final_loss"] = train_recs[-1]["loss"]
+    if last_eval is not None:
+        summary.update({k: v for k, v in last_eval.items() if k not in ("type", "step")})
+    save_json(summary, os.path.join(cfg.out, "summary.json"))
+    if cfg.plot:
+        plot_runs({name: records}, os.path.join(cfg.out, "curves.png"), f"{name}: {cfg.loss} loss")
 
 
 def make_alpha(cfg: TrainConfig, step: int) -> float | None:

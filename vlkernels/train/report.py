@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -32,14 +33,40 @@ def save_json(obj, path: str) -> None:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSONL file ([] when it does not exist).
+
+    A process killed while appending (SIGKILL, power loss) leaves a torn last line: that line is dropped
+    with a warning. A bad line followed by others is damage of another kind: ``ValueError`` naming the file
+    and the line."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip(b" \t\r\0")]
+    records = []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            if not isinstance(rec, dict):
+                raise ValueError(f"a JSON {type(rec).__name__}, not an object")
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if k == len(numbered) - 1:
+                warnings.warn(f"{path}, line {lineno}: dropping a torn last record (an interrupted write): "
+                              f"{line[:60]!r}", RuntimeWarning, stacklevel=2)  # fmt: skip
+                break
+            raise ValueError(f"{path}, line {lineno}: not a JSON record ({e}): {line[:60]!r}") from e
+        records.append(rec)
+    return records
+
+
+def _step(record: dict) -> float:
+    step = record.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else float("inf")
 
 
 class MetricsLog:
-    """Append-only JSONL; on resume, records after the checkpoint's step are dropped (they will be redone)."""
+    """Append-only JSONL; on resume, records after the checkpoint's step are dropped (they will be redone),
+    and so are the "end" records of earlier invocations (the file then reads as one uninterrupted run)."""
 
     def __init__(self, path: str, resume_step: int | None = None):
         self.path = path
@@ -47,7 +74,8 @@ class MetricsLog:
         if resume_step is None:
             open(path, "w").close()
         else:
-            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= resume_step]
+            kept = [r for r in read_jsonl(path)
+                    if r.get("type") != "end" and _step(r) <= resume_step]  # fmt: skip
 
             def write(tmp):
                 with open(tmp, "w") as f:
