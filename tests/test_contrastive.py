@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tests._ref import TOL, assert_close_all, features, largest_tensors, run_loss
 from vlkernels import ClipLoss, contrastive_loss
-from vlkernels.functional import resolve_impl
+from vlkernels._dispatch import resolve_impl
 from vlkernels.reference import contrastive_loss_naive
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from tests._ref import TOL as REF_TOL
 from tests._ref import MaxNumel
 from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
-from vlkernels import distributed as vdist
+from vlkernels.functional import distill_clip_loss
 from vlkernels.reference import contrastive_loss_naive, soft_target_loss_naive
 
 pytestmark = pytest.mark.distributed
@@ -390,11 +390,10 @@ def _check_no_block_row_tensor(rank, world):
     batch = world * b
     img, txt = _inputs(b, dim, seed=rank)
     t_img, t_txt = _inputs(b, 2, seed=rank + 5)
-    ones = torch.ones(b)
     runs = {
         "gather": lambda i, t, s: contrastive_loss(i, t, s, impl="torch", gather=True),
-        "soft": lambda i, t, s: sum(
-            vdist.soft_target_loss(i, t, s, ones, ones, None, eps=0.1, factor=1.0, impl="torch")
+        "soft": lambda i, t, s: soft_target_loss(
+            i, t, s, 0.5, label_smoothing=0.1, impl="torch", gather=True
         ),
         "naive control": lambda i, t, s: contrastive_loss(i, t, s, impl="naive", gather=True),
     }
@@ -404,8 +403,8 @@ def _check_no_block_row_tensor(rank, world):
         )
         runs[f"ClipLoss local={local_loss} grad={with_grad}"] = mod
         runs[f"distill local={local_loss} grad={with_grad}"] = lambda i, t, s, l=local_loss, g=with_grad: sum(
-            vdist.soft_target_loss(
-                i, t, s, ones, ones, (t_img, t_txt, torch.tensor(3.0)), eps=0.1, factor=1.0, impl="torch",
+            distill_clip_loss(
+                i, t, s, t_img, t_txt, torch.tensor(3.0), label_smoothing=0.1, impl="torch", distributed=True,
                 local_loss=l, gather_with_grad=g,
             )
         )  # fmt: skip

@@ -60,7 +60,7 @@ def test_cuda_fp32_tight(impl):
 
 
 def test_auto_picks_triton_on_cuda():
-    from vlkernels.functional import resolve_impl
+    from vlkernels._dispatch import resolve_impl
 
     assert resolve_impl("auto", torch.device("cuda")) == "triton"
 

@@ -10,12 +10,15 @@ Public API::
 
     from vlkernels import fused_augment, sample_augment_params, AugmentParams
     crops = fused_augment(uint8_images, 224)   # [N, 3, 224, 224] normalised random-resized crops
+
+Layers (imports point down): ``_checks`` (argument checks) and ``_dist`` (process-group helpers) ->
+``ops`` (kernels, backends, autograd Functions) -> ``_dispatch`` (impl selection) -> ``functional`` ->
+``nn``; ``reference`` holds the naive baselines, ``augment`` the fused augmentation, ``train`` the trainer.
 """
 
 from vlkernels.augment import AugmentParams, fused_augment, sample_augment_params
-from vlkernels.distill import DistillClipLoss, SoftTargetLoss, progressive_alpha, soft_target_loss
-from vlkernels.functional import contrastive_loss
-from vlkernels.nn import ClipLoss
+from vlkernels.functional import contrastive_loss, progressive_alpha, soft_target_loss
+from vlkernels.nn import ClipLoss, DistillClipLoss, SoftTargetLoss
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,6 @@
-"""Argument checks shared by the losses: clear errors naming the argument, no silent coercion."""
+"""Every argument check of the losses: clear errors naming the argument, no silent coercion.
+
+The bottom layer: imports nothing from vlkernels."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 IMPLS = ("auto", "triton", "torch", "naive")
 REDUCTIONS = {"mean": 1.0, "sum": 2.0}
+TEACHER_NAMES = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
 
 
 def check_features(
@@ -75,3 +78,90 @@ def check_impl(impl: str) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     return impl
+
+
+def check_alpha(alpha, ref: torch.Tensor) -> torch.Tensor:
+    """A detached 0-d float32 tensor on ``ref``'s device (a tensor's value is checked only on CPU: no host
+    sync on accelerators)."""
+    if isinstance(alpha, torch.Tensor):
+        if alpha.numel() != 1:
+            raise ValueError(f"alpha must be a scalar (0-d tensor), got shape {tuple(alpha.shape)}")
+        if not alpha.is_floating_point():
+            raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
+        if alpha.device.type == "cpu":
+            value = float(alpha)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"alpha must be in [0, 1], got {value}")
+        return alpha.detach().reshape(()).to(device=ref.device, dtype=torch.float32)
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return torch.tensor(float(alpha), dtype=torch.float32, device=ref.device)
+
+
+def check_teacher(image: torch.Tensor, t_image, t_text, t_scale, names=TEACHER_NAMES):
+    """None for the self teacher, else (t_image, t_text, detached 0-d float32 scale), all detached."""
+    given = [x is not None for x in (t_image, t_text, t_scale)]
+    if not any(given):
+        return None
+    if not all(given):
+        have = [n for n, g in zip(names, given, strict=True) if g]
+        missing = [n for n, g in zip(names, given, strict=True) if not g]
+        raise ValueError(
+            f"the teacher arguments go together: got {', '.join(have)} but not {', '.join(missing)} "
+            "(pass all three for a separate teacher, none for self-distillation)"
+        )
+    check_features(t_image, t_text, names=names[:2])
+    if t_image.shape[0] != image.shape[0]:
+        raise ValueError(
+            f"{names[0]} {tuple(t_image.shape)} must have the student's batch size {image.shape[0]}"
+        )
+    if t_image.device != image.device:
+        raise ValueError(
+            f"teacher features ({t_image.device}) must be on the student's device ({image.device})"
+        )
+    scale = scale_tensor(t_scale, image, name=names[2]).detach()
+    return t_image.detach(), t_text.detach(), scale
+
+
+def check_soft_mask(soft_mask, image: torch.Tensor):
+    if soft_mask is None:
+        return None
+    if not isinstance(soft_mask, torch.Tensor):
+        raise TypeError(f"soft_mask must be a bool tensor, got {type(soft_mask).__name__}")
+    if soft_mask.dtype != torch.bool:
+        raise TypeError(f"soft_mask must have dtype torch.bool, got {soft_mask.dtype}")
+    if soft_mask.shape != (image.shape[0],):
+        raise ValueError(
+            f"soft_mask must have shape ({image.shape[0]},) (one per pair), got {tuple(soft_mask.shape)}"
+        )
+    if soft_mask.device != image.device:
+        raise ValueError(f"soft_mask ({soft_mask.device}) must be on the features' device ({image.device})")
+    return soft_mask
+
+
+def check_logit_bias(logit_bias) -> None:
+    """A scalar bias (or None); for the softmax losses it adds the same constant to every logit."""
+    if logit_bias is None:
+        return
+    if isinstance(logit_bias, torch.Tensor):
+        if logit_bias.numel() != 1:
+            raise ValueError(f"logit_bias must be a scalar, got shape {tuple(logit_bias.shape)}")
+    elif isinstance(logit_bias, bool) or not isinstance(logit_bias, numbers.Real):
+        raise TypeError(f"logit_bias must be a float or a scalar tensor, got {type(logit_bias).__name__}")
+
+
+def check_rank_args(rank: int, world_size: int) -> None:
+    """open_clip's ``rank`` / ``world_size`` constructor arguments."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {rank=}, {world_size=}")
+
+
+def check_total_steps_alpha_max(total_steps, alpha_max) -> None:
+    if isinstance(total_steps, bool) or not isinstance(total_steps, numbers.Integral) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
+    if isinstance(alpha_max, bool) or not isinstance(alpha_max, numbers.Real):
+        raise TypeError(f"alpha_max must be a float, got {type(alpha_max).__name__}")
+    if not 0.0 <= float(alpha_max) <= 1.0:
+        raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")

@@ -1,24 +1,21 @@
-"""Thin nn.Modules with open_clip-compatible signatures."""
+"""nn.Modules with open_clip-compatible signatures; each calls only the functional layer."""
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from vlkernels.functional import contrastive_loss
-
-
-def _check_logit_bias(logit_bias) -> None:
-    # A scalar bias adds the same constant to every logit, which cancels in softmax cross-entropy.
-    if logit_bias is None:
-        return
-    if isinstance(logit_bias, torch.Tensor):
-        if logit_bias.numel() != 1:
-            raise ValueError(f"logit_bias must be a scalar, got shape {tuple(logit_bias.shape)}")
-    elif isinstance(logit_bias, bool) or not isinstance(logit_bias, numbers.Real):
-        raise TypeError(f"logit_bias must be a float or a scalar tensor, got {type(logit_bias).__name__}")
+from vlkernels import _checks, _dist
+from vlkernels.functional import (
+    contrastive_loss,
+    contrastive_loss_distributed,
+    distill_clip_loss,
+    progressive_alpha,
+    soft_target_loss,
+    soft_target_loss_distributed,
+)
 
 
 class ClipLoss(nn.Module):
@@ -29,7 +26,7 @@ class ClipLoss(nn.Module):
     exponentiated. ``cache_labels`` is accepted for compatibility (no labels are materialised).
 
     With ``world_size > 1`` each rank passes its local [b, D] features and gets open_clip's per-rank loss
-    and gradients for its ``local_loss`` / ``gather_with_grad`` combination (see ``vlkernels.distributed``):
+    and gradients for its ``local_loss`` / ``gather_with_grad`` combination (docs/design.md, "Distributed"):
     ``local_loss=False`` returns the full-batch loss, ``local_loss=True`` the rank's b rows and b columns
     over all B candidates; ``gather_with_grad=False`` treats the other ranks' features as constants.
     ``rank`` and ``world_size`` must match the process group (``group``, default the global one).
@@ -51,8 +48,7 @@ class ClipLoss(nn.Module):
         super().__init__()
         if use_horovod:
             raise NotImplementedError("use_horovod=True is not supported; use torch.distributed")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {rank=}, {world_size=}")
+        _checks.check_rank_args(rank, world_size)
         self.group = group
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad
@@ -63,33 +59,171 @@ class ClipLoss(nn.Module):
         self.impl = impl
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict: bool = False):
-        _check_logit_bias(logit_bias)
+        _checks.check_logit_bias(logit_bias)
         if self.world_size > 1:
-            loss = self._distributed_loss(image_features, text_features, logit_scale)
-            return {"contrastive_loss": loss} if output_dict else loss
-        loss = contrastive_loss(
+            _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+            loss = contrastive_loss_distributed(
+                image_features,
+                text_features,
+                logit_scale,
+                label_smoothing=self.label_smoothing,
+                impl=self.impl,
+                group=self.group,
+                local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad,
+            )
+        else:
+            loss = contrastive_loss(
+                image_features,
+                text_features,
+                logit_scale,
+                label_smoothing=self.label_smoothing,
+                impl=self.impl,
+            )
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class SoftTargetLoss(nn.Module):
+    """``soft_target_loss`` with a schedule for alpha that the caller steps once per optimiser step.
+
+    ``alpha`` is a 0-d float32 buffer updated in place by ``step()`` (so a compiled graph sees a tensor,
+    not a new constant); the step count is saved in the state dict. ``schedule(step) -> float`` defaults
+    to ``progressive_alpha(step, total_steps, alpha_max)``.
+
+    ``forward(image_features, text_features, logit_scale, teacher_image_features=None,
+    teacher_text_features=None, teacher_logit_scale=None, soft_mask=None)`` returns the loss.
+
+    ``local_loss``, ``gather_with_grad``, ``rank``, ``world_size``: open_clip's distributed flags, with
+    ClipLoss's meaning (``world_size > 1``: each rank passes its local pairs).
+    """
+
+    def __init__(
+        self,
+        alpha_max: float,
+        total_steps: int,
+        *,
+        schedule: Callable[[int], float] | None = None,
+        label_smoothing: float = 0.0,
+        reduction: str = "mean",
+        impl: str = "auto",
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        group=None,
+    ):
+        super().__init__()
+        _checks.check_rank_args(rank, world_size)
+        self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
+        self.rank, self.world_size = rank, world_size
+        self.group = group
+        progressive_alpha(0, total_steps, alpha_max)
+        _checks.check_label_smoothing(label_smoothing)
+        _checks.reduction_factor(reduction)
+        _checks.check_impl(impl)
+        self.alpha_max, self.total_steps = float(alpha_max), int(total_steps)
+        self.schedule = schedule
+        self.label_smoothing, self.reduction, self.impl = label_smoothing, reduction, impl
+        self.num_steps = 0
+        self.register_buffer("alpha", torch.tensor(self._alpha_at(0), dtype=torch.float32))
+
+    def _alpha_at(self, step: int) -> float:
+        if self.schedule is not None:
+            value = float(self.schedule(step))
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"schedule({step}) returned {value}, outside [0, 1]")
+            return value
+        return progressive_alpha(step, self.total_steps, self.alpha_max)
+
+    def step(self) -> float:
+        """Advance the schedule by one step; returns the new alpha."""
+        self.num_steps += 1
+        value = self._alpha_at(self.num_steps)
+        self.alpha.fill_(value)
+        return value
+
+    def get_extra_state(self):
+        return {"num_steps": self.num_steps}
+
+    def set_extra_state(self, state) -> None:
+        self.num_steps = int(state["num_steps"])
+
+    def forward(
+        self,
+        image_features,
+        text_features,
+        logit_scale,
+        teacher_image_features=None,
+        teacher_text_features=None,
+        teacher_logit_scale=None,
+        soft_mask=None,
+    ):
+        kw = dict(
+            teacher_image_features=teacher_image_features,
+            teacher_text_features=teacher_text_features,
+            teacher_logit_scale=teacher_logit_scale,
+            soft_mask=soft_mask,
+            label_smoothing=self.label_smoothing,
+            reduction=self.reduction,
+            impl=self.impl,
+        )
+        if self.world_size > 1:
+            _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+            return soft_target_loss_distributed(
+                image_features,
+                text_features,
+                logit_scale,
+                self.alpha,
+                group=self.group,
+                local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad,
+                **kw,
+            )
+        return soft_target_loss(image_features, text_features, logit_scale, self.alpha, **kw)
+
+    def extra_repr(self) -> str:
+        return f"alpha_max={self.alpha_max}, total_steps={self.total_steps}, num_steps={self.num_steps}"
+
+
+class DistillClipLoss(ClipLoss):
+    """Drop-in for ``open_clip.loss.DistillClipLoss`` on the memory-efficient kernels.
+
+    ``forward(image_features, text_features, logit_scale, dist_image_features, dist_text_features,
+    dist_logit_scale, output_dict=False)`` returns ``(contrastive_loss, distill_loss)`` or a dict with
+    those keys, with open_clip's definitions: the CLIP loss of the student, and the mean over both
+    directions of ``-(softmax(S_t) * log_softmax(S)).sum(1).mean()``, computed in one tiled pass
+    (no B x B tensor). The teacher (``dist_*``, [B, D_t]) gets no gradient. ``label_smoothing`` applies
+    to the contrastive part only. With ``world_size > 1``: open_clip's per-rank values and gradients for
+    its ``local_loss`` / ``gather_with_grad`` flags, as ``ClipLoss``.
+    """
+
+    def forward(
+        self,
+        image_features,
+        text_features,
+        logit_scale,
+        dist_image_features,
+        dist_text_features,
+        dist_logit_scale,
+        output_dict: bool = False,
+    ):
+        distributed = self.world_size > 1
+        if distributed:
+            _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+        contrastive, distill = distill_clip_loss(
             image_features,
             text_features,
             logit_scale,
+            dist_image_features,
+            dist_text_features,
+            dist_logit_scale,
             label_smoothing=self.label_smoothing,
             impl=self.impl,
-        )
-        return {"contrastive_loss": loss} if output_dict else loss
-
-    def _distributed_loss(self, image_features, text_features, logit_scale):
-        from vlkernels import _checks, distributed
-        from vlkernels.functional import resolve_impl
-
-        distributed.check_world(self.group, self.rank, self.world_size, type(self).__name__)
-        _checks.check_features(image_features, text_features)
-        return distributed.contrastive_loss(
-            image_features,
-            text_features,
-            _checks.scale_tensor(logit_scale, image_features),
-            eps=_checks.check_label_smoothing(self.label_smoothing),
-            factor=1.0,
-            impl=resolve_impl(self.impl, image_features.device),
             group=self.group,
+            distributed=distributed,
             local_loss=self.local_loss,
             gather_with_grad=self.gather_with_grad,
         )
+        if output_dict:
+            return {"contrastive_loss": contrastive, "distill_loss": distill}
+        return contrastive, distill

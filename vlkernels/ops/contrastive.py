@@ -1,13 +1,15 @@
-"""Symmetric InfoNCE (CLIP) loss without the B x B logits: the autograd Function shared by backends.
+"""Symmetric InfoNCE (CLIP) loss without the B x B logits: the autograd Functions shared by backends.
 
-A backend supplies two O(B)-memory passes over tiles of S = s * I @ T.T (never storing S); both
-accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme uses:
+A backend (``ContrastiveBackend``) supplies two O(B)-memory passes over tiles of S = s * I @ T.T (never
+storing S); both accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme
+uses:
 
 - ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32;
 - ``accumulate(I, T, s, r, c) -> (A_I, A_T)``: with W = exp(S - r[:, None]) + exp(S - c[None, :]),
   ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I`` [N, D] in fp32.
 
-Everything else is O(B D) algebra done here once for all backends (see DESIGN.md section 2):
+Everything else is O(B D) algebra, one copy here for the single-process Function and the gathered one
+(docs/design.md, "Contrastive loss"):
 
     loss = k / (2B) * (sum r + sum c - 2 (1 - eps) sum_i S_ii - 2 eps / B * sum_ij S_ij)
     dL/dS = k g / (2B) * (W - 2 ((1 - eps) delta_ij + eps / B))
@@ -15,48 +17,134 @@ Everything else is O(B D) algebra done here once for all backends (see DESIGN.md
     ds = sum(I * U_I)
 
 where k is 1 for reduction="mean" and 2 for "sum", and sum_ij S_ij = s * colsum(I) . colsum(T).
+
+``GatheredContrastiveFunction`` is the same loss over a batch split across the ranks of a process group
+(block-row scheme: the texts are all-gathered, each rank scores its block-row, the column LSEs are
+merged with ``_dist.merge_columns`` and the text gradients reduce-scattered to their owners).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import torch
+import torch.distributed as dist
+
+from vlkernels import _dist
 
 
-def _diag_terms(i32: torch.Tensor, t32: torch.Tensor, eps: float) -> torch.Tensor:
-    """sum_i <I_i, T_i> * (1 - eps) + eps / B * <colsum I, colsum T>, unscaled by s."""
+class ContrastiveBackend(Protocol):
+    def lse(
+        self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def accumulate(
+        self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, r: torch.Tensor, c: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ContrastiveParams:
+    """The non-tensor settings of one call: label smoothing ``eps``, reduction ``factor`` (k above), the
+    backend, and for the gathered Function the process group and open_clip's ``gather_with_grad``."""
+
+    eps: float
+    factor: float
+    backend: ContrastiveBackend
+    group: Any = None
+    with_grad: bool = True
+
+
+def target_logit_sum(i32, t32, eps: float, batch: int, colsum_t) -> torch.Tensor:
+    """(1 - eps) sum_i <I_i, T_i> + eps / B <colsum I, colsum_t>: the targets' logits / s for these rows
+    (``colsum_t``: the column sum of all B texts)."""
     total = (1.0 - eps) * (i32 * t32).sum()
     if eps:
-        total = total + (eps / i32.shape[0]) * torch.dot(i32.sum(0), t32.sum(0))
+        total = total + (eps / batch) * torch.dot(i32.sum(0), colsum_t)
     return total
+
+
+def subtract_targets(u: torch.Tensor, partner32, colsum_partner, eps: float, batch: int) -> torch.Tensor:
+    """In place: u -= 2 (1 - eps) partner + 2 eps / B colsum_partner (the targets' part of U)."""
+    u.sub_(partner32, alpha=2.0 * (1.0 - eps))
+    if eps:
+        u.sub_(colsum_partner[None], alpha=2.0 * eps / batch)
+    return u
 
 
 class ContrastiveLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, image, text, scale, eps: float, factor: float, backend):
+    def forward(ctx, image, text, scale, params: ContrastiveParams):
         batch = image.shape[0]
-        r, c = backend.lse(image, text, scale)
+        r, c = params.backend.lse(image, text, scale)
         i32, t32 = image.float(), text.float()
-        loss = (r.sum() + c.sum() - 2.0 * scale * _diag_terms(i32, t32, eps)) * (factor / (2.0 * batch))
+        targets = target_logit_sum(i32, t32, params.eps, batch, t32.sum(0))
+        loss = (r.sum() + c.sum() - 2.0 * scale * targets) * (params.factor / (2.0 * batch))
         ctx.save_for_backward(image, text, scale, r, c)
-        ctx.eps, ctx.factor, ctx.backend = eps, factor, backend
+        ctx.params = params
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
         image, text, scale, r, c = ctx.saved_tensors
-        eps, batch = ctx.eps, image.shape[0]
+        p, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
-        a_i, a_t = ctx.backend.accumulate(image, text, scale, r, c)
-        coef = grad_out.float() * (ctx.factor / (2.0 * batch))
+        a_i, a_t = p.backend.accumulate(image, text, scale, r, c)
         i32, t32 = image.float(), text.float()
-        u_i = a_i.sub_(t32, alpha=2.0 * (1.0 - eps))
-        u_t = a_t.sub_(i32, alpha=2.0 * (1.0 - eps))
-        if eps:
-            u_i.sub_(t32.sum(0, keepdim=True), alpha=2.0 * eps / batch)
-            u_t.sub_(i32.sum(0, keepdim=True), alpha=2.0 * eps / batch)
+        u_i = subtract_targets(a_i, t32, t32.sum(0), p.eps, batch)
+        u_t = subtract_targets(a_t, i32, i32.sum(0), p.eps, batch)
+        coef = grad_out.float() * (p.factor / (2.0 * batch))
         u_i.mul_(coef)
         u_t.mul_(coef)
         d_scale = (i32 * u_i).sum() if need_s else None
         d_image = (u_i * scale).to(image.dtype) if need_i else None
         d_text = (u_t * scale).to(text.dtype) if need_t else None
-        return d_image, d_text, d_scale, None, None, None
+        return d_image, d_text, d_scale, None
+
+
+class GatheredContrastiveFunction(torch.autograd.Function):
+    """The contrastive loss over the gathered batch (open_clip's ``local_loss=False``); returns the
+    full-batch loss on every rank. Rank r's features get (sum of every rank's upstream grad) x dL/df_r
+    with ``with_grad`` (open_clip's gather_with_grad), else its own upstream grad x dL/df_r."""
+
+    @staticmethod
+    def forward(ctx, image, text, scale, params: ContrastiveParams):
+        group = params.group
+        batch = dist.get_world_size(group) * image.shape[0]
+        texts, _ = _dist.gather(text, group)
+        r, c_part = params.backend.lse(image, texts, scale)
+        i32, t32 = image.float(), text.float()
+        colsum_i = i32.sum(0)
+        targets = target_logit_sum(i32, t32, params.eps, batch, texts.sum(0, dtype=torch.float32))
+        local = r.sum() - 2.0 * scale * targets
+        (c,), _, rest = _dist.merge_columns([c_part], [], torch.cat([local.reshape(1), colsum_i]), group)
+        loss = (rest[0] + c.sum()) * (params.factor / (2.0 * batch))
+        ctx.save_for_backward(image, text, texts, scale, r, c, rest[1:])
+        ctx.params = params
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        image, text, texts, scale, r, c, colsum_i = ctx.saved_tensors
+        p = ctx.params
+        batch = texts.shape[0]
+        need_i, need_t, need_s = ctx.needs_input_grad[:3]
+        a_i, a_t = p.backend.accumulate(image, texts, scale, r, c)
+        u_t = torch.empty_like(a_i)
+        rs_work = _dist.reduce_scatter(u_t, a_t, group=p.group, async_op=True)
+        i32, t32 = image.float(), text.float()
+        u_i = subtract_targets(a_i, t32, texts.sum(0, dtype=torch.float32), p.eps, batch)
+        # Sum over ranks of the block-rows' ds parts, and of the upstream grads (gather_with_grad: every
+        # rank's loss reaches these features).
+        red = torch.stack([(i32 * u_i).sum(), grad_out.float().reshape(())])
+        ar_work = dist.all_reduce(red, group=p.group, async_op=True)
+        rs_work.wait()
+        subtract_targets(u_t, i32, colsum_i, p.eps, batch)
+        ar_work.wait()
+        coef = p.factor / (2.0 * batch)
+        g_feat = (red[1] if p.with_grad else grad_out.float()) * (coef * scale)
+        d_image = (u_i * g_feat).to(image.dtype) if need_i else None
+        d_text = (u_t * g_feat).to(text.dtype) if need_t else None
+        d_scale = red[0] * coef * grad_out.float() if need_s else None
+        return d_image, d_text, d_scale, None

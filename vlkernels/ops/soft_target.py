@@ -28,66 +28,272 @@ coef = k / (2B); p = coef (g_h h + g_s a), q = coef g_s a, e = coef g_h h):
     dI = s U_I,  dT = s U_T,  ds = sum(I * U_I).
 
 Nothing flows to the teacher, the weights or alpha.
+
+``GatheredSoftTargetFunction`` is the same loss over a batch split across the ranks of a process group
+(the block-row scheme of ops/contrastive.py), for each of open_clip's (local_loss, gather_with_grad)
+modes; it also serves the contrastive loss with ``local_loss=True`` (hard weights 1, soft weights 0).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 import torch
+import torch.distributed as dist
+
+from vlkernels import _dist
+
+Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
 
-def _hard_terms(i32: torch.Tensor, t32: torch.Tensor, scale: torch.Tensor, eps: float):
-    """(H, H') [B]: the label-smoothed target logits of each row and each column of S."""
+class SoftTargetBackend(Protocol):
+    def stats(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, teacher: Teacher = None):
+        """(r, c, r', c', w, w'), fp32."""
+        ...
+
+    def accumulate(
+        self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher: Teacher = None, tr=None, tc=None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class SoftTargetParams:
+    """The non-tensor settings of one call: label smoothing ``eps``, reduction ``factor`` (k above), the
+    backend, and for the gathered Function the process group and open_clip's two flags."""
+
+    eps: float
+    factor: float
+    backend: SoftTargetBackend
+    group: Any = None
+    local_loss: bool = False
+    with_grad: bool = True
+
+
+def hard_targets(i32, t32, scale, eps: float, batch: int, colsum_i, colsum_t):
+    """(H, H') for these rows: the label-smoothed target logits of each row and each column of S
+    (``colsum_i`` / ``colsum_t``: column sums over all B images / texts)."""
     diag = (i32 * t32).sum(1)
     if not eps:
         h = diag * scale
         return h, h
-    batch = i32.shape[0]
-    h_row = (1.0 - eps) * diag + (eps / batch) * (i32 @ t32.sum(0))
-    h_col = (1.0 - eps) * diag + (eps / batch) * (t32 @ i32.sum(0))
+    h_row = (1.0 - eps) * diag + (eps / batch) * (i32 @ colsum_t)
+    h_col = (1.0 - eps) * diag + (eps / batch) * (t32 @ colsum_i)
     return h_row * scale, h_col * scale
 
 
-def _smoothing_terms(u: torch.Tensor, e: torch.Tensor, x: torch.Tensor, eps: float) -> None:
-    """u -= eps / B * (e colsum(x) + sum_j e_j x_j): the label-smoothing part of the hard targets."""
+def subtract_hard_targets(u, e_own, partner, eps: float, batch: int, colsum=None, e_dot=None, both=True):
+    """In place: u -= the hard targets' part of U for these rows (weights ``e_own``, partners ``partner``):
+    ``u -= w (1 - eps) e x + eps / B (e colsum(x) + [both] e_dot)``, w = 2 when the gradient flows from both
+    directions (``both``; ``e_dot`` = sum_j e_j x_j over all B partners), 1 from the rows' own direction.
+    ``colsum`` (the partners' column sum over all B) and ``e_dot`` are needed only when eps > 0."""
+    u.addcmul_(e_own[:, None], partner, value=-(2.0 if both else 1.0) * (1.0 - eps))
+    if eps:
+        u.addr_(e_own, colsum, alpha=-eps / batch)
+        if both:
+            u.sub_(e_dot[None], alpha=eps / batch)
+    return u
+
+
+def _smoothing_sums(e, x, eps: float):
+    """(colsum(x), e @ x) in fp32 for ``subtract_hard_targets``; (None, None) without smoothing."""
+    if not eps:
+        return None, None
     x32 = x.float()
-    u.addr_(e, x32.sum(0), alpha=-eps / x.shape[0]).sub_((e @ x32)[None], alpha=eps / x.shape[0])
+    return x32.sum(0), e @ x32
+
+
+def _teacher(t_image, t_text, t_scale) -> Teacher:
+    return None if t_image is None else (t_image, t_text, t_scale)
 
 
 class SoftTargetFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, eps, factor, backend):
+    def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
         batch = image.shape[0]
-        teacher = None if t_image is None else (t_image, t_text, t_scale)
-        r, c, tr, tc, w_row, w_col = backend.stats(image, text, scale, teacher)
-        h_row, h_col = _hard_terms(image.float(), text.float(), scale, eps)
-        coef = factor / (2.0 * batch)
+        teacher = _teacher(t_image, t_text, t_scale)
+        r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
+        i32, t32 = image.float(), text.float()
+        h_row, h_col = hard_targets(i32, t32, scale, params.eps, batch, i32.sum(0), t32.sum(0))
+        coef = params.factor / (2.0 * batch)
         hard = (torch.dot(hard_w, r - h_row) + torch.dot(hard_w, c - h_col)) * coef
         soft = (torch.dot(soft_w, r - w_row) + torch.dot(soft_w, c - w_col)) * coef
         if teacher is None:
             tr = tc = None
         ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc)
-        ctx.eps, ctx.factor, ctx.backend = eps, factor, backend
+        ctx.params = params
         return hard, soft
 
     @staticmethod
     def backward(ctx, g_hard, g_soft):
         image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc = ctx.saved_tensors
-        eps, batch = ctx.eps, image.shape[0]
+        prm, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
-        coef = ctx.factor / (2.0 * batch)
+        coef = prm.factor / (2.0 * batch)
         e = hard_w * (g_hard.float() * coef)
         q = soft_w * (g_soft.float() * coef)
         p = e + q
-        teacher = None if t_image is None else (t_image, t_text, t_scale)
-        a_i, a_t = ctx.backend.accumulate(image, text, scale, r, c, p, p, q, q, teacher, tr, tc)
+        teacher = _teacher(t_image, t_text, t_scale)
+        a_i, a_t = prm.backend.accumulate(image, text, scale, r, c, p, p, q, q, teacher, tr, tc)
         # In place on the fp32 accumulators, no [B, D] temporaries (the features in their own dtype).
-        e_col = e[:, None]
-        u_i = a_i.addcmul_(e_col, text, value=-2.0 * (1.0 - eps))
-        u_t = a_t.addcmul_(e_col, image, value=-2.0 * (1.0 - eps))
-        if eps:
-            _smoothing_terms(u_i, e, text, eps)
-            _smoothing_terms(u_t, e, image, eps)
+        u_i = subtract_hard_targets(a_i, e, text, prm.eps, batch, *_smoothing_sums(e, text, prm.eps))
+        u_t = subtract_hard_targets(a_t, e, image, prm.eps, batch, *_smoothing_sums(e, image, prm.eps))
         d_scale = torch.linalg.vecdot(image.float(), u_i).sum() if need_s else None
         d_image = u_i.mul_(scale).to(image.dtype) if need_i else None
         d_text = u_t.mul_(scale).to(text.dtype) if need_t else None
-        return d_image, d_text, d_scale, None, None, None, None, None, None, None, None
+        return d_image, d_text, d_scale, None, None, None, None, None, None
+
+
+class GatheredSoftTargetFunction(torch.autograd.Function):
+    """The soft-target loss's (hard, soft) pair over the gathered batch, for every (local_loss,
+    gather_with_grad) mode of ``params``.
+
+    Also the contrastive loss with ``local_loss=True`` (hard weights 1, soft weights 0): the per-rank
+    logit_scale gradient of a local loss needs the softmax-weighted sums that only ``stats`` yields.
+    The logit_scale gradient comes from those sums in the forward (divided by s: s must be nonzero);
+    with a separate teacher it costs one more ``stats`` pass (2 b B D FLOPs) when s requires grad.
+    """
+
+    @staticmethod
+    def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
+        group, eps, backend = params.group, params.eps, params.backend
+        n, rank = dist.get_world_size(group), dist.get_rank(group)
+        b, dim = image.shape
+        batch = n * b
+        own = slice(rank * b, (rank + 1) * b)
+        i32, t32 = image.float(), text.float()
+        # One fp32 all-gather for the pair weights (needed for every column) and two D-vectors per rank.
+        meta = torch.cat([hard_w, soft_w, i32.sum(0), hard_w @ i32])
+        meta_all, meta_work = _dist.gather(meta[None], group, async_op=True)
+        texts, text_work = _dist.gather(text, group, async_op=True)
+        teacher = None
+        t_texts = None
+        if t_image is not None:
+            t_texts, _ = _dist.gather(t_text, group)
+            teacher = (t_image, t_texts, t_scale)
+        text_work.wait()
+        meta_work.wait()
+        h_all, a_all = meta_all[:, :b].reshape(batch), meta_all[:, b : 2 * b].reshape(batch)
+        colsum_i = meta_all[:, 2 * b : 2 * b + dim].sum(0)
+        hsum_i = meta_all[:, 2 * b + dim :]
+        need_s = ctx.needs_input_grad[2]
+
+        r, c_part, tr, tc_part, w, wc_part = backend.stats(image, texts, scale, teacher)
+        lse_parts, weighted = [c_part], [(0, wc_part)]
+        if teacher is not None:
+            lse_parts.append(tc_part)
+            weighted = [(1, wc_part)]
+            if need_s:
+                # d r_i / ds needs the student's own softmax-weighted sums: one more stats pass.
+                _, _, _, _, ws, ws_part = backend.stats(image, texts, scale, None)
+                weighted.append((0, ws_part))
+        lses, sums_w, _ = _dist.merge_columns(lse_parts, weighted, meta.new_empty(0), group)
+        c, tc, wc = lses[0], lses[-1], sums_w[0]
+        if teacher is None:
+            ws, wsc = w, wc
+        else:
+            wsc = sums_w[1] if need_s else None
+
+        colsum_t = texts.sum(0, dtype=torch.float32)
+        h_row, h_col = hard_targets(i32, t32, scale, eps, batch, colsum_i, colsum_t)
+        c_own, wc_own = c[own], wc[own]
+        parts = [
+            torch.dot(hard_w, r - h_row) + torch.dot(hard_w, c_own - h_col),
+            torch.dot(soft_w, r - w) + torch.dot(soft_w, c_own - wc_own),
+        ]
+        if need_s:
+            # ds of each part (the teacher, and the targets' S_ii, are linear in s or constant).
+            wsc_own = wsc[own]
+            parts.append((torch.dot(hard_w, ws - h_row) + torch.dot(hard_w, wsc_own - h_col)) / scale)
+            parts.append((torch.dot(soft_w, ws - w) + torch.dot(soft_w, wsc_own - wc_own)) / scale)
+        parts = torch.stack(parts)
+        if not params.local_loss:
+            dist.all_reduce(parts, group=group)
+        parts = parts * (params.factor / (2.0 * (b if params.local_loss else batch)))
+        ds_parts = parts[2:] if need_s else parts.new_zeros(2)
+        if teacher is None:
+            tr = tc = None
+        ctx.save_for_backward(
+            image,
+            text,
+            texts,
+            scale,
+            r,
+            c,
+            h_all,
+            a_all,
+            colsum_i,
+            hsum_i,
+            ds_parts,
+            t_image,
+            t_texts,
+            t_scale,
+            tr,
+            tc,
+        )
+        ctx.params = params
+        return parts[0], parts[1]
+
+    @staticmethod
+    def backward(ctx, g_hard, g_soft):
+        (image, text, texts, scale, r, c, h_all, a_all, colsum_i, hsum_i, ds_parts, t_image, t_texts,
+         t_scale, tr, tc) = ctx.saved_tensors  # fmt: skip
+        prm = ctx.params
+        eps, group, backend = prm.eps, prm.group, prm.backend
+        need_i, need_t, need_s = ctx.needs_input_grad[:3]
+        n, rank = dist.get_world_size(group), dist.get_rank(group)
+        b = image.shape[0]
+        batch = n * b
+        own = slice(rank * b, (rank + 1) * b)
+        teacher = _teacher(t_image, t_texts, t_scale)
+        mine = torch.stack([g_hard.float().reshape(()), g_soft.float().reshape(())])
+        grads, _ = _dist.gather(mine[None], group)  # [n, 2]: every rank's upstream grads
+        coef = prm.factor / (2.0 * (b if prm.local_loss else batch))
+        # Upstream grad that weighs each pair's terms: the owner's (local losses), the sum over ranks
+        # (full loss, gradients through the gather), or this rank's own (full loss, no gather grad).
+        if prm.local_loss:
+            g_pair = grads.repeat_interleave(b, dim=0)
+            hsum_weighted = grads[:, 0] @ hsum_i
+        else:
+            g_pair = (grads.sum(0) if prm.with_grad else grads[rank]).expand(batch, 2)
+            hsum_weighted = g_pair[0, 0] * hsum_i.sum(0)
+        e = coef * g_pair[:, 0] * h_all
+        q = coef * g_pair[:, 1] * a_all
+        p = e + q
+        e_own = e[own]
+        i32, t32 = image.float(), text.float()
+        colsum_t = texts.sum(0, dtype=torch.float32) if eps else None
+        args = (image, texts, scale, r, c)
+        if prm.local_loss and not prm.with_grad:
+            # The gathered features are constants: row terms reach only the images, column terms only
+            # the texts, so the two products need separate passes.
+            zero_b, zero_n = p.new_zeros(b), p.new_zeros(batch)
+            a_i, _ = backend.accumulate(*args, p[own], zero_n, q[own], zero_n, teacher, tr, tc)
+            _, a_t = backend.accumulate(*args, zero_b, p, zero_b, q, teacher, tr, tc)
+            u_t = torch.empty_like(a_i)
+            work = _dist.reduce_scatter(u_t, a_t, group=group, async_op=True)
+            u_i = subtract_hard_targets(a_i, e_own, t32, eps, batch, colsum_t, both=False)
+            work.wait()
+            subtract_hard_targets(u_t, e_own, i32, eps, batch, colsum_i, both=False)
+        else:
+            if prm.local_loss or prm.with_grad or torch.equal(grads, grads[rank].expand_as(grads)):
+                a_i, a_t = backend.accumulate(*args, p[own], p, q[own], q, teacher, tr, tc)
+            else:
+                # Full loss without gather grads and ranks with different (g_hard, g_soft): column j's
+                # product takes its owner's pair of grads, so the hard and soft parts go separately.
+                e1, q1 = coef * h_all, coef * a_all
+                h_i, h_t = backend.accumulate(*args, e1[own], e1, 0 * q1[own], 0 * q1, teacher, tr, tc)
+                s_i, s_t = backend.accumulate(*args, q1[own], q1, q1[own], q1, teacher, tr, tc)
+                g_col = grads.repeat_interleave(b, dim=0)
+                a_i = h_i.mul_(grads[rank, 0]).add_(s_i.mul_(grads[rank, 1]))
+                a_t = h_t.mul_(g_col[:, :1]).add_(s_t.mul_(g_col[:, 1:]))
+            u_t = torch.empty_like(a_i)
+            work = _dist.reduce_scatter(u_t, a_t, group=group, async_op=True)
+            e_dot_t = e @ texts.float() if eps else None
+            u_i = subtract_hard_targets(a_i, e_own, t32, eps, batch, colsum_t, e_dot_t)
+            work.wait()
+            subtract_hard_targets(u_t, e_own, i32, eps, batch, colsum_i, coef * hsum_weighted)
+        d_image = (u_i * scale).to(image.dtype) if need_i else None
+        d_text = (u_t * scale).to(text.dtype) if need_t else None
+        d_scale = torch.dot(mine, ds_parts) if need_s else None
+        return d_image, d_text, d_scale, None, None, None, None, None, None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vlkernels.ops.contrastive_torch import chunk_rows
+from vlkernels.ops.torch_utils import row_chunks
 
 
 def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
@@ -23,21 +23,14 @@ def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
 
 
 class TorchSoftTargetBackend:
-    name = "torch"
-
-    def __init__(self, chunk: int | None = None):
-        self.chunk = chunk
-
-    def _chunks(self, rows: int, cols: int, device: torch.device):
-        step = self.chunk or chunk_rows(rows, cols, device)
-        return range(0, rows, step), step
+    """``stats`` / ``accumulate`` of the soft-target backend protocol (ops/soft_target.py) in PyTorch."""
 
     @staticmethod
-    def _teacher_block(teacher, t32, start, step, s_blk):
+    def _teacher_block(teacher, t32, sl, s_blk):
         if teacher is None:
             return s_blk
         t_image, _, t_scale = teacher
-        return torch.matmul(t_image[start : start + step].float(), t32.T).mul_(t_scale)
+        return torch.matmul(t_image[sl].float(), t32.T).mul_(t_scale)
 
     def stats(self, image, text, scale, teacher=None):
         """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32."""
@@ -50,11 +43,9 @@ class TorchSoftTargetBackend:
         c = torch.full((cols,), float("-inf"), dtype=torch.float32, device=dev)
         tc = c if teacher is None else c.clone()
         w_col = torch.zeros_like(c)
-        starts, step = self._chunks(rows, cols, dev)
-        for start in starts:
-            sl = slice(start, start + step)
+        for sl in row_chunks(rows, cols, dev):
             s_blk = torch.matmul(image[sl].float(), t32.T).mul_(scale)
-            t_blk = self._teacher_block(teacher, tt32, start, step, s_blk)
+            t_blk = self._teacher_block(teacher, tt32, sl, s_blk)
             if teacher is None:
                 r[sl], w_row[sl] = _softmax_stats(s_blk, s_blk, 1)
                 c_blk, wc_blk = _softmax_stats(s_blk, s_blk, 0)
@@ -84,14 +75,12 @@ class TorchSoftTargetBackend:
         if teacher is None:
             # S' = S: the two soft-target terms fold into the softmax terms.
             p_row, p_col = p_row - q_row, p_col - q_col
-        starts, step = self._chunks(image.shape[0], text.shape[0], image.device)
-        for start in starts:
-            sl = slice(start, start + step)
+        for sl in row_chunks(image.shape[0], text.shape[0], image.device):
             i_blk = image[sl].float()
             s_blk = torch.matmul(i_blk, t32.T).mul_(scale)
             w = torch.exp(s_blk - r[sl, None]).mul_(p_row[sl, None])
             if teacher is not None:
-                t_blk = self._teacher_block(teacher, tt32, start, step, None)
+                t_blk = self._teacher_block(teacher, tt32, sl, None)
                 w.sub_(torch.exp(t_blk - tr[sl, None]).mul_(q_row[sl, None]))
                 w.sub_(t_blk.sub_(tc[None, :]).exp_().mul_(q_col[None, :]))
             w.add_(s_blk.sub_(c[None, :]).exp_().mul_(p_col[None, :]))

@@ -1,6 +1,6 @@
 """Triton backend of the soft-target (PSD) loss: tiles of S and S' live in registers, never in memory.
 
-Reuses the contrastive loss's tile helpers and configs (ops/contrastive_triton.py). Kernels take
+Shares the contrastive loss's tile helpers and configs (ops/triton_utils.py). Kernels take
 Q [M, D], K [N, D] (and for a separate teacher Q' [M, D'], K' [N, D'], any float dtype), arbitrary
 strides, scales read from device memory (no host sync), fp32 accumulation, int64 offsets:
 
@@ -21,50 +21,18 @@ import torch
 import triton
 import triton.language as tl
 
-from vlkernels.ops.contrastive_triton import (
-    _config,
-    _dot_precision,
-    _dot_tile,
-    _load_tile,
-    _upcast,
-    _use_atomics,
+from vlkernels.ops.triton_utils import (
+    LN2,
+    LOG2E,
+    accumulate_products,
+    config,
+    dot_precision,
+    dot_tile,
+    load_tile,
+    score_tile,
+    upcast,
+    use_atomics,
 )
-
-
-@triton.jit
-def _student_tile(
-    q_ptr,
-    k_ptr,
-    q,
-    offs_m,
-    offs_n,
-    mask_m,
-    mask_n,
-    offs_d,
-    mask_d,
-    D,
-    sqm,
-    sqd,
-    skn,
-    skd,
-    BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """(Q @ K[offs_n].T in fp32, the K tile when SINGLE_D): q is the register-resident Q block then."""
-    if SINGLE_D:
-        k = _load_tile(k_ptr, offs_n, offs_d, mask_n, mask_d, skn, skd, UPCAST)
-        acc = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
-    else:
-        k = q
-        acc = _dot_tile(
-            q_ptr, k_ptr, offs_m, offs_n, mask_m, mask_n, D, sqm, sqd, skn, skd,
-            BLOCK_M, BLOCK_N, BLOCK_D, DOT_PREC, UPCAST,
-        )  # fmt: skip
-    return acc, k
 
 
 @triton.jit
@@ -105,14 +73,14 @@ def _stats_kernel(
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     scale = tl.load(scale_ptr).to(tl.float32)
-    scale2 = scale * 1.4426950408889634
+    scale2 = scale * LOG2E
     if TEACHER:
-        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * 1.4426950408889634
+        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if SINGLE_D:
-        q = _load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
     # Student max/sum (m_s, l_s); teacher max/sum (m_t, l_t) and sum_j exp2(t2_j - m_t) S_j (acc_w).
     m_s = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_s = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -122,18 +90,50 @@ def _stats_kernel(
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
-        acc, _ = _student_tile(
-            q_ptr, k_ptr, q, offs_m, offs_n, mask_m, mask_n, offs_d, mask_d, D, sqm, sqd, skn, skd,
-            BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST,
-        )  # fmt: skip
+        acc, _ = score_tile(
+            q_ptr,
+            k_ptr,
+            q,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+        )
         # Padded columns: -inf in the exponents, but S itself stays finite there (0 * -inf is nan).
         s = acc * scale
         s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
         if TEACHER:
-            t_acc = _dot_tile(
-                tq_ptr, tk_ptr, offs_m, offs_n, mask_m, mask_n, DT, stqm, stqd, stkn, stkd,
-                BLOCK_M, BLOCK_N, BLOCK_DT, T_DOT_PREC, T_UPCAST,
-            )  # fmt: skip
+            t_acc = dot_tile(
+                tq_ptr,
+                tk_ptr,
+                offs_m,
+                offs_n,
+                mask_m,
+                mask_n,
+                DT,
+                stqm,
+                stqd,
+                stkn,
+                stkd,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_DT,
+                T_DOT_PREC,
+                T_UPCAST,
+            )
             t2 = tl.where(mask_n[None, :], t_acc * t_scale2, float("-inf"))
             m_new = tl.maximum(m_s, tl.max(s2, axis=1))
             l_s = l_s * tl.exp2(m_s - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
@@ -146,10 +146,10 @@ def _stats_kernel(
         l_t = l_t * alpha + tl.sum(e, axis=1)
         acc_w = acc_w * alpha + tl.sum(e * s, axis=1)
         m_t = mt_new
-    t_lse = (m_t + tl.log2(l_t)) * 0.6931471805599453
+    t_lse = (m_t + tl.log2(l_t)) * LN2
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
     if TEACHER:
-        tl.store(lse_ptr + offs_m, (m_s + tl.log2(l_s)) * 0.6931471805599453, mask=mask_m)
+        tl.store(lse_ptr + offs_m, (m_s + tl.log2(l_s)) * LN2, mask=mask_m)
         tl.store(t_lse_ptr + offs_m, t_lse, mask=mask_m)
     else:
         tl.store(lse_ptr + offs_m, t_lse, mask=mask_m)
@@ -200,69 +200,99 @@ def _accum_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    scale2 = tl.load(scale_ptr).to(tl.float32) * 1.4426950408889634
-    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
     p_q = tl.load(p_q_ptr + offs_m, mask=mask_m, other=0.0)
     if TEACHER:
-        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * 1.4426950408889634
-        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
+        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
         w_q = tl.load(w_q_ptr + offs_m, mask=mask_m, other=0.0)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < D
     q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if SINGLE_D:
-        q = _load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
-        dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start_n in range(0, N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
-        lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+        lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
         p_k = tl.load(p_k_ptr + offs_n, mask=mask_n, other=0.0)
-        acc, k = _student_tile(
-            q_ptr, k_ptr, q, offs_m, offs_n, mask_m, mask_n, offs_d, mask_d, D, sqm, sqd, skn, skd,
-            BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST,
-        )  # fmt: skip
+        acc, k = score_tile(
+            q_ptr,
+            k_ptr,
+            q,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+        )
         s2 = acc * scale2
         w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
         if TEACHER:
-            t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * 1.4426950408889634
+            t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
             w_k = tl.load(w_k_ptr + offs_n, mask=mask_n, other=0.0)
-            t_acc = _dot_tile(
-                tq_ptr, tk_ptr, offs_m, offs_n, mask_m, mask_n, DT, stqm, stqd, stkn, stkd,
-                BLOCK_M, BLOCK_N, BLOCK_DT, T_DOT_PREC, T_UPCAST,
-            )  # fmt: skip
+            t_acc = dot_tile(
+                tq_ptr,
+                tk_ptr,
+                offs_m,
+                offs_n,
+                mask_m,
+                mask_n,
+                DT,
+                stqm,
+                stqd,
+                stkn,
+                stkd,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_DT,
+                T_DOT_PREC,
+                T_UPCAST,
+            )
             t2 = t_acc * t_scale2
             w = w - w_q[:, None] * tl.exp2(t2 - t_lse_q[:, None])
             w = w - w_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
         w = tl.where(mask_m[:, None] & mask_n[None, :], w, 0.0)
-        if SINGLE_D:
-            dq = tl.dot(w.to(k.dtype), k, dq, input_precision=DOT_PREC)
-            if ATOMIC_DK:
-                dk_part = tl.dot(tl.trans(w).to(q.dtype), q, input_precision=DOT_PREC)
-                tl.atomic_add(
-                    dk_ptr + offs_n[:, None] * D + offs_d[None, :],
-                    dk_part,
-                    mask=mask_n[:, None] & mask_d[None, :],
-                    sem="relaxed",
-                )
-        else:
-            for start_d in range(0, D, BLOCK_D):
-                offs_dc = start_d + offs_d
-                mask_dc = offs_dc < D
-                k_c = _load_tile(k_ptr, offs_n, offs_dc, mask_n, mask_dc, skn, skd, UPCAST)
-                dq_ptrs = dq_ptr + offs_m[:, None] * D + offs_dc[None, :]
-                dq_mask = mask_m[:, None] & mask_dc[None, :]
-                part = tl.dot(w.to(k_c.dtype), k_c, input_precision=DOT_PREC)
-                tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + part, mask=dq_mask)
-                if ATOMIC_DK:
-                    q_c = _load_tile(q_ptr, offs_m, offs_dc, mask_m, mask_dc, sqm, sqd, UPCAST)
-                    dk_part = tl.dot(tl.trans(w).to(q_c.dtype), q_c, input_precision=DOT_PREC)
-                    tl.atomic_add(
-                        dk_ptr + offs_n[:, None] * D + offs_dc[None, :],
-                        dk_part,
-                        mask=mask_n[:, None] & mask_dc[None, :],
-                        sem="relaxed",
-                    )
+        dq = accumulate_products(
+            w,
+            q,
+            k,
+            dq,
+            q_ptr,
+            k_ptr,
+            dq_ptr,
+            dk_ptr,
+            offs_m,
+            offs_n,
+            offs_d,
+            mask_m,
+            mask_n,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_D,
+            SINGLE_D,
+            ATOMIC_DK,
+            DOT_PREC,
+            UPCAST,
+        )
     if SINGLE_D:
         tl.store(dq_ptr + offs_m[:, None] * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :])
 
@@ -270,11 +300,11 @@ def _accum_kernel(
 def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
     """Constexpr kwargs and the teacher's runtime arguments (the student's as placeholders when None)."""
     dim = q.shape[1]
-    cfg = _config(dim, q.dtype, kernel)
+    cfg = config(dim, q.dtype, kernel)
     meta = dict(
         SINGLE_D=dim <= cfg["BLOCK_D"],
-        DOT_PREC=_dot_precision(q.dtype),
-        UPCAST=_upcast(q.dtype),
+        DOT_PREC=dot_precision(q.dtype),
+        UPCAST=upcast(q.dtype),
         TEACHER=teacher is not None,
         **cfg,
     )
@@ -284,9 +314,9 @@ def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
     t_q, t_k, _ = teacher
     t_dim = t_q.shape[1]
     meta.update(
-        BLOCK_DT=_config(t_dim, t_q.dtype, kernel)["BLOCK_D"],
-        T_DOT_PREC=_dot_precision(t_q.dtype),
-        T_UPCAST=_upcast(t_q.dtype),
+        BLOCK_DT=config(t_dim, t_q.dtype, kernel)["BLOCK_D"],
+        T_DOT_PREC=dot_precision(t_q.dtype),
+        T_UPCAST=upcast(t_q.dtype),
     )
     return meta, (t_q, t_k, t_dim, t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
 
@@ -302,11 +332,26 @@ def row_stats(q, k, scale, teacher=None):
     t_scale = scale if teacher is None else teacher[2]
     grid = (triton.cdiv(m, meta["BLOCK_M"]),)
     _stats_kernel[grid](
-        q, k, scale, t_q, t_k, t_scale, lse, t_lse, wsum,
-        m, k.shape[0], q.shape[1], t_dim,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), *t_strides,
+        q,
+        k,
+        scale,
+        t_q,
+        t_k,
+        t_scale,
+        lse,
+        t_lse,
+        wsum,
+        m,
+        k.shape[0],
+        q.shape[1],
+        t_dim,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        *t_strides,
         **meta,
-    )  # fmt: skip
+    )
     return lse, t_lse, wsum
 
 
@@ -324,12 +369,34 @@ def weighted_products(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_l
         t_scale = teacher[2]
     grid = (triton.cdiv(m, meta["BLOCK_M"]),)
     _accum_kernel[grid](
-        q, k, scale, lse_q, lse_k, p_q, p_k, t_q, t_k, t_scale, t_lse_q, t_lse_k, w_q, w_k, dq, dk,
-        m, k.shape[0], dim, t_dim,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), *t_strides,
+        q,
+        k,
+        scale,
+        lse_q,
+        lse_k,
+        p_q,
+        p_k,
+        t_q,
+        t_k,
+        t_scale,
+        t_lse_q,
+        t_lse_k,
+        w_q,
+        w_k,
+        dq,
+        dk,
+        m,
+        k.shape[0],
+        dim,
+        t_dim,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        *t_strides,
         ATOMIC_DK=atomic_dk,
         **meta,
-    )  # fmt: skip
+    )
     return dq, (dk if atomic_dk else None)
 
 
@@ -339,8 +406,6 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 class TritonSoftTargetBackend:
     """``stats`` / ``accumulate`` of ops/soft_target.py on the Triton kernels above."""
-
-    name = "triton"
 
     def __init__(self, atomic_dk: bool | None = None):
         self.atomic_dk = atomic_dk
@@ -378,7 +443,7 @@ class TritonSoftTargetBackend:
         norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         p_row, p_col, q_row, q_col = (v / norm for v in (p_row, p_col, q_row, q_col))
-        atomic = _use_atomics() if self.atomic_dk is None else self.atomic_dk
+        atomic = use_atomics() if self.atomic_dk is None else self.atomic_dk
         a_i, a_t = weighted_products(
             image, text, scale, r, c, p_row, p_col, rows, tr, tc, q_row, q_col, atomic
         )

@@ -1,0 +1,105 @@
+"""Process-group helpers of the distributed losses (a leaf: imports nothing from vlkernels).
+
+``world`` / ``check_world`` describe this process in a group, ``check_ranks`` makes every rank raise the
+same error when the ranks disagree on a setting (instead of a hang or a silent mis-slice), ``gather`` /
+``reduce_scatter`` wrap the tensor collectives, and ``merge_columns`` merges per-rank partial column
+log-sum-exps (and softmax-weighted sums) into global ones with two O(B) all-reduces.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import torch
+import torch.distributed as dist
+
+DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
+# Fields whose int64 value is the bit pattern of a float (see float_bits).
+FLOAT_FIELDS = ("label_smoothing", "reduction factor")
+
+# torch >= 2.11 renamed the tensor collectives (the old names warn); same semantics.
+_all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+def world(group=None) -> tuple[int, int]:
+    """(world size, rank) of ``group``; a clear error when no process group is initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "gather=True needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group(...) first (torchrun sets up the environment), "
+            "or use gather=False for a single process"
+        )
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def check_world(group, rank: int, world_size: int, owner: str) -> None:
+    """``owner``'s rank / world_size arguments (open_clip's) must describe this process in ``group``."""
+    size, actual = world(group)
+    if (size, actual) != (world_size, rank):
+        raise ValueError(
+            f"{owner} was built with rank={rank}, world_size={world_size} but this process is rank "
+            f"{actual} of {size} in its process group"
+        )
+
+
+def gather(x: torch.Tensor, group, async_op: bool = False):
+    """Concatenation over ranks of x ([b, ...] -> [n b, ...]) and the async work handle (or None)."""
+    x = x.contiguous()
+    out = x.new_empty((dist.get_world_size(group) * x.shape[0], *x.shape[1:]))
+    return out, _all_gather_tensor(out, x, group=group, async_op=async_op)
+
+
+def float_bits(value: float) -> int:
+    """An exact int64 encoding of a float, for ``check_ranks``."""
+    return struct.unpack("<q", struct.pack("<d", float(value)))[0]
+
+
+def _describe(name: str, value: int) -> str:
+    if name.endswith("dtype"):
+        return str(_CODE_DTYPES.get(value, value)).replace("torch.", "")
+    if name in FLOAT_FIELDS:
+        return repr(struct.unpack("<d", struct.pack("<q", value))[0])
+    return str(value)
+
+
+def check_ranks(group, device: torch.device, fields: dict[str, int]) -> None:
+    """One small all-gather: raise the same ValueError on every rank when the ranks disagree.
+
+    Without it, ranks with different local batch sizes, widths or dtypes would deadlock or fail
+    inside a collective with an opaque message (or, worse, silently mis-slice)."""
+    names = list(fields)
+    mine = torch.tensor([int(fields[k]) for k in names], dtype=torch.int64, device=device)
+    rows, _ = gather(mine[None], group)
+    rows = rows.tolist()
+    bad = []
+    for idx, name in enumerate(names):
+        values = [row[idx] for row in rows]
+        if len(set(values)) > 1:
+            per_rank = ", ".join(f"rank {r}: {_describe(name, v)}" for r, v in enumerate(values))
+            bad.append(f"{name} ({per_rank})")
+    if bad:
+        raise ValueError(
+            "gather=True needs the same local batch size, feature width, dtype and loss settings on "
+            "every rank; the ranks disagree on " + "; ".join(bad)
+        )
+
+
+def merge_columns(lse_parts, weighted, extra, group):
+    """Merge per-rank partial column statistics over the ranks' rows.
+
+    ``lse_parts``: per-rank partial log-sum-exps [B]; ``weighted``: (k, w) pairs where w [B] is a
+    softmax-weighted sum normalised by the partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed
+    over ranks in the same all-reduce. Returns (global LSEs, global weighted sums, summed extra)."""
+    cols = lse_parts[0].shape[0]
+    peak = torch.stack(lse_parts)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
+    scaled = [torch.exp(part - peak[k]) for k, part in enumerate(lse_parts)]
+    parts = scaled + [w * scaled[k] for k, w in weighted]
+    buf = torch.cat([p.reshape(-1) for p in parts] + [extra])
+    dist.all_reduce(buf, group=group)
+    sums = buf[: len(parts) * cols].view(len(parts), cols)
+    lses = [peak[k] + torch.log(sums[k]) for k in range(len(lse_parts))]
+    sums_w = [sums[len(lse_parts) + j] / sums[k] for j, (k, _) in enumerate(weighted)]
+    return lses, sums_w, buf[len(parts) * cols :]

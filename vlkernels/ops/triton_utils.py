@@ -1,0 +1,208 @@
+"""Triton pieces shared by the loss kernels: tile loads, tile products, the backward's accumulation of
+W @ K (and W.T @ Q) and the fixed launch configurations.
+
+All tiles are [rows, BLOCK_D] slices of row-major [rows, D] operands with arbitrary strides and int64
+offsets; products accumulate in fp32 with the operands in their input dtype (tensor cores), exponentials
+are base 2 (``LOG2E`` folds the conversion into the scale).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from vlkernels._triton import interpret_mode
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
+@triton.jit
+def load_tile(ptr, offs_r, offs_d, mask_r, mask_d, s_r, s_d, UPCAST: tl.constexpr):
+    """A [rows, BLOCK_D] tile, zero-padded; UPCAST only where the interpreter cannot dot bf16."""
+    tile = tl.load(
+        ptr + offs_r[:, None] * s_r + offs_d[None, :] * s_d, mask=mask_r[:, None] & mask_d[None, :], other=0.0
+    )
+    if UPCAST:
+        tile = tile.to(tl.float32)
+    return tile
+
+
+@triton.jit
+def dot_tile(
+    q_ptr,
+    k_ptr,
+    offs_m,
+    offs_n,
+    mask_m,
+    mask_n,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Q[offs_m] @ K[offs_n].T in fp32, walking D in BLOCK_D chunks."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start_d in range(0, D, BLOCK_D):
+        offs_d = start_d + tl.arange(0, BLOCK_D)
+        mask_d = offs_d < D
+        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+        k = load_tile(k_ptr, offs_n, offs_d, mask_n, mask_d, skn, skd, UPCAST)
+        acc = tl.dot(q, tl.trans(k), acc, input_precision=DOT_PREC)
+    return acc
+
+
+@triton.jit
+def score_tile(
+    q_ptr,
+    k_ptr,
+    q,
+    offs_m,
+    offs_n,
+    mask_m,
+    mask_n,
+    offs_d,
+    mask_d,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """(Q[offs_m] @ K[offs_n].T in fp32, the K tile). With SINGLE_D (D <= BLOCK_D) ``q`` is the program's
+    register-resident Q block and the K tile is loaded once; otherwise D is walked in chunks and the
+    returned "K tile" is ``q`` (a placeholder the caller does not use)."""
+    if SINGLE_D:
+        k = load_tile(k_ptr, offs_n, offs_d, mask_n, mask_d, skn, skd, UPCAST)
+        acc = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    else:
+        k = q
+        acc = dot_tile(
+            q_ptr,
+            k_ptr,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_PREC,
+            UPCAST,
+        )
+    return acc, k
+
+
+@triton.jit
+def accumulate_products(
+    w,
+    q,
+    k,
+    dq,
+    q_ptr,
+    k_ptr,
+    dq_ptr,
+    dk_ptr,
+    offs_m,
+    offs_n,
+    offs_d,
+    mask_m,
+    mask_n,
+    mask_d,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    ATOMIC_DK: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Add W @ K[offs_n] to the program's dQ rows and, with ATOMIC_DK, W.T @ Q[offs_m] to dK (fp32 atomics).
+
+    SINGLE_D: dQ is the register accumulator ``dq`` (returned); otherwise dQ lives in its fp32 rows at
+    ``dq_ptr`` (owned by this program) and is updated chunk by chunk of D."""
+    if SINGLE_D:
+        dq = tl.dot(w.to(k.dtype), k, dq, input_precision=DOT_PREC)
+        if ATOMIC_DK:
+            dk_part = tl.dot(tl.trans(w).to(q.dtype), q, input_precision=DOT_PREC)
+            tl.atomic_add(
+                dk_ptr + offs_n[:, None] * D + offs_d[None, :],
+                dk_part,
+                mask=mask_n[:, None] & mask_d[None, :],
+                sem="relaxed",
+            )
+    else:
+        for start_d in range(0, D, BLOCK_D):
+            offs_dc = start_d + offs_d
+            mask_dc = offs_dc < D
+            k_c = load_tile(k_ptr, offs_n, offs_dc, mask_n, mask_dc, skn, skd, UPCAST)
+            dq_ptrs = dq_ptr + offs_m[:, None] * D + offs_dc[None, :]
+            dq_mask = mask_m[:, None] & mask_dc[None, :]
+            part = tl.dot(w.to(k_c.dtype), k_c, input_precision=DOT_PREC)
+            tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + part, mask=dq_mask)
+            if ATOMIC_DK:
+                q_c = load_tile(q_ptr, offs_m, offs_dc, mask_m, mask_dc, sqm, sqd, UPCAST)
+                dk_part = tl.dot(tl.trans(w).to(q_c.dtype), q_c, input_precision=DOT_PREC)
+                tl.atomic_add(
+                    dk_ptr + offs_n[:, None] * D + offs_dc[None, :],
+                    dk_part,
+                    mask=mask_n[:, None] & mask_dc[None, :],
+                    sem="relaxed",
+                )
+    return dq
+
+
+def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
+    """Fixed block sizes per (kernel: "lse" | "grad", dtype, D range); small ones in the interpreter."""
+    if interpret_mode():
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
+    cap = 64 if dtype == torch.float32 else 128
+    block_d = max(16, min(cap, triton.next_power_of_2(dim)))
+    if kernel == "lse":
+        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs follow torch's own matmul setting: full fp32 unless the user allowed TF32."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def upcast(dtype: torch.dtype) -> bool:
+    """Triton's interpreter computes bf16 dots wrongly (it has no numpy bf16): there the tiles are
+    upcast after loading, which still exercises the bf16 loads, strides and masks on CPU."""
+    return interpret_mode() and dtype == torch.bfloat16
+
+
+def use_atomics() -> bool:
+    """Atomic dK (one backward launch) unless the user asked for deterministic algorithms
+    (``VLKERNELS_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``)."""
+    env = os.environ.get("VLKERNELS_DETERMINISTIC")
+    if env is not None:
+        return env.strip() in ("0", "")
+    return not torch.are_deterministic_algorithms_enabled()
