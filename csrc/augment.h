@@ -66,6 +66,11 @@ VLK_HD float clamp01(float x) { return vmin(vmax(x, 0.0f), 1.0f); }
 
 VLK_HD float gray_of(float r, float g, float b) { return kGrayR * r + kGrayG * g + kGrayB * b; }
 
+// torchvision v2 F.solarize on a float image with threshold 128/255: x >= threshold -> 1 - x. (The
+// float32 of 128/255 equals the float32 quotient 128.0f / 255.0f, the threshold the reference uses.)
+constexpr float kSolarizeThreshold = 128.0f / 255.0f;
+VLK_HD float solarize(float x) { return x >= kSolarizeThreshold ? 1.0f - x : x; }
+
 // Whether op `op` with factor `f` changes the image (identity factors are skipped, as torchvision
 // skips an op whose range is the single identity value).
 VLK_HD bool op_active(int op, float f) { return op == kHue ? f != 0.0f : f != 1.0f; }
@@ -79,9 +84,10 @@ VLK_HD int max_taps(int64_t in, int64_t out) {
 
 // Antialiased bilinear (triangle filter, support scaled by the downscale factor) weights of output
 // pixel i along one axis, normalised to sum 1: PyTorch's interpolate(antialias=True) rule, which is
-// what torchvision's resize(antialias=True) calls. Writes taps to w[0..n), returns the first source
-// index in *start and the count in *n.
-VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* start, int* n) {
+// what torchvision's resize(antialias=True) calls. Writes taps to w[0], w[stride], ..., w[(n-1) * stride]
+// (stride > 1: the tap-major tables of the CUDA kernel), returns the first source index in *start and
+// the count in *n.
+VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* start, int* n, int64_t stride = 1) {
   const float scale = static_cast<float>(in) / static_cast<float>(out);
   const float support = scale >= 1.0f ? scale : 1.0f;
   const float invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
@@ -96,11 +102,11 @@ VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* st
     float x = static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale);
     x = fabsf(x);
     const float wj = x < 1.0f ? 1.0f - x : 0.0f;
-    w[j] = wj;
+    w[j * stride] = wj;
     total += wj;
   }
   if (total != 0.0f) {
-    for (int j = 0; j < count; ++j) w[j] /= total;
+    for (int j = 0; j < count; ++j) w[j * stride] /= total;
   }
   *start = lo;
   *n = count;

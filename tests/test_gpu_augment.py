@@ -90,3 +90,91 @@ def test_cuda_generator_is_reproducible():
 def test_opcheck_cuda(dtype):
     args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args(dtype)]
     torch.library.opcheck(op(), tuple(args))
+
+
+# ---- the op called directly with hostile values: the same checks as on the CPU ------------------
+
+HOSTILE = [
+    ("boxes", 4, 0, [2**63 - 5, 0, 10, 17], "boxes: crop box"),
+    ("boxes", 4, 0, [0, 2**63 - 5, 12, 10], "boxes: crop box"),
+    ("sizes", 2, 0, [2**32, 2**32], "sizes of image 0"),
+    ("offsets", 1, 2, 2**63 - 5, "offsets: image 2"),
+    ("order", 7, 1, [0, 1, 2, 7], "order of image 1"),
+    ("factors", 6, 1, [float("nan"), 1.0, 1.0, 0.0], "factors of image 1"),
+    ("factors", 6, 1, [1.0, 1.0, 1.0, 0.75], "hue factor"),
+]
+
+
+@pytest.mark.parametrize("name, index, row, value, match", HOSTILE)
+def test_cuda_op_direct_call_gets_the_cpu_checks(name, index, row, value, match):
+    args = list(_op_args())
+    t = args[index].clone()
+    t[row] = torch.tensor(value, dtype=t.dtype)
+    args[index] = t
+    with pytest.raises(RuntimeError, match=match):
+        op()(*args)
+    cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=match):
+        op()(*cuda_args)
+
+
+@pytest.mark.parametrize("name, index, row, value, match", HOSTILE)
+def test_cuda_op_unchecked_invalid_image_is_nan_never_read(name, index, row, value, match):
+    # check=False skips the host copy; the kernel's guard (the same predicate) turns the invalid image
+    # into NaN instead of reading outside the buffer; the other images are unaffected.
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
+    good = op()(*args)
+    t = args[index].clone()
+    t[row] = torch.tensor(value, dtype=t.dtype, device="cuda")
+    args[index] = t
+    out = op()(*args, False)
+    torch.cuda.synchronize()
+    assert torch.isnan(out[row]).all()
+    keep = [i for i in range(out.shape[0]) if i != row]
+    torch.testing.assert_close(out[keep], good[keep], rtol=0, atol=0)
+
+
+def test_cuda_op_checked_call_syncs_once_unchecked_never():
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
+    op()(*args)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        op()(*args, False)
+        with pytest.raises(RuntimeError):
+            op()(*args)  # the packed host copy of the parameters is the one sync
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ---- shared-memory table boundary and streams -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size",
+    # out_h + out_w around the largest that fits the 48 KiB default with the 128 B of static shared
+    # memory (1225; 1226-1228 used to fail to launch: "too many resources requested"), and beyond.
+    [(612, 612), (612, 613), (613, 613), (613, 614), (614, 614), (614, 615), (700, 700), (1, 1228)],
+)
+def test_cuda_op_output_sizes_around_the_shared_memory_boundary(size):
+    imgs = images_of("list", [(700, 650), (300, 1300)], seed=34)
+    p = params_with(imgs, seed=35, **dict(ONLY["all_strong"], scale=(0.6, 1.0)))
+    cpu = fused_augment(imgs, size, params=p, impl="cpu")
+    gpu = fused_augment(to_cuda(imgs), size, params=p.to("cuda"), impl="cuda")
+    torch.cuda.synchronize()
+    assert_close01(gpu.cpu(), cpu)
+
+
+def test_cuda_op_on_a_non_default_stream():
+    imgs = images_of("nhwc", [(64, 80)] * 4, seed=36).cuda()
+    p = params_with(imgs.cpu(), seed=37, **ONLY["all_strong"]).to("cuda")
+    expected = fused_augment(imgs, 32, params=p, impl="cuda")
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fused_augment(imgs, 32, params=p, impl="cuda")
+        out_unchecked = op()(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()], False)
+    side.synchronize()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.isfinite(out_unchecked).all()

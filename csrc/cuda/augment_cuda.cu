@@ -4,7 +4,7 @@
 // tensors, so nothing waits on the host per image. The block first builds the antialiased tap tables
 // of its crop in shared memory (aa_weights, as the CPU kernel; downscales beyond 3x or outputs beyond
 // ~600 x 600 evaluate the taps on the fly instead). Each thread computes output pixels directly from
-// the uint8 source (rows then columns: the association of the CPU kernel's separable passes), applies the colour ops, grayscale and normalisation, and writes the
+// the uint8 source (rows then columns: the association of the CPU kernel's separable passes), applies the colour ops, grayscale, solarize and normalisation, and writes the
 // three planes (coalesced along the row). Contrast needs the gray mean of the image as it stands just
 // before contrast: blocks of images with an active contrast run a first pass that recomputes the
 // pixels up to that op and reduces the mean in shared memory (recomputing is cheaper than a round trip
@@ -64,12 +64,16 @@ struct Image {
   bool flip;
 };
 
-// The taps of one output pixel read from the per-block tables in shared memory.
+// The taps of one output pixel read from the per-block tables in shared memory. The tables are
+// tap-major (tap k of pixel j at w[k * stride + j]): the threads of a warp read consecutive pixels'
+// weights of one tap from consecutive banks (a pixel-major [pixel][8] layout put them 8 words apart:
+// an 8-way bank conflict on every tap).
 struct TableAxis {
   int64_t lo;
   int n;
   const float* w;
-  __device__ __forceinline__ float weight(int j) const { return w[j]; }
+  int stride;
+  __device__ __forceinline__ float weight(int j) const { return w[j * stride]; }
 };
 
 // Resampled pixel of the crop, in [0, 1], from its row taps ay and column taps ax (rows outer,
@@ -102,7 +106,8 @@ __device__ __forceinline__ void resample(const Image& im, const AY& ay, const AX
 // larger downscales evaluate the taps on the fly instead.
 constexpr int kTableTaps = 8;
 
-// Shared-memory tap tables of one image: weights [out, kTableTaps], first index and count per pixel.
+// Shared-memory tap tables of one image: weights [kTableTaps, out] (tap-major), first index and count
+// per pixel.
 struct Tables {
   float* wx;
   float* wy;
@@ -131,8 +136,8 @@ size_t table_bytes(int64_t oh, int64_t ow) {
 __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables& t, int64_t oh, int64_t ow,
                                       int i, int j, float& r, float& g, float& b) {
   if (tables) {
-    const TableAxis ay{t.loy[i], t.ny[i], t.wy + i * kTableTaps};
-    const TableAxis ax{t.lox[j], t.nx[j], t.wx + j * kTableTaps};
+    const TableAxis ay{t.loy[i], t.ny[i], t.wy + i, static_cast<int>(oh)};
+    const TableAxis ax{t.lox[j], t.nx[j], t.wx + j, static_cast<int>(ow)};
     resample(im, ay, ax, r, g, b);
   } else {
     const Axis ay(im.ch, oh, i);
@@ -146,7 +151,8 @@ __global__ void __launch_bounds__(kThreads)
     fused_augment_kernel(const uint8_t* __restrict__ data, int64_t numel, const int64_t* __restrict__ offsets,
                          const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
                          const uint8_t* __restrict__ flip, const float* __restrict__ factors,
-                         const int64_t* __restrict__ order, const uint8_t* __restrict__ gray, float m0, float m1,
+                         const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
+                         const uint8_t* __restrict__ solar, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -172,6 +178,7 @@ __global__ void __launch_bounds__(kThreads)
   im.cw = boxes[4 * n + 3];
   im.flip = flip[n] != 0;
   const bool to_gray = gray[n] != 0;
+  const bool to_solar = solar[n] != 0;
   const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
   // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
   const int npix32 = static_cast<int>(npix);
@@ -184,11 +191,11 @@ __global__ void __launch_bounds__(kThreads)
     int64_t lo;
     for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
       if (q < ow) {
-        aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, tab.wx + q * kTableTaps, &lo, tab.nx + q);
+        aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, tab.wx + q, &lo, tab.nx + q, ow);
         tab.lox[q] = static_cast<int>(lo);
       } else {
         const int64_t i = q - ow;
-        aa_weights(im.ch, oh, i, tab.wy + i * kTableTaps, &lo, tab.ny + i);
+        aa_weights(im.ch, oh, i, tab.wy + i, &lo, tab.ny + i, oh);
         tab.loy[i] = static_cast<int>(lo);
       }
     }
@@ -231,19 +238,39 @@ __global__ void __launch_bounds__(kThreads)
       g = l;
       b = l;
     }
+    if (to_solar) {
+      r = solarize(r);
+      g = solarize(g);
+      b = solarize(b);
+    }
     o[p] = static_cast<out_t>((r - m0) / s0);
     o[npix + p] = static_cast<out_t>((g - m1) / s1);
     o[2 * npix + p] = static_cast<out_t>((b - m2) / s2);
   }
 }
 
+// Shared memory a block may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
+constexpr size_t kDefaultSmem = 48 * 1024;
+
+// The kernel's static shared memory, as compiled (asked once per instantiation).
+template <typename out_t>
+size_t static_smem_bytes() {
+  static const size_t bytes = [] {
+    cudaFuncAttributes attr;
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, fused_augment_kernel<out_t>));
+    return attr.sharedSizeBytes;
+  }();
+  return bytes;
+}
+
 at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
                               bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                               const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
-                              int64_t out_w, at::ScalarType out_dtype, bool check) {
-  const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std,
-                                             out_h, out_w, out_dtype, at::kCUDA);
+                              int64_t out_w, at::ScalarType out_dtype, bool check,
+                              const std::optional<at::Tensor>& solarize) {
+  const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
+                                             mean, std, out_h, out_w, out_dtype, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.data.device());
   // check=True (the default, for direct calls of the op): the same value checks and messages as the CPU
   // op, on one packed host copy of the parameters (one sync per batch). fused_augment passes False: its
@@ -256,15 +283,30 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype));
   const dim3 grid(static_cast<unsigned int>(n));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // Tap tables in shared memory when they fit the default 48 KiB (outputs up to ~600 x 600).
+  // Tap tables in shared memory when they fit the default 48 KiB together with the kernel's static
+  // shared memory (the reduction's warp sums): static + dynamic must fit without the opt-in attribute
+  // (outputs up to out_h + out_w = 1225 at 40 B per pixel of the two axes and 128 B static).
   const size_t smem = table_bytes(out_h, out_w);
-  const bool use_tables = smem <= 48 * 1024;
+  size_t static_smem = 0;
+  switch (out_dtype) {
+    case at::kFloat:
+      static_smem = static_smem_bytes<float>();
+      break;
+    case at::kBFloat16:
+      static_smem = static_smem_bytes<c10::BFloat16>();
+      break;
+    default:
+      static_smem = static_smem_bytes<c10::Half>();
+      break;
+  }
+  const bool use_tables = static_smem + smem <= kDefaultSmem;
 #define VLK_LAUNCH(T)                                                                                   \
   fused_augment_kernel<T><<<grid, kThreads, use_tables ? smem : 0, stream>>>(                           \
       a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                        \
       a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                    \
       static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
-      a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()), a.mean[0], a.mean[1], \
+      a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                     \
+      static_cast<const uint8_t*>(a.solarize.data_ptr()), a.mean[0], a.mean[1],                         \
       a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:
