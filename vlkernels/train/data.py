@@ -134,7 +134,11 @@ def read_rows(
         line = raw[: e.start].count(b"\n") + 1
         raise UsageError(f"{option} {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
                          "save the file as UTF-8") from e  # fmt: skip
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise UsageError(f"{option} {path}, line {line}: a NUL byte (a binary or UTF-16 file?); save it as "
+                         "UTF-8 text")  # fmt: skip
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator, strict=True)
     rows = []
     try:
         header = next(reader, None)
