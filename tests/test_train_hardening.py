@@ -4,6 +4,7 @@ anything is written, or, once the run has started, in the summary, metrics.jsonl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -81,6 +82,14 @@ def test_bad_option_values_are_usage_errors(tmp_path, capsys, args, option):
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_out_dir_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    for out_dir, name in ((tmp_path / "afile", "run"), (tmp_path, "afile")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--loss", "naive", *TINY_ARGS, "--out-dir", str(out_dir), "--name", name])
+        assert e.value.code == 2 and "is not a directory" in capsys.readouterr().err
+
+
 def test_bad_values_through_the_python_api(tmp_path):
     """The same checks guard train(): no negative-slice batch, no ZeroDivisionError, nothing written."""
     for kw in ({"batch_size": -4}, {"batch_size": 1}, {"synthetic_val_size": 0}, {"steps": 2.5},
@@ -122,6 +131,28 @@ def test_run_that_trains_nothing_fails(tmp_path, capsys):
     assert "no step was trained" in summary["stopped"] and summary["final_loss"] is None
     end = read_jsonl(tmp_path / "run" / "metrics.jsonl")[-1]
     assert end["type"] == "end" and end["status"] == "stopped"
+
+
+def test_unreadable_validation_set_is_reported_not_nan(tmp_path):
+    pytest.importorskip("PIL")
+    rows = _write_images(tmp_path, 6)
+    good = tmp_path / "good.tsv"
+    good.write_text("filepath\ttitle\n" + "".join(f"{p}\t{c}\n" for p, c in rows))
+    cfg = tiny_cfg(tmp_path / "run", train_data=str(good), val_data=str(_bad_csv(tmp_path)), batch_size=4)
+    summary = loop.train(dataclasses.replace(cfg, steps=2, eval_every=1))
+    assert summary["status"] == "completed" and summary["retrieval_top1"] is None
+    text = (tmp_path / "run" / "summary.json").read_text() + (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "NaN" not in text  # strict JSON
+
+
+def test_plot_of_a_retrieval_run(tmp_path):
+    """A CSV run with --val-data logs retrieval_top1, not zeroshot_top1: its plot used to raise KeyError."""
+    pytest.importorskip("matplotlib")
+    from vlkernels.train.report import plot_runs
+
+    recs = [{"type": "train", "step": 1, "loss": 2.0}, {"type": "eval", "step": 1, "retrieval_top1": 0.5},
+            {"type": "eval", "step": 2, "retrieval_top1": None}, {"type": "end", "step": 2}]  # fmt: skip
+    assert plot_runs({"run": recs}, str(tmp_path / "c.png"), "t") and (tmp_path / "c.png").stat().st_size
 
 
 def test_some_skipped_steps_still_succeed(tmp_path):
@@ -397,8 +428,6 @@ def test_exception_is_reported_and_the_run_resumes(tmp_path, monkeypatch, capsys
 
 
 def test_compare_worker_exit_code_follows_the_run(tmp_path, monkeypatch):
-    import dataclasses
-
     _poison(monkeypatch, {0}, "nan")
     cfg = tiny_cfg(tmp_path / "w", steps=2, max_nonfinite=1)
     assert compare._worker(json.dumps(dataclasses.asdict(cfg))) == 1

@@ -148,8 +148,11 @@ def _run_dir(p: argparse.ArgumentParser, args) -> tuple[bool, str]:
         out = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     elif args.resume in ("latest", "auto") and not args.name:
         p.error(f"--resume {args.resume} needs the run's --name (resumes OUT_DIR/NAME/checkpoint.pt)")
-    if os.path.exists(out) and not os.path.isdir(out):
-        p.error(f"the run directory {out} (--out-dir/--name) exists and is not a directory")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        p.error(f"the run directory {out} (--out-dir/--name): {parent} exists and is not a directory")
     return compare, out
 
 

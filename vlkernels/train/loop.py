@@ -352,9 +352,13 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
         if evaluate is None or not lead:
             return None
         key, value = evaluate(model, tokenizer, device)
+        if not math.isfinite(value):  # no 2 readable validation pairs: JSON has no NaN, say it instead
+            value = None
+            progress.message(f"[{name}] step {step}: {key} n/a (fewer than 2 readable --val-data images)")
+        else:
+            progress.message(f"[{name}] step {step}: {key} {value:.3f}")
         rec = {"type": "eval", "step": step, key: value}
         metrics.write(rec)
-        progress.message(f"[{name}] step {step}: {key} {value:.3f}")
         return rec
 
     model.train()

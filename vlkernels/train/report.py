@@ -184,7 +184,13 @@ def plot_runs(
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
         return False
-    has_eval = any(r.get("type") == "eval" for recs in runs.values() for r in recs)
+    labels = {
+        "zeroshot_top1": "zero-shot top-1 (held-out)",
+        "retrieval_top1": "image->text top-1 (--val-data)",
+    }
+    evals = [r for recs in runs.values() for r in recs if r.get("type") == "eval"]
+    metric = next((m for m in labels if any(r.get(m) is not None for r in evals)), None)
+    has_eval = metric is not None
     panels = 1 + has_eval + (diff is not None)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     styles = ["-", "--", ":", "-."]
@@ -192,15 +198,15 @@ def plot_runs(
         train = [r for r in recs if r.get("type") == "train"]
         axes[0, 0].plot([r["step"] for r in train], [r["loss"] for r in train], styles[k % 4], label=name)
         if has_eval:
-            ev = [r for r in recs if r.get("type") == "eval"]
-            axes[0, 1].plot([r["step"] for r in ev], [r["zeroshot_top1"] for r in ev], styles[k % 4],
+            ev = [r for r in recs if r.get("type") == "eval" and r.get(metric) is not None]
+            axes[0, 1].plot([r["step"] for r in ev], [r[metric] for r in ev], styles[k % 4],
                             marker="o", label=name)  # fmt: skip
     axes[0, 0].set_xlabel("step")
     axes[0, 0].set_ylabel("training loss")
     axes[0, 0].legend()
     if has_eval:
         axes[0, 1].set_xlabel("step")
-        axes[0, 1].set_ylabel("zero-shot top-1 (held-out)")
+        axes[0, 1].set_ylabel(labels[metric])
         axes[0, 1].legend()
     if diff is not None:
         ax = axes[0, -1]
