@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "augment.h"
@@ -21,7 +22,7 @@ namespace vlkernels {
 namespace augment {
 
 struct AugmentArgs {
-  at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray;
+  at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray, solarize;
   float mean[3];
   float std[3];
   int64_t n;
@@ -37,7 +38,8 @@ inline void check_tensor(const at::Tensor& x, const char* name, at::ScalarType d
 
 inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
                                         const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
-                                        const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
+                                        const at::Tensor& order, const at::Tensor& gray,
+                                        const std::optional<at::Tensor>& solarize, at::ArrayRef<double> mean,
                                         at::ArrayRef<double> std, int64_t out_h, int64_t out_w,
                                         at::ScalarType out_dtype, at::DeviceType dev) {
   TORCH_CHECK(data.scalar_type() == at::kByte, "fused_augment: data must be uint8, got ", data.scalar_type());
@@ -55,6 +57,7 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   check_tensor(factors, "factors", at::kFloat, d, {n, 4});
   check_tensor(order, "order", at::kLong, d, {n, 4});
   check_tensor(gray, "gray", at::kBool, d, {n});
+  if (solarize.has_value()) check_tensor(*solarize, "solarize", at::kBool, d, {n});
   TORCH_CHECK(mean.size() == 3 && std.size() == 3, "fused_augment: mean and std must have 3 values, got ",
               mean.size(), " and ", std.size());
   AugmentArgs a;
@@ -78,6 +81,7 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   a.factors = factors.contiguous();
   a.order = order.contiguous();
   a.gray = gray.contiguous();
+  a.solarize = solarize.has_value() ? solarize->contiguous() : at::zeros({n}, gray.options());
   a.n = n;
   return a;
 }

@@ -215,6 +215,14 @@ VLK_CLONES void gray_row(float* r, float* g, float* b, int64_t n) {
   }
 }
 
+VLK_CLONES void solarize_row(float* const* rgb, int64_t n) {
+  for (int c = 0; c < 3; ++c) {
+    float* d = rgb[c];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) d[j] = solarize(d[j]);
+  }
+}
+
 VLK_CLONES void normalise_row(const float* v, float m, float s, int64_t n, float* d) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) d[j] = (v[j] - m) / s;
@@ -225,7 +233,7 @@ struct ImageJob {
   const uint8_t* src;
   int64_t H, W, sy, sx, sc;  // element strides of row, column, channel
   int64_t top, left, ch, cw;
-  bool flip, gray;
+  bool flip, gray, solar;
   const float* factors;
   const int64_t* order;
   const float* mean;
@@ -303,13 +311,14 @@ struct ImageJob {
     });
   }
 
-  // Colour ops after the mean, grayscale, normalise, convert: output row i.
+  // Colour ops after the mean, grayscale, solarize, normalise, convert: output row i.
   void finish_row(const OpPlan& plan, float gmean, float* const* rgb, int64_t i) const {
     float* r = rgb[0];
     float* g = rgb[1];
     float* b = rgb[2];
     row_ops(plan, plan.split, plan.count, gmean, r, g, b, ow);
     if (gray) gray_row(r, g, b, ow);
+    if (solar) solarize_row(rgb, ow);
     for (int c = 0; c < 3; ++c) {
       out_t* d = out + (c * oh + i) * ow;
       if constexpr (std::is_same_v<out_t, float>) {
@@ -352,6 +361,7 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, at::Tenso
   const float* fa = a.factors.data_ptr<float>();
   const int64_t* od = a.order.data_ptr<int64_t>();
   const uint8_t* gr = static_cast<const uint8_t*>(a.gray.data_ptr());
+  const uint8_t* so = static_cast<const uint8_t*>(a.solarize.data_ptr());
   out_t* o = out.data_ptr<out_t>();
   auto job = [&](int64_t i) {
     const int64_t H = sz[2 * i], W = sz[2 * i + 1];
@@ -368,6 +378,7 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, at::Tenso
     jb.cw = bx[4 * i + 3];
     jb.flip = fl[i] != 0;
     jb.gray = gr[i] != 0;
+    jb.solar = so[i] != 0;
     jb.factors = fa + 4 * i;
     jb.order = od + 4 * i;
     jb.mean = a.mean;
@@ -395,12 +406,13 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                              const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
-                             int64_t out_w, at::ScalarType out_dtype, bool check) {
+                             int64_t out_w, at::ScalarType out_dtype, bool check,
+                             const std::optional<at::Tensor>& solarize) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
   (void)check;
-  const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, mean, std,
-                                             out_h, out_w, out_dtype, at::kCPU);
+  const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
+                                             mean, std, out_h, out_w, out_dtype, at::kCPU);
   check_augment_values(a.n, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
                        a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>());
   at::Tensor out = at::empty({a.n, 3, out_h, out_w}, a.data.options().dtype(out_dtype));

@@ -54,7 +54,7 @@ def test_auto_picks_the_cuda_kernel():
     with _OpLog() as log:
         fused_augment(imgs, 16)
     ran = [devs for name, devs in log.calls if name == "vlkernels.fused_augment.default"]
-    assert ran == [["cuda"] * 8]
+    assert ran == [["cuda"] * 9]
 
 
 @pytest.mark.parametrize("kind", ["nhwc", "nchw", "list"])
@@ -178,3 +178,12 @@ def test_cuda_op_on_a_non_default_stream():
     side.synchronize()
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     assert torch.isfinite(out_unchecked).all()
+
+
+@pytest.mark.parametrize("what", ["all_strong", "grayscale", "crop"])
+def test_cuda_op_solarize_equals_cpu_op(what):
+    imgs = images_of("list", [(40, 61), (256, 256), (5, 3)], seed=38)
+    p = params_with(imgs, seed=39, **ONLY[what], solarize_p=0.7)
+    cpu = fused_augment(imgs, (33, 29), params=p, impl="cpu")
+    gpu = fused_augment(to_cuda(imgs), (33, 29), params=p.to("cuda"), impl="cuda")
+    assert_close01(gpu.cpu(), cpu)

@@ -15,6 +15,7 @@ Op layout (one call for the whole batch, ragged or not):
                            (sampled parameters are valid by construction, explicit ones already
                            validated); the CUDA kernel still guards every image with the same predicate
                            (an invalid image comes out NaN, never read out of bounds).
+  solarize bool  [N]       optional (None: all False); after grayscale, before normalisation
 returns out_dtype [N, 3, out_h, out_w].
 """
 
@@ -35,7 +36,22 @@ def _register() -> None:
 
     @torch.library.register_fake(OP_NAME)
     def _fake(
-        data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, dt, check=True
+        data,
+        offsets,
+        sizes,
+        hwc,
+        boxes,
+        flip,
+        factors,
+        order,
+        gray,
+        mean,
+        std,
+        out_h,
+        out_w,
+        dt,
+        check=True,
+        solarize=None,
     ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
         return data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
@@ -74,6 +90,7 @@ def run(
     out_w: int,
     out_dtype: torch.dtype,
     check: bool = True,
+    solarize: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return op()(
         data,
@@ -91,4 +108,5 @@ def run(
         out_w,
         out_dtype,
         check,
+        solarize,
     )

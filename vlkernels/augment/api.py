@@ -173,6 +173,7 @@ def fused_augment(
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
+    solarize_p: float = 0.0,
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     out_dtype: torch.dtype = torch.float32,
@@ -183,7 +184,8 @@ def fused_augment(
     images: uint8 [N, H, W, 3], [N, 3, H, W], or a list of [H_i, W_i, 3]. size: int or (h, w).
     Returns out_dtype [N, 3, h, w]. Per sample: RandomResizedCrop (bilinear, antialias) -> horizontal
     flip -> ColorJitter (random op order) applied with probability jitter_p -> RandomGrayscale ->
-    Normalize(mean, std), all computed in fp32 (torchvision's semantics; see reference.py).
+    RandomSolarize(128/255, solarize_p) -> Normalize(mean, std), all computed in fp32 (torchvision's
+    semantics; see reference.py).
     ``params`` (AugmentParams) fixes the randomness; otherwise they are drawn on the images' device
     with ``generator`` and the sampling knobs, without a host sync.
     impl: "auto" (compiled op for the device, else "torch"), "cuda", "cpu" (C++), "torch" (reference).
@@ -208,6 +210,7 @@ def fused_augment(
             jitter=jitter,
             jitter_p=jitter_p,
             grayscale_p=grayscale_p,
+            solarize_p=solarize_p,
             generator=generator,
         )
     else:
@@ -234,4 +237,5 @@ def fused_augment(
         out_w,
         out_dtype,
         check=which != "cuda",
+        solarize=params.solarize.bool(),
     )

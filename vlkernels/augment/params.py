@@ -25,6 +25,8 @@ class AugmentParams:
     - ``hue``: float32 [N], hue shift in turns, in [-0.5, 0.5] (0 = identity).
     - ``order``: int64 [N, 4], each row a permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue).
     - ``grayscale``: bool [N], grayscale (three equal channels) after the jitter.
+    - ``solarize``: bool [N], solarize (x >= 128/255 -> 1 - x, torchvision's ``F.solarize`` on a float
+      image) after grayscale, before normalisation. Optional: left out (None), it is all False.
 
     A jitter op whose factor is its identity is skipped, as torchvision skips an op whose range is
     the single identity value.
@@ -39,6 +41,11 @@ class AugmentParams:
     hue: torch.Tensor
     order: torch.Tensor
     grayscale: torch.Tensor
+    solarize: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.solarize is None and isinstance(self.boxes, torch.Tensor) and self.boxes.dim() >= 1:
+            self.solarize = torch.zeros(self.boxes.shape[0], dtype=torch.bool, device=self.boxes.device)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -73,6 +80,7 @@ class AugmentParams:
             hue=torch.zeros(n, device=dev),
             order=torch.arange(4, device=dev).repeat(n, 1),
             grayscale=torch.zeros(n, dtype=torch.bool, device=dev),
+            solarize=torch.zeros(n, dtype=torch.bool, device=dev),
         )
 
     def validate(self, sizes: torch.Tensor) -> None:
@@ -140,7 +148,7 @@ class AugmentParams:
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_FIELDS = ("boxes", "order")
-_FLAG_FIELDS = ("flip", "jitter", "grayscale")
+_FLAG_FIELDS = ("flip", "jitter", "grayscale", "solarize")
 
 
 def check_int(name: str, v) -> int:
@@ -242,6 +250,7 @@ def sample_augment_params(
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1),
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
+    solarize_p: float = 0.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> AugmentParams:
@@ -251,13 +260,15 @@ def sample_augment_params(
     (area fraction ~ U(scale), log aspect ~ U(log ratio)), w = round(sqrt(area * aspect)),
     h = round(sqrt(area / aspect)), the first try that fits is placed uniformly; else the centre crop
     clamped to the ratio range. Jitter factors follow ``ColorJitter``: brightness, contrast, saturation
-    ~ U(max(0, 1 - x), 1 + x), hue ~ U(-h, h), op order a uniform permutation.
+    ~ U(max(0, 1 - x), 1 + x), hue ~ U(-h, h), op order a uniform permutation; solarize with
+    probability solarize_p (RandomSolarize(threshold=128/255, p)).
     """
     scale = _check_range("scale", scale)
     ratio = _check_range("ratio", ratio, low_bound=1e-12)
     hflip_p = check_real("hflip_p", hflip_p, 0.0, 1.0)
     jitter_p = check_real("jitter_p", jitter_p, 0.0, 1.0)
     grayscale_p = check_real("grayscale_p", grayscale_p, 0.0, 1.0)
+    solarize_p = check_real("solarize_p", solarize_p, 0.0, 1.0)
     jitter = check_reals("jitter", jitter, 4)
     # (The factors are drawn in float32: 1 + x must stay finite there.)
     if min(jitter) < 0 or jitter[3] > 0.5 or max(jitter) > 1e38:
@@ -309,14 +320,20 @@ def sample_augment_params(
         return lo + (1.0 + x - lo) * rand(n)
 
     coins = rand(n, 3)
+    brightness, contrast, saturation = factor(jitter[0]), factor(jitter[1]), factor(jitter[2])
+    hue = jitter[3] * (2.0 * rand(n) - 1.0)
+    order = torch.argsort(rand(n, 4), dim=1)
+    # Drawn last, so that the other parameters are those of earlier versions for the same seed.
+    solarize = rand(n) < solarize_p
     return AugmentParams(
         boxes=boxes,
         flip=coins[:, 0] < hflip_p,
         jitter=coins[:, 1] < jitter_p,
-        brightness=factor(jitter[0]),
-        contrast=factor(jitter[1]),
-        saturation=factor(jitter[2]),
-        hue=jitter[3] * (2.0 * rand(n) - 1.0),
-        order=torch.argsort(rand(n, 4), dim=1),
+        brightness=brightness,
+        contrast=contrast,
+        saturation=saturation,
+        hue=hue,
+        order=order,
         grayscale=coins[:, 2] < grayscale_p,
+        solarize=solarize,
     )

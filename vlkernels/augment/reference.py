@@ -3,7 +3,8 @@
 Per sample: crop + resize (``F.interpolate(mode="bilinear", antialias=True)``, as torchvision's
 ``resized_crop(..., antialias=True)`` on a float image), horizontal flip, colour jitter in the sample's
 op order (torchvision's ``adjust_*`` formulas on float images, clamped to [0, 1] after each op),
-grayscale (0.2989, 0.587, 0.114), normalise. All in fp32; one conversion to ``out_dtype`` at the end.
+grayscale (0.2989, 0.587, 0.114), solarize (threshold 128/255), normalise. All in fp32; one
+conversion to ``out_dtype`` at the end.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ def adjust_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
     return hsv_to_rgb(torch.stack((h, hsv[1], hsv[2]))).clamp(0.0, 1.0)
 
 
+SOLARIZE_THRESHOLD = 128 / 255
+
+
+def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
+    """torchvision v2 F.solarize on a float image (bound 1): x >= threshold -> 1 - x."""
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
 def color_op(x: torch.Tensor, op: int, factor: float) -> torch.Tensor:
     """One ColorJitter op on a float [3, H, W] image; identity factors are skipped."""
     if op == BRIGHTNESS:
@@ -91,6 +100,7 @@ def augment_one(
     gray: bool,
     mean: torch.Tensor,
     std: torch.Tensor,
+    solar: bool = False,
 ) -> torch.Tensor:
     """One sample, uint8 [3, H, W] -> float32 [3, h, w] (normalised)."""
     top, left, h, w = box
@@ -103,6 +113,8 @@ def augment_one(
             x = color_op(x, op, factors[op])
     if gray:
         x = rgb_to_gray(x)[None].expand(3, -1, -1)
+    if solar:
+        x = solarize(x)
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
@@ -125,6 +137,7 @@ def reference_augment(
     factors = torch.stack([params.brightness, params.contrast, params.saturation, params.hue], 1).tolist()
     orders = params.order.tolist()
     grays = params.grayscale.tolist()
+    solars = params.solarize.tolist()
     out = [
         augment_one(
             img,
@@ -136,6 +149,7 @@ def reference_augment(
             grays[i],
             mean_t,
             std_t,
+            solars[i],
         )
         for i, img in enumerate(images_chw)
     ]
