@@ -66,6 +66,13 @@ VLK_HD float clamp01(float x) { return vmin(vmax(x, 0.0f), 1.0f); }
 
 VLK_HD float gray_of(float r, float g, float b) { return kGrayR * r + kGrayG * g + kGrayB * b; }
 
+// uint8 output: the [0, 1] value times 255, rounded half to even, clamped to [0, 255] (no
+// normalisation). Returned as a float holding the integer, exactly representable.
+VLK_HD float quantise_u8(float x) {
+  const float v = rintf(x * 255.0f);
+  return v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+}
+
 // torchvision v2 F.solarize on a float image with threshold 128/255: x >= threshold -> 1 - x. (The
 // float32 of 128/255 equals the float32 quotient 128.0f / 255.0f, the threshold the reference uses.)
 constexpr float kSolarizeThreshold = 128.0f / 255.0f;

@@ -71,8 +71,9 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   TORCH_CHECK(out_h >= 1 && out_w >= 1, "fused_augment: output size must be >= 1, got ", out_h, "x", out_w);
   TORCH_CHECK(out_h <= 2147483647 / out_w, "fused_augment: output images of at most 2^31 - 1 pixels, got ", out_h,
               "x", out_w);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf,
-              "fused_augment: out_dtype must be float32, bfloat16 or float16, got ", out_dtype);
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16 || out_dtype == at::kHalf ||
+                  out_dtype == at::kByte,
+              "fused_augment: out_dtype must be float32, bfloat16, float16 or uint8, got ", out_dtype);
   a.data = data.contiguous();
   a.offsets = offsets.contiguous();
   a.sizes = sizes.contiguous();

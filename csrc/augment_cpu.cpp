@@ -223,6 +223,11 @@ VLK_CLONES void solarize_row(float* const* rgb, int64_t n) {
   }
 }
 
+VLK_CLONES void quantise_row(float* v, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) v[j] = quantise_u8(v[j]);
+}
+
 VLK_CLONES void normalise_row(const float* v, float m, float s, int64_t n, float* d) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) d[j] = (v[j] - m) / s;
@@ -239,7 +244,8 @@ struct ImageJob {
   const float* mean;
   const float* std;
   int64_t oh, ow;
-  out_t* out;  // [3, oh, ow]
+  out_t* out;  // [3, oh, ow], or [oh, ow, 3] when channels_last
+  bool channels_last;
 
   // par: split the row loops across threads (used when there are fewer images than threads).
   void run(bool par) const {
@@ -320,13 +326,21 @@ struct ImageJob {
     if (gray) gray_row(r, g, b, ow);
     if (solar) solarize_row(rgb, ow);
     for (int c = 0; c < 3; ++c) {
-      out_t* d = out + (c * oh + i) * ow;
-      if constexpr (std::is_same_v<out_t, float>) {
-        normalise_row(rgb[c], mean[c], std[c], ow, d);
+      // NCHW: channel plane c, row i; channels-last (NHWC memory): pixel (i, j) at (i * ow + j) * 3 + c.
+      out_t* d = channels_last ? out + i * ow * 3 + c : out + (c * oh + i) * ow;
+      const int64_t xs = channels_last ? 3 : 1;
+      if constexpr (std::is_same_v<out_t, uint8_t>) {
+        quantise_row(rgb[c], ow);
+      } else if constexpr (std::is_same_v<out_t, float>) {
+        if (!channels_last) {
+          normalise_row(rgb[c], mean[c], std[c], ow, d);
+          continue;
+        }
+        normalise_row(rgb[c], mean[c], std[c], ow, rgb[c]);
       } else {
         normalise_row(rgb[c], mean[c], std[c], ow, rgb[c]);
-        for (int64_t j = 0; j < ow; ++j) d[j] = static_cast<out_t>(rgb[c][j]);
       }
+      for (int64_t j = 0; j < ow; ++j) d[j * xs] = static_cast<out_t>(rgb[c][j]);
     }
   }
 };
@@ -349,7 +363,7 @@ void advise_huge_pages(void* ptr, size_t bytes) {
 }
 
 template <typename out_t>
-void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, at::Tensor& out) {
+void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool channels_last, at::Tensor& out) {
   const int64_t n = a.n;
   const uint8_t* base = a.data.data_ptr<uint8_t>();
   const int64_t* off = a.offsets.data_ptr<int64_t>();
@@ -386,6 +400,7 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, at::Tenso
     jb.oh = oh;
     jb.ow = ow;
     jb.out = o + i * 3 * oh * ow;
+    jb.channels_last = channels_last;
     return jb;
   };
   const int64_t threads = at::get_num_threads();
@@ -407,7 +422,7 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
                              int64_t out_w, at::ScalarType out_dtype, bool check,
-                             const std::optional<at::Tensor>& solarize) {
+                             const std::optional<at::Tensor>& solarize, bool channels_last) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
   (void)check;
@@ -415,17 +430,21 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                                              mean, std, out_h, out_w, out_dtype, at::kCPU);
   check_augment_values(a.n, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
                        a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>());
-  at::Tensor out = at::empty({a.n, 3, out_h, out_w}, a.data.options().dtype(out_dtype));
+  at::Tensor out = at::empty({a.n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
+                             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   switch (out_dtype) {
     case at::kFloat:
-      run_batch<float>(a, hwc, out_h, out_w, out);
+      run_batch<float>(a, hwc, out_h, out_w, channels_last, out);
       break;
     case at::kBFloat16:
-      run_batch<c10::BFloat16>(a, hwc, out_h, out_w, out);
+      run_batch<c10::BFloat16>(a, hwc, out_h, out_w, channels_last, out);
+      break;
+    case at::kByte:
+      run_batch<uint8_t>(a, hwc, out_h, out_w, channels_last, out);
       break;
     default:
-      run_batch<c10::Half>(a, hwc, out_h, out_w, out);
+      run_batch<c10::Half>(a, hwc, out_h, out_w, channels_last, out);
       break;
   }
   return out;

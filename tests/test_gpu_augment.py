@@ -187,3 +187,18 @@ def test_cuda_op_solarize_equals_cpu_op(what):
     cpu = fused_augment(imgs, (33, 29), params=p, impl="cpu")
     gpu = fused_augment(to_cuda(imgs), (33, 29), params=p.to("cuda"), impl="cuda")
     assert_close01(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_cuda_op_uint8_and_channels_last_equal_cpu_op(channels_last, dtype):
+    imgs = images_of("list", [(40, 61), (256, 256), (5, 3)], seed=42)
+    p = params_with(imgs, seed=43, **ONLY["all_strong"], solarize_p=0.5)
+    kw = dict(out_dtype=dtype, channels_last=channels_last)
+    cpu = fused_augment(imgs, (33, 29), params=p, impl="cpu", **kw)
+    gpu = fused_augment(to_cuda(imgs), (33, 29), params=p.to("cuda"), impl="cuda", **kw)
+    assert gpu.dtype == dtype and gpu.stride() == cpu.stride()
+    if dtype == torch.uint8:
+        assert (gpu.cpu().int() - cpu.int()).abs().max() <= 1  # one rounding step near .5 boundaries
+    else:
+        assert_close01(gpu.cpu(), cpu)

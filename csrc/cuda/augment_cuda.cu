@@ -17,6 +17,8 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "augment.h"
 #include "augment_checks.h"
 
@@ -154,6 +156,7 @@ __global__ void __launch_bounds__(kThreads)
                          const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
                          const uint8_t* __restrict__ solar, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
+                         bool channels_last,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int64_t n = blockIdx.x;
@@ -164,7 +167,14 @@ __global__ void __launch_bounds__(kThreads)
   // to avoid a host sync per batch); this guard evaluates the same predicate, so that an invalid image
   // is never read out of bounds: its output becomes NaN instead.
   if (check_sample(numel, offsets[n], H, W, boxes + 4 * n, order + 4 * n, factors + 4 * n) != kSampleOk) {
-    for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) o[p] = static_cast<out_t>(NAN);
+    // (uint8 output has no NaN: an invalid image comes out 0 there.)
+    for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) {
+      if constexpr (std::is_same_v<out_t, uint8_t>) {
+        o[p] = 0;
+      } else {
+        o[p] = static_cast<out_t>(NAN);
+      }
+    }
     return;
   }
   Image im;
@@ -243,9 +253,18 @@ __global__ void __launch_bounds__(kThreads)
       g = solarize(g);
       b = solarize(b);
     }
-    o[p] = static_cast<out_t>((r - m0) / s0);
-    o[npix + p] = static_cast<out_t>((g - m1) / s1);
-    o[2 * npix + p] = static_cast<out_t>((b - m2) / s2);
+    // NCHW: plane c at c * npix; channels-last (NHWC memory): pixel p at 3 * p + c.
+    const int64_t cs = channels_last ? 1 : npix;
+    const int64_t q = channels_last ? 3 * static_cast<int64_t>(p) : p;
+    if constexpr (std::is_same_v<out_t, uint8_t>) {
+      o[q] = static_cast<uint8_t>(quantise_u8(r));
+      o[cs + q] = static_cast<uint8_t>(quantise_u8(g));
+      o[2 * cs + q] = static_cast<uint8_t>(quantise_u8(b));
+    } else {
+      o[q] = static_cast<out_t>((r - m0) / s0);
+      o[cs + q] = static_cast<out_t>((g - m1) / s1);
+      o[2 * cs + q] = static_cast<out_t>((b - m2) / s2);
+    }
   }
 }
 
@@ -268,7 +287,7 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
                               int64_t out_w, at::ScalarType out_dtype, bool check,
-                              const std::optional<at::Tensor>& solarize) {
+                              const std::optional<at::Tensor>& solarize, bool channels_last) {
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCUDA);
   const c10::cuda::CUDAGuard guard(a.data.device());
@@ -280,7 +299,8 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   if (check) check_augment_values_via_host(a);
   const int64_t n = a.n;
   TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 images per call");
-  at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype));
+  at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
+                             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   const dim3 grid(static_cast<unsigned int>(n));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Tap tables in shared memory when they fit the default 48 KiB together with the kernel's static
@@ -295,6 +315,9 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
     case at::kBFloat16:
       static_smem = static_smem_bytes<c10::BFloat16>();
       break;
+    case at::kByte:
+      static_smem = static_smem_bytes<uint8_t>();
+      break;
     default:
       static_smem = static_smem_bytes<c10::Half>();
       break;
@@ -307,13 +330,16 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
       static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
       a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                     \
       static_cast<const uint8_t*>(a.solarize.data_ptr()), a.mean[0], a.mean[1],                         \
-      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, out.data_ptr<T>())
+      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, channels_last, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:
       VLK_LAUNCH(float);
       break;
     case at::kBFloat16:
       VLK_LAUNCH(c10::BFloat16);
+      break;
+    case at::kByte:
+      VLK_LAUNCH(uint8_t);
       break;
     default:
       VLK_LAUNCH(c10::Half);

@@ -16,7 +16,9 @@ Op layout (one call for the whole batch, ragged or not):
                            validated); the CUDA kernel still guards every image with the same predicate
                            (an invalid image comes out NaN, never read out of bounds).
   solarize bool  [N]       optional (None: all False); after grayscale, before normalisation
-returns out_dtype [N, 3, out_h, out_w].
+  channels_last bool       output in NHWC memory (shape still [N, 3, out_h, out_w])
+returns out_dtype [N, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
+clamped, not normalised (mean / std unused).
 """
 
 from __future__ import annotations
@@ -52,9 +54,11 @@ def _register() -> None:
         dt,
         check=True,
         solarize=None,
+        channels_last=False,
     ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
-        return data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
+        out = data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
 def op():
@@ -91,6 +95,7 @@ def run(
     out_dtype: torch.dtype,
     check: bool = True,
     solarize: torch.Tensor | None = None,
+    channels_last: bool = False,
 ) -> torch.Tensor:
     return op()(
         data,
@@ -109,4 +114,5 @@ def run(
         out_dtype,
         check,
         solarize,
+        channels_last,
     )

@@ -22,7 +22,7 @@ from vlkernels.augment.reference import reference_augment
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
 IMPLS = ("auto", "cuda", "cpu", "torch")
 DEVICES = ("cpu", "cuda")
 
@@ -177,12 +177,16 @@ def fused_augment(
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     out_dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
     impl: str = "auto",
 ) -> torch.Tensor:
     """CLIP's training augmentation chain in one kernel call.
 
     images: uint8 [N, H, W, 3], [N, 3, H, W], or a list of [H_i, W_i, 3]. size: int or (h, w).
-    Returns out_dtype [N, 3, h, w]. Per sample: RandomResizedCrop (bilinear, antialias) -> horizontal
+    Returns out_dtype [N, 3, h, w] (in NHWC memory with ``channels_last=True``). ``out_dtype=torch.uint8``:
+    no normalisation (mean / std unused), the [0, 1] values times 255 rounded (half to even) and clamped,
+    e.g. for a pinned-memory host-to-device transfer of a quarter of the bytes.
+    Per sample: RandomResizedCrop (bilinear, antialias) -> horizontal
     flip -> ColorJitter (random op order) applied with probability jitter_p -> RandomGrayscale ->
     RandomSolarize(128/255, solarize_p) -> Normalize(mean, std), all computed in fp32 (torchvision's
     semantics; see reference.py).
@@ -199,6 +203,8 @@ def fused_augment(
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
     mean, std = _mean_std(mean, std)
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
     which = _pick_impl(impl, batch.device)
     check_generator(generator)
     if params is None:
@@ -220,7 +226,8 @@ def fused_augment(
     # The parameters are now known valid (sampled, or validated above with one sync): the CUDA op need
     # not copy them to the host again. The CPU op checks them anyway (host memory, no cost).
     if which == "torch":
-        return reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype)
+        out = reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     return _op.run(
         batch.data,
         batch.offsets,
@@ -238,4 +245,5 @@ def fused_augment(
         out_dtype,
         check=which != "cuda",
         solarize=params.solarize.bool(),
+        channels_last=channels_last,
     )

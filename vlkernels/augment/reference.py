@@ -4,7 +4,7 @@ Per sample: crop + resize (``F.interpolate(mode="bilinear", antialias=True)``, a
 ``resized_crop(..., antialias=True)`` on a float image), horizontal flip, colour jitter in the sample's
 op order (torchvision's ``adjust_*`` formulas on float images, clamped to [0, 1] after each op),
 grayscale (0.2989, 0.587, 0.114), solarize (threshold 128/255), normalise. All in fp32; one
-conversion to ``out_dtype`` at the end.
+conversion to ``out_dtype`` at the end; uint8: no normalisation, x * 255 rounded half to even, clamped.
 """
 
 from __future__ import annotations
@@ -101,8 +101,9 @@ def augment_one(
     mean: torch.Tensor,
     std: torch.Tensor,
     solar: bool = False,
+    quantise: bool = False,
 ) -> torch.Tensor:
-    """One sample, uint8 [3, H, W] -> float32 [3, h, w] (normalised)."""
+    """One sample, uint8 [3, H, W] -> float32 [3, h, w] (normalised; quantise: 0..255 integers)."""
     top, left, h, w = box
     x = img_chw[:, top : top + h, left : left + w].float() / 255.0
     x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
@@ -115,6 +116,8 @@ def augment_one(
         x = rgb_to_gray(x)[None].expand(3, -1, -1)
     if solar:
         x = solarize(x)
+    if quantise:
+        return (x * 255.0).round().clamp(0.0, 255.0)
     return (x - mean[:, None, None]) / std[:, None, None]
 
 
@@ -150,6 +153,7 @@ def reference_augment(
             mean_t,
             std_t,
             solars[i],
+            out_dtype == torch.uint8,
         )
         for i, img in enumerate(images_chw)
     ]
