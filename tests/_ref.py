@@ -94,3 +94,33 @@ def assert_within_torch_error(got, base, ref, dtype):
         tol = TOL_GPU[dtype]
         bound = 2 * err_torch + tol["atol"] + tol["rtol"] * r.float().abs().max().item()
         assert err_kernel <= bound, (name, err_kernel, err_torch)
+
+
+def as_float64(img, txt, scale, teacher_kwargs=None):
+    """float64 copies of the inputs (and of a teacher's), for the exact reference."""
+    kw = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+          for k, v in (teacher_kwargs or {}).items()}  # fmt: skip
+    return img.double(), txt.double(), scale.double(), kw
+
+
+def term_scales(batch: int, scale: float, grad_out: float) -> tuple[float, float, float, float]:
+    """Error scales of (loss, d_image, d_text, d_scale) in ulps, for L2-normalised features: the logits
+    err by ~ulp(s), which the softmax weights W carry as a relative error ~ (1 + s) ulp; the loss is
+    ~(1 + s), a feature-gradient row sums terms ~ g (1 + s) / B times W, d_scale terms ~ g times W."""
+    feat = grad_out * (1.0 + scale) ** 2 / batch
+    return 1.0 + scale, feat, feat, grad_out * (1.0 + scale)
+
+
+def assert_within_float64_error(got, base, exact, terms, factor: float = 2.0):
+    """flash-attention's rule against a float64 reference: each of (loss, d_image, d_text, d_scale) of
+    ``got`` errs from ``exact`` by at most ``factor`` times what torch's naive computation in the same
+    dtype (``base``) errs, plus 8 fp32 ulps of the larger of the quantity and its error scale
+    (``terms``, see ``term_scales``): both bounds scale with the values, logit_scale and grad_output."""
+    names = ["loss", "d_image", "d_text", "d_scale"]
+    for name, g, b, r, term in zip(names, got, base, exact, terms, strict=True):
+        assert g is not None and torch.isfinite(g).all(), name
+        assert g.shape == r.shape, (name, g.shape, r.shape)
+        err_got = (g.double() - r).abs().max().item()
+        err_base = (b.double() - r).abs().max().item()
+        floor = 8 * torch.finfo(torch.float32).eps * max(r.abs().max().item(), term)
+        assert err_got <= factor * err_base + floor, (name, err_got, err_base, floor)

@@ -6,8 +6,13 @@ import torch
 import torch.nn.functional as F
 
 
-def _pair_weights(alpha, soft_mask, batch: int, device) -> torch.Tensor:
-    a = torch.as_tensor(alpha, dtype=torch.float32, device=device).detach().reshape(()).expand(batch)
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """fp32, or float64 for float64 inputs (the tests' exact reference)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _pair_weights(alpha, soft_mask, batch: int, device, dtype) -> torch.Tensor:
+    a = torch.as_tensor(alpha, dtype=dtype, device=device).detach().reshape(()).expand(batch)
     if soft_mask is not None:
         a = torch.where(soft_mask, a, torch.zeros_like(a))
     return a
@@ -34,14 +39,14 @@ def soft_target_loss_naive(
     ``a_i = alpha`` where ``soft_mask`` is True (everywhere when it is None), else 0.
     ``reduction="sum"`` returns the sum of the two directional means (2x the mean).
     """
-    logits = logit_scale * (image_features.float() @ text_features.float().T)
+    logits = logit_scale * (_wide(image_features) @ _wide(text_features).T)
     batch = logits.shape[0]
     if teacher_image_features is None:
         t_logits = logits.detach()
     else:
-        t_scale = torch.as_tensor(teacher_logit_scale, dtype=torch.float32, device=logits.device).detach()
-        t_logits = t_scale * (teacher_image_features.float() @ teacher_text_features.float().T).detach()
-    a = _pair_weights(alpha, soft_mask, batch, logits.device)[:, None]
+        t_scale = torch.as_tensor(teacher_logit_scale, dtype=logits.dtype, device=logits.device).detach()
+        t_logits = t_scale * (_wide(teacher_image_features) @ _wide(teacher_text_features).T).detach()
+    a = _pair_weights(alpha, soft_mask, batch, logits.device, logits.dtype)[:, None]
     hard = torch.full_like(logits, label_smoothing / batch).detach()
     hard.diagonal().add_(1.0 - label_smoothing)
     q_row = (1.0 - a) * hard + a * t_logits.softmax(dim=1)
@@ -63,9 +68,9 @@ def distill_clip_loss_naive(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """open_clip's ``DistillClipLoss`` (world_size 1) in fp32, the teacher detached:
     ``(contrastive_loss, distill_loss)``."""
-    logits = logit_scale * (image_features.float() @ text_features.float().T)
-    t_scale = torch.as_tensor(dist_logit_scale, dtype=torch.float32, device=logits.device).detach()
-    t_logits = t_scale * (dist_image_features.float() @ dist_text_features.float().T).detach()
+    logits = logit_scale * (_wide(image_features) @ _wide(text_features).T)
+    t_scale = torch.as_tensor(dist_logit_scale, dtype=logits.dtype, device=logits.device).detach()
+    t_logits = t_scale * (_wide(dist_image_features) @ _wide(dist_text_features).T).detach()
     labels = torch.arange(logits.shape[0], device=logits.device)
     contrastive = 0.5 * (
         F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
