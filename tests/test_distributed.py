@@ -506,6 +506,80 @@ def _check_errors(rank, world):
     torch.testing.assert_close(loss, contrastive_loss_naive(*full, 2.0), **TOL)
 
 
+def _check_scalar_and_impl_mismatches(rank, world):
+    """Ranks passing different logit_scale / alpha / teacher scale values, different impls, or a soft_mask
+    on some ranks only get a clear error on every rank (not a wrong loss, not a hang); a rank outside the
+    group it passes gets a clear error; then the group still works."""
+    img, txt = _inputs(6, 4, seed=rank)
+    other = dict(teacher_image_features=img[:, :3], teacher_text_features=txt[:, :3])
+    scale_t = torch.tensor(2.0 + rank, requires_grad=True)
+    mask = (None, torch.ones(6, dtype=torch.bool))[rank]
+    impl = ("torch", "naive")[rank]
+    gather = dict(impl="torch", gather=True)
+    mod = dict(rank=rank, world_size=world)
+    scales = r"logit_scale \(rank 0: 2.0, rank 1: 3.0"
+    impls = r"impl \(rank 0: 'torch', rank 1: 'naive'"
+    cases = [
+        (lambda: contrastive_loss(img, txt, 2.0 + rank, **gather), scales),
+        (lambda: contrastive_loss(img, txt, scale_t, **gather), scales),
+        (lambda: ClipLoss(impl="torch", local_loss=True, **mod)(img, txt, 2.0 + rank), scales),
+        (lambda: contrastive_loss(img, txt, 2.0, impl=impl, gather=True), impls),
+        (lambda: soft_target_loss(img, txt, 2.0, 0.5 - 0.25 * rank, **gather),
+         r"alpha \(rank 0: 0.5, rank 1: 0.25"),
+        (lambda: soft_target_loss(img, txt, 2.0, 0.5, teacher_logit_scale=1.0 + rank, **gather, **other),
+         r"teacher_logit_scale \(rank 0: 1.0, rank 1: 2.0"),
+        (lambda: soft_target_loss(img, txt, 2.0, 0.5, soft_mask=mask, **gather),
+         r"soft_mask given \(rank 0: 0, rank 1: 1"),
+        (lambda: DistillClipLoss(impl=impl, **mod)(img, txt, 2.0, img, txt, 1.0), impls),
+    ]  # fmt: skip
+    for fn, match in cases:
+        _expect_error(fn, ValueError, match)
+    solo = dist.new_group([0])  # every rank must create it; rank 1 is not a member
+    if rank == 1:
+        _expect_error(
+            lambda: contrastive_loss(img, txt, 2.0, gather=True, group=solo), ValueError, "not a member"
+        )
+        _expect_error(
+            lambda: ClipLoss(rank=0, world_size=2, group=solo)(img, txt, 2.0), ValueError, "not a member"
+        )
+    else:
+        alone = contrastive_loss(img, txt, 2.0, impl="torch", gather=True, group=solo)
+        torch.testing.assert_close(alone, contrastive_loss_naive(img, txt, 2.0), **TOL)
+    loss = contrastive_loss(img, txt, 2.0, impl="torch", gather=True)
+    full = [torch.cat(x) for x in zip(*[_inputs(6, 4, seed=r) for r in range(world)], strict=True)]
+    torch.testing.assert_close(loss, contrastive_loss_naive(*full, 2.0), **TOL)
+
+
+def _check_zero_scale(rank, world):
+    """logit_scale == 0 with requires_grad: finite gradients equal to open_clip's (no division by s)."""
+    img, txt = _inputs(5, 4, seed=rank)
+    t_img, t_txt = _inputs(5, 3, seed=rank + 7)
+    runs = {}
+    for local_loss, with_grad in FLAGS:
+        flags = dict(local_loss=local_loss, gather_with_grad=with_grad, rank=rank, world_size=world)
+        runs[f"ClipLoss {flags}"] = lambda i, t, s, impl, f=flags: ClipLoss(impl=impl, **f)(i, t, s)
+        runs[f"DistillClipLoss {flags}"] = lambda i, t, s, impl, f=flags: sum(
+            DistillClipLoss(impl=impl, **f)(i, t, s, t_img, t_txt, 2.0)
+        )
+    runs["soft_target_loss self"] = lambda i, t, s, impl: soft_target_loss(
+        i, t, s, 0.4, impl=impl, gather=True
+    )
+    runs["soft_target_loss teacher"] = lambda i, t, s, impl: soft_target_loss(
+        i, t, s, 0.4, impl=impl, gather=True, teacher_image_features=t_img, teacher_text_features=t_txt,
+        teacher_logit_scale=2.0,
+    )  # fmt: skip
+    for name, fn in runs.items():
+        got, want = [], []
+        for impl, out in (("torch", got), ("naive", want)):
+            leaves = _leaves(img, txt, torch.tensor(0.0))
+            loss = fn(*leaves, impl)
+            out.append(loss.detach())
+            out.extend(_grads(loss, leaves, 1.3))
+        for what, a, w in zip(("loss", "d_image", "d_text", "d_scale"), got, want, strict=True):
+            assert torch.isfinite(a).all(), f"{name} {what} rank={rank}: not finite"
+            _close(a, w, f"{name} {what} rank={rank}")
+
+
 # --- tests ---------------------------------------------------------------------------------------
 
 
@@ -558,7 +632,11 @@ def test_gather_triton_interpreter():
 
 
 def test_rank_mismatch_raises_on_every_rank():
-    _spawn(2, ("_check_errors",))
+    _spawn(2, ("_check_errors",), ("_check_scalar_and_impl_mismatches",))
+
+
+def test_zero_logit_scale_gives_finite_gradients():
+    _spawn(2, ("_check_zero_scale",))
 
 
 def test_gather_without_process_group_raises():

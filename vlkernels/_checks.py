@@ -43,6 +43,11 @@ def check_features(
     return batch, dim
 
 
+def _check_not_meta(x: torch.Tensor, ref: torch.Tensor, name: str) -> None:
+    if x.device.type == "meta" and ref.device.type != "meta":
+        raise ValueError(f"{name} is on the meta device (a tensor without data); pass it on {ref.device}")
+
+
 def scale_tensor(logit_scale, ref: torch.Tensor, name: str = "logit_scale") -> torch.Tensor:
     """A 0-d float32 tensor on ``ref``'s device; differentiable when ``logit_scale`` requires grad."""
     if isinstance(logit_scale, torch.Tensor):
@@ -50,6 +55,7 @@ def scale_tensor(logit_scale, ref: torch.Tensor, name: str = "logit_scale") -> t
             raise ValueError(f"{name} must be a scalar (0-d tensor), got shape {tuple(logit_scale.shape)}")
         if not logit_scale.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {logit_scale.dtype}")
+        _check_not_meta(logit_scale, ref, name)
         return logit_scale.reshape(()).to(device=ref.device, dtype=torch.float32)
     if isinstance(logit_scale, bool) or not isinstance(logit_scale, numbers.Real):
         raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(logit_scale).__name__}")
@@ -88,6 +94,7 @@ def check_alpha(alpha, ref: torch.Tensor) -> torch.Tensor:
             raise ValueError(f"alpha must be a scalar (0-d tensor), got shape {tuple(alpha.shape)}")
         if not alpha.is_floating_point():
             raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
+        _check_not_meta(alpha, ref, "alpha")
         if alpha.device.type == "cpu":
             value = float(alpha)
             if not 0.0 <= value <= 1.0:

@@ -15,8 +15,11 @@ import torch.distributed as dist
 
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
-# Fields whose int64 value is the bit pattern of a float (see float_bits).
-FLOAT_FIELDS = ("label_smoothing", "reduction factor")
+IMPL_CODES = {"torch": 0, "triton": 1, "naive": 2}
+_CODE_IMPLS = {v: k for k, v in IMPL_CODES.items()}
+# Fields whose int64 value is the bit pattern of a float64 (see float_bits); a 0-d tensor value of any
+# field is sent that way too, from its device (no host sync before the one all-gather).
+FLOAT_FIELDS = ("label_smoothing", "reduction factor", "logit_scale", "teacher_logit_scale", "alpha")
 
 # torch >= 2.11 renamed the tensor collectives (the old names warn); same semantics.
 _all_gather_tensor = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -31,7 +34,13 @@ def world(group=None) -> tuple[int, int]:
             "torch.distributed.init_process_group(...) first (torchrun sets up the environment), "
             "or use gather=False for a single process"
         )
-    return dist.get_world_size(group), dist.get_rank(group)
+    rank = dist.get_rank(group)
+    if rank < 0:
+        raise ValueError(
+            f"this process (global rank {dist.get_rank()}) is not a member of the process group passed "
+            "as `group`: call the loss only on that group's ranks, or pass a group this process belongs to"
+        )
+    return dist.get_world_size(group), rank
 
 
 def check_world(group, rank: int, world_size: int, owner: str) -> None:
@@ -59,18 +68,29 @@ def float_bits(value: float) -> int:
 def _describe(name: str, value: int) -> str:
     if name.endswith("dtype"):
         return str(_CODE_DTYPES.get(value, value)).replace("torch.", "")
+    if name == "impl":
+        return repr(_CODE_IMPLS.get(value, value))
     if name in FLOAT_FIELDS:
         return repr(struct.unpack("<d", struct.pack("<q", value))[0])
     return str(value)
 
 
-def check_ranks(group, device: torch.device, fields: dict[str, int]) -> None:
+def _as_int64(value, device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(1).to(device=device, dtype=torch.float64).view(torch.int64)
+    if isinstance(value, float):
+        value = float_bits(value)
+    return torch.tensor([int(value)], dtype=torch.int64, device=device)
+
+
+def check_ranks(group, device: torch.device, fields: dict[str, int | float | torch.Tensor]) -> None:
     """One small all-gather: raise the same ValueError on every rank when the ranks disagree.
 
-    Without it, ranks with different local batch sizes, widths or dtypes would deadlock or fail
-    inside a collective with an opaque message (or, worse, silently mis-slice)."""
+    Without it, ranks with different local batch sizes, widths, dtypes, scales or implementations would
+    deadlock, fail inside a collective with an opaque message or, worse, silently compute a wrong loss.
+    Values: ints, floats (compared bit for bit) or 0-d tensors (their float64 bits)."""
     names = list(fields)
-    mine = torch.tensor([int(fields[k]) for k in names], dtype=torch.int64, device=device)
+    mine = torch.cat([_as_int64(fields[k], device) for k in names])
     rows, _ = gather(mine[None], group)
     rows = rows.tolist()
     bad = []

@@ -17,6 +17,7 @@ from vlkernels import _checks, _dist
 from vlkernels._dispatch import contrastive_backend, resolve_impl, soft_target_backend
 from vlkernels.ops.contrastive import ContrastiveLossFunction, ContrastiveParams, GatheredContrastiveFunction
 from vlkernels.ops.soft_target import GatheredSoftTargetFunction, SoftTargetFunction, SoftTargetParams
+from vlkernels.ops.torch_utils import autocast_off
 from vlkernels.reference import (
     contrastive_loss_naive,
     contrastive_loss_open_clip,
@@ -85,15 +86,29 @@ def contrastive_loss(
     scale = _checks.scale_tensor(logit_scale, image_features)
     impl = resolve_impl(impl, image_features.device)
     if impl == "naive":
-        return contrastive_loss_naive(image_features, text_features, scale, eps, reduction)
+        with autocast_off([image_features]):
+            return contrastive_loss_naive(image_features, text_features, scale, eps, reduction)
+    _no_func_transforms(impl)
     params = ContrastiveParams(eps, factor, contrastive_backend(impl))
     return ContrastiveLossFunction.apply(image_features, text_features, scale, params)
 
 
-def _agree(group, image, scale, eps: float, factor: float, teacher, local_loss: bool, with_grad: bool):
-    """Every rank must pass the same shapes, dtypes and settings: one small all-gather checks them."""
+def _no_func_transforms(impl: str) -> None:
+    """The O(B) Functions define no vmap rule and no setup_context: say so instead of torch's message."""
+    if torch._C._are_functorch_transforms_active():
+        raise RuntimeError(
+            f"impl={impl!r} does not support torch.func transforms (grad, vmap, jacrev, ...): its autograd "
+            "Function is first-order only; use impl='naive' under torch.func, or plain autograd "
+            "(loss.backward() / torch.autograd.grad)"
+        )
+
+
+def _agree(group, impl, image, scale, eps, factor, teacher, alpha, mask, local_loss, with_grad) -> None:
+    """Every rank must pass the same shapes, dtypes, values of the scalar arguments and settings: one
+    small all-gather checks them (a clear error on every rank instead of a hang or a wrong loss)."""
     _dist.world(group)
     fields = {
+        "impl": _dist.IMPL_CODES[impl],
         "local batch size": image.shape[0],
         "feature width D": image.shape[1],
         "feature dtype": _dist.DTYPE_CODES[image.dtype],
@@ -101,10 +116,14 @@ def _agree(group, image, scale, eps: float, factor: float, teacher, local_loss: 
         "reduction factor": _dist.float_bits(factor),
         "local_loss": int(local_loss),
         "gather_with_grad": int(with_grad),
+        "logit_scale": scale,
         "logit_scale requires grad": int(scale.requires_grad),
         "teacher given": int(teacher is not None),
         "teacher width D": 0 if teacher is None else teacher[0].shape[1],
         "teacher dtype": -1 if teacher is None else _dist.DTYPE_CODES[teacher[0].dtype],
+        "teacher_logit_scale": 0 if teacher is None else teacher[2],
+        "alpha": 0 if alpha is None else alpha,
+        "soft_mask given": int(mask is not None),
     }
     _dist.check_ranks(group, image.device, fields)
 
@@ -128,18 +147,20 @@ def contrastive_loss_distributed(
     factor = _checks.reduction_factor(reduction)
     scale = _checks.scale_tensor(logit_scale, image_features)
     impl = resolve_impl(impl, image_features.device)
-    _agree(group, image_features, scale, eps, factor, None, local_loss, gather_with_grad)
+    _agree(group, impl, image_features, scale, eps, factor, None, None, None, local_loss, gather_with_grad)
     if impl == "naive":
-        return contrastive_loss_open_clip(
-            image_features,
-            text_features,
-            scale,
-            eps=eps,
-            factor=factor,
-            local_loss=local_loss,
-            gather_with_grad=gather_with_grad,
-            group=group,
-        )
+        with autocast_off([image_features]):
+            return contrastive_loss_open_clip(
+                image_features,
+                text_features,
+                scale,
+                eps=eps,
+                factor=factor,
+                local_loss=local_loss,
+                gather_with_grad=gather_with_grad,
+                group=group,
+            )
+    _no_func_transforms(impl)
     if local_loss:
         ones = torch.ones(image_features.shape[0], dtype=torch.float32, device=image_features.device)
         params = SoftTargetParams(eps, factor, soft_target_backend(impl), group, True, gather_with_grad)
@@ -224,7 +245,9 @@ def soft_target_loss(
     )
     if impl == "naive":
         t_args = (None, None, None) if teacher is None else teacher
-        return soft_target_loss_naive(image, text, scale, alpha_t, *t_args, mask, eps, reduction)
+        with autocast_off([image]):
+            return soft_target_loss_naive(image, text, scale, alpha_t, *t_args, mask, eps, reduction)
+    _no_func_transforms(impl)
     soft_w = _soft_weights(alpha_t, mask, image.shape[0])
     t_args = (None, None, None) if teacher is None else teacher
     params = SoftTargetParams(eps, factor, soft_target_backend(impl))
@@ -294,25 +317,27 @@ def soft_target_loss_distributed(
         reduction=reduction,
         impl=impl,
     )
-    _agree(group, image, scale, eps, factor, teacher, local_loss, gather_with_grad)
+    _agree(group, impl, image, scale, eps, factor, teacher, alpha_t, mask, local_loss, gather_with_grad)
     if impl == "naive":
         if local_loss:
             raise ValueError(
                 "impl='naive' computes the soft-target loss over the full gathered batch only; "
                 "use local_loss=False, or impl='torch' / 'triton' for local_loss=True"
             )
-        return soft_target_loss_gathered(
-            image,
-            text,
-            scale,
-            alpha_t,
-            teacher,
-            mask,
-            eps=eps,
-            reduction=reduction,
-            gather_with_grad=gather_with_grad,
-            group=group,
-        )
+        with autocast_off([image]):
+            return soft_target_loss_gathered(
+                image,
+                text,
+                scale,
+                alpha_t,
+                teacher,
+                mask,
+                eps=eps,
+                reduction=reduction,
+                gather_with_grad=gather_with_grad,
+                group=group,
+            )
+    _no_func_transforms(impl)
     soft_w = _soft_weights(alpha_t, mask, image.shape[0])
     t_args = (None, None, None) if teacher is None else teacher
     params = SoftTargetParams(eps, factor, soft_target_backend(impl), group, local_loss, gather_with_grad)
@@ -348,20 +373,22 @@ def distill_clip_loss(
         raise ValueError("dist_image_features, dist_text_features and dist_logit_scale are required")
     impl = resolve_impl(impl, image.device)
     if distributed:
-        _agree(group, image, scale, eps, 1.0, teacher, local_loss, gather_with_grad)
+        _agree(group, impl, image, scale, eps, 1.0, teacher, None, None, local_loss, gather_with_grad)
     if impl == "naive":
-        if distributed:
-            return distill_clip_open_clip(
-                image,
-                text,
-                scale,
-                teacher,
-                eps=eps,
-                local_loss=local_loss,
-                gather_with_grad=gather_with_grad,
-                group=group,
-            )
-        return distill_clip_loss_naive(image, text, scale, *teacher, eps)
+        with autocast_off([image]):
+            if distributed:
+                return distill_clip_open_clip(
+                    image,
+                    text,
+                    scale,
+                    teacher,
+                    eps=eps,
+                    local_loss=local_loss,
+                    gather_with_grad=gather_with_grad,
+                    group=group,
+                )
+            return distill_clip_loss_naive(image, text, scale, *teacher, eps)
+    _no_func_transforms(impl)
     # Two distinct weight tensors: torch.compile rejects one tensor passed twice to Function.apply.
     hard_w = torch.ones(image.shape[0], dtype=torch.float32, device=image.device)
     soft_w = torch.ones_like(hard_w)

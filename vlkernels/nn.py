@@ -49,6 +49,8 @@ class ClipLoss(nn.Module):
         if use_horovod:
             raise NotImplementedError("use_horovod=True is not supported; use torch.distributed")
         _checks.check_rank_args(rank, world_size)
+        _checks.check_label_smoothing(label_smoothing)
+        _checks.check_impl(impl)
         self.group = group
         self.local_loss = local_loss
         self.gather_with_grad = gather_with_grad

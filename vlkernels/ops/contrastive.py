@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
+from vlkernels.ops.torch_utils import exact, first_order_only
 
 
 class ContrastiveBackend(Protocol):
@@ -75,6 +76,7 @@ def subtract_targets(u: torch.Tensor, partner32, colsum_partner, eps: float, bat
 
 class ContrastiveLossFunction(torch.autograd.Function):
     @staticmethod
+    @exact
     def forward(ctx, image, text, scale, params: ContrastiveParams):
         batch = image.shape[0]
         r, c = params.backend.lse(image, text, scale)
@@ -86,6 +88,8 @@ class ContrastiveLossFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_only
+    @exact
     def backward(ctx, grad_out):
         image, text, scale, r, c = ctx.saved_tensors
         p, batch = ctx.params, image.shape[0]
@@ -109,6 +113,7 @@ class GatheredContrastiveFunction(torch.autograd.Function):
     with ``with_grad`` (open_clip's gather_with_grad), else its own upstream grad x dL/df_r."""
 
     @staticmethod
+    @exact
     def forward(ctx, image, text, scale, params: ContrastiveParams):
         group = params.group
         batch = dist.get_world_size(group) * image.shape[0]
@@ -125,6 +130,8 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @first_order_only
+    @exact
     def backward(ctx, grad_out):
         image, text, texts, scale, r, c, colsum_i = ctx.saved_tensors
         p = ctx.params

@@ -15,7 +15,9 @@ A backend supplies two O(B)-memory passes over tiles of S and S' (both accept re
 I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self teacher, else
 ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher) -> (r, c, r', c', w, w')``, fp32; r' is r (c' is c) for the self teacher;
+- ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``, fp32; r' is r (c' is c) for the self
+  teacher; the weighted sums come unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no
+  division by s;
 - ``accumulate(I, T, s, r, c, p_row, p_col, q_row, q_col, teacher, r', c') -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j),
   A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32.
@@ -43,6 +45,7 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
+from vlkernels.ops.torch_utils import exact, first_order_only
 
 Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
@@ -70,16 +73,15 @@ class SoftTargetParams:
     with_grad: bool = True
 
 
-def hard_targets(i32, t32, scale, eps: float, batch: int, colsum_i, colsum_t):
-    """(H, H') for these rows: the label-smoothed target logits of each row and each column of S
-    (``colsum_i`` / ``colsum_t``: column sums over all B images / texts)."""
+def hard_targets(i32, t32, eps: float, batch: int, colsum_i, colsum_t):
+    """(H, H') / s for these rows: the label-smoothed target logits of each row and each column of S,
+    divided by s (``colsum_i`` / ``colsum_t``: column sums over all B images / texts)."""
     diag = (i32 * t32).sum(1)
     if not eps:
-        h = diag * scale
-        return h, h
+        return diag, diag
     h_row = (1.0 - eps) * diag + (eps / batch) * (i32 @ colsum_t)
     h_col = (1.0 - eps) * diag + (eps / batch) * (t32 @ colsum_i)
-    return h_row * scale, h_col * scale
+    return h_row, h_col
 
 
 def subtract_hard_targets(u, e_own, partner, eps: float, batch: int, colsum=None, e_dot=None, both=True):
@@ -109,15 +111,16 @@ def _teacher(t_image, t_text, t_scale) -> Teacher:
 
 class SoftTargetFunction(torch.autograd.Function):
     @staticmethod
+    @exact
     def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
         r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
         i32, t32 = image.float(), text.float()
-        h_row, h_col = hard_targets(i32, t32, scale, params.eps, batch, i32.sum(0), t32.sum(0))
+        h_row, h_col = hard_targets(i32, t32, params.eps, batch, i32.sum(0), t32.sum(0))
         coef = params.factor / (2.0 * batch)
-        hard = (torch.dot(hard_w, r - h_row) + torch.dot(hard_w, c - h_col)) * coef
-        soft = (torch.dot(soft_w, r - w_row) + torch.dot(soft_w, c - w_col)) * coef
+        hard = (torch.dot(hard_w, r - scale * h_row) + torch.dot(hard_w, c - scale * h_col)) * coef
+        soft = (torch.dot(soft_w, r - scale * w_row) + torch.dot(soft_w, c - scale * w_col)) * coef
         if teacher is None:
             tr = tc = None
         ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc)
@@ -125,6 +128,8 @@ class SoftTargetFunction(torch.autograd.Function):
         return hard, soft
 
     @staticmethod
+    @first_order_only
+    @exact
     def backward(ctx, g_hard, g_soft):
         image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc = ctx.saved_tensors
         prm, batch = ctx.params, image.shape[0]
@@ -150,11 +155,12 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
 
     Also the contrastive loss with ``local_loss=True`` (hard weights 1, soft weights 0): the per-rank
     logit_scale gradient of a local loss needs the softmax-weighted sums that only ``stats`` yields.
-    The logit_scale gradient comes from those sums in the forward (divided by s: s must be nonzero);
+    The logit_scale gradient comes from those sums in the forward (no division by s, so s = 0 is fine);
     with a separate teacher it costs one more ``stats`` pass (2 b B D FLOPs) when s requires grad.
     """
 
     @staticmethod
+    @exact
     def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
         group, eps, backend = params.group, params.eps, params.backend
         n, rank = dist.get_world_size(group), dist.get_rank(group)
@@ -195,17 +201,18 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             wsc = sums_w[1] if need_s else None
 
         colsum_t = texts.sum(0, dtype=torch.float32)
-        h_row, h_col = hard_targets(i32, t32, scale, eps, batch, colsum_i, colsum_t)
+        h_row, h_col = hard_targets(i32, t32, eps, batch, colsum_i, colsum_t)
         c_own, wc_own = c[own], wc[own]
         parts = [
-            torch.dot(hard_w, r - h_row) + torch.dot(hard_w, c_own - h_col),
-            torch.dot(soft_w, r - w) + torch.dot(soft_w, c_own - wc_own),
+            torch.dot(hard_w, r - scale * h_row) + torch.dot(hard_w, c_own - scale * h_col),
+            torch.dot(soft_w, r - scale * w) + torch.dot(soft_w, c_own - scale * wc_own),
         ]
         if need_s:
-            # ds of each part (the teacher, and the targets' S_ii, are linear in s or constant).
+            # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the
+            # targets (H, the teacher-weighted sums) are s times s-free quantities: no division by s.
             wsc_own = wsc[own]
-            parts.append((torch.dot(hard_w, ws - h_row) + torch.dot(hard_w, wsc_own - h_col)) / scale)
-            parts.append((torch.dot(soft_w, ws - w) + torch.dot(soft_w, wsc_own - wc_own)) / scale)
+            parts.append(torch.dot(hard_w, ws - h_row) + torch.dot(hard_w, wsc_own - h_col))
+            parts.append(torch.dot(soft_w, ws - w) + torch.dot(soft_w, wsc_own - wc_own))
         parts = torch.stack(parts)
         if not params.local_loss:
             dist.all_reduce(parts, group=group)
@@ -235,6 +242,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         return parts[0], parts[1]
 
     @staticmethod
+    @first_order_only
+    @exact
     def backward(ctx, g_hard, g_soft):
         (image, text, texts, scale, r, c, h_all, a_all, colsum_i, hsum_i, ds_parts, t_image, t_texts,
          t_scale, tr, tc) = ctx.saved_tensors  # fmt: skip

@@ -1,10 +1,10 @@
 """Chunked PyTorch backend of the soft-target loss: O(B * chunk) memory, any device.
 
-Rows of S (and of the teacher's S') are processed ``chunk`` at a time with torch.matmul in fp32.
-Row statistics are exact per chunk; the column statistics (LSE of S, LSE of S' and the S'-softmax
-weighted sum of S) are merged across chunks online, so one pass yields all of them: 2 B^2 D FLOPs
-forward with the self teacher (plus 2 B^2 D' with a separate one); the backward recomputes each chunk
-once and does the two products (6 B^2 D, plus 2 B^2 D').
+Rows of S (and of the teacher's S') are processed a chunk at a time with torch.matmul in fp32. Row
+statistics are exact per chunk; the column statistics (LSE of S, LSE of S' and the S'-softmax weighted
+sum of the dot products I_i . T_j, i.e. of S / s) are merged across chunks online, so one pass yields
+all of them: 2 B^2 D FLOPs forward with the self teacher (plus 2 B^2 D' with a separate one); the
+backward recomputes each chunk once and does the two products (6 B^2 D, plus 2 B^2 D').
 """
 
 from __future__ import annotations
@@ -44,17 +44,18 @@ class TorchSoftTargetBackend:
         tc = c if teacher is None else c.clone()
         w_col = torch.zeros_like(c)
         for sl in row_chunks(rows, cols, dev):
-            s_blk = torch.matmul(image[sl].float(), t32.T).mul_(scale)
+            d_blk = torch.matmul(image[sl].float(), t32.T)
+            s_blk = d_blk * scale
             t_blk = self._teacher_block(teacher, tt32, sl, s_blk)
             if teacher is None:
-                r[sl], w_row[sl] = _softmax_stats(s_blk, s_blk, 1)
-                c_blk, wc_blk = _softmax_stats(s_blk, s_blk, 0)
+                r[sl], w_row[sl] = _softmax_stats(s_blk, d_blk, 1)
+                c_blk, wc_blk = _softmax_stats(s_blk, d_blk, 0)
                 c_new = torch.logaddexp(c, c_blk)
             else:
                 r[sl] = torch.logsumexp(s_blk, dim=1)
-                tr[sl], w_row[sl] = _softmax_stats(t_blk, s_blk, 1)
+                tr[sl], w_row[sl] = _softmax_stats(t_blk, d_blk, 1)
                 c = torch.logaddexp(c, torch.logsumexp(s_blk, dim=0))
-                c_blk, wc_blk = _softmax_stats(t_blk, s_blk, 0)
+                c_blk, wc_blk = _softmax_stats(t_blk, d_blk, 0)
                 c_new = torch.logaddexp(tc, c_blk)
             # Online merge of the column weighted sums: rescale both parts to the merged teacher LSE.
             w_col = w_col * torch.exp(tc - c_new) + wc_blk * torch.exp(c_blk - c_new)

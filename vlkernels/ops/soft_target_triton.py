@@ -6,7 +6,8 @@ strides, scales read from device memory (no host sync), fp32 accumulation, int64
 
 - ``_stats_kernel``: one program per BLOCK_M rows of Q walks all column tiles with three online
   statistics (base 2, flash-attention style): the student LSE, the teacher LSE and the
-  teacher-softmax-weighted sum of the student logits, rescaled whenever the teacher max moves. Called
+  teacher-softmax-weighted sum of the student's dot products <Q_i, K_j> (unscaled: the
+  loss multiplies by s, and d/ds needs no division by s), rescaled whenever the teacher max moves. Called
   with (I, T) for the rows and (T, I) for the columns: 4 B^2 D FLOPs (plus 4 B^2 D' for a teacher).
 - ``_accum_kernel``: one program per BLOCK_M rows recomputes the tiles of S (and S') and forms
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), accumulating
@@ -72,8 +73,7 @@ def _stats_kernel(
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
-    scale = tl.load(scale_ptr).to(tl.float32)
-    scale2 = scale * LOG2E
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     if TEACHER:
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
     offs_d = tl.arange(0, BLOCK_D)
@@ -81,7 +81,7 @@ def _stats_kernel(
     q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if SINGLE_D:
         q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
-    # Student max/sum (m_s, l_s); teacher max/sum (m_t, l_t) and sum_j exp2(t2_j - m_t) S_j (acc_w).
+    # Student max/sum (m_s, l_s); teacher max/sum (m_t, l_t) and sum_j exp2(t2_j - m_t) <Q, K_j> (acc_w).
     m_s = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_s = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_t = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -112,8 +112,7 @@ def _stats_kernel(
             DOT_PREC,
             UPCAST,
         )
-        # Padded columns: -inf in the exponents, but S itself stays finite there (0 * -inf is nan).
-        s = acc * scale
+        # Padded columns: -inf in the exponents, but the dot products stay 0 there (0 * -inf is nan).
         s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
         if TEACHER:
             t_acc = dot_tile(
@@ -144,7 +143,7 @@ def _stats_kernel(
         alpha = tl.exp2(m_t - mt_new)
         e = tl.exp2(t2 - mt_new[:, None])
         l_t = l_t * alpha + tl.sum(e, axis=1)
-        acc_w = acc_w * alpha + tl.sum(e * s, axis=1)
+        acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
         m_t = mt_new
     t_lse = (m_t + tl.log2(l_t)) * LN2
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
@@ -323,7 +322,8 @@ def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
 
 def row_stats(q, k, scale, teacher=None):
     """Per row of q (fp32 [M] each): LSE of S = scale * q @ k.T, LSE of the teacher's S' (S when
-    ``teacher`` is None) and sum_j softmax_j(S'_i.) S_ij. ``teacher``: None or (Q', K', s')."""
+    ``teacher`` is None) and sum_j softmax_j(S'_i.) <q_i, k_j> (= that of S_ij / scale). ``teacher``:
+    None or (Q', K', s')."""
     m = q.shape[0]
     meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher, "lse")
     lse = torch.empty(m, dtype=torch.float32, device=q.device)

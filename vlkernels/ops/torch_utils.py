@@ -1,7 +1,10 @@
-"""Pieces shared by the chunked PyTorch backends: the row-chunk size of S."""
+"""Pieces shared by the PyTorch side of the ops: the row-chunk size of S for the chunked backends, and
+the decorators of the autograd Functions (no autocast; first-order gradients only)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
@@ -24,3 +27,57 @@ def row_chunks(rows: int, cols: int, device: torch.device):
     """Slices covering ``range(rows)`` in chunks of ``chunk_rows`` rows."""
     step = chunk_rows(rows, cols, device)
     return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def autocast_off(tensors):
+    """A context that disables autocast for the device types of ``tensors`` (the losses run in their
+    input dtype with fp32 accumulation; autocast would silently compute their products in bf16)."""
+    stack = contextlib.ExitStack()
+    for device_type in {t.device.type for t in tensors if isinstance(t, torch.Tensor)}:
+        if torch.amp.is_autocast_available(device_type):
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+    return stack
+
+
+def exact(fn):
+    """Decorator for an autograd Function's forward/backward: run without autocast (see autocast_off)."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        with autocast_off(args):
+            return fn(ctx, *args)
+
+    return wrapper
+
+
+DOUBLE_BACKWARD_ERROR = (
+    "vlkernels: the gradients of impl='torch' / impl='triton' losses cannot be differentiated again "
+    "(double backward: create_graph=True followed by a backward through the gradients is not supported); "
+    "use impl='naive' for second derivatives"
+)
+
+
+def first_order_only(fn):
+    """Decorator for an autograd Function's backward: under ``create_graph=True`` the returned gradients
+    carry a node that raises DOUBLE_BACKWARD_ERROR if anything differentiates through them (torch's
+    ``once_differentiable`` leaves them constant when the upstream gradient does not require grad, which
+    would drop second-order terms silently)."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx, *args):
+        with torch.no_grad():
+            grads = fn(ctx, *args)
+        if not torch.is_grad_enabled():
+            return grads
+        real = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
+        if not real:
+            return grads
+        err = torch._C._functions.DelayedError(DOUBLE_BACKWARD_ERROR.encode(), len(real))
+        wrapped = err(*[grads[i].detach().requires_grad_() for i in real])
+        wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+        out = list(grads)
+        for i, g in zip(real, wrapped, strict=True):
+            out[i] = g
+        return tuple(out)
+
+    return wrapper
