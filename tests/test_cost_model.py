@@ -1,0 +1,113 @@
+"""The analytic cost model (benchmarks/cost_model.py): FLOP counts equal the kernels' analytic formulas,
+bytes grow with B, the floor formula, the tile configs are the compiled ones (not the interpreter's), and
+the reference numbers of design.md ("Kernel plan v2") for B = 65536, D = 1024, bf16."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("triton")
+
+from benchmarks import cost_model as cm  # noqa: E402
+
+BS = (1024, 16384, 65536, 262144)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32"])
+@pytest.mark.parametrize("D", [64, 100, 512, 1024])
+def test_flops_equal_the_formulas(D, dtype):
+    for B in (4096, 65536):
+        fwd = 4.0 * B * B * D  # two LSE passes
+        atomic = cm.predict("contrastive", B, D, dtype, deterministic=False)
+        det = cm.predict("contrastive", B, D, dtype, deterministic=True)
+        assert atomic["flops_forward"] == fwd
+        assert atomic["flops_backward"] == 6.0 * B * B * D
+        assert det["flops_backward"] == 8.0 * B * B * D
+        assert atomic["flops_total"] == 10.0 * B * B * D
+        # the self teacher costs what the contrastive loss does
+        soft = cm.predict("soft_target", B, D, dtype)
+        assert soft["flops_total"] == atomic["flops_total"]
+        assert soft["exps"] >= atomic["exps"]
+
+
+def test_flops_with_a_teacher_and_their_units():
+    B, D, Dt = 8192, 512, 768
+    p = cm.predict("soft_target", B, D, "bf16", teacher_D=Dt, teacher_dtype="fp32")
+    # forward: 2 passes x 2 B^2 (D + D'); backward (atomic): 6 B^2 D + 2 B^2 D'
+    assert p["flops_forward"] == 4.0 * B * B * (D + Dt)
+    assert p["flops_backward"] == 6.0 * B * B * D + 2.0 * B * B * Dt
+    # the fp32 teacher under torch's default precision runs on the CUDA cores (IEEE dots)
+    assert p["flops"]["ffma_fp32"] == 6.0 * B * B * Dt
+    assert p["flops"]["tc_bf16"] == 10.0 * B * B * D
+    assert cm.predict("contrastive", B, D, "tf32")["flops"] == {"tc_tf32": 10.0 * B * B * D}
+
+
+def test_floor_formula():
+    for B in BS:
+        for D in (512, 1024):
+            p = cm.predict("contrastive", B, D, "bf16")
+            assert p["floor_flops"] == 8.0 * B * B * D
+            assert p["floor_s"] == pytest.approx(8.0 * B * B * D / 790e12)
+            assert p["ratio_to_floor"][0] == pytest.approx(p["time_s"][0] / p["floor_s"])
+    assert cm.floor_flops(100, 10, teacher_D=20) == 8.0 * 100**2 * 10 + 4.0 * 100**2 * 20
+    # B = 65536, D = 1024: 35.2 TFLOP = 44.5 ms
+    p = cm.predict("contrastive", 65536, 1024, "bf16")
+    assert p["floor_flops"] / 1e12 == pytest.approx(35.18, abs=0.01)
+    assert p["floor_s"] * 1e3 == pytest.approx(44.5, abs=0.05)
+
+
+@pytest.mark.parametrize("op,kw", [("contrastive", {}), ("soft_target", {"teacher_D": 768})])
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("D", [64, 1024])
+def test_bytes_and_time_monotone_in_B(op, kw, deterministic, D):
+    prev = None
+    for B in BS:
+        p = cm.predict(op, B, D, "bf16", deterministic, **kw)
+        assert p["time_s"][0] <= p["time_s"][1]
+        assert p["time_s"][0] >= p["floor_s"]  # never faster than the floor
+        if prev is not None:
+            for key in ("l2_bytes", "hbm_bytes", "atomic_bytes", "exps", "flops_total"):
+                assert p[key] >= prev[key], key
+            assert p["l2_bytes"] > prev["l2_bytes"] and p["hbm_bytes"] > prev["hbm_bytes"]
+            assert p["time_s"][0] > prev["time_s"][0] and p["time_s"][1] > prev["time_s"][1]
+        prev = p
+    assert (prev["atomic_bytes"] > 0) == (not deterministic)
+
+
+def test_configs_are_the_compiled_ones_even_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert cm.tile_config(1024, "bf16", "lse") == dict(
+        BLOCK_M=128, BLOCK_N=64, BLOCK_D=128, num_warps=8, num_stages=3
+    )
+    assert cm.tile_config(1024, "fp32", "grad")["BLOCK_D"] == 64
+    import os
+
+    assert os.environ["TRITON_INTERPRET"] == "1"  # restored
+
+
+def test_reference_numbers_b65536_d1024_bf16():
+    """design.md's v1 model: LSE passes 41-75 ms from ~412 GB of L2 re-reads; backward 110-275 ms from
+    ~550 GB of dQ read-modify-write and ~275 GB of fp32 dK atomics."""
+    p = cm.predict("contrastive", 65536, 1024, "bf16")
+    lse = p["launches"][:2]
+    bwd = p["launches"][2]
+    assert sum(ln["l2_bytes"] for ln in lse) / 1e9 == pytest.approx(412, rel=0.01)
+    assert bwd["detail"]["l2"]["dQ fp32 read-modify-write"] / 1e9 == pytest.approx(550, rel=0.01)
+    assert bwd["atomic_bytes"] / 1e9 == pytest.approx(275, rel=0.01)
+    assert p["forward_s"][0] * 1e3 == pytest.approx(41, abs=1)
+    assert p["forward_s"][1] * 1e3 == pytest.approx(75, abs=1)
+    assert p["backward_s"][0] * 1e3 == pytest.approx(110, abs=2)
+    assert p["backward_s"][1] * 1e3 == pytest.approx(275, abs=2)
+    assert 3.3 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 8
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError):
+        cm.predict("sigmoid", 16, 16)
+    with pytest.raises(ValueError):
+        cm.predict("contrastive", 16, 16, teacher_D=8)
+
+
+def test_table_renders():
+    text = cm.table(Bs=(16384,), Ds=(512,))
+    assert "MODELLED, not measured" in text and "| 16384 | 512 |" in text
