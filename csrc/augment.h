@@ -1,6 +1,7 @@
 // Fused augmentation: the per-pixel maths shared by the C++ (CPU) and CUDA kernels, written once so
 // that both backends follow the same formulas as the PyTorch reference (vlkernels/augment/reference.py,
-// i.e. torchvision's resized_crop(antialias=True), adjust_* and rgb_to_grayscale on float images).
+// i.e. torchvision's resized_crop(antialias=True), adjust_* and rgb_to_grayscale, gaussian_blur and
+// solarize on float images).
 #pragma once
 
 #include <cmath>
@@ -30,10 +31,14 @@ enum SampleError : int {
   kBadOrder,    // order: a permutation of 0..3
   kBadFactor,   // factors: brightness, contrast, saturation finite and >= 0
   kBadHue,      // factors: hue finite, in [-0.5, 0.5]
+  kBadSigma,    // blur_sigma: finite and >= 0 (0 = no blur)
 };
 
+// Interpolation ids of the op's `interpolation` argument.
+enum Interpolation : int { kBilinear = 0, kBicubic = 1 };
+
 VLK_HD int check_sample(int64_t numel, int64_t off, int64_t H, int64_t W, const int64_t* box,
-                        const int64_t* order, const float* factors) {
+                        const int64_t* order, const float* factors, float sigma) {
   constexpr int64_t kMax = INT64_MAX;
   if (H < 1 || W < 1 || H > kMax / 3 / W) return kBadSize;
   const int64_t bytes = 3 * H * W;
@@ -52,6 +57,7 @@ VLK_HD int check_sample(int64_t numel, int64_t off, int64_t H, int64_t W, const 
     if (!(factors[c] >= 0.0f && factors[c] <= 3.4028234663852886e38f)) return kBadFactor;
   }
   if (!(factors[kHue] >= -0.5f && factors[kHue] <= 0.5f)) return kBadHue;
+  if (!(sigma >= 0.0f && sigma <= 3.4028234663852886e38f)) return kBadSigma;
   return kSampleOk;
 }
 
@@ -82,21 +88,43 @@ VLK_HD float solarize(float x) { return x >= kSolarizeThreshold ? 1.0f - x : x; 
 // skips an op whose range is the single identity value).
 VLK_HD bool op_active(int op, float f) { return op == kHue ? f != 0.0f : f != 1.0f; }
 
-// Upper bound on the taps of one output pixel along an axis of `in` -> `out` pixels.
-VLK_HD int max_taps(int64_t in, int64_t out) {
-  const float scale = static_cast<float>(in) / static_cast<float>(out);
-  const float support = scale >= 1.0f ? scale : 1.0f;
-  return static_cast<int>(ceilf(2.0f * support)) + 2;
+// Antialiased resampling filters, PyTorch's interpolate(antialias=True) (aten's _upsample_bilinear2d_aa
+// and _upsample_bicubic2d_aa, which torchvision's resize(antialias=True) calls on float images):
+// - bilinear: triangle filter, half-width 1;
+// - bicubic: Keys' cubic convolution with a = -0.5 (the antialias path's coefficient; plain bicubic
+//   without antialias uses a = -0.75), half-width 2.
+// The half-width is scaled by the downscale factor when downscaling (scale = in / out >= 1), and the
+// filter argument divided by it; when upscaling both stay as they are (so bicubic upscaling with
+// antialias=True is the a = -0.5 cubic, not the a = -0.75 of antialias=False).
+VLK_HD float aa_filter(float x, int interp) {
+  x = fabsf(x);
+  if (interp != kBicubic) return x < 1.0f ? 1.0f - x : 0.0f;
+  constexpr float a = -0.5f;
+  if (x < 1.0f) return ((a + 2.0f) * x - (a + 3.0f)) * x * x + 1.0f;
+  if (x < 2.0f) return ((a * x - 5.0f * a) * x + 8.0f * a) * x - 4.0f * a;
+  return 0.0f;
 }
 
-// Antialiased bilinear (triangle filter, support scaled by the downscale factor) weights of output
-// pixel i along one axis, normalised to sum 1: PyTorch's interpolate(antialias=True) rule, which is
-// what torchvision's resize(antialias=True) calls. Writes taps to w[0], w[stride], ..., w[(n-1) * stride]
-// (stride > 1: the tap-major tables of the CUDA kernel), returns the first source index in *start and
-// the count in *n.
-VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* start, int* n, int64_t stride = 1) {
+VLK_HD float aa_support(float scale, int interp) {
+  const float half = interp == kBicubic ? 2.0f : 1.0f;
+  return scale >= 1.0f ? half * scale : half;
+}
+
+// Upper bound on the taps of one output pixel along an axis of `in` -> `out` pixels.
+VLK_HD int max_taps(int64_t in, int64_t out, int interp) {
   const float scale = static_cast<float>(in) / static_cast<float>(out);
-  const float support = scale >= 1.0f ? scale : 1.0f;
+  return static_cast<int>(ceilf(2.0f * aa_support(scale, interp))) + 2;
+}
+
+// Antialiased weights (aa_filter, support scaled by the downscale factor) of output pixel i along one
+// axis, normalised to sum 1, taps cut at the borders of the crop (and renormalised): PyTorch's
+// interpolate(antialias=True) rule. Writes taps to w[0], w[stride], ..., w[(n-1) * stride] (stride > 1:
+// the tap-major tables of the CUDA kernel), returns the first source index in *start and the count in
+// *n.
+VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, int interp, float* w, int64_t* start, int* n,
+                       int64_t stride = 1) {
+  const float scale = static_cast<float>(in) / static_cast<float>(out);
+  const float support = aa_support(scale, interp);
   const float invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
   const float center = static_cast<float>(scale * (i + 0.5));
   int64_t lo = static_cast<int64_t>(center - support + 0.5f);
@@ -106,9 +134,8 @@ VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* st
   const int count = static_cast<int>(hi - lo);
   float total = 0.0f;
   for (int j = 0; j < count; ++j) {
-    float x = static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale);
-    x = fabsf(x);
-    const float wj = x < 1.0f ? 1.0f - x : 0.0f;
+    const float x = static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale);
+    const float wj = aa_filter(x, interp);
     w[j * stride] = wj;
     total += wj;
   }
@@ -118,6 +145,25 @@ VLK_HD void aa_weights(int64_t in, int64_t out, int64_t i, float* w, int64_t* st
   *start = lo;
   *n = count;
 }
+
+// Gaussian blur (torchvision v2 F.gaussian_blur on a float image: separable Gaussian, reflect padding,
+// kernel x = -(k-1)/2 .. (k-1)/2, exp(-0.5 (x / sigma)^2), normalised to sum 1). The kernel size is
+// not a parameter: k = 2 * ceil(3 sigma) + 1 (ceil in double), clipped per axis to 2 n - 1 for an axis of
+// n output pixels (the largest size reflect padding allows, pad <= n - 1). blur_radius is (k - 1) / 2.
+VLK_HD int64_t blur_radius(float sigma, int64_t n) {
+  const double r = ceil(3.0 * static_cast<double>(sigma));
+  const double lim = static_cast<double>(n - 1);
+  return static_cast<int64_t>(r < lim ? r : lim);
+}
+
+// Unnormalised Gaussian weight of tap k (0 .. 2 radius) of a kernel of half-width radius.
+VLK_HD float blur_raw(int64_t k, int64_t radius, float sigma) {
+  const float t = static_cast<float>(k - radius) / sigma;
+  return expf(-0.5f * (t * t));
+}
+
+// Reflect padding (torch's pad(mode="reflect"), no edge repeat) of index i in [-(n-1), 2 (n-1)].
+VLK_HD int64_t reflect_index(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * (n - 1) - i : i); }
 
 // torchvision's adjust_hue on one pixel: RGB -> HSV (_rgb2hsv), h = (h + hue) mod 1, HSV -> RGB
 // (_hsv2rgb). Branch-free so that the CPU loop vectorises. The two modulo steps are written as

@@ -5,7 +5,7 @@
 // - prepare_augment_args: types, devices, shapes, scalars (no tensor values read: no host sync);
 //   returns contiguous tensors (a strided parameter tensor is copied, not rejected).
 // - check_augment_values: every image's size, offset, crop box, colour-op order and jitter factors
-//   (check_sample in augment.h, the predicate the CUDA kernel also evaluates as its guard), on host
+//   and blur sigma (check_sample in augment.h, the predicate the CUDA kernel also evaluates as its guard), on host
 //   pointers. The CPU op runs it on the tensors themselves; the CUDA op on one packed host copy.
 #pragma once
 
@@ -23,6 +23,8 @@ namespace augment {
 
 struct AugmentArgs {
   at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray, solarize;
+  at::Tensor blur;  // float32 [N] when blur_sigma was given, undefined otherwise (no blur)
+  int interp;       // kBilinear or kBicubic
   float mean[3];
   float std[3];
   int64_t n;
@@ -41,7 +43,8 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
                                         const at::Tensor& order, const at::Tensor& gray,
                                         const std::optional<at::Tensor>& solarize, at::ArrayRef<double> mean,
                                         at::ArrayRef<double> std, int64_t out_h, int64_t out_w,
-                                        at::ScalarType out_dtype, at::DeviceType dev) {
+                                        at::ScalarType out_dtype, at::DeviceType dev, int64_t interpolation,
+                                        const std::optional<at::Tensor>& blur_sigma) {
   TORCH_CHECK(data.scalar_type() == at::kByte, "fused_augment: data must be uint8, got ", data.scalar_type());
   TORCH_CHECK(data.device().type() == dev, "fused_augment: data must be on ", dev, ", got ", data.device());
   TORCH_CHECK(data.dim() == 1, "fused_augment: data must be 1-d (the images back to back), got shape ",
@@ -58,6 +61,9 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   check_tensor(order, "order", at::kLong, d, {n, 4});
   check_tensor(gray, "gray", at::kBool, d, {n});
   if (solarize.has_value()) check_tensor(*solarize, "solarize", at::kBool, d, {n});
+  if (blur_sigma.has_value()) check_tensor(*blur_sigma, "blur_sigma", at::kFloat, d, {n});
+  TORCH_CHECK(interpolation == kBilinear || interpolation == kBicubic,
+              "fused_augment: interpolation must be 0 (bilinear) or 1 (bicubic), got ", interpolation);
   TORCH_CHECK(mean.size() == 3 && std.size() == 3, "fused_augment: mean and std must have 3 values, got ",
               mean.size(), " and ", std.size());
   AugmentArgs a;
@@ -83,19 +89,22 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   a.order = order.contiguous();
   a.gray = gray.contiguous();
   a.solarize = solarize.has_value() ? solarize->contiguous() : at::zeros({n}, gray.options());
+  if (blur_sigma.has_value()) a.blur = blur_sigma->contiguous();
+  a.interp = static_cast<int>(interpolation);
   a.n = n;
   return a;
 }
 
 // Checks every image (check_sample) on host copies of the parameters; the message names the argument.
 inline void check_augment_values(int64_t n, int64_t numel, const int64_t* off, const int64_t* sz,
-                                 const int64_t* bx, const int64_t* od, const float* fa) {
+                                 const int64_t* bx, const int64_t* od, const float* fa, const float* sigma) {
   for (int64_t i = 0; i < n; ++i) {
     const int64_t H = sz[2 * i], W = sz[2 * i + 1];
     const int64_t* b = bx + 4 * i;
     const int64_t* o = od + 4 * i;
     const float* f = fa + 4 * i;
-    switch (check_sample(numel, off[i], H, W, b, o, f)) {
+    const float sg = sigma != nullptr ? sigma[i] : 0.0f;
+    switch (check_sample(numel, off[i], H, W, b, o, f, sg)) {
       case kSampleOk:
         break;
       case kBadSize:
@@ -114,9 +123,12 @@ inline void check_augment_values(int64_t n, int64_t numel, const int64_t* off, c
       case kBadFactor:
         TORCH_CHECK(false, "fused_augment: factors of image ", i, ": brightness, contrast, saturation (", f[0],
                     ", ", f[1], ", ", f[2], ") must be finite and >= 0");
-      default:
+      case kBadHue:
         TORCH_CHECK(false, "fused_augment: factors of image ", i, ": hue factor ", f[kHue],
                     " lies outside [-0.5, 0.5]");
+      default:
+        TORCH_CHECK(false, "fused_augment: blur_sigma of image ", i, " is ", sg,
+                    ": must be finite and >= 0 (0: no blur)");
     }
   }
 }
@@ -125,14 +137,17 @@ inline void check_augment_values(int64_t n, int64_t numel, const int64_t* off, c
 // (a single synchronisation for the whole batch), then check_augment_values on the host.
 inline void check_augment_values_via_host(const AugmentArgs& a) {
   const int64_t n = a.n;
-  // factors travel as their bit patterns (float32 -> int32 view, widened to int64 for the packing).
-  const at::Tensor packed =
-      at::cat({a.offsets.view({n, 1}), a.sizes, a.boxes, a.order, a.factors.view(at::kInt).to(at::kLong)}, 1)
-          .cpu();
+  // factors (and blur sigmas) travel as their bit patterns (float32 -> int32 view, widened to int64 for
+  // the packing).
+  const bool blur = a.blur.defined();
+  std::vector<at::Tensor> cols = {a.offsets.view({n, 1}), a.sizes, a.boxes, a.order,
+                                  a.factors.view(at::kInt).to(at::kLong)};
+  if (blur) cols.push_back(a.blur.view(at::kInt).to(at::kLong).view({n, 1}));
+  const at::Tensor packed = at::cat(cols, 1).cpu();
   const int64_t* p = packed.data_ptr<int64_t>();
-  constexpr int kCols = 1 + 2 + 4 + 4 + 4;
+  const int kCols = 1 + 2 + 4 + 4 + 4 + (blur ? 1 : 0);
   std::vector<int64_t> off(n), sz(2 * n), bx(4 * n), od(4 * n);
-  std::vector<float> fa(4 * n);
+  std::vector<float> fa(4 * n), sg(blur ? n : 0);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t* r = p + i * kCols;
     off[i] = r[0];
@@ -143,8 +158,13 @@ inline void check_augment_values_via_host(const AugmentArgs& a) {
       const int32_t bits = static_cast<int32_t>(r[11 + k]);
       std::memcpy(&fa[4 * i + k], &bits, sizeof(float));
     }
+    if (blur) {
+      const int32_t bits = static_cast<int32_t>(r[15]);
+      std::memcpy(&sg[i], &bits, sizeof(float));
+    }
   }
-  check_augment_values(n, a.data.numel(), off.data(), sz.data(), bx.data(), od.data(), fa.data());
+  check_augment_values(n, a.data.numel(), off.data(), sz.data(), bx.data(), od.data(), fa.data(),
+                       blur ? sg.data() : nullptr);
 }
 
 }  // namespace augment

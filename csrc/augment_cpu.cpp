@@ -1,10 +1,14 @@
 // Fused augmentation, C++ CPU kernel (registered as vlkernels::fused_augment for the CPU key).
 //
-// Per image: separable antialiased resize (horizontal pass over the crop rows into a float scratch,
-// then vertical pass per output row), with the flip folded into the horizontal tap table; the colour
-// ops run on the output rows while they are hot in cache. Contrast needs the gray mean of the whole
-// image as it stands just before it, so rows are kept in a per-image scratch and finished in a second
-// pass over rows only when contrast is active.
+// Per image: separable antialiased resize, bilinear or bicubic (horizontal pass over the crop rows into
+// a float scratch, then vertical pass per output row), with the flip folded into the horizontal tap
+// table; bicubic rows are clamped to [0, 1]; the colour ops run on the output rows while they are hot
+// in cache. Contrast needs the gray mean of the whole image as it stands just before it, so rows are
+// kept in a per-image scratch and finished in a second pass over rows only when contrast is active.
+// Gaussian blur (after the colour ops and grayscale, before solarize) needs the neighbourhood: the
+// colour-processed image is kept in that per-image scratch (one image per thread in the image-parallel
+// mode) and blurred separably (reflect-padded rows into a second scratch, then columns per output row),
+// then solarized, normalised and written.
 // Parallel over images (torch's intra-op OpenMP pool, at::parallel_for); when there are fewer images
 // than threads, over rows inside each image instead.
 #include <ATen/ATen.h>
@@ -53,15 +57,15 @@ struct TapTable {
 // Tap table of one axis. With pad, every pixel gets exactly K taps (its window shifted left where it
 // would run past the end, zero weights filling in), so the horizontal loop has a fixed trip count;
 // adding zero-weight terms leaves each sum unchanged.
-TapTable make_taps(int64_t in, int64_t out, bool reverse, bool pad) {
-  const int kmax = max_taps(in, out);
+TapTable make_taps(int64_t in, int64_t out, bool reverse, bool pad, int interp) {
+  const int kmax = max_taps(in, out, interp);
   std::vector<float> raw(static_cast<size_t>(out) * kmax);
   std::vector<int64_t> start(out);
   std::vector<int> count(out);
   int K = 1;
   for (int64_t i = 0; i < out; ++i) {
     const int64_t src = reverse ? out - 1 - i : i;
-    aa_weights(in, out, src, &raw[i * kmax], &start[i], &count[i]);
+    aa_weights(in, out, src, interp, &raw[i * kmax], &start[i], &count[i]);
     K = std::max(K, count[i]);
   }
   TapTable t;
@@ -104,6 +108,7 @@ VLK_CLONES void hpass(const float* line, const TapTable& t, int64_t ow, float* d
     case 4: return hpass_fixed<4>(line, t, ow, d0, d1, d2);
     case 5: return hpass_fixed<5>(line, t, ow, d0, d1, d2);
     case 6: return hpass_fixed<6>(line, t, ow, d0, d1, d2);
+    case 8: return hpass_fixed<8>(line, t, ow, d0, d1, d2);
     default: break;
   }
   for (int64_t j = 0; j < ow; ++j) {
@@ -191,6 +196,54 @@ VLK_CLONES void div255(float* const* rgb, int64_t n) {
   }
 }
 
+// Bicubic weights have negative lobes: the resampled value can leave [0, 1]. Clamped, as torchvision's
+// resize of a uint8 image clamps to [0, 255] (on a float image it does not), so that the colour ops see
+// [0, 1] values.
+VLK_CLONES void clamp_rows(float* const* rgb, int64_t n) {
+  for (int c = 0; c < 3; ++c) {
+    float* d = rgb[c];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) d[j] = clamp01(d[j]);
+  }
+}
+
+// Normalised Gaussian taps (2 r + 1) of the blur.
+std::vector<float> blur_weights(float sigma, int64_t r) {
+  std::vector<float> w(static_cast<size_t>(2 * r + 1));
+  float total = 0.0f;
+  for (int64_t k = 0; k <= 2 * r; ++k) {
+    w[k] = blur_raw(k, r, sigma);
+    total += w[k];
+  }
+  for (auto& v : w) v /= total;  // total >= w[r] = 1
+  return w;
+}
+
+// Horizontal blur of one row of n pixels: reflect-padded copy into `pad` (n + 2 r), then
+// dst[j] = sum_t w[t] * pad[j + t], taps in order.
+VLK_CLONES void blur_row(const float* src, int64_t n, int64_t r, const float* w, float* pad, float* dst) {
+  for (int64_t q = 0; q < n + 2 * r; ++q) pad[q] = src[reflect_index(q - r, n)];
+  for (int64_t j = 0; j < n; ++j) dst[j] = 0.0f;
+  for (int64_t t = 0; t <= 2 * r; ++t) {
+    const float wt = w[t];
+    const float* s = pad + t;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] += wt * s[j];
+  }
+}
+
+// Vertical blur of output row i of a plane [rows, n]: dst = sum_t w[t] * row(reflect(i - r + t)).
+VLK_CLONES void blur_col(const float* plane, int64_t rows, int64_t n, int64_t i, int64_t r, const float* w,
+                         float* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = 0.0f;
+  for (int64_t t = 0; t <= 2 * r; ++t) {
+    const float wt = w[t];
+    const float* s = plane + reflect_index(i - r + t, rows) * n;
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) dst[j] += wt * s[j];
+  }
+}
+
 VLK_CLONES double gray_sum(const float* r, const float* g, const float* b, int64_t n) {
   // Float partial sums per block of 8, summed in double: vectorises, and stays far below the 1e-4
   // tolerance for any image size.
@@ -239,6 +292,8 @@ struct ImageJob {
   int64_t H, W, sy, sx, sc;  // element strides of row, column, channel
   int64_t top, left, ch, cw;
   bool flip, gray, solar;
+  int interp;   // kBilinear or kBicubic
+  float sigma;  // Gaussian blur sigma, 0: no blur
   const float* factors;
   const int64_t* order;
   const float* mean;
@@ -249,8 +304,9 @@ struct ImageJob {
 
   // par: split the row loops across threads (used when there are fewer images than threads).
   void run(bool par) const {
-    const TapTable tx = make_taps(cw, ow, flip, true);
-    const TapTable ty = make_taps(ch, oh, false, false);
+    const TapTable tx = make_taps(cw, ow, flip, true, interp);
+    const TapTable ty = make_taps(ch, oh, false, false, interp);
+    const bool cubic = interp == kBicubic;
     // Crop taller than the output: resample columns first, straight from the uint8 rows, so that the
     // (gathering) horizontal pass runs on oh rows instead of ch. Otherwise rows first into `tmp`.
     const bool vfirst = ch > oh;
@@ -279,16 +335,19 @@ struct ImageJob {
 
     const OpPlan plan = plan_ops(factors, order);
     const int64_t npix = oh * ow;
-    const Scratch img = scratch(plan.needs_mean ? 3 * npix : 0);
+    const bool blur = sigma > 0.0f;
+    // The whole image is kept when contrast needs its mean or the blur its neighbourhood.
+    const bool keep = plan.needs_mean || blur;
+    const Scratch img = scratch(keep ? 3 * npix : 0);
     std::vector<double> row_sum(plan.needs_mean ? oh : 0);
     const int64_t grain_o = par ? 1 : oh + 1;
     at::parallel_for(0, oh, grain_o, [&](int64_t i0, int64_t i1) {
-      const Scratch row_buf = scratch(plan.needs_mean ? 0 : 3 * ow);
+      const Scratch row_buf = scratch(keep ? 0 : 3 * ow);
       const Scratch vl = scratch(vfirst ? 3 * cw : 0);
       for (int64_t i = i0; i < i1; ++i) {
         float* rgb[3];
         for (int c = 0; c < 3; ++c) {
-          rgb[c] = plan.needs_mean ? img.get() + c * npix + i * ow : row_buf.get() + c * ow;
+          rgb[c] = keep ? img.get() + c * npix + i * ow : row_buf.get() + c * ow;
         }
         if (vfirst) {
           vline(src + (top + ty.start[i]) * sy + left * sx, sy, sx, sc, cw, &ty.w[i * ty.K], ty.count[i], vl.get());
@@ -297,33 +356,63 @@ struct ImageJob {
         } else {
           vpass(tmp.get(), plane, ow, &ty.w[i * ty.K], ty.count[i], ty.start[i] - y0, rgb);
         }
+        if (cubic) clamp_rows(rgb, ow);
         row_ops(plan, 0, plan.split, 0.0f, rgb[0], rgb[1], rgb[2], ow);
         if (plan.needs_mean) {
           row_sum[i] = gray_sum(rgb[0], rgb[1], rgb[2], ow);
         } else {
-          finish_row(plan, 0.0f, rgb, i);
+          colour_row(plan, 0.0f, rgb);
+          if (!blur) write_row(rgb, i);
         }
       }
     });
-    if (!plan.needs_mean) return;
-    double total = 0.0;
-    for (int64_t i = 0; i < oh; ++i) total += row_sum[i];
-    const float gmean = static_cast<float>(total / static_cast<double>(npix));
-    at::parallel_for(0, oh, grain_o, [&](int64_t i0, int64_t i1) {
+    if (plan.needs_mean) {
+      double total = 0.0;
+      for (int64_t i = 0; i < oh; ++i) total += row_sum[i];
+      const float gmean = static_cast<float>(total / static_cast<double>(npix));
+      at::parallel_for(0, oh, grain_o, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          float* rgb[3] = {img.get() + i * ow, img.get() + npix + i * ow, img.get() + 2 * npix + i * ow};
+          colour_row(plan, gmean, rgb);
+          if (!blur) write_row(rgb, i);
+        }
+      });
+    }
+    if (blur) blur_and_write(img.get(), par);
+  }
+
+  // Separable Gaussian blur of the colour-processed image img [3, oh, ow], then write_row per row.
+  void blur_and_write(const float* img, bool par) const {
+    const int64_t npix = oh * ow;
+    const int64_t rx = blur_radius(sigma, ow), ry = blur_radius(sigma, oh);
+    const std::vector<float> wx = blur_weights(sigma, rx), wy = blur_weights(sigma, ry);
+    const Scratch hb = scratch(3 * npix);
+    // Rows of the three planes (row r of plane c is row c * oh + r of img).
+    at::parallel_for(0, 3 * oh, par ? 1 : 3 * oh + 1, [&](int64_t r0, int64_t r1) {
+      const Scratch pad = scratch(ow + 2 * rx);
+      for (int64_t r = r0; r < r1; ++r) blur_row(img + r * ow, ow, rx, wx.data(), pad.get(), hb.get() + r * ow);
+    });
+    at::parallel_for(0, oh, par ? 1 : oh + 1, [&](int64_t i0, int64_t i1) {
+      const Scratch row_buf = scratch(3 * ow);
       for (int64_t i = i0; i < i1; ++i) {
-        float* rgb[3] = {img.get() + i * ow, img.get() + npix + i * ow, img.get() + 2 * npix + i * ow};
-        finish_row(plan, gmean, rgb, i);
+        float* rgb[3];
+        for (int c = 0; c < 3; ++c) {
+          rgb[c] = row_buf.get() + c * ow;
+          blur_col(hb.get() + c * npix, oh, ow, i, ry, wy.data(), rgb[c]);
+        }
+        write_row(rgb, i);
       }
     });
   }
 
-  // Colour ops after the mean, grayscale, solarize, normalise, convert: output row i.
-  void finish_row(const OpPlan& plan, float gmean, float* const* rgb, int64_t i) const {
-    float* r = rgb[0];
-    float* g = rgb[1];
-    float* b = rgb[2];
-    row_ops(plan, plan.split, plan.count, gmean, r, g, b, ow);
-    if (gray) gray_row(r, g, b, ow);
+  // Colour ops after the mean, grayscale: row in place.
+  void colour_row(const OpPlan& plan, float gmean, float* const* rgb) const {
+    row_ops(plan, plan.split, plan.count, gmean, rgb[0], rgb[1], rgb[2], ow);
+    if (gray) gray_row(rgb[0], rgb[1], rgb[2], ow);
+  }
+
+  // Solarize, normalise, convert: output row i (rgb is overwritten).
+  void write_row(float* const* rgb, int64_t i) const {
     if (solar) solarize_row(rgb, ow);
     for (int c = 0; c < 3; ++c) {
       // NCHW: channel plane c, row i; channels-last (NHWC memory): pixel (i, j) at (i * ow + j) * 3 + c.
@@ -364,6 +453,7 @@ void advise_huge_pages(void* ptr, size_t bytes) {
 
 template <typename out_t>
 void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool channels_last, at::Tensor& out) {
+  const float* sg = a.blur.defined() ? a.blur.data_ptr<float>() : nullptr;
   const int64_t n = a.n;
   const uint8_t* base = a.data.data_ptr<uint8_t>();
   const int64_t* off = a.offsets.data_ptr<int64_t>();
@@ -393,6 +483,8 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool chan
     jb.flip = fl[i] != 0;
     jb.gray = gr[i] != 0;
     jb.solar = so[i] != 0;
+    jb.interp = a.interp;
+    jb.sigma = sg != nullptr ? sg[i] : 0.0f;
     jb.factors = fa + 4 * i;
     jb.order = od + 4 * i;
     jb.mean = a.mean;
@@ -422,14 +514,17 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
                              int64_t out_w, at::ScalarType out_dtype, bool check,
-                             const std::optional<at::Tensor>& solarize, bool channels_last) {
+                             const std::optional<at::Tensor>& solarize, bool channels_last,
+                             int64_t interpolation, const std::optional<at::Tensor>& blur_sigma) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
   (void)check;
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
-                                             mean, std, out_h, out_w, out_dtype, at::kCPU);
+                                             mean, std, out_h, out_w, out_dtype, at::kCPU, interpolation,
+                                             blur_sigma);
   check_augment_values(a.n, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
-                       a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>());
+                       a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>(),
+                       a.blur.defined() ? a.blur.data_ptr<float>() : nullptr);
   at::Tensor out = at::empty({a.n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   advise_huge_pages(out.data_ptr(), out.nbytes());

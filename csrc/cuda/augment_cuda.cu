@@ -2,13 +2,21 @@
 //
 // One launch for the whole (ragged) batch: one thread block per image, parameters read from device
 // tensors, so nothing waits on the host per image. The block first builds the antialiased tap tables
-// of its crop in shared memory (aa_weights, as the CPU kernel; downscales beyond 3x or outputs beyond
-// ~600 x 600 evaluate the taps on the fly instead). Each thread computes output pixels directly from
-// the uint8 source (rows then columns: the association of the CPU kernel's separable passes), applies the colour ops, grayscale, solarize and normalisation, and writes the
-// three planes (coalesced along the row). Contrast needs the gray mean of the image as it stands just
-// before contrast: blocks of images with an active contrast run a first pass that recomputes the
-// pixels up to that op and reduces the mean in shared memory (recomputing is cheaper than a round trip
-// of a float image through global memory).
+// of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU kernel; bilinear
+// downscales beyond 3x, bicubic beyond 1.5x, or outputs beyond ~600 x 600 evaluate the taps on the fly
+// instead). Each thread computes output pixels directly from the uint8 source (rows then columns: the
+// association of the CPU kernel's separable passes; bicubic values clamped to [0, 1]), applies the
+// colour ops, grayscale, solarize and normalisation, and writes the three planes (coalesced along the
+// row). Contrast needs the gray mean of the image as it stands just before contrast: blocks of images
+// with an active contrast run a first pass that recomputes the pixels up to that op and reduces the
+// mean in shared memory (recomputing is cheaper than a round trip of a float image through global
+// memory).
+// Gaussian blur needs the neighbourhood of every pixel after the colour ops: blocks of blurred images
+// write the colour-processed image to a global-memory workspace (a [3, oh, ow] float image does not fit
+// in shared memory at the usual sizes: 602 KB at 224 x 224), blur its rows into a second workspace
+// image, then blur the columns of that while writing the output (block barriers between the passes).
+// The workspace (two float images and the two kernels' taps per image) is allocated only when the op
+// gets a blur_sigma tensor; fused_augment passes one only when some sample may be blurred.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -33,13 +41,15 @@ constexpr int kThreads = 512;
 struct Axis {
   int64_t lo;
   int n;
+  int interp;
   float center;
   float invscale;
   float total;
 
-  __device__ __forceinline__ Axis(int64_t in, int64_t out, int64_t i) {
+  __device__ __forceinline__ Axis(int64_t in, int64_t out, int64_t i, int interp_) {
+    interp = interp_;
     const float scale = static_cast<float>(in) / static_cast<float>(out);
-    const float support = scale >= 1.0f ? scale : 1.0f;
+    const float support = aa_support(scale, interp);
     invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
     center = static_cast<float>(scale * (i + 0.5));
     int64_t a = static_cast<int64_t>(center - support + 0.5f);
@@ -53,8 +63,7 @@ struct Axis {
     if (total == 0.0f) total = 1.0f;
   }
   __device__ __forceinline__ float raw(int j) const {
-    const float x = fabsf(static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale));
-    return x < 1.0f ? 1.0f - x : 0.0f;
+    return aa_filter(static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale), interp);
   }
   __device__ __forceinline__ float weight(int j) const { return raw(j) / total; }
 };
@@ -64,6 +73,7 @@ struct Image {
   int64_t sy, sx, sc;
   int64_t top, left, ch, cw;
   bool flip;
+  int interp;  // kBilinear or kBicubic
 };
 
 // The taps of one output pixel read from the per-block tables in shared memory. The tables are
@@ -102,9 +112,15 @@ __device__ __forceinline__ void resample(const Image& im, const AY& ay, const AX
   r = ar / 255.0f;
   g = ag / 255.0f;
   b = ab / 255.0f;
+  if (im.interp == kBicubic) {  // negative lobes: clamped to [0, 1] (see clamp_rows in augment_cpu.cpp)
+    r = clamp01(r);
+    g = clamp01(g);
+    b = clamp01(b);
+  }
 }
 
-// Taps per pixel stored in the shared-memory tables: enough for downscales up to 3x (max_taps <= 8);
+// Taps per pixel stored in the shared-memory tables: enough for bilinear downscales up to 3x and
+// bicubic ones up to 1.5x (max_taps <= 8);
 // larger downscales evaluate the taps on the fly instead.
 constexpr int kTableTaps = 8;
 
@@ -142,9 +158,33 @@ __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables
     const TableAxis ax{t.lox[j], t.nx[j], t.wx + j, static_cast<int>(ow)};
     resample(im, ay, ax, r, g, b);
   } else {
-    const Axis ay(im.ch, oh, i);
-    const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j);
+    const Axis ay(im.ch, oh, i, im.interp);
+    const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j, im.interp);
     resample(im, ay, ax, r, g, b);
+  }
+}
+
+// Solarize, normalise (or quantise), convert and write output pixel p of an image.
+template <typename out_t>
+__device__ __forceinline__ void store(out_t* o, int p, int64_t npix, bool to_solar, bool channels_last, float m0,
+                                      float m1, float m2, float s0, float s1, float s2, float r, float g,
+                                      float b) {
+  if (to_solar) {
+    r = solarize(r);
+    g = solarize(g);
+    b = solarize(b);
+  }
+  // NCHW: plane c at c * npix; channels-last (NHWC memory): pixel p at 3 * p + c.
+  const int64_t cs = channels_last ? 1 : npix;
+  const int64_t q = channels_last ? 3 * static_cast<int64_t>(p) : p;
+  if constexpr (std::is_same_v<out_t, uint8_t>) {
+    o[q] = static_cast<uint8_t>(quantise_u8(r));
+    o[cs + q] = static_cast<uint8_t>(quantise_u8(g));
+    o[2 * cs + q] = static_cast<uint8_t>(quantise_u8(b));
+  } else {
+    o[q] = static_cast<out_t>((r - m0) / s0);
+    o[cs + q] = static_cast<out_t>((g - m1) / s1);
+    o[2 * cs + q] = static_cast<out_t>((b - m2) / s2);
   }
 }
 
@@ -154,7 +194,8 @@ __global__ void __launch_bounds__(kThreads)
                          const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
                          const uint8_t* __restrict__ flip, const float* __restrict__ factors,
                          const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
-                         const uint8_t* __restrict__ solar, float m0, float m1,
+                         const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
+                         int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
                          bool channels_last,
                          out_t* __restrict__ out) {
@@ -166,7 +207,9 @@ __global__ void __launch_bounds__(kThreads)
   // The host checks the values (check_augment_values) unless the caller vouched for them (check=False,
   // to avoid a host sync per batch); this guard evaluates the same predicate, so that an invalid image
   // is never read out of bounds: its output becomes NaN instead.
-  if (check_sample(numel, offsets[n], H, W, boxes + 4 * n, order + 4 * n, factors + 4 * n) != kSampleOk) {
+  const float sigma = blur_sigma != nullptr ? blur_sigma[n] : 0.0f;
+  if (check_sample(numel, offsets[n], H, W, boxes + 4 * n, order + 4 * n, factors + 4 * n, sigma) !=
+      kSampleOk) {
     // (uint8 output has no NaN: an invalid image comes out 0 there.)
     for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) {
       if constexpr (std::is_same_v<out_t, uint8_t>) {
@@ -187,6 +230,7 @@ __global__ void __launch_bounds__(kThreads)
   im.ch = boxes[4 * n + 2];
   im.cw = boxes[4 * n + 3];
   im.flip = flip[n] != 0;
+  im.interp = interp;
   const bool to_gray = gray[n] != 0;
   const bool to_solar = solar[n] != 0;
   const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
@@ -195,17 +239,17 @@ __global__ void __launch_bounds__(kThreads)
   const int ow32 = static_cast<int>(ow);
   // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
   const bool tables =
-      use_tables && max_taps(im.cw, ow) <= kTableTaps && max_taps(im.ch, oh) <= kTableTaps;
+      use_tables && max_taps(im.cw, ow, interp) <= kTableTaps && max_taps(im.ch, oh, interp) <= kTableTaps;
   const Tables tab = carve_tables(smem, oh, ow);
   if (tables) {
     int64_t lo;
     for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
       if (q < ow) {
-        aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, tab.wx + q, &lo, tab.nx + q, ow);
+        aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, interp, tab.wx + q, &lo, tab.nx + q, ow);
         tab.lox[q] = static_cast<int>(lo);
       } else {
         const int64_t i = q - ow;
-        aa_weights(im.ch, oh, i, tab.wy + i, &lo, tab.ny + i, oh);
+        aa_weights(im.ch, oh, i, interp, tab.wy + i, &lo, tab.ny + i, oh);
         tab.loy[i] = static_cast<int>(lo);
       }
     }
@@ -236,6 +280,9 @@ __global__ void __launch_bounds__(kThreads)
     gmean = static_cast<float>(warp_sums[0] / static_cast<double>(npix));
   }
 
+  // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
+  const bool blur = sigma > 0.0f;
+  float* ws = blur ? workspace + n * ws_stride : nullptr;
   for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
     float r, g, b;
     pixel(im, tables, tab, oh, ow, p / ow32, p % ow32, r, g, b);
@@ -248,23 +295,60 @@ __global__ void __launch_bounds__(kThreads)
       g = l;
       b = l;
     }
-    if (to_solar) {
-      r = solarize(r);
-      g = solarize(g);
-      b = solarize(b);
-    }
-    // NCHW: plane c at c * npix; channels-last (NHWC memory): pixel p at 3 * p + c.
-    const int64_t cs = channels_last ? 1 : npix;
-    const int64_t q = channels_last ? 3 * static_cast<int64_t>(p) : p;
-    if constexpr (std::is_same_v<out_t, uint8_t>) {
-      o[q] = static_cast<uint8_t>(quantise_u8(r));
-      o[cs + q] = static_cast<uint8_t>(quantise_u8(g));
-      o[2 * cs + q] = static_cast<uint8_t>(quantise_u8(b));
+    if (blur) {
+      ws[p] = r;
+      ws[npix + p] = g;
+      ws[2 * npix + p] = b;
     } else {
-      o[q] = static_cast<out_t>((r - m0) / s0);
-      o[cs + q] = static_cast<out_t>((g - m1) / s1);
-      o[2 * cs + q] = static_cast<out_t>((b - m2) / s2);
+      store(o, p, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
     }
+  }
+  if (!blur) return;
+  // Workspace of a blurred image: [3, oh, ow] colour-processed, [3, oh, ow] rows blurred, then the
+  // horizontal and vertical Gaussian taps (2 rx + 1 and 2 ry + 1 floats).
+  float* hb = ws + 3 * npix;
+  float* wx = ws + 6 * npix;
+  const int64_t rx = blur_radius(sigma, ow), ry = blur_radius(sigma, oh);
+  float* wy = wx + 2 * rx + 1;
+  const int64_t kx = 2 * rx + 1, ky = 2 * ry + 1;
+  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) {
+    wx[q] = q < kx ? blur_raw(q, rx, sigma) : blur_raw(q - kx, ry, sigma);
+  }
+  __syncthreads();
+  __shared__ float blur_total[2];
+  if (threadIdx.x == 0) {
+    // Summed in order, as the CPU kernel does (total >= the centre tap, 1).
+    float tx = 0.0f, ty = 0.0f;
+    for (int64_t k = 0; k < kx; ++k) tx += wx[k];
+    for (int64_t k = 0; k < ky; ++k) ty += wy[k];
+    blur_total[0] = tx;
+    blur_total[1] = ty;
+  }
+  __syncthreads();
+  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) wx[q] /= blur_total[q < kx ? 0 : 1];
+  __syncthreads();
+  // Rows: hb[c][i][j] = sum_t wx[t] * ws[c][i][reflect(j - rx + t)].
+  for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
+    const int i = p / ow32, j = p % ow32;
+    for (int c = 0; c < 3; ++c) {
+      const float* row = ws + c * npix + static_cast<int64_t>(i) * ow;
+      float acc = 0.0f;
+      for (int64_t t = 0; t < kx; ++t) acc += wx[t] * row[reflect_index(j - rx + t, ow)];
+      hb[c * npix + p] = acc;
+    }
+  }
+  __syncthreads();
+  // Columns, then solarize, normalise, write.
+  for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
+    const int i = p / ow32, j = p % ow32;
+    float v[3];
+    for (int c = 0; c < 3; ++c) {
+      const float* col = hb + c * npix + j;
+      float acc = 0.0f;
+      for (int64_t t = 0; t < ky; ++t) acc += wy[t] * col[reflect_index(i - ry + t, oh) * ow];
+      v[c] = acc;
+    }
+    store(o, p, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, v[0], v[1], v[2]);
   }
 }
 
@@ -287,9 +371,11 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
                               int64_t out_w, at::ScalarType out_dtype, bool check,
-                              const std::optional<at::Tensor>& solarize, bool channels_last) {
+                              const std::optional<at::Tensor>& solarize, bool channels_last,
+                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma) {
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
-                                             mean, std, out_h, out_w, out_dtype, at::kCUDA);
+                                             mean, std, out_h, out_w, out_dtype, at::kCUDA, interpolation,
+                                             blur_sigma);
   const c10::cuda::CUDAGuard guard(a.data.device());
   // check=True (the default, for direct calls of the op): the same value checks and messages as the CPU
   // op, on one packed host copy of the parameters (one sync per batch). fused_augment passes False: its
@@ -301,6 +387,12 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 images per call");
   at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  // Blur workspace per image: two float images [3, out_h, out_w] and the taps (2 out_w - 1 and
+  // 2 out_h - 1 floats at most); only with a blur_sigma tensor (whether an image is blurred is a device
+  // value: sized for all).
+  const bool blur = a.blur.defined();
+  const int64_t ws_stride = blur ? 6 * out_h * out_w + 2 * (out_h + out_w) : 0;
+  const at::Tensor workspace = at::empty({blur ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
   const dim3 grid(static_cast<unsigned int>(n));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Tap tables in shared memory when they fit the default 48 KiB together with the kernel's static
@@ -329,7 +421,8 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
       a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                    \
       static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
       a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                     \
-      static_cast<const uint8_t*>(a.solarize.data_ptr()), a.mean[0], a.mean[1],                         \
+      static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,     \
+      a.interp, blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1],          \
       a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, channels_last, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:

@@ -5,6 +5,30 @@
 
 Backends: the compiled C++ CPU op and CUDA op (``torch.ops.vlkernels.fused_augment``) and a
 pure-PyTorch reference (``impl="torch"``) with torchvision's semantics.
+
+Order per sample: crop + resize -> flip -> colour jitter -> grayscale -> Gaussian blur -> solarize ->
+normalise (or uint8). The flip is applied right after the resize; every later op commutes with it.
+
+Resampling (``interpolation=``): "bilinear" (default) or "bicubic", both antialiased when downscaling,
+exactly as ``F.interpolate(mode=..., antialias=True, align_corners=False)`` (what torchvision v2's
+``resized_crop(..., antialias=True)`` runs on float images): separable filters whose support is scaled
+by the downscale factor, taps cut at the crop's borders and renormalised. Bicubic uses the cubic
+convolution kernel with a = -0.5 (torch's antialias path, also when upscaling; plain bicubic without
+antialias uses a = -0.75) and is clamped to [0, 1] before the colour ops. torchvision v2 clamps the
+bicubic result only when resizing a uint8 image (to [0, 255], then rounds); on a float image it leaves
+the overshoot, so ``"bicubic"`` here equals torchvision on float images followed by ``clamp(0, 1)``.
+
+Gaussian blur (``blur_p=``, ``blur_sigma=(lo, hi)``; per-sample ``AugmentParams.blur_sigma``, 0 = off):
+torchvision v2 ``gaussian_blur`` on a float image, i.e. a separable Gaussian with weights
+exp(-0.5 (x / sigma)^2) at x = -(k-1)/2 .. (k-1)/2 normalised to sum 1, reflect padding. torchvision's
+``GaussianBlur`` takes an explicit kernel_size (the SimCLR / improved-baselines recipes use ~10% of the
+image, 23 at 224); here it follows from sigma: k = 2 * ceil(3 * sigma) + 1 (covers +-3 sigma, so the
+cut-off tails weigh < 0.3%), clipped per axis to 2 * n - 1 for an output axis of n pixels (reflect
+padding needs pad < n). With sigma = 2 that is k = 13 rather than 23: the weights beyond 3 sigma
+that a larger kernel adds are below exp(-4.5) of the centre. Computed on the output-size image, after
+grayscale, before solarize. CPU: the colour-processed image is kept in a per-image scratch and
+blurred separably; CUDA: through a global-memory workspace (two float images per image, allocated
+only when some sample may be blurred).
 """
 
 from vlkernels.augment.api import CLIP_MEAN, CLIP_STD, fused_augment

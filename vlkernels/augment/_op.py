@@ -17,6 +17,10 @@ Op layout (one call for the whole batch, ragged or not):
                            (an invalid image comes out NaN, never read out of bounds).
   solarize bool  [N]       optional (None: all False); after grayscale, before normalisation
   channels_last bool       output in NHWC memory (shape still [N, 3, out_h, out_w])
+  interpolation int        0 bilinear, 1 bicubic (a = -0.5, clamped to [0, 1]); both antialiased
+  blur_sigma float32 [N]   optional (None: no blur); Gaussian blur sigma per image (0: none), after
+                           grayscale, before solarize; the CUDA op allocates a workspace of two float
+                           images per image when it is given
 returns out_dtype [N, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
 clamped, not normalised (mean / std unused).
 """
@@ -55,6 +59,8 @@ def _register() -> None:
         check=True,
         solarize=None,
         channels_last=False,
+        interpolation=0,
+        blur_sigma=None,
     ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
         out = data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
@@ -96,6 +102,8 @@ def run(
     check: bool = True,
     solarize: torch.Tensor | None = None,
     channels_last: bool = False,
+    interpolation: int = 0,
+    blur_sigma: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return op()(
         data,
@@ -115,4 +123,6 @@ def run(
         check,
         solarize,
         channels_last,
+        interpolation,
+        blur_sigma,
     )

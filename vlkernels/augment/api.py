@@ -24,6 +24,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.uint8)
 IMPLS = ("auto", "cuda", "cpu", "torch")
+# The op's interpolation argument is the index in this tuple.
+INTERPOLATIONS = ("bilinear", "bicubic")
 DEVICES = ("cpu", "cuda")
 
 
@@ -174,6 +176,9 @@ def fused_augment(
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
     solarize_p: float = 0.0,
+    blur_p: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+    interpolation: str = "bilinear",
     mean: Sequence[float] = CLIP_MEAN,
     std: Sequence[float] = CLIP_STD,
     out_dtype: torch.dtype = torch.float32,
@@ -186,10 +191,11 @@ def fused_augment(
     Returns out_dtype [N, 3, h, w] (in NHWC memory with ``channels_last=True``). ``out_dtype=torch.uint8``:
     no normalisation (mean / std unused), the [0, 1] values times 255 rounded (half to even) and clamped,
     e.g. for a pinned-memory host-to-device transfer of a quarter of the bytes.
-    Per sample: RandomResizedCrop (bilinear, antialias) -> horizontal
-    flip -> ColorJitter (random op order) applied with probability jitter_p -> RandomGrayscale ->
-    RandomSolarize(128/255, solarize_p) -> Normalize(mean, std), all computed in fp32 (torchvision's
-    semantics; see reference.py).
+    Per sample: RandomResizedCrop (``interpolation`` "bilinear" or "bicubic", antialias; bicubic
+    clamped to [0, 1]) -> horizontal flip -> ColorJitter (random op order) applied with probability
+    jitter_p -> RandomGrayscale -> GaussianBlur(sigma ~ U(blur_sigma), kernel 2 * ceil(3 sigma) + 1)
+    applied with probability blur_p -> RandomSolarize(128/255, solarize_p) -> Normalize(mean, std), all
+    computed in fp32 (torchvision's semantics; see reference.py and the package docstring).
     ``params`` (AugmentParams) fixes the randomness; otherwise they are drawn on the images' device
     with ``generator`` and the sampling knobs, without a host sync.
     impl: "auto" (compiled op for the device, else "torch"), "cuda", "cpu" (C++), "torch" (reference).
@@ -205,6 +211,12 @@ def fused_augment(
     mean, std = _mean_std(mean, std)
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
+    if not isinstance(interpolation, str):
+        raise TypeError(
+            f"interpolation must be a str, one of {INTERPOLATIONS}, got {type(interpolation).__name__}"
+        )
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     which = _pick_impl(impl, batch.device)
     check_generator(generator)
     if params is None:
@@ -217,16 +229,19 @@ def fused_augment(
             jitter_p=jitter_p,
             grayscale_p=grayscale_p,
             solarize_p=solarize_p,
+            blur_p=blur_p,
+            blur_sigma=blur_sigma,
             generator=generator,
         )
+        any_blur = float(blur_p) > 0.0
     else:
         if not isinstance(params, AugmentParams):
             raise TypeError(f"params must be AugmentParams, got {type(params).__name__}")
-        params.validate(batch.sizes)
+        any_blur = params.validate(batch.sizes)
     # The parameters are now known valid (sampled, or validated above with one sync): the CUDA op need
     # not copy them to the host again. The CPU op checks them anyway (host memory, no cost).
     if which == "torch":
-        out = reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype)
+        out = reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype, interpolation)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
     return _op.run(
         batch.data,
@@ -246,4 +261,7 @@ def fused_augment(
         check=which != "cuda",
         solarize=params.solarize.bool(),
         channels_last=channels_last,
+        interpolation=INTERPOLATIONS.index(interpolation),
+        # Only when some sample may be blurred: the CUDA op then allocates its blur workspace.
+        blur_sigma=params.blur_sigma.float() if any_blur else None,
     )

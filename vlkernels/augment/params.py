@@ -27,6 +27,9 @@ class AugmentParams:
     - ``grayscale``: bool [N], grayscale (three equal channels) after the jitter.
     - ``solarize``: bool [N], solarize (x >= 128/255 -> 1 - x, torchvision's ``F.solarize`` on a float
       image) after grayscale, before normalisation. Optional: left out (None), it is all False.
+    - ``blur_sigma``: float32 [N], Gaussian blur sigma in output pixels (0 = no blur), after grayscale,
+      before solarize; kernel size 2 * ceil(3 * sigma) + 1, clipped per axis to 2 * size - 1 (see
+      ``vlkernels.augment``). Optional: left out (None), it is all 0.
 
     A jitter op whose factor is its identity is skipped, as torchvision skips an op whose range is
     the single identity value.
@@ -42,10 +45,15 @@ class AugmentParams:
     order: torch.Tensor
     grayscale: torch.Tensor
     solarize: torch.Tensor | None = None
+    blur_sigma: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.solarize is None and isinstance(self.boxes, torch.Tensor) and self.boxes.dim() >= 1:
-            self.solarize = torch.zeros(self.boxes.shape[0], dtype=torch.bool, device=self.boxes.device)
+        if isinstance(self.boxes, torch.Tensor) and self.boxes.dim() >= 1:
+            n, dev = self.boxes.shape[0], self.boxes.device
+            if self.solarize is None:
+                self.solarize = torch.zeros(n, dtype=torch.bool, device=dev)
+            if self.blur_sigma is None:
+                self.blur_sigma = torch.zeros(n, dtype=torch.float32, device=dev)
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -81,12 +89,15 @@ class AugmentParams:
             order=torch.arange(4, device=dev).repeat(n, 1),
             grayscale=torch.zeros(n, dtype=torch.bool, device=dev),
             solarize=torch.zeros(n, dtype=torch.bool, device=dev),
+            blur_sigma=torch.zeros(n, dtype=torch.float32, device=dev),
         )
 
-    def validate(self, sizes: torch.Tensor) -> None:
+    def validate(self, sizes: torch.Tensor) -> bool:
         """Check types, shapes, devices and values (one host sync): every crop box inside its image
         (compared without overflow: ``0 <= top <= H - height``, ``height >= 1``, ...), every order row a
-        permutation of 0..3, brightness / contrast / saturation finite and >= 0, hue in [-0.5, 0.5]."""
+        permutation of 0..3, brightness / contrast / saturation finite and >= 0, hue in [-0.5, 0.5],
+        blur_sigma finite and >= 0. Returns whether any sample is blurred (blur_sigma > 0), learnt in
+        the same sync."""
         n = sizes.shape[0]
         for f in fields(self):
             name, t = f.name, getattr(self, f.name)
@@ -119,7 +130,11 @@ class AugmentParams:
         bcs = torch.stack([self.brightness, self.contrast, self.saturation], 1).float()
         bcs_ok = torch.isfinite(bcs) & (bcs >= 0)
         hue_ok = self.hue.float().abs() <= 0.5  # NaN fails
-        ok = torch.stack([inside.all(), perm.all(1).all(), bcs_ok.all(), hue_ok.all()]).cpu()
+        sigma = self.blur_sigma.float()
+        sigma_ok = torch.isfinite(sigma) & (sigma >= 0)
+        ok = torch.stack(
+            [inside.all(), perm.all(1).all(), bcs_ok.all(), hue_ok.all(), sigma_ok.all(), (sigma > 0).any()]
+        ).cpu()
         if not bool(ok[0]):
             bad = int((~inside).nonzero()[0, 0])
             raise ValueError(
@@ -143,6 +158,13 @@ class AugmentParams:
             raise ValueError(
                 f"AugmentParams.hue must lie in [-0.5, 0.5] (turns), image {bad} has {self.hue[bad].item()}"
             )
+        if not bool(ok[4]):
+            bad = int((~sigma_ok).nonzero()[0, 0])
+            raise ValueError(
+                f"AugmentParams.blur_sigma must be finite and >= 0 (0: no blur), image {bad} has "
+                f"{sigma[bad].item()}"
+            )
+        return bool(ok[5])
 
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -251,6 +273,8 @@ def sample_augment_params(
     jitter_p: float = 0.8,
     grayscale_p: float = 0.2,
     solarize_p: float = 0.0,
+    blur_p: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> AugmentParams:
@@ -261,7 +285,10 @@ def sample_augment_params(
     h = round(sqrt(area / aspect)), the first try that fits is placed uniformly; else the centre crop
     clamped to the ratio range. Jitter factors follow ``ColorJitter``: brightness, contrast, saturation
     ~ U(max(0, 1 - x), 1 + x), hue ~ U(-h, h), op order a uniform permutation; solarize with
-    probability solarize_p (RandomSolarize(threshold=128/255, p)).
+    probability solarize_p (RandomSolarize(threshold=128/255, p)); Gaussian blur with probability
+    blur_p, sigma ~ U(blur_sigma) (torchvision's GaussianBlur sigma rule inside RandomApply(p=blur_p)),
+    blur_sigma 0 where not blurred. The solarize and then the blur draws come after all others, so
+    the other parameters of a seed are those drawn without them.
     """
     scale = _check_range("scale", scale)
     ratio = _check_range("ratio", ratio, low_bound=1e-12)
@@ -269,6 +296,11 @@ def sample_augment_params(
     jitter_p = check_real("jitter_p", jitter_p, 0.0, 1.0)
     grayscale_p = check_real("grayscale_p", grayscale_p, 0.0, 1.0)
     solarize_p = check_real("solarize_p", solarize_p, 0.0, 1.0)
+    blur_p = check_real("blur_p", blur_p, 0.0, 1.0)
+    blur_sigma = _check_range("blur_sigma", blur_sigma)
+    # (Drawn in float32: the bound must stay finite there.)
+    if blur_sigma[1] > 1e38:
+        raise ValueError(f"blur_sigma must be at most 1e38, got {blur_sigma}")
     jitter = check_reals("jitter", jitter, 4)
     # (The factors are drawn in float32: 1 + x must stay finite there.)
     if min(jitter) < 0 or jitter[3] > 0.5 or max(jitter) > 1e38:
@@ -325,6 +357,10 @@ def sample_augment_params(
     order = torch.argsort(rand(n, 4), dim=1)
     # Drawn last, so that the other parameters are those of earlier versions for the same seed.
     solarize = rand(n) < solarize_p
+    # Then the blur coin and sigma (same reason).
+    blurred = rand(n) < blur_p
+    sigma = blur_sigma[0] + (blur_sigma[1] - blur_sigma[0]) * rand(n)
+    sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
     return AugmentParams(
         boxes=boxes,
         flip=coins[:, 0] < hflip_p,
@@ -336,4 +372,5 @@ def sample_augment_params(
         order=order,
         grayscale=coins[:, 2] < grayscale_p,
         solarize=solarize,
+        blur_sigma=sigma,
     )

@@ -1,14 +1,20 @@
 """Pure-PyTorch reference of the fused augmentation: torchvision's transforms, one sample at a time.
 
-Per sample: crop + resize (``F.interpolate(mode="bilinear", antialias=True)``, as torchvision's
-``resized_crop(..., antialias=True)`` on a float image), horizontal flip, colour jitter in the sample's
-op order (torchvision's ``adjust_*`` formulas on float images, clamped to [0, 1] after each op),
-grayscale (0.2989, 0.587, 0.114), solarize (threshold 128/255), normalise. All in fp32; one
-conversion to ``out_dtype`` at the end; uint8: no normalisation, x * 255 rounded half to even, clamped.
+Per sample: crop + resize (``F.interpolate(mode="bilinear" or "bicubic", antialias=True)``, as
+torchvision's ``resized_crop(..., antialias=True)`` on a float image; bicubic then clamped to [0, 1],
+which torchvision does for uint8 images only),
+horizontal flip, colour jitter in the sample's op order (torchvision's ``adjust_*`` formulas on float
+images, clamped to [0, 1] after each op), grayscale (0.2989, 0.587, 0.114), Gaussian blur
+(torchvision's ``gaussian_blur`` on a float image: reflect padding, ``conv2d`` with the outer product
+of the 1-d kernels; kernel size from sigma, see ``blur_radius``), solarize (threshold 128/255),
+normalise. All in fp32; one conversion to ``out_dtype`` at the end; uint8: no normalisation, x * 255
+rounded half to even, clamped. (The flip is applied right after the resize: every later op commutes
+with it, the blur too, its kernel and padding being symmetric.)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -77,6 +83,34 @@ def solarize(x: torch.Tensor, threshold: float = SOLARIZE_THRESHOLD) -> torch.Te
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
+def blur_radius(sigma: float, n: int) -> int:
+    """Half-width of the blur kernel along an axis of n pixels: ceil(3 sigma) (kernel size
+    2 * ceil(3 sigma) + 1), clipped to n - 1 (reflect padding needs pad < n)."""
+    return min(math.ceil(3.0 * sigma), n - 1)
+
+
+def gaussian_kernel1d(sigma: float, radius: int) -> torch.Tensor:
+    """torchvision's _get_gaussian_kernel1d in float32: x = linspace(-(k-1)/2, (k-1)/2, k),
+    exp(-0.5 (x / sigma)^2), normalised to sum 1."""
+    x = torch.linspace(-radius, radius, 2 * radius + 1, dtype=torch.float32)
+    w = torch.exp(-0.5 * (x / sigma).pow(2))
+    return w / w.sum()
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """torchvision v2 F.gaussian_blur(x, [kx, ky], [sigma, sigma]) on a float [3, H, W] image, with
+    kx = 2 * blur_radius(sigma, W) + 1, ky = 2 * blur_radius(sigma, H) + 1: reflect padding, then a
+    depthwise conv2d with the 2-d kernel (outer product of the 1-d ones). sigma 0: unchanged."""
+    if sigma == 0.0:
+        return x
+    h, w = x.shape[-2:]
+    rx, ry = blur_radius(sigma, w), blur_radius(sigma, h)
+    kx, ky = gaussian_kernel1d(sigma, rx).to(x.device), gaussian_kernel1d(sigma, ry).to(x.device)
+    kernel = torch.mm(ky[:, None], kx[None, :]).expand(3, 1, 2 * ry + 1, 2 * rx + 1)
+    padded = F.pad(x[None], [rx, rx, ry, ry], mode="reflect")
+    return F.conv2d(padded, kernel, groups=3)[0]
+
+
 def color_op(x: torch.Tensor, op: int, factor: float) -> torch.Tensor:
     """One ColorJitter op on a float [3, H, W] image; identity factors are skipped."""
     if op == BRIGHTNESS:
@@ -102,11 +136,23 @@ def augment_one(
     std: torch.Tensor,
     solar: bool = False,
     quantise: bool = False,
+    interpolation: str = "bilinear",
+    sigma: float = 0.0,
 ) -> torch.Tensor:
     """One sample, uint8 [3, H, W] -> float32 [3, h, w] (normalised; quantise: 0..255 integers)."""
     top, left, h, w = box
     x = img_chw[:, top : top + h, left : left + w].float() / 255.0
-    x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    # A channels-last copy with standard strides: torch's antialiased CPU kernel on a contiguous NCHW
+    # tensor (or a 1-image channels-last view whose batch stride is not H * W * C) returns wrong values
+    # when the output width is 1 and the height changes (every row the first one's; seen on torch
+    # 2.13); its channels-last path agrees with the filters written out (tests/test_augment_bicubic.py).
+    x = torch.empty((1, *x.shape), dtype=x.dtype, device=x.device, memory_format=torch.channels_last).copy_(x)
+    x = F.interpolate(x, size=size, mode=interpolation, align_corners=False, antialias=True)[0]
+    if interpolation == "bicubic":
+        # Bicubic overshoots (negative lobes). torchvision v2 clamps to [0, 255] only when resizing a
+        # uint8 image (not a float one); clamped here so that the colour ops see [0, 1], as in a uint8
+        # pipeline (without its rounding).
+        x = x.clamp(0.0, 1.0)
     if flip:
         x = x.flip(-1)
     if factors is not None:
@@ -114,6 +160,7 @@ def augment_one(
             x = color_op(x, op, factors[op])
     if gray:
         x = rgb_to_gray(x)[None].expand(3, -1, -1)
+    x = gaussian_blur(x, sigma)
     if solar:
         x = solarize(x)
     if quantise:
@@ -128,8 +175,10 @@ def reference_augment(
     mean: Sequence[float],
     std: Sequence[float],
     out_dtype: torch.dtype = torch.float32,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
-    """The chain of torchvision-style transforms per sample; images are uint8 [3, H_i, W_i] views."""
+    """The chain of torchvision-style transforms per sample; images are uint8 [3, H_i, W_i] views.
+    interpolation: "bilinear" or "bicubic" (antialiased either way)."""
     dev = images_chw[0].device
     mean_t = torch.tensor(mean, dtype=torch.float32, device=dev)
     std_t = torch.tensor(std, dtype=torch.float32, device=dev)
@@ -141,6 +190,7 @@ def reference_augment(
     orders = params.order.tolist()
     grays = params.grayscale.tolist()
     solars = params.solarize.tolist()
+    sigmas = params.blur_sigma.float().tolist()
     out = [
         augment_one(
             img,
@@ -154,6 +204,8 @@ def reference_augment(
             std_t,
             solars[i],
             out_dtype == torch.uint8,
+            interpolation,
+            sigmas[i],
         )
         for i, img in enumerate(images_chw)
     ]
