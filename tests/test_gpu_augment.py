@@ -202,3 +202,90 @@ def test_cuda_op_uint8_and_channels_last_equal_cpu_op(channels_last, dtype):
         assert (gpu.cpu().int() - cpu.int()).abs().max() <= 1  # one rounding step near .5 boundaries
     else:
         assert_close01(gpu.cpu(), cpu)
+
+
+# ---- bicubic resampling and Gaussian blur ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("what", ["crop", "flip", "contrast", "all_strong"])
+@pytest.mark.parametrize("kind", ["nhwc", "list"])
+def test_cuda_op_bicubic_equals_cpu_op(what, kind):
+    # Upscales, mild downscales (shared-memory tap tables: bicubic up to 1.5x) and large ones (taps on
+    # the fly), 1x1 images and outputs.
+    sizes = [(1, 1), (5, 3), (40, 61), (256, 256), (300, 97)] if kind == "list" else [(57, 44)] * 6
+    imgs = images_of(kind, sizes, seed=140)
+    p = params_with(imgs, seed=141, **ONLY[what])
+    for size in [(224, 224), (17, 9), (1, 1), (40, 33)]:
+        cpu = fused_augment(imgs, size, params=p, impl="cpu", interpolation="bicubic")
+        gpu = fused_augment(to_cuda(imgs), size, params=p.to("cuda"), impl="cuda", interpolation="bicubic")
+        assert_close01(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_op_bicubic_matches_reference_on_gpu(dtype):
+    imgs = images_of("list", [(31, 47), (64, 64), (12, 200)], seed=142)
+    p = params_with(imgs, seed=143, **ONLY["all_strong"]).to("cuda")
+    kw = dict(params=p, interpolation="bicubic")
+    expected = fused_augment(to_cuda(imgs), 32, impl="torch", **kw)
+    out = fused_augment(to_cuda(imgs), 32, impl="cuda", out_dtype=dtype, **kw)
+    assert_close01(out.cpu(), expected.cpu(), dtype)
+
+
+@pytest.mark.parametrize("what", ["crop", "contrast", "grayscale", "all_strong"])
+@pytest.mark.parametrize(("lo", "hi"), [(0.1, 2.0), (0.01, 0.2), (3.0, 1e4)])
+def test_cuda_op_blur_equals_cpu_op(what, lo, hi):
+    imgs = images_of("list", [(1, 1), (40, 61), (256, 256), (5, 3), (300, 97)], seed=144)
+    p = params_with(imgs, seed=145, **ONLY[what], blur_p=0.8, blur_sigma=(lo, hi))
+    for size in [(224, 224), (17, 9), (1, 1), (2, 31)]:
+        for interpolation in ("bilinear", "bicubic"):
+            kw = dict(params=p, interpolation=interpolation)
+            cpu = fused_augment(imgs, size, impl="cpu", **kw)
+            gpu = fused_augment(to_cuda(imgs), size, impl="cuda", **dict(kw, params=p.to("cuda")))
+            assert_close01(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.bfloat16])
+def test_cuda_op_blur_dtypes_and_channels_last_equal_cpu_op(channels_last, dtype):
+    imgs = images_of("nhwc", [(64, 48)] * 5, seed=146)
+    p = params_with(imgs, seed=147, **ONLY["all_strong"], blur_p=0.6)
+    kw = dict(out_dtype=dtype, channels_last=channels_last)
+    cpu = fused_augment(imgs, (33, 29), params=p, impl="cpu", **kw)
+    gpu = fused_augment(imgs.cuda(), (33, 29), params=p.to("cuda"), impl="cuda", **kw)
+    assert gpu.dtype == dtype and gpu.stride() == cpu.stride()
+    if dtype == torch.uint8:
+        assert (gpu.cpu().int() - cpu.int()).abs().max() <= 1
+    else:
+        assert_close01(gpu.cpu(), cpu, dtype)
+
+
+def test_cuda_op_blur_sigma_checks():
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
+    good = op()(*args, True, None, False, 0, torch.tensor([0.5, 1.0, 0.0], device="cuda"))
+    bad = torch.tensor([0.5, float("nan"), 0.0], device="cuda")
+    with pytest.raises(RuntimeError, match="blur_sigma of image 1"):
+        op()(*args, True, None, False, 0, bad)
+    out = op()(*args, False, None, False, 0, bad)  # unchecked: the guard makes the image NaN
+    torch.cuda.synchronize()
+    assert torch.isnan(out[1]).all()
+    torch.testing.assert_close(out[[0, 2]], good[[0, 2]], rtol=0, atol=0)
+
+
+def test_blur_sampling_to_output_never_syncs():
+    imgs = images_of("nhwc", [(64, 80)] * 4).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    kw = dict(generator=gen, blur_p=0.5, interpolation="bicubic")
+    fused_augment(imgs, 32, **kw)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fused_augment(imgs, 32, **kw)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out).all()
+
+
+def test_opcheck_cuda_bicubic_blur():
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
+    extra = (True, torch.tensor([True, False, True], device="cuda"), False, 1)
+    torch.library.opcheck(op(), (*args, *extra, torch.tensor([0.0, 1.5, 40.0], device="cuda")))
