@@ -87,15 +87,16 @@ def check_impl(impl: str) -> str:
 
 
 def check_alpha(alpha, ref: torch.Tensor) -> torch.Tensor:
-    """A detached 0-d float32 tensor on ``ref``'s device (a tensor's value is checked only on CPU: no host
-    sync on accelerators)."""
+    """A detached 0-d float32 tensor on ``ref``'s device."""
     if isinstance(alpha, torch.Tensor):
         if alpha.numel() != 1:
             raise ValueError(f"alpha must be a scalar (0-d tensor), got shape {tuple(alpha.shape)}")
         if not alpha.is_floating_point():
             raise TypeError(f"alpha must be a floating-point tensor, got {alpha.dtype}")
         _check_not_meta(alpha, ref, "alpha")
-        if alpha.device.type == "cpu":
+        # The value is read only on CPU (no host sync on accelerators) and not while torch.compile traces
+        # (it would be data-dependent; SoftTargetLoss checks its schedule's values when it steps).
+        if alpha.device.type == "cpu" and not torch.compiler.is_compiling():
             value = float(alpha)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"alpha must be in [0, 1], got {value}")
@@ -172,3 +173,23 @@ def check_total_steps_alpha_max(total_steps, alpha_max) -> None:
         raise TypeError(f"alpha_max must be a float, got {type(alpha_max).__name__}")
     if not 0.0 <= float(alpha_max) <= 1.0:
         raise ValueError(f"alpha_max must be in [0, 1], got {alpha_max}")
+
+
+SIGLIP_DIST_IMPLS = ("bidir", "shift", "reduce", "gather")
+
+
+def bias_tensor(logit_bias, ref: torch.Tensor) -> torch.Tensor:
+    """The sigmoid loss's ``logit_bias``: a 0-d float32 tensor on ``ref``'s device, differentiable when it
+    requires grad (the checks of ``scale_tensor``, naming logit_bias); None is no bias (0)."""
+    if logit_bias is None:
+        return torch.zeros((), dtype=torch.float32, device=ref.device)
+    return scale_tensor(logit_bias, ref, name="logit_bias")
+
+
+def check_dist_impl(dist_impl) -> str:
+    """open_clip's SigLipLoss ``dist_impl`` (None is its default, "bidir")."""
+    if dist_impl is None:
+        return "bidir"
+    if dist_impl not in SIGLIP_DIST_IMPLS:
+        raise ValueError(f"dist_impl must be None or one of {SIGLIP_DIST_IMPLS}, got {dist_impl!r}")
+    return dist_impl

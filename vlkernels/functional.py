@@ -14,8 +14,9 @@ import numbers
 import torch
 
 from vlkernels import _checks, _dist
-from vlkernels._dispatch import contrastive_backend, resolve_impl, soft_target_backend
+from vlkernels._dispatch import contrastive_backend, resolve_impl, sigmoid_backend, soft_target_backend
 from vlkernels.ops.contrastive import ContrastiveLossFunction, ContrastiveParams, GatheredContrastiveFunction
+from vlkernels.ops.sigmoid import RingSigmoidFunction, SigmoidLossFunction, SigmoidParams
 from vlkernels.ops.soft_target import GatheredSoftTargetFunction, SoftTargetFunction, SoftTargetParams
 from vlkernels.ops.torch_utils import autocast_off
 from vlkernels.reference import (
@@ -23,6 +24,8 @@ from vlkernels.reference import (
     contrastive_loss_open_clip,
     distill_clip_loss_naive,
     distill_clip_open_clip,
+    sigmoid_loss_naive,
+    sigmoid_loss_open_clip,
     soft_target_loss_gathered,
     soft_target_loss_naive,
 )
@@ -86,7 +89,7 @@ def contrastive_loss(
     scale = _checks.scale_tensor(logit_scale, image_features)
     impl = resolve_impl(impl, image_features.device)
     if impl == "naive":
-        with autocast_off([image_features]):
+        with autocast_off(image_features):
             return contrastive_loss_naive(image_features, text_features, scale, eps, reduction)
     _no_func_transforms(impl)
     params = ContrastiveParams(eps, factor, contrastive_backend(impl))
@@ -149,7 +152,7 @@ def contrastive_loss_distributed(
     impl = resolve_impl(impl, image_features.device)
     _agree(group, impl, image_features, scale, eps, factor, None, None, None, local_loss, gather_with_grad)
     if impl == "naive":
-        with autocast_off([image_features]):
+        with autocast_off(image_features):
             return contrastive_loss_open_clip(
                 image_features,
                 text_features,
@@ -245,7 +248,7 @@ def soft_target_loss(
     )
     if impl == "naive":
         t_args = (None, None, None) if teacher is None else teacher
-        with autocast_off([image]):
+        with autocast_off(image):
             return soft_target_loss_naive(image, text, scale, alpha_t, *t_args, mask, eps, reduction)
     _no_func_transforms(impl)
     soft_w = _soft_weights(alpha_t, mask, image.shape[0])
@@ -324,7 +327,7 @@ def soft_target_loss_distributed(
                 "impl='naive' computes the soft-target loss over the full gathered batch only; "
                 "use local_loss=False, or impl='torch' / 'triton' for local_loss=True"
             )
-        with autocast_off([image]):
+        with autocast_off(image):
             return soft_target_loss_gathered(
                 image,
                 text,
@@ -375,7 +378,7 @@ def distill_clip_loss(
     if distributed:
         _agree(group, impl, image, scale, eps, 1.0, teacher, None, None, local_loss, gather_with_grad)
     if impl == "naive":
-        with autocast_off([image]):
+        with autocast_off(image):
             if distributed:
                 return distill_clip_open_clip(
                     image,
@@ -411,3 +414,97 @@ def progressive_alpha(step, total_steps: int, alpha_max: float):
     if isinstance(step, bool) or not isinstance(step, numbers.Real) or not math.isfinite(step):
         raise TypeError(f"step must be an int or a tensor, got {step!r}")
     return float(alpha_max) * min(1.0, max(0.0, step / total_steps))
+
+
+def sigmoid_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    logit_bias: torch.Tensor | float | None,
+    *,
+    impl: str = "auto",
+    group=None,
+    gather: bool = False,
+) -> torch.Tensor:
+    """Sigmoid (SigLIP) loss without materialising the B x B logits.
+
+    Args:
+        image_features, text_features: [B, D], same dtype (float32, bfloat16 or float16) and device;
+            L2-normalised by the caller, as in open_clip. Any strides.
+        logit_scale: already exponentiated scale (open_clip passes ``logit_scale.exp()``): a float or a
+            0-d tensor; when it requires grad it receives its gradient.
+        logit_bias: a float or a 0-d tensor (gets its gradient when it requires grad); None: no bias.
+        impl: "auto" | "triton" | "torch" | "naive" (naive materialises the B x B logits).
+        gather: the batch is split across the processes of ``group`` (None: the default group), each
+            passing its local [b, D] pairs (the same b, D and dtype everywhere). Every rank returns the
+            loss of the whole batch (B = world * b); rank r's features get (sum of the ranks' upstream
+            grads) x dL/df_r and the scalars dL/ds, dL/db: after DDP's gradient averaging every parameter
+            gradient is the single-process full-batch gradient (``contrastive_loss(gather=True)``'s
+            contract). Ring scheme (docs/design.md): text blocks travel between neighbours, no rank holds
+            more than three of them: per-rank memory O(b D), independent of the world size.
+
+    Returns:
+        0-d float32 tensor: ``-F.logsigmoid(labels * (logit_scale * I @ T.T + logit_bias)).sum() / B``
+        with ``labels = 2 * eye(B) - 1``, computed in fp32. Non-finite inputs give a non-finite loss.
+    """
+    if gather:
+        return sigmoid_loss_distributed(
+            image_features, text_features, logit_scale, logit_bias, impl=impl, group=group, per_rank=False
+        )
+    if group is not None:
+        raise ValueError(_NO_GROUP)
+    _checks.check_features(image_features, text_features)
+    scale = _checks.scale_tensor(logit_scale, image_features)
+    bias = _checks.bias_tensor(logit_bias, image_features)
+    impl = resolve_impl(impl, image_features.device)
+    if impl == "naive":
+        with autocast_off(image_features):
+            return sigmoid_loss_naive(image_features, text_features, scale, bias)
+    _no_func_transforms(impl)
+    params = SigmoidParams(sigmoid_backend(impl))
+    return SigmoidLossFunction.apply(image_features, text_features, scale, bias, params)
+
+
+def sigmoid_loss_distributed(
+    image_features,
+    text_features,
+    logit_scale,
+    logit_bias,
+    *,
+    impl: str = "auto",
+    group=None,
+    per_rank: bool = False,
+) -> torch.Tensor:
+    """The sigmoid loss of a batch split across the ranks of ``group``. ``per_rank``: open_clip's
+    SigLipLoss per-rank loss (rank r's b images against all B texts, divided by b) and gradients (every
+    rank's loss reaches every rank's texts); else ``sigmoid_loss(gather=True)``'s full-batch contract."""
+    _checks.check_features(image_features, text_features)
+    scale = _checks.scale_tensor(logit_scale, image_features)
+    bias = _checks.bias_tensor(logit_bias, image_features)
+    impl = resolve_impl(impl, image_features.device)
+    _dist.world(group)
+    wants_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (image_features, text_features, scale, bias)
+    )
+    fields = {
+        "impl": _dist.IMPL_CODES[impl],
+        "local batch size": image_features.shape[0],
+        "feature width D": image_features.shape[1],
+        "feature dtype": _dist.DTYPE_CODES[image_features.dtype],
+        "logit_scale": scale,
+        "logit_bias": bias,
+        "logit_scale requires grad": int(scale.requires_grad),
+        "logit_bias requires grad": int(bias.requires_grad),
+        # Every rank must enter the backward's ring if any does.
+        "loss requires grad": int(wants_grad),
+        "per-rank loss (SigLipLoss)": int(per_rank),
+    }
+    _dist.check_ranks(group, image_features.device, fields)
+    if impl == "naive":
+        with autocast_off(image_features):
+            return sigmoid_loss_open_clip(
+                image_features, text_features, scale, bias, per_rank=per_rank, group=group
+            )
+    _no_func_transforms(impl)
+    params = SigmoidParams(sigmoid_backend(impl), group, per_rank)
+    return RingSigmoidFunction.apply(image_features, text_features, scale, bias, params)

@@ -29,14 +29,14 @@ def row_chunks(rows: int, cols: int, device: torch.device):
     return [slice(start, start + step) for start in range(0, rows, step)]
 
 
-def autocast_off(tensors):
-    """A context that disables autocast for the device types of ``tensors`` (the losses run in their
-    input dtype with fp32 accumulation; autocast would silently compute their products in bf16)."""
-    stack = contextlib.ExitStack()
-    for device_type in {t.device.type for t in tensors if isinstance(t, torch.Tensor)}:
-        if torch.amp.is_autocast_available(device_type):
-            stack.enter_context(torch.autocast(device_type, enabled=False))
-    return stack
+def autocast_off(x: torch.Tensor):
+    """A context that disables autocast on ``x``'s device type: the losses run in their input dtype with
+    fp32 accumulation, and autocast would silently compute their products in bf16. A plain
+    ``torch.autocast`` context (not an ExitStack), so that torch.compile traces through it."""
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def exact(fn):
@@ -44,7 +44,7 @@ def exact(fn):
 
     @functools.wraps(fn)
     def wrapper(ctx, *args):
-        with autocast_off(args):
+        with autocast_off(next(a for a in args if isinstance(a, torch.Tensor))):
             return fn(ctx, *args)
 
     return wrapper
@@ -81,3 +81,27 @@ def first_order_only(fn):
         return tuple(out)
 
     return wrapper
+
+
+class _ZeroGradient(torch.autograd.Function):
+    """Identity on ``out``; ``bias`` gets its exact gradient, zeros (not ``0 * bias``: NaN for an infinite
+    bias)."""
+
+    @staticmethod
+    def forward(ctx, out, bias):
+        ctx.bias_meta = (bias.shape, bias.dtype, bias.device)
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype, device = ctx.bias_meta
+        return grad, torch.zeros(shape, dtype=dtype, device=device)
+
+
+def with_zero_gradient(out: torch.Tensor, bias) -> torch.Tensor:
+    """``out``, connected to ``bias`` in the graph with a zero gradient when ``bias`` is a tensor that
+    requires grad (a loss that does not depend on a parameter, e.g. a constant logit shift under a softmax:
+    DDP would otherwise report the parameter as unused)."""
+    if isinstance(bias, torch.Tensor) and bias.requires_grad and torch.is_grad_enabled():
+        return _ZeroGradient.apply(out, bias)
+    return out
