@@ -8,6 +8,9 @@ Public API::
     from vlkernels import soft_target_loss, SoftTargetLoss, DistillClipLoss, progressive_alpha
     loss = soft_target_loss(image_features, text_features, logit_scale, alpha)
 
+    from vlkernels import sigmoid_loss, SigLipLoss
+    loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias)
+
     from vlkernels import fused_augment, sample_augment_params, AugmentParams
     crops = fused_augment(uint8_images, 224)   # [N, 3, 224, 224] normalised random-resized crops
 
@@ -17,8 +20,8 @@ Layers (imports point down): ``_checks`` (argument checks) and ``_dist`` (proces
 """
 
 from vlkernels.augment import AugmentParams, fused_augment, sample_augment_params
-from vlkernels.functional import contrastive_loss, progressive_alpha, soft_target_loss
-from vlkernels.nn import ClipLoss, DistillClipLoss, SoftTargetLoss
+from vlkernels.functional import contrastive_loss, progressive_alpha, sigmoid_loss, soft_target_loss
+from vlkernels.nn import ClipLoss, DistillClipLoss, SigLipLoss, SoftTargetLoss
 
 __version__ = "0.1.0"
 
@@ -26,10 +29,12 @@ __all__ = [
     "AugmentParams",
     "ClipLoss",
     "DistillClipLoss",
+    "SigLipLoss",
     "SoftTargetLoss",
     "contrastive_loss",
     "fused_augment",
     "progressive_alpha",
     "sample_augment_params",
+    "sigmoid_loss",
     "soft_target_loss",
 ]

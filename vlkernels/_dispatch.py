@@ -51,3 +51,14 @@ def soft_target_backend(impl: str) -> SoftTargetBackend:
 
         return TritonSoftTargetBackend()
     return TorchSoftTargetBackend()
+
+
+def sigmoid_backend(impl: str):
+    """The sigmoid (SigLIP) backend of a resolved ``impl`` ("triton" | "torch")."""
+    if impl == "triton":
+        from vlkernels.ops.sigmoid_triton import TritonSigmoidBackend
+
+        return TritonSigmoidBackend()
+    from vlkernels.ops.sigmoid_torch import TorchSigmoidBackend
+
+    return TorchSigmoidBackend()

@@ -123,3 +123,31 @@ def merge_columns(lse_parts, weighted, extra, group):
     lses = [peak[k] + torch.log(sums[k]) for k in range(len(lse_parts))]
     sums_w = [sums[len(lse_parts) + j] / sums[k] for j, (k, _) in enumerate(weighted)]
     return lses, sums_w, buf[len(parts) * cols :]
+
+
+# --- ring (P2P) helpers of the sigmoid loss ---------------------------------------------------------
+
+# Tags of the two kinds of ring messages (feature blocks, gradient partials), so that a block and a
+# partial in flight between the same two ranks at the same time are never mixed up (gloo matches by tag;
+# NCCL ignores tags and matches in issue order, which every rank shares).
+RING_TAG_BLOCK = 17
+RING_TAG_GRAD = 18
+FLOAT_FIELDS = FLOAT_FIELDS + ("logit_bias",)
+
+
+def _global_rank(group, group_rank: int) -> int:
+    return group_rank if group is None else dist.get_global_rank(group, group_rank)
+
+
+def ring_shift(send: torch.Tensor, recv: torch.Tensor, group, tag: int = 0):
+    """Start sending ``send`` to the next rank of ``group``'s ring and receiving ``recv`` from the
+    previous one (``dist.batch_isend_irecv``); returns the works to wait on. Both tensors must stay alive
+    until then."""
+    size, rank = dist.get_world_size(group), dist.get_rank(group)
+    right = _global_rank(group, (rank + 1) % size)
+    left = _global_rank(group, (rank - 1) % size)
+    ops = [
+        dist.P2POp(dist.isend, send, right, group=group, tag=tag),
+        dist.P2POp(dist.irecv, recv, left, group=group, tag=tag),
+    ]
+    return dist.batch_isend_irecv(ops)

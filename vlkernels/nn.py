@@ -13,6 +13,8 @@ from vlkernels.functional import (
     contrastive_loss_distributed,
     distill_clip_loss,
     progressive_alpha,
+    sigmoid_loss,
+    sigmoid_loss_distributed,
     soft_target_loss,
     soft_target_loss_distributed,
 )
@@ -229,3 +231,62 @@ class DistillClipLoss(ClipLoss):
         if output_dict:
             return {"contrastive_loss": contrastive, "distill_loss": distill}
         return contrastive, distill
+
+
+class SigLipLoss(nn.Module):
+    """Drop-in for ``open_clip.loss.SigLipLoss`` on the memory-efficient kernels.
+
+    ``forward(image_features, text_features, logit_scale, logit_bias, output_dict=False)`` returns the
+    loss, or ``{"contrastive_loss": loss}`` with ``output_dict=True``: ``-F.logsigmoid(labels * (
+    logit_scale * I @ T.T + logit_bias)).sum() / B`` with ``labels = 2 * eye(B) - 1`` (``logit_scale``
+    already exponentiated; ``logit_bias`` None means no bias). ``cache_labels`` is accepted for
+    compatibility (no labels are materialised).
+
+    With ``world_size > 1`` each rank passes its local [b, D] features and gets exactly open_clip's per-rank
+    loss (its b images against all B texts, divided by b) and gradients (every rank's loss reaches every
+    rank's texts) for every ``dist_impl`` open_clip accepts (None / "bidir", "shift", "reduce",
+    "gather"): they differ only in how open_clip communicates. Here the texts always travel round a ring
+    of P2P transfers (docs/design.md, "Sigmoid (SigLIP) loss"): per-rank memory O(b D), independent of
+    the world size. ``rank`` and ``world_size`` must match the process group (``group``, default the
+    global one).
+    """
+
+    def __init__(
+        self,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        dist_impl: str | None = None,
+        *,
+        impl: str = "auto",
+        group=None,
+    ):
+        super().__init__()
+        _checks.check_rank_args(rank, world_size)
+        self.dist_impl = _checks.check_dist_impl(dist_impl)
+        _checks.check_impl(impl)
+        self.cache_labels = cache_labels
+        self.rank, self.world_size = rank, world_size
+        self.impl, self.group = impl, group
+
+    def forward(self, image_features, text_features, logit_scale, logit_bias, output_dict: bool = False):
+        if self.world_size > 1:
+            _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+            loss = sigmoid_loss_distributed(
+                image_features,
+                text_features,
+                logit_scale,
+                logit_bias,
+                impl=self.impl,
+                group=self.group,
+                per_rank=True,
+            )
+        else:
+            loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias, impl=self.impl)
+        return {"contrastive_loss": loss} if output_dict else loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"rank={self.rank}, world_size={self.world_size}, dist_impl={self.dist_impl!r}, "
+            f"impl={self.impl!r}"
+        )

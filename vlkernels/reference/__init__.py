@@ -8,6 +8,7 @@ from vlkernels.reference.distributed import (
     open_clip_logits,
     soft_target_loss_gathered,
 )
+from vlkernels.reference.sigmoid import sigmoid_loss_naive, sigmoid_loss_open_clip
 from vlkernels.reference.soft_target import distill_clip_loss_naive, soft_target_loss_naive
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "distill_clip_open_clip",
     "open_clip_gather",
     "open_clip_logits",
+    "sigmoid_loss_naive",
+    "sigmoid_loss_open_clip",
     "soft_target_loss_gathered",
     "soft_target_loss_naive",
 ]

@@ -1,0 +1,467 @@
+"""Sigmoid (SigLIP) loss: every impl against a float64 naive reference, values and all four gradients;
+memory (no B x B tensor, linear slope), torch.compile, hostile inputs and SigLipLoss."""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from tests._ref import features, largest_tensors
+from vlkernels import SigLipLoss, sigmoid_loss
+from vlkernels._dispatch import resolve_impl
+from vlkernels.reference import sigmoid_loss_naive
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+NAMES = ("loss", "d_image", "d_text", "d_scale", "d_bias")
+TRITON = pytest.param("triton", marks=pytest.mark.interpreter)
+
+
+def run(fn, img, txt, scale, bias, grad_out: float = 1.0, **kw):
+    """(loss, d_image, d_text, d_scale, d_bias) for fresh leaf copies of the inputs."""
+    leaves = [x.detach().clone().requires_grad_() for x in (img, txt, torch.as_tensor(scale))]
+    leaves.append(torch.as_tensor(bias, dtype=leaves[2].dtype).detach().clone().requires_grad_())
+    loss = fn(*leaves, **kw)
+    loss.backward(torch.tensor(grad_out, dtype=loss.dtype))
+    return [loss.detach()] + [x.grad for x in leaves]
+
+
+def _exact(img, txt, scale, bias, grad_out):
+    scale64 = torch.tensor(float(scale), dtype=torch.float64)
+    return run(sigmoid_loss_naive, img.double(), txt.double(), scale64, float(bias), grad_out)
+
+
+def _naive(img, txt, scale, bias, **kw):
+    return sigmoid_loss(img, txt, scale, bias, impl="naive", **kw)
+
+
+def error_scales(batch: int, scale: float, bias: float, grad_out: float):
+    """Error scales of (loss, dI, dT, ds, db): the logits err by ~ulp(1 + s + |b|), which the softplus
+    terms and G carry; a row of dI sums B such errors (a random walk: sqrt(B)) times s g / B; the loss, ds
+    and db sum B^2 of them, divided by B."""
+    z = 1.0 + scale + abs(bias)
+    root = math.sqrt(batch)
+    feat = grad_out * (1.0 + scale) * z / root
+    return z * root, feat, feat, grad_out * z * root, grad_out * z * root
+
+
+def assert_within_float64(got, base, exact, terms, factor: float = 2.0):
+    """flash-attention's rule against float64: each quantity errs by at most ``factor`` x the naive
+    computation's error in the same dtype, plus 8 fp32 ulps of its size or error scale."""
+    for name, g, b, r, term in zip(NAMES, got, base, exact, terms, strict=True):
+        assert g is not None and torch.isfinite(g).all(), name
+        assert g.shape == r.shape, (name, g.shape, r.shape)
+        err_got = (g.double() - r).abs().max().item()
+        err_base = (b.double() - r).abs().max().item()
+        floor = 8 * torch.finfo(torch.float32).eps * max(r.abs().max().item(), term)
+        assert err_got <= factor * err_base + floor, (name, err_got, err_base, floor)
+
+
+def check(impl, batch, dim, dtype=torch.float32, scale=10.0, bias=-10.0, grad_out=1.7, seed=None):
+    img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim if seed is None else seed)
+    exact = _exact(img, txt, scale, bias, grad_out)
+    base = run(_naive, img, txt, scale, bias, grad_out)
+    got = run(sigmoid_loss, img, txt, scale, bias, grad_out, impl=impl)
+    assert got[0].dtype == torch.float32 and got[0].dim() == 0
+    assert got[1].dtype == dtype and got[2].dtype == dtype
+    assert_within_float64(got, base, exact, error_scales(batch, scale, bias, grad_out))
+    return got
+
+
+# --- values and gradients ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 17, 127, 257])
+@pytest.mark.parametrize("dim", [1, 7, 64, 100, 129])
+def test_torch_matches_float64_shapes(batch, dim):
+    check("torch", batch, dim)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale,bias", [(1.0, 0.0), (10.0, -10.0), (100.0, -10.0), (30.0, -3.0)])
+def test_torch_matches_float64_dtypes_scales(dtype, scale, bias):
+    check("torch", 33, 65, dtype=dtype, scale=scale, bias=bias, grad_out=0.3)
+
+
+def test_torch_small_chunks_match(monkeypatch):
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "5")
+    check("torch", 37, 19, scale=20.0, bias=-4.0, grad_out=2.0)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "batch,dim", [(1, 1), (2, 7), (3, 64), (17, 100), (17, 129), (40, 1), (33, 65), (64, 32)]
+)
+def test_triton_matches_float64_shapes(batch, dim):
+    check("triton", batch, dim)
+
+
+@pytest.mark.interpreter
+@pytest.mark.slow
+@pytest.mark.parametrize("batch,dim", [(127, 64), (257, 7)])
+def test_triton_matches_float64_large(batch, dim):
+    check("triton", batch, dim, scale=30.0, bias=-5.0, grad_out=0.5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale,bias", [(1.0, 0.0), (100.0, -10.0)])
+def test_triton_matches_float64_dtypes(dtype, scale, bias):
+    check("triton", 20, 40, dtype=dtype, scale=scale, bias=bias, grad_out=0.7)
+
+
+@pytest.mark.interpreter
+def test_triton_backward_is_deterministic():
+    img, txt = features(37, 70)
+    first = run(sigmoid_loss, img, txt, 9.0, -2.0, 1.3, impl="triton")
+    second = run(sigmoid_loss, img, txt, 9.0, -2.0, 1.3, impl="triton")
+    for name, a, b in zip(NAMES, first, second, strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_matches_open_clip_formula(impl):
+    # open_clip's SigLipLoss._loss, written independently of vlkernels.reference.
+    img, txt = features(23, 16)
+    scale, bias = torch.tensor(math.log(10.0)).exp(), torch.tensor(-10.0)
+    logits = scale * img @ txt.T + bias
+    labels = 2 * torch.eye(23) - torch.ones(23, 23)
+    want = -F.logsigmoid(labels * logits).sum() / 23
+    torch.testing.assert_close(sigmoid_loss(img, txt, scale, bias, impl=impl), want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+@pytest.mark.parametrize("scale,bias", [(100.0, -10.0), (200.0, 0.0), (200.0, 10.0), (0.0, -250.0)])
+def test_large_logits_are_stable(impl, scale, bias):
+    """|logit| up to ~250: finite, and equal to the float64 loss and gradients."""
+    img, txt = features(24, 12, seed=5)
+    txt[3] = img[3]  # a positive at exactly the largest logit
+    exact = _exact(img, txt, scale, bias, 1.0)
+    got = run(sigmoid_loss, img, txt, scale, bias, 1.0, impl=impl)
+    for name, g, r in zip(NAMES, got, exact, strict=True):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g.double(), r, atol=2e-4 * (1 + r.abs().max().item()), rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_non_contiguous_inputs(impl):
+    img, txt = features(19, 30)
+    img_nc = img.T.contiguous().T
+    txt_nc = torch.cat([txt, txt], dim=1)[:, ::2]
+    txt_nc.copy_(txt)
+    assert not img_nc.is_contiguous() and not txt_nc.is_contiguous()
+    want = run(sigmoid_loss, img, txt, 3.0, -1.0, 1.0, impl="naive")
+    got = run(sigmoid_loss, img_nc, txt_nc, 3.0, -1.0, 1.0, impl=impl)
+    for name, a, b in zip(NAMES, got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+def test_scalar_forms_and_only_requested_grads(impl):
+    img, txt = features(8, 5)
+    want = sigmoid_loss(img, txt, 2.5, -1.5, impl="naive")
+    s1, b1 = torch.tensor([2.5], requires_grad=True), torch.tensor([-1.5], requires_grad=True)
+    loss = sigmoid_loss(img, txt, s1, b1, impl=impl)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), want)
+    assert s1.grad.shape == (1,) and b1.grad.shape == (1,)
+    torch.testing.assert_close(sigmoid_loss(img, txt, 2.5, -1.5, impl=impl), want)
+    # None: no bias.
+    torch.testing.assert_close(
+        sigmoid_loss(img, txt, 2.5, None, impl=impl), sigmoid_loss(img, txt, 2.5, 0.0, impl="naive")
+    )
+    leaf = img.clone().requires_grad_()
+    loss = sigmoid_loss(leaf, txt, torch.tensor(3.0), torch.tensor(-1.0), impl=impl)
+    loss.backward()
+    assert leaf.grad is not None and loss.dtype == torch.float32 and loss.dim() == 0
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_open_clip_parameters_get_their_gradients(impl):
+    # open_clip: logit_scale = Parameter(log 10), passed as .exp(); logit_bias = Parameter(-10).
+    img, txt = features(12, 9)
+    grads = []
+    for which in ("naive", impl):
+        log_scale, bias = (
+            torch.nn.Parameter(torch.tensor(math.log(10.0))),
+            torch.nn.Parameter(torch.tensor(-10.0)),
+        )
+        sigmoid_loss(img, txt, log_scale.exp(), bias, impl=which).backward()
+        grads.append((log_scale.grad, bias.grad))
+    for got, want in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("impl", ["torch", "naive", TRITON])
+@pytest.mark.parametrize("bad", ["nan", "inf"])
+def test_non_finite_inputs_give_non_finite_loss(impl, bad):
+    img, txt = features(7, 5)
+    img[3, 2] = float(bad)
+    assert not torch.isfinite(sigmoid_loss(img, txt, 10.0, -1.0, impl=impl))
+    img, txt = features(7, 5)
+    assert not torch.isfinite(sigmoid_loss(img, txt, 10.0, torch.tensor(float("nan")), impl=impl))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 48),
+    dim=st.integers(1, 80),
+    scale=st.floats(0.5, 100.0),
+    bias=st.floats(-10.0, 0.0),
+    grad_out=st.floats(0.1, 3.0),
+    seed=st.integers(0, 10_000),
+)
+def test_hypothesis_torch(batch, dim, scale, bias, grad_out, seed):
+    check("torch", batch, dim, scale=scale, bias=bias, grad_out=grad_out, seed=seed)
+
+
+@pytest.mark.interpreter
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch=st.integers(1, 40),
+    dim=st.integers(1, 70),
+    scale=st.floats(0.5, 100.0),
+    bias=st.floats(-10.0, 0.0),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 10_000),
+)
+def test_hypothesis_triton(batch, dim, scale, bias, dtype, seed):
+    check("triton", batch, dim, dtype=dtype, scale=scale, bias=bias, grad_out=1.0, seed=seed)
+
+
+# --- memory ------------------------------------------------------------------------------------
+
+
+def _leaves(batch, dim, seed=0):
+    img, txt = features(batch, dim, seed=seed)
+    scalars = torch.tensor(5.0, requires_grad=True), torch.tensor(-2.0, requires_grad=True)
+    return img.requires_grad_(), txt.requires_grad_(), *scalars
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_never_materialises_b_by_b(monkeypatch, impl):
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    batch, dim = 96, 4
+    leaves = _leaves(batch, dim)
+    largest, saved = largest_tensors(lambda: sigmoid_loss(*leaves, impl=impl).backward())
+    # torch: chunks of 8 rows of S; triton: the interpreter's copies of one 16-row tile-row at most.
+    assert largest <= 16 * batch < batch * batch, largest
+    assert saved <= batch * dim
+    # The check can fail: the naive implementation does materialise B x B.
+    largest, _ = largest_tensors(lambda: sigmoid_loss(*leaves, impl="naive").backward())
+    assert largest >= batch * batch
+
+
+class PeakLive(TorchDispatchMode):
+    """Peak bytes of the storages that ops create and that are still referenced (a storage is freed when
+    the last tensor produced on it dies)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.refs = 0, 0, {}
+
+    def _drop(self, key):
+        nbytes, count = self.refs[key]
+        if count == 1:
+            del self.refs[key]
+            self.live -= nbytes
+        else:
+            self.refs[key] = (nbytes, count - 1)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0:
+                continue
+            nbytes, count = self.refs.get(key, (storage.nbytes(), 0))
+            if count == 0:
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self.refs[key] = (nbytes, count + 1)
+            weakref.finalize(t, self._drop, key)
+        return out
+
+
+def _peak_bytes(impl, batch, dim):
+    leaves = _leaves(batch, dim)
+    with PeakLive() as mode:
+        sigmoid_loss(*leaves, impl=impl).backward()
+    return mode.peak
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_memory_grows_linearly_with_batch(monkeypatch, impl):
+    """Extra memory beyond the inputs is O(B D + B * chunk): quadrupling B at most ~quadruples it, where the
+    naive B x B logits grow ~16x."""
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    dim = 8
+    small, large = _peak_bytes(impl, 32, dim), _peak_bytes(impl, 128, dim)
+    assert large <= 4.5 * small, (small, large)
+    # gradients (2 B D fp32) and chunk buffers (a few 8 x B fp32) only
+    assert large <= 4 * (2 * 128 * dim + 4 * 16 * 128) + 4096, large
+    naive_small, naive_large = _peak_bytes("naive", 32, dim), _peak_bytes("naive", 128, dim)
+    assert naive_large >= 12 * naive_small, (naive_small, naive_large)
+
+
+# --- torch.compile -----------------------------------------------------------------------------
+
+
+def test_torch_compile_fullgraph():
+    img, txt = features(10, 6)
+    fn = torch.compile(lambda *a: sigmoid_loss(*a, impl="torch"), backend="aot_eager", fullgraph=True)
+    mod = SigLipLoss(impl="torch")
+    compiled_mod = torch.compile(mod, backend="aot_eager", fullgraph=True)
+    for call in (fn, compiled_mod):
+        want = run(sigmoid_loss, img, txt, 7.0, -3.0, 1.3, impl="torch")
+        got = run(call, img, txt, 7.0, -3.0, 1.3)
+        for name, a, b in zip(NAMES, got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+
+
+# --- hostile inputs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_double_backward_is_a_clear_error(impl):
+    img, txt, scale, bias = _leaves(9, 6)
+    grads = torch.autograd.grad(sigmoid_loss(img, txt, scale, bias, impl=impl), [img, txt, scale, bias],
+                                create_graph=True)  # fmt: skip
+    want = torch.autograd.grad(sigmoid_loss(img, txt, scale, bias, impl="naive"), [img, txt, scale, bias])
+    for g, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(g.detach(), w, atol=2e-5, rtol=2e-5)
+    for g in grads:
+        with pytest.raises(RuntimeError, match="double backward"):
+            (g * g).sum().backward(retain_graph=True)
+
+
+def test_naive_supports_double_backward():
+    img, txt, scale, bias = _leaves(9, 6)
+    (g,) = torch.autograd.grad(sigmoid_loss(img, txt, scale, bias, impl="naive"), [img], create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), [img])
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_torch_func_is_a_clear_error(impl):
+    img, txt = features(9, 6, seed=1)
+    with pytest.raises(RuntimeError, match="torch.func transforms"):
+        torch.func.grad(lambda i: sigmoid_loss(i, txt, 3.0, -1.0, impl=impl))(img)
+
+
+@pytest.mark.parametrize("impl", ["naive", "torch", TRITON])
+def test_autocast_does_not_downcast(impl):
+    leaves = _leaves(9, 6)
+    want = sigmoid_loss(*leaves, impl=impl)
+    want_g = torch.autograd.grad(want, leaves)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = sigmoid_loss(*leaves, impl=impl)
+        if impl != "naive":
+            got_g = torch.autograd.grad(got, leaves, retain_graph=True)
+    if impl == "naive":
+        got_g = torch.autograd.grad(got, leaves)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    for g, w in zip(got_g, want_g, strict=True):
+        assert g.dtype == w.dtype
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(logit_bias=torch.ones(2)), ValueError, "logit_bias must be a scalar"),
+        (dict(logit_bias=torch.ones(1, 2)), ValueError, "logit_bias must be a scalar"),
+        (dict(logit_bias=torch.tensor(3)), TypeError, "logit_bias must be a floating-point tensor"),
+        (dict(logit_bias="-10"), TypeError, "logit_bias must be a float"),
+        (dict(logit_bias=True), TypeError, "logit_bias must be a float"),
+        (dict(logit_bias=float("nan")), ValueError, "logit_bias must be finite"),
+        (dict(logit_bias=torch.tensor(-1.0, device="meta")), ValueError, "logit_bias is on the meta device"),
+        (dict(logit_scale=torch.tensor(2.0, device="meta")), ValueError, "logit_scale is on the meta device"),
+        (dict(logit_scale=torch.ones(2)), ValueError, "logit_scale must be a scalar"),
+        (dict(logit_scale="3"), TypeError, "logit_scale must be a float"),
+        (dict(impl="cuda"), ValueError, "impl must be one of"),
+        (dict(group=object()), ValueError, "group is used only with gather=True"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    img, txt = features(5, 3)
+    kwargs = dict(kwargs)
+    scale, bias = kwargs.pop("logit_scale", 1.0), kwargs.pop("logit_bias", -1.0)
+    with pytest.raises(exc, match=match):
+        sigmoid_loss(img, txt, scale, bias, **kwargs)
+    if "group" not in kwargs and "impl" not in kwargs:
+        with pytest.raises(exc, match=match):
+            SigLipLoss()(img, txt, scale, bias)
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda i, t: (i, t[:3]), ValueError, "same shape"),
+        (lambda i, t: (i[0], t[0]), ValueError, "2-D"),
+        (lambda i, t: (i[:0], t[:0]), ValueError, "empty batch"),
+        (lambda i, t: (i[:, :0], t[:, :0]), ValueError, "D=0"),
+        (lambda i, t: (i, t.half()), TypeError, "same dtype"),
+        (lambda i, t: (i.double(), t.double()), TypeError, "supported"),
+        (lambda i, t: (i.numpy(), t), TypeError, "torch.Tensor"),
+        (lambda i, t: (i, t.to("meta")), ValueError, "same device"),
+    ],
+)
+def test_bad_features(make, exc, match):
+    img, txt = features(5, 3)
+    a, b = make(img, txt)
+    with pytest.raises(exc, match=match):
+        sigmoid_loss(a, b, 1.0, -1.0)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    img, txt = features(4, 4)
+    with pytest.raises(RuntimeError, match="impl='triton' cannot run.*CUDA"):
+        sigmoid_loss(img, txt, 1.0, 0.0, impl="triton")
+    assert resolve_impl("auto", torch.device("cpu")) == "torch"
+
+
+# --- SigLipLoss --------------------------------------------------------------------------------
+
+
+def test_siglip_module_matches_functional():
+    img, txt = features(14, 10)
+    scale, bias = torch.tensor(10.0), torch.tensor(-10.0)
+    want = sigmoid_loss(img, txt, scale, bias, impl="naive")
+    for dist_impl in (None, "bidir", "shift", "reduce", "gather"):
+        mod = SigLipLoss(dist_impl=dist_impl, impl="torch")
+        torch.testing.assert_close(mod(img, txt, scale, bias), want, atol=2e-5, rtol=2e-5)
+        out = mod(img, txt, scale, bias, output_dict=True)
+        assert set(out) == {"contrastive_loss"}
+        torch.testing.assert_close(out["contrastive_loss"], want, atol=2e-5, rtol=2e-5)
+    assert SigLipLoss().dist_impl == "bidir"
+    assert "dist_impl='bidir'" in repr(SigLipLoss())
+
+
+def test_siglip_module_validates_in_the_constructor():
+    with pytest.raises(ValueError, match="dist_impl must be None or one of"):
+        SigLipLoss(dist_impl="ring")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        SigLipLoss(impl="bogus")
+    with pytest.raises(ValueError, match="rank < world_size"):
+        SigLipLoss(rank=2, world_size=2)
+
+
+def test_distributed_without_process_group_raises():
+    img, txt = features(4, 3)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        sigmoid_loss(img, txt, 1.0, 0.0, gather=True)
+    with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
+        SigLipLoss(rank=1, world_size=2)(img, txt, 1.0, 0.0)
