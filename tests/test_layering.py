@@ -24,6 +24,9 @@ RANKS = [
     ("vlkernels._dispatch", 2),
     ("vlkernels.functional", 3),
     ("vlkernels.nn", 4),
+    # The package root imports patch_open_clip; the integrations build on nn.
+    ("vlkernels.integrations", 4.5),
+    ("vlkernels.open_clip_train", 5.5),
     ("vlkernels.train", 6),
     ("vlkernels", 5),
 ]

@@ -11,6 +11,8 @@ Public API::
     from vlkernels import sigmoid_loss, SigLipLoss
     loss = sigmoid_loss(image_features, text_features, logit_scale, logit_bias)
 
+    import vlkernels; vlkernels.patch_open_clip()   # open_clip / open_clip_train now build these losses
+
     from vlkernels import fused_augment, sample_augment_params, AugmentParams
     crops = fused_augment(uint8_images, 224)   # [N, 3, 224, 224] normalised random-resized crops
 
@@ -21,18 +23,21 @@ Layers (imports point down): ``_checks`` (argument checks) and ``_dist`` (proces
 
 from vlkernels.augment import AugmentParams, fused_augment, sample_augment_params
 from vlkernels.functional import contrastive_loss, progressive_alpha, sigmoid_loss, soft_target_loss
-from vlkernels.nn import ClipLoss, DistillClipLoss, SigLipLoss, SoftTargetLoss
+from vlkernels.integrations import patch_open_clip
+from vlkernels.nn import ClipLoss, CoCaLoss, DistillClipLoss, SigLipLoss, SoftTargetLoss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AugmentParams",
     "ClipLoss",
+    "CoCaLoss",
     "DistillClipLoss",
     "SigLipLoss",
     "SoftTargetLoss",
     "contrastive_loss",
     "fused_augment",
+    "patch_open_clip",
     "progressive_alpha",
     "sample_augment_params",
     "sigmoid_loss",

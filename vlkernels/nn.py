@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,8 @@ from vlkernels.functional import (
     soft_target_loss,
     soft_target_loss_distributed,
 )
+from vlkernels.ops.torch_utils import with_zero_gradient
+from vlkernels.reference.distributed import open_clip_gather
 
 
 class ClipLoss(nn.Module):
@@ -32,6 +35,11 @@ class ClipLoss(nn.Module):
     ``local_loss=False`` returns the full-batch loss, ``local_loss=True`` the rank's b rows and b columns
     over all B candidates; ``gather_with_grad=False`` treats the other ranks' features as constants.
     ``rank`` and ``world_size`` must match the process group (``group``, default the global one).
+
+    ``logit_bias`` (a scalar) shifts every logit by the same constant, which the softmax losses do not
+    see: the loss ignores it and a bias that requires grad gets its exact gradient, zeros (so that DDP
+    does not report it as an unused parameter). ``get_logits`` is open_clip's, for code that calls it.
+    ``use_horovod=True`` is rejected (use torch.distributed).
     """
 
     def __init__(
@@ -49,7 +57,10 @@ class ClipLoss(nn.Module):
     ):
         super().__init__()
         if use_horovod:
-            raise NotImplementedError("use_horovod=True is not supported; use torch.distributed")
+            raise NotImplementedError(
+                "use_horovod=True is not supported (open_clip itself has dropped horovod): launch with "
+                "torchrun and use torch.distributed (rank / world_size from the process group)"
+            )
         _checks.check_rank_args(rank, world_size)
         _checks.check_label_smoothing(label_smoothing)
         _checks.check_impl(impl)
@@ -84,7 +95,40 @@ class ClipLoss(nn.Module):
                 label_smoothing=self.label_smoothing,
                 impl=self.impl,
             )
+        loss = with_zero_gradient(loss, logit_bias)
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None):
+        """open_clip's ``ClipLoss.get_logits``: ``(logits_per_image, logits_per_text)``, materialised.
+
+        O(B^2) memory (O(b B) with ``local_loss=True``): for inspection and for code written against
+        open_clip, not for the loss (``forward`` never forms them). With ``world_size > 1`` the features
+        are gathered as open_clip gathers them (with autograd when ``gather_with_grad``). The bias is
+        added once to each matrix (open_clip adds it in place, twice to the shared storage when
+        ``world_size > 1`` and ``local_loss=False``, where one matrix is a view of the other).
+        """
+        _checks.check_logit_bias(logit_bias)
+        if self.world_size > 1:
+            _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
+            all_image, all_text = open_clip_gather(
+                image_features,
+                text_features,
+                local_loss=self.local_loss,
+                gather_with_grad=self.gather_with_grad,
+                group=self.group,
+            )
+            if self.local_loss:
+                per_image = logit_scale * image_features @ all_text.T
+                per_text = logit_scale * text_features @ all_image.T
+            else:
+                per_image = logit_scale * all_image @ all_text.T
+                per_text = per_image.T
+        else:
+            per_image = logit_scale * image_features @ text_features.T
+            per_text = logit_scale * text_features @ image_features.T
+        if logit_bias is not None:
+            per_image, per_text = per_image + logit_bias, per_text + logit_bias
+        return per_image, per_text
 
 
 class SoftTargetLoss(nn.Module):
@@ -196,7 +240,10 @@ class DistillClipLoss(ClipLoss):
     dist_logit_scale, output_dict=False)`` returns ``(contrastive_loss, distill_loss)`` or a dict with
     those keys, with open_clip's definitions: the CLIP loss of the student, and the mean over both
     directions of ``-(softmax(S_t) * log_softmax(S)).sum(1).mean()``, computed in one tiled pass
-    (no B x B tensor). The teacher (``dist_*``, [B, D_t]) gets no gradient. ``label_smoothing`` applies
+    (no B x B tensor). The teacher (``dist_*``, [B, D_t]) gets no gradient: it is detached, where
+    open_clip back-propagates the distill loss into teacher features that require grad (a frozen teacher,
+    as open_clip_train runs it under no_grad, is unaffected); a UserWarning says so once per module when
+    they do. ``label_smoothing`` applies
     to the contrastive part only. With ``world_size > 1``: open_clip's per-rank values and gradients for
     its ``local_loss`` / ``gather_with_grad`` flags, as ``ClipLoss``.
     """
@@ -211,6 +258,18 @@ class DistillClipLoss(ClipLoss):
         dist_logit_scale,
         output_dict: bool = False,
     ):
+        teacher = (dist_image_features, dist_text_features, dist_logit_scale)
+        if not getattr(self, "_warned_teacher_grad", False) and any(
+            isinstance(t, torch.Tensor) and t.requires_grad for t in teacher
+        ):
+            self._warned_teacher_grad = True
+            warnings.warn(
+                "DistillClipLoss: the teacher features (dist_*) require grad, but vlkernels detaches them "
+                "(open_clip would back-propagate the distill loss into the teacher); run the teacher under "
+                "torch.no_grad() or detach its outputs",
+                UserWarning,
+                stacklevel=2,
+            )
         distributed = self.world_size > 1
         if distributed:
             _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
@@ -290,3 +349,57 @@ class SigLipLoss(nn.Module):
             f"rank={self.rank}, world_size={self.world_size}, dist_impl={self.dist_impl!r}, "
             f"impl={self.impl!r}"
         )
+
+
+class CoCaLoss(ClipLoss):
+    """Drop-in for ``open_clip.loss.CoCaLoss``: the contrastive part on the memory-efficient kernels, the
+    captioning part torch's ``nn.CrossEntropyLoss(ignore_index=pad_id)`` as in open_clip.
+
+    ``forward(image_features, text_features, logits, labels, logit_scale, output_dict=False)`` returns
+    ``(clip_loss_weight * contrastive, caption_loss_weight * caption)`` or a dict with the keys
+    ``contrastive_loss`` and ``caption_loss``; ``logits`` [B, L, V] are the caption logits and ``labels``
+    [B, L] their targets. A zero ``clip_loss_weight`` skips the contrastive part (a 0 tensor, as open_clip).
+    The distributed flags and ``label_smoothing`` (contrastive part only) are ``ClipLoss``'s.
+    """
+
+    def __init__(
+        self,
+        caption_loss_weight,
+        clip_loss_weight,
+        pad_id: int = 0,
+        local_loss: bool = False,
+        gather_with_grad: bool = False,
+        cache_labels: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        use_horovod: bool = False,
+        *,
+        label_smoothing: float = 0.0,
+        impl: str = "auto",
+        group=None,
+    ):
+        super().__init__(
+            local_loss=local_loss,
+            gather_with_grad=gather_with_grad,
+            cache_labels=cache_labels,
+            rank=rank,
+            world_size=world_size,
+            use_horovod=use_horovod,
+            label_smoothing=label_smoothing,
+            impl=impl,
+            group=group,
+        )
+        self.clip_loss_weight = clip_loss_weight
+        self.caption_loss_weight = caption_loss_weight
+        self.pad_id = pad_id
+        self.caption_loss = nn.CrossEntropyLoss(ignore_index=pad_id)
+
+    def forward(self, image_features, text_features, logits, labels, logit_scale, output_dict: bool = False):
+        if self.clip_loss_weight:
+            clip_loss = self.clip_loss_weight * super().forward(image_features, text_features, logit_scale)
+        else:
+            clip_loss = torch.tensor(0, device=logits.device)
+        caption_loss = self.caption_loss(logits.permute(0, 2, 1), labels) * self.caption_loss_weight
+        if output_dict:
+            return {"contrastive_loss": clip_loss, "caption_loss": caption_loss}
+        return clip_loss, caption_loss
