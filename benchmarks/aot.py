@@ -1,0 +1,527 @@
+"""Ahead-of-time compile check of the Triton kernels for sm_90 / sm_80, on a machine without a GPU.
+
+Two steps, both without a GPU:
+
+1. Capture (``capture``): with TRITON_INTERPRET unset, a fake active Triton driver reports a CUDA target
+   and ``triton.knobs.runtime.jit_cache_hook`` records every kernel launch (signature, constexprs,
+   specialisation attributes, num_warps, num_stages) and returns True, so nothing is compiled or launched.
+   The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``) and launchers run on small CPU tensors
+   for every variant they can select: dtype (bf16, fp16, fp32 under torch's default "highest" matmul
+   precision -> IEEE dots, fp32 under "high" -> TF32 dots) x D (single-D path, chunked path, unaligned
+   D) x VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a separate teacher of another width and dtype).
+2. Compile (``compile_all``): each distinct captured specialisation once per architecture with
+   ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (a process pool), recording
+   ptxas' registers and spill bytes (``knobs.nvidia.dump_ptxas_log``), shared memory (``metadata.shared``),
+   how every ``tt.dot`` was lowered (TTGIR: ``ttng.warp_group_dot`` = wgmma, ``tt.dot`` on an
+   ``nvidia_mma`` v2 layout = mma.sync, else CUDA-core FMA), tensor-core instructions in the PTX and
+   float atomics (``atom``/``red`` ... ``.f32``) in the PTX.
+
+``violations`` states the targets (design.md, "Kernel plan v2": verified without a GPU); the test
+(tests/test_aot_compile.py) asserts them per variant and architecture. CLI::
+
+    python -m benchmarks.aot                 # writes benchmarks/results/model/aot_sm90.md, aot_sm80.md
+    python -m benchmarks.aot --json out.json --grid test --jobs 2
+
+Nothing here is imported by the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results", "model")
+
+# Shared memory a block may use (opt-in maximum), CUDA C++ Programming Guide, "Features and Technical
+# Specifications", table "Technical Specifications per Compute Capability": compute capability 9.0:
+# 228 KB per SM, 227 KB per thread block (1 KB of each SM's 228 KB is reserved for the system); 8.0:
+# 164 KB per SM, 163 KB per thread block. Same numbers in the NVIDIA Hopper and Ampere tuning guides.
+ARCHS = {
+    90: dict(name="sm_90", smem_limit=227 * 1024, tc_kind="wgmma", tc_ptx="wgmma.mma_async"),
+    80: dict(name="sm_80", smem_limit=163 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
+}
+MAX_REGISTERS = 255  # per thread, the ptxas limit and the budget per kernel
+
+# dtype label -> (torch dtype name, torch.set_float32_matmul_precision value)
+DTYPES = {
+    "bf16": ("bfloat16", "highest"),
+    "fp16": ("float16", "highest"),
+    "fp32": ("float32", "highest"),  # IEEE fp32 dots (torch's default precision)
+    "tf32": ("float32", "high"),  # fp32 inputs, TF32 dots
+}
+KERNELS = {"_lse_kernel": "lse", "_grad_kernel": "grad", "_stats_kernel": "stats", "_accum_kernel": "accum"}
+TEACHER_D = 768
+
+
+@dataclass(frozen=True)
+class Call:
+    """One backend call: op "contrastive" | "soft_target"; teacher None or (dtype label, width)."""
+
+    op: str
+    dtype: str
+    D: int
+    deterministic: bool
+    teacher: tuple | None = None
+
+
+def grid(name: str = "full") -> list[Call]:
+    """The backend calls to capture. "full": every dtype x D in (64, 100, 256, 1024) x deterministic x
+    teacher (none, fp32 x 768, for half students also their own dtype x 768); identical specialisations
+    (D = 256 and D = 1024: both chunked and 16-aligned) are compiled once. "test": the variants of "full"
+    that differ in what the targets check, within CI's time (24 specialisations per architecture)."""
+    if name == "test":
+        c, s = "contrastive", "soft_target"
+        f32t = ("fp32", TEACHER_D)
+        calls = [Call(c, "bf16", 64, False)]
+        calls += [Call(c, "bf16", D, det) for D in (256, 1024) for det in (False, True)]
+        calls += [Call(c, "bf16", 100, False), Call(c, "fp16", 1024, False)]
+        calls += [Call(c, "tf32", 1024, det) for det in (False, True)]
+        calls += [Call(c, "fp32", 1024, False)]
+        calls += [Call(s, "bf16", 64, False), Call(s, "bf16", 1024, False), Call(s, "bf16", 1024, True)]
+        calls += [Call(s, "bf16", 1024, det, f32t) for det in (False, True)]
+        calls += [Call(s, "bf16", 1024, False, ("bf16", TEACHER_D))]
+        return calls
+    calls = []
+    for dt in DTYPES:
+        teachers = [None, ("fp32", TEACHER_D)]
+        if dt in ("bf16", "fp16"):
+            teachers.append((dt, TEACHER_D))
+        for D in (64, 100, 256, 1024):
+            for det in (False, True):
+                calls.append(Call("contrastive", dt, D, det))
+                calls.extend(Call("soft_target", dt, D, det, t) for t in teachers)
+    return calls
+
+
+def variant_ids(call: Call) -> list[str]:
+    """The kernel variants a call launches (static: the test parametrises over these)."""
+    base = f"{call.dtype}/D{call.D}"
+    flag = "det" if call.deterministic else "atomic"
+    if call.op == "contrastive":
+        return [f"lse/{base}", f"grad/{base}/{flag}"]
+    t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
+    return [f"stats/{base}{t}", f"accum/{base}{t}/{flag}"]
+
+
+def plan(name: str = "full") -> list[str]:
+    ids = []
+    for call in grid(name):
+        ids.extend(i for i in variant_ids(call) if i not in ids)
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------
+# Capture
+
+
+class _FakeDriver:
+    """What JITFunction.run / create_binder touch: the target, the device and the stream."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def is_active(self):
+        return True
+
+
+def _set_up_capture(records: list):
+    """Fake driver + jit_cache_hook; must run before triton compiles or launches anything."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("capture needs TRITON_INTERPRET unset (run it in a subprocess without it)")
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    import vlkernels._dispatch
+    import vlkernels._triton
+
+    triton.runtime.driver.set_active(_FakeDriver(GPUTarget("cuda", 90, 32)))
+
+    def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
+        records.append(
+            dict(
+                module=fn.module,
+                name=fn.name,
+                signature=dict(compile["signature"]),
+                constexprs=[[list(k), v] for k, v in compile["constants"].items()],
+                attrs=[[list(k), v] for k, v in compile["configs"][0].items()],
+                num_warps=compile["num_warps"],
+                num_stages=compile["num_stages"],
+            )
+        )
+        return True  # nothing is compiled or launched
+
+    triton.knobs.runtime.jit_cache_hook = hook
+    # CPU tensors are allowed to reach the launchers (they are never launched).
+    vlkernels._triton.unavailable_reason = vlkernels._dispatch.unavailable_reason = lambda device: None
+
+
+def _spec_key(rec: dict) -> str:
+    blob = json.dumps(
+        [rec["module"], rec["name"], rec["signature"], rec["constexprs"], rec["attrs"]]
+        + [rec["num_warps"], rec["num_stages"]],
+        sort_keys=True,
+    )
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _run_call(call: Call):
+    import torch
+
+    from vlkernels.ops.contrastive_triton import TritonBackend
+    from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend
+
+    dtype = getattr(torch, DTYPES[call.dtype][0])
+    n = 48
+    image = torch.randn(n, call.D).to(dtype)
+    text = torch.randn(n, call.D).to(dtype)
+    scale = torch.tensor(10.0)
+    if call.op == "contrastive":
+        be = TritonBackend()
+        r, c = be.lse(image, text, scale)
+        be.accumulate(image, text, scale, torch.zeros(n), torch.zeros(n))
+        return
+    teacher = None
+    if call.teacher is not None:
+        tdt = getattr(torch, DTYPES[call.teacher[0]][0])
+        teacher = (torch.randn(n, call.teacher[1]).to(tdt), torch.randn(n, call.teacher[1]).to(tdt), scale)
+    be = TritonSoftTargetBackend()
+    be.stats(image, text, scale, teacher)
+    z = torch.zeros(n)
+    vec = torch.ones(n)
+    tr = tc = None if teacher is None else z
+    be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)
+
+
+def _short(name: str) -> str:
+    return KERNELS.get(name, name)
+
+
+def capture(calls: list[Call]) -> dict:
+    """Run the real backends for every call; {variant id: record} (record: the launch's specialisation,
+    the tile config, the spec key shared by identical specialisations)."""
+    import torch
+
+    records: list = []
+    _set_up_capture(records)
+    variants: dict = {}
+    old_precision = torch.get_float32_matmul_precision()
+    old_env = os.environ.get("VLKERNELS_DETERMINISTIC")
+    try:
+        for call in calls:
+            torch.set_float32_matmul_precision(DTYPES[call.dtype][1])
+            os.environ["VLKERNELS_DETERMINISTIC"] = "1" if call.deterministic else "0"
+            start = len(records)
+            _run_call(call)
+            expected = variant_ids(call)
+            for rec in records[start:]:
+                kernel = _short(rec["name"])
+                consts = _constexpr_names(rec)
+                vid = next(i for i in expected if i.startswith(kernel + "/"))
+                if kernel in ("grad", "accum"):
+                    # the deterministic path launches the non-atomic kernel twice (roles swapped)
+                    assert consts["ATOMIC_DK"] == (not call.deterministic), (vid, consts)
+                rec = dict(rec, spec=_spec_key(rec), kernel=kernel, call=asdict(call), config=consts)
+                prev = variants.get(vid)
+                if prev is not None and prev["spec"] != rec["spec"]:
+                    raise AssertionError(f"{vid}: two different specialisations for one variant id")
+                variants.setdefault(vid, rec)
+    finally:
+        torch.set_float32_matmul_precision(old_precision)
+        if old_env is None:
+            os.environ.pop("VLKERNELS_DETERMINISTIC", None)
+        else:
+            os.environ["VLKERNELS_DETERMINISTIC"] = old_env
+    return variants
+
+
+def _constexpr_names(rec: dict) -> dict:
+    names = list(rec["signature"])
+    out = {}
+    for path, value in rec["constexprs"]:
+        name = names[path[0]]
+        if name.isupper():  # the tl.constexpr parameters (stride-1 specialisations are lower case)
+            out[name] = value
+    out["num_warps"] = rec["num_warps"]
+    out["num_stages"] = rec["num_stages"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Compile and inspect
+
+_MMA_ALIAS = re.compile(r"^(#\w+) = #ttg\.nvidia_mma<\{versionMajor = (\d+)", re.M)
+_DOT = re.compile(r"= (ttng\.warp_group_dot|tt\.dot) (.*)$", re.M)
+_OPERAND = re.compile(r" : (?:tensor|!ttg\.memdesc)<(?:\d+x)+(\w+)[,>]")
+_RESULT_ENC = re.compile(r"-> tensor<[^,>]+, (#[\w.]+)")
+_PREC = re.compile(r"inputPrecision = (\w+)")
+_FLOAT_ATOMIC = re.compile(r"\b(?:atom|red)\.\S*\.(?:f16|bf16|f32|f64|f16x2|bf16x2)\b")
+_PTXAS = {
+    "registers": re.compile(r"Used (\d+) registers"),
+    "stack": re.compile(r"(\d+) bytes stack frame"),
+    "spill_stores": re.compile(r"(\d+) bytes spill stores"),
+    "spill_loads": re.compile(r"(\d+) bytes spill loads"),
+}
+
+
+def classify_dots(ttgir: str) -> list[dict]:
+    """Every dot of a TTGIR module: operand dtype, input precision, lowering (wgmma | mma.sync | fma)."""
+    mma_version = {alias: int(v) for alias, v in _MMA_ALIAS.findall(ttgir)}
+    dots = []
+    for op, rest in _DOT.findall(ttgir):
+        operand = _OPERAND.search(rest)
+        dtype = operand.group(1) if operand else "?"
+        prec = _PREC.search(rest)
+        # tt.dot prints inputPrecision only when it is not the default, IEEE
+        prec = prec.group(1) if prec else "ieee"
+        if op == "ttng.warp_group_dot":
+            kind = "wgmma"
+        else:
+            enc = _RESULT_ENC.search(rest)
+            kind = "mma.sync" if enc and mma_version.get(enc.group(1)) == 2 else "fma"
+        # Tensor cores are required unless the dot is an IEEE fp32 one.
+        ieee = dtype == "f32" and op == "tt.dot" and prec == "ieee"
+        dots.append(dict(dtype=dtype, precision=prec, kind=kind, needs_tc=not ieee))
+    return dots
+
+
+def _compile_one(job: tuple) -> tuple:
+    spec, arch, rec = job
+    import importlib
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    triton.knobs.nvidia.dump_ptxas_log = True
+    triton.knobs.compilation.always_compile = True
+    fn = getattr(importlib.import_module(rec["module"]), rec["name"])
+    constexprs = {tuple(k): v for k, v in rec["constexprs"]}
+    attrs = {tuple(k): v for k, v in rec["attrs"]}
+    src = ASTSource(fn, rec["signature"], constexprs=constexprs, attrs=attrs)
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    try:
+        with contextlib.redirect_stdout(out):
+            kernel = triton.compile(
+                src,
+                target=GPUTarget("cuda", arch, 32),
+                options=dict(num_warps=rec["num_warps"], num_stages=rec["num_stages"]),
+            )
+    except Exception as exc:  # reported, not raised: the test asserts on it
+        return spec, arch, dict(error=f"{type(exc).__name__}: {str(exc)[-2000:]}")
+    log = out.getvalue()
+    ptx = kernel.asm["ptx"]
+    res = dict(error=None, compile_s=round(time.perf_counter() - t0, 2), shared=int(kernel.metadata.shared))
+    for field, pattern in _PTXAS.items():
+        m = pattern.search(log)
+        res[field] = int(m.group(1)) if m else None
+    res["dots"] = classify_dots(kernel.asm["ttgir"])
+    res["ptx_wgmma"] = ptx.count("wgmma.mma_async")
+    res["ptx_mma_sync"] = len(re.findall(r"\bmma\.sync\b", ptx))
+    res["ptx_float_atomics"] = sum(1 for line in ptx.splitlines() if _FLOAT_ATOMIC.search(line))
+    return spec, arch, res
+
+
+def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
+    """{str(arch): {spec: result}} for every distinct specialisation in ``variants``."""
+    unique = {}
+    for rec in variants.values():
+        unique.setdefault(rec["spec"], rec)
+    # longest first (chunked D, teacher, backward), for the pool's balance
+    weight = {"accum": 4, "grad": 3, "stats": 2, "lse": 1}
+
+    def cost(item):
+        rec = item[1]
+        return -(
+            weight[rec["kernel"]] + 2 * (not rec["config"]["SINGLE_D"]) + 2 * rec["config"].get("TEACHER", 0)
+        )
+
+    todo = [(spec, arch, rec) for spec, rec in sorted(unique.items(), key=cost) for arch in archs]
+    results: dict = {str(a): {} for a in archs}
+    if jobs <= 1:
+        done = map(_compile_one, todo)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+        done = pool.map(_compile_one, todo)
+    for spec, arch, res in done:
+        results[str(arch)][spec] = res
+    if jobs > 1:
+        pool.shutdown()
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# Targets
+
+
+def violations(rec: dict, res: dict, arch: int) -> list[str]:
+    """The targets a compiled variant misses (empty: all met)."""
+    a = ARCHS[arch]
+    if res.get("error"):
+        return [f"does not compile: {res['error'][:300]}"]
+    out = []
+    if res["shared"] > a["smem_limit"]:
+        out.append(f"shared memory {res['shared']} B > {a['smem_limit']} B ({a['name']} per-block limit)")
+    if res["registers"] is None or res["registers"] > MAX_REGISTERS:
+        out.append(f"registers {res['registers']} > {MAX_REGISTERS}")
+    tc_dots = [d for d in res["dots"] if d["needs_tc"]]
+    wrong = [d for d in tc_dots if d["kind"] != a["tc_kind"]]
+    if wrong:
+        kinds = ", ".join(f"{d['dtype']}/{d['precision']}->{d['kind']}" for d in wrong)
+        out.append(f"{len(wrong)} of {len(tc_dots)} tensor-core dots not lowered to {a['tc_kind']}: {kinds}")
+    if tc_dots and not res["ptx_wgmma" if arch == 90 else "ptx_mma_sync"]:
+        out.append(f"no {a['tc_ptx']} in the PTX")
+    spills = (res["spill_stores"] or 0) + (res["spill_loads"] or 0)
+    if spills:
+        out.append(f"spills {res['spill_stores']} B stores + {res['spill_loads']} B loads")
+    if not rec["config"].get("ATOMIC_DK", False) and res["ptx_float_atomics"]:
+        out.append(f"{res['ptx_float_atomics']} float atomics in a deterministic variant")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables and CLI
+
+
+def table(data: dict, arch: int) -> str:
+    a = ARCHS[arch]
+    results = data["compiled"][str(arch)]
+    lines = [
+        f"# Triton kernels compiled ahead of time for {a['name']} (no GPU)",
+        "",
+        "Generated by `python -m benchmarks.aot` (triton " + data["triton"] + "). Each row is one kernel "
+        "launch variant the backends select; rows with the same `spec` are one specialisation, compiled "
+        "once. Registers / spills: ptxas -v; shared: `metadata.shared` (limit "
+        f"{a['smem_limit'] // 1024} KiB per block on {a['name']}); dots: how each `tt.dot` is lowered "
+        "(TTGIR); TC PTX: tensor-core instructions in the PTX; atomics: float `atom`/`red` instructions "
+        "in the PTX. `targets`: what `benchmarks.aot.violations` reports (empty = all met).",
+        "",
+        "| variant | flags | BLOCK M/N/D(/DT) | warps | stages | regs | spill B (st+ld) | shared KiB | "
+        "dots | TC PTX | atomics | spec | targets |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---|---|",
+    ]
+    n_ok = 0
+    for vid, rec in data["variants"].items():
+        res = results[rec["spec"]]
+        cfg = rec["config"]
+        blocks = f"{cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg['BLOCK_D']}"
+        if cfg.get("TEACHER"):
+            blocks += f"/{cfg['BLOCK_DT']}"
+        call = rec["call"]
+        flags = ["single-D" if cfg["SINGLE_D"] else "chunked-D"]
+        if call["dtype"] in ("fp32", "tf32"):
+            flags.append(cfg["DOT_PREC"] + " dots")
+        if "ATOMIC_DK" in cfg:
+            flags.append("atomic dK" if cfg["ATOMIC_DK"] else "deterministic")
+        if cfg.get("TEACHER"):
+            t_dtype = call["teacher"][0]
+            prec = f" ({cfg['T_DOT_PREC']} dots)" if DTYPES[t_dtype][0] == "float32" else ""
+            flags.append(f"teacher {t_dtype}{prec}")
+        bad = violations(rec, res, arch)
+        n_ok += not bad
+        if res.get("error"):
+            lines.append(
+                f"| {vid} | {', '.join(flags)} | {blocks} | | | | | | | | | {rec['spec']} | {bad[0]} |"
+            )
+            continue
+        kinds: dict = {}
+        for d in res["dots"]:
+            kinds[f"{d['dtype']}:{d['kind']}"] = kinds.get(f"{d['dtype']}:{d['kind']}", 0) + 1
+        dots = " ".join(f"{n}x{k}" for k, n in kinds.items())
+        tc = res["ptx_wgmma"] if arch == 90 else res["ptx_mma_sync"]
+        lines.append(
+            f"| {vid} | {', '.join(flags)} | {blocks} | {cfg['num_warps']} | {cfg['num_stages']} | "
+            f"{res['registers']} | {res['spill_stores']}+{res['spill_loads']} | {res['shared'] / 1024:.0f} | "
+            f"{dots} | {tc} {a['tc_ptx']} | {res['ptx_float_atomics']} | {rec['spec']} | "
+            f"{'; '.join(bad)} |"
+        )
+    n_spec = len({rec["spec"] for rec in data["variants"].values()})
+    lines[4:4] = [
+        f"{len(data['variants'])} variants ({n_spec} distinct specialisations); {n_ok} meet every target "
+        f"on {a['name']}. tests/test_aot_compile.py asserts the targets on a subset of these rows (its "
+        "strict xfails name the known misses).",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def run(grid_name: str = "full", archs=(90, 80), jobs: int = 2) -> dict:
+    """Capture and compile in this process (TRITON_INTERPRET must be unset before triton is imported)."""
+    os.environ.pop("TRITON_INTERPRET", None)
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET"):
+        raise RuntimeError("triton was imported in interpret mode")
+    # A private Triton cache: every specialisation is really compiled (ptxas' log is the register count).
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlkernels-aot-")
+    # Triton 3.9's default (fusion on), without its warning about the default changing in 3.10.
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    import triton
+
+    t0 = time.perf_counter()
+    variants = capture(grid(grid_name))
+    t1 = time.perf_counter()
+    compiled = compile_all(variants, archs, jobs)
+    t2 = time.perf_counter()
+    return dict(
+        triton=triton.__version__,
+        variants=variants,
+        compiled=compiled,
+        capture_s=round(t1 - t0, 1),
+        compile_s=round(t2 - t1, 1),
+    )
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--grid", default="full", choices=["full", "test"])
+    p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCHS))
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--json", help="write the raw results here")
+    p.add_argument("--out-dir", default=RESULTS, help="where aot_sm<arch>.md go ('' for none)")
+    p.add_argument("--from-json", help="render the tables of a saved --json run instead of compiling")
+    args = p.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            data = json.load(f)
+    else:
+        data = run(args.grid, tuple(args.arch), args.jobs)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f)
+    if args.out_dir:
+        os.makedirs(args.out_dir, exist_ok=True)
+        for arch in args.arch:
+            path = os.path.join(args.out_dir, f"aot_sm{arch}.md")
+            with open(path, "w") as f:
+                f.write(table(data, arch))
+            print(f"wrote {path}")
+    print(
+        f"{len(data['variants'])} variants, capture {data['capture_s']} s, compile {data['compile_s']} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Every Triton kernel variant the backends select, compiled ahead of time for sm_90 and sm_80 without a GPU
+(benchmarks/aot.py): it compiles, its shared memory fits the architecture's per-block limit, every
+bf16/fp16/TF32 dot lowers to the architecture's tensor-core instruction (wgmma.mma_async on sm_90,
+mma.sync on sm_80), nothing spills, deterministic variants have no float atomics, registers <= 255.
+
+The capture and the compiles run in one subprocess without TRITON_INTERPRET (conftest.py sets it for
+this process; the kernels' configs are the interpreter's small ones under it). Variants that miss a
+target today because of a known defect are strict xfails: the test flips when the kernel is fixed.
+Needs Triton with its bundled ptxas; no GPU, no CUDA toolkit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import aot
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = (90, 80)
+
+# Known defects (issue text): "fp32 inputs under torch's default precision compile to CUDA-core FFMA with
+# 255 registers and up to 1.3 KB of spills"; "a bf16 student with an fp32 teacher spills in its teacher
+# dot". Exactly the (variant, architecture) pairs that miss a target because of them today (all misses are
+# spills: shared memory, tensor-core lowering, atomics and registers are met everywhere).
+FP32_SPILLS = (
+    "known defect: fp32 inputs under torch's default precision (IEEE FFMA dots, 255 registers) spill"
+)
+TEACHER_SPILLS = "known defect: a bf16 student with an fp32 (IEEE) teacher spills around its teacher dot"
+# Misses this check found that the issue does not list yet (reported with it); strict too, so that each
+# flips to a failure, and is then removed from here, when the kernel is fixed.
+SM80_BWD = "new: the sm_80 backward with atomic dK spills at 255 registers"
+SM80_TEACHER = "new: on sm_80 a separate teacher of the student's dtype spills at 255 registers"
+SM80_TF32_DET = "new: the sm_80 TF32 deterministic backward spills (24 B)"
+
+KNOWN = {
+    ("grad/fp32/D1024/atomic", 90): FP32_SPILLS,
+    ("grad/fp32/D1024/atomic", 80): FP32_SPILLS,
+    ("lse/fp32/D1024", 80): FP32_SPILLS,  # on sm_90 it fits (212 registers, no spill)
+    **{
+        (v, a): TEACHER_SPILLS
+        for v in (
+            "stats/bf16/D1024/Tfp32x768",
+            "accum/bf16/D1024/Tfp32x768/atomic",
+            "accum/bf16/D1024/Tfp32x768/det",
+        )
+        for a in (90, 80)
+    },
+    ("grad/bf16/D100/atomic", 80): SM80_BWD + " (unaligned D = 100: 8 B)",
+    ("accum/bf16/D1024/atomic", 80): SM80_BWD + " (soft target, self teacher: 24 B stores + 48 B loads)",
+    ("stats/bf16/D1024/Tbf16x768", 80): SM80_TEACHER,
+    ("accum/bf16/D1024/Tbf16x768/atomic", 80): SM80_TEACHER,
+    ("grad/tf32/D1024/det", 80): SM80_TF32_DET,
+}
+
+
+def known_defect(vid: str, arch: int) -> str | None:
+    return KNOWN.get((vid, arch))
+
+
+def _have_ptxas() -> bool:
+    try:
+        from triton import knobs
+
+        return os.path.exists(knobs.nvidia.ptxas.path)
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    pytest.importorskip("triton")
+    if not _have_ptxas():
+        msg = "triton's bundled ptxas is missing: cannot compile for sm_90/sm_80"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    out = tmp_path_factory.mktemp("aot") / "aot.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", "benchmarks.aot", "--grid", "test", "--json", str(out), "--out-dir", ""]
+    cmd += ["--arch", *map(str, ARCHS), "--jobs", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_capture_covers_the_plan(compiled):
+    """Every variant the grid selects was launched (through the real backends), and nothing else."""
+    assert set(compiled["variants"]) == set(aot.plan("test"))
+    for vid, rec in compiled["variants"].items():
+        cfg = rec["config"]
+        # the compiled configs, not the interpreter's 16x16 blocks
+        assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 64 and "num_warps" in cfg, vid
+        assert not cfg["UPCAST"], vid
+        call = rec["call"]
+        assert cfg["SINGLE_D"] == (call["D"] <= cfg["BLOCK_D"]), vid
+        assert cfg["DOT_PREC"] == ("ieee" if call["dtype"] == "fp32" else "tf32"), vid
+
+
+def _cases():
+    for arch in ARCHS:
+        for vid in aot.plan("test"):
+            reason = known_defect(vid, arch)
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            yield pytest.param(vid, arch, marks=marks, id=f"sm{arch}-{vid}")
+
+
+@pytest.mark.parametrize("vid,arch", list(_cases()))
+def test_variant_meets_targets(compiled, vid, arch):
+    rec = compiled["variants"][vid]
+    res = compiled["compiled"][str(arch)][rec["spec"]]
+    problems = aot.violations(rec, res, arch)
+    assert not problems, f"{vid} on sm_{arch}: " + "; ".join(problems)
+
+
+def test_known_defects_name_planned_variants():
+    """No stale entry: every known defect names a variant of the test grid."""
+    planned = {(vid, arch) for vid in aot.plan("test") for arch in ARCHS}
+    assert set(KNOWN) <= planned, set(KNOWN) - planned
