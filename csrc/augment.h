@@ -32,6 +32,7 @@ enum SampleError : int {
   kBadFactor,   // factors: brightness, contrast, saturation finite and >= 0
   kBadHue,      // factors: hue finite, in [-0.5, 0.5]
   kBadSigma,    // blur_sigma: finite and >= 0 (0 = no blur)
+  kBadSource,   // source: 0 <= source[m] < N (the image output m reads)
 };
 
 // Interpolation ids of the op's `interpolation` argument.
@@ -59,6 +60,23 @@ VLK_HD int check_sample(int64_t numel, int64_t off, int64_t H, int64_t W, const 
   if (!(factors[kHue] >= -0.5f && factors[kHue] <= 0.5f)) return kBadHue;
   if (!(sigma >= 0.0f && sigma <= 3.4028234663852886e38f)) return kBadSigma;
   return kSampleOk;
+}
+
+// Which image output m reads: source[m] when the op got a source index (several outputs, or views,
+// per image without copying it), else m itself. -1 when the index is out of range [0, n_images).
+VLK_HD int64_t source_of(const int64_t* source, int64_t m, int64_t n_images) {
+  const int64_t s = source != nullptr ? source[m] : m;
+  return (s < 0 || s >= n_images) ? -1 : s;
+}
+
+// check_sample of output m: its source index first (kBadSource), then its image (offset, size) and
+// its own parameters (box, order, factors, sigma). The host checks and the CUDA guard both call this.
+VLK_HD int check_output(int64_t numel, int64_t n_images, const int64_t* source, int64_t m,
+                        const int64_t* offsets, const int64_t* sizes, const int64_t* box, const int64_t* order,
+                        const float* factors, float sigma) {
+  const int64_t s = source_of(source, m, n_images);
+  if (s < 0) return kBadSource;
+  return check_sample(numel, offsets[s], sizes[2 * s], sizes[2 * s + 1], box, order, factors, sigma);
 }
 
 constexpr float kGrayR = 0.2989f;

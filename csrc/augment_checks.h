@@ -4,9 +4,13 @@
 // Two levels:
 // - prepare_augment_args: types, devices, shapes, scalars (no tensor values read: no host sync);
 //   returns contiguous tensors (a strided parameter tensor is copied, not rejected).
-// - check_augment_values: every image's size, offset, crop box, colour-op order and jitter factors
-//   and blur sigma (check_sample in augment.h, the predicate the CUDA kernel also evaluates as its guard), on host
-//   pointers. The CPU op runs it on the tensors themselves; the CUDA op on one packed host copy.
+// - check_augment_values: every output's source index and its image's size and offset, its crop box,
+//   colour-op order, jitter factors and blur sigma (check_output / check_sample in augment.h, the
+//   predicate the CUDA kernel also evaluates as its guard), on host pointers. The CPU op runs it on the
+//   tensors themselves; the CUDA op on one packed host copy.
+//
+// N images (data, offsets, sizes) and M outputs (boxes, flip, factors, order, gray, solarize,
+// blur_sigma, source): output m reads image source[m] (source absent: M = N, output m reads image m).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "augment.h"
@@ -23,11 +28,13 @@ namespace augment {
 
 struct AugmentArgs {
   at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray, solarize;
-  at::Tensor blur;  // float32 [N] when blur_sigma was given, undefined otherwise (no blur)
-  int interp;       // kBilinear or kBicubic
+  at::Tensor blur;    // float32 [M] when blur_sigma was given, undefined otherwise (no blur)
+  at::Tensor source;  // int64 [M] when source was given, undefined otherwise (output m reads image m)
+  int interp;         // kBilinear or kBicubic
   float mean[3];
   float std[3];
-  int64_t n;
+  int64_t n;  // images
+  int64_t m;  // outputs (== n without source)
 };
 
 inline void check_tensor(const at::Tensor& x, const char* name, at::ScalarType dtype, const at::Device& dev,
@@ -44,7 +51,8 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
                                         const std::optional<at::Tensor>& solarize, at::ArrayRef<double> mean,
                                         at::ArrayRef<double> std, int64_t out_h, int64_t out_w,
                                         at::ScalarType out_dtype, at::DeviceType dev, int64_t interpolation,
-                                        const std::optional<at::Tensor>& blur_sigma) {
+                                        const std::optional<at::Tensor>& blur_sigma,
+                                        const std::optional<at::Tensor>& source) {
   TORCH_CHECK(data.scalar_type() == at::kByte, "fused_augment: data must be uint8, got ", data.scalar_type());
   TORCH_CHECK(data.device().type() == dev, "fused_augment: data must be on ", dev, ", got ", data.device());
   TORCH_CHECK(data.dim() == 1, "fused_augment: data must be 1-d (the images back to back), got shape ",
@@ -55,13 +63,21 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   const at::Device d = data.device();
   check_tensor(offsets, "offsets", at::kLong, d, {n});
   check_tensor(sizes, "sizes", at::kLong, d, {n, 2});
-  check_tensor(boxes, "boxes", at::kLong, d, {n, 4});
-  check_tensor(flip, "flip", at::kBool, d, {n});
-  check_tensor(factors, "factors", at::kFloat, d, {n, 4});
-  check_tensor(order, "order", at::kLong, d, {n, 4});
-  check_tensor(gray, "gray", at::kBool, d, {n});
-  if (solarize.has_value()) check_tensor(*solarize, "solarize", at::kBool, d, {n});
-  if (blur_sigma.has_value()) check_tensor(*blur_sigma, "blur_sigma", at::kFloat, d, {n});
+  int64_t m = n;
+  if (source.has_value()) {
+    TORCH_CHECK(source->dim() == 1 && source->size(0) >= 1,
+                "fused_augment: source must be [M] with M >= 1 (the image of each output), got shape ",
+                source->sizes());
+    m = source->size(0);
+    check_tensor(*source, "source", at::kLong, d, {m});
+  }
+  check_tensor(boxes, "boxes", at::kLong, d, {m, 4});
+  check_tensor(flip, "flip", at::kBool, d, {m});
+  check_tensor(factors, "factors", at::kFloat, d, {m, 4});
+  check_tensor(order, "order", at::kLong, d, {m, 4});
+  check_tensor(gray, "gray", at::kBool, d, {m});
+  if (solarize.has_value()) check_tensor(*solarize, "solarize", at::kBool, d, {m});
+  if (blur_sigma.has_value()) check_tensor(*blur_sigma, "blur_sigma", at::kFloat, d, {m});
   TORCH_CHECK(interpolation == kBilinear || interpolation == kBicubic,
               "fused_augment: interpolation must be 0 (bilinear) or 1 (bicubic), got ", interpolation);
   TORCH_CHECK(mean.size() == 3 && std.size() == 3, "fused_augment: mean and std must have 3 values, got ",
@@ -88,46 +104,56 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   a.factors = factors.contiguous();
   a.order = order.contiguous();
   a.gray = gray.contiguous();
-  a.solarize = solarize.has_value() ? solarize->contiguous() : at::zeros({n}, gray.options());
+  a.solarize = solarize.has_value() ? solarize->contiguous() : at::zeros({m}, gray.options());
   if (blur_sigma.has_value()) a.blur = blur_sigma->contiguous();
+  if (source.has_value()) a.source = source->contiguous();
   a.interp = static_cast<int>(interpolation);
   a.n = n;
+  a.m = m;
   return a;
 }
 
-// Checks every image (check_sample) on host copies of the parameters; the message names the argument.
-inline void check_augment_values(int64_t n, int64_t numel, const int64_t* off, const int64_t* sz,
-                                 const int64_t* bx, const int64_t* od, const float* fa, const float* sigma) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t H = sz[2 * i], W = sz[2 * i + 1];
+// Checks every output (check_output) on host copies of the parameters; the message names the argument.
+// n images (off, sz), m outputs (bx, od, fa, sigma, src; src == nullptr: m == n, output i reads image i).
+inline void check_augment_values(int64_t n, int64_t m, int64_t numel, const int64_t* off, const int64_t* sz,
+                                 const int64_t* bx, const int64_t* od, const float* fa, const float* sigma,
+                                 const int64_t* src) {
+  for (int64_t i = 0; i < m; ++i) {
     const int64_t* b = bx + 4 * i;
     const int64_t* o = od + 4 * i;
     const float* f = fa + 4 * i;
     const float sg = sigma != nullptr ? sigma[i] : 0.0f;
-    switch (check_sample(numel, off[i], H, W, b, o, f, sg)) {
-      case kSampleOk:
-        break;
+    const int err = check_output(numel, n, src, i, off, sz, b, o, f, sg);
+    if (err == kSampleOk) continue;
+    TORCH_CHECK(err != kBadSource, "fused_augment: source[", i, "] is ", src[i], ": not the index of one of the ",
+                n, " images (must be in [0, ", n, "))");
+    // "image 3" without a source index; "output 5 (image 3)" with one.
+    const int64_t s = src != nullptr ? src[i] : i;
+    const std::string who = src != nullptr ? "output " + std::to_string(i) + " (image " + std::to_string(s) + ")"
+                                           : "image " + std::to_string(i);
+    const int64_t H = sz[2 * s], W = sz[2 * s + 1];
+    switch (err) {
       case kBadSize:
-        TORCH_CHECK(false, "fused_augment: sizes of image ", i, " are ", H, "x", W,
+        TORCH_CHECK(false, "fused_augment: sizes of ", who, " are ", H, "x", W,
                     ": both must be >= 1 and 3 * H * W must fit int64");
       case kBadOffset:
-        TORCH_CHECK(false, "fused_augment: offsets: image ", i, " (offset ", off[i], ", ", H, "x", W,
+        TORCH_CHECK(false, "fused_augment: offsets: ", who, " (offset ", off[s], ", ", H, "x", W,
                     "x3 bytes) lies outside data of ", numel, " bytes");
       case kBadBox:
         TORCH_CHECK(false, "fused_augment: boxes: crop box (", b[0], ", ", b[1], ", ", b[2], ", ", b[3],
-                    ") (top, left, height, width) of image ", i, " lies outside the ", H, "x", W,
+                    ") (top, left, height, width) of ", who, " lies outside the ", H, "x", W,
                     " image (or is empty)");
       case kBadOrder:
-        TORCH_CHECK(false, "fused_augment: order of image ", i, " is (", o[0], ", ", o[1], ", ", o[2], ", ", o[3],
+        TORCH_CHECK(false, "fused_augment: order of ", who, " is (", o[0], ", ", o[1], ", ", o[2], ", ", o[3],
                     "), not a permutation of 0..3");
       case kBadFactor:
-        TORCH_CHECK(false, "fused_augment: factors of image ", i, ": brightness, contrast, saturation (", f[0],
-                    ", ", f[1], ", ", f[2], ") must be finite and >= 0");
+        TORCH_CHECK(false, "fused_augment: factors of ", who, ": brightness, contrast, saturation (", f[0], ", ",
+                    f[1], ", ", f[2], ") must be finite and >= 0");
       case kBadHue:
-        TORCH_CHECK(false, "fused_augment: factors of image ", i, ": hue factor ", f[kHue],
+        TORCH_CHECK(false, "fused_augment: factors of ", who, ": hue factor ", f[kHue],
                     " lies outside [-0.5, 0.5]");
       default:
-        TORCH_CHECK(false, "fused_augment: blur_sigma of image ", i, " is ", sg,
+        TORCH_CHECK(false, "fused_augment: blur_sigma of ", who, " is ", sg,
                     ": must be finite and >= 0 (0: no blur)");
     }
   }
@@ -136,35 +162,41 @@ inline void check_augment_values(int64_t n, int64_t numel, const int64_t* off, c
 // The same checks for parameters that live on another device (CUDA): one packed device-to-host copy
 // (a single synchronisation for the whole batch), then check_augment_values on the host.
 inline void check_augment_values_via_host(const AugmentArgs& a) {
-  const int64_t n = a.n;
+  const int64_t n = a.n, m = a.m;
   // factors (and blur sigmas) travel as their bit patterns (float32 -> int32 view, widened to int64 for
-  // the packing).
+  // the packing). Images [n, 3] (offset, H, W) and outputs [m, kCols] in one flat tensor, one copy.
   const bool blur = a.blur.defined();
-  std::vector<at::Tensor> cols = {a.offsets.view({n, 1}), a.sizes, a.boxes, a.order,
-                                  a.factors.view(at::kInt).to(at::kLong)};
-  if (blur) cols.push_back(a.blur.view(at::kInt).to(at::kLong).view({n, 1}));
-  const at::Tensor packed = at::cat(cols, 1).cpu();
+  const bool src = a.source.defined();
+  std::vector<at::Tensor> cols = {a.boxes, a.order, a.factors.view(at::kInt).to(at::kLong)};
+  if (blur) cols.push_back(a.blur.view(at::kInt).to(at::kLong).view({m, 1}));
+  if (src) cols.push_back(a.source.view({m, 1}));
+  const at::Tensor images = at::cat({a.offsets.view({n, 1}), a.sizes}, 1).reshape({-1});
+  const at::Tensor packed = at::cat({images, at::cat(cols, 1).reshape({-1})}).cpu();
   const int64_t* p = packed.data_ptr<int64_t>();
-  const int kCols = 1 + 2 + 4 + 4 + 4 + (blur ? 1 : 0);
-  std::vector<int64_t> off(n), sz(2 * n), bx(4 * n), od(4 * n);
-  std::vector<float> fa(4 * n), sg(blur ? n : 0);
+  std::vector<int64_t> off(n), sz(2 * n), bx(4 * m), od(4 * m), so(src ? m : 0);
+  std::vector<float> fa(4 * m), sg(blur ? m : 0);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t* r = p + i * kCols;
-    off[i] = r[0];
-    for (int k = 0; k < 2; ++k) sz[2 * i + k] = r[1 + k];
-    for (int k = 0; k < 4; ++k) bx[4 * i + k] = r[3 + k];
-    for (int k = 0; k < 4; ++k) od[4 * i + k] = r[7 + k];
+    off[i] = p[3 * i];
+    sz[2 * i] = p[3 * i + 1];
+    sz[2 * i + 1] = p[3 * i + 2];
+  }
+  const int kCols = 4 + 4 + 4 + (blur ? 1 : 0) + (src ? 1 : 0);
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t* r = p + 3 * n + i * kCols;
+    for (int k = 0; k < 4; ++k) bx[4 * i + k] = r[k];
+    for (int k = 0; k < 4; ++k) od[4 * i + k] = r[4 + k];
     for (int k = 0; k < 4; ++k) {
-      const int32_t bits = static_cast<int32_t>(r[11 + k]);
+      const int32_t bits = static_cast<int32_t>(r[8 + k]);
       std::memcpy(&fa[4 * i + k], &bits, sizeof(float));
     }
     if (blur) {
-      const int32_t bits = static_cast<int32_t>(r[15]);
+      const int32_t bits = static_cast<int32_t>(r[12]);
       std::memcpy(&sg[i], &bits, sizeof(float));
     }
+    if (src) so[i] = r[kCols - 1];
   }
-  check_augment_values(n, a.data.numel(), off.data(), sz.data(), bx.data(), od.data(), fa.data(),
-                       blur ? sg.data() : nullptr);
+  check_augment_values(n, m, a.data.numel(), off.data(), sz.data(), bx.data(), od.data(), fa.data(),
+                       blur ? sg.data() : nullptr, src ? so.data() : nullptr);
 }
 
 }  // namespace augment

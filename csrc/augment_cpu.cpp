@@ -10,7 +10,8 @@
 // mode) and blurred separably (reflect-padded rows into a second scratch, then columns per output row),
 // then solarized, normalised and written.
 // Parallel over images (torch's intra-op OpenMP pool, at::parallel_for); when there are fewer images
-// than threads, over rows inside each image instead.
+// than threads, over rows inside each image instead. With a source index, output i reads image
+// source[i] (several views of one image, no copy of its bytes).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -454,7 +455,9 @@ void advise_huge_pages(void* ptr, size_t bytes) {
 template <typename out_t>
 void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool channels_last, at::Tensor& out) {
   const float* sg = a.blur.defined() ? a.blur.data_ptr<float>() : nullptr;
-  const int64_t n = a.n;
+  // Output i reads image src[i] (several views of one image share its bytes), or image i.
+  const int64_t* src = a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr;
+  const int64_t n = a.m;
   const uint8_t* base = a.data.data_ptr<uint8_t>();
   const int64_t* off = a.offsets.data_ptr<int64_t>();
   const int64_t* sz = a.sizes.data_ptr<int64_t>();
@@ -468,9 +471,10 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool chan
   const uint8_t* so = static_cast<const uint8_t*>(a.solarize.data_ptr());
   out_t* o = out.data_ptr<out_t>();
   auto job = [&](int64_t i) {
-    const int64_t H = sz[2 * i], W = sz[2 * i + 1];
+    const int64_t s = src != nullptr ? src[i] : i;
+    const int64_t H = sz[2 * s], W = sz[2 * s + 1];
     ImageJob<out_t> jb;
-    jb.src = base + off[i];
+    jb.src = base + off[s];
     jb.H = H;
     jb.W = W;
     jb.sy = hwc ? W * 3 : W;
@@ -515,17 +519,19 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
                              int64_t out_w, at::ScalarType out_dtype, bool check,
                              const std::optional<at::Tensor>& solarize, bool channels_last,
-                             int64_t interpolation, const std::optional<at::Tensor>& blur_sigma) {
+                             int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                             const std::optional<at::Tensor>& source) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
   (void)check;
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCPU, interpolation,
-                                             blur_sigma);
-  check_augment_values(a.n, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
+                                             blur_sigma, source);
+  check_augment_values(a.n, a.m, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
                        a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>(),
-                       a.blur.defined() ? a.blur.data_ptr<float>() : nullptr);
-  at::Tensor out = at::empty({a.n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
+                       a.blur.defined() ? a.blur.data_ptr<float>() : nullptr,
+                       a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr);
+  at::Tensor out = at::empty({a.m, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   advise_huge_pages(out.data_ptr(), out.nbytes());
   switch (out_dtype) {

@@ -289,3 +289,67 @@ def test_opcheck_cuda_bicubic_blur():
     args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
     extra = (True, torch.tensor([True, False, True], device="cuda"), False, 1)
     torch.library.opcheck(op(), (*args, *extra, torch.tensor([0.0, 1.5, 40.0], device="cuda")))
+
+
+# ---- several views per image (source index) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["nhwc", "list"])
+def test_cuda_op_views_equal_cpu_op(kind):
+    from tests.test_augment_views import VIEWS
+
+    imgs = images_of(kind, [(64, 80), (33, 41), (100, 20)] if kind == "list" else [(64, 80)] * 3, seed=40)
+    from vlkernels.augment import sample_augment_params
+
+    p = sample_augment_params(imgs, views=VIEWS, generator=torch.Generator().manual_seed(41))
+    cpu = fused_augment(imgs, 24, params=p, impl="cpu")
+    gpu = fused_augment(to_cuda(imgs), 24, params=p.to("cuda"), impl="cuda")
+    assert gpu.shape == cpu.shape == (9, 3, 24, 24)
+    assert_close01(gpu.cpu(), cpu)
+
+
+def test_cuda_op_bad_source_checked_and_guarded():
+    from tests.test_augment_views import _op_args_with_source
+
+    args, src = _op_args_with_source([0, 3, 1])
+    cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    with pytest.raises(RuntimeError, match=r"source\[1\] is 3"):
+        op()(*cuda_args, True, None, False, 0, None, src.cuda())
+    # Unchecked: the kernel's guard (check_output) turns the output with a bad index into NaN.
+    good_args, good_src = _op_args_with_source([0, 1, 1])
+    good = op()(
+        *[a.cuda() if isinstance(a, torch.Tensor) else a for a in good_args],
+        False,
+        None,
+        False,
+        0,
+        None,
+        good_src.cuda(),
+    )
+    out = op()(*cuda_args, False, None, False, 0, None, src.cuda())
+    torch.cuda.synchronize()
+    assert torch.isnan(out[1]).all()
+    torch.testing.assert_close(out[0], good[0], rtol=0, atol=0)
+
+
+def test_views_sampling_to_output_never_syncs():
+    from tests.test_augment_views import VIEWS
+
+    imgs = images_of("nhwc", [(64, 80)] * 4).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    fused_augment(imgs, 32, generator=gen, views=VIEWS)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fused_augment(imgs, 32, generator=gen, views=VIEWS)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (12, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_opcheck_cuda_source():
+    from tests.test_augment_views import _op_args_with_source
+
+    args, src = _op_args_with_source([2, 0, 0, 1])
+    cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+    torch.library.opcheck(op(), (*cuda_args, True, None, False, 0, None, src.cuda()))

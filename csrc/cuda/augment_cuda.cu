@@ -1,6 +1,7 @@
 // Fused augmentation, CUDA kernel (registered as vlkernels::fused_augment for the CUDA key).
 //
-// One launch for the whole (ragged) batch: one thread block per image, parameters read from device
+// One launch for the whole (ragged) batch: one thread block per output image (output m reads input
+// image source[m] when the op gets a source index: several views of one image share its bytes), parameters read from device
 // tensors, so nothing waits on the host per image. The block first builds the antialiased tap tables
 // of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU kernel; bilinear
 // downscales beyond 3x, bicubic beyond 1.5x, or outputs beyond ~600 x 600 evaluate the taps on the fly
@@ -195,21 +196,22 @@ __global__ void __launch_bounds__(kThreads)
                          const uint8_t* __restrict__ flip, const float* __restrict__ factors,
                          const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
                          const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
-                         int interp, float* workspace, int64_t ws_stride, float m0, float m1,
+                         const int64_t* __restrict__ source, int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
                          bool channels_last,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
+  // Block n computes output n, from image s = source[n] (or n without a source index).
   const int64_t n = blockIdx.x;
-  const int64_t H = sizes[2 * n], W = sizes[2 * n + 1];
   const int64_t npix = oh * ow;
   out_t* o = out + n * 3 * npix;
   // The host checks the values (check_augment_values) unless the caller vouched for them (check=False,
-  // to avoid a host sync per batch); this guard evaluates the same predicate, so that an invalid image
-  // is never read out of bounds: its output becomes NaN instead.
+  // to avoid a host sync per batch); this guard evaluates the same predicate (check_output: the source
+  // index first, then the image and the parameters), so that an invalid output never reads out of
+  // bounds: it becomes NaN instead.
   const float sigma = blur_sigma != nullptr ? blur_sigma[n] : 0.0f;
-  if (check_sample(numel, offsets[n], H, W, boxes + 4 * n, order + 4 * n, factors + 4 * n, sigma) !=
-      kSampleOk) {
+  if (check_output(numel, n_images, source, n, offsets, sizes, boxes + 4 * n, order + 4 * n, factors + 4 * n,
+                   sigma) != kSampleOk) {
     // (uint8 output has no NaN: an invalid image comes out 0 there.)
     for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) {
       if constexpr (std::is_same_v<out_t, uint8_t>) {
@@ -220,8 +222,10 @@ __global__ void __launch_bounds__(kThreads)
     }
     return;
   }
+  const int64_t s = source != nullptr ? source[n] : n;
+  const int64_t H = sizes[2 * s], W = sizes[2 * s + 1];
   Image im;
-  im.src = data + offsets[n];
+  im.src = data + offsets[s];
   im.sy = hwc ? W * 3 : W;
   im.sx = hwc ? 3 : 1;
   im.sc = hwc ? 1 : H * W;
@@ -372,10 +376,11 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
                               int64_t out_w, at::ScalarType out_dtype, bool check,
                               const std::optional<at::Tensor>& solarize, bool channels_last,
-                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma) {
+                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                              const std::optional<at::Tensor>& source) {
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCUDA, interpolation,
-                                             blur_sigma);
+                                             blur_sigma, source);
   const c10::cuda::CUDAGuard guard(a.data.device());
   // check=True (the default, for direct calls of the op): the same value checks and messages as the CPU
   // op, on one packed host copy of the parameters (one sync per batch). fused_augment passes False: its
@@ -383,8 +388,8 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   // AugmentParams.validate, so the normal path never waits on the host. The kernel's guard
   // (check_sample) keeps even an unchecked call in bounds.
   if (check) check_augment_values_via_host(a);
-  const int64_t n = a.n;
-  TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 images per call");
+  const int64_t n = a.m;  // one block per output
+  TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 outputs per call");
   at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   // Blur workspace per image: two float images [3, out_h, out_w] and the taps (2 out_w - 1 and
@@ -422,7 +427,8 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
       static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
       a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                     \
       static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,     \
-      a.interp, blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1],          \
+      a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr, a.n, a.interp,                      \
+      blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1],          \
       a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, channels_last, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:

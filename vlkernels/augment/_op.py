@@ -21,7 +21,12 @@ Op layout (one call for the whole batch, ragged or not):
   blur_sigma float32 [N]   optional (None: no blur); Gaussian blur sigma per image (0: none), after
                            grayscale, before solarize; the CUDA op allocates a workspace of two float
                            images per image when it is given
-returns out_dtype [N, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
+  source   int64 [M]       optional (None: M = N, output i reads image i): output m reads image
+                           source[m], 0 <= source[m] < N (checked with the other values, and by the
+                           CUDA kernel's guard); boxes, flip, factors, order, gray, solarize and
+                           blur_sigma then have M rows, one per output (several views of one image
+                           without copying its bytes)
+returns out_dtype [M, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
 clamped, not normalised (mean / std unused).
 """
 
@@ -61,9 +66,11 @@ def _register() -> None:
         channels_last=False,
         interpolation=0,
         blur_sigma=None,
+        source=None,
     ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
-        out = data.new_empty((offsets.shape[0], 3, out_h, out_w), dtype=dt)
+        m = offsets.shape[0] if source is None else source.shape[0]
+        out = data.new_empty((m, 3, out_h, out_w), dtype=dt)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
 
@@ -104,6 +111,7 @@ def run(
     channels_last: bool = False,
     interpolation: int = 0,
     blur_sigma: torch.Tensor | None = None,
+    source: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return op()(
         data,
@@ -125,4 +133,5 @@ def run(
         channels_last,
         interpolation,
         blur_sigma,
+        source,
     )

@@ -184,6 +184,7 @@ def fused_augment(
     out_dtype: torch.dtype = torch.float32,
     channels_last: bool = False,
     impl: str = "auto",
+    views: Sequence[dict] | None = None,
 ) -> torch.Tensor:
     """CLIP's training augmentation chain in one kernel call.
 
@@ -198,6 +199,10 @@ def fused_augment(
     computed in fp32 (torchvision's semantics; see reference.py and the package docstring).
     ``params`` (AugmentParams) fixes the randomness; otherwise they are drawn on the images' device
     with ``generator`` and the sampling knobs, without a host sync.
+    Several views per image: ``views=[dict(scale=(0.5, 1.0)), dict(scale=(0.08, 1.0), blur_p=0.5)]``
+    (each dict overrides the sampling knobs for its view group; see ``sample_augment_params``), or
+    ``params`` with a ``source`` index; returns [M, 3, h, w], view-major for ``views`` (output
+    ``k * N + i`` is view k of image i), each image read in place (not copied per view).
     impl: "auto" (compiled op for the device, else "torch"), "cuda", "cpu" (C++), "torch" (reference).
     """
     batch = as_batch(images)
@@ -232,9 +237,14 @@ def fused_augment(
             blur_p=blur_p,
             blur_sigma=blur_sigma,
             generator=generator,
+            views=views,
         )
         any_blur = float(blur_p) > 0.0
+        if views is not None:
+            any_blur = any(float(v.get("blur_p", blur_p)) > 0.0 for v in views)
     else:
+        if views is not None:
+            raise ValueError("fused_augment: give views= (sampled here) or params=, not both")
         if not isinstance(params, AugmentParams):
             raise TypeError(f"params must be AugmentParams, got {type(params).__name__}")
         any_blur = params.validate(batch.sizes)
@@ -264,4 +274,5 @@ def fused_augment(
         interpolation=INTERPOLATIONS.index(interpolation),
         # Only when some sample may be blurred: the CUDA op then allocates its blur workspace.
         blur_sigma=params.blur_sigma.float() if any_blur else None,
+        source=None if params.source is None else params.source.long(),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -30,6 +30,10 @@ class AugmentParams:
     - ``blur_sigma``: float32 [N], Gaussian blur sigma in output pixels (0 = no blur), after grayscale,
       before solarize; kernel size 2 * ceil(3 * sigma) + 1, clipped per axis to 2 * size - 1 (see
       ``vlkernels.augment``). Optional: left out (None), it is all 0.
+    - ``source``: int64 [M], optional: output m reads input image ``source[m]`` (0 <= source < number
+      of images), so that several views of one image are augmented without copying it; every other
+      field then has M rows (one per output) and the crop boxes refer to the source image. Left out
+      (None): output i reads image i, M = N. ``sample_augment_params(..., views=[...])`` builds it.
 
     A jitter op whose factor is its identity is skipped, as torchvision skips an op whose range is
     the single identity value.
@@ -46,6 +50,7 @@ class AugmentParams:
     grayscale: torch.Tensor
     solarize: torch.Tensor | None = None
     blur_sigma: torch.Tensor | None = None
+    source: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.boxes, torch.Tensor) and self.boxes.dim() >= 1:
@@ -54,6 +59,11 @@ class AugmentParams:
                 self.solarize = torch.zeros(n, dtype=torch.bool, device=dev)
             if self.blur_sigma is None:
                 self.blur_sigma = torch.zeros(n, dtype=torch.float32, device=dev)
+        if self.source is None:
+            # No instance attribute (reads fall back to the class default, None): ``vars(params)`` then
+            # holds tensors only, as before this field existed (code that slices every field keeps
+            # working; assigning ``params.source = index`` adds it).
+            del self.source
 
     def __len__(self) -> int:
         return self.boxes.shape[0]
@@ -63,7 +73,37 @@ class AugmentParams:
         return self.boxes.device
 
     def to(self, device: torch.device | str) -> AugmentParams:
-        return AugmentParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return AugmentParams(
+            **{f.name: None if (t := getattr(self, f.name)) is None else t.to(device) for f in fields(self)}
+        )
+
+    def select(self, index) -> AugmentParams:
+        """The rows ``index`` (an int, slice, index tensor or list) of every field, as new AugmentParams
+        (e.g. ``params.select(m)`` for the parameters of output m; its ``source`` rows come along)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1 if index != -1 else None)
+        elif not isinstance(index, slice):
+            index = torch.as_tensor(index, dtype=torch.int64, device=self.device)
+        return AugmentParams(
+            **{f.name: None if (t := getattr(self, f.name)) is None else t[index] for f in fields(self)}
+        )
+
+    @classmethod
+    def cat(cls, parts: Sequence[AugmentParams]) -> AugmentParams:
+        """Rows of several AugmentParams one after the other (``source`` kept only if every part has one)."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("AugmentParams.cat: nothing to concatenate")
+        out = {}
+        for f in fields(cls):
+            ts = [getattr(p, f.name) for p in parts]
+            if any(t is None for t in ts):
+                if f.name != "source":
+                    raise ValueError(f"AugmentParams.cat: field {f.name} is missing in some part")
+                out[f.name] = None
+            else:
+                out[f.name] = torch.cat(ts)
+        return cls(**out)
 
     def factors(self) -> torch.Tensor:
         """float32 [N, 4] (brightness, contrast, saturation, hue), set to the identity where jitter is off."""
@@ -96,11 +136,40 @@ class AugmentParams:
         """Check types, shapes, devices and values (one host sync): every crop box inside its image
         (compared without overflow: ``0 <= top <= H - height``, ``height >= 1``, ...), every order row a
         permutation of 0..3, brightness / contrast / saturation finite and >= 0, hue in [-0.5, 0.5],
-        blur_sigma finite and >= 0. Returns whether any sample is blurred (blur_sigma > 0), learnt in
-        the same sync."""
+        blur_sigma finite and >= 0, ``source`` (when given) an integer [M] index with 0 <= source < N.
+        Returns whether any sample is blurred (blur_sigma > 0), learnt in the same sync.
+        sizes: int64 [N, 2] of the input images."""
+        n_img = sizes.shape[0]
+        src = self.source
+        if src is not None:
+            if not isinstance(src, torch.Tensor):
+                raise TypeError(f"AugmentParams.source must be a tensor or None, got {type(src).__name__}")
+            if src.dtype not in _INT_DTYPES:
+                raise TypeError(
+                    f"AugmentParams.source must have one of the dtypes {_INT_DTYPES}, got {src.dtype}"
+                )
+            if src.dim() != 1 or src.shape[0] == 0:
+                raise ValueError(
+                    f"AugmentParams.source must have shape [M] with M >= 1 (the image of each output), got "
+                    f"{tuple(src.shape)}"
+                )
+            if src.device != sizes.device:
+                raise ValueError(
+                    f"AugmentParams.source is on {src.device} but the images are on {sizes.device}"
+                )
+            src = src.long()
+            src_ok = (src >= 0) & (src < n_img)
+            # The boxes are compared with the sizes of the source images (indices clamped for the
+            # gather; a bad index is reported first, from the same sync).
+            sizes = sizes[src.clamp(0, n_img - 1)]
+        else:
+            src_ok = torch.ones(1, dtype=torch.bool, device=sizes.device)
         n = sizes.shape[0]
+        what = "images" if self.source is None else "outputs (source has that many rows)"
         for f in fields(self):
             name, t = f.name, getattr(self, f.name)
+            if name == "source":
+                continue
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"AugmentParams.{name} must be a tensor, got {type(t).__name__}")
             if name in _INT_FIELDS:
@@ -112,7 +181,7 @@ class AugmentParams:
             if t.dtype not in kinds:
                 raise TypeError(f"AugmentParams.{name} must have one of the dtypes {kinds}, got {t.dtype}")
             if t.dim() >= 1 and t.shape[0] != n:
-                raise ValueError(f"AugmentParams.{name} has {t.shape[0]} rows for {n} images")
+                raise ValueError(f"AugmentParams.{name} has {t.shape[0]} rows for {n} {what}")
             shape = (n, 4) if name in _INT_FIELDS else (n,)
             if tuple(t.shape) != shape:
                 raise ValueError(f"AugmentParams.{name} must have shape {want}, got {tuple(t.shape)}")
@@ -133,13 +202,28 @@ class AugmentParams:
         sigma = self.blur_sigma.float()
         sigma_ok = torch.isfinite(sigma) & (sigma >= 0)
         ok = torch.stack(
-            [inside.all(), perm.all(1).all(), bcs_ok.all(), hue_ok.all(), sigma_ok.all(), (sigma > 0).any()]
+            [
+                inside.all(),
+                perm.all(1).all(),
+                bcs_ok.all(),
+                hue_ok.all(),
+                sigma_ok.all(),
+                (sigma > 0).any(),
+                src_ok.all(),
+            ]
         ).cpu()
+        if not bool(ok[6]):
+            bad = int((~src_ok).nonzero()[0, 0])
+            raise ValueError(
+                f"AugmentParams.source[{bad}] is {int(src[bad])}: not the index of one of the {n_img} "
+                f"images (must be in [0, {n_img}))"
+            )
         if not bool(ok[0]):
             bad = int((~inside).nonzero()[0, 0])
+            who = f"image {bad}" if src is None else f"output {bad} (image {int(src[bad])})"
             raise ValueError(
                 f"AugmentParams.boxes: crop box {self.boxes[bad].tolist()} (top, left, height, width) of "
-                f"image {bad} lies outside the image of size {sizes[bad].tolist()} (or is empty)"
+                f"{who} lies outside the image of size {sizes[bad].tolist()} (or is empty)"
             )
         if not bool(ok[1]):
             bad = int((~perm.all(1)).nonzero()[0, 0])
@@ -251,6 +335,36 @@ def image_sizes(images_or_sizes, device=None) -> torch.Tensor:
     return torch.tensor(sizes, dtype=torch.int64).to(dev, non_blocking=True)
 
 
+VIEW_KEYS = (
+    "scale",
+    "ratio",
+    "hflip_p",
+    "jitter",
+    "jitter_p",
+    "grayscale_p",
+    "solarize_p",
+    "blur_p",
+    "blur_sigma",
+)
+
+
+def check_views(views) -> list[dict]:
+    """The ``views=`` argument: a non-empty sequence of dicts of sampling keywords (VIEW_KEYS)."""
+    if isinstance(views, (str, bytes, Mapping)) or not isinstance(views, Sequence):
+        raise TypeError(f"views must be a list of dicts of sampling settings, got {type(views).__name__}")
+    if len(views) == 0:
+        raise ValueError("views must list at least one view group")
+    out = []
+    for k, v in enumerate(views):
+        if not isinstance(v, Mapping):
+            raise TypeError(f"views[{k}] must be a dict of sampling settings, got {type(v).__name__}")
+        unknown = sorted(set(v) - set(VIEW_KEYS))
+        if unknown:
+            raise ValueError(f"views[{k}] has unknown keys {unknown}; allowed: {list(VIEW_KEYS)}")
+        out.append(dict(v))
+    return out
+
+
 def check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -277,8 +391,19 @@ def sample_augment_params(
     blur_sigma: tuple[float, float] = (0.1, 2.0),
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
+    views: Sequence[Mapping] | None = None,
 ) -> AugmentParams:
     """Draw AugmentParams for every image in one call on the device (no host sync).
+
+    ``views``: several augmented views of every image (multi-crop / SimCLR / DINO recipes), each view
+    group with its own sampling settings: a list of K dicts whose keys are this function's sampling
+    keywords (``scale``, ``ratio``, ``hflip_p``, ``jitter``, ``jitter_p``, ``grayscale_p``,
+    ``solarize_p``, ``blur_p``, ``blur_sigma``); a key left out takes the value given to this call. The
+    result has M = N * K rows, **view-major**: output ``k * N + i`` is view k of image i (so
+    ``fused_augment(...).view(K, N, 3, h, w)[k]`` is view group k), with ``source`` = (0..N-1) repeated
+    K times: the images are read in place, never copied per view. Groups are drawn one after the other
+    with the same generator (group k's parameters are those of a plain call with group k's settings
+    made right after group k - 1's draws).
 
     Crop boxes follow torchvision's ``RandomResizedCrop.get_params`` per sample: up to 10 tries of
     (area fraction ~ U(scale), log aspect ~ U(log ratio)), w = round(sqrt(area * aspect)),
@@ -290,6 +415,30 @@ def sample_augment_params(
     blur_sigma 0 where not blurred. The solarize and then the blur draws come after all others, so
     the other parameters of a seed are those drawn without them.
     """
+    if views is not None:
+        base = dict(
+            scale=scale,
+            ratio=ratio,
+            hflip_p=hflip_p,
+            jitter=jitter,
+            jitter_p=jitter_p,
+            grayscale_p=grayscale_p,
+            solarize_p=solarize_p,
+            blur_p=blur_p,
+            blur_sigma=blur_sigma,
+        )
+        groups = check_views(views)
+        sizes = image_sizes(images_or_sizes, device)
+        parts = []
+        for k, group in enumerate(groups):
+            try:
+                parts.append(sample_augment_params(sizes, generator=generator, **{**base, **group}))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"views[{k}]: {e}") from None
+        out = AugmentParams.cat(parts)
+        n = sizes.shape[0]
+        out.source = torch.arange(n, dtype=torch.int64, device=sizes.device).repeat(len(groups))
+        return out
     scale = _check_range("scale", scale)
     ratio = _check_range("ratio", ratio, low_bound=1e-12)
     hflip_p = check_real("hflip_p", hflip_p, 0.0, 1.0)

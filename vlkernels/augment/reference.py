@@ -178,7 +178,8 @@ def reference_augment(
     interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """The chain of torchvision-style transforms per sample; images are uint8 [3, H_i, W_i] views.
-    interpolation: "bilinear" or "bicubic" (antialiased either way)."""
+    interpolation: "bilinear" or "bicubic" (antialiased either way). With ``params.source``, output m
+    is computed from ``images_chw[source[m]]`` (M outputs from N images)."""
     dev = images_chw[0].device
     mean_t = torch.tensor(mean, dtype=torch.float32, device=dev)
     std_t = torch.tensor(std, dtype=torch.float32, device=dev)
@@ -191,6 +192,7 @@ def reference_augment(
     grays = params.grayscale.tolist()
     solars = params.solarize.tolist()
     sigmas = params.blur_sigma.float().tolist()
+    source = range(len(images_chw)) if params.source is None else params.source.tolist()
     out = [
         augment_one(
             img,
@@ -207,6 +209,6 @@ def reference_augment(
             interpolation,
             sigmas[i],
         )
-        for i, img in enumerate(images_chw)
+        for i, img in enumerate(images_chw[s] for s in source)
     ]
     return torch.stack(out).to(out_dtype)
