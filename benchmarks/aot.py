@@ -34,6 +34,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -473,16 +474,20 @@ def run(grid_name: str = "full", archs=(90, 80), jobs: int = 2) -> dict:
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET"):
         raise RuntimeError("triton was imported in interpret mode")
     # A private Triton cache: every specialisation is really compiled (ptxas' log is the register count).
-    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlkernels-aot-")
+    cache = tempfile.mkdtemp(prefix="vlkernels-aot-")
+    os.environ["TRITON_CACHE_DIR"] = cache
     # Triton 3.9's default (fusion on), without its warning about the default changing in 3.10.
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     import triton
 
     t0 = time.perf_counter()
-    variants = capture(grid(grid_name))
-    t1 = time.perf_counter()
-    compiled = compile_all(variants, archs, jobs)
-    t2 = time.perf_counter()
+    try:
+        variants = capture(grid(grid_name))
+        t1 = time.perf_counter()
+        compiled = compile_all(variants, archs, jobs)
+        t2 = time.perf_counter()
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return dict(
         triton=triton.__version__,
         variants=variants,
