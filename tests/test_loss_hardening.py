@@ -141,3 +141,19 @@ def test_modules_validate_in_the_constructor(cls):
         cls(rank=-1, world_size=2)
     with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 1\]"):
         SoftTargetLoss(0.5, 10, label_smoothing=-0.1)
+
+
+def test_flags_and_ranks_must_have_their_types():
+    img, txt = features(5, 4)
+    with pytest.raises(TypeError, match="gather must be a bool"):
+        contrastive_loss(img, txt, 2.0, gather="yes")
+    with pytest.raises(TypeError, match="gather must be a bool"):
+        soft_target_loss(img, txt, 2.0, 0.5, gather=1)
+    with pytest.raises(TypeError, match="rank must be an int"):
+        ClipLoss(rank=0.5, world_size=2)
+    with pytest.raises(TypeError, match="world_size must be an int"):
+        DistillClipLoss(world_size=2.0)
+    with pytest.raises(TypeError, match="local_loss must be a bool"):
+        ClipLoss(local_loss="False")
+    with pytest.raises(TypeError, match="gather_with_grad must be a bool"):
+        SoftTargetLoss(0.5, 10, gather_with_grad=None)

@@ -160,8 +160,24 @@ def check_logit_bias(logit_bias) -> None:
         raise TypeError(f"logit_bias must be a float or a scalar tensor, got {type(logit_bias).__name__}")
 
 
+def check_flag(value, name: str) -> bool:
+    """A bool argument (``gather``, ``local_loss``, ...): a truthy string or number is a mistake."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+def check_gather_flags(local_loss, gather_with_grad) -> None:
+    """open_clip's ``local_loss`` / ``gather_with_grad`` constructor flags."""
+    check_flag(local_loss, "local_loss")
+    check_flag(gather_with_grad, "gather_with_grad")
+
+
 def check_rank_args(rank: int, world_size: int) -> None:
     """open_clip's ``rank`` / ``world_size`` constructor arguments."""
+    for name, value in (("rank", rank), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size, got {rank=}, {world_size=}")
 

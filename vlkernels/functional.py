@@ -69,7 +69,7 @@ def contrastive_loss(
         0.5 * (F.cross_entropy(S, arange(B)) + F.cross_entropy(S.T, arange(B)))``.
         Non-finite inputs give a non-finite loss (never a finite wrong value).
     """
-    if gather:
+    if _checks.check_flag(gather, "gather"):
         return contrastive_loss_distributed(
             image_features,
             text_features,
@@ -230,7 +230,7 @@ def soft_target_loss(
         reduction=reduction,
         impl=impl,
     )
-    if gather:
+    if _checks.check_flag(gather, "gather"):
         return soft_target_loss_distributed(
             image_features,
             text_features,
@@ -447,7 +447,7 @@ def sigmoid_loss(
         0-d float32 tensor: ``-F.logsigmoid(labels * (logit_scale * I @ T.T + logit_bias)).sum() / B``
         with ``labels = 2 * eye(B) - 1``, computed in fp32. Non-finite inputs give a non-finite loss.
     """
-    if gather:
+    if _checks.check_flag(gather, "gather"):
         return sigmoid_loss_distributed(
             image_features, text_features, logit_scale, logit_bias, impl=impl, group=group, per_rank=False
         )

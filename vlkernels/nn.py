@@ -62,6 +62,7 @@ class ClipLoss(nn.Module):
                 "torchrun and use torch.distributed (rank / world_size from the process group)"
             )
         _checks.check_rank_args(rank, world_size)
+        _checks.check_gather_flags(local_loss, gather_with_grad)
         _checks.check_label_smoothing(label_smoothing)
         _checks.check_impl(impl)
         self.group = group
@@ -162,6 +163,7 @@ class SoftTargetLoss(nn.Module):
     ):
         super().__init__()
         _checks.check_rank_args(rank, world_size)
+        _checks.check_gather_flags(local_loss, gather_with_grad)
         self.local_loss, self.gather_with_grad = local_loss, gather_with_grad
         self.rank, self.world_size = rank, world_size
         self.group = group
