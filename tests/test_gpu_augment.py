@@ -353,3 +353,39 @@ def test_opcheck_cuda_source():
     args, src = _op_args_with_source([2, 0, 0, 1])
     cuda_args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
     torch.library.opcheck(op(), (*cuda_args, True, None, False, 0, None, src.cuda()))
+
+
+# ---- PackedImages on the GPU ------------------------------------------------------------------------
+
+
+def test_packed_images_on_cuda_equal_cpu_op_and_never_sync():
+    from vlkernels.augment import PackedImages
+    from vlkernels.augment.api import as_batch
+
+    imgs = images_of("list", [(64, 80), (33, 41), (100, 20), (1, 1)], seed=50)
+    host = PackedImages.from_list(imgs, pin_memory=True)
+    assert host.is_pinned()
+    p = params_with(imgs, seed=51, **ONLY["all_strong"])
+    cpu = fused_augment(host, 24, params=p, impl="cpu")
+    dev = host.to("cuda", non_blocking=True)
+    assert as_batch(dev).data.data_ptr() == dev.data.data_ptr()
+    gpu = fused_augment(dev, 24, params=p.to("cuda"), impl="cuda")
+    assert_close01(gpu.cpu(), cpu)
+    # Views of the device buffer are read in place too.
+    assert as_batch(dev.images()).data.data_ptr() == dev.data.data_ptr()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    fused_augment(dev, 24, generator=gen)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = fused_augment(host.to("cuda", non_blocking=True), 24, generator=gen)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == (4, 3, 24, 24) and torch.isfinite(out).all()
+
+
+def test_dataloader_recipe_on_cuda():
+    from tests.test_augment_packed import _load_example
+
+    res = _load_example().main(["--images", "40", "--batch", "16", "--device", "cuda", "--pin-memory"])
+    assert res["images"] == 40

@@ -32,6 +32,7 @@ only when some sample may be blurred).
 """
 
 from vlkernels.augment.api import CLIP_MEAN, CLIP_STD, fused_augment
+from vlkernels.augment.packed import PackedImages
 from vlkernels.augment.params import AugmentParams, sample_augment_params
 from vlkernels.augment.reference import reference_augment
 
@@ -39,6 +40,7 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "AugmentParams",
+    "PackedImages",
     "fused_augment",
     "reference_augment",
     "sample_augment_params",

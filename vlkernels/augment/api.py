@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ import torch
 
 from vlkernels import _ext
 from vlkernels.augment import _op
+from vlkernels.augment.packed import PackedImages
 from vlkernels.augment.params import (
     AugmentParams,
     check_generator,
@@ -31,17 +33,38 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass
 class Batch:
-    """The images as the op sees them (flat buffer + offsets) and as the reference does (CHW views)."""
+    """The images as the op sees them (flat buffer + offsets) and as the reference does (CHW views,
+    made on first use: only the reference needs them)."""
 
     data: torch.Tensor
     offsets: torch.Tensor
     sizes: torch.Tensor
     hwc: bool
-    views_chw: list[torch.Tensor]
+    make_views: Callable[[], list[torch.Tensor]]
 
     @property
     def device(self) -> torch.device:
         return self.data.device
+
+    @functools.cached_property
+    def views_chw(self) -> list[torch.Tensor]:
+        return self.make_views()
+
+
+def _shared_buffer(images: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]] | None:
+    """When every image is a contiguous view into one storage (PackedImages.images(), torch.split or
+    unbind of one tensor, images decoded into one buffer): that storage as a flat uint8 tensor and each
+    image's offset in it, so that the list is read in place. None otherwise."""
+    first = images[0]
+    storage = first.untyped_storage()
+    ptr = storage.data_ptr()
+    if ptr == 0:
+        return None
+    for t in images:
+        if not t.is_contiguous() or t.untyped_storage().data_ptr() != ptr:
+            return None
+    data = torch.empty(0, dtype=torch.uint8, device=first.device).set_(storage, 0, (storage.nbytes(),), (1,))
+    return data, [t.storage_offset() for t in images]
 
 
 def _check_image(t, what: str) -> None:
@@ -52,7 +75,15 @@ def _check_image(t, what: str) -> None:
 
 
 def as_batch(images) -> Batch:
-    """Accept [N, H, W, 3], [N, 3, H, W] or a list of [H_i, W_i, 3] uint8 tensors."""
+    """Accept [N, H, W, 3], [N, 3, H, W], PackedImages or a list of [H_i, W_i, 3] uint8 tensors.
+
+    No copy of the pixels for a contiguous NHWC / NCHW batch, a PackedImages, or a list of images that
+    all lie in one buffer; any other list is packed into a new buffer (one copy of every byte: build a
+    PackedImages once, e.g. in the DataLoader's collate function, to avoid it per call)."""
+    if isinstance(images, PackedImages):
+        images.check()
+        p = images
+        return Batch(p.data, p.offsets, p.sizes, True, lambda: [t.permute(2, 0, 1) for t in p.images()])
     if isinstance(images, torch.Tensor):
         _check_image(images, "images")
         if images.dim() != 4:
@@ -76,8 +107,7 @@ def as_batch(images) -> Batch:
         data = flat_src.reshape(-1)
         offsets = torch.arange(n, dtype=torch.int64, device=dev) * (h * w * 3)
         sizes = torch.tensor([h, w], dtype=torch.int64).to(dev, non_blocking=True).repeat(n, 1)
-        views = list(nhwc.permute(0, 3, 1, 2).unbind(0))
-        return Batch(data, offsets, sizes, hwc, views)
+        return Batch(data, offsets, sizes, hwc, lambda: list(nhwc.permute(0, 3, 1, 2).unbind(0)))
     if not isinstance(images, Sequence):
         raise TypeError(f"images must be a tensor or a list of tensors, got {type(images).__name__}")
     images = list(images)
@@ -100,6 +130,13 @@ def as_batch(images) -> Batch:
         shapes.append((t.shape[0], t.shape[1]))
         offs.append(total)
         total += t.numel()
+    views = lambda: [t.permute(2, 0, 1) for t in images]  # noqa: E731
+    shared = _shared_buffer(images)
+    if shared is not None:
+        data, offs = shared
+        offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
+        sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
+        return Batch(data, offsets, sizes, True, views)
     flat = [t.reshape(-1) for t in images]
     if dev.type == "cpu":
         # One single-threaded memcpy per image: torch.cat on CPU may open a parallel region per input,
@@ -109,7 +146,7 @@ def as_batch(images) -> Batch:
         data = torch.cat(flat)
     offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
     sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
-    return Batch(data, offsets, sizes, True, [t.permute(2, 0, 1) for t in images])
+    return Batch(data, offsets, sizes, True, views)
 
 
 def _out_size(size) -> tuple[int, int]:
@@ -188,7 +225,9 @@ def fused_augment(
 ) -> torch.Tensor:
     """CLIP's training augmentation chain in one kernel call.
 
-    images: uint8 [N, H, W, 3], [N, 3, H, W], or a list of [H_i, W_i, 3]. size: int or (h, w).
+    images: uint8 [N, H, W, 3], [N, 3, H, W], a list of [H_i, W_i, 3], or PackedImages (read in place:
+    build it once, e.g. in a DataLoader collate function; see ``vlkernels.augment.packed``). size: int
+    or (h, w).
     Returns out_dtype [N, 3, h, w] (in NHWC memory with ``channels_last=True``). ``out_dtype=torch.uint8``:
     no normalisation (mean / std unused), the [0, 1] values times 255 rounded (half to even) and clamped,
     e.g. for a pinned-memory host-to-device transfer of a quarter of the bytes.

@@ -10,6 +10,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from vlkernels.augment.packed import PackedImages
+
 # Index of each colour op in AugmentParams.order (torchvision's ColorJitter numbering).
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
 
@@ -291,8 +293,10 @@ def check_reals(name: str, v, count: int) -> list[float]:
 
 def image_sizes(images_or_sizes, device=None) -> torch.Tensor:
     """int64 [N, 2] (H, W) of a batch tensor [N, H, W, 3] / [N, 3, H, W], a list of [H, W, 3] tensors,
-    or given sizes ([N, 2] tensor or a sequence of (h, w) pairs)."""
+    a PackedImages, or given sizes ([N, 2] tensor or a sequence of (h, w) pairs)."""
     x = images_or_sizes
+    if isinstance(x, PackedImages):
+        return x.sizes if device is None else x.sizes.to(device, non_blocking=True)
     if isinstance(x, torch.Tensor) and x.dtype == torch.uint8:
         if x.dim() != 4:
             raise ValueError(f"a batch of images must be 4-d, got shape {tuple(x.shape)}")
