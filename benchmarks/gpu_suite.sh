@@ -6,7 +6,7 @@
 #
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
-# in two calls on one warm machine (stage timeouts: tests 170 s; benchmarks 180 + 120 + 70 + 30 s):
+# in two calls on one warm machine (stage timeouts: tests 170 s; benchmarks 180 + 120 + 60 + 70 + 30 s):
 #   SUITE_STAGES="build tests" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
@@ -50,17 +50,20 @@ if [ "$QUICK" = 1 ]; then
   BC=(--batch-sizes 256 1024 --dims 64 --dtypes float32 --reps 2)
   BS=(--batch-sizes 256 1024 --dims 64 --reps 2 --modes fwd+bwd --teacher-dims 0 32)
   BA=(--batch 16 --reps 2)
+  BG=(--batch-sizes 256 1024 --dims 64 --reps 2 --modes fwd+bwd)
 else
   BC=(--batch-sizes 8192 32768 131072 524288 1048576 --dims 1024 --dtypes bfloat16 --modes fwd+bwd
       --impls naive open_clip inf_cl triton torch --max-flops 1e16)
   BS=(--batch-sizes 16384 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls naive triton
       --teacher-dims 0 768)
   BA=(--batch 256)
+  BG=(--batch-sizes 16384 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls naive chunked_saved triton)
 fi
 timeout 180 python3 -m benchmarks.bench_contrastive --device "$DEVICE" "${BC[@]}" --out "$OUT/contrastive.json"
 if [ -f benchmarks/bench_soft_target.py ]; then
   timeout 120 python3 -m benchmarks.bench_soft_target --device "$DEVICE" "${BS[@]}" --out "$OUT/soft_target.json"
 fi
+timeout 60 python3 -m benchmarks.bench_sigmoid --device "$DEVICE" "${BG[@]}" --out "$OUT/sigmoid.json"
 if [ -f benchmarks/bench_augment.py ]; then
   timeout 70 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
 fi
