@@ -11,6 +11,7 @@ sizes (128..384 per side), all to 224x224 float32. Slow baselines run on the fir
 and are reported per image. The same sampled parameters are used by every implementation.
 
 python -m benchmarks.bench_augment --device cpu --batch 256 --out benchmarks/results/cpu/augment.json
+python -m benchmarks.bench_augment --scaling --reps 9     # CPU thread scaling, 1 vs 2 threads
 """
 
 from __future__ import annotations
@@ -196,6 +197,92 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     return rows
 
 
+def _thread_cpu_ns() -> dict[int, int]:
+    """CPU time (ns) of every thread of this process so far (Linux /proc/self/task/*/schedstat)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                out[int(tid)] = int(f.read().split()[0])
+        except OSError:
+            continue
+    return out
+
+
+def thread_scaling(args) -> dict:
+    """CPU thread scaling of the C++ op: --scaling-batch mixed-size images (--scaling-min..--scaling-max
+    px per side, random crops) to --size, at 1 thread and at --scaling-threads threads, runs interleaved
+    (1, T, 1, T, ...) so that a change in the machine's load hits both alike; min (and median) of
+    --reps runs each. Two inputs: a PackedImages (the op alone, no packing) and a plain list of separate
+    tensors (packed into one buffer on every call). Reports the process CPU time per run and the load
+    average, to judge how noisy a shared machine was, and the CPU time of each thread: on a machine
+    whose cores other processes also use, the wall-clock ratio understates the scaling, while
+    (CPU time at 1 thread) / (CPU time of the busiest thread at T threads) is what the ratio would be
+    with T idle cores (work inflation and load imbalance included; memory-bandwidth sharing not)."""
+    from vlkernels.augment import PackedImages
+
+    g = torch.Generator().manual_seed(0)
+    lo, hi = args.scaling_min, args.scaling_max
+    sizes = torch.randint(lo, hi + 1, (args.scaling_batch, 2), generator=g).tolist()
+    images = [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for h, w in sizes]
+    packed = PackedImages.from_list(images)
+    params = sample_augment_params(images, generator=torch.Generator().manual_seed(1))
+    inputs = {"packed": packed, "list": images}
+    prev = torch.get_num_threads()
+    counts = [1, args.scaling_threads]
+    runs = {(k, t): [] for k in inputs for t in counts}
+    load_before = os.getloadavg()
+    try:
+        for kind, imgs in inputs.items():
+            for t in counts:  # warm-up (thread pool, per-thread scratch)
+                torch.set_num_threads(t)
+                fused_augment(imgs, args.size, params=params, impl="cpu")
+            for _ in range(args.reps):
+                for t in counts:
+                    torch.set_num_threads(t)
+                    th0 = _thread_cpu_ns()
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    fused_augment(imgs, args.size, params=params, impl="cpu")
+                    w1, c1 = time.perf_counter(), time.process_time()
+                    th1 = _thread_cpu_ns()
+                    busiest = max((th1[k] - th0.get(k, 0) for k in th1), default=0) / 1e9
+                    runs[(kind, t)].append((w1 - w0, c1 - c0, busiest))
+    finally:
+        torch.set_num_threads(prev)
+    load_after = os.getloadavg()
+    result = dict(batch=args.scaling_batch, px=(lo, hi), size=args.size, reps=args.reps)
+    result.update(load_before=load_before, load_after=load_after)
+    for kind in inputs:
+        for t in counts:
+            walls = [w * 1e3 for w, _, _ in runs[(kind, t)]]
+            cpus = [c * 1e3 for _, c, _ in runs[(kind, t)]]
+            busy = [b * 1e3 for _, _, b in runs[(kind, t)]]
+            result[f"{kind}_t{t}"] = dict(
+                min_ms=min(walls),
+                median_ms=statistics.median(walls),
+                max_ms=max(walls),
+                cpu_ms_median=statistics.median(cpus),
+                busiest_thread_cpu_ms_median=statistics.median(busy),
+            )
+            print(
+                f"{kind:7s} threads={t}: min {min(walls):7.1f} ms  median "
+                f"{statistics.median(walls):7.1f} ms  max {max(walls):7.1f} ms  process CPU "
+                f"{statistics.median(cpus):7.1f} ms, busiest thread {statistics.median(busy):7.1f} ms "
+                "(medians)"
+            )
+        t1, tn = result[f"{kind}_t1"], result[f"{kind}_t{counts[1]}"]
+        result[f"{kind}_speedup_min"] = t1["min_ms"] / tn["min_ms"]
+        result[f"{kind}_speedup_median"] = t1["median_ms"] / tn["median_ms"]
+        result[f"{kind}_speedup_cpu"] = t1["cpu_ms_median"] / tn["busiest_thread_cpu_ms_median"]
+        print(
+            f"{kind:7s} speedup {counts[1]} vs 1 thread: {result[f'{kind}_speedup_min']:.2f}x (min wall), "
+            f"{result[f'{kind}_speedup_median']:.2f}x (median wall), "
+            f"{result[f'{kind}_speedup_cpu']:.2f}x (CPU at 1 thread / busiest thread's CPU)"
+        )
+    print(f"load average before {load_before}, after {load_after} ({os.cpu_count()} CPUs)")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -208,7 +295,17 @@ def main() -> None:
     )
     ap.add_argument("--inputs", nargs="*", default=["256x256", "mixed"])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--scaling", action="store_true", help="only the CPU thread-scaling measurement")
+    ap.add_argument("--scaling-batch", type=int, default=64)
+    ap.add_argument("--scaling-min", type=int, default=200)
+    ap.add_argument("--scaling-max", type=int, default=600)
+    ap.add_argument("--scaling-threads", type=int, default=2)
     args = ap.parse_args()
+    if args.scaling:
+        result = thread_scaling(args)
+        if args.out:
+            write_json([dict(op="augment_thread_scaling", **result, **environment("cpu"))], args.out)
+        return
     env = environment(args.device)
     thread_counts = args.threads or sorted({1, torch.get_num_threads()})
     if not args.device.startswith("cpu"):

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <memory>
 #include <type_traits>
 #include <vector>
@@ -47,6 +48,45 @@ namespace {
 // Uninitialised float scratch (std::vector would zero it first: a wasted pass over the buffer).
 using Scratch = std::unique_ptr<float[]>;
 Scratch scratch(int64_t n) { return Scratch(new float[static_cast<size_t>(n)]); }
+
+// Per-thread scratch, kept across images and calls: a fresh allocation per image (a few MB for a large
+// crop) is an mmap, first-touch page faults and an munmap per image, and with two or more threads
+// every munmap is a TLB shootdown interrupting the other threads (costly in a VM): that made 2 threads
+// slower than 1 on batches of real photos. Each thread owns one buffer per slot (buffers used at the
+// same time by one thread have different slots; a parallel_for chunk run by the calling thread uses
+// the chunk slots, the caller the image slots). Grown geometrically, never shrunk, except requests
+// above kCacheMax floats, which get their own allocation.
+enum Slot : int { kSlotTmp = 0, kSlotImg, kSlotBlur, kSlotLine, kSlotRow, kSlotVline, kSlots };
+constexpr int64_t kCacheMax = int64_t{16} << 20;  // 64 MiB per slot
+
+class Buf {
+ public:
+  Buf(Slot slot, int64_t n) {
+    if (n <= 0) return;
+    if (n > kCacheMax) {
+      own_ = scratch(n);
+      ptr_ = own_.get();
+      return;
+    }
+    struct Cache {
+      Scratch buf[kSlots];
+      int64_t cap[kSlots] = {};
+    };
+    thread_local Cache cache;
+    if (cache.cap[slot] < n) {
+      const int64_t cap = std::min(kCacheMax, std::max(n, cache.cap[slot] + cache.cap[slot] / 2));
+      cache.buf[slot].reset();
+      cache.buf[slot] = scratch(cap);
+      cache.cap[slot] = cap;
+    }
+    ptr_ = cache.buf[slot].get();
+  }
+  float* get() const { return ptr_; }
+
+ private:
+  float* ptr_ = nullptr;
+  Scratch own_;
+};
 
 struct TapTable {
   int K = 0;                   // taps per output pixel (the largest count, shorter ones zero-padded)
@@ -314,10 +354,10 @@ struct ImageJob {
     const int64_t y0 = ty.start[0];
     const int64_t rows = vfirst ? 0 : ty.start[oh - 1] + ty.count[oh - 1] - y0;
     const int64_t plane = rows * ow;
-    const Scratch tmp = scratch(3 * plane);
+    const Buf tmp(kSlotTmp, 3 * plane);
     const int64_t grain_h = par ? 1 : rows + 1;
     at::parallel_for(0, rows, grain_h, [&](int64_t r0, int64_t r1) {
-      const Scratch line = scratch(3 * cw);
+      const Buf line(kSlotLine, 3 * cw);
       float* ln = line.get();
       for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = src + (top + y0 + r) * sy + left * sx;
@@ -339,12 +379,12 @@ struct ImageJob {
     const bool blur = sigma > 0.0f;
     // The whole image is kept when contrast needs its mean or the blur its neighbourhood.
     const bool keep = plan.needs_mean || blur;
-    const Scratch img = scratch(keep ? 3 * npix : 0);
+    const Buf img(kSlotImg, keep ? 3 * npix : 0);
     std::vector<double> row_sum(plan.needs_mean ? oh : 0);
     const int64_t grain_o = par ? 1 : oh + 1;
     at::parallel_for(0, oh, grain_o, [&](int64_t i0, int64_t i1) {
-      const Scratch row_buf = scratch(keep ? 0 : 3 * ow);
-      const Scratch vl = scratch(vfirst ? 3 * cw : 0);
+      const Buf row_buf(kSlotRow, keep ? 0 : 3 * ow);
+      const Buf vl(kSlotVline, vfirst ? 3 * cw : 0);
       for (int64_t i = i0; i < i1; ++i) {
         float* rgb[3];
         for (int c = 0; c < 3; ++c) {
@@ -387,14 +427,14 @@ struct ImageJob {
     const int64_t npix = oh * ow;
     const int64_t rx = blur_radius(sigma, ow), ry = blur_radius(sigma, oh);
     const std::vector<float> wx = blur_weights(sigma, rx), wy = blur_weights(sigma, ry);
-    const Scratch hb = scratch(3 * npix);
+    const Buf hb(kSlotBlur, 3 * npix);
     // Rows of the three planes (row r of plane c is row c * oh + r of img).
     at::parallel_for(0, 3 * oh, par ? 1 : 3 * oh + 1, [&](int64_t r0, int64_t r1) {
-      const Scratch pad = scratch(ow + 2 * rx);
+      const Buf pad(kSlotLine, ow + 2 * rx);
       for (int64_t r = r0; r < r1; ++r) blur_row(img + r * ow, ow, rx, wx.data(), pad.get(), hb.get() + r * ow);
     });
     at::parallel_for(0, oh, par ? 1 : oh + 1, [&](int64_t i0, int64_t i1) {
-      const Scratch row_buf = scratch(3 * ow);
+      const Buf row_buf(kSlotRow, 3 * ow);
       for (int64_t i = i0; i < i1; ++i) {
         float* rgb[3];
         for (int c = 0; c < 3; ++c) {
@@ -503,10 +543,25 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool chan
   if (n >= threads) {
     // One task per thread, each pulling the next image from a shared counter: images differ in cost
     // (crop size, contrast pass) and threads of a shared machine in speed, so a static split of the
-    // images would wait for the slowest chunk.
+    // images would wait for the slowest chunk. Largest (estimated) first: the last images handed out
+    // are the cheapest, so the threads finish close together (a big crop pulled last left the other
+    // threads idle for its whole duration).
+    std::vector<int64_t> todo(n);
+    for (int64_t i = 0; i < n; ++i) todo[i] = i;
+    if (threads > 1) {
+      std::vector<double> cost(n);
+      for (int64_t i = 0; i < n; ++i) {
+        // Source pixels read (uint8 -> float and the first resampling pass) plus output pixels (second
+        // pass, colour ops, writes; a blurred image twice more); relative weights measured roughly.
+        const double src_px = static_cast<double>(bx[4 * i + 2]) * static_cast<double>(bx[4 * i + 3]);
+        const double blur_w = (sg != nullptr && sg[i] > 0.0f) ? 3.0 : 1.0;
+        cost[i] = src_px + 6.0 * blur_w * static_cast<double>(oh * ow);
+      }
+      std::stable_sort(todo.begin(), todo.end(), [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+    }
     std::atomic<int64_t> next{0};
     at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-      for (int64_t i = next.fetch_add(1); i < n; i = next.fetch_add(1)) job(i).run(false);
+      for (int64_t k = next.fetch_add(1); k < n; k = next.fetch_add(1)) job(todo[k]).run(false);
     });
   } else {
     for (int64_t i = 0; i < n; ++i) job(i).run(true);
@@ -551,8 +606,48 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
   return out;
 }
 
+// The images of a list back to back in one new buffer (the op's data layout), copied in parallel: the
+// list path of fused_augment packs separate tensors on every call, and a serial copy (plus the page
+// faults of the fresh buffer, taken by one thread) was the part of the call that did not scale with
+// threads. Chunks of the total byte range, so that a few large images also spread over the threads;
+// each thread first-touches the pages it writes.
+at::Tensor pack_images_cpu(at::TensorList images) {
+  TORCH_CHECK(!images.empty(), "pack_images: no images");
+  const int64_t n = static_cast<int64_t>(images.size());
+  std::vector<int64_t> start(n + 1, 0);
+  std::vector<const uint8_t*> src(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor& t = images[i];
+    TORCH_CHECK(t.scalar_type() == at::kByte && t.device().is_cpu() && t.is_contiguous(),
+                "pack_images: images[", i, "] must be a contiguous uint8 CPU tensor, got ", t.scalar_type(), " on ",
+                t.device(), t.is_contiguous() ? "" : " (not contiguous)");
+    src[i] = t.data_ptr<uint8_t>();
+    start[i + 1] = start[i] + t.numel();
+  }
+  const int64_t total = start[n];
+  at::Tensor out = at::empty({total}, images[0].options());
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  advise_huge_pages(dst, static_cast<size_t>(total));
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  const int64_t chunks = (total + kChunk - 1) / kChunk;
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    const int64_t b = c0 * kChunk, e = std::min(total, c1 * kChunk);
+    // First image overlapping [b, e).
+    int64_t i = std::upper_bound(start.begin(), start.end(), b) - start.begin() - 1;
+    for (int64_t pos = b; pos < e; ++i) {
+      const int64_t hi = std::min(e, start[i + 1]);
+      if (hi > pos) std::memcpy(dst + pos, src[i] + (pos - start[i]), static_cast<size_t>(hi - pos));
+      pos = std::max(pos, hi);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace augment
 }  // namespace vlkernels
 
-TORCH_LIBRARY_IMPL(vlkernels, CPU, m) { m.impl("fused_augment", &vlkernels::augment::fused_augment_cpu); }
+TORCH_LIBRARY_IMPL(vlkernels, CPU, m) {
+  m.impl("fused_augment", &vlkernels::augment::fused_augment_cpu);
+  m.impl("pack_images", &vlkernels::augment::pack_images_cpu);
+}

@@ -1,7 +1,19 @@
 """Fused CLIP image augmentation: crop + resize + flip + colour jitter + grayscale + normalise.
 
-    from vlkernels.augment import fused_augment, sample_augment_params, AugmentParams
+    from vlkernels.augment import fused_augment, sample_augment_params, AugmentParams, PackedImages
     out = fused_augment(images, 224)                     # uint8 NHWC / NCHW / list -> float32 NCHW
+    out = fused_augment(PackedImages.from_list(images), 224)          # packed once, read in place
+    out = fused_augment(images, 224, views=[dict(scale=(0.4, 1.0)), dict(scale=(0.05, 0.4))])
+    # -> [2 N, 3, 224, 224], view-major: out.view(2, N, 3, 224, 224)[k] is view group k
+
+Several views per image: ``AugmentParams.source`` (int64 [M]) makes output m read image source[m]
+(no copy of the image per view); ``views=`` builds it, one dict of sampling settings per view group.
+Zero-copy batches: ``PackedImages`` (flat uint8 buffer + offsets + sizes, the op's own layout) is
+read in place; ``PackedImages.from_list`` packs once (e.g. in a DataLoader collate function, see
+examples/augment_dataloader.py). A list of separate tensors is packed on every call (a parallel copy
+on the CPU), a list of views into one buffer is read in place.
+CPU threads: images are handed out largest first to the threads (dynamic), each thread keeps its
+scratch buffers across images and calls (no allocation, page faults or unmapping per image).
 
 Backends: the compiled C++ CPU op and CUDA op (``torch.ops.vlkernels.fused_augment``) and a
 pure-PyTorch reference (``impl="torch"``) with torchvision's semantics.

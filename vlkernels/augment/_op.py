@@ -91,6 +91,24 @@ def has_kernel(device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
 
 
+@functools.cache
+def has_pack() -> bool:
+    """Whether the extension has the CPU packing op (vlkernels::pack_images)."""
+    if not _ext.available():
+        return False
+    _register()
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key("vlkernels::pack_images", "CPU")
+    except RuntimeError:  # an older build without the op
+        return False
+
+
+def pack(images: list[torch.Tensor]) -> torch.Tensor:
+    """Contiguous uint8 CPU tensors back to back in one new 1-d buffer (a parallel copy on the op's
+    thread pool, the pages first-touched by the threads that write them)."""
+    return torch.ops.vlkernels.pack_images.default(images)
+
+
 def run(
     data: torch.Tensor,
     offsets: torch.Tensor,

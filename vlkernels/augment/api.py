@@ -138,7 +138,11 @@ def as_batch(images) -> Batch:
         sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
         return Batch(data, offsets, sizes, True, views)
     flat = [t.reshape(-1) for t in images]
-    if dev.type == "cpu":
+    if dev.type == "cpu" and _op.has_pack():
+        # One parallel region for the whole copy (chunks of the byte range over the op's threads, each
+        # first-touching its pages): a serial copy here was the part of a call that did not scale.
+        data = _op.pack(flat)
+    elif dev.type == "cpu":
         # One single-threaded memcpy per image: torch.cat on CPU may open a parallel region per input,
         # which costs milliseconds each when the cores are shared.
         data = torch.from_numpy(np.concatenate([f.numpy() for f in flat]))
