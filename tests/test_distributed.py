@@ -8,25 +8,20 @@ A hung collective fails the test through the join deadline (and gloo's own timeo
 
 from __future__ import annotations
 
-import datetime
-import gc
 import os
 import subprocess
 import sys
-import tempfile
-import time
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (open_clip calls torch.distributed.nn.all_gather)
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests._ref import TOL as REF_TOL
 from tests._ref import MaxNumel
+from tests._spawn import spawn
 from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
 from vlkernels.functional import distill_clip_loss
 from vlkernels.reference import contrastive_loss_naive, soft_target_loss_naive
@@ -36,52 +31,13 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(atol=2e-5, rtol=2e-5)
 SIZES = (1, 5, 33)
-JOIN_TIMEOUT_S = 240
 
 
 # --- process plumbing ----------------------------------------------------------------------------
 
 
-def _worker(rank: int, world: int, init_file: str, calls: tuple):
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        torch.set_num_threads(1)  # several processes share a few cores: oversubscription is slow
-        torch.manual_seed(0)
-        for name, *args in calls:
-            globals()[name](rank, world, *args)
-    except BaseException:
-        # Name the rank: the parent re-raises this process's traceback.
-        raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
-    finally:
-        # Free any DDP reducer first: destroying a gloo group under a live one can abort at exit.
-        gc.collect()
-        dist.destroy_process_group()
-
-
 def _spawn(world: int, *calls):
-    """Run each ``(check, *args)`` of ``calls`` as ``check(rank, world, *args)`` in ``world`` processes
-    (one spawn: start-up dominates); fail on any error or a hang."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(
-            _worker,
-            args=(world, os.path.join(tmp, "init"), calls),
-            nprocs=world,
-            join=False,
-            start_method="spawn",
-        )
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    if p.is_alive():
-                        p.kill()
-                pytest.fail(f"{[c[0] for c in calls]} with {world} processes hung for {JOIN_TIMEOUT_S}s")
+    spawn(__name__, world, *calls)
 
 
 # --- inputs and references -----------------------------------------------------------------------

@@ -5,23 +5,16 @@ gradients, fp32 and bf16 against float64, per rank on 2 gloo processes)."""
 from __future__ import annotations
 
 import argparse
-import datetime
-import gc
-import os
 import sys
-import tempfile
-import time
-import traceback
 import warnings
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import tests._torchvision_shim  # noqa: F401  (before open_clip imports torchvision)
 import vlkernels
 from tests._ref import features
+from tests._spawn import spawn
 from vlkernels import open_clip_train as launcher
 from vlkernels.integrations import open_clip as integration
 
@@ -341,42 +334,8 @@ def test_siglip_loss_parity(dtype):
 # --- parity with open_clip's classes, per rank (gloo, 2 processes) ---------------------------------
 
 
-def _worker(rank: int, world: int, init_file: str, calls: tuple):
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        torch.set_num_threads(1)
-        warnings.simplefilter("ignore", FutureWarning)  # open_clip's autograd all_gather is deprecated
-        for name, *args in calls:
-            globals()[name](rank, world, *args)
-    except BaseException:
-        raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
-
-
-def _spawn(world: int, *calls, timeout_s: float = 240):
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(
-            _worker,
-            args=(world, os.path.join(tmp, "init"), calls),
-            nprocs=world,
-            join=False,
-            start_method="spawn",
-        )
-        deadline = time.monotonic() + timeout_s
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    if p.is_alive():
-                        p.kill()
-                pytest.fail(f"{[c[0] for c in calls]} with {world} processes hung for {timeout_s}s")
+def _spawn(world: int, *calls):
+    spawn(__name__, world, *calls)
 
 
 def _rank_inputs(rank, world, b, dim, seed):

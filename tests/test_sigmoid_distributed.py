@@ -9,23 +9,18 @@ collective fails the test through the join deadline (and gloo's own timeout).
 
 from __future__ import annotations
 
-import datetime
-import gc
 import os
-import tempfile
-import time
-import traceback
 import warnings
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (open_clip's reduce / gather exchanges)
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests._ref import TOL as REF_TOL
 from tests._ref import MaxNumel
+from tests._spawn import spawn
 from vlkernels import SigLipLoss, sigmoid_loss
 from vlkernels.reference import sigmoid_loss_naive
 
@@ -33,50 +28,13 @@ pytestmark = pytest.mark.distributed
 
 TOL = dict(atol=2e-5, rtol=2e-5)
 DIST_IMPLS = (None, "bidir", "shift", "reduce", "gather")
-JOIN_TIMEOUT_S = 240
 
 
 # --- process plumbing (as in test_distributed.py) ------------------------------------------------
 
 
-def _worker(rank: int, world: int, init_file: str, calls: tuple):
-    dist.init_process_group(
-        "gloo",
-        init_method=f"file://{init_file}",
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=60),
-    )
-    try:
-        torch.set_num_threads(1)
-        torch.manual_seed(0)
-        for name, *args in calls:
-            globals()[name](rank, world, *args)
-    except BaseException:
-        raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
-
-
 def _spawn(world: int, *calls):
-    """Run each ``(check, *args)`` as ``check(rank, world, *args)`` in ``world`` processes; fail on any
-    error or a hang."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ctx = mp.start_processes(
-            _worker,
-            args=(world, os.path.join(tmp, "init"), calls),
-            nprocs=world,
-            join=False,
-            start_method="spawn",
-        )
-        deadline = time.monotonic() + JOIN_TIMEOUT_S
-        while not ctx.join(timeout=5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    if p.is_alive():
-                        p.kill()
-                pytest.fail(f"{[c[0] for c in calls]} with {world} processes hung for {JOIN_TIMEOUT_S}s")
+    spawn(__name__, world, *calls)
 
 
 # --- open_clip's SigLipLoss, re-implemented ------------------------------------------------------
