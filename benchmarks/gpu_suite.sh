@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite, in one go (see ../shared/GPU.md): build the CUDA extension, run the GPU tests, run the
+# The GPU suite, in one go (CONTRIBUTING.md, "The GPU suite"): build the CUDA extension, run the GPU tests, run the
 # benchmarks against naive (and open_clip / Inf-CL where installed), print a summary table last.
 #
 #   bash benchmarks/gpu_suite.sh OUT_DIR
