@@ -24,6 +24,7 @@ from vlkernels.reference import (
     contrastive_loss_open_clip,
     distill_clip_loss_naive,
     distill_clip_open_clip,
+    open_clip_gather,
     sigmoid_loss_naive,
     sigmoid_loss_open_clip,
     soft_target_loss_gathered,
@@ -508,3 +509,43 @@ def sigmoid_loss_distributed(
     _no_func_transforms(impl)
     params = SigmoidParams(sigmoid_backend(impl), group, per_rank)
     return RingSigmoidFunction.apply(image_features, text_features, scale, bias, params)
+
+
+def clip_logits(
+    image_features,
+    text_features,
+    logit_scale,
+    logit_bias=None,
+    *,
+    distributed: bool = False,
+    local_loss: bool = False,
+    gather_with_grad: bool = False,
+    group=None,
+):
+    """open_clip's ``ClipLoss.get_logits``: ``(logits_per_image, logits_per_text)``, materialised.
+
+    O(B^2) memory (O(b B) with ``local_loss=True``): for inspection and for code written against open_clip,
+    never used by the losses. With ``distributed`` the features are gathered as open_clip gathers them
+    (with autograd when ``gather_with_grad``). The bias is added once to each matrix (open_clip adds it in
+    place, twice to the shared storage when distributed with ``local_loss=False``, where one matrix is a
+    view of the other)."""
+    if distributed:
+        all_image, all_text = open_clip_gather(
+            image_features,
+            text_features,
+            local_loss=local_loss,
+            gather_with_grad=gather_with_grad,
+            group=group,
+        )
+        if local_loss:
+            per_image = logit_scale * image_features @ all_text.T
+            per_text = logit_scale * text_features @ all_image.T
+        else:
+            per_image = logit_scale * all_image @ all_text.T
+            per_text = per_image.T
+    else:
+        per_image = logit_scale * image_features @ text_features.T
+        per_text = logit_scale * text_features @ image_features.T
+    if logit_bias is not None:
+        per_image, per_text = per_image + logit_bias, per_text + logit_bias
+    return per_image, per_text

@@ -10,6 +10,7 @@ from torch import nn
 
 from vlkernels import _checks, _dist
 from vlkernels.functional import (
+    clip_logits,
     contrastive_loss,
     contrastive_loss_distributed,
     distill_clip_loss,
@@ -20,7 +21,6 @@ from vlkernels.functional import (
     soft_target_loss_distributed,
 )
 from vlkernels.ops.torch_utils import with_zero_gradient
-from vlkernels.reference.distributed import open_clip_gather
 
 
 class ClipLoss(nn.Module):
@@ -100,36 +100,21 @@ class ClipLoss(nn.Module):
         return {"contrastive_loss": loss} if output_dict else loss
 
     def get_logits(self, image_features, text_features, logit_scale, logit_bias=None):
-        """open_clip's ``ClipLoss.get_logits``: ``(logits_per_image, logits_per_text)``, materialised.
-
-        O(B^2) memory (O(b B) with ``local_loss=True``): for inspection and for code written against
-        open_clip, not for the loss (``forward`` never forms them). With ``world_size > 1`` the features
-        are gathered as open_clip gathers them (with autograd when ``gather_with_grad``). The bias is
-        added once to each matrix (open_clip adds it in place, twice to the shared storage when
-        ``world_size > 1`` and ``local_loss=False``, where one matrix is a view of the other).
-        """
+        """open_clip's ``ClipLoss.get_logits``, materialised: O(B^2) memory (``functional.clip_logits``)."""
         _checks.check_logit_bias(logit_bias)
-        if self.world_size > 1:
+        distributed = self.world_size > 1
+        if distributed:
             _dist.check_world(self.group, self.rank, self.world_size, type(self).__name__)
-            all_image, all_text = open_clip_gather(
-                image_features,
-                text_features,
-                local_loss=self.local_loss,
-                gather_with_grad=self.gather_with_grad,
-                group=self.group,
-            )
-            if self.local_loss:
-                per_image = logit_scale * image_features @ all_text.T
-                per_text = logit_scale * text_features @ all_image.T
-            else:
-                per_image = logit_scale * all_image @ all_text.T
-                per_text = per_image.T
-        else:
-            per_image = logit_scale * image_features @ text_features.T
-            per_text = logit_scale * text_features @ image_features.T
-        if logit_bias is not None:
-            per_image, per_text = per_image + logit_bias, per_text + logit_bias
-        return per_image, per_text
+        return clip_logits(
+            image_features,
+            text_features,
+            logit_scale,
+            logit_bias,
+            distributed=distributed,
+            local_loss=self.local_loss,
+            gather_with_grad=self.gather_with_grad,
+            group=self.group,
+        )
 
 
 class SoftTargetLoss(nn.Module):
