@@ -389,3 +389,66 @@ def test_dataloader_recipe_on_cuda():
 
     res = _load_example().main(["--images", "40", "--batch", "16", "--device", "cuda", "--pin-memory"])
     assert res["images"] == 40
+
+
+# ---- parity with the real torchvision v2 on the GPU (float images; tests/test_augment_torchvision.py) ----
+
+
+def _torchvision_parity():
+    """The helpers of tests/test_augment_torchvision.py (torchvision and scikit-image: the dev extra)."""
+    return pytest.importorskip(
+        "tests.test_augment_torchvision", reason="needs torchvision and scikit-image (pip install -e .[dev])"
+    )
+
+
+def _on_cuda(imgs, p):
+    return [t.cuda() for t in imgs], p.to("cuda")
+
+
+@pytest.mark.parametrize("which", ["photos", "generated"])
+@pytest.mark.parametrize(
+    "what",
+    ["crop_bilinear", "crop_bicubic", "flip", "brightness", "contrast", "saturation", "hue"]
+    + ["grayscale", "gaussian_blur", "solarize", "normalize"],
+)
+def test_cuda_op_each_op_matches_torchvision(what, which):
+    tvp = _torchvision_parity()
+    interpolation, settings = tvp.EACH_OP[what]
+    imgs = tvp.images(which)
+    p = tvp.sample_augment_params(imgs, generator=torch.Generator().manual_seed(len(what)), **settings)
+    imgs, p = _on_cuda(imgs, p)
+    norm = tvp.CLIP if what == "normalize" else tvp.PLAIN
+    # torchvision runs on the GPU too; tolerance 1e-4 on the [0, 1] scale (fast-math division).
+    err = tvp.parity_error(imgs, p, (224, 224), interpolation, "cuda", norm, tol=1e-4, max_other_branch=None)
+    tvp.assert_parity(err, 1e-4)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("recipe", ["strong_view", "extreme"])
+@pytest.mark.parametrize("which", ["photos", "generated"])
+def test_cuda_op_full_chain_matches_torchvision(which, recipe, interpolation):
+    tvp = _torchvision_parity()
+    imgs = tvp.images(which)
+    views = [dict(scale=(0.08, 1.0)), dict(scale=(0.4, 1.0))]
+    p = tvp.sample_augment_params(
+        imgs, generator=torch.Generator().manual_seed(7), views=views, **tvp.RECIPES[recipe]
+    )
+    imgs, p = _on_cuda(imgs, p)
+    err = tvp.parity_error(
+        imgs, p, (224, 224), interpolation, "cuda", tvp.CLIP, tol=1e-4, max_other_branch=None
+    )
+    tvp.assert_parity(err, 1e-4)
+
+
+def test_cuda_op_blur_kernel_clipped_matches_torchvision():
+    tvp = _torchvision_parity()
+    imgs = tvp.images("generated")
+    p = tvp.sample_augment_params(
+        imgs, generator=torch.Generator().manual_seed(3), blur_p=1.0, blur_sigma=(8.0, 40.0)
+    )
+    imgs, p = _on_cuda(imgs, p)
+    for interpolation in ("bilinear", "bicubic"):
+        err = tvp.parity_error(
+            imgs, p, (24, 40), interpolation, "cuda", tvp.CLIP, tol=1e-4, max_other_branch=None
+        )
+        tvp.assert_parity(err, 1e-4)
