@@ -21,6 +21,18 @@ pure-PyTorch reference (``impl="torch"``) with torchvision's semantics.
 Order per sample: crop + resize -> flip -> colour jitter -> grayscale -> Gaussian blur -> solarize ->
 normalise (or uint8). The flip is applied right after the resize; every later op commutes with it.
 
+Semantics: torchvision v2's float chain, not its uint8 chain. Every op computes what
+``torchvision.transforms.v2.functional`` computes on a float image (``to_dtype(uint8, float32,
+scale=True)`` first), in float32, with one conversion at the end; tests/test_augment_torchvision.py
+checks each op alone and the whole chain against the real torchvision on photographs and generated
+images to within 2^-17 (0.002 / 255) on the [0, 1] scale (measured: at most 0.0006 / 255). Run on
+uint8 tensors, torchvision rounds the resize and truncates after every colour op (``_blend`` casts
+with ``.to(uint8)``; the contrast mean is floored), so its uint8 chain comes out darker: on the
+strong-view recipe (bicubic, jitter 0.4 / 0.4 / 0.4 / 0.1 with p 0.8, grayscale 0.2, blur p 0.5, flip;
+64 views of four photographs) it differs from the float chain by up to 9.0 / 255 per value (either
+sign), -1.22 / 255 on average (-1.49 / 255 over the jittered samples). Results trained with
+torchvision's uint8 pipeline are therefore reproduced up to that shift, not bit for bit.
+
 Resampling (``interpolation=``): "bilinear" (default) or "bicubic", both antialiased when downscaling,
 exactly as ``F.interpolate(mode=..., antialias=True, align_corners=False)`` (what torchvision v2's
 ``resized_crop(..., antialias=True)`` runs on float images): separable filters whose support is scaled
@@ -29,6 +41,9 @@ convolution kernel with a = -0.5 (torch's antialias path, also when upscaling; p
 antialias uses a = -0.75) and is clamped to [0, 1] before the colour ops. torchvision v2 clamps the
 bicubic result only when resizing a uint8 image (to [0, 255], then rounds); on a float image it leaves
 the overshoot, so ``"bicubic"`` here equals torchvision on float images followed by ``clamp(0, 1)``.
+(Unclamped, the overshoot below 0 next to a pixel whose largest channel is 0 makes torchvision's
+``adjust_hue`` divide by 0: NaN, spread over the whole image by a later contrast op; 5 of 64 strong-view
+samples of photographs.)
 
 Gaussian blur (``blur_p=``, ``blur_sigma=(lo, hi)``; per-sample ``AugmentParams.blur_sigma``, 0 = off):
 torchvision v2 ``gaussian_blur`` on a float image, i.e. a separable Gaussian with weights
