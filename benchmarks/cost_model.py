@@ -19,6 +19,17 @@ with the interpreter off), for (op, B, D, dtype, deterministic, teacher):
   read-modify-write when the resident programs' fp32 dQ rows do not fit (at D = 1024: 132 x 64 rows x
   4 KiB = 34.6 MB, borderline: modelled as L2-resident).
 
+The sigmoid (SigLIP) loss (op "sigmoid", ``vlkernels/ops/sigmoid_triton.py``) from its own launchers'
+configs: the forward is one ``_loss_kernel`` launch (config "lse"; row sums of softplus(-y z): 2 B^2 D
+FLOPs, one exp2 and one fp32 division (MUFU.RCP) per element, and the softplus's log2 as libdevice's
+polynomial on the FMA pipe), the backward two ``_grad_kernel`` launches ((I, T) then (T, I); its
+``grad_config``) on a grid of row blocks x D chunks (BLOCK_D 256 for 16-bit inputs / 128 for fp32): every
+program recomputes its S tiles at full D and adds G @ K for its chunk, so a launch costs
+2 B^2 D x chunks + 2 B^2 D (4 B^2 D when D fits one chunk), with one exp2 and one division per element
+per chunk; dQ is written once (fp32, no read-modify-write, no atomics). Its elementwise fp32 work (select,
+compare, the log2 polynomial; static PTX counts per element from the AOT compile, ``ALU_PER_ELEMENT``)
+is a term of its own on the FP32 pipe (not modelled for the other ops).
+
 Time per launch = max of the terms (perfect overlap) at the optimistic rates (low) and at the
 pessimistic ones (high, where the dots and the exponentials do not overlap either). A call's time is the
 sum over its launches. The FLOP floor is the minimum work of the loss at the dense tensor-core rate:
@@ -61,10 +72,15 @@ class Hardware:
     l2_to_sm: tuple = (10e12, 5.5e12)  # bytes/s into the SMs, (optimistic, pessimistic): an assumption
     atomics_fp32: tuple = (3e12, 1e12)  # bytes/s of fp32 red.add, (optimistic, pessimistic): an assumption
     ctas_per_sm: int = 1  # 8 warps at 140-255 registers (benchmarks/results/model/aot_sm90.md)
+    fp32_lanes_per_clk_sm: int = 128  # FP32 pipe: instructions per clock per SM
 
     @property
     def exp_rate(self) -> float:
         return self.mufu_per_clk_sm * self.sms * self.clock_hz
+
+    @property
+    def alu_rate(self) -> float:
+        return self.fp32_lanes_per_clk_sm * self.sms * self.clock_hz
 
 
 H100 = Hardware()
@@ -76,7 +92,12 @@ DTYPES = {
     "tf32": (4, "float32", "tc_tf32"),  # fp32 inputs, torch.set_float32_matmul_precision("high")
     "fp32": (4, "float32", "ffma_fp32"),  # fp32 inputs, torch's default precision: IEEE dots
 }
-OPS = ("contrastive", "soft_target")
+OPS = ("contrastive", "soft_target", "sigmoid")
+# fp32 arithmetic / compare / select PTX instructions per element of S of the sigmoid kernels (static
+# counts of their compiled loop bodies / elements per thread, triton 3.9, sm_90, bf16, D = 64 and 1024;
+# benchmarks/aot.py compiles them): the forward's softplus (log2 is libdevice's polynomial: 12 FMA), the
+# backward's sigmoid and G. MUFU (ex2, the division's rcp) counted apart.
+ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_grad": 14}
 
 
 @contextlib.contextmanager
@@ -101,6 +122,19 @@ def tile_config(D: int, dtype: str, kernel: str) -> dict:
         return config(D, getattr(torch, DTYPES[dtype][1]), kernel)
 
 
+def sigmoid_tile_config(D: int, dtype: str, kernel: str) -> dict:
+    """The launch config of a sigmoid kernel on a GPU: "sigmoid_loss" (``config(D, dtype, "lse")``) or
+    "sigmoid_grad" (``vlkernels.ops.sigmoid_triton.grad_config``)."""
+    import torch
+
+    from vlkernels.ops.sigmoid_triton import grad_config
+    from vlkernels.ops.triton_utils import config
+
+    tdtype = getattr(torch, DTYPES[dtype][1])
+    with _compiled_configs():
+        return grad_config(D, tdtype) if kernel == "sigmoid_grad" else config(D, tdtype, "lse")
+
+
 @dataclass
 class Launch:
     kernel: str
@@ -108,11 +142,12 @@ class Launch:
     N: int
     config: dict
     flops: dict  # unit -> FLOPs
-    exps: float
+    exps: float  # MUFU operations (exp2; for the sigmoid kernels also the fp32 division's rcp)
     l2_bytes: float
     atomic_bytes: float
     hbm_bytes: float
     detail: dict  # the L2 / HBM terms by name
+    alu: float = 0.0  # fp32-pipe elementwise instructions (sigmoid kernels only; else not modelled)
 
 
 def _launch(kernel, M, N, D, dtype, teacher, hw: Hardware, atomic=False) -> Launch:
@@ -182,10 +217,78 @@ def _launch(kernel, M, N, D, dtype, teacher, hw: Hardware, atomic=False) -> Laun
     )
 
 
+def _sigmoid_launch(kernel, M, N, D, dtype, hw: Hardware) -> Launch:
+    """One launch of the sigmoid forward ("sigmoid_loss") or backward ("sigmoid_grad") on Q [M, D], K [N, D],
+    counted from its launch grid: (row blocks,) forward, (row blocks, D chunks) backward."""
+    cfg = sigmoid_tile_config(D, dtype, kernel)
+    e, _, unit = DTYPES[dtype]
+    bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+    single = D <= bd
+    P, C = math.ceil(M / bm), math.ceil(N / bn)
+    grad = kernel == "sigmoid_grad"
+    # the backward's grid dimension 1: one program per D chunk (the forward walks D inside one program)
+    widths = [min(bd, D - c * bd) for c in range(math.ceil(D / bd))] if grad else [D]
+    chunks = len(widths)
+    programs = P * chunks
+    waves = math.ceil(programs / (hw.sms * hw.ctas_per_sm))
+    # every program scores its rows against all N columns at full D (S recomputed per chunk) ...
+    flops = {unit: 2.0 * M * N * D * chunks}
+    l2 = {}
+    if single:
+        l2["K tiles"] = P * N * D * e
+        l2["Q tiles"] = M * D * e
+    else:
+        l2["K tiles"] = chunks * P * N * D * e
+        l2["Q tiles"] = chunks * M * C * D * e
+    # one exp2 and one fp32 division (MUFU.RCP) per element of each recomputed S tile
+    exps = 2.0 * M * N * chunks
+    alu = float(ALU_PER_ELEMENT[kernel]) * M * N * chunks
+    hbm = {"inputs": (M + N) * D * e}
+    if grad:
+        # ... and adds G @ K for its chunk of D: 2 M N width summed over the chunks = 2 M N D
+        flops[unit] += sum(2.0 * M * N * w for w in widths)
+        if not single:
+            l2["K chunk reloads"] = P * N * D * e
+        hbm["outputs"] = M * D * 4 + 2 * M * 4  # dQ (fp32, torch.empty: written once), G row sums
+    else:
+        hbm["outputs"] = M * 4
+    column_bytes = N * D * e
+    if column_bytes > hw.l2_usable * hw.l2_bytes:
+        hbm["column operand per wave"] = (waves - 1) * column_bytes
+    return Launch(
+        kernel=kernel,
+        M=M,
+        N=N,
+        config=dict(cfg, SINGLE_D=single, programs=programs, column_tiles=C, waves=waves, d_chunks=chunks),
+        flops=flops,
+        exps=exps,
+        l2_bytes=float(sum(l2.values())),
+        atomic_bytes=0.0,
+        hbm_bytes=float(sum(hbm.values())),
+        detail=dict(l2=l2, hbm=hbm),
+        alu=alu,
+    )
+
+
+def forward_launches(op: str) -> int:
+    """How many of ``launches``' first entries are the forward (sigmoid: one; else the two LSE passes)."""
+    return 1 if op == "sigmoid" else 2
+
+
 def launches(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teacher_dtype=None, hw=H100):
-    """The launches of one forward + backward, as the backends issue them."""
+    """The launches of one forward + backward, as the backends issue them. The sigmoid backend has one
+    backward path (two launches, no atomics): ``deterministic`` changes nothing for it."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}")
+    if op == "sigmoid":
+        if teacher_D is not None:
+            raise ValueError("a separate teacher needs op='soft_target'")
+        fwd = _sigmoid_launch("sigmoid_loss", B, B, D, dtype, hw)
+        return [
+            fwd,
+            _sigmoid_launch("sigmoid_grad", B, B, D, dtype, hw),
+            _sigmoid_launch("sigmoid_grad", B, B, D, dtype, hw),
+        ]
     teacher = None
     if teacher_D is not None:
         if op != "soft_target":
@@ -204,12 +307,13 @@ def launch_time(ln: Launch, hw=H100) -> dict:
     """Seconds per term and the (low, high) range of one launch."""
     compute = sum(f / getattr(hw, unit) for unit, f in ln.flops.items())
     exp = ln.exps / hw.exp_rate
+    alu = ln.alu / hw.alu_rate
     hbm = ln.hbm_bytes / hw.hbm
     l2 = tuple(ln.l2_bytes / bw for bw in hw.l2_to_sm)
     atomics = tuple(ln.atomic_bytes / bw for bw in hw.atomics_fp32)
-    low = max(compute, exp, hbm, l2[0], atomics[0])
-    high = max(compute + exp, hbm, l2[1], atomics[1])
-    return dict(compute=compute, exp=exp, hbm=hbm, l2=l2, atomics=atomics, low=low, high=high)
+    low = max(compute, exp, alu, hbm, l2[0], atomics[0])
+    high = max(compute + exp + alu, hbm, l2[1], atomics[1])
+    return dict(compute=compute, exp=exp, alu=alu, hbm=hbm, l2=l2, atomics=atomics, low=low, high=high)
 
 
 def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
@@ -219,11 +323,12 @@ def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
 
 def predict(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teacher_dtype=None, hw=H100) -> dict:
     """Modelled cost of one forward + backward of ``op`` ("contrastive" | "soft_target"; with teacher_D a
-    separate teacher of that width, else the self teacher) with the v1 Triton kernels.
+    separate teacher of that width, else the self teacher | "sigmoid") with the Triton kernels.
 
     Returns FLOPs by unit, exponentials, L2 / atomic / HBM bytes, per-phase and total (low, high) seconds,
     the FLOP floor and its time at the dense bf16 tensor-core rate, and the ratios to the floor."""
     lns = launches(op, B, D, dtype, deterministic, teacher_D, teacher_dtype, hw)
+    nf = forward_launches(op)
     times = [launch_time(ln, hw) for ln in lns]
     flops: dict = {}
     for ln in lns:
@@ -238,19 +343,20 @@ def predict(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teacher
         B=B,
         D=D,
         dtype=dtype,
-        deterministic=deterministic,
+        deterministic=deterministic or op == "sigmoid",
         teacher_D=teacher_D,
         teacher_dtype=(teacher_dtype or dtype) if teacher_D else None,
         flops=flops,
         flops_total=sum(flops.values()),
-        flops_forward=sum(sum(ln.flops.values()) for ln in lns[:2]),
-        flops_backward=sum(sum(ln.flops.values()) for ln in lns[2:]),
+        flops_forward=sum(sum(ln.flops.values()) for ln in lns[:nf]),
+        flops_backward=sum(sum(ln.flops.values()) for ln in lns[nf:]),
         exps=sum(ln.exps for ln in lns),
+        alu=sum(ln.alu for ln in lns),
         l2_bytes=sum(ln.l2_bytes for ln in lns),
         atomic_bytes=sum(ln.atomic_bytes for ln in lns),
         hbm_bytes=sum(ln.hbm_bytes for ln in lns),
-        forward_s=(sum(t["low"] for t in times[:2]), sum(t["high"] for t in times[:2])),
-        backward_s=(sum(t["low"] for t in times[2:]), sum(t["high"] for t in times[2:])),
+        forward_s=(sum(t["low"] for t in times[:nf]), sum(t["high"] for t in times[:nf])),
+        backward_s=(sum(t["low"] for t in times[nf:]), sum(t["high"] for t in times[nf:])),
         time_s=(low, high),
         floor_flops=fl,
         floor_s=floor_s,
@@ -268,7 +374,9 @@ def _ms(t) -> str:
     return f"{t[0] * 1e3:,.1f}-{t[1] * 1e3:,.1f}"
 
 
-def table(Bs=(16384, 65536, 262144, 1048576), Ds=(512, 1024), dtype="bf16", hw=H100) -> str:
+def table(
+    Bs=(16384, 65536, 262144, 1048576), Ds=(512, 1024), dtype="bf16", hw=H100, sigmoid_Ds=(256, 512, 1024)
+) -> str:
     ex = (
         "(launch 1: row LSE, 2: column LSE, 3: backward with atomic dK, 4: the deterministic backward's "
         "second launch)"
@@ -356,7 +464,73 @@ def table(Bs=(16384, 65536, 262144, 1048576), Ds=(512, 1024), dtype="bf16", hw=H
         f"{_ms(p['time_s'])} ms; design.md's \"3.5-6x\" (~150-275 ms in all) takes the backward's high end "
         "for the whole call.",
     ]
+    lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
     return "\n".join(lines) + "\n"
+
+
+def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype="bf16", hw=H100) -> list:
+    """The sigmoid (SigLIP) section of ``table``: one row per (B, D), then the per-launch breakdown at
+    B = 65536 for each D."""
+    lines = [
+        "",
+        f"## sigmoid (SigLIP), {dtype}",
+        "",
+        "Launch 1: `_loss_kernel` (forward, row sums of softplus(-y z)); launches 2-3: `_grad_kernel` on "
+        "(I, T) and on (T, I), a grid of row blocks x D chunks (`grad_config`: BLOCK_D 256 for 16-bit "
+        "inputs, 128 for fp32), each program recomputing its S tiles at full D: per launch "
+        "2 B^2 D x chunks + 2 B^2 D FLOPs. No atomics (deterministic by design). MUFU: one ex2 and one "
+        "fp32 division (rcp) per element of every S tile computed. ALU: fp32-pipe elementwise "
+        f"instructions per element ({ALU_PER_ELEMENT['sigmoid_loss']} forward, "
+        f"{ALU_PER_ELEMENT['sigmoid_grad']} backward; static PTX counts) at {hw.fp32_lanes_per_clk_sm} "
+        f"lanes/clk/SM = {hw.alu_rate / 1e12:.1f} T/s, one more term of the max (low) and of the sum with "
+        "the dots and MUFU (high). Floor: 8 B^2 D at the bf16 tensor-core rate. Note "
+        "(benchmarks/results/model/aot_sigmoid.md): with 16-bit inputs and D >= 256 the backward's dots "
+        "lower to mma.sync, not wgmma, on sm_90 (BLOCK_M = 32); the model "
+        "still charges them at the dense rate above.",
+        "",
+        "| B | D | D chunks (bwd) | TFLOP fwd + bwd | floor ms | MUFU G | ALU G | L2->SM GB | HBM GB | "
+        "forward ms | backward ms | total ms | x floor |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for B in Bs:
+        for D in Ds:
+            p = predict("sigmoid", B, D, dtype, hw=hw)
+            r = p["ratio_to_floor"]
+            chunks = p["launches"][1]["config"]["d_chunks"]
+            lines.append(
+                f"| {B} | {D} | {chunks} | {p['flops_forward'] / 1e12:,.1f} + "
+                f"{p['flops_backward'] / 1e12:,.1f} | "
+                f"{p['floor_s'] * 1e3:,.1f} | {p['exps'] / 1e9:,.0f} | {p['alu'] / 1e9:,.0f} | "
+                f"{p['l2_bytes'] / 1e9:,.0f} | {p['hbm_bytes'] / 1e9:,.1f} | {_ms(p['forward_s'])} | "
+                f"{_ms(p['backward_s'])} | {_ms(p['time_s'])} | {r[0]:.1f}-{r[1]:.1f} |"
+            )
+    B = 65536
+    for D in Ds:
+        p = predict("sigmoid", B, D, dtype, hw=hw)
+        lines += ["", f"### Breakdown: sigmoid, B = {B}, D = {D}, {dtype}", ""]
+        lines += [
+            "| launch | config | TFLOP | MUFU G | ALU G | L2->SM GB (terms) | HBM GB | "
+            "dots / MUFU / ALU / L2 ms | time ms |",
+            "|---|---|---:|---:|---:|---|---:|---|---:|",
+        ]
+        for ln in p["launches"]:
+            c = ln["config"]
+            cfg = (
+                f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_D']}, {c['programs']} programs "
+                f"({c['d_chunks']} D chunk{'s' if c['d_chunks'] > 1 else ''}), {c['waves']} waves"
+            )
+            terms = ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in ln["detail"]["l2"].items())
+            t = ln["time"]
+            parts = (
+                f"{t['compute'] * 1e3:,.1f} / {t['exp'] * 1e3:,.1f} / {t['alu'] * 1e3:,.1f} / {_ms(t['l2'])}"
+            )
+            lines.append(
+                f"| {ln['kernel']} | {cfg} | {sum(ln['flops'].values()) / 1e12:,.1f} | "
+                f"{ln['exps'] / 1e9:,.1f} | {ln['alu'] / 1e9:,.0f} | {ln['l2_bytes'] / 1e9:,.0f} ({terms}) | "
+                f"{ln['hbm_bytes'] / 1e9:,.2f} | "
+                f"{parts} | {_ms((t['low'], t['high']))} |"
+            )
+    return lines
 
 
 def main(argv=None) -> int:

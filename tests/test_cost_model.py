@@ -1,8 +1,11 @@
 """The analytic cost model (benchmarks/cost_model.py): FLOP counts equal the kernels' analytic formulas,
 bytes grow with B, the floor formula, the tile configs are the compiled ones (not the interpreter's), and
-the reference numbers of design.md ("Kernel plan v2") for B = 65536, D = 1024, bf16."""
+the reference numbers of design.md ("Kernel plan v2") for B = 65536, D = 1024, bf16; the sigmoid (SigLIP)
+kernels' launches (one forward, two backward over row blocks x D chunks) counted from their launch grids."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -103,11 +106,93 @@ def test_reference_numbers_b65536_d1024_bf16():
 
 def test_bad_arguments():
     with pytest.raises(ValueError):
-        cm.predict("sigmoid", 16, 16)
+        cm.predict("siglip", 16, 16)
     with pytest.raises(ValueError):
         cm.predict("contrastive", 16, 16, teacher_D=8)
+    with pytest.raises(ValueError):
+        cm.predict("sigmoid", 16, 16, teacher_D=8)
+
+
+def _sigmoid_chunk(dtype: str) -> int:
+    """The backward's D chunk on a GPU (sigmoid_triton.grad_config): 256 for 16-bit inputs, 128 for fp32."""
+    return 128 if dtype in ("fp32", "tf32") else 256
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32"])
+@pytest.mark.parametrize("D", [64, 100, 256, 300, 512, 1024])
+def test_sigmoid_flops_equal_the_formulas(D, dtype):
+    """Forward 2 B^2 D (one launch); backward two launches, each 2 B^2 D x chunks (S recomputed by every
+    D-chunk program) + 2 B^2 D (G @ K over the chunks), chunks = ceil(D / BLOCK_D); no atomics."""
+    chunks = math.ceil(D / _sigmoid_chunk(dtype))
+    for B in (4096, 65536):
+        p = cm.predict("sigmoid", B, D, dtype)
+        kernels = [ln["kernel"] for ln in p["launches"]]
+        assert kernels == ["sigmoid_loss", "sigmoid_grad", "sigmoid_grad"]
+        assert p["flops_forward"] == 2.0 * B * B * D
+        per_launch = 2.0 * B * B * D * chunks + 2.0 * B * B * D
+        assert [sum(ln["flops"].values()) for ln in p["launches"][1:]] == [per_launch, per_launch]
+        assert p["flops_backward"] == 4.0 * B * B * D * (1 + chunks)
+        if chunks == 1:
+            assert p["flops_backward"] == 8.0 * B * B * D  # 6 B^2 D + the second launch's S
+        assert p["flops_total"] == 2.0 * B * B * D * (3 + 2 * chunks)
+        assert p["floor_flops"] == 8.0 * B * B * D
+        assert p["atomic_bytes"] == 0 and p["deterministic"]
+        # one exp2 and one division per element: once forward, once per chunk program per backward launch
+        assert p["exps"] == 2.0 * B * B * (1 + 2 * chunks)
+        grad = p["launches"][1]["config"]
+        assert grad["d_chunks"] == chunks
+        assert grad["programs"] == math.ceil(B / grad["BLOCK_M"]) * chunks
+        unit = cm.DTYPES[dtype][2]
+        assert set(p["flops"]) == {unit}
+        # the deterministic flag changes nothing: the sigmoid backward has one path
+        assert cm.predict("sigmoid", B, D, dtype, deterministic=True)["time_s"] == p["time_s"]
+
+
+def test_sigmoid_configs_are_the_launchers():
+    """The model's sigmoid configs are grad_config / config("lse") with the interpreter off."""
+    assert cm.sigmoid_tile_config(1024, "bf16", "sigmoid_grad") == dict(
+        BLOCK_M=32, BLOCK_N=64, BLOCK_D=256, num_warps=8, num_stages=2
+    )
+    assert cm.sigmoid_tile_config(64, "bf16", "sigmoid_grad")["BLOCK_M"] == 64
+    assert cm.sigmoid_tile_config(1024, "fp32", "sigmoid_grad")["BLOCK_D"] == 128
+    assert cm.sigmoid_tile_config(1024, "bf16", "sigmoid_loss") == cm.tile_config(1024, "bf16", "lse")
+
+
+@pytest.mark.parametrize("D", [64, 256, 1024])
+def test_sigmoid_bytes_and_time_monotone_in_B(D):
+    prev = None
+    for B in BS:
+        p = cm.predict("sigmoid", B, D, "bf16")
+        assert p["floor_s"] <= p["time_s"][0] <= p["time_s"][1]
+        assert p["forward_s"][0] + p["backward_s"][0] == pytest.approx(p["time_s"][0])
+        if prev is not None:
+            for key in ("l2_bytes", "hbm_bytes", "exps", "alu", "flops_total"):
+                assert p[key] > prev[key], key
+            assert p["time_s"][0] > prev["time_s"][0] and p["time_s"][1] > prev["time_s"][1]
+        prev = p
+
+
+def test_sigmoid_reference_b65536_bf16():
+    """B = 65536, bf16 (benchmarks/results/model/h100_cost_model.md): D = 256 fits one backward chunk
+    (10 B^2 D FLOPs in all, 1.7-3.2x the floor); D = 1024 has 4 chunks (22 B^2 D) and its backward is
+    bound by the L2 re-reads of the recomputed S tiles (32-row blocks): 9-17x the floor."""
+    B = 65536
+    p = cm.predict("sigmoid", B, 256, "bf16")
+    assert p["flops_total"] == 10.0 * B * B * 256
+    assert 1.5 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 3.5
+    fwd = p["launches"][0]["time"]
+    assert fwd["alu"] > fwd["compute"]  # the softplus's elementwise work outweighs its dot at D = 256
+    p = cm.predict("sigmoid", B, 1024, "bf16")
+    assert p["flops_total"] == 22.0 * B * B * 1024
+    bwd = p["launches"][1]
+    assert bwd["time"]["l2"][0] > bwd["time"]["compute"]
+    assert bwd["l2_bytes"] / 1e9 == pytest.approx(1924, rel=0.01)
+    assert 8 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 18
+    # the contrastive numbers do not move (no ALU term there)
+    assert all(ln["alu"] == 0 for ln in cm.predict("contrastive", B, 1024, "bf16")["launches"])
 
 
 def test_table_renders():
-    text = cm.table(Bs=(16384,), Ds=(512,))
+    text = cm.table(Bs=(16384,), Ds=(512,), sigmoid_Ds=(256,))
     assert "MODELLED, not measured" in text and "| 16384 | 512 |" in text
+    assert "## sigmoid (SigLIP), bf16" in text and "| 16384 | 256 | 1 |" in text
