@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 # Per-dtype tolerances for comparing against the fp32 naive reference computed from the same inputs:
 # differences come from fp32 accumulation order and from rounding the gradients to the input dtype.
@@ -124,3 +127,43 @@ def assert_within_float64_error(got, base, exact, terms, factor: float = 2.0):
         err_base = (b.double() - r).abs().max().item()
         floor = 8 * torch.finfo(torch.float32).eps * max(r.abs().max().item(), term)
         assert err_got <= factor * err_base + floor, (name, err_got, err_base, floor)
+
+
+class PeakLive(TorchDispatchMode):
+    """Peak bytes of the storages that ops create and that are still referenced (a storage is freed when
+    the last tensor produced on it dies); views of tensors made before the mode are not counted."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.refs = 0, 0, {}
+
+    def _drop(self, key):
+        nbytes, count = self.refs[key]
+        if count == 1:
+            del self.refs[key]
+            self.live -= nbytes
+        else:
+            self.refs[key] = (nbytes, count - 1)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        # Outputs on an argument's storage are views (or in-place results) of it: not new memory.
+        on_args = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and t.device.type != "meta"
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key == 0 or (key in on_args and key not in self.refs):
+                continue
+            nbytes, count = self.refs.get(key, (storage.nbytes(), 0))
+            if count == 0:
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self.refs[key] = (nbytes, count + 1)
+            weakref.finalize(t, self._drop, key)
+        return out

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from tests._ref import (
     TOL,
+    PeakLive,
     as_float64,
     assert_close_all,
     assert_within_float64_error,
@@ -313,3 +314,36 @@ def test_clip_loss_rejects_vector_bias():
     img, txt = features(4, 3)
     with pytest.raises(ValueError, match="logit_bias"):
         ClipLoss()(img, txt, 1.0, logit_bias=torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("workspace_mb", ["0", "256"])
+def test_torch_backward_passes_match(monkeypatch, dtype, workspace_mb):
+    """The one-pass backward (a W.T @ I accumulator in the workspace) and the two-pass backward (no
+    accumulator: a workspace of 0) both match the naive reference, in every dtype, with small chunks."""
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace_mb)
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "7")
+    _check("torch", 37, 19, dtype=dtype, eps=0.1, grad_out=1.7)
+
+
+def _extra_bytes(batch, dim, dtype):
+    img, txt = features(batch, dim, dtype, seed=batch)
+    img.requires_grad_(), txt.requires_grad_()
+    scale = torch.tensor(10.0, requires_grad=True)
+    with PeakLive() as mode:
+        contrastive_loss(img, txt, scale, impl="torch", label_smoothing=0.1).backward()
+    grads = 2 * batch * dim * img.element_size()
+    return mode.peak - grads
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, dtype):
+    """Extra memory beyond the inputs and their gradients (live bytes of every tensor the ops create, forward
+    and backward) is at most 32 bytes per row plus the workspace budget: no fp32 copy of the features, no
+    fp32 [B, D] gradient buffers. The per-row slope is measured between two batch sizes."""
+    workspace = 2**20
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "1")
+    dim = 96
+    small, large = _extra_bytes(512, dim, dtype), _extra_bytes(2048, dim, dtype)
+    assert large <= 32 * 2048 + workspace, (small, large)
+    assert (large - small) / (2048 - 512) <= 32, (small, large)

@@ -4,17 +4,14 @@ memory (no B x B tensor, linear slope), torch.compile, hostile inputs and SigLip
 from __future__ import annotations
 
 import math
-import weakref
 
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from tests._ref import features, largest_tensors
+from tests._ref import PeakLive, features, largest_tensors
 from vlkernels import SigLipLoss, sigmoid_loss
 from vlkernels._dispatch import resolve_impl
 from vlkernels.reference import sigmoid_loss_naive
@@ -257,40 +254,6 @@ def test_never_materialises_b_by_b(monkeypatch, impl):
     # The check can fail: the naive implementation does materialise B x B.
     largest, _ = largest_tensors(lambda: sigmoid_loss(*leaves, impl="naive").backward())
     assert largest >= batch * batch
-
-
-class PeakLive(TorchDispatchMode):
-    """Peak bytes of the storages that ops create and that are still referenced (a storage is freed when
-    the last tensor produced on it dies)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live, self.peak, self.refs = 0, 0, {}
-
-    def _drop(self, key):
-        nbytes, count = self.refs[key]
-        if count == 1:
-            del self.refs[key]
-            self.live -= nbytes
-        else:
-            self.refs[key] = (nbytes, count - 1)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key == 0:
-                continue
-            nbytes, count = self.refs.get(key, (storage.nbytes(), 0))
-            if count == 0:
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-            self.refs[key] = (nbytes, count + 1)
-            weakref.finalize(t, self._drop, key)
-        return out
 
 
 def _peak_bytes(impl, batch, dim):

@@ -6,7 +6,10 @@ uses:
 
 - ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32;
 - ``accumulate(I, T, s, r, c) -> (A_I, A_T)``: with W = exp(S - r[:, None]) + exp(S - c[None, :]),
-  ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I`` [N, D] in fp32.
+  ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I`` [N, D] in fp32 (the gathered Function's products);
+- ``gradients(I, T, s, r, c, coef, eps, need_t) -> (dI, dT, ds)``: the single-process gradients, in the
+  features' dtype, assembled by ``finish_rows`` (the torch backend does it chunk by chunk, without fp32
+  copies of the features).
 
 Everything else is O(B D) algebra, one copy here for the single-process Function and the gathered one
 (docs/design.md, "Contrastive loss"):
@@ -32,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, first_order_only
+from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, row_chunks
 
 
 class ContrastiveBackend(Protocol):
@@ -43,6 +46,8 @@ class ContrastiveBackend(Protocol):
     def accumulate(
         self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, r: torch.Tensor, c: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True): ...
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,15 @@ class ContrastiveParams:
     with_grad: bool = True
 
 
-def target_logit_sum(i32, t32, eps: float, batch: int, colsum_t) -> torch.Tensor:
+def target_logit_sum(image, text, eps: float, batch: int, colsum_t) -> torch.Tensor:
     """(1 - eps) sum_i <I_i, T_i> + eps / B <colsum I, colsum_t>: the targets' logits / s for these rows
-    (``colsum_t``: the column sum of all B texts)."""
-    total = (1.0 - eps) * (i32 * t32).sum()
+    (``colsum_t``: the column sum of all B texts), in fp32, chunk by chunk (no fp32 copy of the features)."""
+    total = image.new_zeros((), dtype=torch.float32)
+    for sl in row_chunks(image.shape[0], image.shape[1], image.device):
+        total += torch.linalg.vecdot(f32_rows(image, sl), f32_rows(text, sl)).sum()
+    total = total * (1.0 - eps)
     if eps:
-        total = total + (eps / batch) * torch.dot(i32.sum(0), colsum_t)
+        total = total + (eps / batch) * torch.dot(image.sum(0, dtype=torch.float32), colsum_t)
     return total
 
 
@@ -74,14 +82,21 @@ def subtract_targets(u: torch.Tensor, partner32, colsum_partner, eps: float, bat
     return u
 
 
+def finish_rows(acc, own32, partner32, colsum_partner, eps: float, batch: int, coef, scale, dtype, need_ds):
+    """Gradient rows from their accumulated products ``acc`` = (W @ partner)[rows], in place on ``acc``:
+    U = coef (acc - targets); returns (s U in ``dtype``, sum(own * U) if ``need_ds`` else None)."""
+    u = subtract_targets(acc, partner32, colsum_partner, eps, batch).mul_(coef)
+    ds = torch.linalg.vecdot(own32, u).sum() if need_ds else None
+    return u.mul_(scale).to(dtype), ds
+
+
 class ContrastiveLossFunction(torch.autograd.Function):
     @staticmethod
     @exact
     def forward(ctx, image, text, scale, params: ContrastiveParams):
         batch = image.shape[0]
         r, c = params.backend.lse(image, text, scale)
-        i32, t32 = image.float(), text.float()
-        targets = target_logit_sum(i32, t32, params.eps, batch, t32.sum(0))
+        targets = target_logit_sum(image, text, params.eps, batch, text.sum(0, dtype=torch.float32))
         loss = (r.sum() + c.sum() - 2.0 * scale * targets) * (params.factor / (2.0 * batch))
         ctx.save_for_backward(image, text, scale, r, c)
         ctx.params = params
@@ -94,17 +109,9 @@ class ContrastiveLossFunction(torch.autograd.Function):
         image, text, scale, r, c = ctx.saved_tensors
         p, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
-        a_i, a_t = p.backend.accumulate(image, text, scale, r, c)
-        i32, t32 = image.float(), text.float()
-        u_i = subtract_targets(a_i, t32, t32.sum(0), p.eps, batch)
-        u_t = subtract_targets(a_t, i32, i32.sum(0), p.eps, batch)
         coef = grad_out.float() * (p.factor / (2.0 * batch))
-        u_i.mul_(coef)
-        u_t.mul_(coef)
-        d_scale = (i32 * u_i).sum() if need_s else None
-        d_image = (u_i * scale).to(image.dtype) if need_i else None
-        d_text = (u_t * scale).to(text.dtype) if need_t else None
-        return d_image, d_text, d_scale, None
+        d_image, d_text, d_scale = p.backend.gradients(image, text, scale, r, c, coef, p.eps, need_t)
+        return (d_image if need_i else None), d_text, (d_scale if need_s else None), None
 
 
 class GatheredContrastiveFunction(torch.autograd.Function):
@@ -119,9 +126,8 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         batch = dist.get_world_size(group) * image.shape[0]
         texts, _ = _dist.gather(text, group)
         r, c_part = params.backend.lse(image, texts, scale)
-        i32, t32 = image.float(), text.float()
-        colsum_i = i32.sum(0)
-        targets = target_logit_sum(i32, t32, params.eps, batch, texts.sum(0, dtype=torch.float32))
+        colsum_i = image.sum(0, dtype=torch.float32)
+        targets = target_logit_sum(image, text, params.eps, batch, texts.sum(0, dtype=torch.float32))
         local = r.sum() - 2.0 * scale * targets
         (c,), _, rest = _dist.merge_columns([c_part], [], torch.cat([local.reshape(1), colsum_i]), group)
         loss = (rest[0] + c.sum()) * (params.factor / (2.0 * batch))

@@ -1,41 +1,92 @@
-"""Chunked PyTorch backend of the contrastive loss: O(B * chunk) memory, any device.
+"""Chunked PyTorch backend of the contrastive loss: any device, O(B) extra memory plus a bounded workspace.
 
-Rows of S are processed a chunk at a time (``torch_utils.chunk_rows``) with torch.matmul in fp32; the
-column log-sum-exps are merged across chunks with logaddexp, so one pass over S yields both (2 B^2 D
-FLOPs forward; the backward recomputes each chunk once and does the two products: 6 B^2 D).
+Rows of S are processed a chunk at a time (``torch_utils.chunk_rows``: a fixed element budget per fp32
+chunk of S) with fp32 matmuls; features in another dtype are converted a chunk at a time
+(``torch_utils.matmul_f32``), never as a whole. The forward is one pass over S: row LSEs per chunk, column
+LSEs merged across chunks with logaddexp (2 B^2 D FLOPs). The backward recomputes S:
+
+- one pass (6 B^2 D) when an fp32 [N, D] accumulator for W.T @ I fits half the workspace budget
+  (``VLKERNELS_WORKSPACE_MB``, default 256; the chunks of S take the other half): each row chunk's image
+  gradient rows are finished at once, the text gradient after the last chunk;
+- otherwise two passes (8 B^2 D): row chunks give the image gradient, column chunks (the same maths on
+  S.T) the text gradient; the extra memory is then the chunk of S and its D-wide products only.
+
+Gradients are assembled per chunk (``ops.contrastive.finish_rows``) and written in the features' dtype.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vlkernels.ops.torch_utils import row_chunks
+from vlkernels.ops.contrastive import finish_rows
+from vlkernels.ops.torch_utils import chunk_rows, f32_rows, matmul_f32, row_chunks, workspace_bytes
+
+
+def _weights(q32, k, scale, lse_q, lse_k, cols: int) -> torch.Tensor:
+    """W = exp(S - lse_q[:, None]) + exp(S - lse_k[None, :]) for S = scale * q32 @ k.T, in fp32."""
+    s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
+    w = torch.exp(s_blk - lse_q[:, None])
+    return w.add_(s_blk.sub_(lse_k[None, :]).exp_())
 
 
 class TorchBackend:
-    """``lse`` / ``accumulate`` of the contrastive backend protocol (ops/contrastive.py) in PyTorch."""
+    """The contrastive backend protocol (ops/contrastive.py) in PyTorch."""
 
     def lse(self, image, text, scale):
         """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D])."""
-        t32 = text.float()
         r = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
         c = torch.full((text.shape[0],), float("-inf"), dtype=torch.float32, device=image.device)
+        cols = chunk_rows(text.shape[0], image.shape[1], image.device)
         for sl in row_chunks(image.shape[0], text.shape[0], image.device):
-            s_blk = torch.matmul(image[sl].float(), t32.T).mul_(scale)
+            s_blk = matmul_f32(f32_rows(image, sl), text, True, cols).mul_(scale)
             r[sl] = torch.logsumexp(s_blk, dim=1)
             c = torch.logaddexp(c, torch.logsumexp(s_blk, dim=0))
         return r, c
 
     def accumulate(self, image, text, scale, r, c):
         """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :])."""
-        t32 = text.float()
         a_i = torch.empty(image.shape, dtype=torch.float32, device=image.device)
-        a_t = torch.zeros(t32.shape, dtype=torch.float32, device=image.device)
+        a_t = torch.zeros(text.shape, dtype=torch.float32, device=image.device)
+        cols = chunk_rows(text.shape[0], image.shape[1], image.device)
         for sl in row_chunks(image.shape[0], text.shape[0], image.device):
-            i_blk = image[sl].float()
-            s_blk = torch.matmul(i_blk, t32.T).mul_(scale)
-            w = torch.exp(s_blk - r[sl, None])
-            w.add_(s_blk.sub_(c[None, :]).exp_())
-            a_i[sl] = torch.matmul(w, t32)
+            i_blk = f32_rows(image, sl)
+            w = _weights(i_blk, text, scale, r[sl], c, cols)
+            a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)
         return a_i, a_t
+
+    def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True):
+        """(dI, dT or None, ds) of the single-process loss, chunk by chunk (see the module docstring)."""
+        batch, dim = image.shape
+        dev = image.device
+        colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
+        one_pass = need_t and 4 * text.numel() <= workspace_bytes() // 2  # the other half: S chunks
+        d_image = torch.empty_like(image)
+        d_scale = torch.zeros((), dtype=torch.float32, device=dev)
+        a_t = torch.zeros(text.shape, dtype=torch.float32, device=dev) if one_pass else None
+        cols = chunk_rows(batch, dim, dev)
+        for sl in row_chunks(batch, batch, dev):
+            i_blk = f32_rows(image, sl)
+            w = _weights(i_blk, text, scale, r[sl], c, cols)
+            if one_pass:
+                a_t.addmm_(w.T, i_blk)
+            acc = matmul_f32(w, text, False, cols)
+            del w
+            d_image[sl], ds = finish_rows(
+                acc, i_blk, f32_rows(text, sl), colsum_t, eps, batch, coef, scale, image.dtype, True
+            )
+            d_scale += ds
+        if not need_t:
+            return d_image, None, d_scale
+        d_text = torch.empty_like(text)
+        for sl in row_chunks(batch, batch, dev):
+            if one_pass:
+                acc = a_t[sl]
+            else:
+                w = _weights(f32_rows(text, sl), image, scale, c[sl], r, cols)
+                acc = matmul_f32(w, image, False, cols)
+                del w
+            d_text[sl], _ = finish_rows(
+                acc, None, f32_rows(image, sl), colsum_i, eps, batch, coef, scale, text.dtype, False
+            )
+        return d_image, d_text, d_scale

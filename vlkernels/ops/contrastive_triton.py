@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vlkernels.ops.contrastive import finish_rows
 from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
@@ -258,6 +259,16 @@ class TritonBackend:
 
     def lse(self, image, text, scale):
         return row_lse(image, text, scale), row_lse(text, image, scale)
+
+    def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True):
+        """(dI, dT or None, ds) of the single-process loss from the two products (v1: fp32 [B, D] buffers)."""
+        a_i, a_t = self.accumulate(image, text, scale, r, c)
+        batch, i32, t32 = image.shape[0], image.float(), text.float()
+        d_image, d_scale = finish_rows(a_i, i32, t32, t32.sum(0), eps, batch, coef, scale, image.dtype, True)
+        if not need_t:
+            return d_image, None, d_scale
+        d_text, _ = finish_rows(a_t, None, i32, i32.sum(0), eps, batch, coef, scale, text.dtype, False)
+        return d_image, d_text, d_scale
 
     def accumulate(self, image, text, scale, r, c):
         atomic = use_atomics() if self.atomic_dk is None else self.atomic_dk

@@ -9,17 +9,24 @@ import os
 
 import torch
 
-# Elements of one fp32 chunk of S (the backward holds two such buffers at a time).
+# A CPU cap on the elements of one fp32 chunk of S (cache-friendly; the workspace bounds it elsewhere).
 _CPU_CHUNK_ELEMS = 1 << 22
-_CUDA_CHUNK_ELEMS = 1 << 26
+
+
+def workspace_bytes() -> int:
+    """The workspace budget a backend may spend for speed: ``VLKERNELS_WORKSPACE_MB`` (default 256)."""
+    return int(float(os.environ.get("VLKERNELS_WORKSPACE_MB", "256")) * 2**20)
 
 
 def chunk_rows(rows: int, cols: int, device: torch.device) -> int:
-    """Rows of S per chunk: ``VLKERNELS_TORCH_CHUNK_ROWS`` if set, else a fixed element budget."""
+    """Rows of S per chunk: ``VLKERNELS_TORCH_CHUNK_ROWS`` if set, else the most whose fp32 chunk buffers
+    (at most four of rows x cols alive at once) use half the workspace budget (capped on CPU)."""
     env = os.environ.get("VLKERNELS_TORCH_CHUNK_ROWS")
     if env:
         return max(1, int(env))
-    elems = _CUDA_CHUNK_ELEMS if device.type == "cuda" else _CPU_CHUNK_ELEMS
+    elems = workspace_bytes() // 32
+    if device.type != "cuda":
+        elems = min(elems, _CPU_CHUNK_ELEMS)
     return max(1, min(rows, elems // cols))
 
 
@@ -27,6 +34,27 @@ def row_chunks(rows: int, cols: int, device: torch.device):
     """Slices covering ``range(rows)`` in chunks of ``chunk_rows`` rows."""
     step = chunk_rows(rows, cols, device)
     return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def f32_rows(x: torch.Tensor, sl: slice) -> torch.Tensor:
+    """Rows ``sl`` of ``x`` in fp32: a view for fp32 ``x``, a chunk-sized copy otherwise."""
+    return x[sl].float()
+
+
+def matmul_f32(a32: torch.Tensor, b: torch.Tensor, transpose_b: bool, cols: int) -> torch.Tensor:
+    """``a32 @ b.T`` (``transpose_b``) or ``a32 @ b`` in fp32, converting ``b`` (any float dtype, rows of
+    the partner features) ``cols`` rows at a time: never an fp32 copy of the whole of ``b``."""
+    if b.dtype == torch.float32:
+        return a32 @ (b.T if transpose_b else b)
+    if transpose_b:
+        out = a32.new_empty((a32.shape[0], b.shape[0]))
+        for start in range(0, b.shape[0], cols):
+            out[:, start : start + cols] = a32 @ b[start : start + cols].float().T
+        return out
+    out = a32.new_zeros((a32.shape[0], b.shape[1]))
+    for start in range(0, b.shape[0], cols):
+        out.addmm_(a32[:, start : start + cols], b[start : start + cols].float())
+    return out
 
 
 def autocast_off(x: torch.Tensor):
