@@ -5,22 +5,26 @@ Two steps, both without a GPU:
 1. Capture (``capture``): with TRITON_INTERPRET unset, a fake active Triton driver reports a CUDA target
    and ``triton.knobs.runtime.jit_cache_hook`` records every kernel launch (signature, constexprs,
    specialisation attributes, num_warps, num_stages) and returns True, so nothing is compiled or launched.
-   The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``) and launchers run on small CPU tensors
-   for every variant they can select: dtype (bf16, fp16, fp32 under torch's default "highest" matmul
-   precision -> IEEE dots, fp32 under "high" -> TF32 dots) x D (single-D path, chunked path, unaligned
-   D) x VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a separate teacher of another width and dtype).
+   The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``, ``TritonSigmoidBackend``) and
+   launchers run on small CPU tensors for every variant they can select: dtype (bf16, fp16, fp32 under
+   torch's default "highest" matmul precision -> IEEE dots, fp32 under "high" -> TF32 dots) x D (single-D
+   path, chunked path, unaligned D) x VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a separate teacher of
+   another width and dtype); the sigmoid (SigLIP) forward ``_loss_kernel`` and backward ``_grad_kernel``
+   (no atomic path: launched on (I, T) and on (T, I)) per dtype x D.
 2. Compile (``compile_all``): each distinct captured specialisation once per architecture with
    ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (a process pool), recording
    ptxas' registers and spill bytes (``knobs.nvidia.dump_ptxas_log``), shared memory (``metadata.shared``),
    how every ``tt.dot`` was lowered (TTGIR: ``ttng.warp_group_dot`` = wgmma, ``tt.dot`` on an
    ``nvidia_mma`` v2 layout = mma.sync, else CUDA-core FMA), tensor-core instructions in the PTX and
-   float atomics (``atom``/``red`` ... ``.f32``) in the PTX.
+   float atomics (``atom``/``red`` ... ``.f32``) in the PTX, static counts of MUFU instructions (ex2, lg2,
+   rcp, fp32 division) in the PTX.
 
 ``violations`` states the targets (design.md, "Kernel plan v2": verified without a GPU); the test
 (tests/test_aot_compile.py) asserts them per variant and architecture. CLI::
 
     python -m benchmarks.aot                 # writes benchmarks/results/model/aot_sm90.md, aot_sm80.md
     python -m benchmarks.aot --json out.json --grid test --jobs 2
+    python -m benchmarks.aot --grid sigmoid  # the sigmoid kernels only: aot_sigmoid.md (both archs)
 
 Nothing here is imported by the package.
 """
@@ -61,12 +65,23 @@ DTYPES = {
     "tf32": ("float32", "high"),  # fp32 inputs, TF32 dots
 }
 KERNELS = {"_lse_kernel": "lse", "_grad_kernel": "grad", "_stats_kernel": "stats", "_accum_kernel": "accum"}
+# The sigmoid kernels' names collide with the contrastive ones': keyed by module too.
+SIGMOID_MODULE = "vlkernels.ops.sigmoid_triton"
+SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_grad_kernel": "sigmoid_grad"}
 TEACHER_D = 768
+# The sigmoid calls of the "test" grid (each launches the forward and the backward kernel), within about
+# 40 s of compiles: the single-D path (D = 64, IEEE fp32 at 255 registers included; D = 256, the 16-bit
+# backward's whole chunk at BLOCK_M = 32), the chunked path (D = 1024: bf16, TF32) and an unaligned D (TF32
+# at D = 100: chunked forward with masked chunks, single-D backward). The IEEE fp32 chunked variants (the
+# slowest compiles) are in the "sigmoid" and "full" grids only.
+SIGMOID_TEST = [("bf16", 64), ("bf16", 256), ("bf16", 1024), ("tf32", 100), ("tf32", 1024), ("fp32", 64)]
 
 
 @dataclass(frozen=True)
 class Call:
-    """One backend call: op "contrastive" | "soft_target"; teacher None or (dtype label, width)."""
+    """One backend call: op "contrastive" | "soft_target" | "sigmoid"; teacher None or (dtype label, width).
+    The sigmoid backend has no atomic path (its backward is deterministic by design): ``deterministic``
+    is False for its calls and changes nothing."""
 
     op: str
     dtype: str
@@ -77,9 +92,13 @@ class Call:
 
 def grid(name: str = "full") -> list[Call]:
     """The backend calls to capture. "full": every dtype x D in (64, 100, 256, 1024) x deterministic x
-    teacher (none, fp32 x 768, for half students also their own dtype x 768); identical specialisations
-    (D = 256 and D = 1024: both chunked and 16-aligned) are compiled once. "test": the variants of "full"
-    that differ in what the targets check, within CI's time (24 specialisations per architecture)."""
+    teacher (none, fp32 x 768, for half students also their own dtype x 768), and the sigmoid backend's
+    forward + backward per dtype x D; identical specialisations (D = 256 and D = 1024: both chunked and
+    16-aligned, except the sigmoid backward, whose D chunk is 256 for 16-bit inputs) are compiled once.
+    "test": the variants of "full" that differ in what the targets check, within CI's time. "sigmoid": the
+    sigmoid calls of "full" only (benchmarks/results/model/aot_sigmoid.md)."""
+    if name == "sigmoid":
+        return [c for c in grid("full") if c.op == "sigmoid"]
     if name == "test":
         c, s = "contrastive", "soft_target"
         f32t = ("fp32", TEACHER_D)
@@ -91,6 +110,7 @@ def grid(name: str = "full") -> list[Call]:
         calls += [Call(s, "bf16", 64, False), Call(s, "bf16", 1024, False), Call(s, "bf16", 1024, True)]
         calls += [Call(s, "bf16", 1024, det, f32t) for det in (False, True)]
         calls += [Call(s, "bf16", 1024, False, ("bf16", TEACHER_D))]
+        calls += [Call("sigmoid", dt, D, False) for dt, D in SIGMOID_TEST]
         return calls
     calls = []
     for dt in DTYPES:
@@ -101,6 +121,7 @@ def grid(name: str = "full") -> list[Call]:
             for det in (False, True):
                 calls.append(Call("contrastive", dt, D, det))
                 calls.extend(Call("soft_target", dt, D, det, t) for t in teachers)
+        calls.extend(Call("sigmoid", dt, D, False) for D in (64, 100, 256, 1024))
     return calls
 
 
@@ -110,6 +131,8 @@ def variant_ids(call: Call) -> list[str]:
     flag = "det" if call.deterministic else "atomic"
     if call.op == "contrastive":
         return [f"lse/{base}", f"grad/{base}/{flag}"]
+    if call.op == "sigmoid":
+        return [f"sigmoid_loss/{base}", f"sigmoid_grad/{base}"]
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
     return [f"stats/{base}{t}", f"accum/{base}{t}/{flag}"]
 
@@ -195,6 +218,15 @@ def _run_call(call: Call):
     image = torch.randn(n, call.D).to(dtype)
     text = torch.randn(n, call.D).to(dtype)
     scale = torch.tensor(10.0)
+    if call.op == "sigmoid":
+        from vlkernels.ops.sigmoid_triton import TritonSigmoidBackend
+
+        be = TritonSigmoidBackend()
+        bias = torch.tensor(-10.0)
+        # the single-process call: diag=True; backward = _grad_kernel on (I, T), then on (T, I)
+        be.loss_sum(image, text, scale, bias, True)
+        be.grads(image, text, scale, bias, True, True)
+        return
     if call.op == "contrastive":
         be = TritonBackend()
         r, c = be.lse(image, text, scale)
@@ -212,8 +244,10 @@ def _run_call(call: Call):
     be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)
 
 
-def _short(name: str) -> str:
-    return KERNELS.get(name, name)
+def _short(rec: dict) -> str:
+    if rec["module"] == SIGMOID_MODULE:
+        return SIGMOID_KERNELS[rec["name"]]
+    return KERNELS.get(rec["name"], rec["name"])
 
 
 def capture(calls: list[Call]) -> dict:
@@ -234,12 +268,15 @@ def capture(calls: list[Call]) -> dict:
             _run_call(call)
             expected = variant_ids(call)
             for rec in records[start:]:
-                kernel = _short(rec["name"])
+                kernel = _short(rec)
                 consts = _constexpr_names(rec)
                 vid = next(i for i in expected if i.startswith(kernel + "/"))
                 if kernel in ("grad", "accum"):
                     # the deterministic path launches the non-atomic kernel twice (roles swapped)
                     assert consts["ATOMIC_DK"] == (not call.deterministic), (vid, consts)
+                if kernel == "sigmoid_grad":
+                    # launched on (I, T) then (T, I): one specialisation (equal shapes and strides)
+                    assert "ATOMIC_DK" not in consts, (vid, consts)
                 rec = dict(rec, spec=_spec_key(rec), kernel=kernel, call=asdict(call), config=consts)
                 prev = variants.get(vid)
                 if prev is not None and prev["spec"] != rec["spec"]:
@@ -274,6 +311,14 @@ _DOT = re.compile(r"= (ttng\.warp_group_dot|tt\.dot) (.*)$", re.M)
 _OPERAND = re.compile(r" : (?:tensor|!ttg\.memdesc)<(?:\d+x)+(\w+)[,>]")
 _RESULT_ENC = re.compile(r"-> tensor<[^,>]+, (#[\w.]+)")
 _PREC = re.compile(r"inputPrecision = (\w+)")
+# MUFU-bound PTX instructions (static counts): the exponentials and logarithms of the loss and the
+# fp32 divisions (div.full.f32: MUFU.RCP and a multiply; div.rn.f32: IEEE division, MUFU.RCP + Newton steps)
+_MUFU = {
+    "ex2": re.compile(r"\bex2\.approx\S*\.f32\b"),
+    "lg2": re.compile(r"\blg2\.approx\S*\.f32\b"),
+    "rcp": re.compile(r"\brcp\.\S*f32\b"),
+    "div": re.compile(r"\bdiv\.(?:full|approx|rn)\S*\.f32\b"),
+}
 _FLOAT_ATOMIC = re.compile(r"\b(?:atom|red)\.\S*\.(?:f16|bf16|f32|f64|f16x2|bf16x2)\b")
 _PTXAS = {
     "registers": re.compile(r"Used (\d+) registers"),
@@ -338,6 +383,7 @@ def _compile_one(job: tuple) -> tuple:
     res["dots"] = classify_dots(kernel.asm["ttgir"])
     res["ptx_wgmma"] = ptx.count("wgmma.mma_async")
     res["ptx_mma_sync"] = len(re.findall(r"\bmma\.sync\b", ptx))
+    res["ptx_mufu"] = {k: len(p.findall(ptx)) for k, p in _MUFU.items()}
     res["ptx_float_atomics"] = sum(1 for line in ptx.splitlines() if _FLOAT_ATOMIC.search(line))
     return spec, arch, res
 
@@ -348,7 +394,7 @@ def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
     for rec in variants.values():
         unique.setdefault(rec["spec"], rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
-    weight = {"accum": 4, "grad": 3, "stats": 2, "lse": 1}
+    weight = {"accum": 4, "grad": 3, "sigmoid_grad": 3, "stats": 2, "lse": 1, "sigmoid_loss": 1}
 
     def cost(item):
         rec = item[1]
@@ -397,7 +443,9 @@ def violations(rec: dict, res: dict, arch: int) -> list[str]:
     spills = (res["spill_stores"] or 0) + (res["spill_loads"] or 0)
     if spills:
         out.append(f"spills {res['spill_stores']} B stores + {res['spill_loads']} B loads")
-    if not rec["config"].get("ATOMIC_DK", False) and res["ptx_float_atomics"]:
+    if rec.get("kernel", "").startswith("sigmoid_") and res["ptx_float_atomics"]:
+        out.append(f"{res['ptx_float_atomics']} float atomics in a sigmoid kernel (none by design)")
+    elif not rec["config"].get("ATOMIC_DK", False) and res["ptx_float_atomics"]:
         out.append(f"{res['ptx_float_atomics']} float atomics in a deterministic variant")
     return out
 
@@ -436,6 +484,8 @@ def table(data: dict, arch: int) -> str:
             flags.append(cfg["DOT_PREC"] + " dots")
         if "ATOMIC_DK" in cfg:
             flags.append("atomic dK" if cfg["ATOMIC_DK"] else "deterministic")
+        if rec["kernel"] == "sigmoid_grad":
+            flags.append("no atomics (two launches)")
         if cfg.get("TEACHER"):
             t_dtype = call["teacher"][0]
             prec = f" ({cfg['T_DOT_PREC']} dots)" if DTYPES[t_dtype][0] == "float32" else ""
@@ -466,6 +516,68 @@ def table(data: dict, arch: int) -> str:
         "",
     ]
     return "\n".join(lines) + "\n"
+
+
+def sigmoid_table(data: dict, archs=(90, 80)) -> str:
+    """One table of the sigmoid variants, every architecture side by side, with the static counts of their
+    MUFU instructions (``ex2.approx``, ``div.full.f32``; ``tl.log2`` of the softplus is libdevice's
+    polynomial, on the FMA pipe, no ``lg2.approx``)."""
+    sig = {vid: rec for vid, rec in data["variants"].items() if rec["kernel"].startswith("sigmoid_")}
+    lines = [
+        "# The sigmoid (SigLIP) Triton kernels compiled ahead of time for "
+        + " / ".join(ARCHS[a]["name"] for a in archs)
+        + " (no GPU)",
+        "",
+        "Generated by `python -m benchmarks.aot --grid sigmoid` (triton " + data["triton"] + "): every "
+        "launch variant `TritonSigmoidBackend` selects (vlkernels/ops/sigmoid_triton.py; forward "
+        "`_loss_kernel` with config('lse'), backward `_grad_kernel` with `grad_config`, launched on (I, T) "
+        "and on (T, I): one specialisation) for bf16 / fp16 / fp32 under torch's default precision "
+        '(IEEE dots) / fp32 under "high" (TF32 dots) x D in (64, 100, 256, 1024), captured and compiled '
+        "as in "
+        "aot_sm90.md / aot_sm80.md (those two do not have these rows yet). Per architecture: registers, "
+        "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "
+        "sm_90, mma.sync on sm_80; 0 = CUDA-core FFMA), float atomics in the PTX (none anywhere: the sigmoid "
+        "backward is deterministic by design), static MUFU counts ex2/div per thread, and the targets "
+        "`benchmarks.aot.violations` reports (empty = all met).",
+        "",
+    ]
+    n_spec = len({rec["spec"] for rec in sig.values()})
+    n_ok = {a: 0 for a in archs}
+    head = "| variant | flags | BLOCK M/N/D | warps/stages |"
+    rule = "|---|---|---|---|"
+    for a in archs:
+        name = ARCHS[a]["name"]
+        head += f" {name} regs | {name} spill B | {name} shared KiB | {name} TC PTX | {name} atomics | "
+        head += f"{name} ex2/div | {name} targets |"
+        rule += "---:|---:|---:|---:|---:|---:|---|"
+    rows = []
+    for vid, rec in sig.items():
+        cfg = rec["config"]
+        flags = ["single-D" if cfg["SINGLE_D"] else "chunked-D"]
+        if rec["call"]["dtype"] in ("fp32", "tf32"):
+            flags.append(cfg["DOT_PREC"] + " dots")
+        row = (
+            f"| {vid} | {', '.join(flags)} | {cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg['BLOCK_D']} | "
+            f"{cfg['num_warps']}/{cfg['num_stages']} |"
+        )
+        for a in archs:
+            res = data["compiled"][str(a)][rec["spec"]]
+            bad = violations(rec, res, a)
+            n_ok[a] += not bad
+            if res.get("error"):
+                row += f" | | | | | | {bad[0]} |"
+                continue
+            tc = res["ptx_wgmma"] if a == 90 else res["ptx_mma_sync"]
+            mufu = res.get("ptx_mufu", {})
+            row += (
+                f" {res['registers']} | {res['spill_stores']}+{res['spill_loads']} | "
+                f"{res['shared'] / 1024:.0f} | {tc} | {res['ptx_float_atomics']} | "
+                f"{mufu.get('ex2', '?')}/{mufu.get('div', '?')} | {'; '.join(bad)} |"
+            )
+        rows.append(row)
+    ok = ", ".join(f"{n_ok[a]} on {ARCHS[a]['name']}" for a in archs)
+    lines += [f"{len(sig)} variants ({n_spec} distinct specialisations); meeting every target: {ok}.", ""]
+    return "\n".join(lines + [head, rule] + rows) + "\n"
 
 
 def run(grid_name: str = "full", archs=(90, 80), jobs: int = 2) -> dict:
@@ -499,7 +611,7 @@ def run(grid_name: str = "full", archs=(90, 80), jobs: int = 2) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--grid", default="full", choices=["full", "test"])
+    p.add_argument("--grid", default="full", choices=["full", "test", "sigmoid"])
     p.add_argument("--arch", type=int, nargs="+", default=[90, 80], choices=sorted(ARCHS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--json", help="write the raw results here")
@@ -514,7 +626,13 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(data, f)
-    if args.out_dir:
+    if args.out_dir and args.grid == "sigmoid":
+        os.makedirs(args.out_dir, exist_ok=True)
+        path = os.path.join(args.out_dir, "aot_sigmoid.md")
+        with open(path, "w") as f:
+            f.write(sigmoid_table(data, tuple(args.arch)))
+        print(f"wrote {path}")
+    elif args.out_dir:
         os.makedirs(args.out_dir, exist_ok=True)
         for arch in args.arch:
             path = os.path.join(args.out_dir, f"aot_sm{arch}.md")
