@@ -219,7 +219,8 @@ def _launch(kernel, M, N, D, dtype, teacher, hw: Hardware, atomic=False) -> Laun
 
 def _sigmoid_launch(kernel, M, N, D, dtype, hw: Hardware) -> Launch:
     """One launch of the sigmoid forward ("sigmoid_loss") or backward ("sigmoid_grad") on Q [M, D], K [N, D],
-    counted from its launch grid: (row blocks,) forward, (row blocks, D chunks) backward."""
+    counted from its launch grid: (row blocks,) forward, (row blocks, D chunks) backward. FLOPs are the
+    useful ones (the masked padding of partial row, column and D tiles is not counted)."""
     cfg = sigmoid_tile_config(D, dtype, kernel)
     e, _, unit = DTYPES[dtype]
     bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
