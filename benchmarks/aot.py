@@ -534,7 +534,8 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         "and on (T, I): one specialisation) for bf16 / fp16 / fp32 under torch's default precision "
         '(IEEE dots) / fp32 under "high" (TF32 dots) x D in (64, 100, 256, 1024), captured and compiled '
         "as in "
-        "aot_sm90.md / aot_sm80.md (those two do not have these rows yet). Per architecture: registers, "
+        "aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each; this file was rendered "
+        "from the full grid's run with `--from-json ... --grid sigmoid`). Per architecture: registers, "
         "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "
         "sm_90, mma.sync on sm_80; 0 = CUDA-core FFMA), float atomics in the PTX (none anywhere: the sigmoid "
         "backward is deterministic by design), static MUFU counts ex2/div per thread, and the targets "
