@@ -484,10 +484,8 @@ def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype
         f"instructions per element ({ALU_PER_ELEMENT['sigmoid_loss']} forward, "
         f"{ALU_PER_ELEMENT['sigmoid_grad']} backward; static PTX counts) at {hw.fp32_lanes_per_clk_sm} "
         f"lanes/clk/SM = {hw.alu_rate / 1e12:.1f} T/s, one more term of the max (low) and of the sum with "
-        "the dots and MUFU (high). Floor: 8 B^2 D at the bf16 tensor-core rate. Note "
-        "(benchmarks/results/model/aot_sigmoid.md): with 16-bit inputs and D >= 256 the backward's dots "
-        "lower to mma.sync, not wgmma, on sm_90 (BLOCK_M = 32); the model "
-        "still charges them at the dense rate above.",
+        "the dots and MUFU (high). Floor: 8 B^2 D at the bf16 tensor-core rate. The backward's "
+        "64-row blocks lower to wgmma on sm_90 for every D (benchmarks/results/model/aot_sigmoid.md).",
         "",
         "| B | D | D chunks (bwd) | TFLOP fwd + bwd | floor ms | MUFU G | ALU G | L2->SM GB | HBM GB | "
         "forward ms | backward ms | total ms | x floor |",

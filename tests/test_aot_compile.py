@@ -44,14 +44,7 @@ SM80_TF32_DET = "new: the sm_80 TF32 deterministic backward spills (24 B)"
 # (benchmarks/results/model/aot_sigmoid.md): the IEEE fp32 ones at D >= 100 spill on sm_80 like the other
 # kernels' (D = 1024: forward 960 B + 1044 B at 255 registers, backward 8328 B + 11256 B at 48 registers),
 # at D = 100 on sm_90 too (forward 28 B + 24 B, backward 1548 B + 1400 B).
-SIG_BWD_NO_WGMMA = (
-    "new: the sigmoid backward with 16-bit inputs and D >= 256 (grad_config: BLOCK_D = 256, BLOCK_M = 32, "
-    "8 warps) lowers both dots to mma.sync, not wgmma, on sm_90 (a wgmma covers 64 rows: BLOCK_M = 32 "
-    "falls back to MMA v2); no spills, 130 / 176 registers"
-)
 KNOWN_SIGMOID = {
-    ("sigmoid_grad/bf16/D256", 90): SIG_BWD_NO_WGMMA + " (single D chunk)",
-    ("sigmoid_grad/bf16/D1024", 90): SIG_BWD_NO_WGMMA + " (4 D chunks, S recomputed per chunk)",
     ("sigmoid_loss/tf32/D100", 80): "new: the sm_80 TF32 sigmoid forward at unaligned D = 100 (chunked, "
     "BLOCK_D = 64) spills at 255 registers (64 B stores + 64 B loads; 255 registers without spill on sm_90)",
 }

@@ -151,7 +151,7 @@ def test_sigmoid_flops_equal_the_formulas(D, dtype):
 def test_sigmoid_configs_are_the_launchers():
     """The model's sigmoid configs are grad_config / config("lse") with the interpreter off."""
     assert cm.sigmoid_tile_config(1024, "bf16", "sigmoid_grad") == dict(
-        BLOCK_M=32, BLOCK_N=64, BLOCK_D=256, num_warps=8, num_stages=2
+        BLOCK_M=64, BLOCK_N=64, BLOCK_D=256, num_warps=8, num_stages=2
     )
     assert cm.sigmoid_tile_config(64, "bf16", "sigmoid_grad")["BLOCK_M"] == 64
     assert cm.sigmoid_tile_config(1024, "fp32", "sigmoid_grad")["BLOCK_D"] == 128
@@ -174,20 +174,20 @@ def test_sigmoid_bytes_and_time_monotone_in_B(D):
 
 def test_sigmoid_reference_b65536_bf16():
     """B = 65536, bf16 (benchmarks/results/model/h100_cost_model.md): D = 256 fits one backward chunk
-    (10 B^2 D FLOPs in all, 1.7-3.2x the floor); D = 1024 has 4 chunks (22 B^2 D) and its backward is
-    bound by the L2 re-reads of the recomputed S tiles (32-row blocks): 9-17x the floor."""
+    (10 B^2 D FLOPs in all, 1.5-2.7x the floor); D = 1024 has 4 chunks (22 B^2 D) and its backward is
+    bound by the L2 re-reads of the recomputed S tiles (64-row blocks): 6-11x the floor."""
     B = 65536
     p = cm.predict("sigmoid", B, 256, "bf16")
     assert p["flops_total"] == 10.0 * B * B * 256
-    assert 1.5 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 3.5
+    assert 1.3 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 3.0
     fwd = p["launches"][0]["time"]
     assert fwd["alu"] > fwd["compute"]  # the softplus's elementwise work outweighs its dot at D = 256
     p = cm.predict("sigmoid", B, 1024, "bf16")
     assert p["flops_total"] == 22.0 * B * B * 1024
     bwd = p["launches"][1]
     assert bwd["time"]["l2"][0] > bwd["time"]["compute"]
-    assert bwd["l2_bytes"] / 1e9 == pytest.approx(1924, rel=0.01)
-    assert 8 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 18
+    assert bwd["l2_bytes"] / 1e9 == pytest.approx(1237, rel=0.01)
+    assert 5 < p["ratio_to_floor"][0] < p["ratio_to_floor"][1] < 12
     # the contrastive numbers do not move (no ALU term there)
     assert all(ln["alu"] == 0 for ln in cm.predict("contrastive", B, 1024, "bf16")["launches"])
 

@@ -204,7 +204,7 @@ def grad_config(dim: int, dtype: torch.dtype) -> dict:
         return config(dim, dtype, "grad")
     cap = 128 if dtype == torch.float32 else 256
     block_d = max(16, min(cap, triton.next_power_of_2(dim)))
-    block_m = 64 if block_d <= 128 else 32
+    block_m = 64
     return dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
 
 
