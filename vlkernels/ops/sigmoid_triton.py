@@ -204,8 +204,8 @@ def grad_config(dim: int, dtype: torch.dtype) -> dict:
         return config(dim, dtype, "grad")
     cap = 128 if dtype == torch.float32 else 256
     block_d = max(16, min(cap, triton.next_power_of_2(dim)))
-    block_m = 64
-    return dict(BLOCK_M=block_m, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    # 64-row blocks at every width: a wgmma covers 64 rows (32-row blocks fell back to mma.sync on sm_90).
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
 
 
 def _common(q: torch.Tensor, k: torch.Tensor) -> tuple:
