@@ -66,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
         help="--compare: largest batch size whose loss step (fwd+bwd on [B, embed-dim] embeddings) fits "
         "this budget (CPU: peak RSS; GPU: per-process memory fraction); e.g. 512MiB, 8GiB",
     )
-    g.add_argument("--memory-max-batch", type=int, default=16384,
-                   help="--compare: stop doubling the batch size here")  # fmt: skip
+    g.add_argument(
+        "--memory-max-batch", type=int, default=16384, help="--compare: stop doubling the batch size here"
+    )
     g = p.add_argument_group("data")
     g.add_argument("--train-data", help="CSV/TSV of image paths and captions (default: synthetic set)")
     g.add_argument("--val-data", help="CSV/TSV for image->text retrieval evaluation")
@@ -76,8 +77,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--csv-separator", type=_separator, help="default: tab for .tsv, comma otherwise")
     g.add_argument("--synthetic-train-size", type=int, default=d.synthetic_train_size)
     g.add_argument("--synthetic-val-size", type=int, default=d.synthetic_val_size)
-    g.add_argument("--tokenizer", help="a Hugging Face tokenizer.json (needs `pip install tokenizers`); "
-                   "default: built-in word-level tokenizer")  # fmt: skip
+    g.add_argument(
+        "--tokenizer",
+        help="a Hugging Face tokenizer.json (needs `pip install tokenizers`); "
+        "default: built-in word-level tokenizer",
+    )
     g = p.add_argument_group("model")
     for f in dataclasses.fields(ClipConfig):
         if f.name != "vocab_size":
@@ -85,11 +89,19 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("loss and recipe")
     g.add_argument("--psd", action="store_true", help="progressive self-distillation (soft targets)")
     g.add_argument("--alpha-max", type=float, default=d.alpha_max, help="PSD: alpha ramps linearly 0 -> this")
-    g.add_argument("--recipe", choices=["baseline", "improved"], default=d.recipe,
-                   help="improved: strong image views (fused_augment), label smoothing 0.1, caption "
-                   "augmentation (stop words, deletion, swap)")  # fmt: skip
-    g.add_argument("--grad-cache-chunks", type=int, default=d.grad_cache_chunks,
-                   help="embedding-level gradient caching in K chunks (1: plain step)")  # fmt: skip
+    g.add_argument(
+        "--recipe",
+        choices=["baseline", "improved"],
+        default=d.recipe,
+        help="improved: strong image views (fused_augment), label smoothing 0.1, caption "
+        "augmentation (stop words, deletion, swap)",
+    )
+    g.add_argument(
+        "--grad-cache-chunks",
+        type=int,
+        default=d.grad_cache_chunks,
+        help="embedding-level gradient caching in K chunks (1: plain step)",
+    )
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=d.steps)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
@@ -108,30 +120,58 @@ def parser() -> argparse.ArgumentParser:
         "--resume", help="a checkpoint path (continues in its directory), or 'latest' with --name NAME"
     )
     g.add_argument("--stop-at-step", type=int, help="stop after this step as if interrupted (then --resume)")
-    g.add_argument("--max-nonfinite", type=int, default=d.max_nonfinite,
-                   help="stop after this many non-finite losses (each such step is skipped)")  # fmt: skip
-    g.add_argument("--overwrite", action="store_true",
-                   help="start afresh in a run directory that already holds a checkpoint")  # fmt: skip
+    g.add_argument(
+        "--max-nonfinite",
+        type=int,
+        default=d.max_nonfinite,
+        help="stop after this many non-finite losses (each such step is skipped)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a run directory that already holds a checkpoint",
+    )
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--no-plot", action="store_true")
     return p
 
 
 def config_from_args(args, out: str) -> TrainConfig:
-    model = ClipConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ClipConfig)
-                          if f.name != "vocab_size"})  # fmt: skip
+    model = ClipConfig(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(ClipConfig) if f.name != "vocab_size"}
+    )
     return TrainConfig(
-        train_data=args.train_data, val_data=args.val_data, csv_img_key=args.csv_img_key,
-        csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
-        synthetic_train_size=args.synthetic_train_size, synthetic_val_size=args.synthetic_val_size,
-        tokenizer=args.tokenizer, model=model, loss=args.loss or "vlkernels", psd=args.psd,
-        alpha_max=args.alpha_max, recipe=args.recipe, grad_cache_chunks=args.grad_cache_chunks,
-        steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device or "cpu", out=out,
-        eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
-        stop_at_step=args.stop_at_step, max_nonfinite=args.max_nonfinite, progress=not args.no_progress,
-        plot=not args.no_plot, overwrite=args.overwrite,
-    )  # fmt: skip
+        train_data=args.train_data,
+        val_data=args.val_data,
+        csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key,
+        csv_separator=args.csv_separator,
+        synthetic_train_size=args.synthetic_train_size,
+        synthetic_val_size=args.synthetic_val_size,
+        tokenizer=args.tokenizer,
+        model=model,
+        loss=args.loss or "vlkernels",
+        psd=args.psd,
+        alpha_max=args.alpha_max,
+        recipe=args.recipe,
+        grad_cache_chunks=args.grad_cache_chunks,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        device=args.device or "cpu",
+        out=out,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        resume=args.resume,
+        stop_at_step=args.stop_at_step,
+        max_nonfinite=args.max_nonfinite,
+        progress=not args.no_progress,
+        plot=not args.no_plot,
+        overwrite=args.overwrite,
+    )
 
 
 def _run_dir(p: argparse.ArgumentParser, args) -> tuple[bool, str]:
@@ -177,8 +217,10 @@ def _check_cli(p: argparse.ArgumentParser, args, compare: bool, out: str, world:
     runs = [os.path.join(out, loss) for loss in ("naive", "vlkernels")] if compare else [out]
     for run in runs:
         if not args.resume and not args.overwrite and os.path.exists(os.path.join(run, "checkpoint.pt")):
-            p.error(f"{run} already holds a run (checkpoint.pt): continue it with --resume latest, start "
-                    "afresh in it with --overwrite, or pick another --name")  # fmt: skip
+            p.error(
+                f"{run} already holds a run (checkpoint.pt): continue it with --resume latest, start "
+                "afresh in it with --overwrite, or pick another --name"
+            )
     return cfg
 
 
@@ -215,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - the traceback, then where the run stands
         traceback.print_exc()
         if lead:
-            print(f"the run failed; its status is in {out}/summary.json (and the last checkpoint, if any, in "
-                  f"{out}/checkpoint.pt)", file=sys.stderr)  # fmt: skip
+            print(
+                f"the run failed; its status is in {out}/summary.json (and the last checkpoint, if any, in "
+                f"{out}/checkpoint.pt)",
+                file=sys.stderr,
+            )
         return 1
     if lead:
         keys = ("final_loss", "zeroshot_top1", "retrieval_top1", "median_step_ms", "skipped_images")

@@ -137,15 +137,26 @@ def table(result: dict) -> str:
     key = next((k for k in ("zeroshot_top1", "retrieval_top1") if k in n or k in v), None)
     rows = [
         ("", "naive", "vlkernels", "vlkernels vs naive"),
-        ("final training loss", _cell(n, "final_loss", "{:.5f}"), _cell(v, "final_loss", "{:.5f}"),
-         loss_diff if both else "n/a"),
+        (
+            "final training loss",
+            _cell(n, "final_loss", "{:.5f}"),
+            _cell(v, "final_loss", "{:.5f}"),
+            loss_diff if both else "n/a",
+        ),
         ("final parameters", "", "", f"max |diff|: {result['max_param_diff']:.2e}" if both else "n/a"),
-        ("median step time", _cell(n, "median_step_ms", "{:.1f} ms"), _cell(v, "median_step_ms", "{:.1f} ms"),
-         _ratio(n, v, "median_step_ms")),
-        ("peak training memory", *(_fmt_bytes(x.get("peak_memory_bytes")) for x in (n, v)),
-         _ratio(n, v, "peak_memory_bytes")),
+        (
+            "median step time",
+            _cell(n, "median_step_ms", "{:.1f} ms"),
+            _cell(v, "median_step_ms", "{:.1f} ms"),
+            _ratio(n, v, "median_step_ms"),
+        ),
+        (
+            "peak training memory",
+            *(_fmt_bytes(x.get("peak_memory_bytes")) for x in (n, v)),
+            _ratio(n, v, "peak_memory_bytes"),
+        ),
         (f"largest B under {_fmt_bytes(result['memory_budget'])}", _fmt_batch(bn), _fmt_batch(bv), b_ratio),
-    ]  # fmt: skip
+    ]
     if key:
         chance = f"(chance {result['chance']:.3f})" if key == "zeroshot_top1" else ""
         rows.append((key.replace("_", " "), _cell(n, key, "{:.3f}"), _cell(v, key, "{:.3f}"), chance))
@@ -188,9 +199,12 @@ def compare(base: TrainConfig, memory_budget: int, memory_max_batch: int) -> int
     )
 
     device = base.device
-    print(f"== memory-budget search: loss step at B = 2048, 4096, ... <= {memory_max_batch}, "
-          f"D = {base.model.embed_dim}, budget {_fmt_bytes(memory_budget)} ({device})",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"== memory-budget search: loss step at B = 2048, 4096, ... <= {memory_max_batch}, "
+        f"D = {base.model.embed_dim}, budget {_fmt_bytes(memory_budget)} ({device})",
+        file=sys.stderr,
+        flush=True,
+    )
     memory = {
         loss: max_batch(loss, memory_budget, base.model.embed_dim, device, limit=memory_max_batch)
         for loss in IMPLS

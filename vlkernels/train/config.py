@@ -112,8 +112,11 @@ def _float(name: str, value, low: float, high: float, low_open: bool, problems: 
         problems.append(f"{option(name)} must be a finite number, got {value!r}")
     elif value < low or (low_open and value == low) or value > high:
         bound = f"> {low:g}" if low_open else f">= {low:g}"
-        problems.append(f"{option(name)} must be {bound}" + (f" and <= {high:g}" if high < math.inf else "")
-                        + f", got {value:g}")  # fmt: skip
+        problems.append(
+            f"{option(name)} must be {bound}"
+            + (f" and <= {high:g}" if high < math.inf else "")
+            + f", got {value:g}"
+        )
 
 
 def _check_device(device, problems: list[str]) -> None:
@@ -165,8 +168,10 @@ def problems(cfg: TrainConfig, world: int = 1) -> list[str]:
                 out.append(f"--heads {m.heads} must divide {option(name)} {getattr(m, name)}")
     if cfg.train_data is None and ok["synthetic_train_size"] and ok["batch_size"]:
         if cfg.synthetic_train_size < cfg.batch_size * world:
-            out.append(f"--synthetic-train-size {cfg.synthetic_train_size} is smaller than one global batch "
-                       f"(--batch-size {cfg.batch_size} x {world} process(es))")  # fmt: skip
+            out.append(
+                f"--synthetic-train-size {cfg.synthetic_train_size} is smaller than one global batch "
+                f"(--batch-size {cfg.batch_size} x {world} process(es))"
+            )
     if cfg.csv_separator is not None and len(cfg.csv_separator) != 1:
         out.append(f"--csv-separator must be one character (or \\t / tab), got {cfg.csv_separator!r}")
     for name in ("train_data", "val_data", "tokenizer", "resume"):

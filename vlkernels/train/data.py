@@ -132,12 +132,15 @@ def read_rows(
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise UsageError(f"{option} {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
-                         "save the file as UTF-8") from e  # fmt: skip
+        raise UsageError(
+            f"{option} {path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); "
+            "save the file as UTF-8"
+        ) from e
     if "\0" in text:
         line = text[: text.index("\0")].count("\n") + 1
-        raise UsageError(f"{option} {path}, line {line}: a NUL byte (a binary or UTF-16 file?); save it as "
-                         "UTF-8 text")  # fmt: skip
+        raise UsageError(
+            f"{option} {path}, line {line}: a NUL byte (a binary or UTF-16 file?); save it as UTF-8 text"
+        )
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator, strict=True)
     rows = []
     try:
@@ -145,8 +148,11 @@ def read_rows(
         if not header:
             raise UsageError(f"{option} {path}: empty file (expected a header line with column names)")
         header = [h.strip() for h in header]
-        missing = [f"{o} {k!r}" for o, k in (("--csv-img-key", img_key), ("--csv-caption-key", caption_key))
-                   if k not in header]  # fmt: skip
+        missing = [
+            f"{o} {k!r}"
+            for o, k in (("--csv-img-key", img_key), ("--csv-caption-key", caption_key))
+            if k not in header
+        ]
         if missing:
             raise UsageError(
                 f"{option} {path}: columns {header} do not include {' and '.join(missing)} "
@@ -158,8 +164,10 @@ def read_rows(
                 continue  # blank line
             if len(fields) <= max(i_img, i_cap):
                 lacks = caption_key if len(fields) > i_img else img_key
-                raise UsageError(f"{option} {path}, line {reader.line_num}: no {lacks!r} field (the row has "
-                                 f"{len(fields)} field(s), the header {len(header)})")  # fmt: skip
+                raise UsageError(
+                    f"{option} {path}, line {reader.line_num}: no {lacks!r} field (the row has "
+                    f"{len(fields)} field(s), the header {len(header)})"
+                )
             rows.append((fields[i_img], fields[i_cap]))
     except csv.Error as e:
         raise UsageError(f"{option} {path}, line {reader.line_num}: malformed CSV: {e}") from e

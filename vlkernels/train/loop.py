@@ -155,9 +155,13 @@ def _build_data(cfg: TrainConfig):
     if cfg.val_data is None:
         return train, tokenizer, None
     val = data_mod.CsvImageTextSet(
-        cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.model.image_size, cfg.csv_separator,
+        cfg.val_data,
+        cfg.csv_img_key,
+        cfg.csv_caption_key,
+        cfg.model.image_size,
+        cfg.csv_separator,
         option="--val-data",
-    )  # fmt: skip
+    )
     return train, tokenizer, lambda m, tok, dev: ("retrieval_top1", retrieval(m, tok, val, dev))
 
 
@@ -221,12 +225,16 @@ def _check_resume(cfg: TrainConfig, state: dict, path: str, tokenizer) -> None:
     if "train_data" in saved and (saved["train_data"] is None) != (cfg.train_data is None):
         was = "the synthetic set" if saved["train_data"] is None else f"--train-data {saved['train_data']}"
         now = "the synthetic set" if cfg.train_data is None else f"--train-data {cfg.train_data}"
-        raise UsageError(f"--resume: {path} was trained on {was}, this run uses {now}; pass the same data "
-                         "(or start a new run under another --name)")  # fmt: skip
+        raise UsageError(
+            f"--resume: {path} was trained on {was}, this run uses {now}; pass the same data "
+            "(or start a new run under another --name)"
+        )
     kind = state["tokenizer"].get("kind") if isinstance(state["tokenizer"], dict) else None
     if kind != ("hf" if cfg.tokenizer else "word"):
-        raise UsageError(f"--resume: {path} used the {'--tokenizer file' if kind == 'hf' else 'built-in'} "
-                         "tokenizer, this run the other one; pass the same --tokenizer")  # fmt: skip
+        raise UsageError(
+            f"--resume: {path} used the {'--tokenizer file' if kind == 'hf' else 'built-in'} "
+            "tokenizer, this run the other one; pass the same --tokenizer"
+        )
     saved_model = state["model_config"]
     shape = [
         k
@@ -239,15 +247,21 @@ def _check_resume(cfg: TrainConfig, state: dict, path: str, tokenizer) -> None:
         )
         raise UsageError(f"--resume: {path} has another model shape: {opts}; pass the checkpoint's values")
     if saved_model.get("vocab_size") != tokenizer.vocab_size:
-        raise UsageError(f"--resume: {path} has a vocabulary of {saved_model.get('vocab_size')} tokens, the "
-                         f"tokenizer {tokenizer.vocab_size}; pass the run's --tokenizer")  # fmt: skip
+        raise UsageError(
+            f"--resume: {path} has a vocabulary of {saved_model.get('vocab_size')} tokens, the "
+            f"tokenizer {tokenizer.vocab_size}; pass the run's --tokenizer"
+        )
     step = state["step"]
     if step >= cfg.steps:
-        raise UsageError(f"--resume: {path} is at step {step}, the run has --steps {cfg.steps}: nothing left "
-                         "to train (a larger --steps continues it, on a changed schedule)")  # fmt: skip
+        raise UsageError(
+            f"--resume: {path} is at step {step}, the run has --steps {cfg.steps}: nothing left "
+            "to train (a larger --steps continues it, on a changed schedule)"
+        )
     if cfg.stop_at_step is not None and cfg.stop_at_step <= step:
-        raise UsageError(f"--resume: {path} is at step {step}, at or past --stop-at-step {cfg.stop_at_step}: "
-                         "nothing to train")  # fmt: skip
+        raise UsageError(
+            f"--resume: {path} is at step {step}, at or past --stop-at-step {cfg.stop_at_step}: "
+            "nothing to train"
+        )
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -279,8 +293,10 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
     train_set, tokenizer, evaluate = _build_data(cfg)
     if len(train_set) < cfg.batch_size * world:
         what = "--train-data " + cfg.train_data if cfg.train_data else "--synthetic-train-size"
-        raise UsageError(f"{what}: {len(train_set)} samples, fewer than one global batch (--batch-size "
-                         f"{cfg.batch_size} x {world} process(es))")  # fmt: skip
+        raise UsageError(
+            f"{what}: {len(train_set)} samples, fewer than one global batch (--batch-size "
+            f"{cfg.batch_size} x {world} process(es))"
+        )
 
     ckpt_path = os.path.join(cfg.out, "checkpoint.pt")
     state, path = None, None
@@ -292,11 +308,16 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
         _check_resume(cfg, state, path, tokenizer)
         changed = _trajectory_changes(state.get("config", {}), config_dict(cfg))
         if changed and rank == 0:
-            print(f"warning: resuming with changed settings ({', '.join(changed)}): the run will not follow "
-                  "the trajectory of an uninterrupted one", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: resuming with changed settings ({', '.join(changed)}): the run will not follow "
+                "the trajectory of an uninterrupted one",
+                file=sys.stderr,
+            )
     elif os.path.exists(ckpt_path) and not cfg.overwrite:
-        raise UsageError(f"{cfg.out} already holds a run (checkpoint.pt): continue it with --resume latest, "
-                         "start afresh in it with --overwrite, or pick another --name")  # fmt: skip
+        raise UsageError(
+            f"{cfg.out} already holds a run (checkpoint.pt): continue it with --resume latest, "
+            "start afresh in it with --overwrite, or pick another --name"
+        )
 
     model_cfg = dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
     torch.manual_seed(cfg.seed)
@@ -411,8 +432,10 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
                 if lead:
                     rec = {"type": "nonfinite", "step": step + 1, "loss": float(loss), "count": nonfinite}
                     metrics.write(rec)
-                progress.message(f"[{name}] step {step + 1}: non-finite loss {float(loss)}, step skipped "
-                                 f"({nonfinite}/{cfg.max_nonfinite})")  # fmt: skip
+                progress.message(
+                    f"[{name}] step {step + 1}: non-finite loss {float(loss)}, step skipped "
+                    f"({nonfinite}/{cfg.max_nonfinite})"
+                )
                 if nonfinite >= cfg.max_nonfinite:
                     stopped = f"stopped after {nonfinite} non-finite losses (--max-nonfinite)"
                     progress.message(f"[{name}] {stopped}")
@@ -433,12 +456,21 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
             step_ms.append((now - t0) * 1e3)
             rate = n * world / (now - t_iter)
             if lead:
-                metrics.write({
-                    "type": "train", "step": step + 1, "loss": float(loss), "lr": lr,
-                    "logit_scale": model.logit_scale.exp().item(),
-                    "alpha": make_alpha(cfg, step), "batch": n * world, "step_ms": step_ms[-1],
-                    "samples_per_s": rate, "skipped_images": skipped, "nonfinite": nonfinite,
-                })  # fmt: skip
+                metrics.write(
+                    {
+                        "type": "train",
+                        "step": step + 1,
+                        "loss": float(loss),
+                        "lr": lr,
+                        "logit_scale": model.logit_scale.exp().item(),
+                        "alpha": make_alpha(cfg, step),
+                        "batch": n * world,
+                        "step_ms": step_ms[-1],
+                        "samples_per_s": rate,
+                        "skipped_images": skipped,
+                        "nonfinite": nonfinite,
+                    }
+                )
             progress.update(step + 1, float(loss), rate)
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
                 last_eval = run_eval(step + 1)
@@ -450,9 +482,29 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
         progress.message(
             f"[{name}] interrupted: checkpoint at step {saved_step}; continue with --resume latest"
         )
-        _finish(cfg, lead, metrics, name, _summary(cfg, name, done, start, step_ms, mem, nonfinite, skipped,
-                skipped_steps, saved_step, "interrupted", "interrupted (KeyboardInterrupt)", world, device),
-                None)  # fmt: skip
+        _finish(
+            cfg,
+            lead,
+            metrics,
+            name,
+            _summary(
+                cfg,
+                name,
+                done,
+                start,
+                step_ms,
+                mem,
+                nonfinite,
+                skipped,
+                skipped_steps,
+                saved_step,
+                "interrupted",
+                "interrupted (KeyboardInterrupt)",
+                world,
+                device,
+            ),
+            None,
+        )
         raise
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
@@ -462,8 +514,22 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
                 save(done)
         except Exception as save_error:  # noqa: BLE001 - the original error is the one to report
             progress.message(f"[{name}] could not save a checkpoint after the failure: {save_error}")
-        summary = _summary(cfg, name, done, start, step_ms, mem, nonfinite, skipped, skipped_steps,
-                           saved_step, "failed", stopped, world, device)  # fmt: skip
+        summary = _summary(
+            cfg,
+            name,
+            done,
+            start,
+            step_ms,
+            mem,
+            nonfinite,
+            skipped,
+            skipped_steps,
+            saved_step,
+            "failed",
+            stopped,
+            world,
+            device,
+        )
         summary["error"] = error
         try:
             _finish(cfg, lead, metrics, name, summary, None)
@@ -475,8 +541,10 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
     if stopped is None and end > start and trained == 0:
         why = "no step ran"
         if skipped_steps:
-            why = (f"every batch had fewer than 2 readable samples ({skipped} unreadable images); check "
-                   f"--train-data {cfg.train_data}'s image paths")  # fmt: skip
+            why = (
+                f"every batch had fewer than 2 readable samples ({skipped} unreadable images); check "
+                f"--train-data {cfg.train_data}'s image paths"
+            )
         stopped = f"no step was trained: {why}"
     save(final_step)
     if final_step == cfg.steps and stopped is None:
@@ -485,16 +553,44 @@ def _train(cfg: TrainConfig, world: int, rank: int, device: torch.device) -> dic
         status = "stopped"
     else:
         status = "completed" if final_step >= cfg.steps else "paused"
-    summary = _summary(cfg, name, final_step, start, step_ms, mem, nonfinite, skipped, skipped_steps,
-                       saved_step, status, stopped, world, device)  # fmt: skip
+    summary = _summary(
+        cfg,
+        name,
+        final_step,
+        start,
+        step_ms,
+        mem,
+        nonfinite,
+        skipped,
+        skipped_steps,
+        saved_step,
+        status,
+        stopped,
+        world,
+        device,
+    )
     _finish(cfg, lead, metrics, name, summary, last_eval)
     if stopped is not None and lead:
         print(f"[{name}] {stopped}", file=sys.stderr)
     return summary
 
 
-def _summary(cfg, name, done, start, step_ms, mem, nonfinite, skipped, skipped_steps, saved_step, status,
-             stopped, world, device) -> dict:  # fmt: skip
+def _summary(
+    cfg,
+    name,
+    done,
+    start,
+    step_ms,
+    mem,
+    nonfinite,
+    skipped,
+    skipped_steps,
+    saved_step,
+    status,
+    stopped,
+    world,
+    device,
+) -> dict:
     return {
         "name": name,
         "loss_impl": cfg.loss,
@@ -524,8 +620,14 @@ def _finish(cfg: TrainConfig, lead: bool, metrics, name: str, summary: dict, las
         return
     from vlkernels.train.report import read_jsonl
 
-    metrics.write({"type": "end", "step": summary["steps_done"], "status": summary["status"],
-                   "reason": summary["stopped"]})  # fmt: skip
+    metrics.write(
+        {
+            "type": "end",
+            "step": summary["steps_done"],
+            "status": summary["status"],
+            "reason": summary["stopped"],
+        }
+    )
     records = read_jsonl(metrics.path)
     train_recs = [r for r in records if r.get("type") == "train"]
     if train_recs:

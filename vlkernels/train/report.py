@@ -51,8 +51,12 @@ def read_jsonl(path: str) -> list[dict]:
                 raise ValueError(f"a JSON {type(rec).__name__}, not an object")
         except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             if k == len(numbered) - 1:
-                warnings.warn(f"{path}, line {lineno}: dropping a torn last record (an interrupted write): "
-                              f"{line[:60]!r}", RuntimeWarning, stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"{path}, line {lineno}: dropping a torn last record (an interrupted write): "
+                    f"{line[:60]!r}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 break
             raise ValueError(f"{path}, line {lineno}: not a JSON record ({e}): {line[:60]!r}") from e
         records.append(rec)
@@ -74,8 +78,7 @@ class MetricsLog:
         if resume_step is None:
             open(path, "w").close()
         else:
-            kept = [r for r in read_jsonl(path)
-                    if r.get("type") != "end" and _step(r) <= resume_step]  # fmt: skip
+            kept = [r for r in read_jsonl(path) if r.get("type") != "end" and _step(r) <= resume_step]
 
             def write(tmp):
                 with open(tmp, "w") as f:
@@ -199,8 +202,9 @@ def plot_runs(
         axes[0, 0].plot([r["step"] for r in train], [r["loss"] for r in train], styles[k % 4], label=name)
         if has_eval:
             ev = [r for r in recs if r.get("type") == "eval" and r.get(metric) is not None]
-            axes[0, 1].plot([r["step"] for r in ev], [r[metric] for r in ev], styles[k % 4],
-                            marker="o", label=name)  # fmt: skip
+            axes[0, 1].plot(
+                [r["step"] for r in ev], [r[metric] for r in ev], styles[k % 4], marker="o", label=name
+            )
     axes[0, 0].set_xlabel("step")
     axes[0, 0].set_ylabel("training loss")
     axes[0, 0].legend()
