@@ -114,12 +114,14 @@ def term_scales(batch: int, scale: float, grad_out: float) -> tuple[float, float
     return 1.0 + scale, feat, feat, grad_out * (1.0 + scale)
 
 
-def assert_within_float64_error(got, base, exact, terms, factor: float = 2.0):
+def assert_within_float64_error(
+    got, base, exact, terms, factor: float = 2.0, names=("loss", "d_image", "d_text", "d_scale")
+):
     """flash-attention's rule against a float64 reference: each of (loss, d_image, d_text, d_scale) of
     ``got`` errs from ``exact`` by at most ``factor`` times what torch's naive computation in the same
     dtype (``base``) errs, plus 8 fp32 ulps of the larger of the quantity and its error scale
-    (``terms``, see ``term_scales``): both bounds scale with the values, logit_scale and grad_output."""
-    names = ["loss", "d_image", "d_text", "d_scale"]
+    (``terms``, see ``term_scales``): both bounds scale with the values, logit_scale and grad_output.
+    ``names`` label the quantities (a loss with more scalar inputs passes more)."""
     for name, g, b, r, term in zip(names, got, base, exact, terms, strict=True):
         assert g is not None and torch.isfinite(g).all(), name
         assert g.shape == r.shape, (name, g.shape, r.shape)
