@@ -131,6 +131,9 @@ def assert_within_float64_error(
         assert err_got <= factor * err_base + floor, (name, err_got, err_base, floor)
 
 
+_SET_STORAGE = {torch.ops.aten.set_.source_Storage, torch.ops.aten.set_.source_Storage_storage_offset}
+
+
 class PeakLive(TorchDispatchMode):
     """Peak bytes of the storages that ops create and that are still referenced (a storage is freed when
     the last tensor produced on it dies); views of tensors made before the mode are not counted."""
@@ -162,6 +165,8 @@ class PeakLive(TorchDispatchMode):
             key = storage.data_ptr()
             if key == 0 or (key in on_args and key not in self.refs):
                 continue
+            if func in _SET_STORAGE and key not in self.refs:
+                continue  # a tensor set onto a storage made before the mode (Triton's interpreter does this)
             nbytes, count = self.refs.get(key, (storage.nbytes(), 0))
             if count == 0:
                 self.live += nbytes

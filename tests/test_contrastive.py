@@ -81,12 +81,94 @@ def test_triton_matches_naive_dtypes(dtype, scale):
     _check("triton", 20, 40, dtype=dtype, scale=scale, eps=0.1, grad_out=0.7)
 
 
+def _plan_for(batch, dim, workspace):
+    from vlkernels.ops.contrastive_triton import _plan
+
+    return _plan(batch, batch, dim, torch.float32, True, workspace)
+
+
 @pytest.mark.interpreter
-@pytest.mark.parametrize("deterministic", ["0", "1"])
-def test_triton_backward_variants(monkeypatch, deterministic):
-    # "1": two gradient launches (no atomics); "0": one launch with atomic dK.
-    monkeypatch.setenv("VLKERNELS_DETERMINISTIC", deterministic)
-    _check("triton", 21, 70, eps=0.1, grad_out=1.3)
+@pytest.mark.parametrize("workspace", ["none", "partial", "all"])
+def test_triton_backward_plans_match(monkeypatch, workspace):
+    """Every backward plan matches naive: no workspace (G in slabs of one block of columns, the image
+    gradient accumulated over slabs, every text gradient from the column pass), a workspace whose fp32
+    accumulator covers some columns (the rest from the column pass), and one that covers all of them."""
+    batch, dim = 37, 19
+    nbytes = {"none": 0, "partial": 11072, "all": 2**20}[workspace]
+    plan = _plan_for(batch, dim, nbytes)
+    expect = {"none": (plan.slab < batch and plan.covered == 0), "partial": 0 < plan.covered < batch}
+    assert expect.get(workspace, plan.covered == batch), plan
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(nbytes / 2**20))
+    _check("triton", batch, dim, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
+def test_triton_is_deterministic(monkeypatch):
+    """No float atomics: two runs give bitwise-equal losses and gradients (both backward passes in use)."""
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(11072 / 2**20))
+    img, txt = features(37, 19, seed=3)
+    runs = [run_loss(contrastive_loss, img, txt, torch.tensor(30.0), 0.7, impl="triton") for _ in range(2)]
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)
+
+
+def _unnormalised(batch, dim, seed):
+    """Features with norms from 0.05 to 20 and one row far longer than the rest: the column bound
+    s |T_j| max_i |I_i| then overestimates most columns' scores by hundreds of bits."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(batch, dim, generator=g) * torch.logspace(-1.3, 1.3, batch)[:, None]
+    txt = torch.randn(batch, dim, generator=g) * torch.logspace(1.3, -1.3, batch)[:, None]
+    img[0] *= 50.0
+    return img, txt
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("scale", [1.0, 30.0, 100.0])
+def test_triton_unnormalised_features_and_fallback(monkeypatch, scale):
+    """Unnormalised features at scales up to 100 match naive (float64 rule), and the exact fallback of the
+    forward runs where the fixed-reference column sums underflow (a spy counts the flagged columns: it can
+    fail if the bound were never loose)."""
+    from vlkernels.ops import contrastive_triton as ct
+
+    flagged = []
+    real = ct._exact_rows
+
+    def spy(q, k, s, out, todo):
+        flagged.append(int(todo.sum()))
+        return real(q, k, s, out, todo)
+
+    monkeypatch.setattr(ct, "_exact_rows", spy)
+    img, txt = _unnormalised(29, 13, seed=int(scale))
+    s = torch.tensor(scale)
+    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl="triton", label_smoothing=0.1)
+    base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=0.1)
+    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3, label_smoothing=0.1)
+    # error scales from the actual logits (term_scales assumes unit features): W errs by ~(1 + max|S|) ulps
+    smax = scale * (img @ txt.T).abs().max().item()
+    imax, tmax = (x.norm(dim=1).max().item() for x in (img, txt))
+    w = 1.3 * (1.0 + smax)
+    assert_within_float64_error(
+        got, base, exact, (1.0 + smax, w * scale * tmax / 29, w * scale * imax / 29, w * imax * tmax)
+    )
+    assert flagged and flagged[0] > 0, flagged
+
+
+@pytest.mark.interpreter
+def test_triton_normalised_features_need_no_fallback(monkeypatch):
+    """CLIP's case (unit features, s = 100): no column is flagged, the forward is one pass."""
+    from vlkernels.ops import contrastive_triton as ct
+
+    flagged = []
+    real = ct._exact_rows
+
+    def spy(q, k, s, out, todo):
+        flagged.append(int(todo.sum()))
+        return real(q, k, s, out, todo)
+
+    monkeypatch.setattr(ct, "_exact_rows", spy)
+    img, txt = features(40, 24, seed=5)
+    contrastive_loss(img, txt, torch.tensor(100.0), impl="triton")
+    assert flagged == [0]
 
 
 @pytest.mark.parametrize("impl", ["torch", "naive", pytest.param("triton", marks=pytest.mark.interpreter)])
@@ -173,6 +255,7 @@ def test_non_finite_inputs_give_non_finite_loss(impl, bad):
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
 def test_never_materialises_b_by_b(monkeypatch, impl):
     monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")  # triton: G chunks of one block of rows
     batch, dim = 96, 4
     img, txt = features(batch, dim)
     img.requires_grad_()
@@ -180,8 +263,9 @@ def test_never_materialises_b_by_b(monkeypatch, impl):
     largest, saved = largest_tensors(
         lambda: contrastive_loss(img, txt, torch.tensor(5.0, requires_grad=True), impl=impl).backward()
     )
-    # torch: one chunk of 8 rows of S; triton: the interpreter's copies of one 16-row tile-row at most.
-    assert largest <= 16 * batch < batch * batch, largest
+    # torch: one chunk of 8 rows of S; triton: one 16-row fp32 chunk of G (the interpreter's block), which
+    # the interpreter copies as a byte storage (4 x its elements).
+    assert largest <= 4 * 16 * batch < batch * batch, largest
     assert saved <= batch * dim
     # The check can fail: the naive implementation does materialise B x B.
     largest, _ = largest_tensors(lambda: contrastive_loss(img, txt, 5.0, impl="naive").backward())
@@ -326,12 +410,12 @@ def test_torch_backward_passes_match(monkeypatch, dtype, workspace_mb):
     _check("torch", 37, 19, dtype=dtype, eps=0.1, grad_out=1.7)
 
 
-def _extra_bytes(batch, dim, dtype):
+def _extra_bytes(batch, dim, dtype, impl="torch"):
     img, txt = features(batch, dim, dtype, seed=batch)
     img.requires_grad_(), txt.requires_grad_()
     scale = torch.tensor(10.0, requires_grad=True)
     with PeakLive() as mode:
-        contrastive_loss(img, txt, scale, impl="torch", label_smoothing=0.1).backward()
+        contrastive_loss(img, txt, scale, impl=impl, label_smoothing=0.1).backward()
     grads = 2 * batch * dim * img.element_size()
     return mode.peak - grads
 
@@ -347,3 +431,20 @@ def test_torch_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, dtype):
     small, large = _extra_bytes(512, dim, dtype), _extra_bytes(2048, dim, dtype)
     assert large <= 32 * 2048 + workspace, (small, large)
     assert (large - small) / (2048 - 512) <= 32, (small, large)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, dtype):
+    """The same bound on the Triton path (interpreter). With no workspace the plans fall back to their
+    smallest buffers (one block of rows and columns of G, one program's column partials): the per-row
+    slope is at most 32 bytes. With a workspace, the extra stays within 32 bytes per row plus it."""
+    dim, sizes = 24, (64, 256)
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")
+    small, large = (_extra_bytes(batch, dim, dtype, "triton") for batch in sizes)
+    assert (large - small) / (sizes[1] - sizes[0]) <= 32, (small, large)
+    workspace = 2**15
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(workspace / 2**20))
+    for batch in sizes:
+        extra = _extra_bytes(batch, dim, dtype, "triton")
+        assert extra <= 32 * batch + workspace, (batch, extra)

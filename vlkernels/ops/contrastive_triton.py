@@ -1,39 +1,62 @@
-"""Triton backend of the contrastive loss: S tiles live in registers/SRAM, never in global memory.
+"""Triton backend of the contrastive loss (v2): 8 B^2 D FLOPs where the workspace allows, O(B) memory,
+deterministic. docs/design.md ("Contrastive kernels v2") has the derivations; in short:
 
-Kernels (both take Q [M, D], K [N, D] with arbitrary strides and read the scale from device memory,
-so no host sync; operands stay in the input dtype for tensor cores, accumulation is fp32):
+Forward, ``_forward_kernel``, one pass over S = s I @ T.T (2 B^2 D): one program per BLOCK_M rows walks
+every column tile once, keeps the rows' online max/sum (flash-attention style, base 2) and, for the
+columns, sums exp2(S2 - ref_j) over its rows, where ref_j (``column_reference``) is an upper bound of
+column j's scores, s |T_j| max_i |I_i| (Cauchy-Schwarz, with a rounding margin), lowered by a headroom of
+``124 - ceil(log2 M)`` bits: no term exceeds 2^headroom and no sum of M terms overflows. With a fixed
+reference the per-program column sums merge by plain addition: each program writes its partial row of
+sums (``[programs, N]`` fp32 in the workspace, rows launched in groups that fit it) and torch sums them
+in a fixed order (no atomics: bitwise reproducible). A column whose sum falls below M 2^-100 (its scores
+more than ~100 bits under the bound: unnormalised features, huge scales) or is not finite is recomputed
+exactly by ``_lse_kernel`` over a device-side list of such columns (no host sync; a full grid of
+programs of which those past the list's length do nothing).
 
-- ``_lse_kernel``: one program per BLOCK_M rows of Q walks all column tiles with an online
-  max/sum (base-2, flash-attention style) and writes logsumexp_j s <Q_i, K_j>. Called twice, with
-  (I, T) for the row LSEs and (T, I) for the column LSEs: 4 B^2 D FLOPs.
-- ``_grad_kernel``: one program per BLOCK_M rows recomputes each tile of S, forms
-  W = exp(S - lse_q) + exp(S - lse_k) and accumulates dQ = W @ K in fp32. With ATOMIC_DK it also
-  adds W.T @ Q into dK with fp32 atomics (one launch, 6 B^2 D FLOPs: 10 B^2 D with the forward);
-  otherwise it is launched a second time with the roles swapped (deterministic, 8 B^2 D).
+Backward, chunks of rows (``backward_plan``): ``_weights_kernel`` recomputes S for C rows and writes
+G = exp(S - r) + exp(S - c) - 2 (1 - eps) delta - 2 eps / B in the features' dtype into the workspace
+(with fp32 row sums of G * <I, T> for the scale's gradient), then two tensor-core GEMMs
+(``triton_utils.matmul``): dI[rows] = s k g / (2B) G @ T (written in the features' dtype) and, for the
+first ``covered`` columns, an fp32 accumulator += G.T @ I[rows] (6 B^2 D in all). The text gradients of
+the columns the accumulator could not hold (the workspace budget) come from a second pass over column
+chunks, the same kernels with the roles swapped (G.T has the same form): 2 B^2 D more per uncovered
+column share. No float atomics anywhere; every product has one writer per output tile.
 
-D is walked in BLOCK_D chunks; when D fits one chunk the Q block and the dQ accumulator stay in
-registers, else dQ is accumulated in its (program-owned) fp32 rows in global memory.
-Offsets are int64 (B * D may exceed 2^31).
+Operands stay in their dtype for tensor cores (TF32 when torch allows it for fp32; IEEE fp32 dots run on
+CUDA cores with tiles sized not to spill); accumulation is fp32; offsets are int64.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from vlkernels.ops.contrastive import finish_rows
+from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
 from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
-    accumulate_products,
     config,
     dot_precision,
+    dot_tile,
     load_tile,
+    matmul,
     score_tile,
     upcast,
-    use_atomics,
 )
+
+# Relative margin on the column bound for the rounding of the dots (tensor-core products of rounded
+# operands, fp32 accumulation: well under 2^-8 of s |I| |T| for D up to 2^16).
+BOUND_MARGIN = 2.0**-6
+# A column's sum of exp2(S2 - ref) below rows * 2^-100 is recomputed exactly: the terms flushed to zero
+# (< 2^-126 each) then weigh under 2^-26 of the sum.
+UNDERFLOW_BITS = 100
+# FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the fp32 accumulator's
+# read-modify-write against recomputation when ``backward_plan`` picks the chunk.
+RIDGE_FLOP_PER_BYTE = 236.0
 
 
 @triton.jit
@@ -42,6 +65,8 @@ def _lse_kernel(
     k_ptr,
     scale_ptr,
     lse_ptr,
+    idx_ptr,
+    count_ptr,
     M,
     N,
     D,
@@ -56,6 +81,77 @@ def _lse_kernel(
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
+    """Exact logsumexp_j s <Q_i, K_j> (online max/sum) for the rows idx[0:count] of Q, written to
+    lse[idx]: the forward's fallback for the columns whose fixed-reference sums underflowed."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    count = tl.load(count_ptr)
+    mask_m = offs < count
+    offs_m = tl.load(idx_ptr + offs, mask=mask_m, other=0)
+    n_eff = tl.where(pid * BLOCK_M < count, N, 0)  # programs past the list do no work
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if SINGLE_D:
+        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for start_n in range(0, n_eff, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        acc, _ = score_tile(
+            q_ptr,
+            k_ptr,
+            q,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+        )
+        s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s2, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
+        m_i = m_new
+    tl.store(lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+
+
+@triton.jit
+def _forward_kernel(
+    q_ptr,
+    k_ptr,
+    scale_ptr,
+    ref_ptr,
+    lse_ptr,
+    part_ptr,
+    M,
+    N,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Row LSEs of S (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]), one pass."""
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -92,119 +188,187 @@ def _lse_kernel(
             DOT_PREC,
             UPCAST,
         )
-        s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s2, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
+        s2 = acc * scale2
+        s2_row = tl.where(mask_n[None, :], s2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s2_row, axis=1))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2_row - m_new[:, None]), axis=1)
         m_i = m_new
-    lse = (m_i + tl.log2(l_i)) * LN2
-    tl.store(lse_ptr + offs_m, lse, mask=mask_m)
+        ref = tl.load(ref_ptr + offs_n, mask=mask_n, other=0.0)
+        col = tl.where(mask_m[:, None], tl.exp2(s2 - ref[None, :]), 0.0)
+        tl.store(part_ptr + pid * N + offs_n, tl.sum(col, axis=0), mask=mask_n)
+    tl.store(lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
 
 
 @triton.jit
-def _grad_kernel(
+def _weights_kernel(
     q_ptr,
     k_ptr,
     scale_ptr,
     lse_q_ptr,
     lse_k_ptr,
-    dq_ptr,
-    dk_ptr,
+    g_ptr,
+    ds_ptr,
     M,
     N,
     D,
+    row0,
+    diag_w,
+    all_w,
     sqm,
     sqd,
     skn,
     skd,
+    n_blocks,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr,
-    ATOMIC_DK: tl.constexpr,
+    TARGETS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    """One [BLOCK_M, BLOCK_N] tile of G = exp(S - lse_q) + exp(S - lse_k) (- the targets: diag_w where the
+    global row row0 + i is column j, all_w everywhere), stored in g's dtype ([M, N] row-major); with
+    TARGETS also the tile's fp32 row sums of G * <Q_i, K_j> (ds[i, pid_n])."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
+    mask_n = offs_n < N
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-        acc, k = score_tile(
-            q_ptr,
-            k_ptr,
-            q,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-        )
-        s2 = acc * scale2
-        w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
-        w = tl.where(mask_m[:, None] & mask_n[None, :], w, 0.0)
-        dq = accumulate_products(
-            w,
-            q,
-            k,
-            dq,
-            q_ptr,
-            k_ptr,
-            dq_ptr,
-            dk_ptr,
-            offs_m,
-            offs_n,
-            offs_d,
-            mask_m,
-            mask_n,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_D,
-            SINGLE_D,
-            ATOMIC_DK,
-            DOT_PREC,
-            UPCAST,
-        )
-    if SINGLE_D:
-        tl.store(dq_ptr + offs_m[:, None] * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :])
+    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+    acc = dot_tile(
+        q_ptr,
+        k_ptr,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+    )
+    s2 = acc * scale2
+    w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
+    if TARGETS:
+        w = w - tl.where((offs_m[:, None] + row0) == offs_n[None, :], diag_w, 0.0) - all_w
+    mask = mask_m[:, None] & mask_n[None, :]
+    w = tl.where(mask, w, 0.0)
+    tl.store(g_ptr + offs_m[:, None] * N + offs_n[None, :], w.to(g_ptr.dtype.element_ty), mask=mask)
+    if TARGETS:
+        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
 
 
-def row_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """logsumexp_j(scale * q @ k.T) per row of q, fp32 [M]."""
+# ----------------------------------------------------------------------------------------------------
+# Plans (pure Python: benchmarks/cost_model.py evaluates the same ones)
+
+
+def forward_rows_per_launch(m: int, n: int, block_m: int, workspace: int) -> int:
+    """Rows per forward launch: as many programs as the [programs, n] fp32 column partials fit in the
+    workspace (at least one program), at most all ``m`` rows."""
+    programs = max(1, workspace // (4 * n))
+    return min(m, programs * block_m)
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """``chunk``: rows of G per ``_weights_kernel`` launch (and of the GEMMs that consume it); ``slab``: its
+    columns per launch (all of them unless one block of rows of G does not fit the workspace; then the
+    chunk's image gradient accumulates over slabs in fp32); ``covered``: the first columns whose text
+    gradient is accumulated in fp32 during the row pass (the rest come from the column pass);
+    ``workspace``: the bytes the plan may use (G, the scale partials, the split-K partials and their sum,
+    the slabs' fp32 accumulator, the covered columns' fp32 accumulator)."""
+
+    chunk: int
+    slab: int
+    covered: int
+    workspace: int
+
+
+def _chunk_bytes(chunk: int, slab: int, dim: int, esize: int, block_n: int) -> int:
+    """G [chunk, slab] in the features' dtype + its fp32 scale partials + at most 4 split-K fp32 partials,
+    their sum and the slabs' fp32 accumulator ([chunk, dim] each)."""
+    return chunk * slab * esize + chunk * triton.cdiv(slab, block_n) * 4 + 6 * chunk * dim * 4
+
+
+def backward_plan(m: int, n: int, dim: int, esize: int, need_t: bool, workspace: int, block=(128, 128)):
+    """The chunk and the accumulator's coverage that minimise the modelled work within ``workspace`` bytes:
+    FLOPs of the column pass for the uncovered columns (recomputation + its GEMM) plus the covered
+    columns' accumulation GEMM, at least its fp32 read-modify-write weighed at the ridge (one per chunk).
+    When not even one block of rows fits, G is cut in slabs of columns (at least one block of columns)."""
+    block_m, block_n = block
+    rows = max(m, n)
+    chunks, c = [], block_m
+    while c < rows:
+        chunks.append(c)
+        c *= 2
+    chunks.append(rows)
+    best = None
+    for chunk in chunks:
+        g_bytes = _chunk_bytes(chunk, rows, dim, esize, block_n)
+        if g_bytes > workspace and chunk > chunks[0]:
+            continue
+        slab = rows
+        if g_bytes > workspace:  # the smallest chunk: cut its columns
+            slab = max(block_n, (workspace - 6 * chunk * dim * 4) // (chunk * esize + 4) // block_n * block_n)
+            slab = min(slab, rows)
+            g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n)
+        covered = 0
+        if need_t:
+            left = max(0, workspace - g_bytes)
+            covered = n if 4 * n * dim <= left else (left // (4 * dim)) // block_n * block_n
+        uncovered = n - covered if need_t else 0
+        rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * 8.0 * covered * dim
+        cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
+        key = (cost, -chunk)
+        if best is None or key < best[0]:
+            best = (key, BackwardPlan(chunk, slab, covered, g_bytes + 4 * covered * dim))
+    return best[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def row_norms(x: torch.Tensor) -> torch.Tensor:
+    """|x_i| in fp32 [rows], chunk by chunk (no fp32 copy of x)."""
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    for sl in row_chunks(x.shape[0], x.shape[1], x.device):
+        out[sl] = torch.linalg.vector_norm(f32_rows(x, sl), dim=1)
+    return out
+
+
+def column_reference(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Per column j of S = s q @ k.T, in base-2 units: an upper bound of S_ij log2(e) over all rows i
+    (|s| |k_j| max_i |q_i| with the rounding margin) minus the headroom 124 - ceil(log2 M) bits."""
+    headroom = 124 - math.ceil(math.log2(max(q.shape[0], 1)))
+    ref = row_norms(k).mul_(
+        row_norms(q).max() * scale.detach().float().abs() * (1.4426950408889634 * (1 + BOUND_MARGIN))
+    )
+    return ref.sub_(headroom)
+
+
+def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
+    """out[i] = logsumexp_j s <q_i, k_j> for the rows flagged in ``todo`` (bool [M]), without a host sync."""
     m, dim = q.shape
-    out = torch.empty(m, dtype=torch.float32, device=q.device)
+    order = torch.argsort((~todo).to(torch.uint8), stable=True)  # flagged rows first
+    count = todo.sum(dtype=torch.int32).reshape(1)
     cfg = config(dim, q.dtype, "lse")
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _lse_kernel[grid](
+    _lse_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         q,
         k,
         scale,
         out,
+        order,
+        count,
         m,
         k.shape[0],
         dim,
@@ -217,62 +381,174 @@ def row_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> torch.Tens
         UPCAST=upcast(q.dtype),
         **cfg,
     )
-    return out
 
 
-def weighted_sums(q, k, scale, lse_q, lse_k, atomic_dk: bool):
-    """(W @ k, W.T @ q if atomic_dk else None) in fp32, W = exp(S - lse_q[:, None]) + exp(S - lse_k)."""
+def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
+    """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in fp32, one pass over S."""
     m, dim = q.shape
-    cfg = config(dim, q.dtype, "grad")
-    dq = torch.zeros((m, dim), dtype=torch.float32, device=q.device)
-    dk = torch.zeros((k.shape[0], dim), dtype=torch.float32, device=q.device) if atomic_dk else dq
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]),)
-    _grad_kernel[grid](
+    n = k.shape[0]
+    cfg = config(dim, q.dtype, "fwd")
+    ref = column_reference(q, k, scale)
+    r = torch.empty(m, dtype=torch.float32, device=q.device)
+    sums = torch.zeros(n, dtype=torch.float32, device=q.device)
+    step = forward_rows_per_launch(m, n, cfg["BLOCK_M"], workspace_bytes())
+    part = torch.empty((triton.cdiv(step, cfg["BLOCK_M"]), n), dtype=torch.float32, device=q.device)
+    for r0 in range(0, m, step):
+        rows = min(step, m - r0)
+        programs = triton.cdiv(rows, cfg["BLOCK_M"])
+        _forward_kernel[(programs,)](
+            q[r0:],
+            k,
+            scale,
+            ref,
+            r[r0:],
+            part,
+            rows,
+            n,
+            dim,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            SINGLE_D=dim <= cfg["BLOCK_D"],
+            DOT_PREC=dot_precision(q.dtype),
+            UPCAST=upcast(q.dtype),
+            **cfg,
+        )
+        sums += part[:programs].sum(0)
+    del part
+    todo = ~(sums >= m * 2.0**-UNDERFLOW_BITS) | torch.isinf(sums)  # NaN compares False: flagged too
+    c = sums.log2_().add_(ref).mul_(0.6931471805599453)
+    del ref
+    _exact_rows(k, q, scale, c, todo)
+    return r, c
+
+
+def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batch: int) -> None:
+    """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k;
+    ``eps`` None: plain W (no targets, ``ds`` unused), else the targets of label smoothing ``eps`` over
+    ``batch`` columns with the diagonal where ``row0`` + i == j, and ds [M, column blocks] the fp32 row
+    sums of G * <q_i, k_j>."""
+    m, dim = q.shape
+    n = k.shape[0]
+    cfg = config(dim, q.dtype, "weights")
+    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    targets = eps is not None
+    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
         q,
         k,
         scale,
         lse_q,
         lse_k,
-        dq,
-        dk,
+        g,
+        ds if targets else g,
         m,
-        k.shape[0],
+        n,
         dim,
+        row0,
+        2.0 * (1.0 - eps) if targets else 0.0,
+        2.0 * eps / batch if targets else 0.0,
         q.stride(0),
         q.stride(1),
         k.stride(0),
         k.stride(1),
-        SINGLE_D=dim <= cfg["BLOCK_D"],
-        ATOMIC_DK=atomic_dk,
+        n_blocks,
+        TARGETS=targets,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,
     )
-    return dq, (dk if atomic_dk else None)
+
+
+def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
+    """``backward_plan`` with the weights kernel's blocks and the dtype's element size."""
+    cfg = config(dim, dtype, "weights")
+    esize = torch.empty((), dtype=dtype).element_size()
+    return backward_plan(m, n, dim, esize, need_t, workspace, (cfg["BLOCK_M"], cfg["BLOCK_N"]))
 
 
 class TritonBackend:
-    """``lse`` / ``accumulate`` of the contrastive backend protocol (ops/contrastive.py) on the kernels."""
-
-    def __init__(self, atomic_dk: bool | None = None):
-        self.atomic_dk = atomic_dk
+    """The contrastive backend protocol (ops/contrastive.py) on the v2 kernels."""
 
     def lse(self, image, text, scale):
-        return row_lse(image, text, scale), row_lse(text, image, scale)
+        return both_lse(image, text, scale)
 
     def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True):
-        """(dI, dT or None, ds) of the single-process loss from the two products (v1: fp32 [B, D] buffers)."""
-        a_i, a_t = self.accumulate(image, text, scale, r, c)
-        batch, i32, t32 = image.shape[0], image.float(), text.float()
-        d_image, d_scale = finish_rows(a_i, i32, t32, t32.sum(0), eps, batch, coef, scale, image.dtype, True)
+        """(dI, dT or None, ds) of the single-process loss: the row pass (G chunks, dI, the covered columns'
+        fp32 accumulator) then the column pass for the uncovered columns (module docstring)."""
+        batch, dim = image.shape
+        dev = image.device
+        plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
+        alpha = (scale.detach().float() * coef).reshape(1)
+        work = _Workspace(plan, batch, batch, dim, image.dtype, dev)
+        acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
+        d_image = torch.empty_like(image)
+        ds = torch.zeros((), dtype=torch.float32, device=dev)
+        for r0 in range(0, batch, plan.chunk):
+            rows = slice(r0, min(r0 + plan.chunk, batch))
+            ds += work.products(image, text, scale, r, c, rows, eps, alpha, d_image[rows], acc, plan.covered)
+        d_scale = ds * coef
         if not need_t:
             return d_image, None, d_scale
-        d_text, _ = finish_rows(a_t, None, i32, i32.sum(0), eps, batch, coef, scale, text.dtype, False)
+        d_text = torch.empty_like(text)
+        if acc is not None:
+            d_text[: plan.covered].copy_(acc.mul_(alpha))
+            del acc
+        for c0 in range(plan.covered, batch, plan.chunk):
+            cols = slice(c0, min(c0 + plan.chunk, batch))
+            work.products(text, image, scale, c, r, cols, eps, alpha, d_text[cols], None, 0)
         return d_image, d_text, d_scale
 
     def accumulate(self, image, text, scale, r, c):
-        atomic = use_atomics() if self.atomic_dk is None else self.atomic_dk
-        a_i, a_t = weighted_sums(image, text, scale, r, c, atomic)
-        if a_t is None:
-            a_t, _ = weighted_sums(text, image, scale, c, r, False)
+        """W @ text [M, D] and W.T @ image [N, D] in fp32 (the gathered Function's products), G chunks of
+        rows without targets; W.T @ image accumulates in its fp32 output."""
+        m, dim = image.shape
+        n = text.shape[0]
+        plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
+        work = _Workspace(plan, m, n, dim, image.dtype, image.device)
+        a_i = torch.empty((m, dim), dtype=torch.float32, device=image.device)
+        a_t = torch.zeros((n, dim), dtype=torch.float32, device=image.device)
+        for r0 in range(0, m, plan.chunk):
+            rows = slice(r0, min(r0 + plan.chunk, m))
+            work.products(image, text, scale, r, c, rows, None, work.one, a_i[rows], a_t, n)
         return a_i, a_t
+
+
+class _Workspace:
+    """The backward's buffers for one plan (G, scale partials, the slabs' fp32 accumulator) and the
+    products of one chunk of rows."""
+
+    def __init__(self, plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev):
+        self.plan = plan
+        self.block_n = config(dim, dtype, "weights")["BLOCK_N"]
+        chunk, slab = min(plan.chunk, rows), min(plan.slab, n)
+        self.g = torch.empty(chunk * slab, dtype=dtype, device=dev)
+        self.ds = torch.empty(chunk * triton.cdiv(slab, self.block_n), dtype=torch.float32, device=dev)
+        self.rows_acc = torch.empty((chunk, dim), dtype=torch.float32, device=dev) if slab < n else None
+        self.one = torch.ones(1, dtype=torch.float32, device=dev)
+
+    def products(self, q, k, scale, lse_q, lse_k, rows: slice, eps, alpha, out, acc, covered: int):
+        """For the rows ``rows`` of q: out = alpha G @ k (out's dtype) and acc[:covered] += G[:, :covered].T @
+        q[rows] (fp32); returns the rows' sum of G * <q, k> (0 without targets, ``eps`` None)."""
+        n, slab = k.shape[0], self.plan.slab
+        count = rows.stop - rows.start
+        q_rows = q[rows]
+        ds = torch.zeros((), dtype=torch.float32, device=q.device)
+        for s0 in range(0, n, slab):
+            cols = min(slab, n - s0)
+            g = self.g[: count * cols].view(count, cols)
+            weights(
+                q_rows, k[s0 : s0 + cols], scale, lse_q[rows], lse_k[s0:], g, self.ds, rows.start - s0, eps, n
+            )
+            if eps is not None:
+                ds += self.ds[: count * triton.cdiv(cols, self.block_n)].sum()
+            if cols == n:
+                matmul(g, k, alpha, out)
+            else:
+                matmul(g, k[s0 : s0 + cols], self.one, self.rows_acc[:count], accumulate=s0 > 0)
+            if acc is not None and s0 < covered:
+                width = min(covered, s0 + cols) - s0
+                matmul(g[:, :width].T, q_rows, self.one, acc[s0 : s0 + width], accumulate=True)
+        if self.rows_acc is not None and slab < n:
+            out.copy_(self.rows_acc[:count].mul_(alpha))
+        return ds

@@ -175,10 +175,143 @@ def accumulate_products(
     return dq
 
 
+@triton.jit
+def _matmul_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    alpha_ptr,
+    M,
+    N,
+    K,
+    k_per_split,
+    sam,
+    sak,
+    sbk,
+    sbn,
+    scs,
+    scm,
+    scn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """C[split] (=|+=) alpha * A[:, ks] @ B[ks, :] for the program's split ks of K; fp32 accumulation.
+    Each output tile has one writer (no atomics); ACCUMULATE reads and writes it once per launch."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    pid_k = tl.program_id(2).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for start_k in range(k_lo, k_hi, BLOCK_K):
+        offs_k = start_k + tl.arange(0, BLOCK_K).to(tl.int64)
+        mask_k = offs_k < k_hi
+        a = load_tile(a_ptr, offs_m, offs_k, mask_m, mask_k, sam, sak, UPCAST)
+        b = load_tile(b_ptr, offs_k, offs_n, mask_k, mask_n, sbk, sbn, UPCAST)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    acc = acc * tl.load(alpha_ptr).to(tl.float32)
+    c_ptrs = c_ptr + pid_k * scs + offs_m[:, None] * scm + offs_n[None, :] * scn
+    mask = mask_m[:, None] & mask_n[None, :]
+    if ACCUMULATE:
+        acc += tl.load(c_ptrs, mask=mask, other=0.0)
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def matmul_config(dtype: torch.dtype) -> dict:
+    """Tiles of ``matmul``: 128 x 128 x 64 for 16-bit operands (wgmma m64n128 on sm_90), 128 x 128 x 32 for
+    TF32, 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill)."""
+    if interpret_mode():
+        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+    if dtype != torch.float32:
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
+    if dot_precision(dtype) == "tf32":
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+
+
+# Streaming multiprocessors assumed where no GPU is present (the H100's 132): only the split-K choice uses it.
+DEFAULT_SMS = 132
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return DEFAULT_SMS
+
+
+def split_k(m: int, n: int, k: int, cfg: dict, sms: int) -> int:
+    """Splits of K so that an [m, n] product with few output tiles still fills about two waves of the SMs
+    (each split keeps at least 8 K-blocks); 1 when the tiles alone do."""
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    most = max(1, k // (8 * cfg["BLOCK_K"]))
+    return max(1, min(most, (2 * sms) // tiles))
+
+
+def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
+    """``out = alpha * a @ b`` (written in ``out``'s dtype) or, with ``accumulate``, ``out += alpha * a @ b``
+    (``out`` fp32), with fp32 accumulation; ``a`` [M, K] and ``b`` [K, N] with any strides (transposed
+    views included), ``alpha`` a device scalar (no host sync). Without ``accumulate``, a product with few
+    output tiles is split along K into fp32 partials summed in a fixed order (deterministic; the partials'
+    ``split * M * N * 4`` bytes come from ``workspace``, a flat fp32 tensor, when given)."""
+    m, k = a.shape
+    n = b.shape[1]
+    cfg = matmul_config(a.dtype)
+    split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
+    target = out
+    if split > 1:
+        need = split * m * n
+        if workspace is not None and workspace.numel() >= need:
+            target = workspace[:need].view(split, m, n)
+        else:
+            target = torch.empty((split, m, n), dtype=torch.float32, device=a.device)
+    per = triton.cdiv(triton.cdiv(k, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
+    _matmul_kernel[grid](
+        a,
+        b,
+        target,
+        alpha,
+        m,
+        n,
+        k,
+        per,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        target.stride(0) if split > 1 else 0,
+        target.stride(-2),
+        target.stride(-1),
+        ACCUMULATE=accumulate,
+        DOT_PREC=dot_precision(a.dtype),
+        UPCAST=upcast(a.dtype),
+        **cfg,
+    )
+    if split > 1:
+        torch.sum(target, dim=0, out=out) if out.dtype == torch.float32 else out.copy_(target.sum(0))
+    return out
+
+
 def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
-    """Fixed block sizes per (kernel: "lse" | "grad", dtype, D range); small ones in the interpreter."""
+    """Fixed block sizes per (kernel: "lse" | "grad" | "fwd" | "weights", dtype, D range); small ones in the
+    interpreter."""
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
+    if kernel in ("fwd", "weights"):
+        # the v2 contrastive kernels: 128 x 128 score tiles, D walked in chunks of 64 (16-bit) / 32 (TF32);
+        # IEEE fp32 dots run on CUDA cores, where 64 x 64 tiles on four warps do not spill
+        if dtype == torch.float32 and dot_precision(dtype) == "ieee":
+            return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=32, num_warps=4, num_stages=3)
+        block_d = max(16, min(32 if dtype == torch.float32 else 64, triton.next_power_of_2(dim)))
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=block_d, num_warps=8, num_stages=3)
     cap = 64 if dtype == torch.float32 else 128
     block_d = max(16, min(cap, triton.next_power_of_2(dim)))
     if kernel == "lse":
