@@ -8,9 +8,11 @@ Two steps, both without a GPU:
    The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``, ``TritonSigmoidBackend``) and
    launchers run on small CPU tensors for every variant they can select: dtype (bf16, fp16, fp32 under
    torch's default "highest" matmul precision -> IEEE dots, fp32 under "high" -> TF32 dots) x D (single-D
-   path, chunked path, unaligned D) x VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a separate teacher of
-   another width and dtype); the sigmoid (SigLIP) forward ``_loss_kernel`` and backward ``_grad_kernel``
-   (no atomic path: launched on (I, T) and on (T, I)) per dtype x D.
+   path, chunked path, unaligned D) x (soft target) VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a
+   separate teacher of another width and dtype); the contrastive v2 kernels (one path, no atomics: the
+   one-pass forward, its exact fallback, G with and without targets, the GEMMs storing in the features'
+   dtype / in fp32 / accumulating in fp32); the sigmoid (SigLIP) forward ``_loss_kernel`` and backward
+   ``_grad_kernel`` (no atomic path: launched on (I, T) and on (T, I)) per dtype x D.
 2. Compile (``compile_all``): each distinct captured specialisation once per architecture with
    ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (a process pool), recording
    ptxas' registers and spill bytes (``knobs.nvidia.dump_ptxas_log``), shared memory (``metadata.shared``),
@@ -64,7 +66,14 @@ DTYPES = {
     "fp32": ("float32", "highest"),  # IEEE fp32 dots (torch's default precision)
     "tf32": ("float32", "high"),  # fp32 inputs, TF32 dots
 }
-KERNELS = {"_lse_kernel": "lse", "_grad_kernel": "grad", "_stats_kernel": "stats", "_accum_kernel": "accum"}
+KERNELS = {
+    "_forward_kernel": "fwd",
+    "_lse_kernel": "lse",
+    "_weights_kernel": "weights",
+    "_matmul_kernel": "matmul",
+    "_stats_kernel": "stats",
+    "_accum_kernel": "accum",
+}
 # The sigmoid kernels' names collide with the contrastive ones': keyed by module too.
 SIGMOID_MODULE = "vlkernels.ops.sigmoid_triton"
 SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_grad_kernel": "sigmoid_grad"}
@@ -102,11 +111,10 @@ def grid(name: str = "full") -> list[Call]:
     if name == "test":
         c, s = "contrastive", "soft_target"
         f32t = ("fp32", TEACHER_D)
-        calls = [Call(c, "bf16", 64, False)]
-        calls += [Call(c, "bf16", D, det) for D in (256, 1024) for det in (False, True)]
-        calls += [Call(c, "bf16", 100, False), Call(c, "fp16", 1024, False)]
-        calls += [Call(c, "tf32", 1024, det) for det in (False, True)]
-        calls += [Call(c, "fp32", 1024, False)]
+        calls = [
+            Call(c, dt, D, False) for dt, D in [("bf16", 64), ("bf16", 100), ("bf16", 1024), ("fp16", 1024)]
+        ]
+        calls += [Call(c, dt, 1024, False) for dt in ("tf32", "fp32")]
         calls += [Call(s, "bf16", 64, False), Call(s, "bf16", 1024, False), Call(s, "bf16", 1024, True)]
         calls += [Call(s, "bf16", 1024, det, f32t) for det in (False, True)]
         calls += [Call(s, "bf16", 1024, False, ("bf16", TEACHER_D))]
@@ -118,8 +126,8 @@ def grid(name: str = "full") -> list[Call]:
         if dt in ("bf16", "fp16"):
             teachers.append((dt, TEACHER_D))
         for D in (64, 100, 256, 1024):
+            calls.append(Call("contrastive", dt, D, False))  # deterministic by design: one path
             for det in (False, True):
-                calls.append(Call("contrastive", dt, D, det))
                 calls.extend(Call("soft_target", dt, D, det, t) for t in teachers)
         calls.extend(Call("sigmoid", dt, D, False) for D in (64, 100, 256, 1024))
     return calls
@@ -130,7 +138,11 @@ def variant_ids(call: Call) -> list[str]:
     base = f"{call.dtype}/D{call.D}"
     flag = "det" if call.deterministic else "atomic"
     if call.op == "contrastive":
-        return [f"lse/{base}", f"grad/{base}/{flag}"]
+        ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G", f"weights/{base}/W"]
+        ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
+        if call.dtype in ("bf16", "fp16"):
+            ids.append(f"matmul/{base}/store-fp32")  # the gathered path's fp32 products
+        return ids
     if call.op == "sigmoid":
         return [f"sigmoid_loss/{base}", f"sigmoid_grad/{base}"]
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
@@ -228,9 +240,13 @@ def _run_call(call: Call):
         be.grads(image, text, scale, bias, True, True)
         return
     if call.op == "contrastive":
+        # the forward (one pass + the exact fallback's launch), the single-process backward (G with
+        # targets, dI, the fp32 accumulator) and the gathered path's products (W, fp32 outputs)
         be = TritonBackend()
-        r, c = be.lse(image, text, scale)
-        be.accumulate(image, text, scale, torch.zeros(n), torch.zeros(n))
+        be.lse(image, text, scale)
+        z = torch.zeros(n)
+        be.gradients(image, text, scale, z, z, torch.tensor(0.5), 0.1, True)
+        be.accumulate(image, text, scale, z, z)
         return
     teacher = None
     if call.teacher is not None:
@@ -270,8 +286,8 @@ def capture(calls: list[Call]) -> dict:
             for rec in records[start:]:
                 kernel = _short(rec)
                 consts = _constexpr_names(rec)
-                vid = next(i for i in expected if i.startswith(kernel + "/"))
-                if kernel in ("grad", "accum"):
+                vid = _variant_of(kernel, rec, consts, call, expected)
+                if kernel == "accum":
                     # the deterministic path launches the non-atomic kernel twice (roles swapped)
                     assert consts["ATOMIC_DK"] == (not call.deterministic), (vid, consts)
                 if kernel == "sigmoid_grad":
@@ -289,6 +305,21 @@ def capture(calls: list[Call]) -> dict:
         else:
             os.environ["VLKERNELS_DETERMINISTIC"] = old_env
     return variants
+
+
+def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list) -> str:
+    """The variant id of a captured launch: the v2 contrastive kernels launch several specialisations per
+    call (G with / without targets; GEMMs that store in the features' dtype, in fp32, or accumulate)."""
+    if kernel == "weights":
+        want = f"weights/{call.dtype}/D{call.D}/" + ("G" if consts["TARGETS"] else "W")
+    elif kernel == "matmul":
+        out_fp32 = rec["signature"]["c_ptr"] == "*fp32" and call.dtype in ("bf16", "fp16")
+        mode = "acc" if consts["ACCUMULATE"] else ("store-fp32" if out_fp32 else "store")
+        want = f"matmul/{call.dtype}/D{call.D}/{mode}"
+    else:
+        return next(i for i in expected if i.startswith(kernel + "/"))
+    assert want in expected, (want, expected)
+    return want
 
 
 def _constexpr_names(rec: dict) -> dict:
@@ -394,13 +425,12 @@ def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
     for rec in variants.values():
         unique.setdefault(rec["spec"], rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
-    weight = {"accum": 4, "grad": 3, "sigmoid_grad": 3, "stats": 2, "lse": 1, "sigmoid_loss": 1}
+    weight = {"accum": 4, "sigmoid_grad": 3, "stats": 2, "fwd": 2, "weights": 2, "lse": 1, "matmul": 1}
+    weight["sigmoid_loss"] = 1
 
     def cost(item):
-        rec = item[1]
-        return -(
-            weight[rec["kernel"]] + 2 * (not rec["config"]["SINGLE_D"]) + 2 * rec["config"].get("TEACHER", 0)
-        )
+        cfg = item[1]["config"]
+        return -(weight[item[1]["kernel"]] + 2 * (not cfg.get("SINGLE_D", False)) + 2 * cfg.get("TEACHER", 0))
 
     todo = [(spec, arch, rec) for spec, rec in sorted(unique.items(), key=cost) for arch in archs]
     results: dict = {str(a): {} for a in archs}
@@ -475,11 +505,17 @@ def table(data: dict, arch: int) -> str:
     for vid, rec in data["variants"].items():
         res = results[rec["spec"]]
         cfg = rec["config"]
-        blocks = f"{cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg['BLOCK_D']}"
+        blocks = f"{cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg.get('BLOCK_D', cfg.get('BLOCK_K'))}"
         if cfg.get("TEACHER"):
             blocks += f"/{cfg['BLOCK_DT']}"
         call = rec["call"]
-        flags = ["single-D" if cfg["SINGLE_D"] else "chunked-D"]
+        flags = []
+        if "SINGLE_D" in cfg:
+            flags.append("single-D" if cfg["SINGLE_D"] else "chunked-D")
+        if "ACCUMULATE" in cfg:
+            flags.append("fp32 accumulate" if cfg["ACCUMULATE"] else "store")
+        if "TARGETS" in cfg:
+            flags.append("G (targets)" if cfg["TARGETS"] else "W")
         if call["dtype"] in ("fp32", "tf32"):
             flags.append(cfg["DOT_PREC"] + " dots")
         if "ATOMIC_DK" in cfg:

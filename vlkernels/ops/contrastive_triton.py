@@ -361,7 +361,7 @@ def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
     m, dim = q.shape
     order = torch.argsort((~todo).to(torch.uint8), stable=True)  # flagged rows first
     count = todo.sum(dtype=torch.int32).reshape(1)
-    cfg = config(dim, q.dtype, "lse")
+    cfg = config(dim, q.dtype, "fwd")
     _lse_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         q,
         k,

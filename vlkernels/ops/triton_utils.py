@@ -225,16 +225,18 @@ def _matmul_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-def matmul_config(dtype: torch.dtype) -> dict:
+def matmul_config(dtype: torch.dtype, aligned: bool = True) -> dict:
     """Tiles of ``matmul``: 128 x 128 x 64 for 16-bit operands (wgmma m64n128 on sm_90), 128 x 128 x 32 for
-    TF32, 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill)."""
+    TF32, 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output
+    columns when a row stride is not a multiple of 8 elements (loads through registers, not cp.async)."""
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+    if dtype == torch.float32 and dot_precision(dtype) == "ieee":
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+    block_n = 128 if aligned else 64
     if dtype != torch.float32:
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=4)
-    if dot_precision(dtype) == "tf32":
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64, num_warps=8, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32, num_warps=8, num_stages=3)
 
 
 # Streaming multiprocessors assumed where no GPU is present (the H100's 132): only the split-K choice uses it.
@@ -263,7 +265,8 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
     ``split * M * N * 4`` bytes come from ``workspace``, a flat fp32 tensor, when given)."""
     m, k = a.shape
     n = b.shape[1]
-    cfg = matmul_config(a.dtype)
+    strides = (*a.stride(), *b.stride(), *out.stride())
+    cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides))
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     target = out
     if split > 1:
@@ -307,11 +310,14 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
     if kernel in ("fwd", "weights"):
         # the v2 contrastive kernels: 128 x 128 score tiles, D walked in chunks of 64 (16-bit) / 32 (TF32);
-        # IEEE fp32 dots run on CUDA cores, where 64 x 64 tiles on four warps do not spill
+        # IEEE fp32 dots run on CUDA cores, where 64 x 64 x 16 tiles on four warps do not spill (at most
+        # 206 registers on sm_90 / sm_80; 64 x 64 x 32 spills 16 B on sm_80), 64 x 32 for unaligned D
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
-            return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=32, num_warps=4, num_stages=3)
+            return dict(BLOCK_M=64, BLOCK_N=64 if dim % 8 == 0 else 32, BLOCK_D=16, num_warps=4, num_stages=4)
         block_d = max(16, min(32 if dtype == torch.float32 else 64, triton.next_power_of_2(dim)))
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=block_d, num_warps=8, num_stages=3)
+        # rows not 16-byte aligned (D not a multiple of 8) load through registers: 64-column tiles
+        block_n = 128 if dim % 8 == 0 else 64
+        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
     cap = 64 if dtype == torch.float32 else 128
     block_d = max(16, min(cap, triton.next_power_of_2(dim)))
     if kernel == "lse":
