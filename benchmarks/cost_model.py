@@ -271,12 +271,153 @@ def _sigmoid_launch(kernel, M, N, D, dtype, hw: Hardware) -> Launch:
     )
 
 
+# ----------------------------------------------------------------------------------------------------
+# The contrastive v2 kernels (vlkernels/ops/contrastive_triton.py)
+
+
+def _gemm(kernel, M, N, K, cfg, e, unit, hbm: dict, hw: Hardware, exps=0.0) -> Launch:
+    """A tiled product [M, K] x [K, N] (the G kernel's scores or a GEMM): every program reads its BLOCK_M
+    rows of A and BLOCK_N columns of B at full K from L2; ``hbm`` the launch's HBM terms."""
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    P = math.ceil(M / bm) * math.ceil(N / bn)
+    l2 = {"A tiles": math.ceil(N / bn) * M * K * e, "B tiles": math.ceil(M / bm) * N * K * e}
+    return Launch(
+        kernel=kernel,
+        M=M,
+        N=N,
+        config=dict(cfg, programs=P, waves=math.ceil(P / (hw.sms * hw.ctas_per_sm)), K=K),
+        flops={unit: 2.0 * M * N * K},
+        exps=float(exps),
+        l2_bytes=float(sum(l2.values())),
+        atomic_bytes=0.0,
+        hbm_bytes=float(sum(hbm.values())),
+        detail=dict(l2=l2, hbm=hbm),
+    )
+
+
+def _scale(ln: Launch, times: int) -> Launch:
+    """``times`` identical launches as one (every term adds up; the max of terms is the same per launch)."""
+    return Launch(
+        kernel=ln.kernel,
+        M=ln.M,
+        N=ln.N,
+        config=dict(ln.config, launches=times),
+        flops={u: f * times for u, f in ln.flops.items()},
+        exps=ln.exps * times,
+        l2_bytes=ln.l2_bytes * times,
+        atomic_bytes=0.0,
+        hbm_bytes=ln.hbm_bytes * times,
+        detail=dict(
+            l2={k: v * times for k, v in ln.detail["l2"].items()},
+            hbm={k: v * times for k, v in ln.detail["hbm"].items()},
+        ),
+    )
+
+
+def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tuple[list, int, dict]:
+    """(launches, how many are the forward, the backward plan) of one single-process forward + backward on
+    the v2 kernels, from their launchers' configs and plans (``forward_rows_per_launch``, ``backward_plan``).
+    Normalised features: no column is flagged, the fallback's programs exit at once (not counted). Each
+    G chunk is written to HBM and read back by its GEMMs (counted; not assumed L2-resident); the fp32
+    accumulator's read-modify-write per chunk is HBM traffic when it exceeds the usable L2."""
+    import torch
+
+    from vlkernels.ops import contrastive_triton as ct
+    from vlkernels.ops.triton_utils import matmul_config
+
+    e, tname, unit = DTYPES[dtype]
+    tdtype = getattr(torch, tname)
+    with _compiled_configs():
+        fcfg = tile_config(D, dtype, "fwd")
+        wcfg = tile_config(D, dtype, "weights")
+        prec = "highest" if dtype == "fp32" else "high"
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(prec)
+        try:
+            store = matmul_config(tdtype, D % 8 == 0, False)
+            acc_cfg = matmul_config(tdtype, D % 8 == 0, True)
+        finally:
+            torch.set_float32_matmul_precision(old)
+    out = []
+    # forward: one pass; the row groups that fit the column partials in the workspace
+    rows = ct.forward_rows_per_launch(B, B, fcfg["BLOCK_M"], workspace)
+    bm, bn, bd = fcfg["BLOCK_M"], fcfg["BLOCK_N"], fcfg["BLOCK_D"]
+    single = D <= bd
+    P, C = math.ceil(B / bm), math.ceil(B / bn)
+    l2 = {"K tiles": P * B * D * e, "Q tiles": B * D * e if single else B * C * D * e}
+    hbm = {"inputs": 2 * B * D * e, "column partials (write + sum)": 2 * 4.0 * P * B, "row LSE": 4 * B}
+    waves = math.ceil(P / (hw.sms * hw.ctas_per_sm))
+    if B * D * e > hw.l2_usable * hw.l2_bytes:
+        hbm["column operand per wave"] = (waves - 1) * B * D * e
+    hbm["O(BD) torch ops (norms, targets)"] = 4 * B * D * e
+    out.append(
+        Launch(
+            kernel="fwd",
+            M=B,
+            N=B,
+            config=dict(
+                fcfg, SINGLE_D=single, programs=P, column_tiles=C, waves=waves, launches=math.ceil(B / rows)
+            ),
+            flops={unit: 2.0 * B * B * D},
+            exps=2.0 * B * B + B * C,  # row and column exp2 per element, the online rescale per tile
+            l2_bytes=float(sum(l2.values())),
+            atomic_bytes=0.0,
+            hbm_bytes=float(sum(hbm.values())),
+            detail=dict(l2=l2, hbm=hbm),
+        )
+    )
+    plan = ct.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]))
+    ch = plan.chunk
+    chunks = math.ceil(B / ch)
+    fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731
+    g_hbm = {"operands": (ch + B) * D * e, "G written": ch * B * e}
+    weights = _gemm("weights (row pass)", ch, B, D, wcfg, e, unit, g_hbm, hw, exps=2.0 * ch * B)
+    di = _gemm(
+        "dI = G @ T", ch, D, B, store, e, unit, {"G + T read": (ch * B + B * D) * e, "dI": ch * D * e}, hw
+    )
+    out += [_scale(weights, chunks), _scale(di, chunks)]
+    if plan.covered:
+        acc_bytes = 4.0 * plan.covered * D
+        hbm = {"G + I read": (ch * plan.covered + ch * D) * e}
+        if not fits(acc_bytes):
+            hbm["fp32 accumulator read-modify-write"] = 2 * acc_bytes
+        acc = _gemm("dT[covered] += G.T @ I", plan.covered, D, ch, acc_cfg, e, unit, hbm, hw)
+        out.append(_scale(acc, chunks))
+    rest = B - plan.covered
+    if rest:
+        col_chunks = math.ceil(rest / ch)
+        out.append(
+            _scale(
+                _gemm("weights (column pass)", ch, B, D, wcfg, e, unit, g_hbm, hw, exps=2.0 * ch * B),
+                col_chunks,
+            )
+        )
+        dt_hbm = {"G + I read": (ch * B + B * D) * e, "dT": ch * D * e}
+        out.append(
+            _scale(
+                _gemm("dT = G.T-chunk @ I (column pass)", ch, D, B, store, e, unit, dt_hbm, hw), col_chunks
+            )
+        )
+    return out, 1, dict(chunk=plan.chunk, slab=plan.slab, covered=plan.covered, workspace=plan.workspace)
+
+
 def forward_launches(op: str) -> int:
-    """How many of ``launches``' first entries are the forward (sigmoid: one; else the two LSE passes)."""
-    return 1 if op == "sigmoid" else 2
+    """How many of ``launches``' first entries are the forward (sigmoid, contrastive v2: one; soft target:
+    the two LSE passes)."""
+    return 1 if op in ("sigmoid", "contrastive") else 2
 
 
-def launches(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teacher_dtype=None, hw=H100):
+def launches(
+    op,
+    B,
+    D,
+    dtype="bf16",
+    deterministic=False,
+    teacher_D=None,
+    teacher_dtype=None,
+    hw=H100,
+    workspace=256 * 2**20,
+):
     """The launches of one forward + backward, as the backends issue them. The sigmoid backend has one
     backward path (two launches, no atomics): ``deterministic`` changes nothing for it."""
     if op not in OPS:
@@ -290,6 +431,10 @@ def launches(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teache
             _sigmoid_launch("sigmoid_grad", B, B, D, dtype, hw),
             _sigmoid_launch("sigmoid_grad", B, B, D, dtype, hw),
         ]
+    if op == "contrastive":
+        if teacher_D is not None:
+            raise ValueError("a separate teacher needs op='soft_target'")
+        return contrastive_v2_launches(B, D, dtype, workspace, hw)[0]
     teacher = None
     if teacher_D is not None:
         if op != "soft_target":
@@ -322,13 +467,23 @@ def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
     return 8.0 * B * B * D + (4.0 * B * B * teacher_D if teacher_D else 0.0)
 
 
-def predict(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teacher_dtype=None, hw=H100) -> dict:
+def predict(
+    op,
+    B,
+    D,
+    dtype="bf16",
+    deterministic=False,
+    teacher_D=None,
+    teacher_dtype=None,
+    hw=H100,
+    workspace=256 * 2**20,
+) -> dict:
     """Modelled cost of one forward + backward of ``op`` ("contrastive" | "soft_target"; with teacher_D a
     separate teacher of that width, else the self teacher | "sigmoid") with the Triton kernels.
 
     Returns FLOPs by unit, exponentials, L2 / atomic / HBM bytes, per-phase and total (low, high) seconds,
     the FLOP floor and its time at the dense bf16 tensor-core rate, and the ratios to the floor."""
-    lns = launches(op, B, D, dtype, deterministic, teacher_D, teacher_dtype, hw)
+    lns = launches(op, B, D, dtype, deterministic, teacher_D, teacher_dtype, hw, workspace)
     nf = forward_launches(op)
     times = [launch_time(ln, hw) for ln in lns]
     flops: dict = {}
@@ -344,7 +499,9 @@ def predict(op, B, D, dtype="bf16", deterministic=False, teacher_D=None, teacher
         B=B,
         D=D,
         dtype=dtype,
-        deterministic=deterministic or op == "sigmoid",
+        deterministic=deterministic or op in ("sigmoid", "contrastive"),
+        workspace=workspace,
+        plan=contrastive_v2_launches(B, D, dtype, workspace, hw)[2] if op == "contrastive" else None,
         teacher_D=teacher_D,
         teacher_dtype=(teacher_dtype or dtype) if teacher_D else None,
         flops=flops,

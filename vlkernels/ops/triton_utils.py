@@ -225,9 +225,10 @@ def _matmul_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
-def matmul_config(dtype: torch.dtype, aligned: bool = True) -> dict:
-    """Tiles of ``matmul``: 128 x 128 x 64 for 16-bit operands (wgmma m64n128 on sm_90), 128 x 128 x 32 for
-    TF32, 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output
+def matmul_config(dtype: torch.dtype, aligned: bool = True, accumulate: bool = False) -> dict:
+    """Tiles of ``matmul``: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on sm_90) when storing,
+    128 x 128 x 64 when accumulating into fp32 (the fp32 tile read back spills at 128 x 256); 128 x 128 x
+    32 for TF32; 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output
     columns when a row stride is not a multiple of 8 elements (loads through registers, not cp.async)."""
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
@@ -235,6 +236,8 @@ def matmul_config(dtype: torch.dtype, aligned: bool = True) -> dict:
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
     block_n = 128 if aligned else 64
     if dtype != torch.float32:
+        if aligned and not accumulate:  # 128 x 256 (m64n256 wgmma): 180 registers; accumulating it spills
+            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3)
         return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64, num_warps=8, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32, num_warps=8, num_stages=3)
 
@@ -266,7 +269,7 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
     m, k = a.shape
     n = b.shape[1]
     strides = (*a.stride(), *b.stride(), *out.stride())
-    cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides))
+    cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides), accumulate)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     target = out
     if split > 1:
@@ -309,7 +312,8 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
     if kernel in ("fwd", "weights"):
-        # the v2 contrastive kernels: 128 x 128 score tiles, D walked in chunks of 64 (16-bit) / 32 (TF32);
+        # the v2 contrastive kernels: 128 x 128 score tiles, D walked in chunks of 64 (16-bit) / 32 (TF32)
+        # (128 x 256 and 256 x 128 spill, at 8 and at 16 warps);
         # IEEE fp32 dots run on CUDA cores, where 64 x 64 x 16 tiles on four warps do not spill (at most
         # 206 registers on sm_90 / sm_80; 64 x 64 x 32 spills 16 B on sm_80), 64 x 32 for unaligned D
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
