@@ -4,7 +4,9 @@
     python -m benchmarks.bench_contrastive --device cuda --out OUT/contrastive.json
 
 Every configuration runs in its own subprocess (clean peak memory); ratios against naive are computed
-from rows of the same run. FLOPs are counted as 2 B^2 D (forward) and 8 B^2 D (forward + backward).
+from rows of the same run. FLOPs are counted as 2 B^2 D (forward) and 8 B^2 D (forward + backward); the
+fwd+bwd rows also carry the Triton v2 kernels' FLOPs (in B^2 D) and their MODELLED H100 time
+(benchmarks/cost_model.py) for that shape.
 """
 
 from __future__ import annotations
@@ -99,6 +101,21 @@ def available(impl: str, device: str) -> str | None:
     return None
 
 
+def add_model(rows: list) -> None:
+    """For every fwd+bwd row: the Triton v2 kernels' FLOPs and their MODELLED H100 time at that (B, D,
+    dtype) from benchmarks/cost_model.py (a prediction next to the measured row, never a measurement)."""
+    from benchmarks import cost_model
+
+    labels = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+    for r in rows:
+        label = labels.get(str(r.get("dtype")))
+        if r.get("mode") != "fwd+bwd" or label is None:
+            continue
+        p = cost_model.predict("contrastive", r["B"], r["D"], label)
+        r["v2_flops_per_b2d"] = round(p["flops_total"] / (r["B"] ** 2 * r["D"]), 3)
+        r["modelled_h100_ms"] = f"{p['time_s'][0] * 1e3:.3g}-{p['time_s'][1] * 1e3:.3g}"
+
+
 def main(argv=None) -> list[dict]:
     p = harness.loss_bench_parser(__doc__, "contrastive")
     args = p.parse_args(argv)
@@ -149,6 +166,7 @@ def main(argv=None) -> list[dict]:
                         rows.append(row)
                         harness.write_json(rows, out)  # partial results survive a suite timeout
     harness.add_ratios(rows)
+    add_model(rows)
     if kind == "cuda":
         ceiling = bf16_ceiling_tflops()
         for r in rows:
@@ -181,6 +199,8 @@ def main(argv=None) -> list[dict]:
             "ratio_time_vs_naive",
             "ratio_mem_vs_naive",
             "tflops",
+            "v2_flops_per_b2d",
+            "modelled_h100_ms",
         ],
     )
     print(f"wrote {out} and {plot_path}")
