@@ -7,7 +7,7 @@
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
 # in two calls on one warm machine (stage timeouts: tests 170 s; benchmarks 180 + 120 + 60 + 70 + 30 s):
-#   SUITE_STAGES="build tests" bash benchmarks/gpu_suite.sh $OUT
+#   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
 set -uo pipefail
@@ -19,7 +19,7 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 export VLKERNELS_CUDA_ARCHS=${VLKERNELS_CUDA_ARCHS:-9.0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 DEVICE=cuda
 QUICK=${SUITE_QUICK:-0}
-STAGES=" ${SUITE_STAGES:-build tests bench summary} "
+STAGES=" ${SUITE_STAGES:-build tests ncu bench summary} "
 stage() { [[ "$STAGES" == *" $1 "* ]]; }
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || DEVICE=cpu
 [ "$DEVICE" = cpu ] && QUICK=1 && echo "no CUDA device: running the suite's quick CPU check only"
@@ -42,6 +42,15 @@ if stage tests; then
   echo "== 2. GPU tests"
   if [ "$QUICK" = 1 ]; then MARK="gpu or not slow"; else MARK="gpu"; fi
   timeout 170 python3 -m pytest -q -m "$MARK" tests -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+fi
+
+if stage ncu && [ "$DEVICE" = cuda ] && command -v ncu >/dev/null; then
+  echo "== 2b. ncu: one contrastive v2 forward + backward (B=32768, D=1024, bf16)"
+  # A few sections per kernel: achieved occupancy, SM / memory (L2, DRAM) throughput, pipe utilisation.
+  timeout 240 ncu --profile-from-start off --clock-control none --section SpeedOfLight --section Occupancy \
+    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis python3 -m benchmarks.profile_one \
+    --batch 32768 --dim 1024 >"$OUT/ncu.txt" 2>&1
+  grep -E "^  [A-Za-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Executed Ipc A" "$OUT/ncu.txt" | head -80
 fi
 
 stage bench || { stage summary && python3 -m benchmarks.summary "$OUT" | tee "$OUT/summary.md"; exit 0; }
