@@ -35,6 +35,11 @@ def _extensions():
     # CPU augmentation kernel; it changes no value (no reassociation, no contraction), only the
     # assumption that floating-point exceptions are observed.
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-DPy_LIMITED_API=0x03090000"]
+    # libstdc++ must come from the process's one shared copy (torch's): a second, static copy inside
+    # _C (seen on a CUDA 13 image whose link step added libstdc++.a) has its own std::locale ids, and
+    # the first message formatted with a number there (any TORCH_CHECK) crashes in a locale facet. The
+    # shared library is named before the driver's own libraries, so it resolves every std:: symbol.
+    link_flags = ["-fopenmp", "-Wl,--push-state,--no-as-needed", "-lstdc++", "-Wl,--pop-state"]
     can_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     want_cuda = bool(cuda_sources) and not _flag("VLKERNELS_SKIP_CUDA_BUILD")
     if want_cuda and not can_cuda and _flag("VLKERNELS_FORCE_CUDA_BUILD"):
@@ -52,7 +57,7 @@ def _extensions():
                 "cxx": cxx_flags + ["-DVLKERNELS_WITH_CUDA"],
                 "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-DVLKERNELS_WITH_CUDA"],
             },
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
             include_dirs=[os.path.join(ROOT, "csrc")],
             py_limited_api=True,
         )
@@ -61,7 +66,7 @@ def _extensions():
             "vlkernels._C",
             cpp_sources,
             extra_compile_args={"cxx": cxx_flags},
-            extra_link_args=["-fopenmp"],
+            extra_link_args=link_flags,
             include_dirs=[os.path.join(ROOT, "csrc")],
             py_limited_api=True,
         )

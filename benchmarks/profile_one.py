@@ -4,11 +4,17 @@
 
 Warm-up (compilation, autotuning of nothing: the configs are fixed) runs outside the profiled range; the range
 holds exactly one forward and one backward.
+
+    python -m benchmarks.profile_one --sweep --batches 32768 65536 --workspaces-mb 256 1024 4096
+
+times forward + backward (median of triton.testing.do_bench) for each batch and workspace budget
+(VLKERNELS_WORKSPACE_MB) instead, with TFLOP/s at the 8 B^2 D floor's FLOP count.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -20,8 +26,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32768)
     p.add_argument("--dim", type=int, default=1024)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--sweep", action="store_true")
+    p.add_argument("--batches", type=int, nargs="+", default=[32768, 65536])
+    p.add_argument("--workspaces-mb", type=int, nargs="+", default=[256, 1024, 4096])
     a = p.parse_args()
     dtype = getattr(torch, a.dtype)
+    if a.sweep:
+        sweep(a.batches, a.dim, dtype, a.workspaces_mb)
+        return
     g = torch.Generator(device="cuda").manual_seed(0)
     img = torch.nn.functional.normalize(torch.randn(a.batch, a.dim, device="cuda", generator=g), dim=1)
     txt = torch.nn.functional.normalize(torch.randn(a.batch, a.dim, device="cuda", generator=g), dim=1)
@@ -41,6 +53,37 @@ def main() -> None:
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
     print(f"B={a.batch} D={a.dim} {a.dtype}: loss {loss.item():.6f}")
+
+
+def _step(img, txt, scale) -> None:
+    img.grad = txt.grad = scale.grad = None
+    contrastive_loss(img, txt, scale, impl="triton").backward()
+
+
+def sweep(batches, dim, dtype, workspaces_mb) -> None:
+    import functools
+
+    import triton.testing
+
+    for batch in batches:
+        g = torch.Generator(device="cuda").manual_seed(batch)
+        feats = []
+        for _ in range(2):
+            x = torch.nn.functional.normalize(torch.randn(batch, dim, device="cuda", generator=g), dim=1)
+            feats.append(x.to(dtype).requires_grad_())
+        scale = torch.tensor(100.0, device="cuda", requires_grad=True)
+        step = functools.partial(_step, feats[0], feats[1], scale)
+        for mb in workspaces_mb:
+            os.environ["VLKERNELS_WORKSPACE_MB"] = str(mb)
+            step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            rep = max(200, int(batch / 65536 * 2000))
+            ms = triton.testing.do_bench(step, warmup=3, rep=rep, return_mode="median")
+            peak = torch.cuda.max_memory_allocated() / 2**20
+            tflops = 8.0 * batch * batch * dim / (ms * 1e-3) / 1e12
+            what = f"sweep B={batch} D={dim} workspace={mb} MiB"
+            print(f"{what}: {ms:.2f} ms, {tflops:.0f} TFLOP/s, peak {peak:.0f} MiB")
 
 
 if __name__ == "__main__":

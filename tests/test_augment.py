@@ -357,6 +357,33 @@ def test_compiled_cpu_op_is_what_runs(impl):
     assert _ext.build_info() in ("cpu", "cpu+cuda")
 
 
+def test_extension_shares_the_process_libstdcxx():
+    # A static libstdc++ inside _C (a second std::locale) crashes the first TORCH_CHECK message that
+    # formats a number (seen on a CUDA build). Two checks: the dynamic section names libstdc++.so.6
+    # (readelf, where binutils is installed), and a value error raised in C++ reaches Python in a child
+    # process (a crash there fails this test instead of killing the run).
+    import shutil
+    import subprocess
+    import sys
+
+    from vlkernels import _C
+
+    if shutil.which("readelf"):
+        dyn = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
+        assert "[libstdc++.so.6]" in dyn, f"{_C.__file__} does not link libstdc++ dynamically:\n{dyn}"
+    code = (
+        "import torch\n"
+        "from tests.test_augment import _op_args\n"
+        "from vlkernels.augment._op import op\n"
+        "a = list(_op_args()); b = a[4].clone(); b[0, 0] = 2**40; a[4] = b\n"
+        "try:\n    op()(*a)\nexcept RuntimeError as e:\n    print(e)\n"
+    )
+    root = __file__.rsplit("/tests/", 1)[0]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "crop box (1099511627776, " in r.stdout, r.stdout
+
+
 def _op_args(dtype=torch.float32, hwc=True):
     imgs = images_of("list", [(12, 17), (5, 8), (1, 1)], seed=23)
     from vlkernels.augment.api import as_batch
