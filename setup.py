@@ -23,6 +23,21 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _loaded_libstdcxx():
+    """Path of the libstdc++ shared library loaded in this process (by torch), or None."""
+    import torch  # noqa: F401  (loads libtorch and with it libstdc++)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1] if len(line.split()) >= 6 else ""
+                if os.path.basename(path).startswith("libstdc++.so"):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def _extensions():
     if _flag("VLKERNELS_SKIP_BUILD"):
         return [], {}
@@ -35,11 +50,12 @@ def _extensions():
     # CPU augmentation kernel; it changes no value (no reassociation, no contraction), only the
     # assumption that floating-point exceptions are observed.
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-DPy_LIMITED_API=0x03090000"]
-    # libstdc++ must come from the process's one shared copy (torch's): a second, static copy inside
-    # _C (seen on a CUDA 13 image whose link step added libstdc++.a) has its own std::locale ids, and
-    # the first message formatted with a number there (any TORCH_CHECK) crashes in a locale facet. The
-    # shared library is named before the driver's own libraries, so it resolves every std:: symbol.
-    link_flags = ["-fopenmp", "-Wl,--push-state,--no-as-needed", "-lstdc++", "-Wl,--pop-state"]
+    # libstdc++ must be the process's one shared copy (the one torch loaded): a second, static copy
+    # inside _C has its own std::locale ids, and the first message formatted with a number there (any
+    # TORCH_CHECK) crashes in a locale facet. Some toolchains link libstdc++.a by default (seen: a GCC
+    # in /opt/gcc on a CUDA 13 image); naming torch's libstdc++.so.6 by its path, before the driver's
+    # own libraries, makes every std:: symbol resolve to it.
+    link_flags = ["-fopenmp", _loaded_libstdcxx() or "-lstdc++"]
     can_cuda = torch.version.cuda is not None and CUDA_HOME is not None
     want_cuda = bool(cuda_sources) and not _flag("VLKERNELS_SKIP_CUDA_BUILD")
     if want_cuda and not can_cuda and _flag("VLKERNELS_FORCE_CUDA_BUILD"):

@@ -6,7 +6,7 @@
 #
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
-# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 120 + 60 + 70 + 30 s):
+# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 90 + 120 + 60 + 70 + 30 s):
 #   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
@@ -79,6 +79,11 @@ else
   BG=(--batch-sizes 16384 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls naive chunked_saved triton)
 fi
 timeout 180 python3 -m benchmarks.bench_contrastive --device "$DEVICE" "${BC[@]}" --out "$OUT/contrastive.json"
+if [ "$QUICK" != 1 ]; then
+  # The sizes the issue is about, against the fastest baseline only (the others take seconds a step there).
+  timeout 90 python3 -m benchmarks.bench_contrastive --device "$DEVICE" --batch-sizes 65536 131072 --dims 1024 \
+    --dtypes bfloat16 --modes fwd+bwd --impls open_clip triton --max-flops 2e17 --out "$OUT/contrastive_large.json"
+fi
 if [ -f benchmarks/bench_soft_target.py ]; then
   timeout 120 python3 -m benchmarks.bench_soft_target --device "$DEVICE" "${BS[@]}" --out "$OUT/soft_target.json"
 fi

@@ -49,9 +49,9 @@ struct Axis {
 
   __device__ __forceinline__ Axis(int64_t in, int64_t out, int64_t i, int interp_) {
     interp = interp_;
-    const float scale = static_cast<float>(in) / static_cast<float>(out);
+    const float scale = div_rn(static_cast<float>(in), static_cast<float>(out));
     const float support = aa_support(scale, interp);
-    invscale = scale >= 1.0f ? 1.0f / scale : 1.0f;
+    invscale = scale >= 1.0f ? div_rn(1.0f, scale) : 1.0f;
     center = static_cast<float>(scale * (i + 0.5));
     int64_t a = static_cast<int64_t>(center - support + 0.5f);
     a = a < 0 ? 0 : a;
@@ -66,7 +66,7 @@ struct Axis {
   __device__ __forceinline__ float raw(int j) const {
     return aa_filter(static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale), interp);
   }
-  __device__ __forceinline__ float weight(int j) const { return raw(j) / total; }
+  __device__ __forceinline__ float weight(int j) const { return div_rn(raw(j), total); }
 };
 
 struct Image {
