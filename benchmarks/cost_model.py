@@ -309,6 +309,7 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
     import torch
 
     from vlkernels.ops import contrastive_triton as ct
+    from vlkernels.ops import gchunk_triton as gchunk
     from vlkernels.ops.triton_utils import matmul_config
 
     e, tname, unit = DTYPES[dtype]
@@ -352,7 +353,7 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
             detail=dict(l2=l2, hbm=hbm),
         )
     )
-    plan = ct.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]))
+    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]))
     ch = plan.chunk
     chunks = math.ceil(B / ch)
     fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731

@@ -29,12 +29,12 @@ CUDA cores with tiles sized not to spill); accumulation is fp32; offsets are int
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
 from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
 from vlkernels.ops.triton_utils import (
     LN2,
@@ -43,7 +43,6 @@ from vlkernels.ops.triton_utils import (
     dot_precision,
     dot_tile,
     load_tile,
-    matmul,
     score_tile,
     upcast,
 )
@@ -54,9 +53,6 @@ BOUND_MARGIN = 2.0**-6
 # A column's sum of exp2(S2 - ref) below rows * 2^-100 is recomputed exactly: the terms flushed to zero
 # (< 2^-126 each) then weigh under 2^-26 of the sum.
 UNDERFLOW_BITS = 100
-# FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the fp32 accumulator's
-# read-modify-write against recomputation when ``backward_plan`` picks the chunk.
-RIDGE_FLOP_PER_BYTE = 236.0
 
 
 @triton.jit
@@ -268,7 +264,7 @@ def _weights_kernel(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Plans (pure Python: benchmarks/cost_model.py evaluates the same ones)
+# Plans (pure Python: benchmarks/cost_model.py evaluates the same ones; the backward's in gchunk_triton)
 
 
 def forward_rows_per_launch(m: int, n: int, block_m: int, workspace: int) -> int:
@@ -276,62 +272,6 @@ def forward_rows_per_launch(m: int, n: int, block_m: int, workspace: int) -> int
     workspace (at least one program), at most all ``m`` rows."""
     programs = max(1, workspace // (4 * n))
     return min(m, programs * block_m)
-
-
-@dataclass(frozen=True)
-class BackwardPlan:
-    """``chunk``: rows of G per ``_weights_kernel`` launch (and of the GEMMs that consume it); ``slab``: its
-    columns per launch (all of them unless one block of rows of G does not fit the workspace; then the
-    chunk's image gradient accumulates over slabs in fp32); ``covered``: the first columns whose text
-    gradient is accumulated in fp32 during the row pass (the rest come from the column pass);
-    ``workspace``: the bytes the plan may use (G, the scale partials, the split-K partials and their sum,
-    the slabs' fp32 accumulator, the covered columns' fp32 accumulator)."""
-
-    chunk: int
-    slab: int
-    covered: int
-    workspace: int
-
-
-def _chunk_bytes(chunk: int, slab: int, dim: int, esize: int, block_n: int) -> int:
-    """G [chunk, slab] in the features' dtype + its fp32 scale partials + at most 4 split-K fp32 partials,
-    their sum and the slabs' fp32 accumulator ([chunk, dim] each)."""
-    return chunk * slab * esize + chunk * triton.cdiv(slab, block_n) * 4 + 6 * chunk * dim * 4
-
-
-def backward_plan(m: int, n: int, dim: int, esize: int, need_t: bool, workspace: int, block=(128, 128)):
-    """The chunk and the accumulator's coverage that minimise the modelled work within ``workspace`` bytes:
-    FLOPs of the column pass for the uncovered columns (recomputation + its GEMM) plus the covered
-    columns' accumulation GEMM, at least its fp32 read-modify-write weighed at the ridge (one per chunk).
-    When not even one block of rows fits, G is cut in slabs of columns (at least one block of columns)."""
-    block_m, block_n = block
-    rows = max(m, n)
-    chunks, c = [], block_m
-    while c < rows:
-        chunks.append(c)
-        c *= 2
-    chunks.append(rows)
-    best = None
-    for chunk in chunks:
-        g_bytes = _chunk_bytes(chunk, rows, dim, esize, block_n)
-        if g_bytes > workspace and chunk > chunks[0]:
-            continue
-        slab = rows
-        if g_bytes > workspace:  # the smallest chunk: cut its columns
-            slab = max(block_n, (workspace - 6 * chunk * dim * 4) // (chunk * esize + 4) // block_n * block_n)
-            slab = min(slab, rows)
-            g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n)
-        covered = 0
-        if need_t:
-            left = max(0, workspace - g_bytes)
-            covered = n if 4 * n * dim <= left else (left // (4 * dim)) // block_n * block_n
-        uncovered = n - covered if need_t else 0
-        rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * 8.0 * covered * dim
-        cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
-        key = (cost, -chunk)
-        if best is None or key < best[0]:
-            best = (key, BackwardPlan(chunk, slab, covered, g_bytes + 4 * covered * dim))
-    return best[1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -467,6 +407,25 @@ def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
     return backward_plan(m, n, dim, esize, need_t, workspace, (cfg["BLOCK_M"], cfg["BLOCK_N"]))
 
 
+def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
+    """The contrastive G for ``Workspace.products``: ``weights`` into the workspace; with targets (``eps`` not
+    None) the partial sums of G * <q, k> (the scale's gradient) as the statistics."""
+    n = k.shape[0]
+
+    def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
+        q_rows, k_cols = q[rows], k[s0 : s0 + cols]
+        weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, rows.start - s0, eps, n)
+        if eps is None:
+            return None
+        return work.part[: (rows.stop - rows.start) * triton.cdiv(cols, work.block_n)].sum()
+
+    return fill
+
+
+def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
+    return Workspace(plan, rows, n, dim, dtype, dev, config(dim, dtype, "weights")["BLOCK_N"])
+
+
 class TritonBackend:
     """The contrastive backend protocol (ops/contrastive.py) on the v2 kernels."""
 
@@ -480,13 +439,14 @@ class TritonBackend:
         dev = image.device
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
         alpha = (scale.detach().float() * coef).reshape(1)
-        work = _Workspace(plan, batch, batch, dim, image.dtype, dev)
+        work = _workspace(plan, batch, batch, dim, image.dtype, dev)
         acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
         d_image = torch.empty_like(image)
         ds = torch.zeros((), dtype=torch.float32, device=dev)
+        fill = _fill(work, image, text, scale, r, c, eps)
         for r0 in range(0, batch, plan.chunk):
             rows = slice(r0, min(r0 + plan.chunk, batch))
-            ds += work.products(image, text, scale, r, c, rows, eps, alpha, d_image[rows], acc, plan.covered)
+            ds += work.products(image, text, fill, rows, alpha, d_image[rows], acc, plan.covered)
         d_scale = ds * coef
         if not need_t:
             return d_image, None, d_scale
@@ -494,9 +454,10 @@ class TritonBackend:
         if acc is not None:
             d_text[: plan.covered].copy_(acc.mul_(alpha))
             del acc
+        fill = _fill(work, text, image, scale, c, r, eps)
         for c0 in range(plan.covered, batch, plan.chunk):
             cols = slice(c0, min(c0 + plan.chunk, batch))
-            work.products(text, image, scale, c, r, cols, eps, alpha, d_text[cols], None, 0)
+            work.products(text, image, fill, cols, alpha, d_text[cols], None, 0)
         return d_image, d_text, d_scale
 
     def accumulate(self, image, text, scale, r, c):
@@ -505,50 +466,11 @@ class TritonBackend:
         m, dim = image.shape
         n = text.shape[0]
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
-        work = _Workspace(plan, m, n, dim, image.dtype, image.device)
+        work = _workspace(plan, m, n, dim, image.dtype, image.device)
         a_i = torch.empty((m, dim), dtype=torch.float32, device=image.device)
         a_t = torch.zeros((n, dim), dtype=torch.float32, device=image.device)
+        fill = _fill(work, image, text, scale, r, c, None)
         for r0 in range(0, m, plan.chunk):
             rows = slice(r0, min(r0 + plan.chunk, m))
-            work.products(image, text, scale, r, c, rows, None, work.one, a_i[rows], a_t, n)
+            work.products(image, text, fill, rows, work.one, a_i[rows], a_t, n)
         return a_i, a_t
-
-
-class _Workspace:
-    """The backward's buffers for one plan (G, scale partials, the slabs' fp32 accumulator) and the
-    products of one chunk of rows."""
-
-    def __init__(self, plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev):
-        self.plan = plan
-        self.block_n = config(dim, dtype, "weights")["BLOCK_N"]
-        chunk, slab = min(plan.chunk, rows), min(plan.slab, n)
-        self.g = torch.empty(chunk * slab, dtype=dtype, device=dev)
-        self.ds = torch.empty(chunk * triton.cdiv(slab, self.block_n), dtype=torch.float32, device=dev)
-        self.rows_acc = torch.empty((chunk, dim), dtype=torch.float32, device=dev) if slab < n else None
-        self.one = torch.ones(1, dtype=torch.float32, device=dev)
-
-    def products(self, q, k, scale, lse_q, lse_k, rows: slice, eps, alpha, out, acc, covered: int):
-        """For the rows ``rows`` of q: out = alpha G @ k (out's dtype) and acc[:covered] += G[:, :covered].T @
-        q[rows] (fp32); returns the rows' sum of G * <q, k> (0 without targets, ``eps`` None)."""
-        n, slab = k.shape[0], self.plan.slab
-        count = rows.stop - rows.start
-        q_rows = q[rows]
-        ds = torch.zeros((), dtype=torch.float32, device=q.device)
-        for s0 in range(0, n, slab):
-            cols = min(slab, n - s0)
-            g = self.g[: count * cols].view(count, cols)
-            weights(
-                q_rows, k[s0 : s0 + cols], scale, lse_q[rows], lse_k[s0:], g, self.ds, rows.start - s0, eps, n
-            )
-            if eps is not None:
-                ds += self.ds[: count * triton.cdiv(cols, self.block_n)].sum()
-            if cols == n:
-                matmul(g, k, alpha, out)
-            else:
-                matmul(g, k[s0 : s0 + cols], self.one, self.rows_acc[:count], accumulate=s0 > 0)
-            if acc is not None and s0 < covered:
-                width = min(covered, s0 + cols) - s0
-                matmul(g[:, :width].T, q_rows, self.one, acc[s0 : s0 + width], accumulate=True)
-        if self.rows_acc is not None and slab < n:
-            out.copy_(self.rows_acc[:count].mul_(alpha))
-        return ds

@@ -1,0 +1,129 @@
+"""The G-chunk backward shared by the Triton backends of the pairwise losses (contrastive v2, sigmoid).
+
+Both losses have gradients of the form dQ = alpha G K and dK = alpha G.T Q, where G [M, N] is an
+elementwise function of the scores S = s Q K.T (and of per-row / per-column statistics from the forward).
+The backward never holds G whole: for a chunk of rows a loss's weights kernel recomputes S and writes G
+into the workspace in the features' dtype (``Fill``), then two tensor-core GEMMs (``triton_utils.matmul``)
+consume it: dQ[rows] = alpha G @ K (stored) and, for the first ``covered`` columns, an fp32 accumulator
++= G.T @ Q[rows]. The columns the accumulator could not hold come from a column pass: the same products
+with the roles of Q and K swapped (G.T has the same form for both losses). ``backward_plan`` picks the chunk
+and the coverage that minimise the modelled work within the workspace budget (docs/design.md,
+"Contrastive kernels v2"); benchmarks/cost_model.py evaluates the same plans.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from vlkernels.ops.triton_utils import matmul
+
+# FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the fp32 accumulator's
+# read-modify-write against recomputation when ``backward_plan`` picks the chunk.
+RIDGE_FLOP_PER_BYTE = 236.0
+
+# fill(rows, s0, cols, g): write G for the rows ``rows`` of Q against the columns s0 .. s0 + cols of K into
+# g [count, cols]; return the chunk's fp32 partial statistics (any shape, summed over chunks and slabs by
+# the caller), or None.
+Fill = Callable[[slice, int, int, torch.Tensor], "torch.Tensor | None"]
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """``chunk``: rows of G per weights-kernel launch (and of the GEMMs that consume it); ``slab``: its
+    columns per launch (all of them unless one block of rows of G does not fit the workspace; then the
+    chunk's image gradient accumulates over slabs in fp32); ``covered``: the first columns whose text
+    gradient is accumulated in fp32 during the row pass (the rest come from the column pass);
+    ``workspace``: the bytes the plan may use (G, the statistics' partials, the split-K partials and their
+    sum, the slabs' fp32 accumulator, the covered columns' fp32 accumulator)."""
+
+    chunk: int
+    slab: int
+    covered: int
+    workspace: int
+
+
+def _chunk_bytes(chunk: int, slab: int, dim: int, esize: int, block_n: int, stats: int = 1) -> int:
+    """G [chunk, slab] in the features' dtype + ``stats`` fp32 partials per row and column block + at most 4
+    split-K fp32 partials, their sum and the slabs' fp32 accumulator ([chunk, dim] each)."""
+    return chunk * slab * esize + stats * chunk * triton.cdiv(slab, block_n) * 4 + 6 * chunk * dim * 4
+
+
+def backward_plan(
+    m: int, n: int, dim: int, esize: int, need_t: bool, workspace: int, block=(128, 128), stats: int = 1
+):
+    """The chunk and the accumulator's coverage that minimise the modelled work within ``workspace`` bytes:
+    FLOPs of the column pass for the uncovered columns (recomputation + its GEMM) plus the covered
+    columns' accumulation GEMM, at least its fp32 read-modify-write weighed at the ridge (one per chunk).
+    When not even one block of rows fits, G is cut in slabs of columns (at least one block of columns)."""
+    block_m, block_n = block
+    rows = max(m, n)
+    chunks, c = [], block_m
+    while c < rows:
+        chunks.append(c)
+        c *= 2
+    chunks.append(rows)
+    best = None
+    for chunk in chunks:
+        g_bytes = _chunk_bytes(chunk, rows, dim, esize, block_n, stats)
+        if g_bytes > workspace and chunk > chunks[0]:
+            continue
+        slab = rows
+        if g_bytes > workspace:  # the smallest chunk: cut its columns
+            per_col = chunk * esize + 4 * stats
+            slab = max(block_n, (workspace - 6 * chunk * dim * 4) // per_col // block_n * block_n)
+            slab = min(slab, rows)
+            g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats)
+        covered = 0
+        if need_t:
+            left = max(0, workspace - g_bytes)
+            covered = n if 4 * n * dim <= left else (left // (4 * dim)) // block_n * block_n
+        uncovered = n - covered if need_t else 0
+        rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * 8.0 * covered * dim
+        cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
+        key = (cost, -chunk)
+        if best is None or key < best[0]:
+            best = (key, BackwardPlan(chunk, slab, covered, g_bytes + 4 * covered * dim))
+    return best[1]
+
+
+class Workspace:
+    """The backward's buffers for one plan (G, the statistics' partials ``part``, the slabs' fp32
+    accumulator) and the products of one chunk of rows."""
+
+    def __init__(self, plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev, block_n: int, stats=1):
+        self.plan = plan
+        self.block_n = block_n
+        chunk, slab = min(plan.chunk, rows), min(plan.slab, n)
+        self.g = torch.empty(chunk * slab, dtype=dtype, device=dev)
+        self.part = torch.empty(stats * chunk * triton.cdiv(slab, block_n), dtype=torch.float32, device=dev)
+        self.rows_acc = torch.empty((chunk, dim), dtype=torch.float32, device=dev) if slab < n else None
+        self.one = torch.ones(1, dtype=torch.float32, device=dev)
+
+    def products(self, q, k, fill: Fill, rows: slice, alpha, out, acc, covered: int):
+        """For the rows ``rows`` of q: out = alpha G @ k (out's dtype) and acc[:covered] += G[:, :covered].T @
+        q[rows] (fp32); returns the sum of ``fill``'s statistics over the slabs (None if it returns none)."""
+        n, slab = k.shape[0], self.plan.slab
+        count = rows.stop - rows.start
+        q_rows = q[rows]
+        stats = None
+        for s0 in range(0, n, slab):
+            cols = min(slab, n - s0)
+            g = self.g[: count * cols].view(count, cols)
+            part = fill(rows, s0, cols, g)
+            if part is not None:
+                stats = part if stats is None else stats + part
+            if cols == n:
+                matmul(g, k, alpha, out)
+            else:
+                matmul(g, k[s0 : s0 + cols], self.one, self.rows_acc[:count], accumulate=s0 > 0)
+            if acc is not None and s0 < covered:
+                width = min(covered, s0 + cols) - s0
+                matmul(g[:, :width].T, q_rows, self.one, acc[s0 : s0 + width], accumulate=True)
+        if self.rows_acc is not None and slab < n:
+            out.copy_(self.rows_acc[:count].mul_(alpha))
+        return stats
