@@ -238,11 +238,13 @@ def _leaves(batch, dim, seed=0):
 @pytest.mark.parametrize("impl", ["torch", TRITON])
 def test_never_materialises_b_by_b(monkeypatch, impl):
     monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")  # triton: G chunks of one block of rows
     batch, dim = 96, 4
     leaves = _leaves(batch, dim)
     largest, saved = largest_tensors(lambda: sigmoid_loss(*leaves, impl=impl).backward())
-    # torch: chunks of 8 rows of S; triton: the interpreter's copies of one 16-row tile-row at most.
-    assert largest <= 16 * batch < batch * batch, largest
+    # torch: chunks of 8 rows of S; triton: one 16-row fp32 chunk of G (the interpreter's block), which
+    # the interpreter copies as a byte storage (4 x its elements).
+    assert largest <= 4 * 16 * batch < batch * batch, largest
     assert saved <= batch * dim
     # The check can fail: the naive implementation does materialise B x B.
     largest, _ = largest_tensors(lambda: sigmoid_loss(*leaves, impl="naive").backward())
@@ -259,8 +261,9 @@ def _peak_bytes(impl, batch, dim):
 @pytest.mark.parametrize("impl", ["torch", TRITON])
 def test_memory_grows_linearly_with_batch(monkeypatch, impl):
     """Extra memory beyond the inputs is O(B D + B * chunk): quadrupling B at most ~quadruples it, where the
-    naive B x B logits grow ~16x."""
+    naive B x B logits grow ~16x (triton without a workspace: G chunks of one block of rows)."""
     monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")
     dim = 8
     small, large = _peak_bytes(impl, 32, dim), _peak_bytes(impl, 128, dim)
     assert large <= 4.5 * small, (small, large)
@@ -268,6 +271,31 @@ def test_memory_grows_linearly_with_batch(monkeypatch, impl):
     assert large <= 4 * (2 * 128 * dim + 4 * 16 * 128) + 4096, large
     naive_small, naive_large = _peak_bytes("naive", 32, dim), _peak_bytes("naive", 128, dim)
     assert naive_large >= 12 * naive_small, (naive_small, naive_large)
+
+
+def _extra_bytes(batch, dim, dtype):
+    img, txt = features(batch, dim, dtype, seed=batch)
+    leaves = img.requires_grad_(), txt.requires_grad_(), torch.tensor(10.0, requires_grad=True), -3.0
+    with PeakLive() as mode:
+        sigmoid_loss(*leaves, impl="triton").backward()
+    return mode.peak - 2 * batch * dim * img.element_size()  # minus the two feature gradients
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, dtype):
+    """Extra memory beyond the inputs and their gradients (every tensor the ops create, forward and
+    backward): with no workspace the plan falls back to its smallest buffers and the per-row slope is at
+    most 32 bytes (no fp32 [B, D] copy of a gradient); with one, at most 32 bytes per row plus it."""
+    dim, sizes = 24, (40, 104)
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")
+    small, large = (_extra_bytes(batch, dim, dtype) for batch in sizes)
+    assert (large - small) / (sizes[1] - sizes[0]) <= 32, (small, large)
+    workspace = 2**15
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(workspace / 2**20))
+    for batch in sizes:
+        extra = _extra_bytes(batch, dim, dtype)
+        assert extra <= 32 * batch + workspace, (batch, extra)
 
 
 # --- torch.compile -----------------------------------------------------------------------------

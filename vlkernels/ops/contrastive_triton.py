@@ -43,6 +43,7 @@ from vlkernels.ops.triton_utils import (
     dot_precision,
     dot_tile,
     load_tile,
+    round_to,
     score_tile,
     upcast,
 )
@@ -258,7 +259,9 @@ def _weights_kernel(
         w = w - tl.where((offs_m[:, None] + row0) == offs_n[None, :], diag_w, 0.0) - all_w
     mask = mask_m[:, None] & mask_n[None, :]
     w = tl.where(mask, w, 0.0)
-    tl.store(g_ptr + offs_m[:, None] * N + offs_n[None, :], w.to(g_ptr.dtype.element_ty), mask=mask)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(w, g_ptr.dtype.element_ty, UPCAST), mask=mask
+    )
     if TARGETS:
         tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
 

@@ -11,7 +11,10 @@ rectangular blocks I [M, D] x T [N, D], ``diag`` saying whether pair (i, i) of t
 
 - ``loss_sum(I, T, s, b, diag)``: sum_ij softplus(-y_ij z_ij), a 0-d fp32 tensor;
 - ``grads(I, T, s, b, diag, need_t)``: (G @ T [M, D], G.T @ I [N, D] or None, sum G, sum G_ij <I_i, T_j>),
-  fp32, without the factor s (no division by s anywhere: s = 0 is allowed).
+  fp32, without the factor s (no division by s anywhere: s = 0 is allowed);
+- optionally ``gradients(I, T, s, b, alpha, need_t)``: the single-process block (diag) with the features'
+  gradients alpha G @ T and alpha G.T @ I written in their dtype (alpha a device scalar: no fp32 [B, D]
+  copies), then (sum G, sum G_ij <I_i, T_j>).
 
 ``RingSigmoidFunction`` is the loss of a batch split across the ranks of a process group: the text blocks
 travel round a ring (P2P, the next block's transfer overlapping the current block's tiles); the backward
@@ -79,11 +82,18 @@ class SigmoidLossFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         image, text, scale, bias = ctx.saved_tensors
         need_i, need_t, need_s, need_b = ctx.needs_input_grad[:4]
-        a_i, a_t, g_sum, g_dot = ctx.params.backend.grads(image, text, scale, bias, True, need_t)
+        backend = ctx.params.backend
         coef = grad_out.float() / image.shape[0]
         feat = coef * scale
-        d_image = _none_unless(need_i, (a_i * feat).to(image.dtype))
-        d_text = _none_unless(need_t, None if a_t is None else (a_t * feat).to(text.dtype))
+        if hasattr(backend, "gradients"):  # the features' gradients written in their dtype, no fp32 [B, D]
+            d_image, d_text, g_sum, g_dot = backend.gradients(image, text, scale, bias, feat, need_t)
+        else:
+            a_i, a_t, g_sum, g_dot = backend.grads(image, text, scale, bias, True, need_t)
+            d_image = (a_i * feat).to(image.dtype)
+            d_text = None if a_t is None else (a_t * feat).to(text.dtype)
+            del a_i, a_t
+        d_image = _none_unless(need_i, d_image)
+        d_text = _none_unless(need_t, d_text)
         return d_image, d_text, _none_unless(need_s, coef * g_dot), _none_unless(need_b, coef * g_sum), None
 
 

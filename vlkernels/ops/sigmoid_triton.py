@@ -1,23 +1,22 @@
-"""Triton backend of the sigmoid (SigLIP) loss: S tiles live in registers/SRAM, never in global memory.
+"""Triton backend of the sigmoid (SigLIP) loss: S tiles live in registers/SRAM, never whole in global memory.
 
 Kernels (Q [M, D], K [N, D] with arbitrary strides; scale and bias read from device memory, so no host
 sync; operands stay in the input dtype for tensor cores, accumulation is fp32, offsets int64):
 
 - ``_loss_kernel``: one program per BLOCK_M rows walks all column tiles and writes the row sums of
   softplus(-y z) (2 M N D FLOPs); the loss is their sum in a fixed order (torch's sum of [M]).
-- ``_grad_kernel``: one program per (BLOCK_M rows, BLOCK_D feature chunk) recomputes each tile of S,
-  forms G = sigmoid(z) - [i == j] and accumulates G @ K for its chunk of D in registers (fp32) over all
-  column tiles, then writes it once: no fp32 read-modify-write of global rows and no atomics. Chunk 0
-  also writes the row sums of G and of G * <Q_i, K_j> (the partials of d logit_bias and d logit_scale).
-  The sigmoid loss is symmetric in (I, T), so the same kernel launched with (T, I) gives G.T @ I: the
-  backward is two launches, deterministic (bitwise identical run to run), 6 M N D FLOPs when D fits one
-  chunk. D chunk size: up to 256 (16-bit) / 128 (fp32) on the GPU; beyond that the grid gets one program
-  per D chunk and each recomputes its S tiles (the documented fallback: 2 M N D (1 + chunks) FLOPs per
-  launch instead of 4 M N D), which keeps the accumulator in registers.
+- ``_weights_kernel``: the backward on the G-chunk engine (ops/gchunk_triton.py, shared with the contrastive
+  loss): for a chunk of rows it recomputes S and writes G = sigmoid(z) - [i == j] into the workspace in
+  the features' dtype, with fp32 partial row sums of G * <Q_i, K_j> and of G (the scale's and the bias's
+  gradients); two tensor-core GEMMs consume each chunk: dI[rows] = alpha G @ T (stored) and an fp32
+  accumulator += G.T @ I[rows] for the text columns the workspace covers; the other columns come from a
+  column pass (G.T has the same form: z is symmetric in (I, T)). 8 B^2 D FLOPs in all (forward 2, weights
+  2, two GEMMs 4) while the accumulator covers every column; no float atomics, deterministic.
 
 Numerics: softplus(x) = max(x, 0) + log1p(exp(-|x|)) with log1p evaluated as log(u) * e / (u - 1),
 u = 1 + e (exact to a few ulps even where 1 + e rounds); G of a positive is -sigmoid(-z) (no cancellation
-in sigmoid(z) - 1). Stable for any |z| (scale 100 with bias -10 gives |z| ~ 110).
+in sigmoid(z) - 1), rounded once to the features' dtype for the GEMMs (the scalar gradients use the fp32
+values). Stable for any |z| (scale 100 with bias -10 gives |z| ~ 110).
 """
 
 from __future__ import annotations
@@ -26,13 +25,16 @@ import torch
 import triton
 import triton.language as tl
 
-from vlkernels._triton import interpret_mode
+from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
+from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
     dot_precision,
+    dot_tile,
     load_tile,
+    round_to,
     score_tile,
     upcast,
 )
@@ -114,98 +116,74 @@ def _loss_kernel(
 
 
 @triton.jit
-def _grad_kernel(
+def _weights_kernel(
     q_ptr,
     k_ptr,
     scale_ptr,
     bias_ptr,
-    dq_ptr,
-    gsum_ptr,
-    gdot_ptr,
+    g_ptr,
+    part_ptr,
     M,
     N,
     D,
+    row0,
     sqm,
     sqd,
     skn,
     skd,
+    n_blocks,
+    stat_stride,
     DIAG: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    """One [BLOCK_M, BLOCK_N] tile of G = sigmoid(z) - [row0 + i == j] (the positives only with DIAG),
+    z = s <Q_i, K_j> + b, stored in g's dtype ([M, N] row-major); its fp32 row sums of G * <Q_i, K_j>
+    (part[i * n_blocks + pid_n]) and of G (part[stat_stride + i * n_blocks + pid_n])."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
+    mask_n = offs_n < N
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
-    # This program's chunk of D (the only chunk when SINGLE_D).
-    offs_d = pid_d.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    g_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    g_dot = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        acc, k = score_tile(
-            q_ptr,
-            k_ptr,
-            q,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-        )
-        if not SINGLE_D:
-            k = load_tile(k_ptr, offs_n, offs_d, mask_n, mask_d, skn, skd, UPCAST)
-        z = acc * scale + bias
-        e = tl.exp2(-tl.abs(z) * LOG2E)
-        hi = 1.0 / (1.0 + e)  # sigmoid(|z|)
-        lo = e * hi  # sigmoid(-|z|)
-        g = tl.where(z >= 0, hi, lo)
-        if DIAG:
-            g = tl.where(offs_m[:, None] == offs_n[None, :], -tl.where(z >= 0, lo, hi), g)
-        g = tl.where(mask_m[:, None] & mask_n[None, :], g, 0.0)
-        g_sum += tl.sum(g, axis=1)
-        g_dot += tl.sum(g * acc, axis=1)
-        dq = tl.dot(g.to(k.dtype), k, dq, input_precision=DOT_PREC)
-    tl.store(dq_ptr + offs_m[:, None] * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :])
-    if pid_d == 0:
-        tl.store(gsum_ptr + offs_m, g_sum, mask=mask_m)
-        tl.store(gdot_ptr + offs_m, g_dot, mask=mask_m)
-
-
-def grad_config(dim: int, dtype: torch.dtype) -> dict:
-    """Block sizes of ``_grad_kernel``: the D chunk (the register accumulator's width) covers D up to 256
-    (16-bit inputs) / 128 (fp32) in one chunk; small blocks in the interpreter (so that tests exercise
-    the several-chunk path)."""
-    if interpret_mode():
-        return config(dim, dtype, "grad")
-    cap = 128 if dtype == torch.float32 else 256
-    block_d = max(16, min(cap, triton.next_power_of_2(dim)))
-    # 64-row blocks at every width: a wgmma covers 64 rows (32-row blocks fell back to mma.sync on sm_90).
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    acc = dot_tile(
+        q_ptr,
+        k_ptr,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+    )
+    z = acc * scale + bias
+    e = tl.exp2(-tl.abs(z) * LOG2E)
+    hi = 1.0 / (1.0 + e)  # sigmoid(|z|)
+    lo = e * hi  # sigmoid(-|z|)
+    g = tl.where(z >= 0, hi, lo)
+    if DIAG:
+        # a positive's G is sigmoid(z) - 1 = -sigmoid(-z): no cancellation
+        g = tl.where((offs_m[:, None] + row0) == offs_n[None, :], -tl.where(z >= 0, lo, hi), g)
+    mask = mask_m[:, None] & mask_n[None, :]
+    g = tl.where(mask, g, 0.0)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(g, g_ptr.dtype.element_ty, UPCAST), mask=mask
+    )
+    tl.store(part_ptr + offs_m * n_blocks + pid_n, tl.sum(g * acc, axis=1), mask=mask_m)
+    tl.store(part_ptr + stat_stride + offs_m * n_blocks + pid_n, tl.sum(g, axis=1), mask=mask_m)
 
 
 def _common(q: torch.Tensor, k: torch.Tensor) -> tuple:
@@ -216,7 +194,7 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
     """Row sums [M] of softplus(-y z), z = scale * q @ k.T + bias (y: +1 on the diagonal when diag)."""
     m, dim = q.shape
     out = torch.empty(m, dtype=torch.float32, device=q.device)
-    cfg = config(dim, q.dtype, "lse")
+    cfg = config(dim, q.dtype, "fwd")
     _loss_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         q,
         k,
@@ -233,45 +211,113 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
     return out
 
 
-def row_grads(q, k, scale, bias, diag: bool, stats: bool = True):
-    """(G @ k [M, D] fp32, row sums of G [M], row sums of G * (q @ k.T) [M]) (the sums None without
-    ``stats``: scratch buffers are written then)."""
+def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
+    """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k,
+    the positives where ``row0`` + i == j (None: no positives); part gets the [2, M, column blocks] fp32
+    row sums of G * <q_i, k_j> and of G. Returns the number of partials per statistic (M * column blocks)."""
     m, dim = q.shape
-    cfg = grad_config(dim, q.dtype)
-    dq = torch.empty((m, dim), dtype=torch.float32, device=q.device)
-    g_sum = torch.empty(m, dtype=torch.float32, device=q.device)
-    g_dot = torch.empty(m, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(dim, cfg["BLOCK_D"]))
-    _grad_kernel[grid](
+    n = k.shape[0]
+    cfg = config(dim, q.dtype, "weights")
+    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
         q,
         k,
         scale,
         bias,
-        dq,
-        g_sum,
-        g_dot,
-        *_common(q, k),
-        DIAG=diag,
-        SINGLE_D=dim <= cfg["BLOCK_D"],
+        g,
+        part,
+        *_common(q, k)[:3],
+        0 if row0 is None else row0,
+        *_common(q, k)[3:],
+        n_blocks,
+        m * n_blocks,
+        DIAG=row0 is not None,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,
     )
-    return (dq, g_sum, g_dot) if stats else (dq, None, None)
+    return m * n_blocks
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().reshape(1).to(torch.float32).contiguous()
 
 
+def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
+    """``backward_plan`` with the weights kernel's blocks, the dtype's element size and two statistics."""
+    cfg = config(dim, dtype, "weights")
+    esize = torch.empty((), dtype=dtype).element_size()
+    return backward_plan(m, n, dim, esize, need_t, workspace, (cfg["BLOCK_M"], cfg["BLOCK_N"]), stats=2)
+
+
+def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
+    return Workspace(plan, rows, n, dim, dtype, dev, config(dim, dtype, "weights")["BLOCK_N"], stats=2)
+
+
+def _fill(work: Workspace, q, k, scale, bias, diag: bool, stats: bool = True):
+    """The sigmoid G for ``Workspace.products``; statistics: [sum G * <q, k>, sum G] of the chunk (fp32)."""
+
+    def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
+        count = weights(
+            q[rows], k[s0 : s0 + cols], scale, bias, g, work.part, rows.start - s0 if diag else None
+        )
+        return work.part[: 2 * count].view(2, count).sum(1) if stats else None
+
+    return fill
+
+
 class TritonSigmoidBackend:
-    """``loss_sum`` / ``grads`` of the sigmoid backend protocol (ops/sigmoid.py) on the kernels."""
+    """The sigmoid backend protocol (ops/sigmoid.py) on the G-chunk engine (ops/gchunk_triton.py): the
+    forward one pass over S; the backward G chunks of rows into the workspace and two tensor-core GEMMs
+    each (dI stored, dT accumulated in fp32 for the columns the workspace covers, a column pass for the
+    rest): 8 B^2 D FLOPs with the default budget up to the coverage limit."""
 
     def loss_sum(self, image, text, scale, bias, diag):
         return row_loss_sums(image, text, _f32(scale), _f32(bias), diag).sum()
 
-    def grads(self, image, text, scale, bias, diag, need_t=True):
+    def gradients(self, image, text, scale, bias, alpha, need_t=True):
+        """(dI, dT or None, sum G, sum G * <I, T>) of the single-process loss, dI and dT = alpha * (G @ T,
+        G.T @ I) in the features' dtype (alpha a device scalar)."""
+        batch, dim = image.shape
+        dev = image.device
         scale, bias = _f32(scale), _f32(bias)
-        a_i, g_sum, g_dot = row_grads(image, text, scale, bias, diag)
-        a_t = row_grads(text, image, scale, bias, diag, stats=False)[0] if need_t else None
-        return a_i, a_t, g_sum.sum(), g_dot.sum()
+        alpha = alpha.detach().float().reshape(1)
+        plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
+        work = _workspace(plan, batch, batch, dim, image.dtype, dev)
+        acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
+        d_image = torch.empty_like(image)
+        stats = torch.zeros(2, dtype=torch.float32, device=dev)
+        fill = _fill(work, image, text, scale, bias, True)
+        for r0 in range(0, batch, plan.chunk):
+            rows = slice(r0, min(r0 + plan.chunk, batch))
+            stats += work.products(image, text, fill, rows, alpha, d_image[rows], acc, plan.covered)
+        d_text = None
+        if need_t:
+            d_text = torch.empty_like(text)
+            if acc is not None:
+                d_text[: plan.covered].copy_(acc.mul_(alpha))
+                del acc
+            # G.T has the same form (z is symmetric in (I, T), positives on the diagonal)
+            fill = _fill(work, text, image, scale, bias, True, stats=False)
+            for c0 in range(plan.covered, batch, plan.chunk):
+                cols = slice(c0, min(c0 + plan.chunk, batch))
+                work.products(text, image, fill, cols, alpha, d_text[cols], None, 0)
+        return d_image, d_text, stats[1], stats[0]
+
+    def grads(self, image, text, scale, bias, diag, need_t=True):
+        """(G @ T [M, D], G.T @ I [N, D] or None, sum G, sum G * <I, T>) in fp32 (the ring Function's block
+        products), G chunks of rows; G.T @ I accumulates in its fp32 output."""
+        m, dim = image.shape
+        n = text.shape[0]
+        dev = image.device
+        scale, bias = _f32(scale), _f32(bias)
+        plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
+        work = _workspace(plan, m, n, dim, image.dtype, dev)
+        a_i = torch.empty((m, dim), dtype=torch.float32, device=dev)
+        a_t = torch.zeros((n, dim), dtype=torch.float32, device=dev) if need_t else None
+        stats = torch.zeros(2, dtype=torch.float32, device=dev)
+        fill = _fill(work, image, text, scale, bias, diag)
+        for r0 in range(0, m, plan.chunk):
+            rows = slice(r0, min(r0 + plan.chunk, m))
+            stats += work.products(image, text, fill, rows, work.one, a_i[rows], a_t, n if need_t else 0)
+        return a_i, a_t, stats[1], stats[0]

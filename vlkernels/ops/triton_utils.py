@@ -32,6 +32,18 @@ def load_tile(ptr, offs_r, offs_d, mask_r, mask_d, s_r, s_d, UPCAST: tl.constexp
 
 
 @triton.jit
+def round_to(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
+    """fp32 x in ``dtype``, rounded to nearest even. On a GPU the conversion rounds so (cvt.rn); Triton's
+    interpreter truncates fp32 -> bf16 (its bf16 is bit slicing), so there (EMULATE: the launchers pass
+    UPCAST) the bits are rounded first and the conversion is then exact. NaN and inf are kept."""
+    if EMULATE and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def dot_tile(
     q_ptr,
     k_ptr,
@@ -222,7 +234,7 @@ def _matmul_kernel(
     mask = mask_m[:, None] & mask_n[None, :]
     if ACCUMULATE:
         acc += tl.load(c_ptrs, mask=mask, other=0.0)
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptrs, round_to(acc, c_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
 def matmul_config(dtype: torch.dtype, aligned: bool = True, accumulate: bool = False) -> dict:
