@@ -11,8 +11,8 @@ Two steps, both without a GPU:
    path, chunked path, unaligned D) x (soft target) VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a
    separate teacher of another width and dtype); the contrastive v2 kernels (one path, no atomics: the
    one-pass forward, its exact fallback, G with and without targets, the GEMMs storing in the features'
-   dtype / in fp32 / accumulating in fp32); the sigmoid (SigLIP) forward ``_loss_kernel`` and backward
-   ``_grad_kernel`` (no atomic path: launched on (I, T) and on (T, I)) per dtype x D.
+   dtype / in fp32 / accumulating in fp32); the sigmoid (SigLIP) forward ``_loss_kernel``, its G chunks
+   ``_weights_kernel`` and the same GEMMs (no atomics anywhere) per dtype x D.
 2. Compile (``compile_all``): each distinct captured specialisation once per architecture with
    ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (a process pool), recording
    ptxas' registers and spill bytes (``knobs.nvidia.dump_ptxas_log``), shared memory (``metadata.shared``),
@@ -76,13 +76,12 @@ KERNELS = {
 }
 # The sigmoid kernels' names collide with the contrastive ones': keyed by module too.
 SIGMOID_MODULE = "vlkernels.ops.sigmoid_triton"
-SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_grad_kernel": "sigmoid_grad"}
+SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_weights_kernel": "sigmoid_weights"}
 TEACHER_D = 768
-# The sigmoid calls of the "test" grid (each launches the forward and the backward kernel), within about
-# 40 s of compiles: the single-D path (D = 64, IEEE fp32 at 255 registers included; D = 256, the 16-bit
-# backward's whole chunk at BLOCK_M = 32), the chunked path (D = 1024: bf16, TF32) and an unaligned D (TF32
-# at D = 100: chunked forward with masked chunks, single-D backward). The IEEE fp32 chunked variants (the
-# slowest compiles) are in the "sigmoid" and "full" grids only.
+# The sigmoid calls of the "test" grid (each launches the forward, the weights kernel and the shared GEMMs),
+# within CI's time: the single-D forward (D = 64, IEEE fp32 included), the chunked one (D = 256 / 1024:
+# bf16, TF32) and an unaligned D (TF32 at D = 100: masked chunks, 64-column tiles). The IEEE fp32 chunked
+# variants (the slowest compiles) are in the "sigmoid" and "full" grids only.
 SIGMOID_TEST = [("bf16", 64), ("bf16", 256), ("bf16", 1024), ("tf32", 100), ("tf32", 1024), ("fp32", 64)]
 
 
@@ -144,7 +143,12 @@ def variant_ids(call: Call) -> list[str]:
             ids.append(f"matmul/{base}/store-fp32")  # the gathered path's fp32 products
         return ids
     if call.op == "sigmoid":
-        return [f"sigmoid_loss/{base}", f"sigmoid_grad/{base}"]
+        # forward, G chunks, and the shared GEMMs: dI stored, dT accumulated, the ring's fp32 products
+        ids = [f"sigmoid_loss/{base}", f"sigmoid_weights/{base}"]
+        ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
+        if call.dtype in ("bf16", "fp16"):
+            ids.append(f"matmul/{base}/store-fp32")
+        return ids
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
     return [f"stats/{base}{t}", f"accum/{base}{t}/{flag}"]
 
@@ -235,9 +239,10 @@ def _run_call(call: Call):
 
         be = TritonSigmoidBackend()
         bias = torch.tensor(-10.0)
-        # the single-process call: diag=True; backward = _grad_kernel on (I, T), then on (T, I)
+        # the single-process call (diag; the backward's G chunks and GEMMs) and the ring's block products
         be.loss_sum(image, text, scale, bias, True)
-        be.grads(image, text, scale, bias, True, True)
+        be.gradients(image, text, scale, bias, torch.tensor(0.5), True)
+        be.grads(image, text, scale, bias, True, True)  # the ring's own block: the same G specialisation
         return
     if call.op == "contrastive":
         # the forward (one pass + the exact fallback's launch), the single-process backward (G with
@@ -290,9 +295,6 @@ def capture(calls: list[Call]) -> dict:
                 if kernel == "accum":
                     # the deterministic path launches the non-atomic kernel twice (roles swapped)
                     assert consts["ATOMIC_DK"] == (not call.deterministic), (vid, consts)
-                if kernel == "sigmoid_grad":
-                    # launched on (I, T) then (T, I): one specialisation (equal shapes and strides)
-                    assert "ATOMIC_DK" not in consts, (vid, consts)
                 rec = dict(rec, spec=_spec_key(rec), kernel=kernel, call=asdict(call), config=consts)
                 prev = variants.get(vid)
                 if prev is not None and prev["spec"] != rec["spec"]:
@@ -425,7 +427,7 @@ def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
     for rec in variants.values():
         unique.setdefault(rec["spec"], rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
-    weight = {"accum": 4, "sigmoid_grad": 3, "stats": 2, "fwd": 2, "weights": 2, "lse": 1, "matmul": 1}
+    weight = {"accum": 4, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2, "lse": 1, "matmul": 1}
     weight["sigmoid_loss"] = 1
 
     def cost(item):
@@ -520,8 +522,6 @@ def table(data: dict, arch: int) -> str:
             flags.append(cfg["DOT_PREC"] + " dots")
         if "ATOMIC_DK" in cfg:
             flags.append("atomic dK" if cfg["ATOMIC_DK"] else "deterministic")
-        if rec["kernel"] == "sigmoid_grad":
-            flags.append("no atomics (two launches)")
         if cfg.get("TEACHER"):
             t_dtype = call["teacher"][0]
             prec = f" ({cfg['T_DOT_PREC']} dots)" if DTYPES[t_dtype][0] == "float32" else ""
@@ -566,12 +566,12 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         "",
         "Generated by `python -m benchmarks.aot --grid sigmoid` (triton " + data["triton"] + "): every "
         "launch variant `TritonSigmoidBackend` selects (vlkernels/ops/sigmoid_triton.py; forward "
-        "`_loss_kernel` with config('lse'), backward `_grad_kernel` with `grad_config`, launched on (I, T) "
-        "and on (T, I): one specialisation) for bf16 / fp16 / fp32 under torch's default precision "
+        "`_loss_kernel` with config('fwd'), backward `_weights_kernel` with config('weights'), the G chunks "
+        "of the shared G-chunk engine, whose GEMMs are the `matmul/...` rows of aot_sm90.md / aot_sm80.md) "
+        "for bf16 / fp16 / fp32 under torch's default precision "
         '(IEEE dots) / fp32 under "high" (TF32 dots) x D in (64, 100, 256, 1024), captured and compiled '
-        "as in "
-        "aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each; this file was rendered "
-        "from the full grid's run with `--from-json ... --grid sigmoid`). Per architecture: registers, "
+        "as in aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each). Per "
+        "architecture: registers, "
         "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "
         "sm_90, mma.sync on sm_80; 0 = CUDA-core FFMA), float atomics in the PTX (none anywhere: the sigmoid "
         "backward is deterministic by design), static MUFU counts ex2/div per thread, and the targets "
@@ -590,7 +590,9 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
     rows = []
     for vid, rec in sig.items():
         cfg = rec["config"]
-        flags = ["single-D" if cfg["SINGLE_D"] else "chunked-D"]
+        flags = []
+        if "SINGLE_D" in cfg:
+            flags.append("single-D" if cfg["SINGLE_D"] else "chunked-D")
         if rec["call"]["dtype"] in ("fp32", "tf32"):
             flags.append(cfg["DOT_PREC"] + " dots")
         row = (

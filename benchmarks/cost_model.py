@@ -24,16 +24,14 @@ with the interpreter off), for (op, B, D, dtype, deterministic, teacher):
   read-modify-write when the resident programs' fp32 dQ rows do not fit (at D = 1024: 132 x 64 rows x
   4 KiB = 34.6 MB, borderline: modelled as L2-resident).
 
-The sigmoid (SigLIP) loss (op "sigmoid", ``vlkernels/ops/sigmoid_triton.py``) from its own launchers'
-configs: the forward is one ``_loss_kernel`` launch (config "lse"; row sums of softplus(-y z): 2 B^2 D
-FLOPs, one exp2 and one fp32 division (MUFU.RCP) per element, and the softplus's log2 as libdevice's
-polynomial on the FMA pipe), the backward two ``_grad_kernel`` launches ((I, T) then (T, I); its
-``grad_config``) on a grid of row blocks x D chunks (BLOCK_D 256 for 16-bit inputs / 128 for fp32): every
-program recomputes its S tiles at full D and adds G @ K for its chunk, so a launch costs
-2 B^2 D x chunks + 2 B^2 D (4 B^2 D when D fits one chunk), with one exp2 and one division per element
-per chunk; dQ is written once (fp32, no read-modify-write, no atomics). Its elementwise fp32 work (select,
-compare, the log2 polynomial; static PTX counts per element from the AOT compile, ``ALU_PER_ELEMENT``)
-is a term of its own on the FP32 pipe (not modelled for the other ops).
+The sigmoid (SigLIP) loss (op "sigmoid", ``vlkernels/ops/sigmoid_triton.py``, ``sigmoid_launches``): the
+forward is one ``_loss_kernel`` launch (config "fwd"; row sums of softplus(-y z): 2 B^2 D FLOPs, one exp2
+and one fp32 division (MUFU.RCP) per element, the softplus's log2 as libdevice's polynomial on the FMA
+pipe); the backward runs on the same G-chunk engine as the contrastive loss (``_gchunk_backward``) with
+the sigmoid's weights kernel (G = sigmoid(z) - [i == j]: one exp2 and one division per element, two fp32
+statistics). Its elementwise fp32 work (select, compare, the log2 polynomial; static PTX counts per
+element from the AOT compile, ``ALU_PER_ELEMENT``) is a term of its own on the FP32 pipe (not modelled
+for the other ops).
 
 Time per launch = max of the terms (perfect overlap) at the optimistic rates (low) and at the
 pessimistic ones (high, where the dots and the exponentials do not overlap either). A call's time is the
@@ -98,11 +96,12 @@ DTYPES = {
     "fp32": (4, "float32", "ffma_fp32"),  # fp32 inputs, torch's default precision: IEEE dots
 }
 OPS = ("contrastive", "soft_target", "sigmoid")
-# fp32 arithmetic / compare / select PTX instructions per element of S of the sigmoid kernels (static
-# counts of their compiled loop bodies / elements per thread, triton 3.9, sm_90, bf16, D = 64 and 1024;
-# benchmarks/aot.py compiles them): the forward's softplus (log2 is libdevice's polynomial: 12 FMA), the
-# backward's sigmoid and G. MUFU (ex2, the division's rcp) counted apart.
-ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_grad": 14}
+# fp32 arithmetic / compare / select PTX instructions (add, mul, fma, abs, neg, max, selp, setp) per
+# element of S of the sigmoid kernels: static counts in the compiled PTX / elements per thread (triton 3.9,
+# sm_90, bf16, D = 64 and 1024, the same; benchmarks/aot.py compiles them): the forward's softplus (log2
+# is libdevice's polynomial: 12 FMA), the weights kernel's sigmoid, G, the diagonal and the two partial
+# sums. MUFU (ex2, the division's rcp) counted apart; conversions, loads and stores not counted.
+ALU_PER_ELEMENT = {"sigmoid_loss": 39, "sigmoid_weights": 16}
 
 
 @contextlib.contextmanager
@@ -125,19 +124,6 @@ def tile_config(D: int, dtype: str, kernel: str) -> dict:
 
     with _compiled_configs():
         return config(D, getattr(torch, DTYPES[dtype][1]), kernel)
-
-
-def sigmoid_tile_config(D: int, dtype: str, kernel: str) -> dict:
-    """The launch config of a sigmoid kernel on a GPU: "sigmoid_loss" (``config(D, dtype, "lse")``) or
-    "sigmoid_grad" (``vlkernels.ops.sigmoid_triton.grad_config``)."""
-    import torch
-
-    from vlkernels.ops.sigmoid_triton import grad_config
-    from vlkernels.ops.triton_utils import config
-
-    tdtype = getattr(torch, DTYPES[dtype][1])
-    with _compiled_configs():
-        return grad_config(D, tdtype) if kernel == "sigmoid_grad" else config(D, tdtype, "lse")
 
 
 @dataclass
@@ -222,58 +208,47 @@ def _launch(kernel, M, N, D, dtype, teacher, hw: Hardware, atomic=False) -> Laun
     )
 
 
-def _sigmoid_launch(kernel, M, N, D, dtype, hw: Hardware) -> Launch:
-    """One launch of the sigmoid forward ("sigmoid_loss") or backward ("sigmoid_grad") on Q [M, D], K [N, D],
-    counted from its launch grid: (row blocks,) forward, (row blocks, D chunks) backward. FLOPs are the
-    useful ones (the masked padding of partial row, column and D tiles is not counted)."""
-    cfg = sigmoid_tile_config(D, dtype, kernel)
+def _sigmoid_forward(M, N, D, dtype, hw: Hardware) -> Launch:
+    """The sigmoid forward ``_loss_kernel`` on Q [M, D], K [N, D] (config "fwd"): one program per BLOCK_M
+    rows walks all column tiles (the row block re-read per column tile when D is walked in chunks); one
+    exp2 and one fp32 division (MUFU.RCP) per element; the softplus's elementwise work on the FP32 pipe
+    (``ALU_PER_ELEMENT``). FLOPs are the useful ones (masked padding not counted)."""
+    cfg = tile_config(D, dtype, "fwd")
     e, _, unit = DTYPES[dtype]
     bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     single = D <= bd
     P, C = math.ceil(M / bm), math.ceil(N / bn)
-    grad = kernel == "sigmoid_grad"
-    # the backward's grid dimension 1: one program per D chunk (the forward walks D inside one program)
-    widths = [min(bd, D - c * bd) for c in range(math.ceil(D / bd))] if grad else [D]
-    chunks = len(widths)
-    programs = P * chunks
-    waves = math.ceil(programs / (hw.sms * hw.ctas_per_sm))
-    # every program scores its rows against all N columns at full D (S recomputed per chunk) ...
-    flops = {unit: 2.0 * M * N * D * chunks}
-    l2 = {}
-    if single:
-        l2["K tiles"] = P * N * D * e
-        l2["Q tiles"] = M * D * e
-    else:
-        l2["K tiles"] = chunks * P * N * D * e
-        l2["Q tiles"] = chunks * M * C * D * e
-    # one exp2 and one fp32 division (MUFU.RCP) per element of each recomputed S tile
-    exps = 2.0 * M * N * chunks
-    alu = float(ALU_PER_ELEMENT[kernel]) * M * N * chunks
-    hbm = {"inputs": (M + N) * D * e}
-    if grad:
-        # ... and adds G @ K for its chunk of D: 2 M N width summed over the chunks = 2 M N D
-        flops[unit] += sum(2.0 * M * N * w for w in widths)
-        if not single:
-            l2["K chunk reloads"] = P * N * D * e
-        hbm["outputs"] = M * D * 4 + 2 * M * 4  # dQ (fp32, torch.empty: written once), G row sums
-    else:
-        hbm["outputs"] = M * 4
+    waves = math.ceil(P / (hw.sms * hw.ctas_per_sm))
+    l2 = {"K tiles": P * N * D * e, "Q tiles": M * D * e if single else M * C * D * e}
+    hbm = {"inputs": (M + N) * D * e, "row sums": M * 4}
     column_bytes = N * D * e
     if column_bytes > hw.l2_usable * hw.l2_bytes:
         hbm["column operand per wave"] = (waves - 1) * column_bytes
     return Launch(
-        kernel=kernel,
+        kernel="sigmoid_loss",
         M=M,
         N=N,
-        config=dict(cfg, SINGLE_D=single, programs=programs, column_tiles=C, waves=waves, d_chunks=chunks),
-        flops=flops,
-        exps=exps,
+        config=dict(cfg, SINGLE_D=single, programs=P, column_tiles=C, waves=waves),
+        flops={unit: 2.0 * M * N * D},
+        exps=2.0 * M * N,
         l2_bytes=float(sum(l2.values())),
         atomic_bytes=0.0,
         hbm_bytes=float(sum(hbm.values())),
         detail=dict(l2=l2, hbm=hbm),
-        alu=alu,
+        alu=float(ALU_PER_ELEMENT["sigmoid_loss"]) * M * N,
     )
+
+
+def sigmoid_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tuple[list, int, dict]:
+    """(launches, how many are the forward, the backward plan) of one single-process sigmoid forward +
+    backward (``TritonSigmoidBackend``): the forward, then ``_gchunk_backward`` with the weights kernel
+    (G = sigmoid(z) - [i == j]: one exp2 and one division per element, two fp32 statistics per row and
+    column block, ``ALU_PER_ELEMENT["sigmoid_weights"]``)."""
+    fwd = _sigmoid_forward(B, B, D, dtype, hw)
+    bwd, plan = _gchunk_backward(
+        B, D, dtype, workspace, hw, stats=2, mufu=2.0, alu=ALU_PER_ELEMENT["sigmoid_weights"], partials=2
+    )
+    return [fwd] + bwd, 1, plan
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -300,20 +275,14 @@ def _gemm(kernel, M, N, K, cfg, e, unit, hbm: dict, hw: Hardware, exps=0.0) -> L
     )
 
 
-def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tuple[list, int, dict]:
-    """(launches, how many are the forward, the backward plan) of one single-process forward + backward on
-    the v2 kernels, from their launchers' configs and plans (``forward_rows_per_launch``, ``backward_plan``).
-    Normalised features: no column is flagged, the fallback's programs exit at once (not counted). Each
-    G chunk is written to HBM and read back by its GEMMs (counted; not assumed L2-resident); the fp32
-    accumulator's read-modify-write per chunk is HBM traffic when it exceeds the usable L2."""
+def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
+    """(forward, weights, GEMM storing, GEMM accumulating in fp32) launch configs on a GPU, as the v2
+    launchers pick them (fp32 under "highest" -> IEEE dots, "tf32" under "high")."""
     import torch
 
-    from vlkernels.ops import contrastive_triton as ct
-    from vlkernels.ops import gchunk_triton as gchunk
     from vlkernels.ops.triton_utils import matmul_config
 
-    e, tname, unit = DTYPES[dtype]
-    tdtype = getattr(torch, tname)
+    tdtype = getattr(torch, DTYPES[dtype][1])
     with _compiled_configs():
         fcfg = tile_config(D, dtype, "fwd")
         wcfg = tile_config(D, dtype, "weights")
@@ -325,6 +294,68 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
             acc_cfg = matmul_config(tdtype, D % 8 == 0, True)
         finally:
             torch.set_float32_matmul_precision(old)
+    return fcfg, wcfg, store, acc_cfg
+
+
+def _gchunk_backward(B, D, dtype, workspace, hw: Hardware, stats: int, mufu: float, alu=0.0, partials=0):
+    """(launches, plan) of the G-chunk backward (ops/gchunk_triton.py) on I, T [B, D] (``backward_plan``
+    with ``stats`` statistics): per chunk of rows the weights kernel (``mufu`` MUFU and ``alu`` fp32-pipe
+    instructions per element of G; ``partials`` fp32 partial row sums per row and column block, written,
+    and summed in the row pass) and dI = G @ T; the fp32 accumulator
+    dT[covered] += G.T @ I; the column pass (weights + GEMM) for the columns the workspace leaves. Each
+    pass as one aggregate of its chunk launches (same tiles): rows over all chunks, the partner operand
+    streamed from HBM once per chunk, every G chunk written and read back (not assumed L2-resident); the
+    accumulator's read-modify-write per chunk is HBM traffic when it exceeds the usable L2."""
+    from vlkernels.ops import gchunk_triton as gchunk
+
+    e, _, unit = DTYPES[dtype]
+    _, wcfg, store, acc_cfg = _v2_configs(D, dtype)
+    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]), stats=stats)
+    ch = plan.chunk
+    chunks = math.ceil(B / ch)
+    fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731
+
+    def weights(name, rows, n_chunks, summed):
+        g_hbm = {
+            "own rows": rows * D * e,
+            "partner per chunk": n_chunks * B * D * e,
+            "G written": rows * B * e,
+        }
+        if partials:
+            # written; read back and summed in the row pass (the column pass does not need them)
+            n_part = 4.0 * partials * rows * math.ceil(B / wcfg["BLOCK_N"])
+            g_hbm["statistics partials"] = (2 if summed else 1) * n_part
+        ln = _gemm(name, rows, B, D, wcfg, e, unit, g_hbm, hw, exps=mufu * rows * B)
+        ln.alu = alu * rows * B
+        return ln
+
+    out = [weights("weights (row pass)", B, chunks, True)]
+    di_hbm = {"G read": B * B * e, "T per chunk": chunks * B * D * e, "dI": B * D * e}
+    out.append(_gemm("dI = G @ T", B, D, B, store, e, unit, di_hbm, hw))
+    if plan.covered:
+        acc_bytes = 4.0 * plan.covered * D
+        hbm = {"G read": B * plan.covered * e, "I rows": B * D * e, "dT written": plan.covered * D * e}
+        if not fits(acc_bytes):
+            hbm["fp32 accumulator read-modify-write per chunk"] = chunks * 2 * acc_bytes
+        out.append(_gemm("dT[covered] += G.T @ I", plan.covered, D, B, acc_cfg, e, unit, hbm, hw))
+    rest = B - plan.covered
+    if rest:
+        col_chunks = math.ceil(rest / ch)
+        out.append(weights("weights (column pass)", rest, col_chunks, False))
+        dt_hbm = {"G read": rest * B * e, "I per chunk": col_chunks * B * D * e, "dT": rest * D * e}
+        out.append(_gemm("dT = G @ I (column pass)", rest, D, B, store, e, unit, dt_hbm, hw))
+    return out, dict(chunk=plan.chunk, slab=plan.slab, covered=plan.covered, workspace=plan.workspace)
+
+
+def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tuple[list, int, dict]:
+    """(launches, how many are the forward, the backward plan) of one single-process forward + backward on
+    the v2 kernels, from their launchers' configs and plans (``forward_rows_per_launch``, ``backward_plan``).
+    Normalised features: no column is flagged, the fallback's programs exit at once (not counted). The
+    backward: ``_gchunk_backward`` (two exp2 per element of G: the row and the column softmax)."""
+    from vlkernels.ops import contrastive_triton as ct
+
+    e, _, unit = DTYPES[dtype]
+    fcfg = _v2_configs(D, dtype)[0]
     out = []
     # forward: one pass; the row groups that fit the column partials in the workspace
     rows = ct.forward_rows_per_launch(B, B, fcfg["BLOCK_M"], workspace)
@@ -353,34 +384,8 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
             detail=dict(l2=l2, hbm=hbm),
         )
     )
-    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]))
-    ch = plan.chunk
-    chunks = math.ceil(B / ch)
-    fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731
-    # Each pass as one aggregate of its chunk launches (same tiles): rows M over all chunks, the partner
-    # operand streamed from HBM once per chunk, every G chunk written and read back.
-    g_hbm = {"own rows": B * D * e, "partner per chunk": chunks * B * D * e, "G written": B * B * e}
-    out.append(_gemm("weights (row pass)", B, B, D, wcfg, e, unit, g_hbm, hw, exps=2.0 * B * B))
-    di_hbm = {"G read": B * B * e, "T per chunk": chunks * B * D * e, "dI": B * D * e}
-    out.append(_gemm("dI = G @ T", B, D, B, store, e, unit, di_hbm, hw))
-    if plan.covered:
-        acc_bytes = 4.0 * plan.covered * D
-        hbm = {"G read": B * plan.covered * e, "I rows": B * D * e, "dT written": plan.covered * D * e}
-        if not fits(acc_bytes):
-            hbm["fp32 accumulator read-modify-write per chunk"] = chunks * 2 * acc_bytes
-        out.append(_gemm("dT[covered] += G.T @ I", plan.covered, D, B, acc_cfg, e, unit, hbm, hw))
-    rest = B - plan.covered
-    if rest:
-        col_chunks = math.ceil(rest / ch)
-        g_hbm = {
-            "own rows": rest * D * e,
-            "partner per chunk": col_chunks * B * D * e,
-            "G written": rest * B * e,
-        }
-        out.append(_gemm("weights (column pass)", rest, B, D, wcfg, e, unit, g_hbm, hw, exps=2.0 * rest * B))
-        dt_hbm = {"G read": rest * B * e, "I per chunk": col_chunks * B * D * e, "dT": rest * D * e}
-        out.append(_gemm("dT = G @ I (column pass)", rest, D, B, store, e, unit, dt_hbm, hw))
-    return out, 1, dict(chunk=plan.chunk, slab=plan.slab, covered=plan.covered, workspace=plan.workspace)
+    bwd, plan = _gchunk_backward(B, D, dtype, workspace, hw, stats=1, mufu=2.0)
+    return out + bwd, 1, plan
 
 
 def forward_launches(op: str) -> int:
@@ -400,19 +405,14 @@ def launches(
     hw=H100,
     workspace=256 * 2**20,
 ):
-    """The launches of one forward + backward, as the backends issue them. The sigmoid backend has one
-    backward path (two launches, no atomics): ``deterministic`` changes nothing for it."""
+    """The launches of one forward + backward, as the backends issue them. The sigmoid and contrastive
+    backends have one backward path (no atomics): ``deterministic`` changes nothing for them."""
     if op not in OPS:
         raise ValueError(f"op must be one of {OPS}")
     if op == "sigmoid":
         if teacher_D is not None:
             raise ValueError("a separate teacher needs op='soft_target'")
-        fwd = _sigmoid_launch("sigmoid_loss", B, B, D, dtype, hw)
-        return [
-            fwd,
-            _sigmoid_launch("sigmoid_grad", B, B, D, dtype, hw),
-            _sigmoid_launch("sigmoid_grad", B, B, D, dtype, hw),
-        ]
+        return sigmoid_launches(B, D, dtype, workspace, hw)[0]
     if op == "contrastive":
         if teacher_D is not None:
             raise ValueError("a separate teacher needs op='soft_target'")
@@ -449,6 +449,9 @@ def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
     return 8.0 * B * B * D + (4.0 * B * B * teacher_D if teacher_D else 0.0)
 
 
+_PLANS = {"contrastive": contrastive_v2_launches, "sigmoid": sigmoid_launches}
+
+
 def predict(
     op,
     B,
@@ -483,7 +486,7 @@ def predict(
         dtype=dtype,
         deterministic=deterministic or op in ("sigmoid", "contrastive"),
         workspace=workspace,
-        plan=contrastive_v2_launches(B, D, dtype, workspace, hw)[2] if op == "contrastive" else None,
+        plan=_PLANS[op](B, D, dtype, workspace, hw)[2] if op in _PLANS else None,
         teacher_D=teacher_D,
         teacher_dtype=(teacher_dtype or dtype) if teacher_D else None,
         flops=flops,
@@ -637,65 +640,61 @@ def table(
 
 
 def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype="bf16", hw=H100) -> list:
-    """The sigmoid (SigLIP) section of ``table``: one row per (B, D), then the per-launch breakdown at
-    B = 65536 for each D."""
+    """The sigmoid (SigLIP) section of ``table``: one row per (B, D) at the default workspace, then the
+    per-launch breakdown at B = 65536, D = 1024."""
     lines = [
         "",
-        f"## sigmoid (SigLIP), {dtype}",
+        f"## sigmoid (SigLIP), {dtype}, workspace 256 MiB (the default budget)",
         "",
-        "Launch 1: `_loss_kernel` (forward, row sums of softplus(-y z)); launches 2-3: `_grad_kernel` on "
-        "(I, T) and on (T, I), a grid of row blocks x D chunks (`grad_config`: BLOCK_D 256 for 16-bit "
-        "inputs, 128 for fp32), each program recomputing its S tiles at full D: per launch "
-        "2 B^2 D x chunks + 2 B^2 D FLOPs. No atomics (deterministic by design). MUFU: one ex2 and one "
-        "fp32 division (rcp) per element of every S tile computed. ALU: fp32-pipe elementwise "
+        "Launches: `_loss_kernel` (the forward, row sums of softplus(-y z), config 'fwd'); the backward on "
+        "the G-chunk engine shared with the contrastive loss: per chunk of rows `_weights_kernel` "
+        "(G = sigmoid(z) - [i == j] in the features' dtype, two fp32 partial sums per row and column "
+        "block) and dI = G @ T, the fp32 accumulator dT[covered] += G.T @ I, the column pass for the "
+        "columns the workspace leaves. No atomics (deterministic by design). MUFU: one ex2 and one fp32 "
+        "division (rcp) per element of the forward and of every G tile. ALU: fp32-pipe elementwise "
         f"instructions per element ({ALU_PER_ELEMENT['sigmoid_loss']} forward, "
-        f"{ALU_PER_ELEMENT['sigmoid_grad']} backward; static PTX counts) at {hw.fp32_lanes_per_clk_sm} "
+        f"{ALU_PER_ELEMENT['sigmoid_weights']} weights; static PTX counts) at {hw.fp32_lanes_per_clk_sm} "
         f"lanes/clk/SM = {hw.alu_rate / 1e12:.1f} T/s, one more term of the max (low) and of the sum with "
-        "the dots and MUFU (high). Floor: 8 B^2 D at the bf16 tensor-core rate. The backward's "
-        "64-row blocks lower to wgmma on sm_90 for every D (benchmarks/results/model/aot_sigmoid.md).",
+        "the dots and MUFU (high). FLOPs in units of B^2 D (floor 8: forward 2, G 2, the two GEMMs 4; the "
+        "column pass recomputes G for the uncovered columns).",
         "",
-        "| B | D | D chunks (bwd) | TFLOP fwd + bwd | floor ms | MUFU G | ALU G | L2->SM GB | HBM GB | "
-        "forward ms | backward ms | total ms | x floor |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| B | D | chunk / covered columns | B^2 D | TFLOP | floor ms | MUFU G | ALU G | L2->SM GB | "
+        "HBM GB | forward ms | backward ms | total ms | x floor |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for B in Bs:
         for D in Ds:
             p = predict("sigmoid", B, D, dtype, hw=hw)
-            r = p["ratio_to_floor"]
-            chunks = p["launches"][1]["config"]["d_chunks"]
+            r, pl = p["ratio_to_floor"], p["plan"]
             lines.append(
-                f"| {B} | {D} | {chunks} | {p['flops_forward'] / 1e12:,.1f} + "
-                f"{p['flops_backward'] / 1e12:,.1f} | "
-                f"{p['floor_s'] * 1e3:,.1f} | {p['exps'] / 1e9:,.0f} | {p['alu'] / 1e9:,.0f} | "
-                f"{p['l2_bytes'] / 1e9:,.0f} | {p['hbm_bytes'] / 1e9:,.1f} | {_ms(p['forward_s'])} | "
-                f"{_ms(p['backward_s'])} | {_ms(p['time_s'])} | {r[0]:.1f}-{r[1]:.1f} |"
+                f"| {B} | {D} | {pl['chunk']} / {pl['covered']} | {p['flops_total'] / (B * B * D):.2f} | "
+                f"{p['flops_total'] / 1e12:,.1f} | {p['floor_s'] * 1e3:,.1f} | {p['exps'] / 1e9:,.0f} | "
+                f"{p['alu'] / 1e9:,.0f} | {p['l2_bytes'] / 1e9:,.0f} | {p['hbm_bytes'] / 1e9:,.1f} | "
+                f"{_ms(p['forward_s'])} | {_ms(p['backward_s'])} | {_ms(p['time_s'])} | "
+                f"{r[0]:.2f}-{r[1]:.2f} |"
             )
-    B = 65536
-    for D in Ds:
-        p = predict("sigmoid", B, D, dtype, hw=hw)
-        lines += ["", f"### Breakdown: sigmoid, B = {B}, D = {D}, {dtype}", ""]
-        lines += [
-            "| launch | config | TFLOP | MUFU G | ALU G | L2->SM GB (terms) | HBM GB | "
-            "dots / MUFU / ALU / L2 ms | time ms |",
-            "|---|---|---:|---:|---:|---|---:|---|---:|",
-        ]
-        for ln in p["launches"]:
-            c = ln["config"]
-            cfg = (
-                f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_D']}, {c['programs']} programs "
-                f"({c['d_chunks']} D chunk{'s' if c['d_chunks'] > 1 else ''}), {c['waves']} waves"
-            )
-            terms = ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in ln["detail"]["l2"].items())
-            t = ln["time"]
-            parts = (
-                f"{t['compute'] * 1e3:,.1f} / {t['exp'] * 1e3:,.1f} / {t['alu'] * 1e3:,.1f} / {_ms(t['l2'])}"
-            )
-            lines.append(
-                f"| {ln['kernel']} | {cfg} | {sum(ln['flops'].values()) / 1e12:,.1f} | "
-                f"{ln['exps'] / 1e9:,.1f} | {ln['alu'] / 1e9:,.0f} | {ln['l2_bytes'] / 1e9:,.0f} ({terms}) | "
-                f"{ln['hbm_bytes'] / 1e9:,.2f} | "
-                f"{parts} | {_ms((t['low'], t['high']))} |"
-            )
+    B, D = 65536, 1024
+    p = predict("sigmoid", B, D, dtype, hw=hw)
+    lines += ["", f"### Breakdown: sigmoid, B = {B}, D = {D}, {dtype}, workspace 256 MiB", ""]
+    lines += [
+        "| launch | config | TFLOP | MUFU G | ALU G | L2->SM GB | HBM GB (terms) | "
+        "dots / MUFU / ALU / L2 / HBM ms | time ms |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for ln in p["launches"]:
+        c = ln["config"]
+        cfg = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c.get('BLOCK_D', c.get('BLOCK_K'))}, {c['programs']} programs"
+        hbm = ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in ln["detail"]["hbm"].items())
+        t = ln["time"]
+        parts = (
+            f"{t['compute'] * 1e3:,.1f} / {t['exp'] * 1e3:,.1f} / {t['alu'] * 1e3:,.1f} / {_ms(t['l2'])} / "
+            f"{t['hbm'] * 1e3:,.1f}"
+        )
+        lines.append(
+            f"| {ln['kernel']} | {cfg} | {sum(ln['flops'].values()) / 1e12:,.1f} | {ln['exps'] / 1e9:,.1f} | "
+            f"{ln['alu'] / 1e9:,.0f} | {ln['l2_bytes'] / 1e9:,.0f} | {ln['hbm_bytes'] / 1e9:,.1f} ({hbm}) | "
+            f"{parts} | {_ms((t['low'], t['high']))} |"
+        )
     return lines
 
 

@@ -369,7 +369,9 @@ def test_extension_shares_the_process_libstdcxx():
     from vlkernels import _C
 
     if shutil.which("readelf"):
-        dyn = subprocess.run(["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True).stdout
+        dyn = subprocess.run(
+            ["readelf", "-d", _C.__file__], capture_output=True, text=True, check=True
+        ).stdout
         assert "[libstdc++.so.6]" in dyn, f"{_C.__file__} does not link libstdc++ dynamically:\n{dyn}"
     code = (
         "import torch\n"

@@ -108,6 +108,40 @@ def test_triton_matches_float64_dtypes(dtype, scale, bias):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("row0", [None, 0, 5, 19, -7, -40, 10**6, -(10**6)])
+def test_triton_weights_kernel_positives_at_any_offset(row0):
+    """_weights_kernel's G = sigmoid(z) - [row0 + i == j] and its two partial sums, against float64, for
+    diagonals inside, across and far outside its tiles (the kernel compares tile-local int32 indices
+    with the tile's shift clamped to two blocks); M, N primes across several 16-wide blocks."""
+    import triton
+
+    from vlkernels.ops import sigmoid_triton
+    from vlkernels.ops.triton_utils import config
+
+    m, n, dim = 37, 53, 24
+    q, k = features(max(m, n), dim, torch.float32, seed=7)
+    q, k = q[:m].contiguous(), k[:n].contiguous()
+    scale, bias = torch.tensor([8.0]), torch.tensor([-3.0])
+    g = torch.full((m, n), float("nan"))
+    blocks = triton.cdiv(n, config(dim, torch.float32, "weights")["BLOCK_N"])
+    part = torch.full((2 * m * blocks,), float("nan"))
+    count = sigmoid_triton.weights(q, k, scale, bias, g, part, row0)
+    assert count == m * blocks
+    dots = q.double() @ k.double().T
+    z = 8.0 * dots - 3.0
+    pos = torch.zeros(m, n, dtype=torch.bool)
+    if row0 is not None:
+        i = torch.arange(m)[:, None] + row0
+        pos = i == torch.arange(n)[None, :]
+    want = torch.where(pos, -torch.sigmoid(-z), torch.sigmoid(z))
+    assert int(pos.sum()) == (0 if row0 is None else len(range(max(0, row0), min(m + row0, n))))
+    torch.testing.assert_close(g.double(), want, rtol=1e-5, atol=1e-6)
+    sums = part.view(2, m, blocks).double().sum(2)
+    torch.testing.assert_close(sums[0], (want * dots).sum(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sums[1], want.sum(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
 def test_triton_backward_is_deterministic():
     img, txt = features(37, 70)
     first = run(sigmoid_loss, img, txt, 9.0, -2.0, 1.3, impl="triton")

@@ -176,7 +176,13 @@ def _weights_kernel(
     g = tl.where(z >= 0, hi, lo)
     if DIAG:
         # a positive's G is sigmoid(z) - 1 = -sigmoid(-z): no cancellation
-        g = tl.where((offs_m[:, None] + row0) == offs_n[None, :], -tl.where(z >= 0, lo, hi), g)
+        # the diagonal in tile-local int32 indices (the int64 ones cost registers, and spilled at 128 x 128):
+        # row0 + i == j iff local_i + shift == local_j, which no shift <= -BLOCK_M or >= BLOCK_N satisfies,
+        # so the shift is clamped to that range before it narrows
+        shift = pid_m * BLOCK_M + row0 - pid_n * BLOCK_N
+        shift = tl.minimum(tl.maximum(shift, -BLOCK_M), BLOCK_N).to(tl.int32)
+        eye = (tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, BLOCK_N)[None, :]
+        g = tl.where(eye, -tl.where(z >= 0, lo, hi), g)
     mask = mask_m[:, None] & mask_n[None, :]
     g = tl.where(mask, g, 0.0)
     tl.store(
