@@ -9,11 +9,13 @@ strides, scales read from device memory (no host sync), fp32 accumulation, int64
   teacher-softmax-weighted sum of the student's dot products <Q_i, K_j> (unscaled: the
   loss multiplies by s, and d/ds needs no division by s), rescaled whenever the teacher max moves. Called
   with (I, T) for the rows and (T, I) for the columns: 4 B^2 D FLOPs (plus 4 B^2 D' for a teacher).
-- ``_accum_kernel``: one program per BLOCK_M rows recomputes the tiles of S (and S') and forms
-  W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), accumulating
-  dQ = W @ K in fp32; with ATOMIC_DK it also adds W.T @ Q into dK with fp32 atomics (one launch),
-  else it runs again with the roles swapped (deterministic). For the self teacher S' = S and the
-  q terms fold into the p terms, so the backward costs what the contrastive one does.
+- ``_weights_kernel``: the backward's products on the G-chunk engine (ops/gchunk_triton.py, shared with
+  the contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and
+  writes W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the
+  workspace in the features' dtype; two tensor-core GEMMs per chunk give W @ K (stored, fp32) and
+  W.T @ Q (accumulated in fp32): 6 B^2 D FLOPs (+ 2 B^2 D' for a teacher), no float atomics,
+  deterministic. For the self teacher S' = S and the q terms fold into the p terms, so the backward
+  costs what the contrastive one does.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import torch
 import triton
 import triton.language as tl
 
+from vlkernels.ops.gchunk_triton import Workspace, backward_plan
+from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
-    accumulate_products,
     config,
     dot_precision,
     dot_tile,
     load_tile,
+    round_to,
     score_tile,
     upcast,
-    use_atomics,
 )
 
 
@@ -155,7 +158,7 @@ def _stats_kernel(
 
 
 @triton.jit
-def _accum_kernel(
+def _weights_kernel(
     q_ptr,
     k_ptr,
     scale_ptr,
@@ -170,8 +173,7 @@ def _accum_kernel(
     t_lse_k_ptr,
     w_q_ptr,
     w_k_ptr,
-    dq_ptr,
-    dk_ptr,
+    g_ptr,
     M,
     N,
     D,
@@ -189,111 +191,74 @@ def _accum_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_DT: tl.constexpr,
-    SINGLE_D: tl.constexpr,
-    ATOMIC_DK: tl.constexpr,
     DOT_PREC: tl.constexpr,
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    """One [BLOCK_M, BLOCK_N] tile of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- w_i exp(S' - r'_i)
+    - w_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
+    mask_n = offs_n < N
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    acc = dot_tile(
+        q_ptr,
+        k_ptr,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+    )
+    s2 = acc * scale2
     lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
     p_q = tl.load(p_q_ptr + offs_m, mask=mask_m, other=0.0)
+    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+    p_k = tl.load(p_k_ptr + offs_n, mask=mask_n, other=0.0)
+    w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
     if TEACHER:
-        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
-        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-        w_q = tl.load(w_q_ptr + offs_m, mask=mask_m, other=0.0)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-        p_k = tl.load(p_k_ptr + offs_n, mask=mask_n, other=0.0)
-        acc, k = score_tile(
-            q_ptr,
-            k_ptr,
-            q,
+        t_acc = dot_tile(
+            tq_ptr,
+            tk_ptr,
             offs_m,
             offs_n,
             mask_m,
             mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
+            DT,
+            stqm,
+            stqd,
+            stkn,
+            stkd,
             BLOCK_M,
             BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
+            BLOCK_DT,
+            T_DOT_PREC,
+            T_UPCAST,
         )
-        s2 = acc * scale2
-        w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
-        if TEACHER:
-            t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-            w_k = tl.load(w_k_ptr + offs_n, mask=mask_n, other=0.0)
-            t_acc = dot_tile(
-                tq_ptr,
-                tk_ptr,
-                offs_m,
-                offs_n,
-                mask_m,
-                mask_n,
-                DT,
-                stqm,
-                stqd,
-                stkn,
-                stkd,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_DT,
-                T_DOT_PREC,
-                T_UPCAST,
-            )
-            t2 = t_acc * t_scale2
-            w = w - w_q[:, None] * tl.exp2(t2 - t_lse_q[:, None])
-            w = w - w_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
-        w = tl.where(mask_m[:, None] & mask_n[None, :], w, 0.0)
-        dq = accumulate_products(
-            w,
-            q,
-            k,
-            dq,
-            q_ptr,
-            k_ptr,
-            dq_ptr,
-            dk_ptr,
-            offs_m,
-            offs_n,
-            offs_d,
-            mask_m,
-            mask_n,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_D,
-            SINGLE_D,
-            ATOMIC_DK,
-            DOT_PREC,
-            UPCAST,
-        )
-    if SINGLE_D:
-        tl.store(dq_ptr + offs_m[:, None] * D + offs_d[None, :], dq, mask=mask_m[:, None] & mask_d[None, :])
+        t2 = t_acc * (tl.load(t_scale_ptr).to(tl.float32) * LOG2E)
+        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+        w_q = tl.load(w_q_ptr + offs_m, mask=mask_m, other=0.0)
+        t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+        w_k = tl.load(w_k_ptr + offs_n, mask=mask_n, other=0.0)
+        w = w - w_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) - w_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
+    mask = mask_m[:, None] & mask_n[None, :]
+    w = tl.where(mask, w, 0.0)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(w, g_ptr.dtype.element_ty, UPCAST), mask=mask
+    )
 
 
 def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
@@ -355,20 +320,41 @@ def row_stats(q, k, scale, teacher=None):
     return lse, t_lse, wsum
 
 
-def weighted_products(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q, w_k, atomic_dk):
-    """(W @ k, W.T @ q if atomic_dk else None) in fp32 with
-    W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (w_q exp(S' - t_lse_q) + w_k exp(S' - t_lse_k)),
-    the vectors broadcast over rows (``*_q``, [M]) or columns (``*_k``, [N])."""
-    m, dim = q.shape
-    meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher, "grad")
-    dq = torch.zeros((m, dim), dtype=torch.float32, device=q.device)
-    dk = torch.zeros((k.shape[0], dim), dtype=torch.float32, device=q.device) if atomic_dk else dq
+def weights_config(dim: int, dtype, teacher=None) -> dict:
+    """The weights kernel's launch config: the student's config("weights"), with the smaller tiles of the
+    teacher's when its dots are the costlier ones (an IEEE fp32 teacher beside a 16-bit student: 128 x 128
+    CUDA-core tiles would spill), and the teacher's D chunk as BLOCK_DT."""
+    cfg = dict(config(dim, dtype, "weights"))
     if teacher is None:
-        t_scale, t_lse_q, t_lse_k, w_q, w_k = scale, lse_q, lse_k, p_q, p_k
+        cfg["BLOCK_DT"] = cfg["BLOCK_D"]
+        return cfg
+    t_q = teacher[0]
+    t_cfg = config(t_q.shape[1], t_q.dtype, "weights")
+    if t_cfg["BLOCK_M"] * t_cfg["BLOCK_N"] < cfg["BLOCK_M"] * cfg["BLOCK_N"]:
+        cfg.update({k: t_cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")})
+        cfg["BLOCK_D"] = min(cfg["BLOCK_D"], t_cfg["BLOCK_D"] * 2)
+    cfg["BLOCK_DT"] = t_cfg["BLOCK_D"]
+    return cfg
+
+
+def weights(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q, w_k, g) -> None:
+    """Fill g [M, N] (a workspace view, the features' dtype) with
+    W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (w_q exp(S' - t_lse_q) + w_k exp(S' - t_lse_k)),
+    the vectors broadcast over rows (``*_q``, [M]) or columns (``*_k``, [N]); ``teacher`` None or
+    (Q' [M, D'], K' [N, D'], s')."""
+    m, dim = q.shape
+    n = k.shape[0]
+    cfg = weights_config(dim, q.dtype, teacher)
+    if teacher is None:
+        t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
+        t_lse_q, t_lse_k, w_q, w_k = lse_q, lse_k, p_q, p_k
+        t_prec, t_up = dot_precision(q.dtype), upcast(q.dtype)
     else:
-        t_scale = teacher[2]
-    grid = (triton.cdiv(m, meta["BLOCK_M"]),)
-    _accum_kernel[grid](
+        t_q, t_k, t_scale = teacher
+        t_dim = t_q.shape[1]
+        t_strides = (t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
+        t_prec, t_up = dot_precision(t_q.dtype), upcast(t_q.dtype)
+    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))](
         q,
         k,
         scale,
@@ -383,10 +369,9 @@ def weighted_products(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_l
         t_lse_k,
         w_q,
         w_k,
-        dq,
-        dk,
+        g,
         m,
-        k.shape[0],
+        n,
         dim,
         t_dim,
         q.stride(0),
@@ -394,10 +379,13 @@ def weighted_products(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_l
         k.stride(0),
         k.stride(1),
         *t_strides,
-        ATOMIC_DK=atomic_dk,
-        **meta,
+        TEACHER=teacher is not None,
+        DOT_PREC=dot_precision(q.dtype),
+        T_DOT_PREC=t_prec,
+        UPCAST=upcast(q.dtype),
+        T_UPCAST=t_up,
+        **cfg,
     )
-    return dq, (dk if atomic_dk else None)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -405,10 +393,9 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 
 class TritonSoftTargetBackend:
-    """``stats`` / ``accumulate`` of ops/soft_target.py on the Triton kernels above."""
-
-    def __init__(self, atomic_dk: bool | None = None):
-        self.atomic_dk = atomic_dk
+    """``stats`` / ``accumulate`` of ops/soft_target.py: the statistics kernel above, and the products on
+    the G-chunk engine (ops/gchunk_triton.py): W in chunks of rows, two tensor-core GEMMs per chunk into
+    fp32 outputs (W @ T stored per chunk, W.T @ I accumulated), no float atomics (deterministic)."""
 
     def stats(self, image, text, scale, teacher=None):
         """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32."""
@@ -425,30 +412,53 @@ class TritonSoftTargetBackend:
         self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
     ):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py)."""
+        m, dim = image.shape
+        n = text.shape[0]
+        dev = image.device
         scale = _f32(scale.detach())
         r, c, p_row, p_col, q_row, q_col = (_f32(x) for x in (r, c, p_row, p_col, q_row, q_col))
         if teacher is None:
             # S' = S: the two soft-target terms fold into the softmax terms.
             p_row, p_col = p_row - q_row, p_col - q_col
-            rows = cols = None
         else:
             t_image, t_text, t_scale = teacher
-            t_scale = _f32(t_scale.detach())
+            teacher = (t_image, t_text, _f32(t_scale.detach()))
             tr, tc = _f32(tr), _f32(tc)
-            rows = (t_image, t_text, t_scale)
-            cols = (t_text, t_image, t_scale)
-        # W is rounded to the input dtype for the tensor-core products: normalise the weights by their
+        # W is rounded to the features' dtype for the tensor-core products: normalise the weights by their
         # largest magnitude (on the device, no sync) so that W holds probabilities as in the contrastive
-        # kernel (exactly 2 where a softmax is one-hot) instead of values scaled by 1/B and grad_output.
+        # loss's G (exactly 2 where a softmax is one-hot) instead of values scaled by 1/B and grad_output.
         norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         p_row, p_col, q_row, q_col = (v / norm for v in (p_row, p_col, q_row, q_col))
-        atomic = use_atomics() if self.atomic_dk is None else self.atomic_dk
-        a_i, a_t = weighted_products(
-            image, text, scale, r, c, p_row, p_col, rows, tr, tc, q_row, q_col, atomic
-        )
-        if a_t is None:
-            a_t, _ = weighted_products(
-                text, image, scale, c, r, p_col, p_row, cols, tc, tr, q_col, q_row, False
+        cfg = weights_config(dim, image.dtype, teacher)
+        esize = image.element_size()
+        plan = backward_plan(m, n, dim, esize, False, workspace_bytes(), (cfg["BLOCK_M"], cfg["BLOCK_N"]), 0)
+        work = Workspace(plan, m, n, dim, image.dtype, dev, cfg["BLOCK_N"], stats=0)
+
+        def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
+            t = t_lse_k = None
+            if teacher is not None:
+                t = (teacher[0][rows], teacher[1][s0 : s0 + cols], teacher[2])
+                t_lse_k = tc[s0 : s0 + cols]
+            weights(
+                image[rows],
+                text[s0 : s0 + cols],
+                scale,
+                r[rows],
+                c[s0 : s0 + cols],
+                p_row[rows],
+                p_col[s0 : s0 + cols],
+                t,
+                None if tr is None else tr[rows],
+                t_lse_k,
+                q_row[rows],
+                q_col[s0 : s0 + cols],
+                g,
             )
+
+        a_i = torch.empty((m, dim), dtype=torch.float32, device=dev)
+        a_t = torch.zeros((n, dim), dtype=torch.float32, device=dev)
+        for r0 in range(0, m, plan.chunk):
+            rows = slice(r0, min(r0 + plan.chunk, m))
+            work.products(image, text, fill, rows, work.one, a_i[rows], a_t, n)
         return a_i.mul_(norm), a_t.mul_(norm)

@@ -1,5 +1,5 @@
-"""Triton pieces shared by the loss kernels: tile loads, tile products, the backward's accumulation of
-W @ K (and W.T @ Q) and the fixed launch configurations.
+"""Triton pieces shared by the loss kernels: tile loads, tile products, the tiled GEMM of the G-chunk
+backward (``matmul``) and the fixed launch configurations.
 
 All tiles are [rows, BLOCK_D] slices of row-major [rows, D] operands with arbitrary strides and int64
 offsets; products accumulate in fp32 with the operands in their input dtype (tensor cores), exponentials
@@ -7,8 +7,6 @@ are base 2 (``LOG2E`` folds the conversion into the scale).
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -123,68 +121,6 @@ def score_tile(
             UPCAST,
         )
     return acc, k
-
-
-@triton.jit
-def accumulate_products(
-    w,
-    q,
-    k,
-    dq,
-    q_ptr,
-    k_ptr,
-    dq_ptr,
-    dk_ptr,
-    offs_m,
-    offs_n,
-    offs_d,
-    mask_m,
-    mask_n,
-    mask_d,
-    D,
-    sqm,
-    sqd,
-    skn,
-    skd,
-    BLOCK_D: tl.constexpr,
-    SINGLE_D: tl.constexpr,
-    ATOMIC_DK: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """Add W @ K[offs_n] to the program's dQ rows and, with ATOMIC_DK, W.T @ Q[offs_m] to dK (fp32 atomics).
-
-    SINGLE_D: dQ is the register accumulator ``dq`` (returned); otherwise dQ lives in its fp32 rows at
-    ``dq_ptr`` (owned by this program) and is updated chunk by chunk of D."""
-    if SINGLE_D:
-        dq = tl.dot(w.to(k.dtype), k, dq, input_precision=DOT_PREC)
-        if ATOMIC_DK:
-            dk_part = tl.dot(tl.trans(w).to(q.dtype), q, input_precision=DOT_PREC)
-            tl.atomic_add(
-                dk_ptr + offs_n[:, None] * D + offs_d[None, :],
-                dk_part,
-                mask=mask_n[:, None] & mask_d[None, :],
-                sem="relaxed",
-            )
-    else:
-        for start_d in range(0, D, BLOCK_D):
-            offs_dc = start_d + offs_d
-            mask_dc = offs_dc < D
-            k_c = load_tile(k_ptr, offs_n, offs_dc, mask_n, mask_dc, skn, skd, UPCAST)
-            dq_ptrs = dq_ptr + offs_m[:, None] * D + offs_dc[None, :]
-            dq_mask = mask_m[:, None] & mask_dc[None, :]
-            part = tl.dot(w.to(k_c.dtype), k_c, input_precision=DOT_PREC)
-            tl.store(dq_ptrs, tl.load(dq_ptrs, mask=dq_mask, other=0.0) + part, mask=dq_mask)
-            if ATOMIC_DK:
-                q_c = load_tile(q_ptr, offs_m, offs_dc, mask_m, mask_dc, sqm, sqd, UPCAST)
-                dk_part = tl.dot(tl.trans(w).to(q_c.dtype), q_c, input_precision=DOT_PREC)
-                tl.atomic_add(
-                    dk_ptr + offs_n[:, None] * D + offs_dc[None, :],
-                    dk_part,
-                    mask=mask_n[:, None] & mask_dc[None, :],
-                    sem="relaxed",
-                )
-    return dq
 
 
 @triton.jit
@@ -319,7 +255,7 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
 
 
 def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
-    """Fixed block sizes per (kernel: "lse" | "grad" | "fwd" | "weights", dtype, D range); small ones in the
+    """Fixed block sizes per (kernel: "lse" | "fwd" | "weights", dtype, D range); small ones in the
     interpreter."""
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
@@ -334,11 +270,12 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
         # rows not 16-byte aligned (D not a multiple of 8) load through registers: 64-column tiles
         block_n = 128 if dim % 8 == 0 else 64
         return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
+    if kernel != "lse":
+        raise ValueError(f"unknown kernel kind {kernel!r}")
+    # the soft-target statistics kernel (v1 layout: the row block stays in registers when D fits)
     cap = 64 if dtype == torch.float32 else 128
     block_d = max(16, min(cap, triton.next_power_of_2(dim)))
-    if kernel == "lse":
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -354,10 +291,3 @@ def upcast(dtype: torch.dtype) -> bool:
     return interpret_mode() and dtype == torch.bfloat16
 
 
-def use_atomics() -> bool:
-    """Atomic dK (one backward launch) unless the user asked for deterministic algorithms
-    (``VLKERNELS_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``)."""
-    env = os.environ.get("VLKERNELS_DETERMINISTIC")
-    if env is not None:
-        return env.strip() in ("0", "")
-    return not torch.are_deterministic_algorithms_enabled()
