@@ -8,11 +8,12 @@ Two steps, both without a GPU:
    The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``, ``TritonSigmoidBackend``) and
    launchers run on small CPU tensors for every variant they can select: dtype (bf16, fp16, fp32 under
    torch's default "highest" matmul precision -> IEEE dots, fp32 under "high" -> TF32 dots) x D (single-D
-   path, chunked path, unaligned D) x (soft target) VLKERNELS_DETERMINISTIC=0/1 x teacher (none / a
-   separate teacher of another width and dtype); the contrastive v2 kernels (one path, no atomics: the
-   one-pass forward, its exact fallback, G with and without targets, the GEMMs storing in the features'
-   dtype / in fp32 / accumulating in fp32); the sigmoid (SigLIP) forward ``_loss_kernel``, its G chunks
-   ``_weights_kernel`` and the same GEMMs (no atomics anywhere) per dtype x D.
+   path, chunked path, unaligned D) x (soft target) teacher (none / a separate teacher of another width
+   and dtype); the contrastive v2 kernels (the one-pass forward, its exact fallback, G with and without
+   targets, the GEMMs storing in the features' dtype / in fp32 / accumulating in fp32); the soft-target
+   statistics ``_stats_kernel``, its W chunks ``_weights_kernel`` and the same GEMMs; the sigmoid
+   (SigLIP) forward ``_loss_kernel``, its G chunks ``_weights_kernel`` and the same GEMMs. No float
+   atomics anywhere (one path per backend).
 2. Compile (``compile_all``): each distinct captured specialisation once per architecture with
    ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (a process pool), recording
    ptxas' registers and spill bytes (``knobs.nvidia.dump_ptxas_log``), shared memory (``metadata.shared``),
@@ -71,12 +72,12 @@ KERNELS = {
     "_lse_kernel": "lse",
     "_weights_kernel": "weights",
     "_matmul_kernel": "matmul",
-    "_stats_kernel": "stats",
-    "_accum_kernel": "accum",
 }
-# The sigmoid kernels' names collide with the contrastive ones': keyed by module too.
+# The sigmoid and soft-target kernels' names collide with the contrastive ones': keyed by module too.
 SIGMOID_MODULE = "vlkernels.ops.sigmoid_triton"
 SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_weights_kernel": "sigmoid_weights"}
+SOFT_MODULE = "vlkernels.ops.soft_target_triton"
+SOFT_KERNELS = {"_stats_kernel": "stats", "_weights_kernel": "st_weights"}
 TEACHER_D = 768
 # The sigmoid calls of the "test" grid (each launches the forward, the weights kernel and the shared GEMMs),
 # within CI's time: the single-D forward (D = 64, IEEE fp32 included), the chunked one (D = 256 / 1024:
@@ -88,18 +89,16 @@ SIGMOID_TEST = [("bf16", 64), ("bf16", 256), ("bf16", 1024), ("tf32", 100), ("tf
 @dataclass(frozen=True)
 class Call:
     """One backend call: op "contrastive" | "soft_target" | "sigmoid"; teacher None or (dtype label, width).
-    The sigmoid backend has no atomic path (its backward is deterministic by design): ``deterministic``
-    is False for its calls and changes nothing."""
+    Every backend has one path (no float atomics anywhere: deterministic by design)."""
 
     op: str
     dtype: str
     D: int
-    deterministic: bool
     teacher: tuple | None = None
 
 
 def grid(name: str = "full") -> list[Call]:
-    """The backend calls to capture. "full": every dtype x D in (64, 100, 256, 1024) x deterministic x
+    """The backend calls to capture. "full": every dtype x D in (64, 100, 256, 1024) x (soft target)
     teacher (none, fp32 x 768, for half students also their own dtype x 768), and the sigmoid backend's
     forward + backward per dtype x D; identical specialisations (D = 256 and D = 1024: both chunked and
     16-aligned, except the sigmoid backward, whose D chunk is 256 for 16-bit inputs) are compiled once.
@@ -110,14 +109,11 @@ def grid(name: str = "full") -> list[Call]:
     if name == "test":
         c, s = "contrastive", "soft_target"
         f32t = ("fp32", TEACHER_D)
-        calls = [
-            Call(c, dt, D, False) for dt, D in [("bf16", 64), ("bf16", 100), ("bf16", 1024), ("fp16", 1024)]
-        ]
-        calls += [Call(c, dt, 1024, False) for dt in ("tf32", "fp32")]
-        calls += [Call(s, "bf16", 64, False), Call(s, "bf16", 1024, False), Call(s, "bf16", 1024, True)]
-        calls += [Call(s, "bf16", 1024, det, f32t) for det in (False, True)]
-        calls += [Call(s, "bf16", 1024, False, ("bf16", TEACHER_D))]
-        calls += [Call("sigmoid", dt, D, False) for dt, D in SIGMOID_TEST]
+        calls = [Call(c, dt, D) for dt, D in [("bf16", 64), ("bf16", 100), ("bf16", 1024), ("fp16", 1024)]]
+        calls += [Call(c, dt, 1024) for dt in ("tf32", "fp32")]
+        calls += [Call(s, "bf16", 64), Call(s, "bf16", 1024), Call(s, "fp32", 64)]
+        calls += [Call(s, "bf16", 1024, f32t), Call(s, "bf16", 1024, ("bf16", TEACHER_D))]
+        calls += [Call("sigmoid", dt, D) for dt, D in SIGMOID_TEST]
         return calls
     calls = []
     for dt in DTYPES:
@@ -125,17 +121,15 @@ def grid(name: str = "full") -> list[Call]:
         if dt in ("bf16", "fp16"):
             teachers.append((dt, TEACHER_D))
         for D in (64, 100, 256, 1024):
-            calls.append(Call("contrastive", dt, D, False))  # deterministic by design: one path
-            for det in (False, True):
-                calls.extend(Call("soft_target", dt, D, det, t) for t in teachers)
-        calls.extend(Call("sigmoid", dt, D, False) for D in (64, 100, 256, 1024))
+            calls.append(Call("contrastive", dt, D))
+            calls.extend(Call("soft_target", dt, D, t) for t in teachers)
+        calls.extend(Call("sigmoid", dt, D) for D in (64, 100, 256, 1024))
     return calls
 
 
 def variant_ids(call: Call) -> list[str]:
     """The kernel variants a call launches (static: the test parametrises over these)."""
     base = f"{call.dtype}/D{call.D}"
-    flag = "det" if call.deterministic else "atomic"
     if call.op == "contrastive":
         ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G", f"weights/{base}/W"]
         ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
@@ -149,8 +143,11 @@ def variant_ids(call: Call) -> list[str]:
         if call.dtype in ("bf16", "fp16"):
             ids.append(f"matmul/{base}/store-fp32")
         return ids
+    # soft target: the statistics passes, the W chunks and the GEMMs into fp32 (W @ T stored, W.T @ I
+    # accumulated)
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-    return [f"stats/{base}{t}", f"accum/{base}{t}/{flag}"]
+    store = "store-fp32" if call.dtype in ("bf16", "fp16") else "store"
+    return [f"stats/{base}{t}", f"st_weights/{base}{t}", f"matmul/{base}/{store}", f"matmul/{base}/acc"]
 
 
 def plan(name: str = "full") -> list[str]:
@@ -268,6 +265,8 @@ def _run_call(call: Call):
 def _short(rec: dict) -> str:
     if rec["module"] == SIGMOID_MODULE:
         return SIGMOID_KERNELS[rec["name"]]
+    if rec["module"] == SOFT_MODULE:
+        return SOFT_KERNELS[rec["name"]]
     return KERNELS.get(rec["name"], rec["name"])
 
 
@@ -280,11 +279,9 @@ def capture(calls: list[Call]) -> dict:
     _set_up_capture(records)
     variants: dict = {}
     old_precision = torch.get_float32_matmul_precision()
-    old_env = os.environ.get("VLKERNELS_DETERMINISTIC")
     try:
         for call in calls:
             torch.set_float32_matmul_precision(DTYPES[call.dtype][1])
-            os.environ["VLKERNELS_DETERMINISTIC"] = "1" if call.deterministic else "0"
             start = len(records)
             _run_call(call)
             expected = variant_ids(call)
@@ -292,9 +289,6 @@ def capture(calls: list[Call]) -> dict:
                 kernel = _short(rec)
                 consts = _constexpr_names(rec)
                 vid = _variant_of(kernel, rec, consts, call, expected)
-                if kernel == "accum":
-                    # the deterministic path launches the non-atomic kernel twice (roles swapped)
-                    assert consts["ATOMIC_DK"] == (not call.deterministic), (vid, consts)
                 rec = dict(rec, spec=_spec_key(rec), kernel=kernel, call=asdict(call), config=consts)
                 prev = variants.get(vid)
                 if prev is not None and prev["spec"] != rec["spec"]:
@@ -302,10 +296,6 @@ def capture(calls: list[Call]) -> dict:
                 variants.setdefault(vid, rec)
     finally:
         torch.set_float32_matmul_precision(old_precision)
-        if old_env is None:
-            os.environ.pop("VLKERNELS_DETERMINISTIC", None)
-        else:
-            os.environ["VLKERNELS_DETERMINISTIC"] = old_env
     return variants
 
 
@@ -427,8 +417,8 @@ def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
     for rec in variants.values():
         unique.setdefault(rec["spec"], rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
-    weight = {"accum": 4, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2, "lse": 1, "matmul": 1}
-    weight["sigmoid_loss"] = 1
+    weight = {"st_weights": 3, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2}
+    weight.update(lse=1, matmul=1, sigmoid_loss=1)
 
     def cost(item):
         cfg = item[1]["config"]
@@ -475,10 +465,9 @@ def violations(rec: dict, res: dict, arch: int) -> list[str]:
     spills = (res["spill_stores"] or 0) + (res["spill_loads"] or 0)
     if spills:
         out.append(f"spills {res['spill_stores']} B stores + {res['spill_loads']} B loads")
-    if rec.get("kernel", "").startswith("sigmoid_") and res["ptx_float_atomics"]:
-        out.append(f"{res['ptx_float_atomics']} float atomics in a sigmoid kernel (none by design)")
-    elif not rec["config"].get("ATOMIC_DK", False) and res["ptx_float_atomics"]:
-        out.append(f"{res['ptx_float_atomics']} float atomics in a deterministic variant")
+    if res["ptx_float_atomics"]:
+        n = res["ptx_float_atomics"]
+        out.append(f"{n} float atomics (none by design: every kernel is deterministic)")
     return out
 
 
@@ -520,8 +509,6 @@ def table(data: dict, arch: int) -> str:
             flags.append("G (targets)" if cfg["TARGETS"] else "W")
         if call["dtype"] in ("fp32", "tf32"):
             flags.append(cfg["DOT_PREC"] + " dots")
-        if "ATOMIC_DK" in cfg:
-            flags.append("atomic dK" if cfg["ATOMIC_DK"] else "deterministic")
         if cfg.get("TEACHER"):
             t_dtype = call["teacher"][0]
             prec = f" ({cfg['T_DOT_PREC']} dots)" if DTYPES[t_dtype][0] == "float32" else ""

@@ -1,7 +1,7 @@
 """Every Triton kernel variant the backends select, compiled ahead of time for sm_90 and sm_80 without a GPU
 (benchmarks/aot.py): it compiles, its shared memory fits the architecture's per-block limit, every
 bf16/fp16/TF32 dot lowers to the architecture's tensor-core instruction (wgmma.mma_async on sm_90,
-mma.sync on sm_80), nothing spills, deterministic variants have no float atomics, registers <= 255. The
+mma.sync on sm_80), nothing spills, no variant has a float atomic (one path each), registers <= 255. The
 sigmoid (SigLIP) kernels are in the grid too (forward ``_loss_kernel``, the backward's G tiles
 ``_weights_kernel``, whose GEMMs are the shared ``matmul`` variants); they have no atomic path at all (the
 backward is deterministic by design), checked separately from the xfails.
@@ -28,36 +28,16 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = (90, 80)
 
-# Known defects of the soft-target kernels (issue 14: "a bf16 student with an fp32 teacher spills in its
-# teacher dot"). Exactly the (variant, architecture) pairs that miss a target because of them today (all
-# misses are spills: shared memory, tensor-core lowering, atomics and registers are met everywhere). The
-# contrastive v2 kernels have none (their IEEE fp32 tiles, 64 x 64 x 16 on four warps, do not spill).
-TEACHER_SPILLS = "known defect: a bf16 student with an fp32 (IEEE) teacher spills around its teacher dot"
-# Misses this check found that the issue does not list yet (reported with it); strict too, so that each
-# flips to a failure, and is then removed from here, when the kernel is fixed.
-SM80_BWD = "new: the sm_80 soft-target backward with atomic dK spills at 255 registers"
-SM80_TEACHER = "new: on sm_80 a separate teacher of the student's dtype spills at 255 registers"
+# No known defects in this grid: every variant meets every target on both architectures (the soft-target
+# kernels' spills, listed here until they moved onto the G-chunk engine with their own tile configs, are
+# gone).
 # The sigmoid kernels meet every target in this grid (triton 3.9). Outside it
 # (benchmarks/results/model/aot_sigmoid.md, ``python -m benchmarks.aot --grid sigmoid``): the IEEE fp32
 # weights kernel at unaligned D = 100 (64 x 32 x 16 tiles, four warps) spills 4 B stores + 8 B loads on
 # sm_80 (96 registers); none elsewhere, 32/32 on sm_90 (the bf16 weights kernel at exactly 255 registers).
 KNOWN_SIGMOID: dict = {}
 
-KNOWN = {
-    **{
-        (v, a): TEACHER_SPILLS
-        for v in (
-            "stats/bf16/D1024/Tfp32x768",
-            "accum/bf16/D1024/Tfp32x768/atomic",
-            "accum/bf16/D1024/Tfp32x768/det",
-        )
-        for a in (90, 80)
-    },
-    ("accum/bf16/D1024/atomic", 80): SM80_BWD + " (soft target, self teacher: 24 B stores + 48 B loads)",
-    ("stats/bf16/D1024/Tbf16x768", 80): SM80_TEACHER,
-    ("accum/bf16/D1024/Tbf16x768/atomic", 80): SM80_TEACHER,
-    **KNOWN_SIGMOID,
-}
+KNOWN = {**KNOWN_SIGMOID}
 
 
 def known_defect(vid: str, arch: int) -> str | None:
@@ -107,6 +87,27 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch) -> dict:
         torch.set_float32_matmul_precision(old)
 
 
+def _soft_gpu_config(rec: dict, monkeypatch) -> dict:
+    """The config the soft-target launchers pick on a GPU for this variant's call (interpreter off)."""
+    import torch
+
+    from vlkernels.ops.soft_target_triton import tile_config
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    call = rec["call"]
+    dtype = getattr(torch, aot.DTYPES[call["dtype"]][0])
+    teacher = None
+    if call["teacher"] is not None:
+        t_dtype = getattr(torch, aot.DTYPES[call["teacher"][0]][0])
+        teacher = (torch.empty(0, call["teacher"][1], dtype=t_dtype),)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(aot.DTYPES[call["dtype"]][1])
+    try:
+        return tile_config(call["D"], dtype, teacher, "stats" if rec["kernel"] == "stats" else "weights")
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 def test_capture_covers_the_plan(compiled, monkeypatch):
     """Every variant the grid selects was launched (through the real backends), and nothing else."""
     assert set(compiled["variants"]) == set(aot.plan("test"))
@@ -117,6 +118,10 @@ def test_capture_covers_the_plan(compiled, monkeypatch):
             want = _sigmoid_gpu_config(rec, monkeypatch)
             assert {k: cfg[k] for k in want} == want, vid
             assert "ATOMIC_DK" not in cfg and cfg["DIAG"], vid
+        elif rec["kernel"] in ("stats", "st_weights"):
+            want = _soft_gpu_config(rec, monkeypatch)
+            assert {k: cfg[k] for k in want} == want, vid
+            assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 32, vid
         else:
             # the compiled configs, not the interpreter's 16x16 blocks
             assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 64 and "num_warps" in cfg, vid

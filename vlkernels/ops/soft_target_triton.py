@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from vlkernels._triton import interpret_mode
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
@@ -261,10 +262,33 @@ def _weights_kernel(
     )
 
 
-def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
-    """Constexpr kwargs and the teacher's runtime arguments (the student's as placeholders when None)."""
+def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
+    """Launch config of the statistics ("stats") or weights ("weights") kernel for a student of width
+    ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s'). Measured without a GPU
+    (benchmarks/aot.py): the student's own config alone; IEEE fp32 dots on either side run on CUDA
+    cores, 64 x 64 x 16 tiles on four warps (64 x 32 beside a teacher or for unaligned rows); two
+    16-bit / TF32 score tiles in registers (a teacher) take 64-column tiles and teacher D chunks of 32
+    (128 x 128 spilled)."""
+    base = config(dim, dtype, "lse" if kernel == "stats" else "weights")
+    if teacher is None:
+        t_dim, t_dtype = dim, dtype
+    else:
+        t_dim, t_dtype = teacher[0].shape[1], teacher[0].dtype
+    if interpret_mode():
+        return dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
+    if "ieee" in (dot_precision(dtype), dot_precision(t_dtype)):
+        block_n = 64 if teacher is None and dim % 8 == 0 else 32
+        return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=4)
+    if teacher is None:
+        return dict(base, BLOCK_DT=base["BLOCK_D"])
+    return dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)
+
+
+def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
+    """The statistics kernel's constexpr kwargs and the teacher's runtime arguments (the student's as
+    placeholders when None)."""
     dim = q.shape[1]
-    cfg = config(dim, q.dtype, kernel)
+    cfg = tile_config(dim, q.dtype, teacher, "stats")
     meta = dict(
         SINGLE_D=dim <= cfg["BLOCK_D"],
         DOT_PREC=dot_precision(q.dtype),
@@ -273,16 +297,11 @@ def _launch_meta(q, k, teacher, kernel: str) -> tuple[dict, tuple]:
         **cfg,
     )
     if teacher is None:
-        meta.update(BLOCK_DT=cfg["BLOCK_D"], T_DOT_PREC=meta["DOT_PREC"], T_UPCAST=meta["UPCAST"])
+        meta.update(T_DOT_PREC=meta["DOT_PREC"], T_UPCAST=meta["UPCAST"])
         return meta, (q, k, 1, 0, 0, 0, 0)
     t_q, t_k, _ = teacher
-    t_dim = t_q.shape[1]
-    meta.update(
-        BLOCK_DT=config(t_dim, t_q.dtype, kernel)["BLOCK_D"],
-        T_DOT_PREC=dot_precision(t_q.dtype),
-        T_UPCAST=upcast(t_q.dtype),
-    )
-    return meta, (t_q, t_k, t_dim, t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
+    meta.update(T_DOT_PREC=dot_precision(t_q.dtype), T_UPCAST=upcast(t_q.dtype))
+    return meta, (t_q, t_k, t_q.shape[1], t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
 
 
 def row_stats(q, k, scale, teacher=None):
@@ -290,7 +309,7 @@ def row_stats(q, k, scale, teacher=None):
     ``teacher`` is None) and sum_j softmax_j(S'_i.) <q_i, k_j> (= that of S_ij / scale). ``teacher``:
     None or (Q', K', s')."""
     m = q.shape[0]
-    meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher, "lse")
+    meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher)
     lse = torch.empty(m, dtype=torch.float32, device=q.device)
     t_lse = lse if teacher is None else torch.empty_like(lse)
     wsum = torch.empty_like(lse)
@@ -320,23 +339,6 @@ def row_stats(q, k, scale, teacher=None):
     return lse, t_lse, wsum
 
 
-def weights_config(dim: int, dtype, teacher=None) -> dict:
-    """The weights kernel's launch config: the student's config("weights"), with the smaller tiles of the
-    teacher's when its dots are the costlier ones (an IEEE fp32 teacher beside a 16-bit student: 128 x 128
-    CUDA-core tiles would spill), and the teacher's D chunk as BLOCK_DT."""
-    cfg = dict(config(dim, dtype, "weights"))
-    if teacher is None:
-        cfg["BLOCK_DT"] = cfg["BLOCK_D"]
-        return cfg
-    t_q = teacher[0]
-    t_cfg = config(t_q.shape[1], t_q.dtype, "weights")
-    if t_cfg["BLOCK_M"] * t_cfg["BLOCK_N"] < cfg["BLOCK_M"] * cfg["BLOCK_N"]:
-        cfg.update({k: t_cfg[k] for k in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")})
-        cfg["BLOCK_D"] = min(cfg["BLOCK_D"], t_cfg["BLOCK_D"] * 2)
-    cfg["BLOCK_DT"] = t_cfg["BLOCK_D"]
-    return cfg
-
-
 def weights(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q, w_k, g) -> None:
     """Fill g [M, N] (a workspace view, the features' dtype) with
     W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (w_q exp(S' - t_lse_q) + w_k exp(S' - t_lse_k)),
@@ -344,7 +346,7 @@ def weights(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q,
     (Q' [M, D'], K' [N, D'], s')."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = weights_config(dim, q.dtype, teacher)
+    cfg = tile_config(dim, q.dtype, teacher, "weights")
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
         t_lse_q, t_lse_k, w_q, w_k = lse_q, lse_k, p_q, p_k
@@ -430,7 +432,7 @@ class TritonSoftTargetBackend:
         norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         p_row, p_col, q_row, q_col = (v / norm for v in (p_row, p_col, q_row, q_col))
-        cfg = weights_config(dim, image.dtype, teacher)
+        cfg = tile_config(dim, image.dtype, teacher, "weights")
         esize = image.element_size()
         plan = backward_plan(m, n, dim, esize, False, workspace_bytes(), (cfg["BLOCK_M"], cfg["BLOCK_N"]), 0)
         work = Workspace(plan, m, n, dim, image.dtype, dev, cfg["BLOCK_N"], stats=0)

@@ -289,5 +289,3 @@ def upcast(dtype: torch.dtype) -> bool:
     """Triton's interpreter computes bf16 dots wrongly (it has no numpy bf16): there the tiles are
     upcast after loading, which still exercises the bf16 loads, strides and masks on CPU."""
     return interpret_mode() and dtype == torch.bfloat16
-
-
