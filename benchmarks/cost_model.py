@@ -10,9 +10,9 @@ teacher, workspace):
 - The contrastive loss (``contrastive_v2_launches``): the one-pass forward, then ``_gchunk_backward``
   (dI stored in the features' dtype, an fp32 accumulator for the covered text columns, a column pass for
   the rest).
-- The soft-target loss (``soft_target_launches``): the statistics kernel on (I, T) and on (T, I) (two
-  passes over S, and S' for a separate teacher), then W chunks whose GEMMs write fp32 products (the hard
-  targets' algebra is O(B D) torch).
+- The soft-target loss (``soft_target_launches``): the statistics kernel (one pass over S, and S' for a
+  separate teacher: rows online, columns as per-program partials), then W chunks whose GEMMs write fp32
+  products (the hard targets' algebra is O(B D) torch).
 - Per launch: FLOPs of the dots (2 M N D per product) by the unit that runs them (bf16/fp16 tensor cores,
   TF32 tensor cores, or CUDA-core FFMA for fp32 inputs under torch's default "highest" precision: IEEE
   dots); exponentials (MUFU ex2: one per element of each exp2 tile, one per row and column tile for an
@@ -140,9 +140,10 @@ class Launch:
 
 
 def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
-    """One launch of the soft-target statistics kernel on Q [M, D], K [N, D] (config ``cfg``): every program
-    walks all column tiles with the online student LSE, teacher LSE and weighted sum; teacher None or
-    (D', dtype label)."""
+    """The soft-target statistics kernel on Q [M, D], K [N, D] (config ``cfg``), one pass: every program
+    walks all column tiles with the online row statistics (student LSE, teacher LSE, weighted sum) and
+    writes its column partials (max, sum, weighted sum per softmax: 3 floats per column, 5 with a
+    teacher), summed by torch; teacher None or (D', dtype label)."""
     e, _, unit = DTYPES[dtype]
     bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     single = D <= bd
@@ -153,8 +154,10 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     # The score tiles: the column operand per program, the row block once (single-D) or per column tile.
     l2["K tiles"] = P * N * D * e
     l2["Q tiles"] = M * D * e if single else M * C * D * e
-    exps = M * N + M * C  # exp2 per element + the online rescale per row and column tile
-    hbm = {"inputs": (M + N) * D * e, "outputs": 4 * M * 3}
+    # exp2 per element for the rows and for the columns, the online rescale per row and column tile
+    exps = 2 * M * N + M * C
+    parts = 3 if teacher is None else 5
+    hbm = {"inputs": (M + N) * D * e, "outputs": 4 * (M + N) * 3, "column partials": 2 * 4.0 * parts * P * N}
     column_bytes = N * D * e
     if teacher is not None:
         dt, tdtype = teacher
@@ -163,7 +166,7 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
         l2["teacher tiles"] = P * N * dt * te + M * C * dt * te  # dot_tile: always chunked
         hbm["inputs"] += (M + N) * dt * te
         column_bytes += N * dt * te
-        exps += M * N + M * C
+        exps += 2 * M * N + M * C
     if column_bytes > hw.l2_usable * hw.l2_bytes:
         hbm["column operand per wave"] = (waves - 1) * column_bytes
     return Launch(
@@ -382,19 +385,19 @@ def _soft_weights_config(D, dtype, teacher) -> dict:
 
 
 def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20, hw=H100) -> list:
-    """The soft-target loss's launches (``TritonSoftTargetBackend``): the statistics kernel on (I, T) and on
-    (T, I) (two passes over S, and S' for a teacher), then the backward on the G-chunk engine: per chunk
-    of rows the weights kernel (W from S, and S' for a teacher: two exp2 per element, four with a
-    teacher) and two GEMMs into fp32 outputs, A_I = W @ T stored per chunk and A_T += W.T @ I over all
-    columns (its read-modify-write per chunk HBM traffic when A_T exceeds the usable L2); the hard
-    targets' O(B D) algebra in torch. ``teacher`` None or (D', dtype label)."""
+    """The soft-target loss's launches (``TritonSoftTargetBackend``): the statistics kernel, one pass over S
+    (and S' for a teacher) with the row statistics online and the column partials, then the backward on
+    the G-chunk engine: per chunk of rows the weights kernel (W from S, and S' for a teacher: two exp2 per
+    element, four with a teacher) and two GEMMs into fp32 outputs, A_I = W @ T stored per chunk and
+    A_T += W.T @ I over all columns (its read-modify-write per chunk HBM traffic when A_T exceeds the
+    usable L2); the hard targets' O(B D) algebra in torch. ``teacher`` None or (D', dtype label)."""
     import torch
 
     from vlkernels.ops.triton_utils import matmul_config
 
     e, tname, unit = DTYPES[dtype]
     cfgs = _soft_weights_config(D, dtype, teacher)
-    out = [_stats_launch(B, B, D, dtype, teacher, hw, cfgs["stats"]) for _ in range(2)]
+    out = [_stats_launch(B, B, D, dtype, teacher, hw, cfgs["stats"])]
     wcfg = cfgs["weights"]
     tdtype = getattr(torch, tname)
     with _compiled_configs():
@@ -448,9 +451,8 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
 
 
 def forward_launches(op: str) -> int:
-    """How many of ``launches``' first entries are the forward (sigmoid, contrastive v2: one; soft target:
-    the two statistics passes)."""
-    return 1 if op in ("sigmoid", "contrastive") else 2
+    """How many of ``launches``' first entries are the forward (one for every op)."""
+    return 1
 
 
 def launches(
@@ -620,8 +622,9 @@ def table(
     lines += [
         f"## soft_target (PSD), {dtype}, workspace 256 MiB",
         "",
-        "Launches: the statistics kernel on (I, T) and on (T, I) (student LSE, teacher LSE, the "
-        "teacher-softmax-weighted sums: two passes over S, and over S' for a separate teacher), then per "
+        "Launches: the statistics kernel (student LSE, teacher LSE, the teacher-softmax-weighted sums, "
+        "rows online and columns as per-program partials: one pass over S, and over S' for a separate "
+        "teacher), then per "
         "chunk of rows the W kernel and two GEMMs into fp32 (A_I = W @ T, A_T += W.T @ I). Self teacher: "
         "S' = S (no teacher dots); separate teacher: width D' = 768 in the student's dtype or fp32 "
         "(IEEE dots on CUDA cores, 64 x 32 tiles). Ratio: to the contrastive loss at the same shape "

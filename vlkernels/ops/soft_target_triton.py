@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from vlkernels._triton import interpret_mode
+from vlkernels.ops.contrastive_triton import forward_rows_per_launch
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
@@ -51,6 +52,8 @@ def _stats_kernel(
     lse_ptr,
     t_lse_ptr,
     wsum_ptr,
+    part_ptr,
+    part_stride,
     M,
     N,
     D,
@@ -64,6 +67,7 @@ def _stats_kernel(
     stkn,
     stkd,
     TEACHER: tl.constexpr,
+    COLUMNS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -74,6 +78,12 @@ def _stats_kernel(
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
 ):
+    """Row statistics of Q against all of K (module docstring). COLUMNS: also this program's column
+    statistics over its rows, each column tile seen once, so exact without an online rescale (base 2,
+    [programs, N] each, part[k * part_stride + pid * N + j]): k = 0: max_i S2_ij, 1: sum_i exp2(S2_ij -
+    max), and for the teacher's softmax (S' = S without TEACHER, then k = 2: sum_i exp2(S2 - max) <Q_i,
+    K_j>) with TEACHER k = 2: max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max')
+    <Q_i, K_j>."""
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -149,6 +159,22 @@ def _stats_kernel(
         l_t = l_t * alpha + tl.sum(e, axis=1)
         acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
         m_t = mt_new
+        if COLUMNS:
+            col = part_ptr + pid * N + offs_n
+            s2_c = tl.where(mask_m[:, None], s2, float("-inf"))
+            m_c = tl.where(mask_n, tl.max(s2_c, axis=0), 0.0)  # padded columns: -inf - 0, no nan
+            e_c = tl.exp2(s2_c - m_c[None, :])
+            tl.store(col, m_c, mask=mask_n)
+            tl.store(col + part_stride, tl.sum(e_c, axis=0), mask=mask_n)
+            if TEACHER:
+                t2_c = tl.where(mask_m[:, None], t2, float("-inf"))
+                m_c = tl.where(mask_n, tl.max(t2_c, axis=0), 0.0)
+                e_c = tl.exp2(t2_c - m_c[None, :])
+                tl.store(col + 2 * part_stride, m_c, mask=mask_n)
+                tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
+                tl.store(col + 4 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
+            else:
+                tl.store(col + 2 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
     t_lse = (m_t + tl.log2(l_t)) * LN2
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
     if TEACHER:
@@ -265,10 +291,11 @@ def _weights_kernel(
 def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
     """Launch config of the statistics ("stats") or weights ("weights") kernel for a student of width
     ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s'). Measured without a GPU
-    (benchmarks/aot.py): the student's own config alone; IEEE fp32 dots on either side run on CUDA
-    cores, 64 x 64 x 16 tiles on four warps (64 x 32 beside a teacher or for unaligned rows); two
-    16-bit / TF32 score tiles in registers (a teacher) take 64-column tiles and teacher D chunks of 32
-    (128 x 128 spilled)."""
+    (benchmarks/aot.py; every variant without spills on sm_90 and sm_80): the student's own config
+    alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
+    for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
+    registers (a teacher) take 64 x 64 tiles (statistics, with their column partials) or 128 x 64
+    (weights) and teacher D chunks of 32 (128 x 128 spilled)."""
     base = config(dim, dtype, "lse" if kernel == "stats" else "weights")
     if teacher is None:
         t_dim, t_dtype = dim, dtype
@@ -277,10 +304,14 @@ def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
     if interpret_mode():
         return dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
     if "ieee" in (dot_precision(dtype), dot_precision(t_dtype)):
-        block_n = 64 if teacher is None and dim % 8 == 0 else 32
-        return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=4)
+        wide = teacher is None and dim % 8 == 0 and kernel == "weights"
+        return dict(
+            BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=4
+        )
     if teacher is None:
         return dict(base, BLOCK_DT=base["BLOCK_D"])
+    if kernel == "stats":
+        return dict(base, BLOCK_M=64, BLOCK_DT=32)
     return dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)
 
 
@@ -304,18 +335,14 @@ def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
     return meta, (t_q, t_k, t_q.shape[1], t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
 
 
-def row_stats(q, k, scale, teacher=None):
-    """Per row of q (fp32 [M] each): LSE of S = scale * q @ k.T, LSE of the teacher's S' (S when
-    ``teacher`` is None) and sum_j softmax_j(S'_i.) <q_i, k_j> (= that of S_ij / scale). ``teacher``:
-    None or (Q', K', s')."""
-    m = q.shape[0]
+def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
+    """One ``_stats_kernel`` launch: the row statistics of the first ``rows`` rows of q (default all) into
+    ``outs`` = (lse, t_lse, wsum), and with ``part`` ([parts, programs, N] fp32) the column partials."""
+    m = q.shape[0] if rows is None else rows
     meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher)
-    lse = torch.empty(m, dtype=torch.float32, device=q.device)
-    t_lse = lse if teacher is None else torch.empty_like(lse)
-    wsum = torch.empty_like(lse)
+    lse, t_lse, wsum = outs
     t_scale = scale if teacher is None else teacher[2]
-    grid = (triton.cdiv(m, meta["BLOCK_M"]),)
-    _stats_kernel[grid](
+    _stats_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
         q,
         k,
         scale,
@@ -325,6 +352,8 @@ def row_stats(q, k, scale, teacher=None):
         lse,
         t_lse,
         wsum,
+        lse if part is None else part,
+        0 if part is None else part.stride(0),
         m,
         k.shape[0],
         q.shape[1],
@@ -334,9 +363,62 @@ def row_stats(q, k, scale, teacher=None):
         k.stride(0),
         k.stride(1),
         *t_strides,
+        COLUMNS=part is not None,
         **meta,
     )
-    return lse, t_lse, wsum
+
+
+def _merge(run, new):
+    """Merge two (max, sum, weighted sum) column statistics in base 2 (``run`` None: ``new``)."""
+    if run is None:
+        return new
+    top = torch.maximum(run[0], new[0])
+    a, b = torch.exp2(run[0] - top), torch.exp2(new[0] - top)
+    return top, run[1] * a + new[1] * b, run[2] * a + new[2] * b
+
+
+def _column_stats(part, programs: int, k0: int):
+    """(max, sum, weighted sum) of one softmax over the programs' partials part[k0:k0 + 3] (or, for the
+    self teacher's student, part[0], part[1], part[2])."""
+    mx, sm, ws = (part[k0 + i, :programs] for i in range(3))
+    top = mx.max(0).values
+    w = torch.exp2(mx - top)
+    return top, (sm * w).sum(0), (ws * w).sum(0)
+
+
+def both_stats(q, k, scale, teacher=None):
+    """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), fp32, in one pass over the tiles:
+    the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
+    (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
+    m, n = q.shape[0], k.shape[0]
+    dev = q.device
+    parts = 3 if teacher is None else 5
+    meta, _ = _launch_meta(q, k, teacher)
+    r = torch.empty(m, dtype=torch.float32, device=dev)
+    tr = r if teacher is None else torch.empty_like(r)
+    w = torch.empty_like(r)
+    step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
+    part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
+    stu = tea = None
+    for r0 in range(0, m, step):
+        rows = min(step, m - r0)
+        t = None if teacher is None else (teacher[0][r0:], teacher[1], teacher[2])
+        _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:]), part, rows=rows)
+        programs = triton.cdiv(rows, meta["BLOCK_M"])
+        if teacher is None:
+            stu = _merge(stu, _column_stats(part, programs, 0))
+        else:
+            # the student's (max, sum) with an unused third entry; the teacher's full triple
+            mx, sm = part[0, :programs], part[1, :programs]
+            top = mx.max(0).values
+            stu = _merge(stu, (top, (sm * torch.exp2(mx - top)).sum(0), top))
+            tea = _merge(tea, _column_stats(part, programs, 2))
+    del part
+    c = torch.log2(stu[1]).add_(stu[0]).mul_(LN2_F)
+    if teacher is None:
+        return r, c, r, c, w, stu[2] / stu[1]
+    tc = torch.log2(tea[1]).add_(tea[0]).mul_(LN2_F)
+    return r, c, tr, tc, w, tea[2] / tea[1]
 
 
 def weights(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q, w_k, g) -> None:
@@ -390,6 +472,9 @@ def weights(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q,
     )
 
 
+LN2_F = 0.6931471805599453
+
+
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).contiguous()
 
@@ -405,10 +490,7 @@ class TritonSoftTargetBackend:
         if teacher is not None:
             t_image, t_text, t_scale = teacher
             teacher = (t_image, t_text, _f32(t_scale.detach()))
-        r, tr, w_row = row_stats(image, text, scale, teacher)
-        swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
-        c, tc, w_col = row_stats(text, image, scale, swapped)
-        return r, c, tr, tc, w_row, w_col
+        return both_stats(image, text, scale, teacher)
 
     def accumulate(
         self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
