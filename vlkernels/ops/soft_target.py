@@ -11,23 +11,28 @@ with r, c the row/column LSEs of S, w_i = sum_j softmax_j(S'_i.) S_ij (w' the sa
 H_i = (1 - eps) S_ii + eps / B * sum_j S_ij (H' over columns). soft_target_loss uses h = 1 - a
 (their sum is the mean soft cross-entropy); DistillClipLoss uses h = a = 1 and returns both.
 
-A backend supplies two O(B)-memory passes over tiles of S and S' (both accept rectangular blocks,
-I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self teacher, else
-``(I', T', s')``:
+A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``accumulate`` accept
+rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
+teacher, else ``(I', T', s')``:
 
 - ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``, fp32; r' is r (c' is c) for the self
   teacher; the weighted sums come unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no
   division by s;
 - ``accumulate(I, T, s, r, c, p_row, p_col, q_row, q_col, teacher, r', c') -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j),
-  A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32.
+  A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products);
+- ``gradients(I, T, s, r, c, h, a, coefs, eps, teacher, r', c', need_t) -> (dI, dT, ds)``: the
+  single-process gradients in the features' dtype, without fp32 [B, D] buffers beyond the workspace
+  (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors).
 
-The hard-target part of the gradient is O(B D) algebra done here (with grad outputs g_h, g_s and
-coef = k / (2B); p = coef (g_h h + g_s a), q = coef g_s a, e = coef g_h h):
+With grad outputs g_h, g_s and coef = k / (2B), p = coef (g_h h + g_s a), q = coef g_s a, e = coef g_h h:
 
-    dL/dS_ij = W_ij - (e_i + e_j) ((1 - eps) delta_ij + eps / B)
-    U_I = A_I - 2 (1 - eps) e * T - eps / B (e colsum(T) + sum_j e_j T_j),  U_T likewise,
-    dI = s U_I,  dT = s U_T,  ds = sum(I * U_I).
+    dL/dS_ij = W_ij - (e_i + e_j) ((1 - eps) delta_ij + eps / B),
+    dI = s dL/dS @ T,  dT = s dL/dS.T @ I,  ds = sum_ij dL/dS_ij <I_i, T_j>.
+
+``gradients`` forms dL/dS per chunk of rows (the Triton kernel folds the hard targets into its W tiles);
+the gathered Function subtracts the hard-target part from A_I, A_T as O(B D) algebra:
+U_I = A_I - 2 (1 - eps) e * T - eps / B (e colsum(T) + sum_j e_j T_j), U_T likewise, dI = s U_I.
 
 Nothing flows to the teacher, the weights or alpha.
 
@@ -45,7 +50,7 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, first_order_only
+from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, row_chunks
 
 Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
@@ -58,6 +63,27 @@ class SoftTargetBackend(Protocol):
     def accumulate(
         self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher: Teacher = None, tr=None, tc=None
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def gradients(
+        self,
+        image,
+        text,
+        scale,
+        r,
+        c,
+        hard_w,
+        soft_w,
+        coefs,
+        eps,
+        teacher=None,
+        tr=None,
+        tc=None,
+        need_t=True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(dI, dT or None, ds) of the single-process loss in the features' dtype (no fp32 [B, D] buffers
+        beyond the workspace): e = coefs[0] h, q = coefs[1] a (the pair weights times their grad outputs and
+        k / (2B)), dL/dS = W(p = e + q, q) - (e_i + e_j) ((1 - eps) delta_ij + eps / B)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +123,17 @@ def subtract_hard_targets(u, e_own, partner, eps: float, batch: int, colsum=None
     return u
 
 
+def hard_target_rows(image, text, eps: float, batch: int, colsum_i, colsum_t):
+    """``hard_targets`` over all rows, a chunk of rows at a time in fp32 (no fp32 copy of the features)."""
+    h_row = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
+    h_col = torch.empty_like(h_row)
+    for sl in row_chunks(image.shape[0], image.shape[1], image.device):
+        h_row[sl], h_col[sl] = hard_targets(
+            f32_rows(image, sl), f32_rows(text, sl), eps, batch, colsum_i, colsum_t
+        )
+    return h_row, h_col
+
+
 def _smoothing_sums(e, x, eps: float):
     """(colsum(x), e @ x) in fp32 for ``subtract_hard_targets``; (None, None) without smoothing."""
     if not eps:
@@ -116,8 +153,8 @@ class SoftTargetFunction(torch.autograd.Function):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
         r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
-        i32, t32 = image.float(), text.float()
-        h_row, h_col = hard_targets(i32, t32, params.eps, batch, i32.sum(0), t32.sum(0))
+        colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
+        h_row, h_col = hard_target_rows(image, text, params.eps, batch, colsum_i, colsum_t)
         coef = params.factor / (2.0 * batch)
         hard = (torch.dot(hard_w, r - scale * h_row) + torch.dot(hard_w, c - scale * h_col)) * coef
         soft = (torch.dot(soft_w, r - scale * w_row) + torch.dot(soft_w, c - scale * w_col)) * coef
@@ -135,18 +172,17 @@ class SoftTargetFunction(torch.autograd.Function):
         prm, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
         coef = prm.factor / (2.0 * batch)
-        e = hard_w * (g_hard.float() * coef)
-        q = soft_w * (g_soft.float() * coef)
-        p = e + q
+        coefs = torch.stack([g_hard.float().reshape(()), g_soft.float().reshape(())]) * coef
         teacher = _teacher(t_image, t_text, t_scale)
-        a_i, a_t = prm.backend.accumulate(image, text, scale, r, c, p, p, q, q, teacher, tr, tc)
-        # In place on the fp32 accumulators, no [B, D] temporaries (the features in their own dtype).
-        u_i = subtract_hard_targets(a_i, e, text, prm.eps, batch, *_smoothing_sums(e, text, prm.eps))
-        u_t = subtract_hard_targets(a_t, e, image, prm.eps, batch, *_smoothing_sums(e, image, prm.eps))
-        d_scale = torch.linalg.vecdot(image.float(), u_i).sum() if need_s else None
-        d_image = u_i.mul_(scale).to(image.dtype) if need_i else None
-        d_text = u_t.mul_(scale).to(text.dtype) if need_t else None
-        return d_image, d_text, d_scale, None, None, None, None, None, None
+        d_image, d_text, d_scale = prm.backend.gradients(
+            image, text, scale, r, c, hard_w, soft_w, coefs, prm.eps, teacher, tr, tc, need_t
+        )
+        return (
+            d_image if need_i else None,
+            d_text if need_t else None,
+            d_scale if need_s else None,
+            *(None,) * 6,
+        )
 
 
 class GatheredSoftTargetFunction(torch.autograd.Function):

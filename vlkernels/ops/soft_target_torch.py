@@ -1,17 +1,21 @@
 """Chunked PyTorch backend of the soft-target loss: O(B * chunk) memory, any device.
 
-Rows of S (and of the teacher's S') are processed a chunk at a time with torch.matmul in fp32. Row
+Rows of S (and of the teacher's S') are processed a chunk at a time with fp32 matmuls; features in
+another dtype are converted a chunk at a time (``torch_utils.matmul_f32``), never as a whole. Row
 statistics are exact per chunk; the column statistics (LSE of S, LSE of S' and the S'-softmax weighted
 sum of the dot products I_i . T_j, i.e. of S / s) are merged across chunks online, so one pass yields
-all of them: 2 B^2 D FLOPs forward with the self teacher (plus 2 B^2 D' with a separate one); the
-backward recomputes each chunk once and does the two products (6 B^2 D, plus 2 B^2 D').
+all of them: 2 B^2 D FLOPs forward with the self teacher (plus 2 B^2 D' with a separate one). The
+single-process backward (``gradients``) recomputes each chunk of dL/dS once and writes the image
+gradient rows in the features' dtype; the text gradient comes from an fp32 [N, D] accumulator when it
+fits half the workspace budget (6 B^2 D, plus 2 B^2 D'), else from a second pass over column chunks (the
+same maths on S.T: 8 B^2 D, plus 4 B^2 D'), as the contrastive torch backend does.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vlkernels.ops.torch_utils import row_chunks
+from vlkernels.ops.torch_utils import chunk_rows, f32_rows, matmul_f32, row_chunks, workspace_bytes
 
 
 def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
@@ -26,27 +30,26 @@ class TorchSoftTargetBackend:
     """``stats`` / ``accumulate`` of the soft-target backend protocol (ops/soft_target.py) in PyTorch."""
 
     @staticmethod
-    def _teacher_block(teacher, t32, sl, s_blk):
+    def _teacher_block(teacher, sl, s_blk, cols: int):
         if teacher is None:
             return s_blk
-        t_image, _, t_scale = teacher
-        return torch.matmul(t_image[sl].float(), t32.T).mul_(t_scale)
+        t_image, t_text, t_scale = teacher
+        return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
     def stats(self, image, text, scale, teacher=None):
         """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32."""
-        rows, cols, dev = image.shape[0], text.shape[0], image.device
-        t32 = text.float()
-        tt32 = None if teacher is None else teacher[1].float()
+        rows, n, dev = image.shape[0], text.shape[0], image.device
+        cols = chunk_rows(n, image.shape[1], dev)
         r = torch.empty(rows, dtype=torch.float32, device=dev)
         tr = r if teacher is None else torch.empty_like(r)
         w_row = torch.empty_like(r)
-        c = torch.full((cols,), float("-inf"), dtype=torch.float32, device=dev)
+        c = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
         tc = c if teacher is None else c.clone()
         w_col = torch.zeros_like(c)
-        for sl in row_chunks(rows, cols, dev):
-            d_blk = torch.matmul(image[sl].float(), t32.T)
+        for sl in row_chunks(rows, n, dev):
+            d_blk = matmul_f32(f32_rows(image, sl), text, True, cols)
             s_blk = d_blk * scale
-            t_blk = self._teacher_block(teacher, tt32, sl, s_blk)
+            t_blk = self._teacher_block(teacher, sl, s_blk, cols)
             if teacher is None:
                 r[sl], w_row[sl] = _softmax_stats(s_blk, d_blk, 1)
                 c_blk, wc_blk = _softmax_stats(s_blk, d_blk, 0)
@@ -65,26 +68,110 @@ class TorchSoftTargetBackend:
                 tc = c_new
         return r, c, tr, tc, w_row, w_col
 
+    def _grad_block(self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, cols):
+        """dL/dS for the rows ``sl`` of q (q32 their fp32 copy) against all of k, fp32 [rows, N]: W minus
+        the hard targets (e_i + e_j) ((1 - eps) [i == j] + eps / B), with e = coefs[0] h, q = coefs[1] a
+        from ``pair`` = (h, a) and p = e + q (p = e for the self teacher: the soft terms cancel); ``teacher``
+        (Q', K', s') in the same orientation or None. The column weights are applied in place on the
+        exponentials (no [N] temporaries); at most three [rows, N] buffers at once."""
+        batch = k.shape[0]
+        h, a = pair
+        ce, cq = coefs[0], coefs[1]
+        rows = slice(sl.start, sl.start + q32.shape[0])
+        e_rows = h[rows] * ce
+        p_rows = e_rows if teacher is None else e_rows + a[rows] * cq
+        s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
+        g = torch.sub(s_blk, lse_q[rows, None]).exp_().mul_(p_rows[:, None])
+        col = s_blk.sub_(lse_k[None, :]).exp_()  # exp(S - c_j), in place
+        if teacher is None:
+            g.addcmul_(col.mul_(h[None, :]), ce)
+        else:
+            g.addcmul_(col, h[None, :] * ce).addcmul_(col, a[None, :] * cq)
+        del s_blk, col
+        if teacher is not None:
+            t_blk = self._teacher_block(teacher, rows, None, cols)
+            g.sub_(torch.sub(t_blk, t_lse_q[rows, None]).exp_().mul_((a[rows] * cq)[:, None]))
+            g.sub_(t_blk.sub_(t_lse_k[None, :]).exp_().mul_(a[None, :]).mul_(cq))
+            del t_blk
+        if eps:
+            g.sub_(e_rows[:, None] * (eps / batch))
+            g.addcmul_(h[None, :], ce, value=-eps / batch)
+        idx = torch.arange(q32.shape[0], device=q32.device)
+        g[idx, idx + rows.start] -= (2.0 * (1.0 - eps)) * e_rows
+        return g
+
+    def gradients(
+        self,
+        image,
+        text,
+        scale,
+        r,
+        c,
+        hard_w,
+        soft_w,
+        coefs,
+        eps,
+        teacher=None,
+        tr=None,
+        tc=None,
+        need_t=True,
+    ):
+        """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py) in the features' dtype,
+        chunk by chunk (module docstring)."""
+        batch, dim = image.shape
+        dev = image.device
+        scale = scale.detach().float()
+        coefs = coefs.float()
+        pair = (hard_w.float(), soft_w.float())
+        one_pass = need_t and 4 * text.numel() <= workspace_bytes() // 2  # the other half: chunks of S
+        cols = chunk_rows(batch, dim, dev)
+        d_image = torch.empty_like(image)
+        ds = torch.zeros((), dtype=torch.float32, device=dev)
+        a_t = torch.zeros(text.shape, dtype=torch.float32, device=dev) if one_pass else None
+        for sl in row_chunks(batch, batch, dev):
+            i_blk = f32_rows(image, sl)
+            g = self._grad_block(i_blk, text, scale, sl, r, c, pair, coefs, teacher, tr, tc, eps, cols)
+            if one_pass:
+                a_t.addmm_(g.T, i_blk)
+            u = matmul_f32(g, text, False, cols)
+            del g
+            ds += torch.linalg.vecdot(i_blk, u).sum()
+            d_image[sl] = u.mul_(scale).to(image.dtype)
+        if not need_t:
+            return d_image, None, ds
+        d_text = torch.empty_like(text)
+        swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
+        for sl in row_chunks(batch, batch, dev):
+            if one_pass:
+                u = a_t[sl]
+            else:
+                t_blk = f32_rows(text, sl)
+                g = self._grad_block(t_blk, image, scale, sl, c, r, pair, coefs, swapped, tc, tr, eps, cols)
+                u = matmul_f32(g, image, False, cols)
+                del g
+            d_text[sl] = u.mul_(scale).to(text.dtype)
+        return d_image, d_text, ds
+
     def accumulate(
         self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
     ):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py)."""
-        t32 = text.float()
-        tt32 = None if teacher is None else teacher[1].float()
-        a_i = torch.empty(image.shape, dtype=torch.float32, device=image.device)
-        a_t = torch.zeros(t32.shape, dtype=torch.float32, device=image.device)
+        dev = image.device
+        cols = chunk_rows(text.shape[0], image.shape[1], dev)
+        a_i = torch.empty(image.shape, dtype=torch.float32, device=dev)
+        a_t = torch.zeros(text.shape, dtype=torch.float32, device=dev)
         if teacher is None:
             # S' = S: the two soft-target terms fold into the softmax terms.
             p_row, p_col = p_row - q_row, p_col - q_col
-        for sl in row_chunks(image.shape[0], text.shape[0], image.device):
-            i_blk = image[sl].float()
-            s_blk = torch.matmul(i_blk, t32.T).mul_(scale)
+        for sl in row_chunks(image.shape[0], text.shape[0], dev):
+            i_blk = f32_rows(image, sl)
+            s_blk = matmul_f32(i_blk, text, True, cols).mul_(scale)
             w = torch.exp(s_blk - r[sl, None]).mul_(p_row[sl, None])
             if teacher is not None:
-                t_blk = self._teacher_block(teacher, tt32, sl, None)
+                t_blk = self._teacher_block(teacher, sl, None, cols)
                 w.sub_(torch.exp(t_blk - tr[sl, None]).mul_(q_row[sl, None]))
                 w.sub_(t_blk.sub_(tc[None, :]).exp_().mul_(q_col[None, :]))
             w.add_(s_blk.sub_(c[None, :]).exp_().mul_(p_col[None, :]))
-            a_i[sl] = torch.matmul(w, t32)
+            a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)
         return a_i, a_t

@@ -191,20 +191,26 @@ def _weights_kernel(
     scale_ptr,
     lse_q_ptr,
     lse_k_ptr,
-    p_q_ptr,
-    p_k_ptr,
+    h_q_ptr,
+    h_k_ptr,
+    a_q_ptr,
+    a_k_ptr,
+    cf_ptr,
     tq_ptr,
     tk_ptr,
     t_scale_ptr,
     t_lse_q_ptr,
     t_lse_k_ptr,
-    w_q_ptr,
-    w_k_ptr,
     g_ptr,
+    ds_ptr,
     M,
     N,
     D,
     DT,
+    row0,
+    eps_diag,
+    eps_all,
+    n_blocks,
     sqm,
     sqd,
     skn,
@@ -214,6 +220,7 @@ def _weights_kernel(
     stkn,
     stkd,
     TEACHER: tl.constexpr,
+    HARD: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -223,8 +230,12 @@ def _weights_kernel(
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- w_i exp(S' - r'_i)
-    - w_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major)."""
+    """One [BLOCK_M, BLOCK_N] tile of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
+    - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h,
+    q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
+    weights h, a of the rows (``*_q``) and of the columns (``*_k``). HARD: minus the hard targets' part,
+    (e_i + e_j) (eps_diag [row0 + i == j] + eps_all), so that W is dL/dS, and the tile's fp32 row sums
+    of W <Q_i, K_j> at ds[i, pid_n] (the scale's gradient)."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -252,9 +263,16 @@ def _weights_kernel(
     )
     s2 = acc * scale2
     lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-    p_q = tl.load(p_q_ptr + offs_m, mask=mask_m, other=0.0)
     lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-    p_k = tl.load(p_k_ptr + offs_n, mask=mask_n, other=0.0)
+    ce = tl.load(cf_ptr)
+    e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce
+    e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce
+    p_q, p_k = e_q, e_k
+    if TEACHER:
+        cq = tl.load(cf_ptr + 1)
+        q_q = tl.load(a_q_ptr + offs_m, mask=mask_m, other=0.0) * cq
+        q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
+        p_q, p_k = e_q + q_q, e_k + q_k
     w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
     if TEACHER:
         t_acc = dot_tile(
@@ -277,15 +295,22 @@ def _weights_kernel(
         )
         t2 = t_acc * (tl.load(t_scale_ptr).to(tl.float32) * LOG2E)
         t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-        w_q = tl.load(w_q_ptr + offs_m, mask=mask_m, other=0.0)
         t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-        w_k = tl.load(w_k_ptr + offs_n, mask=mask_n, other=0.0)
-        w = w - w_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) - w_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
+        w = w - q_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) - q_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
+    if HARD:
+        # the diagonal in tile-local int32 indices (as in the sigmoid kernel), the shift clamped to the
+        # range where it can match
+        shift = pid_m * BLOCK_M + row0 - pid_n * BLOCK_N
+        shift = tl.minimum(tl.maximum(shift, -BLOCK_M), BLOCK_N).to(tl.int32)
+        eye = (tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, BLOCK_N)[None, :]
+        w = w - (e_q[:, None] + e_k[None, :]) * (tl.where(eye, eps_diag, 0.0) + eps_all)
     mask = mask_m[:, None] & mask_n[None, :]
     w = tl.where(mask, w, 0.0)
     tl.store(
         g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(w, g_ptr.dtype.element_ty, UPCAST), mask=mask
     )
+    if HARD:
+        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
 
 
 def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
@@ -421,55 +446,72 @@ def both_stats(q, k, scale, teacher=None):
     return r, c, tr, tc, w, tea[2] / tea[1]
 
 
-def weights(q, k, scale, lse_q, lse_k, p_q, p_k, teacher, t_lse_q, t_lse_k, w_q, w_k, g) -> None:
+def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with
-    W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (w_q exp(S' - t_lse_q) + w_k exp(S' - t_lse_k)),
-    the vectors broadcast over rows (``*_q``, [M]) or columns (``*_k``, [N]); ``teacher`` None or
-    (Q' [M, D'], K' [N, D'], s')."""
+    W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (q_q exp(S' - t_lse_q) + q_k exp(S' - t_lse_k)),
+    e = cf[0] h, q = cf[1] a, p = e + q (p = e without a teacher) from the pair weights ``pair_q`` = (h, a)
+    of the rows [M] and ``pair_k`` of the columns [N]; ``teacher`` None or (Q' [M, D'], K' [N, D'], s').
+    ``hard`` = (row0, eps, batch, ds): also minus the hard targets' part (e_q + e_k) ((1 - eps)
+    [row0 + i == j] + eps / batch), with the fp32 row sums of W <q_i, k_j> per column block in ds;
+    returns how many (M x column blocks), else 0."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = tile_config(dim, q.dtype, teacher, "weights")
+    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    if hard is None:
+        row0, eps_diag, eps_all, ds = 0, 0.0, 0.0, g
+    else:
+        row0, eps, batch, ds = hard
+        eps_diag, eps_all = 1.0 - eps, eps / batch
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
-        t_lse_q, t_lse_k, w_q, w_k = lse_q, lse_k, p_q, p_k
+        t_lse_q, t_lse_k = lse_q, lse_k
         t_prec, t_up = dot_precision(q.dtype), upcast(q.dtype)
     else:
         t_q, t_k, t_scale = teacher
         t_dim = t_q.shape[1]
         t_strides = (t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
         t_prec, t_up = dot_precision(t_q.dtype), upcast(t_q.dtype)
-    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))](
+    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
         q,
         k,
         scale,
         lse_q,
         lse_k,
-        p_q,
-        p_k,
+        pair_q[0],
+        pair_k[0],
+        pair_q[1],
+        pair_k[1],
+        cf,
         t_q,
         t_k,
         t_scale,
         t_lse_q,
         t_lse_k,
-        w_q,
-        w_k,
         g,
+        ds,
         m,
         n,
         dim,
         t_dim,
+        row0,
+        eps_diag,
+        eps_all,
+        n_blocks,
         q.stride(0),
         q.stride(1),
         k.stride(0),
         k.stride(1),
         *t_strides,
         TEACHER=teacher is not None,
+        HARD=hard is not None,
         DOT_PREC=dot_precision(q.dtype),
         T_DOT_PREC=t_prec,
         UPCAST=upcast(q.dtype),
         T_UPCAST=t_up,
         **cfg,
     )
+    return 0 if hard is None else m * n_blocks
 
 
 LN2_F = 0.6931471805599453
@@ -492,6 +534,105 @@ class TritonSoftTargetBackend:
             teacher = (t_image, t_text, _f32(t_scale.detach()))
         return both_stats(image, text, scale, teacher)
 
+    @staticmethod
+    def _teacher32(teacher, tr, tc):
+        if teacher is None:
+            return None, tr, tc
+        t_image, t_text, t_scale = teacher
+        return (t_image, t_text, _f32(t_scale.detach())), _f32(tr), _f32(tc)
+
+    @staticmethod
+    def _fill(work, q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, hard=None):
+        """``weights`` for ``Workspace.products`` (rows of q against a slab of k's columns); with ``hard`` =
+        (eps, batch) also the hard targets and, as the statistics, the slab's sum of W <q, k>."""
+
+        def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
+            cs = slice(s0, s0 + cols)
+            t = None
+            if teacher is not None:
+                t = (teacher[0][rows], teacher[1][cs], teacher[2])
+            count = weights(
+                q[rows],
+                k[cs],
+                scale,
+                lse_q[rows],
+                lse_k[cs],
+                tuple(v[rows] for v in pair_q),
+                tuple(v[cs] for v in pair_k),
+                cf,
+                t,
+                None if t is None else t_lse_q[rows],
+                None if t is None else t_lse_k[cs],
+                g,
+                None if hard is None else (rows.start - s0, *hard, work.part),
+            )
+            return work.part[:count].sum() if count else None
+
+        return fill
+
+    def gradients(
+        self,
+        image,
+        text,
+        scale,
+        r,
+        c,
+        hard_w,
+        soft_w,
+        coefs,
+        eps,
+        teacher=None,
+        tr=None,
+        tc=None,
+        need_t=True,
+    ):
+        """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py), in the features' dtype: the
+        weights kernel writes dL/dS = W - (e_i + e_j) ((1 - eps) delta_ij + eps / B) per chunk of rows
+        (e = coefs[0] hard_w, q = coefs[1] soft_w, formed in the kernel: no [B] temporaries), dI = s dL/dS @
+        T is stored, dT = s dL/dS.T @ I accumulated in fp32 for the columns the workspace covers and
+        computed by a column pass (the same kernel with the roles swapped) for the rest, ds = sum dL/dS
+        <I, T> from the kernel's partial sums. No fp32 [B, D] buffer beyond the workspace."""
+        batch, dim = image.shape
+        dev = image.device
+        scale = _f32(scale.detach())
+        teacher, tr, tc = self._teacher32(teacher, tr, tc)
+        r, c, hard_w, soft_w = (_f32(x) for x in (r, c, hard_w, soft_w))
+        # dL/dS is rounded to the features' dtype for the tensor-core products: scaled by an upper bound of
+        # its weights (|e| + |q|, on the device, no sync) it stays at probability scale (2 where a softmax
+        # is one-hot) instead of 1/B times grad_output, which fp16 would flush
+        mags = torch.stack(
+            [hard_w.abs().max(), soft_w.abs().max() if teacher is not None else hard_w.new_zeros(())]
+        )
+        norm = (coefs.float().abs() * mags).sum()
+        norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+        cf = (coefs.float() / norm).contiguous()
+        cfg = tile_config(dim, image.dtype, teacher, "weights")
+        blocks = (cfg["BLOCK_M"], cfg["BLOCK_N"])
+        plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
+        work = Workspace(plan, batch, batch, dim, image.dtype, dev, cfg["BLOCK_N"])
+        alpha = (scale * norm).reshape(1)
+        acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
+        d_image = torch.empty_like(image)
+        ds = torch.zeros((), dtype=torch.float32, device=dev)
+        pair = (hard_w, soft_w)
+        fill = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, (eps, batch))
+        for r0 in range(0, batch, plan.chunk):
+            rows = slice(r0, min(r0 + plan.chunk, batch))
+            ds += work.products(image, text, fill, rows, alpha, d_image[rows], acc, plan.covered)
+        d_scale = ds * norm
+        if not need_t:
+            return d_image, None, d_scale
+        d_text = torch.empty_like(text)
+        if acc is not None:
+            d_text[: plan.covered].copy_(acc.mul_(alpha))
+            del acc
+        swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
+        fill = self._fill(work, text, image, scale, c, r, pair, pair, cf, swapped, tc, tr, (eps, batch))
+        for c0 in range(plan.covered, batch, plan.chunk):
+            cols = slice(c0, min(c0 + plan.chunk, batch))
+            work.products(text, image, fill, cols, alpha, d_text[cols], None, 0)
+        return d_image, d_text, d_scale
+
     def accumulate(
         self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
     ):
@@ -500,46 +641,18 @@ class TritonSoftTargetBackend:
         n = text.shape[0]
         dev = image.device
         scale = _f32(scale.detach())
+        teacher, tr, tc = self._teacher32(teacher, tr, tc)
         r, c, p_row, p_col, q_row, q_col = (_f32(x) for x in (r, c, p_row, p_col, q_row, q_col))
-        if teacher is None:
-            # S' = S: the two soft-target terms fold into the softmax terms.
-            p_row, p_col = p_row - q_row, p_col - q_col
-        else:
-            t_image, t_text, t_scale = teacher
-            teacher = (t_image, t_text, _f32(t_scale.detach()))
-            tr, tc = _f32(tr), _f32(tc)
-        # W is rounded to the features' dtype for the tensor-core products: normalise the weights by their
-        # largest magnitude (on the device, no sync) so that W holds probabilities as in the contrastive
-        # loss's G (exactly 2 where a softmax is one-hot) instead of values scaled by 1/B and grad_output.
+        # as pair weights: h = p - q (the hard part), a = q, normalised by the largest weight
         norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-        p_row, p_col, q_row, q_col = (v / norm for v in (p_row, p_col, q_row, q_col))
+        cf = torch.stack([norm, norm]).reciprocal()
+        pair_q, pair_k = (p_row - q_row, q_row), (p_col - q_col, q_col)
         cfg = tile_config(dim, image.dtype, teacher, "weights")
         esize = image.element_size()
         plan = backward_plan(m, n, dim, esize, False, workspace_bytes(), (cfg["BLOCK_M"], cfg["BLOCK_N"]), 0)
         work = Workspace(plan, m, n, dim, image.dtype, dev, cfg["BLOCK_N"], stats=0)
-
-        def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
-            t = t_lse_k = None
-            if teacher is not None:
-                t = (teacher[0][rows], teacher[1][s0 : s0 + cols], teacher[2])
-                t_lse_k = tc[s0 : s0 + cols]
-            weights(
-                image[rows],
-                text[s0 : s0 + cols],
-                scale,
-                r[rows],
-                c[s0 : s0 + cols],
-                p_row[rows],
-                p_col[s0 : s0 + cols],
-                t,
-                None if tr is None else tr[rows],
-                t_lse_k,
-                q_row[rows],
-                q_col[s0 : s0 + cols],
-                g,
-            )
-
+        fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc)
         a_i = torch.empty((m, dim), dtype=torch.float32, device=dev)
         a_t = torch.zeros((n, dim), dtype=torch.float32, device=dev)
         for r0 in range(0, m, plan.chunk):
