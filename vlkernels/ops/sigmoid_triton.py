@@ -217,13 +217,22 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
     return out
 
 
+def weights_config(dim: int, dtype) -> dict:
+    """The weights kernel's launch config: the contrastive G kernel's (config "weights"), with two pipeline
+    stages for IEEE fp32 dots (three spilled 12 B on sm_80 at unaligned D; benchmarks/aot.py)."""
+    cfg = config(dim, dtype, "weights")
+    if dot_precision(dtype) == "ieee" and "num_stages" in cfg:
+        cfg = dict(cfg, num_stages=2)
+    return cfg
+
+
 def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k,
     the positives where ``row0`` + i == j (None: no positives); part gets the [2, M, column blocks] fp32
     row sums of G * <q_i, k_j> and of G. Returns the number of partials per statistic (M * column blocks)."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = config(dim, q.dtype, "weights")
+    cfg = weights_config(dim, q.dtype)
     n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
     _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
         q,
