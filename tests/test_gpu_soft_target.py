@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from tests._ref import TOL_GPU, assert_close_all, assert_within_torch_error, features, run_loss
 from vlkernels import contrastive_loss, soft_target_loss
-from vlkernels.ops.soft_target_triton import row_stats, weighted_products
+from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend, both_stats
 
 pytestmark = pytest.mark.gpu
 
@@ -107,8 +107,10 @@ def test_int64_offsets_beyond_2_to_31_elements():
     q = F.normalize(torch.randn(64, dim, device="cuda"), dim=1).bfloat16()
     k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
     scale = torch.tensor(20.0, device="cuda")
-    lse, t_lse, wsum = row_stats(q, k, scale, (q, k, scale))
-    assert torch.isfinite(lse).all() and torch.isfinite(wsum).all()
+    # the statistics pass: rows online, every column of K as per-program partials (int64 stores)
+    lse, col_lse, t_lse, t_col_lse, wsum, _ = both_stats(q, k, scale, (q, k, scale))
+    assert torch.isfinite(lse).all() and torch.isfinite(wsum).all() and torch.isfinite(col_lse).all()
+    torch.testing.assert_close(col_lse, t_col_lse)
     torch.testing.assert_close(lse, t_lse)
     # fp32 reference of the first 8 rows over all of K, in chunks of rows of K: the LSE and the
     # softmax-weighted sum of <q_i, k_j> (unscaled; ~0.995 for the first three, whose matching rows in the
@@ -122,11 +124,11 @@ def test_int64_offsets_beyond_2_to_31_elements():
     assert (wsum[:3] > 0.9).all(), wsum[:3]
     zeros = torch.zeros(rows, device="cuda")
     ones = torch.ones(64, device="cuda")
-    # W = P (student rows) and W = P + P' with the same teacher: the matching tail rows dominate dQ.
-    dq, _ = weighted_products(q, k, scale, lse, zeros, ones, zeros, None, None, None, None, None, False)
-    dq_t, _ = weighted_products(
-        q, k, scale, lse, zeros, ones, zeros, (q, k, scale), t_lse, zeros, -ones, zeros, False
-    )
+    be = TritonSoftTargetBackend()
+    # W = P (student rows) and W = P + P' with the same teacher (q = -1): the matching tail rows dominate
+    # W @ K; the W.T @ Q output ([rows, D] fp32, 8.6 GB) is dropped at once.
+    dq = be.accumulate(q, k, scale, lse, zeros, ones, zeros, 0 * ones, zeros)[0]
+    dq_t = be.accumulate(q, k, scale, lse, zeros, ones, zeros, -ones, zeros, (q, k, scale), t_lse, zeros)[0]
     assert torch.isfinite(dq).all() and torch.isfinite(dq_t).all()
     cos = F.cosine_similarity(dq[:3], q[:3].float(), dim=1)
     assert (cos > 0.9).all(), cos

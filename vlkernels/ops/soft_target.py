@@ -134,14 +134,6 @@ def hard_target_rows(image, text, eps: float, batch: int, colsum_i, colsum_t):
     return h_row, h_col
 
 
-def _smoothing_sums(e, x, eps: float):
-    """(colsum(x), e @ x) in fp32 for ``subtract_hard_targets``; (None, None) without smoothing."""
-    if not eps:
-        return None, None
-    x32 = x.float()
-    return x32.sum(0), e @ x32
-
-
 def _teacher(t_image, t_text, t_scale) -> Teacher:
     return None if t_image is None else (t_image, t_text, t_scale)
 
