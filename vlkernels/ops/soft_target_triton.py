@@ -4,18 +4,22 @@ Shares the contrastive loss's tile helpers and configs (ops/triton_utils.py). Ke
 Q [M, D], K [N, D] (and for a separate teacher Q' [M, D'], K' [N, D'], any float dtype), arbitrary
 strides, scales read from device memory (no host sync), fp32 accumulation, int64 offsets:
 
-- ``_stats_kernel``: one program per BLOCK_M rows of Q walks all column tiles with three online
-  statistics (base 2, flash-attention style): the student LSE, the teacher LSE and the
-  teacher-softmax-weighted sum of the student's dot products <Q_i, K_j> (unscaled: the
-  loss multiplies by s, and d/ds needs no division by s), rescaled whenever the teacher max moves. Called
-  with (I, T) for the rows and (T, I) for the columns: 4 B^2 D FLOPs (plus 4 B^2 D' for a teacher).
-- ``_weights_kernel``: the backward's products on the G-chunk engine (ops/gchunk_triton.py, shared with
-  the contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and
-  writes W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the
-  workspace in the features' dtype; two tensor-core GEMMs per chunk give W @ K (stored, fp32) and
-  W.T @ Q (accumulated in fp32): 6 B^2 D FLOPs (+ 2 B^2 D' for a teacher), no float atomics,
-  deterministic. For the self teacher S' = S and the q terms fold into the p terms, so the backward
-  costs what the contrastive one does.
+- ``_stats_kernel``, one pass (2 B^2 D, + 2 B^2 D' for a teacher): one program per BLOCK_M rows of Q walks
+  all column tiles with three online row statistics (base 2, flash-attention style): the student LSE,
+  the teacher LSE and the teacher-softmax-weighted sum of the student's dot products <Q_i, K_j>
+  (unscaled: the loss multiplies by s, and d/ds needs no division by s); and per column tile its column
+  partials over the program's rows (max, sum, weighted sum per softmax), exact since each program sees
+  each column tile once, merged by torch in a fixed order (``both_stats``).
+- ``_weights_kernel``: the backward on the G-chunk engine (ops/gchunk_triton.py, shared with the
+  contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and writes
+  W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the workspace in
+  the features' dtype, the weights formed in registers from the pair weights (e = c_h h, q = c_a a,
+  p = e + q); with HARD minus the hard targets (dL/dS, and the scale's partial sums). The single-process
+  backward (``gradients``) stores dI = s dL/dS @ T, accumulates dT for the covered columns in fp32 and
+  runs a column pass for the rest, as the contrastive loss does: 6 B^2 D (+ 2 B^2 D') while the
+  accumulator covers every column; the gathered Function's products (``accumulate``) are fp32 W @ T
+  and W.T @ I. No float atomics, deterministic. For the self teacher S' = S and the q terms fold into
+  the p terms, so the backward costs what the contrastive one does.
 """
 
 from __future__ import annotations
@@ -394,21 +398,21 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
 
 
 def _merge(run, new):
-    """Merge two (max, sum, weighted sum) column statistics in base 2 (``run`` None: ``new``)."""
+    """Merge two column statistics (max, then sums below it: the sum, optionally the weighted sum) in base
+    2 (``run`` None: ``new``)."""
     if run is None:
         return new
     top = torch.maximum(run[0], new[0])
     a, b = torch.exp2(run[0] - top), torch.exp2(new[0] - top)
-    return top, run[1] * a + new[1] * b, run[2] * a + new[2] * b
+    return (top, *(x * a + y * b for x, y in zip(run[1:], new[1:], strict=True)))
 
 
-def _column_stats(part, programs: int, k0: int):
-    """(max, sum, weighted sum) of one softmax over the programs' partials part[k0:k0 + 3] (or, for the
-    self teacher's student, part[0], part[1], part[2])."""
-    mx, sm, ws = (part[k0 + i, :programs] for i in range(3))
+def _column_stats(part, programs: int, k0: int, sums: int):
+    """(max, ``sums`` sums below it) of one softmax over the programs' partials part[k0:k0 + 1 + sums]."""
+    mx = part[k0, :programs]
     top = mx.max(0).values
     w = torch.exp2(mx - top)
-    return top, (sm * w).sum(0), (ws * w).sum(0)
+    return (top, *((part[k0 + 1 + i, :programs] * w).sum(0) for i in range(sums)))
 
 
 def both_stats(q, k, scale, teacher=None):
@@ -431,13 +435,10 @@ def both_stats(q, k, scale, teacher=None):
         _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:]), part, rows=rows)
         programs = triton.cdiv(rows, meta["BLOCK_M"])
         if teacher is None:
-            stu = _merge(stu, _column_stats(part, programs, 0))
-        else:
-            # the student's (max, sum) with an unused third entry; the teacher's full triple
-            mx, sm = part[0, :programs], part[1, :programs]
-            top = mx.max(0).values
-            stu = _merge(stu, (top, (sm * torch.exp2(mx - top)).sum(0), top))
-            tea = _merge(tea, _column_stats(part, programs, 2))
+            stu = _merge(stu, _column_stats(part, programs, 0, 2))
+        else:  # the student's (max, sum); the teacher's (max, sum, weighted sum)
+            stu = _merge(stu, _column_stats(part, programs, 0, 1))
+            tea = _merge(tea, _column_stats(part, programs, 2, 2))
     del part
     c = torch.log2(stu[1]).add_(stu[0]).mul_(LN2_F)
     if teacher is None:
