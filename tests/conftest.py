@@ -8,6 +8,15 @@ import torch
 # Triton's interpreter, so that CI exercises them instead of skipping them.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # ``@triton.jit`` reads TRITON_INTERPRET when a kernel module is imported: import every kernel module now,
+    # so that a test that unsets it for a while (to read the GPU launch configs) cannot be the first to
+    # import one and leave its kernels needing a real driver for the rest of the run.
+    try:
+        import vlkernels.ops.contrastive_triton  # noqa: F401
+        import vlkernels.ops.sigmoid_triton  # noqa: F401
+        import vlkernels.ops.soft_target_triton  # noqa: F401
+    except ImportError:  # no Triton: the Triton tests skip
+        pass
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

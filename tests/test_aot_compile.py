@@ -71,6 +71,7 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch) -> dict:
     """The config the sigmoid launchers pick on a GPU for this variant's call (interpreter off)."""
     import torch
 
+    from vlkernels.ops.sigmoid_triton import weights_config  # imported before the interpreter is unset
     from vlkernels.ops.triton_utils import config
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -80,8 +81,6 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch) -> dict:
     torch.set_float32_matmul_precision(aot.DTYPES[rec["call"]["dtype"]][1])  # tf32: "high"
     try:
         if rec["kernel"] == "sigmoid_weights":
-            from vlkernels.ops.sigmoid_triton import weights_config
-
             return weights_config(D, dtype)
         return config(D, dtype, "fwd")
     finally:

@@ -45,7 +45,18 @@ def params(out) -> dict[str, torch.Tensor]:
 
 
 def max_param_diff(a, b) -> float:
-    return max((a[k] - b[k]).abs().max().item() for k in a)
+    """Largest elementwise difference of two state dicts, without the attention key biases (the middle third
+    of each ``qkv.bias``): they shift every score of a query by one amount, which the softmax cancels, so
+    their gradient is zero up to rounding and Adam turns that noise into updates of order lr (seen: 1.05e-4
+    after 4 steps when only the rounding of a loss's backward changed)."""
+    out = 0.0
+    for k in a:
+        diff = (a[k] - b[k]).abs()
+        if k.endswith("qkv.bias"):
+            third = diff.numel() // 3
+            diff = torch.cat([diff[:third], diff[2 * third :]])
+        out = max(out, diff.max().item())
+    return out
 
 
 @pytest.mark.parametrize("psd", [False, True], ids=["clip", "psd"])
