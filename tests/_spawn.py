@@ -33,6 +33,10 @@ def _worker(rank: int, world: int, init_file: str, module: str, calls: tuple):
         checks = importlib.import_module(module)
         for name, *args in calls:
             getattr(checks, name)(rank, world, *args)
+        # Every rank's transfers complete before any rank tears its group down: a rank that exits while a
+        # peer still receives from it closes the connection under gloo's transport thread, which then
+        # aborts the peer ("terminate called without an active exception", seen once in CI under load).
+        dist.barrier()
     except BaseException:
         # Name the rank: the parent re-raises this process's traceback.
         raise RuntimeError(f"rank {rank} of {world} failed:\n{traceback.format_exc()}") from None
