@@ -254,8 +254,9 @@ def soft_target_loss(
     _no_func_transforms(impl)
     soft_w = _soft_weights(alpha_t, mask, image.shape[0])
     t_args = (None, None, None) if teacher is None else teacher
-    params = SoftTargetParams(eps, factor, soft_target_backend(impl))
-    hard, soft = SoftTargetFunction.apply(image, text, scale, 1.0 - soft_w, soft_w, *t_args, params)
+    # the hard weights are 1 - a: formed by the backends, not saved as a [B] vector
+    params = SoftTargetParams(eps, factor, soft_target_backend(impl), hard_affine=(-1.0, 1.0))
+    hard, soft = SoftTargetFunction.apply(image, text, scale, None, soft_w, *t_args, params)
     return hard + soft
 
 
@@ -393,14 +394,16 @@ def distill_clip_loss(
                 )
             return distill_clip_loss_naive(image, text, scale, *teacher, eps)
     _no_func_transforms(impl)
-    # Two distinct weight tensors: torch.compile rejects one tensor passed twice to Function.apply.
-    hard_w = torch.ones(image.shape[0], dtype=torch.float32, device=image.device)
-    soft_w = torch.ones_like(hard_w)
+    soft_w = torch.ones(image.shape[0], dtype=torch.float32, device=image.device)
     if distributed:
+        # Two distinct weight tensors: torch.compile rejects one tensor passed twice to Function.apply.
         params = SoftTargetParams(eps, 1.0, soft_target_backend(impl), group, local_loss, gather_with_grad)
-        return GatheredSoftTargetFunction.apply(image, text, scale, hard_w, soft_w, *teacher, params)
-    params = SoftTargetParams(eps, 1.0, soft_target_backend(impl))
-    return SoftTargetFunction.apply(image, text, scale, hard_w, soft_w, *teacher, params)
+        return GatheredSoftTargetFunction.apply(
+            image, text, scale, torch.ones_like(soft_w), soft_w, *teacher, params
+        )
+    # h = 1 for every pair: given as 0 a + 1, no second [B] vector
+    params = SoftTargetParams(eps, 1.0, soft_target_backend(impl), hard_affine=(0.0, 1.0))
+    return SoftTargetFunction.apply(image, text, scale, None, soft_w, *teacher, params)
 
 
 def progressive_alpha(step, total_steps: int, alpha_max: float):

@@ -23,7 +23,8 @@ teacher, else ``(I', T', s')``:
   A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products);
 - ``gradients(I, T, s, r, c, h, a, coefs, eps, teacher, r', c', need_t) -> (dI, dT, ds)``: the
   single-process gradients in the features' dtype, without fp32 [B, D] buffers beyond the workspace
-  (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors).
+  (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors; h may be given as
+  (x, y): h = x a + y, ``SoftTargetParams.hard_affine``).
 
 With grad outputs g_h, g_s and coef = k / (2B), p = coef (g_h h + g_s a), q = coef g_s a, e = coef g_h h:
 
@@ -82,14 +83,18 @@ class SoftTargetBackend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(dI, dT or None, ds) of the single-process loss in the features' dtype (no fp32 [B, D] buffers
         beyond the workspace): e = coefs[0] h, q = coefs[1] a (the pair weights times their grad outputs and
-        k / (2B)), dL/dS = W(p = e + q, q) - (e_i + e_j) ((1 - eps) delta_ij + eps / B)."""
+        k / (2B)), dL/dS = W(p = e + q, q) - (e_i + e_j) ((1 - eps) delta_ij + eps / B); ``hard_w`` is h
+        [B] or (x, y) for h = x a + y."""
         ...
 
 
 @dataclass(frozen=True)
 class SoftTargetParams:
     """The non-tensor settings of one call: label smoothing ``eps``, reduction ``factor`` (k above), the
-    backend, and for the gathered Function the process group and open_clip's two flags."""
+    backend, for the gathered Function the process group and open_clip's two flags, and for the
+    single-process Function ``hard_affine`` = (x, y) when the hard weights are h = x a + y of the soft
+    weights (then ``hard_w`` is None: no [B] vector is saved for the backward, the backends form h chunk
+    by chunk or in registers)."""
 
     eps: float
     factor: float
@@ -97,6 +102,7 @@ class SoftTargetParams:
     group: Any = None
     local_loss: bool = False
     with_grad: bool = True
+    hard_affine: tuple[float, float] | None = None
 
 
 def hard_targets(i32, t32, eps: float, batch: int, colsum_i, colsum_t):
@@ -148,7 +154,12 @@ class SoftTargetFunction(torch.autograd.Function):
         colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
         h_row, h_col = hard_target_rows(image, text, params.eps, batch, colsum_i, colsum_t)
         coef = params.factor / (2.0 * batch)
-        hard = (torch.dot(hard_w, r - scale * h_row) + torch.dot(hard_w, c - scale * h_col)) * coef
+        h = hard_w
+        if h is None:
+            x, y = params.hard_affine
+            h = soft_w * x + y
+        hard = (torch.dot(h, r - scale * h_row) + torch.dot(h, c - scale * h_col)) * coef
+        del h
         soft = (torch.dot(soft_w, r - scale * w_row) + torch.dot(soft_w, c - scale * w_col)) * coef
         if teacher is None:
             tr = tc = None
@@ -166,8 +177,9 @@ class SoftTargetFunction(torch.autograd.Function):
         coef = prm.factor / (2.0 * batch)
         coefs = torch.stack([g_hard.float().reshape(()), g_soft.float().reshape(())]) * coef
         teacher = _teacher(t_image, t_text, t_scale)
+        hard = hard_w if hard_w is not None else prm.hard_affine
         d_image, d_text, d_scale = prm.backend.gradients(
-            image, text, scale, r, c, hard_w, soft_w, coefs, prm.eps, teacher, tr, tc, need_t
+            image, text, scale, r, c, hard, soft_w, coefs, prm.eps, teacher, tr, tc, need_t
         )
         return (
             d_image if need_i else None,

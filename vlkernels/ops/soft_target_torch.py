@@ -75,15 +75,20 @@ class TorchSoftTargetBackend:
         (Q', K', s') in the same orientation or None. The column weights are applied in place on the
         exponentials (no [N] temporaries); at most three [rows, N] buffers at once."""
         batch = k.shape[0]
-        h, a = pair
+        h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
         rows = slice(sl.start, sl.start + q32.shape[0])
-        e_rows = h[rows] * ce
+        e_rows = (a[rows] * h[0] + h[1] if isinstance(h, tuple) else h[rows]) * ce
         p_rows = e_rows if teacher is None else e_rows + a[rows] * cq
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
         g = torch.sub(s_blk, lse_q[rows, None]).exp_().mul_(p_rows[:, None])
         col = s_blk.sub_(lse_k[None, :]).exp_()  # exp(S - c_j), in place
-        if teacher is None:
+        # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most
+        if isinstance(h, tuple):
+            w = a[None, :] * (ce * h[0] + (0.0 if teacher is None else cq))
+            g.addcmul_(col, w.add_(ce * h[1]))
+            del w
+        elif teacher is None:
             g.addcmul_(col.mul_(h[None, :]), ce)
         else:
             g.addcmul_(col, h[None, :] * ce).addcmul_(col, a[None, :] * cq)
@@ -95,7 +100,10 @@ class TorchSoftTargetBackend:
             del t_blk
         if eps:
             g.sub_(e_rows[:, None] * (eps / batch))
-            g.addcmul_(h[None, :], ce, value=-eps / batch)
+            if isinstance(h, tuple):
+                g.addcmul_(a[None, :], ce * h[0], value=-eps / batch).sub_(ce * h[1] * (eps / batch))
+            else:
+                g.addcmul_(h[None, :], ce, value=-eps / batch)
         idx = torch.arange(q32.shape[0], device=q32.device)
         g[idx, idx + rows.start] -= (2.0 * (1.0 - eps)) * e_rows
         return g
@@ -117,12 +125,12 @@ class TorchSoftTargetBackend:
         need_t=True,
     ):
         """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py) in the features' dtype,
-        chunk by chunk (module docstring)."""
+        chunk by chunk (module docstring); ``hard_w``: h [B] or (x, y) for h = x a + y."""
         batch, dim = image.shape
         dev = image.device
         scale = scale.detach().float()
         coefs = coefs.float()
-        pair = (hard_w.float(), soft_w.float())
+        pair = (hard_w if isinstance(hard_w, tuple) else hard_w.float(), soft_w.float())
         one_pass = need_t and 4 * text.numel() <= workspace_bytes() // 2  # the other half: chunks of S
         cols = chunk_rows(batch, dim, dev)
         d_image = torch.empty_like(image)

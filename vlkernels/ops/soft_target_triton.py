@@ -235,8 +235,8 @@ def _weights_kernel(
     T_UPCAST: tl.constexpr,
 ):
     """One [BLOCK_M, BLOCK_N] tile of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
-    - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h,
-    q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
+    - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
+    cf[2], q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
     weights h, a of the rows (``*_q``) and of the columns (``*_k``). HARD: minus the hard targets' part,
     (e_i + e_j) (eps_diag [row0 + i == j] + eps_all), so that W is dL/dS, and the tile's fp32 row sums
     of W <Q_i, K_j> at ds[i, pid_n] (the scale's gradient)."""
@@ -269,8 +269,9 @@ def _weights_kernel(
     lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
     lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
     ce = tl.load(cf_ptr)
-    e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce
-    e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce
+    e0 = tl.load(cf_ptr + 2)
+    e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
+    e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
     p_q, p_k = e_q, e_k
     if TEACHER:
         cq = tl.load(cf_ptr + 1)
@@ -450,8 +451,9 @@ def both_stats(q, k, scale, teacher=None):
 def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with
     W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (q_q exp(S' - t_lse_q) + q_k exp(S' - t_lse_k)),
-    e = cf[0] h, q = cf[1] a, p = e + q (p = e without a teacher) from the pair weights ``pair_q`` = (h, a)
-    of the rows [M] and ``pair_k`` of the columns [N]; ``teacher`` None or (Q' [M, D'], K' [N, D'], s').
+    e = cf[0] h + cf[2], q = cf[1] a, p = e + q (p = e without a teacher) from the pair weights
+    ``pair_q`` = (h, a) of the rows [M] and ``pair_k`` of the columns [N]; ``teacher`` None or
+    (Q' [M, D'], K' [N, D'], s').
     ``hard`` = (row0, eps, batch, ds): also minus the hard targets' part (e_q + e_k) ((1 - eps)
     [row0 + i == j] + eps / batch), with the fp32 row sums of W <q_i, k_j> per column block in ds;
     returns how many (M x column blocks), else 0."""
@@ -589,24 +591,33 @@ class TritonSoftTargetBackend:
     ):
         """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py), in the features' dtype: the
         weights kernel writes dL/dS = W - (e_i + e_j) ((1 - eps) delta_ij + eps / B) per chunk of rows
-        (e = coefs[0] hard_w, q = coefs[1] soft_w, formed in the kernel: no [B] temporaries), dI = s dL/dS @
-        T is stored, dT = s dL/dS.T @ I accumulated in fp32 for the columns the workspace covers and
-        computed by a column pass (the same kernel with the roles swapped) for the rest, ds = sum dL/dS
-        <I, T> from the kernel's partial sums. No fp32 [B, D] buffer beyond the workspace."""
+        (e = coefs[0] h, q = coefs[1] soft_w, formed in the kernel: no [B] temporaries; ``hard_w`` is h [B]
+        or (x, y) for h = x soft_w + y), dI = s dL/dS @ T is stored, dT = s dL/dS.T @ I accumulated in fp32
+        for the columns the workspace covers and computed by a column pass (the same kernel with the roles
+        swapped) for the rest, ds = sum dL/dS <I, T> from the kernel's partial sums. No fp32 [B, D] buffer
+        beyond the workspace."""
         batch, dim = image.shape
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c, hard_w, soft_w = (_f32(x) for x in (r, c, hard_w, soft_w))
+        r, c, soft_w = (_f32(x) for x in (r, c, soft_w))
+        coefs = coefs.float()
+        lo, hi = torch.aminmax(soft_w)
+        if isinstance(hard_w, tuple):  # h = x a + y: formed in the kernel from a, no [B] vector
+            x, y = hard_w
+            h_vec, h_mag = soft_w, torch.maximum((lo * x + y).abs(), (hi * x + y).abs())
+            e_coefs = (coefs[0] * x, coefs[0] * y)
+        else:
+            h_vec = _f32(hard_w)
+            h_mag = h_vec.abs().max()
+            e_coefs = (coefs[0], torch.zeros_like(coefs[0]))
         # dL/dS is rounded to the features' dtype for the tensor-core products: scaled by an upper bound of
         # its weights (|e| + |q|, on the device, no sync) it stays at probability scale (2 where a softmax
         # is one-hot) instead of 1/B times grad_output, which fp16 would flush
-        mags = torch.stack(
-            [hard_w.abs().max(), soft_w.abs().max() if teacher is not None else hard_w.new_zeros(())]
-        )
-        norm = (coefs.float().abs() * mags).sum()
+        a_mag = torch.maximum(lo.abs(), hi.abs()) if teacher is not None else torch.zeros_like(h_mag)
+        norm = coefs[0].abs() * h_mag + coefs[1].abs() * a_mag
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-        cf = (coefs.float() / norm).contiguous()
+        cf = (torch.stack([e_coefs[0], coefs[1], e_coefs[1]]) / norm).contiguous()
         cfg = tile_config(dim, image.dtype, teacher, "weights")
         blocks = (cfg["BLOCK_M"], cfg["BLOCK_N"])
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
@@ -615,7 +626,7 @@ class TritonSoftTargetBackend:
         acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
         d_image = torch.empty_like(image)
         ds = torch.zeros((), dtype=torch.float32, device=dev)
-        pair = (hard_w, soft_w)
+        pair = (h_vec, soft_w)
         fill = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, (eps, batch))
         for r0 in range(0, batch, plan.chunk):
             rows = slice(r0, min(r0 + plan.chunk, batch))
@@ -647,7 +658,7 @@ class TritonSoftTargetBackend:
         # as pair weights: h = p - q (the hard part), a = q, normalised by the largest weight
         norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
-        cf = torch.stack([norm, norm]).reciprocal()
+        cf = torch.stack([norm.reciprocal(), norm.reciprocal(), torch.zeros_like(norm)])
         pair_q, pair_k = (p_row - q_row, q_row), (p_col - q_col, q_col)
         cfg = tile_config(dim, image.dtype, teacher, "weights")
         esize = image.element_size()
