@@ -73,7 +73,7 @@ class TorchSoftTargetBackend:
         the hard targets (e_i + e_j) ((1 - eps) [i == j] + eps / B), with e = coefs[0] h, q = coefs[1] a
         from ``pair`` = (h, a) and p = e + q (p = e for the self teacher: the soft terms cancel); ``teacher``
         (Q', K', s') in the same orientation or None. The column weights are applied in place on the
-        exponentials (no [N] temporaries); at most three [rows, N] buffers at once."""
+        exponentials; at most three [rows, N] buffers (or two and a [1, N] weight row) at once."""
         batch = k.shape[0]
         h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
