@@ -418,7 +418,6 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
     GEMMs (dI stored, the covered columns' fp32 accumulator, a column pass for the rest). ``teacher``
     None or (D', dtype label)."""
 
-    e, tname, unit = DTYPES[dtype]
     cfgs = _soft_weights_config(D, dtype, teacher)
     out = [_stats_launch(B, B, D, dtype, teacher, hw, cfgs["stats"])]
     bwd, plan = _gchunk_backward(
@@ -436,9 +435,18 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
     return out + bwd, 1, plan
 
 
-def forward_launches(op: str) -> int:
-    """How many of ``launches``' first entries are the forward (one for every op)."""
-    return 1
+def _build(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace) -> tuple[list, int, dict]:
+    """(launches, how many are the forward, the backward plan) of ``op``."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}")
+    if op != "soft_target" and teacher_D is not None:
+        raise ValueError("a separate teacher needs op='soft_target'")
+    if op == "sigmoid":
+        return sigmoid_launches(B, D, dtype, workspace, hw)
+    if op == "contrastive":
+        return contrastive_v2_launches(B, D, dtype, workspace, hw)
+    teacher = None if teacher_D is None else (teacher_D, teacher_dtype or dtype)
+    return soft_target_launches(B, D, dtype, teacher, workspace, hw)
 
 
 def launches(
@@ -454,20 +462,7 @@ def launches(
 ):
     """The launches of one forward + backward, as the backends issue them. Every backend has one backward
     path (no atomics): ``deterministic`` changes nothing (kept for callers)."""
-    if op not in OPS:
-        raise ValueError(f"op must be one of {OPS}")
-    if op == "sigmoid":
-        if teacher_D is not None:
-            raise ValueError("a separate teacher needs op='soft_target'")
-        return sigmoid_launches(B, D, dtype, workspace, hw)[0]
-    if op == "contrastive":
-        if teacher_D is not None:
-            raise ValueError("a separate teacher needs op='soft_target'")
-        return contrastive_v2_launches(B, D, dtype, workspace, hw)[0]
-    teacher = None
-    if teacher_D is not None:
-        teacher = (teacher_D, teacher_dtype or dtype)
-    return soft_target_launches(B, D, dtype, teacher, workspace, hw)[0]
+    return _build(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace)[0]
 
 
 def launch_time(ln: Launch, hw=H100) -> dict:
@@ -488,15 +483,6 @@ def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
     return 8.0 * B * B * D + (4.0 * B * B * teacher_D if teacher_D else 0.0)
 
 
-def _backward_plan(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace) -> dict:
-    """The backward plan (chunk, slab, covered columns, workspace bytes) of ``op``'s G-chunk backward."""
-    if op == "soft_target":
-        teacher = None if teacher_D is None else (teacher_D, teacher_dtype or dtype)
-        return soft_target_launches(B, D, dtype, teacher, workspace, hw)[2]
-    plans = {"contrastive": contrastive_v2_launches, "sigmoid": sigmoid_launches}
-    return plans[op](B, D, dtype, workspace, hw)[2]
-
-
 def predict(
     op,
     B,
@@ -513,8 +499,7 @@ def predict(
 
     Returns FLOPs by unit, exponentials, L2 / atomic / HBM bytes, per-phase and total (low, high) seconds,
     the FLOP floor and its time at the dense bf16 tensor-core rate, and the ratios to the floor."""
-    lns = launches(op, B, D, dtype, deterministic, teacher_D, teacher_dtype, hw, workspace)
-    nf = forward_launches(op)
+    lns, nf, plan = _build(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace)
     times = [launch_time(ln, hw) for ln in lns]
     flops: dict = {}
     for ln in lns:
@@ -531,7 +516,7 @@ def predict(
         dtype=dtype,
         deterministic=True,
         workspace=workspace,
-        plan=_backward_plan(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace),
+        plan=plan,
         teacher_D=teacher_D,
         teacher_dtype=(teacher_dtype or dtype) if teacher_D else None,
         flops=flops,
