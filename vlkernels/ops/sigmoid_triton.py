@@ -36,6 +36,7 @@ from vlkernels.ops.triton_utils import (
     load_tile,
     round_to,
     score_tile,
+    tile_diagonal,
     upcast,
 )
 
@@ -176,12 +177,7 @@ def _weights_kernel(
     g = tl.where(z >= 0, hi, lo)
     if DIAG:
         # a positive's G is sigmoid(z) - 1 = -sigmoid(-z): no cancellation
-        # the diagonal in tile-local int32 indices (the int64 ones cost registers, and spilled at 128 x 128):
-        # row0 + i == j iff local_i + shift == local_j, which no shift <= -BLOCK_M or >= BLOCK_N satisfies,
-        # so the shift is clamped to that range before it narrows
-        shift = pid_m * BLOCK_M + row0 - pid_n * BLOCK_N
-        shift = tl.minimum(tl.maximum(shift, -BLOCK_M), BLOCK_N).to(tl.int32)
-        eye = (tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, BLOCK_N)[None, :]
+        eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
         g = tl.where(eye, -tl.where(z >= 0, lo, hi), g)
     mask = mask_m[:, None] & mask_n[None, :]
     g = tl.where(mask, g, 0.0)

@@ -41,6 +41,7 @@ from vlkernels.ops.triton_utils import (
     load_tile,
     round_to,
     score_tile,
+    tile_diagonal,
     upcast,
 )
 
@@ -303,11 +304,7 @@ def _weights_kernel(
         t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
         w = w - q_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) - q_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
     if HARD:
-        # the diagonal in tile-local int32 indices (as in the sigmoid kernel), the shift clamped to the
-        # range where it can match
-        shift = pid_m * BLOCK_M + row0 - pid_n * BLOCK_N
-        shift = tl.minimum(tl.maximum(shift, -BLOCK_M), BLOCK_N).to(tl.int32)
-        eye = (tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, BLOCK_N)[None, :]
+        eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
         w = w - (e_q[:, None] + e_k[None, :]) * (tl.where(eye, eps_diag, 0.0) + eps_all)
     mask = mask_m[:, None] & mask_n[None, :]
     w = tl.where(mask, w, 0.0)

@@ -124,6 +124,17 @@ def score_tile(
 
 
 @triton.jit
+def tile_diagonal(pid_m, pid_n, row0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] mask of the tile (pid_m, pid_n) where global row row0 + i meets column j, in
+    tile-local int32 indices (a broadcast int64 compare costs registers: 8 B of spill at 128 x 128):
+    row0 + i == j iff local_i + shift == local_j, which no shift <= -BLOCK_M or >= BLOCK_N satisfies, so
+    the shift is clamped to that range before it narrows."""
+    shift = pid_m * BLOCK_M + row0 - pid_n * BLOCK_N
+    shift = tl.minimum(tl.maximum(shift, -BLOCK_M), BLOCK_N).to(tl.int32)
+    return (tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, BLOCK_N)[None, :]
+
+
+@triton.jit
 def _matmul_kernel(
     a_ptr,
     b_ptr,
