@@ -447,25 +447,9 @@ class TritonBackend:
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
         alpha = (scale.detach().float() * coef).reshape(1)
         work = _workspace(plan, batch, batch, dim, image.dtype, dev)
-        acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
-        d_image = torch.empty_like(image)
-        ds = torch.zeros((), dtype=torch.float32, device=dev)
-        fill = _fill(work, image, text, scale, r, c, eps)
-        for r0 in range(0, batch, plan.chunk):
-            rows = slice(r0, min(r0 + plan.chunk, batch))
-            ds += work.products(image, text, fill, rows, alpha, d_image[rows], acc, plan.covered)
-        d_scale = ds * coef
-        if not need_t:
-            return d_image, None, d_scale
-        d_text = torch.empty_like(text)
-        if acc is not None:
-            d_text[: plan.covered].copy_(acc.mul_(alpha))
-            del acc
-        fill = _fill(work, text, image, scale, c, r, eps)
-        for c0 in range(plan.covered, batch, plan.chunk):
-            cols = slice(c0, min(c0 + plan.chunk, batch))
-            work.products(text, image, fill, cols, alpha, d_text[cols], None, 0)
-        return d_image, d_text, d_scale
+        rows, cols = _fill(work, image, text, scale, r, c, eps), _fill(work, text, image, scale, c, r, eps)
+        d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
+        return d_image, d_text, ds * coef
 
     def accumulate(self, image, text, scale, r, c):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (the gathered Function's products), G chunks of
@@ -474,10 +458,5 @@ class TritonBackend:
         n = text.shape[0]
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
         work = _workspace(plan, m, n, dim, image.dtype, image.device)
-        a_i = torch.empty((m, dim), dtype=torch.float32, device=image.device)
-        a_t = torch.zeros((n, dim), dtype=torch.float32, device=image.device)
-        fill = _fill(work, image, text, scale, r, c, None)
-        for r0 in range(0, m, plan.chunk):
-            rows = slice(r0, min(r0 + plan.chunk, m))
-            work.products(image, text, fill, rows, work.one, a_i[rows], a_t, n)
+        a_i, a_t, _ = work.fp32_products(image, text, _fill(work, image, text, scale, r, c, None))
         return a_i, a_t

@@ -127,3 +127,39 @@ class Workspace:
         if self.rows_acc is not None and slab < n:
             out.copy_(self.rows_acc[:count].mul_(alpha))
         return stats
+
+    def _rows(self, q, k, fill: Fill, alpha, out, acc, covered: int, start: int = 0):
+        """``products`` for every chunk of q's rows from ``start`` on; the sum of ``fill``'s statistics (None
+        if it has none)."""
+        stats = None
+        for r0 in range(start, q.shape[0], self.plan.chunk):
+            rows = slice(r0, min(r0 + self.plan.chunk, q.shape[0]))
+            part = self.products(q, k, fill, rows, alpha, out[rows], acc, covered)
+            if part is not None:
+                stats = part if stats is None else stats + part
+        return stats
+
+    def gradients(self, q, k, fill_rows: Fill, fill_cols: Fill, alpha, need_k: bool):
+        """(dQ = alpha G @ K, dK = alpha G.T @ Q or None, the row pass's statistics) in the features' dtype:
+        the row pass (dQ stored per chunk, the first ``covered`` columns of dK accumulated in fp32), then
+        the column pass over the rest (``fill_cols`` writes G.T for rows of K against Q)."""
+        covered, dim = self.plan.covered, q.shape[1]
+        acc = torch.zeros((covered, dim), dtype=torch.float32, device=q.device) if covered else None
+        d_q = torch.empty_like(q)
+        stats = self._rows(q, k, fill_rows, alpha, d_q, acc, covered)
+        if not need_k:
+            return d_q, None, stats
+        d_k = torch.empty_like(k)
+        if acc is not None:
+            d_k[:covered].copy_(acc.mul_(alpha))
+            del acc
+        self._rows(k, q, fill_cols, alpha, d_k, None, 0, start=covered)
+        return d_q, d_k, stats
+
+    def fp32_products(self, q, k, fill: Fill, need_k: bool = True):
+        """(G @ K [M, D], G.T @ Q [N, D] or None, the statistics) in fp32 (the gathered and ring Functions'
+        block products); G.T @ Q accumulates in its fp32 output over the chunks of rows."""
+        a_q = torch.empty((q.shape[0], q.shape[1]), dtype=torch.float32, device=q.device)
+        a_k = torch.zeros((k.shape[0], q.shape[1]), dtype=torch.float32, device=q.device) if need_k else None
+        stats = self._rows(q, k, fill, self.one, a_q, a_k, k.shape[0] if need_k else 0)
+        return a_q, a_k, stats

@@ -295,24 +295,10 @@ class TritonSigmoidBackend:
         alpha = alpha.detach().float().reshape(1)
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
         work = _workspace(plan, batch, batch, dim, image.dtype, dev)
-        acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
-        d_image = torch.empty_like(image)
-        stats = torch.zeros(2, dtype=torch.float32, device=dev)
-        fill = _fill(work, image, text, scale, bias, True)
-        for r0 in range(0, batch, plan.chunk):
-            rows = slice(r0, min(r0 + plan.chunk, batch))
-            stats += work.products(image, text, fill, rows, alpha, d_image[rows], acc, plan.covered)
-        d_text = None
-        if need_t:
-            d_text = torch.empty_like(text)
-            if acc is not None:
-                d_text[: plan.covered].copy_(acc.mul_(alpha))
-                del acc
-            # G.T has the same form (z is symmetric in (I, T), positives on the diagonal)
-            fill = _fill(work, text, image, scale, bias, True, stats=False)
-            for c0 in range(plan.covered, batch, plan.chunk):
-                cols = slice(c0, min(c0 + plan.chunk, batch))
-                work.products(text, image, fill, cols, alpha, d_text[cols], None, 0)
+        rows = _fill(work, image, text, scale, bias, True)
+        # G.T has the same form (z is symmetric in (I, T), positives on the diagonal)
+        cols = _fill(work, text, image, scale, bias, True, stats=False)
+        d_image, d_text, stats = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, stats[1], stats[0]
 
     def grads(self, image, text, scale, bias, diag, need_t=True):
@@ -324,11 +310,5 @@ class TritonSigmoidBackend:
         scale, bias = _f32(scale), _f32(bias)
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
         work = _workspace(plan, m, n, dim, image.dtype, dev)
-        a_i = torch.empty((m, dim), dtype=torch.float32, device=dev)
-        a_t = torch.zeros((n, dim), dtype=torch.float32, device=dev) if need_t else None
-        stats = torch.zeros(2, dtype=torch.float32, device=dev)
-        fill = _fill(work, image, text, scale, bias, diag)
-        for r0 in range(0, m, plan.chunk):
-            rows = slice(r0, min(r0 + plan.chunk, m))
-            stats += work.products(image, text, fill, rows, work.one, a_i[rows], a_t, n if need_t else 0)
+        a_i, a_t, stats = work.fp32_products(image, text, _fill(work, image, text, scale, bias, diag), need_t)
         return a_i, a_t, stats[1], stats[0]

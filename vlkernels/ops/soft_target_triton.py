@@ -620,27 +620,12 @@ class TritonSoftTargetBackend:
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
         work = Workspace(plan, batch, batch, dim, image.dtype, dev, cfg["BLOCK_N"])
         alpha = (scale * norm).reshape(1)
-        acc = torch.zeros((plan.covered, dim), dtype=torch.float32, device=dev) if plan.covered else None
-        d_image = torch.empty_like(image)
-        ds = torch.zeros((), dtype=torch.float32, device=dev)
-        pair = (h_vec, soft_w)
-        fill = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, (eps, batch))
-        for r0 in range(0, batch, plan.chunk):
-            rows = slice(r0, min(r0 + plan.chunk, batch))
-            ds += work.products(image, text, fill, rows, alpha, d_image[rows], acc, plan.covered)
-        d_scale = ds * norm
-        if not need_t:
-            return d_image, None, d_scale
-        d_text = torch.empty_like(text)
-        if acc is not None:
-            d_text[: plan.covered].copy_(acc.mul_(alpha))
-            del acc
+        pair, hard = (h_vec, soft_w), (eps, batch)
+        rows = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, hard)
         swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
-        fill = self._fill(work, text, image, scale, c, r, pair, pair, cf, swapped, tc, tr, (eps, batch))
-        for c0 in range(plan.covered, batch, plan.chunk):
-            cols = slice(c0, min(c0 + plan.chunk, batch))
-            work.products(text, image, fill, cols, alpha, d_text[cols], None, 0)
-        return d_image, d_text, d_scale
+        cols = self._fill(work, text, image, scale, c, r, pair, pair, cf, swapped, tc, tr, hard)
+        d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
+        return d_image, d_text, ds * norm
 
     def accumulate(
         self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
@@ -662,9 +647,5 @@ class TritonSoftTargetBackend:
         plan = backward_plan(m, n, dim, esize, False, workspace_bytes(), (cfg["BLOCK_M"], cfg["BLOCK_N"]), 0)
         work = Workspace(plan, m, n, dim, image.dtype, dev, cfg["BLOCK_N"], stats=0)
         fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc)
-        a_i = torch.empty((m, dim), dtype=torch.float32, device=dev)
-        a_t = torch.zeros((n, dim), dtype=torch.float32, device=dev)
-        for r0 in range(0, m, plan.chunk):
-            rows = slice(r0, min(r0 + plan.chunk, m))
-            work.products(image, text, fill, rows, work.one, a_i[rows], a_t, n)
+        a_i, a_t, _ = work.fp32_products(image, text, fill)
         return a_i.mul_(norm), a_t.mul_(norm)
