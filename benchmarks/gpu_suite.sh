@@ -6,9 +6,12 @@
 #
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
-# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 90 + 120 + 60 + 70 + 30 s):
+# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 90 + 100 + 60 + 45 + 30 s):
 #   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
+# SUITE_ONE_CALL=1 fits everything but ncu into one 10-minute command (a 15-minute device budget: build 60 s,
+# tests on 4 workers 180 s, benchmarks 100 + 60 + 100 + 60 + 45 s): the contrastive loss at 32768 and 65536 against
+# open_clip only, no distributed run.
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
 set -uo pipefail
 OUT=${1:?usage: gpu_suite.sh OUT_DIR}
@@ -19,7 +22,9 @@ export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 export VLKERNELS_CUDA_ARCHS=${VLKERNELS_CUDA_ARCHS:-9.0} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 DEVICE=cuda
 QUICK=${SUITE_QUICK:-0}
-STAGES=" ${SUITE_STAGES:-build tests ncu bench summary} "
+ONE_CALL=${SUITE_ONE_CALL:-0}
+if [ "$ONE_CALL" = 1 ]; then DEFAULT_STAGES="build tests bench summary"; else DEFAULT_STAGES="build tests ncu bench summary"; fi
+STAGES=" ${SUITE_STAGES:-$DEFAULT_STAGES} "
 stage() { [[ "$STAGES" == *" $1 "* ]]; }
 python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || DEVICE=cpu
 [ "$DEVICE" = cpu ] && QUICK=1 && echo "no CUDA device: running the suite's quick CPU check only"
@@ -46,9 +51,11 @@ if stage tests; then
   if [ "$QUICK" = 1 ]; then MARK="gpu or not slow"; else MARK="gpu"; fi
   # Two workers when pytest-xdist is there: a test that crashes its process is reported as failed and the
   # others still run.
-  XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n 2)
+  WORKERS=2 TESTS_S=300
+  [ "$ONE_CALL" = 1 ] && WORKERS=4 TESTS_S=180
+  XDIST=(); python3 -c "import xdist" 2>/dev/null && XDIST=(-n "$WORKERS")
   # -v: one line per test, so a run cut off by the timeout still says what passed and failed.
-  timeout 300 python3 -m pytest -v -m "$MARK" "${XDIST[@]}" tests -p no:cacheprovider -rfE 2>&1 \
+  timeout "$TESTS_S" python3 -m pytest -v -m "$MARK" "${XDIST[@]}" tests -p no:cacheprovider -rfE 2>&1 \
     | tee "$OUT/gpu_tests.log" | grep -E "FAILED|ERROR|crashed|node down|[0-9]+ (passed|failed)" | tail -60
 fi
 
@@ -78,20 +85,24 @@ else
   BA=(--batch 256)
   BG=(--batch-sizes 16384 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls naive chunked_saved triton)
 fi
-timeout 180 python3 -m benchmarks.bench_contrastive --device "$DEVICE" "${BC[@]}" --out "$OUT/contrastive.json"
-if [ "$QUICK" != 1 ]; then
+if [ "$ONE_CALL" = 1 ] && [ "$QUICK" != 1 ]; then
+  BC=(--batch-sizes 32768 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls open_clip triton --max-flops 2e17)
+  BC_S=100
+fi
+timeout "${BC_S:-180}" python3 -m benchmarks.bench_contrastive --device "$DEVICE" "${BC[@]}" --out "$OUT/contrastive.json"
+if [ "$QUICK" != 1 ] && [ "$ONE_CALL" != 1 ]; then
   # The sizes the issue is about, against the fastest baseline only (the others take seconds a step there).
   timeout 90 python3 -m benchmarks.bench_contrastive --device "$DEVICE" --batch-sizes 65536 131072 --dims 1024 \
     --dtypes bfloat16 --modes fwd+bwd --impls open_clip triton --max-flops 2e17 --out "$OUT/contrastive_large.json"
 fi
 if [ -f benchmarks/bench_soft_target.py ]; then
-  timeout 120 python3 -m benchmarks.bench_soft_target --device "$DEVICE" "${BS[@]}" --out "$OUT/soft_target.json"
+  timeout 100 python3 -m benchmarks.bench_soft_target --device "$DEVICE" "${BS[@]}" --out "$OUT/soft_target.json"
 fi
 timeout 60 python3 -m benchmarks.bench_sigmoid --device "$DEVICE" "${BG[@]}" --out "$OUT/sigmoid.json"
 if [ -f benchmarks/bench_augment.py ]; then
-  timeout 70 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
+  timeout 45 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
 fi
-if [ "$DEVICE" = cuda ]; then
+if [ "$DEVICE" = cuda ] && [ "$ONE_CALL" != 1 ]; then
   # Overhead of the distributed path at world size 1 (NCCL) against the plain loss, same process.
   timeout 30 torchrun --standalone --nproc_per_node 1 examples/bench_distributed.py --device cuda \
     --dtype bfloat16 --dim 1024 --batch-per-rank 8192 32768 --single >"$OUT/distributed_world1.jsonl"
