@@ -223,8 +223,8 @@ def thread_scaling(args) -> dict:
     """CPU thread scaling of the C++ op: --scaling-batch mixed-size images (--scaling-min..--scaling-max
     px per side, random crops) to --size, at 1 thread and at --scaling-threads threads, runs interleaved
     (1, T, 1, T, ...) so that a change in the machine's load hits both alike; min (and median) of
-    --reps runs each. Two inputs: a PackedImages (the op alone, no packing) and a plain list of separate
-    tensors (packed into one buffer on every call). Reports the process CPU time per run and the load
+    --reps runs each. Two inputs: a PackedImages and a plain list of separate tensors (read in place by
+    the op too). Reports the process CPU time per run and the load
     average, to judge how noisy a shared machine was, and the CPU time of each thread: on a machine
     whose cores other processes also use, the wall-clock ratio understates the scaling, while
     (CPU time at 1 thread) / (CPU time of the busiest thread at T threads) is what the ratio would be

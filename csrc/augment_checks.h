@@ -9,7 +9,8 @@
 //   predicate the CUDA kernel also evaluates as its guard), on host pointers. The CPU op runs it on the
 //   tensors themselves; the CUDA op on one packed host copy.
 //
-// N images (data, offsets, sizes) and M outputs (boxes, flip, factors, order, gray, solarize,
+// N images (data, offsets, sizes; or, on CPU, images: a list of N separate tensors, image s being
+// images[s] from byte offsets[s], read in place) and M outputs (boxes, flip, factors, order, gray, solarize,
 // blur_sigma, source): output m reads image source[m] (source absent: M = N, output m reads image m).
 #pragma once
 
@@ -30,6 +31,10 @@ struct AugmentArgs {
   at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray, solarize;
   at::Tensor blur;    // float32 [M] when blur_sigma was given, undefined otherwise (no blur)
   at::Tensor source;  // int64 [M] when source was given, undefined otherwise (output m reads image m)
+  // The images argument (CPU): image s lives in images[s] (numels[s] bytes, read from bases[s]) instead of
+  // data; both empty when the images are back to back in data.
+  std::vector<const uint8_t*> bases;
+  std::vector<int64_t> numels;
   int interp;         // kBilinear or kBicubic
   float mean[3];
   float std[3];
@@ -52,7 +57,8 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
                                         at::ArrayRef<double> std, int64_t out_h, int64_t out_w,
                                         at::ScalarType out_dtype, at::DeviceType dev, int64_t interpolation,
                                         const std::optional<at::Tensor>& blur_sigma,
-                                        const std::optional<at::Tensor>& source) {
+                                        const std::optional<at::Tensor>& source,
+                                        const std::optional<at::TensorList>& images = std::nullopt) {
   TORCH_CHECK(data.scalar_type() == at::kByte, "fused_augment: data must be uint8, got ", data.scalar_type());
   TORCH_CHECK(data.device().type() == dev, "fused_augment: data must be on ", dev, ", got ", data.device());
   TORCH_CHECK(data.dim() == 1, "fused_augment: data must be 1-d (the images back to back), got shape ",
@@ -107,6 +113,20 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   a.solarize = solarize.has_value() ? solarize->contiguous() : at::zeros({m}, gray.options());
   if (blur_sigma.has_value()) a.blur = blur_sigma->contiguous();
   if (source.has_value()) a.source = source->contiguous();
+  if (images.has_value()) {
+    TORCH_CHECK(static_cast<int64_t>(images->size()) == n, "fused_augment: images must hold one tensor per image (",
+                n, ", the length of offsets), got ", images->size());
+    a.bases.resize(n);
+    a.numels.resize(n);
+    for (int64_t s = 0; s < n; ++s) {
+      const at::Tensor& t = (*images)[s];
+      TORCH_CHECK(t.scalar_type() == at::kByte && t.device() == d && t.is_contiguous(), "fused_augment: images[", s,
+                  "] must be a contiguous uint8 tensor on ", d, ", got ", t.scalar_type(), " on ", t.device(),
+                  t.is_contiguous() ? "" : " (not contiguous)");
+      a.bases[s] = t.data_ptr<uint8_t>();
+      a.numels[s] = t.numel();
+    }
+  }
   a.interp = static_cast<int>(interpolation);
   a.n = n;
   a.m = m;
@@ -115,15 +135,19 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
 
 // Checks every output (check_output) on host copies of the parameters; the message names the argument.
 // n images (off, sz), m outputs (bx, od, fa, sigma, src; src == nullptr: m == n, output i reads image i).
+// Image s lies in a buffer of numels[s] bytes (the images argument), or, numels == nullptr, in data of
+// numel bytes.
 inline void check_augment_values(int64_t n, int64_t m, int64_t numel, const int64_t* off, const int64_t* sz,
                                  const int64_t* bx, const int64_t* od, const float* fa, const float* sigma,
-                                 const int64_t* src) {
+                                 const int64_t* src, const int64_t* numels = nullptr) {
   for (int64_t i = 0; i < m; ++i) {
     const int64_t* b = bx + 4 * i;
     const int64_t* o = od + 4 * i;
     const float* f = fa + 4 * i;
     const float sg = sigma != nullptr ? sigma[i] : 0.0f;
-    const int err = check_output(numel, n, src, i, off, sz, b, o, f, sg);
+    const int64_t s_i = source_of(src, i, n);  // -1: check_output reports kBadSource before the bytes
+    const int64_t bytes = numels != nullptr && s_i >= 0 ? numels[s_i] : numel;
+    const int err = check_output(bytes, n, src, i, off, sz, b, o, f, sg);
     if (err == kSampleOk) continue;
     TORCH_CHECK(err != kBadSource, "fused_augment: source[", i, "] is ", src[i], ": not the index of one of the ",
                 n, " images (must be in [0, ", n, "))");
@@ -138,7 +162,8 @@ inline void check_augment_values(int64_t n, int64_t m, int64_t numel, const int6
                     ": both must be >= 1 and 3 * H * W must fit int64");
       case kBadOffset:
         TORCH_CHECK(false, "fused_augment: offsets: ", who, " (offset ", off[s], ", ", H, "x", W,
-                    "x3 bytes) lies outside data of ", numel, " bytes");
+                    "x3 bytes) lies outside ", numels != nullptr ? "images[" + std::to_string(s) + "]" : "data",
+                    " of ", bytes, " bytes");
       case kBadBox:
         TORCH_CHECK(false, "fused_augment: boxes: crop box (", b[0], ", ", b[1], ", ", b[2], ", ", b[3],
                     ") (top, left, height, width) of ", who, " lies outside the ", H, "x", W,

@@ -514,7 +514,7 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool chan
     const int64_t s = src != nullptr ? src[i] : i;
     const int64_t H = sz[2 * s], W = sz[2 * s + 1];
     ImageJob<out_t> jb;
-    jb.src = base + off[s];
+    jb.src = (a.bases.empty() ? base : a.bases[s]) + off[s];
     jb.H = H;
     jb.W = W;
     jb.sy = hwc ? W * 3 : W;
@@ -575,17 +575,19 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              int64_t out_w, at::ScalarType out_dtype, bool check,
                              const std::optional<at::Tensor>& solarize, bool channels_last,
                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                             const std::optional<at::Tensor>& source) {
+                             const std::optional<at::Tensor>& source,
+                             const std::optional<at::TensorList>& images) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
   (void)check;
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCPU, interpolation,
-                                             blur_sigma, source);
+                                             blur_sigma, source, images);
   check_augment_values(a.n, a.m, a.data.numel(), a.offsets.data_ptr<int64_t>(), a.sizes.data_ptr<int64_t>(),
                        a.boxes.data_ptr<int64_t>(), a.order.data_ptr<int64_t>(), a.factors.data_ptr<float>(),
                        a.blur.defined() ? a.blur.data_ptr<float>() : nullptr,
-                       a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr);
+                       a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr,
+                       a.numels.empty() ? nullptr : a.numels.data());
   at::Tensor out = at::empty({a.m, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
                              channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
   advise_huge_pages(out.data_ptr(), out.nbytes());
@@ -606,48 +608,10 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
   return out;
 }
 
-// The images of a list back to back in one new buffer (the op's data layout), copied in parallel: the
-// list path of fused_augment packs separate tensors on every call, and a serial copy (plus the page
-// faults of the fresh buffer, taken by one thread) was the part of the call that did not scale with
-// threads. Chunks of the total byte range, so that a few large images also spread over the threads;
-// each thread first-touches the pages it writes.
-at::Tensor pack_images_cpu(at::TensorList images) {
-  TORCH_CHECK(!images.empty(), "pack_images: no images");
-  const int64_t n = static_cast<int64_t>(images.size());
-  std::vector<int64_t> start(n + 1, 0);
-  std::vector<const uint8_t*> src(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const at::Tensor& t = images[i];
-    TORCH_CHECK(t.scalar_type() == at::kByte && t.device().is_cpu() && t.is_contiguous(),
-                "pack_images: images[", i, "] must be a contiguous uint8 CPU tensor, got ", t.scalar_type(), " on ",
-                t.device(), t.is_contiguous() ? "" : " (not contiguous)");
-    src[i] = t.data_ptr<uint8_t>();
-    start[i + 1] = start[i] + t.numel();
-  }
-  const int64_t total = start[n];
-  at::Tensor out = at::empty({total}, images[0].options());
-  uint8_t* dst = out.data_ptr<uint8_t>();
-  advise_huge_pages(dst, static_cast<size_t>(total));
-  constexpr int64_t kChunk = int64_t{1} << 20;
-  const int64_t chunks = (total + kChunk - 1) / kChunk;
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-    const int64_t b = c0 * kChunk, e = std::min(total, c1 * kChunk);
-    // First image overlapping [b, e).
-    int64_t i = std::upper_bound(start.begin(), start.end(), b) - start.begin() - 1;
-    for (int64_t pos = b; pos < e; ++i) {
-      const int64_t hi = std::min(e, start[i + 1]);
-      if (hi > pos) std::memcpy(dst + pos, src[i] + (pos - start[i]), static_cast<size_t>(hi - pos));
-      pos = std::max(pos, hi);
-    }
-  });
-  return out;
-}
-
 }  // namespace
 }  // namespace augment
 }  // namespace vlkernels
 
 TORCH_LIBRARY_IMPL(vlkernels, CPU, m) {
   m.impl("fused_augment", &vlkernels::augment::fused_augment_cpu);
-  m.impl("pack_images", &vlkernels::augment::pack_images_cpu);
 }

@@ -20,10 +20,7 @@ TORCH_LIBRARY(vlkernels, m) {
       "fused_augment(Tensor data, Tensor offsets, Tensor sizes, bool hwc, Tensor boxes, Tensor flip, "
       "Tensor factors, Tensor order, Tensor gray, float[] mean, float[] std, int out_h, int out_w, "
       "ScalarType out_dtype, bool check=True, Tensor? solarize=None, bool channels_last=False, "
-      "int interpolation=0, Tensor? blur_sigma=None, Tensor? source=None) -> Tensor");
-  // The images of a list of contiguous uint8 tensors back to back in one new 1-d buffer (CPU: a
-  // parallel copy), the data argument of fused_augment.
-  m.def("pack_images(Tensor[] images) -> Tensor");
+      "int interpolation=0, Tensor? blur_sigma=None, Tensor? source=None, Tensor[]? images=None) -> Tensor");
 }
 
 namespace {

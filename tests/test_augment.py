@@ -388,9 +388,9 @@ def test_extension_shares_the_process_libstdcxx():
 
 def _op_args(dtype=torch.float32, hwc=True):
     imgs = images_of("list", [(12, 17), (5, 8), (1, 1)], seed=23)
-    from vlkernels.augment.api import as_batch
+    from vlkernels.augment import PackedImages
 
-    b = as_batch(imgs)
+    b = PackedImages.from_list(imgs)
     p = params_with(imgs, 24, **ONLY["all_strong"])
     return (
         b.data,

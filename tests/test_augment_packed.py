@@ -103,22 +103,35 @@ def test_list_of_views_into_one_buffer_is_not_copied():
     assert as_batch(list(batch.unbind(0))).data.data_ptr() == batch.data_ptr()
 
 
-def test_separate_images_are_packed_once():
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
+def test_separate_images_are_read_in_place(out_dtype):
     imgs = images_of("list", SIZES, seed=8)
-    # The tracker sees a torch-side packing copy (on CPU the packing is numpy's: invisible to it).
-    with _CopyTracker(*imgs) as tr:
-        torch.cat([t.reshape(-1) for t in imgs])
-    assert tr.bytes == sum(t.numel() for t in imgs)
     b = as_batch(imgs)
-    assert b.data.numel() == sum(t.numel() for t in imgs)
-    assert all(b.data.data_ptr() != t.data_ptr() for t in imgs)
-    # A non-contiguous image in an otherwise shared buffer falls back to packing.
+    # The CPU op gets the tensors themselves (its images argument): no buffer of the total size.
+    assert b.data.numel() == 0 and b.offsets.tolist() == [0] * len(imgs)
+    assert [t.data_ptr() for t in b.images] == [t.data_ptr() for t in imgs]
     packed = PackedImages.from_list(imgs)
+    params = sample_augment_params(packed, generator=torch.Generator().manual_seed(4), **ONLY["all_strong"])
+    want = fused_augment(packed, (16, 12), params=params, impl="cpu", out_dtype=out_dtype)
+    with _CopyTracker(*imgs) as tr:
+        got = fused_augment(imgs, (16, 12), params=params, impl="cpu", out_dtype=out_dtype)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    total = sum(t.numel() for t in imgs)
+    assert tr.bytes < total // 20, tr.ops  # parameters only
+    # A non-contiguous image is copied alone (one image's bytes), the others are still read in place.
+    imgs[2] = imgs[2].transpose(0, 1)
+    b = as_batch(imgs)
+    assert b.images[2].is_contiguous() and torch.equal(b.images[2].view(64, 64, 3), imgs[2])
+    assert [t.data_ptr() for t in b.images[:2]] == [t.data_ptr() for t in imgs[:2]]
+    with _CopyTracker(*imgs) as tr:
+        fused_augment(imgs, (16, 12), params=params, impl="cpu")
+    assert 64 * 64 * 3 <= tr.bytes < 64 * 64 * 3 + total // 20, tr.ops
+    # Views into one buffer with one of them transposed: not one buffer any more, read in place too.
     views = packed.images()
     views[2] = views[2].transpose(0, 1)
     b = as_batch(views)
-    assert b.data.data_ptr() != packed.data.data_ptr()
-    assert torch.equal(b.data[b.offsets[2] : b.offsets[2] + 64 * 64 * 3].view(64, 64, 3), views[2])
+    assert b.data.numel() == 0
+    assert b.images[0].untyped_storage().data_ptr() == packed.data.untyped_storage().data_ptr()
 
 
 def test_packed_views_and_dtypes():

@@ -1,6 +1,6 @@
 """CPU threading of the C++ op: results independent of the thread count, of the (largest-first)
-scheduling order and of the per-thread scratch kept across images and calls; the parallel packing op
-of the list path. (No timings here: the 1 vs 2 thread measurement is
+scheduling order and of the per-thread scratch kept across images and calls; the op's images argument
+(separate tensors read in place). (No timings here: the 1 vs 2 thread measurement is
 ``python -m benchmarks.bench_augment --scaling``.)"""
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import torch
 
 from tests.test_augment import ONLY, images_of, params_with, random_sizes
 from vlkernels.augment import _op, fused_augment
-from vlkernels.augment.api import as_batch
 
 
 @pytest.fixture
@@ -55,28 +54,70 @@ def test_scratch_reused_across_sizes_and_paths(threads):
     )
 
 
-def test_pack_images_op(threads):
-    assert _op.has_pack()
-    g = torch.Generator().manual_seed(8)
-    # Sizes around the op's 1 MiB chunks: images split across chunks, chunks spanning images.
-    imgs = [torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g) for n in (5, 1 << 20, 3, 700_001, 1)]
+def _op_args(imgs, **kw):
+    """Arguments of a direct call of the op on separate images (its images argument)."""
+    n = len(imgs)
+    args = dict(
+        data=torch.empty(0, dtype=torch.uint8),
+        offsets=torch.zeros(n, dtype=torch.int64),
+        sizes=torch.tensor([t.shape[:2] for t in imgs], dtype=torch.int64),
+        hwc=True,
+        boxes=torch.tensor([[0, 0, t.shape[0], t.shape[1]] for t in imgs], dtype=torch.int64),
+        flip=torch.zeros(n, dtype=torch.bool),
+        factors=torch.tensor([[1.2, 0.8, 1.0, 0.1]] * n),
+        order=torch.arange(4).repeat(n, 1),
+        gray=torch.zeros(n, dtype=torch.bool),
+        mean=[0.5] * 3,
+        std=[0.25] * 3,
+        out_h=9,
+        out_w=7,
+        out_dtype=torch.float32,
+        images=[t.reshape(-1) for t in imgs],
+    )
+    args.update(kw)
+    return args
+
+
+def test_images_argument_of_the_op(threads):
+    imgs = images_of("list", [(40, 61), (23, 17), (64, 64)], seed=9)
+    flat = torch.cat([t.reshape(-1) for t in imgs])
+    starts = [0, 40 * 61 * 3, 40 * 61 * 3 + 23 * 17 * 3]
     for t in (1, 2):
         threads(t)
-        torch.testing.assert_close(_op.pack(imgs), torch.cat(imgs), rtol=0, atol=0)
-    with pytest.raises(RuntimeError, match=r"images\[1\] must be a contiguous uint8 CPU tensor"):
-        _op.pack([imgs[0], imgs[1].float()])
-    with pytest.raises(RuntimeError, match="not contiguous"):
-        _op.pack([torch.zeros(4, 6, dtype=torch.uint8).t()])
-    with pytest.raises(RuntimeError, match="empty list of Tensors"):  # the dispatcher's message
-        _op.pack([])
+        got = _op.run(**_op_args(imgs))
+        want = _op.run(**_op_args(imgs, data=flat, offsets=torch.tensor(starts), images=None))
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # Several outputs of one image (source) and an offset inside an image's own tensor.
+    src = torch.tensor([2, 0, 2, 1])
+    p = {k: v[src] for k, v in _op_args(imgs).items() if k in ("boxes", "flip", "factors", "order", "gray")}
+    got = _op.run(**_op_args(imgs, source=src, **p))
+    torch.testing.assert_close(got, torch.stack([want[2], want[0], want[2], want[1]]), rtol=0, atol=0)
+    shifted = [
+        imgs[0].reshape(-1),
+        torch.cat([torch.zeros(5, dtype=torch.uint8), imgs[1].reshape(-1)]),
+        flat[starts[2] :],
+    ]
+    got = _op.run(**_op_args(imgs, images=shifted, offsets=torch.tensor([0, 5, 0])))
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-def test_list_path_packs_with_the_parallel_op():
-    imgs = images_of("list", [(40, 61), (23, 17), (64, 64)], seed=9)
-    b = as_batch(imgs)
-    assert torch.equal(b.data, torch.cat([t.reshape(-1) for t in imgs]))
-    assert all(b.data.data_ptr() != t.data_ptr() for t in imgs)
-    # A non-contiguous image is made contiguous first.
-    imgs[1] = imgs[1].transpose(0, 1)
-    b = as_batch(imgs)
-    assert torch.equal(b.data, torch.cat([t.reshape(-1) for t in imgs]))
+def test_images_argument_errors():
+    imgs = images_of("list", [(40, 61), (23, 17)], seed=10)
+    flat = [t.reshape(-1) for t in imgs]
+    cases = [
+        (dict(images=flat[:1]), r"images must hold one tensor per image \(2, the length of offsets\), got 1"),
+        (dict(images=[flat[0], flat[1].float()]), r"images\[1\] must be a contiguous uint8 tensor on cpu"),
+        (dict(images=[flat[0], imgs[1].transpose(0, 1)]), r"images\[1\] .*\(not contiguous\)"),
+        (
+            dict(images=[flat[0], flat[1][:-1]]),
+            r"image 1 \(offset 0, 23x17x3 bytes\) lies outside images\[1\] of 1172 bytes",
+        ),
+        (
+            dict(offsets=torch.tensor([0, 1])),
+            r"image 1 \(offset 1, 23x17x3 bytes\) lies outside images\[1\] of 1173",
+        ),
+        (dict(offsets=torch.tensor([-1, 0])), r"image 0 \(offset -1, .*\) lies outside images\[0\]"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(RuntimeError, match=msg):
+            _op.run(**_op_args(imgs, **kw))

@@ -134,6 +134,14 @@ def test_cuda_op_unchecked_invalid_image_is_nan_never_read(name, index, row, val
     torch.testing.assert_close(out[keep], good[keep], rtol=0, atol=0)
 
 
+def test_cuda_op_rejects_the_images_argument():
+    # Separate tensors read in place is a CPU path: the CUDA op says so instead of ignoring them.
+    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
+    imgs = [torch.zeros(3 * 12 * 17, dtype=torch.uint8, device="cuda")]
+    with pytest.raises(RuntimeError, match="images .* is a CPU argument"):
+        op()(*args, images=imgs)
+
+
 def test_cuda_op_checked_call_syncs_once_unchecked_never():
     args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
     op()(*args)

@@ -377,7 +377,10 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               int64_t out_w, at::ScalarType out_dtype, bool check,
                               const std::optional<at::Tensor>& solarize, bool channels_last,
                               int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                              const std::optional<at::Tensor>& source) {
+                              const std::optional<at::Tensor>& source,
+                              const std::optional<at::TensorList>& images) {
+  TORCH_CHECK(!images.has_value(), "fused_augment: images (separate tensors read in place) is a CPU argument; on "
+              "CUDA pass the images back to back in data");
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCUDA, interpolation,
                                              blur_sigma, source);

@@ -26,6 +26,10 @@ Op layout (one call for the whole batch, ragged or not):
                            CUDA kernel's guard); boxes, flip, factors, order, gray, solarize and
                            blur_sigma then have M rows, one per output (several views of one image
                            without copying its bytes)
+  images   list of N contiguous uint8 tensors, optional, CPU op only (None: the images are in data):
+                           image i is read in place from images[i], starting at byte offsets[i]
+                           (data is then unused: an empty uint8 tensor), so that a list of separately
+                           allocated images needs no copy into one buffer
 returns out_dtype [M, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
 clamped, not normalised (mean / std unused).
 """
@@ -67,6 +71,7 @@ def _register() -> None:
         interpolation=0,
         blur_sigma=None,
         source=None,
+        images=None,
     ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
         m = offsets.shape[0] if source is None else source.shape[0]
@@ -91,24 +96,6 @@ def has_kernel(device_type: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(OP_NAME, key)
 
 
-@functools.cache
-def has_pack() -> bool:
-    """Whether the extension has the CPU packing op (vlkernels::pack_images)."""
-    if not _ext.available():
-        return False
-    _register()
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key("vlkernels::pack_images", "CPU")
-    except RuntimeError:  # an older build without the op
-        return False
-
-
-def pack(images: list[torch.Tensor]) -> torch.Tensor:
-    """Contiguous uint8 CPU tensors back to back in one new 1-d buffer (a parallel copy on the op's
-    thread pool, the pages first-touched by the threads that write them)."""
-    return torch.ops.vlkernels.pack_images.default(images)
-
-
 def run(
     data: torch.Tensor,
     offsets: torch.Tensor,
@@ -130,6 +117,7 @@ def run(
     interpolation: int = 0,
     blur_sigma: torch.Tensor | None = None,
     source: torch.Tensor | None = None,
+    images: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     return op()(
         data,
@@ -152,4 +140,5 @@ def run(
         interpolation,
         blur_sigma,
         source,
+        images,
     )

@@ -7,7 +7,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from vlkernels import _ext
@@ -33,14 +32,16 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass
 class Batch:
-    """The images as the op sees them (flat buffer + offsets) and as the reference does (CHW views,
-    made on first use: only the reference needs them)."""
+    """The images as the op sees them (flat buffer + offsets, or, for a list of separate CPU tensors,
+    the tensors themselves: ``images``) and as the reference does (CHW views, made on first use: only
+    the reference needs them)."""
 
     data: torch.Tensor
     offsets: torch.Tensor
     sizes: torch.Tensor
     hwc: bool
     make_views: Callable[[], list[torch.Tensor]]
+    images: list[torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -77,9 +78,11 @@ def _check_image(t, what: str) -> None:
 def as_batch(images) -> Batch:
     """Accept [N, H, W, 3], [N, 3, H, W], PackedImages or a list of [H_i, W_i, 3] uint8 tensors.
 
-    No copy of the pixels for a contiguous NHWC / NCHW batch, a PackedImages, or a list of images that
-    all lie in one buffer; any other list is packed into a new buffer (one copy of every byte: build a
-    PackedImages once, e.g. in the DataLoader's collate function, to avoid it per call)."""
+    No copy of the pixels for a contiguous NHWC / NCHW batch, a PackedImages, a list of images that all
+    lie in one buffer, or a list of contiguous CPU images (the CPU op reads each tensor in place; a
+    non-contiguous one is copied alone). A list of separate CUDA tensors is concatenated into one
+    buffer on the device (one device copy of every byte: build a PackedImages once, e.g. in the
+    DataLoader's collate function, and move it to the GPU, to avoid it per call)."""
     if isinstance(images, PackedImages):
         images.check()
         p = images
@@ -137,20 +140,14 @@ def as_batch(images) -> Batch:
         offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
         sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
         return Batch(data, offsets, sizes, True, views)
-    flat = [t.reshape(-1) for t in images]
-    if dev.type == "cpu" and _op.has_pack():
-        # One parallel region for the whole copy (chunks of the byte range over the op's threads, each
-        # first-touching its pages): a serial copy here was the part of a call that did not scale.
-        data = _op.pack(flat)
-    elif dev.type == "cpu":
-        # One single-threaded memcpy per image: torch.cat on CPU may open a parallel region per input,
-        # which costs milliseconds each when the cores are shared.
-        data = torch.from_numpy(np.concatenate([f.numpy() for f in flat]))
-    else:
-        data = torch.cat(flat)
+    flat = [t.reshape(-1) for t in images]  # views of contiguous images
     offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
     sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
-    return Batch(data, offsets, sizes, True, views)
+    if dev.type == "cpu":
+        # Read in place by the CPU op (its images argument): image i from flat[i], at offset 0.
+        data = torch.empty(0, dtype=torch.uint8)
+        return Batch(data, torch.zeros_like(offsets), sizes, True, views, images=flat)
+    return Batch(torch.cat(flat), offsets, sizes, True, views)
 
 
 def _out_size(size) -> tuple[int, int]:
@@ -318,4 +315,5 @@ def fused_augment(
         # Only when some sample may be blurred: the CUDA op then allocates its blur workspace.
         blur_sigma=params.blur_sigma.float() if any_blur else None,
         source=None if params.source is None else params.source.long(),
+        images=batch.images,
     )
