@@ -15,6 +15,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
 #include <cstring>
@@ -131,6 +132,31 @@ inline AugmentArgs prepare_augment_args(const at::Tensor& data, const at::Tensor
   a.n = n;
   a.m = m;
   return a;
+}
+
+// The output tensor: a new [M, 3, out_h, out_w] tensor (NHWC memory with channels_last), or the caller's
+// `out` (the op's out overload) after checking that it is exactly that: dtype, device, shape, memory
+// format, and no overlap with the images it is computed from.
+inline at::Tensor make_output(const AugmentArgs& a, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
+                              bool channels_last, const std::optional<at::Tensor>& out) {
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  if (!out.has_value()) return at::empty({a.m, 3, out_h, out_w}, a.data.options().dtype(out_dtype), format);
+  const at::Tensor& o = *out;
+  TORCH_CHECK(o.scalar_type() == out_dtype, "fused_augment: out must be ", out_dtype, " (out_dtype), got ",
+              o.scalar_type());
+  TORCH_CHECK(o.device() == a.data.device(), "fused_augment: out must be on ", a.data.device(),
+              " (where the images are), got ", o.device());
+  TORCH_CHECK(o.sizes().equals({a.m, 3, out_h, out_w}), "fused_augment: out must have shape [", a.m, ", 3, ", out_h,
+              ", ", out_w, "], got ", o.sizes());
+  TORCH_CHECK(o.is_contiguous(format), "fused_augment: out must be ",
+              channels_last ? "in channels-last (NHWC) memory (channels_last=True)" : "contiguous (channels_last=False)");
+  at::assert_no_overlap(o, a.data);
+  for (int64_t s = 0; s < static_cast<int64_t>(a.bases.size()); ++s) {
+    const auto* lo = static_cast<const uint8_t*>(o.data_ptr());
+    const uint8_t* hi = lo + o.nbytes();
+    TORCH_CHECK(hi <= a.bases[s] || a.bases[s] + a.numels[s] <= lo, "fused_augment: out overlaps images[", s, "]");
+  }
+  return o;
 }
 
 // Checks every output (check_output) on host copies of the parameters; the message names the argument.

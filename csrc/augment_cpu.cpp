@@ -568,7 +568,7 @@ void run_batch(const AugmentArgs& a, bool hwc, int64_t oh, int64_t ow, bool chan
   }
 }
 
-at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+at::Tensor fused_augment_cpu_impl(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
                              bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                              const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                              at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
@@ -576,7 +576,8 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              const std::optional<at::Tensor>& solarize, bool channels_last,
                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
                              const std::optional<at::Tensor>& source,
-                             const std::optional<at::TensorList>& images) {
+                             const std::optional<at::TensorList>& images,
+                             const std::optional<at::Tensor>& out_arg) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
   (void)check;
@@ -588,9 +589,9 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                        a.blur.defined() ? a.blur.data_ptr<float>() : nullptr,
                        a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr,
                        a.numels.empty() ? nullptr : a.numels.data());
-  at::Tensor out = at::empty({a.m, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
-                             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
-  advise_huge_pages(out.data_ptr(), out.nbytes());
+  at::Tensor out = make_output(a, out_h, out_w, out_dtype, channels_last, out_arg);
+  // (A caller's out is typically reused batch after batch: its pages are already there.)
+  if (!out_arg.has_value()) advise_huge_pages(out.data_ptr(), out.nbytes());
   switch (out_dtype) {
     case at::kFloat:
       run_batch<float>(a, hwc, out_h, out_w, channels_last, out);
@@ -608,10 +609,38 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
   return out;
 }
 
+at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
+                             const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
+                             const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
+                             at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
+                             bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
+                             int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                             const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images) {
+  return fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
+                                out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images,
+                                std::nullopt);
+}
+
+// fused_augment.out: the same into the caller's tensor (e.g. one buffer reused batch after batch: no
+// page faults of a fresh output on every call, which is what kept two threads from scaling).
+at::Tensor& fused_augment_out_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+                                  bool hwc, const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
+                                  const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
+                                  at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
+                                  bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
+                                  int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                                  const std::optional<at::Tensor>& source,
+                                  const std::optional<at::TensorList>& images, at::Tensor& out) {
+  fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
+                         out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
+  return out;
+}
+
 }  // namespace
 }  // namespace augment
 }  // namespace vlkernels
 
 TORCH_LIBRARY_IMPL(vlkernels, CPU, m) {
   m.impl("fused_augment", &vlkernels::augment::fused_augment_cpu);
+  m.impl("fused_augment.out", &vlkernels::augment::fused_augment_out_cpu);
 }

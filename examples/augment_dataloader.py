@@ -95,9 +95,17 @@ def main(argv=None) -> dict:
     if args.views > 1:
         views = [dict(scale=(0.4, 1.0))] + [dict(scale=(0.05, 0.4), blur_p=0.5)] * (args.views - 1)
     seen, t0, shape = 0, time.perf_counter(), None
+    # One output buffer reused batch after batch (out=): no page faults of a fresh output per call,
+    # which on the CPU is what keeps the op's threads from scaling. Reuse it only once the previous
+    # batch's training step is done with it (it is here: the step runs before the next call).
+    buf = None
     for packed, _labels in loader:
         packed = packed.to(dev, non_blocking=True)
-        out = fused_augment(packed, args.size, generator=gen, views=views, out_dtype=torch.float32)
+        m = len(packed) * (len(views) if views else 1)
+        reuse = buf if buf is not None and buf.shape[0] == m else None
+        out = buf = fused_augment(
+            packed, args.size, generator=gen, views=views, out_dtype=torch.float32, out=reuse
+        )
         # (training step here: out is [views * batch, 3, size, size], view-major; labels repeat per view)
         assert torch.isfinite(out).all()
         seen += len(packed)

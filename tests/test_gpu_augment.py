@@ -134,6 +134,21 @@ def test_cuda_op_unchecked_invalid_image_is_nan_never_read(name, index, row, val
     torch.testing.assert_close(out[keep], good[keep], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
+def test_cuda_out_equals_the_functional_result(out_dtype):
+    imgs = images_of("list", [(40, 61), (23, 17), (300, 280)], seed=31)
+    dev = to_cuda(imgs)
+    p = params_with(imgs, seed=32, blur_p=0.5, **ONLY["all_strong"]).to("cuda")
+    kw = dict(params=p, impl="cuda", out_dtype=out_dtype, channels_last=True)
+    want = fused_augment(dev, (33, 27), **kw)
+    buf = torch.full_like(want, 7)  # poisoned, channels-last like want
+    got = fused_augment(dev, (33, 27), out=buf, **kw)
+    assert got is buf
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="out must be on cuda"):
+        fused_augment(dev, (33, 27), out=buf.cpu(), **kw)
+
+
 def test_cuda_op_rejects_the_images_argument():
     # Separate tensors read in place is a CPU path: the CUDA op says so instead of ignoring them.
     args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]

@@ -370,7 +370,7 @@ size_t static_smem_bytes() {
   return bytes;
 }
 
-at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
                               bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                               const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                               at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
@@ -378,7 +378,8 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               const std::optional<at::Tensor>& solarize, bool channels_last,
                               int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
                               const std::optional<at::Tensor>& source,
-                              const std::optional<at::TensorList>& images) {
+                              const std::optional<at::TensorList>& images,
+                              const std::optional<at::Tensor>& out_arg) {
   TORCH_CHECK(!images.has_value(), "fused_augment: images (separate tensors read in place) is a CPU argument; on "
               "CUDA pass the images back to back in data");
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
@@ -393,8 +394,7 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   if (check) check_augment_values_via_host(a);
   const int64_t n = a.m;  // one block per output
   TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 outputs per call");
-  at::Tensor out = at::empty({n, 3, out_h, out_w}, a.data.options().dtype(out_dtype),
-                             channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);
+  at::Tensor out = make_output(a, out_h, out_w, out_dtype, channels_last, out_arg);
   // Blur workspace per image: two float images [3, out_h, out_w] and the taps (2 out_w - 1 and
   // 2 out_h - 1 floats at most); only with a blur_sigma tensor (whether an image is blurred is a device
   // value: sized for all).
@@ -452,8 +452,37 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
   return out;
 }
 
+at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
+                              const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
+                              const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
+                              at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
+                              bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
+                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                              const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images) {
+  return fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h,
+                                 out_w, out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source,
+                                 images, std::nullopt);
+}
+
+at::Tensor& fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+                                   bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
+                                   const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
+                                   at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
+                                   int64_t out_w, at::ScalarType out_dtype, bool check,
+                                   const std::optional<at::Tensor>& solarize, bool channels_last,
+                                   int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                                   const std::optional<at::Tensor>& source,
+                                   const std::optional<at::TensorList>& images, at::Tensor& out) {
+  fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
+                          out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
+  return out;
+}
+
 }  // namespace
 }  // namespace augment
 }  // namespace vlkernels
 
-TORCH_LIBRARY_IMPL(vlkernels, CUDA, m) { m.impl("fused_augment", &vlkernels::augment::fused_augment_cuda); }
+TORCH_LIBRARY_IMPL(vlkernels, CUDA, m) {
+  m.impl("fused_augment", &vlkernels::augment::fused_augment_cuda);
+  m.impl("fused_augment.out", &vlkernels::augment::fused_augment_out_cuda);
+}

@@ -31,7 +31,8 @@ Op layout (one call for the whole batch, ragged or not):
                            (data is then unused: an empty uint8 tensor), so that a list of separately
                            allocated images needs no copy into one buffer
 returns out_dtype [M, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
-clamped, not normalised (mean / std unused).
+clamped, not normalised (mean / std unused). The overload fused_augment.out(..., *, out) writes into out,
+which must be exactly that tensor: dtype, device, shape, contiguous or, with channels_last, NHWC memory.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def _register() -> None:
         out = data.new_empty((m, 3, out_h, out_w), dtype=dt)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
+    @torch.library.register_fake(OP_NAME + ".out")
+    def _fake_out(*args, out, **kwargs):
+        return out
+
 
 def op():
     """The registered op (loads the extension and the fake implementation on first use)."""
@@ -118,7 +123,34 @@ def run(
     blur_sigma: torch.Tensor | None = None,
     source: torch.Tensor | None = None,
     images: list[torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    if out is not None:
+        _register()
+        return torch.ops.vlkernels.fused_augment.out(
+            data,
+            offsets,
+            sizes,
+            hwc,
+            boxes,
+            flip,
+            factors,
+            order,
+            gray,
+            mean,
+            std,
+            out_h,
+            out_w,
+            out_dtype,
+            check,
+            solarize,
+            channels_last,
+            interpolation,
+            blur_sigma,
+            source,
+            images,
+            out=out,
+        )
     return op()(
         data,
         offsets,

@@ -201,6 +201,24 @@ def _pick_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
+def _check_out(out, shape, dtype, device, channels_last) -> None:
+    """``out`` must be exactly the tensor fused_augment would return (the op checks the same)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise ValueError(f"out must be {dtype} (out_dtype), got {out.dtype}")
+    if out.device != device:
+        raise ValueError(f"out must be on {device} (where the images are), got {out.device}")
+    if tuple(out.shape) != shape:
+        raise ValueError(f"out must have shape {list(shape)}, got {list(out.shape)}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if not out.is_contiguous(memory_format=fmt):
+        layout = "in channels-last (NHWC) memory (channels_last=True)" if channels_last else "contiguous"
+        raise ValueError(f"out must be {layout}")
+    if out.requires_grad:
+        raise ValueError("out must not require grad (the augmentation has no gradient)")
+
+
 def fused_augment(
     images,
     size,
@@ -223,6 +241,7 @@ def fused_augment(
     channels_last: bool = False,
     impl: str = "auto",
     views: Sequence[dict] | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CLIP's training augmentation chain in one kernel call.
 
@@ -244,6 +263,10 @@ def fused_augment(
     ``params`` with a ``source`` index; returns [M, 3, h, w], view-major for ``views`` (output
     ``k * N + i`` is view k of image i), each image read in place (not copied per view).
     impl: "auto" (compiled op for the device, else "torch"), "cuda", "cpu" (C++), "torch" (reference).
+    out: write the result into this tensor and return it (out_dtype, on the images' device, shape
+    [M, 3, h, w], contiguous, or NHWC memory with ``channels_last``): one buffer reused batch after
+    batch spares the page faults of a fresh output on every call (on the CPU those, not the arithmetic,
+    kept two threads from scaling).
     """
     batch = as_batch(images)
     out_h, out_w = _out_size(size)
@@ -290,9 +313,13 @@ def fused_augment(
         any_blur = params.validate(batch.sizes)
     # The parameters are now known valid (sampled, or validated above with one sync): the CUDA op need
     # not copy them to the host again. The CPU op checks them anyway (host memory, no cost).
+    if out is not None:
+        _check_out(out, (params.boxes.shape[0], 3, out_h, out_w), out_dtype, batch.device, channels_last)
     if which == "torch":
-        out = reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype, interpolation)
-        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+        res = reference_augment(batch.views_chw, (out_h, out_w), params, mean, std, out_dtype, interpolation)
+        if out is not None:
+            return out.copy_(res)
+        return res.contiguous(memory_format=torch.channels_last) if channels_last else res
     return _op.run(
         batch.data,
         batch.offsets,
@@ -316,4 +343,5 @@ def fused_augment(
         blur_sigma=params.blur_sigma.float() if any_blur else None,
         source=None if params.source is None else params.source.long(),
         images=batch.images,
+        out=out,
     )
