@@ -1,14 +1,19 @@
 """Compile-check of the CUDA sources with nvcc (sm_90), on machines without a GPU.
 
 CI's CPU machines have nvcc (CUDA 13) but a CPU build of torch: this compiles every csrc/cuda/*.cu
-as setup.py would on a CUDA machine, so that a CUDA compile error is caught before a GPU run.
-Without nvcc the test fails under CI=true and is skipped elsewhere.
+as setup.py would on a CUDA machine, so that a CUDA compile error is caught before a GPU run, and
+reads ptxas' resource report (-Xptxas -v) of every kernel: no register spills, and the registers per
+thread within what the kernel's launch bound allows. Without nvcc the test fails under CI=true and is
+skipped elsewhere.
+
+    python -m pytest -q tests/test_cuda_compile.py -s     # prints each kernel's registers and spills
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -58,6 +63,7 @@ def test_nvcc_compiles(source, tmp_path):
     obj = tmp_path / (os.path.basename(source) + ".o")
     cmd = [nvcc, "-c", source, "-o", str(obj), "-std=c++17", "-gencode", "arch=compute_90,code=sm_90"]
     cmd += ["-O3", "--use_fast_math", "-DVLKERNELS_WITH_CUDA", "-I", os.path.join(ROOT, "csrc")]
+    cmd += ["-Xptxas", "-v"]
     for inc in includes:
         cmd += ["-I", inc]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -66,3 +72,34 @@ def test_nvcc_compiles(source, tmp_path):
         errors[:20] or [proc.stderr[-3000:]]
     )
     assert obj.stat().st_size > 0
+    kernels = ptxas_resources(proc.stderr)
+    assert kernels, "no kernel in ptxas' report:\n" + proc.stderr[-3000:]
+    for name, r in kernels.items():
+        print(f"{name}: {r['registers']} registers, spills {r['spill_stores']} B stored / "
+              f"{r['spill_loads']} B loaded, stack {r['stack']} B, static smem {r['smem']} B")  # fmt: skip
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
+        # 512-thread blocks (kThreads): ptxas caps a thread at 65536 / 512 = 128 registers.
+        assert r["registers"] <= 128, (name, r)
+
+
+def ptxas_resources(log: str) -> dict[str, dict[str, int]]:
+    """Per kernel (the template argument of the mangled name, e.g. 'fused_augment_kernel<f>'), from
+    ``-Xptxas -v``: registers, spill stores / loads, stack frame and static shared memory in bytes."""
+    out, name = {}, None
+    for line in log.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            mangled = m.group(1)
+            k = re.search(r"\d([A-Za-z_]+_kernel)I(\w+?)EEv", mangled)
+            name = f"{k.group(1)}<{k.group(2)}>" if k else mangled
+            out[name] = {}
+            continue
+        if name is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            out[name].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
+        if m:
+            out[name].update(registers=int(m.group(1)), smem=int(m.group(2)))
+    return out

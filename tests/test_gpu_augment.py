@@ -175,8 +175,9 @@ def test_cuda_op_checked_call_syncs_once_unchecked_never():
 
 @pytest.mark.parametrize(
     "size",
-    # out_h + out_w around the largest that fits the 48 KiB default with the 128 B of static shared
-    # memory (1225; 1226-1228 used to fail to launch: "too many resources requested"), and beyond.
+    # out_h + out_w around the largest that fits 8-tap tables in the 48 KiB default with the 144 B of
+    # static shared memory (1225; 1226-1228 used to fail to launch: "too many resources requested"),
+    # and beyond.
     [(612, 612), (612, 613), (613, 613), (613, 614), (614, 614), (614, 615), (700, 700), (1, 1228)],
 )
 def test_cuda_op_output_sizes_around_the_shared_memory_boundary(size):
@@ -184,6 +185,23 @@ def test_cuda_op_output_sizes_around_the_shared_memory_boundary(size):
     p = params_with(imgs, seed=35, **dict(ONLY["all_strong"], scale=(0.6, 1.0)))
     cpu = fused_augment(imgs, size, params=p, impl="cpu")
     gpu = fused_augment(to_cuda(imgs), size, params=p.to("cuda"), impl="cuda")
+    torch.cuda.synchronize()
+    assert_close01(gpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize(
+    "size",
+    # The tap-table tiers (the most taps whose tables fit 48 KiB): 24 taps up to out_h + out_w = 471,
+    # 16 up to 680, 8 up to 1225; each side of the first two boundaries, and a 64 x 64 output of
+    # 1900-2400 px crops (30x: taps evaluated on the fly).
+    [(235, 236), (236, 236), (340, 340), (340, 341), (64, 64)],
+)
+def test_cuda_op_large_downscales_every_tap_table_tier(size, interpolation):
+    imgs = images_of("list", [(2400, 1900), (1300, 2100), (900, 900)], seed=134)
+    p = params_with(imgs, seed=135, **dict(ONLY["all_strong"], scale=(0.5, 1.0)))
+    cpu = fused_augment(imgs, size, params=p, impl="cpu", interpolation=interpolation)
+    gpu = fused_augment(to_cuda(imgs), size, params=p.to("cuda"), impl="cuda", interpolation=interpolation)
     torch.cuda.synchronize()
     assert_close01(gpu.cpu(), cpu)
 

@@ -1,11 +1,11 @@
 // Fused augmentation, CUDA kernel (registered as vlkernels::fused_augment for the CUDA key).
 //
 // One launch for the whole (ragged) batch: one thread block per output image (output m reads input
-// image source[m] when the op gets a source index: several views of one image share its bytes), parameters read from device
-// tensors, so nothing waits on the host per image. The block first builds the antialiased tap tables
-// of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU kernel; bilinear
-// downscales beyond 3x, bicubic beyond 1.5x, or outputs beyond ~600 x 600 evaluate the taps on the fly
-// instead). Each thread computes output pixels directly from the uint8 source (rows then columns: the
+// image source[m] when the op gets a source index: several views of one image share its bytes),
+// parameters read from device tensors, so nothing waits on the host per image. The block first builds
+// the antialiased tap tables of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU
+// kernel; up to 24 taps per pixel at a 224 x 224 output, 8 up to out_h + out_w = 1225: beyond that
+// downscale or size the taps are evaluated on the fly, in float). Each thread computes output pixels directly from the uint8 source (rows then columns: the
 // association of the CPU kernel's separable passes; bicubic values clamped to [0, 1]), applies the
 // colour ops, grayscale, solarize and normalisation, and writes the three planes (coalesced along the
 // row). Contrast needs the gray mean of the image as it stands just before contrast: blocks of images
@@ -35,6 +35,10 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 98 registers per
+// thread: one block per SM (25% occupancy). __launch_bounds__(kThreads, 2) caps it at 64 registers
+// but spills (104 B stored, 212 B loaded per thread); which of the two is faster is a GPU measurement
+// still owed.
 constexpr int kThreads = 512;
 
 // The antialiased taps of one output pixel along one axis (aa_weights, with the weights evaluated
@@ -63,8 +67,11 @@ struct Axis {
     for (int j = 0; j < n; ++j) total += raw(j);
     if (total == 0.0f) total = 1.0f;
   }
+  // In float: this path evaluates the filter for every tap of every pixel, where FP64 (1/64 of the FP32
+  // rate on most GPUs) dominated. The argument differs from aa_weights' double one by a few float ulps
+  // of a value below the support (~1e-7 of a weight), far inside the CPU parity tolerance.
   __device__ __forceinline__ float raw(int j) const {
-    return aa_filter(static_cast<float>((static_cast<double>(j + lo) - center + 0.5) * invscale), interp);
+    return aa_filter((static_cast<float>(j + lo) - center + 0.5f) * invscale, interp);
   }
   __device__ __forceinline__ float weight(int j) const { return div_rn(raw(j), total); }
 };
@@ -120,13 +127,14 @@ __device__ __forceinline__ void resample(const Image& im, const AY& ay, const AX
   }
 }
 
-// Taps per pixel stored in the shared-memory tables: enough for bilinear downscales up to 3x and
-// bicubic ones up to 1.5x (max_taps <= 8);
-// larger downscales evaluate the taps on the fly instead.
-constexpr int kTableTaps = 8;
+// Taps per pixel stored in the shared-memory tables: the host picks the largest of kTapChoices whose
+// tables fit the default 48 KiB with the kernel's static shared memory (24 at a 224 x 224 output:
+// bilinear downscales up to 11x, bicubic up to 5.5x; max_taps = ceil(2 support) + 2). Larger
+// downscales, or outputs too large for even 8 taps, evaluate the taps on the fly instead.
+constexpr int kTapChoices[] = {24, 16, 8};
 
-// Shared-memory tap tables of one image: weights [kTableTaps, out] (tap-major), first index and count
-// per pixel.
+// Shared-memory tap tables of one image: weights [taps, out] (tap-major), first index and count per
+// pixel.
 struct Tables {
   float* wx;
   float* wy;
@@ -136,19 +144,19 @@ struct Tables {
   int* ny;
 };
 
-__device__ __forceinline__ Tables carve_tables(unsigned char* smem, int64_t oh, int64_t ow) {
+__device__ __forceinline__ Tables carve_tables(unsigned char* smem, int64_t oh, int64_t ow, int taps) {
   Tables t;
   t.wx = reinterpret_cast<float*>(smem);
-  t.wy = t.wx + ow * kTableTaps;
-  t.lox = reinterpret_cast<int*>(t.wy + oh * kTableTaps);
+  t.wy = t.wx + ow * taps;
+  t.lox = reinterpret_cast<int*>(t.wy + oh * taps);
   t.loy = t.lox + ow;
   t.nx = t.loy + oh;
   t.ny = t.nx + ow;
   return t;
 }
 
-size_t table_bytes(int64_t oh, int64_t ow) {
-  return static_cast<size_t>(oh + ow) * (kTableTaps * sizeof(float) + 2 * sizeof(int));
+size_t table_bytes(int64_t oh, int64_t ow, int taps) {
+  return static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int));
 }
 
 // Output pixel (i, j) of the image, resampled: from the tables or with on-the-fly taps.
@@ -197,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
                          const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
                          const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
                          const int64_t* __restrict__ source, int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
-                         float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, bool use_tables,
+                         float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
                          bool channels_last,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
@@ -242,9 +250,8 @@ __global__ void __launch_bounds__(kThreads)
   const int npix32 = static_cast<int>(npix);
   const int ow32 = static_cast<int>(ow);
   // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
-  const bool tables =
-      use_tables && max_taps(im.cw, ow, interp) <= kTableTaps && max_taps(im.ch, oh, interp) <= kTableTaps;
-  const Tables tab = carve_tables(smem, oh, ow);
+  const bool tables = max_taps(im.cw, ow, interp) <= table_taps && max_taps(im.ch, oh, interp) <= table_taps;
+  const Tables tab = carve_tables(smem, oh, ow, table_taps);
   if (tables) {
     int64_t lo;
     for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
@@ -403,10 +410,11 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   const at::Tensor workspace = at::empty({blur ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
   const dim3 grid(static_cast<unsigned int>(n));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  // Tap tables in shared memory when they fit the default 48 KiB together with the kernel's static
-  // shared memory (the reduction's warp sums): static + dynamic must fit without the opt-in attribute
-  // (outputs up to out_h + out_w = 1225 at 40 B per pixel of the two axes and 128 B static).
-  const size_t smem = table_bytes(out_h, out_w);
+  // Tap tables in shared memory: the most taps (kTapChoices) whose tables fit the default 48 KiB
+  // together with the kernel's static shared memory (the reduction's warp sums): static + dynamic must
+  // fit without the opt-in attribute (8 taps: outputs up to out_h + out_w = 1225 at 40 B per pixel of the
+  // two axes and 128 B static; 24 taps: out_h + out_w <= 471 at 104 B). 48 KiB also keeps four
+  // 512-thread blocks per SM.
   size_t static_smem = 0;
   switch (out_dtype) {
     case at::kFloat:
@@ -422,9 +430,16 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
       static_smem = static_smem_bytes<c10::Half>();
       break;
   }
-  const bool use_tables = static_smem + smem <= kDefaultSmem;
+  int table_taps = 0;
+  for (const int taps : kTapChoices) {
+    if (static_smem + table_bytes(out_h, out_w, taps) <= kDefaultSmem) {
+      table_taps = taps;
+      break;
+    }
+  }
+  const size_t smem = table_taps > 0 ? table_bytes(out_h, out_w, table_taps) : 0;
 #define VLK_LAUNCH(T)                                                                                   \
-  fused_augment_kernel<T><<<grid, kThreads, use_tables ? smem : 0, stream>>>(                           \
+  fused_augment_kernel<T><<<grid, kThreads, smem, stream>>>(                           \
       a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                        \
       a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                    \
       static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
@@ -432,7 +447,7 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
       static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,     \
       a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr, a.n, a.interp,                      \
       blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1],          \
-      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, use_tables, channels_last, out.data_ptr<T>())
+      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, out.data_ptr<T>())
   switch (out_dtype) {
     case at::kFloat:
       VLK_LAUNCH(float);
