@@ -357,6 +357,20 @@ def torchvision_chains(size: int) -> dict:
     }
 
 
+def pil_build() -> str:
+    """Which PIL the PIL chains run on: pillow-simd (a SIMD fork that installs as PIL) or plain Pillow."""
+    from importlib import metadata
+
+    import PIL
+
+    try:
+        if metadata.version("pillow-simd") == PIL.__version__:
+            return f"pillow-simd {PIL.__version__}"
+    except metadata.PackageNotFoundError:
+        pass
+    return f"plain Pillow {PIL.__version__}; pillow-simd not installed"
+
+
 CHAIN_LABELS = {
     "ours": "ours: C++ op (impl='cpu'), 1 thread, bicubic + jitter + grayscale + blur + flip, float32 out",
     "tv2_uint8": (
@@ -367,12 +381,12 @@ CHAIN_LABELS = {
     "tv2_float": "torchvision v2 per-sample float chain (ToDtype first, then the same transforms)",
     "pil_strong": (
         "PIL chain: torchvision.transforms (v1, PIL backend) with the same strong-view recipe, then "
-        "ToTensor/Normalize (plain Pillow; pillow-simd not installed)"
+        "ToTensor/Normalize ({pil})"
     ),
     "pil_open_clip_default": (
         "PIL: open_clip's default training transform, image_transform(224, is_train=True): "
         "RandomResizedCrop(scale=(0.9, 1.0), BICUBIC) + ToTensor/Normalize only (no jitter / grayscale / "
-        "blur / flip)"
+        "blur / flip; {pil})"
     ),
 }
 
@@ -428,7 +442,7 @@ def vs_torchvision(args) -> list[dict]:
             dict(
                 op="augment_vs_torchvision",
                 impl=name,
-                label=CHAIN_LABELS[name],
+                label=CHAIN_LABELS[name].format(pil=pil_build()),
                 images=args.batch,
                 size=args.size,
                 threads=1,
@@ -455,6 +469,7 @@ def vs_torchvision(args) -> list[dict]:
     )
     for r in rows:
         print(f"{r['impl']}: {r['label']}")
+    print(f"PIL chains on {pil_build()}")
     print(f"load average before {load_before}, after {load_after} ({os.cpu_count()} CPUs)")
     return rows
 
