@@ -623,7 +623,7 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
 
 // fused_augment.out: the same into the caller's tensor (e.g. one buffer reused batch after batch: no
 // page faults of a fresh output on every call, which is what kept two threads from scaling).
-at::Tensor& fused_augment_out_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+void fused_augment_out_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
                                   bool hwc, const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
                                   const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
                                   at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
@@ -633,7 +633,6 @@ at::Tensor& fused_augment_out_cpu(const at::Tensor& data, const at::Tensor& offs
                                   const std::optional<at::TensorList>& images, at::Tensor& out) {
   fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
                          out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
-  return out;
 }
 
 }  // namespace

@@ -103,3 +103,19 @@ def test_op_out_overload_checks_out():
     with pytest.raises(RuntimeError, match=r"out overlaps images\[0\]"):
         _op.run(torch.empty(0, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64), *args[2:], images=flat,
                 out=flat[0][: 2 * 3 * 16].view(2, 3, 4, 4))  # fmt: skip
+
+
+def test_opcheck_of_the_out_overload_and_the_images_argument():
+    # Schema (the out alias, the mutation), fake tensor and dispatch checks of both new call forms.
+    from tests.test_augment import _op_args
+
+    args = _op_args()
+    _op.op()  # loads the extension: the overload is registered with it
+    buf = torch.empty(3, 3, 6, 7)
+    torch.library.opcheck(torch.ops.vlkernels.fused_augment.out, args, {"out": buf})
+    imgs = images_of("list", [(12, 17), (5, 8), (1, 1)], seed=23)
+    flat = [t.reshape(-1) for t in imgs]
+    kw = {"images": flat}
+    torch.library.opcheck(
+        _op.op(), (torch.empty(0, dtype=torch.uint8), torch.zeros(3, dtype=torch.int64), *args[2:]), kw
+    )

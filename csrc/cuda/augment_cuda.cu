@@ -479,7 +479,7 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                                  images, std::nullopt);
 }
 
-at::Tensor& fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
+void fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
                                    bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
                                    const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
                                    at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
@@ -490,7 +490,6 @@ at::Tensor& fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& off
                                    const std::optional<at::TensorList>& images, at::Tensor& out) {
   fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
                           out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
-  return out;
 }
 
 }  // namespace

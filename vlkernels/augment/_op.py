@@ -31,8 +31,8 @@ Op layout (one call for the whole batch, ragged or not):
                            (data is then unused: an empty uint8 tensor), so that a list of separately
                            allocated images needs no copy into one buffer
 returns out_dtype [M, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
-clamped, not normalised (mean / std unused). The overload fused_augment.out(..., *, out) writes into out,
-which must be exactly that tensor: dtype, device, shape, contiguous or, with channels_last, NHWC memory.
+clamped, not normalised (mean / std unused). The overload fused_augment.out(..., *, out) -> () writes into
+out, which must be exactly that tensor: dtype, device, shape, contiguous or, with channels_last, NHWC memory.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _register() -> None:
 
     @torch.library.register_fake(OP_NAME + ".out")
     def _fake_out(*args, out, **kwargs):
-        return out
+        return None
 
 
 def op():
@@ -127,7 +127,7 @@ def run(
 ) -> torch.Tensor:
     if out is not None:
         _register()
-        return torch.ops.vlkernels.fused_augment.out(
+        torch.ops.vlkernels.fused_augment.out(
             data,
             offsets,
             sizes,
@@ -151,6 +151,7 @@ def run(
             images,
             out=out,
         )
+        return out
     return op()(
         data,
         offsets,
