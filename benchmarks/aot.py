@@ -134,14 +134,15 @@ def variant_ids(call: Call) -> list[str]:
         ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G", f"weights/{base}/W"]
         ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
         if call.dtype in ("bf16", "fp16"):
-            ids.append(f"matmul/{base}/store-fp32")  # the gathered path's fp32 products
+            # dT accumulated in dT with a 16-bit remainder; the gathered path's fp32 products
+            ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
         return ids
     if call.op == "sigmoid":
         # forward, G chunks, and the shared GEMMs: dI stored, dT accumulated, the ring's fp32 products
         ids = [f"sigmoid_loss/{base}", f"sigmoid_weights/{base}"]
         ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
         if call.dtype in ("bf16", "fp16"):
-            ids.append(f"matmul/{base}/store-fp32")
+            ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
         return ids
     # soft target: the statistics pass; the single-process backward (dL/dS chunks "G" with the hard
     # targets, dI stored in the features' dtype, dT accumulated) and the gathered path's products (W,
@@ -150,7 +151,7 @@ def variant_ids(call: Call) -> list[str]:
     ids = [f"stats/{base}{t}", f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
     ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
     if call.dtype in ("bf16", "fp16"):
-        ids.append(f"matmul/{base}/store-fp32")
+        ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
     return ids
 
 
@@ -316,6 +317,8 @@ def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list
     elif kernel == "matmul":
         out_fp32 = rec["signature"]["c_ptr"] == "*fp32" and call.dtype in ("bf16", "fp16")
         mode = "acc" if consts["ACCUMULATE"] else ("store-fp32" if out_fp32 else "store")
+        if consts["ACCUMULATE"] and consts.get("SPLIT"):
+            mode = "acc-split"
         want = f"matmul/{call.dtype}/D{call.D}/{mode}"
     else:
         return next(i for i in expected if i.startswith(kernel + "/"))
@@ -513,7 +516,8 @@ def table(data: dict, arch: int) -> str:
         if "SINGLE_D" in cfg:
             flags.append("single-D" if cfg["SINGLE_D"] else "chunked-D")
         if "ACCUMULATE" in cfg:
-            flags.append("fp32 accumulate" if cfg["ACCUMULATE"] else "store")
+            acc = "16-bit pair accumulate" if cfg.get("SPLIT") else "fp32 accumulate"
+            flags.append(acc if cfg["ACCUMULATE"] else "store")
         if "TARGETS" in cfg:
             flags.append("G (targets)" if cfg["TARGETS"] else "W")
         if "HARD" in cfg:

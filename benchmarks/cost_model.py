@@ -8,8 +8,8 @@ launchers' real tile configs and plans evaluated with the interpreter off, for (
 teacher, workspace):
 
 - The contrastive loss (``contrastive_v2_launches``): the one-pass forward, then ``_gchunk_backward``
-  (dI stored in the features' dtype, an fp32 accumulator for the covered text columns, a column pass for
-  the rest).
+  (dI stored in the features' dtype, the covered text columns accumulated in dT itself, with a 16-bit
+  remainder for 16-bit features, a column pass for the rest).
 - The soft-target loss (``soft_target_launches``): the statistics kernel (one pass over S, and S' for a
   separate teacher: rows online, columns as per-program partials), then W chunks whose GEMMs write fp32
   products (the hard targets' algebra is O(B D) torch).
@@ -19,8 +19,8 @@ teacher, workspace):
   online rescale); bytes from L2 into the SMs (each program re-reads its operands per tile: the column
   operand always, its own row block too when D is walked in chunks); bytes from HBM (inputs, outputs, G
   chunks, the partner operand per chunk, the column operand per wave of programs when it does not fit
-  in the usable part of L2 (80 % of 50 MB), an fp32 accumulator's read-modify-write per chunk when it
-  does not fit).
+  in the usable part of L2 (80 % of 50 MB), the accumulator's read-modify-write per chunk when it does
+  not fit: 4 bytes per element, fp32 or the 16-bit pair).
 
 The sigmoid (SigLIP) loss (op "sigmoid", ``vlkernels/ops/sigmoid_triton.py``, ``sigmoid_launches``): the
 forward is one ``_loss_kernel`` launch (config "fwd"; row sums of softplus(-y z): 2 B^2 D FLOPs, one exp2
@@ -288,13 +288,14 @@ def _gchunk_backward(
     """(launches, plan) of the G-chunk backward (ops/gchunk_triton.py) on I, T [B, D] (``backward_plan``
     with ``stats`` statistics): per chunk of rows the weights kernel (``mufu`` MUFU and ``alu`` fp32-pipe
     instructions per element of G; ``partials`` fp32 partial row sums per row and column block, written,
-    and summed in the row pass) and dI = G @ T; the fp32 accumulator
-    dT[covered] += G.T @ I; the column pass (weights + GEMM) for the columns the workspace leaves. Each
-    pass as one aggregate of its chunk launches (same tiles): rows over all chunks, the partner operand
-    streamed from HBM once per chunk, every G chunk written and read back (not assumed L2-resident); the
-    accumulator's read-modify-write per chunk is HBM traffic when it exceeds the usable L2. ``wcfg``: the
-    weights kernel's config (default the contrastive one); ``teacher`` (D', dtype label): its tiles
-    recomputed in every weights launch (2 rows x B x D' more FLOPs, its rows and columns read)."""
+    and summed in the row pass) and dI = G @ T; the accumulator dT[covered] += G.T @ I (in dT: fp32, or dT
+    and a 16-bit remainder, 4 bytes per element either way); the column pass (weights + GEMM) for the
+    columns the workspace leaves. Each pass as one aggregate of its chunk launches (same tiles): rows over
+    all chunks, the partner operand streamed from HBM once per chunk, every G chunk written and read back
+    (not assumed L2-resident); the accumulator's read-modify-write per chunk is HBM traffic when it
+    exceeds the usable L2. ``wcfg``: the weights kernel's config (default the contrastive one);
+    ``teacher`` (D', dtype label): its tiles recomputed in every weights launch (2 rows x B x D' more
+    FLOPs, its rows and columns read)."""
     from vlkernels.ops import gchunk_triton as gchunk
 
     e, _, unit = DTYPES[dtype]
@@ -334,10 +335,10 @@ def _gchunk_backward(
     di_hbm = {"G read": B * B * e, "T per chunk": chunks * B * D * e, "dI": B * D * e}
     out.append(_gemm("dI = G @ T", B, D, B, store, e, unit, di_hbm, hw))
     if plan.covered:
-        acc_bytes = 4.0 * plan.covered * D
+        acc_bytes = 4.0 * plan.covered * D  # fp32, or the 16-bit (dT, remainder) pair
         hbm = {"G read": B * plan.covered * e, "I rows": B * D * e, "dT written": plan.covered * D * e}
         if not fits(acc_bytes):
-            hbm["fp32 accumulator read-modify-write per chunk"] = chunks * 2 * acc_bytes
+            hbm["accumulator read-modify-write per chunk"] = chunks * 2 * acc_bytes
         out.append(_gemm("dT[covered] += G.T @ I", plan.covered, D, B, acc_cfg, e, unit, hbm, hw))
     rest = B - plan.covered
     if rest:
@@ -415,7 +416,7 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
     (and S' for a teacher) with the row statistics online and the column partials, then the single-process
     backward on the G-chunk engine (``_gchunk_backward``): dL/dS chunks with the hard targets folded in
     (two exp2 per element, four with a teacher, whose tiles are recomputed) and the contrastive loss's
-    GEMMs (dI stored, the covered columns' fp32 accumulator, a column pass for the rest). ``teacher``
+    GEMMs (dI stored, the covered columns accumulated in dT, a column pass for the rest). ``teacher``
     None or (D', dtype label)."""
 
     cfgs = _soft_weights_config(D, dtype, teacher)
@@ -565,7 +566,7 @@ def table(
         f"L2->SM {hw.l2_to_sm[1] / 1e12:.1f}-{hw.l2_to_sm[0] / 1e12:.0f} TB/s (an assumption, stated as a "
         f"range); exponentials {hw.mufu_per_clk_sm} MUFU ex2/clk/SM x {hw.sms} SMs x "
         f"{hw.clock_hz / 1e9:.2f} GHz = {hw.exp_rate / 1e12:.2f} T/s; {hw.ctas_per_sm} resident program per "
-        "SM; a working set (the column operand, an fp32 accumulator) is L2-resident when it fits in "
+        "SM; a working set (the column operand, an accumulator) is L2-resident when it fits in "
         f"{hw.l2_usable:.0%} of L2, else it is re-streamed from HBM per wave of programs (per chunk for "
         "an accumulator). No float atomics in any kernel. Floor: 8 B^2 D FLOPs at the bf16 tensor-core "
         "rate.",
@@ -576,9 +577,10 @@ def table(
             f"## contrastive (v2 kernels), {dtype}, workspace {ws_mb} MiB"
             + (" (the default budget)" if ws_mb == 256 else " (VLKERNELS_WORKSPACE_MB=1024)"),
             "",
-            "Launches: the one-pass forward; per chunk of G rows the G kernel and dI = G @ T, the fp32 "
-            "accumulator dT[covered] += G.T @ I; the column pass (G kernel + GEMM) for the uncovered "
-            "columns. Deterministic by design (no float atomics). FLOPs in units of B^2 D (floor 8).",
+            "Launches: the one-pass forward; per chunk of G rows the G kernel and dI = G @ T, the "
+            "accumulator dT[covered] += G.T @ I (in dT itself, with a bf16 remainder: 2 bytes per element "
+            "of workspace); the column pass (G kernel + GEMM) for the uncovered columns. Deterministic by "
+            "design (no float atomics). FLOPs in units of B^2 D (floor 8).",
             "",
             "| B | D | chunk / covered columns | B^2 D | TFLOP | floor ms | L2->SM GB | HBM GB | "
             "forward ms | backward ms | total ms | x floor |",
@@ -602,7 +604,7 @@ def table(
         "Launches: the statistics kernel (student LSE, teacher LSE, the teacher-softmax-weighted sums, "
         "rows online and columns as per-program partials: one pass over S, and over S' for a separate "
         "teacher), then the contrastive loss's G-chunk backward with dL/dS (the hard targets folded in; "
-        "dI stored, the covered columns' fp32 accumulator, the column pass). Self teacher: "
+        "dI stored, the covered columns accumulated in dT, the column pass). Self teacher: "
         "S' = S (no teacher dots); separate teacher: width D' = 768 in the student's dtype or fp32 "
         "(IEEE dots on CUDA cores, 64 x 32 tiles). Ratio: to the contrastive loss at the same shape "
         "(the issue's target for the self teacher: at most 1.15x).",
@@ -655,7 +657,8 @@ def table(
         "backward with a per-tile fp32 read-modify-write of dQ and fp32 dK atomics. The v2 terms above are "
         "bound by L2->SM traffic of 128 x 128 score tiles at the optimistic rate (the forward and G kernels: "
         "64 FLOP per byte; 128 x 256 and 256 x 128 tiles spill there) and by the column pass that the "
-        "default workspace leaves (its fp32 accumulator covers the first 26112 columns).",
+        "default workspace leaves: dT accumulates the first 52224 columns in place with a bf16 remainder "
+        "(2 bytes per element of workspace; an fp32 accumulator's 4 covered 26112).",
     ]
     lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
     return "\n".join(lines) + "\n"
@@ -671,9 +674,10 @@ def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype
         "Launches: `_loss_kernel` (the forward, row sums of softplus(-y z), config 'fwd'); the backward on "
         "the G-chunk engine shared with the contrastive loss: per chunk of rows `_weights_kernel` "
         "(G = sigmoid(z) - [i == j] in the features' dtype, two fp32 partial sums per row and column "
-        "block) and dI = G @ T, the fp32 accumulator dT[covered] += G.T @ I, the column pass for the "
-        "columns the workspace leaves. No atomics (deterministic by design). MUFU: one ex2 and one fp32 "
-        "division (rcp) per element of the forward and of every G tile. ALU: fp32-pipe elementwise "
+        "block) and dI = G @ T, the accumulator dT[covered] += G.T @ I (in dT, with a 16-bit remainder), "
+        "the column pass for the columns the workspace leaves. No atomics (deterministic by design). "
+        "MUFU: one ex2 and one fp32 division (rcp) per element of the forward and of every G tile. ALU: "
+        "fp32-pipe elementwise "
         f"instructions per element ({ALU_PER_ELEMENT['sigmoid_loss']} forward, "
         f"{ALU_PER_ELEMENT['sigmoid_weights']} weights; static PTX counts) at {hw.fp32_lanes_per_clk_sm} "
         f"lanes/clk/SM = {hw.alu_rate / 1e12:.1f} T/s, one more term of the max (low) and of the sum with "

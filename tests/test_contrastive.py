@@ -81,32 +81,95 @@ def test_triton_matches_naive_dtypes(dtype, scale):
     _check("triton", 20, 40, dtype=dtype, scale=scale, eps=0.1, grad_out=0.7)
 
 
-def _plan_for(batch, dim, workspace):
+def _plan_for(batch, dim, workspace, dtype=torch.float32):
     from vlkernels.ops.contrastive_triton import _plan
 
-    return _plan(batch, batch, dim, torch.float32, True, workspace)
+    return _plan(batch, batch, dim, dtype, True, workspace)
+
+
+def _partial_workspace(batch, dim, dtype):
+    """The smallest workspace (bytes) whose plan covers some of the text columns but not all."""
+    for nbytes in range(0, 1 << 16, 64):
+        if 0 < _plan_for(batch, dim, nbytes, dtype).covered < batch:
+            return nbytes
+    raise AssertionError("no partial plan")
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("workspace", ["none", "partial", "all"])
-def test_triton_backward_plans_match(monkeypatch, workspace):
-    """Every backward plan matches naive: no workspace (G in slabs of one block of columns, the image
-    gradient accumulated over slabs, every text gradient from the column pass), a workspace whose fp32
-    accumulator covers some columns (the rest from the column pass), and one that covers all of them."""
+@pytest.mark.parametrize(
+    "dtype,workspace",
+    [(torch.bfloat16, "none"), (torch.bfloat16, "partial"), (torch.float16, "all"), (torch.float32, "none")],
+)
+def test_triton_backward_plans_match(monkeypatch, dtype, workspace):
+    """Every backward plan matches naive. 16-bit features: no workspace (G in slabs of one block of
+    columns, the image gradient accumulated over slabs, every text gradient from the column pass), a
+    workspace whose LO remainder covers some columns (the rest from the column pass), one that covers
+    all of them. fp32 features: the text gradient accumulates in place, so even no workspace covers
+    every column."""
     batch, dim = 37, 19
-    nbytes = {"none": 0, "partial": 11072, "all": 2**20}[workspace]
-    plan = _plan_for(batch, dim, nbytes)
-    expect = {"none": (plan.slab < batch and plan.covered == 0), "partial": 0 < plan.covered < batch}
-    assert expect.get(workspace, plan.covered == batch), plan
+    nbytes = {"none": 0, "all": 2**20}.get(workspace)
+    if nbytes is None:
+        nbytes = _partial_workspace(batch, dim, dtype)
+    plan = _plan_for(batch, dim, nbytes, dtype)
+    if dtype == torch.float32:
+        assert plan.slab < batch and plan.covered == batch, plan
+    else:
+        expect = {"none": (plan.slab < batch and plan.covered == 0), "partial": 0 < plan.covered < batch}
+        assert expect.get(workspace, plan.covered == batch), plan
     monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(nbytes / 2**20))
-    _check("triton", batch, dim, eps=0.1, grad_out=1.3)
+    _check("triton", batch, dim, dtype=dtype, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_16bit_remainder_over_many_chunks(monkeypatch, dtype):
+    """The loss path with the text gradient summed over 10 chunks of rows in the 16-bit (dT, LO) pair
+    (every column covered, chunks of 16 rows) matches naive; the pair's precision itself is checked by
+    test_matmul_16bit_pair_accumulates_like_fp32 (naive's bf16 tolerance is too loose to see it here)."""
+    batch, dim = 150, 24
+    nbytes = next(n for n in range(0, 1 << 17, 256) if _plan_for(batch, dim, n, dtype).covered == batch)
+    plan = _plan_for(batch, dim, nbytes, dtype)
+    assert plan.chunk == 16 and plan.slab == batch, plan
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(nbytes / 2**20))
+    _check("triton", batch, dim, dtype=dtype, scale=30.0, eps=0.1, grad_out=0.7)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matmul_16bit_pair_accumulates_like_fp32(dtype):
+    """``matmul(..., accumulate=True, lo=)``: 12 products summed in the pair (hi, lo) of a 16-bit dtype
+    agree with the same products summed in fp32 to ~2^-16 of the largest partial sum, and hi is that fp32
+    sum rounded to the dtype within one unit; summed in hi alone (no remainder), the error is several
+    units of the dtype (the check below would fail)."""
+    from vlkernels.ops.triton_utils import matmul
+
+    g = torch.Generator().manual_seed(5)
+    m, n, k, steps = 37, 29, 21, 12
+    a = [torch.randn(m, k, generator=g).to(dtype) for _ in range(steps)]
+    b = [torch.randn(k, n, generator=g).to(dtype) for _ in range(steps)]
+    one = torch.ones(1)
+    hi, lo = torch.zeros(m, n, dtype=dtype), torch.zeros(m, n, dtype=dtype)
+    alone = torch.zeros(m, n, dtype=dtype)
+    ref, peak = torch.zeros(m, n, dtype=torch.float64), 0.0
+    for x, y in zip(a, b, strict=True):
+        matmul(x, y, one, hi, accumulate=True, lo=lo)
+        matmul(x, y, one, alone, accumulate=True)
+        ref += x.double() @ y.double()
+        peak = max(peak, ref.abs().max().item())
+    eps = torch.finfo(dtype).eps
+    pair_err = (hi.double() + lo.double() - ref).abs().max().item()
+    assert pair_err <= 4 * steps * eps * eps * peak + 1e-6 * peak, (pair_err, peak)
+    units = ((hi.double() - ref).abs() / (ref.abs() * eps).clamp_min(eps * 1e-3)).max().item()
+    assert units <= 1.0, units
+    alone_units = ((alone.double() - ref).abs() / (ref.abs() * eps).clamp_min(eps * 1e-3)).max().item()
+    assert alone_units > 2.0, alone_units  # the remainder is what keeps hi correctly rounded
 
 
 @pytest.mark.interpreter
 def test_triton_is_deterministic(monkeypatch):
     """No float atomics: two runs give bitwise-equal losses and gradients (both backward passes in use)."""
-    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(11072 / 2**20))
-    img, txt = features(37, 19, seed=3)
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(_partial_workspace(37, 19, torch.bfloat16) / 2**20))
+    img, txt = features(37, 19, torch.bfloat16, seed=3)
     runs = [run_loss(contrastive_loss, img, txt, torch.tensor(30.0), 0.7, impl="triton") for _ in range(2)]
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)

@@ -138,16 +138,17 @@ def test_triton_matches_naive_dtypes(dtype, t_dim, scale):
 @pytest.mark.parametrize("impl", ["torch", TRITON])
 @pytest.mark.parametrize("workspace_mb", [None, "0"])
 @pytest.mark.parametrize("t_dim", [None, 70])
-def test_backward_paths(monkeypatch, impl, workspace_mb, t_dim):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_backward_paths(monkeypatch, impl, workspace_mb, t_dim, dtype):
     """The single-process backward's paths against naive. Triton: D = 70 > BLOCK_D (the score tiles walk
     D in chunks); a zero workspace budget: dL/dS in chunks of one block of rows and slabs of one block of
-    columns, no text columns covered by the fp32 accumulator (all from the column pass). torch: with the
-    default budget one pass (an fp32 W.T @ I accumulator), with none a second pass over column chunks;
-    chunks of 8 rows."""
+    columns; bf16: no text columns covered by the row pass's accumulator (all from the column pass);
+    fp32: every text column accumulated in place in the gradient. torch: with the default budget one
+    pass (an fp32 W.T @ I accumulator), with none a second pass over column chunks; chunks of 8 rows."""
     if workspace_mb is not None:
         monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace_mb)
     monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
-    _check(impl, 41, 70, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
+    _check(impl, 41, 70, dtype=dtype, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
 
 
 def _extra_bytes(batch, dim, dtype, impl, t_dim=None):

@@ -17,7 +17,8 @@ Backward, chunks of rows (``backward_plan``): ``_weights_kernel`` recomputes S f
 G = exp(S - r) + exp(S - c) - 2 (1 - eps) delta - 2 eps / B in the features' dtype into the workspace
 (with fp32 row sums of G * <I, T> for the scale's gradient), then two tensor-core GEMMs
 (``triton_utils.matmul``): dI[rows] = s k g / (2B) G @ T (written in the features' dtype) and, for the
-first ``covered`` columns, an fp32 accumulator += G.T @ I[rows] (6 B^2 D in all). The text gradients of
+first ``covered`` columns, dT += G.T @ I[rows] in dT itself (a 16-bit remainder for 16-bit features:
+gchunk_triton) (6 B^2 D in all). The text gradients of
 the columns the accumulator could not hold (the workspace budget) come from a second pass over column
 chunks, the same kernels with the roles swapped (G.T has the same form): 2 B^2 D more per uncovered
 column share. No float atomics anywhere; every product has one writer per output tile.
@@ -440,8 +441,8 @@ class TritonBackend:
         return both_lse(image, text, scale)
 
     def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True):
-        """(dI, dT or None, ds) of the single-process loss: the row pass (G chunks, dI, the covered columns'
-        fp32 accumulator) then the column pass for the uncovered columns (module docstring)."""
+        """(dI, dT or None, ds) of the single-process loss: the row pass (G chunks, dI, the covered columns
+        accumulated in dT) then the column pass for the uncovered columns (module docstring)."""
         batch, dim = image.shape
         dev = image.device
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())

@@ -4,9 +4,13 @@ Both losses have gradients of the form dQ = alpha G K and dK = alpha G.T Q, wher
 elementwise function of the scores S = s Q K.T (and of per-row / per-column statistics from the forward).
 The backward never holds G whole: for a chunk of rows a loss's weights kernel recomputes S and writes G
 into the workspace in the features' dtype (``Fill``), then two tensor-core GEMMs (``triton_utils.matmul``)
-consume it: dQ[rows] = alpha G @ K (stored) and, for the first ``covered`` columns, an fp32 accumulator
-+= G.T @ Q[rows]. The columns the accumulator could not hold come from a column pass: the same products
-with the roles of Q and K swapped (G.T has the same form for both losses). ``backward_plan`` picks the chunk
+consume it: dQ[rows] = alpha G @ K (stored) and, for the first ``covered`` columns, dK[:covered] +=
+alpha G.T @ Q[rows] accumulated in dK itself: in place for fp32 features, and for 16-bit ones as the pair
+(dK, LO) of that dtype, LO the rounded remainder of the running sum (``matmul``'s ``lo``; about twice the
+bits of one 16-bit number, against one rounding of the final result), so that the covered columns cost
+``acc_bytes`` (0 or 2) bytes per element of workspace instead of an fp32 accumulator's 4. The columns
+the accumulator could not hold come from a column pass: the same products with the roles of Q and K
+swapped (G.T has the same form for both losses). ``backward_plan`` picks the chunk
 and the coverage that minimise the modelled work within the workspace budget (docs/design.md,
 "Contrastive kernels v2"); benchmarks/cost_model.py evaluates the same plans.
 """
@@ -22,9 +26,12 @@ import triton
 
 from vlkernels.ops.triton_utils import matmul
 
-# FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the fp32 accumulator's
+# FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the accumulator's
 # read-modify-write against recomputation when ``backward_plan`` picks the chunk.
 RIDGE_FLOP_PER_BYTE = 236.0
+# The part of the H100's 50 MB L2 an accumulator may occupy and still be read and written there rather
+# than in HBM (benchmarks/cost_model.py assumes the same 80 %).
+L2_USABLE_BYTES = 40e6
 
 # fill(rows, s0, cols, g): write G for the rows ``rows`` of Q against the columns s0 .. s0 + cols of K into
 # g [count, cols]; return the chunk's fp32 partial statistics (any shape, summed over chunks and slabs by
@@ -32,14 +39,20 @@ RIDGE_FLOP_PER_BYTE = 236.0
 Fill = Callable[[slice, int, int, torch.Tensor], "torch.Tensor | None"]
 
 
+def acc_bytes(esize: int) -> int:
+    """Workspace bytes per element of the covered columns' accumulator for features of ``esize`` bytes: 0
+    for fp32 (dK accumulates in place), else the LO half (one element of the features' dtype)."""
+    return 0 if esize == 4 else esize
+
+
 @dataclass(frozen=True)
 class BackwardPlan:
     """``chunk``: rows of G per weights-kernel launch (and of the GEMMs that consume it); ``slab``: its
     columns per launch (all of them unless one block of rows of G does not fit the workspace; then the
     chunk's image gradient accumulates over slabs in fp32); ``covered``: the first columns whose text
-    gradient is accumulated in fp32 during the row pass (the rest come from the column pass);
-    ``workspace``: the bytes the plan may use (G, the statistics' partials, the split-K partials and their
-    sum, the slabs' fp32 accumulator, the covered columns' fp32 accumulator)."""
+    gradient is accumulated during the row pass (the rest come from the column pass); ``workspace``: the
+    bytes the plan may use (G, the statistics' partials, the split-K partials and their sum, the slabs'
+    fp32 accumulator, the covered columns' accumulator: ``acc_bytes`` per element)."""
 
     chunk: int
     slab: int
@@ -58,7 +71,8 @@ def backward_plan(
 ):
     """The chunk and the accumulator's coverage that minimise the modelled work within ``workspace`` bytes:
     FLOPs of the column pass for the uncovered columns (recomputation + its GEMM) plus the covered
-    columns' accumulation GEMM, at least its fp32 read-modify-write weighed at the ridge (one per chunk).
+    columns' accumulation GEMM, at least its read-modify-write (8 bytes per element: fp32, or the 16-bit
+    pair) weighed at the ridge (one per chunk) when the accumulator does not fit the usable L2.
     When not even one block of rows fits, G is cut in slabs of columns (at least one block of columns)."""
     block_m, block_n = block
     rows = max(m, n)
@@ -78,16 +92,24 @@ def backward_plan(
             slab = max(block_n, (workspace - 6 * chunk * dim * 4) // per_col // block_n * block_n)
             slab = min(slab, rows)
             g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats)
-        covered = 0
+        per = acc_bytes(esize) * dim
+        most = 0
         if need_t:
             left = max(0, workspace - g_bytes)
-            covered = n if 4 * n * dim <= left else (left // (4 * dim)) // block_n * block_n
-        uncovered = n - covered if need_t else 0
-        rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * 8.0 * covered * dim
-        cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
-        key = (cost, -chunk)
-        if best is None or key < best[0]:
-            best = (key, BackwardPlan(chunk, slab, covered, g_bytes + 4 * covered * dim))
+            most = n if per * n <= left else (left // per) // block_n * block_n
+        # Candidates: all that fits, none (with small chunks the accumulator's read-modify-write per chunk
+        # in HBM can cost more than recomputing in the column pass), and as much as stays in L2 (where
+        # the read-modify-write costs no HBM traffic).
+        in_l2 = min(most, int(L2_USABLE_BYTES // (4 * dim)) // block_n * block_n)
+        for covered in sorted({most, in_l2, 0}, reverse=True):
+            uncovered = n - covered if need_t else 0
+            rmw = 0.0
+            if 4.0 * covered * dim > L2_USABLE_BYTES:
+                rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * 8.0 * covered * dim
+            cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
+            key = (cost, -chunk, -covered)
+            if best is None or key < best[0]:
+                best = (key, BackwardPlan(chunk, slab, covered, g_bytes + per * covered))
     return best[1]
 
 
@@ -104,9 +126,10 @@ class Workspace:
         self.rows_acc = torch.empty((chunk, dim), dtype=torch.float32, device=dev) if slab < n else None
         self.one = torch.ones(1, dtype=torch.float32, device=dev)
 
-    def products(self, q, k, fill: Fill, rows: slice, alpha, out, acc, covered: int):
-        """For the rows ``rows`` of q: out = alpha G @ k (out's dtype) and acc[:covered] += G[:, :covered].T @
-        q[rows] (fp32); returns the sum of ``fill``'s statistics over the slabs (None if it returns none)."""
+    def products(self, q, k, fill: Fill, rows: slice, alpha, out, acc, covered: int, lo=None):
+        """For the rows ``rows`` of q: out = alpha G @ k (out's dtype) and acc[:covered] += alpha
+        G[:, :covered].T @ q[rows] (acc fp32, or the 16-bit pair (acc, lo)); returns the sum of ``fill``'s
+        statistics over the slabs (None if it returns none)."""
         n, slab = k.shape[0], self.plan.slab
         count = rows.stop - rows.start
         q_rows = q[rows]
@@ -123,36 +146,39 @@ class Workspace:
                 matmul(g, k[s0 : s0 + cols], self.one, self.rows_acc[:count], accumulate=s0 > 0)
             if acc is not None and s0 < covered:
                 width = min(covered, s0 + cols) - s0
-                matmul(g[:, :width].T, q_rows, self.one, acc[s0 : s0 + width], accumulate=True)
+                part_lo = lo[s0 : s0 + width] if lo is not None else None
+                matmul(g[:, :width].T, q_rows, alpha, acc[s0 : s0 + width], accumulate=True, lo=part_lo)
         if self.rows_acc is not None and slab < n:
             out.copy_(self.rows_acc[:count].mul_(alpha))
         return stats
 
-    def _rows(self, q, k, fill: Fill, alpha, out, acc, covered: int, start: int = 0):
+    def _rows(self, q, k, fill: Fill, alpha, out, acc, covered: int, start: int = 0, lo=None):
         """``products`` for every chunk of q's rows from ``start`` on; the sum of ``fill``'s statistics (None
         if it has none)."""
         stats = None
         for r0 in range(start, q.shape[0], self.plan.chunk):
             rows = slice(r0, min(r0 + self.plan.chunk, q.shape[0]))
-            part = self.products(q, k, fill, rows, alpha, out[rows], acc, covered)
+            part = self.products(q, k, fill, rows, alpha, out[rows], acc, covered, lo)
             if part is not None:
                 stats = part if stats is None else stats + part
         return stats
 
     def gradients(self, q, k, fill_rows: Fill, fill_cols: Fill, alpha, need_k: bool):
         """(dQ = alpha G @ K, dK = alpha G.T @ Q or None, the row pass's statistics) in the features' dtype:
-        the row pass (dQ stored per chunk, the first ``covered`` columns of dK accumulated in fp32), then
-        the column pass over the rest (``fill_cols`` writes G.T for rows of K against Q)."""
-        covered, dim = self.plan.covered, q.shape[1]
-        acc = torch.zeros((covered, dim), dtype=torch.float32, device=q.device) if covered else None
+        the row pass (dQ stored per chunk, the first ``covered`` columns of dK accumulated in dK itself, with
+        a 16-bit remainder LO for 16-bit features), then the column pass over the rest (``fill_cols`` writes
+        G.T for rows of K against Q)."""
+        covered, dim = self.plan.covered if need_k else 0, q.shape[1]
         d_q = torch.empty_like(q)
-        stats = self._rows(q, k, fill_rows, alpha, d_q, acc, covered)
+        d_k = torch.empty_like(k) if need_k else None
+        acc = d_k[:covered].zero_() if covered else None
+        lo = None
+        if covered and k.dtype != torch.float32:
+            lo = torch.zeros((covered, dim), dtype=k.dtype, device=k.device)
+        stats = self._rows(q, k, fill_rows, alpha, d_q, acc, covered, lo=lo)
         if not need_k:
             return d_q, None, stats
-        d_k = torch.empty_like(k)
-        if acc is not None:
-            d_k[:covered].copy_(acc.mul_(alpha))
-            del acc
+        del lo
         self._rows(k, q, fill_cols, alpha, d_k, None, 0, start=covered)
         return d_q, d_k, stats
 

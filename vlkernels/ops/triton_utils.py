@@ -139,6 +139,7 @@ def _matmul_kernel(
     a_ptr,
     b_ptr,
     c_ptr,
+    lo_ptr,
     alpha_ptr,
     M,
     N,
@@ -151,15 +152,21 @@ def _matmul_kernel(
     scs,
     scm,
     scn,
+    slm,
+    sln,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     ACCUMULATE: tl.constexpr,
+    SPLIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """C[split] (=|+=) alpha * A[:, ks] @ B[ks, :] for the program's split ks of K; fp32 accumulation.
-    Each output tile has one writer (no atomics); ACCUMULATE reads and writes it once per launch."""
+    Each output tile has one writer (no atomics); ACCUMULATE reads and writes it once per launch. SPLIT
+    (with ACCUMULATE): the running sum is held as C + LO, two tensors of C's (16-bit) dtype: C its value
+    rounded to nearest, LO the rounded remainder (about twice the bits of one 16-bit number), so that an
+    accumulator in the output's own dtype stands in for an fp32 one."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     pid_k = tl.program_id(2).to(tl.int64)
@@ -180,8 +187,14 @@ def _matmul_kernel(
     c_ptrs = c_ptr + pid_k * scs + offs_m[:, None] * scm + offs_n[None, :] * scn
     mask = mask_m[:, None] & mask_n[None, :]
     if ACCUMULATE:
-        acc += tl.load(c_ptrs, mask=mask, other=0.0)
-    tl.store(c_ptrs, round_to(acc, c_ptr.dtype.element_ty, UPCAST), mask=mask)
+        acc += tl.load(c_ptrs, mask=mask, other=0.0).to(tl.float32)
+        if SPLIT:
+            lo_ptrs = lo_ptr + offs_m[:, None] * slm + offs_n[None, :] * sln
+            acc += tl.load(lo_ptrs, mask=mask, other=0.0).to(tl.float32)
+    hi = round_to(acc, c_ptr.dtype.element_ty, UPCAST)
+    tl.store(c_ptrs, hi, mask=mask)
+    if SPLIT:
+        tl.store(lo_ptrs, round_to(acc - hi.to(tl.float32), c_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
 def matmul_config(dtype: torch.dtype, aligned: bool = True, accumulate: bool = False) -> dict:
@@ -219,15 +232,17 @@ def split_k(m: int, n: int, k: int, cfg: dict, sms: int) -> int:
     return max(1, min(most, (2 * sms) // tiles))
 
 
-def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
+def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     """``out = alpha * a @ b`` (written in ``out``'s dtype) or, with ``accumulate``, ``out += alpha * a @ b``
-    (``out`` fp32), with fp32 accumulation; ``a`` [M, K] and ``b`` [K, N] with any strides (transposed
-    views included), ``alpha`` a device scalar (no host sync). Without ``accumulate``, a product with few
-    output tiles is split along K into fp32 partials summed in a fixed order (deterministic; the partials'
-    ``split * M * N * 4`` bytes come from ``workspace``, a flat fp32 tensor, when given)."""
+    (``out`` fp32, or with ``lo`` a tensor like ``out`` in a 16-bit dtype: the running sum is out + lo, see
+    ``_matmul_kernel``'s SPLIT), with fp32 accumulation; ``a`` [M, K] and ``b`` [K, N] with any strides
+    (transposed views included), ``alpha`` a device scalar (no host sync). Without ``accumulate``, a
+    product with few output tiles is split along K into fp32 partials summed in a fixed order
+    (deterministic; the partials' ``split * M * N * 4`` bytes come from ``workspace``, a flat fp32 tensor,
+    when given)."""
     m, k = a.shape
     n = b.shape[1]
-    strides = (*a.stride(), *b.stride(), *out.stride())
+    strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
     cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides), accumulate)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     target = out
@@ -239,10 +254,12 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
             target = torch.empty((split, m, n), dtype=torch.float32, device=a.device)
     per = triton.cdiv(triton.cdiv(k, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
     grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
+    split_acc = accumulate and lo is not None
     _matmul_kernel[grid](
         a,
         b,
         target,
+        lo if split_acc else target,
         alpha,
         m,
         n,
@@ -255,7 +272,10 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None):
         target.stride(0) if split > 1 else 0,
         target.stride(-2),
         target.stride(-1),
+        lo.stride(0) if split_acc else 0,
+        lo.stride(1) if split_acc else 0,
         ACCUMULATE=accumulate,
+        SPLIT=split_acc,
         DOT_PREC=dot_precision(a.dtype),
         UPCAST=upcast(a.dtype),
         **cfg,
