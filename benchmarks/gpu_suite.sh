@@ -10,8 +10,8 @@
 #   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_ONE_CALL=1 fits everything but ncu into one 10-minute command (a 15-minute device budget: build 60 s,
-# tests on 4 workers 180 s, benchmarks 100 + 60 + 100 + 60 + 45 s): the contrastive loss at 32768 and 65536 against
-# open_clip only, no distributed run.
+# tests on 4 workers 180 s, benchmarks 100 + 40 + 100 + 60 + 45 s): the contrastive loss at 32768 and 65536 against
+# open_clip only (and at 65536 with a 1 GiB workspace), no distributed run.
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
 set -uo pipefail
 OUT=${1:?usage: gpu_suite.sh OUT_DIR}
@@ -90,6 +90,12 @@ if [ "$ONE_CALL" = 1 ] && [ "$QUICK" != 1 ]; then
   BC_S=100
 fi
 timeout "${BC_S:-180}" python3 -m benchmarks.bench_contrastive --device "$DEVICE" "${BC[@]}" --out "$OUT/contrastive.json"
+if [ "$ONE_CALL" = 1 ] && [ "$QUICK" != 1 ]; then
+  # The workspace budget's effect on the G-chunk backward (default 256 MiB above): 1 GiB covers every column.
+  VLKERNELS_WORKSPACE_MB=1024 timeout 40 python3 -m benchmarks.bench_contrastive --device "$DEVICE" \
+    --batch-sizes 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls triton --max-flops 2e17 \
+    --out "$OUT/contrastive_workspace_1024.json"
+fi
 if [ "$QUICK" != 1 ] && [ "$ONE_CALL" != 1 ]; then
   # The sizes the issue is about, against the fastest baseline only (the others take seconds a step there).
   timeout 90 python3 -m benchmarks.bench_contrastive --device "$DEVICE" --batch-sizes 65536 131072 --dims 1024 \
