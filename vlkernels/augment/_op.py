@@ -125,53 +125,10 @@ def run(
     images: list[torch.Tensor] | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    if out is not None:
-        _register()
-        torch.ops.vlkernels.fused_augment.out(
-            data,
-            offsets,
-            sizes,
-            hwc,
-            boxes,
-            flip,
-            factors,
-            order,
-            gray,
-            mean,
-            std,
-            out_h,
-            out_w,
-            out_dtype,
-            check,
-            solarize,
-            channels_last,
-            interpolation,
-            blur_sigma,
-            source,
-            images,
-            out=out,
-        )
-        return out
-    return op()(
-        data,
-        offsets,
-        sizes,
-        hwc,
-        boxes,
-        flip,
-        factors,
-        order,
-        gray,
-        mean,
-        std,
-        out_h,
-        out_w,
-        out_dtype,
-        check,
-        solarize,
-        channels_last,
-        interpolation,
-        blur_sigma,
-        source,
-        images,
-    )
+    args = (data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, out_dtype)
+    args += (check, solarize, channels_last, interpolation, blur_sigma, source, images)
+    if out is None:
+        return op()(*args)
+    op()  # registers the overload with the extension
+    torch.ops.vlkernels.fused_augment.out(*args, out=out)
+    return out
