@@ -299,5 +299,20 @@ VLK_HD OpPlan plan_ops(const float* factors, const int64_t* order) {
   return plan;
 }
 
+// Rows per band of the CUDA kernel's grid (outputs x bands) for n outputs of out_h x out_w on a GPU
+// with `slots` resident blocks (SMs x blocks per SM): all rows (one band) when the n blocks fill the
+// slots, else enough bands to fill them, each of at least min_band_pixels pixels (so that a block
+// never gets less work than its set-up), at most 65535 bands (gridDim.y). Host code; the bands cover
+// rows [0, out_h) exactly: ceil(out_h / rows) bands, the last possibly shorter.
+inline int64_t band_rows_for(int64_t n, int64_t out_h, int64_t out_w, int64_t slots, int64_t min_band_pixels) {
+  if (n >= slots) return out_h;
+  const int64_t want = (slots + n - 1) / n;
+  const int64_t min_rows = (min_band_pixels + out_w - 1) / out_w;
+  const int64_t most = out_h / min_rows > 1 ? out_h / min_rows : 1;
+  int64_t bands = want < most ? want : most;
+  bands = bands < 65535 ? bands : 65535;
+  return (out_h + bands - 1) / bands;
+}
+
 }  // namespace augment
 }  // namespace vlkernels

@@ -206,6 +206,30 @@ def test_cuda_op_large_downscales_every_tap_table_tier(size, interpolation):
     assert_close01(gpu.cpu(), cpu)
 
 
+@pytest.mark.parametrize("n", [1, 3, 64])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
+def test_cuda_op_small_batches_split_into_bands_equal_cpu_op(n, out_dtype):
+    # Below the GPU's resident block slots (132 on an H100) each output is split into bands of rows,
+    # one block each (csrc/augment.h band_rows_for: 64 images at 224 x 224 -> 3 bands of 75 rows, one
+    # image -> 21 of 11); images with contrast or blur are done whole by their band-0 block. A mix of
+    # both kinds, every band compared with the CPU op.
+    imgs = images_of("list", [(300 + 7 * i, 280 - 3 * i) for i in range(n)], seed=42)
+    p = params_with(imgs, seed=43, **ONLY["all"], blur_p=0.3)
+    whole = (p.factors()[:, 1] != 1) | (p.blur_sigma > 0)
+    if n == 64:
+        assert whole.any() and (~whole).any()
+    if n == 1:
+        p = params_with(imgs, seed=43, **ONLY["crop"])  # open_clip's recipe: a crop only, in bands
+    for size in [(224, 224), (97, 300), (4100, 1)]:
+        kw = dict(params=p, out_dtype=out_dtype, interpolation="bicubic")
+        cpu = fused_augment(imgs, size, impl="cpu", **kw)
+        gpu = fused_augment(to_cuda(imgs), size, impl="cuda", **dict(kw, params=p.to("cuda")))
+        if out_dtype == torch.uint8:
+            assert (gpu.cpu().int() - cpu.int()).abs().max() <= 1
+        else:
+            assert_close01(gpu.cpu(), cpu)
+
+
 def test_cuda_op_on_a_non_default_stream():
     imgs = images_of("nhwc", [(64, 80)] * 4, seed=36).cuda()
     p = params_with(imgs.cpu(), seed=37, **ONLY["all_strong"]).to("cuda")

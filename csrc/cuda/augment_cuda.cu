@@ -1,8 +1,13 @@
 // Fused augmentation, CUDA kernel (registered as vlkernels::fused_augment for the CUDA key).
 //
-// One launch for the whole (ragged) batch: one thread block per output image (output m reads input
-// image source[m] when the op gets a source index: several views of one image share its bytes),
-// parameters read from device tensors, so nothing waits on the host per image. The block first builds
+// One launch for the whole (ragged) batch: a grid of outputs x row bands (output m reads input image
+// source[m] when the op gets a source index: several views of one image share its bytes), parameters
+// read from device tensors, so nothing waits on the host per image. A batch large enough to fill the
+// GPU runs one band (one block per output image); a smaller one splits each output into up to
+// `bands` bands of rows, one block each, so that the SMs are not left idle (a block still computes
+// every pixel from the source: the split changes no value). Images that need the whole output in one
+// block (contrast's mean, the blur's neighbourhoods; device values, known only in the kernel) are
+// done by their band-0 block, the other bands' blocks exit at once. The block first builds
 // the antialiased tap tables of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU
 // kernel; up to 24 taps per pixel at a 224 x 224 output, 8 up to out_h + out_w = 1225: beyond that
 // downscale or size the taps are evaluated on the fly, in float). Each thread computes output pixels directly from the uint8 source (rows then columns: the
@@ -35,7 +40,7 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 98 registers per
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 100 registers per
 // thread: one block per SM (25% occupancy). __launch_bounds__(kThreads, 2) caps it at 64 registers
 // but spills (104 B stored, 212 B loaded per thread); which of the two is faster is a GPU measurement
 // still owed.
@@ -206,11 +211,14 @@ __global__ void __launch_bounds__(kThreads)
                          const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
                          const int64_t* __restrict__ source, int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
-                         bool channels_last,
+                         bool channels_last, int64_t band_rows,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
-  // Block n computes output n, from image s = source[n] (or n without a source index).
+  // Block (n, band) computes rows [band * band_rows, (band + 1) * band_rows) of output n, from image
+  // s = source[n] (or n without a source index); band 0 computes all rows of an output that needs the
+  // whole image in one block.
   const int64_t n = blockIdx.x;
+  const int64_t band = blockIdx.y;
   const int64_t npix = oh * ow;
   out_t* o = out + n * 3 * npix;
   // The host checks the values (check_augment_values) unless the caller vouched for them (check=False,
@@ -220,6 +228,7 @@ __global__ void __launch_bounds__(kThreads)
   const float sigma = blur_sigma != nullptr ? blur_sigma[n] : 0.0f;
   if (check_output(numel, n_images, source, n, offsets, sizes, boxes + 4 * n, order + 4 * n, factors + 4 * n,
                    sigma) != kSampleOk) {
+    if (band != 0) return;
     // (uint8 output has no NaN: an invalid image comes out 0 there.)
     for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) {
       if constexpr (std::is_same_v<out_t, uint8_t>) {
@@ -246,9 +255,18 @@ __global__ void __launch_bounds__(kThreads)
   const bool to_gray = gray[n] != 0;
   const bool to_solar = solar[n] != 0;
   const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
+  const bool blur = sigma > 0.0f;
+  // Block-uniform (one output per block), so every return below happens before any barrier.
+  const bool whole = plan.needs_mean || blur;
+  if (whole && band != 0) return;
   // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
   const int npix32 = static_cast<int>(npix);
   const int ow32 = static_cast<int>(ow);
+  // This block's pixels [p0, p1): its band's rows, or all of them.
+  const int64_t row1 = (band + 1) * band_rows;
+  const int p0 = whole ? 0 : static_cast<int>(band * band_rows) * ow32;
+  const int p1 = whole ? npix32 : static_cast<int>(row1 < oh ? row1 : oh) * ow32;
+  if (p0 >= p1) return;
   // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
   const bool tables = max_taps(im.cw, ow, interp) <= table_taps && max_taps(im.ch, oh, interp) <= table_taps;
   const Tables tab = carve_tables(smem, oh, ow, table_taps);
@@ -292,9 +310,10 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
-  const bool blur = sigma > 0.0f;
   float* ws = blur ? workspace + n * ws_stride : nullptr;
-  for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
+  // (Counted from 0, not from p0: ptxas gives the loop 17 more registers otherwise.)
+  for (int q = threadIdx.x; q < p1 - p0; q += blockDim.x) {
+    const int p = p0 + q;
     float r, g, b;
     pixel(im, tables, tab, oh, ow, p / ow32, p % ow32, r, g, b);
     // (A plan kept in local memory, L1-cached: unrolling it into registers doubles the register count
@@ -366,6 +385,20 @@ __global__ void __launch_bounds__(kThreads)
 // Shared memory a block may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
 constexpr size_t kDefaultSmem = 48 * 1024;
 
+// The fewest output pixels a band gives one block (4 per thread), so that splitting a small batch into
+// bands never leaves a block with less work than its table set-up.
+constexpr int64_t kMinBandPixels = 4 * kThreads;
+
+// The band split of a launch of fused_augment_kernel<out_t> with `smem` bytes of dynamic shared memory.
+template <typename out_t>
+int64_t band_rows_of_launch(int64_t n, int64_t out_h, int64_t out_w, size_t smem, int device) {
+  int sms = 0, per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_augment_kernel<out_t>, kThreads, smem));
+  return band_rows_for(n, out_h, out_w, static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1), kMinBandPixels);
+}
+
 // The kernel's static shared memory, as compiled (asked once per instantiation).
 template <typename out_t>
 size_t static_smem_bytes() {
@@ -399,7 +432,7 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   // AugmentParams.validate, so the normal path never waits on the host. The kernel's guard
   // (check_sample) keeps even an unchecked call in bounds.
   if (check) check_augment_values_via_host(a);
-  const int64_t n = a.m;  // one block per output
+  const int64_t n = a.m;  // outputs: the grid is n x bands
   TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 outputs per call");
   at::Tensor out = make_output(a, out_h, out_w, out_dtype, channels_last, out_arg);
   // Blur workspace per image: two float images [3, out_h, out_w] and the taps (2 out_w - 1 and
@@ -408,7 +441,6 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   const bool blur = a.blur.defined();
   const int64_t ws_stride = blur ? 6 * out_h * out_w + 2 * (out_h + out_w) : 0;
   const at::Tensor workspace = at::empty({blur ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
-  const dim3 grid(static_cast<unsigned int>(n));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Tap tables in shared memory: the most taps (kTapChoices) whose tables fit the default 48 KiB
   // together with the kernel's static shared memory (the reduction's warp sums): static + dynamic must
@@ -439,7 +471,10 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   }
   const size_t smem = table_taps > 0 ? table_bytes(out_h, out_w, table_taps) : 0;
 #define VLK_LAUNCH(T)                                                                                   \
-  fused_augment_kernel<T><<<grid, kThreads, smem, stream>>>(                           \
+  band_rows = band_rows_of_launch<T>(n, out_h, out_w, smem, a.data.get_device());                    \
+  fused_augment_kernel<T><<<dim3(static_cast<unsigned int>(n),                                       \
+                                 static_cast<unsigned int>((out_h + band_rows - 1) / band_rows)),    \
+                            kThreads, smem, stream>>>(                                               \
       a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                        \
       a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                    \
       static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
@@ -447,7 +482,9 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
       static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,     \
       a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr, a.n, a.interp,                      \
       blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1],          \
-      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, out.data_ptr<T>())
+      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, band_rows,   \
+      out.data_ptr<T>())
+  int64_t band_rows = out_h;
   switch (out_dtype) {
     case at::kFloat:
       VLK_LAUNCH(float);

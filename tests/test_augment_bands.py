@@ -1,0 +1,80 @@
+"""The CUDA kernel's band split (csrc/augment.h: band_rows_for), checked on the host.
+
+A batch smaller than the GPU's resident block slots is split into bands of output rows, one block
+each (images that need the whole output in one block, contrast or blur, are done by band 0). The
+split is host code shared with the CUDA launcher; this compiles it with the C++ compiler (no GPU) and
+checks, over a grid of shapes: one band when the batch fills the slots; otherwise enough bands to fill
+them where the output allows, never a band below the minimum pixel count (unless there is one band),
+the bands tile rows [0, out_h) exactly, at most 65535 of them. The split's values on a GPU (every band
+of every output equal to the CPU op) are tests/test_gpu_augment.py's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HARNESS = r"""
+#include <cstdio>
+#include "augment.h"
+int main() {
+  const long long ns[] = {1, 2, 3, 5, 64, 131, 132, 133, 1000};
+  const long long sizes[][2] = {{224, 224}, {1, 1}, {17, 9}, {9, 17}, {1, 5000}, {5000, 1}, {613, 613},
+                                {2000000, 1}, {3, 2048}};
+  const long long slots[] = {1, 132, 264, 1056};
+  for (long long n : ns)
+    for (const auto& s : sizes)
+      for (long long k : slots)
+        std::printf("%lld %lld %lld %lld %lld\n", n, s[0], s[1], k,
+                    (long long)vlkernels::augment::band_rows_for(n, s[0], s[1], k, 2048));
+  return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory):
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    d = tmp_path_factory.mktemp("bands")
+    (d / "h.cpp").write_text(HARNESS)
+    exe = d / "h"
+    subprocess.run([cxx, "-std=c++17", "-O1", "-I", os.path.join(ROOT, "csrc"), str(d / "h.cpp"), "-o", str(exe)],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=60).stdout
+    return [tuple(int(v) for v in line.split()) for line in out.splitlines()]
+
+
+def test_band_split_properties(splits):
+    assert len(splits) == 9 * 9 * 4
+    for n, oh, ow, slots, rows in splits:
+        where = dict(n=n, out_h=oh, out_w=ow, slots=slots, rows=rows)
+        assert 1 <= rows <= oh, where
+        bands = -(-oh // rows)
+        assert bands <= 65535, where
+        assert (bands - 1) * rows < oh <= bands * rows, where  # the bands tile the rows, none empty
+        if n >= slots:
+            assert bands == 1, where
+            continue
+        min_rows = -(-2048 // ow)
+        if bands > 1:
+            assert rows >= min_rows, where  # no band below the minimum work
+        # Bands enough to fill the slots (ceil(slots / n)), or as many as the minimum work allows
+        # (oh // min_rows), rounded to whole rows (so up to a few bands fewer).
+        want = min(-(-slots // n), 65535, max(1, oh // min_rows))
+        assert rows <= -(-oh // want), where
+        assert bands >= want - (want * want) // oh - 1, where
+
+
+def test_band_split_examples(splits):
+    table = {(n, oh, ow, k): rows for n, oh, ow, k, rows in splits}
+    assert table[(1000, 224, 224, 132)] == 224  # a full batch: one block per image, as before
+    assert table[(64, 224, 224, 132)] == 75  # 3 bands of 75, 75, 74 rows: 192 blocks
+    assert table[(1, 224, 224, 132)] == 11  # 21 bands: 22 at most of >= 10 rows (2048 pixels), in whole rows
+    assert table[(1, 17, 9, 132)] == 17  # too small to split
