@@ -175,15 +175,23 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     b = as_batch(images)
     op_args = (b.data, b.offsets, b.sizes, b.hwc, params.boxes, params.flip, params.factors(), params.order)
     op_args += (params.grayscale, list(CLIP_MEAN), list(CLIP_STD), size, size)
+    # cuda_direct: the same op with the separable passes off (every pixel sums its nx x ny taps), the
+    # design the separable passes replaced, timed in the same run.
     variants = [
         ("cuda", torch.float32, lambda: _op.run(*op_args, torch.float32, check=False)),
+        ("cuda_direct", torch.float32, lambda: _op.run(*op_args, torch.float32, check=False)),
         ("cuda_bf16", torch.bfloat16, lambda: _op.run(*op_args, torch.bfloat16, check=False)),
         ("cuda_sampling", torch.float32, lambda: fused_augment(images, size, generator=gen, impl="cuda")),
     ]
     for impl, dtype, fn in variants:
         out_bytes = args.batch * 3 * size * size * torch.empty(0, dtype=dtype).element_size()
         floor_ms = (in_bytes + out_bytes) / bw * 1e3
-        t = timing(fn, dev, reps)
+        if impl == "cuda_direct":
+            os.environ["VLKERNELS_AUGMENT_SEPARABLE"] = "0"
+        try:
+            t = timing(fn, dev, reps)
+        finally:
+            os.environ.pop("VLKERNELS_AUGMENT_SEPARABLE", None)
         row(
             impl,
             args.batch,

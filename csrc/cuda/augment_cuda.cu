@@ -7,16 +7,19 @@
 // `bands` bands of rows, one block each, so that the SMs are not left idle (a block still computes
 // every pixel from the source: the split changes no value). Images that need the whole output in one
 // block (contrast's mean, the blur's neighbourhoods; device values, known only in the kernel) are
-// done by their band-0 block, the other bands' blocks exit at once. The block first builds
-// the antialiased tap tables of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU
-// kernel; up to 24 taps per pixel at a 224 x 224 output, 8 up to out_h + out_w = 1225: beyond that
-// downscale or size the taps are evaluated on the fly, in float). Each thread computes output pixels directly from the uint8 source (rows then columns: the
-// association of the CPU kernel's separable passes; bicubic values clamped to [0, 1]), applies the
-// colour ops, grayscale, solarize and normalisation, and writes the three planes (coalesced along the
+// done by their band-0 block, the other bands' blocks exit at once. The block first builds the
+// antialiased tap tables of its crop in shared memory (aa_weights, bilinear or bicubic, as the CPU
+// kernel; up to 24 taps per pixel at a 224 x 224 output, 8 up to out_h + out_w = 1225). With the tables it
+// resamples in two separable passes through a shared-memory row buffer (for_each_pixel: source rows
+// resampled along x into the buffer, then summed along y: (rows / out rows) x nx + ny taps per pixel);
+// beyond the tables' downscale or size each pixel sums its nx x ny taps straight from the source, the
+// taps evaluated on the fly in float. Both ways sum rows then columns (the association of the CPU
+// kernel's separable passes; bicubic values clamped to [0, 1]). Each thread then applies the colour ops,
+// grayscale, solarize and normalisation to its pixels and writes the three planes (coalesced along the
 // row). Contrast needs the gray mean of the image as it stands just before contrast: blocks of images
 // with an active contrast run a first pass that recomputes the pixels up to that op and reduces the
-// mean in shared memory (recomputing is cheaper than a round trip of a float image through global
-// memory).
+// mean (a round trip of the float image through global memory would move 24 bytes a pixel, twice the
+// float32 output; keeping it on chip needs 602 KB at 224 x 224, more than an SM's shared memory).
 // Gaussian blur needs the neighbourhood of every pixel after the colour ops: blocks of blurred images
 // write the colour-processed image to a global-memory workspace (a [3, oh, ow] float image does not fit
 // in shared memory at the usual sizes: 602 KB at 224 x 224), blur its rows into a second workspace
@@ -31,6 +34,9 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "augment.h"
@@ -40,7 +46,7 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 100 registers per
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 117 registers per
 // thread: one block per SM (25% occupancy). __launch_bounds__(kThreads, 2) caps it at 64 registers
 // but spills (104 B stored, 212 B loaded per thread); which of the two is faster is a GPU measurement
 // still owed.
@@ -164,6 +170,11 @@ size_t table_bytes(int64_t oh, int64_t ow, int taps) {
   return static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int));
 }
 
+// table_bytes rounded up to 16: where the separable passes' row buffer starts.
+__host__ __device__ __forceinline__ size_t table_bytes_aligned(int64_t oh, int64_t ow, int taps) {
+  return (static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int)) + 15) / 16 * 16;
+}
+
 // Output pixel (i, j) of the image, resampled: from the tables or with on-the-fly taps.
 __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables& t, int64_t oh, int64_t ow,
                                       int i, int j, float& r, float& g, float& b) {
@@ -175,6 +186,80 @@ __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables
     const Axis ay(im.ch, oh, i, im.interp);
     const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j, im.interp);
     resample(im, ay, ax, r, g, b);
+  }
+}
+
+// Visits the output pixels of rows [row0, row1) of an image, resampled, as emit(p, r, g, b) with p the
+// pixel's row-major index. Two ways, chosen per block (block-uniform, so the barriers are safe):
+// - separable, when the tap tables are in shared memory and the row buffer holds buf_rows >= the
+//   taps of a row: output rows in chunks whose source rows fit the buffer; a horizontal pass resamples
+//   each source row of the chunk into the buffer (float [row][channel][ow], the column taps of every
+//   output column), then a vertical pass sums the buffered rows with the row taps. Per output pixel
+//   (source rows / output rows) x nx + ny taps instead of nx x ny; the same products and the same order
+//   of summation as the direct way (each source row's column sum first, then the rows), so the same
+//   values.
+// - direct otherwise: every pixel sums its ny x nx taps from the source (on-the-fly taps without tables).
+template <typename Emit>
+__device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, const Tables& t, float* buf,
+                                               int buf_rows, int oh, int ow, int row0, int row1, Emit&& emit) {
+  if (!tables || buf_rows <= 0) {
+    // (Counted from 0, not from row0 * ow: ptxas gives the loop 17 more registers otherwise.)
+    const int p0 = row0 * ow;
+    for (int q = threadIdx.x; q < (row1 - row0) * ow; q += blockDim.x) {
+      const int p = p0 + q;
+      float r, g, b;
+      pixel(im, tables, t, oh, ow, p / ow, p % ow, r, g, b);
+      emit(p, r, g, b);
+    }
+    return;
+  }
+  for (int i0 = row0; i0 < row1;) {
+    // The chunk [i0, i1): the most rows whose source rows [y0, y1) fit the buffer (the rows' first and
+    // last taps grow with i, so the last row bounds them; one row always fits: ny <= taps <= buf_rows).
+    const int y0 = t.loy[i0];
+    int i1 = i0 + 1;
+    while (i1 < row1 && t.loy[i1] + t.ny[i1] - y0 <= buf_rows) ++i1;
+    const int nrows = t.loy[i1 - 1] + t.ny[i1 - 1] - y0;
+    for (int q = threadIdx.x; q < nrows * ow; q += blockDim.x) {
+      const int y = q / ow, j = q % ow;
+      const uint8_t* row = im.src + (im.top + y0 + y) * im.sy + (im.left + t.lox[j]) * im.sx;
+      float rr = 0.0f, rg = 0.0f, rb = 0.0f;
+      const int nx = t.nx[j];
+      for (int kx = 0; kx < nx; ++kx) {
+        const float wx = t.wx[kx * ow + j];
+        const uint8_t* p = row + kx * im.sx;
+        rr += wx * static_cast<float>(__ldg(p));
+        rg += wx * static_cast<float>(__ldg(p + im.sc));
+        rb += wx * static_cast<float>(__ldg(p + 2 * im.sc));
+      }
+      float* o = buf + 3 * y * ow + j;
+      o[0] = rr;
+      o[ow] = rg;
+      o[2 * ow] = rb;
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < (i1 - i0) * ow; q += blockDim.x) {
+      const int i = i0 + q / ow, j = q % ow;
+      const int ny = t.ny[i];
+      const float* h = buf + 3 * (t.loy[i] - y0) * ow + j;
+      float ar = 0.0f, ag = 0.0f, ab = 0.0f;
+      for (int ky = 0; ky < ny; ++ky) {
+        const float wy = t.wy[ky * oh + i];
+        ar += wy * h[0];
+        ag += wy * h[ow];
+        ab += wy * h[2 * ow];
+        h += 3 * ow;
+      }
+      float r = ar / 255.0f, g = ag / 255.0f, b = ab / 255.0f;
+      if (im.interp == kBicubic) {  // as resample()
+        r = clamp01(r);
+        g = clamp01(g);
+        b = clamp01(b);
+      }
+      emit(i * ow + j, r, g, b);
+    }
+    __syncthreads();  // the next chunk overwrites the buffer
+    i0 = i1;
   }
 }
 
@@ -211,7 +296,7 @@ __global__ void __launch_bounds__(kThreads)
                          const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
                          const int64_t* __restrict__ source, int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
-                         bool channels_last, int64_t band_rows,
+                         bool channels_last, int64_t band_rows, int buf_rows,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   // Block (n, band) computes rows [band * band_rows, (band + 1) * band_rows) of output n, from image
@@ -263,13 +348,16 @@ __global__ void __launch_bounds__(kThreads)
   const int npix32 = static_cast<int>(npix);
   const int ow32 = static_cast<int>(ow);
   // This block's pixels [p0, p1): its band's rows, or all of them.
-  const int64_t row1 = (band + 1) * band_rows;
-  const int p0 = whole ? 0 : static_cast<int>(band * band_rows) * ow32;
-  const int p1 = whole ? npix32 : static_cast<int>(row1 < oh ? row1 : oh) * ow32;
-  if (p0 >= p1) return;
+  const int oh32 = static_cast<int>(oh);
+  const int64_t band_end = (band + 1) * band_rows;
+  const int row0 = whole ? 0 : static_cast<int>(band * band_rows);
+  const int row1 = whole ? oh32 : static_cast<int>(band_end < oh ? band_end : oh);
+  if (row0 >= row1) return;
   // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
   const bool tables = max_taps(im.cw, ow, interp) <= table_taps && max_taps(im.ch, oh, interp) <= table_taps;
   const Tables tab = carve_tables(smem, oh, ow, table_taps);
+  // The separable passes' row buffer: after the tables (16-byte aligned), buf_rows x 3 x ow floats.
+  float* buf = reinterpret_cast<float*>(smem + table_bytes_aligned(oh, ow, table_taps));
   if (tables) {
     int64_t lo;
     for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
@@ -288,12 +376,10 @@ __global__ void __launch_bounds__(kThreads)
   float gmean = 0.0f;
   if (plan.needs_mean) {
     float part = 0.0f;
-    for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
-      float r, g, b;
-      pixel(im, tables, tab, oh, ow, p / ow32, p % ow32, r, g, b);
+    for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, 0, oh32, [&](int, float r, float g, float b) {
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       part += gray_of(r, g, b);
-    }
+    });
     double sum = part;
     for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
     __shared__ double warp_sums[kThreads / 32];
@@ -311,11 +397,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
   float* ws = blur ? workspace + n * ws_stride : nullptr;
-  // (Counted from 0, not from p0: ptxas gives the loop 17 more registers otherwise.)
-  for (int q = threadIdx.x; q < p1 - p0; q += blockDim.x) {
-    const int p = p0 + q;
-    float r, g, b;
-    pixel(im, tables, tab, oh, ow, p / ow32, p % ow32, r, g, b);
+  for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
     // (A plan kept in local memory, L1-cached: unrolling it into registers doubles the register count
     // to ~123 and halves the blocks resident per SM.)
     for (int k = 0; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
@@ -332,7 +414,7 @@ __global__ void __launch_bounds__(kThreads)
     } else {
       store(o, p, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
     }
-  }
+  });
   if (!blur) return;
   // Workspace of a blurred image: [3, oh, ow] colour-processed, [3, oh, ow] rows blurred, then the
   // horizontal and vertical Gaussian taps (2 rx + 1 and 2 ry + 1 floats).
@@ -385,19 +467,14 @@ __global__ void __launch_bounds__(kThreads)
 // Shared memory a block may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
 constexpr size_t kDefaultSmem = 48 * 1024;
 
+// Shared memory (static + dynamic) a block takes at most with the separable passes' row buffer: 160 KiB
+// of the H100's 256 KiB of L1 + shared memory per SM leaves ~96 KiB of L1 for the source gathers
+// (69 buffered rows of a 224-wide output fit the whole 227 KiB opt-in limit, 43 this budget).
+constexpr size_t kSmemBudget = 160 * 1024;
+
 // The fewest output pixels a band gives one block (4 per thread), so that splitting a small batch into
 // bands never leaves a block with less work than its table set-up.
 constexpr int64_t kMinBandPixels = 4 * kThreads;
-
-// The band split of a launch of fused_augment_kernel<out_t> with `smem` bytes of dynamic shared memory.
-template <typename out_t>
-int64_t band_rows_of_launch(int64_t n, int64_t out_h, int64_t out_w, size_t smem, int device) {
-  int sms = 0, per_sm = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_augment_kernel<out_t>, kThreads, smem));
-  return band_rows_for(n, out_h, out_w, static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1), kMinBandPixels);
-}
 
 // The kernel's static shared memory, as compiled (asked once per instantiation).
 template <typename out_t>
@@ -408,6 +485,56 @@ size_t static_smem_bytes() {
     return attr.sharedSizeBytes;
   }();
   return bytes;
+}
+
+// The launch of fused_augment_kernel<out_t> for n outputs: its dynamic shared memory (the tap tables,
+// then the separable passes' row buffer), the rows of the buffer (0: no separable passes) and the rows
+// per band of the grid.
+struct LaunchPlan {
+  size_t smem;
+  int buf_rows;
+  int64_t band_rows;
+};
+
+// Whether the separable passes are on: VLKERNELS_AUGMENT_SEPARABLE=0 turns them off (every pixel summed
+// directly), so that a GPU run can compare both ways, bitwise and in time (read on every launch).
+bool separable_enabled() {
+  const char* v = std::getenv("VLKERNELS_AUGMENT_SEPARABLE");
+  return v == nullptr || std::string(v) != "0";
+}
+
+template <typename out_t>
+LaunchPlan plan_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, int device) {
+  LaunchPlan lp{table_taps > 0 ? table_bytes(out_h, out_w, table_taps) : 0, 0, out_h};
+  const size_t static_smem = static_smem_bytes<out_t>();
+  if (table_taps > 0 && separable_enabled()) {
+    // The row buffer takes what kSmemBudget (or the device's opt-in limit) leaves after the tables (one
+    // resident block per SM already, by its registers): the more source rows it holds, the fewer chunks
+    // restart the passes. It must hold the taps of one output row (ny <= table_taps), else no separable
+    // passes.
+    int optin = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    const size_t limit = std::min(static_cast<size_t>(optin), kSmemBudget);
+    const size_t tables = table_bytes_aligned(out_h, out_w, table_taps);
+    const size_t row = 3 * sizeof(float) * static_cast<size_t>(out_w);
+    const size_t room = limit > static_smem + tables ? limit - static_smem - tables : 0;
+    const size_t rows = std::min<size_t>(room / row, 1 << 20);
+    if (rows >= static_cast<size_t>(table_taps)) {
+      lp.buf_rows = static_cast<int>(rows);
+      lp.smem = tables + rows * row;
+      // Above the default 48 KiB a kernel needs this attribute; set to the same bound on every call (no
+      // race between host threads launching different sizes).
+      C10_CUDA_CHECK(cudaFuncSetAttribute(fused_augment_kernel<out_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(limit - static_smem)));
+    }
+  }
+  int sms = 0, per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_augment_kernel<out_t>, kThreads, lp.smem));
+  lp.band_rows = band_rows_for(n, out_h, out_w, static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1),
+                               kMinBandPixels);
+  return lp;
 }
 
 at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
@@ -443,10 +570,9 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   const at::Tensor workspace = at::empty({blur ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Tap tables in shared memory: the most taps (kTapChoices) whose tables fit the default 48 KiB
-  // together with the kernel's static shared memory (the reduction's warp sums): static + dynamic must
-  // fit without the opt-in attribute (8 taps: outputs up to out_h + out_w = 1225 at 40 B per pixel of the
-  // two axes and 128 B static; 24 taps: out_h + out_w <= 471 at 104 B). 48 KiB also keeps four
-  // 512-thread blocks per SM.
+  // together with the kernel's static shared memory (the reduction's warp sums) (8 taps: outputs up to
+  // out_h + out_w = 1225 at 40 B per pixel of the two axes and 144 B static; 24 taps: out_h + out_w <= 471
+  // at 104 B); the separable passes' row buffer comes on top, up to the device's opt-in limit.
   size_t static_smem = 0;
   switch (out_dtype) {
     case at::kFloat:
@@ -469,22 +595,22 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
       break;
     }
   }
-  const size_t smem = table_taps > 0 ? table_bytes(out_h, out_w, table_taps) : 0;
 #define VLK_LAUNCH(T)                                                                                   \
-  band_rows = band_rows_of_launch<T>(n, out_h, out_w, smem, a.data.get_device());                    \
-  fused_augment_kernel<T><<<dim3(static_cast<unsigned int>(n),                                       \
-                                 static_cast<unsigned int>((out_h + band_rows - 1) / band_rows)),    \
-                            kThreads, smem, stream>>>(                                               \
-      a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                        \
-      a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                    \
-      static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                      \
-      a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                     \
-      static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,     \
-      a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr, a.n, a.interp,                      \
-      blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1],          \
-      a.mean[2], a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, band_rows,   \
-      out.data_ptr<T>())
-  int64_t band_rows = out_h;
+  {                                                                                                    \
+    const LaunchPlan lp = plan_launch<T>(n, out_h, out_w, table_taps, a.data.get_device());            \
+    const dim3 grid(static_cast<unsigned int>(n),                                                      \
+                    static_cast<unsigned int>((out_h + lp.band_rows - 1) / lp.band_rows));             \
+    fused_augment_kernel<T><<<grid, kThreads, lp.smem, stream>>>(                                      \
+        a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                     \
+        a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                 \
+        static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                   \
+        a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                  \
+        static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,  \
+        a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr, a.n, a.interp,                   \
+        blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],      \
+        a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows,           \
+        lp.buf_rows, out.data_ptr<T>());                                                               \
+  }
   switch (out_dtype) {
     case at::kFloat:
       VLK_LAUNCH(float);
