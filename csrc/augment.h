@@ -299,6 +299,18 @@ VLK_HD OpPlan plan_ops(const float* factors, const int64_t* order) {
   return plan;
 }
 
+// About the taps one output pixel sums directly, (2 support_y) x (2 support_x) for a ch x cw crop to
+// oh x ow: the CUDA kernel resamples an image through its separable passes when this is at least
+// kSeparableMinTaps (bicubic always, bilinear from about 1.7x downscales: below that the buffer's
+// stores and reloads cost about what they save; benchmarks/augment_cost_model.py).
+constexpr float kSeparableMinTaps = 12.0f;
+VLK_HD float taps_product(int64_t ch, int64_t oh, int64_t cw, int64_t ow, int interp) {
+  const float half = interp == kBicubic ? 2.0f : 1.0f;
+  const float sy = static_cast<float>(ch) / static_cast<float>(oh);
+  const float sx = static_cast<float>(cw) / static_cast<float>(ow);
+  return (2.0f * half * vmax(sy, 1.0f)) * (2.0f * half * vmax(sx, 1.0f));
+}
+
 // Rows per band of the CUDA kernel's grid (outputs x bands) for n outputs of out_h x out_w on a GPU
 // with `slots` resident blocks (SMs x blocks per SM): all rows (one band) when the n blocks fill the
 // slots, else enough bands to fill them, each of at least min_band_pixels pixels (so that a block

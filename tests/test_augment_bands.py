@@ -11,13 +11,9 @@ of every output equal to the CPU op) are tests/test_gpu_augment.py's.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests._cxx import run_cxx
 
 HARNESS = r"""
 #include <cstdio>
@@ -39,15 +35,7 @@ int main() {
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory):
-    cxx = shutil.which("c++") or shutil.which("g++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    d = tmp_path_factory.mktemp("bands")
-    (d / "h.cpp").write_text(HARNESS)
-    exe = d / "h"
-    subprocess.run([cxx, "-std=c++17", "-O1", "-I", os.path.join(ROOT, "csrc"), str(d / "h.cpp"), "-o", str(exe)],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=60).stdout
+    out = run_cxx(HARNESS, tmp_path_factory.mktemp("bands"))
     return [tuple(int(v) for v in line.split()) for line in out.splitlines()]
 
 

@@ -356,8 +356,10 @@ __global__ void __launch_bounds__(kThreads)
   // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
   const bool tables = max_taps(im.cw, ow, interp) <= table_taps && max_taps(im.ch, oh, interp) <= table_taps;
   const Tables tab = carve_tables(smem, oh, ow, table_taps);
-  // The separable passes' row buffer: after the tables (16-byte aligned), buf_rows x 3 x ow floats.
+  // The separable passes' row buffer: after the tables (16-byte aligned), buf_rows x 3 x ow floats; used
+  // for this image when its taps make the passes worth it (block-uniform).
   float* buf = reinterpret_cast<float*>(smem + table_bytes_aligned(oh, ow, table_taps));
+  if (taps_product(im.ch, oh, im.cw, ow, interp) < kSeparableMinTaps) buf_rows = 0;
   if (tables) {
     int64_t lo;
     for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
