@@ -38,11 +38,19 @@ from benchmarks.harness import environment, print_table, timing, write_json
 from vlkernels.augment import CLIP_MEAN, CLIP_STD, AugmentParams, _op, fused_augment, sample_augment_params
 from vlkernels.augment.api import as_batch
 
+# Per input kind: sampling keywords and interpolation ("open_clip": its training transform,
+# RandomResizedCrop(scale=(0.9, 1.0), BICUBIC), on 500 x 375 images: the downscales the CUDA kernel's
+# separable passes are for; the others: the default sampling, bilinear).
+RECIPES = {"open_clip": (dict(scale=(0.9, 1.0), hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0), "bicubic")}
+INTERP_IDS = {"bilinear": 0, "bicubic": 1}
+
 
 def make_inputs(kind: str, n: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     if kind == "256x256":
         return torch.randint(0, 256, (n, 256, 256, 3), dtype=torch.uint8, generator=g)
+    if kind == "open_clip":
+        return torch.randint(0, 256, (n, 375, 500, 3), dtype=torch.uint8, generator=g)
     sizes = torch.randint(128, 385, (n, 2), generator=g).tolist()
     return [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for h, w in sizes]
 
@@ -88,9 +96,12 @@ def pil_chain(images, params: AugmentParams, size: int):
     return torch.stack(out)
 
 
-def torchvision_v2_chain(images, params: AugmentParams, size: int):
+def torchvision_v2_chain(images, params: AugmentParams, size: int, interpolation: str = "bilinear"):
     """torchvision.transforms.v2 functional ops applied per sample on the images' device."""
+    from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2 import functional as TF
+
+    mode = InterpolationMode.BICUBIC if interpolation == "bicubic" else InterpolationMode.BILINEAR
 
     boxes, flips, jit = params.boxes.tolist(), params.flip.tolist(), params.jitter.tolist()
     fac = torch.stack([params.brightness, params.contrast, params.saturation, params.hue], 1).tolist()
@@ -100,7 +111,7 @@ def torchvision_v2_chain(images, params: AugmentParams, size: int):
     for i, img in enumerate(images):
         x = img.permute(2, 0, 1) if img.shape[-1] == 3 else img
         t, l, h, w = boxes[i]
-        x = TF.resized_crop(x, t, l, h, w, [size, size], antialias=True)
+        x = TF.resized_crop(x, t, l, h, w, [size, size], interpolation=mode, antialias=True)
         x = TF.to_dtype(x, torch.float32, scale=True)
         if flips[i]:
             x = TF.horizontal_flip(x)
@@ -145,19 +156,22 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
         print(f"{impl:>16} {kind:>8} threads={threads} n={n}: {ips:9.1f} img/s", flush=True)
 
     images = make_inputs(kind, args.batch)
-    params = sample_augment_params(images, generator=torch.Generator().manual_seed(1))
+    recipe, interpolation = RECIPES.get(kind, ({}, "bilinear"))
+    params = sample_augment_params(images, generator=torch.Generator().manual_seed(1), **recipe)
     ref_images, ref_params = subset(images, params, min(args.ref_batch, args.batch))
     n_ref, size, reps = len(ref_images), args.size, args.reps
     if args.device == "cpu":
         all_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
-        op = lambda: fused_augment(images, size, params=params, impl="cpu")
+        op = lambda: fused_augment(images, size, params=params, impl="cpu", interpolation=interpolation)
         extra = cpu_time(op) if threads == 1 else {}
         row("cpu", args.batch, timing(op, "cpu", reps), threads, **extra)
-        ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
+        ref = lambda: fused_augment(
+            ref_images, size, params=ref_params, impl="torch", interpolation=interpolation
+        )
         extra = cpu_time(ref) if threads == 1 else {}
         row("torch", n_ref, timing(ref, "cpu", max(1, reps // 2), warmup=0), threads, **extra)
-        if threads == 1:  # the PIL chain is single-threaded
+        if threads == 1 and interpolation == "bilinear":  # the PIL chain: single-threaded, bilinear
             pil = lambda: pil_chain(ref_images, ref_params, size)
             row("pil", n_ref, timing(pil, "cpu", reps), 1, **cpu_time(pil))
         torch.set_num_threads(all_threads)
@@ -175,13 +189,20 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     b = as_batch(images)
     op_args = (b.data, b.offsets, b.sizes, b.hwc, params.boxes, params.flip, params.factors(), params.order)
     op_args += (params.grayscale, list(CLIP_MEAN), list(CLIP_STD), size, size)
+    op_kw = dict(check=False, interpolation=INTERP_IDS[interpolation])
     # cuda_direct: the same op with the separable passes off (every pixel sums its nx x ny taps), the
     # design the separable passes replaced, timed in the same run.
     variants = [
-        ("cuda", torch.float32, lambda: _op.run(*op_args, torch.float32, check=False)),
-        ("cuda_direct", torch.float32, lambda: _op.run(*op_args, torch.float32, check=False)),
-        ("cuda_bf16", torch.bfloat16, lambda: _op.run(*op_args, torch.bfloat16, check=False)),
-        ("cuda_sampling", torch.float32, lambda: fused_augment(images, size, generator=gen, impl="cuda")),
+        ("cuda", torch.float32, lambda: _op.run(*op_args, torch.float32, **op_kw)),
+        ("cuda_direct", torch.float32, lambda: _op.run(*op_args, torch.float32, **op_kw)),
+        ("cuda_bf16", torch.bfloat16, lambda: _op.run(*op_args, torch.bfloat16, **op_kw)),
+        (
+            "cuda_sampling",
+            torch.float32,
+            lambda: fused_augment(
+                images, size, generator=gen, impl="cuda", interpolation=interpolation, **recipe
+            ),
+        ),
     ]
     for impl, dtype, fn in variants:
         out_bytes = args.batch * 3 * size * size * torch.empty(0, dtype=dtype).element_size()
@@ -201,13 +222,15 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
             copy_bw_GBps=bw / 1e9,
             fraction_of_bw_floor=floor_ms / t["median_ms"],
         )
-    ref = lambda: fused_augment(ref_images, size, params=ref_params, impl="torch")
+    ref = lambda: fused_augment(
+        ref_images, size, params=ref_params, impl="torch", interpolation=interpolation
+    )
     row("torch", n_ref, timing(ref, dev, 2), 1)
     try:
         row(
             "torchvision_v2",
             n_ref,
-            timing(lambda: torchvision_v2_chain(ref_images, ref_params, size), dev, 2),
+            timing(lambda: torchvision_v2_chain(ref_images, ref_params, size, interpolation), dev, 2),
             1,
         )
     except ImportError as exc:

@@ -6,11 +6,11 @@
 #
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
-# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 90 + 100 + 60 + 45 + 30 s):
+# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 90 + 100 + 60 + 60 + 30 s):
 #   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_ONE_CALL=1 fits everything but ncu into one 10-minute command (a 15-minute device budget: build 60 s,
-# tests on 4 workers 180 s, benchmarks 100 + 40 + 100 + 60 + 45 s): the contrastive loss at 32768 and 65536 against
+# tests on 4 workers 180 s, benchmarks 100 + 40 + 100 + 60 + 60 s): the contrastive loss at 32768 and 65536 against
 # open_clip only (and at 65536 with a 1 GiB workspace), no distributed run.
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
 set -uo pipefail
@@ -82,7 +82,7 @@ else
       --impls naive open_clip inf_cl triton torch --max-flops 1e16)
   BS=(--batch-sizes 16384 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls naive triton
       --teacher-dims 0 768)
-  BA=(--batch 256)
+  BA=(--batch 256 --inputs open_clip 256x256 mixed)
   BG=(--batch-sizes 16384 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls naive chunked_saved triton)
 fi
 if [ "$ONE_CALL" = 1 ] && [ "$QUICK" != 1 ]; then
@@ -106,7 +106,7 @@ if [ -f benchmarks/bench_soft_target.py ]; then
 fi
 timeout 60 python3 -m benchmarks.bench_sigmoid --device "$DEVICE" "${BG[@]}" --out "$OUT/sigmoid.json"
 if [ -f benchmarks/bench_augment.py ]; then
-  timeout 45 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
+  timeout 60 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
 fi
 if [ "$DEVICE" = cuda ] && [ "$ONE_CALL" != 1 ]; then
   # Overhead of the distributed path at world size 1 (NCCL) against the plain loss, same process.
