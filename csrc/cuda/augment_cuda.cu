@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kThreads)
   // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
   const int npix32 = static_cast<int>(npix);
   const int ow32 = static_cast<int>(ow);
-  // This block's pixels [p0, p1): its band's rows, or all of them.
+  // This block's rows [row0, row1): its band's, or all of them.
   const int oh32 = static_cast<int>(oh);
   const int64_t band_end = (band + 1) * band_rows;
   const int row0 = whole ? 0 : static_cast<int>(band * band_rows);
