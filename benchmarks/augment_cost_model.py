@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.cost_model import H100, RESULTS, Hardware
+from benchmarks.cost_model import H100, RESULTS, Hardware, write_report
 
 # Threads per block and resident blocks per SM of the kernel (100 registers x 512 threads: one block).
 THREADS = 512
@@ -551,12 +551,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Analytic H100 cost model of the augmentation kernel (modelled)")
     ap.add_argument("--out", default=os.path.join(RESULTS, "h100_augment_model.md"), help="'' for none")
     args = ap.parse_args(argv)
-    text = table()
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_report(table(), args.out)
     return 0
 
 

@@ -729,13 +729,17 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--out", default=os.path.join(RESULTS, "h100_cost_model.md"), help="'' for none")
     args = ap.parse_args(argv)
-    text = table(dtype=args.dtype)
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    write_report(table(dtype=args.dtype), args.out)
     return 0
+
+
+def write_report(text: str, out: str) -> None:
+    """Print a model's table and write it to `out` ('' for none)."""
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":

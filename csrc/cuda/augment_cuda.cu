@@ -107,6 +107,37 @@ struct TableAxis {
   __device__ __forceinline__ float weight(int j) const { return w[j * stride]; }
 };
 
+// One source row (crop row y) resampled along x at one output column: its column taps ax summed in
+// order, three channels. Both ways of resampling (resample, the separable x pass) sum through this.
+template <typename AX>
+__device__ __forceinline__ void row_sum(const Image& im, int64_t y, const AX& ax, float& rr, float& rg, float& rb) {
+  const uint8_t* row = im.src + (im.top + y) * im.sy + (im.left + ax.lo) * im.sx;
+  rr = 0.0f;
+  rg = 0.0f;
+  rb = 0.0f;
+  for (int kx = 0; kx < ax.n; ++kx) {
+    const float wx = ax.weight(kx);
+    const uint8_t* p = row + kx * im.sx;
+    rr += wx * static_cast<float>(__ldg(p));
+    rg += wx * static_cast<float>(__ldg(p + im.sc));
+    rb += wx * static_cast<float>(__ldg(p + 2 * im.sc));
+  }
+}
+
+// The row sums of one output pixel's taps, then scaled to [0, 1] (bicubic values clamped to it: negative
+// lobes; see clamp_rows in augment_cpu.cpp). Both ways of resampling finish through this.
+__device__ __forceinline__ void finish_pixel(const Image& im, float ar, float ag, float ab, float& r, float& g,
+                                             float& b) {
+  r = ar / 255.0f;
+  g = ag / 255.0f;
+  b = ab / 255.0f;
+  if (im.interp == kBicubic) {
+    r = clamp01(r);
+    g = clamp01(g);
+    b = clamp01(b);
+  }
+}
+
 // Resampled pixel of the crop, in [0, 1], from its row taps ay and column taps ax (rows outer,
 // columns inner: the association of the CPU kernel's separable passes).
 template <typename AY, typename AX>
@@ -115,27 +146,13 @@ __device__ __forceinline__ void resample(const Image& im, const AY& ay, const AX
   float ar = 0.0f, ag = 0.0f, ab = 0.0f;
   for (int ky = 0; ky < ay.n; ++ky) {
     const float wy = ay.weight(ky);
-    const uint8_t* row = im.src + (im.top + ay.lo + ky) * im.sy + (im.left + ax.lo) * im.sx;
-    float rr = 0.0f, rg = 0.0f, rb = 0.0f;
-    for (int kx = 0; kx < ax.n; ++kx) {
-      const float wx = ax.weight(kx);
-      const uint8_t* p = row + kx * im.sx;
-      rr += wx * static_cast<float>(__ldg(p));
-      rg += wx * static_cast<float>(__ldg(p + im.sc));
-      rb += wx * static_cast<float>(__ldg(p + 2 * im.sc));
-    }
+    float rr, rg, rb;
+    row_sum(im, ay.lo + ky, ax, rr, rg, rb);
     ar += wy * rr;
     ag += wy * rg;
     ab += wy * rb;
   }
-  r = ar / 255.0f;
-  g = ag / 255.0f;
-  b = ab / 255.0f;
-  if (im.interp == kBicubic) {  // negative lobes: clamped to [0, 1] (see clamp_rows in augment_cpu.cpp)
-    r = clamp01(r);
-    g = clamp01(g);
-    b = clamp01(b);
-  }
+  finish_pixel(im, ar, ag, ab, r, g, b);
 }
 
 // Taps per pixel stored in the shared-memory tables: the host picks the largest of kTapChoices whose
@@ -222,16 +239,8 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
     const int nrows = t.loy[i1 - 1] + t.ny[i1 - 1] - y0;
     for (int q = threadIdx.x; q < nrows * ow; q += blockDim.x) {
       const int y = q / ow, j = q % ow;
-      const uint8_t* row = im.src + (im.top + y0 + y) * im.sy + (im.left + t.lox[j]) * im.sx;
-      float rr = 0.0f, rg = 0.0f, rb = 0.0f;
-      const int nx = t.nx[j];
-      for (int kx = 0; kx < nx; ++kx) {
-        const float wx = t.wx[kx * ow + j];
-        const uint8_t* p = row + kx * im.sx;
-        rr += wx * static_cast<float>(__ldg(p));
-        rg += wx * static_cast<float>(__ldg(p + im.sc));
-        rb += wx * static_cast<float>(__ldg(p + 2 * im.sc));
-      }
+      float rr, rg, rb;
+      row_sum(im, y0 + y, TableAxis{t.lox[j], t.nx[j], t.wx + j, ow}, rr, rg, rb);
       float* o = buf + 3 * y * ow + j;
       o[0] = rr;
       o[ow] = rg;
@@ -250,12 +259,8 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
         ab += wy * h[2 * ow];
         h += 3 * ow;
       }
-      float r = ar / 255.0f, g = ag / 255.0f, b = ab / 255.0f;
-      if (im.interp == kBicubic) {  // as resample()
-        r = clamp01(r);
-        g = clamp01(g);
-        b = clamp01(b);
-      }
+      float r, g, b;
+      finish_pixel(im, ar, ag, ab, r, g, b);
       emit(i * ow + j, r, g, b);
     }
     __syncthreads();  // the next chunk overwrites the buffer
