@@ -32,8 +32,8 @@ struct AugmentArgs {
   at::Tensor data, offsets, sizes, boxes, flip, factors, order, gray, solarize;
   at::Tensor blur;    // float32 [M] when blur_sigma was given, undefined otherwise (no blur)
   at::Tensor source;  // int64 [M] when source was given, undefined otherwise (output m reads image m)
-  // The images argument (CPU): image s lives in images[s] (numels[s] bytes, read from bases[s]) instead of
-  // data; both empty when the images are back to back in data.
+  // The images argument (CPU and CUDA): image s lives in images[s] (numels[s] bytes, read from bases[s])
+  // instead of data; both empty when the images are back to back in data.
   std::vector<const uint8_t*> bases;
   std::vector<int64_t> numels;
   int interp;         // kBilinear or kBicubic
@@ -247,7 +247,8 @@ inline void check_augment_values_via_host(const AugmentArgs& a) {
     if (src) so[i] = r[kCols - 1];
   }
   check_augment_values(n, m, a.data.numel(), off.data(), sz.data(), bx.data(), od.data(), fa.data(),
-                       blur ? sg.data() : nullptr, src ? so.data() : nullptr);
+                       blur ? sg.data() : nullptr, src ? so.data() : nullptr,
+                       a.numels.empty() ? nullptr : a.numels.data());
 }
 
 }  // namespace augment

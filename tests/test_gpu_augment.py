@@ -149,12 +149,42 @@ def test_cuda_out_equals_the_functional_result(out_dtype):
         fused_augment(dev, (33, 27), out=buf.cpu(), **kw)
 
 
-def test_cuda_op_rejects_the_images_argument():
-    # Separate tensors read in place is a CPU path: the CUDA op says so instead of ignoring them.
-    args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in _op_args()]
-    imgs = [torch.zeros(3 * 12 * 17, dtype=torch.uint8, device="cuda")]
-    with pytest.raises(RuntimeError, match="images .* is a CPU argument"):
-        op()(*args, images=imgs)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
+def test_separate_cuda_images_are_read_in_place(out_dtype):
+    # A list of separate CUDA tensors goes to the op as its images argument (a device table of their
+    # addresses): no buffer of the total size, no copy of a pixel, the same bits as the packed batch;
+    # checked and unchecked calls, a source index, and an invalid box caught with the image named.
+    from tests.test_augment_packed import SIZES, _CopyTracker
+    from vlkernels.augment import PackedImages, sample_augment_params
+    from vlkernels.augment.api import as_batch
+
+    imgs = [t.cuda() for t in images_of("list", SIZES, seed=52)]
+    b = as_batch(imgs)
+    assert b.data.numel() == 0 and b.data.is_cuda
+    assert [t.data_ptr() for t in b.images] == [t.data_ptr() for t in imgs]
+    host = PackedImages.from_list([t.cpu() for t in imgs])
+    gen = torch.Generator().manual_seed(5)
+    p = sample_augment_params(host, generator=gen, **ONLY["all_strong"], blur_p=0.5).to("cuda")
+    packed = host.to("cuda")
+    want = fused_augment(packed, (40, 28), params=p, impl="cuda", out_dtype=out_dtype)
+    with _CopyTracker(*imgs) as tr:
+        got = fused_augment(imgs, (40, 28), params=p, impl="cuda", out_dtype=out_dtype)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert tr.bytes < sum(t.numel() for t in imgs) // 20, tr.ops  # parameters only
+    views = fused_augment(imgs, 24, views=[dict(scale=(0.5, 1.0)), dict(scale=(0.1, 0.5))], impl="cuda")
+    assert views.shape == (2 * len(imgs), 3, 24, 24) and torch.isfinite(views).all()
+    # The op called directly: checked (one host copy) and unchecked (the kernel's guard) with the table.
+    args = [b.data, b.offsets, b.sizes, True, p.boxes, p.flip, p.factors(), p.order, p.grayscale]
+    args += [[0.5] * 3, [0.25] * 3, 16, 16, torch.float32]
+    ok = op()(*args, True, images=b.images)
+    assert torch.isfinite(ok).all()
+    bad = p.boxes.clone()
+    bad[3, 0] = 10**6
+    args[4] = bad
+    with pytest.raises(RuntimeError, match="boxes: crop box .* of image 3"):
+        op()(*args, True, images=b.images)
+    guarded = op()(*args, False, images=b.images)
+    assert torch.isnan(guarded[3]).all() and torch.isfinite(guarded[[0, 1, 2, 4]]).all()
 
 
 def test_cuda_op_checked_call_syncs_once_unchecked_never():

@@ -46,7 +46,7 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 117 registers per
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 122 registers per
 // thread: one block per SM (25% occupancy). __launch_bounds__(kThreads, 2) caps it at 64 registers
 // but spills (104 B stored, 212 B loaded per thread); which of the two is faster is a GPU measurement
 // still owed.
@@ -299,7 +299,8 @@ __global__ void __launch_bounds__(kThreads)
                          const uint8_t* __restrict__ flip, const float* __restrict__ factors,
                          const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
                          const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
-                         const int64_t* __restrict__ source, int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
+                         const int64_t* __restrict__ source, const int64_t* __restrict__ image_table,
+                         int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
                          bool channels_last, int64_t band_rows, int buf_rows,
                          out_t* __restrict__ out) {
@@ -316,7 +317,11 @@ __global__ void __launch_bounds__(kThreads)
   // index first, then the image and the parameters), so that an invalid output never reads out of
   // bounds: it becomes NaN instead.
   const float sigma = blur_sigma != nullptr ? blur_sigma[n] : 0.0f;
-  if (check_output(numel, n_images, source, n, offsets, sizes, boxes + 4 * n, order + 4 * n, factors + 4 * n,
+  // With an image table (the images argument: separate tensors read in place), image s lives at
+  // image_table[2 s] (its bytes, image_table[2 s + 1] of them) instead of in data.
+  const int64_t s_in = source_of(source, n, n_images);
+  const int64_t bytes = image_table != nullptr && s_in >= 0 ? image_table[2 * s_in + 1] : numel;
+  if (check_output(bytes, n_images, source, n, offsets, sizes, boxes + 4 * n, order + 4 * n, factors + 4 * n,
                    sigma) != kSampleOk) {
     if (band != 0) return;
     // (uint8 output has no NaN: an invalid image comes out 0 there.)
@@ -332,7 +337,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t s = source != nullptr ? source[n] : n;
   const int64_t H = sizes[2 * s], W = sizes[2 * s + 1];
   Image im;
-  im.src = data + offsets[s];
+  im.src = (image_table != nullptr ? reinterpret_cast<const uint8_t*>(image_table[2 * s]) : data) + offsets[s];
   im.sy = hwc ? W * 3 : W;
   im.sx = hwc ? 3 : 1;
   im.sc = hwc ? 1 : H * W;
@@ -554,8 +559,6 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
                               const std::optional<at::Tensor>& source,
                               const std::optional<at::TensorList>& images,
                               const std::optional<at::Tensor>& out_arg) {
-  TORCH_CHECK(!images.has_value(), "fused_augment: images (separate tensors read in place) is a CPU argument; on "
-              "CUDA pass the images back to back in data");
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCUDA, interpolation,
                                              blur_sigma, source);
@@ -569,6 +572,18 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   const int64_t n = a.m;  // outputs: the grid is n x bands
   TORCH_CHECK(n <= 2147483647, "fused_augment: at most 2^31 - 1 outputs per call");
   at::Tensor out = make_output(a, out_h, out_w, out_dtype, channels_last, out_arg);
+  // The images argument: a device table of (address, bytes) per image, filled in pinned host memory and
+  // copied without blocking (the pinned allocator keeps the host block until the copy has run).
+  at::Tensor image_table;
+  if (!a.bases.empty()) {
+    at::Tensor host = at::empty({2 * a.n}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    int64_t* h = host.data_ptr<int64_t>();
+    for (int64_t s = 0; s < a.n; ++s) {
+      h[2 * s] = static_cast<int64_t>(reinterpret_cast<uintptr_t>(a.bases[s]));
+      h[2 * s + 1] = a.numels[s];
+    }
+    image_table = host.to(a.data.device(), /*non_blocking=*/true);
+  }
   // Blur workspace per image: two float images [3, out_h, out_w] and the taps (2 out_w - 1 and
   // 2 out_h - 1 floats at most); only with a blur_sigma tensor (whether an image is blurred is a device
   // value: sized for all).
@@ -613,7 +628,8 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
         static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                   \
         a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                  \
         static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,  \
-        a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr, a.n, a.interp,                   \
+        a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr,                                   \
+        image_table.defined() ? image_table.data_ptr<int64_t>() : nullptr, a.n, a.interp,               \
         blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],      \
         a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows,           \
         lp.buf_rows, out.data_ptr<T>());                                                               \

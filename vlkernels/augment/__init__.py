@@ -10,9 +10,8 @@ Several views per image: ``AugmentParams.source`` (int64 [M]) makes output m rea
 (no copy of the image per view); ``views=`` builds it, one dict of sampling settings per view group.
 Zero-copy batches: ``PackedImages`` (flat uint8 buffer + offsets + sizes, the op's own layout) is
 read in place; ``PackedImages.from_list`` packs once (e.g. in a DataLoader collate function, see
-examples/augment_dataloader.py). On the CPU a list of separate tensors is read in place as well (the
-op takes the tensors themselves); on CUDA it is concatenated on the device on every call, unless the
-images are views into one buffer.
+examples/augment_dataloader.py). A list of separate tensors is read in place as well (the op takes the
+tensors themselves; on CUDA through a device table of their addresses).
 CPU threads: images are handed out largest first to the threads (dynamic), each thread keeps its
 scratch buffers across images and calls (no allocation, page faults or unmapping per image).
 

@@ -79,10 +79,8 @@ def as_batch(images) -> Batch:
     """Accept [N, H, W, 3], [N, 3, H, W], PackedImages or a list of [H_i, W_i, 3] uint8 tensors.
 
     No copy of the pixels for a contiguous NHWC / NCHW batch, a PackedImages, a list of images that all
-    lie in one buffer, or a list of contiguous CPU images (the CPU op reads each tensor in place; a
-    non-contiguous one is copied alone). A list of separate CUDA tensors is concatenated into one
-    buffer on the device (one device copy of every byte: build a PackedImages once, e.g. in the
-    DataLoader's collate function, and move it to the GPU, to avoid it per call)."""
+    lie in one buffer, or a list of contiguous images on one device (the op reads each tensor in place:
+    on CUDA through a table of their addresses; a non-contiguous one is copied alone)."""
     if isinstance(images, PackedImages):
         images.check()
         p = images
@@ -117,7 +115,7 @@ def as_batch(images) -> Batch:
     if not images:
         raise ValueError("no images: the list is empty")
     dev = None
-    shapes, offs, total = [], [], 0
+    shapes = []
     for i, t in enumerate(images):
         _check_image(t, f"images[{i}]")
         if t.dim() != 3 or t.shape[-1] != 3:
@@ -131,8 +129,6 @@ def as_batch(images) -> Batch:
                 f"all images must be on one device: images[0] is on {dev}, images[{i}] on {t.device}"
             )
         shapes.append((t.shape[0], t.shape[1]))
-        offs.append(total)
-        total += t.numel()
     views = lambda: [t.permute(2, 0, 1) for t in images]  # noqa: E731
     shared = _shared_buffer(images)
     if shared is not None:
@@ -140,14 +136,13 @@ def as_batch(images) -> Batch:
         offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
         sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
         return Batch(data, offsets, sizes, True, views)
-    flat = [t.reshape(-1) for t in images]  # views of contiguous images
-    offsets = torch.tensor(offs, dtype=torch.int64).to(dev, non_blocking=True)
+    # Read in place by the op (its images argument): image i from flat[i], at offset 0; a non-contiguous
+    # image is copied alone.
+    flat = [t.reshape(-1) for t in images]
     sizes = torch.tensor(shapes, dtype=torch.int64).to(dev, non_blocking=True)
-    if dev.type == "cpu":
-        # Read in place by the CPU op (its images argument): image i from flat[i], at offset 0.
-        data = torch.empty(0, dtype=torch.uint8)
-        return Batch(data, torch.zeros_like(offsets), sizes, True, views, images=flat)
-    return Batch(torch.cat(flat), offsets, sizes, True, views)
+    data = torch.empty(0, dtype=torch.uint8, device=dev)
+    offsets = torch.zeros(len(images), dtype=torch.int64, device=dev)
+    return Batch(data, offsets, sizes, True, views, images=flat)
 
 
 def _out_size(size) -> tuple[int, int]:

@@ -8,10 +8,9 @@ buffer the kernels read, ``offsets`` / ``sizes`` are passed through. ``from_list
 with one allocation (pinned when asked) and one copy per image, so that a collate function running in
 DataLoader workers does the packing off the training process.
 
-A list of [H, W, 3] tensors given to fused_augment is read in place when the images already lie in
-one buffer (e.g. ``packed.images()``, ``torch.split`` or ``unbind`` of one tensor), and on the CPU also
-when they do not (the op takes the separate tensors); a list of separate CUDA tensors is concatenated
-on the device on each call (one device copy of every byte).
+A list of [H, W, 3] tensors given to fused_augment is read in place: as one buffer when the images
+already lie in one (e.g. ``packed.images()``, ``torch.split`` or ``unbind`` of one tensor), else as
+separate tensors (the op's images argument; on CUDA through a device table of their addresses).
 """
 
 from __future__ import annotations
