@@ -283,6 +283,38 @@ def test_cuda_op_separable_passes_equal_the_direct_sums_bitwise(size, interpolat
     assert_close01(fast.cpu(), cpu)
 
 
+@pytest.mark.parametrize("what", ["contrast", "all_strong"])
+@pytest.mark.parametrize(
+    "size",
+    # 224 x 224: bands of 28 rows; 9 x 13: three of the cluster's eight bands are empty (they still take
+    # part in its barriers); 8 x 300: one row a band; 7 x 5: too few rows, no cluster launch; 613 x 613:
+    # a band's pixels do not fit shared memory, no cluster launch.
+    [(224, 224), (9, 13), (8, 300), (7, 5), (613, 613)],
+)
+def test_cuda_op_contrast_cluster_launch_equals_cpu_op(what, size, monkeypatch):
+    # On sm_90+ outputs with contrast (and no blur) run in a cluster launch: one resampling pass, the
+    # pre-contrast band kept in each block's shared memory, the gray mean summed across the cluster.
+    # Against the CPU op and against the plain launch (VLKERNELS_AUGMENT_CLUSTERS=0: two passes), with
+    # blurred images (plain launch) and views of one image (source index) in the same batch.
+    imgs = images_of("list", [(500, 375), (240, 260), (64, 80)], seed=46)
+    p = params_with(imgs, seed=47, **ONLY[what], blur_p=0.3)
+    p = AugmentParams.cat([p, params_with(imgs, seed=48, **ONLY[what])])
+    p.source = torch.arange(3).repeat(2)
+    for out_dtype in (torch.float32, torch.uint8):
+        kw = dict(params=p, out_dtype=out_dtype, interpolation="bicubic")
+        cpu = fused_augment(imgs, size, impl="cpu", **kw)
+        cluster = fused_augment(to_cuda(imgs), size, impl="cuda", **dict(kw, params=p.to("cuda")))
+        monkeypatch.setenv("VLKERNELS_AUGMENT_CLUSTERS", "0")
+        plain = fused_augment(to_cuda(imgs), size, impl="cuda", **dict(kw, params=p.to("cuda")))
+        monkeypatch.delenv("VLKERNELS_AUGMENT_CLUSTERS")
+        if out_dtype == torch.uint8:
+            assert (cluster.cpu().int() - cpu.int()).abs().max() <= 1
+            assert (cluster.int() - plain.int()).abs().max() <= 1
+        else:
+            assert_close01(cluster.cpu(), cpu)
+            assert_close01(cluster.cpu(), plain.cpu())
+
+
 def test_cuda_op_on_a_non_default_stream():
     imgs = images_of("nhwc", [(64, 80)] * 4, seed=36).cuda()
     p = params_with(imgs.cpu(), seed=37, **ONLY["all_strong"]).to("cuda")

@@ -16,10 +16,15 @@
 // taps evaluated on the fly in float. Both ways sum rows then columns (the association of the CPU
 // kernel's separable passes; bicubic values clamped to [0, 1]). Each thread then applies the colour ops,
 // grayscale, solarize and normalisation to its pixels and writes the three planes (coalesced along the
-// row). Contrast needs the gray mean of the image as it stands just before contrast: blocks of images
-// with an active contrast run a first pass that recomputes the pixels up to that op and reduces the
-// mean (a round trip of the float image through global memory would move 24 bytes a pixel, twice the
-// float32 output; keeping it on chip needs 602 KB at 224 x 224, more than an SM's shared memory).
+// row). Contrast needs the gray mean of the image as it stands just before contrast. On sm_90 and later
+// the outputs with contrast (and no blur) go to a second launch with thread-block clusters (kCluster):
+// one cluster of kClusterBlocks blocks an output, each block resamples its band of rows once, applies
+// the ops before contrast and keeps those pixels in its shared memory while the cluster sums the mean
+// (a partial a block, read across the cluster through distributed shared memory), then finishes the
+// chain from the kept pixels: one resampling pass, nothing through global memory. Elsewhere (before
+// sm_90, a band too large for shared memory, VLKERNELS_AUGMENT_CLUSTERS=0) the plain launch runs a first
+// pass over the image that recomputes the pixels up to contrast and reduces the mean (a round trip of
+// the float image through global memory would move 24 bytes a pixel, twice the float32 output).
 // Gaussian blur needs the neighbourhood of every pixel after the colour ops: blocks of blurred images
 // write the colour-processed image to a global-memory workspace (a [3, oh, ow] float image does not fit
 // in shared memory at the usual sizes: 602 KB at 224 x 224), blur its rows into a second workspace
@@ -32,6 +37,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <cooperative_groups.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -46,10 +52,10 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the kernel 122 registers per
-// thread: one block per SM (25% occupancy). __launch_bounds__(kThreads, 2) caps it at 64 registers
-// but spills (104 B stored, 212 B loaded per thread); which of the two is faster is a GPU measurement
-// still owed.
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 121 registers
+// per thread, the cluster one 83: one block per SM (25% occupancy; the shared memory of the separable
+// passes allows no more either). With __launch_bounds__(kThreads, 2) (64 registers) an earlier version
+// spilled 104 B; whether more resident threads would pay is a GPU measurement still owed.
 constexpr int kThreads = 512;
 
 // The antialiased taps of one output pixel along one axis (aa_weights, with the weights evaluated
@@ -292,7 +298,28 @@ __device__ __forceinline__ void store(out_t* o, int p, int64_t npix, bool to_sol
   }
 }
 
-template <typename out_t>
+// Sum of v over the block (every thread gets it), in double; warp_sums: kThreads / 32 of shared memory.
+// Contains barriers: every thread of the block must call it.
+__device__ __forceinline__ double block_sum(double v, double* warp_sums) {
+  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0;
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (lane == 0) warp_sums[0] = v;
+  }
+  __syncthreads();
+  const double total = warp_sums[0];
+  __syncthreads();  // warp_sums may be reused at once
+  return total;
+}
+
+// Cluster size of the contrast launch (kCluster): the blocks of one output, one band of rows each.
+constexpr int kClusterBlocks = 8;
+
+template <typename out_t, bool kCluster>
 __global__ void __launch_bounds__(kThreads)
     fused_augment_kernel(const uint8_t* __restrict__ data, int64_t numel, const int64_t* __restrict__ offsets,
                          const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
@@ -302,7 +329,7 @@ __global__ void __launch_bounds__(kThreads)
                          const int64_t* __restrict__ source, const int64_t* __restrict__ image_table,
                          int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
-                         bool channels_last, int64_t band_rows, int buf_rows,
+                         bool channels_last, int64_t band_rows, int buf_rows, bool cluster_contrast,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   // Block (n, band) computes rows [band * band_rows, (band + 1) * band_rows) of output n, from image
@@ -323,7 +350,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t bytes = image_table != nullptr && s_in >= 0 ? image_table[2 * s_in + 1] : numel;
   if (check_output(bytes, n_images, source, n, offsets, sizes, boxes + 4 * n, order + 4 * n, factors + 4 * n,
                    sigma) != kSampleOk) {
-    if (band != 0) return;
+    if (kCluster || band != 0) return;  // written once, by the plain launch
     // (uint8 output has no NaN: an invalid image comes out 0 there.)
     for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) {
       if constexpr (std::is_same_v<out_t, uint8_t>) {
@@ -351,8 +378,13 @@ __global__ void __launch_bounds__(kThreads)
   const bool to_solar = solar[n] != 0;
   const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
   const bool blur = sigma > 0.0f;
-  // Block-uniform (one output per block), so every return below happens before any barrier.
-  const bool whole = plan.needs_mean || blur;
+  // Outputs with contrast and no blur go to the cluster launch when there is one (cluster_contrast):
+  // the plain launch skips them, the cluster launch does only them.
+  const bool in_cluster = cluster_contrast && plan.needs_mean && !blur;
+  if (in_cluster != kCluster) return;
+  // Block-uniform (one output per block; a cluster's blocks share one), so every return below happens
+  // before any barrier.
+  const bool whole = !kCluster && (plan.needs_mean || blur);
   if (whole && band != 0) return;
   // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
   const int npix32 = static_cast<int>(npix);
@@ -362,13 +394,15 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t band_end = (band + 1) * band_rows;
   const int row0 = whole ? 0 : static_cast<int>(band * band_rows);
   const int row1 = whole ? oh32 : static_cast<int>(band_end < oh ? band_end : oh);
-  if (row0 >= row1) return;
+  if (!kCluster && row0 >= row1) return;  // (a cluster's empty band still takes part in its barriers)
   // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
   const bool tables = max_taps(im.cw, ow, interp) <= table_taps && max_taps(im.ch, oh, interp) <= table_taps;
   const Tables tab = carve_tables(smem, oh, ow, table_taps);
   // The separable passes' row buffer: after the tables (16-byte aligned), buf_rows x 3 x ow floats; used
   // for this image when its taps make the passes worth it (block-uniform).
   float* buf = reinterpret_cast<float*>(smem + table_bytes_aligned(oh, ow, table_taps));
+  // The cluster launch's band of pre-contrast pixels follows the row buffer: [3][band_rows x ow] floats.
+  float* keep = buf + static_cast<int64_t>(buf_rows) * 3 * ow;
   if (taps_product(im.ch, oh, im.cw, ow, interp) < kSeparableMinTaps) buf_rows = 0;
   if (tables) {
     int64_t lo;
@@ -385,6 +419,48 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
+  __shared__ double warp_sums[kThreads / 32];
+  if constexpr (kCluster) {
+    // Contrast in one resampling pass: each block of the cluster resamples its band once, applies the
+    // ops before contrast and keeps the pixels in its shared memory (keep) while the cluster sums the
+    // gray mean (one partial per block, read across the cluster in rank order); then the rest of the
+    // chain runs from the kept pixels.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    const int p0 = row0 * ow32;
+    const int band_px = row1 > row0 ? (row1 - row0) * ow32 : 0;
+    float part = 0.0f;
+    for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
+      for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
+      float* kp = keep + (p - p0);
+      kp[0] = r;
+      kp[band_px] = g;
+      kp[2 * band_px] = b;
+      part += gray_of(r, g, b);
+    });
+    __shared__ double cluster_partial;
+    const double mine = block_sum(part, warp_sums);
+    if (threadIdx.x == 0) cluster_partial = mine;
+    cluster.sync();  // every partial written (and every block's kept pixels, for its own threads)
+    double total = 0.0;
+    for (unsigned int r = 0; r < cluster.num_blocks(); ++r) total += *cluster.map_shared_rank(&cluster_partial, r);
+    cluster.sync();  // every partial read before any block of the cluster exits
+    const float gmean = static_cast<float>(total / static_cast<double>(npix));
+    for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
+      float r = keep[q], g = keep[band_px + q], b = keep[2 * band_px + q];
+      for (int k = plan.split; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
+      if (to_gray) {
+        const float l = gray_of(r, g, b);
+        r = l;
+        g = l;
+        b = l;
+      }
+      store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
+    }
+#endif
+    return;
+  } else {
   float gmean = 0.0f;
   if (plan.needs_mean) {
     float part = 0.0f;
@@ -392,19 +468,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       part += gray_of(r, g, b);
     });
-    double sum = part;
-    for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
-    __shared__ double warp_sums[kThreads / 32];
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) warp_sums[warp] = sum;
-    __syncthreads();
-    if (warp == 0) {
-      sum = lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0;
-      for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
-      if (lane == 0) warp_sums[0] = sum;
-    }
-    __syncthreads();
-    gmean = static_cast<float>(warp_sums[0] / static_cast<double>(npix));
+    gmean = static_cast<float>(block_sum(part, warp_sums) / static_cast<double>(npix));
   }
 
   // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
@@ -474,6 +538,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     store(o, p, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, v[0], v[1], v[2]);
   }
+  }  // !kCluster
 }
 
 // Shared memory a block may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
@@ -489,11 +554,11 @@ constexpr size_t kSmemBudget = 160 * 1024;
 constexpr int64_t kMinBandPixels = 4 * kThreads;
 
 // The kernel's static shared memory, as compiled (asked once per instantiation).
-template <typename out_t>
+template <typename out_t, bool kCluster = false>
 size_t static_smem_bytes() {
   static const size_t bytes = [] {
     cudaFuncAttributes attr;
-    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, fused_augment_kernel<out_t>));
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, fused_augment_kernel<out_t, kCluster>));
     return attr.sharedSizeBytes;
   }();
   return bytes;
@@ -536,17 +601,110 @@ LaunchPlan plan_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, 
       lp.smem = tables + rows * row;
       // Above the default 48 KiB a kernel needs this attribute; set to the same bound on every call (no
       // race between host threads launching different sizes).
-      C10_CUDA_CHECK(cudaFuncSetAttribute(fused_augment_kernel<out_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      C10_CUDA_CHECK(cudaFuncSetAttribute(fused_augment_kernel<out_t, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(limit - static_smem)));
     }
   }
   int sms = 0, per_sm = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_augment_kernel<out_t>, kThreads, lp.smem));
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_augment_kernel<out_t, false>, kThreads, lp.smem));
   lp.band_rows = band_rows_for(n, out_h, out_w, static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1),
                                kMinBandPixels);
   return lp;
+}
+
+// Whether contrast images get the cluster launch: VLKERNELS_AUGMENT_CLUSTERS=0 turns it off (they are then
+// resampled twice by the plain launch), for comparison on a GPU (read on every launch).
+bool clusters_enabled() {
+  const char* v = std::getenv("VLKERNELS_AUGMENT_CLUSTERS");
+  return v == nullptr || std::string(v) != "0";
+}
+
+// The cluster launch for outputs with contrast (sm_90 and later: thread-block clusters): grid outputs x
+// kClusterBlocks, one cluster an output, each block a band of ceil(out_h / kClusterBlocks) rows whose
+// pre-contrast pixels stay in its shared memory (keep), after the tables and the row buffer, up to the
+// device's opt-in limit. smem == 0: no cluster launch (before sm_90, outputs too large for keep, or
+// the device cannot schedule such a cluster); the plain launch then does the contrast images too.
+template <typename out_t>
+LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, int device) {
+  LaunchPlan lp{0, 0, (out_h + kClusterBlocks - 1) / kClusterBlocks};
+  int major = 0, optin = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9 || table_taps == 0 || out_h < kClusterBlocks || !clusters_enabled()) return lp;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t static_smem = static_smem_bytes<out_t, true>();
+  const size_t limit = static_cast<size_t>(optin);
+  const size_t tables = table_bytes_aligned(out_h, out_w, table_taps);
+  const size_t row = 3 * sizeof(float) * static_cast<size_t>(out_w);
+  const size_t keep = static_cast<size_t>(lp.band_rows) * row;
+  if (static_smem + tables + keep > limit) return lp;
+  const size_t rows = std::min<size_t>((limit - static_smem - tables - keep) / row, 1 << 20);
+  lp.buf_rows = rows >= static_cast<size_t>(table_taps) && separable_enabled() ? static_cast<int>(rows) : 0;
+  const size_t smem = tables + lp.buf_rows * row + keep;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(fused_augment_kernel<out_t, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(limit - static_smem)));
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned int>(n), kClusterBlocks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 1;
+  attr[0].val.clusterDim.y = kClusterBlocks;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, fused_augment_kernel<out_t, true>, &cfg));
+  if (clusters > 0) lp.smem = smem;
+  return lp;
+}
+
+// Both launches of one call: the plain one (every output but, when the cluster launch runs, those with
+// contrast and no blur), then the cluster one. Same stream: they run one after the other and write
+// disjoint outputs.
+template <typename out_t>
+void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_table, const at::Tensor& workspace,
+                    int64_t ws_stride, int64_t out_h, int64_t out_w, int table_taps, bool channels_last,
+                    at::Tensor& out, cudaStream_t stream) {
+  const int64_t n = a.m;
+  const int device = a.data.get_device();
+  const LaunchPlan plain = plan_launch<out_t>(n, out_h, out_w, table_taps, device);
+  const LaunchPlan cluster = plan_cluster_launch<out_t>(n, out_h, out_w, table_taps, device);
+  const bool use_cluster = cluster.smem > 0;
+  const bool blur = a.blur.defined();
+  auto launch = [&](auto kernel, const LaunchPlan& lp, unsigned int bands, bool clustered) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(static_cast<unsigned int>(n), bands);
+    cfg.blockDim = dim3(kThreads);
+    cfg.dynamicSmemBytes = lp.smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = kClusterBlocks;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = clustered ? attr : nullptr;
+    cfg.numAttrs = clustered ? 1 : 0;
+    C10_CUDA_CHECK(cudaLaunchKernelEx(
+        &cfg, kernel, static_cast<const uint8_t*>(a.data.data_ptr()), a.data.numel(),
+        static_cast<const int64_t*>(a.offsets.data_ptr<int64_t>()),
+        static_cast<const int64_t*>(a.sizes.data_ptr<int64_t>()), hwc,
+        static_cast<const int64_t*>(a.boxes.data_ptr<int64_t>()), static_cast<const uint8_t*>(a.flip.data_ptr()),
+        static_cast<const float*>(a.factors.data_ptr<float>()),
+        static_cast<const int64_t*>(a.order.data_ptr<int64_t>()), static_cast<const uint8_t*>(a.gray.data_ptr()),
+        static_cast<const uint8_t*>(a.solarize.data_ptr()),
+        blur ? static_cast<const float*>(a.blur.data_ptr<float>()) : nullptr,
+        a.source.defined() ? static_cast<const int64_t*>(a.source.data_ptr<int64_t>()) : nullptr,
+        image_table.defined() ? static_cast<const int64_t*>(image_table.data_ptr<int64_t>()) : nullptr, a.n,
+        a.interp, blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],
+        a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows, lp.buf_rows,
+        use_cluster, out.data_ptr<out_t>()));
+  };
+  launch(fused_augment_kernel<out_t, false>, plain,
+         static_cast<unsigned int>((out_h + plain.band_rows - 1) / plain.band_rows), false);
+  if (use_cluster) launch(fused_augment_kernel<out_t, true>, cluster, kClusterBlocks, true);
 }
 
 at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
@@ -617,38 +775,24 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
       break;
     }
   }
-#define VLK_LAUNCH(T)                                                                                   \
-  {                                                                                                    \
-    const LaunchPlan lp = plan_launch<T>(n, out_h, out_w, table_taps, a.data.get_device());            \
-    const dim3 grid(static_cast<unsigned int>(n),                                                      \
-                    static_cast<unsigned int>((out_h + lp.band_rows - 1) / lp.band_rows));             \
-    fused_augment_kernel<T><<<grid, kThreads, lp.smem, stream>>>(                                      \
-        a.data.data_ptr<uint8_t>(), a.data.numel(), a.offsets.data_ptr<int64_t>(),                     \
-        a.sizes.data_ptr<int64_t>(), hwc, a.boxes.data_ptr<int64_t>(),                                 \
-        static_cast<const uint8_t*>(a.flip.data_ptr()), a.factors.data_ptr<float>(),                   \
-        a.order.data_ptr<int64_t>(), static_cast<const uint8_t*>(a.gray.data_ptr()),                  \
-        static_cast<const uint8_t*>(a.solarize.data_ptr()), blur ? a.blur.data_ptr<float>() : nullptr,  \
-        a.source.defined() ? a.source.data_ptr<int64_t>() : nullptr,                                   \
-        image_table.defined() ? image_table.data_ptr<int64_t>() : nullptr, a.n, a.interp,               \
-        blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],      \
-        a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows,           \
-        lp.buf_rows, out.data_ptr<T>());                                                               \
-  }
   switch (out_dtype) {
     case at::kFloat:
-      VLK_LAUNCH(float);
+      launch_kernels<float>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps, channels_last,
+                            out, stream);
       break;
     case at::kBFloat16:
-      VLK_LAUNCH(c10::BFloat16);
+      launch_kernels<c10::BFloat16>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps,
+                                    channels_last, out, stream);
       break;
     case at::kByte:
-      VLK_LAUNCH(uint8_t);
+      launch_kernels<uint8_t>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps, channels_last,
+                              out, stream);
       break;
     default:
-      VLK_LAUNCH(c10::Half);
+      launch_kernels<c10::Half>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps,
+                                channels_last, out, stream);
       break;
   }
-#undef VLK_LAUNCH
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
