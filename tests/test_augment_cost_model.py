@@ -162,3 +162,28 @@ def test_torchvision_ops_are_counted():
 def test_table_renders_without_counting():
     text = acm.table(count_ops=False)
     assert "MODELLED" in text and text.count("\n| ") >= 8
+
+
+def test_cluster_launch_for_contrast():
+    # The cluster launch's plan (plan_cluster_launch): bands of ceil(oh / 8) rows kept in shared memory,
+    # the row buffer in what the 227 KiB opt-in limit leaves; none for small or huge outputs.
+    assert acm.cluster_plan(224, 224) == (28, (227 * 1024 - 144 - 46592 - 28 * 2688) // 2688)
+    assert acm.cluster_plan(224, 224)[1] >= acm.table_taps(224, 224)
+    assert acm.cluster_plan(7, 5) is None and acm.cluster_plan(613, 613) is None
+    assert acm.cluster_plan(224, 224, separable=False) == (28, 0)
+    sizes = [[375, 500]] * 64
+    p = _params(sizes, jitter_p=1.0, jitter=(0.0, 0.4, 0.0, 0.0), blur_p=0.25)
+    contrast_only = int(((p.factors()[:, 1] != 1) & (p.blur_sigma == 0)).sum())
+    assert 0 < contrast_only < 64
+    one_pass = acm.predict(sizes, p, interpolation="bicubic")
+    two_pass = acm.predict(sizes, p, interpolation="bicubic", clusters=False)
+    assert one_pass["cluster_outputs"] == contrast_only and two_pass["cluster_outputs"] == 0
+    assert one_pass["work"].cvt < two_pass["work"].cvt  # the second resampling pass is gone
+    # Side by side with the plain launch: never slower; here the blurred images (whole, one block each)
+    # bound both. Without blur, faster at every batch size (8 blocks an image instead of 1).
+    assert one_pass["time_s"][0] <= two_pass["time_s"][0] and one_pass["time_s"][1] <= two_pass["time_s"][1]
+    for n in (16, 256):
+        q = _params(sizes[:1] * n, jitter_p=1.0, jitter=(0.0, 0.4, 0.0, 0.0))
+        a = acm.predict(sizes[:1] * n, q, interpolation="bicubic")
+        b = acm.predict(sizes[:1] * n, q, interpolation="bicubic", clusters=False)
+        assert a["time_s"][0] < b["time_s"][0] and a["time_s"][1] < b["time_s"][1]

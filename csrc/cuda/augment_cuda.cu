@@ -662,8 +662,10 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
 }
 
 // Both launches of one call: the plain one (every output but, when the cluster launch runs, those with
-// contrast and no blur), then the cluster one. Same stream: they run one after the other and write
-// disjoint outputs.
+// contrast and no blur) and the cluster one, which write disjoint outputs. The cluster launch runs on a
+// side stream forked from the current one and joined back (events), so that the two kernels share the
+// GPU instead of one waiting for the other's last wave (a batch with a few long blurred images in the
+// plain launch would otherwise serialise behind them).
 template <typename out_t>
 void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_table, const at::Tensor& workspace,
                     int64_t ws_stride, int64_t out_h, int64_t out_w, int table_taps, bool channels_last,
@@ -674,12 +676,12 @@ void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_tabl
   const LaunchPlan cluster = plan_cluster_launch<out_t>(n, out_h, out_w, table_taps, device);
   const bool use_cluster = cluster.smem > 0;
   const bool blur = a.blur.defined();
-  auto launch = [&](auto kernel, const LaunchPlan& lp, unsigned int bands, bool clustered) {
+  auto launch = [&](auto kernel, const LaunchPlan& lp, unsigned int bands, bool clustered, cudaStream_t on) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned int>(n), bands);
     cfg.blockDim = dim3(kThreads);
     cfg.dynamicSmemBytes = lp.smem;
-    cfg.stream = stream;
+    cfg.stream = on;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeClusterDimension;
     attr[0].val.clusterDim.x = 1;
@@ -702,9 +704,25 @@ void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_tabl
         a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows, lp.buf_rows,
         use_cluster, out.data_ptr<out_t>()));
   };
-  launch(fused_augment_kernel<out_t, false>, plain,
-         static_cast<unsigned int>((out_h + plain.band_rows - 1) / plain.band_rows), false);
-  if (use_cluster) launch(fused_augment_kernel<out_t, true>, cluster, kClusterBlocks, true);
+  const unsigned int plain_bands = static_cast<unsigned int>((out_h + plain.band_rows - 1) / plain.band_rows);
+  if (!use_cluster) {
+    launch(fused_augment_kernel<out_t, false>, plain, plain_bands, false, stream);
+    return;
+  }
+  cudaEvent_t fork, join;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, static_cast<c10::DeviceIndex>(device));
+  C10_CUDA_CHECK(cudaEventRecord(fork, stream));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), fork, 0));
+  launch(fused_augment_kernel<out_t, true>, cluster, kClusterBlocks, true, side.stream());
+  C10_CUDA_CHECK(cudaEventRecord(join, side.stream()));
+  launch(fused_augment_kernel<out_t, false>, plain, plain_bands, false, stream);
+  // Everything after this call on the current stream (including the caching allocator's reuse of this
+  // call's tensors, all allocated on it) waits for the cluster launch.
+  C10_CUDA_CHECK(cudaStreamWaitEvent(stream, join, 0));
+  C10_CUDA_CHECK(cudaEventDestroy(fork));  // (released once the recorded work completes)
+  C10_CUDA_CHECK(cudaEventDestroy(join));
 }
 
 at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
