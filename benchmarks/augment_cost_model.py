@@ -115,21 +115,23 @@ def table_taps(oh: int, ow: int) -> int:
     return 0
 
 
-def cluster_plan(oh: int, ow: int, separable: bool = True, optin: int = OPTIN) -> tuple[int, int] | None:
-    """(band rows, buffer rows) of the cluster launch for contrast outputs (plan_cluster_launch in
-    augment_cuda.cu): bands of ceil(oh / 8) rows kept in shared memory after the tables, the row buffer
-    in what the opt-in limit leaves; None when there is no cluster launch (no tables, fewer than 8 rows,
-    a band too large)."""
+def cluster_plan(oh: int, ow: int, separable: bool = True, optin: int = OPTIN) -> tuple[int, int, int] | None:
+    """(band rows, separable buffer rows, mode) of the cluster launch (plan_cluster_launch in
+    augment_cuda.cu): bands of ceil(oh / 8) rows kept in shared memory after the tables and the buffer
+    region, then the blur's taps, up to the opt-in limit; mode 2 (blurred outputs too) when the region
+    holds a band, else 1 (contrast only); None when there is no cluster launch (no tables, fewer than 8
+    rows, a band too large)."""
     taps = table_taps(oh, ow)
     if taps == 0 or oh < CLUSTER_BLOCKS:
         return None
     band = -(-oh // CLUSTER_BLOCKS)
     tables = -(-((oh + ow) * (taps * 4 + 8)) // 16) * 16
     keep = band * 12 * ow
-    if STATIC_SMEM + tables + keep > optin:
+    blur_taps = 8 * (ow + oh)
+    if STATIC_SMEM + tables + keep + blur_taps > optin:
         return None
-    rows = (optin - STATIC_SMEM - tables - keep) // (12 * ow)
-    return band, (rows if rows >= taps and separable else 0)
+    rows = (optin - STATIC_SMEM - tables - keep - blur_taps) // (12 * ow)
+    return band, (rows if rows >= taps and separable else 0), (2 if rows >= band else 1)
 
 
 def taps_product(ch: int, oh: int, cw: int, ow: int, interp: str) -> float:
@@ -280,17 +282,25 @@ def output_blocks(
 
     blocks = []
     table_work = Work(fp32=(oh + ow) * (taps_cap or 8) * 12.0)
-    if needs_mean and not blur and cluster is not None:
-        # One resampling pass: each of the cluster's blocks keeps its band's pre-contrast pixels in shared
-        # memory (3 stores and 3 loads a pixel) while the cluster sums the mean.
-        band, buf_rows = cluster
+    if cluster is not None and ((needs_mean and not blur) or (blur and cluster[2] == 2)):
+        # One resampling pass: each of the cluster's blocks keeps its band's pixels in shared memory (3
+        # stores and 3 loads a pixel) while the cluster sums the mean; a blur runs from there, its rows in
+        # the block, its columns through distributed shared memory (no global workspace).
+        band, buf_rows, _ = cluster
         separable = tables and buf_rows > 0 and taps_product(ch, oh, cw, ow, interp) >= SEPARABLE_MIN_TAPS
+        kx = 2 * blur_radius(sigma, ow) + 1 if blur else 0
+        ky = 2 * blur_radius(sigma, oh) + 1 if blur else 0
         for r0 in range(0, CLUSTER_BLOCKS * band, band):
             r0, r1 = min(r0, oh), min(oh, r0 + band)
             px = (r1 - r0) * ow
             w = table_work.add(resample(r0, r1) if px else Work()).add(colour(px, active + ["gray"]))
             w.lsu += 6 * px
             w.hbm += 3.0 * cw * ch * (r1 - r0) / oh
+            if blur:
+                w.lsu += px * 3 * (kx + 1 + 1 + ky)  # row taps, write, write back, column taps (remote)
+                w.fp32 += px * 3 * (kx + ky)
+                w.int32 += px * (3 * 4 * kx + 8 * ky)  # reflect indices; the remote row's address
+                w.mufu += kx + ky
             blocks.append(w.add(finish(px)))
         return blocks, False, True
     if whole:
@@ -591,16 +601,15 @@ def table(hw: Hardware = H100, count_ops: bool = True) -> str:
         "",
         "What the model says (modelled): the separable passes cut the bicubic open_clip recipe 2.2x and "
         "the band split another 2.6x on a 32-image batch; bilinear near-unity scales keep the direct sums "
-        f"(the kernel's rule, taps_product >= {SEPARABLE_MIN_TAPS:g}). The cluster launch (contrast in one "
-        "resampling pass, 8 blocks an output, side by side with the plain launch) takes the bench's "
-        "default recipe from 0.096-0.400 to 0.059-0.235 ms and the strong view from 0.464-1.383 to "
-        "0.364-1.100 (all three designs: from 0.677-2.551). Fractions above 100% are the floor's "
-        "definition (every input byte read once; the kernel reads only the crops). For float32 output of "
-        "large photos even the low ends stay under 50%: the gathers and their int -> float conversions "
-        "(one per tap and channel), not the bytes, bound the kernel. In the strong view the blur is now "
-        "the largest term (0.13-0.44 ms without it): blurred images stay whole in one block of the plain "
-        "launch, their colour-processed image and its row blur through a global workspace (48 bytes a "
-        "pixel). The baseline's ratio holds by an order of magnitude or more everywhere but the "
+        f"(the kernel's rule, taps_product >= {SEPARABLE_MIN_TAPS:g}). The cluster launch (outputs with "
+        "contrast or blur: one resampling pass, 8 blocks an output, the band in shared memory, the blur's "
+        "columns through distributed shared memory, no global workspace; beside the plain launch) takes "
+        "the bench's default recipe from 0.096-0.400 to 0.059-0.235 ms and the strong view from "
+        "0.464-1.383 to 0.203-0.574 (0.126-0.438 without its blur; all three designs: from 0.677-2.551). "
+        "Fractions above 100% are the floor's definition (every input byte read once; the kernel reads "
+        "only the crops). For float32 output of large photos even the low ends stay under 50%: the gathers "
+        "and their int -> float conversions (one per tap and channel), not the bytes, bound the kernel. "
+        "The baseline's ratio holds by an order of magnitude or more everywhere but the "
         "crop-only recipe, where torchvision does 5 ops a sample.",
         "",
         "Measured (benchmarks/results/2026-11-25-h100/augment.json: 256 images, the op alone, do_bench) on "

@@ -167,21 +167,27 @@ def test_table_renders_without_counting():
 def test_cluster_launch_for_contrast():
     # The cluster launch's plan (plan_cluster_launch): bands of ceil(oh / 8) rows kept in shared memory,
     # the row buffer in what the 227 KiB opt-in limit leaves; none for small or huge outputs.
-    assert acm.cluster_plan(224, 224) == (28, (227 * 1024 - 144 - 46592 - 28 * 2688) // 2688)
-    assert acm.cluster_plan(224, 224)[1] >= acm.table_taps(224, 224)
+    rows = (227 * 1024 - 144 - 46592 - 28 * 2688 - 8 * 448) // 2688
+    assert acm.cluster_plan(224, 224) == (28, rows, 2) and rows >= acm.table_taps(224, 224)
     assert acm.cluster_plan(7, 5) is None and acm.cluster_plan(613, 613) is None
-    assert acm.cluster_plan(224, 224, separable=False) == (28, 0)
+    assert acm.cluster_plan(224, 224, separable=False) == (28, 0, 2)
+    assert acm.cluster_plan(320, 320) == (40, 0, 1)  # the region holds 7 rows: no blur, no separable passes
     sizes = [[375, 500]] * 64
-    p = _params(sizes, jitter_p=1.0, jitter=(0.0, 0.4, 0.0, 0.0), blur_p=0.25)
-    contrast_only = int(((p.factors()[:, 1] != 1) & (p.blur_sigma == 0)).sum())
-    assert 0 < contrast_only < 64
+    p = _params(sizes, jitter_p=0.7, jitter=(0.0, 0.4, 0.0, 0.0), blur_p=0.25)
+    contrast = p.factors()[:, 1] != 1
+    blurred = p.blur_sigma > 0
+    assert (
+        0 < int((contrast & ~blurred).sum())
+        and 0 < int(blurred.sum())
+        and 0 < int((~contrast & ~blurred).sum())
+    )
     one_pass = acm.predict(sizes, p, interpolation="bicubic")
     two_pass = acm.predict(sizes, p, interpolation="bicubic", clusters=False)
-    assert one_pass["cluster_outputs"] == contrast_only and two_pass["cluster_outputs"] == 0
+    # At 224 x 224 the cluster launch (mode 2) takes the contrast outputs and the blurred ones.
+    assert one_pass["cluster_outputs"] == int((contrast | blurred).sum()) and two_pass["cluster_outputs"] == 0
     assert one_pass["work"].cvt < two_pass["work"].cvt  # the second resampling pass is gone
-    # Side by side with the plain launch: never slower; here the blurred images (whole, one block each)
-    # bound both. Without blur, faster at every batch size (8 blocks an image instead of 1).
-    assert one_pass["time_s"][0] <= two_pass["time_s"][0] and one_pass["time_s"][1] <= two_pass["time_s"][1]
+    assert one_pass["work"].ws_bytes == 0 < two_pass["work"].ws_bytes  # no blur workspace
+    assert one_pass["time_s"][0] < two_pass["time_s"][0] and one_pass["time_s"][1] < two_pass["time_s"][1]
     for n in (16, 256):
         q = _params(sizes[:1] * n, jitter_p=1.0, jitter=(0.0, 0.4, 0.0, 0.0))
         a = acm.predict(sizes[:1] * n, q, interpolation="bicubic")

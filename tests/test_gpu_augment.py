@@ -286,16 +286,18 @@ def test_cuda_op_separable_passes_equal_the_direct_sums_bitwise(size, interpolat
 @pytest.mark.parametrize("what", ["contrast", "all_strong"])
 @pytest.mark.parametrize(
     "size",
-    # 224 x 224: bands of 28 rows; 9 x 13: three of the cluster's eight bands are empty (they still take
-    # part in its barriers); 8 x 300: one row a band; 7 x 5: too few rows, no cluster launch; 613 x 613:
-    # a band's pixels do not fit shared memory, no cluster launch.
-    [(224, 224), (9, 13), (8, 300), (7, 5), (613, 613)],
+    # 224 x 224: bands of 28 rows, blur in the cluster; 9 x 13: three of the cluster's eight bands are
+    # empty (they still take part in its barriers); 8 x 300: one row a band; 7 x 5: too few rows, no
+    # cluster launch; 320 x 320: contrast only in the cluster (a 40-row band leaves too little room for
+    # the blur's rows); 613 x 613: a band does not fit shared memory, no cluster launch.
+    [(224, 224), (9, 13), (8, 300), (7, 5), (320, 320), (613, 613)],
 )
 def test_cuda_op_contrast_cluster_launch_equals_cpu_op(what, size, monkeypatch):
-    # On sm_90+ outputs with contrast (and no blur) run in a cluster launch: one resampling pass, the
-    # pre-contrast band kept in each block's shared memory, the gray mean summed across the cluster.
-    # Against the CPU op and against the plain launch (VLKERNELS_AUGMENT_CLUSTERS=0: two passes), with
-    # blurred images (plain launch) and views of one image (source index) in the same batch.
+    # On sm_90+ outputs with contrast or blur run in a cluster launch: one resampling pass, each block's
+    # band kept in its shared memory, the gray mean summed across the cluster, the blur's columns read
+    # from the other blocks (at 224 x 224; larger bands keep blur in the plain launch). Against the CPU
+    # op and against the plain launch (VLKERNELS_AUGMENT_CLUSTERS=0: two passes, a global workspace),
+    # with blurred images and views of one image (source index) in the same batch.
     imgs = images_of("list", [(500, 375), (240, 260), (64, 80)], seed=46)
     p = params_with(imgs, seed=47, **ONLY[what], blur_p=0.3)
     p = AugmentParams.cat([p, params_with(imgs, seed=48, **ONLY[what])])

@@ -16,21 +16,21 @@
 // taps evaluated on the fly in float. Both ways sum rows then columns (the association of the CPU
 // kernel's separable passes; bicubic values clamped to [0, 1]). Each thread then applies the colour ops,
 // grayscale, solarize and normalisation to its pixels and writes the three planes (coalesced along the
-// row). Contrast needs the gray mean of the image as it stands just before contrast. On sm_90 and later
-// the outputs with contrast (and no blur) go to a second launch with thread-block clusters (kCluster):
-// one cluster of kClusterBlocks blocks an output, each block resamples its band of rows once, applies
-// the ops before contrast and keeps those pixels in its shared memory while the cluster sums the mean
-// (a partial a block, read across the cluster through distributed shared memory), then finishes the
-// chain from the kept pixels: one resampling pass, nothing through global memory. Elsewhere (before
-// sm_90, a band too large for shared memory, VLKERNELS_AUGMENT_CLUSTERS=0) the plain launch runs a first
-// pass over the image that recomputes the pixels up to contrast and reduces the mean (a round trip of
-// the float image through global memory would move 24 bytes a pixel, twice the float32 output).
-// Gaussian blur needs the neighbourhood of every pixel after the colour ops: blocks of blurred images
-// write the colour-processed image to a global-memory workspace (a [3, oh, ow] float image does not fit
-// in shared memory at the usual sizes: 602 KB at 224 x 224), blur its rows into a second workspace
-// image, then blur the columns of that while writing the output (block barriers between the passes).
-// The workspace (two float images and the two kernels' taps per image) is allocated only when the op
-// gets a blur_sigma tensor; fused_augment passes one only when some sample may be blurred.
+// row). Contrast needs the gray mean of the image as it stands just before contrast, the Gaussian blur
+// the neighbourhood of every pixel after the colour ops. On sm_90 and later such outputs go to a second
+// launch with thread-block clusters (kCluster), run beside the plain one on a forked stream: one cluster
+// of kClusterBlocks blocks an output, each block resamples its band of rows once and keeps it in its
+// shared memory; the cluster sums the gray mean (a partial a block, read across the cluster through
+// distributed shared memory), the chain finishes from the kept pixels, and a blur runs its rows in the
+// block and its columns from whichever block holds the rows they need: one resampling pass, nothing
+// through global memory. Elsewhere (before sm_90, bands too large for shared memory,
+// VLKERNELS_AUGMENT_CLUSTERS=0) the plain launch does them in one block an output: contrast with a first
+// pass that recomputes the pixels up to contrast and reduces the mean (a round trip of the float image
+// through global memory would move 24 bytes a pixel, twice the float32 output); blur through a global
+// workspace (the colour-processed image, its rows blurred into a second image, then the columns while
+// writing the output; [3, oh, ow] floats do not fit one block's shared memory: 602 KB at 224 x 224),
+// allocated only when the op gets a blur_sigma tensor and the cluster launch does not take the blurred
+// outputs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -329,7 +329,7 @@ __global__ void __launch_bounds__(kThreads)
                          const int64_t* __restrict__ source, const int64_t* __restrict__ image_table,
                          int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
                          float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
-                         bool channels_last, int64_t band_rows, int buf_rows, bool cluster_contrast,
+                         bool channels_last, int64_t band_rows, int buf_rows, int region_rows, int cluster_mode,
                          out_t* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem[];
   // Block (n, band) computes rows [band * band_rows, (band + 1) * band_rows) of output n, from image
@@ -378,9 +378,9 @@ __global__ void __launch_bounds__(kThreads)
   const bool to_solar = solar[n] != 0;
   const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
   const bool blur = sigma > 0.0f;
-  // Outputs with contrast and no blur go to the cluster launch when there is one (cluster_contrast):
-  // the plain launch skips them, the cluster launch does only them.
-  const bool in_cluster = cluster_contrast && plan.needs_mean && !blur;
+  // The cluster launch, when there is one (cluster_mode 1: outputs with contrast and no blur; 2: also
+  // every blurred output), does those outputs and the plain launch skips them.
+  const bool in_cluster = (cluster_mode >= 1 && plan.needs_mean && !blur) || (cluster_mode == 2 && blur);
   if (in_cluster != kCluster) return;
   // Block-uniform (one output per block; a cluster's blocks share one), so every return below happens
   // before any barrier.
@@ -401,8 +401,9 @@ __global__ void __launch_bounds__(kThreads)
   // The separable passes' row buffer: after the tables (16-byte aligned), buf_rows x 3 x ow floats; used
   // for this image when its taps make the passes worth it (block-uniform).
   float* buf = reinterpret_cast<float*>(smem + table_bytes_aligned(oh, ow, table_taps));
-  // The cluster launch's band of pre-contrast pixels follows the row buffer: [3][band_rows x ow] floats.
-  float* keep = buf + static_cast<int64_t>(buf_rows) * 3 * ow;
+  // The cluster launch's band of pixels (keep, [3][band_rows x ow] floats) follows the buffer region
+  // (region_rows x 3 x ow floats), then the blur's taps.
+  float* keep = buf + static_cast<int64_t>(region_rows) * 3 * ow;
   if (taps_product(im.ch, oh, im.cw, ow, interp) < kSeparableMinTaps) buf_rows = 0;
   if (tables) {
     int64_t lo;
@@ -421,34 +422,43 @@ __global__ void __launch_bounds__(kThreads)
 
   __shared__ double warp_sums[kThreads / 32];
   if constexpr (kCluster) {
-    // Contrast in one resampling pass: each block of the cluster resamples its band once, applies the
-    // ops before contrast and keeps the pixels in its shared memory (keep) while the cluster sums the
-    // gray mean (one partial per block, read across the cluster in rank order); then the rest of the
-    // chain runs from the kept pixels.
+    // One resampling pass: each block of the cluster resamples its band of rows once and keeps the pixels
+    // in its shared memory (keep, channel stride cs = band_rows x ow). Contrast: the ops before it, then
+    // the cluster sums the gray mean (a partial a block, read across the cluster in rank order), then the
+    // rest of the chain from the kept pixels. Blur: the colour-processed band stays in keep, its rows are
+    // blurred into the buffer region (hb, free once the resampling is done), then the columns read the
+    // rows they need from whichever block of the cluster holds them (distributed shared memory).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
     const int p0 = row0 * ow32;
     const int band_px = row1 > row0 ? (row1 - row0) * ow32 : 0;
+    const int brows = static_cast<int>(band_rows);
+    const int cs = brows * ow32;
     float part = 0.0f;
     for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       float* kp = keep + (p - p0);
       kp[0] = r;
-      kp[band_px] = g;
-      kp[2 * band_px] = b;
+      kp[cs] = g;
+      kp[2 * cs] = b;
       part += gray_of(r, g, b);
     });
-    __shared__ double cluster_partial;
-    const double mine = block_sum(part, warp_sums);
-    if (threadIdx.x == 0) cluster_partial = mine;
-    cluster.sync();  // every partial written (and every block's kept pixels, for its own threads)
-    double total = 0.0;
-    for (unsigned int r = 0; r < cluster.num_blocks(); ++r) total += *cluster.map_shared_rank(&cluster_partial, r);
-    cluster.sync();  // every partial read before any block of the cluster exits
-    const float gmean = static_cast<float>(total / static_cast<double>(npix));
+    float gmean = 0.0f;
+    if (plan.needs_mean) {
+      __shared__ double cluster_partial;
+      const double mine = block_sum(part, warp_sums);
+      if (threadIdx.x == 0) cluster_partial = mine;
+      cluster.sync();  // every partial written
+      double total = 0.0;
+      for (unsigned int r = 0; r < cluster.num_blocks(); ++r) total += *cluster.map_shared_rank(&cluster_partial, r);
+      cluster.sync();  // every partial read before any block of the cluster exits
+      gmean = static_cast<float>(total / static_cast<double>(npix));
+    } else {
+      __syncthreads();  // keep written: the loop below reads it in another order
+    }
     for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
-      float r = keep[q], g = keep[band_px + q], b = keep[2 * band_px + q];
+      float r = keep[q], g = keep[cs + q], b = keep[2 * cs + q];
       for (int k = plan.split; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
       if (to_gray) {
         const float l = gray_of(r, g, b);
@@ -456,8 +466,59 @@ __global__ void __launch_bounds__(kThreads)
         g = l;
         b = l;
       }
-      store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
+      if (blur) {
+        keep[q] = r;
+        keep[cs + q] = g;
+        keep[2 * cs + q] = b;
+      } else {
+        store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
+      }
     }
+    if (!blur) return;
+    // The blur's taps (as the plain launch: raw weights, totals summed in order by one thread, divided).
+    float* hb = buf;
+    float* wxb = keep + 3 * static_cast<int64_t>(cs);
+    const int rx = static_cast<int>(blur_radius(sigma, ow)), ry = static_cast<int>(blur_radius(sigma, oh));
+    const int kx = 2 * rx + 1, ky = 2 * ry + 1;
+    float* wyb = wxb + kx;
+    for (int q = threadIdx.x; q < kx + ky; q += blockDim.x) {
+      wxb[q] = q < kx ? blur_raw(q, rx, sigma) : blur_raw(q - kx, ry, sigma);
+    }
+    __syncthreads();
+    __shared__ float cluster_blur_total[2];
+    if (threadIdx.x == 0) {
+      float tx = 0.0f, ty = 0.0f;
+      for (int k = 0; k < kx; ++k) tx += wxb[k];
+      for (int k = 0; k < ky; ++k) ty += wyb[k];
+      cluster_blur_total[0] = tx;
+      cluster_blur_total[1] = ty;
+    }
+    __syncthreads();
+    for (int q = threadIdx.x; q < kx + ky; q += blockDim.x) wxb[q] /= cluster_blur_total[q < kx ? 0 : 1];
+    __syncthreads();
+    // Rows, within the band: hb[c][i][j] = sum_t wx[t] * keep[c][i][reflect(j - rx + t)].
+    for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
+      const int i = q / ow32, j = q % ow32;
+      for (int c = 0; c < 3; ++c) {
+        const float* row = keep + c * cs + i * ow32;
+        float acc = 0.0f;
+        for (int t = 0; t < kx; ++t) acc += wxb[t] * row[reflect_index(j - rx + t, ow)];
+        hb[c * cs + q] = acc;
+      }
+    }
+    cluster.sync();  // every block's rows blurred
+    // Columns: image row y lives in block y / band_rows of the cluster, at its row y % band_rows.
+    for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
+      const int i = row0 + q / ow32, j = q % ow32;
+      float v[3] = {0.0f, 0.0f, 0.0f};
+      for (int t = 0; t < ky; ++t) {
+        const int y = static_cast<int>(reflect_index(i - ry + t, oh));
+        const float* h = cluster.map_shared_rank(hb, static_cast<unsigned int>(y / brows)) + (y % brows) * ow32 + j;
+        for (int c = 0; c < 3; ++c) v[c] += wyb[t] * h[c * cs];
+      }
+      store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, v[0], v[1], v[2]);
+    }
+    cluster.sync();  // every block's rows read before any block of the cluster exits
 #endif
     return;
   } else {
@@ -569,8 +630,10 @@ size_t static_smem_bytes() {
 // per band of the grid.
 struct LaunchPlan {
   size_t smem;
-  int buf_rows;
+  int buf_rows;     // rows the separable passes may use (0: direct sums)
   int64_t band_rows;
+  int region_rows;  // rows of the buffer region in shared memory (its layout)
+  int cluster_mode; // the cluster launch: 0 none, 1 contrast outputs, 2 contrast and blurred outputs
 };
 
 // Whether the separable passes are on: VLKERNELS_AUGMENT_SEPARABLE=0 turns them off (every pixel summed
@@ -582,7 +645,7 @@ bool separable_enabled() {
 
 template <typename out_t>
 LaunchPlan plan_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, int device) {
-  LaunchPlan lp{table_taps > 0 ? table_bytes(out_h, out_w, table_taps) : 0, 0, out_h};
+  LaunchPlan lp{table_taps > 0 ? table_bytes(out_h, out_w, table_taps) : 0, 0, out_h, 0, 0};
   const size_t static_smem = static_smem_bytes<out_t>();
   if (table_taps > 0 && separable_enabled()) {
     // The row buffer takes what kSmemBudget (or the device's opt-in limit) leaves after the tables (one
@@ -598,6 +661,7 @@ LaunchPlan plan_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, 
     const size_t rows = std::min<size_t>(room / row, 1 << 20);
     if (rows >= static_cast<size_t>(table_taps)) {
       lp.buf_rows = static_cast<int>(rows);
+      lp.region_rows = lp.buf_rows;
       lp.smem = tables + rows * row;
       // Above the default 48 KiB a kernel needs this attribute; set to the same bound on every call (no
       // race between host threads launching different sizes).
@@ -621,14 +685,16 @@ bool clusters_enabled() {
   return v == nullptr || std::string(v) != "0";
 }
 
-// The cluster launch for outputs with contrast (sm_90 and later: thread-block clusters): grid outputs x
-// kClusterBlocks, one cluster an output, each block a band of ceil(out_h / kClusterBlocks) rows whose
-// pre-contrast pixels stay in its shared memory (keep), after the tables and the row buffer, up to the
-// device's opt-in limit. smem == 0: no cluster launch (before sm_90, outputs too large for keep, or
-// the device cannot schedule such a cluster); the plain launch then does the contrast images too.
+// The cluster launch (sm_90 and later: thread-block clusters): grid outputs x kClusterBlocks, one
+// cluster an output, each block a band of ceil(out_h / kClusterBlocks) rows whose pixels stay in its
+// shared memory: the tables, the buffer region (the separable passes' rows, then the blur's row-blurred
+// band), keep (the band) and the blur's taps, up to the device's opt-in limit. cluster_mode 2 (blurred
+// outputs too) when the region holds a band, 1 (contrast only) when it does not, 0 (smem == 0: no
+// cluster launch) before sm_90, for outputs whose band does not fit, or when the device cannot schedule
+// such a cluster; the plain launch then does those outputs.
 template <typename out_t>
 LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, int device) {
-  LaunchPlan lp{0, 0, (out_h + kClusterBlocks - 1) / kClusterBlocks};
+  LaunchPlan lp{0, 0, (out_h + kClusterBlocks - 1) / kClusterBlocks, 0, 0};
   int major = 0, optin = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (major < 9 || table_taps == 0 || out_h < kClusterBlocks || !clusters_enabled()) return lp;
@@ -638,10 +704,13 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
   const size_t tables = table_bytes_aligned(out_h, out_w, table_taps);
   const size_t row = 3 * sizeof(float) * static_cast<size_t>(out_w);
   const size_t keep = static_cast<size_t>(lp.band_rows) * row;
-  if (static_smem + tables + keep > limit) return lp;
-  const size_t rows = std::min<size_t>((limit - static_smem - tables - keep) / row, 1 << 20);
+  const size_t taps = (2 * static_cast<size_t>(out_w + out_h)) * sizeof(float);  // 2 rx + 1 + 2 ry + 1 at most
+  if (static_smem + tables + keep + taps > limit) return lp;
+  const size_t rows = std::min<size_t>((limit - static_smem - tables - keep - taps) / row, 1 << 20);
+  lp.region_rows = static_cast<int>(rows);
   lp.buf_rows = rows >= static_cast<size_t>(table_taps) && separable_enabled() ? static_cast<int>(rows) : 0;
-  const size_t smem = tables + lp.buf_rows * row + keep;
+  const int mode = rows >= static_cast<size_t>(lp.band_rows) ? 2 : 1;
+  const size_t smem = tables + rows * row + keep + taps;
   C10_CUDA_CHECK(cudaFuncSetAttribute(fused_augment_kernel<out_t, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(limit - static_smem)));
   cudaLaunchConfig_t cfg = {};
@@ -657,7 +726,10 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
   cfg.numAttrs = 1;
   int clusters = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, fused_augment_kernel<out_t, true>, &cfg));
-  if (clusters > 0) lp.smem = smem;
+  if (clusters > 0) {
+    lp.smem = smem;
+    lp.cluster_mode = mode;
+  }
   return lp;
 }
 
@@ -667,15 +739,20 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
 // GPU instead of one waiting for the other's last wave (a batch with a few long blurred images in the
 // plain launch would otherwise serialise behind them).
 template <typename out_t>
-void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_table, const at::Tensor& workspace,
-                    int64_t ws_stride, int64_t out_h, int64_t out_w, int table_taps, bool channels_last,
-                    at::Tensor& out, cudaStream_t stream) {
+void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_table, int64_t out_h, int64_t out_w,
+                    int table_taps, bool channels_last, at::Tensor& out, cudaStream_t stream) {
   const int64_t n = a.m;
   const int device = a.data.get_device();
   const LaunchPlan plain = plan_launch<out_t>(n, out_h, out_w, table_taps, device);
   const LaunchPlan cluster = plan_cluster_launch<out_t>(n, out_h, out_w, table_taps, device);
   const bool use_cluster = cluster.smem > 0;
   const bool blur = a.blur.defined();
+  // The plain launch's blur workspace per output: two float images [3, out_h, out_w] and the taps
+  // (2 out_w - 1 and 2 out_h - 1 floats at most); only with a blur_sigma tensor (whether an output is
+  // blurred is a device value: sized for all) and when blurred outputs are not the cluster launch's.
+  const bool ws_needed = blur && cluster.cluster_mode != 2;
+  const int64_t ws_stride = ws_needed ? 6 * out_h * out_w + 2 * (out_h + out_w) : 0;
+  const at::Tensor workspace = at::empty({ws_needed ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
   auto launch = [&](auto kernel, const LaunchPlan& lp, unsigned int bands, bool clustered, cudaStream_t on) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(static_cast<unsigned int>(n), bands);
@@ -700,9 +777,9 @@ void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_tabl
         blur ? static_cast<const float*>(a.blur.data_ptr<float>()) : nullptr,
         a.source.defined() ? static_cast<const int64_t*>(a.source.data_ptr<int64_t>()) : nullptr,
         image_table.defined() ? static_cast<const int64_t*>(image_table.data_ptr<int64_t>()) : nullptr, a.n,
-        a.interp, blur ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],
+        a.interp, ws_needed ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],
         a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows, lp.buf_rows,
-        use_cluster, out.data_ptr<out_t>()));
+        lp.region_rows, cluster.cluster_mode, out.data_ptr<out_t>()));
   };
   const unsigned int plain_bands = static_cast<unsigned int>((out_h + plain.band_rows - 1) / plain.band_rows);
   if (!use_cluster) {
@@ -760,12 +837,6 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
     }
     image_table = host.to(a.data.device(), /*non_blocking=*/true);
   }
-  // Blur workspace per image: two float images [3, out_h, out_w] and the taps (2 out_w - 1 and
-  // 2 out_h - 1 floats at most); only with a blur_sigma tensor (whether an image is blurred is a device
-  // value: sized for all).
-  const bool blur = a.blur.defined();
-  const int64_t ws_stride = blur ? 6 * out_h * out_w + 2 * (out_h + out_w) : 0;
-  const at::Tensor workspace = at::empty({blur ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   // Tap tables in shared memory: the most taps (kTapChoices) whose tables fit the default 48 KiB
   // together with the kernel's static shared memory (the reduction's warp sums) (8 taps: outputs up to
@@ -795,20 +866,16 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   }
   switch (out_dtype) {
     case at::kFloat:
-      launch_kernels<float>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps, channels_last,
-                            out, stream);
+      launch_kernels<float>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
       break;
     case at::kBFloat16:
-      launch_kernels<c10::BFloat16>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps,
-                                    channels_last, out, stream);
+      launch_kernels<c10::BFloat16>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
       break;
     case at::kByte:
-      launch_kernels<uint8_t>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps, channels_last,
-                              out, stream);
+      launch_kernels<uint8_t>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
       break;
     default:
-      launch_kernels<c10::Half>(a, hwc, image_table, workspace, ws_stride, out_h, out_w, table_taps,
-                                channels_last, out, stream);
+      launch_kernels<c10::Half>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
