@@ -190,11 +190,13 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     op_args = (b.data, b.offsets, b.sizes, b.hwc, params.boxes, params.flip, params.factors(), params.order)
     op_args += (params.grayscale, list(CLIP_MEAN), list(CLIP_STD), size, size)
     op_kw = dict(check=False, interpolation=INTERP_IDS[interpolation])
-    # cuda_direct: the same op with the separable passes off (every pixel sums its nx x ny taps), the
-    # design the separable passes replaced, timed in the same run.
+    # cuda_direct: the same op with the separable passes off (every pixel sums its nx x ny taps);
+    # cuda_no_clusters: without the cluster launch (contrast resampled twice, blur through a global
+    # workspace): the designs they replaced, timed in the same run.
     variants = [
         ("cuda", torch.float32, lambda: _op.run(*op_args, torch.float32, **op_kw)),
         ("cuda_direct", torch.float32, lambda: _op.run(*op_args, torch.float32, **op_kw)),
+        ("cuda_no_clusters", torch.float32, lambda: _op.run(*op_args, torch.float32, **op_kw)),
         ("cuda_bf16", torch.bfloat16, lambda: _op.run(*op_args, torch.bfloat16, **op_kw)),
         (
             "cuda_sampling",
@@ -207,12 +209,17 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     for impl, dtype, fn in variants:
         out_bytes = args.batch * 3 * size * size * torch.empty(0, dtype=dtype).element_size()
         floor_ms = (in_bytes + out_bytes) / bw * 1e3
-        if impl == "cuda_direct":
-            os.environ["VLKERNELS_AUGMENT_SEPARABLE"] = "0"
+        switch = {
+            "cuda_direct": "VLKERNELS_AUGMENT_SEPARABLE",
+            "cuda_no_clusters": "VLKERNELS_AUGMENT_CLUSTERS",
+        }
+        if impl in switch:
+            os.environ[switch[impl]] = "0"
         try:
             t = timing(fn, dev, reps)
         finally:
-            os.environ.pop("VLKERNELS_AUGMENT_SEPARABLE", None)
+            for var in switch.values():
+                os.environ.pop(var, None)
         row(
             impl,
             args.batch,
