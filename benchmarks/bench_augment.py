@@ -189,7 +189,9 @@ def bench_kind(kind: str, args, env: dict, threads: int) -> list[dict]:
     b = as_batch(images)
     op_args = (b.data, b.offsets, b.sizes, b.hwc, params.boxes, params.flip, params.factors(), params.order)
     op_args += (params.grayscale, list(CLIP_MEAN), list(CLIP_STD), size, size)
-    op_kw = dict(check=False, interpolation=INTERP_IDS[interpolation])
+    # (clusters: whether the recipe can have contrast or blur, as fused_augment tells the op.)
+    may_cluster = recipe.get("jitter_p", 0.8) > 0 or recipe.get("blur_p", 0.0) > 0
+    op_kw = dict(check=False, interpolation=INTERP_IDS[interpolation], clusters=may_cluster)
     # cuda_direct: the same op with the separable passes off (every pixel sums its nx x ny taps);
     # cuda_no_clusters: without the cluster launch (contrast resampled twice, blur through a global
     # workspace): the designs they replaced, timed in the same run.

@@ -615,7 +615,8 @@ at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, 
                              at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
                              bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                             const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images) {
+                             const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images,
+                             bool /*clusters: a CUDA launch choice*/) {
   return fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
                                 out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images,
                                 std::nullopt);
@@ -630,7 +631,7 @@ void fused_augment_out_cpu(const at::Tensor& data, const at::Tensor& offsets, co
                                   bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
                                   int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
                                   const std::optional<at::Tensor>& source,
-                                  const std::optional<at::TensorList>& images, at::Tensor& out) {
+                                  const std::optional<at::TensorList>& images, bool /*clusters*/, at::Tensor& out) {
   fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
                          out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
 }

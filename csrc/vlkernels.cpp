@@ -20,7 +20,8 @@ TORCH_LIBRARY(vlkernels, m) {
       "fused_augment(Tensor data, Tensor offsets, Tensor sizes, bool hwc, Tensor boxes, Tensor flip, "
       "Tensor factors, Tensor order, Tensor gray, float[] mean, float[] std, int out_h, int out_w, "
       "ScalarType out_dtype, bool check=True, Tensor? solarize=None, bool channels_last=False, "
-      "int interpolation=0, Tensor? blur_sigma=None, Tensor? source=None, Tensor[]? images=None) -> Tensor");
+      "int interpolation=0, Tensor? blur_sigma=None, Tensor? source=None, Tensor[]? images=None, "
+      "bool clusters=True) -> Tensor");
   // The same into the caller's tensor (dtype out_dtype, shape [M, 3, out_h, out_w], contiguous or, with
   // channels_last, NHWC), e.g. one buffer reused batch after batch. Returns nothing: a custom op whose
   // output aliases an input cannot be functionalized (torch.compile).
@@ -28,8 +29,8 @@ TORCH_LIBRARY(vlkernels, m) {
       "fused_augment.out(Tensor data, Tensor offsets, Tensor sizes, bool hwc, Tensor boxes, Tensor flip, "
       "Tensor factors, Tensor order, Tensor gray, float[] mean, float[] std, int out_h, int out_w, "
       "ScalarType out_dtype, bool check=True, Tensor? solarize=None, bool channels_last=False, "
-      "int interpolation=0, Tensor? blur_sigma=None, Tensor? source=None, Tensor[]? images=None, *, "
-      "Tensor(a!) out) -> ()");
+      "int interpolation=0, Tensor? blur_sigma=None, Tensor? source=None, Tensor[]? images=None, "
+      "bool clusters=True, *, Tensor(a!) out) -> ()");
 }
 
 namespace {

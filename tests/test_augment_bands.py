@@ -66,3 +66,36 @@ def test_band_split_examples(splits):
     assert table[(64, 224, 224, 132)] == 75  # 3 bands of 75, 75, 74 rows: 192 blocks
     assert table[(1, 224, 224, 132)] == 11  # 21 bands: 22 at most of >= 10 rows (2048 pixels), in whole rows
     assert table[(1, 17, 9, 132)] == 17  # too small to split
+
+
+def test_fused_augment_says_when_the_cluster_launch_has_work(monkeypatch):
+    # The CUDA op's cluster launch (contrast and blur) is skipped when no output can have either: known
+    # from the sampling settings, or from the explicit parameters' validation (the same sync).
+    import torch
+
+    from vlkernels.augment import _op, fused_augment, sample_augment_params
+
+    seen = []
+    real = _op.run
+    monkeypatch.setattr(_op, "run", lambda *a, **k: seen.append(k["clusters"]) or real(*a, **k))
+    imgs = torch.randint(0, 256, (4, 20, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cases = [
+        (dict(jitter_p=0.0), False),
+        (dict(jitter_p=0.8, jitter=(0.4, 0.0, 0.4, 0.1)), False),  # jitter without contrast
+        (dict(jitter_p=0.8), True),
+        (dict(jitter_p=0.0, blur_p=0.5), True),
+        (dict(jitter_p=0.0, views=[dict(), dict(blur_p=1.0)]), True),
+        (dict(jitter_p=0.0, views=[dict(), dict(jitter_p=1.0)]), True),
+    ]
+    for kw, want in cases:
+        fused_augment(imgs, 8, impl="cpu", **kw)
+        assert seen[-1] is want, kw
+    g = torch.Generator().manual_seed(1)
+    off = sample_augment_params(imgs, generator=g, jitter_p=0.0)
+    fused_augment(imgs, 8, params=off, impl="cpu")
+    assert seen[-1] is False
+    on = sample_augment_params(imgs, generator=g, jitter_p=1.0, jitter=(0.0, 0.5, 0.0, 0.0))
+    fused_augment(imgs, 8, params=on, impl="cpu")
+    assert seen[-1] is True
+    assert on.validate(torch.tensor([[20, 24]] * 4), with_contrast=True) == (False, True)
+    assert off.validate(torch.tensor([[20, 24]] * 4)) is False

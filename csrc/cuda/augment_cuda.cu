@@ -740,11 +740,14 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
 // plain launch would otherwise serialise behind them).
 template <typename out_t>
 void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_table, int64_t out_h, int64_t out_w,
-                    int table_taps, bool channels_last, at::Tensor& out, cudaStream_t stream) {
+                    int table_taps, bool channels_last, bool clusters, at::Tensor& out, cudaStream_t stream) {
   const int64_t n = a.m;
   const int device = a.data.get_device();
   const LaunchPlan plain = plan_launch<out_t>(n, out_h, out_w, table_taps, device);
-  const LaunchPlan cluster = plan_cluster_launch<out_t>(n, out_h, out_w, table_taps, device);
+  // clusters=False (the caller knows no output has contrast or blur): no cluster launch, whose blocks
+  // would all find nothing to do.
+  const LaunchPlan cluster = clusters ? plan_cluster_launch<out_t>(n, out_h, out_w, table_taps, device)
+                                      : LaunchPlan{0, 0, out_h, 0, 0};
   const bool use_cluster = cluster.smem > 0;
   const bool blur = a.blur.defined();
   // The plain launch's blur workspace per output: two float images [3, out_h, out_w] and the taps
@@ -810,7 +813,7 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
                               const std::optional<at::Tensor>& solarize, bool channels_last,
                               int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
                               const std::optional<at::Tensor>& source,
-                              const std::optional<at::TensorList>& images,
+                              const std::optional<at::TensorList>& images, bool clusters,
                               const std::optional<at::Tensor>& out_arg) {
   const AugmentArgs a = prepare_augment_args(data, offsets, sizes, boxes, flip, factors, order, gray, solarize,
                                              mean, std, out_h, out_w, out_dtype, at::kCUDA, interpolation,
@@ -866,16 +869,20 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   }
   switch (out_dtype) {
     case at::kFloat:
-      launch_kernels<float>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
+      launch_kernels<float>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, clusters, out,
+                                  stream);
       break;
     case at::kBFloat16:
-      launch_kernels<c10::BFloat16>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
+      launch_kernels<c10::BFloat16>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, clusters, out,
+                                  stream);
       break;
     case at::kByte:
-      launch_kernels<uint8_t>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
+      launch_kernels<uint8_t>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, clusters, out,
+                                  stream);
       break;
     default:
-      launch_kernels<c10::Half>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, out, stream);
+      launch_kernels<c10::Half>(a, hwc, image_table, out_h, out_w, table_taps, channels_last, clusters, out,
+                                  stream);
       break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -888,10 +895,11 @@ at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets,
                               at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
                               bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
                               int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                              const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images) {
+                              const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images,
+                              bool clusters) {
   return fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h,
                                  out_w, out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source,
-                                 images, std::nullopt);
+                                 images, clusters, std::nullopt);
 }
 
 void fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
@@ -902,9 +910,10 @@ void fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& offsets, c
                                    const std::optional<at::Tensor>& solarize, bool channels_last,
                                    int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
                                    const std::optional<at::Tensor>& source,
-                                   const std::optional<at::TensorList>& images, at::Tensor& out) {
+                                   const std::optional<at::TensorList>& images, bool clusters, at::Tensor& out) {
   fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
-                          out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
+                          out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images,
+                          clusters, out);
 }
 
 }  // namespace

@@ -20,16 +20,21 @@ Op layout (one call for the whole batch, ragged or not):
   interpolation int        0 bilinear, 1 bicubic (a = -0.5, clamped to [0, 1]); both antialiased
   blur_sigma float32 [N]   optional (None: no blur); Gaussian blur sigma per image (0: none), after
                            grayscale, before solarize; the CUDA op allocates a workspace of two float
-                           images per image when it is given
+                           images per image when it is given and its cluster launch does not take the
+                           blurred images
   source   int64 [M]       optional (None: M = N, output i reads image i): output m reads image
                            source[m], 0 <= source[m] < N (checked with the other values, and by the
                            CUDA kernel's guard); boxes, flip, factors, order, gray, solarize and
                            blur_sigma then have M rows, one per output (several views of one image
                            without copying its bytes)
-  images   list of N contiguous uint8 tensors, optional, CPU op only (None: the images are in data):
-                           image i is read in place from images[i], starting at byte offsets[i]
-                           (data is then unused: an empty uint8 tensor), so that a list of separately
-                           allocated images needs no copy into one buffer
+  images   list of N contiguous uint8 tensors, optional (None: the images are in data): image i is
+                           read in place from images[i], starting at byte offsets[i] (data is then
+                           unused: an empty uint8 tensor on the images' device), so that a list of
+                           separately allocated images needs no copy into one buffer (CUDA: through a
+                           device table of their addresses)
+  clusters bool            CUDA, sm_90+: whether some output may have contrast or blur, which a second
+                           launch with thread-block clusters then does in one resampling pass; False
+                           (no output has either) skips that launch. The CPU op ignores it.
 returns out_dtype [M, 3, out_h, out_w]; uint8: the [0, 1] values times 255, rounded half to even and
 clamped, not normalised (mean / std unused). The overload fused_augment.out(..., *, out) -> () writes into
 out, which must be exactly that tensor: dtype, device, shape, contiguous or, with channels_last, NHWC memory.
@@ -73,6 +78,7 @@ def _register() -> None:
         blur_sigma=None,
         source=None,
         images=None,
+        clusters=True,
     ):
         torch._check(data.dtype == torch.uint8, lambda: "data must be uint8")
         m = offsets.shape[0] if source is None else source.shape[0]
@@ -124,9 +130,10 @@ def run(
     source: torch.Tensor | None = None,
     images: list[torch.Tensor] | None = None,
     out: torch.Tensor | None = None,
+    clusters: bool = True,
 ) -> torch.Tensor:
     args = (data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, out_dtype)
-    args += (check, solarize, channels_last, interpolation, blur_sigma, source, images)
+    args += (check, solarize, channels_last, interpolation, blur_sigma, source, images, clusters)
     if out is None:
         return op()(*args)
     op()  # registers the overload with the extension

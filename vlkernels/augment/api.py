@@ -297,15 +297,18 @@ def fused_augment(
             generator=generator,
             views=views,
         )
-        any_blur = float(blur_p) > 0.0
-        if views is not None:
-            any_blur = any(float(v.get("blur_p", blur_p)) > 0.0 for v in views)
+        groups = views if views is not None else [{}]
+        any_blur = any(float(v.get("blur_p", blur_p)) > 0.0 for v in groups)
+        any_contrast = any(
+            float(v.get("jitter_p", jitter_p)) > 0.0 and float(v.get("jitter", jitter)[1]) > 0.0
+            for v in groups
+        )
     else:
         if views is not None:
             raise ValueError("fused_augment: give views= (sampled here) or params=, not both")
         if not isinstance(params, AugmentParams):
             raise TypeError(f"params must be AugmentParams, got {type(params).__name__}")
-        any_blur = params.validate(batch.sizes)
+        any_blur, any_contrast = params.validate(batch.sizes, with_contrast=True)
     # The parameters are now known valid (sampled, or validated above with one sync): the CUDA op need
     # not copy them to the host again. The CPU op checks them anyway (host memory, no cost).
     if out is not None:
@@ -339,4 +342,7 @@ def fused_augment(
         source=None if params.source is None else params.source.long(),
         images=batch.images,
         out=out,
+        # The CUDA op's cluster launch (contrast and blur in one resampling pass) only when some output
+        # may need it.
+        clusters=any_contrast or any_blur,
     )

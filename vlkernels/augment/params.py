@@ -134,12 +134,13 @@ class AugmentParams:
             blur_sigma=torch.zeros(n, dtype=torch.float32, device=dev),
         )
 
-    def validate(self, sizes: torch.Tensor) -> bool:
+    def validate(self, sizes: torch.Tensor, *, with_contrast: bool = False) -> bool | tuple[bool, bool]:
         """Check types, shapes, devices and values (one host sync): every crop box inside its image
         (compared without overflow: ``0 <= top <= H - height``, ``height >= 1``, ...), every order row a
         permutation of 0..3, brightness / contrast / saturation finite and >= 0, hue in [-0.5, 0.5],
         blur_sigma finite and >= 0, ``source`` (when given) an integer [M] index with 0 <= source < N.
-        Returns whether any sample is blurred (blur_sigma > 0), learnt in the same sync.
+        Returns whether any sample is blurred (blur_sigma > 0), learnt in the same sync; with
+        ``with_contrast=True`` the pair (any blurred, any with an active contrast).
         sizes: int64 [N, 2] of the input images."""
         n_img = sizes.shape[0]
         src = self.source
@@ -212,6 +213,8 @@ class AugmentParams:
                 sigma_ok.all(),
                 (sigma > 0).any(),
                 src_ok.all(),
+                # An active contrast as the op sees it: jitter on and a factor other than 1.
+                (self.jitter.bool() & (self.contrast.float() != 1)).any(),
             ]
         ).cpu()
         if not bool(ok[6]):
@@ -250,7 +253,7 @@ class AugmentParams:
                 f"AugmentParams.blur_sigma must be finite and >= 0 (0: no blur), image {bad} has "
                 f"{sigma[bad].item()}"
             )
-        return bool(ok[5])
+        return (bool(ok[5]), bool(ok[7])) if with_contrast else bool(ok[5])
 
 
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
