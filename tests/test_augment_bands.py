@@ -78,7 +78,8 @@ def test_fused_augment_says_when_the_cluster_launch_has_work(monkeypatch):
     seen = []
     real = _op.run
     monkeypatch.setattr(_op, "run", lambda *a, **k: seen.append(k["clusters"]) or real(*a, **k))
-    imgs = torch.randint(0, 256, (4, 20, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (4, 20, 24, 3), dtype=torch.uint8, generator=gen)
     cases = [
         (dict(jitter_p=0.0), False),
         (dict(jitter_p=0.8, jitter=(0.4, 0.0, 0.4, 0.1)), False),  # jitter without contrast
