@@ -84,9 +84,9 @@ def test_train_package_has_no_import_cycle():
 
 def test_entry_points():
     from vlkernels.train import cli
-    from vlkernels.train.__main__ import main  # the vlkernels-train console script's target
+    from vlkernels.train.__main__ import main, run  # run: the vlkernels-train console script's target
 
-    assert main is cli.main
+    assert main is cli.main and run is cli.run
     out = subprocess.run([sys.executable, "-m", "vlkernels.train", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("usage: python -m vlkernels.train")
     assert "--memory-budget" in out.stdout and "--overwrite" in out.stdout

@@ -1,4 +1,4 @@
-from vlkernels.train.cli import main  # noqa: F401 - the vlkernels-train console script points here
+from vlkernels.train.cli import main, run  # noqa: F401 - main: the trainer's entry; run: it, then the exit
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -270,3 +270,22 @@ def main(argv: list[str] | None = None) -> int:
         print(line + (f" ({summary['stopped']})" if summary.get("stopped") else ""))
         print(f"outputs in {out}/ (metrics.jsonl, curves.png, checkpoint.pt, summary.json)")
     return 1 if summary.get("stopped") else 0
+
+
+def run() -> None:
+    """Console-script and ``python -m vlkernels.train`` entry: main(), then exit with its code. A rank
+    of a torchrun job (WORLD_SIZE > 1) leaves with os._exit once its output is flushed: with torch 2.13
+    and gloo a rank that finished (outputs written, process group destroyed after a barrier) can still
+    abort in the interpreter's teardown ("terminate called without an active exception", SIGABRT; seen
+    once in CI's two-rank PSD + GradCache test, not reproduced in 22 local runs), and nothing is left to
+    run there. (All files are written and closed inside train().)"""
+    code = main()
+    try:
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        distributed = False
+    if distributed:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
