@@ -42,7 +42,10 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <tuple>
 #include <type_traits>
 
 #include "augment.h"
@@ -636,6 +639,24 @@ struct LaunchPlan {
   int cluster_mode; // the cluster launch: 0 none, 1 contrast outputs, 2 contrast and blurred outputs
 };
 
+// A query's result memoised per (device, kernel, dynamic shared memory): the occupancy calculators are
+// host computations worth a few microseconds each, and their inputs repeat call after call.
+template <typename Query>
+int memo(int device, const void* kernel, size_t smem, Query&& query) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, const void*, size_t>, int> cache;
+  const auto key = std::make_tuple(device, kernel, smem);
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+  }
+  const int value = query();
+  const std::lock_guard<std::mutex> lock(mutex);
+  cache[key] = value;
+  return value;
+}
+
 // Whether the separable passes are on: VLKERNELS_AUGMENT_SEPARABLE=0 turns them off (every pixel summed
 // directly), so that a GPU run can compare both ways, bitwise and in time (read on every launch).
 bool separable_enabled() {
@@ -669,10 +690,14 @@ LaunchPlan plan_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, 
                                           static_cast<int>(limit - static_smem)));
     }
   }
-  int sms = 0, per_sm = 0;
+  int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fused_augment_kernel<out_t, false>, kThreads, lp.smem));
+  const auto kernel = fused_augment_kernel<out_t, false>;
+  const int per_sm = memo(device, reinterpret_cast<const void*>(kernel), lp.smem, [&] {
+    int v = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&v, kernel, kThreads, lp.smem));
+    return v;
+  });
   lp.band_rows = band_rows_for(n, out_h, out_w, static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1),
                                kMinBandPixels);
   return lp;
@@ -724,8 +749,12 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  int clusters = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, fused_augment_kernel<out_t, true>, &cfg));
+  const auto kernel = fused_augment_kernel<out_t, true>;
+  const int clusters = memo(device, reinterpret_cast<const void*>(kernel), smem, [&] {
+    int v = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&v, kernel, &cfg));
+    return v;
+  });
   if (clusters > 0) {
     lp.smem = smem;
     lp.cluster_mode = mode;
