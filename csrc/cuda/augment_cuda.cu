@@ -277,6 +277,41 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
   }
 }
 
+// The colour ops of a plan from op k0 on (contrast around gmean), then grayscale. (The plan stays in
+// local memory, L1-cached: unrolling it into registers doubles the register count.)
+__device__ __forceinline__ void colour_ops(const OpPlan& plan, int k0, float gmean, bool to_gray, float& r, float& g,
+                                           float& b) {
+  for (int k = k0; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
+  if (to_gray) {
+    const float l = gray_of(r, g, b);
+    r = l;
+    g = l;
+    b = l;
+  }
+}
+
+// The blur's normalised taps into w: the 2 rx + 1 horizontal ones, then the 2 ry + 1 vertical ones (raw
+// Gaussian weights, each kernel's total summed in order by one thread, as the CPU kernel does; total >=
+// the centre tap, 1), then divided. Barriers inside: every thread of the block calls it.
+__device__ __forceinline__ void blur_taps(float* w, int64_t rx, int64_t ry, float sigma) {
+  const int64_t kx = 2 * rx + 1, ky = 2 * ry + 1;
+  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) {
+    w[q] = q < kx ? blur_raw(q, rx, sigma) : blur_raw(q - kx, ry, sigma);
+  }
+  __syncthreads();
+  __shared__ float total[2];
+  if (threadIdx.x == 0) {
+    float tx = 0.0f, ty = 0.0f;
+    for (int64_t k = 0; k < kx; ++k) tx += w[k];
+    for (int64_t k = 0; k < ky; ++k) ty += w[kx + k];
+    total[0] = tx;
+    total[1] = ty;
+  }
+  __syncthreads();
+  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) w[q] /= total[q < kx ? 0 : 1];
+  __syncthreads();
+}
+
 // Solarize, normalise (or quantise), convert and write output pixel p of an image.
 template <typename out_t>
 __device__ __forceinline__ void store(out_t* o, int p, int64_t npix, bool to_solar, bool channels_last, float m0,
@@ -462,13 +497,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
       float r = keep[q], g = keep[cs + q], b = keep[2 * cs + q];
-      for (int k = plan.split; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
-      if (to_gray) {
-        const float l = gray_of(r, g, b);
-        r = l;
-        g = l;
-        b = l;
-      }
+      colour_ops(plan, plan.split, gmean, to_gray, r, g, b);
       if (blur) {
         keep[q] = r;
         keep[cs + q] = g;
@@ -478,27 +507,13 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (!blur) return;
-    // The blur's taps (as the plain launch: raw weights, totals summed in order by one thread, divided).
+    // The blur's taps.
     float* hb = buf;
     float* wxb = keep + 3 * static_cast<int64_t>(cs);
     const int rx = static_cast<int>(blur_radius(sigma, ow)), ry = static_cast<int>(blur_radius(sigma, oh));
     const int kx = 2 * rx + 1, ky = 2 * ry + 1;
     float* wyb = wxb + kx;
-    for (int q = threadIdx.x; q < kx + ky; q += blockDim.x) {
-      wxb[q] = q < kx ? blur_raw(q, rx, sigma) : blur_raw(q - kx, ry, sigma);
-    }
-    __syncthreads();
-    __shared__ float cluster_blur_total[2];
-    if (threadIdx.x == 0) {
-      float tx = 0.0f, ty = 0.0f;
-      for (int k = 0; k < kx; ++k) tx += wxb[k];
-      for (int k = 0; k < ky; ++k) ty += wyb[k];
-      cluster_blur_total[0] = tx;
-      cluster_blur_total[1] = ty;
-    }
-    __syncthreads();
-    for (int q = threadIdx.x; q < kx + ky; q += blockDim.x) wxb[q] /= cluster_blur_total[q < kx ? 0 : 1];
-    __syncthreads();
+    blur_taps(wxb, rx, ry, sigma);
     // Rows, within the band: hb[c][i][j] = sum_t wx[t] * keep[c][i][reflect(j - rx + t)].
     for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
       const int i = q / ow32, j = q % ow32;
@@ -538,15 +553,7 @@ __global__ void __launch_bounds__(kThreads)
   // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
   float* ws = blur ? workspace + n * ws_stride : nullptr;
   for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
-    // (A plan kept in local memory, L1-cached: unrolling it into registers doubles the register count
-    // to ~123 and halves the blocks resident per SM.)
-    for (int k = 0; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
-    if (to_gray) {
-      const float l = gray_of(r, g, b);
-      r = l;
-      g = l;
-      b = l;
-    }
+    colour_ops(plan, 0, gmean, to_gray, r, g, b);
     if (blur) {
       ws[p] = r;
       ws[npix + p] = g;
@@ -563,22 +570,7 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t rx = blur_radius(sigma, ow), ry = blur_radius(sigma, oh);
   float* wy = wx + 2 * rx + 1;
   const int64_t kx = 2 * rx + 1, ky = 2 * ry + 1;
-  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) {
-    wx[q] = q < kx ? blur_raw(q, rx, sigma) : blur_raw(q - kx, ry, sigma);
-  }
-  __syncthreads();
-  __shared__ float blur_total[2];
-  if (threadIdx.x == 0) {
-    // Summed in order, as the CPU kernel does (total >= the centre tap, 1).
-    float tx = 0.0f, ty = 0.0f;
-    for (int64_t k = 0; k < kx; ++k) tx += wx[k];
-    for (int64_t k = 0; k < ky; ++k) ty += wy[k];
-    blur_total[0] = tx;
-    blur_total[1] = ty;
-  }
-  __syncthreads();
-  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) wx[q] /= blur_total[q < kx ? 0 : 1];
-  __syncthreads();
+  blur_taps(wx, rx, ry, sigma);
   // Rows: hb[c][i][j] = sum_t wx[t] * ws[c][i][reflect(j - rx + t)].
   for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
     const int i = p / ow32, j = p % ow32;
@@ -657,11 +649,37 @@ int memo(int device, const void* kernel, size_t smem, Query&& query) {
   return value;
 }
 
-// Whether the separable passes are on: VLKERNELS_AUGMENT_SEPARABLE=0 turns them off (every pixel summed
-// directly), so that a GPU run can compare both ways, bitwise and in time (read on every launch).
-bool separable_enabled() {
-  const char* v = std::getenv("VLKERNELS_AUGMENT_SEPARABLE");
+// A design switch read from the environment on every launch: on unless the variable is "0" (so that a
+// GPU run can compare a design with the one it replaced, in values and in time).
+bool switch_on(const char* name) {
+  const char* v = std::getenv(name);
   return v == nullptr || std::string(v) != "0";
+}
+
+// VLKERNELS_AUGMENT_SEPARABLE=0: no separable passes (every pixel sums its taps directly).
+bool separable_enabled() { return switch_on("VLKERNELS_AUGMENT_SEPARABLE"); }
+
+// VLKERNELS_AUGMENT_CLUSTERS=0: no cluster launch (the plain launch does contrast in two passes and blur
+// through its global workspace).
+bool clusters_enabled() { return switch_on("VLKERNELS_AUGMENT_CLUSTERS"); }
+
+// The launch configuration of either kernel: outputs x bands blocks of kThreads, `smem` bytes of
+// dynamic shared memory, on `stream`; clustered: kClusterBlocks blocks along y a cluster (attr holds
+// the attribute, so it must live as long as the configuration).
+cudaLaunchConfig_t launch_config(int64_t n, unsigned int bands, size_t smem, cudaStream_t stream, bool clustered,
+                                 cudaLaunchAttribute* attr) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned int>(n), bands);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = 1;
+  attr->val.clusterDim.y = kClusterBlocks;
+  attr->val.clusterDim.z = 1;
+  cfg.attrs = clustered ? attr : nullptr;
+  cfg.numAttrs = clustered ? 1 : 0;
+  return cfg;
 }
 
 template <typename out_t>
@@ -703,13 +721,6 @@ LaunchPlan plan_launch(int64_t n, int64_t out_h, int64_t out_w, int table_taps, 
   return lp;
 }
 
-// Whether contrast images get the cluster launch: VLKERNELS_AUGMENT_CLUSTERS=0 turns it off (they are then
-// resampled twice by the plain launch), for comparison on a GPU (read on every launch).
-bool clusters_enabled() {
-  const char* v = std::getenv("VLKERNELS_AUGMENT_CLUSTERS");
-  return v == nullptr || std::string(v) != "0";
-}
-
 // The cluster launch (sm_90 and later: thread-block clusters): grid outputs x kClusterBlocks, one
 // cluster an output, each block a band of ceil(out_h / kClusterBlocks) rows whose pixels stay in its
 // shared memory: the tables, the buffer region (the separable passes' rows, then the blur's row-blurred
@@ -738,17 +749,8 @@ LaunchPlan plan_cluster_launch(int64_t n, int64_t out_h, int64_t out_w, int tabl
   const size_t smem = tables + rows * row + keep + taps;
   C10_CUDA_CHECK(cudaFuncSetAttribute(fused_augment_kernel<out_t, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(limit - static_smem)));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned int>(n), kClusterBlocks);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 1;
-  attr[0].val.clusterDim.y = kClusterBlocks;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = launch_config(n, kClusterBlocks, smem, nullptr, true, &attr);
   const auto kernel = fused_augment_kernel<out_t, true>;
   const int clusters = memo(device, reinterpret_cast<const void*>(kernel), smem, [&] {
     int v = 0;
@@ -786,18 +788,8 @@ void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_tabl
   const int64_t ws_stride = ws_needed ? 6 * out_h * out_w + 2 * (out_h + out_w) : 0;
   const at::Tensor workspace = at::empty({ws_needed ? n * ws_stride : 0}, a.data.options().dtype(at::kFloat));
   auto launch = [&](auto kernel, const LaunchPlan& lp, unsigned int bands, bool clustered, cudaStream_t on) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(static_cast<unsigned int>(n), bands);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = lp.smem;
-    cfg.stream = on;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = kClusterBlocks;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = clustered ? attr : nullptr;
-    cfg.numAttrs = clustered ? 1 : 0;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = launch_config(n, bands, lp.smem, on, clustered, &attr);
     C10_CUDA_CHECK(cudaLaunchKernelEx(
         &cfg, kernel, static_cast<const uint8_t*>(a.data.data_ptr()), a.data.numel(),
         static_cast<const int64_t*>(a.offsets.data_ptr<int64_t>()),
