@@ -354,7 +354,7 @@ __device__ __forceinline__ double block_sum(double v, double* warp_sums) {
   return total;
 }
 
-// Cluster size of the contrast launch (kCluster): the blocks of one output, one band of rows each.
+// Cluster size of the cluster launch (kCluster): the blocks of one output, one band of rows each.
 constexpr int kClusterBlocks = 8;
 
 template <typename out_t, bool kCluster>
