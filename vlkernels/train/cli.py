@@ -277,7 +277,7 @@ def run() -> None:
     of a torchrun job (WORLD_SIZE > 1) leaves with os._exit once its output is flushed: with torch 2.13
     and gloo a rank that finished (outputs written, process group destroyed after a barrier) can still
     abort in the interpreter's teardown ("terminate called without an active exception", SIGABRT; seen
-    once in CI's two-rank PSD + GradCache test, not reproduced in 22 local runs), and nothing is left to
+    once in CI's two-rank PSD + GradCache test, not reproduced in 16 local runs), and nothing is left to
     run there. (All files are written and closed inside train().)"""
     code = main()
     try:
