@@ -251,5 +251,34 @@ inline void check_augment_values_via_host(const AugmentArgs& a) {
                        a.numels.empty() ? nullptr : a.numels.data());
 }
 
+// The op's two overloads (fused_augment, fused_augment.out) for a backend whose implementation takes
+// every argument of the schema and the optional output (Impl(..., clusters, out_arg) -> the output):
+// registered as &augment_functional<Impl> and &augment_out<Impl>, one copy of the schema's argument
+// list for every backend.
+template <auto Impl>
+at::Tensor augment_functional(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
+                              const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
+                              const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
+                              at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
+                              bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
+                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                              const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images,
+                              bool clusters) {
+  return Impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, out_dtype, check,
+              solarize, channels_last, interpolation, blur_sigma, source, images, clusters, std::nullopt);
+}
+
+template <auto Impl>
+void augment_out(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
+                 const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors, const at::Tensor& order,
+                 const at::Tensor& gray, at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
+                 int64_t out_w, at::ScalarType out_dtype, bool check, const std::optional<at::Tensor>& solarize,
+                 bool channels_last, int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
+                 const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images, bool clusters,
+                 at::Tensor& out) {
+  Impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w, out_dtype, check,
+       solarize, channels_last, interpolation, blur_sigma, source, images, clusters, out);
+}
+
 }  // namespace augment
 }  // namespace vlkernels

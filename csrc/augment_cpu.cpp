@@ -576,7 +576,7 @@ at::Tensor fused_augment_cpu_impl(const at::Tensor& data, const at::Tensor& offs
                              const std::optional<at::Tensor>& solarize, bool channels_last,
                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
                              const std::optional<at::Tensor>& source,
-                             const std::optional<at::TensorList>& images,
+                             const std::optional<at::TensorList>& images, bool /*clusters: a CUDA launch choice*/,
                              const std::optional<at::Tensor>& out_arg) {
   // The values are always checked on the CPU (`check` only spares the CUDA op a host copy): they are
   // host memory already, and the loop costs nanoseconds per image.
@@ -609,38 +609,13 @@ at::Tensor fused_augment_cpu_impl(const at::Tensor& data, const at::Tensor& offs
   return out;
 }
 
-at::Tensor fused_augment_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
-                             const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
-                             const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
-                             at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
-                             bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
-                             int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                             const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images,
-                             bool /*clusters: a CUDA launch choice*/) {
-  return fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
-                                out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images,
-                                std::nullopt);
-}
-
-// fused_augment.out: the same into the caller's tensor (e.g. one buffer reused batch after batch: no
-// page faults of a fresh output on every call, which is what kept two threads from scaling).
-void fused_augment_out_cpu(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
-                                  bool hwc, const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
-                                  const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
-                                  at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
-                                  bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
-                                  int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                                  const std::optional<at::Tensor>& source,
-                                  const std::optional<at::TensorList>& images, bool /*clusters*/, at::Tensor& out) {
-  fused_augment_cpu_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
-                         out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images, out);
-}
-
 }  // namespace
 }  // namespace augment
 }  // namespace vlkernels
 
 TORCH_LIBRARY_IMPL(vlkernels, CPU, m) {
-  m.impl("fused_augment", &vlkernels::augment::fused_augment_cpu);
-  m.impl("fused_augment.out", &vlkernels::augment::fused_augment_out_cpu);
+  // fused_augment.out: the same into the caller's tensor (e.g. one buffer reused batch after batch: no
+  // page faults of a fresh output on every call, which is what kept two threads from scaling).
+  m.impl("fused_augment", &vlkernels::augment::augment_functional<vlkernels::augment::fused_augment_cpu_impl>);
+  m.impl("fused_augment.out", &vlkernels::augment::augment_out<vlkernels::augment::fused_augment_cpu_impl>);
 }

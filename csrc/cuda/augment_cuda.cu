@@ -910,38 +910,11 @@ at::Tensor fused_augment_cuda_impl(const at::Tensor& data, const at::Tensor& off
   return out;
 }
 
-at::Tensor fused_augment_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes, bool hwc,
-                              const at::Tensor& boxes, const at::Tensor& flip, const at::Tensor& factors,
-                              const at::Tensor& order, const at::Tensor& gray, at::ArrayRef<double> mean,
-                              at::ArrayRef<double> std, int64_t out_h, int64_t out_w, at::ScalarType out_dtype,
-                              bool check, const std::optional<at::Tensor>& solarize, bool channels_last,
-                              int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                              const std::optional<at::Tensor>& source, const std::optional<at::TensorList>& images,
-                              bool clusters) {
-  return fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h,
-                                 out_w, out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source,
-                                 images, clusters, std::nullopt);
-}
-
-void fused_augment_out_cuda(const at::Tensor& data, const at::Tensor& offsets, const at::Tensor& sizes,
-                                   bool hwc, const at::Tensor& boxes, const at::Tensor& flip,
-                                   const at::Tensor& factors, const at::Tensor& order, const at::Tensor& gray,
-                                   at::ArrayRef<double> mean, at::ArrayRef<double> std, int64_t out_h,
-                                   int64_t out_w, at::ScalarType out_dtype, bool check,
-                                   const std::optional<at::Tensor>& solarize, bool channels_last,
-                                   int64_t interpolation, const std::optional<at::Tensor>& blur_sigma,
-                                   const std::optional<at::Tensor>& source,
-                                   const std::optional<at::TensorList>& images, bool clusters, at::Tensor& out) {
-  fused_augment_cuda_impl(data, offsets, sizes, hwc, boxes, flip, factors, order, gray, mean, std, out_h, out_w,
-                          out_dtype, check, solarize, channels_last, interpolation, blur_sigma, source, images,
-                          clusters, out);
-}
-
 }  // namespace
 }  // namespace augment
 }  // namespace vlkernels
 
 TORCH_LIBRARY_IMPL(vlkernels, CUDA, m) {
-  m.impl("fused_augment", &vlkernels::augment::fused_augment_cuda);
-  m.impl("fused_augment.out", &vlkernels::augment::fused_augment_out_cuda);
+  m.impl("fused_augment", &vlkernels::augment::augment_functional<vlkernels::augment::fused_augment_cuda_impl>);
+  m.impl("fused_augment.out", &vlkernels::augment::augment_out<vlkernels::augment::fused_augment_cuda_impl>);
 }
