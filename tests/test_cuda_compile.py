@@ -62,7 +62,8 @@ def test_nvcc_compiles(source, arch, tmp_path):
         (shim / "cuda_cmake_macros.h").write_text(CMAKE_MACROS)
         includes.append(str(tmp_path / "shim"))
     obj = tmp_path / (os.path.basename(source) + ".o")
-    cmd = [nvcc, "-c", source, "-o", str(obj), "-std=c++17", "-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    cmd = [nvcc, "-c", source, "-o", str(obj), "-std=c++17"]
+    cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     cmd += ["-O3", "--use_fast_math", "-DVLKERNELS_WITH_CUDA", "-I", os.path.join(ROOT, "csrc")]
     cmd += ["-Xptxas", "-v"]
     for inc in includes:
