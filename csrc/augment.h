@@ -88,6 +88,42 @@ VLK_HD float vmax(float a, float b) { return a > b ? a : b; }
 VLK_HD float vmin(float a, float b) { return a < b ? a : b; }
 VLK_HD float clamp01(float x) { return vmin(vmax(x, 0.0f), 1.0f); }
 
+// A uint8 value as a float, exactly, without a conversion instruction: the bits 0x4B000000 | b are the
+// float 2^23 + b (b fills the low mantissa bits), and subtracting 2^23 is exact. On the GPU that is an
+// integer OR and an FADD (64 and 128 per clock per SM on sm_80 / sm_90) instead of an I2F, which the
+// hardware issues at 16 per clock per SM (the CUDA programming guide's rate for conversions): the
+// resampling loops convert one byte per tap and channel. tests/test_augment_bands.py checks all 256
+// values against the plain conversion.
+VLK_HD float u8_to_float(uint32_t b) {
+  const uint32_t bits = 0x4B000000u | b;
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(bits) - 8388608.0f;
+#else
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f - 8388608.0f;
+#endif
+}
+
+// Row and column of the flat index q = row * w + col as a thread visits q0, q0 + stride, ... (a block's
+// threads striding over an output of width w): one division at the start, then per step an add and at
+// most one subtraction (stride % w < w), where row = q / w, col = q % w per item was an integer division
+// by a runtime width (on the GPU a reciprocal and conversions on the 16-per-clock XU pipe) in every
+// resampling loop. tests/test_augment_bands.py walks it against q / w, q % w on the host.
+struct GridWalk {
+  int row, col;
+  int drow, dcol, w;
+  VLK_HD GridWalk(int q0, int stride, int w_) : row(q0 / w_), col(q0 % w_), drow(stride / w_), dcol(stride % w_), w(w_) {}
+  VLK_HD void step() {
+    row += drow;
+    col += dcol;
+    if (col >= w) {
+      col -= w;
+      ++row;
+    }
+  }
+};
+
 VLK_HD float gray_of(float r, float g, float b) { return kGrayR * r + kGrayG * g + kGrayB * b; }
 
 // uint8 output: the [0, 1] value times 255, rounded half to even, clamped to [0, 255] (no

@@ -100,3 +100,42 @@ def test_fused_augment_says_when_the_cluster_launch_has_work(monkeypatch):
     assert seen[-1] is True
     assert on.validate(torch.tensor([[20, 24]] * 4), with_contrast=True) == (False, True)
     assert off.validate(torch.tensor([[20, 24]] * 4)) is False
+
+
+# The kernel's index and conversion helpers (csrc/augment.h), on the host: GridWalk (the row and column
+# of q = row * w + col as a thread strides over an output, without a division per item) against q / w and
+# q % w, and u8_to_float (uint8 -> float through the float's bits) against the plain conversion, bitwise.
+HELPERS = r"""
+#include <cstdio>
+#include <cstring>
+#include "augment.h"
+using vlkernels::augment::GridWalk;
+int main() {
+  const int widths[] = {1, 2, 3, 7, 224, 511, 512, 513, 1000, 4099};
+  const int strides[] = {1, 32, 224, 512, 1024};
+  long long bad = 0, walked = 0;
+  for (int w : widths)
+    for (int stride : strides)
+      for (int t = 0; t < stride && t < 600; t += (t < 40 ? 1 : 37)) {
+        GridWalk at(t, stride, w);
+        for (int q = t; q < 20 * w + 3 * stride; q += stride, at.step()) {
+          ++walked;
+          if (at.row != q / w || at.col != q % w) ++bad;
+        }
+      }
+  int conv = 0;
+  for (unsigned b = 0; b < 256; ++b) {
+    const float want = static_cast<float>(b), got = vlkernels::augment::u8_to_float(b);
+    if (std::memcmp(&want, &got, sizeof want) != 0) ++conv;
+  }
+  std::printf("%lld %lld %d\n", walked, bad, conv);
+  return 0;
+}
+"""
+
+
+def test_grid_walk_and_u8_to_float(tmp_path):
+    walked, bad, conv = (int(v) for v in run_cxx(HELPERS, tmp_path).split())
+    assert walked > 100_000
+    assert bad == 0, f"{bad} of {walked} GridWalk steps differ from q / w, q % w"
+    assert conv == 0, f"u8_to_float differs from float(b) for {conv} of 256 values"

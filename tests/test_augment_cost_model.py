@@ -112,22 +112,27 @@ OPEN_CLIP = dict(scale=(0.9, 1.0), hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
 
 def test_counts_follow_the_formulas():
     # One 448 x 448 image, whole crop, no colour op, bilinear to 224: 2x downscale, so every output pixel
-    # of the direct sums reads ny x nx taps, each 3 bytes + 3 conversions + 3 FMAs + 1 weight load.
+    # of the direct sums reads ny x nx taps (row_sum's: 3 bytes, 3 u8_to_float, 3 FMAs, 1 weight load),
+    # each costing X_TAP's instructions; a row of taps adds its weight load and 3 FMAs.
     sizes = [[448, 448]]
     p = _params(sizes, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
     assert p.boxes.tolist() == [[0, 0, 448, 448]]
     r = acm.predict(sizes, p, interpolation="bilinear", separable=False, bands=False)
     _, n = acm.axis_taps(448, 224, "bilinear")
     taps = sum(n) * sum(n)
-    assert r["work"].cvt == 3 * taps
-    assert r["work"].lsu == 4 * taps + sum(n) * 224 + 3 * 224 * 224
+    assert r["work"].x_taps == taps and r["work"].y_taps == 0
+    pipes = r["work"].pipes()
+    assert pipes["lsu"] == acm.X_TAP["lsu"] * taps + sum(n) * 224 + 3 * 224 * 224
+    assert pipes["xu"] == 0  # no conversion instruction per tap (u8_to_float)
+    assert pipes["issue"] > acm.X_TAP["issue"] * taps
     assert r["work"].hbm == 3 * 448 * 448 + 4 * 3 * 224 * 224
     assert r["floor_s"] == pytest.approx((3 * 448 * 448 + 4 * 3 * 224 * 224) / acm.H100.hbm)
     # The separable passes: the x pass reads each source row once per output column and chunk (448 rows
     # at least; chunks of 43 buffered rows re-read the few rows where they overlap).
     s = acm.predict(sizes, p, interpolation="bilinear", bands=False)
-    once = 3 * 448 * sum(n)
-    assert s["buffer_rows"] == 43 and once <= s["work"].cvt <= 1.2 * once
+    once = 448 * sum(n)
+    assert s["buffer_rows"] == 43 and once <= s["work"].x_taps <= 1.2 * once
+    assert s["work"].y_taps == sum(n) * 224
 
 
 def test_design_choices_are_cheaper_in_the_model():
@@ -185,7 +190,7 @@ def test_cluster_launch_for_contrast():
     two_pass = acm.predict(sizes, p, interpolation="bicubic", clusters=False)
     # At 224 x 224 the cluster launch (mode 2) takes the contrast outputs and the blurred ones.
     assert one_pass["cluster_outputs"] == int((contrast | blurred).sum()) and two_pass["cluster_outputs"] == 0
-    assert one_pass["work"].cvt < two_pass["work"].cvt  # the second resampling pass is gone
+    assert one_pass["work"].x_taps < two_pass["work"].x_taps  # the second resampling pass is gone
     assert one_pass["work"].ws_bytes == 0 < two_pass["work"].ws_bytes  # no blur workspace
     assert one_pass["time_s"][0] < two_pass["time_s"][0] and one_pass["time_s"][1] < two_pass["time_s"][1]
     for n in (16, 256):

@@ -4,7 +4,10 @@ CI's CPU machines have nvcc (CUDA 13) but a CPU build of torch: this compiles ev
 as setup.py would on a CUDA machine, so that a CUDA compile error is caught before a GPU run, and
 reads ptxas' resource report (-Xptxas -v) of every kernel: no register spills, and the registers per
 thread within what the kernel's launch bound allows. Without nvcc the test fails under CI=true and is
-skipped elsewhere.
+skipped elsewhere. The augmentation kernel's resampling loops are then read in the object's machine code
+(benchmarks/sass.py: cuobjdump -sass, the CUDA toolkit's or the copy Triton ships): no conversion
+instruction per tap, and the instructions per tap the cost model counts (X_TAP, Y_TAP in
+benchmarks/augment_cost_model.py) still those of the compiled loops.
 
     python -m pytest -q tests/test_cuda_compile.py -s     # prints each kernel's registers and spills
 """
@@ -82,6 +85,41 @@ def test_nvcc_compiles(source, arch, tmp_path):
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
         # 512-thread blocks (kThreads): ptxas caps a thread at 65536 / 512 = 128 registers.
         assert r["registers"] <= 128, (name, r)
+    if os.path.basename(source) == "augment_cuda.cu":
+        check_resampling_loops(str(obj), arch)
+
+
+def check_resampling_loops(obj: str, arch: str) -> None:
+    from benchmarks import augment_cost_model as acm
+    from benchmarks import sass
+
+    if sass.cuobjdump() is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(
+                "no cuobjdump (CUDA toolkit or triton's NVIDIA backend): cannot read the kernel's SASS"
+            )
+        return
+    loops = sass.loops(sass.disassemble(obj), "fused_augment_kernel")
+    # Every instance of the kernel (4 output dtypes x plain / cluster) has row_sum's loop in both layouts
+    # and the y pass's (the cluster kernel's sm_80 stub has none).
+    xs, ys = sass.x_tap_loops(loops), sass.y_tap_loops(loops)
+    want = 8 if arch == "90" else 4
+    assert len({lp.kernel for lp in xs}) == want and len({lp.kernel for lp in ys}) == want, (len(xs), len(ys))
+    for kind, found, model in (("x", xs, acm.X_TAP), ("y", ys, acm.Y_TAP)):
+        counts = [lp.pipes() for lp in found]
+        slack = 1.1 if arch == "90" else 1.25  # the model is the H100's (sm_90); sm_80 within reach of it
+        for c in counts:
+            assert c["xu"] == 0, f"a conversion or MUFU instruction in the {kind} tap loop: {c}"
+            per_tap = {"issue": c["issue"], "lsu": c["lsu"], "fp32": c["fp32"], "int32": c["imad"] + c["alu"]}
+            for k, v in per_tap.items():
+                assert v / 4 <= slack * model[k], (
+                    f"{kind} tap loop: {k} {v / 4} per tap, the model has {model[k]}"
+                )
+        if arch == "90":  # the model's counts are sm_90's: not stale
+            most = max(c["issue"] for c in counts) / 4
+            assert most >= 0.9 * model["issue"], (
+                f"{kind} taps: {most} instructions, the model has {model['issue']}"
+            )
 
 
 def ptxas_resources(log: str) -> dict[str, dict[str, int]]:

@@ -117,20 +117,39 @@ struct TableAxis {
 };
 
 // One source row (crop row y) resampled along x at one output column: its column taps ax summed in
-// order, three channels. Both ways of resampling (resample, the separable x pass) sum through this.
+// order, three channels. Both ways of resampling (resample, the separable x pass) sum through this. One
+// loop per layout (the layout is the launch's): a tap's three bytes are adjacent in channels-last
+// images (one pointer, advanced 3 bytes a tap) and a plane apart in planar ones (a pointer a plane);
+// unrolled by 4, the loads of an unrolled step take immediate offsets from its pointers, so a tap costs
+// its three byte loads, the weight's shared-memory load, and per channel a u8_to_float (integer OR +
+// FADD) and an FFMA, with the address arithmetic paid once per step (SASS: tests/test_cuda_compile.py).
 template <typename AX>
 __device__ __forceinline__ void row_sum(const Image& im, int64_t y, const AX& ax, float& rr, float& rg, float& rb) {
-  const uint8_t* row = im.src + (im.top + y) * im.sy + (im.left + ax.lo) * im.sx;
-  rr = 0.0f;
-  rg = 0.0f;
-  rb = 0.0f;
-  for (int kx = 0; kx < ax.n; ++kx) {
-    const float wx = ax.weight(kx);
-    const uint8_t* p = row + kx * im.sx;
-    rr += wx * static_cast<float>(__ldg(p));
-    rg += wx * static_cast<float>(__ldg(p + im.sc));
-    rb += wx * static_cast<float>(__ldg(p + 2 * im.sc));
+  const uint8_t* p = im.src + (im.top + y) * im.sy + (im.left + ax.lo) * im.sx;
+  float r = 0.0f, g = 0.0f, b = 0.0f;
+  const int n = ax.n;
+  if (im.sx == 3) {
+#pragma unroll 4
+    for (int kx = 0; kx < n; ++kx, p += 3) {
+      const float wx = ax.weight(kx);
+      r += wx * u8_to_float(__ldg(p));
+      g += wx * u8_to_float(__ldg(p + 1));
+      b += wx * u8_to_float(__ldg(p + 2));
+    }
+  } else {
+    const uint8_t* pg = p + im.sc;
+    const uint8_t* pb = pg + im.sc;
+#pragma unroll 4
+    for (int kx = 0; kx < n; ++kx, ++p, ++pg, ++pb) {
+      const float wx = ax.weight(kx);
+      r += wx * u8_to_float(__ldg(p));
+      g += wx * u8_to_float(__ldg(pg));
+      b += wx * u8_to_float(__ldg(pb));
+    }
   }
+  rr = r;
+  rg = g;
+  rb = b;
 }
 
 // The row sums of one output pixel's taps, then scaled to [0, 1] (bicubic values clamped to it: negative
@@ -231,11 +250,11 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
   if (!tables || buf_rows <= 0) {
     // (Counted from 0, not from row0 * ow: ptxas gives the loop 17 more registers otherwise.)
     const int p0 = row0 * ow;
-    for (int q = threadIdx.x; q < (row1 - row0) * ow; q += blockDim.x) {
-      const int p = p0 + q;
+    GridWalk at(threadIdx.x, blockDim.x, ow);
+    for (int q = threadIdx.x; q < (row1 - row0) * ow; q += blockDim.x, at.step()) {
       float r, g, b;
-      pixel(im, tables, t, oh, ow, p / ow, p % ow, r, g, b);
-      emit(p, r, g, b);
+      pixel(im, tables, t, oh, ow, row0 + at.row, at.col, r, g, b);
+      emit(p0 + q, r, g, b);
     }
     return;
   }
@@ -246,8 +265,9 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
     int i1 = i0 + 1;
     while (i1 < row1 && t.loy[i1] + t.ny[i1] - y0 <= buf_rows) ++i1;
     const int nrows = t.loy[i1 - 1] + t.ny[i1 - 1] - y0;
-    for (int q = threadIdx.x; q < nrows * ow; q += blockDim.x) {
-      const int y = q / ow, j = q % ow;
+    GridWalk at(threadIdx.x, blockDim.x, ow);
+    for (int q = threadIdx.x; q < nrows * ow; q += blockDim.x, at.step()) {
+      const int y = at.row, j = at.col;
       float rr, rg, rb;
       row_sum(im, y0 + y, TableAxis{t.lox[j], t.nx[j], t.wx + j, ow}, rr, rg, rb);
       float* o = buf + 3 * y * ow + j;
@@ -256,8 +276,9 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
       o[2 * ow] = rb;
     }
     __syncthreads();
-    for (int q = threadIdx.x; q < (i1 - i0) * ow; q += blockDim.x) {
-      const int i = i0 + q / ow, j = q % ow;
+    GridWalk out(threadIdx.x, blockDim.x, ow);
+    for (int q = threadIdx.x; q < (i1 - i0) * ow; q += blockDim.x, out.step()) {
+      const int i = i0 + out.row, j = out.col;
       const int ny = t.ny[i];
       const float* h = buf + 3 * (t.loy[i] - y0) * ow + j;
       float ar = 0.0f, ag = 0.0f, ab = 0.0f;
@@ -515,8 +536,9 @@ __global__ void __launch_bounds__(kThreads)
     float* wyb = wxb + kx;
     blur_taps(wxb, rx, ry, sigma);
     // Rows, within the band: hb[c][i][j] = sum_t wx[t] * keep[c][i][reflect(j - rx + t)].
-    for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
-      const int i = q / ow32, j = q % ow32;
+    GridWalk at(threadIdx.x, blockDim.x, ow32);
+    for (int q = threadIdx.x; q < band_px; q += blockDim.x, at.step()) {
+      const int i = at.row, j = at.col;
       for (int c = 0; c < 3; ++c) {
         const float* row = keep + c * cs + i * ow32;
         float acc = 0.0f;
@@ -526,8 +548,9 @@ __global__ void __launch_bounds__(kThreads)
     }
     cluster.sync();  // every block's rows blurred
     // Columns: image row y lives in block y / band_rows of the cluster, at its row y % band_rows.
-    for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
-      const int i = row0 + q / ow32, j = q % ow32;
+    GridWalk out(threadIdx.x, blockDim.x, ow32);
+    for (int q = threadIdx.x; q < band_px; q += blockDim.x, out.step()) {
+      const int i = row0 + out.row, j = out.col;
       float v[3] = {0.0f, 0.0f, 0.0f};
       for (int t = 0; t < ky; ++t) {
         const int y = static_cast<int>(reflect_index(i - ry + t, oh));
@@ -572,8 +595,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kx = 2 * rx + 1, ky = 2 * ry + 1;
   blur_taps(wx, rx, ry, sigma);
   // Rows: hb[c][i][j] = sum_t wx[t] * ws[c][i][reflect(j - rx + t)].
-  for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
-    const int i = p / ow32, j = p % ow32;
+  GridWalk at(threadIdx.x, blockDim.x, ow32);
+  for (int p = threadIdx.x; p < npix32; p += blockDim.x, at.step()) {
+    const int i = at.row, j = at.col;
     for (int c = 0; c < 3; ++c) {
       const float* row = ws + c * npix + static_cast<int64_t>(i) * ow;
       float acc = 0.0f;
@@ -583,8 +607,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   // Columns, then solarize, normalise, write.
-  for (int p = threadIdx.x; p < npix32; p += blockDim.x) {
-    const int i = p / ow32, j = p % ow32;
+  GridWalk out(threadIdx.x, blockDim.x, ow32);
+  for (int p = threadIdx.x; p < npix32; p += blockDim.x, out.step()) {
+    const int i = out.row, j = out.col;
     float v[3];
     for (int c = 0; c < 3; ++c) {
       const float* col = hb + c * npix + j;
