@@ -87,14 +87,18 @@ OP_FP32 = {
 INT_PER_ITEM = 30
 # Instructions per tap (three channels) of the resampling loops, by pipe: counted in the kernel's SASS
 # (nvcc 13 for sm_90, unrolled by 4 taps; `python -m benchmarks.sass OBJECT fused_augment`), the costliest
-# of its instances (layouts, output dtypes, launches) for each count. X_TAP: row_sum's tap (three byte
+# of its instances (layouts, output dtypes, launches) for each count. X_TAP: sum_taps' tap (three byte
 # loads, the weight from shared memory, three u8_to_float: an integer add and an FADD each, three FFMA;
-# the address arithmetic once per unrolled step); Y_TAP: the separable y pass's tap (three buffered
-# values and the weight from shared memory, three FFMA). tests/test_cuda_compile.py recounts them from
-# the compiled source. The kernel before u8_to_float and the pointer-stepping loops (2026-12-04) had 75
-# instructions per 4 x taps, 12 of them I2FP conversions (the XU pipe, 16 per clock per SM).
-X_TAP = {"issue": 70 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 6.0, "int32": 29 / 4}
+# the address arithmetic once per unrolled step); PAIR_TAP: a source position that sum_taps_pair sums
+# for two neighbouring columns at once (its bytes loaded and converted once, two weights, six FFMA);
+# Y_TAP: the separable y pass's tap (three buffered values and the weight from shared memory, three
+# FFMA). tests/test_cuda_compile.py recounts them from the compiled source. The kernel before
+# u8_to_float, the pointer-stepping loops and the pairs (2026-12-04) had 75 instructions per 4 x taps,
+# 12 of them I2FP conversions (the XU pipe, 16 per clock per SM), and no shared positions.
+X_TAP = {"issue": 71 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 6.0, "int32": 29 / 4}
+PAIR_TAP = {"issue": 51 / 2, "lsu": 5.0, "xu": 0.0, "fp32": 9.0, "int32": 22 / 2}
 Y_TAP = {"issue": 50 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 3.0, "int32": 19 / 4}
+LOOPS = (("x_taps", X_TAP), ("pair_taps", PAIR_TAP), ("y_taps", Y_TAP))
 COLOUR = ("brightness", "contrast", "saturation", "hue")
 
 # Cost per eager op of torchvision v2 on a GPU (host dispatch + launch of a tiny kernel), (low, high):
@@ -192,7 +196,8 @@ class Work:
     fp32: float = 0.0
     int32: float = 0.0
     other: float = 0.0  # instructions on none of these pipes (branches, barriers)
-    x_taps: float = 0.0  # taps of row_sum (each: three channels)
+    x_taps: float = 0.0  # taps of sum_taps (each: three channels)
+    pair_taps: float = 0.0  # source positions sum_taps_pair sums for two columns
     y_taps: float = 0.0  # taps of the separable y pass
     hbm: float = 0.0
     ws_bytes: float = 0.0  # blur workspace traffic (HBM when the in-flight workspaces exceed L2)
@@ -203,10 +208,10 @@ class Work:
     def pipes(self) -> dict[str, float]:
         """Instructions per pipe and issued in all, the tap loops' counted in SASS (X_TAP, Y_TAP)."""
         out = {
-            k: getattr(self, k) + X_TAP[k] * self.x_taps + Y_TAP[k] * self.y_taps
+            k: getattr(self, k) + sum(c[k] * getattr(self, f) for f, c in LOOPS)
             for k in ("lsu", "xu", "fp32", "int32")
         }
-        loops = X_TAP["issue"] * self.x_taps + Y_TAP["issue"] * self.y_taps
+        loops = sum(c["issue"] * getattr(self, f) for f, c in LOOPS)
         out["issue"] = loops + self.lsu + self.xu + self.fp32 + self.int32 + self.other
         return out
 
@@ -242,7 +247,7 @@ def output_blocks(
     belong to the cluster launch (cluster: cluster_plan's (band rows, buffer rows), None without one)."""
     top, left, ch, cw = box
     loy, ny = axis_taps(ch, oh, interp)
-    _, nx = axis_taps(cw, ow, interp)
+    lox, nx = axis_taps(cw, ow, interp)
     tables = max_taps(cw, ow, interp) <= taps_cap and max_taps(ch, oh, interp) <= taps_cap
     separable = tables and buf_rows > 0 and taps_product(ch, oh, cw, ow, interp) >= SEPARABLE_MIN_TAPS
     active = [COLOUR[op] for op in order if (factors[op] != 0.0 if op == 3 else factors[op] != 1.0)]
@@ -250,6 +255,13 @@ def output_blocks(
     blur = sigma > 0
     whole = needs_mean or blur
     sum_x = float(sum(nx))
+    # The x pass in pairs of neighbouring columns (row_sum_pair): per source row, the positions a pair
+    # shares (loaded once for both) and the taps summed for one column alone.
+    shared = sum(
+        max(0, min(lox[j] + nx[j], lox[j + 1] + nx[j + 1]) - lox[j + 1]) for j in range(0, ow - 1, 2)
+    )
+    single = sum_x - 2 * shared
+    pairs = -(-ow // 2)
 
     def direct(r0: int, r1: int) -> Work:
         ty = float(sum(ny[r0:r1]))
@@ -269,10 +281,17 @@ def output_blocks(
             while i1 < r1 and loy[i1] + ny[i1] - y0 <= buf_rows:
                 i1 += 1
             nrows = loy[i1 - 1] + ny[i1 - 1] - y0
-            h_taps = nrows * sum_x  # x pass: every buffered row at every output column
             v_taps = float(sum(ny[i0:i1])) * ow  # y pass: the rows' taps at every column
-            items = nrows * ow + (i1 - i0) * ow
-            w = w.add(Work(x_taps=h_taps, y_taps=v_taps, lsu=3 * nrows * ow, int32=INT_PER_ITEM * items))
+            items = nrows * pairs + (i1 - i0) * ow  # x pass: every buffered row at every pair of columns
+            w = w.add(
+                Work(
+                    x_taps=nrows * single,
+                    pair_taps=nrows * shared,
+                    y_taps=v_taps,
+                    lsu=3 * nrows * ow,
+                    int32=INT_PER_ITEM * items,
+                )
+            )
             i0 = i1
         return w
 
@@ -577,9 +596,11 @@ def table(hw: Hardware = H100, count_ops: bool = True) -> str:
         r = predict(sizes, p, out_dtype=dtype, interpolation=interp, hw=hw)
         if label.startswith("open_clip: 256") and dtype == torch.float32:
             w = r["work"]
-            x_issue = w.x_taps * X_TAP["issue"] / (RATES.issue * hw.clock_hz * hw.sms)
-            loops = (w.x_taps * X_TAP["issue"] + w.y_taps * Y_TAP["issue"]) / w.pipes()["issue"]
-            bound = (r["floor_s"], x_issue, loops)
+            x_instr = w.x_taps * X_TAP["issue"] + w.pair_taps * PAIR_TAP["issue"]
+            x_issue = x_instr / (RATES.issue * hw.clock_hz * hw.sms)
+            per_tap = x_instr / (w.x_taps + 2 * w.pair_taps)
+            loops = (x_instr + w.y_taps * Y_TAP["issue"]) / w.pipes()["issue"]
+            bound = (r["floor_s"], x_issue, loops, per_tap)
         before = predict(
             sizes,
             p,
@@ -619,13 +640,15 @@ def table(hw: Hardware = H100, count_ops: bool = True) -> str:
         "(separable passes for downscales, the band split of small batches, the cluster launch for "
         "contrast and blur); both columns with today's instructions per tap. Fractions above 100% are the "
         "floor's definition (every input byte read once; the kernel reads only the crops). For float32 "
-        "output of large photos even the low ends stay under 50%: instruction issue, not bytes, bounds the "
-        f"kernel. At open_clip's 256 x 500x375 the tap loops issue {100 * bound[2]:.0f}% of the "
-        f"instructions, and the x pass alone ({X_TAP['issue']:g} instructions a tap: three byte loads, a "
-        "weight, three exact u8_to_float and three FMAs, the address arithmetic; sm_90 SASS) takes "
-        f"{_ms(bound[1])} ms at 128 a clock per SM against a floor of {_ms(bound[0])} ms: 50% of the floor "
-        "needs a different resampling (fewer instructions a tap: word loads of four bytes, or the "
-        "separable passes as banded tensor-core products), not a tuning of this one. "
+        "output of large photos instruction issue, not bytes, bounds the kernel: at open_clip's 256 x "
+        f"500x375 the tap loops issue {100 * bound[2]:.0f}% of the instructions, and the x pass alone "
+        f"({bound[3]:.1f} instructions a tap: {X_TAP['issue']:g} for a column's tap alone, three byte "
+        "loads, a weight, three exact u8_to_float, three FMAs and the address arithmetic; "
+        f"{PAIR_TAP['issue']:g} for a position two neighbouring columns share, loaded and converted once; "
+        f"sm_90 SASS) takes {_ms(bound[1])} ms at 128 a clock per SM against a floor of "
+        f"{_ms(bound[0])} ms. Only the low end (every pipe overlapped) reaches 50% there; the whole range "
+        "would need fewer instructions a tap (word loads of four bytes, or the separable passes as banded "
+        "tensor-core products), not a tuning of these loops. "
         "The baseline's ratio holds by an order of magnitude or more everywhere but the "
         "crop-only recipe, where torchvision does 5 ops a sample.",
         "",

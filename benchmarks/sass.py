@@ -128,11 +128,21 @@ def loops(sass: str, kernel_substring: str = "") -> list[Loop]:
 
 
 # The augmentation kernel's resampling loops, recognised by their shape (csrc/cuda/augment_cuda.cu,
-# unrolled by 4 taps): row_sum's tap loop (12 byte loads of the source, 4 weights from shared memory, 12
-# FFMA) in each layout, and the separable y pass (12 buffered values and 4 weights from shared memory,
-# 12 FFMA).
+# unrolled by 4 taps): sum_taps' loop (12 byte loads of the source, 4 weights from shared memory, 12
+# FFMA) in each layout, sum_taps_pair's, and the separable y pass (12 buffered values and 4 weights from
+# shared memory, 12 FFMA).
 def x_tap_loops(all_loops: list[Loop]) -> list[Loop]:
     return [lp for lp in all_loops if lp.count("LDG") == 12 and lp.count("FFMA") == 12 and lp.size < 100]
+
+
+def pair_tap_loops(all_loops: list[Loop]) -> list[Loop]:
+    """sum_taps_pair's loop over the taps two neighbouring columns share (unrolled by 2: 6 byte loads, 4
+    weights, 12 FFMA)."""
+    return [
+        lp
+        for lp in all_loops
+        if lp.count("LDG") == 6 and lp.count("LDS") == 4 and lp.count("FFMA") == 12 and lp.size < 80
+    ]
 
 
 def y_tap_loops(all_loops: list[Loop]) -> list[Loop]:

@@ -139,3 +139,72 @@ def test_grid_walk_and_u8_to_float(tmp_path):
     assert walked > 100_000
     assert bad == 0, f"{bad} of {walked} GridWalk steps differ from q / w, q % w"
     assert conv == 0, f"u8_to_float differs from float(b) for {conv} of 256 values"
+
+
+# sum_taps_pair (two neighbouring output columns of a source row at once, each source value loaded and
+# converted once where their taps overlap) against sum_taps one column at a time: bitwise, in both
+# layouts, over the tap ranges aa_weights gives neighbouring columns (downscales and upscales, bilinear
+# and bicubic, crops flipped or not) and over arbitrary nested ranges.
+PAIRS = r"""
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+#include "augment.h"
+using namespace vlkernels::augment;
+struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
+static long long bad = 0, checked = 0;
+template <bool kHwc>
+void check(const std::vector<uint8_t>& img, int64_t sc, int64_t step, int lo_a, int n_a, int lo_b, int n_b,
+           const std::vector<float>& w, int stride, int ja, int jb) {
+  // ja, jb: the columns' slots in the tap-major table w (tap k of column j at w[k * stride + j]).
+  float a1[3] = {0, 0, 0}, b1[3] = {0, 0, 0}, a2[3] = {0, 0, 0}, b2[3] = {0, 0, 0};
+  sum_taps<kHwc>(img.data() + lo_a * step, sc, n_a, StridedWeights{w.data() + ja, stride}, 0, Plain{}, a1);
+  sum_taps<kHwc>(img.data() + lo_b * step, sc, n_b, StridedWeights{w.data() + jb, stride}, 0, Plain{}, b1);
+  sum_taps_pair<kHwc>(img.data() + lo_a * step, sc, n_a, w.data() + ja, lo_b - lo_a, n_b, w.data() + jb,
+                      stride, Plain{}, a2, b2);
+  ++checked;
+  if (std::memcmp(a1, a2, sizeof a1) || std::memcmp(b1, b2, sizeof b1)) ++bad;
+}
+int main() {
+  std::mt19937 rng(7);
+  const int W = 700;
+  std::vector<uint8_t> hwc(3 * W), planar(3 * W);
+  for (auto& v : hwc) v = rng() & 255;
+  for (auto& v : planar) v = rng() & 255;
+  // Geometry of aa_weights: neighbouring columns of real resamplings.
+  const int ins[] = {700, 500, 375, 224, 97, 33, 5};
+  const int outs[] = {224, 64, 301, 7};
+  for (int in : ins)
+    for (int out : outs)
+      for (int interp = 0; interp < 2; ++interp) {
+        const int taps = max_taps(in, out, interp);
+        std::vector<float> w(static_cast<size_t>(taps) * out);
+        std::vector<int64_t> lo(out);
+        std::vector<int> n(out);
+        for (int j = 0; j < out; ++j) aa_weights(in, out, j, interp, w.data() + j, &lo[j], &n[j], out);
+        for (int j = 0; j + 1 < out; ++j) {
+          check<true>(hwc, 1, 3, lo[j], n[j], lo[j + 1], n[j + 1], w, out, j, j + 1);
+          check<false>(planar, W, 1, lo[j], n[j], lo[j + 1], n[j + 1], w, out, j, j + 1);
+        }
+      }
+  // Arbitrary nested ranges: 0 <= d, n_a <= d + n_b (including no overlap and empty ranges).
+  std::vector<float> w(64 * 2);
+  for (auto& v : w) v = std::uniform_real_distribution<float>(-0.3f, 1.0f)(rng);
+  for (int t = 0; t < 20000; ++t) {
+    const int n_a = rng() % 20, d = rng() % 24;
+    const int n_b = (n_a > d ? n_a - d : 0) + rng() % 20;
+    const int lo_a = rng() % 100;
+    check<true>(hwc, 1, 3, lo_a, n_a, lo_a + d, n_b, w, 2, 0, 1);
+    check<false>(planar, W, 1, lo_a, n_a, lo_a + d, n_b, w, 2, 0, 1);
+  }
+  std::printf("%lld %lld\n", checked, bad);
+  return 0;
+}
+"""
+
+
+def test_pair_sums_are_the_single_sums(tmp_path):
+    checked, bad = (int(v) for v in run_cxx(PAIRS, tmp_path).split())
+    assert checked > 40_000
+    assert bad == 0, f"{bad} of {checked} pairs differ from the single-column sums"

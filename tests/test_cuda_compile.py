@@ -100,26 +100,28 @@ def check_resampling_loops(obj: str, arch: str) -> None:
             )
         return
     loops = sass.loops(sass.disassemble(obj), "fused_augment_kernel")
-    # Every instance of the kernel (4 output dtypes x plain / cluster) has row_sum's loop in both layouts
-    # and the y pass's (the cluster kernel's sm_80 stub has none).
-    xs, ys = sass.x_tap_loops(loops), sass.y_tap_loops(loops)
+    # Every instance of the kernel (4 output dtypes x plain / cluster) has sum_taps' loop (unrolled by 4
+    # taps) and sum_taps_pair's (by 2 shared positions) in both layouts, and the y pass's (4 taps); the
+    # cluster kernel's sm_80 stub has none.
     want = 8 if arch == "90" else 4
-    assert len({lp.kernel for lp in xs}) == want and len({lp.kernel for lp in ys}) == want, (len(xs), len(ys))
-    for kind, found, model in (("x", xs, acm.X_TAP), ("y", ys, acm.Y_TAP)):
+    kinds = (
+        ("x", sass.x_tap_loops(loops), acm.X_TAP, 4),
+        ("pair", sass.pair_tap_loops(loops), acm.PAIR_TAP, 2),
+        ("y", sass.y_tap_loops(loops), acm.Y_TAP, 4),
+    )
+    for kind, found, model, unroll in kinds:
+        assert len({lp.kernel for lp in found}) == want, (kind, len(found))
         counts = [lp.pipes() for lp in found]
         slack = 1.1 if arch == "90" else 1.25  # the model is the H100's (sm_90); sm_80 within reach of it
         for c in counts:
             assert c["xu"] == 0, f"a conversion or MUFU instruction in the {kind} tap loop: {c}"
             per_tap = {"issue": c["issue"], "lsu": c["lsu"], "fp32": c["fp32"], "int32": c["imad"] + c["alu"]}
             for k, v in per_tap.items():
-                assert v / 4 <= slack * model[k], (
-                    f"{kind} tap loop: {k} {v / 4} per tap, the model has {model[k]}"
-                )
+                got = v / unroll
+                assert got <= slack * model[k], f"{kind} tap loop: {k} {got} a tap, the model: {model[k]}"
         if arch == "90":  # the model's counts are sm_90's: not stale
-            most = max(c["issue"] for c in counts) / 4
-            assert most >= 0.9 * model["issue"], (
-                f"{kind} taps: {most} instructions, the model has {model['issue']}"
-            )
+            most = max(c["issue"] for c in counts) / unroll
+            assert most >= 0.9 * model["issue"], f"{kind} taps: {most} instructions, model {model['issue']}"
 
 
 def ptxas_resources(log: str) -> dict[str, dict[str, int]]:

@@ -55,8 +55,8 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 121 registers
-// per thread, the cluster one 83: one block per SM (25% occupancy; the shared memory of the separable
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 113 registers
+// per thread, the cluster one 108: one block per SM (25% occupancy; the shared memory of the separable
 // passes allows no more either). With __launch_bounds__(kThreads, 2) (64 registers) an earlier version
 // spilled 104 B; whether more resident threads would pay is a GPU measurement still owed.
 constexpr int kThreads = 512;
@@ -94,6 +94,7 @@ struct Axis {
     return aa_filter((static_cast<float>(j + lo) - center + 0.5f) * invscale, interp);
   }
   __device__ __forceinline__ float weight(int j) const { return div_rn(raw(j), total); }
+  __device__ __forceinline__ float operator()(int j) const { return weight(j); }
 };
 
 struct Image {
@@ -114,42 +115,64 @@ struct TableAxis {
   const float* w;
   int stride;
   __device__ __forceinline__ float weight(int j) const { return w[j * stride]; }
+  __device__ __forceinline__ float operator()(int j) const { return w[j * stride]; }
+};
+
+// The source reads of the tap loops (sum_taps in augment.h): through the read-only data cache.
+struct Ldg {
+  __device__ __forceinline__ uint32_t operator()(const uint8_t* p) const { return __ldg(p); }
 };
 
 // One source row (crop row y) resampled along x at one output column: its column taps ax summed in
-// order, three channels. Both ways of resampling (resample, the separable x pass) sum through this. One
-// loop per layout (the layout is the launch's): a tap's three bytes are adjacent in channels-last
-// images (one pointer, advanced 3 bytes a tap) and a plane apart in planar ones (a pointer a plane);
-// unrolled by 4, the loads of an unrolled step take immediate offsets from its pointers, so a tap costs
-// its three byte loads, the weight's shared-memory load, and per channel a u8_to_float (integer OR +
-// FADD) and an FFMA, with the address arithmetic paid once per step (SASS: tests/test_cuda_compile.py).
+// order, three channels (sum_taps, augment.h: one loop per layout, the launch's). Both ways of resampling
+// (resample, the separable x pass) sum through this or row_sum_pair; a tap costs its three byte loads,
+// the weight's shared-memory load, and per channel a u8_to_float (integer add + FADD) and an FFMA, with
+// the address arithmetic paid once per unrolled step (SASS: tests/test_cuda_compile.py).
+__device__ __forceinline__ const uint8_t* row_start(const Image& im, int64_t y, int64_t lo) {
+  return im.src + (im.top + y) * im.sy + (im.left + lo) * im.sx;
+}
+
 template <typename AX>
 __device__ __forceinline__ void row_sum(const Image& im, int64_t y, const AX& ax, float& rr, float& rg, float& rb) {
-  const uint8_t* p = im.src + (im.top + y) * im.sy + (im.left + ax.lo) * im.sx;
-  float r = 0.0f, g = 0.0f, b = 0.0f;
-  const int n = ax.n;
+  const uint8_t* p = row_start(im, y, ax.lo);
+  float acc[3] = {0.0f, 0.0f, 0.0f};
   if (im.sx == 3) {
-#pragma unroll 4
-    for (int kx = 0; kx < n; ++kx, p += 3) {
-      const float wx = ax.weight(kx);
-      r += wx * u8_to_float(__ldg(p));
-      g += wx * u8_to_float(__ldg(p + 1));
-      b += wx * u8_to_float(__ldg(p + 2));
-    }
+    sum_taps<true>(p, im.sc, ax.n, ax, 0, Ldg{}, acc);
   } else {
-    const uint8_t* pg = p + im.sc;
-    const uint8_t* pb = pg + im.sc;
-#pragma unroll 4
-    for (int kx = 0; kx < n; ++kx, ++p, ++pg, ++pb) {
-      const float wx = ax.weight(kx);
-      r += wx * u8_to_float(__ldg(p));
-      g += wx * u8_to_float(__ldg(pg));
-      b += wx * u8_to_float(__ldg(pb));
-    }
+    sum_taps<false>(p, im.sc, ax.n, ax, 0, Ldg{}, acc);
   }
-  rr = r;
-  rg = g;
-  rb = b;
+  rr = acc[0];
+  rg = acc[1];
+  rb = acc[2];
+}
+
+// row_sum of two neighbouring output columns (a, b) of one source row: where their taps overlap, each
+// source value is loaded and converted once for both (sum_taps_pair); bitwise the two row_sums. The
+// columns are taken in the order of their first taps (a flipped crop mirrors them); pairs whose ranges
+// do not nest that way (none from aa_weights' geometry) are summed one at a time.
+__device__ __forceinline__ void row_sum_pair(const Image& im, int64_t y, const TableAxis& a, const TableAxis& b,
+                                             float* va, float* vb) {
+  // (Values, not references or pointers chosen at run time: those would put the sums in local memory.)
+  const bool swap = b.lo < a.lo;
+  const TableAxis first = swap ? b : a;
+  const TableAxis second = swap ? a : b;
+  if (first.lo + first.n > second.lo + second.n) {
+    row_sum(im, y, a, va[0], va[1], va[2]);
+    row_sum(im, y, b, vb[0], vb[1], vb[2]);
+    return;
+  }
+  const uint8_t* p = row_start(im, y, first.lo);
+  const int d = static_cast<int>(second.lo - first.lo);
+  float s1[3] = {0.0f, 0.0f, 0.0f}, s2[3] = {0.0f, 0.0f, 0.0f};
+  if (im.sx == 3) {
+    sum_taps_pair<true>(p, im.sc, first.n, first.w, d, second.n, second.w, first.stride, Ldg{}, s1, s2);
+  } else {
+    sum_taps_pair<false>(p, im.sc, first.n, first.w, d, second.n, second.w, first.stride, Ldg{}, s1, s2);
+  }
+  for (int c = 0; c < 3; ++c) {
+    va[c] = swap ? s2[c] : s1[c];
+    vb[c] = swap ? s1[c] : s2[c];
+  }
 }
 
 // The row sums of one output pixel's taps, then scaled to [0, 1] (bicubic values clamped to it: negative
@@ -239,7 +262,8 @@ __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables
 // - separable, when the tap tables are in shared memory and the row buffer holds buf_rows >= the
 //   taps of a row: output rows in chunks whose source rows fit the buffer; a horizontal pass resamples
 //   each source row of the chunk into the buffer (float [row][channel][ow], the column taps of every
-//   output column), then a vertical pass sums the buffered rows with the row taps. Per output pixel
+//   output column, two neighbouring columns a thread: row_sum_pair), then a vertical pass sums the
+//   buffered rows with the row taps. Per output pixel
 //   (source rows / output rows) x nx + ny taps instead of nx x ny; the same products and the same order
 //   of summation as the direct way (each source row's column sum first, then the rows), so the same
 //   values.
@@ -265,15 +289,26 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
     int i1 = i0 + 1;
     while (i1 < row1 && t.loy[i1] + t.ny[i1] - y0 <= buf_rows) ++i1;
     const int nrows = t.loy[i1 - 1] + t.ny[i1 - 1] - y0;
-    GridWalk at(threadIdx.x, blockDim.x, ow);
-    for (int q = threadIdx.x; q < nrows * ow; q += blockDim.x, at.step()) {
-      const int y = at.row, j = at.col;
-      float rr, rg, rb;
-      row_sum(im, y0 + y, TableAxis{t.lox[j], t.nx[j], t.wx + j, ow}, rr, rg, rb);
+    // The x pass in pairs of neighbouring output columns (row_sum_pair; the last column alone when ow
+    // is odd).
+    const int pairs = (ow + 1) / 2;
+    GridWalk at(threadIdx.x, blockDim.x, pairs);
+    for (int q = threadIdx.x; q < nrows * pairs; q += blockDim.x, at.step()) {
+      const int y = at.row, j = 2 * at.col;
+      float va[3], vb[3];
+      const TableAxis a{t.lox[j], t.nx[j], t.wx + j, ow};
       float* o = buf + 3 * y * ow + j;
-      o[0] = rr;
-      o[ow] = rg;
-      o[2 * ow] = rb;
+      if (j + 1 < ow) {
+        row_sum_pair(im, y0 + y, a, TableAxis{t.lox[j + 1], t.nx[j + 1], t.wx + j + 1, ow}, va, vb);
+        o[1] = vb[0];
+        o[ow + 1] = vb[1];
+        o[2 * ow + 1] = vb[2];
+      } else {
+        row_sum(im, y0 + y, a, va[0], va[1], va[2]);
+      }
+      o[0] = va[0];
+      o[ow] = va[1];
+      o[2 * ow] = va[2];
     }
     __syncthreads();
     GridWalk out(threadIdx.x, blockDim.x, ow);
