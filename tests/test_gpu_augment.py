@@ -260,19 +260,23 @@ def test_cuda_op_small_batches_split_into_bands_equal_cpu_op(n, out_dtype):
             assert_close01(gpu.cpu(), cpu)
 
 
+@pytest.mark.parametrize("kind", ["list", "nchw"])
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 @pytest.mark.parametrize(
     "size",
     # 224 x 224: 24-tap tables and a 43-row buffer (several chunks per image at these downscales);
     # 600 x 600: 8-tap tables and a 16-row buffer (many chunks, rows restarting at every chunk);
-    # 4100 x 1 and 1 x 4100: one column / one row.
+    # 4100 x 1 and 1 x 4100: one column / one row; 37 x 301: an odd width (the x pass's pairs of
+    # columns end with a column alone).
     [(224, 224), (600, 600), (4100, 1), (1, 4100), (37, 301)],
 )
-def test_cuda_op_separable_passes_equal_the_direct_sums_bitwise(size, interpolation, monkeypatch):
+def test_cuda_op_separable_passes_equal_the_direct_sums_bitwise(size, interpolation, kind, monkeypatch):
     # The separable passes (the default where the tap tables fit) compute the same products in the same
-    # order as the direct nx x ny sums (VLKERNELS_AUGMENT_SEPARABLE=0): equal bits, every op and a mix of
-    # views, bands (3 outputs: a small batch) and flips.
-    imgs = images_of("list", [(1300, 900), (500, 375), (240, 260)], seed=44)
+    # order as the direct nx x ny sums (VLKERNELS_AUGMENT_SEPARABLE=0), their x pass two neighbouring
+    # columns a thread (sum_taps_pair): equal bits, every op and a mix of views, bands (3 outputs: a small
+    # batch) and flips, channels-last images (a list of HWC tensors) and planar ones (NCHW).
+    sizes = [(1300, 900), (500, 375), (240, 260)] if kind == "list" else [(700, 530)] * 3
+    imgs = images_of(kind, sizes, seed=44)
     p = params_with(imgs, seed=45, **ONLY["all_strong"], blur_p=0.4, solarize_p=0.3)
     kw = dict(params=p.to("cuda"), interpolation=interpolation, impl="cuda")
     fast = fused_augment(to_cuda(imgs), size, **kw)
