@@ -92,13 +92,15 @@ INT_PER_ITEM = 30
 # the address arithmetic once per unrolled step); PAIR_TAP: a source position that sum_taps_pair sums
 # for two neighbouring columns at once (its bytes loaded and converted once, two weights, six FFMA);
 # Y_TAP: the separable y pass's tap (three buffered values and the weight from shared memory, three
-# FFMA). tests/test_cuda_compile.py recounts them from the compiled source. The kernel before
+# FFMA); Y_PAIR_TAP: a buffered row two neighbouring output rows share. tests/test_cuda_compile.py
+# recounts them from the compiled source. The kernel before
 # u8_to_float, the pointer-stepping loops and the pairs (2026-12-04) had 75 instructions per 4 x taps,
 # 12 of them I2FP conversions (the XU pipe, 16 per clock per SM), and no shared positions.
-X_TAP = {"issue": 71 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 6.0, "int32": 29 / 4}
-PAIR_TAP = {"issue": 51 / 2, "lsu": 5.0, "xu": 0.0, "fp32": 9.0, "int32": 22 / 2}
+X_TAP = {"issue": 74 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 6.0, "int32": 33 / 4}
+PAIR_TAP = {"issue": 53 / 2, "lsu": 5.0, "xu": 0.0, "fp32": 9.0, "int32": 24 / 2}
 Y_TAP = {"issue": 50 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 3.0, "int32": 19 / 4}
-LOOPS = (("x_taps", X_TAP), ("pair_taps", PAIR_TAP), ("y_taps", Y_TAP))
+Y_PAIR_TAP = {"issue": 35 / 2, "lsu": 5.0, "xu": 0.0, "fp32": 6.0, "int32": 12 / 2}
+LOOPS = (("x_taps", X_TAP), ("pair_taps", PAIR_TAP), ("y_taps", Y_TAP), ("y_pair_taps", Y_PAIR_TAP))
 COLOUR = ("brightness", "contrast", "saturation", "hue")
 
 # Cost per eager op of torchvision v2 on a GPU (host dispatch + launch of a tiny kernel), (low, high):
@@ -199,6 +201,7 @@ class Work:
     x_taps: float = 0.0  # taps of sum_taps (each: three channels)
     pair_taps: float = 0.0  # source positions sum_taps_pair sums for two columns
     y_taps: float = 0.0  # taps of the separable y pass
+    y_pair_taps: float = 0.0  # buffered rows the y pass sums for two output rows
     hbm: float = 0.0
     ws_bytes: float = 0.0  # blur workspace traffic (HBM when the in-flight workspaces exceed L2)
 
@@ -281,13 +284,19 @@ def output_blocks(
             while i1 < r1 and loy[i1] + ny[i1] - y0 <= buf_rows:
                 i1 += 1
             nrows = loy[i1 - 1] + ny[i1 - 1] - y0
-            v_taps = float(sum(ny[i0:i1])) * ow  # y pass: the rows' taps at every column
-            items = nrows * pairs + (i1 - i0) * ow  # x pass: every buffered row at every pair of columns
+            # y pass, in pairs of output rows: the buffered rows a pair shares, and the rest.
+            y_shared = sum(
+                max(0, min(loy[i] + ny[i], loy[i + 1] + ny[i + 1]) - loy[i + 1]) for i in range(i0, i1 - 1, 2)
+            )
+            y_single = float(sum(ny[i0:i1])) - 2 * y_shared
+            # items: every buffered row at every pair of columns (x), every pair of rows at every column (y)
+            items = nrows * pairs + -(-(i1 - i0) // 2) * ow
             w = w.add(
                 Work(
                     x_taps=nrows * single,
                     pair_taps=nrows * shared,
-                    y_taps=v_taps,
+                    y_taps=y_single * ow,
+                    y_pair_taps=y_shared * ow,
                     lsu=3 * nrows * ow,
                     int32=INT_PER_ITEM * items,
                 )
@@ -599,7 +608,7 @@ def table(hw: Hardware = H100, count_ops: bool = True) -> str:
             x_instr = w.x_taps * X_TAP["issue"] + w.pair_taps * PAIR_TAP["issue"]
             x_issue = x_instr / (RATES.issue * hw.clock_hz * hw.sms)
             per_tap = x_instr / (w.x_taps + 2 * w.pair_taps)
-            loops = (x_instr + w.y_taps * Y_TAP["issue"]) / w.pipes()["issue"]
+            loops = sum(c["issue"] * getattr(w, f) for f, c in LOOPS) / w.pipes()["issue"]
             bound = (r["floor_s"], x_issue, loops, per_tap)
         before = predict(
             sizes,

@@ -136,12 +136,22 @@ def x_tap_loops(all_loops: list[Loop]) -> list[Loop]:
 
 
 def pair_tap_loops(all_loops: list[Loop]) -> list[Loop]:
-    """sum_taps_pair's loop over the taps two neighbouring columns share (unrolled by 2: 6 byte loads, 4
-    weights, 12 FFMA)."""
+    """sum_taps_pair's loop over the source positions two neighbouring columns share, x pass (unrolled by
+    2: 6 byte loads, 4 weights, 12 FFMA)."""
     return [
         lp
         for lp in all_loops
         if lp.count("LDG") == 6 and lp.count("LDS") == 4 and lp.count("FFMA") == 12 and lp.size < 80
+    ]
+
+
+def y_pair_tap_loops(all_loops: list[Loop]) -> list[Loop]:
+    """sum_taps_pair's loop over the buffered rows two neighbouring output rows share, y pass (unrolled
+    by 2: 6 buffered values and 4 weights from shared memory, 12 FFMA)."""
+    return [
+        lp
+        for lp in all_loops
+        if lp.count("LDG") == 0 and lp.count("LDS") == 10 and lp.count("FFMA") == 12 and lp.size < 80
     ]
 
 

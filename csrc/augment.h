@@ -124,19 +124,23 @@ struct GridWalk {
   }
 };
 
-// The resampling's inner loop, written once for the CUDA kernel (Load: __ldg) and the host test (a plain
-// read). Source bytes of one row from p on (the first tap), three channels: adjacent in channels-last
-// images (kHwc: a tap 3 bytes on, the channels at +1, +2 of one pointer) or a plane apart (sc bytes: a
-// pointer a plane). acc[c] += w(k0 + k) * value, k = 0 .. n-1, in order: the summation order of the CPU
-// kernel's x pass. Unrolled by 4 on the GPU, a step's loads take immediate offsets from the stepped
-// pointers.
+// The resampling's inner loops, written once for the CUDA kernel and the host tests. A source is a run of
+// three-channel values along one axis, read in order: read(x) gives the current position's three values
+// as floats, next() steps one position, at(k) is the source k positions on.
+//
+// ByteSource: one row of a uint8 image (the x taps), through Load (__ldg on the GPU, a plain read in the
+// tests). Channels adjacent in channels-last images (kHwc: a position 3 bytes on, the channels at +1, +2
+// of one pointer) or a plane apart (sc bytes: a pointer a plane); each byte as an exact float
+// (u8_to_float). Unrolled on the GPU, a step's loads take immediate offsets from the stepped pointers.
 template <bool kHwc, typename Load>
-struct TapSource {
+struct ByteSource {
   const uint8_t* p;
   const uint8_t* g;  // planar: the other planes' pointers
   const uint8_t* b;
-  VLK_HD TapSource(const uint8_t* p_, int64_t sc) : p(p_), g(kHwc ? p_ : p_ + sc), b(kHwc ? p_ : p_ + 2 * sc) {}
-  VLK_HD void read(const Load& ld, float* x) const {
+  Load ld;
+  VLK_HD ByteSource(const uint8_t* p_, int64_t sc, Load ld_)
+      : p(p_), g(kHwc ? p_ : p_ + sc), b(kHwc ? p_ : p_ + 2 * sc), ld(ld_) {}
+  VLK_HD void read(float* x) const {
     x[0] = u8_to_float(ld(p));
     x[1] = u8_to_float(ld(kHwc ? p + 1 : g));
     x[2] = u8_to_float(ld(kHwc ? p + 2 : b));
@@ -148,18 +152,40 @@ struct TapSource {
       ++b;
     }
   }
+  VLK_HD ByteSource at(int k) const {
+    ByteSource s = *this;
+    const int64_t off = static_cast<int64_t>(k) * (kHwc ? 3 : 1);
+    s.p += off;
+    s.g += off;
+    s.b += off;
+    return s;
+  }
 };
 
-template <bool kHwc, typename W, typename Load>
-VLK_HD void sum_taps(const uint8_t* p, int64_t sc, int n, const W& w, int k0, const Load& ld, float* acc) {
-  TapSource<kHwc, Load> src(p, sc);
+// RowSource: one column of the separable passes' float row buffer (the y taps): a position `step` floats
+// on (a buffered row), the channels `plane` floats apart.
+struct RowSource {
+  const float* h;
+  int plane, step;
+  VLK_HD void read(float* x) const {
+    x[0] = h[0];
+    x[1] = h[plane];
+    x[2] = h[2 * plane];
+  }
+  VLK_HD void next() { h += step; }
+  VLK_HD RowSource at(int k) const { return RowSource{h + static_cast<int64_t>(k) * step, plane, step}; }
+};
+
+// acc[c] += w(k0 + k) * value, k = 0 .. n-1, in order: the summation order of the CPU kernel's passes.
+template <typename Src, typename W>
+VLK_HD void sum_taps(Src src, int n, const W& w, int k0, float* acc) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll 4
 #endif
   for (int k = 0; k < n; ++k, src.next()) {
     const float wk = w(k0 + k);
     float x[3];
-    src.read(ld, x);
+    src.read(x);
     acc[0] += wk * x[0];
     acc[1] += wk * x[1];
     acc[2] += wk * x[2];
@@ -173,28 +199,27 @@ struct StridedWeights {
   VLK_HD float operator()(int k) const { return w[k * stride]; }
 };
 
-// The same sums for two output columns a and b of one source row at once, taps [0, n_a) of a and
-// [d, d + n_b) of b counted from a's first tap (p), where 0 <= d and n_a <= d + n_b: neighbouring
-// columns of an antialiased resampling, ordered by their first tap (first and last taps never decrease
-// along the output). Weights from tap-major tables (wa, wb, both with stride). Where the ranges overlap,
-// each source value is loaded and converted once for both columns (about half the loads and conversions
-// of two separate sums where the taps of neighbours overlap, as in every downscale); each column's terms
-// are still added in tap order, so acc_a and acc_b are bitwise the sums sum_taps gives one at a time.
-template <bool kHwc, typename Load>
-VLK_HD void sum_taps_pair(const uint8_t* p, int64_t sc, int n_a, const float* wa, int d, int n_b, const float* wb,
-                          int stride, const Load& ld, float* acc_a, float* acc_b) {
-  constexpr int step = kHwc ? 3 : 1;
+// The same sums for two neighbouring outputs a and b at once: taps [0, n_a) of a and [d, d + n_b) of b
+// counted from a's first tap (src), where 0 <= d and n_a <= d + n_b: neighbouring outputs of an
+// antialiased resampling, ordered by their first tap (first and last taps never decrease along the
+// output). Weights from tap-major tables (wa, wb, both with stride). Where the ranges overlap, each
+// source value is read (and converted) once for both outputs (about half the loads of two separate sums
+// where the taps of neighbours overlap, as in every downscale); each output's terms are still added in
+// tap order, so acc_a and acc_b are bitwise the sums sum_taps gives one at a time.
+template <typename Src>
+VLK_HD void sum_taps_pair(const Src& src, int n_a, const float* wa, int d, int n_b, const float* wb, int stride,
+                          float* acc_a, float* acc_b) {
   const int a_only = d < n_a ? d : n_a;
-  sum_taps<kHwc>(p, sc, a_only, StridedWeights{wa, stride}, 0, ld, acc_a);
-  TapSource<kHwc, Load> src(p + static_cast<int64_t>(d) * step, sc);
+  sum_taps(src, a_only, StridedWeights{wa, stride}, 0, acc_a);
+  Src both = src.at(d);
   const float* pa = wa + static_cast<int64_t>(d) * stride;
   const float* pb = wb;
 #if defined(__CUDA_ARCH__)
 #pragma unroll 2
 #endif
-  for (int k = d; k < n_a; ++k, src.next(), pa += stride, pb += stride) {
+  for (int k = d; k < n_a; ++k, both.next(), pa += stride, pb += stride) {
     float x[3];
-    src.read(ld, x);
+    both.read(x);
     const float w0 = *pa, w1 = *pb;
     acc_a[0] += w0 * x[0];
     acc_a[1] += w0 * x[1];
@@ -204,8 +229,7 @@ VLK_HD void sum_taps_pair(const uint8_t* p, int64_t sc, int n_a, const float* wa
     acc_b[2] += w1 * x[2];
   }
   const int b_from = d > n_a ? d : n_a;
-  sum_taps<kHwc>(p + static_cast<int64_t>(b_from) * step, sc, d + n_b - b_from, StridedWeights{wb, stride},
-                 b_from - d, ld, acc_b);
+  sum_taps(src.at(b_from), d + n_b - b_from, StridedWeights{wb, stride}, b_from - d, acc_b);
 }
 
 VLK_HD float gray_of(float r, float g, float b) { return kGrayR * r + kGrayG * g + kGrayB * b; }

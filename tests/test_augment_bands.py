@@ -141,10 +141,11 @@ def test_grid_walk_and_u8_to_float(tmp_path):
     assert conv == 0, f"u8_to_float differs from float(b) for {conv} of 256 values"
 
 
-# sum_taps_pair (two neighbouring output columns of a source row at once, each source value loaded and
-# converted once where their taps overlap) against sum_taps one column at a time: bitwise, in both
-# layouts, over the tap ranges aa_weights gives neighbouring columns (downscales and upscales, bilinear
-# and bicubic, crops flipped or not) and over arbitrary nested ranges.
+# sum_taps_pair (two neighbouring outputs at once, each source value read and converted once where their
+# taps overlap) against sum_taps one output at a time: bitwise, over the bytes of a source row in both
+# layouts (the x pass: the tap ranges aa_weights gives neighbouring columns, downscales and upscales,
+# bilinear and bicubic, and arbitrary nested ranges) and over a column of the float row buffer (the y
+# pass).
 PAIRS = r"""
 #include <cstdio>
 #include <cstring>
@@ -154,17 +155,39 @@ PAIRS = r"""
 using namespace vlkernels::augment;
 struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
 static long long bad = 0, checked = 0;
+static bool same(const float* x, const float* y) { return std::memcmp(x, y, 3 * sizeof(float)) == 0; }
 template <bool kHwc>
 void check(const std::vector<uint8_t>& img, int64_t sc, int64_t step, int lo_a, int n_a, int lo_b, int n_b,
            const std::vector<float>& w, int stride, int ja, int jb) {
   // ja, jb: the columns' slots in the tap-major table w (tap k of column j at w[k * stride + j]).
+  using Src = ByteSource<kHwc, Plain>;
   float a1[3] = {0, 0, 0}, b1[3] = {0, 0, 0}, a2[3] = {0, 0, 0}, b2[3] = {0, 0, 0};
-  sum_taps<kHwc>(img.data() + lo_a * step, sc, n_a, StridedWeights{w.data() + ja, stride}, 0, Plain{}, a1);
-  sum_taps<kHwc>(img.data() + lo_b * step, sc, n_b, StridedWeights{w.data() + jb, stride}, 0, Plain{}, b1);
-  sum_taps_pair<kHwc>(img.data() + lo_a * step, sc, n_a, w.data() + ja, lo_b - lo_a, n_b, w.data() + jb,
-                      stride, Plain{}, a2, b2);
+  sum_taps(Src(img.data() + lo_a * step, sc, Plain{}), n_a, StridedWeights{w.data() + ja, stride}, 0, a1);
+  sum_taps(Src(img.data() + lo_b * step, sc, Plain{}), n_b, StridedWeights{w.data() + jb, stride}, 0, b1);
+  sum_taps_pair(Src(img.data() + lo_a * step, sc, Plain{}), n_a, w.data() + ja, lo_b - lo_a, n_b,
+                w.data() + jb, stride, a2, b2);
+  // And sum_taps against the plain indexing of the image (channel c of position x at x * step + c * chan).
+  const int64_t chan = kHwc ? 1 : sc;
+  float a0[3] = {0, 0, 0};
+  for (int k = 0; k < n_a; ++k)
+    for (int c = 0; c < 3; ++c)
+      a0[c] += w[k * stride + ja] * static_cast<float>(img[(lo_a + k) * step + c * chan]);
   ++checked;
-  if (std::memcmp(a1, a2, sizeof a1) || std::memcmp(b1, b2, sizeof b1)) ++bad;
+  if (!same(a1, a2) || !same(b1, b2) || !same(a0, a1)) ++bad;
+}
+// The y pass's source: a column of the float row buffer ([row][channel][width], one column j).
+void check_rows(const std::vector<float>& buf, int width, int j, int lo_a, int n_a, int lo_b, int n_b,
+                const std::vector<float>& w, int stride, int ja, int jb) {
+  auto src = [&](int row) { return RowSource{buf.data() + 3 * row * width + j, width, 3 * width}; };
+  float a1[3] = {0, 0, 0}, b1[3] = {0, 0, 0}, a2[3] = {0, 0, 0}, b2[3] = {0, 0, 0};
+  sum_taps(src(lo_a), n_a, StridedWeights{w.data() + ja, stride}, 0, a1);
+  sum_taps(src(lo_b), n_b, StridedWeights{w.data() + jb, stride}, 0, b1);
+  sum_taps_pair(src(lo_a), n_a, w.data() + ja, lo_b - lo_a, n_b, w.data() + jb, stride, a2, b2);
+  float a0[3] = {0, 0, 0};
+  for (int k = 0; k < n_a; ++k)
+    for (int c = 0; c < 3; ++c) a0[c] += w[k * stride + ja] * buf[(3 * (lo_a + k) + c) * width + j];
+  ++checked;
+  if (!same(a1, a2) || !same(b1, b2) || !same(a0, a1)) ++bad;
 }
 int main() {
   std::mt19937 rng(7);
@@ -198,6 +221,15 @@ int main() {
     check<true>(hwc, 1, 3, lo_a, n_a, lo_a + d, n_b, w, 2, 0, 1);
     check<false>(planar, W, 1, lo_a, n_a, lo_a + d, n_b, w, 2, 0, 1);
   }
+  // The y pass: 64 buffered rows of width 9, float values (the x pass's sums), pairs of output rows.
+  std::vector<float> rows(64 * 3 * 9);
+  for (auto& v : rows) v = std::uniform_real_distribution<float>(-20.0f, 300.0f)(rng);
+  for (int t = 0; t < 5000; ++t) {
+    const int n_a = rng() % 12, d = rng() % 14;
+    const int n_b = (n_a > d ? n_a - d : 0) + rng() % 12;
+    const int lo_a = rng() % (64 - 27);
+    check_rows(rows, 9, rng() % 9, lo_a, n_a, lo_a + d, n_b, w, 2, 0, 1);
+  }
   std::printf("%lld %lld\n", checked, bad);
   return 0;
 }
@@ -207,4 +239,4 @@ int main() {
 def test_pair_sums_are_the_single_sums(tmp_path):
     checked, bad = (int(v) for v in run_cxx(PAIRS, tmp_path).split())
     assert checked > 40_000
-    assert bad == 0, f"{bad} of {checked} pairs differ from the single-column sums"
+    assert bad == 0, f"{bad} of {checked} pairs differ from the single sums or the plain indexing"

@@ -101,13 +101,14 @@ def check_resampling_loops(obj: str, arch: str) -> None:
         return
     loops = sass.loops(sass.disassemble(obj), "fused_augment_kernel")
     # Every instance of the kernel (4 output dtypes x plain / cluster) has sum_taps' loop (unrolled by 4
-    # taps) and sum_taps_pair's (by 2 shared positions) in both layouts, and the y pass's (4 taps); the
-    # cluster kernel's sm_80 stub has none.
+    # taps) and sum_taps_pair's (by 2 shared positions) over the source bytes in both layouts and over the
+    # y pass's buffered rows; the cluster kernel's sm_80 stub has none.
     want = 8 if arch == "90" else 4
     kinds = (
         ("x", sass.x_tap_loops(loops), acm.X_TAP, 4),
         ("pair", sass.pair_tap_loops(loops), acm.PAIR_TAP, 2),
         ("y", sass.y_tap_loops(loops), acm.Y_TAP, 4),
+        ("y pair", sass.y_pair_tap_loops(loops), acm.Y_PAIR_TAP, 2),
     )
     for kind, found, model, unroll in kinds:
         assert len({lp.kernel for lp in found}) == want, (kind, len(found))

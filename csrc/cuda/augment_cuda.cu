@@ -137,9 +137,9 @@ __device__ __forceinline__ void row_sum(const Image& im, int64_t y, const AX& ax
   const uint8_t* p = row_start(im, y, ax.lo);
   float acc[3] = {0.0f, 0.0f, 0.0f};
   if (im.sx == 3) {
-    sum_taps<true>(p, im.sc, ax.n, ax, 0, Ldg{}, acc);
+    sum_taps(ByteSource<true, Ldg>(p, im.sc, Ldg{}), ax.n, ax, 0, acc);
   } else {
-    sum_taps<false>(p, im.sc, ax.n, ax, 0, Ldg{}, acc);
+    sum_taps(ByteSource<false, Ldg>(p, im.sc, Ldg{}), ax.n, ax, 0, acc);
   }
   rr = acc[0];
   rg = acc[1];
@@ -165,9 +165,11 @@ __device__ __forceinline__ void row_sum_pair(const Image& im, int64_t y, const T
   const int d = static_cast<int>(second.lo - first.lo);
   float s1[3] = {0.0f, 0.0f, 0.0f}, s2[3] = {0.0f, 0.0f, 0.0f};
   if (im.sx == 3) {
-    sum_taps_pair<true>(p, im.sc, first.n, first.w, d, second.n, second.w, first.stride, Ldg{}, s1, s2);
+    const ByteSource<true, Ldg> src(p, im.sc, Ldg{});
+    sum_taps_pair(src, first.n, first.w, d, second.n, second.w, first.stride, s1, s2);
   } else {
-    sum_taps_pair<false>(p, im.sc, first.n, first.w, d, second.n, second.w, first.stride, Ldg{}, s1, s2);
+    const ByteSource<false, Ldg> src(p, im.sc, Ldg{});
+    sum_taps_pair(src, first.n, first.w, d, second.n, second.w, first.stride, s1, s2);
   }
   for (int c = 0; c < 3; ++c) {
     va[c] = swap ? s2[c] : s1[c];
@@ -263,7 +265,7 @@ __device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables
 //   taps of a row: output rows in chunks whose source rows fit the buffer; a horizontal pass resamples
 //   each source row of the chunk into the buffer (float [row][channel][ow], the column taps of every
 //   output column, two neighbouring columns a thread: row_sum_pair), then a vertical pass sums the
-//   buffered rows with the row taps. Per output pixel
+//   buffered rows with the row taps (two neighbouring output rows a thread). Per output pixel
 //   (source rows / output rows) x nx + ny taps instead of nx x ny; the same products and the same order
 //   of summation as the direct way (each source row's column sum first, then the rows), so the same
 //   values.
@@ -311,22 +313,29 @@ __device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, con
       o[2 * ow] = va[2];
     }
     __syncthreads();
+    // The y pass in pairs of neighbouring output rows (sum_taps_pair over the buffered rows; the last
+    // row of a chunk alone when it has an odd number).
+    const int row_pairs = (i1 - i0 + 1) / 2;
     GridWalk out(threadIdx.x, blockDim.x, ow);
-    for (int q = threadIdx.x; q < (i1 - i0) * ow; q += blockDim.x, out.step()) {
-      const int i = i0 + out.row, j = out.col;
-      const int ny = t.ny[i];
-      const float* h = buf + 3 * (t.loy[i] - y0) * ow + j;
-      float ar = 0.0f, ag = 0.0f, ab = 0.0f;
-      for (int ky = 0; ky < ny; ++ky) {
-        const float wy = t.wy[ky * oh + i];
-        ar += wy * h[0];
-        ag += wy * h[ow];
-        ab += wy * h[2 * ow];
-        h += 3 * ow;
+    for (int q = threadIdx.x; q < row_pairs * ow; q += blockDim.x, out.step()) {
+      const int i = i0 + 2 * out.row, j = out.col;
+      const RowSource src{buf + 3 * (t.loy[i] - y0) * ow + j, ow, 3 * ow};
+      float va[3] = {0.0f, 0.0f, 0.0f}, vb[3] = {0.0f, 0.0f, 0.0f};
+      const bool two = i + 1 < i1;
+      const int d = two ? t.loy[i + 1] - t.loy[i] : 0;
+      if (two && d >= 0 && t.ny[i] <= d + t.ny[i + 1]) {  // (always, from aa_weights' geometry)
+        sum_taps_pair(src, t.ny[i], t.wy + i, d, t.ny[i + 1], t.wy + i + 1, oh, va, vb);
+      } else {
+        sum_taps(src, t.ny[i], StridedWeights{t.wy + i, oh}, 0, va);
+        if (two) sum_taps(src.at(d), t.ny[i + 1], StridedWeights{t.wy + i + 1, oh}, 0, vb);
       }
       float r, g, b;
-      finish_pixel(im, ar, ag, ab, r, g, b);
+      finish_pixel(im, va[0], va[1], va[2], r, g, b);
       emit(i * ow + j, r, g, b);
+      if (two) {
+        finish_pixel(im, vb[0], vb[1], vb[2], r, g, b);
+        emit((i + 1) * ow + j, r, g, b);
+      }
     }
     __syncthreads();  // the next chunk overwrites the buffer
     i0 = i1;
