@@ -6,7 +6,7 @@
 #
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
-# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 s; benchmarks 180 + 90 + 100 + 60 + 60 + 30 s):
+# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 + 90 s; benchmarks 180 + 90 + 100 + 60 + 60 + 30 s):
 #   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_ONE_CALL=1 fits everything but ncu into one 10-minute command (a 15-minute device budget: build 60 s,
@@ -68,6 +68,14 @@ if stage ncu && [ "$DEVICE" = cuda ] && command -v ncu >/dev/null; then
     --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis python3 -m benchmarks.profile_one \
     --batch 32768 --dim 1024 >"$OUT/ncu.txt" 2>&1
   grep -E "^  [A-Za-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Executed Ipc A" "$OUT/ncu.txt" | head -80
+  echo "== 2c. ncu: one fused_augment call (open_clip: 256 x 500x375 bicubic to 224, fp32) beside its cost model"
+  # The model's instructions issued and time (printed first) against the executed instructions, the issue
+  # rate, the pipes' utilisation and the stall reasons (benchmarks/augment_cost_model.py).
+  timeout 90 ncu --profile-from-start off --clock-control none -k regex:fused_augment_kernel \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+    --section InstructionStats --section WarpStateStats python3 -m benchmarks.profile_one --augment \
+    >"$OUT/ncu_augment.txt" 2>&1
+  grep -E "^model|fused_augment_kernel|Duration|Executed Instructions|Issued Instructions|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|Warp Cycles Per|stall" "$OUT/ncu_augment.txt" | head -60
 fi
 
 stage bench || { stage summary && python3 -m benchmarks.summary "$OUT" | tee "$OUT/summary.md"; exit 0; }

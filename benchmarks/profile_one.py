@@ -9,6 +9,14 @@ holds exactly one forward and one backward.
 
 times forward + backward (median of triton.testing.do_bench) for each batch and workspace budget
 (VLKERNELS_WORKSPACE_MB) instead, with TFLOP/s at the 8 B^2 D floor's FLOP count.
+
+    ncu --profile-from-start off ... python -m benchmarks.profile_one --augment
+
+profiles one fused_augment call on the CUDA kernel instead: the augmentation cost model's open_clip
+scenario (256 images of 500x375, RRC (0.9, 1) bicubic to 224, float32; the same sampled parameters), and
+prints the model's prediction for it (instructions issued, time range) beside the profile, so that ncu's
+executed instructions, issue rate and stall reasons check the model. Without a GPU it prints the
+prediction alone.
 """
 
 from __future__ import annotations
@@ -29,7 +37,13 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true")
     p.add_argument("--batches", type=int, nargs="+", default=[32768, 65536])
     p.add_argument("--workspaces-mb", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument(
+        "--augment", action="store_true", help="one fused_augment call (the cost model's open_clip case)"
+    )
     a = p.parse_args()
+    if a.augment:
+        augment_once()
+        return
     dtype = getattr(torch, a.dtype)
     if a.sweep:
         sweep(a.batches, a.dim, dtype, a.workspaces_mb)
@@ -53,6 +67,38 @@ def main() -> None:
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
     print(f"B={a.batch} D={a.dim} {a.dtype}: loss {loss.item():.6f}")
+
+
+def augment_once(label: str = "open_clip: 256 x 500x375, RRC (0.9, 1) bicubic, fp32") -> None:
+    from benchmarks import augment_cost_model as acm
+    from vlkernels.augment import fused_augment, sample_augment_params
+
+    _, sizes, kw, interp, dtype, _ = next(sc for sc in acm.scenarios() if sc[0] == label)
+    gen = torch.Generator().manual_seed(1)  # the model table's parameters
+    params = sample_augment_params(torch.tensor(sizes), generator=gen, **kw)
+    r = acm.predict(sizes, params, out_dtype=dtype, interpolation=interp)
+    warp_instr = r["work"].pipes()["issue"] / 32
+    lo, hi = r["time_s"]
+    ms = f"{lo * 1e3:.3f}-{hi * 1e3:.3f} ms"
+    print(f"model ({label}): {warp_instr / 1e6:.1f} M warp instructions issued, {ms}")
+    if not torch.cuda.is_available():
+        return
+    h, w = sizes[0]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    images = torch.randint(0, 256, (len(sizes), h, w, 3), dtype=torch.uint8, device="cuda", generator=g)
+    p = params.to("cuda")
+
+    def call():
+        return fused_augment(images, 224, params=p, interpolation=interp, out_dtype=dtype, impl="cuda")
+
+    call()
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    out = call()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+    print(f"fused_augment: {tuple(out.shape)} {out.dtype}")
 
 
 def _step(img, txt, scale) -> None:

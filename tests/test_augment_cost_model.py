@@ -202,3 +202,14 @@ def test_cluster_launch_for_contrast():
         a = acm.predict(sizes[:1] * n, q, interpolation="bicubic")
         b = acm.predict(sizes[:1] * n, q, interpolation="bicubic", clusters=False)
         assert a["time_s"][0] < b["time_s"][0] and a["time_s"][1] < b["time_s"][1]
+
+
+def test_profile_driver_prints_the_models_prediction(capsys, monkeypatch):
+    # The GPU suite's ncu step runs `python -m benchmarks.profile_one --augment`: the model's instructions
+    # and time for the profiled call come first (on a machine without a GPU, alone).
+    from benchmarks import profile_one
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    profile_one.augment_once()
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("model (open_clip: 256 x 500x375") and "M warp instructions issued" in line
