@@ -55,8 +55,8 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 113 registers
-// per thread, the cluster one 108: one block per SM (25% occupancy; the shared memory of the separable
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 114 registers
+// per thread, the cluster one 106: one block per SM (25% occupancy; the shared memory of the separable
 // passes allows no more either). With __launch_bounds__(kThreads, 2) (64 registers) an earlier version
 // spilled 104 B; whether more resident threads would pay is a GPU measurement still owed.
 constexpr int kThreads = 512;
