@@ -93,9 +93,11 @@ INT_PER_ITEM = 30
 # for two neighbouring columns at once (its bytes loaded and converted once, two weights, six FFMA);
 # Y_TAP: the separable y pass's tap (three buffered values and the weight from shared memory, three
 # FFMA); Y_PAIR_TAP: a buffered row two neighbouring output rows share. tests/test_cuda_compile.py
-# recounts them from the compiled source. The kernel before
-# u8_to_float, the pointer-stepping loops and the pairs (2026-12-04) had 75 instructions per 4 x taps,
-# 12 of them I2FP conversions (the XU pipe, 16 per clock per SM), and no shared positions.
+# recounts them from the compiled source. Every tap is counted at its loop's unrolled rate: the loops'
+# remainders (the last 1-3 taps, straight-line code) and each sum's set-up are left to INT_PER_ITEM's
+# estimate, so short runs of taps (bilinear near-unity scales) cost more than the model says. The kernel
+# before u8_to_float, the pointer-stepping loops and the pairs (2026-12-04) had 75 instructions per 4 x
+# taps, 12 of them I2FP conversions (the XU pipe, 16 per clock per SM), and no shared positions.
 X_TAP = {"issue": 74 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 6.0, "int32": 33 / 4}
 PAIR_TAP = {"issue": 53 / 2, "lsu": 5.0, "xu": 0.0, "fp32": 9.0, "int32": 24 / 2}
 Y_TAP = {"issue": 50 / 4, "lsu": 4.0, "xu": 0.0, "fp32": 3.0, "int32": 19 / 4}
