@@ -1,4 +1,7 @@
-"""The CUDA kernel's band split (csrc/augment.h: band_rows_for), checked on the host.
+"""The CUDA kernel's host-testable parts, checked with the C++ compiler (no GPU): the band split
+(csrc/augment.h: band_rows_for), its index and conversion helpers (GridWalk, u8_to_float), its tap loops
+(sum_taps, sum_taps_pair) and its whole resampling (csrc/augment_resample.h: for_each_pixel, run by host
+threads standing in for a thread block).
 
 A batch smaller than the GPU's resident block slots is split into bands of output rows, one block
 each (images that need the whole output in one block, contrast or blur, are done by band 0). The
@@ -240,3 +243,156 @@ def test_pair_sums_are_the_single_sums(tmp_path):
     checked, bad = (int(v) for v in run_cxx(PAIRS, tmp_path).split())
     assert checked > 40_000
     assert bad == 0, f"{bad} of {checked} pairs differ from the single sums or the plain indexing"
+
+
+# The CUDA kernel's resampling (csrc/augment_resample.h: for_each_pixel, the code the kernel runs) on the
+# host, a thread block emulated by host threads and a barrier: the separable passes (the row buffer in
+# chunks, both passes in pairs of outputs, the last output alone when a count is odd) against the direct
+# sums from the same tables, bitwise, and the direct sums against plain indexing of the tables (rows
+# outer, columns inner, in order), bitwise; the on-the-fly taps (no tables) within float rounding of
+# them. Both layouts, bilinear and bicubic, flipped crops, odd output widths, row bands, chunks of the
+# fewest rows the kernel allows (many chunks) and of all rows, 7 and 32 threads.
+RESAMPLE = r"""
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <vector>
+#include "augment_resample.h"
+using namespace vlkernels::augment;
+struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
+struct Barrier {
+  std::mutex m;
+  std::condition_variable cv;
+  int n, waiting = 0;
+  long gen = 0;
+  void wait() {
+    std::unique_lock<std::mutex> l(m);
+    const long g = gen;
+    if (++waiting == n) {
+      waiting = 0;
+      ++gen;
+      cv.notify_all();
+    } else {
+      cv.wait(l, [&] { return gen != g; });
+    }
+  }
+};
+struct HostBlock {
+  int t, n;
+  Barrier* b;
+  int tid() const { return t; }
+  int size() const { return n; }
+  void sync() const { b->wait(); }
+};
+static std::vector<float> run(const Image& im, bool tables, const Tables& t, int buf_rows, int oh, int ow,
+                              int row0, int row1, int threads) {
+  std::vector<float> out(3 * oh * ow, NAN), buf(static_cast<size_t>(buf_rows > 0 ? buf_rows : 1) * 3 * ow);
+  Barrier bar;
+  bar.n = threads;
+  std::vector<std::thread> th;
+  const int np = oh * ow;
+  for (int k = 0; k < threads; ++k)
+    th.emplace_back([&, k] {
+      auto emit = [&](int p, float r, float g, float b) {
+        out[p] = r;
+        out[np + p] = g;
+        out[2 * np + p] = b;
+      };
+      for_each_pixel(HostBlock{k, threads, &bar}, Plain{}, im, tables, t, buf.data(), buf_rows, oh, ow, row0,
+                     row1, emit);
+    });
+  for (auto& x : th) x.join();
+  return out;
+}
+int main() {
+  std::mt19937 rng(11);
+  const int H = 150, W = 200;
+  std::vector<uint8_t> img(3 * H * W);
+  for (auto& v : img) v = rng() & 255;
+  const int outs[][2] = {{1, 7}, {7, 1}, {5, 13}, {37, 31}, {24, 24}, {19, 64}};
+  long long cases = 0, bad_sep = 0, bad_naive = 0, bad_fly = 0;
+  for (const auto& o : outs)
+    for (int interp = 0; interp < 2; ++interp)
+      for (int hwc = 0; hwc < 2; ++hwc)
+        for (int rep = 0; rep < 3; ++rep) {
+          const int oh = o[0], ow = o[1];
+          Image im;
+          im.src = img.data();
+          im.sy = hwc ? 3 * W : W;
+          im.sx = hwc ? 3 : 1;
+          im.sc = hwc ? 1 : H * W;
+          im.ch = 1 + rng() % H;
+          im.cw = 1 + rng() % W;
+          im.top = rng() % (H - im.ch + 1);
+          im.left = rng() % (W - im.cw + 1);
+          im.flip = rep == 1;
+          im.interp = interp;
+          const int taps = std::max(max_taps(im.cw, ow, interp), max_taps(im.ch, oh, interp));
+          std::vector<unsigned char> smem(static_cast<size_t>(oh + ow) * (taps * 4 + 8) + 16);
+          const Tables t = carve_tables(smem.data(), oh, ow, taps);
+          int64_t lo;
+          for (int q = 0; q < ow; ++q) {
+            aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, interp, t.wx + q, &lo, t.nx + q, ow);
+            t.lox[q] = static_cast<int>(lo);
+          }
+          for (int i = 0; i < oh; ++i) {
+            aa_weights(im.ch, oh, i, interp, t.wy + i, &lo, t.ny + i, oh);
+            t.loy[i] = static_cast<int>(lo);
+          }
+          const int bands[][2] = {{0, oh}, {oh / 3, oh - oh / 4}};
+          for (const auto& band : bands) {
+            const int row0 = band[0], row1 = band[1];
+            if (row0 >= row1) continue;
+            for (int threads : {7, 32}) {
+              const std::vector<float> direct = run(im, true, t, 0, oh, ow, row0, row1, threads);
+              // Buffers of the fewest rows the kernel allows (one output row's taps: many chunks), a few
+              // more, and more than the image has (one chunk).
+              for (int buf_rows : {taps, taps + 5, 2 * H}) {
+                ++cases;
+                const std::vector<float> sep = run(im, true, t, buf_rows, oh, ow, row0, row1, threads);
+                if (std::memcmp(sep.data(), direct.data(), sep.size() * sizeof(float)) != 0) ++bad_sep;
+              }
+              // Plain indexing of the tables, rows outer and columns inner, in order.
+              const int np = oh * ow;
+              for (int i = row0; i < row1; ++i)
+                for (int j = 0; j < ow; ++j) {
+                  float acc[3] = {0, 0, 0};
+                  for (int ky = 0; ky < t.ny[i]; ++ky) {
+                    float rs[3] = {0, 0, 0};
+                    for (int kx = 0; kx < t.nx[j]; ++kx)
+                      for (int c = 0; c < 3; ++c)
+                        rs[c] += t.wx[kx * ow + j] *
+                                 static_cast<float>(img[(im.top + t.loy[i] + ky) * im.sy +
+                                                        (im.left + t.lox[j] + kx) * im.sx + c * im.sc]);
+                    for (int c = 0; c < 3; ++c) acc[c] += t.wy[ky * oh + i] * rs[c];
+                  }
+                  for (int c = 0; c < 3; ++c) {
+                    float v = acc[c] / 255.0f;
+                    if (interp == kBicubic) v = clamp01(v);
+                    if (std::memcmp(&v, &direct[c * np + i * ow + j], sizeof v) != 0) ++bad_naive;
+                  }
+                }
+              const std::vector<float> fly = run(im, false, t, 0, oh, ow, row0, row1, threads);
+              for (size_t k = 0; k < fly.size(); ++k)
+                if (!(std::isnan(fly[k]) && std::isnan(direct[k])) &&
+                    !(std::fabs(fly[k] - direct[k]) <= 1e-5f))
+                  ++bad_fly;
+            }
+          }
+        }
+  std::printf("%lld %lld %lld %lld\n", cases, bad_sep, bad_naive, bad_fly);
+  return 0;
+}
+"""
+
+
+def test_kernel_resampling_on_host_threads(tmp_path):
+    cases, bad_sep, bad_naive, bad_fly = (int(v) for v in run_cxx(RESAMPLE, tmp_path).split())
+    assert cases > 300
+    assert bad_sep == 0, f"{bad_sep} separable runs differ from the direct sums"
+    assert bad_naive == 0, f"{bad_naive} direct values differ from plain indexing of the tables"
+    assert bad_fly == 0, f"{bad_fly} on-the-fly values differ from the tables' by more than 1e-5"

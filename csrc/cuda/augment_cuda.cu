@@ -30,7 +30,9 @@
 // workspace (the colour-processed image, its rows blurred into a second image, then the columns while
 // writing the output; [3, oh, ow] floats do not fit one block's shared memory: 602 KB at 224 x 224),
 // allocated only when the op gets a blur_sigma tensor and the cluster launch does not take the blurred
-// outputs.
+// outputs. The resampling itself (tap tables' axes, row sums, for_each_pixel) is in
+// csrc/augment_resample.h, written for host and device: tests/test_augment_bands.py runs it on host
+// threads.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -50,6 +52,7 @@
 
 #include "augment.h"
 #include "augment_checks.h"
+#include "augment_resample.h"
 
 namespace vlkernels {
 namespace augment {
@@ -61,180 +64,23 @@ namespace {
 // spilled 104 B; whether more resident threads would pay is a GPU measurement still owed.
 constexpr int kThreads = 512;
 
-// The antialiased taps of one output pixel along one axis (aa_weights, with the weights evaluated
-// on demand instead of stored).
-struct Axis {
-  int64_t lo;
-  int n;
-  int interp;
-  float center;
-  float invscale;
-  float total;
-
-  __device__ __forceinline__ Axis(int64_t in, int64_t out, int64_t i, int interp_) {
-    interp = interp_;
-    const float scale = div_rn(static_cast<float>(in), static_cast<float>(out));
-    const float support = aa_support(scale, interp);
-    invscale = scale >= 1.0f ? div_rn(1.0f, scale) : 1.0f;
-    center = static_cast<float>(scale * (i + 0.5));
-    int64_t a = static_cast<int64_t>(center - support + 0.5f);
-    a = a < 0 ? 0 : a;
-    int64_t b = static_cast<int64_t>(center + support + 0.5f);
-    b = b > in ? in : b;
-    lo = a;
-    n = static_cast<int>(b - a);
-    total = 0.0f;
-    for (int j = 0; j < n; ++j) total += raw(j);
-    if (total == 0.0f) total = 1.0f;
-  }
-  // In float: this path evaluates the filter for every tap of every pixel, where FP64 (1/64 of the FP32
-  // rate on most GPUs) dominated. The argument differs from aa_weights' double one by a few float ulps
-  // of a value below the support (~1e-7 of a weight), far inside the CPU parity tolerance.
-  __device__ __forceinline__ float raw(int j) const {
-    return aa_filter((static_cast<float>(j + lo) - center + 0.5f) * invscale, interp);
-  }
-  __device__ __forceinline__ float weight(int j) const { return div_rn(raw(j), total); }
-  __device__ __forceinline__ float operator()(int j) const { return weight(j); }
-};
-
-struct Image {
-  const uint8_t* src;
-  int64_t sy, sx, sc;
-  int64_t top, left, ch, cw;
-  bool flip;
-  int interp;  // kBilinear or kBicubic
-};
-
-// The taps of one output pixel read from the per-block tables in shared memory. The tables are
-// tap-major (tap k of pixel j at w[k * stride + j]): the threads of a warp read consecutive pixels'
-// weights of one tap from consecutive banks (a pixel-major [pixel][8] layout put them 8 words apart:
-// an 8-way bank conflict on every tap).
-struct TableAxis {
-  int64_t lo;
-  int n;
-  const float* w;
-  int stride;
-  __device__ __forceinline__ float weight(int j) const { return w[j * stride]; }
-  __device__ __forceinline__ float operator()(int j) const { return w[j * stride]; }
-};
-
 // The source reads of the tap loops (sum_taps in augment.h): through the read-only data cache.
 struct Ldg {
   __device__ __forceinline__ uint32_t operator()(const uint8_t* p) const { return __ldg(p); }
 };
 
-// One source row (crop row y) resampled along x at one output column: its column taps ax summed in
-// order, three channels (sum_taps, augment.h: one loop per layout, the launch's). Both ways of resampling
-// (resample, the separable x pass) sum through this or row_sum_pair; a tap costs its three byte loads,
-// the weight's shared-memory load, and per channel a u8_to_float (integer add + FADD) and an FFMA, with
-// the address arithmetic paid once per unrolled step (SASS: tests/test_cuda_compile.py).
-__device__ __forceinline__ const uint8_t* row_start(const Image& im, int64_t y, int64_t lo) {
-  return im.src + (im.top + y) * im.sy + (im.left + lo) * im.sx;
-}
-
-template <typename AX>
-__device__ __forceinline__ void row_sum(const Image& im, int64_t y, const AX& ax, float& rr, float& rg, float& rb) {
-  const uint8_t* p = row_start(im, y, ax.lo);
-  float acc[3] = {0.0f, 0.0f, 0.0f};
-  if (im.sx == 3) {
-    sum_taps(ByteSource<true, Ldg>(p, im.sc, Ldg{}), ax.n, ax, 0, acc);
-  } else {
-    sum_taps(ByteSource<false, Ldg>(p, im.sc, Ldg{}), ax.n, ax, 0, acc);
-  }
-  rr = acc[0];
-  rg = acc[1];
-  rb = acc[2];
-}
-
-// row_sum of two neighbouring output columns (a, b) of one source row: where their taps overlap, each
-// source value is loaded and converted once for both (sum_taps_pair); bitwise the two row_sums. The
-// columns are taken in the order of their first taps (a flipped crop mirrors them); pairs whose ranges
-// do not nest that way (none from aa_weights' geometry) are summed one at a time.
-__device__ __forceinline__ void row_sum_pair(const Image& im, int64_t y, const TableAxis& a, const TableAxis& b,
-                                             float* va, float* vb) {
-  // (Values, not references or pointers chosen at run time: those would put the sums in local memory.)
-  const bool swap = b.lo < a.lo;
-  const TableAxis first = swap ? b : a;
-  const TableAxis second = swap ? a : b;
-  if (first.lo + first.n > second.lo + second.n) {
-    row_sum(im, y, a, va[0], va[1], va[2]);
-    row_sum(im, y, b, vb[0], vb[1], vb[2]);
-    return;
-  }
-  const uint8_t* p = row_start(im, y, first.lo);
-  const int d = static_cast<int>(second.lo - first.lo);
-  float s1[3] = {0.0f, 0.0f, 0.0f}, s2[3] = {0.0f, 0.0f, 0.0f};
-  if (im.sx == 3) {
-    const ByteSource<true, Ldg> src(p, im.sc, Ldg{});
-    sum_taps_pair(src, first.n, first.w, d, second.n, second.w, first.stride, s1, s2);
-  } else {
-    const ByteSource<false, Ldg> src(p, im.sc, Ldg{});
-    sum_taps_pair(src, first.n, first.w, d, second.n, second.w, first.stride, s1, s2);
-  }
-  for (int c = 0; c < 3; ++c) {
-    va[c] = swap ? s2[c] : s1[c];
-    vb[c] = swap ? s1[c] : s2[c];
-  }
-}
-
-// The row sums of one output pixel's taps, then scaled to [0, 1] (bicubic values clamped to it: negative
-// lobes; see clamp_rows in augment_cpu.cpp). Both ways of resampling finish through this.
-__device__ __forceinline__ void finish_pixel(const Image& im, float ar, float ag, float ab, float& r, float& g,
-                                             float& b) {
-  r = ar / 255.0f;
-  g = ag / 255.0f;
-  b = ab / 255.0f;
-  if (im.interp == kBicubic) {
-    r = clamp01(r);
-    g = clamp01(g);
-    b = clamp01(b);
-  }
-}
-
-// Resampled pixel of the crop, in [0, 1], from its row taps ay and column taps ax (rows outer,
-// columns inner: the association of the CPU kernel's separable passes).
-template <typename AY, typename AX>
-__device__ __forceinline__ void resample(const Image& im, const AY& ay, const AX& ax, float& r, float& g,
-                                         float& b) {
-  float ar = 0.0f, ag = 0.0f, ab = 0.0f;
-  for (int ky = 0; ky < ay.n; ++ky) {
-    const float wy = ay.weight(ky);
-    float rr, rg, rb;
-    row_sum(im, ay.lo + ky, ax, rr, rg, rb);
-    ar += wy * rr;
-    ag += wy * rg;
-    ab += wy * rb;
-  }
-  finish_pixel(im, ar, ag, ab, r, g, b);
-}
+// The thread block, as for_each_pixel (augment_resample.h) sees it.
+struct CudaBlock {
+  __device__ __forceinline__ int tid() const { return threadIdx.x; }
+  __device__ __forceinline__ int size() const { return blockDim.x; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
 
 // Taps per pixel stored in the shared-memory tables: the host picks the largest of kTapChoices whose
 // tables fit the default 48 KiB with the kernel's static shared memory (24 at a 224 x 224 output:
 // bilinear downscales up to 11x, bicubic up to 5.5x; max_taps = ceil(2 support) + 2). Larger
 // downscales, or outputs too large for even 8 taps, evaluate the taps on the fly instead.
 constexpr int kTapChoices[] = {24, 16, 8};
-
-// Shared-memory tap tables of one image: weights [taps, out] (tap-major), first index and count per
-// pixel.
-struct Tables {
-  float* wx;
-  float* wy;
-  int* lox;
-  int* loy;
-  int* nx;
-  int* ny;
-};
-
-__device__ __forceinline__ Tables carve_tables(unsigned char* smem, int64_t oh, int64_t ow, int taps) {
-  Tables t;
-  t.wx = reinterpret_cast<float*>(smem);
-  t.wy = t.wx + ow * taps;
-  t.lox = reinterpret_cast<int*>(t.wy + oh * taps);
-  t.loy = t.lox + ow;
-  t.nx = t.loy + oh;
-  t.ny = t.nx + ow;
-  return t;
-}
 
 size_t table_bytes(int64_t oh, int64_t ow, int taps) {
   return static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int));
@@ -243,103 +89,6 @@ size_t table_bytes(int64_t oh, int64_t ow, int taps) {
 // table_bytes rounded up to 16: where the separable passes' row buffer starts.
 __host__ __device__ __forceinline__ size_t table_bytes_aligned(int64_t oh, int64_t ow, int taps) {
   return (static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int)) + 15) / 16 * 16;
-}
-
-// Output pixel (i, j) of the image, resampled: from the tables or with on-the-fly taps.
-__device__ __forceinline__ void pixel(const Image& im, bool tables, const Tables& t, int64_t oh, int64_t ow,
-                                      int i, int j, float& r, float& g, float& b) {
-  if (tables) {
-    const TableAxis ay{t.loy[i], t.ny[i], t.wy + i, static_cast<int>(oh)};
-    const TableAxis ax{t.lox[j], t.nx[j], t.wx + j, static_cast<int>(ow)};
-    resample(im, ay, ax, r, g, b);
-  } else {
-    const Axis ay(im.ch, oh, i, im.interp);
-    const Axis ax(im.cw, ow, im.flip ? ow - 1 - j : j, im.interp);
-    resample(im, ay, ax, r, g, b);
-  }
-}
-
-// Visits the output pixels of rows [row0, row1) of an image, resampled, as emit(p, r, g, b) with p the
-// pixel's row-major index. Two ways, chosen per block (block-uniform, so the barriers are safe):
-// - separable, when the tap tables are in shared memory and the row buffer holds buf_rows >= the
-//   taps of a row: output rows in chunks whose source rows fit the buffer; a horizontal pass resamples
-//   each source row of the chunk into the buffer (float [row][channel][ow], the column taps of every
-//   output column, two neighbouring columns a thread: row_sum_pair), then a vertical pass sums the
-//   buffered rows with the row taps (two neighbouring output rows a thread). Per output pixel
-//   (source rows / output rows) x nx + ny taps instead of nx x ny; the same products and the same order
-//   of summation as the direct way (each source row's column sum first, then the rows), so the same
-//   values.
-// - direct otherwise: every pixel sums its ny x nx taps from the source (on-the-fly taps without tables).
-template <typename Emit>
-__device__ __forceinline__ void for_each_pixel(const Image& im, bool tables, const Tables& t, float* buf,
-                                               int buf_rows, int oh, int ow, int row0, int row1, Emit&& emit) {
-  if (!tables || buf_rows <= 0) {
-    // (Counted from 0, not from row0 * ow: ptxas gives the loop 17 more registers otherwise.)
-    const int p0 = row0 * ow;
-    GridWalk at(threadIdx.x, blockDim.x, ow);
-    for (int q = threadIdx.x; q < (row1 - row0) * ow; q += blockDim.x, at.step()) {
-      float r, g, b;
-      pixel(im, tables, t, oh, ow, row0 + at.row, at.col, r, g, b);
-      emit(p0 + q, r, g, b);
-    }
-    return;
-  }
-  for (int i0 = row0; i0 < row1;) {
-    // The chunk [i0, i1): the most rows whose source rows [y0, y1) fit the buffer (the rows' first and
-    // last taps grow with i, so the last row bounds them; one row always fits: ny <= taps <= buf_rows).
-    const int y0 = t.loy[i0];
-    int i1 = i0 + 1;
-    while (i1 < row1 && t.loy[i1] + t.ny[i1] - y0 <= buf_rows) ++i1;
-    const int nrows = t.loy[i1 - 1] + t.ny[i1 - 1] - y0;
-    // The x pass in pairs of neighbouring output columns (row_sum_pair; the last column alone when ow
-    // is odd).
-    const int pairs = (ow + 1) / 2;
-    GridWalk at(threadIdx.x, blockDim.x, pairs);
-    for (int q = threadIdx.x; q < nrows * pairs; q += blockDim.x, at.step()) {
-      const int y = at.row, j = 2 * at.col;
-      float va[3], vb[3];
-      const TableAxis a{t.lox[j], t.nx[j], t.wx + j, ow};
-      float* o = buf + 3 * y * ow + j;
-      if (j + 1 < ow) {
-        row_sum_pair(im, y0 + y, a, TableAxis{t.lox[j + 1], t.nx[j + 1], t.wx + j + 1, ow}, va, vb);
-        o[1] = vb[0];
-        o[ow + 1] = vb[1];
-        o[2 * ow + 1] = vb[2];
-      } else {
-        row_sum(im, y0 + y, a, va[0], va[1], va[2]);
-      }
-      o[0] = va[0];
-      o[ow] = va[1];
-      o[2 * ow] = va[2];
-    }
-    __syncthreads();
-    // The y pass in pairs of neighbouring output rows (sum_taps_pair over the buffered rows; the last
-    // row of a chunk alone when it has an odd number).
-    const int row_pairs = (i1 - i0 + 1) / 2;
-    GridWalk out(threadIdx.x, blockDim.x, ow);
-    for (int q = threadIdx.x; q < row_pairs * ow; q += blockDim.x, out.step()) {
-      const int i = i0 + 2 * out.row, j = out.col;
-      const RowSource src{buf + 3 * (t.loy[i] - y0) * ow + j, ow, 3 * ow};
-      float va[3] = {0.0f, 0.0f, 0.0f}, vb[3] = {0.0f, 0.0f, 0.0f};
-      const bool two = i + 1 < i1;
-      const int d = two ? t.loy[i + 1] - t.loy[i] : 0;
-      if (two && d >= 0 && t.ny[i] <= d + t.ny[i + 1]) {  // (always, from aa_weights' geometry)
-        sum_taps_pair(src, t.ny[i], t.wy + i, d, t.ny[i + 1], t.wy + i + 1, oh, va, vb);
-      } else {
-        sum_taps(src, t.ny[i], StridedWeights{t.wy + i, oh}, 0, va);
-        if (two) sum_taps(src.at(d), t.ny[i + 1], StridedWeights{t.wy + i + 1, oh}, 0, vb);
-      }
-      float r, g, b;
-      finish_pixel(im, va[0], va[1], va[2], r, g, b);
-      emit(i * ow + j, r, g, b);
-      if (two) {
-        finish_pixel(im, vb[0], vb[1], vb[2], r, g, b);
-        emit((i + 1) * ow + j, r, g, b);
-      }
-    }
-    __syncthreads();  // the next chunk overwrites the buffer
-    i0 = i1;
-  }
 }
 
 // The colour ops of a plan from op k0 on (contrast around gmean), then grayscale. (The plan stays in
@@ -539,7 +288,7 @@ __global__ void __launch_bounds__(kThreads)
     const int brows = static_cast<int>(band_rows);
     const int cs = brows * ow32;
     float part = 0.0f;
-    for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
+    for_each_pixel(CudaBlock{}, Ldg{}, im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       float* kp = keep + (p - p0);
       kp[0] = r;
@@ -610,7 +359,7 @@ __global__ void __launch_bounds__(kThreads)
   float gmean = 0.0f;
   if (plan.needs_mean) {
     float part = 0.0f;
-    for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, 0, oh32, [&](int, float r, float g, float b) {
+    for_each_pixel(CudaBlock{}, Ldg{}, im, tables, tab, buf, buf_rows, oh32, ow32, 0, oh32, [&](int, float r, float g, float b) {
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       part += gray_of(r, g, b);
     });
@@ -619,7 +368,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
   float* ws = blur ? workspace + n * ws_stride : nullptr;
-  for_each_pixel(im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
+  for_each_pixel(CudaBlock{}, Ldg{}, im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
     colour_ops(plan, 0, gmean, to_gray, r, g, b);
     if (blur) {
       ws[p] = r;
