@@ -7,6 +7,7 @@
 // tests/test_augment_bands.py, which checks the separable passes bitwise against the direct sums).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "augment.h"
@@ -166,6 +167,11 @@ struct Tables {
   int* nx;
   int* ny;
 };
+
+// The tables' bytes rounded up to 16: where the separable passes' row buffer starts.
+VLK_HD size_t table_bytes_aligned(int64_t oh, int64_t ow, int taps) {
+  return (static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int)) + 15) / 16 * 16;
+}
 
 VLK_HD Tables carve_tables(unsigned char* smem, int64_t oh, int64_t ow, int taps) {
   Tables t;

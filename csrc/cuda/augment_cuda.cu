@@ -31,8 +31,9 @@
 // writing the output; [3, oh, ow] floats do not fit one block's shared memory: 602 KB at 224 x 224),
 // allocated only when the op gets a blur_sigma tensor and the cluster launch does not take the blurred
 // outputs. The resampling itself (tap tables' axes, row sums, for_each_pixel) is in
-// csrc/augment_resample.h, written for host and device: tests/test_augment_bands.py runs it on host
-// threads.
+// csrc/augment_resample.h and a block's set-up and the plain launch's work in csrc/augment_block.h, both
+// written for host and device: tests/test_augment_bands.py and tests/test_augment_block.py run them on
+// host threads (the whole plain launch against the CPU op).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -52,14 +53,16 @@
 
 #include "augment.h"
 #include "augment_checks.h"
+#include "augment_block.h"
 #include "augment_resample.h"
 
 namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 114 registers
-// per thread, the cluster one 106: one block per SM (25% occupancy; the shared memory of the separable
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 126 registers
+// per thread (114 before its block moved to augment_block.h; the tap loops' SASS is the same), the
+// cluster one 109: one block per SM (25% occupancy; the shared memory of the separable
 // passes allows no more either). With __launch_bounds__(kThreads, 2) (64 registers) an earlier version
 // spilled 104 B; whether more resident threads would pay is a GPU measurement still owed.
 constexpr int kThreads = 512;
@@ -69,11 +72,28 @@ struct Ldg {
   __device__ __forceinline__ uint32_t operator()(const uint8_t* p) const { return __ldg(p); }
 };
 
-// The thread block, as for_each_pixel (augment_resample.h) sees it.
+// The thread block, as augment_resample.h / augment_block.h see it.
 struct CudaBlock {
   __device__ __forceinline__ int tid() const { return threadIdx.x; }
   __device__ __forceinline__ int size() const { return blockDim.x; }
   __device__ __forceinline__ void sync() const { __syncthreads(); }
+  // Sum of v over the block (every thread gets it), in double; warp_sums: kThreads / 32 of shared
+  // memory. Contains barriers: every thread of the block must call it.
+  __device__ __forceinline__ double sum(double v, double* warp_sums) const {
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+      v = lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0;
+      for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+      if (lane == 0) warp_sums[0] = v;
+    }
+    __syncthreads();
+    const double total = warp_sums[0];
+    __syncthreads();  // warp_sums may be reused at once
+    return total;
+  }
 };
 
 // Taps per pixel stored in the shared-memory tables: the host picks the largest of kTapChoices whose
@@ -86,193 +106,23 @@ size_t table_bytes(int64_t oh, int64_t ow, int taps) {
   return static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int));
 }
 
-// table_bytes rounded up to 16: where the separable passes' row buffer starts.
-__host__ __device__ __forceinline__ size_t table_bytes_aligned(int64_t oh, int64_t ow, int taps) {
-  return (static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int)) + 15) / 16 * 16;
-}
-
-// The colour ops of a plan from op k0 on (contrast around gmean), then grayscale. (The plan stays in
-// local memory, L1-cached: unrolling it into registers doubles the register count.)
-__device__ __forceinline__ void colour_ops(const OpPlan& plan, int k0, float gmean, bool to_gray, float& r, float& g,
-                                           float& b) {
-  for (int k = k0; k < plan.count; ++k) color_op(plan.ops[k], plan.factors[k], gmean, r, g, b);
-  if (to_gray) {
-    const float l = gray_of(r, g, b);
-    r = l;
-    g = l;
-    b = l;
-  }
-}
-
-// The blur's normalised taps into w: the 2 rx + 1 horizontal ones, then the 2 ry + 1 vertical ones (raw
-// Gaussian weights, each kernel's total summed in order by one thread, as the CPU kernel does; total >=
-// the centre tap, 1), then divided. Barriers inside: every thread of the block calls it.
-__device__ __forceinline__ void blur_taps(float* w, int64_t rx, int64_t ry, float sigma) {
-  const int64_t kx = 2 * rx + 1, ky = 2 * ry + 1;
-  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) {
-    w[q] = q < kx ? blur_raw(q, rx, sigma) : blur_raw(q - kx, ry, sigma);
-  }
-  __syncthreads();
-  __shared__ float total[2];
-  if (threadIdx.x == 0) {
-    float tx = 0.0f, ty = 0.0f;
-    for (int64_t k = 0; k < kx; ++k) tx += w[k];
-    for (int64_t k = 0; k < ky; ++k) ty += w[kx + k];
-    total[0] = tx;
-    total[1] = ty;
-  }
-  __syncthreads();
-  for (int64_t q = threadIdx.x; q < kx + ky; q += blockDim.x) w[q] /= total[q < kx ? 0 : 1];
-  __syncthreads();
-}
-
-// Solarize, normalise (or quantise), convert and write output pixel p of an image.
-template <typename out_t>
-__device__ __forceinline__ void store(out_t* o, int p, int64_t npix, bool to_solar, bool channels_last, float m0,
-                                      float m1, float m2, float s0, float s1, float s2, float r, float g,
-                                      float b) {
-  if (to_solar) {
-    r = solarize(r);
-    g = solarize(g);
-    b = solarize(b);
-  }
-  // NCHW: plane c at c * npix; channels-last (NHWC memory): pixel p at 3 * p + c.
-  const int64_t cs = channels_last ? 1 : npix;
-  const int64_t q = channels_last ? 3 * static_cast<int64_t>(p) : p;
-  if constexpr (std::is_same_v<out_t, uint8_t>) {
-    o[q] = static_cast<uint8_t>(quantise_u8(r));
-    o[cs + q] = static_cast<uint8_t>(quantise_u8(g));
-    o[2 * cs + q] = static_cast<uint8_t>(quantise_u8(b));
-  } else {
-    o[q] = static_cast<out_t>((r - m0) / s0);
-    o[cs + q] = static_cast<out_t>((g - m1) / s1);
-    o[2 * cs + q] = static_cast<out_t>((b - m2) / s2);
-  }
-}
-
-// Sum of v over the block (every thread gets it), in double; warp_sums: kThreads / 32 of shared memory.
-// Contains barriers: every thread of the block must call it.
-__device__ __forceinline__ double block_sum(double v, double* warp_sums) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  if (lane == 0) warp_sums[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < static_cast<int>(blockDim.x / 32) ? warp_sums[lane] : 0.0;
-    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-    if (lane == 0) warp_sums[0] = v;
-  }
-  __syncthreads();
-  const double total = warp_sums[0];
-  __syncthreads();  // warp_sums may be reused at once
-  return total;
-}
-
 // Cluster size of the cluster launch (kCluster): the blocks of one output, one band of rows each.
 constexpr int kClusterBlocks = 8;
 
+// The kernel's arguments are one struct in the parameter space (__grid_constant__: read in place, no
+// copy; augment_block.h's functions take it by reference).
 template <typename out_t, bool kCluster>
-__global__ void __launch_bounds__(kThreads)
-    fused_augment_kernel(const uint8_t* __restrict__ data, int64_t numel, const int64_t* __restrict__ offsets,
-                         const int64_t* __restrict__ sizes, bool hwc, const int64_t* __restrict__ boxes,
-                         const uint8_t* __restrict__ flip, const float* __restrict__ factors,
-                         const int64_t* __restrict__ order, const uint8_t* __restrict__ gray,
-                         const uint8_t* __restrict__ solar, const float* __restrict__ blur_sigma,
-                         const int64_t* __restrict__ source, const int64_t* __restrict__ image_table,
-                         int64_t n_images, int interp, float* workspace, int64_t ws_stride, float m0, float m1,
-                         float m2, float s0, float s1, float s2, int64_t oh, int64_t ow, int table_taps,
-                         bool channels_last, int64_t band_rows, int buf_rows, int region_rows, int cluster_mode,
-                         out_t* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads) fused_augment_kernel(const __grid_constant__ KernelArgs<out_t> a) {
   extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ double warp_sums[kThreads / 32];
+  __shared__ float blur_total[2];
   // Block (n, band) computes rows [band * band_rows, (band + 1) * band_rows) of output n, from image
   // s = source[n] (or n without a source index); band 0 computes all rows of an output that needs the
-  // whole image in one block.
+  // whole image in one block. The set-up (augment_block.h) returns false when the block has nothing to do.
   const int64_t n = blockIdx.x;
-  const int64_t band = blockIdx.y;
-  const int64_t npix = oh * ow;
-  out_t* o = out + n * 3 * npix;
-  // The host checks the values (check_augment_values) unless the caller vouched for them (check=False,
-  // to avoid a host sync per batch); this guard evaluates the same predicate (check_output: the source
-  // index first, then the image and the parameters), so that an invalid output never reads out of
-  // bounds: it becomes NaN instead.
-  const float sigma = blur_sigma != nullptr ? blur_sigma[n] : 0.0f;
-  // With an image table (the images argument: separate tensors read in place), image s lives at
-  // image_table[2 s] (its bytes, image_table[2 s + 1] of them) instead of in data.
-  const int64_t s_in = source_of(source, n, n_images);
-  const int64_t bytes = image_table != nullptr && s_in >= 0 ? image_table[2 * s_in + 1] : numel;
-  if (check_output(bytes, n_images, source, n, offsets, sizes, boxes + 4 * n, order + 4 * n, factors + 4 * n,
-                   sigma) != kSampleOk) {
-    if (kCluster || band != 0) return;  // written once, by the plain launch
-    // (uint8 output has no NaN: an invalid image comes out 0 there.)
-    for (int64_t p = threadIdx.x; p < 3 * npix; p += blockDim.x) {
-      if constexpr (std::is_same_v<out_t, uint8_t>) {
-        o[p] = 0;
-      } else {
-        o[p] = static_cast<out_t>(NAN);
-      }
-    }
-    return;
-  }
-  const int64_t s = source != nullptr ? source[n] : n;
-  const int64_t H = sizes[2 * s], W = sizes[2 * s + 1];
-  Image im;
-  im.src = (image_table != nullptr ? reinterpret_cast<const uint8_t*>(image_table[2 * s]) : data) + offsets[s];
-  im.sy = hwc ? W * 3 : W;
-  im.sx = hwc ? 3 : 1;
-  im.sc = hwc ? 1 : H * W;
-  im.top = boxes[4 * n];
-  im.left = boxes[4 * n + 1];
-  im.ch = boxes[4 * n + 2];
-  im.cw = boxes[4 * n + 3];
-  im.flip = flip[n] != 0;
-  im.interp = interp;
-  const bool to_gray = gray[n] != 0;
-  const bool to_solar = solar[n] != 0;
-  const OpPlan plan = plan_ops(factors + 4 * n, order + 4 * n);
-  const bool blur = sigma > 0.0f;
-  // The cluster launch, when there is one (cluster_mode 1: outputs with contrast and no blur; 2: also
-  // every blurred output), does those outputs and the plain launch skips them.
-  const bool in_cluster = (cluster_mode >= 1 && plan.needs_mean && !blur) || (cluster_mode == 2 && blur);
-  if (in_cluster != kCluster) return;
-  // Block-uniform (one output per block; a cluster's blocks share one), so every return below happens
-  // before any barrier.
-  const bool whole = !kCluster && (plan.needs_mean || blur);
-  if (whole && band != 0) return;
-  // 32-bit pixel indices (the host checks oh * ow < 2^31): 64-bit division is slow on the GPU.
-  const int npix32 = static_cast<int>(npix);
-  const int ow32 = static_cast<int>(ow);
-  // This block's rows [row0, row1): its band's, or all of them.
-  const int oh32 = static_cast<int>(oh);
-  const int64_t band_end = (band + 1) * band_rows;
-  const int row0 = whole ? 0 : static_cast<int>(band * band_rows);
-  const int row1 = whole ? oh32 : static_cast<int>(band_end < oh ? band_end : oh);
-  if (!kCluster && row0 >= row1) return;  // (a cluster's empty band still takes part in its barriers)
-  // Block-uniform choice (every thread sees the same box), so the barrier below is safe.
-  const bool tables = max_taps(im.cw, ow, interp) <= table_taps && max_taps(im.ch, oh, interp) <= table_taps;
-  const Tables tab = carve_tables(smem, oh, ow, table_taps);
-  // The separable passes' row buffer: after the tables (16-byte aligned), buf_rows x 3 x ow floats; used
-  // for this image when its taps make the passes worth it (block-uniform).
-  float* buf = reinterpret_cast<float*>(smem + table_bytes_aligned(oh, ow, table_taps));
-  // The cluster launch's band of pixels (keep, [3][band_rows x ow] floats) follows the buffer region
-  // (region_rows x 3 x ow floats), then the blur's taps.
-  float* keep = buf + static_cast<int64_t>(region_rows) * 3 * ow;
-  if (taps_product(im.ch, oh, im.cw, ow, interp) < kSeparableMinTaps) buf_rows = 0;
-  if (tables) {
-    int64_t lo;
-    for (int64_t q = threadIdx.x; q < ow + oh; q += blockDim.x) {
-      if (q < ow) {
-        aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, interp, tab.wx + q, &lo, tab.nx + q, ow);
-        tab.lox[q] = static_cast<int>(lo);
-      } else {
-        const int64_t i = q - ow;
-        aa_weights(im.ch, oh, i, interp, tab.wy + i, &lo, tab.ny + i, oh);
-        tab.loy[i] = static_cast<int>(lo);
-      }
-    }
-    __syncthreads();
-  }
-
-  __shared__ double warp_sums[kThreads / 32];
+  BlockJob<out_t> job;
+  OpPlan plan;
+  if (!setup_block(CudaBlock{}, a, kCluster, n, blockIdx.y, smem, job, plan)) return;
   if constexpr (kCluster) {
     // One resampling pass: each block of the cluster resamples its band of rows once and keeps the pixels
     // in its shared memory (keep, channel stride cs = band_rows x ow). Contrast: the ops before it, then
@@ -281,6 +131,17 @@ __global__ void __launch_bounds__(kThreads)
     // blurred into the buffer region (hb, free once the resampling is done), then the columns read the
     // rows they need from whichever block of the cluster holds them (distributed shared memory).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const Image& im = job.im;
+    const int row0 = job.row0, row1 = job.row1;
+    const int64_t oh = a.oh, ow = a.ow, npix = oh * ow, band_rows = a.band_rows;
+    const int oh32 = static_cast<int>(oh), ow32 = static_cast<int>(ow);
+    const bool channels_last = a.channels_last;
+    const float m0 = a.m0, m1 = a.m1, m2 = a.m2, s0 = a.s0, s1 = a.s1, s2 = a.s2;
+    float* const buf = job.buf;
+    float* const keep = job.keep;
+    out_t* const o = job.o;
+    const float sigma = job.sigma;
+    const bool blur = job.blur, to_gray = job.to_gray, to_solar = job.to_solar;
     namespace cg = cooperative_groups;
     const cg::cluster_group cluster = cg::this_cluster();
     const int p0 = row0 * ow32;
@@ -288,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
     const int brows = static_cast<int>(band_rows);
     const int cs = brows * ow32;
     float part = 0.0f;
-    for_each_pixel(CudaBlock{}, Ldg{}, im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
+    for_each_pixel(CudaBlock{}, Ldg{}, im, job.tables, job.tab, buf, job.buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
       for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
       float* kp = keep + (p - p0);
       kp[0] = r;
@@ -299,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
     float gmean = 0.0f;
     if (plan.needs_mean) {
       __shared__ double cluster_partial;
-      const double mine = block_sum(part, warp_sums);
+      const double mine = CudaBlock{}.sum(part, warp_sums);
       if (threadIdx.x == 0) cluster_partial = mine;
       cluster.sync();  // every partial written
       double total = 0.0;
@@ -327,7 +188,7 @@ __global__ void __launch_bounds__(kThreads)
     const int rx = static_cast<int>(blur_radius(sigma, ow)), ry = static_cast<int>(blur_radius(sigma, oh));
     const int kx = 2 * rx + 1, ky = 2 * ry + 1;
     float* wyb = wxb + kx;
-    blur_taps(wxb, rx, ry, sigma);
+    blur_taps(CudaBlock{}, wxb, rx, ry, sigma, blur_total);
     // Rows, within the band: hb[c][i][j] = sum_t wx[t] * keep[c][i][reflect(j - rx + t)].
     GridWalk at(threadIdx.x, blockDim.x, ow32);
     for (int q = threadIdx.x; q < band_px; q += blockDim.x, at.step()) {
@@ -356,63 +217,8 @@ __global__ void __launch_bounds__(kThreads)
 #endif
     return;
   } else {
-  float gmean = 0.0f;
-  if (plan.needs_mean) {
-    float part = 0.0f;
-    for_each_pixel(CudaBlock{}, Ldg{}, im, tables, tab, buf, buf_rows, oh32, ow32, 0, oh32, [&](int, float r, float g, float b) {
-      for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
-      part += gray_of(r, g, b);
-    });
-    gmean = static_cast<float>(block_sum(part, warp_sums) / static_cast<double>(npix));
+    plain_block(CudaBlock{}, Ldg{}, a, n, job, plan, warp_sums, blur_total);
   }
-
-  // Blur (block-uniform: one sigma per image): the colour-processed image goes to the workspace.
-  float* ws = blur ? workspace + n * ws_stride : nullptr;
-  for_each_pixel(CudaBlock{}, Ldg{}, im, tables, tab, buf, buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
-    colour_ops(plan, 0, gmean, to_gray, r, g, b);
-    if (blur) {
-      ws[p] = r;
-      ws[npix + p] = g;
-      ws[2 * npix + p] = b;
-    } else {
-      store(o, p, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
-    }
-  });
-  if (!blur) return;
-  // Workspace of a blurred image: [3, oh, ow] colour-processed, [3, oh, ow] rows blurred, then the
-  // horizontal and vertical Gaussian taps (2 rx + 1 and 2 ry + 1 floats).
-  float* hb = ws + 3 * npix;
-  float* wx = ws + 6 * npix;
-  const int64_t rx = blur_radius(sigma, ow), ry = blur_radius(sigma, oh);
-  float* wy = wx + 2 * rx + 1;
-  const int64_t kx = 2 * rx + 1, ky = 2 * ry + 1;
-  blur_taps(wx, rx, ry, sigma);
-  // Rows: hb[c][i][j] = sum_t wx[t] * ws[c][i][reflect(j - rx + t)].
-  GridWalk at(threadIdx.x, blockDim.x, ow32);
-  for (int p = threadIdx.x; p < npix32; p += blockDim.x, at.step()) {
-    const int i = at.row, j = at.col;
-    for (int c = 0; c < 3; ++c) {
-      const float* row = ws + c * npix + static_cast<int64_t>(i) * ow;
-      float acc = 0.0f;
-      for (int64_t t = 0; t < kx; ++t) acc += wx[t] * row[reflect_index(j - rx + t, ow)];
-      hb[c * npix + p] = acc;
-    }
-  }
-  __syncthreads();
-  // Columns, then solarize, normalise, write.
-  GridWalk out(threadIdx.x, blockDim.x, ow32);
-  for (int p = threadIdx.x; p < npix32; p += blockDim.x, out.step()) {
-    const int i = out.row, j = out.col;
-    float v[3];
-    for (int c = 0; c < 3; ++c) {
-      const float* col = hb + c * npix + j;
-      float acc = 0.0f;
-      for (int64_t t = 0; t < ky; ++t) acc += wy[t] * col[reflect_index(i - ry + t, oh) * ow];
-      v[c] = acc;
-    }
-    store(o, p, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, v[0], v[1], v[2]);
-  }
-  }  // !kCluster
 }
 
 // Shared memory a block may use without cudaFuncAttributeMaxDynamicSharedMemorySize.
@@ -608,8 +414,8 @@ void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_tabl
   auto launch = [&](auto kernel, const LaunchPlan& lp, unsigned int bands, bool clustered, cudaStream_t on) {
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg = launch_config(n, bands, lp.smem, on, clustered, &attr);
-    C10_CUDA_CHECK(cudaLaunchKernelEx(
-        &cfg, kernel, static_cast<const uint8_t*>(a.data.data_ptr()), a.data.numel(),
+    const KernelArgs<out_t> args{
+        static_cast<const uint8_t*>(a.data.data_ptr()), a.data.numel(),
         static_cast<const int64_t*>(a.offsets.data_ptr<int64_t>()),
         static_cast<const int64_t*>(a.sizes.data_ptr<int64_t>()), hwc,
         static_cast<const int64_t*>(a.boxes.data_ptr<int64_t>()), static_cast<const uint8_t*>(a.flip.data_ptr()),
@@ -621,7 +427,8 @@ void launch_kernels(const AugmentArgs& a, bool hwc, const at::Tensor& image_tabl
         image_table.defined() ? static_cast<const int64_t*>(image_table.data_ptr<int64_t>()) : nullptr, a.n,
         a.interp, ws_needed ? workspace.data_ptr<float>() : nullptr, ws_stride, a.mean[0], a.mean[1], a.mean[2],
         a.std[0], a.std[1], a.std[2], out_h, out_w, table_taps, channels_last, lp.band_rows, lp.buf_rows,
-        lp.region_rows, cluster.cluster_mode, out.data_ptr<out_t>()));
+        lp.region_rows, cluster.cluster_mode, out.data_ptr<out_t>()};
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args));
   };
   const unsigned int plain_bands = static_cast<unsigned int>((out_h + plain.band_rows - 1) / plain.band_rows);
   if (!use_cluster) {

@@ -1,0 +1,265 @@
+"""The CUDA kernel's plain launch run on the host against the CPU op (no GPU needed).
+
+csrc/augment_block.h holds what a block of the plain launch does (setup_block: the validity guard, the
+image, the op plan, the rows, the tap tables; plain_block: the resampling, the colour ops with the gray
+mean, the blur through its workspace, solarize, the normalised or uint8 store), written for host and
+device. This compiles it with the C++ compiler and runs the launch's grid on the host, each block on
+host threads with a barrier and a block sum standing in for the GPU's, with the very arguments the CUDA
+op gets (captured from the op's Python entry), the launch plan of a 132-SM GPU (the band split of small
+batches, the tables' taps, the row buffer) and the cluster launch off (the plain launch then takes every
+output, as before sm_90). The outputs must equal the CPU op's within the GPU tests' tolerance (ATOL01 on
+the [0, 1] scale; uint8 within 1). The cluster launch (thread-block clusters) is not covered: it needs
+a GPU (tests/test_gpu_augment.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import augment_cost_model as acm
+from tests._cxx import run_cxx
+from tests.test_augment import ATOL01, STD, images_of, params_with
+
+HARNESS = r"""
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
+#include "augment_block.h"
+using namespace vlkernels::augment;
+struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
+struct Shared {  // a block's barrier and its sum's accumulator
+  std::mutex m;
+  std::condition_variable cv;
+  int n = 0, waiting = 0;
+  long gen = 0;
+  double acc = 0.0;
+  void wait() {
+    std::unique_lock<std::mutex> l(m);
+    const long g = gen;
+    if (++waiting == n) {
+      waiting = 0;
+      ++gen;
+      cv.notify_all();
+    } else {
+      cv.wait(l, [&] { return gen != g; });
+    }
+  }
+};
+struct HostBlock {
+  int t, n;
+  Shared* s;
+  int tid() const { return t; }
+  int size() const { return n; }
+  void sync() const { s->wait(); }
+  double sum(double v, double*) const {
+    s->wait();
+    if (t == 0) s->acc = 0.0;
+    s->wait();
+    {
+      std::lock_guard<std::mutex> l(s->m);
+      s->acc += v;
+    }
+    s->wait();
+    const double total = s->acc;
+    s->wait();
+    return total;
+  }
+};
+static std::vector<char> blob;
+static size_t at = 0;
+template <typename T>
+std::vector<T> next() {
+  long long bytes;
+  std::memcpy(&bytes, blob.data() + at, 8);
+  at += 8;
+  std::vector<T> v(bytes / sizeof(T));
+  if (bytes) std::memcpy(v.data(), blob.data() + at, bytes);
+  at += bytes;
+  return v;
+}
+template <typename out_t>
+void launch(KernelArgs<out_t> a, long long m, int threads, size_t smem_bytes, const char* path) {
+  const long long npix = a.oh * a.ow;
+  std::vector<out_t> out(3 * npix * m);
+  std::vector<float> ws(a.blur_sigma ? m * a.ws_stride : 0);
+  a.out = out.data();
+  a.workspace = ws.empty() ? nullptr : ws.data();
+  const long long bands = (a.oh + a.band_rows - 1) / a.band_rows;
+  for (long long n = 0; n < m; ++n)
+    for (long long band = 0; band < bands; ++band) {
+      std::vector<unsigned char> smem(smem_bytes + 64);
+      Shared sh;
+      sh.n = threads;
+      float total[2];
+      std::vector<std::thread> th;
+      for (int k = 0; k < threads; ++k)
+        th.emplace_back([&, k] {
+          const HostBlock blk{k, threads, &sh};
+          BlockJob<out_t> job;
+          OpPlan plan;
+          if (!setup_block(blk, a, false, n, band, smem.data(), job, plan)) return;
+          plain_block(blk, Plain{}, a, n, job, plan, nullptr, total);
+        });
+      for (auto& x : th) x.join();
+    }
+  FILE* f = std::fopen(path, "wb");
+  std::fwrite(out.data(), sizeof(out_t), out.size(), f);
+  std::fclose(f);
+}
+int main() {
+  FILE* f = std::fopen("%(inp)s", "rb");
+  std::fseek(f, 0, SEEK_END);
+  blob.resize(std::ftell(f));
+  std::fseek(f, 0, SEEK_SET);
+  if (std::fread(blob.data(), 1, blob.size(), f) != blob.size()) return 1;
+  std::fclose(f);
+  static const auto data = next<uint8_t>();
+  static const auto offsets = next<int64_t>(), sizes = next<int64_t>(), boxes = next<int64_t>();
+  static const auto flip = next<uint8_t>();
+  static const auto factors = next<float>();
+  static const auto order = next<int64_t>();
+  static const auto gray = next<uint8_t>(), solar = next<uint8_t>();
+  static const auto sigma = next<float>();
+  static const auto source = next<int64_t>();
+  const auto sc = next<int64_t>();
+  const auto fl = next<float>();
+  // sc: hwc, n_images, interp, oh, ow, table_taps, channels_last, band_rows, buf_rows, m, uint8 out,
+  // threads, smem bytes
+  KernelArgs<float> a{};
+  a.data = data.data();
+  a.numel = static_cast<int64_t>(data.size());
+  a.offsets = offsets.data();
+  a.sizes = sizes.data();
+  a.hwc = sc[0] != 0;
+  a.boxes = boxes.data();
+  a.flip = flip.data();
+  a.factors = factors.data();
+  a.order = order.data();
+  a.gray = gray.data();
+  a.solar = solar.data();
+  a.blur_sigma = sigma.empty() ? nullptr : sigma.data();
+  a.source = source.empty() ? nullptr : source.data();
+  a.image_table = nullptr;
+  a.n_images = sc[1];
+  a.interp = static_cast<int>(sc[2]);
+  a.oh = sc[3];
+  a.ow = sc[4];
+  a.ws_stride = 6 * a.oh * a.ow + 2 * (a.oh + a.ow);
+  a.m0 = fl[0], a.m1 = fl[1], a.m2 = fl[2], a.s0 = fl[3], a.s1 = fl[4], a.s2 = fl[5];
+  a.table_taps = static_cast<int>(sc[5]);
+  a.channels_last = sc[6] != 0;
+  a.band_rows = sc[7];
+  a.buf_rows = static_cast<int>(sc[8]);
+  a.region_rows = a.buf_rows;
+  a.cluster_mode = 0;
+  if (sc[10]) {
+    KernelArgs<uint8_t> b{};
+    std::memcpy(&b, &a, sizeof a - sizeof a.out);  // the same fields but the output pointer
+    launch(b, sc[9], static_cast<int>(sc[11]), static_cast<size_t>(sc[12]), "%(out)s");
+  } else {
+    launch(a, sc[9], static_cast<int>(sc[11]), static_cast<size_t>(sc[12]), "%(out)s");
+  }
+  return 0;
+}
+"""
+
+
+def _capture(monkeypatch):
+    """The arguments fused_augment hands the op (the same on CPU and CUDA), and the CPU op's result."""
+    from vlkernels.augment import _op
+
+    seen = {}
+    real = _op.run
+
+    def spy(*args, **kw):
+        names = list(real.__code__.co_varnames[: real.__code__.co_argcount])
+        seen.update(dict(zip(names, args, strict=False)), **kw)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(_op, "run", spy)
+    return seen
+
+
+def _blob(arrays) -> bytes:
+    out = b""
+    for a in arrays:
+        raw = a.contiguous().numpy().tobytes() if a is not None else b""
+        out += len(raw).to_bytes(8, "little") + raw
+    return out
+
+
+RECIPES = {
+    "all": dict(jitter_p=1.0, grayscale_p=0.3, solarize_p=0.3, blur_p=0.5),
+    "contrast only": dict(jitter=(0.0, 0.4, 0.0, 0.0), jitter_p=1.0, grayscale_p=0.0, hflip_p=0.5),
+    "crop and flip": dict(jitter_p=0.0, grayscale_p=0.0),
+}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize(
+    "kind, size, interpolation, channels_last",
+    [
+        ("list", (48, 40), "bicubic", False),  # 6 outputs < 132 slots: bands
+        ("nchw", (37, 51), "bilinear", True),
+        ("nhwc", (24, 24), "bicubic", False),
+    ],
+)
+def test_plain_launch_on_host_equals_cpu_op(
+    recipe, out_dtype, kind, size, interpolation, channels_last, monkeypatch, tmp_path
+):
+    from vlkernels.augment import fused_augment
+
+    sizes = [(130, 170), (90, 60), (200, 150)] if kind == "list" else [(96, 128)] * 3
+    imgs = images_of(kind, sizes, seed=3)
+    p = params_with(imgs, seed=4, scale=(0.08, 1.0), **RECIPES[recipe])
+    p = type(p).cat([p, params_with(imgs, seed=5, scale=(0.5, 1.0), **RECIPES[recipe])])
+    p.source = torch.arange(3).repeat(2)  # two views of each image
+    seen = _capture(monkeypatch)
+    want = fused_augment(
+        imgs, size, params=p, interpolation=interpolation, out_dtype=out_dtype, channels_last=channels_last,
+        impl="cpu",
+    )  # fmt: skip
+    if seen.get("images") is not None:  # a list read in place: pack it as the op would on the GPU here
+        parts = [t.contiguous().reshape(-1) for t in seen["images"]]
+        data = torch.cat(parts)
+        offsets = torch.tensor([0] + [t.numel() for t in parts[:-1]]).cumsum(0)
+    else:
+        data, offsets = seen["data"], seen["offsets"]
+    oh, ow = size
+    m = p.boxes.shape[0]
+    taps = acm.table_taps(oh, ow)
+    buf_rows = acm.buffer_rows(oh, ow)
+    smem = ((oh + ow) * (taps * 4 + 8) + 15) // 16 * 16 + buf_rows * 12 * ow
+    bands = acm.band_rows(m, oh, ow, 132)  # a 132-SM GPU's split of this small batch
+    scalars = [int(seen["hwc"]), int(seen["sizes"].shape[0]), int(seen["interpolation"]), oh, ow, taps]
+    scalars += [int(channels_last), bands, buf_rows, m, int(out_dtype == torch.uint8), 16, smem]
+    floats = list(seen["mean"]) + list(seen["std"])
+    arrays = [data.view(torch.uint8), offsets.to(torch.int64), seen["sizes"], seen["boxes"]]
+    arrays += [
+        seen["flip"].to(torch.uint8),
+        seen["factors"].float(),
+        seen["order"],
+        seen["gray"].to(torch.uint8),
+    ]
+    solar, sigma, source = seen["solarize"], seen["blur_sigma"], seen["source"]
+    arrays += [solar.to(torch.uint8) if solar is not None else torch.zeros(m, dtype=torch.uint8)]
+    arrays += [sigma.float() if sigma is not None else None, source if source is not None else None]
+    arrays += [torch.tensor(scalars, dtype=torch.int64), torch.tensor(floats, dtype=torch.float32)]
+    inp, res = tmp_path / "in.bin", tmp_path / "out.bin"
+    inp.write_bytes(_blob(arrays))
+    run_cxx(HARNESS % dict(inp=inp, out=res), tmp_path)
+    got = torch.frombuffer(bytearray(res.read_bytes()), dtype=out_dtype)
+    shape = (m, oh, ow, 3) if channels_last else (m, 3, oh, ow)
+    got = got.view(shape)
+    if channels_last:
+        got = got.permute(0, 3, 1, 2)
+    if out_dtype == torch.uint8:
+        assert (got.int() - want.int()).abs().max().item() <= 1
+    else:
+        err = (got - want).abs()
+        assert (err <= ATOL01 / STD).all(), f"max abs err {err.max().item():.3g}"
