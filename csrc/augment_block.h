@@ -1,8 +1,6 @@
-// Fused augmentation: one block of the CUDA kernel's plain launch (csrc/cuda/augment_cuda.cu), written for
-// host and device like augment_resample.h, so that tests/test_augment_block.py runs the launch on the
-// host (host threads and a barrier for a block, a loop over the grid) against the CPU op. The cluster
-// launch (sm_90 thread-block clusters, distributed shared memory) stays in the .cu file; it shares the
-// block's set-up (setup_block) and the per-pixel steps (colour_ops, store) with the plain one.
+// Fused augmentation: one block of the CUDA kernel (csrc/cuda/augment_cuda.cu), both launches, written for
+// host and device like augment_resample.h, so that tests/test_augment_block.py runs the launches on the
+// host (host threads and a barrier for a block, a cluster's blocks side by side) against the CPU op.
 //
 // Block: tid(), size(), sync() (a barrier) and sum(v, scratch) (v summed over the block, every thread
 // gets the total; scratch: kThreads / 32 doubles of shared memory on the GPU).
@@ -283,6 +281,103 @@ VLK_HD void plain_block(const Block& blk, const Load& ld, const KernelArgs<out_t
     }
     store(job.o, p, npix, job.to_solar, a.channels_last, a.m0, a.m1, a.m2, a.s0, a.s1, a.s2, v[0], v[1], v[2]);
   }
+}
+
+// The cluster launch's work for a block set up by setup_block (sm_90+: one cluster of kClusterBlocks
+// blocks an output, each a band of rows): one resampling pass, each block keeping its band's pixels in
+// its shared memory (keep, channel stride cs = band_rows x ow). Contrast: the ops before it, then the
+// cluster sums the gray mean (a partial a block, read across the cluster in rank order), then the rest
+// of the chain from the kept pixels. Blur: the colour-processed band stays in keep, its rows are blurred
+// into the buffer region (hb, free once the resampling is done), then the columns read the rows they
+// need from whichever block of the cluster holds them (distributed shared memory).
+// Cluster: sync() (a barrier of the whole cluster), num_blocks(), map(p, rank) (p, an address in this
+// block's shared memory, in block `rank`'s). scratch: the block sum's; total: blur_taps'; partial: one
+// double of shared memory (this block's part of the mean).
+template <typename out_t, typename Block, typename Cluster, typename Load>
+VLK_HD void cluster_block(const Block& blk, const Cluster& clu, const Load& ld, const KernelArgs<out_t>& a,
+                          const BlockJob<out_t>& job, const OpPlan& plan, double* scratch, float* total,
+                          double* partial) {
+  const Image& im = job.im;
+  const int row0 = job.row0, row1 = job.row1;
+  const int64_t oh = a.oh, ow = a.ow, npix = oh * ow, band_rows = a.band_rows;
+  const int oh32 = static_cast<int>(oh), ow32 = static_cast<int>(ow);
+  const bool channels_last = a.channels_last;
+  const float m0 = a.m0, m1 = a.m1, m2 = a.m2, s0 = a.s0, s1 = a.s1, s2 = a.s2;
+  float* const buf = job.buf;
+  float* const keep = job.keep;
+  out_t* const o = job.o;
+  const float sigma = job.sigma;
+  const bool blur = job.blur, to_gray = job.to_gray, to_solar = job.to_solar;
+  const int p0 = row0 * ow32;
+  const int band_px = row1 > row0 ? (row1 - row0) * ow32 : 0;
+  const int brows = static_cast<int>(band_rows);
+  const int cs = brows * ow32;
+  float part = 0.0f;
+  for_each_pixel(blk, ld, im, job.tables, job.tab, buf, job.buf_rows, oh32, ow32, row0, row1,
+                 [&](int p, float r, float g, float b) {
+                   for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
+                   float* kp = keep + (p - p0);
+                   kp[0] = r;
+                   kp[cs] = g;
+                   kp[2 * cs] = b;
+                   part += gray_of(r, g, b);
+                 });
+  float gmean = 0.0f;
+  if (plan.needs_mean) {
+    const double mine = blk.sum(part, scratch);
+    if (blk.tid() == 0) *partial = mine;
+    clu.sync();  // every partial written
+    double sum = 0.0;
+    for (unsigned int r = 0; r < clu.num_blocks(); ++r) sum += *clu.map(partial, r);
+    clu.sync();  // every partial read before any block of the cluster exits
+    gmean = static_cast<float>(sum / static_cast<double>(npix));
+  } else {
+    blk.sync();  // keep written: the loop below reads it in another order
+  }
+  for (int q = blk.tid(); q < band_px; q += blk.size()) {
+    float r = keep[q], g = keep[cs + q], b = keep[2 * cs + q];
+    colour_ops(plan, plan.split, gmean, to_gray, r, g, b);
+    if (blur) {
+      keep[q] = r;
+      keep[cs + q] = g;
+      keep[2 * cs + q] = b;
+    } else {
+      store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
+    }
+  }
+  if (!blur) return;
+  // The blur's taps.
+  float* hb = buf;
+  float* wxb = keep + 3 * static_cast<int64_t>(cs);
+  const int rx = static_cast<int>(blur_radius(sigma, ow)), ry = static_cast<int>(blur_radius(sigma, oh));
+  const int kx = 2 * rx + 1, ky = 2 * ry + 1;
+  float* wyb = wxb + kx;
+  blur_taps(blk, wxb, rx, ry, sigma, total);
+  // Rows, within the band: hb[c][i][j] = sum_t wx[t] * keep[c][i][reflect(j - rx + t)].
+  GridWalk at(blk.tid(), blk.size(), ow32);
+  for (int q = blk.tid(); q < band_px; q += blk.size(), at.step()) {
+    const int i = at.row, j = at.col;
+    for (int c = 0; c < 3; ++c) {
+      const float* row = keep + c * cs + i * ow32;
+      float acc = 0.0f;
+      for (int t = 0; t < kx; ++t) acc += wxb[t] * row[reflect_index(j - rx + t, ow)];
+      hb[c * cs + q] = acc;
+    }
+  }
+  clu.sync();  // every block's rows blurred
+  // Columns: image row y lives in block y / band_rows of the cluster, at its row y % band_rows.
+  GridWalk out(blk.tid(), blk.size(), ow32);
+  for (int q = blk.tid(); q < band_px; q += blk.size(), out.step()) {
+    const int i = row0 + out.row, j = out.col;
+    float v[3] = {0.0f, 0.0f, 0.0f};
+    for (int t = 0; t < ky; ++t) {
+      const int y = static_cast<int>(reflect_index(i - ry + t, oh));
+      const float* h = clu.map(hb, static_cast<unsigned int>(y / brows)) + (y % brows) * ow32 + j;
+      for (int c = 0; c < 3; ++c) v[c] += wyb[t] * h[c * cs];
+    }
+    store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, v[0], v[1], v[2]);
+  }
+  clu.sync();  // every block's rows read before any block of the cluster exits
 }
 
 }  // namespace augment

@@ -1,15 +1,19 @@
-"""The CUDA kernel's plain launch run on the host against the CPU op (no GPU needed).
+"""The CUDA kernel's two launches run on the host against the CPU op (no GPU needed).
 
-csrc/augment_block.h holds what a block of the plain launch does (setup_block: the validity guard, the
-image, the op plan, the rows, the tap tables; plain_block: the resampling, the colour ops with the gray
-mean, the blur through its workspace, solarize, the normalised or uint8 store), written for host and
-device. This compiles it with the C++ compiler and runs the launch's grid on the host, each block on
-host threads with a barrier and a block sum standing in for the GPU's, with the very arguments the CUDA
-op gets (captured from the op's Python entry), the launch plan of a 132-SM GPU (the band split of small
-batches, the tables' taps, the row buffer) and the cluster launch off (the plain launch then takes every
-output, as before sm_90). The outputs must equal the CPU op's within the GPU tests' tolerance (ATOL01 on
-the [0, 1] scale; uint8 within 1). The cluster launch (thread-block clusters) is not covered: it needs
-a GPU (tests/test_gpu_augment.py).
+csrc/augment_block.h holds what a block of the kernel does, written for host and device: setup_block (the
+validity guard, the image, the op plan, the rows, the tap tables), plain_block (the plain launch: the
+resampling, the colour ops with the gray mean, the blur through its workspace, solarize, the normalised
+or uint8 store) and cluster_block (the sm_90 cluster launch of outputs with contrast or blur: eight
+blocks an output, each keeping its band in shared memory, the mean and the blur's columns across the
+cluster). This compiles it with the C++ compiler and runs the launches' grids on the host: a block's
+threads as host threads with a barrier and a block sum, a cluster's eight blocks side by side with a
+barrier of all their threads and their shared memories mapped to each other (distributed shared
+memory), with the very arguments the CUDA op gets (captured from the op's Python entry) and the launch
+plans of an H100 (the band split of small batches, the tables' taps, the row buffers, the cluster's
+shared-memory layout). Both "plain" (before sm_90: the plain launch takes every output) and "plain +
+cluster" (sm_90) must equal the CPU op within the GPU tests' tolerance (ATOL01 on the [0, 1] scale;
+uint8 within 1). What this cannot see is the hardware's side: __ldg, the warp-shuffle block sum, the
+launch itself (tests/test_gpu_augment.py).
 """
 
 from __future__ import annotations
@@ -31,12 +35,11 @@ HARNESS = r"""
 #include "augment_block.h"
 using namespace vlkernels::augment;
 struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
-struct Shared {  // a block's barrier and its sum's accumulator
+struct Barrier {
   std::mutex m;
   std::condition_variable cv;
   int n = 0, waiting = 0;
   long gen = 0;
-  double acc = 0.0;
   void wait() {
     std::unique_lock<std::mutex> l(m);
     const long g = gen;
@@ -49,24 +52,50 @@ struct Shared {  // a block's barrier and its sum's accumulator
     }
   }
 };
+struct Shared {  // a block's barrier, its sum's accumulator, its shared memory
+  Barrier bar;
+  std::mutex m;
+  double acc = 0.0;
+  std::vector<unsigned char> smem;
+  double partial = 0.0;  // the cluster launch's part of the mean (shared memory too)
+  float total[2];
+};
 struct HostBlock {
   int t, n;
   Shared* s;
   int tid() const { return t; }
   int size() const { return n; }
-  void sync() const { s->wait(); }
+  void sync() const { s->bar.wait(); }
   double sum(double v, double*) const {
-    s->wait();
+    sync();
     if (t == 0) s->acc = 0.0;
-    s->wait();
+    sync();
     {
       std::lock_guard<std::mutex> l(s->m);
       s->acc += v;
     }
-    s->wait();
+    sync();
     const double total = s->acc;
-    s->wait();
+    sync();
     return total;
+  }
+};
+// A cluster of blocks run side by side: a barrier of all their threads, and an address in one block's
+// shared memory (its smem or its partial) mapped to the same place in another's.
+struct HostCluster {
+  int rank;
+  Barrier* bar;
+  std::vector<Shared>* blocks;
+  void sync() const { bar->wait(); }
+  unsigned int num_blocks() const { return static_cast<unsigned int>(blocks->size()); }
+  template <typename T>
+  T* map(T* p, unsigned int r) const {
+    Shared& me = (*blocks)[rank];
+    Shared& them = (*blocks)[r];
+    const unsigned char* q = reinterpret_cast<const unsigned char*>(p);
+    if (q == reinterpret_cast<const unsigned char*>(&me.partial)) return reinterpret_cast<T*>(&them.partial);
+    const size_t off = q - me.smem.data();
+    return reinterpret_cast<T*>(them.smem.data() + off);
   }
 };
 static std::vector<char> blob;
@@ -81,34 +110,76 @@ std::vector<T> next() {
   at += bytes;
   return v;
 }
+// The plain launch: grid outputs x bands, one block at a time (its threads side by side).
 template <typename out_t>
-void launch(KernelArgs<out_t> a, long long m, int threads, size_t smem_bytes, const char* path) {
-  const long long npix = a.oh * a.ow;
-  std::vector<out_t> out(3 * npix * m);
-  std::vector<float> ws(a.blur_sigma ? m * a.ws_stride : 0);
-  a.out = out.data();
-  a.workspace = ws.empty() ? nullptr : ws.data();
+void plain_launch(const KernelArgs<out_t>& a, long long m, int threads, size_t smem_bytes) {
   const long long bands = (a.oh + a.band_rows - 1) / a.band_rows;
   for (long long n = 0; n < m; ++n)
     for (long long band = 0; band < bands; ++band) {
-      std::vector<unsigned char> smem(smem_bytes + 64);
       Shared sh;
-      sh.n = threads;
-      float total[2];
+      sh.bar.n = threads;
+      sh.smem.assign(smem_bytes + 64, 0);
       std::vector<std::thread> th;
       for (int k = 0; k < threads; ++k)
         th.emplace_back([&, k] {
           const HostBlock blk{k, threads, &sh};
           BlockJob<out_t> job;
           OpPlan plan;
-          if (!setup_block(blk, a, false, n, band, smem.data(), job, plan)) return;
-          plain_block(blk, Plain{}, a, n, job, plan, nullptr, total);
+          if (!setup_block(blk, a, false, n, band, sh.smem.data(), job, plan)) return;
+          plain_block(blk, Plain{}, a, n, job, plan, nullptr, sh.total);
         });
       for (auto& x : th) x.join();
     }
-  FILE* f = std::fopen(path, "wb");
-  std::fwrite(out.data(), sizeof(out_t), out.size(), f);
-  std::fclose(f);
+}
+// The cluster launch: grid outputs x 8, a cluster an output (its 8 blocks side by side).
+template <typename out_t>
+void cluster_launch(const KernelArgs<out_t>& a, long long m, int threads, size_t smem_bytes) {
+  const int blocks = 8;
+  for (long long n = 0; n < m; ++n) {
+    std::vector<Shared> sh(blocks);
+    Barrier cbar;
+    cbar.n = blocks * threads;
+    for (auto& b : sh) {
+      b.bar.n = threads;
+      b.smem.assign(smem_bytes + 64, 0);
+    }
+    std::vector<std::thread> th;
+    for (int r = 0; r < blocks; ++r)
+      for (int k = 0; k < threads; ++k)
+        th.emplace_back([&, r, k] {
+          const HostBlock blk{k, threads, &sh[r]};
+          const HostCluster clu{r, &cbar, &sh};
+          BlockJob<out_t> job;
+          OpPlan plan;
+          if (!setup_block(blk, a, true, n, r, sh[r].smem.data(), job, plan)) return;
+          cluster_block(blk, clu, Plain{}, a, job, plan, nullptr, sh[r].total, &sh[r].partial);
+        });
+    for (auto& x : th) x.join();
+  }
+}
+template <typename out_t>
+void run(KernelArgs<float> f, const std::vector<int64_t>& sc, const char* path) {
+  // f holds every field but the output's type; sc: see main.
+  KernelArgs<out_t> a{};
+  std::memcpy(static_cast<void*>(&a), &f, sizeof f - sizeof f.out);
+  const long long m = sc[9], npix = a.oh * a.ow;
+  const int threads = static_cast<int>(sc[11]);
+  std::vector<out_t> out(3 * npix * m);
+  std::vector<float> ws(a.blur_sigma ? m * a.ws_stride : 0);
+  a.out = out.data();
+  a.workspace = ws.empty() ? nullptr : ws.data();
+  a.cluster_mode = static_cast<int>(sc[13]);
+  plain_launch(a, m, threads, static_cast<size_t>(sc[12]));
+  if (a.cluster_mode) {
+    KernelArgs<out_t> c = a;
+    c.band_rows = sc[14];
+    c.buf_rows = static_cast<int>(sc[15]);
+    c.region_rows = static_cast<int>(sc[16]);
+    cluster_launch(c, m, threads, static_cast<size_t>(sc[17]));
+  }
+  FILE* fo = std::fopen(path, "wb");
+  std::fwrite(out.data(), sizeof(out_t), out.size(), fo);
+  std::fclose(fo);
 }
 int main() {
   FILE* f = std::fopen("%(inp)s", "rb");
@@ -128,7 +199,7 @@ int main() {
   const auto sc = next<int64_t>();
   const auto fl = next<float>();
   // sc: hwc, n_images, interp, oh, ow, table_taps, channels_last, band_rows, buf_rows, m, uint8 out,
-  // threads, smem bytes
+  // threads, smem bytes; the cluster launch's mode (0: none), band rows, buffer rows, region rows, smem
   KernelArgs<float> a{};
   a.data = data.data();
   a.numel = static_cast<int64_t>(data.size());
@@ -155,13 +226,10 @@ int main() {
   a.band_rows = sc[7];
   a.buf_rows = static_cast<int>(sc[8]);
   a.region_rows = a.buf_rows;
-  a.cluster_mode = 0;
   if (sc[10]) {
-    KernelArgs<uint8_t> b{};
-    std::memcpy(&b, &a, sizeof a - sizeof a.out);  // the same fields but the output pointer
-    launch(b, sc[9], static_cast<int>(sc[11]), static_cast<size_t>(sc[12]), "%(out)s");
+    run<uint8_t>(a, sc, "%(out)s");
   } else {
-    launch(a, sc[9], static_cast<int>(sc[11]), static_cast<size_t>(sc[12]), "%(out)s");
+    run<float>(a, sc, "%(out)s");
   }
   return 0;
 }
@@ -199,6 +267,26 @@ RECIPES = {
 }
 
 
+def _cluster_plan(oh: int, ow: int, taps: int, optin: int = 227 * 1024, static: int = 144):
+    """plan_cluster_launch (csrc/cuda/augment_cuda.cu) on an H100: (mode, band rows, buffer rows, region
+    rows, dynamic shared memory), or None when the cluster launch does not run."""
+    band = -(-oh // 8)
+    tables = ((oh + ow) * (taps * 4 + 8) + 15) // 16 * 16
+    row, taps_bytes = 12 * ow, 2 * (ow + oh) * 4
+    keep = band * row
+    if taps == 0 or oh < 8 or static + tables + keep + taps_bytes > optin:
+        return None
+    rows = (optin - static - tables - keep - taps_bytes) // row
+    return (
+        (2 if rows >= band else 1),
+        band,
+        (rows if rows >= taps else 0),
+        rows,
+        tables + rows * row + keep + taps_bytes,
+    )
+
+
+@pytest.mark.parametrize("launches", ["plain", "plain + cluster"])
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize(
@@ -209,8 +297,8 @@ RECIPES = {
         ("nhwc", (24, 24), "bicubic", False),
     ],
 )
-def test_plain_launch_on_host_equals_cpu_op(
-    recipe, out_dtype, kind, size, interpolation, channels_last, monkeypatch, tmp_path
+def test_launches_on_host_equal_cpu_op(
+    launches, recipe, out_dtype, kind, size, interpolation, channels_last, monkeypatch, tmp_path
 ):
     from vlkernels.augment import fused_augment
 
@@ -238,6 +326,11 @@ def test_plain_launch_on_host_equals_cpu_op(
     bands = acm.band_rows(m, oh, ow, 132)  # a 132-SM GPU's split of this small batch
     scalars = [int(seen["hwc"]), int(seen["sizes"].shape[0]), int(seen["interpolation"]), oh, ow, taps]
     scalars += [int(channels_last), bands, buf_rows, m, int(out_dtype == torch.uint8), 16, smem]
+    # The cluster launch (sm_90: outputs with contrast or blur, 8 blocks an output), or none (before sm_90:
+    # the plain launch takes every output).
+    cluster = _cluster_plan(oh, ow, taps) if launches == "plain + cluster" else None
+    assert launches == "plain" or cluster is not None
+    scalars += list(cluster) if cluster else [0, 0, 0, 0, 0]
     floats = list(seen["mean"]) + list(seen["std"])
     arrays = [data.view(torch.uint8), offsets.to(torch.int64), seen["sizes"], seen["boxes"]]
     arrays += [

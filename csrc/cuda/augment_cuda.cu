@@ -31,9 +31,9 @@
 // writing the output; [3, oh, ow] floats do not fit one block's shared memory: 602 KB at 224 x 224),
 // allocated only when the op gets a blur_sigma tensor and the cluster launch does not take the blurred
 // outputs. The resampling itself (tap tables' axes, row sums, for_each_pixel) is in
-// csrc/augment_resample.h and a block's set-up and the plain launch's work in csrc/augment_block.h, both
+// csrc/augment_resample.h and a block's set-up and the two launches' work in csrc/augment_block.h, both
 // written for host and device: tests/test_augment_bands.py and tests/test_augment_block.py run them on
-// host threads (the whole plain launch against the CPU op).
+// host threads (both launches against the CPU op, a cluster's blocks side by side).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
@@ -106,6 +106,19 @@ size_t table_bytes(int64_t oh, int64_t ow, int taps) {
   return static_cast<size_t>(oh + ow) * (taps * sizeof(float) + 2 * sizeof(int));
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The thread-block cluster, as cluster_block (augment_block.h) sees it.
+struct CudaCluster {
+  cooperative_groups::cluster_group g;
+  __device__ __forceinline__ void sync() const { g.sync(); }
+  __device__ __forceinline__ unsigned int num_blocks() const { return g.num_blocks(); }
+  template <typename T>
+  __device__ __forceinline__ T* map(T* p, unsigned int rank) const {
+    return g.map_shared_rank(p, rank);
+  }
+};
+#endif
+
 // Cluster size of the cluster launch (kCluster): the blocks of one output, one band of rows each.
 constexpr int kClusterBlocks = 8;
 
@@ -131,89 +144,9 @@ __global__ void __launch_bounds__(kThreads) fused_augment_kernel(const __grid_co
     // blurred into the buffer region (hb, free once the resampling is done), then the columns read the
     // rows they need from whichever block of the cluster holds them (distributed shared memory).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const Image& im = job.im;
-    const int row0 = job.row0, row1 = job.row1;
-    const int64_t oh = a.oh, ow = a.ow, npix = oh * ow, band_rows = a.band_rows;
-    const int oh32 = static_cast<int>(oh), ow32 = static_cast<int>(ow);
-    const bool channels_last = a.channels_last;
-    const float m0 = a.m0, m1 = a.m1, m2 = a.m2, s0 = a.s0, s1 = a.s1, s2 = a.s2;
-    float* const buf = job.buf;
-    float* const keep = job.keep;
-    out_t* const o = job.o;
-    const float sigma = job.sigma;
-    const bool blur = job.blur, to_gray = job.to_gray, to_solar = job.to_solar;
-    namespace cg = cooperative_groups;
-    const cg::cluster_group cluster = cg::this_cluster();
-    const int p0 = row0 * ow32;
-    const int band_px = row1 > row0 ? (row1 - row0) * ow32 : 0;
-    const int brows = static_cast<int>(band_rows);
-    const int cs = brows * ow32;
-    float part = 0.0f;
-    for_each_pixel(CudaBlock{}, Ldg{}, im, job.tables, job.tab, buf, job.buf_rows, oh32, ow32, row0, row1, [&](int p, float r, float g, float b) {
-      for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
-      float* kp = keep + (p - p0);
-      kp[0] = r;
-      kp[cs] = g;
-      kp[2 * cs] = b;
-      part += gray_of(r, g, b);
-    });
-    float gmean = 0.0f;
-    if (plan.needs_mean) {
-      __shared__ double cluster_partial;
-      const double mine = CudaBlock{}.sum(part, warp_sums);
-      if (threadIdx.x == 0) cluster_partial = mine;
-      cluster.sync();  // every partial written
-      double total = 0.0;
-      for (unsigned int r = 0; r < cluster.num_blocks(); ++r) total += *cluster.map_shared_rank(&cluster_partial, r);
-      cluster.sync();  // every partial read before any block of the cluster exits
-      gmean = static_cast<float>(total / static_cast<double>(npix));
-    } else {
-      __syncthreads();  // keep written: the loop below reads it in another order
-    }
-    for (int q = threadIdx.x; q < band_px; q += blockDim.x) {
-      float r = keep[q], g = keep[cs + q], b = keep[2 * cs + q];
-      colour_ops(plan, plan.split, gmean, to_gray, r, g, b);
-      if (blur) {
-        keep[q] = r;
-        keep[cs + q] = g;
-        keep[2 * cs + q] = b;
-      } else {
-        store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, r, g, b);
-      }
-    }
-    if (!blur) return;
-    // The blur's taps.
-    float* hb = buf;
-    float* wxb = keep + 3 * static_cast<int64_t>(cs);
-    const int rx = static_cast<int>(blur_radius(sigma, ow)), ry = static_cast<int>(blur_radius(sigma, oh));
-    const int kx = 2 * rx + 1, ky = 2 * ry + 1;
-    float* wyb = wxb + kx;
-    blur_taps(CudaBlock{}, wxb, rx, ry, sigma, blur_total);
-    // Rows, within the band: hb[c][i][j] = sum_t wx[t] * keep[c][i][reflect(j - rx + t)].
-    GridWalk at(threadIdx.x, blockDim.x, ow32);
-    for (int q = threadIdx.x; q < band_px; q += blockDim.x, at.step()) {
-      const int i = at.row, j = at.col;
-      for (int c = 0; c < 3; ++c) {
-        const float* row = keep + c * cs + i * ow32;
-        float acc = 0.0f;
-        for (int t = 0; t < kx; ++t) acc += wxb[t] * row[reflect_index(j - rx + t, ow)];
-        hb[c * cs + q] = acc;
-      }
-    }
-    cluster.sync();  // every block's rows blurred
-    // Columns: image row y lives in block y / band_rows of the cluster, at its row y % band_rows.
-    GridWalk out(threadIdx.x, blockDim.x, ow32);
-    for (int q = threadIdx.x; q < band_px; q += blockDim.x, out.step()) {
-      const int i = row0 + out.row, j = out.col;
-      float v[3] = {0.0f, 0.0f, 0.0f};
-      for (int t = 0; t < ky; ++t) {
-        const int y = static_cast<int>(reflect_index(i - ry + t, oh));
-        const float* h = cluster.map_shared_rank(hb, static_cast<unsigned int>(y / brows)) + (y % brows) * ow32 + j;
-        for (int c = 0; c < 3; ++c) v[c] += wyb[t] * h[c * cs];
-      }
-      store(o, p0 + q, npix, to_solar, channels_last, m0, m1, m2, s0, s1, s2, v[0], v[1], v[2]);
-    }
-    cluster.sync();  // every block's rows read before any block of the cluster exits
+    __shared__ double cluster_partial;
+    cluster_block(CudaBlock{}, CudaCluster{cooperative_groups::this_cluster()}, Ldg{}, a, job, plan, warp_sums,
+                  blur_total, &cluster_partial);
 #endif
     return;
   } else {
