@@ -300,13 +300,57 @@ def _cluster_plan(oh: int, ow: int, taps: int, optin: int = 227 * 1024, static: 
 def test_launches_on_host_equal_cpu_op(
     launches, recipe, out_dtype, kind, size, interpolation, channels_last, monkeypatch, tmp_path
 ):
-    from vlkernels.augment import fused_augment
-
     sizes = [(130, 170), (90, 60), (200, 150)] if kind == "list" else [(96, 128)] * 3
     imgs = images_of(kind, sizes, seed=3)
     p = params_with(imgs, seed=4, scale=(0.08, 1.0), **RECIPES[recipe])
     p = type(p).cat([p, params_with(imgs, seed=5, scale=(0.5, 1.0), **RECIPES[recipe])])
     p.source = torch.arange(3).repeat(2)  # two views of each image
+    got, want, _ = _run_on_host(
+        imgs, p, size, interpolation, out_dtype, channels_last, launches, monkeypatch, tmp_path
+    )
+    _assert_close(got, want)
+
+
+@pytest.mark.parametrize("launches", ["plain", "plain + cluster"])
+def test_large_downscales_and_invalid_values_on_host(launches, monkeypatch, tmp_path):
+    # Crops of a 1300 x 900 photo to 48 x 40: a 20x downscale, beyond the tables' taps, so the taps are
+    # evaluated on the fly; and an output whose box the caller got wrong (the op's check=False path: the
+    # kernel's guard writes NaN there instead of reading out of bounds).
+    imgs = images_of("list", [(1300, 900), (700, 60)], seed=8)
+    p = params_with(imgs, seed=9, scale=(0.9, 1.0), **RECIPES["all"])
+    got, want, m = _run_on_host(
+        imgs, p, (48, 40), "bicubic", torch.float32, False, launches, monkeypatch, tmp_path, break_box=1
+    )
+    assert torch.isnan(got[1]).all()
+    _assert_close(got[:1], want[:1])
+
+
+def test_outputs_too_large_for_tables_on_host(monkeypatch, tmp_path):
+    # 613 x 613: out_h + out_w beyond 1225, no tap tables fit 48 KiB (taps on the fly), no cluster launch.
+    imgs = images_of("nhwc", [(700, 650)] * 2, seed=10)
+    p = params_with(imgs, seed=11, **RECIPES["contrast only"])
+    got, want, _ = _run_on_host(
+        imgs, p, (613, 613), "bilinear", torch.float32, False, "plain", monkeypatch, tmp_path
+    )
+    _assert_close(got, want)
+
+
+def _assert_close(got, want):
+    if want.dtype == torch.uint8:
+        assert (got.int() - want.int()).abs().max().item() <= 1
+    else:
+        err = (got - want).abs()
+        assert (err <= ATOL01 / STD).all(), f"max abs err {err.max().item():.3g}"
+
+
+def _run_on_host(
+    imgs, p, size, interpolation, out_dtype, channels_last, launches, monkeypatch, tmp_path, break_box=None
+):
+    """(the launches' output on the host, the CPU op's, m): the op's own arguments, captured, handed to
+    the harness with an H100's launch plans. break_box: an output whose box is made invalid after the CPU
+    op ran (as a caller passing check=False could)."""
+    from vlkernels.augment import fused_augment
+
     seen = _capture(monkeypatch)
     want = fused_augment(
         imgs, size, params=p, interpolation=interpolation, out_dtype=out_dtype, channels_last=channels_last,
@@ -318,6 +362,9 @@ def test_launches_on_host_equal_cpu_op(
         offsets = torch.tensor([0] + [t.numel() for t in parts[:-1]]).cumsum(0)
     else:
         data, offsets = seen["data"], seen["offsets"]
+    boxes = seen["boxes"].clone()
+    if break_box is not None:
+        boxes[break_box, 0] = seen["sizes"][break_box, 0]  # top at the image's height: out of range
     oh, ow = size
     m = p.boxes.shape[0]
     taps = acm.table_taps(oh, ow)
@@ -332,13 +379,9 @@ def test_launches_on_host_equal_cpu_op(
     assert launches == "plain" or cluster is not None
     scalars += list(cluster) if cluster else [0, 0, 0, 0, 0]
     floats = list(seen["mean"]) + list(seen["std"])
-    arrays = [data.view(torch.uint8), offsets.to(torch.int64), seen["sizes"], seen["boxes"]]
-    arrays += [
-        seen["flip"].to(torch.uint8),
-        seen["factors"].float(),
-        seen["order"],
-        seen["gray"].to(torch.uint8),
-    ]
+    arrays = [data.view(torch.uint8), offsets.to(torch.int64), seen["sizes"], boxes]
+    arrays += [seen["flip"].to(torch.uint8), seen["factors"].float(), seen["order"]]
+    arrays += [seen["gray"].to(torch.uint8)]
     solar, sigma, source = seen["solarize"], seen["blur_sigma"], seen["source"]
     arrays += [solar.to(torch.uint8) if solar is not None else torch.zeros(m, dtype=torch.uint8)]
     arrays += [sigma.float() if sigma is not None else None, source if source is not None else None]
@@ -347,12 +390,7 @@ def test_launches_on_host_equal_cpu_op(
     inp.write_bytes(_blob(arrays))
     run_cxx(HARNESS % dict(inp=inp, out=res), tmp_path)
     got = torch.frombuffer(bytearray(res.read_bytes()), dtype=out_dtype)
-    shape = (m, oh, ow, 3) if channels_last else (m, 3, oh, ow)
-    got = got.view(shape)
+    got = got.view((m, oh, ow, 3) if channels_last else (m, 3, oh, ow))
     if channels_last:
         got = got.permute(0, 3, 1, 2)
-    if out_dtype == torch.uint8:
-        assert (got.int() - want.int()).abs().max().item() <= 1
-    else:
-        err = (got - want).abs()
-        assert (err <= ATOL01 / STD).all(), f"max abs err {err.max().item():.3g}"
+    return got, want, m
