@@ -137,12 +137,8 @@ __global__ void __launch_bounds__(kThreads) fused_augment_kernel(const __grid_co
   OpPlan plan;
   if (!setup_block(CudaBlock{}, a, kCluster, n, blockIdx.y, smem, job, plan)) return;
   if constexpr (kCluster) {
-    // One resampling pass: each block of the cluster resamples its band of rows once and keeps the pixels
-    // in its shared memory (keep, channel stride cs = band_rows x ow). Contrast: the ops before it, then
-    // the cluster sums the gray mean (a partial a block, read across the cluster in rank order), then the
-    // rest of the chain from the kept pixels. Blur: the colour-processed band stays in keep, its rows are
-    // blurred into the buffer region (hb, free once the resampling is done), then the columns read the
-    // rows they need from whichever block of the cluster holds them (distributed shared memory).
+    // One resampling pass a block, the band kept in shared memory, the mean and the blur's columns across
+    // the cluster (cluster_block, augment_block.h). Before sm_90 this instantiation is an empty stub.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     __shared__ double cluster_partial;
     cluster_block(CudaBlock{}, CudaCluster{cooperative_groups::this_cluster()}, Ldg{}, a, job, plan, warp_sums,
