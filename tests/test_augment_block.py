@@ -198,6 +198,7 @@ int main() {
   static const auto source = next<int64_t>();
   const auto sc = next<int64_t>();
   const auto fl = next<float>();
+  static const auto where = next<int64_t>();  // separate images: where each lies in data (else empty)
   // sc: hwc, n_images, interp, oh, ow, table_taps, channels_last, band_rows, buf_rows, m, uint8 out,
   // threads, smem bytes; the cluster launch's mode (0: none), band rows, buffer rows, region rows, smem
   KernelArgs<float> a{};
@@ -214,7 +215,14 @@ int main() {
   a.solar = solar.data();
   a.blur_sigma = sigma.empty() ? nullptr : sigma.data();
   a.source = source.empty() ? nullptr : source.data();
-  a.image_table = nullptr;
+  // Separate images (a list read in place): the op's device table of (address, bytes) per image, the
+  // kernel's offsets then within each image (0).
+  static std::vector<int64_t> table;
+  for (size_t i = 0; i < where.size(); ++i) {
+    table.push_back(static_cast<int64_t>(reinterpret_cast<uintptr_t>(data.data() + where[i])));
+    table.push_back(3 * sizes[2 * i] * sizes[2 * i + 1]);
+  }
+  a.image_table = table.empty() ? nullptr : table.data();
   a.n_images = sc[1];
   a.interp = static_cast<int>(sc[2]);
   a.oh = sc[3];
@@ -356,10 +364,12 @@ def _run_on_host(
         imgs, size, params=p, interpolation=interpolation, out_dtype=out_dtype, channels_last=channels_last,
         impl="cpu",
     )  # fmt: skip
-    if seen.get("images") is not None:  # a list read in place: pack it as the op would on the GPU here
+    where = None
+    if seen.get("images") is not None:  # separate images, read in place: the kernel's image table
         parts = [t.contiguous().reshape(-1) for t in seen["images"]]
-        data = torch.cat(parts)
-        offsets = torch.tensor([0] + [t.numel() for t in parts[:-1]]).cumsum(0)
+        data = torch.cat(parts)  # (one host buffer standing in for the separate device tensors)
+        where = torch.tensor([0] + [t.numel() for t in parts[:-1]]).cumsum(0)
+        offsets = seen["offsets"]
     else:
         data, offsets = seen["data"], seen["offsets"]
     boxes = seen["boxes"].clone()
@@ -385,7 +395,7 @@ def _run_on_host(
     solar, sigma, source = seen["solarize"], seen["blur_sigma"], seen["source"]
     arrays += [solar.to(torch.uint8) if solar is not None else torch.zeros(m, dtype=torch.uint8)]
     arrays += [sigma.float() if sigma is not None else None, source if source is not None else None]
-    arrays += [torch.tensor(scalars, dtype=torch.int64), torch.tensor(floats, dtype=torch.float32)]
+    arrays += [torch.tensor(scalars, dtype=torch.int64), torch.tensor(floats, dtype=torch.float32), where]
     inp, res = tmp_path / "in.bin", tmp_path / "out.bin"
     inp.write_bytes(_blob(arrays))
     run_cxx(HARNESS % dict(inp=inp, out=res), tmp_path)
