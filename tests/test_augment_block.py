@@ -8,7 +8,9 @@ blocks an output, each keeping its band in shared memory, the mean and the blur'
 cluster). This compiles it with the C++ compiler and runs the launches' grids on the host: a block's
 threads as host threads with a barrier and a block sum, a cluster's eight blocks side by side with a
 barrier of all their threads and their shared memories mapped to each other (distributed shared
-memory), with the very arguments the CUDA op gets (captured from the op's Python entry) and the launch
+memory), a list of separate images read through the kernel's image table (address and bytes per image)
+as the CUDA op reads a list, with the very arguments the CUDA op gets (captured from the op's Python
+entry) and the launch
 plans of an H100 (the band split of small batches, the tables' taps, the row buffers, the cluster's
 shared-memory layout). Both "plain" (before sm_90: the plain launch takes every output) and "plain +
 cluster" (sm_90) must equal the CPU op within the GPU tests' tolerance (ATOL01 on the [0, 1] scale;
