@@ -155,8 +155,8 @@ PAIRS = r"""
 #include <random>
 #include <vector>
 #include "augment.h"
+#include "host_block.h"
 using namespace vlkernels::augment;
-struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
 static long long bad = 0, checked = 0;
 static bool same(const float* x, const float* y) { return std::memcmp(x, y, 3 * sizeof(float)) == 0; }
 template <bool kHwc>
@@ -262,37 +262,13 @@ RESAMPLE = r"""
 #include <thread>
 #include <vector>
 #include "augment_resample.h"
+#include "host_block.h"
 using namespace vlkernels::augment;
-struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
-struct Barrier {
-  std::mutex m;
-  std::condition_variable cv;
-  int n, waiting = 0;
-  long gen = 0;
-  void wait() {
-    std::unique_lock<std::mutex> l(m);
-    const long g = gen;
-    if (++waiting == n) {
-      waiting = 0;
-      ++gen;
-      cv.notify_all();
-    } else {
-      cv.wait(l, [&] { return gen != g; });
-    }
-  }
-};
-struct HostBlock {
-  int t, n;
-  Barrier* b;
-  int tid() const { return t; }
-  int size() const { return n; }
-  void sync() const { b->wait(); }
-};
 static std::vector<float> run(const Image& im, bool tables, const Tables& t, int buf_rows, int oh, int ow,
                               int row0, int row1, int threads) {
   std::vector<float> out(3 * oh * ow, NAN), buf(static_cast<size_t>(buf_rows > 0 ? buf_rows : 1) * 3 * ow);
-  Barrier bar;
-  bar.n = threads;
+  Shared sh;
+  sh.bar.n = threads;
   std::vector<std::thread> th;
   const int np = oh * ow;
   for (int k = 0; k < threads; ++k)
@@ -302,7 +278,7 @@ static std::vector<float> run(const Image& im, bool tables, const Tables& t, int
         out[np + p] = g;
         out[2 * np + p] = b;
       };
-      for_each_pixel(HostBlock{k, threads, &bar}, Plain{}, im, tables, t, buf.data(), buf_rows, oh, ow, row0,
+      for_each_pixel(HostBlock{k, threads, &sh}, Plain{}, im, tables, t, buf.data(), buf_rows, oh, ow, row0,
                      row1, emit);
     });
   for (auto& x : th) x.join();
@@ -407,8 +383,8 @@ AGAINST_CPU = r"""
 #include <cstdio>
 #include <vector>
 #include "augment_resample.h"
+#include "host_block.h"
 using namespace vlkernels::augment;
-struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
 struct Serial {  // a block of one thread (its barriers are no-ops)
   int tid() const { return 0; }
   int size() const { return 1; }

@@ -28,78 +28,13 @@ from tests._cxx import run_cxx
 from tests.test_augment import ATOL01, STD, images_of, params_with
 
 HARNESS = r"""
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
 #include <thread>
 #include <vector>
 #include "augment_block.h"
+#include "host_block.h"
 using namespace vlkernels::augment;
-struct Plain { uint32_t operator()(const uint8_t* p) const { return *p; } };
-struct Barrier {
-  std::mutex m;
-  std::condition_variable cv;
-  int n = 0, waiting = 0;
-  long gen = 0;
-  void wait() {
-    std::unique_lock<std::mutex> l(m);
-    const long g = gen;
-    if (++waiting == n) {
-      waiting = 0;
-      ++gen;
-      cv.notify_all();
-    } else {
-      cv.wait(l, [&] { return gen != g; });
-    }
-  }
-};
-struct Shared {  // a block's barrier, its sum's accumulator, its shared memory
-  Barrier bar;
-  std::mutex m;
-  double acc = 0.0;
-  std::vector<unsigned char> smem;
-  double partial = 0.0;  // the cluster launch's part of the mean (shared memory too)
-  float total[2];
-};
-struct HostBlock {
-  int t, n;
-  Shared* s;
-  int tid() const { return t; }
-  int size() const { return n; }
-  void sync() const { s->bar.wait(); }
-  double sum(double v, double*) const {
-    sync();
-    if (t == 0) s->acc = 0.0;
-    sync();
-    {
-      std::lock_guard<std::mutex> l(s->m);
-      s->acc += v;
-    }
-    sync();
-    const double total = s->acc;
-    sync();
-    return total;
-  }
-};
-// A cluster of blocks run side by side: a barrier of all their threads, and an address in one block's
-// shared memory (its smem or its partial) mapped to the same place in another's.
-struct HostCluster {
-  int rank;
-  Barrier* bar;
-  std::vector<Shared>* blocks;
-  void sync() const { bar->wait(); }
-  unsigned int num_blocks() const { return static_cast<unsigned int>(blocks->size()); }
-  template <typename T>
-  T* map(T* p, unsigned int r) const {
-    Shared& me = (*blocks)[rank];
-    Shared& them = (*blocks)[r];
-    const unsigned char* q = reinterpret_cast<const unsigned char*>(p);
-    if (q == reinterpret_cast<const unsigned char*>(&me.partial)) return reinterpret_cast<T*>(&them.partial);
-    const size_t off = q - me.smem.data();
-    return reinterpret_cast<T*>(them.smem.data() + off);
-  }
-};
 static std::vector<char> blob;
 static size_t at = 0;
 template <typename T>
