@@ -63,7 +63,26 @@ def summarize(folder: str) -> str:
                 continue
             lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in present) + " |")
         lines.append("")
+    lines += _ncu_augment(folder)
     return "\n".join(lines) if lines else f"no benchmark JSON in {folder}"
+
+
+# The lines of the augmentation kernel's ncu profile (the GPU suite's ncu_augment.txt) that check its cost
+# model: the model's prediction (printed first by benchmarks.profile_one --augment) and the profile's
+# duration, instructions, issue rate, occupancy and stall cycles.
+NCU_KEYS = ("model (", "Duration", "Executed Instructions", "Issued Instructions", "Executed Ipc A",
+            "Issue Slots Busy", "Achieved Occupancy", "Registers Per", "Warp Cycles Per")  # fmt: skip
+
+
+def _ncu_augment(folder: str) -> list[str]:
+    path = os.path.join(folder, "ncu_augment.txt")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        found = [line.strip() for line in f if any(k in line for k in NCU_KEYS)]
+    if not found:
+        return []
+    return ["### ncu_augment.txt: the augmentation kernel against its cost model", "```", *found, "```", ""]
 
 
 if __name__ == "__main__":

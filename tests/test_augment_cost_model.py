@@ -213,3 +213,18 @@ def test_profile_driver_prints_the_models_prediction(capsys, monkeypatch):
     profile_one.augment_once()
     line = capsys.readouterr().out.strip()
     assert line.startswith("model (open_clip: 256 x 500x375") and "M warp instructions issued" in line
+
+
+def test_suite_summary_shows_the_profile_beside_the_model(tmp_path):
+    # The GPU suite's summary carries the ncu step's lines that check the model (benchmarks/summary.py).
+    from benchmarks.summary import summarize
+
+    (tmp_path / "ncu_augment.txt").write_text(
+        "model (open_clip: 256 x 500x375, RRC (0.9, 1) bicubic, fp32): 143.4 M warp instructions issued, "
+        "0.158-0.419 ms\n==PROF== Connected\n    Duration                         us       250.3\n"
+        "    Executed Instructions         inst  150000000\n    Unrelated line\n"
+    )
+    text = summarize(str(tmp_path))
+    assert "against its cost model" in text and "143.4 M warp instructions" in text
+    assert "Duration" in text and "Executed Instructions" in text and "Unrelated" not in text
+    assert summarize(str(tmp_path / "empty")).startswith("no benchmark JSON")
