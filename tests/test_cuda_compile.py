@@ -68,6 +68,8 @@ def test_nvcc_compiles(source, arch, tmp_path):
     cmd = [nvcc, "-c", source, "-o", str(obj), "-std=c++17"]
     cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     cmd += ["-O3", "--use_fast_math", "-DVLKERNELS_WITH_CUDA", "-I", os.path.join(ROOT, "csrc")]
+    # The flags torch's extension build adds to every .cu (no implicit half / bfloat16 conversions, ...).
+    cmd += list(getattr(cpp_extension, "COMMON_NVCC_FLAGS", []))
     cmd += ["-Xptxas", "-v"]
     for inc in includes:
         cmd += ["-I", inc]
