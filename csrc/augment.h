@@ -199,10 +199,13 @@ struct StridedWeights {
   VLK_HD float operator()(int k) const { return w[k * stride]; }
 };
 
+// Whether two outputs' tap ranges nest as sum_taps_pair needs: b's taps [d, d + n_b) start no earlier
+// than a's [0, n_a) and end no earlier (always so for neighbouring outputs of an antialiased resampling
+// ordered by their first tap: first and last taps never decrease along the output).
+VLK_HD bool taps_nest(int d, int n_a, int n_b) { return d >= 0 && n_a <= d + n_b; }
+
 // The same sums for two neighbouring outputs a and b at once: taps [0, n_a) of a and [d, d + n_b) of b
-// counted from a's first tap (src), where 0 <= d and n_a <= d + n_b: neighbouring outputs of an
-// antialiased resampling, ordered by their first tap (first and last taps never decrease along the
-// output). Weights from tap-major tables (wa, wb, both with stride). Where the ranges overlap, each
+// counted from a's first tap (src), where taps_nest(d, n_a, n_b). Weights from tap-major tables (wa, wb, both with stride). Where the ranges overlap, each
 // source value is read (and converted) once for both outputs (about half the loads of two separate sums
 // where the taps of neighbours overlap, as in every downscale); each output's terms are still added in
 // tap order, so acc_a and acc_b are bitwise the sums sum_taps gives one at a time.

@@ -60,6 +60,11 @@ VLK_HD void colour_ops(const OpPlan& plan, int k0, float gmean, bool to_gray, fl
   }
 }
 
+// The colour ops of a plan before contrast (those the gray mean is taken after).
+VLK_HD void ops_before_mean(const OpPlan& plan, float& r, float& g, float& b) {
+  for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
+}
+
 // The blur's normalised taps into w: the 2 rx + 1 horizontal ones, then the 2 ry + 1 vertical ones (raw
 // Gaussian weights, each kernel's total summed in order by one thread, as the CPU kernel does; total >=
 // the centre tap, 1), then divided. total: 2 floats of shared memory. Barriers inside: every thread of
@@ -228,7 +233,7 @@ VLK_HD void plain_block(const Block& blk, const Load& ld, const KernelArgs<out_t
     float part = 0.0f;
     for_each_pixel(blk, ld, im, job.tables, job.tab, job.buf, job.buf_rows, oh32, ow32, 0, oh32,
                    [&](int, float r, float g, float b) {
-                     for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
+                     ops_before_mean(plan, r, g, b);
                      part += gray_of(r, g, b);
                    });
     gmean = static_cast<float>(blk.sum(part, scratch) / static_cast<double>(npix));
@@ -315,7 +320,7 @@ VLK_HD void cluster_block(const Block& blk, const Cluster& clu, const Load& ld, 
   float part = 0.0f;
   for_each_pixel(blk, ld, im, job.tables, job.tab, buf, job.buf_rows, oh32, ow32, row0, row1,
                  [&](int p, float r, float g, float b) {
-                   for (int k = 0; k < plan.split; ++k) color_op(plan.ops[k], plan.factors[k], 0.0f, r, g, b);
+                   ops_before_mean(plan, r, g, b);
                    float* kp = keep + (p - p0);
                    kp[0] = r;
                    kp[cs] = g;

@@ -69,7 +69,7 @@ struct TableAxis {
   const float* w;
   int stride;
   VLK_HD float weight(int j) const { return w[j * stride]; }
-  VLK_HD float operator()(int j) const { return w[j * stride]; }
+  VLK_HD float operator()(int j) const { return weight(j); }
 };
 
 // One source row (crop row y) resampled along x at one output column: its column taps ax summed in
@@ -106,13 +106,13 @@ VLK_HD void row_sum_pair(const Load& ld, const Image& im, int64_t y, const Table
   const bool swap = b.lo < a.lo;
   const TableAxis first = swap ? b : a;
   const TableAxis second = swap ? a : b;
-  if (first.lo + first.n > second.lo + second.n) {
+  const int d = static_cast<int>(second.lo - first.lo);
+  if (!taps_nest(d, first.n, second.n)) {
     row_sum(ld, im, y, a, va[0], va[1], va[2]);
     row_sum(ld, im, y, b, vb[0], vb[1], vb[2]);
     return;
   }
   const uint8_t* p = row_start(im, y, first.lo);
-  const int d = static_cast<int>(second.lo - first.lo);
   float s1[3] = {0.0f, 0.0f, 0.0f}, s2[3] = {0.0f, 0.0f, 0.0f};
   if (im.sx == 3) {
     const ByteSource<true, Load> src(p, im.sc, ld);
@@ -129,8 +129,7 @@ VLK_HD void row_sum_pair(const Load& ld, const Image& im, int64_t y, const Table
 
 // The row sums of one output pixel's taps, then scaled to [0, 1] (bicubic values clamped to it: negative
 // lobes; see clamp_rows in augment_cpu.cpp). Both ways of resampling finish through this.
-VLK_HD void finish_pixel(const Image& im, float ar, float ag, float ab, float& r, float& g,
-                                             float& b) {
+VLK_HD void finish_pixel(const Image& im, float ar, float ag, float ab, float& r, float& g, float& b) {
   r = ar / 255.0f;
   g = ag / 255.0f;
   b = ab / 255.0f;
@@ -263,7 +262,7 @@ VLK_HD void for_each_pixel(const Block& blk, const Load& ld, const Image& im, bo
       float va[3] = {0.0f, 0.0f, 0.0f}, vb[3] = {0.0f, 0.0f, 0.0f};
       const bool two = i + 1 < i1;
       const int d = two ? t.loy[i + 1] - t.loy[i] : 0;
-      if (two && d >= 0 && t.ny[i] <= d + t.ny[i + 1]) {  // (always, from aa_weights' geometry)
+      if (two && taps_nest(d, t.ny[i], t.ny[i + 1])) {  // (always, from aa_weights' geometry)
         sum_taps_pair(src, t.ny[i], t.wy + i, d, t.ny[i + 1], t.wy + i + 1, oh, va, vb);
       } else {
         sum_taps(src, t.ny[i], StridedWeights{t.wy + i, oh}, 0, va);

@@ -60,7 +60,7 @@ namespace vlkernels {
 namespace augment {
 namespace {
 
-// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 126 registers
+// 512 threads per block. ptxas (sm_90, tests/test_cuda_compile.py -s) gives the plain kernel 124 registers
 // per thread (114 before its block moved to augment_block.h; the tap loops' SASS is the same), the
 // cluster one 109: one block per SM (25% occupancy; the shared memory of the separable
 // passes allows no more either). With __launch_bounds__(kThreads, 2) (64 registers) an earlier version
