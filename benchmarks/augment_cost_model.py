@@ -136,23 +136,37 @@ def table_taps(oh: int, ow: int) -> int:
     return 0
 
 
-def cluster_plan(oh: int, ow: int, separable: bool = True, optin: int = OPTIN) -> tuple[int, int, int] | None:
-    """(band rows, separable buffer rows, mode) of the cluster launch (plan_cluster_launch in
-    augment_cuda.cu): bands of ceil(oh / 8) rows kept in shared memory after the tables and the buffer
-    region, then the blur's taps, up to the opt-in limit; mode 2 (blurred outputs too) when the region
-    holds a band, else 1 (contrast only); None when there is no cluster launch (no tables, fewer than 8
-    rows, a band too large)."""
+def table_bytes(oh: int, ow: int, taps: int) -> int:
+    """The tap tables' shared memory, rounded up to 16 (table_bytes_aligned, csrc/augment_resample.h)."""
+    return -(-((oh + ow) * (taps * 4 + 8)) // 16) * 16
+
+
+def cluster_layout(oh: int, ow: int, separable: bool = True, optin: int = OPTIN) -> dict | None:
+    """The cluster launch's plan (plan_cluster_launch in augment_cuda.cu): bands of ceil(oh / 8) rows kept
+    in shared memory after the tables and the buffer region, then the blur's taps, up to the opt-in limit.
+    band: rows a block; region: rows of the buffer region; buf_rows: the separable passes' (0: none);
+    mode: 2 (blurred outputs too) when the region holds a band, else 1 (contrast only); smem: the dynamic
+    shared memory. None when there is no cluster launch (no tables, fewer than 8 rows, a band too
+    large)."""
     taps = table_taps(oh, ow)
     if taps == 0 or oh < CLUSTER_BLOCKS:
         return None
     band = -(-oh // CLUSTER_BLOCKS)
-    tables = -(-((oh + ow) * (taps * 4 + 8)) // 16) * 16
+    tables = table_bytes(oh, ow, taps)
     keep = band * 12 * ow
     blur_taps = 8 * (ow + oh)
     if STATIC_SMEM + tables + keep + blur_taps > optin:
         return None
     rows = (optin - STATIC_SMEM - tables - keep - blur_taps) // (12 * ow)
-    return band, (rows if rows >= taps and separable else 0), (2 if rows >= band else 1)
+    buf_rows = rows if rows >= taps and separable else 0
+    smem = tables + rows * 12 * ow + keep + blur_taps
+    return dict(band=band, region=rows, buf_rows=buf_rows, mode=2 if rows >= band else 1, smem=smem)
+
+
+def cluster_plan(oh: int, ow: int, separable: bool = True, optin: int = OPTIN) -> tuple[int, int, int] | None:
+    """(band rows, separable buffer rows, mode) of the cluster launch (cluster_layout)."""
+    c = cluster_layout(oh, ow, separable, optin)
+    return None if c is None else (c["band"], c["buf_rows"], c["mode"])
 
 
 def taps_product(ch: int, oh: int, cw: int, ow: int, interp: str) -> float:
@@ -170,8 +184,7 @@ def buffer_rows(oh: int, ow: int, optin: int = 227 * 1024) -> int:
     taps = table_taps(oh, ow)
     if taps == 0:
         return 0
-    tables = -(-((oh + ow) * (taps * 4 + 8)) // 16) * 16
-    room = max(0, min(optin, SMEM_BUDGET) - STATIC_SMEM - tables)
+    room = max(0, min(optin, SMEM_BUDGET) - STATIC_SMEM - table_bytes(oh, ow, taps))
     rows = room // (12 * ow)
     return rows if rows >= taps else 0
 
@@ -199,7 +212,6 @@ class Work:
     xu: float = 0.0
     fp32: float = 0.0
     int32: float = 0.0
-    other: float = 0.0  # instructions on none of these pipes (branches, barriers)
     x_taps: float = 0.0  # taps of sum_taps (each: three channels)
     pair_taps: float = 0.0  # source positions sum_taps_pair sums for two columns
     y_taps: float = 0.0  # taps of the separable y pass
@@ -217,7 +229,7 @@ class Work:
             for k in ("lsu", "xu", "fp32", "int32")
         }
         loops = sum(c["issue"] * getattr(self, f) for f, c in LOOPS)
-        out["issue"] = loops + self.lsu + self.xu + self.fp32 + self.int32 + self.other
+        out["issue"] = loops + self.lsu + self.xu + self.fp32 + self.int32
         return out
 
     def time(self, rates: Rates, hw: Hardware, ws_in_l2: bool, high: bool) -> float:

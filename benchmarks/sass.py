@@ -127,40 +127,25 @@ def loops(sass: str, kernel_substring: str = "") -> list[Loop]:
     return found
 
 
-# The augmentation kernel's resampling loops, recognised by their shape (csrc/cuda/augment_cuda.cu,
-# unrolled by 4 taps): sum_taps' loop (12 byte loads of the source, 4 weights from shared memory, 12
-# FFMA) in each layout, sum_taps_pair's, and the separable y pass (12 buffered values and 4 weights from
-# shared memory, 12 FFMA).
-def x_tap_loops(all_loops: list[Loop]) -> list[Loop]:
-    return [lp for lp in all_loops if lp.count("LDG") == 12 and lp.count("FFMA") == 12 and lp.size < 100]
+# The augmentation kernel's resampling loops, recognised by their shape (csrc/augment.h: sum_taps unrolled
+# by 4 taps, sum_taps_pair by 2 shared positions): kind -> (opcode counts the loop has, its most
+# instructions, the taps or positions an iteration covers).
+# - "x": sum_taps over the source bytes (12 byte loads, 12 FFMA), in each layout;
+# - "pair": sum_taps_pair over the source bytes (6 byte loads, 4 weights, 12 FFMA);
+# - "y": sum_taps over the y pass's buffered rows (12 values and 4 weights from shared memory, 12 FFMA);
+# - "y pair": sum_taps_pair over the buffered rows (6 values and 4 weights, 12 FFMA).
+TAP_LOOPS = {
+    "x": ({"LDG": 12, "FFMA": 12}, 100, 4),
+    "pair": ({"LDG": 6, "LDS": 4, "FFMA": 12}, 80, 2),
+    "y": ({"LDG": 0, "LDS": 16, "FFMA": 12}, 100, 4),
+    "y pair": ({"LDG": 0, "LDS": 10, "FFMA": 12}, 80, 2),
+}
 
 
-def pair_tap_loops(all_loops: list[Loop]) -> list[Loop]:
-    """sum_taps_pair's loop over the source positions two neighbouring columns share, x pass (unrolled by
-    2: 6 byte loads, 4 weights, 12 FFMA)."""
-    return [
-        lp
-        for lp in all_loops
-        if lp.count("LDG") == 6 and lp.count("LDS") == 4 and lp.count("FFMA") == 12 and lp.size < 80
-    ]
-
-
-def y_pair_tap_loops(all_loops: list[Loop]) -> list[Loop]:
-    """sum_taps_pair's loop over the buffered rows two neighbouring output rows share, y pass (unrolled
-    by 2: 6 buffered values and 4 weights from shared memory, 12 FFMA)."""
-    return [
-        lp
-        for lp in all_loops
-        if lp.count("LDG") == 0 and lp.count("LDS") == 10 and lp.count("FFMA") == 12 and lp.size < 80
-    ]
-
-
-def y_tap_loops(all_loops: list[Loop]) -> list[Loop]:
-    return [
-        lp
-        for lp in all_loops
-        if lp.count("LDG") == 0 and lp.count("LDS") == 16 and lp.count("FFMA") == 12 and lp.size < 100
-    ]
+def tap_loops(all_loops: list[Loop], kind: str) -> list[Loop]:
+    """The loops of all_loops that have the shape of TAP_LOOPS[kind]."""
+    counts, most, _ = TAP_LOOPS[kind]
+    return [lp for lp in all_loops if lp.size < most and all(lp.count(op) == k for op, k in counts.items())]
 
 
 def main(argv=None) -> int:

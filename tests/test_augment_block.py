@@ -212,25 +212,6 @@ RECIPES = {
 }
 
 
-def _cluster_plan(oh: int, ow: int, taps: int, optin: int = 227 * 1024, static: int = 144):
-    """plan_cluster_launch (csrc/cuda/augment_cuda.cu) on an H100: (mode, band rows, buffer rows, region
-    rows, dynamic shared memory), or None when the cluster launch does not run."""
-    band = -(-oh // 8)
-    tables = ((oh + ow) * (taps * 4 + 8) + 15) // 16 * 16
-    row, taps_bytes = 12 * ow, 2 * (ow + oh) * 4
-    keep = band * row
-    if taps == 0 or oh < 8 or static + tables + keep + taps_bytes > optin:
-        return None
-    rows = (optin - static - tables - keep - taps_bytes) // row
-    return (
-        (2 if rows >= band else 1),
-        band,
-        (rows if rows >= taps else 0),
-        rows,
-        tables + rows * row + keep + taps_bytes,
-    )
-
-
 @pytest.mark.parametrize("launches", ["plain", "plain + cluster"])
 @pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8])
@@ -316,15 +297,16 @@ def _run_on_host(
     m = p.boxes.shape[0]
     taps = acm.table_taps(oh, ow)
     buf_rows = acm.buffer_rows(oh, ow)
-    smem = ((oh + ow) * (taps * 4 + 8) + 15) // 16 * 16 + buf_rows * 12 * ow
+    smem = acm.table_bytes(oh, ow, taps) + buf_rows * 12 * ow
     bands = acm.band_rows(m, oh, ow, 132)  # a 132-SM GPU's split of this small batch
     scalars = [int(seen["hwc"]), int(seen["sizes"].shape[0]), int(seen["interpolation"]), oh, ow, taps]
     scalars += [int(channels_last), bands, buf_rows, m, int(out_dtype == torch.uint8), 16, smem]
     # The cluster launch (sm_90: outputs with contrast or blur, 8 blocks an output), or none (before sm_90:
     # the plain launch takes every output).
-    cluster = _cluster_plan(oh, ow, taps) if launches == "plain + cluster" else None
+    cluster = acm.cluster_layout(oh, ow) if launches == "plain + cluster" else None
     assert launches == "plain" or cluster is not None
-    scalars += list(cluster) if cluster else [0, 0, 0, 0, 0]
+    keys = ("mode", "band", "buf_rows", "region", "smem")
+    scalars += [cluster[k] for k in keys] if cluster else [0] * len(keys)
     floats = list(seen["mean"]) + list(seen["std"])
     arrays = [data.view(torch.uint8), offsets.to(torch.int64), seen["sizes"], boxes]
     arrays += [seen["flip"].to(torch.uint8), seen["factors"].float(), seen["order"]]

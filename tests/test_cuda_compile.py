@@ -106,13 +106,9 @@ def check_resampling_loops(obj: str, arch: str) -> None:
     # taps) and sum_taps_pair's (by 2 shared positions) over the source bytes in both layouts and over the
     # y pass's buffered rows; the cluster kernel's sm_80 stub has none.
     want = 8 if arch == "90" else 4
-    kinds = (
-        ("x", sass.x_tap_loops(loops), acm.X_TAP, 4),
-        ("pair", sass.pair_tap_loops(loops), acm.PAIR_TAP, 2),
-        ("y", sass.y_tap_loops(loops), acm.Y_TAP, 4),
-        ("y pair", sass.y_pair_tap_loops(loops), acm.Y_PAIR_TAP, 2),
-    )
-    for kind, found, model, unroll in kinds:
+    models = {"x": acm.X_TAP, "pair": acm.PAIR_TAP, "y": acm.Y_TAP, "y pair": acm.Y_PAIR_TAP}
+    for kind, model in models.items():
+        found, unroll = sass.tap_loops(loops, kind), sass.TAP_LOOPS[kind][2]
         assert len({lp.kernel for lp in found}) == want, (kind, len(found))
         counts = [lp.pipes() for lp in found]
         slack = 1.1 if arch == "90" else 1.25  # the model is the H100's (sm_90); sm_80 within reach of it
