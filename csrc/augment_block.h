@@ -199,21 +199,7 @@ VLK_HD bool setup_block(const Block& blk, const KernelArgs<out_t>& a, bool clust
   // (region_rows x 3 x ow floats), then the blur's taps.
   job.keep = job.buf + static_cast<int64_t>(a.region_rows) * 3 * a.ow;
   job.buf_rows = taps_product(im.ch, a.oh, im.cw, a.ow, a.interp) < kSeparableMinTaps ? 0 : a.buf_rows;
-  if (job.tables) {
-    const Tables& tab = job.tab;
-    int64_t lo;
-    for (int64_t q = blk.tid(); q < a.ow + a.oh; q += blk.size()) {
-      if (q < a.ow) {
-        aa_weights(im.cw, a.ow, im.flip ? a.ow - 1 - q : q, a.interp, tab.wx + q, &lo, tab.nx + q, a.ow);
-        tab.lox[q] = static_cast<int>(lo);
-      } else {
-        const int64_t i = q - a.ow;
-        aa_weights(im.ch, a.oh, i, a.interp, tab.wy + i, &lo, tab.ny + i, a.oh);
-        tab.loy[i] = static_cast<int>(lo);
-      }
-    }
-    blk.sync();
-  }
+  if (job.tables) fill_tables(blk, im, a.oh, a.ow, job.tab);
   return true;
 }
 

@@ -183,6 +183,24 @@ VLK_HD Tables carve_tables(unsigned char* smem, int64_t oh, int64_t ow, int taps
   return t;
 }
 
+// The tap tables of an image's crop (aa_weights for every output column, mirrored when flipped, and row),
+// filled by the block's threads; a barrier at the end.
+template <typename Block>
+VLK_HD void fill_tables(const Block& blk, const Image& im, int64_t oh, int64_t ow, const Tables& t) {
+  int64_t lo;
+  for (int64_t q = blk.tid(); q < ow + oh; q += blk.size()) {
+    if (q < ow) {
+      aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, im.interp, t.wx + q, &lo, t.nx + q, ow);
+      t.lox[q] = static_cast<int>(lo);
+    } else {
+      const int64_t i = q - ow;
+      aa_weights(im.ch, oh, i, im.interp, t.wy + i, &lo, t.ny + i, oh);
+      t.loy[i] = static_cast<int>(lo);
+    }
+  }
+  blk.sync();
+}
+
 // Output pixel (i, j) of the image, resampled: from the tables or with on-the-fly taps.
 template <typename Load>
 VLK_HD void pixel(const Load& ld, const Image& im, bool tables, const Tables& t, int64_t oh, int64_t ow, int i, int j,

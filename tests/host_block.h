@@ -65,6 +65,13 @@ struct HostBlock {
   }
 };
 
+// A block of one thread (its barriers are no-ops).
+struct SerialBlock {
+  int tid() const { return 0; }
+  int size() const { return 1; }
+  void sync() const {}
+};
+
 struct HostCluster {
   int rank;
   Barrier* bar;

@@ -310,15 +310,7 @@ int main() {
           const int taps = std::max(max_taps(im.cw, ow, interp), max_taps(im.ch, oh, interp));
           std::vector<unsigned char> smem(static_cast<size_t>(oh + ow) * (taps * 4 + 8) + 16);
           const Tables t = carve_tables(smem.data(), oh, ow, taps);
-          int64_t lo;
-          for (int q = 0; q < ow; ++q) {
-            aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, interp, t.wx + q, &lo, t.nx + q, ow);
-            t.lox[q] = static_cast<int>(lo);
-          }
-          for (int i = 0; i < oh; ++i) {
-            aa_weights(im.ch, oh, i, interp, t.wy + i, &lo, t.ny + i, oh);
-            t.loy[i] = static_cast<int>(lo);
-          }
+          fill_tables(SerialBlock{}, im, oh, ow, t);
           const int bands[][2] = {{0, oh}, {oh / 3, oh - oh / 4}};
           for (const auto& band : bands) {
             const int row0 = band[0], row1 = band[1];
@@ -385,11 +377,6 @@ AGAINST_CPU = r"""
 #include "augment_resample.h"
 #include "host_block.h"
 using namespace vlkernels::augment;
-struct Serial {  // a block of one thread (its barriers are no-ops)
-  int tid() const { return 0; }
-  int size() const { return 1; }
-  void sync() const {}
-};
 int main() {
   FILE* in = std::fopen("%(inp)s", "rb");
   FILE* out = std::fopen("%(out)s", "wb");
@@ -413,15 +400,7 @@ int main() {
     const int taps = std::max(max_taps(im.cw, ow, im.interp), max_taps(im.ch, oh, im.interp));
     std::vector<unsigned char> smem(static_cast<size_t>(oh + ow) * (taps * 4 + 8) + 16);
     const Tables t = carve_tables(smem.data(), oh, ow, taps);
-    int64_t lo;
-    for (int q = 0; q < ow; ++q) {
-      aa_weights(im.cw, ow, im.flip ? ow - 1 - q : q, im.interp, t.wx + q, &lo, t.nx + q, ow);
-      t.lox[q] = static_cast<int>(lo);
-    }
-    for (int i = 0; i < oh; ++i) {
-      aa_weights(im.ch, oh, i, im.interp, t.wy + i, &lo, t.ny + i, oh);
-      t.loy[i] = static_cast<int>(lo);
-    }
+    fill_tables(SerialBlock{}, im, oh, ow, t);
     std::vector<float> buf(static_cast<size_t>(taps + 3) * 3 * ow);
     const int np = oh * ow;
     // Three ways: separable passes (a buffer of taps + 3 rows), direct sums from the tables, on the fly.
@@ -433,7 +412,7 @@ int main() {
         res[2 * np + p] = b;
       };
       const int rows = way == 0 ? taps + 3 : 0;
-      for_each_pixel(Serial{}, Plain{}, im, way < 2, t, buf.data(), rows, oh, ow, 0, oh, emit);
+      for_each_pixel(SerialBlock{}, Plain{}, im, way < 2, t, buf.data(), rows, oh, ow, 0, oh, emit);
       std::fwrite(res.data(), sizeof(float), res.size(), out);
     }
   }
