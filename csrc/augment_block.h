@@ -162,9 +162,7 @@ VLK_HD bool setup_block(const Block& blk, const KernelArgs<out_t>& a, bool clust
   const int64_t H = a.sizes[2 * s], W = a.sizes[2 * s + 1];
   Image& im = job.im;
   im.src = (a.image_table != nullptr ? reinterpret_cast<const uint8_t*>(a.image_table[2 * s]) : a.data) + a.offsets[s];
-  im.sy = a.hwc ? W * 3 : W;
-  im.sx = a.hwc ? 3 : 1;
-  im.sc = a.hwc ? 1 : H * W;
+  im.set_layout(a.hwc, H, W);
   im.top = a.boxes[4 * n];
   im.left = a.boxes[4 * n + 1];
   im.ch = a.boxes[4 * n + 2];

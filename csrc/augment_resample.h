@@ -57,6 +57,12 @@ struct Image {
   int64_t top, left, ch, cw;
   bool flip;
   int interp;  // kBilinear or kBicubic
+  // The strides of an H x W image: channels-last (HWC) or planar (CHW).
+  VLK_HD void set_layout(bool hwc, int64_t H, int64_t W) {
+    sy = hwc ? W * 3 : W;
+    sx = hwc ? 3 : 1;
+    sc = hwc ? 1 : H * W;
+  }
 };
 
 // The taps of one output pixel read from the per-block tables in shared memory. The tables are

@@ -298,9 +298,7 @@ int main() {
           const int oh = o[0], ow = o[1];
           Image im;
           im.src = img.data();
-          im.sy = hwc ? 3 * W : W;
-          im.sx = hwc ? 3 : 1;
-          im.sc = hwc ? 1 : H * W;
+          im.set_layout(hwc, H, W);
           im.ch = 1 + rng() % H;
           im.cw = 1 + rng() % W;
           im.top = rng() % (H - im.ch + 1);
@@ -388,9 +386,7 @@ int main() {
     if (std::fread(img.data(), 1, img.size(), in) != img.size()) return 1;
     Image im;
     im.src = img.data();
-    im.sy = hwc ? 3 * W : W;
-    im.sx = hwc ? 3 : 1;
-    im.sc = hwc ? 1 : H * W;
+    im.set_layout(hwc, H, W);
     im.top = hd[3];
     im.left = hd[4];
     im.ch = hd[5];
