@@ -45,7 +45,7 @@ ncu_augment() {
     --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
     --section InstructionStats --section WarpStateStats python3 -m benchmarks.profile_one --augment \
     >"$OUT/ncu_augment.txt" 2>&1
-  grep -E "^model|fused_augment_kernel|Duration|Executed Instructions|Issued Instructions|Executed Ipc A|Issue Slots Busy|Achieved Occupancy|Registers Per|Warp Cycles Per|stall" "$OUT/ncu_augment.txt" | head -60
+  python3 -c "import sys; from benchmarks.summary import ncu_augment_lines as f; print('\n'.join(f(sys.argv[1])))" "$OUT"
 }
 
 if stage build; then

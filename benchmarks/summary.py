@@ -63,7 +63,7 @@ def summarize(folder: str) -> str:
                 continue
             lines.append("| " + " | ".join(_fmt(k, r.get(k)) for k, _ in present) + " |")
         lines.append("")
-    lines += _ncu_augment(folder)
+    lines += ncu_augment_lines(folder)
     return "\n".join(lines) if lines else f"no benchmark JSON in {folder}"
 
 
@@ -74,7 +74,7 @@ NCU_KEYS = ("model (", "Duration", "Executed Instructions", "Issued Instructions
             "Issue Slots Busy", "Achieved Occupancy", "Registers Per", "Warp Cycles Per")  # fmt: skip
 
 
-def _ncu_augment(folder: str) -> list[str]:
+def ncu_augment_lines(folder: str) -> list[str]:
     path = os.path.join(folder, "ncu_augment.txt")
     if not os.path.exists(path):
         return []
