@@ -69,9 +69,10 @@ def summarize(folder: str) -> str:
 
 # The lines of the augmentation kernel's ncu profile (the GPU suite's ncu_augment.txt) that check its cost
 # model: the model's prediction (printed first by benchmarks.profile_one --augment) and the profile's
-# duration, instructions, issue rate, occupancy and stall cycles.
+# duration, instructions, issue rate, occupancy, stall cycles and ncu's notes on the stalls.
 NCU_KEYS = ("model (", "Duration", "Executed Instructions", "Issued Instructions", "Executed Ipc A",
-            "Issue Slots Busy", "Achieved Occupancy", "Registers Per", "Warp Cycles Per")  # fmt: skip
+            "Issue Slots Busy", "Achieved Occupancy", "Registers Per", "Warp Cycles Per",
+            "stall")  # fmt: skip
 
 
 def ncu_augment_lines(folder: str) -> list[str]:
