@@ -169,6 +169,13 @@ def cluster_plan(oh: int, ow: int, separable: bool = True, optin: int = OPTIN) -
     return None if c is None else (c["band"], c["buf_rows"], c["mode"])
 
 
+def shared_taps(lo: list[int], n: list[int], start: int, end: int) -> int:
+    """Source positions that the pairs of neighbouring outputs (start, start + 1), (start + 2, ...) below
+    end share (sum_taps_pair reads them once for both): the overlap of each pair's tap ranges. (A flipped
+    crop mirrors the columns; at an even width the pairs and their overlaps are the same.)"""
+    return sum(max(0, min(lo[k] + n[k], lo[k + 1] + n[k + 1]) - lo[k + 1]) for k in range(start, end - 1, 2))
+
+
 def taps_product(ch: int, oh: int, cw: int, ow: int, interp: str) -> float:
     """(2 support_y) x (2 support_x): about the taps a pixel sums directly (the kernel's rule for the
     separable passes, csrc/augment.h taps_product)."""
@@ -223,7 +230,7 @@ class Work:
         return Work(*(getattr(self, f) + getattr(o, f) for f in self.__dataclass_fields__))
 
     def pipes(self) -> dict[str, float]:
-        """Instructions per pipe and issued in all, the tap loops' counted in SASS (X_TAP, Y_TAP)."""
+        """Instructions per pipe and issued in all, the tap loops' counted in SASS (LOOPS)."""
         out = {
             k: getattr(self, k) + sum(c[k] * getattr(self, f) for f, c in LOOPS)
             for k in ("lsu", "xu", "fp32", "int32")
@@ -274,9 +281,7 @@ def output_blocks(
     sum_x = float(sum(nx))
     # The x pass in pairs of neighbouring columns (row_sum_pair): per source row, the positions a pair
     # shares (loaded once for both) and the taps summed for one column alone.
-    shared = sum(
-        max(0, min(lox[j] + nx[j], lox[j + 1] + nx[j + 1]) - lox[j + 1]) for j in range(0, ow - 1, 2)
-    )
+    shared = shared_taps(lox, nx, 0, ow)
     single = sum_x - 2 * shared
     pairs = -(-ow // 2)
 
@@ -299,9 +304,7 @@ def output_blocks(
                 i1 += 1
             nrows = loy[i1 - 1] + ny[i1 - 1] - y0
             # y pass, in pairs of output rows: the buffered rows a pair shares, and the rest.
-            y_shared = sum(
-                max(0, min(loy[i] + ny[i], loy[i + 1] + ny[i + 1]) - loy[i + 1]) for i in range(i0, i1 - 1, 2)
-            )
+            y_shared = shared_taps(loy, ny, i0, i1)
             y_single = float(sum(ny[i0:i1])) - 2 * y_shared
             # items: every buffered row at every pair of columns (x), every pair of rows at every column (y)
             items = nrows * pairs + -(-(i1 - i0) // 2) * ow
