@@ -22,6 +22,7 @@ import sys
 import pytest
 
 from benchmarks import aot
+from tests._ci import skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +55,7 @@ def _have_ptxas() -> bool:
 def compiled(tmp_path_factory):
     pytest.importorskip("triton")
     if not _have_ptxas():
-        msg = "triton's bundled ptxas is missing: cannot compile for sm_90/sm_80"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        skip_or_fail("triton's bundled ptxas is missing: cannot compile for sm_90/sm_80")
     out = tmp_path_factory.mktemp("aot") / "aot.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", "benchmarks.aot", "--grid", "test", "--json", str(out), "--out-dir", ""]

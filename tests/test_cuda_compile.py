@@ -23,6 +23,8 @@ import subprocess
 import pytest
 from torch.utils import cpp_extension
 
+from tests._ci import in_ci, skip_or_fail
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 # CPU wheels of torch ship the c10/cuda headers but not this CMake-generated one; CUDA builds define
@@ -41,9 +43,7 @@ def _require_nvcc() -> str:
     nvcc = _nvcc()
     if nvcc is None:
         msg = "nvcc not found (looked on PATH, /usr/local/bin and CUDA_HOME): cannot compile-check csrc/cuda"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(msg + "; CI requires it (install the CUDA toolkit, e.g. CUDA 13.0)")
-        pytest.skip(msg)
+        skip_or_fail(msg + ("; CI requires it (install the CUDA toolkit, e.g. CUDA 13.0)" if in_ci() else ""))
     return nvcc
 
 
@@ -96,7 +96,7 @@ def check_resampling_loops(obj: str, arch: str) -> None:
     from benchmarks import sass
 
     if sass.cuobjdump() is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if in_ci():
             pytest.fail(
                 "no cuobjdump (CUDA toolkit or triton's NVIDIA backend): cannot read the kernel's SASS"
             )
