@@ -7,6 +7,7 @@ import datetime
 import gc
 import importlib
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -44,6 +45,14 @@ def _worker(rank: int, world: int, init_file: str, module: str, calls: tuple):
         # Free any DDP reducer first: destroying a gloo group under a live one can abort at exit.
         gc.collect()
         dist.destroy_process_group()
+    # A rank that passed leaves at once: with torch 2.13 and gloo a finished rank (transfers done, group
+    # destroyed) can still abort in the interpreter's teardown ("terminate called without an active
+    # exception", SIGABRT: seen in CI's ring tests despite the barrier above), and nothing is left to run
+    # here. The trainer's cli.run leaves its torchrun ranks the same way. (A rank that failed raised above:
+    # the parent gets its traceback.)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn(module: str, world: int, *calls, timeout_s: float = 240):
