@@ -294,9 +294,15 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
         # the v2 contrastive kernels: 128 x 128 score tiles, D walked in chunks of 64 (16-bit) / 32 (TF32)
         # (128 x 256 and 256 x 128 spill, at 8 and at 16 warps);
         # IEEE fp32 dots run on CUDA cores, where 64 x 64 x 16 tiles on four warps do not spill (at most
-        # 206 registers on sm_90 / sm_80; 64 x 64 x 32 spills 16 B on sm_80), 64 x 32 for unaligned D
+        # 206 registers on sm_90 / sm_80; 64 x 64 x 32 spills 16 B on sm_80); at unaligned D (rows loaded
+        # through registers) 64 x 32 for G, three stages for the forward (64 x 32 at four spilled 4-16 B
+        # with Triton 3.6's ptxas; both chosen to spill with neither 3.6's nor 3.9's, benchmarks/aot.py)
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
-            return dict(BLOCK_M=64, BLOCK_N=64 if dim % 8 == 0 else 32, BLOCK_D=16, num_warps=4, num_stages=4)
+            if dim % 8 == 0:
+                return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=4)
+            if kernel == "fwd":
+                return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=3)
+            return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=16, num_warps=4, num_stages=4)
         block_d = max(16, min(32 if dtype == torch.float32 else 64, triton.next_power_of_2(dim)))
         # rows not 16-byte aligned (D not a multiple of 8) load through registers: 64-column tiles
         block_n = 128 if dim % 8 == 0 else 64
