@@ -265,8 +265,8 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
         old = torch.get_float32_matmul_precision()
         torch.set_float32_matmul_precision(prec)
         try:
-            store = matmul_config(tdtype, D % 8 == 0, False)
-            acc_cfg = matmul_config(tdtype, D % 8 == 0, True)
+            store = matmul_config(tdtype, D % 8 == 0, False, D)
+            acc_cfg = matmul_config(tdtype, D % 8 == 0, True, D)
         finally:
             torch.set_float32_matmul_precision(old)
     return fcfg, wcfg, store, acc_cfg

@@ -136,15 +136,19 @@ def test_triton_16bit_remainder_over_many_chunks(monkeypatch, dtype):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_matmul_16bit_pair_accumulates_like_fp32(dtype):
+@pytest.mark.parametrize("shape", [(37, 29, 21), (37, 200, 24)], ids=["unaligned", "aligned-halves"])
+def test_matmul_16bit_pair_accumulates_like_fp32(dtype, shape):
     """``matmul(..., accumulate=True, lo=)``: 12 products summed in the pair (hi, lo) of a 16-bit dtype
     agree with the same products summed in fp32 to ~2^-16 of the largest partial sum, and hi is that fp32
     sum rounded to the dtype within one unit; summed in hi alone (no remainder), the error is several
-    units of the dtype (the check below would fail)."""
-    from vlkernels.ops.triton_utils import matmul
+    units of the dtype (the check below would fail). Aligned rows take the epilogue in two column halves
+    (as the GPU's 128 x 256 tiles do), unaligned ones the whole tile."""
+    from vlkernels.ops.triton_utils import matmul, matmul_config
 
+    m, n, k = shape
+    assert matmul_config(dtype, n % 8 == 0 and k % 8 == 0, True, n)["HALVES"] == (n % 8 == 0)
     g = torch.Generator().manual_seed(5)
-    m, n, k, steps = 37, 29, 21, 12
+    steps = 12
     a = [torch.randn(m, k, generator=g).to(dtype) for _ in range(steps)]
     b = [torch.randn(k, n, generator=g).to(dtype) for _ in range(steps)]
     one = torch.ones(1)

@@ -161,6 +161,7 @@ def _matmul_kernel(
     SPLIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    HALVES: tl.constexpr = False,
 ):
     """C[split] (=|+=) alpha * A[:, ks] @ B[ks, :] for the program's split ks of K; fp32 accumulation.
     Each output tile has one writer (no atomics); ACCUMULATE reads and writes it once per launch. SPLIT
@@ -184,8 +185,22 @@ def _matmul_kernel(
         b = load_tile(b_ptr, offs_k, offs_n, mask_k, mask_n, sbk, sbn, UPCAST)
         acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
     acc = acc * tl.load(alpha_ptr).to(tl.float32)
-    c_ptrs = c_ptr + pid_k * scs + offs_m[:, None] * scm + offs_n[None, :] * scn
-    mask = mask_m[:, None] & mask_n[None, :]
+    c_ptr += pid_k * scs
+    if HALVES:  # the epilogue in two column halves: half the registers for the tile read back
+        half = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        offs_h = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _epilogue(half[0], c_ptr, lo_ptr, offs_m, offs_h, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+        offs_h += BLOCK_N // 2
+        _epilogue(half[1], c_ptr, lo_ptr, offs_m, offs_h, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+    else:
+        _epilogue(acc, c_ptr, lo_ptr, offs_m, offs_n, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+
+
+@triton.jit
+def _epilogue(acc, c_ptr, lo_ptr, offs_m, offs_n, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST):
+    """C[offs_m, offs_n] (=|+=) acc, with SPLIT the pair (C, LO) (``_matmul_kernel``)."""
+    c_ptrs = c_ptr + offs_m[:, None] * scm + offs_n[None, :] * scn
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     if ACCUMULATE:
         acc += tl.load(c_ptrs, mask=mask, other=0.0).to(tl.float32)
         if SPLIT:
@@ -197,21 +212,29 @@ def _matmul_kernel(
         tl.store(lo_ptrs, round_to(acc - hi.to(tl.float32), c_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
-def matmul_config(dtype: torch.dtype, aligned: bool = True, accumulate: bool = False) -> dict:
-    """Tiles of ``matmul``: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on sm_90) when storing,
-    128 x 128 x 64 when accumulating into fp32 (the fp32 tile read back spills at 128 x 256); 128 x 128 x
-    32 for TF32; 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output
-    columns when a row stride is not a multiple of 8 elements (loads through registers, not cp.async)."""
-    if interpret_mode():
-        return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16)
+def matmul_config(
+    dtype: torch.dtype, aligned: bool = True, accumulate: bool = False, n: int | None = None
+) -> dict:
+    """Tiles of ``matmul`` for ``n`` output columns: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on
+    sm_90), accumulating with the epilogue in two column halves (``HALVES``: the tile read back whole
+    spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so; 128 x 128 x 32 for TF32; 64 x
+    64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output columns when a row
+    stride is not a multiple of 8 elements (loads through registers, not cp.async)."""
+    wide = 256
+    if n is not None:  # the widest tile among those that pad n the least (D = 384: 128; D = 64: 64)
+        wide = min((256, 128, 64), key=lambda bn: (triton.cdiv(n, bn) * bn, -bn))
+    halves = accumulate and aligned and dtype != torch.float32 and wide == 256
+    if interpret_mode():  # small tiles, the same paths
+        return dict(BLOCK_M=16, BLOCK_N=32 if halves else 16, BLOCK_K=16, HALVES=halves)
     if dtype == torch.float32 and dot_precision(dtype) == "ieee":
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
-    block_n = 128 if aligned else 64
+    if not aligned:
+        wide = 64
     if dtype != torch.float32:
-        if aligned and not accumulate:  # 128 x 256 (m64n256 wgmma): 180 registers; accumulating it spills
-            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3)
-        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=64, num_warps=8, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=32, num_warps=8, num_stages=3)
+        if wide == 256:  # m64n256 wgmma: 180 registers storing, 192-249 accumulating in halves
+            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, HALVES=halves)
+        return dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=64, num_warps=8, num_stages=4)
+    return dict(BLOCK_M=128, BLOCK_N=min(wide, 128), BLOCK_K=32, num_warps=8, num_stages=3)
 
 
 # Streaming multiprocessors assumed where no GPU is present (the H100's 132): only the split-K choice uses it.
@@ -243,7 +266,7 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     m, k = a.shape
     n = b.shape[1]
     strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
-    cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides), accumulate)
+    cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides), accumulate, n)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     target = out
     if split > 1:
