@@ -657,8 +657,8 @@ def table(
         "backward with a per-tile fp32 read-modify-write of dQ and fp32 dK atomics. The v2 terms above are "
         "bound by L2->SM traffic of 128 x 128 score tiles at the optimistic rate (the forward and G kernels: "
         "64 FLOP per byte; 128 x 256 and 256 x 128 tiles spill there) and by the column pass that the "
-        "default workspace leaves: dT accumulates the first 52224 columns in place with a bf16 remainder "
-        "(2 bytes per element of workspace; an fp32 accumulator's 4 covered 26112).",
+        f"default workspace leaves: dT accumulates the first {p['plan']['covered']} columns in place with a "
+        "bf16 remainder (2 bytes per element of workspace; an fp32 accumulator's 4 covered 26112).",
     ]
     lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
     return "\n".join(lines) + "\n"

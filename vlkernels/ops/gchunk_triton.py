@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from vlkernels.ops.triton_utils import matmul
+from vlkernels.ops.triton_utils import matmul, split_partials
 
 # FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the accumulator's
 # read-modify-write against recomputation when ``backward_plan`` picks the chunk.
@@ -60,10 +60,17 @@ class BackwardPlan:
     workspace: int
 
 
-def _chunk_bytes(chunk: int, slab: int, dim: int, esize: int, block_n: int, stats: int = 1) -> int:
-    """G [chunk, slab] in the features' dtype + ``stats`` fp32 partials per row and column block + at most 4
-    split-K fp32 partials, their sum and the slabs' fp32 accumulator ([chunk, dim] each)."""
-    return chunk * slab * esize + stats * chunk * triton.cdiv(slab, block_n) * 4 + 6 * chunk * dim * 4
+def _chunk_bytes(
+    chunk: int, slab: int, dim: int, esize: int, block_n: int, stats: int = 1, rows: int = 0
+) -> int:
+    """G [chunk, slab] in the features' dtype + ``stats`` fp32 partials per row and column block + the
+    split-K fp32 partials of G @ K (``split_partials``: as many as fill an H100's SMs; ``matmul`` never
+    takes more than the workspace holds) and their sum's temporary [chunk, dim] + the slabs' fp32
+    accumulator [chunk, dim] when a slab is narrower than the ``rows`` columns."""
+    partials = split_partials(chunk, dim, slab)
+    temp = chunk * dim if partials else 0
+    acc = chunk * dim if slab < rows else 0
+    return chunk * slab * esize + stats * chunk * triton.cdiv(slab, block_n) * 4 + 4 * (partials + temp + acc)
 
 
 def backward_plan(
@@ -83,15 +90,17 @@ def backward_plan(
     chunks.append(rows)
     best = None
     for chunk in chunks:
-        g_bytes = _chunk_bytes(chunk, rows, dim, esize, block_n, stats)
+        g_bytes = _chunk_bytes(chunk, rows, dim, esize, block_n, stats, rows)
         if g_bytes > workspace and chunk > chunks[0]:
             continue
         slab = rows
         if g_bytes > workspace:  # the smallest chunk: cut its columns
             per_col = chunk * esize + 4 * stats
-            slab = max(block_n, (workspace - 6 * chunk * dim * 4) // per_col // block_n * block_n)
+            split = split_partials(chunk, dim, rows)  # at least any slab's G @ K splits into
+            fixed = 4 * (split + (chunk * dim if split else 0) + chunk * dim)
+            slab = max(block_n, (workspace - fixed) // per_col // block_n * block_n)
             slab = min(slab, rows)
-            g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats)
+            g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats, rows)
         per = acc_bytes(esize) * dim
         most = 0
         if need_t:
@@ -124,6 +133,7 @@ class Workspace:
         self.g = torch.empty(chunk * slab, dtype=dtype, device=dev)
         self.part = torch.empty(stats * chunk * triton.cdiv(slab, block_n), dtype=torch.float32, device=dev)
         self.rows_acc = torch.empty((chunk, dim), dtype=torch.float32, device=dev) if slab < n else None
+        self.partials = torch.empty(split_partials(chunk, dim, slab), dtype=torch.float32, device=dev)
         self.one = torch.ones(1, dtype=torch.float32, device=dev)
 
     def products(self, q, k, fill: Fill, rows: slice, alpha, out, acc, covered: int, lo=None):
@@ -141,9 +151,10 @@ class Workspace:
             if part is not None:
                 stats = part if stats is None else stats + part
             if cols == n:
-                matmul(g, k, alpha, out)
+                matmul(g, k, alpha, out, workspace=self.partials)
             else:
-                matmul(g, k[s0 : s0 + cols], self.one, self.rows_acc[:count], accumulate=s0 > 0)
+                acc_rows = self.rows_acc[:count]
+                matmul(g, k[s0 : s0 + cols], self.one, acc_rows, accumulate=s0 > 0, workspace=self.partials)
             if acc is not None and s0 < covered:
                 width = min(covered, s0 + cols) - s0
                 part_lo = lo[s0 : s0 + width] if lo is not None else None

@@ -212,6 +212,11 @@ def _epilogue(acc, c_ptr, lo_ptr, offs_m, offs_n, M, N, scm, scn, slm, sln, ACCU
         tl.store(lo_ptrs, round_to(acc - hi.to(tl.float32), c_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
+def _widest(n: int) -> int:
+    """The widest GEMM tile among those that pad ``n`` output columns the least (384: 128; 64: 64)."""
+    return min((256, 128, 64), key=lambda bn: (triton.cdiv(n, bn) * bn, -bn))
+
+
 def matmul_config(
     dtype: torch.dtype, aligned: bool = True, accumulate: bool = False, n: int | None = None
 ) -> dict:
@@ -220,9 +225,7 @@ def matmul_config(
     spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so; 128 x 128 x 32 for TF32; 64 x
     64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output columns when a row
     stride is not a multiple of 8 elements (loads through registers, not cp.async)."""
-    wide = 256
-    if n is not None:  # the widest tile among those that pad n the least (D = 384: 128; D = 64: 64)
-        wide = min((256, 128, 64), key=lambda bn: (triton.cdiv(n, bn) * bn, -bn))
+    wide = 256 if n is None else _widest(n)
     halves = accumulate and aligned and dtype != torch.float32 and wide == 256
     if interpret_mode():  # small tiles, the same paths
         return dict(BLOCK_M=16, BLOCK_N=32 if halves else 16, BLOCK_K=16, HALVES=halves)
@@ -255,6 +258,15 @@ def split_k(m: int, n: int, k: int, cfg: dict, sms: int) -> int:
     return max(1, min(most, (2 * sms) // tiles))
 
 
+def split_partials(m: int, n: int, k: int, sms: int = DEFAULT_SMS) -> int:
+    """fp32 elements of the split-K partials that a storing ``matmul`` of [m, k] x [k, n] takes on a GPU
+    with ``sms`` SMs, at most (its 16-bit tiles, the widest: fewer output tiles, more splits); 0 when it
+    does not split. A workspace of this many elements keeps the split that fills the SMs."""
+    cfg = dict(BLOCK_M=128, BLOCK_N=_widest(n), BLOCK_K=64)
+    split = split_k(m, n, k, cfg, sms)
+    return split * m * n if split > 1 else 0
+
+
 def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     """``out = alpha * a @ b`` (written in ``out``'s dtype) or, with ``accumulate``, ``out += alpha * a @ b``
     (``out`` fp32, or with ``lo`` a tensor like ``out`` in a 16-bit dtype: the running sum is out + lo, see
@@ -262,17 +274,19 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     (transposed views included), ``alpha`` a device scalar (no host sync). Without ``accumulate``, a
     product with few output tiles is split along K into fp32 partials summed in a fixed order
     (deterministic; the partials' ``split * M * N * 4`` bytes come from ``workspace``, a flat fp32 tensor,
-    when given)."""
+    when given, and then the split is what it holds: no allocation beyond it but the sum's [M, N] fp32
+    temporary for a 16-bit ``out``)."""
     m, k = a.shape
     n = b.shape[1]
     strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
     cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides), accumulate, n)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
+    if workspace is not None:
+        split = max(1, min(split, workspace.numel() // (m * n)))
     target = out
     if split > 1:
-        need = split * m * n
-        if workspace is not None and workspace.numel() >= need:
-            target = workspace[:need].view(split, m, n)
+        if workspace is not None:
+            target = workspace[: split * m * n].view(split, m, n)
         else:
             target = torch.empty((split, m, n), dtype=torch.float32, device=a.device)
     per = triton.cdiv(triton.cdiv(k, split), cfg["BLOCK_K"]) * cfg["BLOCK_K"]
