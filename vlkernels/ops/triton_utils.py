@@ -332,8 +332,8 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
         # (128 x 256 and 256 x 128 spill, at 8 and at 16 warps);
         # IEEE fp32 dots run on CUDA cores, where 64 x 64 x 16 tiles on four warps do not spill (at most
         # 206 registers on sm_90 / sm_80; 64 x 64 x 32 spills 16 B on sm_80); at unaligned D (rows loaded
-        # through registers) 64 x 32 for G, three stages for the forward (64 x 32 at four spilled 4-16 B
-        # with Triton 3.6's ptxas; both chosen to spill with neither 3.6's nor 3.9's, benchmarks/aot.py)
+        # through registers) 64 x 32 for G and 64 x 64 at three stages for the forward (64 x 32 at four
+        # spilled 4-16 B with Triton 3.6's ptxas): neither spills with 3.6's or 3.9's (benchmarks/aot.py)
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
             if dim % 8 == 0:
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=4)
