@@ -518,8 +518,8 @@ def table(data: dict, arch: int) -> str:
         if "ACCUMULATE" in cfg:
             acc = "16-bit pair accumulate" if cfg.get("SPLIT") else "fp32 accumulate"
             flags.append(acc if cfg["ACCUMULATE"] else "store")
-            if cfg.get("HALVES"):
-                flags.append("epilogue in halves")
+            if cfg.get("PARTS", 1) > 1:
+                flags.append(f"epilogue in {cfg['PARTS']} parts")
         if "TARGETS" in cfg:
             flags.append("G (targets)" if cfg["TARGETS"] else "W")
         if "HARD" in cfg:

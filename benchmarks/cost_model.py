@@ -8,7 +8,7 @@ launchers' real tile configs and plans evaluated with the interpreter off, for (
 teacher, workspace):
 
 - The contrastive loss (``contrastive_v2_launches``): the one-pass forward, then ``_gchunk_backward``
-  (dI stored in the features' dtype, the covered text columns accumulated in dT itself, with a 16-bit
+  (dI stored in the features' dtype, the covered text columns accumulated in dT itself, with an int8
   remainder for 16-bit features, a column pass for the rest).
 - The soft-target loss (``soft_target_launches``): the statistics kernel (one pass over S, and S' for a
   separate teacher: rows online, columns as per-program partials), then W chunks whose GEMMs write fp32
@@ -20,7 +20,7 @@ teacher, workspace):
   operand always, its own row block too when D is walked in chunks); bytes from HBM (inputs, outputs, G
   chunks, the partner operand per chunk, the column operand per wave of programs when it does not fit
   in the usable part of L2 (80 % of 50 MB), the accumulator's read-modify-write per chunk when it does
-  not fit: 4 bytes per element, fp32 or the 16-bit pair).
+  not fit: 4 bytes per element for fp32, 3 for a 16-bit dT and its int8 remainder, each way).
 
 The sigmoid (SigLIP) loss (op "sigmoid", ``vlkernels/ops/sigmoid_triton.py``, ``sigmoid_launches``): the
 forward is one ``_loss_kernel`` launch (config "fwd"; row sums of softplus(-y z): 2 B^2 D FLOPs, one exp2
@@ -289,7 +289,7 @@ def _gchunk_backward(
     with ``stats`` statistics): per chunk of rows the weights kernel (``mufu`` MUFU and ``alu`` fp32-pipe
     instructions per element of G; ``partials`` fp32 partial row sums per row and column block, written,
     and summed in the row pass) and dI = G @ T; the accumulator dT[covered] += G.T @ I (in dT: fp32, or dT
-    and a 16-bit remainder, 4 bytes per element either way); the column pass (weights + GEMM) for the
+    and an int8 remainder: 4 or 3 bytes per element); the column pass (weights + GEMM) for the
     columns the workspace leaves. Each pass as one aggregate of its chunk launches (same tiles): rows over
     all chunks, the partner operand streamed from HBM once per chunk, every G chunk written and read back
     (not assumed L2-resident); the accumulator's read-modify-write per chunk is HBM traffic when it
@@ -335,7 +335,7 @@ def _gchunk_backward(
     di_hbm = {"G read": B * B * e, "T per chunk": chunks * B * D * e, "dI": B * D * e}
     out.append(_gemm("dI = G @ T", B, D, B, store, e, unit, di_hbm, hw))
     if plan.covered:
-        acc_bytes = 4.0 * plan.covered * D  # fp32, or the 16-bit (dT, remainder) pair
+        acc_bytes = gchunk.rmw_bytes(e) / 2 * plan.covered * D  # fp32, or the (dT, int8 remainder) pair
         hbm = {"G read": B * plan.covered * e, "I rows": B * D * e, "dT written": plan.covered * D * e}
         if not fits(acc_bytes):
             hbm["accumulator read-modify-write per chunk"] = chunks * 2 * acc_bytes
@@ -578,7 +578,7 @@ def table(
             + (" (the default budget)" if ws_mb == 256 else " (VLKERNELS_WORKSPACE_MB=1024)"),
             "",
             "Launches: the one-pass forward; per chunk of G rows the G kernel and dI = G @ T, the "
-            "accumulator dT[covered] += G.T @ I (in dT itself, with a bf16 remainder: 2 bytes per element "
+            "accumulator dT[covered] += G.T @ I (in dT itself, with an int8 remainder: 1 byte per element "
             "of workspace); the column pass (G kernel + GEMM) for the uncovered columns. Deterministic by "
             "design (no float atomics). FLOPs in units of B^2 D (floor 8).",
             "",
@@ -658,7 +658,8 @@ def table(
         "bound by L2->SM traffic of 128 x 128 score tiles at the optimistic rate (the forward and G kernels: "
         "64 FLOP per byte; 128 x 256 and 256 x 128 tiles spill there) and by the column pass that the "
         f"default workspace leaves: dT accumulates the first {p['plan']['covered']} columns in place with a "
-        "bf16 remainder (2 bytes per element of workspace; an fp32 accumulator's 4 covered 26112).",
+        "int8 remainder (1 byte per element of workspace; a bf16 remainder's 2 covered 46080, an fp32 "
+        "accumulator's 4 covered 26112).",
     ]
     lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
     return "\n".join(lines) + "\n"
@@ -674,7 +675,7 @@ def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype
         "Launches: `_loss_kernel` (the forward, row sums of softplus(-y z), config 'fwd'); the backward on "
         "the G-chunk engine shared with the contrastive loss: per chunk of rows `_weights_kernel` "
         "(G = sigmoid(z) - [i == j] in the features' dtype, two fp32 partial sums per row and column "
-        "block) and dI = G @ T, the accumulator dT[covered] += G.T @ I (in dT, with a 16-bit remainder), "
+        "block) and dI = G @ T, the accumulator dT[covered] += G.T @ I (in dT, with an int8 remainder), "
         "the column pass for the columns the workspace leaves. No atomics (deterministic by design). "
         "MUFU: one ex2 and one fp32 division (rcp) per element of the forward and of every G tile. ALU: "
         "fp32-pipe elementwise "

@@ -174,3 +174,13 @@ class PeakLive(TorchDispatchMode):
             self.refs[key] = (nbytes, count + 1)
             weakref.finalize(t, self._drop, key)
         return out
+
+
+def pair_value(hi, lo):
+    """hi + lo * unit, the unit 1/256 of hi's dtype spacing at hi (the int8 remainder of ``matmul``'s
+    16-bit pair), from frexp: an independent reading of the kernel's bit arithmetic."""
+    info = torch.finfo(hi.dtype)
+    mant = {torch.bfloat16: 7, torch.float16: 10}[hi.dtype]
+    _, e = torch.frexp(hi.double())  # |hi| in [2^(e-1), 2^e)
+    spacing = torch.exp2((e - 1 - mant).double()).clamp_min(info.smallest_normal * info.eps)
+    return hi.double() + lo.double() * spacing / 256

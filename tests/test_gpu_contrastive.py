@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._ref import TOL_GPU, assert_close_all, assert_within_torch_error, features, run_loss
+from tests._ref import TOL_GPU, assert_close_all, assert_within_torch_error, features, pair_value, run_loss
 from vlkernels import contrastive_loss
 from vlkernels.ops.contrastive_triton import both_lse, weights
 from vlkernels.ops.triton_utils import matmul
@@ -118,18 +118,18 @@ def test_triton_cuda_is_deterministic():
 @pytest.mark.parametrize("n", [64, 384, 1000, 1024])
 def test_matmul_pair_accumulate_tiles_cuda(dtype, n):
     """The accumulating GEMM's tiles on the GPU (64 / 128 / 256 wide by D, the 256-wide one with its
-    epilogue in halves; n = 1000 masks the last tile): 6 products summed in the pair (hi, lo) agree with
-    the float64 sum to ~2^-16 of the largest partial sum; storing gives the float64 product within one
-    rounding and the fp32 accumulation's bound."""
+    epilogue in four parts; n = 1000 masks the last tile): 6 products summed in the pair (hi, int8 lo)
+    agree with the float64 sum to ~2^-16 of the largest partial sum; storing gives the float64 product
+    within one rounding and the fp32 accumulation's bound."""
     from vlkernels.ops.triton_utils import matmul_config
 
     g = torch.Generator(device="cuda").manual_seed(n)
     m, k, steps = 300, 520, 6
     one = torch.ones(1, device="cuda")
     hi = torch.zeros(m, n, dtype=dtype, device="cuda")
-    lo = torch.zeros_like(hi)
+    lo = torch.zeros(m, n, dtype=torch.int8, device="cuda")
     ref, peak = torch.zeros(m, n, dtype=torch.float64, device="cuda"), 0.0
-    assert matmul_config(dtype, True, True, n)["BLOCK_N"] == {64: 64, 384: 128, 1000: 256, 1024: 256}[n]
+    assert matmul_config(dtype, True, True, n, True)["BLOCK_N"] == {64: 64, 384: 128, 1000: 256, 1024: 256}[n]
     for _ in range(steps):
         a = torch.randn(m, k, generator=g, device="cuda").to(dtype)
         b = torch.randn(k, n, generator=g, device="cuda").to(dtype)
@@ -137,7 +137,7 @@ def test_matmul_pair_accumulate_tiles_cuda(dtype, n):
         ref += a.double() @ b.double()
         peak = max(peak, ref.abs().max().item())
     eps = torch.finfo(dtype).eps
-    err = (hi.double() + lo.double() - ref).abs().max().item()
+    err = (pair_value(hi, lo) - ref).abs().max().item()
     assert err <= 4 * steps * eps * eps * peak + 1e-6 * peak, (err, peak)
     out = matmul(a, b, one, torch.empty(m, n, dtype=dtype, device="cuda")).double()
     exact = a.double() @ b.double()

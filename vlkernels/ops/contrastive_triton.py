@@ -17,7 +17,7 @@ Backward, chunks of rows (``backward_plan``): ``_weights_kernel`` recomputes S f
 G = exp(S - r) + exp(S - c) - 2 (1 - eps) delta - 2 eps / B in the features' dtype into the workspace
 (with fp32 row sums of G * <I, T> for the scale's gradient), then two tensor-core GEMMs
 (``triton_utils.matmul``): dI[rows] = s k g / (2B) G @ T (written in the features' dtype) and, for the
-first ``covered`` columns, dT += G.T @ I[rows] in dT itself (a 16-bit remainder for 16-bit features:
+first ``covered`` columns, dT += G.T @ I[rows] in dT itself (an int8 remainder for 16-bit features:
 gchunk_triton) (6 B^2 D in all). The text gradients of
 the columns the accumulator could not hold (the workspace budget) come from a second pass over column
 chunks, the same kernels with the roles swapped (G.T has the same form): 2 B^2 D more per uncovered

@@ -6,11 +6,11 @@ The backward never holds G whole: for a chunk of rows a loss's weights kernel re
 into the workspace in the features' dtype (``Fill``), then two tensor-core GEMMs (``triton_utils.matmul``)
 consume it: dQ[rows] = alpha G @ K (stored) and, for the first ``covered`` columns, dK[:covered] +=
 alpha G.T @ Q[rows] accumulated in dK itself: in place for fp32 features, and for 16-bit ones as the pair
-(dK, LO) of that dtype, LO the rounded remainder of the running sum (``matmul``'s ``lo``; about twice the
-bits of one 16-bit number, against one rounding of the final result), so that the covered columns cost
-``acc_bytes`` (0 or 2) bytes per element of workspace instead of an fp32 accumulator's 4. The columns
-the accumulator could not hold come from a column pass: the same products with the roles of Q and K
-swapped (G.T has the same form for both losses). ``backward_plan`` picks the chunk
+(dK, LO), LO the running sum's remainder as an int8 count of 1/256 of dK's spacing (``matmul``'s ``lo``:
+16 significant bits for bf16, 19 for fp16, against one rounding of the final result), so that the covered
+columns cost ``acc_bytes`` (0 or 1) bytes per element of workspace instead of an fp32 accumulator's 4.
+The columns the accumulator could not hold come from a column pass: the same products with the roles of Q
+and K swapped (G.T has the same form for both losses). ``backward_plan`` picks the chunk
 and the coverage that minimise the modelled work within the workspace budget (docs/design.md,
 "Contrastive kernels v2"); benchmarks/cost_model.py evaluates the same plans.
 """
@@ -39,10 +39,16 @@ L2_USABLE_BYTES = 40e6
 Fill = Callable[[slice, int, int, torch.Tensor], "torch.Tensor | None"]
 
 
+def rmw_bytes(esize: int) -> int:
+    """HBM bytes per element of the covered columns' accumulator read and written once: fp32 (4 + 4), or
+    the pair of a 16-bit dK and its int8 remainder (3 + 3)."""
+    return 8 if esize == 4 else 2 * (esize + 1)
+
+
 def acc_bytes(esize: int) -> int:
     """Workspace bytes per element of the covered columns' accumulator for features of ``esize`` bytes: 0
-    for fp32 (dK accumulates in place), else the LO half (one element of the features' dtype)."""
-    return 0 if esize == 4 else esize
+    for fp32 (dK accumulates in place), else the int8 remainder LO."""
+    return 0 if esize == 4 else 1
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,8 @@ def backward_plan(
 ):
     """The chunk and the accumulator's coverage that minimise the modelled work within ``workspace`` bytes:
     FLOPs of the column pass for the uncovered columns (recomputation + its GEMM) plus the covered
-    columns' accumulation GEMM, at least its read-modify-write (8 bytes per element: fp32, or the 16-bit
-    pair) weighed at the ridge (one per chunk) when the accumulator does not fit the usable L2.
+    columns' accumulation GEMM, at least its read-modify-write (``rmw_bytes`` per element, read and
+    written) weighed at the ridge (one per chunk) when the accumulator does not fit the usable L2.
     When not even one block of rows fits, G is cut in slabs of columns (at least one block of columns)."""
     block_m, block_n = block
     rows = max(m, n)
@@ -114,7 +120,7 @@ def backward_plan(
             uncovered = n - covered if need_t else 0
             rmw = 0.0
             if 4.0 * covered * dim > L2_USABLE_BYTES:
-                rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * 8.0 * covered * dim
+                rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * rmw_bytes(esize) * covered * dim
             cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
             key = (cost, -chunk, -covered)
             if best is None or key < best[0]:
@@ -138,7 +144,7 @@ class Workspace:
 
     def products(self, q, k, fill: Fill, rows: slice, alpha, out, acc, covered: int, lo=None):
         """For the rows ``rows`` of q: out = alpha G @ k (out's dtype) and acc[:covered] += alpha
-        G[:, :covered].T @ q[rows] (acc fp32, or the 16-bit pair (acc, lo)); returns the sum of ``fill``'s
+        G[:, :covered].T @ q[rows] (acc fp32, or the pair (acc, int8 lo)); returns the sum of ``fill``'s
         statistics over the slabs (None if it returns none)."""
         n, slab = k.shape[0], self.plan.slab
         count = rows.stop - rows.start
@@ -177,7 +183,7 @@ class Workspace:
     def gradients(self, q, k, fill_rows: Fill, fill_cols: Fill, alpha, need_k: bool):
         """(dQ = alpha G @ K, dK = alpha G.T @ Q or None, the row pass's statistics) in the features' dtype:
         the row pass (dQ stored per chunk, the first ``covered`` columns of dK accumulated in dK itself, with
-        a 16-bit remainder LO for 16-bit features), then the column pass over the rest (``fill_cols`` writes
+        an int8 remainder LO for 16-bit features), then the column pass over the rest (``fill_cols`` writes
         G.T for rows of K against Q)."""
         covered, dim = self.plan.covered if need_k else 0, q.shape[1]
         d_q = torch.empty_like(q)
@@ -185,7 +191,7 @@ class Workspace:
         acc = d_k[:covered].zero_() if covered else None
         lo = None
         if covered and k.dtype != torch.float32:
-            lo = torch.zeros((covered, dim), dtype=k.dtype, device=k.device)
+            lo = torch.zeros((covered, dim), dtype=torch.int8, device=k.device)
         stats = self._rows(q, k, fill_rows, alpha, d_q, acc, covered, lo=lo)
         if not need_k:
             return d_q, None, stats

@@ -161,12 +161,12 @@ def _matmul_kernel(
     SPLIT: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
-    HALVES: tl.constexpr = False,
+    PARTS: tl.constexpr = 1,
 ):
     """C[split] (=|+=) alpha * A[:, ks] @ B[ks, :] for the program's split ks of K; fp32 accumulation.
     Each output tile has one writer (no atomics); ACCUMULATE reads and writes it once per launch. SPLIT
-    (with ACCUMULATE): the running sum is held as C + LO, two tensors of C's (16-bit) dtype: C its value
-    rounded to nearest, LO the rounded remainder (about twice the bits of one 16-bit number), so that an
+    (with ACCUMULATE): the running sum is held as the pair (C, LO), C in its (16-bit) dtype rounded to
+    nearest and LO the remainder as an int8 count of 1/256 of C's spacing (``_remainder_unit``), so that an
     accumulator in the output's own dtype stands in for an fp32 one."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
@@ -186,14 +186,29 @@ def _matmul_kernel(
         acc = tl.dot(a, b, acc, input_precision=DOT_PREC)
     acc = acc * tl.load(alpha_ptr).to(tl.float32)
     c_ptr += pid_k * scs
-    if HALVES:  # the epilogue in two column halves: half the registers for the tile read back
-        half = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-        offs_h = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
-        _epilogue(half[0], c_ptr, lo_ptr, offs_m, offs_h, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
-        offs_h += BLOCK_N // 2
-        _epilogue(half[1], c_ptr, lo_ptr, offs_m, offs_h, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
-    else:
+    if PARTS == 1:
         _epilogue(acc, c_ptr, lo_ptr, offs_m, offs_n, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+    else:  # the epilogue in column parts: fewer registers for the tile read back
+        W: tl.constexpr = BLOCK_N // PARTS
+        o = pid_n * BLOCK_N + tl.arange(0, W)
+        h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
+        if PARTS == 2:
+            _epilogue(h0, c_ptr, lo_ptr, offs_m, o, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+            _epilogue(h1, c_ptr, lo_ptr, offs_m, o + W, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+        else:
+            q0, q1 = _halves(h0, BLOCK_M, BLOCK_N // 2)
+            _epilogue(q0, c_ptr, lo_ptr, offs_m, o, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+            _epilogue(q1, c_ptr, lo_ptr, offs_m, o + W, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+            q0, q1 = _halves(h1, BLOCK_M, BLOCK_N // 2)
+            o += 2 * W
+            _epilogue(q0, c_ptr, lo_ptr, offs_m, o, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+            _epilogue(q1, c_ptr, lo_ptr, offs_m, o + W, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
+
+
+@triton.jit
+def _halves(x, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """The left and right column halves of x [ROWS, COLS]."""
+    return tl.split(tl.permute(tl.reshape(x, (ROWS, 2, COLS // 2)), (0, 2, 1)))
 
 
 @triton.jit
@@ -202,14 +217,42 @@ def _epilogue(acc, c_ptr, lo_ptr, offs_m, offs_n, M, N, scm, scn, slm, sln, ACCU
     c_ptrs = c_ptr + offs_m[:, None] * scm + offs_n[None, :] * scn
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     if ACCUMULATE:
-        acc += tl.load(c_ptrs, mask=mask, other=0.0).to(tl.float32)
+        old = tl.load(c_ptrs, mask=mask, other=0.0)
+        acc += old.to(tl.float32)
         if SPLIT:
             lo_ptrs = lo_ptr + offs_m[:, None] * slm + offs_n[None, :] * sln
-            acc += tl.load(lo_ptrs, mask=mask, other=0.0).to(tl.float32)
+            unit, _ = _remainder_unit(old)
+            acc += tl.load(lo_ptrs, mask=mask, other=0).to(tl.float32) * unit
     hi = round_to(acc, c_ptr.dtype.element_ty, UPCAST)
     tl.store(c_ptrs, hi, mask=mask)
     if SPLIT:
-        tl.store(lo_ptrs, round_to(acc - hi.to(tl.float32), c_ptr.dtype.element_ty, UPCAST), mask=mask)
+        _, inv = _remainder_unit(hi)
+        q = tl.floor((acc - hi.to(tl.float32)) * inv + 0.5)
+        q = tl.where(q == q, tl.minimum(tl.maximum(q, -127.0), 127.0), 0.0)  # NaN (hi inf or NaN): 0
+        tl.store(lo_ptrs, q.to(tl.int8), mask=mask)
+
+
+@triton.jit
+def _remainder_unit(hi):
+    """(unit, 1 / unit) of the int8 remainder LO of the pair (C, LO): the unit is 1/256 of the spacing of
+    C's 16-bit dtype at ``hi``, a power of two (so that scaling by it is exact); (0, 0) where ``hi`` is inf
+    or NaN. |acc - hi| is at most half that spacing, so LO in [-128, 128] (127 at most: clamped) holds
+    the remainder to 1/512 of it: hi + LO carries 16 (bf16) / 19 (fp16) significant bits."""
+    if hi.dtype == tl.bfloat16:
+        field = (hi.to(tl.int16, bitcast=True).to(tl.int32) >> 7) & 0xFF
+        top, step = 0xFF, 7 + 8  # exponent field of inf/NaN; mantissa bits + the 8 of the remainder
+        bias = 127
+    else:
+        field = (hi.to(tl.int16, bitcast=True).to(tl.int32) >> 10) & 0x1F
+        top, step = 0x1F, 10 + 8
+        bias = 15
+    # 2^(max(field, 1) - bias - step) as an fp32 exponent field (subnormals share the smallest exponent);
+    # bf16 values below 2^-111 get 2^-126, a coarser unit for remainders far below anything summed here
+    exp = tl.maximum(tl.maximum(field, 1) - bias - step + 127, 1)
+    special = field == top
+    unit = tl.where(special, 0.0, (exp << 23).to(tl.float32, bitcast=True))
+    inv = tl.where(special, 0.0, ((254 - exp) << 23).to(tl.float32, bitcast=True))
+    return unit, inv
 
 
 def _widest(n: int) -> int:
@@ -218,24 +261,27 @@ def _widest(n: int) -> int:
 
 
 def matmul_config(
-    dtype: torch.dtype, aligned: bool = True, accumulate: bool = False, n: int | None = None
+    dtype: torch.dtype, aligned: bool = True, accumulate: bool = False, n: int | None = None, lo: bool = False
 ) -> dict:
     """Tiles of ``matmul`` for ``n`` output columns: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on
-    sm_90), accumulating with the epilogue in two column halves (``HALVES``: the tile read back whole
-    spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so; 128 x 128 x 32 for TF32; 64 x
-    64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill); 64 output columns when a row
-    stride is not a multiple of 8 elements (loads through registers, not cp.async)."""
+    sm_90), accumulating with the epilogue in column parts (``PARTS``: two, four with the int8 remainder
+    ``lo``; the tile read back whole spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so;
+    128 x 128 x 32 for TF32; 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to
+    spill); 64 output columns when a row stride is not a multiple of 8 elements (loads through registers,
+    not cp.async)."""
     wide = 256 if n is None else _widest(n)
-    halves = accumulate and aligned and dtype != torch.float32 and wide == 256
+    parts = 1
+    if accumulate and aligned and dtype != torch.float32 and wide == 256:
+        parts = 4 if lo else 2
     if interpret_mode():  # small tiles, the same paths
-        return dict(BLOCK_M=16, BLOCK_N=32 if halves else 16, BLOCK_K=16, HALVES=halves)
+        return dict(BLOCK_M=16, BLOCK_N=16 * parts if parts > 1 else 16, BLOCK_K=16, PARTS=parts)
     if dtype == torch.float32 and dot_precision(dtype) == "ieee":
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
     if not aligned:
         wide = 64
     if dtype != torch.float32:
-        if wide == 256:  # m64n256 wgmma: 180 registers storing, 192-249 accumulating in halves
-            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, HALVES=halves)
+        if wide == 256:  # m64n256 wgmma: 180 registers storing, 192-249 accumulating in parts
+            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, PARTS=parts)
         return dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=64, num_warps=8, num_stages=4)
     return dict(BLOCK_M=128, BLOCK_N=min(wide, 128), BLOCK_K=32, num_warps=8, num_stages=3)
 
@@ -279,7 +325,8 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     m, k = a.shape
     n = b.shape[1]
     strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
-    cfg = matmul_config(a.dtype, all(st % 8 == 0 or st == 1 for st in strides), accumulate, n)
+    aligned = all(st % 8 == 0 or st == 1 for st in strides)
+    cfg = matmul_config(a.dtype, aligned, accumulate, n, lo is not None and accumulate)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     if workspace is not None:
         split = max(1, min(split, workspace.numel() // (m * n)))
