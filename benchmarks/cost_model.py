@@ -266,7 +266,7 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
         torch.set_float32_matmul_precision(prec)
         try:
             store = matmul_config(tdtype, D % 8 == 0, False, D)
-            acc_cfg = matmul_config(tdtype, D % 8 == 0, True, D)
+            acc_cfg = matmul_config(tdtype, D % 8 == 0, True, D, tdtype != torch.float32)
         finally:
             torch.set_float32_matmul_precision(old)
     return fcfg, wcfg, store, acc_cfg
