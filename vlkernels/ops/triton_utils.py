@@ -315,9 +315,9 @@ def split_partials(m: int, n: int, k: int, sms: int = DEFAULT_SMS) -> int:
 
 def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     """``out = alpha * a @ b`` (written in ``out``'s dtype) or, with ``accumulate``, ``out += alpha * a @ b``
-    (``out`` fp32, or with ``lo`` a tensor like ``out`` in a 16-bit dtype: the running sum is out + lo, see
-    ``_matmul_kernel``'s SPLIT), with fp32 accumulation; ``a`` [M, K] and ``b`` [K, N] with any strides
-    (transposed views included), ``alpha`` a device scalar (no host sync). Without ``accumulate``, a
+    (``out`` fp32, or 16-bit with ``lo`` an int8 tensor of its shape: the running sum is the pair (out,
+    lo), see ``_matmul_kernel``'s SPLIT), with fp32 accumulation; ``a`` [M, K] and ``b`` [K, N] with any
+    strides (transposed views included), ``alpha`` a device scalar (no host sync). Without ``accumulate``, a
     product with few output tiles is split along K into fp32 partials summed in a fixed order
     (deterministic; the partials' ``split * M * N * 4`` bytes come from ``workspace``, a flat fp32 tensor,
     when given, and then the split is what it holds: no allocation beyond it but the sum's [M, N] fp32
