@@ -66,17 +66,22 @@ class BackwardPlan:
     workspace: int
 
 
+def _gemm_bytes(chunk: int, dim: int, k: int, sliced: bool) -> int:
+    """The fp32 buffers of G @ K for ``chunk`` rows over ``k`` columns of G: the split-K partials
+    (``split_partials``: as many as fill an H100's SMs; ``matmul`` never takes more than the workspace
+    holds) and their sum's temporary [chunk, dim], + the slabs' accumulator [chunk, dim] when ``sliced``."""
+    partials = split_partials(chunk, dim, k)
+    return 4 * (partials + (chunk * dim if partials else 0) + (chunk * dim if sliced else 0))
+
+
 def _chunk_bytes(
     chunk: int, slab: int, dim: int, esize: int, block_n: int, stats: int = 1, rows: int = 0
 ) -> int:
     """G [chunk, slab] in the features' dtype + ``stats`` fp32 partials per row and column block + the
-    split-K fp32 partials of G @ K (``split_partials``: as many as fill an H100's SMs; ``matmul`` never
-    takes more than the workspace holds) and their sum's temporary [chunk, dim] + the slabs' fp32
-    accumulator [chunk, dim] when a slab is narrower than the ``rows`` columns."""
-    partials = split_partials(chunk, dim, slab)
-    temp = chunk * dim if partials else 0
-    acc = chunk * dim if slab < rows else 0
-    return chunk * slab * esize + stats * chunk * triton.cdiv(slab, block_n) * 4 + 4 * (partials + temp + acc)
+    buffers of G @ K (``_gemm_bytes``; the slabs' accumulator when a slab is narrower than the ``rows``
+    columns)."""
+    g = chunk * slab * esize + stats * chunk * triton.cdiv(slab, block_n) * 4
+    return g + _gemm_bytes(chunk, dim, slab, slab < rows)
 
 
 def backward_plan(
@@ -102,8 +107,7 @@ def backward_plan(
         slab = rows
         if g_bytes > workspace:  # the smallest chunk: cut its columns
             per_col = chunk * esize + 4 * stats
-            split = split_partials(chunk, dim, rows)  # at least any slab's G @ K splits into
-            fixed = 4 * (split + (chunk * dim if split else 0) + chunk * dim)
+            fixed = _gemm_bytes(chunk, dim, rows, True)  # at least what any slab's G @ K takes
             slab = max(block_n, (workspace - fixed) // per_col // block_n * block_n)
             slab = min(slab, rows)
             g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats, rows)

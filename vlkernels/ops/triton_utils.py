@@ -274,7 +274,7 @@ def matmul_config(
     if accumulate and aligned and dtype != torch.float32 and wide == 256:
         parts = 4 if lo else 2
     if interpret_mode():  # small tiles, the same paths
-        return dict(BLOCK_M=16, BLOCK_N=16 * parts if parts > 1 else 16, BLOCK_K=16, PARTS=parts)
+        return dict(BLOCK_M=16, BLOCK_N=16 * parts, BLOCK_K=16, PARTS=parts)
     if dtype == torch.float32 and dot_precision(dtype) == "ieee":
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
     if not aligned:
