@@ -74,6 +74,7 @@ class Hardware:
     atomics_fp32: tuple = (3e12, 1e12)  # bytes/s of fp32 red.add, (optimistic, pessimistic): an assumption
     ctas_per_sm: int = 1  # 8 warps at 140-255 registers (benchmarks/results/model/aot_sm90.md)
     fp32_lanes_per_clk_sm: int = 128  # FP32 pipe: instructions per clock per SM
+    launch_s: tuple = (2e-6, 5e-6)  # a kernel launch's fixed cost, (optimistic, pessimistic): an assumption
 
     @property
     def exp_rate(self) -> float:
@@ -137,6 +138,8 @@ class Launch:
     hbm_bytes: float
     detail: dict  # the L2 / HBM terms by name
     alu: float = 0.0  # fp32-pipe elementwise instructions (sigmoid kernels only; else not modelled)
+    count: int = 1  # kernel launches the aggregate stands for (each costs ``Hardware.launch_s``)
+    filled: float = 1.0  # the FLOP-weighted fraction of the SMs its programs keep busy over their waves
 
 
 def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
@@ -272,6 +275,19 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
     return fcfg, wcfg, store, acc_cfg
 
 
+def _pieces(total: int, size: int) -> list:
+    """[(width, count)]: ``total`` cut in pieces of ``size`` (the last one narrower)."""
+    size = min(size, total)
+    n, rest = divmod(total, size)
+    return [(size, n)] + ([(rest, 1)] if rest else [])
+
+
+def _filled_mean(parts) -> float:
+    """The FLOP-weighted fraction of the SMs kept busy over launches given as (FLOPs, filled, count)."""
+    flops = sum(f * c for f, _, c in parts)
+    return flops / sum(f / fl * c for f, fl, c in parts) if flops else 1.0
+
+
 def _gchunk_backward(
     B,
     D,
@@ -286,25 +302,31 @@ def _gchunk_backward(
     teacher=None,
 ):
     """(launches, plan) of the G-chunk backward (ops/gchunk_triton.py) on I, T [B, D] (``backward_plan``
-    with ``stats`` statistics): per chunk of rows the weights kernel (``mufu`` MUFU and ``alu`` fp32-pipe
-    instructions per element of G; ``partials`` fp32 partial row sums per row and column block, written,
-    and summed in the row pass) and dI = G @ T; the accumulator dT[covered] += G.T @ I (in dT: fp32, or dT
-    and an int8 remainder: 4 or 3 bytes per element); the column pass (weights + GEMM) for the
-    columns the workspace leaves. Each pass as one aggregate of its chunk launches (same tiles): rows over
-    all chunks, the partner operand streamed from HBM once per chunk, every G chunk written and read back
+    with ``stats`` statistics): per chunk of rows and slab of columns the weights kernel (``mufu`` MUFU
+    and ``alu`` fp32-pipe instructions per element of G; ``partials`` fp32 partial row sums per row and
+    column block, written, and summed in the row pass) and dI = G @ T (split along K when its tiles do not
+    fill the SMs; over several slabs the later ones accumulate in an fp32 [chunk, D] buffer: its reads and
+    writes cross L2, and HBM when it does not fit the usable L2); the accumulator dT[covered] += G.T @ I
+    per chunk and slab (in dT: fp32, or dT and an int8 remainder: 4 or 3 bytes per element); the column
+    pass (weights + GEMM) for the columns the workspace leaves. Each pass as one aggregate of its launches
+    (same tiles; ``count`` launches at the FLOP-weighted fraction ``filled`` of the SMs their programs
+    keep busy): the partner operand streamed from HBM once per chunk, every G chunk written and read back
     (not assumed L2-resident); the accumulator's read-modify-write per chunk is HBM traffic when it
     exceeds the usable L2. ``wcfg``: the weights kernel's config (default the contrastive one);
     ``teacher`` (D', dtype label): its tiles recomputed in every weights launch (2 rows x B x D' more
     FLOPs, its rows and columns read)."""
     from vlkernels.ops import gchunk_triton as gchunk
+    from vlkernels.ops.triton_utils import split_k
 
     e, _, unit = DTYPES[dtype]
     _, default_wcfg, store, acc_cfg = _v2_configs(D, dtype)
     wcfg = wcfg or default_wcfg
-    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (wcfg["BLOCK_M"], wcfg["BLOCK_N"]), stats=stats)
-    ch = plan.chunk
+    bm, bn = wcfg["BLOCK_M"], wcfg["BLOCK_N"]
+    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (bm, bn), stats=stats)
+    ch, sl = min(plan.chunk, B), min(plan.slab, B)
     chunks = math.ceil(B / ch)
     fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731
+    filled = lambda programs: gchunk._filled(programs, hw.sms * hw.ctas_per_sm)  # noqa: E731
 
     def weights(name, rows, n_chunks, summed):
         g_hbm = {
@@ -314,7 +336,7 @@ def _gchunk_backward(
         }
         if partials:
             # written; read back and summed in the row pass (the column pass does not need them)
-            n_part = 4.0 * partials * rows * math.ceil(B / wcfg["BLOCK_N"])
+            n_part = 4.0 * partials * rows * math.ceil(B / bn)
             g_hbm["statistics partials"] = (2 if summed else 1) * n_part
         if teacher is not None:
             dt, tlabel = teacher
@@ -325,27 +347,65 @@ def _gchunk_backward(
         if teacher is not None:
             tunit = DTYPES[tlabel][2]
             ln.flops[tunit] = ln.flops.get(tunit, 0.0) + 2.0 * rows * B * dt
-            bm, bn = wcfg["BLOCK_M"], wcfg["BLOCK_N"]
             t_l2 = (math.ceil(B / bn) * rows + math.ceil(rows / bm) * B) * dt * te
             ln.detail["l2"]["teacher tiles"] = t_l2
             ln.l2_bytes += t_l2
+        parts = [
+            (2.0 * r * w * D, filled(math.ceil(r / bm) * math.ceil(w / bn)), rc * wc)
+            for r, rc in _pieces(rows, ch)
+            for w, wc in _pieces(B, sl)
+        ]
+        ln.filled, ln.count = _filled_mean(parts), sum(c for *_, c in parts)
+        return ln
+
+    def storing(name, rows, n_chunks, hbm):
+        """dX = G @ Y for ``rows`` rows in chunks: split-K or slabs accumulated in fp32, as ``products``."""
+        ln = _gemm(name, rows, D, B, store, e, unit, hbm, hw)
+        tiles_n = math.ceil(D / store["BLOCK_N"])
+        slabs = _pieces(B, sl)  # the first slab may split along K; the later ones accumulate
+        parts, count = [], 0
+        for r, rc in _pieces(rows, ch):
+            tiles = math.ceil(r / store["BLOCK_M"]) * tiles_n
+            split = split_k(r, D, sl, store, hw.sms * hw.ctas_per_sm)
+            parts.append((2.0 * r * slabs[0][0] * D, filled(tiles * split), rc))
+            for i, (w, wc) in enumerate(slabs):
+                parts.append((2.0 * r * w * D, filled(tiles), rc * (wc - (i == 0))))
+            # the slabs' launches, the partials' sum, the slabs' scaling and copy
+            count += rc * (sum(wc for _, wc in slabs) + (split > 1) + 2 * (sl < B))
+        if sl < B:
+            # written by the first slab, then read and written by each later one
+            acc = rows * D * 4.0 * (2 * math.ceil(B / sl) - 1)
+            ln.detail["l2"]["fp32 row accumulator per slab"] = acc
+            ln.l2_bytes += acc
+            if not fits(4.0 * ch * D):
+                ln.detail["hbm"]["fp32 row accumulator per slab"] = acc
+                ln.hbm_bytes += acc
+        ln.filled, ln.count = _filled_mean(parts), count
         return ln
 
     out = [weights("weights (row pass)", B, chunks, True)]
     di_hbm = {"G read": B * B * e, "T per chunk": chunks * B * D * e, "dI": B * D * e}
-    out.append(_gemm("dI = G @ T", B, D, B, store, e, unit, di_hbm, hw))
+    out.append(storing("dI = G @ T", B, chunks, di_hbm))
     if plan.covered:
         acc_bytes = gchunk.rmw_bytes(e) / 2 * plan.covered * D  # fp32, or the (dT, int8 remainder) pair
         hbm = {"G read": B * plan.covered * e, "I rows": B * D * e, "dT written": plan.covered * D * e}
         if not fits(acc_bytes):
             hbm["accumulator read-modify-write per chunk"] = chunks * 2 * acc_bytes
-        out.append(_gemm("dT[covered] += G.T @ I", plan.covered, D, B, acc_cfg, e, unit, hbm, hw))
+        ln = _gemm("dT[covered] += G.T @ I", plan.covered, D, B, acc_cfg, e, unit, hbm, hw)
+        tiles_n = math.ceil(D / acc_cfg["BLOCK_N"])
+        parts = [
+            (2.0 * w * r * D, filled(math.ceil(w / acc_cfg["BLOCK_M"]) * tiles_n), rc * wc)
+            for r, rc in _pieces(B, ch)
+            for w, wc in _pieces(plan.covered, sl)
+        ]
+        ln.filled, ln.count = _filled_mean(parts), sum(c for *_, c in parts)
+        out.append(ln)
     rest = B - plan.covered
     if rest:
         col_chunks = math.ceil(rest / ch)
         out.append(weights("weights (column pass)", rest, col_chunks, False))
         dt_hbm = {"G read": rest * B * e, "I per chunk": col_chunks * B * D * e, "dT": rest * D * e}
-        out.append(_gemm("dT = G @ I (column pass)", rest, D, B, store, e, unit, dt_hbm, hw))
+        out.append(storing("dT = G @ I (column pass)", rest, col_chunks, dt_hbm))
     return out, dict(chunk=plan.chunk, slab=plan.slab, covered=plan.covered, workspace=plan.workspace)
 
 
@@ -384,6 +444,7 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
             atomic_bytes=0.0,
             hbm_bytes=float(sum(hbm.values())),
             detail=dict(l2=l2, hbm=hbm),
+            count=math.ceil(B / rows),
         )
     )
     bwd, plan = _gchunk_backward(B, D, dtype, workspace, hw, stats=1, mufu=2.0)
@@ -468,15 +529,18 @@ def launches(
 
 def launch_time(ln: Launch, hw=H100) -> dict:
     """Seconds per term and the (low, high) range of one launch."""
-    compute = sum(f / getattr(hw, unit) for unit, f in ln.flops.items())
-    exp = ln.exps / hw.exp_rate
-    alu = ln.alu / hw.alu_rate
+    compute = sum(f / getattr(hw, unit) for unit, f in ln.flops.items()) / ln.filled
+    exp = ln.exps / hw.exp_rate / ln.filled
+    alu = ln.alu / hw.alu_rate / ln.filled
     hbm = ln.hbm_bytes / hw.hbm
     l2 = tuple(ln.l2_bytes / bw for bw in hw.l2_to_sm)
     atomics = tuple(ln.atomic_bytes / bw for bw in hw.atomics_fp32)
-    low = max(compute, exp, alu, hbm, l2[0], atomics[0])
-    high = max(compute + exp + alu, hbm, l2[1], atomics[1])
-    return dict(compute=compute, exp=exp, alu=alu, hbm=hbm, l2=l2, atomics=atomics, low=low, high=high)
+    fixed = tuple(ln.count * t for t in hw.launch_s)
+    low = max(compute, exp, alu, hbm, l2[0], atomics[0]) + fixed[0]
+    high = max(compute + exp + alu, hbm, l2[1], atomics[1]) + fixed[1]
+    return dict(
+        compute=compute, exp=exp, alu=alu, hbm=hbm, l2=l2, atomics=atomics, launches=fixed, low=low, high=high
+    )
 
 
 def floor_flops(B: int, D: int, teacher_D: int | None = None) -> float:
@@ -566,7 +630,9 @@ def table(
         f"L2->SM {hw.l2_to_sm[1] / 1e12:.1f}-{hw.l2_to_sm[0] / 1e12:.0f} TB/s (an assumption, stated as a "
         f"range); exponentials {hw.mufu_per_clk_sm} MUFU ex2/clk/SM x {hw.sms} SMs x "
         f"{hw.clock_hz / 1e9:.2f} GHz = {hw.exp_rate / 1e12:.2f} T/s; {hw.ctas_per_sm} resident program per "
-        "SM; a working set (the column operand, an accumulator) is L2-resident when it fits in "
+        "SM, a launch's compute and exponentials at the fraction of the SMs its programs fill over their "
+        f"waves; {hw.launch_s[0] * 1e6:.0f}-{hw.launch_s[1] * 1e6:.0f} us of fixed cost per launch (an "
+        "assumption); a working set (the column operand, an accumulator) is L2-resident when it fits in "
         f"{hw.l2_usable:.0%} of L2, else it is re-streamed from HBM per wave of programs (per chunk for "
         "an accumulator). No float atomics in any kernel. Floor: 8 B^2 D FLOPs at the bf16 tensor-core "
         "rate.",
@@ -582,7 +648,7 @@ def table(
             "of workspace); the column pass (G kernel + GEMM) for the uncovered columns. Deterministic by "
             "design (no float atomics). FLOPs in units of B^2 D (floor 8).",
             "",
-            "| B | D | chunk / covered columns | B^2 D | TFLOP | floor ms | L2->SM GB | HBM GB | "
+            "| B | D | chunk / slab / covered columns | B^2 D | TFLOP | floor ms | L2->SM GB | HBM GB | "
             "forward ms | backward ms | total ms | x floor |",
             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
@@ -591,7 +657,8 @@ def table(
                 p = predict("contrastive", B, D, dtype, hw=hw, workspace=ws_mb * 2**20)
                 r, pl = p["ratio_to_floor"], p["plan"]
                 lines.append(
-                    f"| {B} | {D} | {pl['chunk']} / {pl['covered']} | {p['flops_total'] / (B * B * D):.2f} | "
+                    f"| {B} | {D} | {pl['chunk']} / {pl['slab']} / {pl['covered']} | "
+                    f"{p['flops_total'] / (B * B * D):.2f} | "
                     f"{p['flops_total'] / 1e12:,.1f} | {p['floor_s'] * 1e3:,.1f} | "
                     f"{p['l2_bytes'] / 1e9:,.0f} | {p['hbm_bytes'] / 1e9:,.1f} | {_ms(p['forward_s'])} | "
                     f"{_ms(p['backward_s'])} | "
@@ -630,17 +697,42 @@ def table(
                     f"{_ms(p['time_s'])} | {r[0]:.2f}-{r[1]:.2f} | {rc[0]:.2f}-{rc[1]:.2f} |"
                 )
     lines.append("")
-    B, D = 65536, 1024
-    p = predict("contrastive", B, D, dtype)
-    lines += ["", f"## Breakdown: contrastive v2, B = {B}, D = {D}, {dtype}, workspace 256 MiB", ""]
+    for B, D in ((65536, 1024), (262144, 1024)):
+        lines += _breakdown(predict("contrastive", B, D, dtype, hw=hw))
     lines += [
-        "| launch | config | TFLOP | exp G | L2->SM GB (terms) | HBM GB (terms) | dots / L2 / HBM ms | "
-        "time ms |",
+        "",
+        "The v1 contrastive kernels at B = 65536 were modelled at 151-350 ms (3.4-7.9x the floor): two LSE "
+        "passes and a backward with a per-tile fp32 read-modify-write of dQ and fp32 dK atomics. The v2 "
+        "terms are bound by L2->SM traffic of 128 x 128 score tiles at the optimistic rate (the forward "
+        "and G kernels: 64 FLOP per byte; 128 x 256 and 256 x 128 tiles spill there) and by the column "
+        "pass for the columns the workspace cannot cover: dT accumulates them in place with an int8 "
+        "remainder (1 byte per element of workspace; at B = 65536 a bf16 remainder's 2 covered 46080, an "
+        "fp32 accumulator's 4 covered 26112). At B = 262144 G for every column holds at most 512 rows: "
+        "chunks of many rows take G in slabs of columns (their dI summed over the slabs in an fp32 "
+        "buffer that stays in L2), so the covered columns' read-modify-write comes once per large chunk.",
+    ]
+    lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
+    return "\n".join(lines) + "\n"
+
+
+def _breakdown(p: dict) -> list:
+    """The per-launch table of one ``predict`` result (aggregates of a pass's launches)."""
+    B, D, pl = p["B"], p["D"], p["plan"]
+    lines = [
+        "",
+        f"## Breakdown: {p['op']}, B = {B}, D = {D}, {p['dtype']}, workspace {p['workspace'] // 2**20} MiB "
+        f"(chunks of {pl['chunk']} rows, slabs of {pl['slab']} columns, {pl['covered']} columns covered)",
+        "",
+        "| launch | config (programs in all; launches, the SMs filled) | TFLOP | exp G | L2->SM GB (terms) | "
+        "HBM GB (terms) | dots / L2 / HBM ms | time ms |",
         "|---|---|---:|---:|---|---|---|---:|",
     ]
     for ln in p["launches"]:
         c = ln["config"]
-        cfg = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c.get('BLOCK_D', c.get('BLOCK_K'))}, {c['programs']} programs"
+        cfg = (
+            f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c.get('BLOCK_D', c.get('BLOCK_K'))}, {c['programs']} programs; "
+            f"{ln['count']} launches, {ln['filled']:.0%}"
+        )
         l2 = ", ".join(f"{k} {v / 1e9:,.0f}" for k, v in ln["detail"]["l2"].items())
         hbm = ", ".join(f"{k} {v / 1e9:,.1f}" for k, v in ln["detail"]["hbm"].items())
         t = ln["time"]
@@ -650,19 +742,7 @@ def table(
             f"{t['compute'] * 1e3:,.1f} / {_ms(t['l2'])} / {t['hbm'] * 1e3:,.1f} | "
             f"{_ms((t['low'], t['high']))} |"
         )
-    lines += [
-        "",
-        "The v1 contrastive kernels at this size were modelled at 151-350 ms (3.4-7.9x the floor): two LSE "
-        "passes and a "
-        "backward with a per-tile fp32 read-modify-write of dQ and fp32 dK atomics. The v2 terms above are "
-        "bound by L2->SM traffic of 128 x 128 score tiles at the optimistic rate (the forward and G kernels: "
-        "64 FLOP per byte; 128 x 256 and 256 x 128 tiles spill there) and by the column pass that the "
-        f"default workspace leaves: dT accumulates the first {p['plan']['covered']} columns in place with a "
-        "int8 remainder (1 byte per element of workspace; a bf16 remainder's 2 covered 46080, an fp32 "
-        "accumulator's 4 covered 26112).",
-    ]
-    lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype="bf16", hw=H100) -> list:
@@ -685,7 +765,7 @@ def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype
         "the dots and MUFU (high). FLOPs in units of B^2 D (floor 8: forward 2, G 2, the two GEMMs 4; the "
         "column pass recomputes G for the uncovered columns).",
         "",
-        "| B | D | chunk / covered columns | B^2 D | TFLOP | floor ms | MUFU G | ALU G | L2->SM GB | "
+        "| B | D | chunk / slab / covered columns | B^2 D | TFLOP | floor ms | MUFU G | ALU G | L2->SM GB | "
         "HBM GB | forward ms | backward ms | total ms | x floor |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -694,7 +774,8 @@ def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype
             p = predict("sigmoid", B, D, dtype, hw=hw)
             r, pl = p["ratio_to_floor"], p["plan"]
             lines.append(
-                f"| {B} | {D} | {pl['chunk']} / {pl['covered']} | {p['flops_total'] / (B * B * D):.2f} | "
+                f"| {B} | {D} | {pl['chunk']} / {pl['slab']} / {pl['covered']} | "
+                f"{p['flops_total'] / (B * B * D):.2f} | "
                 f"{p['flops_total'] / 1e12:,.1f} | {p['floor_s'] * 1e3:,.1f} | {p['exps'] / 1e9:,.0f} | "
                 f"{p['alu'] / 1e9:,.0f} | {p['l2_bytes'] / 1e9:,.0f} | {p['hbm_bytes'] / 1e9:,.1f} | "
                 f"{_ms(p['forward_s'])} | {_ms(p['backward_s'])} | {_ms(p['time_s'])} | "

@@ -121,6 +121,34 @@ def test_triton_backward_plans_match(monkeypatch, dtype, workspace):
     _check("triton", batch, dim, dtype=dtype, eps=0.1, grad_out=1.3)
 
 
+def _force_plan(monkeypatch, module, plan):
+    """Make ``module``'s backward use ``plan`` whatever its budget; returns the list of the calls' args."""
+    calls = []
+
+    def forced(*args, **kwargs):
+        calls.append(args)
+        return plan
+
+    monkeypatch.setattr(module, "backward_plan", forced)
+    return calls
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
+    """The kind of plan large batches take (B = 262144, D = 1024, 256 MiB: chunks of 8192 rows, G in slabs
+    of 4096 columns, 162816 of the text columns accumulated in the row pass), at a small size against
+    naive: 150 rows in chunks of 64 (the last one short), slabs of 48 columns (the last one short; each
+    chunk's image gradient summed over its slabs in fp32), the first 112 text columns (two slabs and part
+    of a third) accumulated over the chunks, the rest from the column pass (in the same slabs)."""
+    from vlkernels.ops import contrastive_triton as ct
+    from vlkernels.ops.gchunk_triton import BackwardPlan
+
+    calls = _force_plan(monkeypatch, ct, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
+    _check("triton", 150, 24, dtype=dtype, eps=0.1, grad_out=1.3)
+    assert calls
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_16bit_remainder_over_many_chunks(monkeypatch, dtype):

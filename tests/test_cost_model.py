@@ -28,7 +28,12 @@ def test_flops_equal_the_formulas(D, dtype):
         covered = p["plan"]["covered"]
         assert p["flops_forward"] == 2.0 * B * B * D
         assert p["flops_backward"] == 6.0 * B * B * D + 2.0 * B * (B - covered) * D
-        assert cm.predict("contrastive", B, D, dtype, workspace=BIG)["flops_total"] == 8.0 * B * B * D
+        big = cm.predict("contrastive", B, D, dtype, workspace=BIG)
+        # with every buffer held, the 8 B^2 D design once the accumulation GEMM's tiles fill the SMs (at
+        # B = 4096 and D <= 128 its 32 programs are modelled slower than the column pass's split GEMM)
+        if B == 65536:
+            assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D
+        assert big["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - big["plan"]["covered"]) * D
         assert p["atomic_bytes"] == 0
         # the soft target: one statistics pass, then the contrastive loss's G-chunk backward (dL/dS with
         # the hard targets; a column pass for the columns its fp32 accumulator does not cover)
@@ -36,7 +41,10 @@ def test_flops_equal_the_formulas(D, dtype):
         rest = B - soft["plan"]["covered"]
         assert soft["flops_forward"] == 2.0 * B * B * D
         assert soft["flops_backward"] == 6.0 * B * B * D + 2.0 * B * rest * D
-        assert cm.predict("soft_target", B, D, dtype, workspace=BIG)["flops_total"] == 8.0 * B * B * D
+        big = cm.predict("soft_target", B, D, dtype, workspace=BIG)
+        if B == 65536:
+            assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D
+        assert big["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - big["plan"]["covered"]) * D
         kernels = [ln["kernel"] for ln in soft["launches"]]
         assert kernels[:3] == ["stats", "weights (row pass)", "dI = G @ T"]
         assert ("weights (column pass)" in kernels) == (rest > 0)
@@ -113,22 +121,72 @@ def test_configs_are_the_compiled_ones_even_under_the_interpreter(monkeypatch):
 
 def test_reference_numbers_b65536_d1024_bf16():
     """The committed v2 numbers (benchmarks/results/model/h100_cost_model.md): B = 65536, D = 1024, bf16 with
-    the default 256 MiB workspace: G chunks of 1024 rows, every column accumulated in dT with an int8
-    remainder (46080 with a bf16 remainder before, 26112 with the fp32 accumulator), 8 B^2 D, 50-87 ms =
-    1.12-1.96x the floor (was 55-95 ms, 1.24-2.13x; 59-105 ms, 1.33-2.36x with the fp32 accumulator); with
-    1 GiB the same 8 B^2 D at 1.12x at the low end."""
+    the default 256 MiB workspace: G chunks of 1024 rows (no slabs), every column accumulated in dT with an
+    int8 remainder (46080 with a bf16 remainder before, 26112 with the fp32 accumulator), 8 B^2 D, 51-89 ms
+    = 1.14-1.99x the floor with each launch's fixed cost and its waves' fill counted (50-87 ms without
+    them; 55-95 ms, 1.24-2.13x with a bf16 remainder; 59-105 ms, 1.33-2.36x with the fp32 accumulator);
+    with 1 GiB the same 8 B^2 D at 1.14x at the low end."""
     B, D = 65536, 1024
     p = cm.predict("contrastive", B, D, "bf16")
     assert p["plan"]["chunk"] == 1024 and p["plan"]["covered"] == B
     assert p["flops_total"] == 8.0 * B * B * D
-    assert p["time_s"][0] * 1e3 == pytest.approx(49.8, abs=0.5)
-    assert p["time_s"][1] * 1e3 == pytest.approx(87.5, abs=1)
+    assert p["plan"]["slab"] == B
+    assert p["time_s"][0] * 1e3 == pytest.approx(51.0, abs=0.5)
+    assert p["time_s"][1] * 1e3 == pytest.approx(88.7, abs=1)
     big = cm.predict("contrastive", B, D, "bf16", workspace=2**30)
     assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D
-    assert big["ratio_to_floor"][0] == pytest.approx(1.12, abs=0.01)
+    assert big["ratio_to_floor"][0] == pytest.approx(1.14, abs=0.01)
     # against the v1 kernels' 151-350 ms (3.4-7.9x): the forward is one pass, no fp32 dQ read-modify-write
     assert p["forward_s"][1] * 1e3 < 26 and p["ratio_to_floor"][1] < 2.0
     assert p["launches"][0]["kernel"] == "fwd" and p["launches"][0]["flops"]["tc_bf16"] == 2.0 * B * B * D
+
+
+def test_large_batches_take_large_chunks_in_slabs():
+    """B = 262144, D = 1024, bf16, the default 256 MiB (benchmarks/results/model/h100_cost_model.md): G for
+    every column holds at most 512 rows in the workspace, and the covered columns' read-modify-write per
+    chunk of so few rows costs more than the column pass's recomputation (that plan: chunks of 256 rows,
+    9728 columns covered in L2, 9.93 B^2 D, 1.51-2.55x the floor); chunks of 8192 rows with G in slabs of
+    4096 columns (each chunk's dI summed over its slabs in an fp32 buffer that stays in L2) cover 162816
+    columns: 8.76 B^2 D, 1.27-2.27x (the issue's 1.3x at the low end). B = 1M fits the same budget."""
+    from vlkernels.ops import gchunk_triton as gchunk
+
+    B, D = 262144, 1024
+    p = cm.predict("contrastive", B, D, "bf16")
+    plan = p["plan"]
+    assert (plan["chunk"], plan["slab"], plan["covered"]) == (8192, 4096, 162816), plan
+    assert plan["workspace"] <= 256 * 2**20
+    assert p["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - plan["covered"]) * D
+    assert p["ratio_to_floor"][0] == pytest.approx(1.27, abs=0.01)
+    assert p["ratio_to_floor"][1] == pytest.approx(2.27, abs=0.01)
+    old = gchunk.BackwardPlan(chunk=256, slab=B, covered=9728, workspace=0)
+    real = gchunk.backward_plan
+    try:
+        gchunk.backward_plan = lambda *a, **k: old
+        full_rows = cm.predict("contrastive", B, D, "bf16")
+    finally:
+        gchunk.backward_plan = real
+    assert full_rows["ratio_to_floor"][0] > 1.5 and full_rows["time_s"][1] > p["time_s"][1]
+    for b in (16384, 1 << 20):
+        q = cm.predict("contrastive", b, D, "bf16")
+        assert q["plan"]["workspace"] <= 256 * 2**20
+    assert cm.predict("contrastive", 16384, D, "bf16")["ratio_to_floor"][0] < 1.3
+
+
+def test_backward_plan_keeps_its_budget():
+    """Every plan's buffers (G, the partials, the slabs' accumulator, the remainder) fit the budget it was
+    given, for budgets from none to 1 GiB (with none, the one-block plan)."""
+    from vlkernels.ops.gchunk_triton import backward_plan
+
+    for B in (1000, 65536, 262144):
+        for D in (64, 100, 1024):
+            for esize in (2, 4):
+                for mib in (0, 1, 64, 256, 1024):
+                    plan = backward_plan(B, B, D, esize, True, mib * 2**20, (128, 128), 1)
+                    if mib:
+                        assert plan.workspace <= mib * 2**20, (B, D, esize, mib, plan)
+                    else:
+                        assert (plan.chunk, plan.slab) == (128, 128), plan
+                    assert plan.chunk <= B and plan.slab <= B and plan.covered <= B
 
 
 def test_soft_target_reference_b65536_bf16():
@@ -142,8 +200,8 @@ def test_soft_target_reference_b65536_bf16():
     assert p["plan"] == c["plan"] and p["flops_total"] == c["flops_total"]
     ratio = [a / b for a, b in zip(p["time_s"], c["time_s"], strict=True)]
     assert max(ratio) <= 1.15, ratio
-    assert p["time_s"][0] * 1e3 == pytest.approx(56.6, abs=0.5)
-    assert p["time_s"][1] * 1e3 == pytest.approx(100.0, abs=1)
+    assert p["time_s"][0] * 1e3 == pytest.approx(57.8, abs=0.5)
+    assert p["time_s"][1] * 1e3 == pytest.approx(101.2, abs=1)
     t = cm.predict("soft_target", B, D, "bf16", teacher_D=768)
     rest = B - t["plan"]["covered"]
     # the student's 8 B^2 D plus the column pass (its teacher-sized tiles leave ``rest`` columns), the
@@ -227,22 +285,22 @@ def test_sigmoid_bytes_and_time_monotone_in_B(D):
 
 def test_sigmoid_reference_b65536_bf16():
     """B = 65536, bf16 (benchmarks/results/model/h100_cost_model.md): D = 256 has every column covered by
-    the default workspace (8 B^2 D, 1.49-2.43x the floor, the forward bound by the softplus's ALU work);
+    the default workspace (8 B^2 D, 1.53-2.56x the floor, the forward bound by the softplus's ALU work);
     so does D = 1024 with the int8 remainder (45056 columns with a bf16 one, 25600 with the fp32
-    accumulator): 8 B^2 D, 50-87 ms, 1.12-1.96x, where the v1 kernels' model said 6-11x (22 B^2 D, S
+    accumulator): 8 B^2 D, 51-89 ms, 1.14-1.99x, where the v1 kernels' model said 6-11x (22 B^2 D, S
     recomputed per D chunk) and the H100 measured 563 ms."""
     B = 65536
     p = cm.predict("sigmoid", B, 256, "bf16")
     assert p["flops_total"] == 8.0 * B * B * 256 and p["plan"]["covered"] == B
-    assert p["ratio_to_floor"][0] == pytest.approx(1.49, abs=0.01)
-    assert p["ratio_to_floor"][1] == pytest.approx(2.43, abs=0.01)
+    assert p["ratio_to_floor"][0] == pytest.approx(1.53, abs=0.01)
+    assert p["ratio_to_floor"][1] == pytest.approx(2.56, abs=0.01)
     fwd = p["launches"][0]["time"]
     assert fwd["alu"] > fwd["compute"]  # the softplus's elementwise work outweighs its dot at D = 256
     p = cm.predict("sigmoid", B, 1024, "bf16")
     assert p["plan"]["covered"] == B
     assert p["flops_total"] == 8.0 * B * B * 1024
-    assert p["time_s"][0] * 1e3 == pytest.approx(49.8, abs=0.5)
-    assert p["time_s"][1] * 1e3 == pytest.approx(87.5, abs=1)
+    assert p["time_s"][0] * 1e3 == pytest.approx(51.0, abs=0.5)
+    assert p["time_s"][1] * 1e3 == pytest.approx(88.7, abs=1)
     # the contrastive numbers do not move (no ALU term there)
     assert all(ln["alu"] == 0 for ln in cm.predict("contrastive", B, 1024, "bf16")["launches"])
 
@@ -250,4 +308,4 @@ def test_sigmoid_reference_b65536_bf16():
 def test_table_renders():
     text = cm.table(Bs=(16384,), Ds=(512,), sigmoid_Ds=(256,))
     assert "MODELLED, not measured" in text and "| 16384 | 512 |" in text
-    assert "## sigmoid (SigLIP), bf16" in text and "| 16384 | 256 | 4096 / 16384 | 8.00 |" in text
+    assert "## sigmoid (SigLIP), bf16" in text and "| 16384 | 256 | 4096 / 16384 / 16384 | 8.00 |" in text

@@ -123,6 +123,23 @@ def test_triton_backward_plans_match_float64(monkeypatch, dtype, workspace):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
+    """The kind of plan large batches take (chunks of many rows, G in slabs of columns, part of the text
+    columns accumulated in the row pass) at a small size against float64: 150 rows in chunks of 64, slabs
+    of 48 columns (the last ones short), the first 112 text columns accumulated, the rest from the column
+    pass; the statistics (the bias's and scale's gradients) summed over chunks and slabs."""
+    from vlkernels.ops import sigmoid_triton
+    from vlkernels.ops.gchunk_triton import BackwardPlan
+
+    forced = BackwardPlan(chunk=64, slab=48, covered=112, workspace=0)
+    calls = []
+    monkeypatch.setattr(sigmoid_triton, "backward_plan", lambda *a, **k: calls.append(a) or forced)
+    check("triton", 150, 24, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.3)
+    assert calls
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("row0", [None, 0, 5, 19, -7, -40, 10**6, -(10**6)])
 def test_triton_weights_kernel_positives_at_any_offset(row0):
     """_weights_kernel's G = sigmoid(z) - [row0 + i == j] and its two partial sums, against float64, for

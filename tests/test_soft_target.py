@@ -151,6 +151,23 @@ def test_backward_paths(monkeypatch, impl, workspace_mb, t_dim, dtype):
     _check(impl, 41, 70, dtype=dtype, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("t_dim", [None, 70])
+def test_triton_backward_large_chunks_in_slabs(monkeypatch, t_dim):
+    """The kind of plan large batches take (chunks of many rows, dL/dS in slabs of columns, part of the text
+    columns accumulated in the row pass) at a small size against naive, bf16: 150 rows in chunks of 64,
+    slabs of 48 columns (the last ones short), the first 112 text columns accumulated, the rest from the
+    column pass; with a teacher, its tiles recomputed per slab."""
+    from vlkernels.ops import soft_target_triton
+    from vlkernels.ops.gchunk_triton import BackwardPlan
+
+    forced = BackwardPlan(chunk=64, slab=48, covered=112, workspace=0)
+    calls = []
+    monkeypatch.setattr(soft_target_triton, "backward_plan", lambda *a, **k: calls.append(a) or forced)
+    _check("triton", 150, 24, dtype=torch.bfloat16, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
+    assert calls
+
+
 def _extra_bytes(batch, dim, dtype, impl, t_dim=None):
     """Live bytes the loss's forward + backward create beyond the gradients of the two features."""
     img, txt = features(batch, dim, dtype, seed=batch)

@@ -10,13 +10,17 @@ alpha G.T @ Q[rows] accumulated in dK itself: in place for fp32 features, and fo
 16 significant bits for bf16, 19 for fp16, against one rounding of the final result), so that the covered
 columns cost ``acc_bytes`` (0 or 1) bytes per element of workspace instead of an fp32 accumulator's 4.
 The columns the accumulator could not hold come from a column pass: the same products with the roles of Q
-and K swapped (G.T has the same form for both losses). ``backward_plan`` picks the chunk
-and the coverage that minimise the modelled work within the workspace budget (docs/design.md,
+and K swapped (G.T has the same form for both losses). Where G for every column of a large enough chunk
+does not fit (B = 262144 at 256 MiB holds 512 rows), G is cut in slabs of columns and each chunk's dQ is
+summed over its slabs in an fp32 [chunk, D] buffer: chunks of thousands of rows read and write the
+covered columns' accumulator a few dozen times instead of a thousand. ``backward_plan`` picks the chunk,
+the slab and the coverage that minimise the modelled backward within the workspace budget (docs/design.md,
 "Contrastive kernels v2"); benchmarks/cost_model.py evaluates the same plans.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from vlkernels.ops.triton_utils import matmul, split_partials
+from vlkernels.ops.triton_utils import DEFAULT_SMS, matmul, split_k, split_partials, widest_tile
 
 # FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the accumulator's
 # read-modify-write against recomputation when ``backward_plan`` picks the chunk.
@@ -32,6 +36,11 @@ RIDGE_FLOP_PER_BYTE = 236.0
 # The part of the H100's 50 MB L2 an accumulator may occupy and still be read and written there rather
 # than in HBM (benchmarks/cost_model.py assumes the same 80 %).
 L2_USABLE_BYTES = 40e6
+# FLOP per L2->SM byte at 790 TFLOP/s and 7.5 TB/s (the middle of the cost model's 5.5-10 TB/s).
+L2_FLOP_PER_BYTE = 105.0
+# A launch's fixed cost (about 4 us of an H100 between kernels) in FLOPs at its 790 TFLOP/s: keeps
+# ``backward_plan`` from cutting G into slabs too small to pay for their launches.
+LAUNCH_FLOP = 790e12 * 4e-6
 
 # fill(rows, s0, cols, g): write G for the rows ``rows`` of Q against the columns s0 .. s0 + cols of K into
 # g [count, cols]; return the chunk's fp32 partial statistics (any shape, summed over chunks and slabs by
@@ -54,9 +63,10 @@ def acc_bytes(esize: int) -> int:
 @dataclass(frozen=True)
 class BackwardPlan:
     """``chunk``: rows of G per weights-kernel launch (and of the GEMMs that consume it); ``slab``: its
-    columns per launch (all of them unless one block of rows of G does not fit the workspace; then the
-    chunk's image gradient accumulates over slabs in fp32); ``covered``: the first columns whose text
-    gradient is accumulated during the row pass (the rest come from the column pass); ``workspace``: the
+    columns per launch (fewer than all when the plan's larger chunks pay for it, or when not even one
+    block of rows of every column fits; the chunk's image gradient then accumulates over slabs in fp32);
+    ``covered``: the first columns whose text gradient is accumulated during the row pass (the rest come
+    from the column pass); ``workspace``: the
     bytes the plan may use (G, the statistics' partials, the split-K partials and their sum, the slabs'
     fp32 accumulator, the covered columns' accumulator: ``acc_bytes`` per element)."""
 
@@ -84,15 +94,76 @@ def _chunk_bytes(
     return g + _gemm_bytes(chunk, dim, slab, slab < rows)
 
 
+def _filled(programs: int, sms: int = DEFAULT_SMS) -> float:
+    """The fraction of ``sms`` SMs a launch of ``programs`` one-per-SM programs keeps busy over its waves."""
+    return programs / (math.ceil(programs / sms) * sms)
+
+
+def _chunk_cost(ch: int, cols: int, dim: int, esize: int, slab: int, block, covered: int) -> float:
+    """Modelled FLOP-equivalents of one chunk of ``ch`` rows of a pass over ``cols`` columns in slabs of
+    ``slab``: per slab the weights kernel and the storing GEMM (split along K when its tiles alone do not
+    fill the SMs; with slabs the later ones accumulate in the fp32 [ch, dim] buffer, whose read-modify-write
+    is HBM traffic when it does not fit the usable L2), the covered columns' accumulation GEMM (its
+    read-modify-write once per chunk when the accumulator does not fit the L2), each launch at the
+    fraction of the SMs its programs fill, plus ``LAUNCH_FLOP`` per launch."""
+    block_m, block_n = block
+    wide = widest_tile(dim)
+    col_tiles = math.ceil(dim / wide)
+    tiles = math.ceil(ch / 128) * col_tiles
+    cost, launches = 0.0, 0
+    slab = min(slab, cols)
+    n_full, rest = divmod(cols, slab)
+    widths = [(slab, n_full)] + ([(rest, 1)] if rest else [])
+    sliced = cols > slab
+    for sl, count in widths:
+        g = 2.0 * ch * sl * dim / _filled(math.ceil(ch / block_m) * math.ceil(sl / block_n))
+        cost += count * g
+        launches += 2 * count
+    split = split_k(ch, dim, slab, dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=64), DEFAULT_SMS)
+    first = 2.0 * ch * slab * dim / _filled(tiles * split)
+    launches += 1 if split > 1 else 0
+    cost += first
+    if sliced:
+        rmw = RIDGE_FLOP_PER_BYTE * 8.0 * ch * dim if 4.0 * ch * dim > L2_USABLE_BYTES else 0.0
+        for i, (sl, count) in enumerate(widths):
+            later = count - 1 if i == 0 else count
+            cost += later * max(2.0 * ch * sl * dim / _filled(tiles), rmw)
+            # its reads and writes add to the GEMM's operand traffic from L2 (its bound)
+            cost += later * L2_FLOP_PER_BYTE * 8.0 * ch * dim
+        launches += 1  # the scaled copy into the output
+    if covered:
+        n_full, rest = divmod(covered, slab)
+        acc = 0.0
+        for w, count in [(slab, n_full)] + ([(rest, 1)] if rest else []):
+            acc += count * 2.0 * w * ch * dim / _filled(math.ceil(w / 128) * col_tiles)
+            launches += count
+        rmw = 0.0
+        if 4.0 * covered * dim > L2_USABLE_BYTES:
+            rmw = RIDGE_FLOP_PER_BYTE * rmw_bytes(esize) * covered * dim
+        cost += max(acc, rmw)
+    return cost + launches * LAUNCH_FLOP
+
+
+def _pass_cost(rows: int, cols: int, dim: int, esize: int, chunk: int, slab: int, block, covered=0) -> float:
+    """``_chunk_cost`` summed over the chunks of ``rows`` rows."""
+    if rows <= 0:
+        return 0.0
+    n_full, rest = divmod(rows, chunk)
+    cost = n_full * _chunk_cost(chunk, cols, dim, esize, slab, block, covered) if n_full else 0.0
+    return cost + (_chunk_cost(rest, cols, dim, esize, slab, block, covered) if rest else 0.0)
+
+
+@functools.lru_cache(maxsize=256)
 def backward_plan(
     m: int, n: int, dim: int, esize: int, need_t: bool, workspace: int, block=(128, 128), stats: int = 1
-):
-    """The chunk and the accumulator's coverage that minimise the modelled work within ``workspace`` bytes:
-    FLOPs of the column pass for the uncovered columns (recomputation + its GEMM) plus the covered
-    columns' accumulation GEMM, at least its read-modify-write (``rmw_bytes`` per element, read and
-    written) weighed at the ridge (one per chunk) when the accumulator does not fit the usable L2.
-    When not even one block of rows fits, G is cut in slabs of columns (at least one block of columns)."""
+) -> BackwardPlan:
+    """The chunk, slab and accumulator's coverage that minimise the modelled backward (``_pass_cost``: the
+    row pass with its covered columns, the column pass over the rest) within ``workspace`` bytes. Chunks
+    and slabs: powers of two times the weights kernel's blocks, all the rows, and for each chunk the
+    widest slab that fits; the coverage: all that fits beside G, as much as stays in L2, none. When not
+    even one block of rows and columns fits, the smallest."""
     block_m, block_n = block
+    block = tuple(block)
     rows = max(m, n)
     chunks, c = [], block_m
     while c < rows:
@@ -100,35 +171,32 @@ def backward_plan(
         c *= 2
     chunks.append(rows)
     best = None
+    per = acc_bytes(esize) * dim
     for chunk in chunks:
-        g_bytes = _chunk_bytes(chunk, rows, dim, esize, block_n, stats, rows)
-        if g_bytes > workspace and chunk > chunks[0]:
-            continue
-        slab = rows
-        if g_bytes > workspace:  # the smallest chunk: cut its columns
-            per_col = chunk * esize + 4 * stats
-            fixed = _gemm_bytes(chunk, dim, rows, True)  # at least what any slab's G @ K takes
-            slab = max(block_n, (workspace - fixed) // per_col // block_n * block_n)
-            slab = min(slab, rows)
+        slabs, s = {rows}, block_n
+        while s < rows:
+            slabs.add(s)
+            s *= 2
+        per_col = chunk * esize + 4 * stats
+        fit = (workspace - _gemm_bytes(chunk, dim, rows, True)) // per_col // block_n * block_n
+        if block_n <= fit < rows:
+            slabs.add(int(fit))
+        for slab in sorted(slabs, reverse=True):
             g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats, rows)
-        per = acc_bytes(esize) * dim
-        most = 0
-        if need_t:
-            left = max(0, workspace - g_bytes)
-            most = n if per * n <= left else (left // per) // block_n * block_n
-        # Candidates: all that fits, none (with small chunks the accumulator's read-modify-write per chunk
-        # in HBM can cost more than recomputing in the column pass), and as much as stays in L2 (where
-        # the read-modify-write costs no HBM traffic).
-        in_l2 = min(most, int(L2_USABLE_BYTES // (4 * dim)) // block_n * block_n)
-        for covered in sorted({most, in_l2, 0}, reverse=True):
-            uncovered = n - covered if need_t else 0
-            rmw = 0.0
-            if 4.0 * covered * dim > L2_USABLE_BYTES:
-                rmw = RIDGE_FLOP_PER_BYTE * math.ceil(m / chunk) * rmw_bytes(esize) * covered * dim
-            cost = 4.0 * m * uncovered * dim + max(2.0 * m * covered * dim, rmw)
-            key = (cost, -chunk, -covered)
-            if best is None or key < best[0]:
-                best = (key, BackwardPlan(chunk, slab, covered, g_bytes + per * covered))
+            if g_bytes > workspace and (chunk, slab) != (chunks[0], min(slabs)):
+                continue
+            most = 0
+            if need_t:
+                left = max(0, workspace - g_bytes)
+                most = n if per * n <= left else (left // per) // block_n * block_n
+            in_l2 = min(most, int(L2_USABLE_BYTES // (4 * dim)) // block_n * block_n)
+            for covered in sorted({most, in_l2, 0}, reverse=True):
+                cost = _pass_cost(m, n, dim, esize, chunk, slab, block, covered if need_t else 0)
+                if need_t:
+                    cost += _pass_cost(n - covered, m, dim, esize, chunk, slab, block)
+                key = (cost, -chunk, -slab, -covered)
+                if best is None or key < best[0]:
+                    best = (key, BackwardPlan(chunk, slab, covered, g_bytes + per * covered))
     return best[1]
 
 

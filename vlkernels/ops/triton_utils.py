@@ -255,7 +255,7 @@ def _remainder_unit(hi):
     return unit, inv
 
 
-def _widest(n: int) -> int:
+def widest_tile(n: int) -> int:
     """The widest GEMM tile among those that pad ``n`` output columns the least (384: 128; 64: 64)."""
     return min((256, 128, 64), key=lambda bn: (triton.cdiv(n, bn) * bn, -bn))
 
@@ -269,7 +269,7 @@ def matmul_config(
     128 x 128 x 32 for TF32; 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to
     spill); 64 output columns when a row stride is not a multiple of 8 elements (loads through registers,
     not cp.async)."""
-    wide = 256 if n is None else _widest(n)
+    wide = 256 if n is None else widest_tile(n)
     parts = 1
     if accumulate and aligned and dtype != torch.float32 and wide == 256:
         parts = 4 if lo else 2
@@ -286,7 +286,8 @@ def matmul_config(
     return dict(BLOCK_M=128, BLOCK_N=min(wide, 128), BLOCK_K=32, num_warps=8, num_stages=3)
 
 
-# Streaming multiprocessors assumed where no GPU is present (the H100's 132): only the split-K choice uses it.
+# Streaming multiprocessors assumed where no GPU is present (the H100's 132): the split-K choice and the
+# backward plan's model (gchunk_triton.backward_plan) use it.
 DEFAULT_SMS = 132
 
 
@@ -308,7 +309,7 @@ def split_partials(m: int, n: int, k: int, sms: int = DEFAULT_SMS) -> int:
     """fp32 elements of the split-K partials that a storing ``matmul`` of [m, k] x [k, n] takes on a GPU
     with ``sms`` SMs, at most (its 16-bit tiles, the widest: fewer output tiles, more splits); 0 when it
     does not split. A workspace of this many elements keeps the split that fills the SMs."""
-    cfg = dict(BLOCK_M=128, BLOCK_N=_widest(n), BLOCK_K=64)
+    cfg = dict(BLOCK_M=128, BLOCK_N=widest_tile(n), BLOCK_K=64)
     split = split_k(m, n, k, cfg, sms)
     return split * m * n if split > 1 else 0
 
