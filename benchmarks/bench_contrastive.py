@@ -103,15 +103,19 @@ def available(impl: str, device: str) -> str | None:
 
 def add_model(rows: list) -> None:
     """For every fwd+bwd row: the Triton v2 kernels' FLOPs and their MODELLED H100 time at that (B, D,
-    dtype) from benchmarks/cost_model.py (a prediction next to the measured row, never a measurement)."""
+    dtype) from benchmarks/cost_model.py at the run's workspace budget (``VLKERNELS_WORKSPACE_MB``), with the
+    backward's plan (a prediction next to the measured row, never a measurement)."""
     from benchmarks import cost_model
+    from vlkernels.ops.torch_utils import workspace_bytes
 
     labels = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "bf16": "bf16", "fp16": "fp16"}
     for r in rows:
         label = labels.get(str(r.get("dtype")))
         if r.get("mode") != "fwd+bwd" or label is None:
             continue
-        p = cost_model.predict("contrastive", r["B"], r["D"], label)
+        p = cost_model.predict("contrastive", r["B"], r["D"], label, workspace=workspace_bytes())
+        r["workspace_mb"] = workspace_bytes() / 2**20
+        r["v2_plan"] = "chunk {chunk} / slab {slab} / covered {covered}".format(**p["plan"])
         r["v2_flops_per_b2d"] = round(p["flops_total"] / (r["B"] ** 2 * r["D"]), 3)
         r["modelled_h100_ms"] = f"{p['time_s'][0] * 1e3:.3g}-{p['time_s'][1] * 1e3:.3g}"
 
@@ -201,6 +205,7 @@ def main(argv=None) -> list[dict]:
             "tflops",
             "v2_flops_per_b2d",
             "modelled_h100_ms",
+            "v2_plan",
         ],
     )
     print(f"wrote {out} and {plot_path}")

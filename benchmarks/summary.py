@@ -25,6 +25,8 @@ COLUMNS = [
     ("speedup_vs_inf_cl", "x Inf-CL"),
     ("tflops", "TFLOP/s"),
     ("fraction_of_ceiling", "of bf16 peak"),
+    ("modelled_h100_ms", "modelled H100 ms"),
+    ("v2_plan", "backward plan"),
     ("images_per_s", "img/s"),
     ("speedup_per_core_vs_pil", "x PIL/core"),
     ("speedup_vs_torchvision_v2", "x tv2"),

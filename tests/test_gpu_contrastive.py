@@ -51,6 +51,30 @@ def test_triton_cuda_vs_fp32_reference(monkeypatch, dtype, batch, dim, workspace
     assert_within_torch_error(got, base, ref, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_cuda_large_chunks_in_slabs(monkeypatch, dtype):
+    """The plan large batches take (B = 262144, D = 1024 at 256 MiB: chunks of 8192 rows, G in slabs of
+    4096 columns, 162816 columns covered), scaled down with the GPU's real tiles: 9001 rows in chunks of
+    4096 (the last one short), slabs of 2048 columns (the last one short), 5120 columns covered (two
+    slabs and half of a third), the rest from the column pass; within torch's own error in that dtype."""
+    from vlkernels.ops import contrastive_triton as ct
+    from vlkernels.ops.gchunk_triton import BackwardPlan
+
+    forced = BackwardPlan(chunk=4096, slab=2048, covered=5120, workspace=0)
+    monkeypatch.setattr(ct, "backward_plan", lambda *a, **k: forced)
+    batch, dim = 9001, 1024
+    img, txt = features(batch, dim, torch.float32, device="cuda", seed=7)
+    scale = torch.tensor(50.0, device="cuda")
+    ref = run_loss(
+        lambda i, t, s: contrastive_loss(i, t, s, impl="naive", label_smoothing=0.1), img, txt, scale, 1.3
+    )
+    low_i, low_t = img.to(dtype), txt.to(dtype)
+    triton_loss = lambda i, t, s: contrastive_loss(i, t, s, impl="triton", label_smoothing=0.1)  # noqa: E731
+    got = run_loss(triton_loss, low_i, low_t, scale, 1.3)
+    base = run_loss(lambda i, t, s: _naive_same_dtype(i, t, s, 0.1), low_i, low_t, scale, 1.3)
+    assert_within_torch_error(got, base, ref, dtype)
+
+
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 def test_cuda_fp32_tight(impl):
     torch.backends.cuda.matmul.allow_tf32 = False
