@@ -163,7 +163,6 @@ def backward_plan(
     widest slab that fits; the coverage: all that fits beside G, as much as stays in L2, none. When not
     even one block of rows and columns fits, the smallest."""
     block_m, block_n = block
-    block = tuple(block)
     rows = max(m, n)
     chunks, c = [], block_m
     while c < rows:
