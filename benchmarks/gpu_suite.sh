@@ -6,11 +6,11 @@
 #
 # Wheels for open_clip / Inf-CL travel in .whl/ (git-ignored) and are installed into a temporary target.
 # Budget: under 10 minutes on one H100/H200. The device tool allows 10 minutes a command, so run it
-# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 + 90 s; benchmarks 180 + 90 + 40 + 100 + 60 + 60 + 30 s):
+# in two calls on one warm machine (stage timeouts: tests 300 s, ncu 150 + 90 s; benchmarks 180 + 30 + 90 + 100 + 60 + 60 + 30 s):
 #   SUITE_STAGES="build tests ncu" bash benchmarks/gpu_suite.sh $OUT
 #   SUITE_STAGES="bench summary" bash benchmarks/gpu_suite.sh $OUT
 # SUITE_ONE_CALL=1 fits everything but the contrastive ncu profile into one 10-minute command (a 15-minute device
-# budget: build 60 s, tests on 4 workers 180 s, benchmarks 100 + 40 + 40 + 100 + 60 + 60 s, then the augmentation
+# budget: build 60 s, tests on 4 workers 180 s, benchmarks 100 + 40 + 30 + 100 + 60 + 60 s, then the augmentation
 # kernel's ncu profile, 60 s, last): the contrastive loss at 32768 and 65536 against open_clip only (and at 65536
 # with a 1 GiB workspace), no distributed run.
 # SUITE_QUICK=1 runs tiny sizes (to check the script itself); without a GPU it runs the quick CPU check.
@@ -113,7 +113,7 @@ fi
 if [ "$QUICK" != 1 ]; then
   # B = 262144 at the default budget: chunks of 8192 rows with G in slabs of 4096 columns (modelled
   # 0.91-1.62 s); vlkernels only (naive and open_clip hold B x B logits: 128 GiB in bf16).
-  timeout 40 python3 -m benchmarks.bench_contrastive --device "$DEVICE" --batch-sizes 262144 --dims 1024 \
+  timeout 30 python3 -m benchmarks.bench_contrastive --device "$DEVICE" --batch-sizes 262144 --dims 1024 \
     --dtypes bfloat16 --modes fwd+bwd --impls triton --max-flops 2e18 \
     --out "$OUT/contrastive_b262144.json"
 fi
