@@ -172,6 +172,35 @@ def test_large_batches_take_large_chunks_in_slabs():
     assert cm.predict("contrastive", 16384, D, "bf16")["ratio_to_floor"][0] < 1.3
 
 
+@pytest.mark.parametrize("B,D", [(16384, 1024), (65536, 512), (65536, 1024), (262144, 512), (262144, 1024)])
+def test_backward_plan_agrees_with_the_cost_model(monkeypatch, B, D):
+    """The planner's own model (FLOP-equivalents, ``gchunk_triton._chunk_cost``) and the cost model (bytes
+    and rates per launch) are two models: the plan the first picks costs at most 3 % more in the second
+    (low + high) than the best of a grid of chunks x slabs x coverages that fit the default budget. (They
+    share the SM-fill function ``_filled``; without the slab candidates, or with the covered columns'
+    read-modify-write left out of the planner, it fails at B = 262144.)"""
+    from vlkernels.ops import gchunk_triton as gchunk
+
+    ws = 256 * 2**20
+    chosen = gchunk.backward_plan(B, B, D, 2, True, ws, (128, 128), 1)
+
+    def modelled(plan):
+        monkeypatch.setattr(gchunk, "backward_plan", lambda *a, **k: plan)
+        return sum(cm.predict("contrastive", B, D, "bf16", workspace=ws)["time_s"])
+
+    best = None
+    for chunk in (c for c in (256, 1024, 4096, 8192, 16384) if c <= B):
+        for slab in (s for s in (2048, 4096, 8192, 16384, B) if s <= B):
+            g_bytes = gchunk._chunk_bytes(chunk, slab, D, 2, 128, 1, B)
+            if g_bytes > ws:
+                continue
+            most = min(B, (ws - g_bytes) // D // 128 * 128)
+            for covered in {0, most, min(most, 40_000_000 // (4 * D) // 128 * 128)}:
+                t = modelled(gchunk.BackwardPlan(chunk, slab, covered, 0))
+                best = t if best is None else min(best, t)
+    assert modelled(chosen) <= 1.03 * best, (chosen, modelled(chosen), best)
+
+
 def test_backward_plan_keeps_its_budget():
     """Every plan's buffers (G, the partials, the slabs' accumulator, the remainder) fit the budget it was
     given, for budgets from none to 1 GiB (with none, the one-block plan)."""
