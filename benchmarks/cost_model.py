@@ -358,7 +358,7 @@ def _gchunk_backward(
         ln.filled, ln.count = _filled_mean(parts), sum(c for *_, c in parts)
         return ln
 
-    def storing(name, rows, n_chunks, hbm):
+    def storing(name, rows, hbm):
         """dX = G @ Y for ``rows`` rows in chunks: split-K or slabs accumulated in fp32, as ``products``."""
         ln = _gemm(name, rows, D, B, store, e, unit, hbm, hw)
         tiles_n = math.ceil(D / store["BLOCK_N"])
@@ -385,7 +385,7 @@ def _gchunk_backward(
 
     out = [weights("weights (row pass)", B, chunks, True)]
     di_hbm = {"G read": B * B * e, "T per chunk": chunks * B * D * e, "dI": B * D * e}
-    out.append(storing("dI = G @ T", B, chunks, di_hbm))
+    out.append(storing("dI = G @ T", B, di_hbm))
     if plan.covered:
         acc_bytes = gchunk.rmw_bytes(e) / 2 * plan.covered * D  # fp32, or the (dT, int8 remainder) pair
         hbm = {"G read": B * plan.covered * e, "I rows": B * D * e, "dT written": plan.covered * D * e}
@@ -405,7 +405,7 @@ def _gchunk_backward(
         col_chunks = math.ceil(rest / ch)
         out.append(weights("weights (column pass)", rest, col_chunks, False))
         dt_hbm = {"G read": rest * B * e, "I per chunk": col_chunks * B * D * e, "dT": rest * D * e}
-        out.append(storing("dT = G @ I (column pass)", rest, col_chunks, dt_hbm))
+        out.append(storing("dT = G @ I (column pass)", rest, dt_hbm))
     return out, dict(chunk=plan.chunk, slab=plan.slab, covered=plan.covered, workspace=plan.workspace)
 
 
