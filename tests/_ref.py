@@ -184,3 +184,16 @@ def pair_value(hi, lo):
     _, e = torch.frexp(hi.double())  # |hi| in [2^(e-1), 2^e)
     spacing = torch.exp2((e - 1 - mant).double()).clamp_min(info.smallest_normal * info.eps)
     return hi.double() + lo.double() * spacing / 256
+
+
+def force_plan(monkeypatch, module, plan):
+    """Make ``module``'s backward (its ``backward_plan`` name) use ``plan`` whatever its budget; returns the
+    list of the calls' arguments (empty if the backward never asked for a plan)."""
+    calls = []
+
+    def forced(*args, **kwargs):
+        calls.append(args)
+        return plan
+
+    monkeypatch.setattr(module, "backward_plan", forced)
+    return calls

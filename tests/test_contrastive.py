@@ -16,6 +16,7 @@ from tests._ref import (
     assert_close_all,
     assert_within_float64_error,
     features,
+    force_plan,
     largest_tensors,
     pair_value,
     run_loss,
@@ -121,18 +122,6 @@ def test_triton_backward_plans_match(monkeypatch, dtype, workspace):
     _check("triton", batch, dim, dtype=dtype, eps=0.1, grad_out=1.3)
 
 
-def _force_plan(monkeypatch, module, plan):
-    """Make ``module``'s backward use ``plan`` whatever its budget; returns the list of the calls' args."""
-    calls = []
-
-    def forced(*args, **kwargs):
-        calls.append(args)
-        return plan
-
-    monkeypatch.setattr(module, "backward_plan", forced)
-    return calls
-
-
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
@@ -144,7 +133,7 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
     from vlkernels.ops import contrastive_triton as ct
     from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    calls = _force_plan(monkeypatch, ct, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
+    calls = force_plan(monkeypatch, ct, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
     _check("triton", 150, 24, dtype=dtype, eps=0.1, grad_out=1.3)
     assert calls
 

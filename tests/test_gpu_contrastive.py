@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests._ref import TOL_GPU, assert_close_all, assert_within_torch_error, features, pair_value, run_loss
+from tests._ref import (
+    TOL_GPU,
+    assert_close_all,
+    assert_within_torch_error,
+    features,
+    force_plan,
+    pair_value,
+    run_loss,
+)
 from vlkernels import contrastive_loss
 from vlkernels.ops.contrastive_triton import both_lse, weights
 from vlkernels.ops.triton_utils import matmul
@@ -60,8 +68,7 @@ def test_triton_cuda_large_chunks_in_slabs(monkeypatch, dtype):
     from vlkernels.ops import contrastive_triton as ct
     from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    forced = BackwardPlan(chunk=4096, slab=2048, covered=5120, workspace=0)
-    monkeypatch.setattr(ct, "backward_plan", lambda *a, **k: forced)
+    calls = force_plan(monkeypatch, ct, BackwardPlan(chunk=4096, slab=2048, covered=5120, workspace=0))
     batch, dim = 9001, 1024
     img, txt = features(batch, dim, torch.float32, device="cuda", seed=7)
     scale = torch.tensor(50.0, device="cuda")
@@ -73,6 +80,7 @@ def test_triton_cuda_large_chunks_in_slabs(monkeypatch, dtype):
     got = run_loss(triton_loss, low_i, low_t, scale, 1.3)
     base = run_loss(lambda i, t, s: _naive_same_dtype(i, t, s, 0.1), low_i, low_t, scale, 1.3)
     assert_within_torch_error(got, base, ref, dtype)
+    assert calls
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests._ref import PeakLive, assert_within_float64_error, features, largest_tensors
+from tests._ref import PeakLive, assert_within_float64_error, features, force_plan, largest_tensors
 from vlkernels import SigLipLoss, sigmoid_loss
 from vlkernels._dispatch import resolve_impl
 from vlkernels.reference import sigmoid_loss_naive
@@ -140,9 +140,7 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
     from vlkernels.ops import sigmoid_triton
     from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    forced = BackwardPlan(chunk=64, slab=48, covered=112, workspace=0)
-    calls = []
-    monkeypatch.setattr(sigmoid_triton, "backward_plan", lambda *a, **k: calls.append(a) or forced)
+    calls = force_plan(monkeypatch, sigmoid_triton, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
     check("triton", 150, 24, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.3)
     assert calls
 

@@ -18,6 +18,7 @@ from tests._ref import (
     assert_close_all,
     assert_within_float64_error,
     features,
+    force_plan,
     largest_tensors,
     run_loss,
     term_scales,
@@ -161,9 +162,8 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, t_dim):
     from vlkernels.ops import soft_target_triton
     from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    forced = BackwardPlan(chunk=64, slab=48, covered=112, workspace=0)
-    calls = []
-    monkeypatch.setattr(soft_target_triton, "backward_plan", lambda *a, **k: calls.append(a) or forced)
+    plan = BackwardPlan(chunk=64, slab=48, covered=112, workspace=0)
+    calls = force_plan(monkeypatch, soft_target_triton, plan)
     _check("triton", 150, 24, dtype=torch.bfloat16, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
     assert calls
 
