@@ -275,13 +275,6 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
     return fcfg, wcfg, store, acc_cfg
 
 
-def _pieces(total: int, size: int) -> list:
-    """[(width, count)]: ``total`` cut in pieces of ``size`` (the last one narrower)."""
-    size = min(size, total)
-    n, rest = divmod(total, size)
-    return [(size, n)] + ([(rest, 1)] if rest else [])
-
-
 def _filled_mean(parts) -> float:
     """The FLOP-weighted fraction of the SMs kept busy over launches given as (FLOPs, filled, count)."""
     flops = sum(f * c for f, _, c in parts)
@@ -352,8 +345,8 @@ def _gchunk_backward(
             ln.l2_bytes += t_l2
         parts = [
             (2.0 * r * w * D, filled(math.ceil(r / bm) * math.ceil(w / bn)), rc * wc)
-            for r, rc in _pieces(rows, ch)
-            for w, wc in _pieces(B, sl)
+            for r, rc in gchunk.pieces(rows, ch)
+            for w, wc in gchunk.pieces(B, sl)
         ]
         ln.filled, ln.count = _filled_mean(parts), sum(c for *_, c in parts)
         return ln
@@ -362,9 +355,9 @@ def _gchunk_backward(
         """dX = G @ Y for ``rows`` rows in chunks: split-K or slabs accumulated in fp32, as ``products``."""
         ln = _gemm(name, rows, D, B, store, e, unit, hbm, hw)
         tiles_n = math.ceil(D / store["BLOCK_N"])
-        slabs = _pieces(B, sl)  # the first slab may split along K; the later ones accumulate
+        slabs = gchunk.pieces(B, sl)  # the first slab may split along K; the later ones accumulate
         parts, count = [], 0
-        for r, rc in _pieces(rows, ch):
+        for r, rc in gchunk.pieces(rows, ch):
             tiles = math.ceil(r / store["BLOCK_M"]) * tiles_n
             split = split_k(r, D, sl, store, hw.sms * hw.ctas_per_sm)
             parts.append((2.0 * r * slabs[0][0] * D, filled(tiles * split), rc))
@@ -395,8 +388,8 @@ def _gchunk_backward(
         tiles_n = math.ceil(D / acc_cfg["BLOCK_N"])
         parts = [
             (2.0 * w * r * D, filled(math.ceil(w / acc_cfg["BLOCK_M"]) * tiles_n), rc * wc)
-            for r, rc in _pieces(B, ch)
-            for w, wc in _pieces(plan.covered, sl)
+            for r, rc in gchunk.pieces(B, ch)
+            for w, wc in gchunk.pieces(plan.covered, sl)
         ]
         ln.filled, ln.count = _filled_mean(parts), sum(c for *_, c in parts)
         out.append(ln)

@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 from benchmarks import cost_model as cm  # noqa: E402
+from tests._ref import force_plan  # noqa: E402
 
 BS = (1024, 16384, 65536, 262144)
 
@@ -141,7 +142,7 @@ def test_reference_numbers_b65536_d1024_bf16():
     assert p["launches"][0]["kernel"] == "fwd" and p["launches"][0]["flops"]["tc_bf16"] == 2.0 * B * B * D
 
 
-def test_large_batches_take_large_chunks_in_slabs():
+def test_large_batches_take_large_chunks_in_slabs(monkeypatch):
     """B = 262144, D = 1024, bf16, the default 256 MiB (benchmarks/results/model/h100_cost_model.md): G for
     every column holds at most 512 rows in the workspace, and the covered columns' read-modify-write per
     chunk of so few rows costs more than the column pass's recomputation (that plan: chunks of 256 rows,
@@ -158,13 +159,9 @@ def test_large_batches_take_large_chunks_in_slabs():
     assert p["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - plan["covered"]) * D
     assert p["ratio_to_floor"][0] == pytest.approx(1.27, abs=0.01)
     assert p["ratio_to_floor"][1] == pytest.approx(2.27, abs=0.01)
-    old = gchunk.BackwardPlan(chunk=256, slab=B, covered=9728, workspace=0)
-    real = gchunk.backward_plan
-    try:
-        gchunk.backward_plan = lambda *a, **k: old
+    with monkeypatch.context() as m:
+        force_plan(m, gchunk, gchunk.BackwardPlan(chunk=256, slab=B, covered=9728, workspace=0))
         full_rows = cm.predict("contrastive", B, D, "bf16")
-    finally:
-        gchunk.backward_plan = real
     assert full_rows["ratio_to_floor"][0] > 1.5 and full_rows["time_s"][1] > p["time_s"][1]
     for b in (16384, 1 << 20):
         q = cm.predict("contrastive", b, D, "bf16")
@@ -185,7 +182,7 @@ def test_backward_plan_agrees_with_the_cost_model(monkeypatch, B, D):
     chosen = gchunk.backward_plan(B, B, D, 2, True, ws, (128, 128), 1)
 
     def modelled(plan):
-        monkeypatch.setattr(gchunk, "backward_plan", lambda *a, **k: plan)
+        force_plan(monkeypatch, gchunk, plan)
         return sum(cm.predict("contrastive", B, D, "bf16", workspace=ws)["time_s"])
 
     best = None

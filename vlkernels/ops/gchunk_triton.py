@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from vlkernels.ops.triton_utils import DEFAULT_SMS, matmul, split_k, split_partials, widest_tile
+from vlkernels.ops.triton_utils import DEFAULT_SMS, gpu_tile, matmul, split_k, split_partials
 
 # FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the accumulator's
 # read-modify-write against recomputation when ``backward_plan`` picks the chunk.
@@ -94,6 +94,13 @@ def _chunk_bytes(
     return g + _gemm_bytes(chunk, dim, slab, slab < rows)
 
 
+def pieces(total: int, size: int) -> list:
+    """[(width, count)]: ``total`` cut in pieces of ``size`` (the last one narrower)."""
+    size = min(size, total)
+    n, rest = divmod(total, size)
+    return [(size, n)] + ([(rest, 1)] if rest else [])
+
+
 def _filled(programs: int, sms: int = DEFAULT_SMS) -> float:
     """The fraction of ``sms`` SMs a launch of ``programs`` one-per-SM programs keeps busy over its waves."""
     return programs / (math.ceil(programs / sms) * sms)
@@ -107,19 +114,18 @@ def _chunk_cost(ch: int, cols: int, dim: int, esize: int, slab: int, block, cove
     read-modify-write once per chunk when the accumulator does not fit the L2), each launch at the
     fraction of the SMs its programs fill, plus ``LAUNCH_FLOP`` per launch."""
     block_m, block_n = block
-    wide = widest_tile(dim)
-    col_tiles = math.ceil(dim / wide)
-    tiles = math.ceil(ch / 128) * col_tiles
+    tile = gpu_tile(dim)
+    col_tiles = math.ceil(dim / tile["BLOCK_N"])
+    tiles = math.ceil(ch / tile["BLOCK_M"]) * col_tiles
     cost, launches = 0.0, 0
     slab = min(slab, cols)
-    n_full, rest = divmod(cols, slab)
-    widths = [(slab, n_full)] + ([(rest, 1)] if rest else [])
+    widths = pieces(cols, slab)
     sliced = cols > slab
     for sl, count in widths:
         g = 2.0 * ch * sl * dim / _filled(math.ceil(ch / block_m) * math.ceil(sl / block_n))
         cost += count * g
         launches += 2 * count
-    split = split_k(ch, dim, slab, dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=64), DEFAULT_SMS)
+    split = split_k(ch, dim, slab, tile, DEFAULT_SMS)
     first = 2.0 * ch * slab * dim / _filled(tiles * split)
     launches += 1 if split > 1 else 0
     cost += first
@@ -132,10 +138,9 @@ def _chunk_cost(ch: int, cols: int, dim: int, esize: int, slab: int, block, cove
             cost += later * L2_FLOP_PER_BYTE * 8.0 * ch * dim
         launches += 1  # the scaled copy into the output
     if covered:
-        n_full, rest = divmod(covered, slab)
         acc = 0.0
-        for w, count in [(slab, n_full)] + ([(rest, 1)] if rest else []):
-            acc += count * 2.0 * w * ch * dim / _filled(math.ceil(w / 128) * col_tiles)
+        for w, count in pieces(covered, slab):
+            acc += count * 2.0 * w * ch * dim / _filled(math.ceil(w / tile["BLOCK_M"]) * col_tiles)
             launches += count
         rmw = 0.0
         if 4.0 * covered * dim > L2_USABLE_BYTES:
@@ -148,9 +153,7 @@ def _pass_cost(rows: int, cols: int, dim: int, esize: int, chunk: int, slab: int
     """``_chunk_cost`` summed over the chunks of ``rows`` rows."""
     if rows <= 0:
         return 0.0
-    n_full, rest = divmod(rows, chunk)
-    cost = n_full * _chunk_cost(chunk, cols, dim, esize, slab, block, covered) if n_full else 0.0
-    return cost + (_chunk_cost(rest, cols, dim, esize, slab, block, covered) if rest else 0.0)
+    return sum(n * _chunk_cost(ch, cols, dim, esize, slab, block, covered) for ch, n in pieces(rows, chunk))
 
 
 @functools.lru_cache(maxsize=256)

@@ -305,12 +305,17 @@ def split_k(m: int, n: int, k: int, cfg: dict, sms: int) -> int:
     return max(1, min(most, (2 * sms) // tiles))
 
 
+def gpu_tile(n: int) -> dict:
+    """The GPU tile of a 16-bit ``matmul`` with ``n`` aligned output columns (``matmul_config``'s, whatever
+    the interpreter): the widest, so the fewest output tiles. The budget and the plan size by it."""
+    return dict(BLOCK_M=128, BLOCK_N=widest_tile(n), BLOCK_K=64)
+
+
 def split_partials(m: int, n: int, k: int, sms: int = DEFAULT_SMS) -> int:
     """fp32 elements of the split-K partials that a storing ``matmul`` of [m, k] x [k, n] takes on a GPU
-    with ``sms`` SMs, at most (its 16-bit tiles, the widest: fewer output tiles, more splits); 0 when it
+    with ``sms`` SMs, at most (its 16-bit tiles, ``gpu_tile``: fewer output tiles, more splits); 0 when it
     does not split. A workspace of this many elements keeps the split that fills the SMs."""
-    cfg = dict(BLOCK_M=128, BLOCK_N=widest_tile(n), BLOCK_K=64)
-    split = split_k(m, n, k, cfg, sms)
+    split = split_k(m, n, k, gpu_tile(n), sms)
     return split * m * n if split > 1 else 0
 
 
