@@ -384,6 +384,33 @@ def classify_dots(ttgir: str) -> list[dict]:
     return dots
 
 
+# The kernels that walk every column tile of a row block (one program per row block): on tensor cores the
+# walk must be one loop over (column tile, D chunk), which Triton's pipeliner keeps fed across column tiles
+# (``tl.range(..., flatten=True)``); a D loop nested in the column loop drains the loads at every tile.
+# Not checked: IEEE fp32 (CUDA-core FMA: FFMA-bound, and flattening spilled there) and the soft-target
+# statistics with a separate teacher (two D walks per column tile, the student's and the teacher's, which
+# the pass cannot fuse into one loop).
+COLUMN_WALKS = ("fwd", "lse", "stats", "sigmoid_loss")
+
+
+def dot_loop_depth(ttgir: str) -> int:
+    """The deepest ``scf.for`` nesting around a dot in a TTGIR module (regions open on a line ending in
+    ``{`` and close on a line starting with ``}``)."""
+    stack: list = []
+    depth = 0
+    for line in ttgir.splitlines():
+        s = line.strip()
+        if s.startswith("}"):
+            stack.pop()
+        if _DOT.search(s):
+            depth = max(depth, stack.count("for"))
+        if s.endswith("{"):
+            stack.append("for" if "scf.for" in s else "region")
+    if stack:
+        raise ValueError(f"unbalanced TTGIR regions: {len(stack)} left open")
+    return depth
+
+
 def _compile_one(job: tuple) -> tuple:
     spec, arch, rec = job
     import importlib
@@ -416,6 +443,7 @@ def _compile_one(job: tuple) -> tuple:
         m = pattern.search(log)
         res[field] = int(m.group(1)) if m else None
     res["dots"] = classify_dots(kernel.asm["ttgir"])
+    res["dot_loop_depth"] = dot_loop_depth(kernel.asm["ttgir"])
     res["ptx_wgmma"] = ptx.count("wgmma.mma_async")
     res["ptx_mma_sync"] = len(re.findall(r"\bmma\.sync\b", ptx))
     res["ptx_mufu"] = {k: len(p.findall(ptx)) for k, p in _MUFU.items()}
@@ -477,6 +505,9 @@ def violations(rec: dict, res: dict, arch: int) -> list[str]:
     spills = (res["spill_stores"] or 0) + (res["spill_loads"] or 0)
     if spills:
         out.append(f"spills {res['spill_stores']} B stores + {res['spill_loads']} B loads")
+    walk = rec["kernel"] in COLUMN_WALKS and not rec["config"].get("TEACHER")
+    if walk and tc_dots and res["dot_loop_depth"] > 1:
+        out.append(f"column walk not one pipelined loop (dots {res['dot_loop_depth']} loops deep)")
     if res["ptx_float_atomics"]:
         n = res["ptx_float_atomics"]
         out.append(f"{n} float atomics (none by design: every kernel is deterministic)")
@@ -497,12 +528,13 @@ def table(data: dict, arch: int) -> str:
         "launch variant the backends select; rows with the same `spec` are one specialisation, compiled "
         "once. Registers / spills: ptxas -v; shared: `metadata.shared` (limit "
         f"{a['smem_limit'] // 1024} KiB per block on {a['name']}); dots: how each `tt.dot` is lowered "
-        "(TTGIR); TC PTX: tensor-core instructions in the PTX; atomics: float `atom`/`red` instructions "
-        "in the PTX. `targets`: what `benchmarks.aot.violations` reports (empty = all met).",
+        "(TTGIR); dot loops: the deepest loop nesting around a dot (TTGIR; 1 = the column walk is one "
+        "pipelined loop); TC PTX: tensor-core instructions in the PTX; atomics: float `atom`/`red` "
+        "instructions in the PTX. `targets`: what `benchmarks.aot.violations` reports (empty = all met).",
         "",
         "| variant | flags | BLOCK M/N/D(/DT) | warps | stages | regs | spill B (st+ld) | shared KiB | "
-        "dots | TC PTX | atomics | spec | targets |",
-        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---|---|",
+        "dots | dot loops | TC PTX | atomics | spec | targets |",
+        "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
     n_ok = 0
     for vid, rec in data["variants"].items():
@@ -534,7 +566,7 @@ def table(data: dict, arch: int) -> str:
         n_ok += not bad
         if res.get("error"):
             lines.append(
-                f"| {vid} | {', '.join(flags)} | {blocks} | | | | | | | | | {rec['spec']} | {bad[0]} |"
+                f"| {vid} | {', '.join(flags)} | {blocks} | | | | | | | | | | {rec['spec']} | {bad[0]} |"
             )
             continue
         kinds: dict = {}
@@ -545,7 +577,8 @@ def table(data: dict, arch: int) -> str:
         lines.append(
             f"| {vid} | {', '.join(flags)} | {blocks} | {cfg['num_warps']} | {cfg['num_stages']} | "
             f"{res['registers']} | {res['spill_stores']}+{res['spill_loads']} | {res['shared'] / 1024:.0f} | "
-            f"{dots} | {tc} {a['tc_ptx']} | {res['ptx_float_atomics']} | {rec['spec']} | "
+            f"{dots} | {res.get('dot_loop_depth', '')} | {tc} {a['tc_ptx']} | {res['ptx_float_atomics']} | "
+            f"{rec['spec']} | "
             f"{'; '.join(bad)} |"
         )
     n_spec = len({rec["spec"] for rec in data["variants"].values()})

@@ -81,6 +81,8 @@ def _lse_kernel(
 ):
     """Exact logsumexp_j s <Q_i, K_j> (online max/sum) for the rows idx[0:count] of Q, written to
     lse[idx]: the forward's fallback for the columns whose fixed-reference sums underflowed."""
+    if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
+        tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     count = tl.load(count_ptr)
@@ -95,7 +97,7 @@ def _lse_kernel(
         q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, n_eff, BLOCK_N):
+    for start_n in tl.range(0, n_eff, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
         acc, _ = score_tile(
@@ -150,6 +152,8 @@ def _forward_kernel(
     UPCAST: tl.constexpr,
 ):
     """Row LSEs of S (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]), one pass."""
+    if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
+        tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -161,7 +165,7 @@ def _forward_kernel(
         q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
+    for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
         acc, _ = score_tile(

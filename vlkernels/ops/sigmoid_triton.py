@@ -72,6 +72,8 @@ def _loss_kernel(
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
+    if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
+        tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -83,7 +85,7 @@ def _loss_kernel(
     if SINGLE_D:
         q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
+    for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
         acc, _ = score_tile(

@@ -89,6 +89,9 @@ def _stats_kernel(
     max), and for the teacher's softmax (S' = S without TEACHER, then k = 2: sum_i exp2(S2 - max) <Q_i,
     K_j>) with TEACHER k = 2: max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max')
     <Q_i, K_j>."""
+    if DOT_PREC != "ieee":  # the D walks run: the flattened column walk needs no zero-trip copy
+        tl.assume(D > 0)
+        tl.assume(DT > 0)
     pid = tl.program_id(0).to(tl.int64)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -106,7 +109,7 @@ def _stats_kernel(
     m_t = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_t = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_w = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for start_n in range(0, N, BLOCK_N):
+    for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
         acc, _ = score_tile(
