@@ -384,13 +384,14 @@ def classify_dots(ttgir: str) -> list[dict]:
     return dots
 
 
-# The kernels that walk every column tile of a row block (one program per row block): on tensor cores the
-# walk must be one loop over (column tile, D chunk), which Triton's pipeliner keeps fed across column tiles
-# (``tl.range(..., flatten=True)``); a D loop nested in the column loop drains the loads at every tile.
+# The kernels that walk column tiles of a row block (the forwards and statistics: every column tile, one
+# program per row block; the weights kernels: a share of them, ``triton_utils.walk_grid``): on tensor cores
+# the walk must be one loop over (column tile, D chunk), which Triton's pipeliner keeps fed across column
+# tiles (``tl.range(..., flatten=True)``); a D loop nested in the column loop drains the loads at every tile.
 # Not checked: IEEE fp32 (CUDA-core FMA: FFMA-bound, and flattening spilled there) and the soft-target
 # statistics with a separate teacher (two D walks per column tile, the student's and the teacher's, which
 # the pass cannot fuse into one loop).
-COLUMN_WALKS = ("fwd", "lse", "stats", "sigmoid_loss")
+COLUMN_WALKS = ("fwd", "lse", "stats", "sigmoid_loss", "weights", "st_weights", "sigmoid_weights")
 
 
 def dot_loop_depth(ttgir: str) -> int:

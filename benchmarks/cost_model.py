@@ -309,7 +309,7 @@ def _gchunk_backward(
     ``teacher`` (D', dtype label): its tiles recomputed in every weights launch (2 rows x B x D' more
     FLOPs, its rows and columns read)."""
     from vlkernels.ops import gchunk_triton as gchunk
-    from vlkernels.ops.triton_utils import split_k
+    from vlkernels.ops.triton_utils import split_k, walk_filled, walk_groups
 
     e, _, unit = DTYPES[dtype]
     _, default_wcfg, store, acc_cfg = _v2_configs(D, dtype)
@@ -343,12 +343,20 @@ def _gchunk_backward(
             t_l2 = (math.ceil(B / bn) * rows + math.ceil(rows / bm) * B) * dt * te
             ln.detail["l2"]["teacher tiles"] = t_l2
             ln.l2_bytes += t_l2
-        parts = [
-            (2.0 * r * w * D, filled(math.ceil(r / bm) * math.ceil(w / bn)), rc * wc)
-            for r, rc in gchunk.pieces(rows, ch)
-            for w, wc in gchunk.pieces(B, sl)
-        ]
+        sms = hw.sms * hw.ctas_per_sm
+        # the tile walk (triton_utils.walk_grid) on tensor cores without a teacher: row blocks x programs
+        # per row block; else one program per tile
+        walk = dtype != "fp32" and teacher is None
+        parts, programs = [], 0
+        for r, rc in gchunk.pieces(rows, ch):
+            for w, wc in gchunk.pieces(B, sl):
+                rb, cb = math.ceil(r / bm), math.ceil(w / bn)
+                groups = walk_groups(rb, cb, sms) if walk else cb
+                fill = walk_filled(rb, cb, sms) if walk else filled(rb * cb)
+                parts.append((2.0 * r * w * D, fill, rc * wc))
+                programs += rc * wc * rb * groups
         ln.filled, ln.count = _filled_mean(parts), sum(c for *_, c in parts)
+        ln.config.update(programs=programs, waves=math.ceil(programs / ln.count / sms))
         return ln
 
     def storing(name, rows, hbm):

@@ -46,7 +46,9 @@ from vlkernels.ops.triton_utils import (
     load_tile,
     round_to,
     score_tile,
+    tile_diagonal,
     upcast,
+    walk_grid,
 )
 
 # Relative margin on the column bound for the rounding of the dots (tensor-core products of rounded
@@ -202,6 +204,75 @@ def _forward_kernel(
 
 
 @triton.jit
+def _weights_tile(
+    t,
+    pid_m,
+    offs_m,
+    mask_m,
+    lse_q,
+    scale2,
+    q_ptr,
+    k_ptr,
+    lse_k_ptr,
+    g_ptr,
+    ds_ptr,
+    N,
+    D,
+    row0,
+    diag_w,
+    all_w,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    n_blocks,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    TARGETS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Column tile ``t`` of ``_weights_kernel``'s row block (the column loads after the dots: in the
+    epilogue, not held in registers across a pipelined walk)."""
+    pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    mask_n = offs_n < N
+    acc = dot_tile(
+        q_ptr,
+        k_ptr,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+    )
+    s2 = acc * scale2
+    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+    w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
+    if TARGETS:
+        w = w - tl.where(tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N), diag_w, 0.0) - all_w
+    # padded columns: 0, not exp2(0 - lse) (inf * 0 in the row sums); padded rows are not stored
+    w = tl.where(mask_n[None, :], w, 0.0)
+    if TARGETS:
+        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :],
+        round_to(w, g_ptr.dtype.element_ty, UPCAST),
+        mask=mask_m[:, None] & mask_n[None, :],
+    )
+
+
+@triton.jit
 def _weights_kernel(
     q_ptr,
     k_ptr,
@@ -225,50 +296,71 @@ def _weights_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     TARGETS: tl.constexpr,
+    WALK: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile of G = exp(S - lse_q) + exp(S - lse_k) (- the targets: diag_w where the
-    global row row0 + i is column j, all_w everywhere), stored in g's dtype ([M, N] row-major); with
-    TARGETS also the tile's fp32 row sums of G * <Q_i, K_j> (ds[i, pid_n])."""
+    """Tiles of G = exp(S - lse_q) + exp(S - lse_k) (- the targets: diag_w where the global row row0 + i
+    is column j, all_w everywhere), stored in g's dtype ([M, N] row-major); with TARGETS also each tile's
+    fp32 row sums of G * <Q_i, K_j> (ds[i, column block]). WALK: program (i, g) takes the rows of block i
+    and walks the column blocks g, g + G, ... (G programs per row block: ``triton_utils.walk_grid``) as
+    one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j)."""
     pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
-    mask_n = offs_n < N
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-    acc = dot_tile(
+    args = (
         q_ptr,
         k_ptr,
-        offs_m,
-        offs_n,
-        mask_m,
-        mask_n,
+        lse_k_ptr,
+        g_ptr,
+        ds_ptr,
+        N,
         D,
+        row0,
+        diag_w,
+        all_w,
         sqm,
         sqd,
         skn,
         skd,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_D,
-        DOT_PREC,
-        UPCAST,
-    )
-    s2 = acc * scale2
-    w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
-    if TARGETS:
-        w = w - tl.where((offs_m[:, None] + row0) == offs_n[None, :], diag_w, 0.0) - all_w
-    mask = mask_m[:, None] & mask_n[None, :]
-    w = tl.where(mask, w, 0.0)
-    tl.store(
-        g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(w, g_ptr.dtype.element_ty, UPCAST), mask=mask
-    )
-    if TARGETS:
-        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
+        n_blocks,
+    )  # the runtime ones (a tuple holds no constexpr)
+    if WALK:
+        tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
+        for t in tl.range(tl.program_id(1), n_blocks, tl.num_programs(1), flatten=True):
+            _weights_tile(
+                t,
+                pid_m,
+                offs_m,
+                mask_m,
+                lse_q,
+                scale2,
+                *args,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                TARGETS,
+                DOT_PREC,
+                UPCAST,
+            )
+    else:
+        _weights_tile(
+            tl.program_id(1),
+            pid_m,
+            offs_m,
+            mask_m,
+            lse_q,
+            scale2,
+            *args,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            TARGETS,
+            DOT_PREC,
+            UPCAST,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -384,9 +476,10 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
     m, dim = q.shape
     n = k.shape[0]
     cfg = config(dim, q.dtype, "weights")
-    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
+    grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     targets = eps is not None
-    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
+    _weights_kernel[grid](
         q,
         k,
         scale,
@@ -406,6 +499,7 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
         k.stride(1),
         n_blocks,
         TARGETS=targets,
+        WALK=walk,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from vlkernels.ops.triton_utils import DEFAULT_SMS, gpu_tile, matmul, split_k, split_partials
+from vlkernels.ops.triton_utils import DEFAULT_SMS, gpu_tile, matmul, split_k, split_partials, walk_filled
 
 # FLOP per HBM byte at the H100's ridge (790 TFLOP/s / 3.35 TB/s): weighs the accumulator's
 # read-modify-write against recomputation when ``backward_plan`` picks the chunk.
@@ -108,11 +108,13 @@ def _filled(programs: int, sms: int = DEFAULT_SMS) -> float:
 
 def _chunk_cost(ch: int, cols: int, dim: int, esize: int, slab: int, block, covered: int) -> float:
     """Modelled FLOP-equivalents of one chunk of ``ch`` rows of a pass over ``cols`` columns in slabs of
-    ``slab``: per slab the weights kernel and the storing GEMM (split along K when its tiles alone do not
-    fill the SMs; with slabs the later ones accumulate in the fp32 [ch, dim] buffer, whose read-modify-write
-    is HBM traffic when it does not fit the usable L2), the covered columns' accumulation GEMM (its
-    read-modify-write once per chunk when the accumulator does not fit the L2), each launch at the
-    fraction of the SMs its programs fill, plus ``LAUNCH_FLOP`` per launch."""
+    ``slab``: per slab the weights kernel (at its tile walk's fill, ``walk_filled``) and the storing GEMM,
+    each bound by its compute or its HBM traffic (the partner's rows and G) at the ridge (the GEMM split
+    along K when its tiles alone do not fill the SMs; with slabs the later ones accumulate in the
+    fp32 [ch, dim] buffer, whose read-modify-write is HBM traffic when it does not fit the usable L2), the
+    covered columns' accumulation GEMM (its read-modify-write once per chunk when the accumulator does not
+    fit the L2), each launch at the fraction of the SMs its programs fill, plus ``LAUNCH_FLOP`` per
+    launch."""
     block_m, block_n = block
     tile = gpu_tile(dim)
     col_tiles = math.ceil(dim / tile["BLOCK_N"])
@@ -121,19 +123,25 @@ def _chunk_cost(ch: int, cols: int, dim: int, esize: int, slab: int, block, cove
     slab = min(slab, cols)
     widths = pieces(cols, slab)
     sliced = cols > slab
+
+    # HBM per slab of ``sl`` columns (as the cost model): the partner's rows, streamed once per chunk, and
+    # G, written by the weights kernel and read back by the GEMM (neither assumed L2-resident)
+    def hbm(sl: int) -> float:
+        return RIDGE_FLOP_PER_BYTE * (sl * dim + ch * sl) * esize
+
     for sl, count in widths:
-        g = 2.0 * ch * sl * dim / _filled(math.ceil(ch / block_m) * math.ceil(sl / block_n))
-        cost += count * g
+        fill = walk_filled(math.ceil(ch / block_m), math.ceil(sl / block_n), DEFAULT_SMS)
+        cost += count * max(2.0 * ch * sl * dim / fill, hbm(sl))
         launches += 2 * count
     split = split_k(ch, dim, slab, tile, DEFAULT_SMS)
-    first = 2.0 * ch * slab * dim / _filled(tiles * split)
+    first = max(2.0 * ch * slab * dim / _filled(tiles * split), hbm(slab))
     launches += 1 if split > 1 else 0
     cost += first
     if sliced:
         rmw = RIDGE_FLOP_PER_BYTE * 8.0 * ch * dim if 4.0 * ch * dim > L2_USABLE_BYTES else 0.0
         for i, (sl, count) in enumerate(widths):
             later = count - 1 if i == 0 else count
-            cost += later * max(2.0 * ch * sl * dim / _filled(tiles), rmw)
+            cost += later * max(2.0 * ch * sl * dim / _filled(tiles), rmw + hbm(sl))
             # its reads and writes add to the GEMM's operand traffic from L2 (its bound)
             cost += later * L2_FLOP_PER_BYTE * 8.0 * ch * dim
         launches += 1  # the scaled copy into the output

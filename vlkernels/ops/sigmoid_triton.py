@@ -38,6 +38,7 @@ from vlkernels.ops.triton_utils import (
     score_tile,
     tile_diagonal,
     upcast,
+    walk_grid,
 )
 
 
@@ -119,14 +120,17 @@ def _loss_kernel(
 
 
 @triton.jit
-def _weights_kernel(
+def _weights_tile(
+    t,
+    pid_m,
+    offs_m,
+    mask_m,
+    scale,
+    bias,
     q_ptr,
     k_ptr,
-    scale_ptr,
-    bias_ptr,
     g_ptr,
     part_ptr,
-    M,
     N,
     D,
     row0,
@@ -143,17 +147,10 @@ def _weights_kernel(
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile of G = sigmoid(z) - [row0 + i == j] (the positives only with DIAG),
-    z = s <Q_i, K_j> + b, stored in g's dtype ([M, N] row-major); its fp32 row sums of G * <Q_i, K_j>
-    (part[i * n_blocks + pid_n]) and of G (part[stat_stride + i * n_blocks + pid_n])."""
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
+    """Column tile ``t`` of ``_weights_kernel``'s row block."""
+    pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     mask_n = offs_n < N
-    scale = tl.load(scale_ptr).to(tl.float32)
-    bias = tl.load(bias_ptr).to(tl.float32)
     acc = dot_tile(
         q_ptr,
         k_ptr,
@@ -181,13 +178,102 @@ def _weights_kernel(
         # a positive's G is sigmoid(z) - 1 = -sigmoid(-z): no cancellation
         eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
         g = tl.where(eye, -tl.where(z >= 0, lo, hi), g)
-    mask = mask_m[:, None] & mask_n[None, :]
-    g = tl.where(mask, g, 0.0)
-    tl.store(
-        g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(g, g_ptr.dtype.element_ty, UPCAST), mask=mask
-    )
+    # padded columns: 0 in the row sums; padded rows are not stored
+    g = tl.where(mask_n[None, :], g, 0.0)
     tl.store(part_ptr + offs_m * n_blocks + pid_n, tl.sum(g * acc, axis=1), mask=mask_m)
     tl.store(part_ptr + stat_stride + offs_m * n_blocks + pid_n, tl.sum(g, axis=1), mask=mask_m)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :],
+        round_to(g, g_ptr.dtype.element_ty, UPCAST),
+        mask=mask_m[:, None] & mask_n[None, :],
+    )
+
+
+@triton.jit
+def _weights_kernel(
+    q_ptr,
+    k_ptr,
+    scale_ptr,
+    bias_ptr,
+    g_ptr,
+    part_ptr,
+    M,
+    N,
+    D,
+    row0,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    n_blocks,
+    stat_stride,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    WALK: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Tiles of G = sigmoid(z) - [row0 + i == j] (the positives only with DIAG), z = s <Q_i, K_j> + b,
+    stored in g's dtype ([M, N] row-major); each tile's fp32 row sums of G * <Q_i, K_j>
+    (part[i * n_blocks + column block]) and of G (part[stat_stride + i * n_blocks + column block]).
+    WALK: program (i, g) walks the column blocks g, g + G, ... of row block i (``triton_utils.walk_grid``)
+    as one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j)."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    scale = tl.load(scale_ptr).to(tl.float32)
+    bias = tl.load(bias_ptr).to(tl.float32)
+    args = (
+        q_ptr,
+        k_ptr,
+        g_ptr,
+        part_ptr,
+        N,
+        D,
+        row0,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        n_blocks,
+        stat_stride,
+    )  # the runtime ones (a tuple holds no constexpr)
+    if WALK:
+        tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
+        for t in tl.range(tl.program_id(1), n_blocks, tl.num_programs(1), flatten=True):
+            _weights_tile(
+                t,
+                pid_m,
+                offs_m,
+                mask_m,
+                scale,
+                bias,
+                *args,
+                DIAG,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                DOT_PREC,
+                UPCAST,
+            )
+    else:
+        _weights_tile(
+            tl.program_id(1),
+            pid_m,
+            offs_m,
+            mask_m,
+            scale,
+            bias,
+            *args,
+            DIAG,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_PREC,
+            UPCAST,
+        )
 
 
 def _common(q: torch.Tensor, k: torch.Tensor) -> tuple:
@@ -231,8 +317,9 @@ def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
     m, dim = q.shape
     n = k.shape[0]
     cfg = weights_config(dim, q.dtype)
-    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
-    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
+    walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
+    grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
+    _weights_kernel[grid](
         q,
         k,
         scale,
@@ -245,6 +332,7 @@ def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
         n_blocks,
         m * n_blocks,
         DIAG=row0 is not None,
+        WALK=walk,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,

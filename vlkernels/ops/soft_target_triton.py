@@ -43,6 +43,7 @@ from vlkernels.ops.triton_utils import (
     score_tile,
     tile_diagonal,
     upcast,
+    walk_grid,
 )
 
 
@@ -193,6 +194,129 @@ def _stats_kernel(
 
 
 @triton.jit
+def _weights_tile(
+    t,
+    pid_m,
+    offs_m,
+    mask_m,
+    scale2,
+    lse_q,
+    e_q,
+    p_q,
+    q_q,
+    ce,
+    e0,
+    cq,
+    t_scale2,
+    t_lse_q,
+    k_ptr,
+    q_ptr,
+    lse_k_ptr,
+    h_k_ptr,
+    a_k_ptr,
+    tq_ptr,
+    tk_ptr,
+    t_lse_k_ptr,
+    g_ptr,
+    ds_ptr,
+    N,
+    D,
+    DT,
+    row0,
+    eps_diag,
+    eps_all,
+    n_blocks,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    stqm,
+    stqd,
+    stkn,
+    stkd,
+    TEACHER: tl.constexpr,
+    HARD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    T_DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    T_UPCAST: tl.constexpr,
+):
+    """Column tile ``t`` of ``_weights_kernel``'s row block, from the block's row terms (``q_q``, ``cq``,
+    ``t_scale2``, ``t_lse_q`` unused without TEACHER); the column loads after the dots (in the epilogue,
+    not held in registers across a pipelined walk)."""
+    pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    mask_n = offs_n < N
+    acc = dot_tile(
+        q_ptr,
+        k_ptr,
+        offs_m,
+        offs_n,
+        mask_m,
+        mask_n,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+    )
+    s2 = acc * scale2
+    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+    e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
+    p_k = e_k
+    if TEACHER:
+        q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
+        p_k = e_k + q_k
+    w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
+    if TEACHER:
+        t_acc = dot_tile(
+            tq_ptr,
+            tk_ptr,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            DT,
+            stqm,
+            stqd,
+            stkn,
+            stkd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_DT,
+            T_DOT_PREC,
+            T_UPCAST,
+        )
+        t2 = t_acc * t_scale2
+        t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+        w -= q_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) + q_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
+    if HARD:
+        # the hard targets' part (e_i + e_j) (eps_diag [diagonal] + eps_all), its eps_all share as a row
+        # and a column term (fewer tile temporaries in the registers)
+        w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
+        eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
+        w = tl.where(eye, w - (e_q[:, None] + e_k[None, :]) * eps_diag, w)
+    # padded columns: 0 in the row sums; padded rows are not stored
+    w = tl.where(mask_n[None, :], w, 0.0)
+    if HARD:
+        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :],
+        round_to(w, g_ptr.dtype.element_ty, UPCAST),
+        mask=mask_m[:, None] & mask_n[None, :],
+    )
+
+
+@triton.jit
 def _weights_kernel(
     q_ptr,
     k_ptr,
@@ -229,6 +353,7 @@ def _weights_kernel(
     stkd,
     TEACHER: tl.constexpr,
     HARD: tl.constexpr,
+    WALK: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -238,84 +363,76 @@ def _weights_kernel(
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
 ):
-    """One [BLOCK_M, BLOCK_N] tile of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
+    """Tiles of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
     - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
     cf[2], q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
     weights h, a of the rows (``*_q``) and of the columns (``*_k``). HARD: minus the hard targets' part,
     (e_i + e_j) (eps_diag [row0 + i == j] + eps_all), so that W is dL/dS, and the tile's fp32 row sums
-    of W <Q_i, K_j> at ds[i, pid_n] (the scale's gradient)."""
+    of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
+    walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
+    (``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program (i, j) does
+    tile (i, j)."""
     pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
-    mask_n = offs_n < N
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    acc = dot_tile(
-        q_ptr,
-        k_ptr,
-        offs_m,
-        offs_n,
-        mask_m,
-        mask_n,
-        D,
-        sqm,
-        sqd,
-        skn,
-        skd,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_D,
-        DOT_PREC,
-        UPCAST,
-    )
-    s2 = acc * scale2
     lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
     e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
-    e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
-    p_q, p_k = e_q, e_k
+    p_q = e_q
     if TEACHER:
         cq = tl.load(cf_ptr + 1)
         q_q = tl.load(a_q_ptr + offs_m, mask=mask_m, other=0.0) * cq
-        q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
-        p_q, p_k = e_q + q_q, e_k + q_k
-    w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
-    if TEACHER:
-        t_acc = dot_tile(
-            tq_ptr,
-            tk_ptr,
+        p_q = e_q + q_q
+        t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
+        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+    else:
+        q_q, cq, t_scale2, t_lse_q = e_q, ce, scale2, lse_q  # unused
+    rows = (scale2, lse_q, e_q, p_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
+    # the runtime arguments (a tuple holds no constexpr)
+    args = (k_ptr, q_ptr, lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, D, DT)
+    args += (row0, eps_diag, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
+    if WALK:
+        tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
+        for t in tl.range(tl.program_id(1), n_blocks, tl.num_programs(1), flatten=True):
+            _weights_tile(
+                t,
+                pid_m,
+                offs_m,
+                mask_m,
+                *rows,
+                *args,
+                TEACHER,
+                HARD,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                BLOCK_DT,
+                DOT_PREC,
+                T_DOT_PREC,
+                UPCAST,
+                T_UPCAST,
+            )
+    else:
+        _weights_tile(
+            tl.program_id(1),
+            pid_m,
             offs_m,
-            offs_n,
             mask_m,
-            mask_n,
-            DT,
-            stqm,
-            stqd,
-            stkn,
-            stkd,
+            *rows,
+            *args,
+            TEACHER,
+            HARD,
             BLOCK_M,
             BLOCK_N,
+            BLOCK_D,
             BLOCK_DT,
+            DOT_PREC,
             T_DOT_PREC,
+            UPCAST,
             T_UPCAST,
         )
-        t2 = t_acc * (tl.load(t_scale_ptr).to(tl.float32) * LOG2E)
-        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
-        t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
-        w = w - q_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) - q_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
-    if HARD:
-        eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
-        w = w - (e_q[:, None] + e_k[None, :]) * (tl.where(eye, eps_diag, 0.0) + eps_all)
-    mask = mask_m[:, None] & mask_n[None, :]
-    w = tl.where(mask, w, 0.0)
-    tl.store(
-        g_ptr + offs_m[:, None] * N + offs_n[None, :], round_to(w, g_ptr.dtype.element_ty, UPCAST), mask=mask
-    )
-    if HARD:
-        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
 
 
 def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
@@ -465,7 +582,8 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     m, dim = q.shape
     n = k.shape[0]
     cfg = tile_config(dim, q.dtype, teacher, "weights")
-    n_blocks = triton.cdiv(n, cfg["BLOCK_N"])
+    walk = dot_precision(q.dtype) != "ieee" and teacher is None
+    grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     if hard is None:
         row0, eps_diag, eps_all, ds = 0, 0.0, 0.0, g
     else:
@@ -480,7 +598,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         t_dim = t_q.shape[1]
         t_strides = (t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
         t_prec, t_up = dot_precision(t_q.dtype), upcast(t_q.dtype)
-    _weights_kernel[(triton.cdiv(m, cfg["BLOCK_M"]), n_blocks)](
+    _weights_kernel[grid](
         q,
         k,
         scale,
@@ -513,6 +631,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         *t_strides,
         TEACHER=teacher is not None,
         HARD=hard is not None,
+        WALK=walk,
         DOT_PREC=dot_precision(q.dtype),
         T_DOT_PREC=t_prec,
         UPCAST=upcast(q.dtype),

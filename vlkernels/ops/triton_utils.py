@@ -8,6 +8,9 @@ are base 2 (``LOG2E`` folds the conversion into the scale).
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -295,6 +298,50 @@ def sm_count(device: torch.device) -> int:
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_properties(device).multi_processor_count
     return DEFAULT_SMS
+
+
+# The weights kernels' tile walk (G = f(S) tile by tile). Each program takes one block of rows and walks the
+# column tiles g, g + groups, g + 2 groups, ... of it, (column tile, D chunk) as one loop that Triton
+# pipelines across tiles, so the loads of the next tile run under this one's epilogue (exponentials, the
+# G store, the row sums). A program's start (its first loads) and its last epilogue overlap nothing: about
+# a quarter of a 128 x 128 tile at D = 1024 (an assumption: on the H100 the one-tile-per-program G kernel
+# ran 12.2 us a tile, 1.3x the L2 time at the rate the long-walk GEMM drew). It only picks the grouping.
+WALK_RESTART = 0.25
+# Programs per wave assumed by the interpreter (CPU tensors): a few, so that its tests walk several
+# column tiles per program, unevenly.
+INTERPRET_SMS = 3
+
+
+@functools.lru_cache(maxsize=4096)
+def walk_groups(row_blocks: int, col_blocks: int, sms: int) -> int:
+    """Programs per block of rows for a walk over ``col_blocks`` column tiles: the grouping with the
+    shortest modelled span, waves x (tiles per program + ``WALK_RESTART``), among those that fill 1 to 16
+    waves of ``sms`` one-per-SM programs and one tile per program (ties: the fewest programs)."""
+    cands = {col_blocks} | {min(col_blocks, max(1, w * sms // row_blocks)) for w in range(1, 17)}
+
+    def span(groups: int) -> float:
+        return math.ceil(row_blocks * groups / sms) * (math.ceil(col_blocks / groups) + WALK_RESTART)
+
+    return min(sorted(cands), key=span)
+
+
+def walk_filled(row_blocks: int, col_blocks: int, sms: int) -> float:
+    """The fraction of ``sms`` SMs a walk (``walk_groups``) keeps busy: tiles over SMs x waves x the
+    longest walk (the restart not counted)."""
+    groups = walk_groups(row_blocks, col_blocks, sms)
+    waves = math.ceil(row_blocks * groups / sms)
+    return row_blocks * col_blocks / (sms * waves * math.ceil(col_blocks / groups))
+
+
+def walk_grid(m: int, n: int, cfg: dict, walk: bool, device: torch.device) -> tuple:
+    """(grid, column blocks) of a weights kernel over [m, n] with ``cfg``'s blocks: (row blocks, programs
+    per row block). ``walk`` False (IEEE fp32 dots on CUDA cores; a separate teacher's second D walk,
+    which the loop fusion does not take): one tile per program."""
+    row_blocks, col_blocks = triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"])
+    if not walk:
+        return (row_blocks, col_blocks), col_blocks
+    sms = INTERPRET_SMS if interpret_mode() else sm_count(device)
+    return (row_blocks, walk_groups(row_blocks, col_blocks, sms)), col_blocks
 
 
 def split_k(m: int, n: int, k: int, cfg: dict, sms: int) -> int:
