@@ -414,7 +414,7 @@ def _weights_kernel(
                 UPCAST,
                 T_UPCAST,
             )
-    else:
+    else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
             tl.program_id(1),
             pid_m,
