@@ -44,8 +44,8 @@ from vlkernels.ops.triton_utils import (
     dot_precision,
     dot_tile,
     load_tile,
-    round_to,
     score_tile,
+    store_weights,
     tile_diagonal,
     upcast,
     walk_grid,
@@ -261,15 +261,7 @@ def _weights_tile(
     w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
     if TARGETS:
         w = w - tl.where(tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N), diag_w, 0.0) - all_w
-    # padded columns: 0, not exp2(0 - lse) (inf * 0 in the row sums); padded rows are not stored
-    w = tl.where(mask_n[None, :], w, 0.0)
-    if TARGETS:
-        tl.store(ds_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
-    tl.store(
-        g_ptr + offs_m[:, None] * N + offs_n[None, :],
-        round_to(w, g_ptr.dtype.element_ty, UPCAST),
-        mask=mask_m[:, None] & mask_n[None, :],
-    )
+    store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, n_blocks, pid_n, TARGETS, UPCAST)
 
 
 @triton.jit

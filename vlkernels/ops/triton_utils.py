@@ -138,6 +138,36 @@ def tile_diagonal(pid_m, pid_n, row0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
+def store_weights(
+    w,
+    acc,
+    g_ptr,
+    sums_ptr,
+    offs_m,
+    offs_n,
+    mask_m,
+    mask_n,
+    N,
+    n_blocks,
+    pid_n,
+    SUMS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """The epilogue of a weights kernel's tile (column tile pid_n of G = w): padded columns zeroed (else
+    exp2(0 - lse) or inf * 0 in the row sums; padded rows are not stored); with SUMS the tile's fp32 row
+    sums of w * <q_i, k_j> (acc) at sums[i, pid_n] ([rows, n_blocks]); the tile stored in g's dtype
+    ([rows, N] row-major)."""
+    w = tl.where(mask_n[None, :], w, 0.0)
+    if SUMS:
+        tl.store(sums_ptr + offs_m * n_blocks + pid_n, tl.sum(w * acc, axis=1), mask=mask_m)
+    tl.store(
+        g_ptr + offs_m[:, None] * N + offs_n[None, :],
+        round_to(w, g_ptr.dtype.element_ty, UPCAST),
+        mask=mask_m[:, None] & mask_n[None, :],
+    )
+
+
+@triton.jit
 def _matmul_kernel(
     a_ptr,
     b_ptr,
