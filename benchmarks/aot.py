@@ -7,8 +7,9 @@ Two steps, both without a GPU:
    specialisation attributes, num_warps, num_stages) and returns True, so nothing is compiled or launched.
    The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``, ``TritonSigmoidBackend``) and
    launchers run on small CPU tensors for every variant they can select: dtype (bf16, fp16, fp32 under
-   torch's default "highest" matmul precision -> IEEE dots, fp32 under "high" -> TF32 dots) x D (single-D
-   path, chunked path, unaligned D) x (soft target) teacher (none / a separate teacher of another width
+   torch's default "highest" matmul precision -> IEEE dots, fp32 under "high" -> TF32 dots, fp32 with
+   ``VLKERNELS_FP32_DOTS`` tf32x3 / bf16x6 -> split-precision tensor-core dots) x D (single-D path,
+   chunked path, unaligned D) x (soft target) teacher (none / a separate teacher of another width
    and dtype); the contrastive v2 kernels (the one-pass forward, its exact fallback, G with and without
    targets, the GEMMs storing in the features' dtype / in fp32 / accumulating in fp32); the soft-target
    statistics ``_stats_kernel``, its W chunks ``_weights_kernel`` and the same GEMMs; the sigmoid
@@ -60,13 +61,17 @@ ARCHS = {
 }
 MAX_REGISTERS = 255  # per thread, the ptxas limit and the budget per kernel
 
-# dtype label -> (torch dtype name, torch.set_float32_matmul_precision value)
+# dtype label -> (torch dtype name, torch.set_float32_matmul_precision value, VLKERNELS_FP32_DOTS)
 DTYPES = {
-    "bf16": ("bfloat16", "highest"),
-    "fp16": ("float16", "highest"),
-    "fp32": ("float32", "highest"),  # IEEE fp32 dots (torch's default precision)
-    "tf32": ("float32", "high"),  # fp32 inputs, TF32 dots
+    "bf16": ("bfloat16", "highest", "ieee"),
+    "fp16": ("float16", "highest", "ieee"),
+    "fp32": ("float32", "highest", "ieee"),  # IEEE fp32 dots (torch's default precision)
+    "tf32": ("float32", "high", "ieee"),  # fp32 inputs, TF32 dots
+    # fp32 inputs under the default precision as split tensor-core products (experimental candidates)
+    "tf32x3": ("float32", "highest", "tf32x3"),
+    "bf16x6": ("float32", "highest", "bf16x6"),
 }
+SPLIT = ("tf32x3", "bf16x6")
 KERNELS = {
     "_forward_kernel": "fwd",
     "_lse_kernel": "lse",
@@ -97,11 +102,20 @@ class Call:
     teacher: tuple | None = None
 
 
+def fp32_dots_of(call: Call) -> str:
+    """VLKERNELS_FP32_DOTS for a call: a split-precision label's, the student's or the teacher's."""
+    labels = [call.dtype] + ([] if call.teacher is None else [call.teacher[0]])
+    split = [DTYPES[label][2] for label in labels if label in SPLIT]
+    return split[0] if split else "ieee"
+
+
 def grid(name: str = "full") -> list[Call]:
     """The backend calls to capture. "full": every dtype x D in (64, 100, 256, 1024) x (soft target)
-    teacher (none, fp32 x 768, for half students also their own dtype x 768), and the sigmoid backend's
-    forward + backward per dtype x D; identical specialisations (D = 256 and D = 1024: both chunked and
-    16-aligned, except the sigmoid backward, whose D chunk is 256 for 16-bit inputs) are compiled once.
+    teacher (none, fp32 x 768, for half students also their own dtype x 768; the split-precision fp32
+    candidates "tf32x3" and "bf16x6" with their own kind of teacher, and bf16 beside both), and the
+    sigmoid backend's forward + backward per dtype x D; identical specialisations (D = 256 and D = 1024:
+    both chunked and 16-aligned, except the sigmoid backward, whose D chunk is 256 for 16-bit inputs) are
+    compiled once.
     "test": the variants of "full" that differ in what the targets check, within CI's time. "sigmoid": the
     sigmoid calls of "full" only (benchmarks/results/model/aot_sigmoid.md)."""
     if name == "sigmoid":
@@ -114,12 +128,17 @@ def grid(name: str = "full") -> list[Call]:
         calls += [Call(s, "bf16", 64), Call(s, "bf16", 1024), Call(s, "fp32", 64)]
         calls += [Call(s, "bf16", 1024, f32t), Call(s, "bf16", 1024, ("bf16", TEACHER_D))]
         calls += [Call("sigmoid", dt, D) for dt, D in SIGMOID_TEST]
+        # the split-precision fp32 candidates: their own D chunks and tiles (aligned and not)
+        calls += [Call(c, "tf32x3", 1024), Call(c, "bf16x6", 100), Call("sigmoid", "tf32x3", 1024)]
+        calls += [Call(s, "bf16x6", 1024), Call(s, "bf16", 1024, ("tf32x3", TEACHER_D))]
         return calls
     calls = []
     for dt in DTYPES:
-        teachers = [None, ("fp32", TEACHER_D)]
+        teachers = [None, (dt if dt in SPLIT else "fp32", TEACHER_D)]
         if dt in ("bf16", "fp16"):
             teachers.append((dt, TEACHER_D))
+        if dt == "bf16":  # beside split-precision fp32 teachers
+            teachers += [(split, TEACHER_D) for split in SPLIT]
         for D in (64, 100, 256, 1024):
             calls.append(Call("contrastive", dt, D))
             calls.extend(Call("soft_target", dt, D, t) for t in teachers)
@@ -286,9 +305,11 @@ def capture(calls: list[Call]) -> dict:
     _set_up_capture(records)
     variants: dict = {}
     old_precision = torch.get_float32_matmul_precision()
+    old_dots = os.environ.get("VLKERNELS_FP32_DOTS")
     try:
         for call in calls:
             torch.set_float32_matmul_precision(DTYPES[call.dtype][1])
+            os.environ["VLKERNELS_FP32_DOTS"] = fp32_dots_of(call)
             start = len(records)
             _run_call(call)
             expected = variant_ids(call)
@@ -303,6 +324,10 @@ def capture(calls: list[Call]) -> dict:
                 variants.setdefault(vid, rec)
     finally:
         torch.set_float32_matmul_precision(old_precision)
+        if old_dots is None:
+            os.environ.pop("VLKERNELS_FP32_DOTS", None)
+        else:
+            os.environ["VLKERNELS_FP32_DOTS"] = old_dots
     return variants
 
 
@@ -557,7 +582,7 @@ def table(data: dict, arch: int) -> str:
             flags.append("G (targets)" if cfg["TARGETS"] else "W")
         if "HARD" in cfg:
             flags.append("dL/dS (hard targets)" if cfg["HARD"] else "W")
-        if call["dtype"] in ("fp32", "tf32"):
+        if DTYPES[call["dtype"]][0] == "float32":
             flags.append(cfg["DOT_PREC"] + " dots")
         if cfg.get("TEACHER"):
             t_dtype = call["teacher"][0]
@@ -607,8 +632,9 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         "`_loss_kernel` with config('fwd'), backward `_weights_kernel` with config('weights'), the G chunks "
         "of the shared G-chunk engine, whose GEMMs are the `matmul/...` rows of aot_sm90.md / aot_sm80.md) "
         "for bf16 / fp16 / fp32 under torch's default precision "
-        '(IEEE dots) / fp32 under "high" (TF32 dots) x D in (64, 100, 256, 1024), captured and compiled '
-        "as in aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each). Per "
+        '(IEEE dots) / fp32 under "high" (TF32 dots) / fp32 as split-precision tensor-core dots '
+        "(VLKERNELS_FP32_DOTS=tf32x3 / bf16x6, experimental) x D in (64, 100, 256, 1024), captured and "
+        "compiled as in aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each). Per "
         "architecture: registers, "
         "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "
         "sm_90, mma.sync on sm_80; 0 = CUDA-core FFMA), float atomics in the PTX (none anywhere: the sigmoid "
@@ -631,7 +657,7 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         flags = []
         if "SINGLE_D" in cfg:
             flags.append("single-D" if cfg["SINGLE_D"] else "chunked-D")
-        if rec["call"]["dtype"] in ("fp32", "tf32"):
+        if DTYPES[rec["call"]["dtype"]][0] == "float32":
             flags.append(cfg["DOT_PREC"] + " dots")
         row = (
             f"| {vid} | {', '.join(flags)} | {cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg['BLOCK_D']} | "

@@ -77,6 +77,17 @@ class Hardware:
     launch_s: tuple = (2e-6, 5e-6)  # a kernel launch's fixed cost, (optimistic, pessimistic): an assumption
 
     @property
+    def tc_tf32x3(self) -> float:
+        """fp32 dots as three TF32 products (Triton's "tf32x3"): the TF32 rate over three (an assumption:
+        the operands' splitting, an FADD and a conversion per loaded element, not counted)."""
+        return self.tc_tf32 / 3
+
+    @property
+    def tc_bf16x6(self) -> float:
+        """fp32 dots as six bf16 products of three parts each (Triton's "bf16x6"): the bf16 rate over six."""
+        return self.tc_bf16 / 6
+
+    @property
     def exp_rate(self) -> float:
         return self.mufu_per_clk_sm * self.sms * self.clock_hz
 
@@ -93,6 +104,16 @@ DTYPES = {
     "fp16": (2, "float16", "tc_bf16"),
     "tf32": (4, "float32", "tc_tf32"),  # fp32 inputs, torch.set_float32_matmul_precision("high")
     "fp32": (4, "float32", "ffma_fp32"),  # fp32 inputs, torch's default precision: IEEE dots
+    # fp32 inputs under the default precision with VLKERNELS_FP32_DOTS (experimental candidates)
+    "tf32x3": (4, "float32", "tc_tf32x3"),
+    "bf16x6": (4, "float32", "tc_bf16x6"),
+}
+# fp32 labels -> (torch.set_float32_matmul_precision, VLKERNELS_FP32_DOTS) under which the kernels run
+FP32_SETTINGS = {
+    "fp32": ("highest", "ieee"),
+    "tf32": ("high", "ieee"),
+    "tf32x3": ("highest", "tf32x3"),
+    "bf16x6": ("highest", "bf16x6"),
 }
 OPS = ("contrastive", "soft_target", "sigmoid")
 # fp32 arithmetic / compare / select PTX instructions (add, mul, fma, abs, neg, max, selp, setp) per
@@ -104,14 +125,29 @@ ALU_PER_ELEMENT = {"sigmoid_loss": 39, "sigmoid_weights": 16}
 
 
 @contextlib.contextmanager
-def _compiled_configs():
-    """``config()`` returns small interpreter blocks under TRITON_INTERPRET=1: switch it off meanwhile."""
-    old = os.environ.pop("TRITON_INTERPRET", None)
+def _compiled_configs(*labels):
+    """The launchers' GPU configs for operands of these dtype labels (a student, a teacher): ``config()``
+    returns small interpreter blocks under TRITON_INTERPRET=1, so that is switched off meanwhile, and
+    torch's fp32 matmul precision and VLKERNELS_FP32_DOTS are those the labels run under (an IEEE fp32
+    side makes it "highest", as a user's setting would for both; bf16 / fp16 follow the other side)."""
+    import torch
+
+    fp32 = [FP32_SETTINGS[label] for label in labels if label in FP32_SETTINGS]
+    precision = "highest" if any(p == "highest" for p, _ in fp32) or not fp32 else "high"
+    dots = next((d for _, d in fp32 if d != "ieee"), "ieee")
+    saved = {k: os.environ.pop(k, None) for k in ("TRITON_INTERPRET", "VLKERNELS_FP32_DOTS")}
+    old_precision = torch.get_float32_matmul_precision()
+    os.environ["VLKERNELS_FP32_DOTS"] = dots
+    torch.set_float32_matmul_precision(precision)
     try:
         yield
     finally:
-        if old is not None:
-            os.environ["TRITON_INTERPRET"] = old
+        torch.set_float32_matmul_precision(old_precision)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def tile_config(D: int, dtype: str, kernel: str) -> dict:
@@ -121,7 +157,7 @@ def tile_config(D: int, dtype: str, kernel: str) -> dict:
 
     from vlkernels.ops.triton_utils import config
 
-    with _compiled_configs():
+    with _compiled_configs(dtype):
         return config(D, getattr(torch, DTYPES[dtype][1]), kernel)
 
 
@@ -187,11 +223,16 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
 
 
 def _sigmoid_forward(M, N, D, dtype, hw: Hardware) -> Launch:
-    """The sigmoid forward ``_loss_kernel`` on Q [M, D], K [N, D] (config "fwd"): one program per BLOCK_M
+    """The sigmoid forward ``_loss_kernel`` on Q [M, D], K [N, D] (``loss_config``): one program per BLOCK_M
     rows walks all column tiles (the row block re-read per column tile when D is walked in chunks); one
     exp2 and one fp32 division (MUFU.RCP) per element; the softplus's elementwise work on the FP32 pipe
     (``ALU_PER_ELEMENT``). FLOPs are the useful ones (masked padding not counted)."""
-    cfg = tile_config(D, dtype, "fwd")
+    import torch
+
+    from vlkernels.ops.sigmoid_triton import loss_config
+
+    with _compiled_configs(dtype):
+        cfg = loss_config(D, getattr(torch, DTYPES[dtype][1]))
     e, _, unit = DTYPES[dtype]
     bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     single = D <= bd
@@ -261,17 +302,11 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
     from vlkernels.ops.triton_utils import matmul_config
 
     tdtype = getattr(torch, DTYPES[dtype][1])
-    with _compiled_configs():
-        fcfg = tile_config(D, dtype, "fwd")
-        wcfg = tile_config(D, dtype, "weights")
-        prec = "highest" if dtype == "fp32" else "high"
-        old = torch.get_float32_matmul_precision()
-        torch.set_float32_matmul_precision(prec)
-        try:
-            store = matmul_config(tdtype, D % 8 == 0, False, D)
-            acc_cfg = matmul_config(tdtype, D % 8 == 0, True, D, tdtype != torch.float32)
-        finally:
-            torch.set_float32_matmul_precision(old)
+    fcfg = tile_config(D, dtype, "fwd")
+    wcfg = tile_config(D, dtype, "weights")
+    with _compiled_configs(dtype):
+        store = matmul_config(tdtype, D % 8 == 0, False, D)
+        acc_cfg = matmul_config(tdtype, D % 8 == 0, True, D, tdtype != torch.float32)
     return fcfg, wcfg, store, acc_cfg
 
 
@@ -463,14 +498,8 @@ def _soft_weights_config(D, dtype, teacher) -> dict:
     t = None
     if teacher is not None:
         t = (torch.empty(0, teacher[0], dtype=getattr(torch, DTYPES[teacher[1]][1])),)
-    prec = "highest" if dtype == "fp32" or (teacher is not None and teacher[1] == "fp32") else "high"
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(prec)
-    try:
-        with _compiled_configs():
-            return {k: st.tile_config(D, tdtype, t, k) for k in ("stats", "weights")}
-    finally:
-        torch.set_float32_matmul_precision(old)
+    with _compiled_configs(dtype, *([] if teacher is None else [teacher[1]])):
+        return {k: st.tile_config(D, tdtype, t, k) for k in ("stats", "weights")}
 
 
 def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20, hw=H100) -> tuple:
@@ -666,6 +695,7 @@ def table(
                     f"{_ms(p['time_s'])} | {r[0]:.2f}-{r[1]:.2f} |"
                 )
         lines.append("")
+    lines += fp32_table(hw=hw)
     lines += [
         f"## soft_target (PSD), {dtype}, workspace 256 MiB",
         "",
@@ -714,6 +744,44 @@ def table(
     ]
     lines += sigmoid_table(Bs, sigmoid_Ds, dtype, hw)
     return "\n".join(lines) + "\n"
+
+
+FP32_LABELS = {
+    "fp32": "IEEE fp32 on CUDA cores (FFMA), the default",
+    "tf32x3": "three TF32 products (VLKERNELS_FP32_DOTS=tf32x3)",
+    "bf16x6": "six bf16 products (VLKERNELS_FP32_DOTS=bf16x6)",
+    "tf32": 'TF32 (torch.set_float32_matmul_precision("high"))',
+}
+
+
+def fp32_table(Bs=(16384, 65536), D=1024, hw=H100) -> list:
+    """The contrastive loss on fp32 features, per way of running its dots (``FP32_LABELS``)."""
+    lines = [
+        "",
+        f"## contrastive (v2 kernels), fp32 features, D = {D}, workspace 256 MiB",
+        "",
+        "Under torch's default precision the dots run in IEEE fp32 on CUDA cores "
+        f"({hw.ffma_fp32 / 1e12:.0f} TFLOP/s); the split-precision candidates run on tensor cores at the "
+        f"TF32 rate over three ({hw.tc_tf32x3 / 1e12:.0f} TFLOP/s) or the bf16 rate over six "
+        f"({hw.tc_bf16x6 / 1e12:.0f} TFLOP/s), their tiles those of `config` with D chunks of 16, and are "
+        "adopted only where a GPU measures them within 2x torch's fp32 error against float64 "
+        "(`python -m benchmarks.bench_fp32_dots`; modelled on CPU by its `--emulate`: "
+        'benchmarks/results/model/fp32_dots_emulated.md). TF32 is what torch\'s "high" precision allows. '
+        "Floor: 8 B^2 D at the bf16 rate, as above.",
+        "",
+        "| B | dots | forward ms | backward ms | total ms | x floor | x IEEE (low end) |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for B in Bs:
+        ieee = predict("contrastive", B, D, "fp32", hw=hw)["time_s"][0]
+        for label, what in FP32_LABELS.items():
+            p = predict("contrastive", B, D, label, hw=hw)
+            r = p["ratio_to_floor"]
+            lines.append(
+                f"| {B} | {what} | {_ms(p['forward_s'])} | {_ms(p['backward_s'])} | {_ms(p['time_s'])} | "
+                f"{r[0]:.2f}-{r[1]:.2f} | {p['time_s'][0] / ieee:.2f} |"
+            )
+    return lines
 
 
 def _breakdown(p: dict) -> list:

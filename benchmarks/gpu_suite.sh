@@ -135,10 +135,19 @@ if [ "$DEVICE" = cuda ] && [ "$ONE_CALL" != 1 ]; then
     --dtype bfloat16 --dim 1024 --batch-per-rank 8192 32768 --single >"$OUT/distributed_world1.jsonl"
 fi
 
-# In one call the augmentation kernel's profile comes last (60 s), where running out of time loses only it.
+# fp32 features: IEEE dots against the split-precision tensor-core candidates (VLKERNELS_FP32_DOTS), errors
+# against float64 and times. In one call after the augmentation profile, where running out of time loses only it.
+fp32_dots() {
+  [ "$DEVICE" = cuda ] && timeout 60 python3 -m benchmarks.bench_fp32_dots --device cuda --out "$OUT/fp32_dots.json"
+}
+if [ "$ONE_CALL" != 1 ]; then fp32_dots; fi
+
+# In one call the augmentation kernel's profile comes next (60 s), where running out of time loses only it
+# and the fp32 dots.
 if stage ncu_augment && [ "$DEVICE" = cuda ] && command -v ncu >/dev/null; then
   ncu_augment
 fi
+if [ "$ONE_CALL" = 1 ] && stage bench; then fp32_dots; fi
 
 if stage summary; then
   echo "== 4. summary"

@@ -32,7 +32,8 @@ ARCHS = (90, 80)
 # No known defects: every variant meets every target on both architectures (the soft-target kernels'
 # spills, listed here until they moved onto the G-chunk engine with their own tile configs, are gone).
 # The sigmoid kernels meet every target too, in this grid and in the full one (``python -m benchmarks.aot``:
-# all 264 variants on sm_90 and sm_80; the bf16 weights kernels at exactly 255 registers on sm_90).
+# all 400 variants on sm_90 and sm_80, under Triton 3.9 and 3.6; the bf16 weights kernels at exactly 255
+# registers on sm_90).
 KNOWN_SIGMOID: dict = {}
 
 KNOWN = {**KNOWN_SIGMOID}
@@ -69,10 +70,10 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch) -> dict:
     """The config the sigmoid launchers pick on a GPU for this variant's call (interpreter off)."""
     import torch
 
-    from vlkernels.ops.sigmoid_triton import weights_config  # imported before the interpreter is unset
-    from vlkernels.ops.triton_utils import config
+    from vlkernels.ops.sigmoid_triton import loss_config, weights_config  # before the interpreter is unset
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("VLKERNELS_FP32_DOTS", aot.DTYPES[rec["call"]["dtype"]][2])
     dtype = getattr(torch, aot.DTYPES[rec["call"]["dtype"]][0])
     D = rec["call"]["D"]
     old = torch.get_float32_matmul_precision()
@@ -80,7 +81,7 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch) -> dict:
     try:
         if rec["kernel"] == "sigmoid_weights":
             return weights_config(D, dtype)
-        return config(D, dtype, "fwd")
+        return loss_config(D, dtype)
     finally:
         torch.set_float32_matmul_precision(old)
 
@@ -93,6 +94,7 @@ def _soft_gpu_config(rec: dict, monkeypatch) -> dict:
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     call = rec["call"]
+    monkeypatch.setenv("VLKERNELS_FP32_DOTS", aot.fp32_dots_of(aot.Call(**call)))
     dtype = getattr(torch, aot.DTYPES[call["dtype"]][0])
     teacher = None
     if call["teacher"] is not None:
@@ -127,7 +129,9 @@ def test_capture_covers_the_plan(compiled, monkeypatch):
         call = rec["call"]
         if "SINGLE_D" in cfg:  # the G and GEMM kernels always walk their reduction dimension
             assert cfg["SINGLE_D"] == (call["D"] <= cfg["BLOCK_D"]), vid
-        assert cfg["DOT_PREC"] == ("ieee" if call["dtype"] == "fp32" else "tf32"), vid
+        torch_dtype, precision, fp32_dots = aot.DTYPES[call["dtype"]]
+        want = fp32_dots if torch_dtype == "float32" and precision == "highest" else "tf32"
+        assert cfg["DOT_PREC"] == want, vid
 
 
 def _cases():

@@ -19,7 +19,7 @@ BS = (1024, 16384, 65536, 262144)
 BIG = 1 << 40  # a workspace that holds every plan's buffers: the 8 B^2 D design
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32", "bf16x6"])
 @pytest.mark.parametrize("D", [64, 100, 512, 1024])
 def test_flops_equal_the_formulas(D, dtype):
     for B in (4096, 65536):
@@ -118,6 +118,38 @@ def test_configs_are_the_compiled_ones_even_under_the_interpreter(monkeypatch):
     import os
 
     assert os.environ["TRITON_INTERPRET"] == "1"  # restored
+
+
+def test_fp32_labels_take_their_kernels_configs(monkeypatch):
+    """Each fp32 label is modelled with the tiles its launchers pick under its own settings, whatever the
+    caller's: TF32 (torch's "high") and the split-precision candidates (VLKERNELS_FP32_DOTS) on
+    tensor-core tiles, IEEE on CUDA-core ones (the TF32 rows once took the IEEE tiles: 166-303 ms at
+    B = 65536, D = 1024 where the TF32 tiles give 111-203 ms)."""
+    import os
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("VLKERNELS_FP32_DOTS", "bf16x6")
+    old = torch.get_float32_matmul_precision()
+    tensor_core = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=32, num_warps=8, num_stages=3)
+    assert cm.tile_config(1024, "tf32", "fwd") == tensor_core
+    assert cm.tile_config(1024, "tf32x3", "weights") == dict(tensor_core, BLOCK_D=16)
+    assert cm.tile_config(1024, "fp32", "fwd")["num_warps"] == 4
+    fwd, weights, store, acc = cm._v2_configs(1024, "tf32")
+    assert weights == tensor_core and store["BLOCK_K"] == 32 and acc["BLOCK_M"] == 128
+    assert cm._v2_configs(1024, "tf32x3")[2]["BLOCK_K"] == 16
+    assert cm._v2_configs(1024, "fp32")[2]["num_warps"] == 4
+    sig = cm.predict("sigmoid", 4096, 1024, "tf32x3")["launches"][0]["config"]
+    assert (sig["BLOCK_N"], sig["BLOCK_D"]) == (64, 16)  # sigmoid_triton.loss_config
+    assert os.environ["VLKERNELS_FP32_DOTS"] == "bf16x6" and os.environ["TRITON_INTERPRET"] == "1"
+    assert torch.get_float32_matmul_precision() == old
+    B, D = 65536, 1024
+    p = {dt: cm.predict("contrastive", B, D, dt) for dt in ("fp32", "tf32", "tf32x3", "bf16x6")}
+    assert p["tf32x3"]["flops"] == {"tc_tf32x3": 8.0 * B * B * D}
+    assert p["bf16x6"]["flops"] == {"tc_bf16x6": 8.0 * B * B * D}
+    assert cm.H100.tc_tf32x3 == cm.H100.tc_tf32 / 3 and cm.H100.tc_bf16x6 == cm.H100.tc_bf16 / 6
+    low = {dt: q["time_s"][0] for dt, q in p.items()}
+    assert low["tf32"] < low["tf32x3"] < low["fp32"] / 2
+    assert 0.105 < low["tf32"] < 0.12  # the TF32 tiles' time, not the IEEE tiles' (0.166 s)
 
 
 def test_reference_numbers_b65536_d1024_bf16():
@@ -246,7 +278,7 @@ def test_bad_arguments():
         cm.predict("sigmoid", 16, 16, teacher_D=8)
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32"])
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32", "tf32x3"])
 @pytest.mark.parametrize("D", [64, 100, 256, 300, 512, 1024])
 def test_sigmoid_flops_equal_the_formulas(D, dtype):
     """Forward 2 B^2 D (one launch); backward on the G-chunk engine: G 2 B^2 D + the two GEMMs 4 B^2 D
@@ -275,7 +307,7 @@ def test_sigmoid_flops_equal_the_formulas(D, dtype):
     # the weights kernel's plan counts its two statistics per row and column block (sigmoid_triton._plan)
     from vlkernels.ops import sigmoid_triton
 
-    with cm._compiled_configs():
+    with cm._compiled_configs(dtype):
         torch_dtype = getattr(torch, cm.DTYPES[dtype][1])
         ref = sigmoid_triton._plan(65536, 65536, D, torch_dtype, True, 256 * 2**20)
     assert (ref.chunk, ref.covered) == (pl["chunk"], pl["covered"])

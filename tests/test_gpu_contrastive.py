@@ -93,6 +93,27 @@ def test_cuda_fp32_tight(impl):
     assert_close_all(got, want, torch.float32, tol=TOL_GPU)
 
 
+@pytest.mark.parametrize("split", ["tf32x3", "bf16x6"])
+@pytest.mark.parametrize("batch,dim", [(1000, 300), (4099, 1024)])
+def test_cuda_split_fp32_dots(monkeypatch, split, batch, dim):
+    """The split-precision fp32 dots (experimental: VLKERNELS_FP32_DOTS) run on tensor cores with
+    fp32-class results: within the fp32 tolerance of the naive fp32 loss, which a plain TF32 product misses
+    (benchmarks/results/model/fp32_dots_emulated.md: 77-800x torch's error). Whether they stay within
+    2x torch's own error against float64, the rule for adopting one, is benchmarks/bench_fp32_dots.py's
+    measurement."""
+    monkeypatch.setenv("VLKERNELS_FP32_DOTS", split)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        img, txt = features(batch, dim, device="cuda", seed=batch)
+        scale = torch.tensor(30.0, device="cuda")
+        want = run_loss(lambda i, t, s: contrastive_loss(i, t, s, impl="naive"), img, txt, scale, 0.7)
+        got = run_loss(lambda i, t, s: contrastive_loss(i, t, s, impl="triton"), img, txt, scale, 0.7)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert_close_all(got, want, torch.float32, tol=TOL_GPU)
+
+
 def test_auto_picks_triton_on_cuda():
     from vlkernels._dispatch import resolve_impl
 

@@ -157,3 +157,33 @@ def test_flags_and_ranks_must_have_their_types():
         ClipLoss(local_loss="False")
     with pytest.raises(TypeError, match="gather_with_grad must be a bool"):
         SoftTargetLoss(0.5, 10, gather_with_grad=None)
+
+
+@pytest.mark.parametrize(
+    "name,value,kind",
+    [
+        ("VLKERNELS_WORKSPACE_MB", "abc", "a number >= 0"),
+        ("VLKERNELS_WORKSPACE_MB", "-5", "a number >= 0"),
+        ("VLKERNELS_WORKSPACE_MB", "nan", "a number >= 0"),
+        ("VLKERNELS_WORKSPACE_MB", "inf", "a number >= 0"),
+        ("VLKERNELS_TORCH_CHUNK_ROWS", "0", "a whole number >= 1"),
+        ("VLKERNELS_TORCH_CHUNK_ROWS", "1.5", "a whole number >= 1"),
+        ("VLKERNELS_TORCH_CHUNK_ROWS", "-3", "a whole number >= 1"),
+    ],
+)
+def test_bad_environment_knobs_are_named(monkeypatch, name, value, kind):
+    """A mistyped knob is an error that names it, not a silent minimum or a bare float() message."""
+    monkeypatch.setenv(name, value)
+    img, txt, scale = _leaves()
+    with pytest.raises(ValueError, match=f"{name} must be {kind}, got '{value}'"):
+        contrastive_loss(img, txt, scale, impl="torch").backward()
+
+
+@pytest.mark.parametrize(
+    "name,value", [("VLKERNELS_WORKSPACE_MB", " 0.5 "), ("VLKERNELS_TORCH_CHUNK_ROWS", "4")]
+)
+def test_good_environment_knobs_give_the_same_loss(monkeypatch, name, value):
+    img, txt, scale = _leaves()
+    want = contrastive_loss(img, txt, scale, impl="naive")
+    monkeypatch.setenv(name, value)
+    torch.testing.assert_close(contrastive_loss(img, txt, scale, impl="torch"), want)

@@ -36,6 +36,7 @@ from vlkernels.ops.triton_utils import (
     load_tile,
     round_to,
     score_tile,
+    split_dots,
     tile_diagonal,
     upcast,
     walk_grid,
@@ -286,7 +287,7 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
     """Row sums [M] of softplus(-y z), z = scale * q @ k.T + bias (y: +1 on the diagonal when diag)."""
     m, dim = q.shape
     out = torch.empty(m, dtype=torch.float32, device=q.device)
-    cfg = config(dim, q.dtype, "fwd")
+    cfg = loss_config(dim, q.dtype)
     _loss_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         q,
         k,
@@ -301,6 +302,15 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
         **cfg,
     )
     return out
+
+
+def loss_config(dim: int, dtype) -> dict:
+    """The forward's launch config: the contrastive forward's (config "fwd"), with 64-column tiles for
+    split-precision fp32 dots (at 128 the softplus epilogue spilled 12-16 B on sm_80; benchmarks/aot.py)."""
+    cfg = config(dim, dtype, "fwd")
+    if split_dots(dtype):
+        cfg = dict(cfg, BLOCK_N=64)
+    return cfg
 
 
 def weights_config(dim: int, dtype) -> dict:

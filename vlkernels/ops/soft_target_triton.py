@@ -40,6 +40,7 @@ from vlkernels.ops.triton_utils import (
     dot_tile,
     load_tile,
     score_tile,
+    split_dots,
     store_weights,
     tile_diagonal,
     upcast,
@@ -453,7 +454,18 @@ def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
             BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=stages
         )
     if teacher is None:
+        if kernel == "weights" and split_dots(dtype):
+            # 128 x 64 tiles (128 x 128 spilled 4-12 B on sm_80 at two and three stages)
+            return dict(base, BLOCK_N=64, BLOCK_DT=base["BLOCK_D"])
         return dict(base, BLOCK_DT=base["BLOCK_D"])
+    if split_dots(t_dtype):
+        # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
+        # student's D chunks of 16 too), the weights kernel on 64 x 32 tiles. Larger ones spilled 8-252 B on
+        # sm_80 with Triton 3.6 or 3.9 (128 x 64 weights tiles 104-192 B on sm_90)
+        if kernel == "stats":
+            block_d = 16 if split_dots(dtype) else base["BLOCK_D"]
+            return dict(base, BLOCK_M=64, BLOCK_D=block_d, BLOCK_DT=16, num_stages=2)
+        return dict(base, BLOCK_M=64, BLOCK_N=32, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=16)
     if kernel == "stats":
         return dict(base, BLOCK_M=64, BLOCK_DT=32)
     return dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 
 import torch
@@ -13,17 +14,31 @@ import torch
 _CPU_CHUNK_ELEMS = 1 << 22
 
 
+def env_number(name: str, default: str, minimum: float, integer: bool = False) -> float:
+    """The environment variable ``name`` (``default`` when unset or blank) as a finite number >= ``minimum``
+    (a whole number with ``integer``); a ValueError naming the variable otherwise."""
+    text = os.environ.get(name, "").strip() or default
+    kind = "a whole number" if integer else "a number"
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {text!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be {kind} >= {minimum:g}, got {text!r}")
+    return value
+
+
 def workspace_bytes() -> int:
-    """The workspace budget a backend may spend for speed: ``VLKERNELS_WORKSPACE_MB`` (default 256)."""
-    return int(float(os.environ.get("VLKERNELS_WORKSPACE_MB", "256")) * 2**20)
+    """The workspace budget a backend may spend for speed: ``VLKERNELS_WORKSPACE_MB`` (default 256, in MiB;
+    0 = the least each plan can run with)."""
+    return int(env_number("VLKERNELS_WORKSPACE_MB", "256", 0.0) * 2**20)
 
 
 def chunk_rows(rows: int, cols: int, device: torch.device) -> int:
     """Rows of S per chunk: ``VLKERNELS_TORCH_CHUNK_ROWS`` if set, else the most whose fp32 chunk buffers
     (at most four of rows x cols alive at once) use half the workspace budget (capped on CPU)."""
-    env = os.environ.get("VLKERNELS_TORCH_CHUNK_ROWS")
-    if env:
-        return max(1, int(env))
+    if os.environ.get("VLKERNELS_TORCH_CHUNK_ROWS", "").strip():
+        return int(env_number("VLKERNELS_TORCH_CHUNK_ROWS", "1", 1, integer=True))
     elems = workspace_bytes() // 32
     if device.type != "cuda":
         elems = min(elems, _CPU_CHUNK_ELEMS)

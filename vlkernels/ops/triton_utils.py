@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import triton
@@ -299,9 +300,9 @@ def matmul_config(
     """Tiles of ``matmul`` for ``n`` output columns: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on
     sm_90), accumulating with the epilogue in column parts (``PARTS``: two, four with the int8 remainder
     ``lo``; the tile read back whole spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so;
-    128 x 128 x 32 for TF32; 64 x 64 x 32 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to
-    spill); 64 output columns when a row stride is not a multiple of 8 elements (loads through registers,
-    not cp.async)."""
+    128 x 128 x 32 for TF32 (x 16 for the split-precision fp32 dots); 64 x 64 x 32 on four warps for IEEE
+    fp32 (CUDA-core FFMA, sized not to spill); 64 output columns when a row stride is not a multiple of 8
+    elements (loads through registers, not cp.async)."""
     wide = 256 if n is None else widest_tile(n)
     parts = 1
     if accumulate and aligned and dtype != torch.float32 and wide == 256:
@@ -316,7 +317,9 @@ def matmul_config(
         if wide == 256:  # m64n256 wgmma: 180 registers storing, 192-249 accumulating in parts
             return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, PARTS=parts)
         return dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=64, num_warps=8, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=min(wide, 128), BLOCK_K=32, num_warps=8, num_stages=3)
+    # split-precision fp32 dots: K chunks of 16 (at 32 bf16x6 spilled 0.7-0.8 KB on sm_80)
+    block_k = 16 if split_dots(dtype) else 32
+    return dict(BLOCK_M=128, BLOCK_N=min(wide, 128), BLOCK_K=block_k, num_warps=8, num_stages=3)
 
 
 # Streaming multiprocessors assumed where no GPU is present (the H100's 132): the split-K choice and the
@@ -471,6 +474,10 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=3)
             return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=16, num_warps=4, num_stages=4)
         block_d = max(16, min(32 if dtype == torch.float32 else 64, triton.next_power_of_2(dim)))
+        if split_dots(dtype):
+            # the operands' parts take registers: D chunks of 16 (at 32 the G kernel spilled 20 B, the
+            # soft target's 56 B, the sigmoid's 76 B on sm_90)
+            block_d = 16
         # rows not 16-byte aligned (D not a multiple of 8) load through registers: 64-column tiles
         block_n = 128 if dim % 8 == 0 else 64
         return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
@@ -483,11 +490,37 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_D=block_d, num_warps=8, num_stages=3)
 
 
+# Dots for fp32 inputs under torch's "highest" precision: IEEE fp32 on CUDA cores (the default), or
+# split-precision products on tensor cores (Triton's "tf32x3": three TF32 products of the operands'
+# high and low parts; "bf16x6": six bf16 products of three parts). Experimental: they are the candidates
+# for fp32 on tensor cores, adopted only where the GPU measures them within the 2x-torch-error rule
+# against float64 (benchmarks/bench_fp32_dots.py; docs/design.md, "fp32 inputs").
+FP32_DOTS = ("ieee", "tf32x3", "bf16x6")
+
+
+def fp32_dots() -> str:
+    """``VLKERNELS_FP32_DOTS`` (default "ieee"), checked."""
+    value = os.environ.get("VLKERNELS_FP32_DOTS", "ieee").strip().lower() or "ieee"
+    if value not in FP32_DOTS:
+        raise ValueError(f"VLKERNELS_FP32_DOTS must be one of {FP32_DOTS}, got {value!r}")
+    return value
+
+
+def split_dots(dtype: torch.dtype) -> bool:
+    """Whether fp32 dots run as split-precision tensor-core products (``fp32_dots``)."""
+    return dot_precision(dtype) in ("tf32x3", "bf16x6")
+
+
 def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs follow torch's own matmul setting: full fp32 unless the user allowed TF32."""
-    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
-        return "ieee"
-    return "tf32"
+    """fp32 inputs follow torch's own matmul setting: TF32 where torch allows it ("high", "medium"),
+    else exact-class dots (``fp32_dots``). Triton's interpreter dots in numpy whatever the precision and
+    knows no "bf16x6": there it runs as "tf32x3" (the same tensor-core configs)."""
+    if dtype != torch.float32 or torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    dots = fp32_dots()
+    if dots == "bf16x6" and interpret_mode():
+        return "tf32x3"
+    return dots
 
 
 def upcast(dtype: torch.dtype) -> bool:
