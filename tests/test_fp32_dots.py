@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from benchmarks import bench_fp32_dots
+from tests._ref import assert_within_float64_error, features, run_loss, term_scales
 from tests.test_contrastive import _check as check_contrastive
 from tests.test_sigmoid import check as check_sigmoid
 from tests.test_soft_target import _check as check_soft_target
@@ -25,6 +26,23 @@ from vlkernels.ops.triton_utils import config, dot_precision, fp32_dots, matmul_
 
 SPLIT = ["tf32x3", "bf16x6"]
 KNOB_VALUES = [(None, "ieee"), ("", "ieee"), ("ieee", "ieee"), (" TF32x3 ", "tf32x3"), ("BF16X6", "bf16x6")]
+
+
+def check_fp32_class(device, batch, dim, scale=30.0, grad_out=0.7, within=10.0) -> list[float]:
+    """The Triton loss under the current VLKERNELS_FP32_DOTS against float64, by tests/_ref.py's rule
+    with ``within`` for its factor: the loss and every gradient within ``within`` x torch fp32's own error
+    plus 8 fp32 ulps of the quantity's scale. Returns each error over torch's."""
+    img, txt = features(batch, dim, device=device, seed=batch)
+    s = torch.tensor(scale, device=device)
+    ref = run_loss(bench_fp32_dots._plain_loss, img.double(), txt.double(), s.double(), grad_out)
+    base = run_loss(bench_fp32_dots._plain_loss, img, txt, s, grad_out)
+    got = run_loss(lambda i, t, c: contrastive_loss(i, t, c, impl="triton"), img, txt, s, grad_out)
+    assert all(g.dtype == torch.float32 for g in got)
+    assert_within_float64_error(got, base, ref, term_scales(batch, scale, grad_out), factor=within)
+    return [
+        (g.double() - r).abs().max().item() / max((b.double() - r).abs().max().item(), 1e-300)
+        for g, b, r in zip(got, base, ref, strict=True)
+    ]
 
 
 @pytest.fixture
@@ -110,6 +128,16 @@ def test_contrastive_split_path_matches_naive(monkeypatch, highest, split, batch
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("split", SPLIT)
+def test_fp32_class_check(monkeypatch, highest, split):
+    """tests/test_gpu_contrastive.py's check of the split dots on a GPU, here through the interpreter
+    (numpy's fp32 dots: fp32 class)."""
+    monkeypatch.setenv("VLKERNELS_FP32_DOTS", split)
+    ratios = check_fp32_class("cpu", 37, 24)
+    assert len(ratios) == 4 and all(0 <= r < float("inf") for r in ratios)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("split", SPLIT)
 def test_sigmoid_split_path_matches_float64(monkeypatch, highest, split):
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", split)
     check_sigmoid("triton", 17, 100)
@@ -162,3 +190,5 @@ def test_gpu_measurement_script_runs(monkeypatch, highest, tmp_path):
     assert times[0]["modelled_h100_ms"] is None and times[2]["modelled_h100_ms"][0] > 0
     report = bench_fp32_dots.measured_report(rows, dict(device="cpu", torch="x", triton="y"))
     assert "| B=33 D=40 s=30 | tf32x3 |" in report and "| 24 x 16 | bf16x6 | 1.00 |" in report
+    ieee_row = next(line for line in report.splitlines() if line.startswith("| B=33 D=40 s=30 | ieee |"))
+    assert ieee_row.endswith("| 1.00 |")  # the IEEE mode against itself

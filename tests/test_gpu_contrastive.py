@@ -97,21 +97,19 @@ def test_cuda_fp32_tight(impl):
 @pytest.mark.parametrize("batch,dim", [(1000, 300), (4099, 1024)])
 def test_cuda_split_fp32_dots(monkeypatch, split, batch, dim):
     """The split-precision fp32 dots (experimental: VLKERNELS_FP32_DOTS) run on tensor cores with
-    fp32-class results: within the fp32 tolerance of the naive fp32 loss, which a plain TF32 product misses
-    (benchmarks/results/model/fp32_dots_emulated.md: 77-800x torch's error). Whether they stay within
-    2x torch's own error against float64, the rule for adopting one, is benchmarks/bench_fp32_dots.py's
-    measurement."""
+    fp32-class results: against float64, the loss and every gradient within 10x torch fp32's own error
+    plus 8 ulps of their scale (tests/_ref.py's rule with factor 10; a plain TF32 product errs 77-800x
+    torch's in the gradients, benchmarks/results/model/fp32_dots_emulated.md). Whether they stay within
+    2x, the rule for adopting one, is benchmarks/bench_fp32_dots.py's measurement (it reports the ratios)."""
+    from tests.test_fp32_dots import check_fp32_class
+
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", split)
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
     try:
-        img, txt = features(batch, dim, device="cuda", seed=batch)
-        scale = torch.tensor(30.0, device="cuda")
-        want = run_loss(lambda i, t, s: contrastive_loss(i, t, s, impl="naive"), img, txt, scale, 0.7)
-        got = run_loss(lambda i, t, s: contrastive_loss(i, t, s, impl="triton"), img, txt, scale, 0.7)
+        check_fp32_class("cuda", batch, dim)
     finally:
         torch.set_float32_matmul_precision(old)
-    assert_close_all(got, want, torch.float32, tol=TOL_GPU)
 
 
 def test_auto_picks_triton_on_cuda():
