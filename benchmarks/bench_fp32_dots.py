@@ -29,6 +29,8 @@ import sys
 
 import torch
 
+from vlkernels.reference import contrastive_loss_naive
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = ("ieee", "tf32x3", "bf16x6")
 # (B, D, logit scale, correlation of the paired features): a temperature at open_clip's clamp (100), a
@@ -187,15 +189,6 @@ def emulated_report(rows: list[dict]) -> str:
 # GPU measurement
 
 
-def _plain_loss(img, txt, scale):
-    """The symmetric CLIP loss as plain torch (the naive impl's formula), in the operands' dtype: the
-    float64 reference, and torch's own fp32 computation."""
-    logits = scale * img @ txt.T
-    labels = torch.arange(img.shape[0], device=img.device)
-    ce = torch.nn.functional.cross_entropy
-    return 0.5 * (ce(logits, labels) + ce(logits.T, labels))
-
-
 def _loss_and_grads(fn, img, txt, scale):
     leaves = [x.detach().clone().requires_grad_() for x in (img, txt, scale)]
     loss = fn(*leaves)
@@ -226,8 +219,8 @@ def _measure(device: str) -> list[dict]:
     for batch, dim, scale, corr in GPU_CASES:
         img, txt = _features(batch, dim, corr, device=device, seed=batch + dim)
         s = torch.tensor(scale, device=device)
-        ref = _loss_and_grads(_plain_loss, img.double(), txt.double(), s.double())
-        base = _loss_and_grads(_plain_loss, img, txt, s)
+        ref = _loss_and_grads(contrastive_loss_naive, img.double(), txt.double(), s.double())
+        base = _loss_and_grads(contrastive_loss_naive, img, txt, s)
         base_err = [_rel_err(g, r) for g, r in zip(base, ref, strict=True)]
         for mode in ("torch fp32",) + MODES:
             if mode == "torch fp32":

@@ -23,6 +23,7 @@ from vlkernels import contrastive_loss
 from vlkernels.ops import soft_target_triton
 from vlkernels.ops.sigmoid_triton import loss_config
 from vlkernels.ops.triton_utils import config, dot_precision, fp32_dots, matmul_config, split_dots
+from vlkernels.reference import contrastive_loss_naive
 
 SPLIT = ["tf32x3", "bf16x6"]
 KNOB_VALUES = [(None, "ieee"), ("", "ieee"), ("ieee", "ieee"), (" TF32x3 ", "tf32x3"), ("BF16X6", "bf16x6")]
@@ -34,8 +35,8 @@ def check_fp32_class(device, batch, dim, scale=30.0, grad_out=0.7, within=10.0) 
     plus 8 fp32 ulps of the quantity's scale. Returns each error over torch's."""
     img, txt = features(batch, dim, device=device, seed=batch)
     s = torch.tensor(scale, device=device)
-    ref = run_loss(bench_fp32_dots._plain_loss, img.double(), txt.double(), s.double(), grad_out)
-    base = run_loss(bench_fp32_dots._plain_loss, img, txt, s, grad_out)
+    ref = run_loss(contrastive_loss_naive, img.double(), txt.double(), s.double(), grad_out)
+    base = run_loss(contrastive_loss_naive, img, txt, s, grad_out)
     got = run_loss(lambda i, t, c: contrastive_loss(i, t, c, impl="triton"), img, txt, s, grad_out)
     assert all(g.dtype == torch.float32 for g in got)
     assert_within_float64_error(got, base, ref, term_scales(batch, scale, grad_out), factor=within)
