@@ -2,8 +2,10 @@
 
 Two steps, both without a GPU:
 
-1. Capture (``capture``): with TRITON_INTERPRET unset, a fake active Triton driver reports a CUDA target
-   and ``triton.knobs.runtime.jit_cache_hook`` records every kernel launch (signature, constexprs,
+1. Capture (``capture``), once per architecture: with TRITON_INTERPRET unset, a fake active Triton
+   driver reports that CUDA target (and ``triton_utils.HOST_ARCH`` is set to it: the launchers choose
+   some tiles by architecture, e.g. the contrastive forward's 128 x 256 on sm_90 only) and
+   ``triton.knobs.runtime.jit_cache_hook`` records every kernel launch (signature, constexprs,
    specialisation attributes, num_warps, num_stages) and returns True, so nothing is compiled or launched.
    The REAL backends (``TritonBackend``, ``TritonSoftTargetBackend``, ``TritonSigmoidBackend``) and
    launchers run on small CPU tensors for every variant they can select: dtype (bf16, fp16, fp32 under
@@ -15,7 +17,7 @@ Two steps, both without a GPU:
    statistics ``_stats_kernel``, its W chunks ``_weights_kernel`` and the same GEMMs; the sigmoid
    (SigLIP) forward ``_loss_kernel``, its G chunks ``_weights_kernel`` and the same GEMMs. No float
    atomics anywhere (one path per backend).
-2. Compile (``compile_all``): each distinct captured specialisation once per architecture with
+2. Compile (``compile_all``): each distinct specialisation captured for an architecture once, with
    ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`` (a process pool), recording
    ptxas' registers and spill bytes (``knobs.nvidia.dump_ptxas_log``), shared memory (``metadata.shared``),
    how every ``tt.dot`` was lowered (TTGIR: ``ttng.warp_group_dot`` = wgmma, ``tt.dot`` on an
@@ -88,6 +90,9 @@ TEACHER_D = 768
 # within CI's time: the single-D forward (D = 64, IEEE fp32 included), the chunked one (D = 256 / 1024:
 # bf16, TF32) and an unaligned D (TF32 at D = 100: masked chunks, 64-column tiles). The IEEE fp32 chunked
 # variants (the slowest compiles) are in the "sigmoid" and "full" grids only.
+# D of the full grid: the single-D path (64), a multiple of 8 but not of 16 (72: no divisibility hint, the
+# masked last D chunk), unaligned (100), chunked and aligned (256, 1024).
+FULL_DIMS = (64, 72, 100, 256, 1024)
 SIGMOID_TEST = [("bf16", 64), ("bf16", 256), ("bf16", 1024), ("tf32", 100), ("tf32", 1024), ("fp32", 64)]
 
 
@@ -110,7 +115,7 @@ def fp32_dots_of(call: Call) -> str:
 
 
 def grid(name: str = "full") -> list[Call]:
-    """The backend calls to capture. "full": every dtype x D in (64, 100, 256, 1024) x (soft target)
+    """The backend calls to capture. "full": every dtype x D in FULL_DIMS x (soft target)
     teacher (none, fp32 x 768, for half students also their own dtype x 768; the split-precision fp32
     candidates "tf32x3" and "bf16x6" with their own kind of teacher, and bf16 beside both), and the
     sigmoid backend's forward + backward per dtype x D; identical specialisations (D = 256 and D = 1024:
@@ -123,7 +128,8 @@ def grid(name: str = "full") -> list[Call]:
     if name == "test":
         c, s = "contrastive", "soft_target"
         f32t = ("fp32", TEACHER_D)
-        calls = [Call(c, dt, D) for dt, D in [("bf16", 64), ("bf16", 100), ("bf16", 1024), ("fp16", 1024)]]
+        calls = [Call(c, dt, D) for dt, D in [("bf16", 64), ("bf16", 72), ("bf16", 100), ("bf16", 1024)]]
+        calls.append(Call(c, "fp16", 1024))
         calls += [Call(c, dt, 1024) for dt in ("tf32", "fp32")]
         calls += [Call(s, "bf16", 64), Call(s, "bf16", 1024), Call(s, "fp32", 64)]
         calls += [Call(s, "bf16", 1024, f32t), Call(s, "bf16", 1024, ("bf16", TEACHER_D))]
@@ -139,10 +145,10 @@ def grid(name: str = "full") -> list[Call]:
             teachers.append((dt, TEACHER_D))
         if dt == "bf16":  # beside split-precision fp32 teachers
             teachers += [(split, TEACHER_D) for split in SPLIT]
-        for D in (64, 100, 256, 1024):
+        for D in FULL_DIMS:
             calls.append(Call("contrastive", dt, D))
             calls.extend(Call("soft_target", dt, D, t) for t in teachers)
-        calls.extend(Call("sigmoid", dt, D) for D in (64, 100, 256, 1024))
+        calls.extend(Call("sigmoid", dt, D) for D in FULL_DIMS)
     return calls
 
 
@@ -204,8 +210,9 @@ class _FakeDriver:
         return True
 
 
-def _set_up_capture(records: list):
-    """Fake driver + jit_cache_hook; must run before triton compiles or launches anything."""
+def _set_up_capture(records: list, arch: int = 90):
+    """Fake driver (reporting sm_``arch``) + jit_cache_hook; must run before triton compiles or launches
+    anything. The launchers configure CPU tensors for ``triton_utils.HOST_ARCH``: set to ``arch``."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("capture needs TRITON_INTERPRET unset (run it in a subprocess without it)")
     import triton
@@ -213,8 +220,10 @@ def _set_up_capture(records: list):
 
     import vlkernels._dispatch
     import vlkernels._triton
+    from vlkernels.ops import triton_utils
 
-    triton.runtime.driver.set_active(_FakeDriver(GPUTarget("cuda", 90, 32)))
+    triton.runtime.driver.set_active(_FakeDriver(GPUTarget("cuda", arch, 32)))
+    triton_utils.HOST_ARCH = arch
 
     def hook(*, key, repr, fn, compile, is_manual_warmup, already_compiled):
         records.append(
@@ -296,13 +305,16 @@ def _short(rec: dict) -> str:
     return KERNELS.get(rec["name"], rec["name"])
 
 
-def capture(calls: list[Call]) -> dict:
-    """Run the real backends for every call; {variant id: record} (record: the launch's specialisation,
-    the tile config, the spec key shared by identical specialisations)."""
+def capture(calls: list[Call], arch: int = 90) -> dict:
+    """Run the real backends for every call, configured for sm_``arch``; {variant id: record} (record: the
+    launch's specialisation, the tile config, the spec key shared by identical specialisations)."""
     import torch
 
+    from vlkernels.ops import triton_utils
+
     records: list = []
-    _set_up_capture(records)
+    old_arch = triton_utils.HOST_ARCH
+    _set_up_capture(records, arch)
     variants: dict = {}
     old_precision = torch.get_float32_matmul_precision()
     old_dots = os.environ.get("VLKERNELS_FP32_DOTS")
@@ -323,6 +335,7 @@ def capture(calls: list[Call]) -> dict:
                     raise AssertionError(f"{vid}: two different specialisations for one variant id")
                 variants.setdefault(vid, rec)
     finally:
+        triton_utils.HOST_ARCH = old_arch
         torch.set_float32_matmul_precision(old_precision)
         if old_dots is None:
             os.environ.pop("VLKERNELS_FP32_DOTS", None)
@@ -477,11 +490,13 @@ def _compile_one(job: tuple) -> tuple:
     return spec, arch, res
 
 
-def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
-    """{str(arch): {spec: result}} for every distinct specialisation in ``variants``."""
+def compile_all(by_arch: dict, jobs: int = 2) -> dict:
+    """{str(arch): {spec: result}} for every distinct specialisation of ``by_arch`` ({str(arch): {variant
+    id: record}}, each architecture's own capture), compiled for its architecture."""
     unique = {}
-    for rec in variants.values():
-        unique.setdefault(rec["spec"], rec)
+    for arch, variants in by_arch.items():
+        for rec in variants.values():
+            unique.setdefault((rec["spec"], int(arch)), rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
     weight = {"st_weights": 3, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2}
     weight.update(lse=1, matmul=1, sigmoid_loss=1)
@@ -490,8 +505,8 @@ def compile_all(variants: dict, archs=(90, 80), jobs: int = 2) -> dict:
         cfg = item[1]["config"]
         return -(weight[item[1]["kernel"]] + 2 * (not cfg.get("SINGLE_D", False)) + 2 * cfg.get("TEACHER", 0))
 
-    todo = [(spec, arch, rec) for spec, rec in sorted(unique.items(), key=cost) for arch in archs]
-    results: dict = {str(a): {} for a in archs}
+    todo = [(spec, arch, rec) for (spec, arch), rec in sorted(unique.items(), key=cost)]
+    results: dict = {arch: {} for arch in by_arch}
     if jobs <= 1:
         done = map(_compile_one, todo)
     else:
@@ -544,6 +559,12 @@ def violations(rec: dict, res: dict, arch: int) -> list[str]:
 # Tables and CLI
 
 
+def records(data: dict, arch: int) -> dict:
+    """{variant id: record} as captured for sm_``arch`` (a run's JSON from before the per-architecture
+    capture: its one capture)."""
+    return data.get("variants_by_arch", {}).get(str(arch), data["variants"])
+
+
 def table(data: dict, arch: int) -> str:
     a = ARCHS[arch]
     results = data["compiled"][str(arch)]
@@ -563,7 +584,7 @@ def table(data: dict, arch: int) -> str:
         "|---|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---|---|",
     ]
     n_ok = 0
-    for vid, rec in data["variants"].items():
+    for vid, rec in records(data, arch).items():
         res = results[rec["spec"]]
         cfg = rec["config"]
         blocks = f"{cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg.get('BLOCK_D', cfg.get('BLOCK_K'))}"
@@ -607,9 +628,9 @@ def table(data: dict, arch: int) -> str:
             f"{rec['spec']} | "
             f"{'; '.join(bad)} |"
         )
-    n_spec = len({rec["spec"] for rec in data["variants"].values()})
+    n_spec = len({rec["spec"] for rec in records(data, arch).values()})
     lines[4:4] = [
-        f"{len(data['variants'])} variants ({n_spec} distinct specialisations); {n_ok} meet every target "
+        f"{len(records(data, arch))} variants ({n_spec} distinct specialisations); {n_ok} meet every target "
         f"on {a['name']}. tests/test_aot_compile.py asserts the targets on a subset of these rows (its "
         "strict xfails name the known misses).",
         "",
@@ -633,7 +654,7 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         "of the shared G-chunk engine, whose GEMMs are the `matmul/...` rows of aot_sm90.md / aot_sm80.md) "
         "for bf16 / fp16 / fp32 under torch's default precision "
         '(IEEE dots) / fp32 under "high" (TF32 dots) / fp32 as split-precision tensor-core dots '
-        "(VLKERNELS_FP32_DOTS=tf32x3 / bf16x6, experimental) x D in (64, 100, 256, 1024), captured and "
+        "(VLKERNELS_FP32_DOTS=tf32x3 / bf16x6, experimental) x D in (64, 72, 100, 256, 1024), captured and "
         "compiled as in aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each). Per "
         "architecture: registers, "
         "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "
@@ -664,8 +685,9 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
             f"{cfg['num_warps']}/{cfg['num_stages']} |"
         )
         for a in archs:
-            res = data["compiled"][str(a)][rec["spec"]]
-            bad = violations(rec, res, a)
+            rec_a = records(data, a)[vid]
+            res = data["compiled"][str(a)][rec_a["spec"]]
+            bad = violations(rec_a, res, a)
             n_ok[a] += not bad
             if res.get("error"):
                 row += f" | | | | | | {bad[0]} |"
@@ -697,15 +719,16 @@ def run(grid_name: str = "full", archs=(90, 80), jobs: int = 2) -> dict:
 
     t0 = time.perf_counter()
     try:
-        variants = capture(grid(grid_name))
+        by_arch = {str(arch): capture(grid(grid_name), arch) for arch in archs}
         t1 = time.perf_counter()
-        compiled = compile_all(variants, archs, jobs)
+        compiled = compile_all(by_arch, jobs)
         t2 = time.perf_counter()
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     return dict(
         triton=triton.__version__,
-        variants=variants,
+        variants=by_arch[str(archs[0])],
+        variants_by_arch=by_arch,
         compiled=compiled,
         capture_s=round(t1 - t0, 1),
         compile_s=round(t2 - t1, 1),

@@ -193,8 +193,9 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     # The score tiles: the column operand per program, the row block once (single-D) or per column tile.
     l2["K tiles"] = P * N * D * e
     l2["Q tiles"] = M * D * e if single else M * C * D * e
-    # exp2 per element for the rows and for the columns, the online rescale per row and column tile
-    exps = 2 * M * N + M * C
+    # exp2 per element for the rows and for the columns, the online rescale per row and column tile (per
+    # part of it: the self teacher's wide tiles, ``PARTS``)
+    exps = 2 * M * N + M * C * cfg.get("PARTS", 1)
     parts = 3 if teacher is None else 5
     hbm = {"inputs": (M + N) * D * e, "outputs": 4 * (M + N) * 3, "column partials": 2 * 4.0 * parts * P * N}
     column_bytes = N * D * e
@@ -302,11 +303,11 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
     from vlkernels.ops.triton_utils import matmul_config
 
     tdtype = getattr(torch, DTYPES[dtype][1])
-    fcfg = tile_config(D, dtype, "fwd")
+    fcfg = tile_config(D, dtype, "fwd_wide")
     wcfg = tile_config(D, dtype, "weights")
     with _compiled_configs(dtype):
-        store = matmul_config(tdtype, D % 8 == 0, False, D)
-        acc_cfg = matmul_config(tdtype, D % 8 == 0, True, D, tdtype != torch.float32)
+        store = matmul_config(tdtype, D % 16 == 0, False, D)
+        acc_cfg = matmul_config(tdtype, D % 16 == 0, True, D, tdtype != torch.float32)
     return fcfg, wcfg, store, acc_cfg
 
 
@@ -475,7 +476,8 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
                 fcfg, SINGLE_D=single, programs=P, column_tiles=C, waves=waves, launches=math.ceil(B / rows)
             ),
             flops={unit: 2.0 * B * B * D},
-            exps=2.0 * B * B + B * C,  # row and column exp2 per element, the online rescale per tile
+            # row and column exp2 per element, the online rescale per tile (per part of it)
+            exps=2.0 * B * B + B * C * fcfg.get("PARTS", 1),
             l2_bytes=float(sum(l2.values())),
             atomic_bytes=0.0,
             hbm_bytes=float(sum(hbm.values())),

@@ -86,8 +86,9 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch) -> dict:
         torch.set_float32_matmul_precision(old)
 
 
-def _soft_gpu_config(rec: dict, monkeypatch) -> dict:
-    """The config the soft-target launchers pick on a GPU for this variant's call (interpreter off)."""
+def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
+    """The config the soft-target launchers pick on sm_``arch`` for this variant's call (interpreter
+    off)."""
     import torch
 
     from vlkernels.ops.soft_target_triton import tile_config
@@ -103,15 +104,19 @@ def _soft_gpu_config(rec: dict, monkeypatch) -> dict:
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(aot.DTYPES[call["dtype"]][1])
     try:
-        return tile_config(call["D"], dtype, teacher, "stats" if rec["kernel"] == "stats" else "weights")
+        return tile_config(
+            call["D"], dtype, teacher, "stats" if rec["kernel"] == "stats" else "weights", arch
+        )
     finally:
         torch.set_float32_matmul_precision(old)
 
 
-def test_capture_covers_the_plan(compiled, monkeypatch):
-    """Every variant the grid selects was launched (through the real backends), and nothing else."""
-    assert set(compiled["variants"]) == set(aot.plan("test"))
-    for vid, rec in compiled["variants"].items():
+@pytest.mark.parametrize("arch", ARCHS)
+def test_capture_covers_the_plan(compiled, monkeypatch, arch):
+    """Every variant the grid selects was launched (through the real backends) for each architecture, and
+    nothing else."""
+    assert set(aot.records(compiled, arch)) == set(aot.plan("test"))
+    for vid, rec in aot.records(compiled, arch).items():
         cfg = rec["config"]
         if rec["kernel"].startswith("sigmoid_"):
             # exactly the launchers' GPU configs
@@ -119,7 +124,7 @@ def test_capture_covers_the_plan(compiled, monkeypatch):
             assert {k: cfg[k] for k in want} == want, vid
             assert "ATOMIC_DK" not in cfg and cfg["DIAG"], vid
         elif rec["kernel"] in ("stats", "st_weights"):
-            want = _soft_gpu_config(rec, monkeypatch)
+            want = _soft_gpu_config(rec, monkeypatch, arch)
             assert {k: cfg[k] for k in want} == want, vid
             assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 32, vid
         else:
@@ -144,7 +149,7 @@ def _cases():
 
 @pytest.mark.parametrize("vid,arch", list(_cases()))
 def test_variant_meets_targets(compiled, vid, arch):
-    rec = compiled["variants"][vid]
+    rec = aot.records(compiled, arch)[vid]
     res = compiled["compiled"][str(arch)][rec["spec"]]
     problems = aot.violations(rec, res, arch)
     assert not problems, f"{vid} on sm_{arch}: " + "; ".join(problems)
@@ -161,13 +166,14 @@ def test_sigmoid_grid_covers_dtypes_and_paths():
     full = aot.plan("full")
     sig_full = {v for v in aot.plan("sigmoid") if v.startswith("sigmoid_")}
     assert {v for v in full if v.startswith("sigmoid_")} == sig_full
-    assert len(sig_full) == 2 * len(aot.DTYPES) * 4
+    assert len(sig_full) == 2 * len(aot.DTYPES) * len(aot.FULL_DIMS)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_sigmoid_kernels_have_no_float_atomics(compiled, arch):
     """No sigmoid variant has a float atomic in its PTX, xfailed ones included (deterministic by design)."""
-    sig = {vid: rec for vid, rec in compiled["variants"].items() if rec["kernel"].startswith("sigmoid_")}
+    mine = aot.records(compiled, arch)
+    sig = {vid: rec for vid, rec in mine.items() if rec["kernel"].startswith("sigmoid_")}
     assert sig
     for vid, rec in sig.items():
         res = compiled["compiled"][str(arch)][rec["spec"]]
@@ -187,7 +193,7 @@ def test_known_defects_name_planned_variants():
 def test_contrastive_v2_kernels_are_deterministic_and_on_tensor_cores(compiled, arch):
     """The contrastive v2 kernels (one-pass forward, its exact fallback, G, the GEMMs): no float atomic in
     any PTX, every 16-bit / TF32 variant on tensor cores, nothing spills (no known defect among them)."""
-    mine = {v: r for v, r in compiled["variants"].items() if r["call"]["op"] == "contrastive"}
+    mine = {v: r for v, r in aot.records(compiled, arch).items() if r["call"]["op"] == "contrastive"}
     assert {r["kernel"] for r in mine.values()} == {"fwd", "lse", "weights", "matmul"}
     for vid, rec in mine.items():
         res = compiled["compiled"][str(arch)][rec["spec"]]
@@ -195,3 +201,20 @@ def test_contrastive_v2_kernels_are_deterministic_and_on_tensor_cores(compiled, 
         assert res["ptx_float_atomics"] == 0, vid
         if rec["call"]["dtype"] != "fp32":
             assert res["ptx_wgmma" if arch == 90 else "ptx_mma_sync"] > 0, vid
+
+
+def test_score_tiles_follow_the_architecture(compiled):
+    """Each architecture is captured with its own launch configs: on sm_90 the contrastive forward takes
+    128 x 256 score tiles and the soft target's statistics with the self teacher 128 x 128, each with the
+    epilogue in four parts (16-bit, D a multiple of 16 above 64); on sm_80 (mma.sync: those spilled) 128 x
+    128 and 128 x 64. D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. Every other
+    variant is the same specialisation on both."""
+    v90, v80 = aot.records(compiled, 90), aot.records(compiled, 80)
+    wide = {vid for vid, rec in v90.items() if rec["config"].get("PARTS") == 4 and rec["kernel"] != "matmul"}
+    assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024"}
+    for vid in wide:
+        narrow = {"fwd": 128, "stats": 64}[v90[vid]["kernel"]]
+        assert (v90[vid]["config"]["BLOCK_N"], v80[vid]["config"]["BLOCK_N"]) == (2 * narrow, narrow), vid
+        assert v80[vid]["config"].get("PARTS", 1) == 1, vid
+    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide
+    assert {v90[vid]["config"]["BLOCK_N"] for vid in v90 if "/D72" in vid and "matmul" not in vid} == {64}

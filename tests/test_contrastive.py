@@ -71,6 +71,21 @@ def test_triton_matches_naive_shapes(batch, dim, eps):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 70])
+def test_triton_wide_forward_matches_naive(dtype, batch):
+    """16-bit features with D a multiple of 16 above 64 take the forward's wide score tiles, each tile's
+    epilogue in four column parts (config "fwd_wide"; in the interpreter 16 x 64 tiles, parts of 16): at
+    70 columns the second tile's last two parts hold no column at all."""
+    from vlkernels.ops.triton_utils import config
+
+    assert config(80, dtype, "fwd_wide").get("PARTS") == 4
+    assert config(80, dtype, "fwd_wide", arch=80).get("PARTS", 1) == 1  # mma.sync: 128 x 128
+    assert "PARTS" not in config(72, dtype, "fwd_wide")  # no divisibility hint
+    _check("triton", batch, 80, dtype=dtype, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
 @pytest.mark.slow
 def test_triton_matches_naive_large():
     _check("triton", 127, 129, eps=0.1, grad_out=0.5)

@@ -120,6 +120,21 @@ def test_triton_matches_naive_shapes(batch, dim, t_dim):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 70])
+def test_triton_wide_statistics_match_naive(dtype, batch):
+    """16-bit features with D a multiple of 16 above 64 and the self teacher: the statistics kernel's wide
+    score tiles, each tile's epilogue in four column parts (``tile_config``; in the interpreter 16 x 64
+    tiles, parts of 16: at 70 columns the second tile's last two parts hold no column), rows and column
+    partials against naive."""
+    from vlkernels.ops.soft_target_triton import tile_config
+
+    assert tile_config(80, dtype, None, "stats").get("PARTS") == 4
+    assert tile_config(80, dtype, None, "stats", arch=80).get("PARTS", 1) == 1
+    _check("triton", batch, 80, dtype=dtype, mask=batch > 2, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
 @pytest.mark.parametrize("alpha", [0.0, 1.0, "tensor"])
 @pytest.mark.parametrize("mask", [False, True])
 @pytest.mark.parametrize("t_dim", [None, 24])

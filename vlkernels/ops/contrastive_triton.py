@@ -43,9 +43,11 @@ from vlkernels.ops.triton_utils import (
     config,
     dot_precision,
     dot_tile,
+    halves,
     load_tile,
     score_tile,
     store_weights,
+    target_arch,
     tile_diagonal,
     upcast,
     walk_grid,
@@ -152,8 +154,11 @@ def _forward_kernel(
     SINGLE_D: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    PARTS: tl.constexpr = 1,
 ):
-    """Row LSEs of S (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]), one pass."""
+    """Row LSEs of S (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]), one pass.
+    PARTS = 4: each score tile's epilogue in four column parts, one after the other (fewer registers: the
+    128 x 256 tiles of config "fwd_wide"); the same sums in another order."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
@@ -167,6 +172,7 @@ def _forward_kernel(
         q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    my_part = part_ptr + pid * N
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
@@ -193,14 +199,33 @@ def _forward_kernel(
             UPCAST,
         )
         s2 = acc * scale2
-        s2_row = tl.where(mask_n[None, :], s2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s2_row, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2_row - m_new[:, None]), axis=1)
-        m_i = m_new
-        ref = tl.load(ref_ptr + offs_n, mask=mask_n, other=0.0)
-        col = tl.where(mask_m[:, None], tl.exp2(s2 - ref[None, :]), 0.0)
-        tl.store(part_ptr + pid * N + offs_n, tl.sum(col, axis=0), mask=mask_n)
+        if PARTS == 1:
+            m_i, l_i = _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, my_part, N)
+        else:  # four column parts of V
+            V: tl.constexpr = BLOCK_N // 4
+            offs_v = start_n + tl.arange(0, V).to(tl.int64)
+            h0, h1 = halves(s2, BLOCK_M, BLOCK_N)
+            p0, p1 = halves(h0, BLOCK_M, BLOCK_N // 2)
+            m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v, mask_m, ref_ptr, my_part, N)
+            m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + V, mask_m, ref_ptr, my_part, N)
+            p0, p1 = halves(h1, BLOCK_M, BLOCK_N // 2)
+            m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v + 2 * V, mask_m, ref_ptr, my_part, N)
+            m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + 3 * V, mask_m, ref_ptr, my_part, N)
     tl.store(lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+
+
+@triton.jit
+def _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, part_ptr, N):
+    """One score tile (or column part of it) of ``_forward_kernel``, S2 = S log2(e) [rows, cols]: the
+    rows' online max / sum updated (returned), the columns' sums of exp2(S2 - ref) stored at part[offs_n]."""
+    mask_n = offs_n < N
+    s2_row = tl.where(mask_n[None, :], s2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s2_row, axis=1))
+    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2_row - m_new[:, None]), axis=1)
+    ref = tl.load(ref_ptr + offs_n, mask=mask_n, other=0.0)
+    col = tl.where(mask_m[:, None], tl.exp2(s2 - ref[None, :]), 0.0)
+    tl.store(part_ptr + offs_n, tl.sum(col, axis=0), mask=mask_n)
+    return m_new, l_i
 
 
 @triton.jit
@@ -423,7 +448,7 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
     """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in fp32, one pass over S."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = config(dim, q.dtype, "fwd")
+    cfg = config(dim, q.dtype, "fwd_wide", target_arch(q.device))
     ref = column_reference(q, k, scale)
     r = torch.empty(m, dtype=torch.float32, device=q.device)
     sums = torch.zeros(n, dtype=torch.float32, device=q.device)

@@ -38,13 +38,16 @@ from vlkernels.ops.triton_utils import (
     config,
     dot_precision,
     dot_tile,
+    halves,
     load_tile,
     score_tile,
     split_dots,
     store_weights,
+    target_arch,
     tile_diagonal,
     upcast,
     walk_grid,
+    wide_score_tiles,
 )
 
 
@@ -84,13 +87,15 @@ def _stats_kernel(
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
+    PARTS: tl.constexpr = 1,
 ):
     """Row statistics of Q against all of K (module docstring). COLUMNS: also this program's column
     statistics over its rows, each column tile seen once, so exact without an online rescale (base 2,
     [programs, N] each, part[k * part_stride + pid * N + j]): k = 0: max_i S2_ij, 1: sum_i exp2(S2_ij -
     max), and for the teacher's softmax (S' = S without TEACHER, then k = 2: sum_i exp2(S2 - max) <Q_i,
     K_j>) with TEACHER k = 2: max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max')
-    <Q_i, K_j>."""
+    <Q_i, K_j>. PARTS (the self teacher only): each score tile's epilogue in that many column parts, one
+    after the other (fewer registers: the 128 x 128 tiles of ``tile_config``)."""
     if DOT_PREC != "ieee":  # the D walks run: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
         tl.assume(DT > 0)
@@ -136,9 +141,33 @@ def _stats_kernel(
             DOT_PREC,
             UPCAST,
         )
-        # Padded columns: -inf in the exponents, but the dot products stay 0 there (0 * -inf is nan).
-        s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
-        if TEACHER:
+        if not TEACHER:  # the self teacher: S' = S
+            my_part = part_ptr + pid * N
+            if PARTS == 1:
+                m_t, l_t, acc_w = _self_epilogue(
+                    acc, m_t, l_t, acc_w, scale2, offs_n, mask_m, my_part, part_stride, N, COLUMNS
+                )
+            else:  # four column parts of V
+                V: tl.constexpr = BLOCK_N // 4
+                offs_v = start_n + tl.arange(0, V).to(tl.int64)
+                h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
+                a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
+                m_t, l_t, acc_w = _self_epilogue(
+                    a0, m_t, l_t, acc_w, scale2, offs_v, mask_m, my_part, part_stride, N, COLUMNS
+                )
+                m_t, l_t, acc_w = _self_epilogue(
+                    a1, m_t, l_t, acc_w, scale2, offs_v + V, mask_m, my_part, part_stride, N, COLUMNS
+                )
+                a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
+                m_t, l_t, acc_w = _self_epilogue(
+                    a0, m_t, l_t, acc_w, scale2, offs_v + 2 * V, mask_m, my_part, part_stride, N, COLUMNS
+                )
+                m_t, l_t, acc_w = _self_epilogue(
+                    a1, m_t, l_t, acc_w, scale2, offs_v + 3 * V, mask_m, my_part, part_stride, N, COLUMNS
+                )
+        else:
+            # Padded columns: -inf in the exponents, but the dot products stay 0 there (0 * -inf is nan).
+            s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
             t_acc = dot_tile(
                 tq_ptr,
                 tk_ptr,
@@ -161,30 +190,25 @@ def _stats_kernel(
             m_new = tl.maximum(m_s, tl.max(s2, axis=1))
             l_s = l_s * tl.exp2(m_s - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
             m_s = m_new
-        else:
-            t2 = s2
-        mt_new = tl.maximum(m_t, tl.max(t2, axis=1))
-        alpha = tl.exp2(m_t - mt_new)
-        e = tl.exp2(t2 - mt_new[:, None])
-        l_t = l_t * alpha + tl.sum(e, axis=1)
-        acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
-        m_t = mt_new
-        if COLUMNS:
-            col = part_ptr + pid * N + offs_n
-            s2_c = tl.where(mask_m[:, None], s2, float("-inf"))
-            m_c = tl.where(mask_n, tl.max(s2_c, axis=0), 0.0)  # padded columns: -inf - 0, no nan
-            e_c = tl.exp2(s2_c - m_c[None, :])
-            tl.store(col, m_c, mask=mask_n)
-            tl.store(col + part_stride, tl.sum(e_c, axis=0), mask=mask_n)
-            if TEACHER:
+            mt_new = tl.maximum(m_t, tl.max(t2, axis=1))
+            alpha = tl.exp2(m_t - mt_new)
+            e = tl.exp2(t2 - mt_new[:, None])
+            l_t = l_t * alpha + tl.sum(e, axis=1)
+            acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
+            m_t = mt_new
+            if COLUMNS:
+                col = part_ptr + pid * N + offs_n
+                s2_c = tl.where(mask_m[:, None], s2, float("-inf"))
+                m_c = tl.where(mask_n, tl.max(s2_c, axis=0), 0.0)  # padded columns: -inf - 0, no nan
+                e_c = tl.exp2(s2_c - m_c[None, :])
+                tl.store(col, m_c, mask=mask_n)
+                tl.store(col + part_stride, tl.sum(e_c, axis=0), mask=mask_n)
                 t2_c = tl.where(mask_m[:, None], t2, float("-inf"))
                 m_c = tl.where(mask_n, tl.max(t2_c, axis=0), 0.0)
                 e_c = tl.exp2(t2_c - m_c[None, :])
                 tl.store(col + 2 * part_stride, m_c, mask=mask_n)
                 tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
                 tl.store(col + 4 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
-            else:
-                tl.store(col + 2 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
     t_lse = (m_t + tl.log2(l_t)) * LN2
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
     if TEACHER:
@@ -192,6 +216,30 @@ def _stats_kernel(
         tl.store(t_lse_ptr + offs_m, t_lse, mask=mask_m)
     else:
         tl.store(lse_ptr + offs_m, t_lse, mask=mask_m)
+
+
+@triton.jit
+def _self_epilogue(acc, m_t, l_t, acc_w, scale2, offs_n, mask_m, part_ptr, part_stride, N, COLUMNS):
+    """One score tile (or column part of it) of ``_stats_kernel`` with the self teacher, acc = <Q_i, K_j>
+    [rows, cols]: the rows' online max / sum / softmax-weighted sum of acc updated (returned); with COLUMNS
+    the columns' max, sum and weighted sum over the rows stored at part[k * part_stride + offs_n]."""
+    mask_n = offs_n < N
+    # Padded columns: -inf in the exponents, but the dot products stay 0 there (0 * -inf is nan).
+    s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
+    mt_new = tl.maximum(m_t, tl.max(s2, axis=1))
+    alpha = tl.exp2(m_t - mt_new)
+    e = tl.exp2(s2 - mt_new[:, None])
+    l_t = l_t * alpha + tl.sum(e, axis=1)
+    acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
+    if COLUMNS:
+        col = part_ptr + offs_n
+        s2_c = tl.where(mask_m[:, None], s2, float("-inf"))
+        m_c = tl.where(mask_n, tl.max(s2_c, axis=0), 0.0)  # padded columns: -inf - 0, no nan
+        e_c = tl.exp2(s2_c - m_c[None, :])
+        tl.store(col, m_c, mask=mask_n)
+        tl.store(col + part_stride, tl.sum(e_c, axis=0), mask=mask_n)
+        tl.store(col + 2 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
+    return mt_new, l_t, acc_w
 
 
 @triton.jit
@@ -428,28 +476,33 @@ def _weights_kernel(
         )
 
 
-def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
+def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None) -> dict:
     """Launch config of the statistics ("stats") or weights ("weights") kernel for a student of width
-    ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s'). Measured without a GPU
+    ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s') on sm_``arch`` (``triton_utils.HOST_ARCH``
+    when None). With the self teacher the statistics take 128-column tiles, the epilogue in four column
+    parts (PARTS; in the interpreter 64 columns, the same path), where ``wide_score_tiles`` holds (as the
+    contrastive forward's 128 x 256). Measured without a GPU
     (benchmarks/aot.py; every variant without spills on sm_90 and sm_80): the student's own config
     alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
     for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
     registers (a teacher) take 64 x 64 tiles (statistics, with their column partials) or 128 x 64
     (weights) and teacher D chunks of 32 (128 x 128 spilled)."""
-    base = config(dim, dtype, "lse" if kernel == "stats" else "weights")
+    base = config(dim, dtype, "lse" if kernel == "stats" else "weights", arch)
     if teacher is None:
         t_dim, t_dtype = dim, dtype
     else:
         t_dim, t_dtype = teacher[0].shape[1], teacher[0].dtype
+    wide = kernel == "stats" and teacher is None and wide_score_tiles(dim, dtype, arch)
     if interpret_mode():
-        return dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
+        cfg = dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
+        return dict(cfg, BLOCK_N=64, PARTS=4) if wide else cfg
     if "ieee" in (dot_precision(dtype), dot_precision(t_dtype)):
-        wide = teacher is None and dim % 8 == 0 and kernel == "weights"
+        wide = teacher is None and dim % 16 == 0 and kernel == "weights"
         # the statistics kernel at two stages, with a teacher three (four at unaligned D): at four, three of
         # them spilled 8-32 B on sm_80 with Triton 3.6's ptxas; these spill with neither 3.6's nor 3.9's
         stages = 4
         if kernel == "stats":
-            stages = 2 if teacher is None else (3 if dim % 8 == 0 else 4)
+            stages = 2 if teacher is None else (3 if dim % 16 == 0 else 4)
         return dict(
             BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=stages
         )
@@ -457,6 +510,10 @@ def tile_config(dim: int, dtype, teacher, kernel: str) -> dict:
         if kernel == "weights" and split_dots(dtype):
             # 128 x 64 tiles (128 x 128 spilled 4-12 B on sm_80 at two and three stages)
             return dict(base, BLOCK_N=64, BLOCK_DT=base["BLOCK_D"])
+        if wide:
+            # 128 x 128 (64 FLOP per byte of L2 traffic, 43 at 128 x 64) in four epilogue parts: 202 / 211
+            # registers on sm_90 with Triton 3.9 / 3.6; two parts of 64 reached 255
+            return dict(base, BLOCK_N=128, PARTS=4, BLOCK_DT=base["BLOCK_D"])
         return dict(base, BLOCK_DT=base["BLOCK_D"])
     if split_dots(t_dtype):
         # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
@@ -475,7 +532,7 @@ def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
     """The statistics kernel's constexpr kwargs and the teacher's runtime arguments (the student's as
     placeholders when None)."""
     dim = q.shape[1]
-    cfg = tile_config(dim, q.dtype, teacher, "stats")
+    cfg = tile_config(dim, q.dtype, teacher, "stats", target_arch(q.device))
     meta = dict(
         SINGLE_D=dim <= cfg["BLOCK_D"],
         DOT_PREC=dot_precision(q.dtype),

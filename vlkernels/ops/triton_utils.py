@@ -225,22 +225,22 @@ def _matmul_kernel(
     else:  # the epilogue in column parts: fewer registers for the tile read back
         W: tl.constexpr = BLOCK_N // PARTS
         o = pid_n * BLOCK_N + tl.arange(0, W)
-        h0, h1 = _halves(acc, BLOCK_M, BLOCK_N)
+        h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
         if PARTS == 2:
             _epilogue(h0, c_ptr, lo_ptr, offs_m, o, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
             _epilogue(h1, c_ptr, lo_ptr, offs_m, o + W, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
         else:
-            q0, q1 = _halves(h0, BLOCK_M, BLOCK_N // 2)
+            q0, q1 = halves(h0, BLOCK_M, BLOCK_N // 2)
             _epilogue(q0, c_ptr, lo_ptr, offs_m, o, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
             _epilogue(q1, c_ptr, lo_ptr, offs_m, o + W, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
-            q0, q1 = _halves(h1, BLOCK_M, BLOCK_N // 2)
+            q0, q1 = halves(h1, BLOCK_M, BLOCK_N // 2)
             o += 2 * W
             _epilogue(q0, c_ptr, lo_ptr, offs_m, o, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
             _epilogue(q1, c_ptr, lo_ptr, offs_m, o + W, M, N, scm, scn, slm, sln, ACCUMULATE, SPLIT, UPCAST)
 
 
 @triton.jit
-def _halves(x, ROWS: tl.constexpr, COLS: tl.constexpr):
+def halves(x, ROWS: tl.constexpr, COLS: tl.constexpr):
     """The left and right column halves of x [ROWS, COLS]."""
     return tl.split(tl.permute(tl.reshape(x, (ROWS, 2, COLS // 2)), (0, 2, 1)))
 
@@ -333,6 +333,25 @@ def sm_count(device: torch.device) -> int:
     return DEFAULT_SMS
 
 
+# The architecture (10 x major + minor compute capability) configs are chosen for where the tensors are
+# not on a CUDA device: the H100's (the cost model's); benchmarks/aot.py sets it to each architecture it
+# captures the launchers' specialisations for (CPU tensors, a fake driver).
+HOST_ARCH = 90
+
+
+@functools.cache
+def _cuda_arch(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)
+    return 10 * major + minor
+
+
+def target_arch(device: torch.device) -> int:
+    """The architecture the kernels launched on ``device`` compile for (``HOST_ARCH`` off CUDA)."""
+    if device.type == "cuda":
+        return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+    return HOST_ARCH
+
+
 # The weights kernels' tile walk (G = f(S) tile by tile). Each program takes one block of rows and walks the
 # column tiles g, g + groups, g + 2 groups, ... of it, (column tile, D chunk) as one loop that Triton
 # pipelines across tiles, so the loads of the next tile run under this one's epilogue (exponentials, the
@@ -411,7 +430,7 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     m, k = a.shape
     n = b.shape[1]
     strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
-    aligned = all(st % 8 == 0 or st == 1 for st in strides)
+    aligned = all(st % 16 == 0 or st == 1 for st in strides)  # Triton's divisibility hint
     cfg = matmul_config(a.dtype, aligned, accumulate, n, lo is not None and accumulate)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     if workspace is not None:
@@ -455,9 +474,32 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     return out
 
 
-def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
-    """Fixed block sizes per (kernel: "lse" | "fwd" | "weights", dtype, D range); small ones in the
-    interpreter."""
+def wide_score_tiles(dim: int, dtype: torch.dtype, arch: int | None = None) -> bool:
+    """Whether the contrastive forward takes 128 x 256 score tiles (config "fwd_wide"; the soft target's
+    statistics with the self teacher 128 x 128, ``soft_target_triton.tile_config``): 16-bit features,
+    D a multiple of 16 (Triton's divisibility hint: at D = 72 or 1000 the masked last chunk spilled
+    0.1-1.1 KB) walked in chunks (D > 64; up to 64 the row block stays in registers and each K tile is
+    loaded once, at 128 x 128), on wgmma / tcgen05 architectures (sm_90, sm_100; with mma.sync, sm_80's
+    tile spilled 0.3-0.5 KB under Triton 3.6)."""
+    arch = HOST_ARCH if arch is None else arch
+    return dtype in (torch.bfloat16, torch.float16) and dim % 16 == 0 and dim > 64 and 90 <= arch < 120
+
+
+def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -> dict:
+    """Fixed block sizes per (kernel: "lse" | "fwd" | "fwd_wide" | "weights", dtype, D range, architecture:
+    ``HOST_ARCH`` when None); small ones in the interpreter. "fwd_wide" is the contrastive forward's:
+    "fwd", or where ``wide_score_tiles`` holds, score tiles twice as wide with the epilogue in four column
+    parts (PARTS; in the interpreter 16 x 64, the same path)."""
+    arch = HOST_ARCH if arch is None else arch
+    if kernel == "fwd_wide":
+        cfg = config(dim, dtype, "fwd", arch)
+        if not wide_score_tiles(dim, dtype, arch):
+            return cfg
+        if interpret_mode():
+            return dict(cfg, BLOCK_N=64, PARTS=4)
+        # 128 x 256 (wgmma m64n256: 85 FLOP per byte of L2 traffic, 64 at 128 x 128): 216 registers on
+        # sm_90 with Triton 3.9, 248 with 3.6; in two parts 238 / 253, whole tiles spilled 20 B
+        return dict(cfg, BLOCK_N=256, PARTS=4)
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
     if kernel in ("fwd", "weights"):
@@ -468,7 +510,7 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
         # through registers) 64 x 32 for G and 64 x 64 at three stages for the forward (64 x 32 at four
         # spilled 4-16 B with Triton 3.6's ptxas): neither spills with 3.6's or 3.9's (benchmarks/aot.py)
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
-            if dim % 8 == 0:
+            if dim % 16 == 0:
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=4)
             if kernel == "fwd":
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=3)
@@ -478,8 +520,10 @@ def config(dim: int, dtype: torch.dtype, kernel: str) -> dict:
             # the operands' parts take registers: D chunks of 16 (at 32 the G kernel spilled 20 B, the
             # soft target's 56 B, the sigmoid's 76 B on sm_90)
             block_d = 16
-        # rows not 16-byte aligned (D not a multiple of 8) load through registers: 64-column tiles
-        block_n = 128 if dim % 8 == 0 else 64
+        # 64-column tiles unless D is a multiple of 16 (Triton's divisibility hint): rows not 16-byte
+        # aligned load through registers, and where D is a multiple of 8 only (D = 72, 136) the masked last
+        # D chunk spilled 8-180 B at 128 columns on sm_90 and sm_80
+        block_n = 128 if dim % 16 == 0 else 64
         return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
     if kernel != "lse":
         raise ValueError(f"unknown kernel kind {kernel!r}")
