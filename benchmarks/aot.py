@@ -601,6 +601,10 @@ def table(data: dict, arch: int) -> str:
                 flags.append(f"epilogue in {cfg['PARTS']} parts")
         if "TARGETS" in cfg:
             flags.append("G (targets)" if cfg["TARGETS"] else "W")
+        if cfg.get("PARTS", 1) > 1 and "ACCUMULATE" not in cfg:
+            flags.append(f"epilogue in {cfg['PARTS']} parts")
+        if cfg.get("TMA"):
+            flags.append("TMA descriptors")
         if "HARD" in cfg:
             flags.append("dL/dS (hard targets)" if cfg["HARD"] else "W")
         if DTYPES[call["dtype"]][0] == "float32":

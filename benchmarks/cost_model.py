@@ -266,7 +266,16 @@ def sigmoid_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tupl
     column block, ``ALU_PER_ELEMENT["sigmoid_weights"]``)."""
     fwd = _sigmoid_forward(B, B, D, dtype, hw)
     bwd, plan = _gchunk_backward(
-        B, D, dtype, workspace, hw, stats=2, mufu=2.0, alu=ALU_PER_ELEMENT["sigmoid_weights"], partials=2
+        B,
+        D,
+        dtype,
+        workspace,
+        hw,
+        stats=2,
+        mufu=2.0,
+        alu=ALU_PER_ELEMENT["sigmoid_weights"],
+        partials=2,
+        wcfg=tile_config(D, dtype, "weights"),  # its own G kernel: config "weights" (128 x 128)
     )
     return [fwd] + bwd, 1, plan
 
@@ -304,7 +313,7 @@ def _v2_configs(D: int, dtype: str) -> tuple[dict, dict, dict, dict]:
 
     tdtype = getattr(torch, DTYPES[dtype][1])
     fcfg = tile_config(D, dtype, "fwd_wide")
-    wcfg = tile_config(D, dtype, "weights")
+    wcfg = tile_config(D, dtype, "weights_wide")
     with _compiled_configs(dtype):
         store = matmul_config(tdtype, D % 16 == 0, False, D)
         acc_cfg = matmul_config(tdtype, D % 16 == 0, True, D, tdtype != torch.float32)
@@ -351,7 +360,10 @@ def _gchunk_backward(
     _, default_wcfg, store, acc_cfg = _v2_configs(D, dtype)
     wcfg = wcfg or default_wcfg
     bm, bn = wcfg["BLOCK_M"], wcfg["BLOCK_N"]
-    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (bm, bn), stats=stats)
+    # the partials' column block: a tile's epilogue in parts stores each part's (the wide G kernel)
+    plan = gchunk.backward_plan(
+        B, B, D, e, True, workspace, (bm, bn, bn // wcfg.get("PARTS", 1)), stats=stats
+    )
     ch, sl = min(plan.chunk, B), min(plan.slab, B)
     chunks = math.ceil(B / ch)
     fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731
@@ -365,7 +377,7 @@ def _gchunk_backward(
         }
         if partials:
             # written; read back and summed in the row pass (the column pass does not need them)
-            n_part = 4.0 * partials * rows * math.ceil(B / bn)
+            n_part = 4.0 * partials * rows * math.ceil(B / (bn // wcfg.get("PARTS", 1)))
             g_hbm["statistics partials"] = (2 if summed else 1) * n_part
         if teacher is not None:
             dt, tlabel = teacher

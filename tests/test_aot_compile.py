@@ -205,16 +205,28 @@ def test_contrastive_v2_kernels_are_deterministic_and_on_tensor_cores(compiled, 
 
 def test_score_tiles_follow_the_architecture(compiled):
     """Each architecture is captured with its own launch configs: on sm_90 the contrastive forward takes
-    128 x 256 score tiles and the soft target's statistics with the self teacher 128 x 128, each with the
-    epilogue in four parts (16-bit, D a multiple of 16 above 64); on sm_80 (mma.sync: those spilled) 128 x
-    128 and 128 x 64. D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. Every other
-    variant is the same specialisation on both."""
+    128 x 256 score tiles, its G / W kernel 256 x 128 on 16 warps read through TMA descriptors (the soft
+    target's dL/dS / W kernel with the self teacher too), and the soft target's statistics with the self
+    teacher 128 x 128, each with the epilogue in four parts (16-bit, D a multiple of 16 above 64); on sm_80
+    (mma.sync: those spilled) 128 x 128, 128 x 128 and 128 x 64.
+    D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. Every other variant is the same
+    specialisation on both."""
     v90, v80 = aot.records(compiled, 90), aot.records(compiled, 80)
     wide = {vid for vid, rec in v90.items() if rec["config"].get("PARTS") == 4 and rec["kernel"] != "matmul"}
-    assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024"}
+    g = {f"weights/{dt}/D1024/{k}" for dt in ("bf16", "fp16") for k in "GW"}
+    g |= {f"st_weights/bf16/D1024/{k}" for k in "GW"}
+    assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024"} | g
+    tiles = {
+        "fwd": ((128, 256), (128, 128)),
+        "stats": ((128, 128), (128, 64)),
+        "weights": ((256, 128), (128, 128)),
+        "st_weights": ((256, 128), (128, 128)),
+    }
     for vid in wide:
-        narrow = {"fwd": 128, "stats": 64}[v90[vid]["kernel"]]
-        assert (v90[vid]["config"]["BLOCK_N"], v80[vid]["config"]["BLOCK_N"]) == (2 * narrow, narrow), vid
-        assert v80[vid]["config"].get("PARTS", 1) == 1, vid
+        cfg90, cfg80 = v90[vid]["config"], v80[vid]["config"]
+        want = tiles[v90[vid]["kernel"]]
+        assert ((cfg90["BLOCK_M"], cfg90["BLOCK_N"]), (cfg80["BLOCK_M"], cfg80["BLOCK_N"])) == want, vid
+        assert cfg80.get("PARTS", 1) == 1 and not cfg80.get("TMA"), vid
+        assert cfg90.get("TMA", False) == v90[vid]["kernel"].endswith("weights"), vid
     assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide
     assert {v90[vid]["config"]["BLOCK_N"] for vid in v90 if "/D72" in vid and "matmul" not in vid} == {64}

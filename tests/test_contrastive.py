@@ -73,16 +73,51 @@ def test_triton_matches_naive_shapes(batch, dim, eps):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("batch", [1, 70])
-def test_triton_wide_forward_matches_naive(dtype, batch):
-    """16-bit features with D a multiple of 16 above 64 take the forward's wide score tiles, each tile's
-    epilogue in four column parts (config "fwd_wide"; in the interpreter 16 x 64 tiles, parts of 16): at
-    70 columns the second tile's last two parts hold no column at all."""
+def test_triton_wide_tiles_match_naive(dtype, batch):
+    """16-bit features with D a multiple of 16 above 64 take the wide score tiles: the forward's, each
+    tile's epilogue in four column parts (config "fwd_wide"; in the interpreter 16 x 64 tiles, parts of
+    16: at 70 columns the second tile's last two parts hold no column at all), and the G kernel's, read
+    through tensor descriptors with its epilogue in four parts ("weights_wide": 32 x 64 here)."""
+    from vlkernels.ops.contrastive_triton import weights_config
     from vlkernels.ops.triton_utils import config
 
     assert config(80, dtype, "fwd_wide").get("PARTS") == 4
     assert config(80, dtype, "fwd_wide", arch=80).get("PARTS", 1) == 1  # mma.sync: 128 x 128
     assert "PARTS" not in config(72, dtype, "fwd_wide")  # no divisibility hint
+    x = torch.zeros(4, 80, dtype=dtype)
+    assert (
+        weights_config(80, dtype, None, x, x)["TMA"]
+        and weights_config(80, dtype, 80, x, x).get("TMA") is None
+    )
     _check("triton", batch, 80, dtype=dtype, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
+    """Features TMA cannot read (a column-major view: last stride not 1) take the pointer-load G config,
+    with the same plan and workspace (its column blocks are the narrower ones), and still match naive."""
+    from vlkernels.ops import contrastive_triton as ct
+
+    picked = []
+    real = ct.weights_config
+
+    def spy(*args):
+        cfg = real(*args)
+        picked.append(bool(cfg.get("TMA")))
+        return cfg
+
+    monkeypatch.setattr(ct, "weights_config", spy)
+    img, txt = features(37, 80, dtype, seed=5)
+    img = img.t().contiguous().t()
+    assert img.stride(1) != 1
+    want = run_loss(_naive, img, txt, torch.tensor(14.3), 1.3, label_smoothing=0.1)
+    got = run_loss(contrastive_loss, img, txt, torch.tensor(14.3), 1.3, impl="triton", label_smoothing=0.1)
+    assert_close_all(got, want, dtype)
+    assert picked and not any(picked), picked
+    picked.clear()
+    _check("triton", 37, 80, dtype=dtype, eps=0.1, grad_out=1.3)
+    assert picked and all(picked), picked
 
 
 @pytest.mark.interpreter

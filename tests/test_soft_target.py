@@ -122,16 +122,50 @@ def test_triton_matches_naive_shapes(batch, dim, t_dim):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("batch", [1, 70])
-def test_triton_wide_statistics_match_naive(dtype, batch):
+def test_triton_wide_tiles_match_naive(dtype, batch):
     """16-bit features with D a multiple of 16 above 64 and the self teacher: the statistics kernel's wide
-    score tiles, each tile's epilogue in four column parts (``tile_config``; in the interpreter 16 x 64
-    tiles, parts of 16: at 70 columns the second tile's last two parts hold no column), rows and column
-    partials against naive."""
+    score tiles, each tile's epilogue in four column parts, and the dL/dS kernel's, read through tensor
+    descriptors with four epilogue parts and their own ds partials (``tile_config``; in the interpreter
+    16 x 64 and 32 x 64 tiles, parts of 16: at 70 columns the second tile's last two parts hold no
+    column), against naive."""
     from vlkernels.ops.soft_target_triton import tile_config
 
     assert tile_config(80, dtype, None, "stats").get("PARTS") == 4
     assert tile_config(80, dtype, None, "stats", arch=80).get("PARTS", 1) == 1
+    assert tile_config(80, dtype, None, "weights")["TMA"]
+    assert not tile_config(80, dtype, None, "weights", arch=80).get("TMA")
     _check("triton", batch, 80, dtype=dtype, mask=batch > 2, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.interpreter
+def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
+    """Features TMA cannot read (a column-major view) take the pointer-load dL/dS config and still match
+    naive; contiguous ones are read through descriptors."""
+    from vlkernels.ops import soft_target_triton as sst
+
+    made = []
+    real = sst.TensorDescriptor
+
+    class Spy:
+        @staticmethod
+        def from_tensor(t, block):
+            made.append(t.shape)
+            return real.from_tensor(t, block)
+
+    monkeypatch.setattr(sst, "TensorDescriptor", Spy)
+    img, txt = features(37, 80, torch.bfloat16, seed=3)
+    img = img.t().contiguous().t()
+    kw = dict(label_smoothing=0.1)
+    want = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 0.3, impl="naive", **kw), img, txt, torch.tensor(14.3)
+    )
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 0.3, impl="triton", **kw), img, txt, torch.tensor(14.3)
+    )
+    assert_close_all(got, want, torch.bfloat16)
+    assert not made
+    _check("triton", 37, 80, dtype=torch.bfloat16, eps=0.1, grad_out=1.3)
+    assert made
 
 
 @pytest.mark.interpreter

@@ -34,6 +34,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
 from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
@@ -41,6 +42,7 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
+    desc_dot_tile,
     dot_precision,
     dot_tile,
     halves,
@@ -49,6 +51,7 @@ from vlkernels.ops.triton_utils import (
     store_weights,
     target_arch,
     tile_diagonal,
+    tma_ready,
     upcast,
     walk_grid,
 )
@@ -257,36 +260,101 @@ def _weights_tile(
     TARGETS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
+    PARTS: tl.constexpr,
 ):
     """Column tile ``t`` of ``_weights_kernel``'s row block (the column loads after the dots: in the
-    epilogue, not held in registers across a pipelined walk)."""
+    epilogue, not held in registers across a pipelined walk); PARTS = 4: the epilogue in four column
+    parts, one after the other (the ds partials in column blocks of BLOCK_N / 4)."""
     pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask_n = offs_n < N
-    acc = dot_tile(
-        q_ptr,
-        k_ptr,
+    if TMA:  # q_ptr / k_ptr are tensor descriptors
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = desc_dot_tile(
+            q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, pid_n * BLOCK_N, D, BLOCK_D, acc, UPCAST
+        )
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        acc = dot_tile(
+            q_ptr,
+            k_ptr,
+            offs_m,
+            offs_n,
+            mask_m,
+            offs_n < N,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_PREC,
+            UPCAST,
+        )
+    ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
+    args = (
+        pid_m,
         offs_m,
-        offs_n,
         mask_m,
-        mask_n,
-        D,
-        sqm,
-        sqd,
-        skn,
-        skd,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_D,
-        DOT_PREC,
-        UPCAST,
+        lse_q,
+        scale2,
+        lse_k_ptr,
+        g_ptr,
+        ds_ptr,
+        N,
+        ds_blocks,
+        row0,
+        diag_w,
+        all_w,
     )
+    if PARTS == 1:
+        _g_part(acc, pid_n, *args, BLOCK_M, BLOCK_N, TARGETS, UPCAST)
+    else:  # four column parts of V, each its own column block of the ds partials
+        V: tl.constexpr = BLOCK_N // 4
+        h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
+        a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
+        _g_part(a0, 4 * pid_n, *args, BLOCK_M, V, TARGETS, UPCAST)
+        _g_part(a1, 4 * pid_n + 1, *args, BLOCK_M, V, TARGETS, UPCAST)
+        a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
+        _g_part(a0, 4 * pid_n + 2, *args, BLOCK_M, V, TARGETS, UPCAST)
+        _g_part(a1, 4 * pid_n + 3, *args, BLOCK_M, V, TARGETS, UPCAST)
+
+
+@triton.jit
+def _g_part(
+    acc,
+    b,
+    pid_m,
+    offs_m,
+    mask_m,
+    lse_q,
+    scale2,
+    lse_k_ptr,
+    g_ptr,
+    ds_ptr,
+    N,
+    ds_blocks,
+    row0,
+    diag_w,
+    all_w,
+    BLOCK_M: tl.constexpr,
+    W: tl.constexpr,
+    TARGETS: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Columns [b W, (b + 1) W) of G for the row block pid_m from acc = <Q_i, K_j> there, stored in g's
+    dtype; with TARGETS the fp32 row sums of G * acc at ds[i, b] ([rows, ds_blocks]; a part wholly past
+    column N stores nothing)."""
+    mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
+    offs_n = b * W + tl.arange(0, W).to(tl.int64)
+    mask_n = offs_n < N
     s2 = acc * scale2
     lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
     w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
     if TARGETS:
-        w = w - tl.where(tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N), diag_w, 0.0) - all_w
-    store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, n_blocks, pid_n, TARGETS, UPCAST)
+        w = w - tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), diag_w, 0.0) - all_w
+    store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, TARGETS, UPCAST)
 
 
 @triton.jit
@@ -316,12 +384,16 @@ def _weights_kernel(
     WALK: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
+    PARTS: tl.constexpr = 1,
 ):
     """Tiles of G = exp(S - lse_q) + exp(S - lse_k) (- the targets: diag_w where the global row row0 + i
     is column j, all_w everywhere), stored in g's dtype ([M, N] row-major); with TARGETS also each tile's
-    fp32 row sums of G * <Q_i, K_j> (ds[i, column block]). WALK: program (i, g) takes the rows of block i
-    and walks the column blocks g, g + G, ... (G programs per row block: ``triton_utils.walk_grid``) as
-    one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j)."""
+    fp32 row sums of G * <Q_i, K_j> (ds[i, column block]: blocks of BLOCK_N / PARTS columns).
+    WALK: program (i, g) takes the rows of block i and walks the column blocks g, g + G, ... (G programs
+    per row block: ``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program
+    (i, j) does tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] /
+    [BLOCK_N, BLOCK_D] blocks (config "weights_wide")."""
     pid_m = tl.program_id(0).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -361,6 +433,8 @@ def _weights_kernel(
                 TARGETS,
                 DOT_PREC,
                 UPCAST,
+                TMA,
+                PARTS,
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
@@ -377,6 +451,8 @@ def _weights_kernel(
             TARGETS,
             DOT_PREC,
             UPCAST,
+            TMA,
+            PARTS,
         )
 
 
@@ -485,20 +561,24 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
     return r, c
 
 
-def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batch: int) -> None:
+def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batch: int) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k;
     ``eps`` None: plain W (no targets, ``ds`` unused), else the targets of label smoothing ``eps`` over
     ``batch`` columns with the diagonal where ``row0`` + i == j, and ds [M, column blocks] the fp32 row
-    sums of G * <q_i, k_j>."""
+    sums of G * <q_i, k_j>. Returns how many partial sums that is (rows x column blocks)."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = config(dim, q.dtype, "weights")
+    cfg = weights_config(dim, q.dtype, target_arch(q.device), q, k)
     walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     targets = eps is not None
+    q_arg, k_arg = q, k
+    if cfg.get("TMA"):
+        q_arg = TensorDescriptor.from_tensor(q, [cfg["BLOCK_M"], cfg["BLOCK_D"]])
+        k_arg = TensorDescriptor.from_tensor(k, [cfg["BLOCK_N"], cfg["BLOCK_D"]])
     _weights_kernel[grid](
-        q,
-        k,
+        q_arg,
+        k_arg,
         scale,
         lse_q,
         lse_k,
@@ -521,13 +601,32 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
         UPCAST=upcast(q.dtype),
         **cfg,
     )
+    return m * triton.cdiv(n, cfg["BLOCK_N"] // cfg.get("PARTS", 1))
+
+
+def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
+    """The contrastive weights kernel's launch config (config "weights_wide": 256 x 128 tiles read through
+    TMA descriptors on sm_90), or its pointer-load one ("weights") where the features cannot be read so
+    (``tma_ready``: unit last stride, 16-byte aligned base and rows)."""
+    cfg = config(dim, dtype, "weights_wide", arch)
+    if cfg.get("TMA") and not tma_ready(*tensors):
+        cfg = config(dim, dtype, "weights", arch)
+    return cfg
+
+
+def _part_block(dim: int, dtype) -> int:
+    """The column block of the ds partials the workspace holds: the narrower of the two configs' (the wide
+    one's parts, the pointer-load fallback's tiles)."""
+    cfgs = [config(dim, dtype, kind) for kind in ("weights", "weights_wide")]
+    return min(cfg["BLOCK_N"] // cfg.get("PARTS", 1) for cfg in cfgs)
 
 
 def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
     """``backward_plan`` with the weights kernel's blocks and the dtype's element size."""
-    cfg = config(dim, dtype, "weights")
+    cfg = config(dim, dtype, "weights_wide")
     esize = torch.empty((), dtype=dtype).element_size()
-    return backward_plan(m, n, dim, esize, need_t, workspace, (cfg["BLOCK_M"], cfg["BLOCK_N"]))
+    block = (cfg["BLOCK_M"], cfg["BLOCK_N"], _part_block(dim, dtype))
+    return backward_plan(m, n, dim, esize, need_t, workspace, block)
 
 
 def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
@@ -537,16 +636,16 @@ def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
 
     def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
         q_rows, k_cols = q[rows], k[s0 : s0 + cols]
-        weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, rows.start - s0, eps, n)
+        count = weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, rows.start - s0, eps, n)
         if eps is None:
             return None
-        return work.part[: (rows.stop - rows.start) * triton.cdiv(cols, work.block_n)].sum()
+        return work.part[:count].sum()
 
     return fill
 
 
 def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, config(dim, dtype, "weights")["BLOCK_N"])
+    return Workspace(plan, rows, n, dim, dtype, dev, _part_block(dim, dtype))
 
 
 class TritonBackend:

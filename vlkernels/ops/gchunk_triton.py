@@ -172,8 +172,11 @@ def backward_plan(
     row pass with its covered columns, the column pass over the rest) within ``workspace`` bytes. Chunks
     and slabs: powers of two times the weights kernel's blocks, all the rows, and for each chunk the
     widest slab that fits; the coverage: all that fits beside G, as much as stays in L2, none. When not
-    even one block of rows and columns fits, the smallest."""
-    block_m, block_n = block
+    even one block of rows and columns fits, the smallest. ``block``: (rows, columns) of the weights
+    kernel's tiles, and optionally the column block of its statistics' partials when narrower (a tile's
+    epilogue in parts, each with its own partials; ``Workspace`` allocates them so)."""
+    block_m, block_n, *part = block
+    part_n = part[0] if part else block_n
     rows = max(m, n)
     chunks, c = [], block_m
     while c < rows:
@@ -192,7 +195,7 @@ def backward_plan(
         if block_n <= fit < rows:
             slabs.add(int(fit))
         for slab in sorted(slabs, reverse=True):
-            g_bytes = _chunk_bytes(chunk, slab, dim, esize, block_n, stats, rows)
+            g_bytes = _chunk_bytes(chunk, slab, dim, esize, part_n, stats, rows)
             if g_bytes > workspace and (chunk, slab) != (chunks[0], min(slabs)):
                 continue
             most = 0
@@ -201,9 +204,9 @@ def backward_plan(
                 most = n if per * n <= left else (left // per) // block_n * block_n
             in_l2 = min(most, int(L2_USABLE_BYTES // (4 * dim)) // block_n * block_n)
             for covered in sorted({most, in_l2, 0}, reverse=True):
-                cost = _pass_cost(m, n, dim, esize, chunk, slab, block, covered if need_t else 0)
+                cost = _pass_cost(m, n, dim, esize, chunk, slab, (block_m, block_n), covered if need_t else 0)
                 if need_t:
-                    cost += _pass_cost(n - covered, m, dim, esize, chunk, slab, block)
+                    cost += _pass_cost(n - covered, m, dim, esize, chunk, slab, (block_m, block_n))
                 key = (cost, -chunk, -slab, -covered)
                 if best is None or key < best[0]:
                     best = (key, BackwardPlan(chunk, slab, covered, g_bytes + per * covered))

@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vlkernels._triton import interpret_mode
 from vlkernels.ops.contrastive_triton import forward_rows_per_launch
@@ -36,6 +37,7 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
+    desc_dot_tile,
     dot_precision,
     dot_tile,
     halves,
@@ -45,6 +47,7 @@ from vlkernels.ops.triton_utils import (
     store_weights,
     target_arch,
     tile_diagonal,
+    tma_ready,
     upcast,
     walk_grid,
     wide_score_tiles,
@@ -293,31 +296,117 @@ def _weights_tile(
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
+    PARTS: tl.constexpr,
 ):
     """Column tile ``t`` of ``_weights_kernel``'s row block, from the block's row terms (``q_q``, ``cq``,
     ``t_scale2``, ``t_lse_q`` unused without TEACHER); the column loads after the dots (in the epilogue,
-    not held in registers across a pipelined walk)."""
+    not held in registers across a pipelined walk). PARTS = 4 (no TEACHER): the epilogue in four column
+    parts, one after the other, each with its own ds partials."""
     pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    if TMA:  # q_ptr / k_ptr are tensor descriptors
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = desc_dot_tile(
+            q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, pid_n * BLOCK_N, D, BLOCK_D, acc, UPCAST
+        )
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        acc = dot_tile(
+            q_ptr,
+            k_ptr,
+            offs_m,
+            offs_n,
+            mask_m,
+            offs_n < N,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_PREC,
+            UPCAST,
+        )
+    ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
+    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, p_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
+    cols = (lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, DT, row0)
+    cols += (eps_diag, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
+    # the runtime arguments in tuples (a tuple holds no constexpr)
+    if PARTS == 1:
+        _w_part(
+            acc, pid_n, *rows, *cols, TEACHER, HARD, BLOCK_M, BLOCK_N, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+        )
+    else:  # four column parts of V
+        V: tl.constexpr = BLOCK_N // 4
+        h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
+        a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
+        _w_part(
+            a0, 4 * pid_n, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+        )
+        _w_part(
+            a1, 4 * pid_n + 1, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+        )
+        a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
+        _w_part(
+            a0, 4 * pid_n + 2, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+        )
+        _w_part(
+            a1, 4 * pid_n + 3, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+        )
+
+
+@triton.jit
+def _w_part(
+    acc,
+    b,
+    pid_m,
+    offs_m,
+    mask_m,
+    scale2,
+    lse_q,
+    e_q,
+    p_q,
+    q_q,
+    ce,
+    e0,
+    cq,
+    t_scale2,
+    t_lse_q,
+    lse_k_ptr,
+    h_k_ptr,
+    a_k_ptr,
+    tq_ptr,
+    tk_ptr,
+    t_lse_k_ptr,
+    g_ptr,
+    ds_ptr,
+    N,
+    DT,
+    row0,
+    eps_diag,
+    eps_all,
+    ds_blocks,
+    stqm,
+    stqd,
+    stkn,
+    stkd,
+    TEACHER: tl.constexpr,
+    HARD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    W: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    T_DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    T_UPCAST: tl.constexpr,
+):
+    """Columns [b W, (b + 1) W) of W = dL/dS for the row block pid_m from acc = <Q_i, K_j> there (with
+    TEACHER their teacher tile recomputed), stored in g's dtype; with HARD the fp32 row sums of W * acc at
+    ds[i, b] ([rows, ds_blocks]; a part wholly past column N stores nothing)."""
+    mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
+    offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
-    acc = dot_tile(
-        q_ptr,
-        k_ptr,
-        offs_m,
-        offs_n,
-        mask_m,
-        mask_n,
-        D,
-        sqm,
-        sqd,
-        skn,
-        skd,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_D,
-        DOT_PREC,
-        UPCAST,
-    )
     s2 = acc * scale2
     lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
     e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
@@ -340,7 +429,7 @@ def _weights_tile(
             stkn,
             stkd,
             BLOCK_M,
-            BLOCK_N,
+            W,
             BLOCK_DT,
             T_DOT_PREC,
             T_UPCAST,
@@ -352,9 +441,9 @@ def _weights_tile(
         # the hard targets' part (e_i + e_j) (eps_diag [diagonal] + eps_all), its eps_all share as a row
         # and a column term (fewer tile temporaries in the registers)
         w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
-        eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
+        eye = tile_diagonal(pid_m, b, row0, BLOCK_M, W)
         w = tl.where(eye, w - (e_q[:, None] + e_k[None, :]) * eps_diag, w)
-    store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, n_blocks, pid_n, HARD, UPCAST)
+    store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, HARD, UPCAST)
 
 
 @triton.jit
@@ -403,6 +492,8 @@ def _weights_kernel(
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
+    PARTS: tl.constexpr = 1,
 ):
     """Tiles of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
     - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
@@ -412,7 +503,8 @@ def _weights_kernel(
     of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
     walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
     (``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program (i, j) does
-    tile (i, j)."""
+    tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors; PARTS: see ``_weights_tile`` (the ds
+    partials in column blocks of BLOCK_N / PARTS)."""
     pid_m = tl.program_id(0).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -454,6 +546,8 @@ def _weights_kernel(
                 T_DOT_PREC,
                 UPCAST,
                 T_UPCAST,
+                TMA,
+                PARTS,
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
@@ -473,10 +567,12 @@ def _weights_kernel(
             T_DOT_PREC,
             UPCAST,
             T_UPCAST,
+            TMA,
+            PARTS,
         )
 
 
-def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None) -> dict:
+def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, wide: bool = True) -> dict:
     """Launch config of the statistics ("stats") or weights ("weights") kernel for a student of width
     ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s') on sm_``arch`` (``triton_utils.HOST_ARCH``
     when None). With the self teacher the statistics take 128-column tiles, the epilogue in four column
@@ -492,9 +588,11 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None) 
         t_dim, t_dtype = dim, dtype
     else:
         t_dim, t_dtype = teacher[0].shape[1], teacher[0].dtype
-    wide = kernel == "stats" and teacher is None and wide_score_tiles(dim, dtype, arch)
+    wide = wide and teacher is None and wide_score_tiles(dim, dtype, arch)
     if interpret_mode():
         cfg = dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
+        if wide and kernel == "weights":
+            return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=4, TMA=True)
         return dict(cfg, BLOCK_N=64, PARTS=4) if wide else cfg
     if "ieee" in (dot_precision(dtype), dot_precision(t_dtype)):
         wide = teacher is None and dim % 16 == 0 and kernel == "weights"
@@ -510,10 +608,14 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None) 
         if kernel == "weights" and split_dots(dtype):
             # 128 x 64 tiles (128 x 128 spilled 4-12 B on sm_80 at two and three stages)
             return dict(base, BLOCK_N=64, BLOCK_DT=base["BLOCK_D"])
-        if wide:
+        if wide and kernel == "stats":
             # 128 x 128 (64 FLOP per byte of L2 traffic, 43 at 128 x 64) in four epilogue parts: 202 / 211
             # registers on sm_90 with Triton 3.9 / 3.6; two parts of 64 reached 255
             return dict(base, BLOCK_N=128, PARTS=4, BLOCK_DT=base["BLOCK_D"])
+        if wide:
+            # the contrastive G kernel's 256 x 128 on 16 warps through TMA descriptors (config
+            # "weights_wide"), the epilogue in four parts with their own ds partials
+            return dict(config(dim, dtype, "weights_wide", arch), BLOCK_DT=base["BLOCK_D"])
         return dict(base, BLOCK_DT=base["BLOCK_D"])
     if split_dots(t_dtype):
         # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
@@ -639,10 +741,12 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     (Q' [M, D'], K' [N, D'], s').
     ``hard`` = (row0, eps, batch, ds): also minus the hard targets' part (e_q + e_k) ((1 - eps)
     [row0 + i == j] + eps / batch), with the fp32 row sums of W <q_i, k_j> per column block in ds;
-    returns how many (M x column blocks), else 0."""
+    returns how many (M x column blocks of BLOCK_N / PARTS), else 0."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = tile_config(dim, q.dtype, teacher, "weights")
+    cfg = tile_config(dim, q.dtype, teacher, "weights", target_arch(q.device))
+    if cfg.get("TMA") and not tma_ready(q, k):
+        cfg = tile_config(dim, q.dtype, teacher, "weights", target_arch(q.device), wide=False)
     walk = dot_precision(q.dtype) != "ieee" and teacher is None
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     if hard is None:
@@ -659,9 +763,13 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         t_dim = t_q.shape[1]
         t_strides = (t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
         t_prec, t_up = dot_precision(t_q.dtype), upcast(t_q.dtype)
+    q_arg, k_arg = q, k
+    if cfg.get("TMA"):
+        q_arg = TensorDescriptor.from_tensor(q, [cfg["BLOCK_M"], cfg["BLOCK_D"]])
+        k_arg = TensorDescriptor.from_tensor(k, [cfg["BLOCK_N"], cfg["BLOCK_D"]])
     _weights_kernel[grid](
-        q,
-        k,
+        q_arg,
+        k_arg,
         scale,
         lse_q,
         lse_k,
@@ -699,10 +807,19 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         T_UPCAST=t_up,
         **cfg,
     )
-    return 0 if hard is None else m * n_blocks
+    return 0 if hard is None else m * triton.cdiv(n, cfg["BLOCK_N"] // cfg.get("PARTS", 1))
 
 
 LN2_F = 0.6931471805599453
+
+
+def _blocks(dim: int, dtype, teacher) -> tuple:
+    """(rows, columns) of the weights kernel's tiles for ``backward_plan``, and the column block of the ds
+    partials the workspace holds: the narrower of the two configs' (the wide one's parts, the pointer-load
+    fallback's tiles)."""
+    cfgs = [tile_config(dim, dtype, teacher, "weights", wide=wide) for wide in (True, False)]
+    part = min(cfg["BLOCK_N"] // cfg.get("PARTS", 1) for cfg in cfgs)
+    return cfgs[0]["BLOCK_M"], cfgs[0]["BLOCK_N"], part
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -803,10 +920,9 @@ class TritonSoftTargetBackend:
         norm = coefs[0].abs() * h_mag + coefs[1].abs() * a_mag
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         cf = (torch.stack([e_coefs[0], coefs[1], e_coefs[1]]) / norm).contiguous()
-        cfg = tile_config(dim, image.dtype, teacher, "weights")
-        blocks = (cfg["BLOCK_M"], cfg["BLOCK_N"])
+        blocks = _blocks(dim, image.dtype, teacher)
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
-        work = Workspace(plan, batch, batch, dim, image.dtype, dev, cfg["BLOCK_N"])
+        work = Workspace(plan, batch, batch, dim, image.dtype, dev, blocks[2])
         alpha = (scale * norm).reshape(1)
         pair, hard = (h_vec, soft_w), (eps, batch)
         rows = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, hard)
@@ -830,10 +946,9 @@ class TritonSoftTargetBackend:
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         cf = torch.stack([norm.reciprocal(), norm.reciprocal(), torch.zeros_like(norm)])
         pair_q, pair_k = (p_row - q_row, q_row), (p_col - q_col, q_col)
-        cfg = tile_config(dim, image.dtype, teacher, "weights")
-        esize = image.element_size()
-        plan = backward_plan(m, n, dim, esize, False, workspace_bytes(), (cfg["BLOCK_M"], cfg["BLOCK_N"]), 0)
-        work = Workspace(plan, m, n, dim, image.dtype, dev, cfg["BLOCK_N"], stats=0)
+        blocks = _blocks(dim, image.dtype, teacher)
+        plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, 0)
+        work = Workspace(plan, m, n, dim, image.dtype, dev, blocks[2], stats=0)
         fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc)
         a_i, a_t, _ = work.fp32_products(image, text, fill)
         return a_i.mul_(norm), a_t.mul_(norm)

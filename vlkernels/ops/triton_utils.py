@@ -76,6 +76,21 @@ def dot_tile(
 
 
 @triton.jit
+def desc_dot_tile(q_desc, k_desc, row0, col0, D, BLOCK_D: tl.constexpr, acc, UPCAST: tl.constexpr):
+    """acc + Q[row0 : row0 + rows] @ K[col0 : col0 + cols].T through tensor descriptors (TMA on sm_90:
+    no per-thread addresses; rows, columns and D past the tensors read as zeros), walking D in BLOCK_D
+    chunks; UPCAST as ``load_tile``'s."""
+    for start_d in range(0, D, BLOCK_D):
+        q = q_desc.load([row0, start_d])
+        k = k_desc.load([col0, start_d])
+        if UPCAST:
+            q = q.to(tl.float32)
+            k = k.to(tl.float32)
+        acc = tl.dot(q, k.T, acc)
+    return acc
+
+
+@triton.jit
 def score_tile(
     q_ptr,
     k_ptr,
@@ -165,6 +180,18 @@ def store_weights(
         g_ptr + offs_m[:, None] * N + offs_n[None, :],
         round_to(w, g_ptr.dtype.element_ty, UPCAST),
         mask=mask_m[:, None] & mask_n[None, :],
+    )
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether 2-D tensors can be read through TMA descriptors: unit last stride, 16-byte aligned base and
+    row stride (else the launchers take their pointer-load configs)."""
+    return all(
+        t.dim() == 2
+        and t.stride(1) == 1
+        and t.data_ptr() % 16 == 0
+        and (t.stride(0) * t.element_size()) % 16 == 0
+        for t in tensors
     )
 
 
@@ -486,7 +513,8 @@ def wide_score_tiles(dim: int, dtype: torch.dtype, arch: int | None = None) -> b
 
 
 def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -> dict:
-    """Fixed block sizes per (kernel: "lse" | "fwd" | "fwd_wide" | "weights", dtype, D range, architecture:
+    """Fixed block sizes per (kernel: "lse" | "fwd" | "fwd_wide" | "weights" | "weights_wide", dtype, D range,
+    architecture:
     ``HOST_ARCH`` when None); small ones in the interpreter. "fwd_wide" is the contrastive forward's:
     "fwd", or where ``wide_score_tiles`` holds, score tiles twice as wide with the epilogue in four column
     parts (PARTS; in the interpreter 16 x 64, the same path)."""
@@ -500,6 +528,17 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         # 128 x 256 (wgmma m64n256: 85 FLOP per byte of L2 traffic, 64 at 128 x 128): 216 registers on
         # sm_90 with Triton 3.9, 248 with 3.6; in two parts 238 / 253, whole tiles spilled 20 B
         return dict(cfg, BLOCK_N=256, PARTS=4)
+    if kernel == "weights_wide":
+        cfg = config(dim, dtype, "weights", arch)
+        if not wide_score_tiles(dim, dtype, arch):
+            return cfg
+        if interpret_mode():
+            return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=4, TMA=True)
+        # 256 x 128 (85 FLOP per byte of L2 traffic) on 16 warps, read through TMA descriptors, the epilogue
+        # in four 32-column parts, each storing its own ds partials: 128 / 127 registers (the cap at 16
+        # warps) with Triton 3.9 / 3.6, no spills (ds summed over the parts in registers spilled 8-12 B,
+        # pointer loads 12 B; 128 x 256 on 8 warps sat at 251-255 registers)
+        return dict(cfg, BLOCK_M=256, BLOCK_N=128, num_warps=16, PARTS=4, TMA=True)
     if interpret_mode():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
     if kernel in ("fwd", "weights"):
