@@ -748,9 +748,10 @@ def table(
         "",
         "The v1 contrastive kernels at B = 65536 were modelled at 151-350 ms (3.4-7.9x the floor): two LSE "
         "passes and a backward with a per-tile fp32 read-modify-write of dQ and fp32 dK atomics. The v2 "
-        "terms are bound by L2->SM traffic of 128 x 128 score tiles at the optimistic rate (the forward "
-        "and G kernels: 64 FLOP per byte; 128 x 256 and 256 x 128 tiles spill there) and by the column "
-        "pass for the columns the workspace cannot cover: dT accumulates them in place with an int8 "
+        "terms are bound by L2->SM traffic at the optimistic rate (score tiles of 128 x 256 in the forward "
+        "and 256 x 128 in the G kernel, through TMA descriptors, on sm_90: 85 FLOP per byte, 64 at the "
+        "128 x 128 of before and of sm_80) and by the column pass for the columns the workspace cannot "
+        "cover: dT accumulates them in place with an int8 "
         "remainder (1 byte per element of workspace; at B = 65536 a bf16 remainder's 2 covered 46080, an "
         "fp32 accumulator's 4 covered 26112). At B = 262144 G for every column holds at most 512 rows: "
         "chunks of many rows take G in slabs of columns (their dI summed over the slabs in an fp32 "

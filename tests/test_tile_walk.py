@@ -18,10 +18,15 @@ from tests._ref import features
 from vlkernels.ops import triton_utils as tu
 
 # (device, rows, columns, D): the interpreter's 16 x 16 tiles, 3 x 10 of them; on a GPU 128 x 128 (IEEE
-# fp32: 64 x 64) tiles, 3 x 12 (6 x 24), D = 200 in chunks of 64 (fp32: 16 / 32) with a short last one
+# fp32: 64 x 64) tiles, 3 x 12 (6 x 24), D = 200 in chunks of 64 (fp32: 16 / 32) with a short last one.
+# "wide": 16-bit features at D a multiple of 16 above 64 take the contrastive and soft-target G kernels'
+# wide tiles through TMA descriptors, the epilogue in four parts (32 x 64 in the interpreter, 3 x 5 of
+# them; 256 x 128 on sm_90, 3 x 12, D = 208: a short last D chunk), the rest as above
 CASES = [
     pytest.param(("cpu", 37, 150, 24), marks=pytest.mark.interpreter, id="cpu"),
+    pytest.param(("cpu", 70, 300, 80), marks=pytest.mark.interpreter, id="cpu-wide"),
     pytest.param(("cuda", 300, 1500, 200), marks=pytest.mark.gpu, id="cuda"),
+    pytest.param(("cuda", 600, 1500, 208), marks=pytest.mark.gpu, id="cuda-wide"),
 ]
 
 
@@ -90,13 +95,13 @@ def test_contrastive_weights_walk_is_exact(monkeypatch, case, dtype):
     dev, m, n, dim, q, k = _on(case, dtype, (1, 2))
     scale = torch.tensor(7.0, device=dev)
     lse_q, lse_k = torch.randn(m, device=dev) + 3, torch.randn(n, device=dev) + 3
-    blocks = _blocks(n, tu.config(dim, dtype, "weights"))
+    blocks = math.ceil(n / ct._part_block(dim, dtype))  # the workspace's (wide tiles: per part)
 
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=dtype, device=dev)
         ds = torch.full((m * blocks,), float("nan"), device=dev)
-        ct.weights(q, k, scale, lse_q, lse_k, g, ds, 5, 0.1, n)
-        return g, ds
+        count = ct.weights(q, k, scale, lse_q, lse_k, g, ds, 5, 0.1, n)
+        return g, ds[:count]
 
     _same(_grids(monkeypatch, launch, walks=dtype != torch.float32))
     g, _ = launch()
@@ -134,12 +139,14 @@ def test_soft_target_weights_walk_is_exact(monkeypatch, case):
     pair_q = (torch.rand(m, device=dev), torch.rand(m, device=dev))
     pair_k = (torch.rand(n, device=dev), torch.rand(n, device=dev))
     cf = torch.tensor([0.7, 0.2, 0.05], device=dev)
-    blocks = _blocks(n, sst.tile_config(dim, torch.float16, None, "weights"))
+    blocks = math.ceil(n / sst._blocks(dim, torch.float16, None)[2])  # the workspace's partial blocks
 
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=torch.float16, device=dev)
         ds = torch.full((m * blocks,), float("nan"), device=dev)
-        sst.weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, 0.1, n, ds))
-        return g, ds
+        count = sst.weights(
+            q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, 0.1, n, ds)
+        )
+        return g, ds[:count]
 
     _same(_grids(monkeypatch, launch))
