@@ -111,6 +111,13 @@ if [ "$ONE_CALL" = 1 ] && [ "$QUICK" != 1 ]; then
     --out "$OUT/contrastive_workspace_1024.json"
 fi
 if [ "$QUICK" != 1 ]; then
+  # The wide score tiles (128 x 256 forward, 256 x 128 G through TMA descriptors) against the 128 x 128 ones
+  # of before, same run: the cost model says 46-76 ms against 51-89 ms at B = 65536.
+  VLKERNELS_WIDE_TILES=0 timeout 40 python3 -m benchmarks.bench_contrastive --device "$DEVICE" \
+    --batch-sizes 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls triton --max-flops 2e17 \
+    --out "$OUT/contrastive_narrow_tiles.json"
+fi
+if [ "$QUICK" != 1 ]; then
   # B = 262144 at the default budget: chunks of 8192 rows with G in slabs of 4096 columns (modelled
   # 0.91-1.62 s); vlkernels only (naive and open_clip hold B x B logits: 128 GiB in bf16).
   timeout 30 python3 -m benchmarks.bench_contrastive --device "$DEVICE" --batch-sizes 262144 --dims 1024 \

@@ -92,6 +92,25 @@ def test_triton_wide_tiles_match_naive(dtype, batch):
     _check("triton", batch, 80, dtype=dtype, eps=0.1, grad_out=1.3)
 
 
+def test_wide_tiles_switch(monkeypatch):
+    """VLKERNELS_WIDE_TILES=0 gives the 128 x 128 tiles everywhere (the GPU suite's baseline for the wide
+    ones); anything but 0 / 1 is an error naming the variable."""
+    from vlkernels.ops.contrastive_triton import weights_config
+    from vlkernels.ops.soft_target_triton import tile_config
+    from vlkernels.ops.triton_utils import config
+
+    x = torch.zeros(4, 1024, dtype=torch.bfloat16)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the GPU configs
+    assert config(1024, torch.bfloat16, "fwd_wide")["BLOCK_N"] == 256
+    monkeypatch.setenv("VLKERNELS_WIDE_TILES", "0")
+    assert config(1024, torch.bfloat16, "fwd_wide") == config(1024, torch.bfloat16, "fwd")
+    assert weights_config(1024, torch.bfloat16, None, x, x) == config(1024, torch.bfloat16, "weights")
+    assert "PARTS" not in tile_config(1024, torch.bfloat16, None, "stats")
+    monkeypatch.setenv("VLKERNELS_WIDE_TILES", "yes")
+    with pytest.raises(ValueError, match="VLKERNELS_WIDE_TILES"):
+        config(1024, torch.bfloat16, "fwd_wide")
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):

@@ -509,7 +509,18 @@ def wide_score_tiles(dim: int, dtype: torch.dtype, arch: int | None = None) -> b
     loaded once, at 128 x 128), on wgmma / tcgen05 architectures (sm_90, sm_100; with mma.sync, sm_80's
     tile spilled 0.3-0.5 KB under Triton 3.6)."""
     arch = HOST_ARCH if arch is None else arch
+    if not wide_tiles_enabled():
+        return False
     return dtype in (torch.bfloat16, torch.float16) and dim % 16 == 0 and dim > 64 and 90 <= arch < 120
+
+
+def wide_tiles_enabled() -> bool:
+    """``VLKERNELS_WIDE_TILES`` (default "1"; "0": the 128 x 128 tiles everywhere, a diagnostic the GPU
+    suite measures the wide ones against), checked."""
+    value = os.environ.get("VLKERNELS_WIDE_TILES", "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"VLKERNELS_WIDE_TILES must be 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -> dict:
