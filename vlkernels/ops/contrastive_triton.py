@@ -309,16 +309,16 @@ def _weights_tile(
         all_w,
     )
     if PARTS == 1:
-        _g_part(acc, pid_n, *args, BLOCK_M, BLOCK_N, TARGETS, UPCAST)
+        _g_part(acc, pid_n, *args, BLOCK_M, BLOCK_N, False, TARGETS, UPCAST)
     else:  # four column parts of V, each its own column block of the ds partials
         V: tl.constexpr = BLOCK_N // 4
         h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
         a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
-        _g_part(a0, 4 * pid_n, *args, BLOCK_M, V, TARGETS, UPCAST)
-        _g_part(a1, 4 * pid_n + 1, *args, BLOCK_M, V, TARGETS, UPCAST)
+        _g_part(a0, 4 * pid_n, *args, BLOCK_M, V, True, TARGETS, UPCAST)
+        _g_part(a1, 4 * pid_n + 1, *args, BLOCK_M, V, True, TARGETS, UPCAST)
         a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
-        _g_part(a0, 4 * pid_n + 2, *args, BLOCK_M, V, TARGETS, UPCAST)
-        _g_part(a1, 4 * pid_n + 3, *args, BLOCK_M, V, TARGETS, UPCAST)
+        _g_part(a0, 4 * pid_n + 2, *args, BLOCK_M, V, True, TARGETS, UPCAST)
+        _g_part(a1, 4 * pid_n + 3, *args, BLOCK_M, V, True, TARGETS, UPCAST)
 
 
 @triton.jit
@@ -340,13 +340,15 @@ def _g_part(
     all_w,
     BLOCK_M: tl.constexpr,
     W: tl.constexpr,
+    PARTED: tl.constexpr,
     TARGETS: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """Columns [b W, (b + 1) W) of G for the row block pid_m from acc = <Q_i, K_j> there, stored in g's
     dtype; with TARGETS the fp32 row sums of G * acc at ds[i, b] ([rows, ds_blocks]; a part wholly past
     column N stores nothing)."""
-    mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
+    if PARTED:  # a part of a wider tile (else b < ds_blocks: no mask, no registers for it)
+        mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2

@@ -336,24 +336,84 @@ def _weights_tile(
     # the runtime arguments in tuples (a tuple holds no constexpr)
     if PARTS == 1:
         _w_part(
-            acc, pid_n, *rows, *cols, TEACHER, HARD, BLOCK_M, BLOCK_N, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+            acc,
+            pid_n,
+            *rows,
+            *cols,
+            TEACHER,
+            HARD,
+            BLOCK_M,
+            BLOCK_N,
+            False,
+            BLOCK_DT,
+            T_DOT_PREC,
+            UPCAST,
+            T_UPCAST,
         )
     else:  # four column parts of V
         V: tl.constexpr = BLOCK_N // 4
         h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
         a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
         _w_part(
-            a0, 4 * pid_n, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+            a0,
+            4 * pid_n,
+            *rows,
+            *cols,
+            TEACHER,
+            HARD,
+            BLOCK_M,
+            V,
+            True,
+            BLOCK_DT,
+            T_DOT_PREC,
+            UPCAST,
+            T_UPCAST,
         )
         _w_part(
-            a1, 4 * pid_n + 1, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+            a1,
+            4 * pid_n + 1,
+            *rows,
+            *cols,
+            TEACHER,
+            HARD,
+            BLOCK_M,
+            V,
+            True,
+            BLOCK_DT,
+            T_DOT_PREC,
+            UPCAST,
+            T_UPCAST,
         )
         a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
         _w_part(
-            a0, 4 * pid_n + 2, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+            a0,
+            4 * pid_n + 2,
+            *rows,
+            *cols,
+            TEACHER,
+            HARD,
+            BLOCK_M,
+            V,
+            True,
+            BLOCK_DT,
+            T_DOT_PREC,
+            UPCAST,
+            T_UPCAST,
         )
         _w_part(
-            a1, 4 * pid_n + 3, *rows, *cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
+            a1,
+            4 * pid_n + 3,
+            *rows,
+            *cols,
+            TEACHER,
+            HARD,
+            BLOCK_M,
+            V,
+            True,
+            BLOCK_DT,
+            T_DOT_PREC,
+            UPCAST,
+            T_UPCAST,
         )
 
 
@@ -396,6 +456,7 @@ def _w_part(
     HARD: tl.constexpr,
     BLOCK_M: tl.constexpr,
     W: tl.constexpr,
+    PARTED: tl.constexpr,
     BLOCK_DT: tl.constexpr,
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -404,7 +465,8 @@ def _w_part(
     """Columns [b W, (b + 1) W) of W = dL/dS for the row block pid_m from acc = <Q_i, K_j> there (with
     TEACHER their teacher tile recomputed), stored in g's dtype; with HARD the fp32 row sums of W * acc at
     ds[i, b] ([rows, ds_blocks]; a part wholly past column N stores nothing)."""
-    mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
+    if PARTED:  # a part of a wider tile (else b < ds_blocks: no mask, no registers for it)
+        mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2
