@@ -42,9 +42,7 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
-    desc_dot_tile,
     dot_precision,
-    dot_tile,
     halves,
     load_tile,
     score_tile,
@@ -54,6 +52,7 @@ from vlkernels.ops.triton_utils import (
     tma_ready,
     upcast,
     walk_grid,
+    weights_tile_dot,
 )
 
 # Relative margin on the column bound for the rounding of the dots (tensor-core products of rounded
@@ -267,31 +266,25 @@ def _weights_tile(
     epilogue, not held in registers across a pipelined walk); PARTS = 4: the epilogue in four column
     parts, one after the other (the ds partials in column blocks of BLOCK_N / 4)."""
     pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
-    if TMA:  # q_ptr / k_ptr are tensor descriptors
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc = desc_dot_tile(
-            q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, pid_n * BLOCK_N, D, BLOCK_D, acc, UPCAST
-        )
-    else:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-        acc = dot_tile(
-            q_ptr,
-            k_ptr,
-            offs_m,
-            offs_n,
-            mask_m,
-            offs_n < N,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            DOT_PREC,
-            UPCAST,
-        )
+    acc = weights_tile_dot(
+        q_ptr,
+        k_ptr,
+        pid_n,
+        offs_m,
+        mask_m,
+        N,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+        TMA,
+    )
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
     args = (
         pid_m,

@@ -37,7 +37,6 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
-    desc_dot_tile,
     dot_precision,
     dot_tile,
     halves,
@@ -50,6 +49,7 @@ from vlkernels.ops.triton_utils import (
     tma_ready,
     upcast,
     walk_grid,
+    weights_tile_dot,
     wide_score_tiles,
 )
 
@@ -304,31 +304,25 @@ def _weights_tile(
     not held in registers across a pipelined walk). PARTS = 4 (no TEACHER): the epilogue in four column
     parts, one after the other, each with its own ds partials."""
     pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
-    if TMA:  # q_ptr / k_ptr are tensor descriptors
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        acc = desc_dot_tile(
-            q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, pid_n * BLOCK_N, D, BLOCK_D, acc, UPCAST
-        )
-    else:
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-        acc = dot_tile(
-            q_ptr,
-            k_ptr,
-            offs_m,
-            offs_n,
-            mask_m,
-            offs_n < N,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            DOT_PREC,
-            UPCAST,
-        )
+    acc = weights_tile_dot(
+        q_ptr,
+        k_ptr,
+        pid_n,
+        offs_m,
+        mask_m,
+        N,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        DOT_PREC,
+        UPCAST,
+        TMA,
+    )
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
     rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, p_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
     cols = (lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, DT, row0)

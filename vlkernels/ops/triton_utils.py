@@ -91,6 +91,56 @@ def desc_dot_tile(q_desc, k_desc, row0, col0, D, BLOCK_D: tl.constexpr, acc, UPC
 
 
 @triton.jit
+def weights_tile_dot(
+    q_ptr,
+    k_ptr,
+    pid_n,
+    offs_m,
+    mask_m,
+    N,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    """The scores of a weights kernel's tile (rows ``offs_m`` of program row block ``tl.program_id(0)``,
+    column block ``pid_n``) in fp32: through tensor descriptors with TMA (``q_ptr`` / ``k_ptr`` are
+    descriptors then), else pointer loads (``dot_tile``)."""
+    if TMA:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        row0 = tl.program_id(0) * BLOCK_M
+        acc = desc_dot_tile(q_ptr, k_ptr, row0, pid_n * BLOCK_N, D, BLOCK_D, acc, UPCAST)
+    else:
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+        acc = dot_tile(
+            q_ptr,
+            k_ptr,
+            offs_m,
+            offs_n,
+            mask_m,
+            offs_n < N,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            DOT_PREC,
+            UPCAST,
+        )
+    return acc
+
+
+@triton.jit
 def score_tile(
     q_ptr,
     k_ptr,
