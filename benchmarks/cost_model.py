@@ -354,16 +354,14 @@ def _gchunk_backward(
     ``teacher`` (D', dtype label): its tiles recomputed in every weights launch (2 rows x B x D' more
     FLOPs, its rows and columns read)."""
     from vlkernels.ops import gchunk_triton as gchunk
-    from vlkernels.ops.triton_utils import split_k, walk_filled, walk_groups
+    from vlkernels.ops.triton_utils import partial_cols, split_k, walk_filled, walk_groups
 
     e, _, unit = DTYPES[dtype]
     _, default_wcfg, store, acc_cfg = _v2_configs(D, dtype)
     wcfg = wcfg or default_wcfg
     bm, bn = wcfg["BLOCK_M"], wcfg["BLOCK_N"]
     # the partials' column block: a tile's epilogue in parts stores each part's (the wide G kernel)
-    plan = gchunk.backward_plan(
-        B, B, D, e, True, workspace, (bm, bn, bn // wcfg.get("PARTS", 1)), stats=stats
-    )
+    plan = gchunk.backward_plan(B, B, D, e, True, workspace, (bm, bn, partial_cols(wcfg)), stats=stats)
     ch, sl = min(plan.chunk, B), min(plan.slab, B)
     chunks = math.ceil(B / ch)
     fits = lambda nbytes: nbytes <= hw.l2_usable * hw.l2_bytes  # noqa: E731
@@ -377,7 +375,7 @@ def _gchunk_backward(
         }
         if partials:
             # written; read back and summed in the row pass (the column pass does not need them)
-            n_part = 4.0 * partials * rows * math.ceil(B / (bn // wcfg.get("PARTS", 1)))
+            n_part = 4.0 * partials * rows * math.ceil(B / partial_cols(wcfg))
             g_hbm["statistics partials"] = (2 if summed else 1) * n_part
         if teacher is not None:
             dt, tlabel = teacher

@@ -141,10 +141,10 @@ def test_triton_wide_tiles_match_naive(dtype, batch):
 def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
     """Features TMA cannot read (a column-major view) take the pointer-load dL/dS config and still match
     naive; contiguous ones are read through descriptors."""
-    from vlkernels.ops import soft_target_triton as sst
+    from vlkernels.ops import triton_utils as tu
 
     made = []
-    real = sst.TensorDescriptor
+    real = tu.TensorDescriptor
 
     class Spy:
         @staticmethod
@@ -152,7 +152,7 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
             made.append(t.shape)
             return real.from_tensor(t, block)
 
-    monkeypatch.setattr(sst, "TensorDescriptor", Spy)
+    monkeypatch.setattr(tu, "TensorDescriptor", Spy)
     img, txt = features(37, 80, torch.bfloat16, seed=3)
     img = img.t().contiguous().t()
     kw = dict(label_smoothing=0.1)

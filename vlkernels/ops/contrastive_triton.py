@@ -34,7 +34,6 @@ import math
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
 from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
@@ -45,10 +44,12 @@ from vlkernels.ops.triton_utils import (
     dot_precision,
     halves,
     load_tile,
+    partial_cols,
     score_tile,
     store_weights,
     target_arch,
     tile_diagonal,
+    tile_operands,
     tma_ready,
     upcast,
     walk_grid,
@@ -567,10 +568,7 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
     walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     targets = eps is not None
-    q_arg, k_arg = q, k
-    if cfg.get("TMA"):
-        q_arg = TensorDescriptor.from_tensor(q, [cfg["BLOCK_M"], cfg["BLOCK_D"]])
-        k_arg = TensorDescriptor.from_tensor(k, [cfg["BLOCK_N"], cfg["BLOCK_D"]])
+    q_arg, k_arg = tile_operands(q, k, cfg)
     _weights_kernel[grid](
         q_arg,
         k_arg,
@@ -596,7 +594,7 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
         UPCAST=upcast(q.dtype),
         **cfg,
     )
-    return m * triton.cdiv(n, cfg["BLOCK_N"] // cfg.get("PARTS", 1))
+    return m * triton.cdiv(n, partial_cols(cfg))
 
 
 def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
@@ -613,7 +611,7 @@ def _part_block(dim: int, dtype) -> int:
     """The column block of the ds partials the workspace holds: the narrower of the two configs' (the wide
     one's parts, the pointer-load fallback's tiles)."""
     cfgs = [config(dim, dtype, kind) for kind in ("weights", "weights_wide")]
-    return min(cfg["BLOCK_N"] // cfg.get("PARTS", 1) for cfg in cfgs)
+    return min(partial_cols(cfg) for cfg in cfgs)
 
 
 def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:

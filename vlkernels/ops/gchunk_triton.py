@@ -219,7 +219,6 @@ class Workspace:
 
     def __init__(self, plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev, block_n: int, stats=1):
         self.plan = plan
-        self.block_n = block_n
         chunk, slab = min(plan.chunk, rows), min(plan.slab, n)
         self.g = torch.empty(chunk * slab, dtype=dtype, device=dev)
         self.part = torch.empty(stats * chunk * triton.cdiv(slab, block_n), dtype=torch.float32, device=dev)

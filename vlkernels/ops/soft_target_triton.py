@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vlkernels._triton import interpret_mode
 from vlkernels.ops.contrastive_triton import forward_rows_per_launch
@@ -41,11 +40,13 @@ from vlkernels.ops.triton_utils import (
     dot_tile,
     halves,
     load_tile,
+    partial_cols,
     score_tile,
     split_dots,
     store_weights,
     target_arch,
     tile_diagonal,
+    tile_operands,
     tma_ready,
     upcast,
     walk_grid,
@@ -819,10 +820,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         t_dim = t_q.shape[1]
         t_strides = (t_q.stride(0), t_q.stride(1), t_k.stride(0), t_k.stride(1))
         t_prec, t_up = dot_precision(t_q.dtype), upcast(t_q.dtype)
-    q_arg, k_arg = q, k
-    if cfg.get("TMA"):
-        q_arg = TensorDescriptor.from_tensor(q, [cfg["BLOCK_M"], cfg["BLOCK_D"]])
-        k_arg = TensorDescriptor.from_tensor(k, [cfg["BLOCK_N"], cfg["BLOCK_D"]])
+    q_arg, k_arg = tile_operands(q, k, cfg)
     _weights_kernel[grid](
         q_arg,
         k_arg,
@@ -863,7 +861,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         T_UPCAST=t_up,
         **cfg,
     )
-    return 0 if hard is None else m * triton.cdiv(n, cfg["BLOCK_N"] // cfg.get("PARTS", 1))
+    return 0 if hard is None else m * triton.cdiv(n, partial_cols(cfg))
 
 
 LN2_F = 0.6931471805599453
@@ -874,7 +872,7 @@ def _blocks(dim: int, dtype, teacher) -> tuple:
     partials the workspace holds: the narrower of the two configs' (the wide one's parts, the pointer-load
     fallback's tiles)."""
     cfgs = [tile_config(dim, dtype, teacher, "weights", wide=wide) for wide in (True, False)]
-    part = min(cfg["BLOCK_N"] // cfg.get("PARTS", 1) for cfg in cfgs)
+    part = min(partial_cols(cfg) for cfg in cfgs)
     return cfgs[0]["BLOCK_M"], cfgs[0]["BLOCK_N"], part
 
 
