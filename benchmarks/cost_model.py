@@ -23,13 +23,14 @@ teacher, workspace):
   not fit: 4 bytes per element for fp32, 3 for a 16-bit dT and its int8 remainder, each way).
 
 The sigmoid (SigLIP) loss (op "sigmoid", ``vlkernels/ops/sigmoid_triton.py``, ``sigmoid_launches``): the
-forward is one ``_loss_kernel`` launch (config "fwd"; row sums of softplus(-y z): 2 B^2 D FLOPs, one exp2
-and one fp32 division (MUFU.RCP) per element, the softplus's log2 as libdevice's polynomial on the FMA
-pipe); the backward runs on the same G-chunk engine as the contrastive loss (``_gchunk_backward``) with
-the sigmoid's weights kernel (G = sigmoid(z) - [i == j]: one exp2 and one division per element, two fp32
-statistics). Its elementwise fp32 work (select, compare, the log2 polynomial; static PTX counts per
-element from the AOT compile, ``ALU_PER_ELEMENT``) is a term of its own on the FP32 pipe (not modelled
-for the other ops).
+forward is one ``_loss_kernel`` launch (``loss_config``: the contrastive forward's tiles, 128 x 256 on
+sm_90 through TMA descriptors; row sums of softplus(-y z): 2 B^2 D FLOPs, one exp2 per element, the
+softplus's log2 as libdevice's polynomial on the FMA pipe); the backward runs on the same G-chunk engine
+as the contrastive loss (``_gchunk_backward``) with the sigmoid's weights kernel (``weights_config``: 256
+x 128 through TMA descriptors, the epilogue in eight parts; G = sigmoid(z) - [i == j]: one exp2 and one
+division per element, two fp32 statistics per row and 16 columns). Its elementwise fp32 work (select,
+compare, the log2 polynomial; static PTX counts per element from the AOT compile, ``ALU_PER_ELEMENT``) is
+a term of its own on the FP32 pipe (not modelled for the other ops).
 
 Time per launch = max of the terms (perfect overlap) at the optimistic rates (low) and at the
 pessimistic ones (high, where the dots and the exponentials do not overlap either). A call's time is the
@@ -116,12 +117,13 @@ FP32_SETTINGS = {
     "bf16x6": ("highest", "bf16x6"),
 }
 OPS = ("contrastive", "soft_target", "sigmoid")
-# fp32 arithmetic / compare / select PTX instructions (add, mul, fma, abs, neg, max, selp, setp) per
-# element of S of the sigmoid kernels: static counts in the compiled PTX / elements per thread (triton 3.9,
-# sm_90, bf16, D = 64 and 1024, the same; benchmarks/aot.py compiles them): the forward's softplus (log2
-# is libdevice's polynomial: 12 FMA), the weights kernel's sigmoid, G, the diagonal and the two partial
-# sums. MUFU (ex2, the division's rcp) counted apart; conversions, loads and stores not counted.
-ALU_PER_ELEMENT = {"sigmoid_loss": 39, "sigmoid_weights": 16}
+# fp32 arithmetic / compare / select PTX instructions (add, sub, mul, fma, abs, neg, max, min, selp, setp on
+# .f32 / .b32) per element of S of the sigmoid kernels: static counts in the compiled PTX / elements per
+# thread, rounded up, the larger of D = 64 and 1024 (triton 3.9, sm_90, bf16; benchmarks/aot.py compiles
+# them): the forward's softplus (35.8-36.5; log2 is libdevice's polynomial: 12 FMA), the weights kernel's
+# sigmoid, G, the diagonal and the two partial sums (13.3-14.1). MUFU (ex2, the division's rcp) counted
+# apart; conversions, loads and stores not counted.
+ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_weights": 15}
 
 
 @contextlib.contextmanager
@@ -226,8 +228,8 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
 def _sigmoid_forward(M, N, D, dtype, hw: Hardware) -> Launch:
     """The sigmoid forward ``_loss_kernel`` on Q [M, D], K [N, D] (``loss_config``): one program per BLOCK_M
     rows walks all column tiles (the row block re-read per column tile when D is walked in chunks); one
-    exp2 and one fp32 division (MUFU.RCP) per element; the softplus's elementwise work on the FP32 pipe
-    (``ALU_PER_ELEMENT``). FLOPs are the useful ones (masked padding not counted)."""
+    exp2 per element (MUFU); the softplus's elementwise work on the FP32 pipe (``ALU_PER_ELEMENT``). FLOPs
+    are the useful ones (masked padding not counted)."""
     import torch
 
     from vlkernels.ops.sigmoid_triton import loss_config
@@ -250,13 +252,23 @@ def _sigmoid_forward(M, N, D, dtype, hw: Hardware) -> Launch:
         N=N,
         config=dict(cfg, SINGLE_D=single, programs=P, column_tiles=C, waves=waves),
         flops={unit: 2.0 * M * N * D},
-        exps=2.0 * M * N,
+        exps=1.0 * M * N,
         l2_bytes=float(sum(l2.values())),
         atomic_bytes=0.0,
         hbm_bytes=float(sum(hbm.values())),
         detail=dict(l2=l2, hbm=hbm),
         alu=float(ALU_PER_ELEMENT["sigmoid_loss"]) * M * N,
     )
+
+
+def _sigmoid_weights_config(D, dtype) -> dict:
+    """The sigmoid weights kernel's launch config on a GPU (``weights_config``; TMA-ready features)."""
+    import torch
+
+    from vlkernels.ops.sigmoid_triton import weights_config
+
+    with _compiled_configs(dtype):
+        return weights_config(D, getattr(torch, DTYPES[dtype][1]))
 
 
 def sigmoid_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tuple[list, int, dict]:
@@ -275,7 +287,7 @@ def sigmoid_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) -> tupl
         mufu=2.0,
         alu=ALU_PER_ELEMENT["sigmoid_weights"],
         partials=2,
-        wcfg=tile_config(D, dtype, "weights"),  # its own G kernel: config "weights" (128 x 128)
+        wcfg=_sigmoid_weights_config(D, dtype),  # its own G kernel's
     )
     return [fwd] + bwd, 1, plan
 
@@ -834,12 +846,15 @@ def sigmoid_table(Bs=(16384, 65536, 262144, 1048576), Ds=(256, 512, 1024), dtype
         "",
         f"## sigmoid (SigLIP), {dtype}, workspace 256 MiB (the default budget)",
         "",
-        "Launches: `_loss_kernel` (the forward, row sums of softplus(-y z), config 'fwd'); the backward on "
-        "the G-chunk engine shared with the contrastive loss: per chunk of rows `_weights_kernel` "
-        "(G = sigmoid(z) - [i == j] in the features' dtype, two fp32 partial sums per row and column "
-        "block) and dI = G @ T, the accumulator dT[covered] += G.T @ I (in dT, with an int8 remainder), "
+        "Launches: `_loss_kernel` (the forward, row sums of softplus(-y z); `loss_config`: 128 x 256 tiles "
+        "through TMA descriptors on sm_90 where the wide tiles apply, the softplus in four column parts); "
+        "the backward on the G-chunk engine shared with the contrastive loss: per chunk of rows "
+        "`_weights_kernel` (G = sigmoid(z) - [i == j] in the features' dtype, two fp32 partial sums per row "
+        "and block of 16 columns; `weights_config`: 256 x 128 through TMA descriptors, the epilogue in eight "
+        "parts) and dI = G @ T, the accumulator dT[covered] += G.T @ I (in dT, with an int8 remainder), "
         "the column pass for the columns the workspace leaves. No atomics (deterministic by design). "
-        "MUFU: one ex2 and one fp32 division (rcp) per element of the forward and of every G tile. ALU: "
+        "MUFU: one ex2 per element of the forward, one ex2 and one fp32 division (rcp) per element of "
+        "every G tile. ALU: "
         "fp32-pipe elementwise "
         f"instructions per element ({ALU_PER_ELEMENT['sigmoid_loss']} forward, "
         f"{ALU_PER_ELEMENT['sigmoid_weights']} weights; static PTX counts) at {hw.fp32_lanes_per_clk_sm} "

@@ -133,6 +133,13 @@ if [ -f benchmarks/bench_soft_target.py ]; then
   timeout 100 python3 -m benchmarks.bench_soft_target --device "$DEVICE" "${BS[@]}" --out "$OUT/soft_target.json"
 fi
 timeout 60 python3 -m benchmarks.bench_sigmoid --device "$DEVICE" "${BG[@]}" --out "$OUT/sigmoid.json"
+if [ "$QUICK" != 1 ]; then
+  # The sigmoid kernels' wide tiles against their 128 x 128 ones, same run (modelled 46-77 ms against
+  # 51-89 ms at B = 65536, D = 1024).
+  VLKERNELS_WIDE_TILES=0 timeout 40 python3 -m benchmarks.bench_sigmoid --device "$DEVICE" \
+    --batch-sizes 65536 --dims 1024 --dtypes bfloat16 --modes fwd+bwd --impls triton \
+    --out "$OUT/sigmoid_narrow_tiles.json"
+fi
 if [ -f benchmarks/bench_augment.py ]; then
   timeout 60 python3 -m benchmarks.bench_augment --device "$DEVICE" "${BA[@]}" --out "$OUT/augment.json"
 fi

@@ -147,21 +147,27 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("row0", [None, 0, 5, 19, -7, -40, 10**6, -(10**6)])
-def test_triton_weights_kernel_positives_at_any_offset(row0):
+@pytest.mark.parametrize("dtype,dim,n", [(torch.float32, 24, 53), (torch.bfloat16, 80, 70)])
+def test_triton_weights_kernel_positives_at_any_offset(row0, dtype, dim, n):
     """_weights_kernel's G = sigmoid(z) - [row0 + i == j] and its two partial sums, against float64, for
     diagonals inside, across and far outside its tiles (the kernel compares tile-local int32 indices
-    with the tile's shift clamped to two blocks); M, N primes across several 16-wide blocks."""
+    with the tile's shift clamped to two blocks); M, N primes across several 16-wide blocks. bf16 at
+    D = 80 takes the wide tiles (tensor descriptors, the epilogue in eight parts with their own partial
+    sums; in the interpreter 32 x 64 tiles: at 70 columns the second tile's last seven parts hold no
+    column and must store nothing, the partials buffer being exactly as long as the count returned)."""
     import triton
 
     from vlkernels.ops import sigmoid_triton
-    from vlkernels.ops.triton_utils import config
+    from vlkernels.ops.triton_utils import partial_cols
 
-    m, n, dim = 37, 53, 24
-    q, k = features(max(m, n), dim, torch.float32, seed=7)
+    m = 37
+    q, k = features(max(m, n), dim, dtype, seed=7)
     q, k = q[:m].contiguous(), k[:n].contiguous()
+    cfg = sigmoid_triton.weights_config(dim, dtype, None, q, k)
+    assert cfg.get("PARTS", 1) == (8 if dtype == torch.bfloat16 else 1)
     scale, bias = torch.tensor([8.0]), torch.tensor([-3.0])
-    g = torch.full((m, n), float("nan"))
-    blocks = triton.cdiv(n, config(dim, torch.float32, "weights")["BLOCK_N"])
+    g = torch.full((m, n), float("nan"), dtype=dtype)
+    blocks = triton.cdiv(n, partial_cols(cfg))
     part = torch.full((2 * m * blocks,), float("nan"))
     count = sigmoid_triton.weights(q, k, scale, bias, g, part, row0)
     assert count == m * blocks
@@ -173,10 +179,64 @@ def test_triton_weights_kernel_positives_at_any_offset(row0):
         pos = i == torch.arange(n)[None, :]
     want = torch.where(pos, -torch.sigmoid(-z), torch.sigmoid(z))
     assert int(pos.sum()) == (0 if row0 is None else len(range(max(0, row0), min(m + row0, n))))
-    torch.testing.assert_close(g.double(), want, rtol=1e-5, atol=1e-6)
+    # G is stored in the features' dtype (one rounding); the sums are of the fp32 values
+    g_tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-8, atol=1e-6)
+    torch.testing.assert_close(g.double(), want, **g_tol)
     sums = part.view(2, m, blocks).double().sum(2)
     torch.testing.assert_close(sums[0], (want * dots).sum(1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sums[1], want.sum(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("batch", [1, 70])
+def test_triton_wide_tiles_match_float64(dtype, batch):
+    """16-bit features with D a multiple of 16 above 64 take the wide score tiles, as the contrastive
+    loss's, both read through tensor descriptors: the forward's softplus in four column parts of each
+    tile (config "fwd_wide"; in the interpreter 16 x 64 tiles), the G kernel's epilogue in eight parts
+    ("weights_wide": 32 x 64 here); on sm_80 (mma.sync) the 128 x 128 ones."""
+    from vlkernels.ops.sigmoid_triton import loss_config, weights_config
+
+    x = torch.zeros(4, 80, dtype=dtype)
+    assert loss_config(80, dtype, None, x, x)["PARTS"] == 4 and loss_config(80, dtype, None, x, x)["TMA"]
+    assert "PARTS" not in loss_config(80, dtype, 80, x, x)
+    assert weights_config(80, dtype, None, x, x)["TMA"] and "TMA" not in weights_config(80, dtype, 80, x, x)
+    check("triton", batch, 80, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.3)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
+    """Features TMA cannot read (a column-major view: last stride not 1) take the pointer-load configs,
+    forward and G (with the same plan and workspace: its column blocks are the narrower ones), and still
+    match float64."""
+    from vlkernels.ops import sigmoid_triton
+
+    picked = []
+
+    def spy(real):
+        def config(*args):
+            cfg = real(*args)
+            if len(args) > 3:  # a launch's (the plan's blocks ask without tensors)
+                picked.append(bool(cfg.get("TMA")))
+            return cfg
+
+        return config
+
+    for name in ("weights_config", "loss_config"):  # the backward's and the forward's
+        monkeypatch.setattr(sigmoid_triton, name, spy(getattr(sigmoid_triton, name)))
+    img, txt = features(37, 80, dtype, seed=5)
+    img = img.t().contiguous().t()
+    assert img.stride(1) != 1
+    scale, bias, grad_out = 20.0, -4.0, 1.3
+    exact = _exact(img, txt, scale, bias, grad_out)
+    base = run(_naive, img, txt, scale, bias, grad_out)
+    got = run(sigmoid_loss, img, txt, scale, bias, grad_out, impl="triton")
+    assert_within_float64(got, base, exact, error_scales(37, scale, bias, grad_out))
+    assert picked and not any(picked), picked
+    picked.clear()
+    check("triton", 37, 80, dtype=dtype, scale=scale, bias=bias, grad_out=grad_out)
+    assert picked and all(picked), picked
 
 
 @pytest.mark.interpreter

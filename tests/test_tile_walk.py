@@ -19,9 +19,9 @@ from vlkernels.ops import triton_utils as tu
 
 # (device, rows, columns, D): the interpreter's 16 x 16 tiles, 3 x 10 of them; on a GPU 128 x 128 (IEEE
 # fp32: 64 x 64) tiles, 3 x 12 (6 x 24), D = 200 in chunks of 64 (fp32: 16 / 32) with a short last one.
-# "wide": 16-bit features at D a multiple of 16 above 64 take the contrastive and soft-target G kernels'
-# wide tiles through TMA descriptors, the epilogue in four parts (32 x 64 in the interpreter, 3 x 5 of
-# them; 256 x 128 on sm_90, 3 x 12, D = 208: a short last D chunk), the rest as above
+# "wide": 16-bit features at D a multiple of 16 above 64 take the contrastive, sigmoid and soft-target G
+# kernels' wide tiles through TMA descriptors, the epilogue in four parts (32 x 64 in the interpreter, 3 x 5
+# of them; 256 x 128 on sm_90, 3 x 12, D = 208: a short last D chunk), the rest as above
 CASES = [
     pytest.param(("cpu", 37, 150, 24), marks=pytest.mark.interpreter, id="cpu"),
     pytest.param(("cpu", 70, 300, 80), marks=pytest.mark.interpreter, id="cpu-wide"),
@@ -95,7 +95,7 @@ def test_contrastive_weights_walk_is_exact(monkeypatch, case, dtype):
     dev, m, n, dim, q, k = _on(case, dtype, (1, 2))
     scale = torch.tensor(7.0, device=dev)
     lse_q, lse_k = torch.randn(m, device=dev) + 3, torch.randn(n, device=dev) + 3
-    blocks = math.ceil(n / ct._part_block(dim, dtype))  # the workspace's (wide tiles: per part)
+    blocks = math.ceil(n / ct._blocks(dim, dtype)[2])  # the workspace's (wide tiles: per part)
 
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=dtype, device=dev)
@@ -118,13 +118,13 @@ def test_sigmoid_weights_walk_is_exact(monkeypatch, case):
 
     dev, m, n, dim, q, k = _on(case, torch.bfloat16, (3, 4))
     scale, bias = torch.tensor(5.0, device=dev), torch.tensor(-2.0, device=dev)
-    blocks = _blocks(n, st.weights_config(dim, torch.bfloat16))
+    blocks = math.ceil(n / st._blocks(dim, torch.bfloat16)[2])  # the workspace's (wide: per part)
 
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=torch.bfloat16, device=dev)
         part = torch.full((2 * m * blocks,), float("nan"), device=dev)
-        st.weights(q, k, scale, bias, g, part, 3)
-        return g, part
+        count = st.weights(q, k, scale, bias, g, part, 3)
+        return g, part[: 2 * count]
 
     _same(_grids(monkeypatch, launch))
 

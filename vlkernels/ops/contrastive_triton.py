@@ -50,9 +50,10 @@ from vlkernels.ops.triton_utils import (
     target_arch,
     tile_diagonal,
     tile_operands,
-    tma_ready,
     upcast,
     walk_grid,
+    weights_blocks,
+    weights_config,
     weights_tile_dot,
 )
 
@@ -597,29 +598,15 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
     return m * triton.cdiv(n, partial_cols(cfg))
 
 
-def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
-    """The contrastive weights kernel's launch config (config "weights_wide": 256 x 128 tiles read through
-    TMA descriptors on sm_90), or its pointer-load one ("weights") where the features cannot be read so
-    (``tma_ready``: unit last stride, 16-byte aligned base and rows)."""
-    cfg = config(dim, dtype, "weights_wide", arch)
-    if cfg.get("TMA") and not tma_ready(*tensors):
-        cfg = config(dim, dtype, "weights", arch)
-    return cfg
-
-
-def _part_block(dim: int, dtype) -> int:
-    """The column block of the ds partials the workspace holds: the narrower of the two configs' (the wide
-    one's parts, the pointer-load fallback's tiles)."""
-    cfgs = [config(dim, dtype, kind) for kind in ("weights", "weights_wide")]
-    return min(partial_cols(cfg) for cfg in cfgs)
+def _blocks(dim: int, dtype) -> tuple:
+    """The G kernel's blocks for the plan and the workspace (``weights_blocks``)."""
+    return weights_blocks(config(dim, dtype, "weights_wide"), config(dim, dtype, "weights"))
 
 
 def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
     """``backward_plan`` with the weights kernel's blocks and the dtype's element size."""
-    cfg = config(dim, dtype, "weights_wide")
     esize = torch.empty((), dtype=dtype).element_size()
-    block = (cfg["BLOCK_M"], cfg["BLOCK_N"], _part_block(dim, dtype))
-    return backward_plan(m, n, dim, esize, need_t, workspace, block)
+    return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype))
 
 
 def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
@@ -638,7 +625,7 @@ def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
 
 
 def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, _part_block(dim, dtype))
+    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype)[2])
 
 
 class TritonBackend:

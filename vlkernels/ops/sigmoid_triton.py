@@ -13,9 +13,17 @@ sync; operands stay in the input dtype for tensor cores, accumulation is fp32, o
   column pass (G.T has the same form: z is symmetric in (I, T)). 8 B^2 D FLOPs in all (forward 2, weights
   2, two GEMMs 4) while the accumulator covers every column; no float atomics, deterministic.
 
-Numerics: softplus(x) = max(x, 0) + log1p(exp(-|x|)) with log1p evaluated as log(u) * e / (u - 1),
-u = 1 + e (exact to a few ulps even where 1 + e rounds); G of a positive is -sigmoid(-z) (no cancellation
-in sigmoid(z) - 1), rounded once to the features' dtype for the GEMMs (the scalar gradients use the fp32
+Tiles: on sm_90, for 16-bit features at D a multiple of 16 above 64 (``wide_score_tiles``), the forward
+takes the contrastive forward's 128 x 256 tiles with the softplus in four column parts and the G kernel
+256 x 128 tiles on 16 warps with its epilogue in eight parts (statistics partials per 16 columns), both
+read through TMA descriptors (no per-thread addresses: with pointer loads the forward spilled 12-48 B, the
+G kernel in four parts 20-44 B); elsewhere, or where TMA cannot read the features, 128 x 128.
+
+Numerics: softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|), with log1p(e) evaluated as log(u) - ((u - 1)
+- e), u = 1 + e: (u - 1) - e is the rounding of u, exact, and the first-order correction leaves a relative
+error under 2^-24 / ln 2 (where 1 + e rounds to 1 it gives e); no division. G = sigmoid(z) as 1 / (1 + e)
+or e / (1 + e) by the sign of z; a positive's G is -sigmoid(-z), the other numerator (no cancellation in
+sigmoid(z) - 1), rounded once to the features' dtype for the GEMMs (the scalar gradients use the fp32
 values). Stable for any |z| (scale 100 with bias -10 gives |z| ~ 110).
 """
 
@@ -25,21 +33,29 @@ import torch
 import triton
 import triton.language as tl
 
+from vlkernels.ops import triton_utils
 from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
 from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
+    desc_dot_tile,
     dot_precision,
-    dot_tile,
+    halves,
     load_tile,
+    partial_cols,
     round_to,
     score_tile,
     split_dots,
+    target_arch,
     tile_diagonal,
+    tile_operands,
+    tma_ready,
     upcast,
     walk_grid,
+    weights_blocks,
+    weights_tile_dot,
 )
 
 
@@ -47,9 +63,7 @@ from vlkernels.ops.triton_utils import (
 def _softplus(x):
     e = tl.exp2(-tl.abs(x) * LOG2E)
     u = 1.0 + e
-    rounds = u == 1.0
-    log1p = tl.where(rounds, e, tl.log2(u) * LN2 * (e / tl.where(rounds, 1.0, u - 1.0)))
-    return tl.maximum(x, 0.0) + log1p
+    return tl.maximum(x, 0.0) + (tl.log2(u) * LN2 - ((u - 1.0) - e))
 
 
 @triton.jit
@@ -73,7 +87,13 @@ def _loss_kernel(
     SINGLE_D: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
+    PARTS: tl.constexpr = 1,
 ):
+    """Row sums of softplus(-y z) over all columns; PARTS = 4: each score tile's softplus in four column
+    parts, one after the other (fewer registers: the 128 x 256 tiles of config "fwd_wide"); TMA: q_ptr
+    and k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (no per-thread
+    addresses: with pointer loads the wide tiles spilled)."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
@@ -90,34 +110,76 @@ def _loss_kernel(
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
-        acc, _ = score_tile(
-            q_ptr,
-            k_ptr,
-            q,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-        )
-        z = acc * scale + bias
-        if DIAG:
-            z = tl.where(offs_m[:, None] == offs_n[None, :], -z, z)
-        sp = tl.where(mask_n[None, :], _softplus(z), 0.0)
-        total += tl.sum(sp, axis=1)
+        if TMA:
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc = desc_dot_tile(q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, start_n, D, BLOCK_D, acc, UPCAST)
+        else:
+            acc, _ = score_tile(
+                q_ptr,
+                k_ptr,
+                q,
+                offs_m,
+                offs_n,
+                mask_m,
+                mask_n,
+                offs_d,
+                mask_d,
+                D,
+                sqm,
+                sqd,
+                skn,
+                skd,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                SINGLE_D,
+                DOT_PREC,
+                UPCAST,
+            )
+        if PARTS == 1:
+            total += _loss_part(acc, scale, bias, pid, start_n, N, DIAG, BLOCK_M, BLOCK_N, BLOCK_N)
+        else:  # four column parts of V
+            V: tl.constexpr = BLOCK_N // 4
+            h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
+            p0, p1 = halves(h0, BLOCK_M, BLOCK_N // 2)
+            total += _loss_part(p0, scale, bias, pid, start_n, N, DIAG, BLOCK_M, BLOCK_N, V)
+            total += _loss_part(p1, scale, bias, pid, start_n + V, N, DIAG, BLOCK_M, BLOCK_N, V)
+            p0, p1 = halves(h1, BLOCK_M, BLOCK_N // 2)
+            total += _loss_part(p0, scale, bias, pid, start_n + 2 * V, N, DIAG, BLOCK_M, BLOCK_N, V)
+            total += _loss_part(p1, scale, bias, pid, start_n + 3 * V, N, DIAG, BLOCK_M, BLOCK_N, V)
     tl.store(out_ptr + offs_m, total, mask=mask_m)
+
+
+@triton.jit
+def _loss_part(
+    acc,
+    scale,
+    bias,
+    pid,
+    col0,
+    N,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    W: tl.constexpr,
+):
+    """Row sums of softplus(-y z) over the columns col0 .. col0 + W of a BLOCK_N-wide score tile (W =
+    BLOCK_N) or column part of it (W < BLOCK_N) of row block pid, acc = <Q_i, K_j> there; padded columns
+    add 0."""
+    z = acc * scale + bias
+    if W < BLOCK_N:  # a part of a wide tile: tile-local int32 indices (as tile_diagonal's; int64 spilled 32 B
+        # under Triton 3.6 on sm_90)
+        if DIAG:
+            shift = tl.minimum(tl.maximum(pid * BLOCK_M - col0, -BLOCK_M), W).to(tl.int32)
+            z = tl.where((tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, W)[None, :], -z, z)
+        cols = tl.arange(0, W) < N - col0
+    else:  # a whole tile: global int64 indices (the int32 form spilled 16-40 B in the IEEE fp32 variants
+        # at unaligned D under Triton 3.6)
+        offs_n = col0 + tl.arange(0, W).to(tl.int64)
+        if DIAG:
+            z = tl.where((pid * BLOCK_M + tl.arange(0, BLOCK_M))[:, None] == offs_n[None, :], -z, z)
+        cols = offs_n < N
+    return tl.sum(tl.where(cols[None, :], _softplus(z), 0.0), axis=1)
 
 
 @triton.jit
@@ -147,18 +209,19 @@ def _weights_tile(
     BLOCK_D: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
+    PARTS: tl.constexpr,
 ):
-    """Column tile ``t`` of ``_weights_kernel``'s row block."""
+    """Column tile ``t`` of ``_weights_kernel``'s row block; PARTS = 8: the epilogue in eight column parts,
+    one after the other (the partial sums in column blocks of BLOCK_N / 8)."""
     pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    mask_n = offs_n < N
-    acc = dot_tile(
+    acc = weights_tile_dot(
         q_ptr,
         k_ptr,
+        pid_n,
         offs_m,
-        offs_n,
         mask_m,
-        mask_n,
+        N,
         D,
         sqm,
         sqd,
@@ -169,22 +232,96 @@ def _weights_tile(
         BLOCK_D,
         DOT_PREC,
         UPCAST,
+        TMA,
     )
+    ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
+    args = (pid_m, offs_m, mask_m, scale, bias, g_ptr, part_ptr, N, ds_blocks, row0, stat_stride)
+    if PARTS == 1:
+        _g_part(acc, pid_n, *args, DIAG, BLOCK_M, BLOCK_N, False, UPCAST)
+    else:  # eight column parts of V, each its own column block of the partials
+        tl.static_assert(PARTS == 8)
+        V: tl.constexpr = BLOCK_N // 8
+        h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
+        _g_quarters(h0, 8 * pid_n, *args, DIAG, BLOCK_M, V, UPCAST)
+        _g_quarters(h1, 8 * pid_n + 4, *args, DIAG, BLOCK_M, V, UPCAST)
+
+
+@triton.jit
+def _g_quarters(
+    h,
+    b,
+    pid_m,
+    offs_m,
+    mask_m,
+    scale,
+    bias,
+    g_ptr,
+    part_ptr,
+    N,
+    ds_blocks,
+    row0,
+    stat_stride,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    V: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``_g_part`` over the four column parts of V of h [BLOCK_M, 4 V] (column blocks b .. b + 3), one
+    after the other."""
+    args = (pid_m, offs_m, mask_m, scale, bias, g_ptr, part_ptr, N, ds_blocks, row0, stat_stride)
+    q0, q1 = halves(h, BLOCK_M, 4 * V)
+    a0, a1 = halves(q0, BLOCK_M, 2 * V)
+    _g_part(a0, b, *args, DIAG, BLOCK_M, V, True, UPCAST)
+    _g_part(a1, b + 1, *args, DIAG, BLOCK_M, V, True, UPCAST)
+    a0, a1 = halves(q1, BLOCK_M, 2 * V)
+    _g_part(a0, b + 2, *args, DIAG, BLOCK_M, V, True, UPCAST)
+    _g_part(a1, b + 3, *args, DIAG, BLOCK_M, V, True, UPCAST)
+
+
+@triton.jit
+def _g_part(
+    acc,
+    b,
+    pid_m,
+    offs_m,
+    mask_m,
+    scale,
+    bias,
+    g_ptr,
+    part_ptr,
+    N,
+    ds_blocks,
+    row0,
+    stat_stride,
+    DIAG: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    W: tl.constexpr,
+    PARTED: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """Columns [b W, (b + 1) W) of G for the row block pid_m from acc = <Q_i, K_j> there, stored in g's
+    dtype, with the fp32 row sums of G * acc at part[i, b] and of G at part[stat_stride + i, b] ([rows,
+    ds_blocks] each; a part wholly past column N stores nothing)."""
+    if PARTED:  # a part of a wider tile (else b < ds_blocks: no mask, no registers for it)
+        mask_m = mask_m & (tl.full([BLOCK_M], b, tl.int32) < ds_blocks)
+    offs_n = b * W + tl.arange(0, W).to(tl.int64)
+    mask_n = offs_n < N
     z = acc * scale + bias
     e = tl.exp2(-tl.abs(z) * LOG2E)
-    hi = 1.0 / (1.0 + e)  # sigmoid(|z|)
-    lo = e * hi  # sigmoid(-|z|)
-    g = tl.where(z >= 0, hi, lo)
+    # sigmoid(z) = 1 / (1 + e) for z >= 0, else e / (1 + e); a positive's G is sigmoid(z) - 1 =
+    # -sigmoid(-z) (no cancellation): the other numerator, negated
     if DIAG:
-        # a positive's G is sigmoid(z) - 1 = -sigmoid(-z): no cancellation
-        eye = tile_diagonal(pid_m, pid_n, row0, BLOCK_M, BLOCK_N)
-        g = tl.where(eye, -tl.where(z >= 0, lo, hi), g)
+        eye = tile_diagonal(pid_m, b, row0, BLOCK_M, W)
+        g = tl.where((z >= 0) != eye, 1.0, e) / (1.0 + e)
+        g = tl.where(eye, -g, g)
+    else:
+        g = tl.where(z >= 0, 1.0, e) / (1.0 + e)
     # padded columns: 0 in the row sums; padded rows are not stored. (Not triton_utils.store_weights and a
     # second store: with the G store between the two row sums ptxas gives D = 100 16 more registers under
     # Triton 3.6, with the sum of g first the tf32 variants spill 20 B under 3.9.)
     g = tl.where(mask_n[None, :], g, 0.0)
-    tl.store(part_ptr + offs_m * n_blocks + pid_n, tl.sum(g * acc, axis=1), mask=mask_m)
-    tl.store(part_ptr + stat_stride + offs_m * n_blocks + pid_n, tl.sum(g, axis=1), mask=mask_m)
+    tl.store(part_ptr + offs_m * ds_blocks + b, tl.sum(g * acc, axis=1), mask=mask_m)
+    tl.store(part_ptr + stat_stride + offs_m * ds_blocks + b, tl.sum(g, axis=1), mask=mask_m)
     tl.store(
         g_ptr + offs_m[:, None] * N + offs_n[None, :],
         round_to(g, g_ptr.dtype.element_ty, UPCAST),
@@ -217,12 +354,17 @@ def _weights_kernel(
     WALK: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
+    PARTS: tl.constexpr = 1,
 ):
     """Tiles of G = sigmoid(z) - [row0 + i == j] (the positives only with DIAG), z = s <Q_i, K_j> + b,
-    stored in g's dtype ([M, N] row-major); each tile's fp32 row sums of G * <Q_i, K_j>
-    (part[i * n_blocks + column block]) and of G (part[stat_stride + i * n_blocks + column block]).
+    stored in g's dtype ([M, N] row-major); the fp32 row sums of G * <Q_i, K_j> (part[i * ds_blocks +
+    column block]) and of G (part[stat_stride + i * ds_blocks + column block]) over column blocks of
+    BLOCK_N / PARTS (ds_blocks of them).
     WALK: program (i, g) walks the column blocks g, g + G, ... of row block i (``triton_utils.walk_grid``)
-    as one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j)."""
+    as one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j). TMA: q_ptr and
+    k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (config
+    "weights_wide")."""
     pid_m = tl.program_id(0).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
@@ -260,6 +402,8 @@ def _weights_kernel(
                 BLOCK_D,
                 DOT_PREC,
                 UPCAST,
+                TMA,
+                PARTS,
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
@@ -276,6 +420,8 @@ def _weights_kernel(
             BLOCK_D,
             DOT_PREC,
             UPCAST,
+            TMA,
+            PARTS,
         )
 
 
@@ -287,10 +433,11 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
     """Row sums [M] of softplus(-y z), z = scale * q @ k.T + bias (y: +1 on the diagonal when diag)."""
     m, dim = q.shape
     out = torch.empty(m, dtype=torch.float32, device=q.device)
-    cfg = loss_config(dim, q.dtype)
+    cfg = loss_config(dim, q.dtype, target_arch(q.device), q, k)
+    q_arg, k_arg = tile_operands(q, k, cfg)
     _loss_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
-        q,
-        k,
+        q_arg,
+        k_arg,
         scale,
         bias,
         out,
@@ -304,19 +451,27 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
     return out
 
 
-def loss_config(dim: int, dtype) -> dict:
-    """The forward's launch config: the contrastive forward's (config "fwd"), with 64-column tiles for
-    split-precision fp32 dots (at 128 the softplus epilogue spilled 12-16 B on sm_80; benchmarks/aot.py)."""
-    cfg = config(dim, dtype, "fwd")
+def loss_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
+    """The forward's launch config: the contrastive forward's (config "fwd_wide": 128 x 256 tiles, the
+    softplus in four column parts, where ``wide_score_tiles`` holds), read through TMA descriptors (with
+    pointer loads those tiles spilled; where the features ``tensors`` cannot be read so, ``tma_ready``,
+    config "fwd"); 64-column tiles for split-precision fp32 dots (at 128 the softplus epilogue spilled
+    12-16 B on sm_80; benchmarks/aot.py)."""
+    cfg = config(dim, dtype, "fwd_wide", arch)
+    if cfg.get("PARTS"):
+        cfg = dict(cfg, TMA=True) if tma_ready(*tensors) else config(dim, dtype, "fwd", arch)
     if split_dots(dtype):
         cfg = dict(cfg, BLOCK_N=64)
     return cfg
 
 
-def weights_config(dim: int, dtype) -> dict:
-    """The weights kernel's launch config: the contrastive G kernel's (config "weights"), with two pipeline
+def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
+    """The weights kernel's launch config: the contrastive G kernel's (``triton_utils.weights_config``: 256 x
+    128 tiles through TMA descriptors where the wide tiles hold and ``tensors`` allow), with two pipeline
     stages for IEEE fp32 dots (three spilled 12 B on sm_80 at unaligned D; benchmarks/aot.py)."""
-    cfg = config(dim, dtype, "weights")
+    cfg = triton_utils.weights_config(dim, dtype, arch, *tensors)
+    if cfg.get("PARTS"):
+        cfg = dict(cfg, PARTS=8)
     if dot_precision(dtype) == "ieee" and "num_stages" in cfg:
         cfg = dict(cfg, num_stages=2)
     return cfg
@@ -325,15 +480,18 @@ def weights_config(dim: int, dtype) -> dict:
 def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k,
     the positives where ``row0`` + i == j (None: no positives); part gets the [2, M, column blocks] fp32
-    row sums of G * <q_i, k_j> and of G. Returns the number of partials per statistic (M * column blocks)."""
+    row sums of G * <q_i, k_j> and of G. Returns the number of partials per statistic (M * column blocks
+    of ``partial_cols``)."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = weights_config(dim, q.dtype)
+    cfg = weights_config(dim, q.dtype, target_arch(q.device), q, k)
     walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
+    count = m * triton.cdiv(n, partial_cols(cfg))
+    q_arg, k_arg = tile_operands(q, k, cfg)
     _weights_kernel[grid](
-        q,
-        k,
+        q_arg,
+        k_arg,
         scale,
         bias,
         g,
@@ -342,29 +500,34 @@ def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
         0 if row0 is None else row0,
         *_common(q, k)[3:],
         n_blocks,
-        m * n_blocks,
+        count,
         DIAG=row0 is not None,
         WALK=walk,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,
     )
-    return m * n_blocks
+    return count
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().reshape(1).to(torch.float32).contiguous()
 
 
+def _blocks(dim: int, dtype) -> tuple:
+    """The weights kernel's blocks for the plan and the workspace (``weights_blocks``: its wide config,
+    eight parts, and the pointer-load fallback)."""
+    return weights_blocks(weights_config(dim, dtype), config(dim, dtype, "weights"))
+
+
 def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
     """``backward_plan`` with the weights kernel's blocks, the dtype's element size and two statistics."""
-    cfg = config(dim, dtype, "weights")
     esize = torch.empty((), dtype=dtype).element_size()
-    return backward_plan(m, n, dim, esize, need_t, workspace, (cfg["BLOCK_M"], cfg["BLOCK_N"]), stats=2)
+    return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype), stats=2)
 
 
 def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, config(dim, dtype, "weights")["BLOCK_N"], stats=2)
+    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype)[2], stats=2)
 
 
 def _fill(work: Workspace, q, k, scale, bias, diag: bool, stats: bool = True):

@@ -240,6 +240,25 @@ def partial_cols(cfg: dict) -> int:
     return cfg["BLOCK_N"] // cfg.get("PARTS", 1)
 
 
+def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
+    """A G kernel's launch config (the contrastive and sigmoid ones): config "weights_wide" (256 x 128 tiles
+    read through TMA descriptors on sm_90), or the pointer-load one ("weights") where the features
+    ``tensors`` cannot be read so (``tma_ready``: unit last stride, 16-byte aligned base and rows)."""
+    cfg = config(dim, dtype, "weights_wide", arch)
+    if cfg.get("TMA") and not tma_ready(*tensors):
+        cfg = config(dim, dtype, "weights", arch)
+    return cfg
+
+
+def weights_blocks(wide: dict, narrow: dict) -> tuple:
+    """(BLOCK_M, BLOCK_N, the statistics partials' column block) of a G kernel whose launches take the
+    config ``wide`` or, where TMA cannot read the features (``tma_ready``), ``narrow``, for
+    ``backward_plan`` and ``Workspace``: the wide config's tiles (the planned ones) and the narrower of the
+    two configs' partial blocks (the wide one's parts, the fallback's tiles), so the workspace holds the
+    partials of either."""
+    return wide["BLOCK_M"], wide["BLOCK_N"], min(partial_cols(wide), partial_cols(narrow))
+
+
 def tile_operands(q: torch.Tensor, k: torch.Tensor, cfg: dict) -> tuple:
     """(q, k) as a weights kernel takes them: with ``cfg``'s TMA, tensor descriptors of [BLOCK_M, BLOCK_D] /
     [BLOCK_N, BLOCK_D] blocks (``weights_tile_dot``), else the tensors."""
