@@ -131,17 +131,18 @@ def test_triton_backward_plans_match_float64(monkeypatch, dtype, workspace):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
+@pytest.mark.parametrize("dtype,dim", [(torch.bfloat16, 24), (torch.float32, 24), (torch.bfloat16, 80)])
+def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype, dim):
     """The kind of plan large batches take (chunks of many rows, G in slabs of columns, part of the text
     columns accumulated in the row pass) at a small size against float64: 150 rows in chunks of 64, slabs
     of 48 columns (the last ones short), the first 112 text columns accumulated, the rest from the column
-    pass; the statistics (the bias's and scale's gradients) summed over chunks and slabs."""
+    pass; the statistics (the bias's and scale's gradients) summed over chunks and slabs. bf16 at D = 80:
+    the wide tiles (32 x 64 here: a slab narrower than a tile, its partials per 8-column part)."""
     from vlkernels.ops import sigmoid_triton
     from vlkernels.ops.gchunk_triton import BackwardPlan
 
     calls = force_plan(monkeypatch, sigmoid_triton, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
-    check("triton", 150, 24, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.3)
+    check("triton", 150, dim, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.3)
     assert calls
 
 
