@@ -139,6 +139,20 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
     assert picked and all(picked), picked
 
 
+def test_tma_ready_needs_unit_last_stride_and_16_byte_alignment():
+    """The wide G kernels (and the sigmoid forward) read through TMA descriptors only features with unit
+    last stride, a 16-byte aligned base and 16-byte aligned rows; the rest take the pointer-load
+    configs."""
+    from vlkernels.ops.triton_utils import tma_ready
+
+    x = torch.zeros(8, 80, dtype=torch.bfloat16)
+    assert tma_ready(x, x) and tma_ready(x[2:], x[:, 8:])  # 160-byte rows, bases 320 / 16 bytes on
+    assert not tma_ready(x, x.t().contiguous().t())  # column-major
+    assert not tma_ready(x[:, 1:])  # base 2 bytes off
+    assert not tma_ready(torch.zeros(8, 100, dtype=torch.bfloat16))  # 200-byte rows
+    assert not tma_ready(x.reshape(-1))  # not 2-D
+
+
 @pytest.mark.interpreter
 @pytest.mark.slow
 def test_triton_matches_naive_large():

@@ -74,3 +74,20 @@ def test_memory_is_o_b():
     # 32 bytes per row plus the 256 MiB workspace (16 MiB of allocator slack); one B x B fp32 is 16 GiB
     assert extra < 32 * batch + (256 << 20) + (16 << 20), extra
     assert torch.isfinite(img.grad).all() and torch.isfinite(scale.grad) and torch.isfinite(bias.grad)
+
+
+def test_wide_tiles_fall_back_for_features_tma_cannot_read():
+    """bf16 at D = 512 takes the TMA-read wide tiles on sm_90; column-major features (last stride not 1:
+    TMA cannot read them; ``run``'s clone keeps the strides) take the pointer-load 128 x 128 ones, within
+    the same bound."""
+    batch, dim, dtype = 1029, 512, torch.bfloat16
+    img, txt = features(batch, dim, dtype, device="cuda", seed=11)
+    img = img.t().contiguous().t()
+    scale, bias, grad_out = 10.0, -10.0, 1.7
+    scale64 = torch.tensor(scale, dtype=torch.float64, device="cuda")
+    exact = run(sigmoid_loss_naive, img.double(), txt.double(), scale64, bias, grad_out)
+    base = run(lambda *a: sigmoid_loss(*a, impl="naive"), img, txt, torch.tensor(scale, device="cuda"),
+               bias, grad_out)  # fmt: skip
+    got = run(lambda *a: sigmoid_loss(*a, impl="triton"), img, txt, torch.tensor(scale, device="cuda"),
+              bias, grad_out)  # fmt: skip
+    assert_within_float64_error(got, base, exact, error_scales(batch, scale, bias, grad_out), names=NAMES)
