@@ -114,19 +114,23 @@ def test_wide_tiles_switch(monkeypatch):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
-    """Features TMA cannot read (a column-major view: last stride not 1) take the pointer-load G config,
-    with the same plan and workspace (its column blocks are the narrower ones), and still match naive."""
+    """Features TMA cannot read (a column-major view: last stride not 1) take the pointer-load configs,
+    forward and G (with the same plan and workspace: its column blocks are the narrower ones), and still
+    match naive."""
     from vlkernels.ops import contrastive_triton as ct
 
     picked = []
-    real = ct.weights_config
 
-    def spy(*args):
-        cfg = real(*args)
-        picked.append(bool(cfg.get("TMA")))
-        return cfg
+    def spy(real):
+        def config(*args):
+            cfg = real(*args)
+            picked.append(bool(cfg.get("TMA")))
+            return cfg
 
-    monkeypatch.setattr(ct, "weights_config", spy)
+        return config
+
+    for name in ("weights_config", "forward_config"):  # the backward's and the forward's
+        monkeypatch.setattr(ct, name, spy(getattr(ct, name)))
     img, txt = features(37, 80, dtype, seed=5)
     img = img.t().contiguous().t()
     assert img.stride(1) != 1

@@ -41,7 +41,9 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
+    desc_dot_tile,
     dot_precision,
+    forward_config,
     halves,
     load_tile,
     partial_cols,
@@ -158,11 +160,13 @@ def _forward_kernel(
     SINGLE_D: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
     PARTS: tl.constexpr = 1,
 ):
     """Row LSEs of S (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]), one pass.
     PARTS = 4: each score tile's epilogue in four column parts, one after the other (fewer registers: the
-    128 x 256 tiles of config "fwd_wide"); the same sums in another order."""
+    128 x 256 tiles of config "fwd_wide"); the same sums in another order. TMA: q_ptr and k_ptr are
+    tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (``forward_config``)."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
@@ -180,28 +184,32 @@ def _forward_kernel(
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
-        acc, _ = score_tile(
-            q_ptr,
-            k_ptr,
-            q,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-        )
+        if TMA:
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc = desc_dot_tile(q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, start_n, D, BLOCK_D, acc, UPCAST)
+        else:
+            acc, _ = score_tile(
+                q_ptr,
+                k_ptr,
+                q,
+                offs_m,
+                offs_n,
+                mask_m,
+                mask_n,
+                offs_d,
+                mask_d,
+                D,
+                sqm,
+                sqd,
+                skn,
+                skd,
+                BLOCK_M,
+                BLOCK_N,
+                BLOCK_D,
+                SINGLE_D,
+                DOT_PREC,
+                UPCAST,
+            )
         s2 = acc * scale2
         if PARTS == 1:
             m_i, l_i = _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, my_part, N)
@@ -521,7 +529,7 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
     """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in fp32, one pass over S."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = config(dim, q.dtype, "fwd_wide", target_arch(q.device))
+    cfg = forward_config(dim, q.dtype, target_arch(q.device), q, k)
     ref = column_reference(q, k, scale)
     r = torch.empty(m, dtype=torch.float32, device=q.device)
     sums = torch.zeros(n, dtype=torch.float32, device=q.device)
@@ -530,9 +538,10 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
     for r0 in range(0, m, step):
         rows = min(step, m - r0)
         programs = triton.cdiv(rows, cfg["BLOCK_M"])
+        q_arg, k_arg = tile_operands(q[r0:], k, cfg)
         _forward_kernel[(programs,)](
-            q[r0:],
-            k,
+            q_arg,
+            k_arg,
             scale,
             ref,
             r[r0:],

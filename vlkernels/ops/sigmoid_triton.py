@@ -42,6 +42,7 @@ from vlkernels.ops.triton_utils import (
     config,
     desc_dot_tile,
     dot_precision,
+    forward_config,
     halves,
     load_tile,
     partial_cols,
@@ -51,7 +52,6 @@ from vlkernels.ops.triton_utils import (
     target_arch,
     tile_diagonal,
     tile_operands,
-    tma_ready,
     upcast,
     walk_grid,
     weights_blocks,
@@ -452,14 +452,11 @@ def row_loss_sums(q, k, scale, bias, diag: bool) -> torch.Tensor:
 
 
 def loss_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
-    """The forward's launch config: the contrastive forward's (config "fwd_wide": 128 x 256 tiles, the
-    softplus in four column parts, where ``wide_score_tiles`` holds), read through TMA descriptors (with
-    pointer loads those tiles spilled; where the features ``tensors`` cannot be read so, ``tma_ready``,
-    config "fwd"); 64-column tiles for split-precision fp32 dots (at 128 the softplus epilogue spilled
-    12-16 B on sm_80; benchmarks/aot.py)."""
-    cfg = config(dim, dtype, "fwd_wide", arch)
-    if cfg.get("PARTS"):
-        cfg = dict(cfg, TMA=True) if tma_ready(*tensors) else config(dim, dtype, "fwd", arch)
+    """The forward's launch config: the contrastive forward's (``forward_config``: 128 x 256 tiles read
+    through TMA descriptors, the softplus in four column parts, where ``wide_score_tiles`` holds and the
+    features ``tensors`` allow), with 64-column tiles for split-precision fp32 dots (at 128 the softplus
+    epilogue spilled 12-16 B on sm_80; benchmarks/aot.py)."""
+    cfg = forward_config(dim, dtype, arch, *tensors)
     if split_dots(dtype):
         cfg = dict(cfg, BLOCK_N=64)
     return cfg

@@ -250,6 +250,17 @@ def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
     return cfg
 
 
+def forward_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
+    """A one-pass forward's launch config (the contrastive and sigmoid ones): config "fwd_wide" (128 x 256
+    on sm_90) read through TMA descriptors (no per-thread addresses: with pointer loads the sigmoid's
+    spilled 12-48 B, the contrastive's took 216-248 registers), or "fwd" where the features ``tensors``
+    cannot be read so (``tma_ready``)."""
+    cfg = config(dim, dtype, "fwd_wide", arch)
+    if not cfg.get("PARTS"):
+        return cfg
+    return dict(cfg, TMA=True) if tma_ready(*tensors) else config(dim, dtype, "fwd", arch)
+
+
 def weights_blocks(wide: dict, narrow: dict) -> tuple:
     """(BLOCK_M, BLOCK_N, the statistics partials' column block) of a G kernel whose launches take the
     config ``wide`` or, where TMA cannot read the features (``tma_ready``), ``narrow``, for
@@ -624,8 +635,9 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
             return cfg
         if interpret_mode():
             return dict(cfg, BLOCK_N=64, PARTS=4)
-        # 128 x 256 (wgmma m64n256: 85 FLOP per byte of L2 traffic, 64 at 128 x 128): 216 registers on
-        # sm_90 with Triton 3.9, 248 with 3.6; in two parts 238 / 253, whole tiles spilled 20 B
+        # 128 x 256 (wgmma m64n256: 85 FLOP per byte of L2 traffic, 64 at 128 x 128), read through TMA
+        # descriptors (``forward_config``): 174 registers on sm_90 with Triton 3.9, 218 with 3.6 (with
+        # pointer loads 216 / 248; in two parts 238 / 253, whole tiles spilled 20 B)
         return dict(cfg, BLOCK_N=256, PARTS=4)
     if kernel == "weights_wide":
         cfg = config(dim, dtype, "weights", arch)
