@@ -271,8 +271,9 @@ def weights_blocks(wide: dict, narrow: dict) -> tuple:
 
 
 def tile_operands(q: torch.Tensor, k: torch.Tensor, cfg: dict) -> tuple:
-    """(q, k) as a weights kernel takes them: with ``cfg``'s TMA, tensor descriptors of [BLOCK_M, BLOCK_D] /
-    [BLOCK_N, BLOCK_D] blocks (``weights_tile_dot``), else the tensors."""
+    """(q, k) as a weights or forward kernel takes them: with ``cfg``'s TMA, tensor descriptors of
+    [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (``weights_tile_dot``, ``desc_dot_tile``), else the
+    tensors."""
     if not cfg.get("TMA"):
         return q, k
     return (
@@ -600,10 +601,10 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
 
 
 def wide_score_tiles(dim: int, dtype: torch.dtype, arch: int | None = None) -> bool:
-    """Whether the wide score tiles apply (configs "fwd_wide": the contrastive forward's 128 x 256;
-    "weights_wide": the G kernels' 256 x 128 through TMA descriptors; the soft target's self-teacher
-    statistics 128 x 128, ``soft_target_triton.tile_config``): 16-bit features, D a multiple of 16
-    (Triton's divisibility hint: at D = 72 or 1000 the masked last chunk spilled 0.1-1.1 KB) walked in
+    """Whether the wide score tiles apply (configs "fwd_wide": the contrastive and sigmoid forwards' 128 x
+    256; "weights_wide": the G kernels' 256 x 128, both through TMA descriptors; the soft target's
+    self-teacher statistics 128 x 128, ``soft_target_triton.tile_config``): 16-bit features, D a multiple
+    of 16 (Triton's divisibility hint: at D = 72 or 1000 the masked last chunk spilled 0.1-1.1 KB) walked in
     chunks (D > 64; up to 64 the row block stays in registers and each K tile is loaded once, at 128 x
     128), on wgmma / tcgen05 architectures (sm_90, sm_100; with mma.sync, sm_80's tile spilled 0.3-0.5 KB
     under Triton 3.6), unless ``VLKERNELS_WIDE_TILES=0``."""
@@ -625,9 +626,10 @@ def wide_tiles_enabled() -> bool:
 def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -> dict:
     """Fixed block sizes per (kernel: "lse" | "fwd" | "fwd_wide" | "weights" | "weights_wide", dtype, D
     range, architecture: ``HOST_ARCH`` when None); small ones in the interpreter. "fwd_wide" / "weights_wide"
-    are the contrastive forward's / G kernel's: "fwd" / "weights", or where ``wide_score_tiles`` holds the
-    wide tiles with the epilogue in four column parts (PARTS; in the interpreter 16 x 64 / 32 x 64, the
-    same paths)."""
+    are the contrastive and sigmoid forwards' / G kernels' (``forward_config`` / ``weights_config`` add the
+    TMA fallback): "fwd" / "weights", or where ``wide_score_tiles`` holds the wide tiles with the epilogue
+    in four column parts (PARTS; the sigmoid G kernel takes eight; in the interpreter 16 x 64 / 32 x 64,
+    the same paths)."""
     arch = HOST_ARCH if arch is None else arch
     if kernel == "fwd_wide":
         cfg = config(dim, dtype, "fwd", arch)
