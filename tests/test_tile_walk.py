@@ -83,10 +83,6 @@ def _on(case, dtype, seeds):
     return dev, m, n, dim, q, k
 
 
-def _blocks(n, cfg):
-    return math.ceil(n / cfg["BLOCK_N"])
-
-
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_contrastive_weights_walk_is_exact(monkeypatch, case, dtype):
