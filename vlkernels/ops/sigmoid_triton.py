@@ -40,14 +40,13 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
-    desc_dot_tile,
     dot_precision,
     forward_config,
+    forward_tile_dot,
     halves,
     load_tile,
     partial_cols,
     round_to,
-    score_tile,
     split_dots,
     target_arch,
     tile_diagonal,
@@ -110,32 +109,30 @@ def _loss_kernel(
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
-        if TMA:
-            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-            acc = desc_dot_tile(q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, start_n, D, BLOCK_D, acc, UPCAST)
-        else:
-            acc, _ = score_tile(
-                q_ptr,
-                k_ptr,
-                q,
-                offs_m,
-                offs_n,
-                mask_m,
-                mask_n,
-                offs_d,
-                mask_d,
-                D,
-                sqm,
-                sqd,
-                skn,
-                skd,
-                BLOCK_M,
-                BLOCK_N,
-                BLOCK_D,
-                SINGLE_D,
-                DOT_PREC,
-                UPCAST,
-            )
+        acc = forward_tile_dot(
+            q_ptr,
+            k_ptr,
+            q,
+            start_n,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+            TMA,
+        )
         if PARTS == 1:
             total += _loss_part(acc, scale, bias, pid, start_n, N, DIAG, BLOCK_M, BLOCK_N, BLOCK_N)
         else:  # four column parts of V

@@ -194,6 +194,63 @@ def score_tile(
 
 
 @triton.jit
+def forward_tile_dot(
+    q_ptr,
+    k_ptr,
+    q,
+    col0,
+    offs_m,
+    offs_n,
+    mask_m,
+    mask_n,
+    offs_d,
+    mask_d,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    """The scores of a one-pass forward's tile (rows ``offs_m`` of row block ``tl.program_id(0)``, columns
+    ``offs_n`` from ``col0``) in fp32: through tensor descriptors with TMA (``q_ptr`` / ``k_ptr`` are
+    descriptors then, ``forward_config``), else ``score_tile``."""
+    if TMA:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc = desc_dot_tile(q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, col0, D, BLOCK_D, acc, UPCAST)
+    else:
+        acc, _ = score_tile(
+            q_ptr,
+            k_ptr,
+            q,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+        )
+    return acc
+
+
+@triton.jit
 def tile_diagonal(pid_m, pid_n, row0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_M, BLOCK_N] mask of the tile (pid_m, pid_n) where global row row0 + i meets column j, in
     tile-local int32 indices (a broadcast int64 compare costs registers: 8 B of spill at 128 x 128):
