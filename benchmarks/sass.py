@@ -8,7 +8,7 @@ issues them, so that the augmentation cost model (benchmarks/augment_cost_model.
 resampling loops' real instructions instead of estimates, and tests/test_cuda_compile.py checks the
 loops the model assumes.
 
-    python -m benchmarks.sass OBJECT_OR_CUBIN [KERNEL_SUBSTRING]   # prints the loops of each kernel
+    python -m benchmarks.sass OBJECT_OR_CUBIN [KERNEL_SUBSTRING] [--arch 90]   # prints each kernel's loops
 """
 
 from __future__ import annotations
@@ -77,13 +77,13 @@ def cuobjdump() -> str | None:
     return next((c for c in cands if c and os.path.exists(c) and os.access(c, os.X_OK)), None)
 
 
-def disassemble(path: str) -> str:
+def disassemble(path: str, arch: str | None = None) -> str:
+    """The SASS of an object or cubin; ``arch`` ("90", "80") picks one architecture of a fat object."""
     tool = cuobjdump()
     if tool is None:
         raise FileNotFoundError("no cuobjdump (CUDA toolkit or triton's NVIDIA backend)")
-    return subprocess.run(
-        [tool, "-sass", path], check=True, capture_output=True, text=True, timeout=300
-    ).stdout
+    cmd = [tool, "-sass", path] + (["-arch", f"sm_{arch}"] if arch else [])
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
 
 
 def kernels(sass: str) -> dict[str, list[tuple[int, str, str]]]:
@@ -152,8 +152,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="an object file or cubin with device code")
     ap.add_argument("kernel", nargs="?", default="", help="only kernels whose mangled name contains this")
+    ap.add_argument("--arch", default=None, help="one architecture of a fat object, e.g. 90")
     args = ap.parse_args(argv)
-    for lp in loops(disassemble(args.path), args.kernel):
+    for lp in loops(disassemble(args.path, args.arch), args.kernel):
         print(f"{lp.kernel[-40:]} {lp.start:#x}-{lp.end:#x} {lp.size} instructions: {lp.pipes()}")
     return 0
 
