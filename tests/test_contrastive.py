@@ -637,6 +637,36 @@ def test_triton_backward_stays_in_its_plan(monkeypatch, batch, dim, kib):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk,dim,k", [(16, 16, 1024), (40, 24, 2100)])
+def test_split_products_stay_in_their_count(dtype, chunk, dim, k):
+    """The plan's count of G @ K's buffers (``_gemm_bytes``: the split-K partials, which ``matmul`` takes
+    from the workspace, and the sum's [chunk, dim] fp32 temporary of a 16-bit output) against the live
+    bytes of a ``matmul`` given a workspace of ``split_partials`` elements, at shapes that do split (the
+    backward tests' sizes are too small to: their workspace holds no partials)."""
+    from vlkernels.ops import gchunk_triton as gc
+    from vlkernels.ops.triton_utils import matmul, split_partials
+
+    partials = split_partials(chunk, dim, k)
+    assert partials > 0  # the shape splits on an H100 (and so in the interpreter, within the workspace)
+    g = torch.randn(chunk, k, generator=torch.Generator().manual_seed(k)).to(dtype)
+    keys = torch.randn(k, dim, generator=torch.Generator().manual_seed(dim)).to(dtype)
+    workspace = torch.empty(partials, dtype=torch.float32)
+    out = torch.empty(chunk, dim, dtype=dtype)
+    alpha = torch.tensor(0.5)
+    with PeakLive() as mode:
+        matmul(g, keys, alpha, out, workspace=workspace)
+    assert mode.peak + 4 * partials <= gc._gemm_bytes(chunk, dim, k, False), (mode.peak, partials)
+    if dtype != torch.float32:  # the sum goes through its fp32 temporary: the count is not slack
+        assert mode.peak >= 4 * chunk * dim, mode.peak
+    want = 0.5 * g.double() @ keys.double()
+    # fp32 accumulation (at most k roundings of the running sum) and the output's rounding
+    magnitude = 0.5 * g.double().abs() @ keys.double().abs()
+    bound = k * 2.0**-24 * magnitude + torch.finfo(dtype).eps * want.abs()
+    assert ((out.double() - want).abs() <= bound).all(), (out.double() - want).abs().max()
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_triton_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, dtype):
     """The same bound on the Triton path (interpreter). With no workspace the plans fall back to their
     smallest buffers (one block of rows and columns of G, one program's column partials): the per-row
