@@ -210,11 +210,11 @@ def test_score_tiles_follow_the_architecture(compiled):
     """Each architecture is captured with its own launch configs: on sm_90 the contrastive forward takes
     128 x 256 score tiles and its G / W kernel 256 x 128 on 16 warps, both read through TMA descriptors
     (the soft target's dL/dS / W kernel with the self teacher too), and the soft target's statistics with
-    the self teacher 128 x 128, each with the epilogue in four parts (16-bit, D a multiple of 16 above
-    64); the sigmoid forward 128 x 256 and its G kernel 256 x 128, both through TMA descriptors, the G
-    epilogue in eight parts; on sm_80 (mma.sync: those spilled) 128 x 128 (the soft statistics 128 x 64).
-    D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. Every other variant is the same
-    specialisation on both."""
+    the self teacher 128 x 128 through TMA descriptors, each with the epilogue in four parts (16-bit, D a
+    multiple of 16 above 64); the sigmoid forward 128 x 256 and its G kernel 256 x 128, both through TMA
+    descriptors, the G epilogue in eight parts; on sm_80 (mma.sync: those spilled) 128 x 128 (the soft
+    statistics 128 x 64). D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. Every
+    other variant is the same specialisation on both."""
     v90, v80 = aot.records(compiled, 90), aot.records(compiled, 80)
     wide = {
         vid for vid, rec in v90.items() if rec["config"].get("PARTS", 1) > 1 and rec["kernel"] != "matmul"
@@ -225,7 +225,7 @@ def test_score_tiles_follow_the_architecture(compiled):
     assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024"} | g
     tiles = {  # (sm_90, sm_80) tiles, parts on sm_90, TMA on sm_90
         "fwd": ((128, 256), (128, 128), 4, True),
-        "stats": ((128, 128), (128, 64), 4, False),
+        "stats": ((128, 128), (128, 64), 4, True),
         "weights": ((256, 128), (128, 128), 4, True),
         "st_weights": ((256, 128), (128, 128), 4, True),
         "sigmoid_loss": ((128, 256), (128, 128), 4, True),

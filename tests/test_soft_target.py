@@ -124,13 +124,15 @@ def test_triton_matches_naive_shapes(batch, dim, t_dim):
 @pytest.mark.parametrize("batch", [1, 70])
 def test_triton_wide_tiles_match_naive(dtype, batch):
     """16-bit features with D a multiple of 16 above 64 and the self teacher: the statistics kernel's wide
-    score tiles, each tile's epilogue in four column parts, and the dL/dS kernel's, read through tensor
-    descriptors with four epilogue parts and their own ds partials (``tile_config``; in the interpreter
-    16 x 64 and 32 x 64 tiles, parts of 16: at 70 columns the second tile's last two parts hold no
-    column), against naive."""
+    score tiles and the dL/dS kernel's, both read through tensor descriptors, each tile's epilogue in four
+    column parts (the dL/dS ones with their own ds partials; ``tile_config``; in the interpreter 16 x 64
+    and 32 x 64 tiles, parts of 16: at 70 columns the second tile's last two parts hold no column),
+    against naive."""
     from vlkernels.ops.soft_target_triton import tile_config
 
     assert tile_config(80, dtype, None, "stats").get("PARTS") == 4
+    assert tile_config(80, dtype, None, "stats")["TMA"]
+    assert not tile_config(80, dtype, None, "stats", tma=False).get("TMA")
     assert tile_config(80, dtype, None, "stats", arch=80).get("PARTS", 1) == 1
     assert tile_config(80, dtype, None, "weights")["TMA"]
     assert not tile_config(80, dtype, None, "weights", arch=80).get("TMA")
@@ -139,8 +141,10 @@ def test_triton_wide_tiles_match_naive(dtype, batch):
 
 @pytest.mark.interpreter
 def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
-    """Features TMA cannot read (a column-major view) take the pointer-load dL/dS config and still match
-    naive; contiguous ones are read through descriptors."""
+    """Features TMA cannot read (a column-major view) take the pointer-load configs of the statistics
+    (the wide tiles' parts, 128 x 128 on a GPU) and of dL/dS, and still match naive; contiguous ones are
+    read through descriptors by both kernels."""
+    from vlkernels.ops import soft_target_triton as stt
     from vlkernels.ops import triton_utils as tu
 
     made = []
@@ -152,7 +156,16 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
             made.append(t.shape)
             return real.from_tensor(t, block)
 
+    stats = []
+    real_meta = stt._launch_meta
+
+    def meta_spy(q, k, teacher):
+        meta, rest = real_meta(q, k, teacher)
+        stats.append((meta.get("PARTS"), bool(meta.get("TMA"))))
+        return meta, rest
+
     monkeypatch.setattr(tu, "TensorDescriptor", Spy)
+    monkeypatch.setattr(stt, "_launch_meta", meta_spy)
     img, txt = features(37, 80, torch.bfloat16, seed=3)
     img = img.t().contiguous().t()
     kw = dict(label_smoothing=0.1)
@@ -163,9 +176,10 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
         lambda i, t, s: soft_target_loss(i, t, s, 0.3, impl="triton", **kw), img, txt, torch.tensor(14.3)
     )
     assert_close_all(got, want, torch.bfloat16)
-    assert not made
+    assert not made and stats and set(stats) == {(4, False)}, stats
+    stats.clear()
     _check("triton", 37, 80, dtype=torch.bfloat16, eps=0.1, grad_out=1.3)
-    assert made
+    assert made and stats and set(stats) == {(4, True)}, stats
 
 
 @pytest.mark.interpreter

@@ -38,10 +38,10 @@ from vlkernels.ops.triton_utils import (
     config,
     dot_precision,
     dot_tile,
+    forward_tile_dot,
     halves,
     load_tile,
     partial_cols,
-    score_tile,
     split_dots,
     store_weights,
     target_arch,
@@ -92,6 +92,7 @@ def _stats_kernel(
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
     PARTS: tl.constexpr = 1,
+    TMA: tl.constexpr = False,
 ):
     """Row statistics of Q against all of K (module docstring). COLUMNS: also this program's column
     statistics over its rows, each column tile seen once, so exact without an online rescale (base 2,
@@ -99,7 +100,8 @@ def _stats_kernel(
     max), and for the teacher's softmax (S' = S without TEACHER, then k = 2: sum_i exp2(S2 - max) <Q_i,
     K_j>) with TEACHER k = 2: max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max')
     <Q_i, K_j>. PARTS (the self teacher only): each score tile's epilogue in that many column parts, one
-    after the other (fewer registers: the 128 x 128 tiles of ``tile_config``)."""
+    after the other (fewer registers: the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor
+    descriptors (``forward_tile_dot``)."""
     if DOT_PREC != "ieee":  # the D walks run: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
         tl.assume(DT > 0)
@@ -123,10 +125,11 @@ def _stats_kernel(
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
         mask_n = offs_n < N
-        acc, _ = score_tile(
+        acc = forward_tile_dot(
             q_ptr,
             k_ptr,
             q,
+            start_n,
             offs_m,
             offs_n,
             mask_m,
@@ -144,6 +147,7 @@ def _stats_kernel(
             SINGLE_D,
             DOT_PREC,
             UPCAST,
+            TMA,
         )
         if not TEACHER:  # the self teacher: S' = S
             my_part = part_ptr + pid * N
@@ -629,12 +633,16 @@ def _weights_kernel(
         )
 
 
-def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, wide: bool = True) -> dict:
+def tile_config(
+    dim: int, dtype, teacher, kernel: str, arch: int | None = None, wide: bool = True, tma: bool = True
+) -> dict:
     """Launch config of the statistics ("stats") or weights ("weights") kernel for a student of width
     ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s') on sm_``arch`` (``triton_utils.HOST_ARCH``
-    when None). With the self teacher the statistics take 128-column tiles, the epilogue in four column
-    parts (PARTS; in the interpreter 64 columns, the same path), where ``wide_score_tiles`` holds (as the
-    contrastive forward's 128 x 256). Measured without a GPU
+    when None). With the self teacher, where ``wide_score_tiles`` holds, the statistics take 128-column
+    tiles, the epilogue in four column parts (PARTS; in the interpreter 64 columns, the same paths), read
+    through TMA descriptors (``tma``: the features allow it, ``tma_ready``; else pointer loads), and the
+    weights kernel the G kernel's 256 x 128 (``wide`` False: the narrow tiles, where TMA cannot read the
+    features). Measured without a GPU
     (benchmarks/aot.py; every variant without spills on sm_90 and sm_80): the student's own config
     alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
     for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
@@ -650,6 +658,8 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         cfg = dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
         if wide and kernel == "weights":
             return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=4, TMA=True)
+        if wide and tma:
+            return dict(cfg, BLOCK_N=64, PARTS=4, TMA=True)
         return dict(cfg, BLOCK_N=64, PARTS=4) if wide else cfg
     if "ieee" in (dot_precision(dtype), dot_precision(t_dtype)):
         wide = teacher is None and dim % 16 == 0 and kernel == "weights"
@@ -666,9 +676,15 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # 128 x 64 tiles (128 x 128 spilled 4-12 B on sm_80 at two and three stages)
             return dict(base, BLOCK_N=64, BLOCK_DT=base["BLOCK_D"])
         if wide and kernel == "stats":
-            # 128 x 128 (64 FLOP per byte of L2 traffic, 43 at 128 x 64) in four epilogue parts: 202 / 211
-            # registers on sm_90 with Triton 3.9 / 3.6; two parts of 64 reached 255
-            return dict(base, BLOCK_N=128, PARTS=4, BLOCK_DT=base["BLOCK_D"])
+            # 128 x 128 (64 FLOP per byte of L2 traffic, 43 at 128 x 64) in four epilogue parts, read through
+            # TMA descriptors: 137 / 128 registers on sm_90 with Triton 3.9 / 3.6 (with pointer loads, the
+            # fallback, 202 / 211; two parts of 64 reached 255). The forward's 128 x 256 did not fit: 255
+            # registers and 8 B of spill in four or eight parts, none in sixteen but at 255; on 16 warps
+            # 229 KiB of shared memory (per part the columns' max and two sums, where the forward stores
+            # one sum per column)
+            return dict(
+                base, BLOCK_N=128, PARTS=4, BLOCK_DT=base["BLOCK_D"], **({"TMA": True} if tma else {})
+            )
         if wide:
             # the contrastive G kernel's 256 x 128 on 16 warps through TMA descriptors (config
             # "weights_wide"), the epilogue in four parts with their own ds partials
@@ -692,6 +708,8 @@ def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
     placeholders when None)."""
     dim = q.shape[1]
     cfg = tile_config(dim, q.dtype, teacher, "stats", target_arch(q.device))
+    if cfg.get("TMA") and not tma_ready(q, k):
+        cfg = tile_config(dim, q.dtype, teacher, "stats", target_arch(q.device), tma=False)
     meta = dict(
         SINGLE_D=dim <= cfg["BLOCK_D"],
         DOT_PREC=dot_precision(q.dtype),
@@ -714,9 +732,10 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
     meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher)
     lse, t_lse, wsum = outs
     t_scale = scale if teacher is None else teacher[2]
+    q_arg, k_arg = tile_operands(q, k, meta)
     _stats_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
-        q,
-        k,
+        q_arg,
+        k_arg,
         scale,
         t_q,
         t_k,
