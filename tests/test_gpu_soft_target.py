@@ -77,6 +77,28 @@ def test_triton_cuda_vs_fp32_reference(monkeypatch, dtype, batch, dim, t_dim, wo
     assert_within_torch_error(got, base, ref, dtype)
 
 
+def test_wide_tiles_fall_back_for_features_tma_cannot_read():
+    """bf16 at D = 512 with the self teacher: contiguous features are read through TMA descriptors by the
+    statistics and dL/dS kernels on sm_90; column-major image features (last stride not 1: TMA cannot read
+    them; ``run_loss``'s clone keeps the strides) take the pointer-load configs (the statistics' 128 x 128
+    in four parts, the narrow dL/dS tiles), within the same error bound."""
+    batch, dim, dtype = 1029, 512, torch.bfloat16
+    img, txt = features(batch, dim, torch.float32, device="cuda", seed=13)
+    img = img.t().contiguous().t()
+    assert img.stride(1) != 1
+    scale = torch.tensor(30.0, device="cuda")
+    mask = torch.arange(batch, device="cuda") % 3 != 0
+    kw = dict(soft_mask=mask, label_smoothing=0.1)
+    ref = run_loss(lambda i, t, s: soft_target_loss(i, t, s, 0.4, impl="naive", **kw), img, txt, scale, 0.7)
+    low_i, low_t = img.to(dtype), txt.to(dtype)
+    assert low_i.stride(1) != 1  # .to keeps the column-major strides
+    got = run_loss(
+        lambda i, t, s: soft_target_loss(i, t, s, 0.4, impl="triton", **kw), low_i, low_t, scale, 0.7
+    )
+    base = run_loss(lambda i, t, s: _naive_same_dtype(i, t, s, 0.4, mask, 0.1, {}), low_i, low_t, scale, 0.7)
+    assert_within_torch_error(got, base, ref, dtype)
+
+
 @pytest.mark.parametrize("impl", ["torch", "triton"])
 @pytest.mark.parametrize("t_dim", [None, 200])
 def test_cuda_fp32_tight(impl, t_dim):
