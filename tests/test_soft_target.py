@@ -273,10 +273,11 @@ def test_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, impl, dtype, t_d
     the features' gradients, at most 32 bytes per row plus the workspace budget (no fp32 copy of the
     features, no fp32 [B, D] gradient or product buffers). With no workspace the per-row slope between two
     batch sizes is at most 32 bytes; with one, the extra stays within 32 bytes per row plus it."""
-    # 64 and 96 rows: with one-row chunks the torch path's 16-bit conversions are B^2 small ops (at 256
-    # rows this test took 80 s, at 160 35 s). The slope is exact (live bytes, the same over 64-160 rows
-    # but for the 16-bit torch path with a teacher: 30 B/row here, 31.3 over 64-160); the fp32 torch path
-    # with a teacher is at 32, so one more fp32 value per row fails every case.
+    # 64 and 96 rows: with one-row chunks the torch path's 16-bit conversions are B^2 small ops (its
+    # slowest case took 80 s up to 256 rows, 35 s up to 160). The slope is exact (live bytes), the same
+    # over 64-160 rows but for the 16-bit torch path with a teacher (30 B/row here, 31.3 over 64-160):
+    # 12-32 B/row. The fp32 torch path with a teacher is at the bound, so one more fp32 value per row
+    # fails there; an fp32 row of D = 24 (96 B) fails every case.
     dim, sizes = 24, (64, 96)
     monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")  # torch: chunks of one row
     small, large = (_extra_bytes(batch, dim, dtype, impl, t_dim) for batch in sizes)
