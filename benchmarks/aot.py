@@ -105,6 +105,14 @@ class Call:
     dtype: str
     D: int
     teacher: tuple | None = None
+    # column-major image features (last stride not 1): TMA cannot read them, so the launchers take the
+    # pointer-load fallbacks of their wide tiles (``tma_ready``); the variant ids end in "/colmajor"
+    colmajor: bool = False
+
+
+def _base(call: Call) -> str:
+    """The variant ids' "dtype/D" part of a call (with "/colmajor" for column-major features)."""
+    return f"{call.dtype}/D{call.D}" + ("/colmajor" if call.colmajor else "")
 
 
 def fp32_dots_of(call: Call) -> str:
@@ -120,7 +128,8 @@ def grid(name: str = "full") -> list[Call]:
     candidates "tf32x3" and "bf16x6" with their own kind of teacher, and bf16 beside both), and the
     sigmoid backend's forward + backward per dtype x D; identical specialisations (D = 256 and D = 1024:
     both chunked and 16-aligned, except the sigmoid backward, whose D chunk is 256 for 16-bit inputs) are
-    compiled once.
+    compiled once; and for 16-bit features at D = 1024 each op once more with column-major image features
+    (``Call.colmajor``: the pointer-load fallbacks of the wide tiles, which TMA cannot read).
     "test": the variants of "full" that differ in what the targets check, within CI's time. "sigmoid": the
     sigmoid calls of "full" only (benchmarks/results/model/aot_sigmoid.md)."""
     if name == "sigmoid":
@@ -137,6 +146,8 @@ def grid(name: str = "full") -> list[Call]:
         # the split-precision fp32 candidates: their own D chunks and tiles (aligned and not)
         calls += [Call(c, "tf32x3", 1024), Call(c, "bf16x6", 100), Call("sigmoid", "tf32x3", 1024)]
         calls += [Call(s, "bf16x6", 1024), Call(s, "bf16", 1024, ("tf32x3", TEACHER_D))]
+        # the wide tiles' pointer-load fallbacks (features TMA cannot read)
+        calls += [Call(op, "bf16", 1024, colmajor=True) for op in (c, s, "sigmoid")]
         return calls
     calls = []
     for dt in DTYPES:
@@ -149,12 +160,15 @@ def grid(name: str = "full") -> list[Call]:
             calls.append(Call("contrastive", dt, D))
             calls.extend(Call("soft_target", dt, D, t) for t in teachers)
         calls.extend(Call("sigmoid", dt, D) for D in FULL_DIMS)
+        if dt in ("bf16", "fp16"):
+            ops = ("contrastive", "soft_target", "sigmoid")
+            calls.extend(Call(op, dt, 1024, colmajor=True) for op in ops)
     return calls
 
 
 def variant_ids(call: Call) -> list[str]:
     """The kernel variants a call launches (static: the test parametrises over these)."""
-    base = f"{call.dtype}/D{call.D}"
+    base = _base(call)
     if call.op == "contrastive":
         ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G", f"weights/{base}/W"]
         ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
@@ -262,6 +276,8 @@ def _run_call(call: Call):
     dtype = getattr(torch, DTYPES[call.dtype][0])
     n = 48
     image = torch.randn(n, call.D).to(dtype)
+    if call.colmajor:
+        image = image.t().contiguous().t()
     text = torch.randn(n, call.D).to(dtype)
     scale = torch.tensor(10.0)
     if call.op == "sigmoid":
@@ -348,16 +364,16 @@ def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list
     """The variant id of a captured launch: the v2 contrastive kernels launch several specialisations per
     call (G with / without targets; GEMMs that store in the features' dtype, in fp32, or accumulate)."""
     if kernel == "weights":
-        want = f"weights/{call.dtype}/D{call.D}/" + ("G" if consts["TARGETS"] else "W")
+        want = f"weights/{_base(call)}/" + ("G" if consts["TARGETS"] else "W")
     elif kernel == "st_weights":
         t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-        want = f"st_weights/{call.dtype}/D{call.D}{t}/" + ("G" if consts["HARD"] else "W")
+        want = f"st_weights/{_base(call)}{t}/" + ("G" if consts["HARD"] else "W")
     elif kernel == "matmul":
         out_fp32 = rec["signature"]["c_ptr"] == "*fp32" and call.dtype in ("bf16", "fp16")
         mode = "acc" if consts["ACCUMULATE"] else ("store-fp32" if out_fp32 else "store")
         if consts["ACCUMULATE"] and consts.get("SPLIT"):
             mode = "acc-split"
-        want = f"matmul/{call.dtype}/D{call.D}/{mode}"
+        want = f"matmul/{_base(call)}/{mode}"
     else:
         return next(i for i in expected if i.startswith(kernel + "/"))
     assert want in expected, (want, expected)
@@ -661,7 +677,9 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         "of the shared G-chunk engine, whose GEMMs are the `matmul/...` rows of aot_sm90.md / aot_sm80.md) "
         "for bf16 / fp16 / fp32 under torch's default precision "
         '(IEEE dots) / fp32 under "high" (TF32 dots) / fp32 as split-precision tensor-core dots '
-        "(VLKERNELS_FP32_DOTS=tf32x3 / bf16x6, experimental) x D in (64, 72, 100, 256, 1024), captured and "
+        "(VLKERNELS_FP32_DOTS=tf32x3 / bf16x6, experimental) x D in (64, 72, 100, 256, 1024), and for "
+        "bf16 / fp16 at D = 1024 column-major image features (`/colmajor`: TMA cannot read them, the "
+        "pointer-load fallbacks of the wide tiles), captured and "
         "compiled as in aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each). Per "
         "architecture: registers, "
         "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "

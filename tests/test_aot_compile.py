@@ -66,9 +66,17 @@ def compiled(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+def _features(rec: dict, dtype) -> tuple:
+    """Features standing for the variant's call: row-major, or with "/colmajor" column-major image features
+    (TMA cannot read them: the launchers' pointer-load fallbacks)."""
+    import torch
+
+    x = torch.zeros(64, rec["call"]["D"], dtype=dtype)
+    return (x.t().contiguous().t(), x) if rec["call"].get("colmajor") else (x, x)
+
+
 def _sigmoid_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
-    """The config the sigmoid launchers pick on sm_``arch`` for this variant's call (interpreter off;
-    features TMA can read)."""
+    """The config the sigmoid launchers pick on sm_``arch`` for this variant's call (interpreter off)."""
     import torch
 
     from vlkernels.ops.sigmoid_triton import loss_config, weights_config  # before the interpreter is unset
@@ -81,8 +89,8 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     torch.set_float32_matmul_precision(aot.DTYPES[rec["call"]["dtype"]][1])  # tf32: "high"
     try:
         if rec["kernel"] == "sigmoid_weights":
-            return weights_config(D, dtype, arch)
-        return loss_config(D, dtype, arch)
+            return weights_config(D, dtype, arch, *_features(rec, dtype))
+        return loss_config(D, dtype, arch, *_features(rec, dtype))
     finally:
         torch.set_float32_matmul_precision(old)
 
@@ -105,9 +113,10 @@ def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     old = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(aot.DTYPES[call["dtype"]][1])
     try:
-        return tile_config(
-            call["D"], dtype, teacher, "stats" if rec["kernel"] == "stats" else "weights", arch
-        )
+        ready = not call.get("colmajor")  # else the pointer-load fallbacks (tma_ready fails)
+        if rec["kernel"] == "stats":
+            return tile_config(call["D"], dtype, teacher, "stats", arch, tma=ready)
+        return tile_config(call["D"], dtype, teacher, "weights", arch, wide=ready)
     finally:
         torch.set_float32_matmul_precision(old)
 
@@ -167,7 +176,11 @@ def test_sigmoid_grid_covers_dtypes_and_paths():
     full = aot.plan("full")
     sig_full = {v for v in aot.plan("sigmoid") if v.startswith("sigmoid_")}
     assert {v for v in full if v.startswith("sigmoid_")} == sig_full
-    assert len(sig_full) == 2 * len(aot.DTYPES) * len(aot.FULL_DIMS)
+    # every dtype x D, and the 16-bit dtypes' column-major features at D = 1024 (the pointer-load fallbacks)
+    assert len(sig_full) == 2 * len(aot.DTYPES) * len(aot.FULL_DIMS) + 2 * 2
+    assert {v for v in sig_full if v.endswith("/colmajor")} == {
+        f"{k}/{dt}/D1024/colmajor" for k in ("sigmoid_loss", "sigmoid_weights") for dt in ("bf16", "fp16")
+    }
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -222,10 +235,11 @@ def test_score_tiles_follow_the_architecture(compiled):
     g = {f"weights/{dt}/D1024/{k}" for dt in ("bf16", "fp16") for k in "GW"}
     g |= {f"st_weights/bf16/D1024/{k}" for k in "GW"}
     g |= {f"sigmoid_{k}/bf16/D{d}" for k in ("loss", "weights") for d in (256, 1024)}
-    assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024"} | g
+    assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024", "stats/bf16/D1024/colmajor"} | g
     tiles = {  # (sm_90, sm_80) tiles, parts on sm_90, TMA on sm_90
         "fwd": ((128, 256), (128, 128), 4, True),
         "stats": ((128, 128), (128, 64), 4, True),
+        "stats/colmajor": ((128, 128), (128, 64), 4, False),  # TMA cannot read the features: pointer loads
         "weights": ((256, 128), (128, 128), 4, True),
         "st_weights": ((256, 128), (128, 128), 4, True),
         "sigmoid_loss": ((128, 256), (128, 128), 4, True),
@@ -233,9 +247,14 @@ def test_score_tiles_follow_the_architecture(compiled):
     }
     for vid in wide:
         cfg90, cfg80 = v90[vid]["config"], v80[vid]["config"]
-        *want, parts, tma = tiles[v90[vid]["kernel"]]
+        *want, parts, tma = tiles[v90[vid]["kernel"] + ("/colmajor" if vid.endswith("/colmajor") else "")]
         assert [(cfg90["BLOCK_M"], cfg90["BLOCK_N"]), (cfg80["BLOCK_M"], cfg80["BLOCK_N"])] == want, vid
         assert cfg80.get("PARTS", 1) == 1 and not cfg80.get("TMA"), vid
         assert cfg90["PARTS"] == parts and cfg90.get("TMA", False) == tma, vid
-    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide
+    # and the column-major features' accumulating GEMMs, K chunks of 32 on sm_80 (spilled under Triton 3.6)
+    acc_colmajor = {f"matmul/bf16/D1024/colmajor/{mode}" for mode in ("acc", "acc-split")}
+    assert all(v80[vid]["config"]["BLOCK_K"] == 32 < v90[vid]["config"]["BLOCK_K"] for vid in acc_colmajor)
+    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide | acc_colmajor
+    # the other column-major variants take the pointer-load fallbacks: no TMA anywhere
+    assert not any(v90[vid]["config"].get("TMA") for vid in v90 if "/colmajor" in vid)
     assert {v90[vid]["config"]["BLOCK_N"] for vid in v90 if "/D72" in vid and "matmul" not in vid} == {64}

@@ -615,6 +615,16 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
     aligned = all(st % 16 == 0 or st == 1 for st in strides)  # Triton's divisibility hint
     cfg = matmul_config(a.dtype, aligned, accumulate, n, lo is not None and accumulate)
+    if (
+        accumulate
+        and b.stride(0) == 1
+        and b.stride(1) != 1
+        and cfg["BLOCK_K"] == 64
+        and target_arch(a.device) < 90
+    ):
+        # b K-contiguous (column-major features) accumulating on mma.sync: 128 x 256 x 64 spilled 16 B on
+        # sm_80 under Triton 3.6 (255 registers); K chunks of 32: 229
+        cfg = dict(cfg, BLOCK_K=32)
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     if workspace is not None:
         split = max(1, min(split, workspace.numel() // (m * n)))
