@@ -197,3 +197,23 @@ def force_plan(monkeypatch, module, plan):
 
     monkeypatch.setattr(module, "backward_plan", forced)
     return calls
+
+
+def record_tma(monkeypatch, module, names, launches_only: bool = False) -> list:
+    """Spy the config functions ``names`` of ``module``: the list gets, per call, whether the config it
+    returned reads through TMA descriptors; with ``launches_only`` only the calls given the features
+    (more than ``(dim, dtype, arch)``: the launchers', not the plan's)."""
+    picked = []
+
+    def spy(real):
+        def config(*args):
+            cfg = real(*args)
+            if not launches_only or len(args) > 3:
+                picked.append(bool(cfg.get("TMA")))
+            return cfg
+
+        return config
+
+    for name in names:
+        monkeypatch.setattr(module, name, spy(getattr(module, name)))
+    return picked

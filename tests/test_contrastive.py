@@ -19,6 +19,7 @@ from tests._ref import (
     force_plan,
     largest_tensors,
     pair_value,
+    record_tma,
     run_loss,
     term_scales,
 )
@@ -119,18 +120,9 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
     match naive."""
     from vlkernels.ops import contrastive_triton as ct
 
-    picked = []
-
-    def spy(real):
-        def config(*args):
-            cfg = real(*args)
-            picked.append(bool(cfg.get("TMA")))
-            return cfg
-
-        return config
-
-    for name in ("weights_config", "forward_config"):  # the backward's and the forward's
-        monkeypatch.setattr(ct, name, spy(getattr(ct, name)))
+    picked = record_tma(
+        monkeypatch, ct, ("weights_config", "forward_config")
+    )  # the backward's, the forward's
     img, txt = features(37, 80, dtype, seed=5)
     img = img.t().contiguous().t()
     assert img.stride(1) != 1

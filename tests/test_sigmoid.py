@@ -11,7 +11,14 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests._ref import PeakLive, assert_within_float64_error, features, force_plan, largest_tensors
+from tests._ref import (
+    PeakLive,
+    assert_within_float64_error,
+    features,
+    force_plan,
+    largest_tensors,
+    record_tma,
+)
 from vlkernels import SigLipLoss, sigmoid_loss
 from vlkernels._dispatch import resolve_impl
 from vlkernels.reference import sigmoid_loss_naive
@@ -213,19 +220,8 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
     match float64."""
     from vlkernels.ops import sigmoid_triton
 
-    picked = []
-
-    def spy(real):
-        def config(*args):
-            cfg = real(*args)
-            if len(args) > 3:  # a launch's (the plan's blocks ask without tensors)
-                picked.append(bool(cfg.get("TMA")))
-            return cfg
-
-        return config
-
-    for name in ("weights_config", "loss_config"):  # the backward's and the forward's
-        monkeypatch.setattr(sigmoid_triton, name, spy(getattr(sigmoid_triton, name)))
+    # the backward's and the forward's launches (the plan's blocks ask without tensors)
+    picked = record_tma(monkeypatch, sigmoid_triton, ("weights_config", "loss_config"), launches_only=True)
     img, txt = features(37, 80, dtype, seed=5)
     img = img.t().contiguous().t()
     assert img.stride(1) != 1
