@@ -9,6 +9,7 @@ torchvision::nms does not exist"). Defining the two schemas first makes it impor
 from __future__ import annotations
 
 import importlib.metadata
+import re
 import sys
 
 import torch
@@ -32,13 +33,20 @@ def install() -> None:
 
 
 def _needed() -> bool:
-    """A CPU torch with a torchvision wheel not built for CPU (no ``+cpu`` tag): its ops cannot load.
-    A matching torchvision registers the schemas itself, and defining them first would clash."""
+    """Whether torchvision's compiled ops cannot load: a CPU torch with a torchvision wheel not built for
+    CPU (no ``+cpu`` tag), or a torchvision built for another torch release (its wheel pins one: 0.28.0
+    next to the GPU machines' torch 2.11 in benchmarks/gpu_versions_check.sh). A matching torchvision
+    registers the schemas itself, and defining them first would clash."""
     try:
         version = importlib.metadata.version("torchvision")
+        requires = importlib.metadata.requires("torchvision") or []
     except importlib.metadata.PackageNotFoundError:
         return False
-    return torch.version.cuda is None and "+cpu" not in version
+    if torch.version.cuda is None and "+cpu" not in version:
+        return True
+    release = torch.__version__.split("+")[0]
+    pins = [m.group(1) for r in requires if (m := re.match(r"torch\s*\(?==([^\s),;]+)", r))]
+    return any(pin.split("+")[0] != release for pin in pins)
 
 
 install()

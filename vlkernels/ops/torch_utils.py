@@ -72,12 +72,29 @@ def matmul_f32(a32: torch.Tensor, b: torch.Tensor, transpose_b: bool, cols: int)
     return out
 
 
+# Whether autocast exists for a device type, asked once per type: torch 2.11's dynamo cannot trace
+# ``torch.amp.is_autocast_available`` (a skipped builtin: torch.compile(fullgraph=True) of a loss failed
+# there; 2.13's traces it), while a lookup in this dict it can. The usual types are asked at import.
+_AUTOCAST_AVAILABLE: dict[str, bool] = {}
+
+
+def autocast_available(device_type: str) -> bool:
+    known = _AUTOCAST_AVAILABLE.get(device_type)
+    if known is None:
+        known = _AUTOCAST_AVAILABLE[device_type] = bool(torch.amp.is_autocast_available(device_type))
+    return known
+
+
+for _device_type in ("cpu", "cuda"):
+    autocast_available(_device_type)
+
+
 def autocast_off(x: torch.Tensor):
     """A context that disables autocast on ``x``'s device type: the losses run in their input dtype with
     fp32 accumulation, and autocast would silently compute their products in bf16. A plain
     ``torch.autocast`` context (not an ExitStack), so that torch.compile traces through it."""
     device_type = x.device.type
-    if torch.amp.is_autocast_available(device_type):
+    if autocast_available(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
