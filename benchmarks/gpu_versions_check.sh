@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU machines' torch and triton (torch 2.11 with CUDA 13.0, triton 3.6: ../shared/GPU.md) on a CPU
+# machine, before a GPU is lent: builds the extension against them exactly as benchmarks/gpu_suite.sh
+# does (C++ and CUDA for sm_90, VLKERNELS_FORCE_CUDA_BUILD=1) and runs the CPU test suite with them, so
+# that a version difference fails here and not in the GPU run's few minutes.
+#
+# torch 2.11 has no CPU wheel on the package index this project uses, so the check takes the CUDA wheel
+# (about 530 MB, without its several GB of CUDA library packages) and gives the loader stubs of the
+# libraries it lacks (benchmarks/cuda_wheel_stubs.py). Needs nvcc and the CUDA runtime in $CUDA_HOME.
+#
+# Usage: bash benchmarks/gpu_versions_check.sh [WORKDIR] [PYTEST ARGS...]
+#   WORKDIR (default /tmp/vlkernels-gpu-versions): the venv, wheel, stubs and a clone of this
+#   checkout's HEAD (commit first: uncommitted changes are not tested). Extra arguments go to pytest.
+# Not part of CI (it downloads the wheel); it takes the CI's time plus about 3 minutes.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=${1:-/tmp/vlkernels-gpu-versions}
+shift || true
+TORCH=${VLKERNELS_CHECK_TORCH:-2.11.0}
+TRITON=${VLKERNELS_CHECK_TRITON:-3.6.0}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+mkdir -p "$W"
+if [ ! -x "$W/venv/bin/python" ]; then
+  python3 -m venv --system-site-packages "$W/venv"
+fi
+PY="$W/venv/bin/python"
+"$PY" -m pip download -q --no-deps -d "$W/wheels" "torch==$TORCH"
+"$PY" -m pip install -q --no-deps "$W"/wheels/torch-"$TORCH"-*.whl "triton==$TRITON" "numpy<2.4" \
+  "setuptools>=70.1" wheel 2>&1 | grep -v "^WARNING" || true
+LIB=$("$PY" -c "import sysconfig, os; print(os.path.join(sysconfig.get_paths()['purelib'], 'torch', 'lib'))")
+python3 "$ROOT/benchmarks/cuda_wheel_stubs.py" "$LIB" "$W/stubs"
+export LD_LIBRARY_PATH="$W/stubs:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+"$PY" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+rm -rf "$W/src"
+git clone -q "$ROOT" "$W/src"
+cd "$W/src"
+VLKERNELS_CUDA_ARCHS=9.0 VLKERNELS_FORCE_CUDA_BUILD=1 MAX_JOBS=${MAX_JOBS:-2} \
+  "$PY" -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | grep -v "^WARNING" || true
+"$PY" -c "import vlkernels._ext as e; assert e.load_error() is None, e.load_error(); print('extension:', e.build_info())"
+# (A torchvision wheel built for another torch cannot load its ops: tests/_torchvision_shim.py.)
+exec "$PY" -m pytest -q -p no:cacheprovider "$@"
