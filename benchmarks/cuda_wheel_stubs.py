@@ -27,8 +27,9 @@ _UNDEF = re.compile(r"^[0-9a-f]+\s+\S*\s+(\S+)\s+\*UND\*\s+[0-9a-f]+\s+(?:\(?([^
 _REQUIRED = re.compile(r"\s*required from (\S+):")
 _VERSION = re.compile(r"\s+0x[0-9a-f]+ 0x[0-9a-f]+ \d+ (\S+)")
 # Unversioned imports of the CUDA libraries (NCCL, cuSPARSELt, cuRAND, cuFile, NVSHMEM, the driver):
-# nothing says which library they come from, so one stub (the first missing library that has no version
-# names: an unversioned reference binds to any library's default definition) defines them all.
+# nothing says which library they come from, so every stub of a library without version names defines them
+# all (an unversioned reference binds to the first definition in load order; which library of torch's
+# needs which stub varies: libcuda.so.1, for one, is no dependency of libtorch_cuda.so).
 _CUDA_PREFIX = re.compile(r"^(cusparse|nccl|curand|cuFile|cu[A-Z]|nvshmem|cublas|cudnn|cufft|cusolver|nvrtc)")
 
 
@@ -75,8 +76,7 @@ def build(lib_dir: str, out_dir: str, search: str) -> list[tuple[str, int]]:
     versions, symbols = imports(lib_dir)
     unversioned = {s: k for s, k in symbols.get(None, {}).items() if _CUDA_PREFIX.match(s)}
     missing = missing_libraries(lib_dir, search)
-    host = next((lib for lib in missing if not versions.get(lib)), None)
-    if unversioned and host is None:
+    if unversioned and all(versions.get(lib) for lib in missing):
         raise RuntimeError("no missing library without version names to define the unversioned imports in")
     made = []
     for lib in missing:
@@ -86,7 +86,7 @@ def build(lib_dir: str, out_dir: str, search: str) -> list[tuple[str, int]]:
             own = symbols.get(v, {})
             defs += _definitions(own)
             nodes.append(f"{v} {{ global: {' '.join(s + ';' for s in sorted(own)) or '*;'} }};")
-        if lib == host:
+        if not names:
             defs += _definitions(unversioned)
         if not nodes:
             nodes = [f"{lib} {{ global: *; }};"]
