@@ -114,9 +114,8 @@ def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     torch.set_float32_matmul_precision(aot.DTYPES[call["dtype"]][1])
     try:
         ready = not call.get("colmajor")  # else the pointer-load fallbacks (tma_ready fails)
-        if rec["kernel"] == "stats":
-            return tile_config(call["D"], dtype, teacher, "stats", arch, tma=ready)
-        return tile_config(call["D"], dtype, teacher, "weights", arch, wide=ready)
+        kernel = "stats" if rec["kernel"] == "stats" else "weights"
+        return tile_config(call["D"], dtype, teacher, kernel, arch, tma=ready)
     finally:
         torch.set_float32_matmul_precision(old)
 

@@ -50,6 +50,7 @@ from vlkernels.ops.triton_utils import (
     tma_ready,
     upcast,
     walk_grid,
+    weights_blocks,
     weights_tile_dot,
     wide_score_tiles,
 )
@@ -633,16 +634,14 @@ def _weights_kernel(
         )
 
 
-def tile_config(
-    dim: int, dtype, teacher, kernel: str, arch: int | None = None, wide: bool = True, tma: bool = True
-) -> dict:
+def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, tma: bool = True) -> dict:
     """Launch config of the statistics ("stats") or weights ("weights") kernel for a student of width
     ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s') on sm_``arch`` (``triton_utils.HOST_ARCH``
     when None). With the self teacher, where ``wide_score_tiles`` holds, the statistics take 128-column
-    tiles, the epilogue in four column parts (PARTS; in the interpreter 64 columns, the same paths), read
-    through TMA descriptors (``tma``: the features allow it, ``tma_ready``; else pointer loads), and the
-    weights kernel the G kernel's 256 x 128 (``wide`` False: the narrow tiles, where TMA cannot read the
-    features). Measured without a GPU
+    tiles, the epilogue in four column parts (PARTS; in the interpreter 64 columns, the same paths), and
+    the weights kernel the G kernel's 256 x 128, both read through TMA descriptors. ``tma`` False (TMA
+    cannot read the features: ``tma_ready``, ``features_config``): the statistics keep their tiles with
+    pointer loads, the weights kernel takes the narrow tiles. Measured without a GPU
     (benchmarks/aot.py; every variant without spills on sm_90 and sm_80): the student's own config
     alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
     for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
@@ -653,7 +652,7 @@ def tile_config(
         t_dim, t_dtype = dim, dtype
     else:
         t_dim, t_dtype = teacher[0].shape[1], teacher[0].dtype
-    wide = wide and teacher is None and wide_score_tiles(dim, dtype, arch)
+    wide = teacher is None and wide_score_tiles(dim, dtype, arch) and (tma or kernel == "stats")
     if interpret_mode():
         cfg = dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
         if wide and kernel == "weights":
@@ -703,13 +702,17 @@ def tile_config(
     return dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)
 
 
+def features_config(q: torch.Tensor, k: torch.Tensor, teacher, kernel: str) -> dict:
+    """``tile_config`` of ``kernel`` for the student's features q, k on their device: the pointer-load
+    fallback where TMA cannot read them (``tma_ready``)."""
+    return tile_config(q.shape[1], q.dtype, teacher, kernel, target_arch(q.device), tma=tma_ready(q, k))
+
+
 def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
     """The statistics kernel's constexpr kwargs and the teacher's runtime arguments (the student's as
     placeholders when None)."""
     dim = q.shape[1]
-    cfg = tile_config(dim, q.dtype, teacher, "stats", target_arch(q.device))
-    if cfg.get("TMA") and not tma_ready(q, k):
-        cfg = tile_config(dim, q.dtype, teacher, "stats", target_arch(q.device), tma=False)
+    cfg = features_config(q, k, teacher, "stats")
     meta = dict(
         SINGLE_D=dim <= cfg["BLOCK_D"],
         DOT_PREC=dot_precision(q.dtype),
@@ -820,9 +823,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     returns how many (M x column blocks of BLOCK_N / PARTS), else 0."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = tile_config(dim, q.dtype, teacher, "weights", target_arch(q.device))
-    if cfg.get("TMA") and not tma_ready(q, k):
-        cfg = tile_config(dim, q.dtype, teacher, "weights", target_arch(q.device), wide=False)
+    cfg = features_config(q, k, teacher, "weights")
     walk = dot_precision(q.dtype) != "ieee" and teacher is None
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     if hard is None:
@@ -887,12 +888,9 @@ LN2_F = 0.6931471805599453
 
 
 def _blocks(dim: int, dtype, teacher) -> tuple:
-    """(rows, columns) of the weights kernel's tiles for ``backward_plan``, and the column block of the ds
-    partials the workspace holds: the narrower of the two configs' (the wide one's parts, the pointer-load
-    fallback's tiles)."""
-    cfgs = [tile_config(dim, dtype, teacher, "weights", wide=wide) for wide in (True, False)]
-    part = min(partial_cols(cfg) for cfg in cfgs)
-    return cfgs[0]["BLOCK_M"], cfgs[0]["BLOCK_N"], part
+    """The weights kernel's blocks for the plan and the workspace (``weights_blocks``: its TMA config and
+    the pointer-load fallback's)."""
+    return weights_blocks(*(tile_config(dim, dtype, teacher, "weights", tma=tma) for tma in (True, False)))
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
