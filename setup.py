@@ -49,7 +49,10 @@ def _extensions():
     # -fno-trapping-math: lets GCC if-convert (and so vectorise) the branch-free colour maths of the
     # CPU augmentation kernel; it changes no value (no reassociation, no contraction), only the
     # assumption that floating-point exceptions are observed.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-DPy_LIMITED_API=0x03090000"]
+    # No -std: torch's BuildExtension adds the C++ standard its headers are written for (C++17 in torch
+    # 2.11, C++20 from 2.12; torch 2.15's ATen.h stops with "#error C++20 or later" under C++17) to the
+    # C++ and the nvcc commands alike. csrc/ is written in C++17 and compiles as either.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-DPy_LIMITED_API=0x03090000"]
     # libstdc++ must be the process's one shared copy (the one torch loaded): a second, static copy
     # inside _C has its own std::locale ids, and the first message formatted with a number there (any
     # TORCH_CHECK) crashes in a locale facet. Some toolchains link libstdc++.a by default (seen: a GCC
@@ -71,7 +74,7 @@ def _extensions():
             cpp_sources + cuda_sources,
             extra_compile_args={
                 "cxx": cxx_flags + ["-DVLKERNELS_WITH_CUDA"],
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-DVLKERNELS_WITH_CUDA"],
+                "nvcc": ["-O3", "--use_fast_math", "-DVLKERNELS_WITH_CUDA"],
             },
             extra_link_args=link_flags,
             include_dirs=[os.path.join(ROOT, "csrc")],

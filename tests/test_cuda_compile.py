@@ -15,6 +15,7 @@ benchmarks/augment_cost_model.py) still those of the compiled loops.
 from __future__ import annotations
 
 import glob
+import inspect
 import os
 import re
 import shutil
@@ -69,6 +70,24 @@ def builds(tmp_path_factory):
     return build
 
 
+def cxx_std() -> str:
+    """The C++ standard torch's extension build compiles .cpp and .cu files with (setup.py passes no
+    -std: C++17 in torch 2.11, C++20 from 2.12, which torch 2.15's headers require): BuildExtension's
+    default, read from its source; where that line moved, the oldest standard torch's headers accept
+    (ATen.h's #error) and at least csrc's own C++17."""
+    match = re.search(r"cpp_flag_prefix \+ '(c\+\+\d+)'", inspect.getsource(cpp_extension))
+    if match:
+        return match.group(1)
+    for inc in cpp_extension.include_paths():
+        aten = os.path.join(inc, "ATen", "ATen.h")
+        if os.path.exists(aten):
+            with open(aten) as f:
+                need = re.search(r"#error C\+\+(\d+) or later", f.read())
+            if need and int(need.group(1)) > 17:
+                return f"c++{need.group(1)}"
+    return "c++17"
+
+
 def _build(nvcc: str, source: str, tmp_path) -> tuple[str, str]:
     includes = list(cpp_extension.include_paths())
     if not any(
@@ -79,7 +98,7 @@ def _build(nvcc: str, source: str, tmp_path) -> tuple[str, str]:
         (shim / "cuda_cmake_macros.h").write_text(CMAKE_MACROS)
         includes.append(str(tmp_path / "shim"))
     obj = tmp_path / (os.path.basename(source) + ".o")
-    cmd = [nvcc, "-c", source, "-o", str(obj), "-std=c++17"]
+    cmd = [nvcc, "-c", source, "-o", str(obj), f"-std={cxx_std()}"]
     for arch in ARCHS:
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     cmd += ["-O3", "--use_fast_math", "-DVLKERNELS_WITH_CUDA", "-I", os.path.join(ROOT, "csrc")]
