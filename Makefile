@@ -4,7 +4,7 @@ PY ?= python3
 .PHONY: install test test-fast lint format bench gpu-suite
 
 install:
-	$(PY) -m pip install -q torch==2.13.0 "setuptools>=70.1" ninja
+	$(PY) -m pip install -q torch==2.13.0 "setuptools>=77.0.3" ninja
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev,train]"
 
 test:

@@ -11,6 +11,8 @@
 # Usage: bash benchmarks/gpu_versions_check.sh [WORKDIR] [PYTEST ARGS...]
 #   WORKDIR (default /tmp/vlkernels-gpu-versions): the venv, wheel, stubs and a clone of this
 #   checkout's HEAD (commit first: uncommitted changes are not tested). Extra arguments go to pytest.
+#   VLKERNELS_CHECK_TORCH / VLKERNELS_CHECK_TRITON pick other releases (torch 2.15.0 with triton 3.9.0,
+#   the newest, found the C++ standard setup.py forced: torch 2.15's headers need C++20).
 # Not part of CI (it downloads the wheel); it takes the CI's time plus about 3 minutes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,7 +28,7 @@ fi
 PY="$W/venv/bin/python"
 "$PY" -m pip download -q --no-deps -d "$W/wheels" "torch==$TORCH"
 "$PY" -m pip install -q --no-deps "$W"/wheels/torch-"$TORCH"-*.whl "triton==$TRITON" "numpy<2.4" \
-  "setuptools>=70.1" wheel 2>&1 | grep -v "^WARNING" || true
+  "setuptools>=77.0.3" wheel 2>&1 | grep -v "^WARNING" || true
 LIB=$("$PY" -c "import sysconfig, os; print(os.path.join(sysconfig.get_paths()['purelib'], 'torch', 'lib'))")
 python3 "$ROOT/benchmarks/cuda_wheel_stubs.py" "$LIB" "$W/stubs"
 export LD_LIBRARY_PATH="$W/stubs:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
