@@ -12,7 +12,9 @@
 #   WORKDIR (default /tmp/vlkernels-gpu-versions): the venv, wheel, stubs and a clone of this
 #   checkout's HEAD (commit first: uncommitted changes are not tested). Extra arguments go to pytest.
 #   VLKERNELS_CHECK_TORCH / VLKERNELS_CHECK_TRITON pick other releases (torch 2.15.0 with triton 3.9.0,
-#   the newest, found the C++ standard setup.py forced: torch 2.15's headers need C++20).
+#   the newest, found the C++ standard setup.py forced: torch 2.15's headers need C++20);
+#   VLKERNELS_CHECK_PYTHON another interpreter (e.g. python3.12, the GPU machines'; python3.10, the
+#   oldest pyproject.toml allows), with VLKERNELS_CHECK_TORCHVISION the torchvision for that torch.
 # Not part of CI (it downloads the wheel); it takes the CI's time plus about 3 minutes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,10 +22,22 @@ W=${1:-/tmp/vlkernels-gpu-versions}
 shift || true
 TORCH=${VLKERNELS_CHECK_TORCH:-2.11.0}
 TRITON=${VLKERNELS_CHECK_TRITON:-3.6.0}
+BASE_PY=${VLKERNELS_CHECK_PYTHON:-}
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 mkdir -p "$W"
 if [ ! -x "$W/venv/bin/python" ]; then
-  python3 -m venv --system-site-packages "$W/venv"
+  if [ -z "$BASE_PY" ]; then
+    python3 -m venv --system-site-packages "$W/venv"  # the test dependencies from this machine's python3
+  else
+    # Another Python (the GPU machines' 3.12, the oldest pyproject.toml allows, 3.10): a venv of its own
+    # with the test dependencies; those that would pull a torch (CUDA packages) without their deps.
+    "$BASE_PY" -m venv "$W/venv"
+    "$W/venv/bin/python" -m pip install -q filelock typing-extensions sympy networkx jinja2 fsspec \
+      "numpy<2.4" pytest pytest-benchmark hypothesis pillow scikit-image matplotlib webdataset pandas \
+      braceexpand ftfy regex huggingface_hub tqdm safetensors pyyaml ninja 2>&1 | grep -v "^WARNING" || true
+    "$W/venv/bin/python" -m pip install -q --no-deps "torchvision==${VLKERNELS_CHECK_TORCHVISION:-0.26.0}" \
+      open_clip_torch==3.3.0 timm 2>&1 | grep -v "^WARNING" || true
+  fi
 fi
 PY="$W/venv/bin/python"
 "$PY" -m pip download -q --no-deps -d "$W/wheels" "torch==$TORCH"
