@@ -4,7 +4,9 @@ already lie in one buffer read in place, the bytes copied per call counted, and 
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import importlib
+import multiprocessing
 import os
 import pickle
 
@@ -171,17 +173,31 @@ def test_packed_errors():
 
 
 def _load_example():
-    path = os.path.join(ROOT, "examples", "augment_dataloader.py")
-    spec = importlib.util.spec_from_file_location("augment_dataloader", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # By its module name (the repository root is on sys.path: pytest's pythonpath), not from its file:
+    # workers started by forkserver or spawn (forkserver is Python 3.14's default on Linux) unpickle the
+    # dataset and the collate function by module name, which a module loaded from a file path has not.
+    return importlib.import_module("examples.augment_dataloader")
 
 
-@pytest.mark.parametrize("extra", [[], ["--views", "2", "--workers", "0"]])
-def test_dataloader_recipe_runs(extra):
+@contextlib.contextmanager
+def _start_method(name):
+    prev = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(name, force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(prev, force=True)
+
+
+# Workers started by fork (the default before Python 3.14) and by forkserver (3.14's default on Linux),
+# whatever this Python's default; and the main-process path with two views.
+@pytest.mark.parametrize(
+    "extra, start", [([], "fork"), ([], "forkserver"), (["--views", "2", "--workers", "0"], None)]
+)
+def test_dataloader_recipe_runs(extra, start):
     mod = _load_example()
-    res = mod.main(["--images", "40", "--batch", "16", "--workers", "2", "--size", "24", *extra])
+    with _start_method(start) if start else contextlib.nullcontext():
+        res = mod.main(["--images", "40", "--batch", "16", "--workers", "2", "--size", "24", *extra])
     views = 2 if "--views" in extra else 1
     assert res["images"] == 40 and res["last_shape"] == (8 * views, 3, 24, 24)
 
