@@ -75,7 +75,7 @@ def matmul_f32(a32: torch.Tensor, b: torch.Tensor, transpose_b: bool, cols: int)
 # Whether autocast exists for a device type, asked once per type: torch 2.11's dynamo cannot trace
 # ``torch.amp.is_autocast_available`` (a skipped builtin: torch.compile(fullgraph=True) of a loss failed
 # there; 2.13's traces it), while a lookup in this dict it can. The usual types are asked at import.
-_AUTOCAST_AVAILABLE: dict[str, bool] = {t: bool(torch.amp.is_autocast_available(t)) for t in ("cpu", "cuda")}
+_AUTOCAST_AVAILABLE: dict[str, bool] = {}
 
 
 def autocast_available(device_type: str) -> bool:
@@ -83,6 +83,11 @@ def autocast_available(device_type: str) -> bool:
     if known is None:
         known = _AUTOCAST_AVAILABLE[device_type] = bool(torch.amp.is_autocast_available(device_type))
     return known
+
+
+for _t in ("cpu", "cuda"):
+    autocast_available(_t)
+del _t
 
 
 def autocast_off(x: torch.Tensor):
