@@ -103,9 +103,12 @@ def test_gpu_configs(monkeypatch, highest, split):
     want = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_D=16, num_warps=8, num_stages=3)
     assert config(1024, f32, "fwd") == want and config(1024, f32, "weights") == want
     assert config(100, f32, "weights")["BLOCK_N"] == 64  # unaligned rows: 64-column tiles, as for TF32
+    # mma.sync (sm_80): 64-column tiles (at 128, 253-255 registers, spills with some Triton releases)
+    assert all(config(1024, f32, kind, 80) == dict(want, BLOCK_N=64) for kind in ("fwd", "weights"))
     assert loss_config(1024, f32) == dict(want, BLOCK_N=64)
     gemm = dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=3)
     assert matmul_config(f32, True, False, 1024) == gemm
+    assert loss_config(1024, f32, 80) == dict(want, BLOCK_N=64)
     st = soft_target_triton.tile_config
     assert st(1024, f32, None, "weights") == dict(want, BLOCK_N=64, BLOCK_DT=16)
     teacher = (torch.empty(0, 768),)
@@ -117,6 +120,9 @@ def test_gpu_configs(monkeypatch, highest, split):
     assert st(1024, f32, teacher, "stats")["BLOCK_D"] == 16
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", "ieee")
     assert config(1024, f32, "fwd")["BLOCK_M"] == 64 and config(1024, f32, "fwd")["num_warps"] == 4
+    assert matmul_config(f32, True, False, 1024) == dict(
+        BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3
+    )
 
 
 @pytest.mark.interpreter

@@ -46,7 +46,7 @@ from vlkernels.ops.triton_utils import (
     forward_tile_dot,
     halves,
     load_tile,
-    partial_cols,
+    partials_of,
     score_tile,
     store_weights,
     target_arch,
@@ -498,10 +498,12 @@ def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
     order = torch.argsort((~todo).to(torch.uint8), stable=True)  # flagged rows first
     count = todo.sum(dtype=torch.int32).reshape(1)
     # the forward's tiles; fewer registers per thread for this kernel's online max/sum (at unaligned D its
-    # IEEE fp32 variant on four warps and its TF32 one at three stages spilled 8 B on sm_80)
-    cfg = config(dim, q.dtype, "fwd")
+    # IEEE fp32 variant on four warps and its TF32 one at three stages spilled 8 B on sm_80; the IEEE one
+    # on eight warps at three stages 16 B on sm_90 with Triton 3.8)
+    cfg = config(dim, q.dtype, "fwd", target_arch(q.device))
     if "num_warps" in cfg:
-        cfg = dict(cfg, num_warps=8) if dot_precision(q.dtype) == "ieee" else dict(cfg, num_stages=2)
+        ieee = dot_precision(q.dtype) == "ieee"
+        cfg = dict(cfg, num_warps=8, num_stages=4) if ieee else dict(cfg, num_stages=2)
     _lse_kernel[(triton.cdiv(m, cfg["BLOCK_M"]),)](
         q,
         k,
@@ -569,13 +571,15 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
     """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k;
     ``eps`` None: plain W (no targets, ``ds`` unused), else the targets of label smoothing ``eps`` over
     ``batch`` columns with the diagonal where ``row0`` + i == j, and ds [M, column blocks] the fp32 row
-    sums of G * <q_i, k_j>. Returns how many partial sums that is (rows x column blocks)."""
+    sums of G * <q_i, k_j>. Returns how many partial sums that is (rows x column blocks; 0 without
+    targets)."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = weights_config(dim, q.dtype, target_arch(q.device), q, k)
     walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     targets = eps is not None
+    count = partials_of(m, n, cfg, ds) if targets else 0
     q_arg, k_arg = tile_operands(q, k, cfg)
     _weights_kernel[grid](
         q_arg,
@@ -602,18 +606,19 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
         UPCAST=upcast(q.dtype),
         **cfg,
     )
-    return m * triton.cdiv(n, partial_cols(cfg))
+    return count
 
 
-def _blocks(dim: int, dtype) -> tuple:
-    """The G kernel's blocks for the plan and the workspace (``weights_blocks``)."""
-    return weights_blocks(config(dim, dtype, "weights_wide"), config(dim, dtype, "weights"))
+def _blocks(dim: int, dtype, arch: int | None = None) -> tuple:
+    """The G kernel's blocks for the plan and the workspace (``weights_blocks``) on sm_``arch`` (the
+    device's: the tiles, and so the statistics' partials, depend on it)."""
+    return weights_blocks(config(dim, dtype, "weights_wide", arch), config(dim, dtype, "weights", arch))
 
 
-def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
+def _plan(m, n, dim, dtype, need_t, workspace, arch: int | None = None) -> BackwardPlan:
     """``backward_plan`` with the weights kernel's blocks and the dtype's element size."""
     esize = torch.empty((), dtype=dtype).element_size()
-    return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype))
+    return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype, arch))
 
 
 def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
@@ -632,7 +637,7 @@ def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
 
 
 def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype)[2])
+    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype, target_arch(dev))[2])
 
 
 class TritonBackend:
@@ -646,7 +651,7 @@ class TritonBackend:
         accumulated in dT) then the column pass for the uncovered columns (module docstring)."""
         batch, dim = image.shape
         dev = image.device
-        plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
+        plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes(), target_arch(dev))
         alpha = (scale.detach().float() * coef).reshape(1)
         work = _workspace(plan, batch, batch, dim, image.dtype, dev)
         rows, cols = _fill(work, image, text, scale, r, c, eps), _fill(work, text, image, scale, c, r, eps)
@@ -658,7 +663,7 @@ class TritonBackend:
         rows without targets; W.T @ image accumulates in its fp32 output."""
         m, dim = image.shape
         n = text.shape[0]
-        plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
+        plan = _plan(m, n, dim, image.dtype, False, workspace_bytes(), target_arch(image.device))
         work = _workspace(plan, m, n, dim, image.dtype, image.device)
         a_i, a_t, _ = work.fp32_products(image, text, _fill(work, image, text, scale, r, c, None))
         return a_i, a_t

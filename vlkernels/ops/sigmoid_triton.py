@@ -45,7 +45,7 @@ from vlkernels.ops.triton_utils import (
     forward_tile_dot,
     halves,
     load_tile,
-    partial_cols,
+    partials_of,
     round_to,
     split_dots,
     target_arch,
@@ -481,7 +481,7 @@ def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
     cfg = weights_config(dim, q.dtype, target_arch(q.device), q, k)
     walk = dot_precision(q.dtype) != "ieee"  # IEEE fp32: CUDA-core FFMA (flattened, it spilled)
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
-    count = m * triton.cdiv(n, partial_cols(cfg))
+    count = partials_of(m, n, cfg, part, stats=2)
     q_arg, k_arg = tile_operands(q, k, cfg)
     _weights_kernel[grid](
         q_arg,
@@ -508,20 +508,21 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.detach().reshape(1).to(torch.float32).contiguous()
 
 
-def _blocks(dim: int, dtype) -> tuple:
+def _blocks(dim: int, dtype, arch: int | None = None) -> tuple:
     """The weights kernel's blocks for the plan and the workspace (``weights_blocks``: its wide config,
-    eight parts, and the pointer-load fallback)."""
-    return weights_blocks(weights_config(dim, dtype), config(dim, dtype, "weights"))
+    eight parts, and the pointer-load fallback) on sm_``arch`` (the device's: the tiles, and so the
+    statistics' partials, depend on it)."""
+    return weights_blocks(weights_config(dim, dtype, arch), config(dim, dtype, "weights", arch))
 
 
-def _plan(m, n, dim, dtype, need_t, workspace) -> BackwardPlan:
+def _plan(m, n, dim, dtype, need_t, workspace, arch: int | None = None) -> BackwardPlan:
     """``backward_plan`` with the weights kernel's blocks, the dtype's element size and two statistics."""
     esize = torch.empty((), dtype=dtype).element_size()
-    return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype), stats=2)
+    return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype, arch), stats=2)
 
 
 def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype)[2], stats=2)
+    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype, target_arch(dev))[2], stats=2)
 
 
 def _fill(work: Workspace, q, k, scale, bias, diag: bool, stats: bool = True):
@@ -552,7 +553,7 @@ class TritonSigmoidBackend:
         dev = image.device
         scale, bias = _f32(scale), _f32(bias)
         alpha = alpha.detach().float().reshape(1)
-        plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes())
+        plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes(), target_arch(dev))
         work = _workspace(plan, batch, batch, dim, image.dtype, dev)
         rows = _fill(work, image, text, scale, bias, True)
         # G.T has the same form (z is symmetric in (I, T), positives on the diagonal)
@@ -567,7 +568,7 @@ class TritonSigmoidBackend:
         n = text.shape[0]
         dev = image.device
         scale, bias = _f32(scale), _f32(bias)
-        plan = _plan(m, n, dim, image.dtype, False, workspace_bytes())
+        plan = _plan(m, n, dim, image.dtype, False, workspace_bytes(), target_arch(dev))
         work = _workspace(plan, m, n, dim, image.dtype, dev)
         a_i, a_t, stats = work.fp32_products(image, text, _fill(work, image, text, scale, bias, diag), need_t)
         return a_i, a_t, stats[1], stats[0]

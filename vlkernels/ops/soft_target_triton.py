@@ -41,7 +41,7 @@ from vlkernels.ops.triton_utils import (
     forward_tile_dot,
     halves,
     load_tile,
-    partial_cols,
+    partials_of,
     split_dots,
     store_weights,
     target_arch,
@@ -662,11 +662,13 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         return dict(cfg, BLOCK_N=64, PARTS=4) if wide else cfg
     if "ieee" in (dot_precision(dtype), dot_precision(t_dtype)):
         wide = teacher is None and dim % 16 == 0 and kernel == "weights"
-        # the statistics kernel at two stages, with a teacher three (four at unaligned D): at four, three of
-        # them spilled 8-32 B on sm_80 with Triton 3.6's ptxas; these spill with neither 3.6's nor 3.9's
+        # the statistics kernel at three stages where D is a multiple of 16, else two (a teacher: four): at
+        # four, three of them spilled 8-32 B on sm_80 with Triton 3.6's ptxas; at two and aligned D 32 B on
+        # sm_90 with Triton 3.8's PTX, at three and unaligned D 16 B on sm_80 with 3.6's. These spill with
+        # none of 3.6, 3.8, 3.9
         stages = 4
         if kernel == "stats":
-            stages = 2 if teacher is None else (3 if dim % 16 == 0 else 4)
+            stages = 3 if dim % 16 == 0 else (2 if teacher is None else 4)
         return dict(
             BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=stages
         )
@@ -827,10 +829,11 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     walk = dot_precision(q.dtype) != "ieee" and teacher is None
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     if hard is None:
-        row0, eps_diag, eps_all, ds = 0, 0.0, 0.0, g
+        row0, eps_diag, eps_all, ds, count = 0, 0.0, 0.0, g, 0
     else:
         row0, eps, batch, ds = hard
         eps_diag, eps_all = 1.0 - eps, eps / batch
+        count = partials_of(m, n, cfg, ds)
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
         t_lse_q, t_lse_k = lse_q, lse_k
@@ -881,16 +884,18 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         T_UPCAST=t_up,
         **cfg,
     )
-    return 0 if hard is None else m * triton.cdiv(n, partial_cols(cfg))
+    return count
 
 
 LN2_F = 0.6931471805599453
 
 
-def _blocks(dim: int, dtype, teacher) -> tuple:
+def _blocks(dim: int, dtype, teacher, arch: int | None = None) -> tuple:
     """The weights kernel's blocks for the plan and the workspace (``weights_blocks``: its TMA config and
-    the pointer-load fallback's)."""
-    return weights_blocks(*(tile_config(dim, dtype, teacher, "weights", tma=tma) for tma in (True, False)))
+    the pointer-load fallback's) on sm_``arch`` (the device's: the tiles, and so the statistics' partials,
+    depend on it)."""
+    configs = (tile_config(dim, dtype, teacher, "weights", arch, tma=tma) for tma in (True, False))
+    return weights_blocks(*configs)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -991,7 +996,7 @@ class TritonSoftTargetBackend:
         norm = coefs[0].abs() * h_mag + coefs[1].abs() * a_mag
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         cf = (torch.stack([e_coefs[0], coefs[1], e_coefs[1]]) / norm).contiguous()
-        blocks = _blocks(dim, image.dtype, teacher)
+        blocks = _blocks(dim, image.dtype, teacher, target_arch(dev))
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
         work = Workspace(plan, batch, batch, dim, image.dtype, dev, blocks[2])
         alpha = (scale * norm).reshape(1)
@@ -1017,7 +1022,7 @@ class TritonSoftTargetBackend:
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         cf = torch.stack([norm.reciprocal(), norm.reciprocal(), torch.zeros_like(norm)])
         pair_q, pair_k = (p_row - q_row, q_row), (p_col - q_col, q_col)
-        blocks = _blocks(dim, image.dtype, teacher)
+        blocks = _blocks(dim, image.dtype, teacher, target_arch(dev))
         plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, 0)
         work = Workspace(plan, m, n, dim, image.dtype, dev, blocks[2], stats=0)
         fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc)

@@ -297,6 +297,21 @@ def partial_cols(cfg: dict) -> int:
     return cfg["BLOCK_N"] // cfg.get("PARTS", 1)
 
 
+def partials_of(m: int, n: int, cfg: dict, buf: torch.Tensor, stats: int = 1) -> int:
+    """The statistics' partials (rows x column blocks of ``partial_cols``) a weights kernel of config
+    ``cfg`` writes for ``m`` rows and ``n`` columns, checked against ``buf``, which must hold ``stats``
+    times that many: an error, not a write past its end, where a workspace was sized by other tiles'
+    blocks (another architecture's)."""
+    count = m * triton.cdiv(n, partial_cols(cfg))
+    if buf.numel() < stats * count:
+        raise RuntimeError(
+            f"the statistics' partials buffer holds {buf.numel()} values; the weights kernel's "
+            f"{cfg['BLOCK_M']} x {cfg['BLOCK_N']} tiles write {stats * count} (a workspace sized by another "
+            "config's blocks)"
+        )
+    return count
+
+
 def weights_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
     """A G kernel's launch config (the contrastive and sigmoid ones): config "weights_wide" (256 x 128 tiles
     read through TMA descriptors on sm_90), or the pointer-load one ("weights") where the features
@@ -483,9 +498,10 @@ def matmul_config(
     """Tiles of ``matmul`` for ``n`` output columns: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on
     sm_90), accumulating with the epilogue in column parts (``PARTS``: two, four with the int8 remainder
     ``lo``; the tile read back whole spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so;
-    128 x 128 x 32 for TF32 (x 16 for the split-precision fp32 dots); 64 x 64 x 32 on four warps for IEEE
-    fp32 (CUDA-core FFMA, sized not to spill); 64 output columns when a row stride is not a multiple of 8
-    elements (loads through registers, not cp.async)."""
+    128 x 128 x 32 for TF32 (x 16 for the split-precision fp32 dots); 64 x 64 x 16 on four warps for IEEE
+    fp32 (CUDA-core FFMA, sized not to spill: K chunks of 32 spilled 12 B on sm_90 with Triton 3.8); 64
+    output columns when a row stride is not a multiple of 8 elements (loads through registers, not
+    cp.async)."""
     wide = 256 if n is None else widest_tile(n)
     parts = 1
     if accumulate and aligned and dtype != torch.float32 and wide == 256:
@@ -493,7 +509,7 @@ def matmul_config(
     if interpret_mode():  # small tiles, the same paths
         return dict(BLOCK_M=16, BLOCK_N=16 * parts, BLOCK_K=16, PARTS=parts)
     if dtype == torch.float32 and dot_precision(dtype) == "ieee":
-        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)
+        return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3)
     if not aligned:
         wide = 64
     if dtype != torch.float32:
@@ -735,14 +751,18 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=3)
             return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=16, num_warps=4, num_stages=4)
         block_d = max(16, min(32 if dtype == torch.float32 else 64, triton.next_power_of_2(dim)))
+        block_n = 128
         if split_dots(dtype):
             # the operands' parts take registers: D chunks of 16 (at 32 the G kernel spilled 20 B, the
-            # soft target's 56 B, the sigmoid's 76 B on sm_90)
+            # soft target's 56 B, the sigmoid's 76 B on sm_90); with mma.sync (sm_80) 64-column tiles (at
+            # 128 columns the G kernels and the forward sat at 253-255 registers with Triton 3.6 and 3.9,
+            # and spilled 8-32 B with 3.8)
             block_d = 16
+            block_n = 128 if arch >= 90 else 64
         # 64-column tiles unless D is a multiple of 16 (Triton's divisibility hint): rows not 16-byte
         # aligned load through registers, and where D is a multiple of 8 only (D = 72, 136) the masked last
         # D chunk spilled 8-180 B at 128 columns on sm_90 and sm_80
-        block_n = 128 if dim % 16 == 0 else 64
+        block_n = block_n if dim % 16 == 0 else 64
         return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=8, num_stages=3)
     if kernel != "lse":
         raise ValueError(f"unknown kernel kind {kernel!r}")
