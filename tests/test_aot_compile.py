@@ -225,8 +225,9 @@ def test_score_tiles_follow_the_architecture(compiled):
     the self teacher 128 x 128 through TMA descriptors, each with the epilogue in four parts (16-bit, D a
     multiple of 16 above 64); the sigmoid forward 128 x 256 and its G kernel 256 x 128, both through TMA
     descriptors, the G epilogue in eight parts; on sm_80 (mma.sync: those spilled) 128 x 128 (the soft
-    statistics 128 x 64). D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. Every
-    other variant is the same specialisation on both."""
+    statistics 128 x 64). D = 72 (a multiple of 8, not of 16) takes 64-column tiles everywhere. The
+    split-precision fp32 dots take 128 x 64 score tiles on sm_80. Every other variant is the same
+    specialisation on both."""
     v90, v80 = aot.records(compiled, 90), aot.records(compiled, 80)
     wide = {
         vid for vid, rec in v90.items() if rec["config"].get("PARTS", 1) > 1 and rec["kernel"] != "matmul"
@@ -253,7 +254,16 @@ def test_score_tiles_follow_the_architecture(compiled):
     # and the column-major features' accumulating GEMMs, K chunks of 32 on sm_80 (spilled under Triton 3.6)
     acc_colmajor = {f"matmul/bf16/D1024/colmajor/{mode}" for mode in ("acc", "acc-split")}
     assert all(v80[vid]["config"]["BLOCK_K"] == 32 < v90[vid]["config"]["BLOCK_K"] for vid in acc_colmajor)
-    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide | acc_colmajor
+    # and the split-precision fp32 dots' score tiles, 128 x 64 on sm_80 (128 x 128 sat at 253-255 registers
+    # there, and spilled under Triton 3.8; the sigmoid forward and the soft target's kernels take 64 columns
+    # on both)
+    split80 = {f"{k}/tf32x3/D1024" for k in ("fwd", "lse", "sigmoid_weights")}
+    split80 |= {f"weights/tf32x3/D1024/{k}" for k in "GW"}
+    for vid in split80:
+        cfg90, cfg80 = v90[vid]["config"], v80[vid]["config"]
+        tiles = (cfg90["BLOCK_M"], cfg90["BLOCK_N"], cfg80["BLOCK_M"], cfg80["BLOCK_N"])
+        assert tiles == (128, 128, 128, 64), vid
+    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide | acc_colmajor | split80
     # the other column-major variants take the pointer-load fallbacks: no TMA anywhere
     assert not any(v90[vid]["config"].get("TMA") for vid in v90 if "/colmajor" in vid)
     assert {v90[vid]["config"]["BLOCK_N"] for vid in v90 if "/D72" in vid and "matmul" not in vid} == {64}
