@@ -213,10 +213,9 @@ def test_workspace_holds_the_partials_of_the_device_arch(monkeypatch, mode):
         torch.set_float32_matmul_precision(old)
     if mode in ("tf32x3", "bf16x6"):
         assert ("contrastive", 1024, 80) in short_on_host and ("sigmoid", 64, 80) in short_on_host
-    part = torch.empty(3 * 2 - 1)
-    cfg = dict(BLOCK_M=128, BLOCK_N=64)
+    cfg = dict(BLOCK_M=128, BLOCK_N=64)  # 3 rows x 2 column blocks of 100 columns: 6 partials
     assert tu.partials_of(3, 100, cfg, torch.empty(6)) == 6
     with pytest.raises(RuntimeError, match="holds 5 values.*write 6"):
-        tu.partials_of(3, 100, cfg, part)
+        tu.partials_of(3, 100, cfg, torch.empty(5))
     with pytest.raises(RuntimeError, match="write 12"):
         tu.partials_of(3, 100, cfg, torch.empty(6), stats=2)
