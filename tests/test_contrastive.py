@@ -231,6 +231,20 @@ def test_triton_16bit_remainder_over_many_chunks(monkeypatch, dtype):
     _check("triton", batch, dim, dtype=dtype, scale=30.0, eps=0.1, grad_out=0.7)
 
 
+def test_matmul_config_follows_arch_and_layout(monkeypatch):
+    """The 16-bit GEMM's GPU tiles: K chunks of 32 only where an accumulating product reads ``b``
+    K-contiguous (column-major features) on mma.sync (sm_80), where 64 spilled; 64 elsewhere. ``matmul``
+    passes the device's architecture and ``b``'s layout (tests/test_aot_compile.py sees the launches)."""
+    from vlkernels.ops.triton_utils import matmul_config
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert matmul_config(dtype, True, True, 1024, True, 80, True)["BLOCK_K"] == 32
+        assert matmul_config(dtype, False, True, 100, False, 80, True)["BLOCK_K"] == 32
+        for arch, acc, k_major in [(90, True, True), (80, False, True), (80, True, False)]:
+            assert matmul_config(dtype, True, acc, 1024, acc, arch, k_major)["BLOCK_K"] == 64
+
+
 @pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(37, 29, 21), (37, 200, 24)], ids=["unaligned", "aligned-parts"])

@@ -493,15 +493,24 @@ def widest_tile(n: int) -> int:
 
 
 def matmul_config(
-    dtype: torch.dtype, aligned: bool = True, accumulate: bool = False, n: int | None = None, lo: bool = False
+    dtype: torch.dtype,
+    aligned: bool = True,
+    accumulate: bool = False,
+    n: int | None = None,
+    lo: bool = False,
+    arch: int | None = None,
+    b_k_major: bool = False,
 ) -> dict:
-    """Tiles of ``matmul`` for ``n`` output columns: for 16-bit operands 128 x 256 x 64 (wgmma m64n256 on
-    sm_90), accumulating with the epilogue in column parts (``PARTS``: two, four with the int8 remainder
-    ``lo``; the tile read back whole spilled), or 128 x 128 / 128 x 64 where ``n`` leaves less padding so;
-    128 x 128 x 32 for TF32 (x 16 for the split-precision fp32 dots); 64 x 64 x 16 on four warps for IEEE
-    fp32 (CUDA-core FFMA, sized not to spill: K chunks of 32 spilled 12 B on sm_90 with Triton 3.8); 64
-    output columns when a row stride is not a multiple of 8 elements (loads through registers, not
-    cp.async)."""
+    """Tiles of ``matmul`` for ``n`` output columns on sm_``arch`` (``HOST_ARCH`` when None): for 16-bit
+    operands 128 x 256 x 64 (wgmma m64n256 on sm_90), accumulating with the epilogue in column parts
+    (``PARTS``: two, four with the int8 remainder ``lo``; the tile read back whole spilled), or 128 x 128 /
+    128 x 64 where ``n`` leaves less padding so; accumulating on mma.sync (sm_80) with ``b`` K-contiguous
+    (``b_k_major``: column-major features) K chunks of 32 (at 64, 128 x 256 spilled 16 B at 255 registers
+    under Triton 3.6; at 32, 229); 128 x 128 x 32 for TF32 (x 16 for the split-precision fp32 dots);
+    64 x 64 x 16 on four warps for IEEE fp32 (CUDA-core FFMA, sized not to spill: K chunks of 32 spilled
+    12 B on sm_90 with Triton 3.8); 64 output columns when a row stride is not a multiple of 8 elements
+    (loads through registers, not cp.async)."""
+    arch = HOST_ARCH if arch is None else arch
     wide = 256 if n is None else widest_tile(n)
     parts = 1
     if accumulate and aligned and dtype != torch.float32 and wide == 256:
@@ -513,9 +522,10 @@ def matmul_config(
     if not aligned:
         wide = 64
     if dtype != torch.float32:
+        block_k = 32 if accumulate and b_k_major and arch < 90 else 64
         if wide == 256:  # m64n256 wgmma: 180 registers storing, 192-249 accumulating in parts
-            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, num_warps=8, num_stages=3, PARTS=parts)
-        return dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=64, num_warps=8, num_stages=4)
+            return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=block_k, num_warps=8, num_stages=3, PARTS=parts)
+        return dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=block_k, num_warps=8, num_stages=4)
     # split-precision fp32 dots: K chunks of 16 (at 32 bf16x6 spilled 0.7-0.8 KB on sm_80)
     block_k = 16 if split_dots(dtype) else 32
     return dict(BLOCK_M=128, BLOCK_N=min(wide, 128), BLOCK_K=block_k, num_warps=8, num_stages=3)
@@ -630,17 +640,10 @@ def matmul(a, b, alpha, out, accumulate: bool = False, workspace=None, lo=None):
     n = b.shape[1]
     strides = (*a.stride(), *b.stride(), *out.stride(), *(lo.stride() if lo is not None else ()))
     aligned = all(st % 16 == 0 or st == 1 for st in strides)  # Triton's divisibility hint
-    cfg = matmul_config(a.dtype, aligned, accumulate, n, lo is not None and accumulate)
-    if (
-        accumulate
-        and b.stride(0) == 1
-        and b.stride(1) != 1
-        and cfg["BLOCK_K"] == 64
-        and target_arch(a.device) < 90
-    ):
-        # b K-contiguous (column-major features) accumulating on mma.sync: 128 x 256 x 64 spilled 16 B on
-        # sm_80 under Triton 3.6 (255 registers); K chunks of 32: 229
-        cfg = dict(cfg, BLOCK_K=32)
+    b_k_major = b.stride(0) == 1 and b.stride(1) != 1
+    cfg = matmul_config(
+        a.dtype, aligned, accumulate, n, lo is not None and accumulate, target_arch(a.device), b_k_major
+    )
     split = 1 if accumulate else split_k(m, n, k, cfg, sm_count(a.device))
     if workspace is not None:
         split = max(1, min(split, workspace.numel() // (m * n)))
