@@ -51,6 +51,29 @@ def test_double_backward_is_a_clear_error(impl, name):
             (g * g).sum().backward(retain_graph=True)
 
 
+@pytest.mark.parametrize("impl", IMPLS_O_B)
+@pytest.mark.parametrize("name", ["contrastive", "soft_target", "distill"])
+def test_gradient_penalty_through_a_parameter_is_a_clear_error(impl, name):
+    """A gradient penalty differentiated with ``torch.autograd.grad`` with respect to the parameter that
+    makes the features: the gradients' error node lies on the path to it. (Before, it hung off fresh
+    leaves: the call found no path and said the parameter was unused, and ``materialize_grads=True``
+    returned zeros, a silently wrong second derivative.) The naive loss gives a non-zero one."""
+    img, txt = features(9, 6, seed=1)
+    noise = torch.randn(6, 6, generator=torch.Generator().manual_seed(2))
+    weight = (torch.eye(6) + 0.1 * noise).requires_grad_()
+
+    def penalty(impl):
+        (g,) = torch.autograd.grad(_losses(impl)[name](img @ weight, txt, 7.0), [weight], create_graph=True)
+        return g.pow(2).sum()
+
+    (want,) = torch.autograd.grad(penalty("naive"), [weight])
+    assert want.abs().sum() > 0
+    pen = penalty(impl)
+    for kw in ({}, dict(allow_unused=True), dict(materialize_grads=True)):
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(pen, [weight], retain_graph=True, **kw)
+
+
 @pytest.mark.parametrize("name", ["contrastive", "soft_target", "distill"])
 def test_naive_supports_double_backward(name):
     img, txt, scale = _leaves()

@@ -458,6 +458,27 @@ def test_double_backward_is_a_clear_error(impl):
             (g * g).sum().backward(retain_graph=True)
 
 
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+def test_gradient_penalty_through_a_parameter_is_a_clear_error(impl):
+    """``torch.autograd.grad`` of a gradient penalty with respect to the parameter that makes the features
+    raises (before: no path found, zeros with ``materialize_grads=True``); naive gives a non-zero one."""
+    img, txt, scale, bias = _leaves(9, 6)
+    noise = torch.randn(6, 6, generator=torch.Generator().manual_seed(2))
+    weight = (torch.eye(6) + 0.1 * noise).requires_grad_()
+
+    def penalty(impl):
+        loss = sigmoid_loss(img.detach() @ weight, txt.detach(), 7.0, -3.0, impl=impl)
+        (g,) = torch.autograd.grad(loss, [weight], create_graph=True)
+        return g.pow(2).sum()
+
+    (want,) = torch.autograd.grad(penalty("naive"), [weight])
+    assert want.abs().sum() > 0
+    pen = penalty(impl)
+    for kw in ({}, dict(materialize_grads=True)):
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(pen, [weight], retain_graph=True, **kw)
+
+
 def test_naive_supports_double_backward():
     img, txt, scale, bias = _leaves(9, 6)
     (g,) = torch.autograd.grad(sigmoid_loss(img, txt, scale, bias, impl="naive"), [img], create_graph=True)

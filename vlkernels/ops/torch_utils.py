@@ -118,9 +118,26 @@ DOUBLE_BACKWARD_ERROR = (
 )
 
 
+class _SecondOrder(torch.autograd.Function):
+    """Identity on gradients (views of them), whose backward raises DOUBLE_BACKWARD_ERROR. Its other inputs
+    are the tensors the gradients depend on (the Function's inputs that require grad), so that it lies on
+    every path from the gradients back to the parameters: ``torch.autograd.grad(penalty, params)`` reaches
+    it and raises instead of finding no path (an "unused" error, or silent zeros with ``allow_unused`` /
+    ``materialize_grads``)."""
+
+    @staticmethod
+    def forward(ctx, count: int, *tensors):
+        return tuple(g.view_as(g) for g in tensors[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
 def first_order_only(fn):
     """Decorator for an autograd Function's backward: under ``create_graph=True`` the returned gradients
-    carry a node that raises DOUBLE_BACKWARD_ERROR if anything differentiates through them (torch's
+    carry a node (``_SecondOrder``) that raises DOUBLE_BACKWARD_ERROR if anything differentiates through
+    them, ``.backward()`` or ``torch.autograd.grad`` with respect to anything upstream of the loss (torch's
     ``once_differentiable`` leaves them constant when the upstream gradient does not require grad, which
     would drop second-order terms silently)."""
 
@@ -133,9 +150,11 @@ def first_order_only(fn):
         real = [i for i, g in enumerate(grads) if isinstance(g, torch.Tensor)]
         if not real:
             return grads
-        err = torch._C._functions.DelayedError(DOUBLE_BACKWARD_ERROR.encode(), len(real))
-        wrapped = err(*[grads[i].detach().requires_grad_() for i in real])
-        wrapped = wrapped if isinstance(wrapped, tuple) else (wrapped,)
+        upstream = [t for t in (*ctx.saved_tensors, *args) if isinstance(t, torch.Tensor) and t.requires_grad]
+        # (With nothing upstream requiring grad, the gradients become leaves that do: differentiating
+        # through them still reaches the node.)
+        ours = [grads[i] if upstream else grads[i].detach().requires_grad_() for i in real]
+        wrapped = _SecondOrder.apply(len(real), *ours, *upstream)
         out = list(grads)
         for i, g in zip(real, wrapped, strict=True):
             out[i] = g
