@@ -19,6 +19,7 @@ from tests._ref import (
     assert_within_float64_error,
     features,
     force_plan,
+    g_rounding,
     largest_tensors,
     run_loss,
     term_scales,
@@ -544,17 +545,36 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
     seed=st.integers(0, 10_000),
 )
 def test_hypothesis_triton(batch, dim, t_dim, scale, alpha, eps, dtype, seed):
+    # The float64 rule, with what rounding G to a 16-bit dtype adds (g_rounding): G's elements are at most
+    # the student's row and column softmaxes plus the targets' (smoothed one-hot and the teacher's
+    # softmaxes, whatever alpha and the mask), each term scaled by s g / (2B).
     img, txt = features(batch, dim, dtype, seed=seed)
     kw = dict(label_smoothing=eps, soft_mask=_mask(batch), **_teacher_kwargs(batch, t_dim, dtype, scale / 2))
-    want = run_loss(
-        lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="naive", **kw), img, txt, torch.tensor(scale)
+    grad_out = 1.3
+    img64, txt64, scale64, kw64 = as_float64(img, txt, torch.tensor(scale), kw)
+    kw64.pop("label_smoothing")
+    keys = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
+    teacher = [kw64.get(k) for k in keys]
+    exact = run_loss(
+        lambda i, t, s: soft_target_loss_naive(i, t, s, alpha, *teacher, kw64["soft_mask"], eps),
+        img64, txt64, scale64, grad_out,
+    )  # fmt: skip
+    base = run_loss(lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="naive", **kw), img, txt,
+                    torch.tensor(scale), grad_out)  # fmt: skip
+    got = run_loss(lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="triton", **kw), img, txt,
+                   torch.tensor(scale), grad_out)  # fmt: skip
+    logits = scale * img64 @ txt64.T
+    t_logits = logits if t_dim is None else teacher[2] * teacher[0] @ teacher[1].T
+    hard = torch.full_like(logits, eps / batch) + (1.0 - eps) * torch.eye(batch, dtype=torch.float64)
+    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * hard + t_logits.softmax(1) + t_logits.softmax(0)
+    coef = grad_out * scale / (2 * batch)
+    rounding = (
+        0.0,
+        g_rounding(dtype, exact[1], weights, txt64, coef),
+        g_rounding(dtype, exact[2], weights.T, img64, coef),
+        0.0,
     )
-    got = run_loss(
-        lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="triton", **kw), img, txt, torch.tensor(scale)
-    )
-    tol = dict(TOL)
-    tol[torch.float32] = dict(atol=5e-5, rtol=5e-5)
-    assert_close_all(got, want, dtype, tol=tol)
+    assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out), rounding=rounding)
 
 
 # --- DistillClipLoss: open_clip's formula -----------------------------------------------------
