@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import weakref
 
 import torch
@@ -22,6 +23,13 @@ TOL_GPU = {
     torch.float16: dict(atol=4e-3, rtol=1e-2),
     torch.bfloat16: dict(atol=3e-2, rtol=3e-2),
 }
+
+
+def examples(count: int) -> int:
+    """A hypothesis test's number of examples: ``count`` in CI (profile "ci", derandomized), ten times it
+    under ``HYPOTHESIS_PROFILE=explore`` (drawn at random). A test's own ``max_examples`` wins over a
+    profile's, so the tests ask here."""
+    return 10 * count if os.environ.get("HYPOTHESIS_PROFILE") == "explore" else count
 
 
 def features(batch: int, dim: int, dtype=torch.float32, device="cpu", seed: int = 0):

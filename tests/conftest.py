@@ -22,9 +22,10 @@ import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # CI is deterministic: hypothesis draws the same examples on every run ("ci", the default). Set
-# HYPOTHESIS_PROFILE=explore locally to draw new random examples (and more of them).
+# HYPOTHESIS_PROFILE=explore locally to draw new random examples, ten times as many (tests/_ref.examples:
+# the tests' own max_examples would override a profile's).
 settings.register_profile("ci", derandomize=True, print_blob=True)
-settings.register_profile("explore", derandomize=False, max_examples=400)
+settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()

@@ -15,6 +15,7 @@ from tests._ref import (
     as_float64,
     assert_close_all,
     assert_within_float64_error,
+    examples,
     features,
     force_plan,
     g_rounding,
@@ -455,7 +456,7 @@ def test_never_materialises_b_by_b(monkeypatch, impl):
     assert largest >= batch * batch
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 48),
     dim=st.integers(1, 80),
@@ -475,7 +476,7 @@ def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
 
 
 @pytest.mark.interpreter
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 40),
     dim=st.integers(1, 70),

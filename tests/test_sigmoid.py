@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tests._ref import (
     PeakLive,
     assert_within_float64_error,
+    examples,
     features,
     force_plan,
     g_rounding,
@@ -342,7 +343,7 @@ def test_non_finite_inputs_give_non_finite_loss(impl, bad):
     assert not torch.isfinite(sigmoid_loss(img, txt, 10.0, torch.tensor(float("nan")), impl=impl))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 48),
     dim=st.integers(1, 80),
@@ -356,7 +357,7 @@ def test_hypothesis_torch(batch, dim, scale, bias, grad_out, seed):
 
 
 @pytest.mark.interpreter
-@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 40),
     dim=st.integers(1, 70),

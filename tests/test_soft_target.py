@@ -17,6 +17,7 @@ from tests._ref import (
     as_float64,
     assert_close_all,
     assert_within_float64_error,
+    examples,
     features,
     force_plan,
     g_rounding,
@@ -498,7 +499,7 @@ def test_non_finite_inputs_give_non_finite_loss(impl):
     assert not torch.isfinite(soft_target_loss(img, txt, 10.0, 0.5, impl=impl, **kw))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 48),
     dim=st.integers(1, 80),
@@ -533,7 +534,7 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
 
 
 @pytest.mark.interpreter
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(12), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 40),
     dim=st.integers(1, 70),
