@@ -136,6 +136,22 @@ def test_missing_open_clip_names_the_extra(monkeypatch):
         vlkernels.patch_open_clip()
 
 
+def test_open_clip_that_fails_to_import_is_an_import_error_that_says_why(monkeypatch, tmp_path):
+    """An installed open_clip whose import dies (here as a torchvision built for CUDA dies beside a CPU
+    torch) gives an ImportError naming the cause and the torchvision / torch pair, not the bare error."""
+    package = tmp_path / "open_clip"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise RuntimeError("operator torchvision::nms does not exist")\n')
+    for name in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(
+        ImportError, match=r"could not import open_clip: RuntimeError: operator torchvision::nms"
+    ) as info:
+        vlkernels.patch_open_clip()
+    assert f"beside torch {torch.__version__}" in str(info.value)
+
+
 def test_launcher_strips_its_option_and_runs_open_clip_train_patched(monkeypatch):
     import open_clip_train.main as oc_main
     from open_clip_train.params import parse_args

@@ -15,6 +15,8 @@ import importlib.metadata
 import sys
 import warnings
 
+import torch
+
 from vlkernels import _checks
 
 INSTALL_HINT = "pip install vlkernels[open_clip]"
@@ -69,13 +71,29 @@ def _import_open_clip():
         raise ImportError(
             f"patch_open_clip needs open_clip (the open_clip_torch package): {INSTALL_HINT}"
         ) from err
+    except Exception as err:  # open_clip is there but its import fails (often in torchvision)
+        hint = ""
+        if "torchvision" in str(err):
+            hint = (
+                f" (torchvision {_version('torchvision')} beside torch {torch.__version__}: a torchvision "
+                "built for another torch release, or for CUDA beside a CPU torch, fails like this; install "
+                "the torchvision build made for this torch: for a CPU torch, from "
+                "https://download.pytorch.org/whl/cpu)"
+            )
+        raise ImportError(
+            f"patch_open_clip could not import open_clip: {type(err).__name__}: {err}{hint}"
+        ) from err
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _open_clip_version() -> str | None:
-    try:
-        return importlib.metadata.version("open_clip_torch")
-    except importlib.metadata.PackageNotFoundError:
-        return getattr(sys.modules.get("open_clip"), "__version__", None)
+    return _version("open_clip_torch") or getattr(sys.modules.get("open_clip"), "__version__", None)
 
 
 def _bound(base: type, impl: str) -> type:
