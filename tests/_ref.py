@@ -147,18 +147,29 @@ def assert_within_float64_error(
         assert err_got <= factor * err_base + floor + extra, (name, err_got, err_base, floor, extra)
 
 
-def g_rounding(dtype, exact_grad, weights, partner, coef: float) -> float:
-    """What the Triton kernels' rounding to a 16-bit input ``dtype`` adds to a feature gradient
-    ``coef * G @ partner``: they store the B x B weights G in the input dtype for the tensor-core products
-    (as torch's autocast backward rounds the logits' gradient to it), so one unit in the dtype's last place
-    of every term ``coef |G_ij| |partner_j|`` summed (``weights``: a float64 bound on |G|), and one of the
-    gradient itself (its own rounding, which torch's error ``base`` may miss by luck at a few elements).
-    0 for float32 (the kernels keep G in fp32)."""
-    if dtype == torch.float32:
-        return 0.0
-    eps = torch.finfo(dtype).eps
-    terms = coef * (weights.abs() @ partner.double().abs()).max().item()
-    return eps * (terms + exact_grad.abs().max().item())
+def smoothed_targets(batch: int, eps: float) -> torch.Tensor:
+    """The label-smoothed one-hot targets, float64 [B, B]: 1 - eps + eps / B on the diagonal, eps / B off."""
+    eye = torch.eye(batch, dtype=torch.float64)
+    return (1.0 - eps) * eye + eps / batch
+
+
+def g_rounding(dtype, exact, weights, image, text, coef: float, scalars: int = 1) -> tuple:
+    """What the Triton kernels' rounding to a 16-bit input ``dtype`` adds to each quantity of ``exact``
+    (loss, d_image, d_text, then ``scalars`` scalar gradients): the feature gradients are
+    ``coef * G @ text`` and ``coef * G.T @ image``, and the kernels store the B x B weights G in the input
+    dtype for the tensor-core products (as torch's autocast backward rounds the logits' gradient to it), so
+    one unit in the dtype's last place of every term ``coef |G_ij| |x_j|`` summed (``weights``: a float64
+    bound on |G|), and one of the gradient itself (its own rounding, which torch's error ``base`` may miss
+    by luck at a few elements). Nothing for the loss and the scalars (fp32 sums), nor for float32 (the
+    kernels keep G in fp32)."""
+
+    def feature(grad, w, partner):
+        if dtype == torch.float32:
+            return 0.0
+        terms = coef * (w.abs() @ partner.double().abs()).max().item()
+        return torch.finfo(dtype).eps * (terms + grad.abs().max().item())
+
+    return (0.0, feature(exact[1], weights, text), feature(exact[2], weights.T, image)) + (0.0,) * scalars
 
 
 _SET_STORAGE = {torch.ops.aten.set_.source_Storage, torch.ops.aten.set_.source_Storage_storage_offset}

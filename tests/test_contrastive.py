@@ -23,6 +23,7 @@ from tests._ref import (
     pair_value,
     record_tma,
     run_loss,
+    smoothed_targets,
     term_scales,
 )
 from vlkernels import ClipLoss, contrastive_loss
@@ -495,15 +496,8 @@ def test_hypothesis_triton(batch, dim, scale, eps, dtype, seed):
     base = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
     got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl="triton", **kw)
     logits = scale * img64 @ txt64.T
-    targets = torch.full_like(logits, eps / batch) + (1.0 - eps) * torch.eye(batch, dtype=torch.float64)
-    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * targets
-    coef = grad_out * scale / (2 * batch)
-    rounding = (
-        0.0,
-        g_rounding(dtype, exact[1], weights, txt64, coef),
-        g_rounding(dtype, exact[2], weights.T, img64, coef),
-        0.0,
-    )
+    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * smoothed_targets(batch, eps)
+    rounding = g_rounding(dtype, exact, weights, img64, txt64, grad_out * scale / (2 * batch))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out), rounding=rounding)
 
 

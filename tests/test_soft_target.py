@@ -23,6 +23,7 @@ from tests._ref import (
     g_rounding,
     largest_tensors,
     run_loss,
+    smoothed_targets,
     term_scales,
 )
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
@@ -42,6 +43,26 @@ def _teacher_kwargs(batch: int, t_dim: int | None, dtype=torch.float32, t_scale=
 
 def _mask(batch: int) -> torch.Tensor:
     return torch.arange(batch) % 3 != 1
+
+
+def _float64_run(img, txt, scale, alpha, kw, grad_out):
+    """The exact (float64 naive) loss and gradients for ``soft_target_loss``'s keywords ``kw``, and the
+    float64 (image, text, [teacher image, teacher text, teacher scale]) it used."""
+    img64, txt64, scale64, kw64 = as_float64(img, txt, torch.tensor(scale), kw)
+    eps = kw64.pop("label_smoothing")
+    keys = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
+    teacher = [kw64.get(k) for k in keys]
+    exact = run_loss(
+        lambda i, t, s: soft_target_loss_naive(i, t, s, alpha, *teacher, kw64.get("soft_mask"), eps),
+        img64, txt64, scale64, grad_out,
+    )  # fmt: skip
+    return exact, (img64, txt64, teacher)
+
+
+def _run_impl(impl, img, txt, scale, alpha, kw, grad_out):
+    """``run_loss`` of ``soft_target_loss`` with ``impl`` and the keywords ``kw``."""
+    fn = lambda i, t, s: soft_target_loss(i, t, s, alpha, impl=impl, **kw)  # noqa: E731
+    return run_loss(fn, img, txt, torch.tensor(scale), grad_out)
 
 
 def _check(
@@ -517,19 +538,8 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
     if use_mask:
         kw["soft_mask"] = torch.rand(batch, generator=torch.Generator().manual_seed(seed)) < 0.5
     # Judged against float64 (errors grow with logit_scale * grad_out): at most 2x the naive fp32 error.
-    img64, txt64, scale64, kw64 = as_float64(img, txt, torch.tensor(scale), kw)
-    kw64.pop("label_smoothing")
-    exact = run_loss(
-        lambda i, t, s: soft_target_loss_naive(
-            i, t, s, alpha, kw64.get("teacher_image_features"), kw64.get("teacher_text_features"),
-            kw64.get("teacher_logit_scale"), kw64.get("soft_mask"), eps,
-        ),
-        img64, txt64, scale64, grad_out,
-    )  # fmt: skip
-    base = run_loss(lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="naive", **kw), img, txt,
-                    torch.tensor(scale), grad_out)  # fmt: skip
-    got = run_loss(lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="torch", **kw), img, txt,
-                   torch.tensor(scale), grad_out)  # fmt: skip
+    exact, _ = _float64_run(img, txt, scale, alpha, kw, grad_out)
+    base, got = (_run_impl(impl, img, txt, scale, alpha, kw, grad_out) for impl in ("naive", "torch"))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out))
 
 
@@ -552,29 +562,13 @@ def test_hypothesis_triton(batch, dim, t_dim, scale, alpha, eps, dtype, seed):
     img, txt = features(batch, dim, dtype, seed=seed)
     kw = dict(label_smoothing=eps, soft_mask=_mask(batch), **_teacher_kwargs(batch, t_dim, dtype, scale / 2))
     grad_out = 1.3
-    img64, txt64, scale64, kw64 = as_float64(img, txt, torch.tensor(scale), kw)
-    kw64.pop("label_smoothing")
-    keys = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
-    teacher = [kw64.get(k) for k in keys]
-    exact = run_loss(
-        lambda i, t, s: soft_target_loss_naive(i, t, s, alpha, *teacher, kw64["soft_mask"], eps),
-        img64, txt64, scale64, grad_out,
-    )  # fmt: skip
-    base = run_loss(lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="naive", **kw), img, txt,
-                    torch.tensor(scale), grad_out)  # fmt: skip
-    got = run_loss(lambda i, t, s: soft_target_loss(i, t, s, alpha, impl="triton", **kw), img, txt,
-                   torch.tensor(scale), grad_out)  # fmt: skip
+    exact, (img64, txt64, teacher) = _float64_run(img, txt, scale, alpha, kw, grad_out)
+    base, got = (_run_impl(impl, img, txt, scale, alpha, kw, grad_out) for impl in ("naive", "triton"))
     logits = scale * img64 @ txt64.T
     t_logits = logits if t_dim is None else teacher[2] * teacher[0] @ teacher[1].T
-    hard = torch.full_like(logits, eps / batch) + (1.0 - eps) * torch.eye(batch, dtype=torch.float64)
-    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * hard + t_logits.softmax(1) + t_logits.softmax(0)
-    coef = grad_out * scale / (2 * batch)
-    rounding = (
-        0.0,
-        g_rounding(dtype, exact[1], weights, txt64, coef),
-        g_rounding(dtype, exact[2], weights.T, img64, coef),
-        0.0,
-    )
+    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * smoothed_targets(batch, eps)
+    weights += t_logits.softmax(1) + t_logits.softmax(0)
+    rounding = g_rounding(dtype, exact, weights, img64, txt64, grad_out * scale / (2 * batch))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out), rounding=rounding)
 
 
