@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import weakref
 
@@ -227,14 +228,17 @@ def pair_value(hi, lo):
     return hi.double() + lo.double() * spacing / 256
 
 
-def force_plan(monkeypatch, module, plan):
-    """Make ``module``'s backward (its ``backward_plan`` name) use ``plan`` whatever its budget; returns the
-    list of the calls' arguments (empty if the backward never asked for a plan)."""
+def force_plan(monkeypatch, module, chunk: int, slab: int, covered: int):
+    """Make ``module``'s backward (its ``backward_plan`` name) use chunks of ``chunk`` rows, slabs of
+    ``slab`` columns and ``covered`` columns accumulated in the row pass whatever its budget (the rest of
+    the plan, the statistics' blocks, is the real one's); returns the list of the calls' arguments (empty
+    if the backward never asked for a plan)."""
     calls = []
+    real = module.backward_plan
 
     def forced(*args, **kwargs):
         calls.append(args)
-        return plan
+        return dataclasses.replace(real(*args, **kwargs), chunk=chunk, slab=slab, covered=covered)
 
     monkeypatch.setattr(module, "backward_plan", forced)
     return calls

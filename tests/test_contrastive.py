@@ -213,9 +213,8 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype):
     chunk's image gradient summed over its slabs in fp32), the first 112 text columns (two slabs and part
     of a third) accumulated over the chunks, the rest from the column pass (in the same slabs)."""
     from vlkernels.ops import contrastive_triton as ct
-    from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    calls = force_plan(monkeypatch, ct, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
+    calls = force_plan(monkeypatch, ct, chunk=64, slab=48, covered=112)
     _check("triton", 150, 24, dtype=dtype, eps=0.1, grad_out=1.3)
     assert calls
 

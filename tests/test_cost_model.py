@@ -196,7 +196,7 @@ def test_large_batches_take_large_chunks_in_slabs(monkeypatch):
     assert p["ratio_to_floor"][0] == pytest.approx(1.14, abs=0.01)
     assert p["ratio_to_floor"][1] == pytest.approx(1.95, abs=0.01)
     with monkeypatch.context() as m:
-        force_plan(m, gchunk, gchunk.BackwardPlan(chunk=256, slab=B, covered=9728, workspace=0))
+        force_plan(m, gchunk, chunk=256, slab=B, covered=9728)
         full_rows = cm.predict("contrastive", B, D, "bf16")
     assert full_rows["ratio_to_floor"][0] > 1.35 and full_rows["time_s"][1] > p["time_s"][1]
     for b in (16384, 1 << 20):
@@ -217,8 +217,8 @@ def test_backward_plan_agrees_with_the_cost_model(monkeypatch, B, D):
     ws = 256 * 2**20
     chosen = gchunk.backward_plan(B, B, D, 2, True, ws, (128, 128), 1)
 
-    def modelled(plan):
-        force_plan(monkeypatch, gchunk, plan)
+    def modelled(chunk, slab, covered):
+        force_plan(monkeypatch, gchunk, chunk, slab, covered)
         return sum(cm.predict("contrastive", B, D, "bf16", workspace=ws)["time_s"])
 
     best = None
@@ -229,9 +229,10 @@ def test_backward_plan_agrees_with_the_cost_model(monkeypatch, B, D):
                 continue
             most = min(B, (ws - g_bytes) // D // 128 * 128)
             for covered in {0, most, min(most, 40_000_000 // (4 * D) // 128 * 128)}:
-                t = modelled(gchunk.BackwardPlan(chunk, slab, covered, 0))
+                t = modelled(chunk, slab, covered)
                 best = t if best is None else min(best, t)
-    assert modelled(chosen) <= 1.03 * best, (chosen, modelled(chosen), best)
+    mine = modelled(chosen.chunk, chosen.slab, chosen.covered)
+    assert mine <= 1.03 * best, (chosen, mine, best)
 
 
 def test_backward_plan_keeps_its_budget():

@@ -66,9 +66,8 @@ def test_triton_cuda_large_chunks_in_slabs(monkeypatch, dtype):
     4096 (the last one short), slabs of 2048 columns (the last one short), 5120 columns covered (two
     slabs and half of a third), the rest from the column pass; within torch's own error in that dtype."""
     from vlkernels.ops import contrastive_triton as ct
-    from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    calls = force_plan(monkeypatch, ct, BackwardPlan(chunk=4096, slab=2048, covered=5120, workspace=0))
+    calls = force_plan(monkeypatch, ct, chunk=4096, slab=2048, covered=5120)
     batch, dim = 9001, 1024
     img, txt = features(batch, dim, torch.float32, device="cuda", seed=7)
     scale = torch.tensor(50.0, device="cuda")

@@ -159,9 +159,8 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, dtype, dim):
     pass; the statistics (the bias's and scale's gradients) summed over chunks and slabs. bf16 at D = 80:
     the wide tiles (32 x 64 here: a slab narrower than a tile, its partials per 8-column part)."""
     from vlkernels.ops import sigmoid_triton
-    from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    calls = force_plan(monkeypatch, sigmoid_triton, BackwardPlan(chunk=64, slab=48, covered=112, workspace=0))
+    calls = force_plan(monkeypatch, sigmoid_triton, chunk=64, slab=48, covered=112)
     check("triton", 150, dim, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.3)
     assert calls
 

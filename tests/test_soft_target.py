@@ -246,10 +246,8 @@ def test_triton_backward_large_chunks_in_slabs(monkeypatch, t_dim):
     slabs of 48 columns (the last ones short), the first 112 text columns accumulated, the rest from the
     column pass; with a teacher, its tiles recomputed per slab."""
     from vlkernels.ops import soft_target_triton
-    from vlkernels.ops.gchunk_triton import BackwardPlan
 
-    plan = BackwardPlan(chunk=64, slab=48, covered=112, workspace=0)
-    calls = force_plan(monkeypatch, soft_target_triton, plan)
+    calls = force_plan(monkeypatch, soft_target_triton, chunk=64, slab=48, covered=112)
     _check("triton", 150, 24, dtype=torch.bfloat16, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3)
     assert calls
 

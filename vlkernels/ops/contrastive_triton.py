@@ -610,8 +610,8 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
 
 
 def _blocks(dim: int, dtype, arch: int | None = None) -> tuple:
-    """The G kernel's blocks for the plan and the workspace (``weights_blocks``) on sm_``arch`` (the
-    device's: the tiles, and so the statistics' partials, depend on it)."""
+    """The G kernel's blocks (``weights_blocks``) for the plan, which sizes the workspace's partials, on
+    sm_``arch`` (the device's: the tiles, and so the statistics' partials, depend on it)."""
     return weights_blocks(config(dim, dtype, "weights_wide", arch), config(dim, dtype, "weights", arch))
 
 
@@ -636,10 +636,6 @@ def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
     return fill
 
 
-def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype, target_arch(dev))[2])
-
-
 class TritonBackend:
     """The contrastive backend protocol (ops/contrastive.py) on the v2 kernels."""
 
@@ -653,7 +649,7 @@ class TritonBackend:
         dev = image.device
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes(), target_arch(dev))
         alpha = (scale.detach().float() * coef).reshape(1)
-        work = _workspace(plan, batch, batch, dim, image.dtype, dev)
+        work = Workspace(plan, batch, batch, dim, image.dtype, dev)
         rows, cols = _fill(work, image, text, scale, r, c, eps), _fill(work, text, image, scale, c, r, eps)
         d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, ds * coef
@@ -664,6 +660,6 @@ class TritonBackend:
         m, dim = image.shape
         n = text.shape[0]
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes(), target_arch(image.device))
-        work = _workspace(plan, m, n, dim, image.dtype, image.device)
+        work = Workspace(plan, m, n, dim, image.dtype, image.device)
         a_i, a_t, _ = work.fp32_products(image, text, _fill(work, image, text, scale, r, c, None))
         return a_i, a_t

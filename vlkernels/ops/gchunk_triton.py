@@ -68,12 +68,16 @@ class BackwardPlan:
     ``covered``: the first columns whose text gradient is accumulated during the row pass (the rest come
     from the column pass); ``workspace``: the
     bytes the plan may use (G, the statistics' partials, the split-K partials and their sum, the slabs'
-    fp32 accumulator, the covered columns' accumulator: ``acc_bytes`` per element)."""
+    fp32 accumulator, the covered columns' accumulator: ``acc_bytes`` per element); ``part_n``: the column
+    block of the weights kernel's fp32 statistics partials and ``stats`` how many per row and block (what
+    ``Workspace`` allocates: the plan's budget counted them, so the two cannot disagree)."""
 
     chunk: int
     slab: int
     covered: int
     workspace: int
+    part_n: int
+    stats: int
 
 
 def _gemm_bytes(chunk: int, dim: int, k: int, sliced: bool) -> int:
@@ -209,7 +213,7 @@ def backward_plan(
                     cost += _pass_cost(n - covered, m, dim, esize, chunk, slab, (block_m, block_n))
                 key = (cost, -chunk, -slab, -covered)
                 if best is None or key < best[0]:
-                    best = (key, BackwardPlan(chunk, slab, covered, g_bytes + per * covered))
+                    best = (key, BackwardPlan(chunk, slab, covered, g_bytes + per * covered, part_n, stats))
     return best[1]
 
 
@@ -217,11 +221,12 @@ class Workspace:
     """The backward's buffers for one plan (G, the statistics' partials ``part``, the slabs' fp32
     accumulator) and the products of one chunk of rows."""
 
-    def __init__(self, plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev, block_n: int, stats=1):
+    def __init__(self, plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev):
         self.plan = plan
         chunk, slab = min(plan.chunk, rows), min(plan.slab, n)
         self.g = torch.empty(chunk * slab, dtype=dtype, device=dev)
-        self.part = torch.empty(stats * chunk * triton.cdiv(slab, block_n), dtype=torch.float32, device=dev)
+        parts = plan.stats * chunk * triton.cdiv(slab, plan.part_n)
+        self.part = torch.empty(parts, dtype=torch.float32, device=dev)
         self.rows_acc = torch.empty((chunk, dim), dtype=torch.float32, device=dev) if slab < n else None
         self.partials = torch.empty(split_partials(chunk, dim, slab), dtype=torch.float32, device=dev)
         self.one = torch.ones(1, dtype=torch.float32, device=dev)

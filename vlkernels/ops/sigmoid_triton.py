@@ -509,9 +509,9 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blocks(dim: int, dtype, arch: int | None = None) -> tuple:
-    """The weights kernel's blocks for the plan and the workspace (``weights_blocks``: its wide config,
-    eight parts, and the pointer-load fallback) on sm_``arch`` (the device's: the tiles, and so the
-    statistics' partials, depend on it)."""
+    """The weights kernel's blocks (``weights_blocks``: its wide config, eight parts, and the pointer-load
+    fallback) for the plan, which sizes the workspace's partials, on sm_``arch`` (the device's: the tiles,
+    and so the statistics' partials, depend on it)."""
     return weights_blocks(weights_config(dim, dtype, arch), config(dim, dtype, "weights", arch))
 
 
@@ -519,10 +519,6 @@ def _plan(m, n, dim, dtype, need_t, workspace, arch: int | None = None) -> Backw
     """``backward_plan`` with the weights kernel's blocks, the dtype's element size and two statistics."""
     esize = torch.empty((), dtype=dtype).element_size()
     return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype, arch), stats=2)
-
-
-def _workspace(plan: BackwardPlan, rows: int, n: int, dim: int, dtype, dev) -> Workspace:
-    return Workspace(plan, rows, n, dim, dtype, dev, _blocks(dim, dtype, target_arch(dev))[2], stats=2)
 
 
 def _fill(work: Workspace, q, k, scale, bias, diag: bool, stats: bool = True):
@@ -554,7 +550,7 @@ class TritonSigmoidBackend:
         scale, bias = _f32(scale), _f32(bias)
         alpha = alpha.detach().float().reshape(1)
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes(), target_arch(dev))
-        work = _workspace(plan, batch, batch, dim, image.dtype, dev)
+        work = Workspace(plan, batch, batch, dim, image.dtype, dev)
         rows = _fill(work, image, text, scale, bias, True)
         # G.T has the same form (z is symmetric in (I, T), positives on the diagonal)
         cols = _fill(work, text, image, scale, bias, True, stats=False)
@@ -569,6 +565,6 @@ class TritonSigmoidBackend:
         dev = image.device
         scale, bias = _f32(scale), _f32(bias)
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes(), target_arch(dev))
-        work = _workspace(plan, m, n, dim, image.dtype, dev)
+        work = Workspace(plan, m, n, dim, image.dtype, dev)
         a_i, a_t, stats = work.fp32_products(image, text, _fill(work, image, text, scale, bias, diag), need_t)
         return a_i, a_t, stats[1], stats[0]

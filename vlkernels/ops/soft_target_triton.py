@@ -891,9 +891,9 @@ LN2_F = 0.6931471805599453
 
 
 def _blocks(dim: int, dtype, teacher, arch: int | None = None) -> tuple:
-    """The weights kernel's blocks for the plan and the workspace (``weights_blocks``: its TMA config and
-    the pointer-load fallback's) on sm_``arch`` (the device's: the tiles, and so the statistics' partials,
-    depend on it)."""
+    """The weights kernel's blocks (``weights_blocks``: its TMA config and the pointer-load fallback's) for
+    the plan, which sizes the workspace's partials, on sm_``arch`` (the device's: the tiles, and so the
+    statistics' partials, depend on it)."""
     configs = (tile_config(dim, dtype, teacher, "weights", arch, tma=tma) for tma in (True, False))
     return weights_blocks(*configs)
 
@@ -998,7 +998,7 @@ class TritonSoftTargetBackend:
         cf = (torch.stack([e_coefs[0], coefs[1], e_coefs[1]]) / norm).contiguous()
         blocks = _blocks(dim, image.dtype, teacher, target_arch(dev))
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
-        work = Workspace(plan, batch, batch, dim, image.dtype, dev, blocks[2])
+        work = Workspace(plan, batch, batch, dim, image.dtype, dev)
         alpha = (scale * norm).reshape(1)
         pair, hard = (h_vec, soft_w), (eps, batch)
         rows = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, hard)
@@ -1024,7 +1024,7 @@ class TritonSoftTargetBackend:
         pair_q, pair_k = (p_row - q_row, q_row), (p_col - q_col, q_col)
         blocks = _blocks(dim, image.dtype, teacher, target_arch(dev))
         plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, 0)
-        work = Workspace(plan, m, n, dim, image.dtype, dev, blocks[2], stats=0)
+        work = Workspace(plan, m, n, dim, image.dtype, dev)
         fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc)
         a_i, a_t, _ = work.fp32_products(image, text, fill)
         return a_i.mul_(norm), a_t.mul_(norm)
