@@ -154,15 +154,31 @@ def smoothed_targets(batch: int, eps: float) -> torch.Tensor:
     return (1.0 - eps) * eye + eps / batch
 
 
-def g_rounding(dtype, exact, weights, image, text, coef: float, scalars: int = 1) -> tuple:
-    """What the Triton kernels' rounding to a 16-bit input ``dtype`` adds to each quantity of ``exact``
-    (loss, d_image, d_text, then ``scalars`` scalar gradients): the feature gradients are
-    ``coef * G @ text`` and ``coef * G.T @ image``, and the kernels store the B x B weights G in the input
-    dtype for the tensor-core products (as torch's autocast backward rounds the logits' gradient to it), so
-    one unit in the dtype's last place of every term ``coef |G_ij| |x_j|`` summed (``weights``: a float64
-    bound on |G|), and one of the gradient itself (its own rounding, which torch's error ``base`` may miss
-    by luck at a few elements). Nothing for the loss and the scalars (fp32 sums), nor for float32 (the
-    kernels keep G in fp32)."""
+def g_rounding(dtype, exact, g, image, text, coef: float, scalars: int = 1) -> tuple:
+    """What the Triton kernels' rounding of G to a 16-bit input ``dtype`` adds to each quantity of ``exact``
+    (loss, d_image, d_text, then ``scalars`` scalar gradients). The feature gradients are ``coef * G @ text``
+    and ``coef * G.T @ image``, and the kernels store the B x B weights G in the input dtype for the
+    tensor-core products (as torch's autocast backward rounds the logits' gradient to it). ``g``: G in
+    float64 at the scale the kernels round it: twice the error that rounding it to ``dtype`` (to nearest)
+    gives each gradient here, computed, plus one unit in the dtype's last place of the gradient (the
+    kernels' fp32 G can round the other way at an element within fp32 error of a rounding boundary).
+    Nothing for the loss and the scalars (fp32 sums), nor for float32 (the kernels keep G in fp32). Where
+    the kernels round G at a scale the test cannot reproduce, ``g_rounding_bound``."""
+    if dtype == torch.float32:
+        return (0.0,) * (3 + scalars)
+    dg = g.to(dtype).double() - g
+
+    def feature(grad, dg, partner):
+        err = coef * (dg @ partner.double()).abs().max().item()
+        return 2.0 * err + torch.finfo(dtype).eps * grad.abs().max().item()
+
+    return (0.0, feature(exact[1], dg, text), feature(exact[2], dg.T, image)) + (0.0,) * scalars
+
+
+def g_rounding_bound(dtype, exact, weights, image, text, coef: float, scalars: int = 1) -> tuple:
+    """``g_rounding``'s worst case, for kernels that round G at a scale of their own (``weights``: a
+    float64 bound on |G|): one unit in the dtype's last place of every term ``coef |G_ij| |x_j|`` summed,
+    and one of the gradient itself."""
 
     def feature(grad, w, partner):
         if dtype == torch.float32:

@@ -38,12 +38,34 @@ def _naive(img, txt, scale, **kw):
 
 
 def _check(impl, batch, dim, dtype=torch.float32, scale=14.3, eps=0.0, grad_out=1.0, reduction="mean"):
+    """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
+    (``_assert_float64_rule``); returns them."""
     img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim)
     kw = dict(label_smoothing=eps, reduction=reduction)
-    want = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
     got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl=impl, **kw)
-    assert_close_all(got, want, dtype)
+    _assert_float64_rule(got, impl, img, txt, scale, grad_out, **kw)
     return got
+
+
+def _assert_float64_rule(got, impl, img, txt, scale, grad_out, label_smoothing=0.0, reduction="mean"):
+    """flash-attention's rule: ``got`` errs from the float64 loss by at most twice what torch's naive loss
+    in the features' dtype errs (``assert_within_float64_error``), and, on the Triton path in a 16-bit
+    dtype, what rounding G = P_row + P_col - 2 targets to it adds, each term scaled by s g / (2B)
+    (``g_rounding``). Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's)."""
+    batch, dtype = img.shape[0], img.dtype
+    kw = dict(label_smoothing=label_smoothing, reduction=reduction)
+    img64, txt64, scale64 = as_float64(img, txt, torch.tensor(scale))[:3]
+    exact = run_loss(contrastive_loss_naive, img64, txt64, scale64, grad_out, **kw)
+    base = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
+    for name, a, b in zip(["loss", "d_image", "d_text", "d_scale"], got, base, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+    g = grad_out * (2.0 if reduction == "sum" else 1.0)  # "sum": the two directional means summed
+    rounding = None
+    if impl == "triton":
+        logits = scale * img64 @ txt64.T
+        g64 = logits.softmax(1) + logits.softmax(0) - 2.0 * smoothed_targets(batch, label_smoothing)
+        rounding = g_rounding(dtype, exact, g64, img64, txt64, g * scale / (2 * batch))
+    assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 17, 127, 257])
@@ -468,11 +490,10 @@ def test_never_materialises_b_by_b(monkeypatch, impl):
 def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
     # Judged against float64 (errors grow with logit_scale * grad_out): at most 2x the naive fp32 error.
     img, txt = features(batch, dim, seed=seed)
-    kw = dict(label_smoothing=eps)
-    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, torch.tensor(scale))[:3], grad_out, **kw)
-    base = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
-    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl="torch", **kw)
-    assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out))
+    got = run_loss(
+        contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl="torch", label_smoothing=eps
+    )
+    _assert_float64_rule(got, "torch", img, txt, scale, grad_out, label_smoothing=eps)
 
 
 @pytest.mark.interpreter
@@ -486,18 +507,10 @@ def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
     seed=st.integers(0, 10_000),
 )
 def test_hypothesis_triton(batch, dim, scale, eps, dtype, seed):
-    # The float64 rule, with what rounding G to a 16-bit dtype adds (g_rounding): G's elements are at most
-    # P_row + P_col plus the smoothed targets, twice, each term scaled by s g / (2B).
+    # The float64 rule, with what rounding G to a 16-bit dtype adds (``_assert_float64_rule``).
     img, txt = features(batch, dim, dtype, seed=seed)
-    kw, grad_out = dict(label_smoothing=eps), 1.3
-    img64, txt64, scale64 = as_float64(img, txt, torch.tensor(scale))[:3]
-    exact = run_loss(contrastive_loss_naive, img64, txt64, scale64, grad_out, **kw)
-    base = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
-    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl="triton", **kw)
-    logits = scale * img64 @ txt64.T
-    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * smoothed_targets(batch, eps)
-    rounding = g_rounding(dtype, exact, weights, img64, txt64, grad_out * scale / (2 * batch))
-    assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out), rounding=rounding)
+    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), 1.3, impl="triton", label_smoothing=eps)
+    _assert_float64_rule(got, "triton", img, txt, scale, 1.3, label_smoothing=eps)
 
 
 def test_reference_matches_direct_formula_with_smoothing():

@@ -65,12 +65,11 @@ def assert_within_float64(got, base, exact, terms, rounding=None):
 
 def rounding_of_g(img, txt, scale, bias, grad_out, exact):
     """What rounding G to a 16-bit input dtype adds (tests/_ref.py's g_rounding) to (loss, dI, dT, ds,
-    db): G_ij = sigmoid(-y_ij z_ij) (in (0, 1)), each term of dI and dT scaled by s g / B."""
+    db): G = sigmoid(z) - [i == j] as the kernels store it, each term of dI and dT scaled by s g / B."""
     img64, txt64 = img.double(), txt.double()
     z = scale * img64 @ txt64.T + bias
-    y = 2.0 * torch.eye(z.shape[0], z.shape[1], dtype=torch.float64) - 1.0
-    weights = torch.sigmoid(-y * z)
-    return g_rounding(img.dtype, exact, weights, img64, txt64, grad_out * scale / z.shape[0], scalars=2)
+    g = torch.sigmoid(z) - torch.eye(z.shape[0], z.shape[1], dtype=torch.float64)
+    return g_rounding(img.dtype, exact, g, img64, txt64, grad_out * scale / z.shape[0], scalars=2)
 
 
 def check(impl, batch, dim, dtype=torch.float32, scale=10.0, bias=-10.0, grad_out=1.7, seed=None):

@@ -20,7 +20,7 @@ from tests._ref import (
     examples,
     features,
     force_plan,
-    g_rounding,
+    g_rounding_bound,
     largest_tensors,
     run_loss,
     smoothed_targets,
@@ -52,8 +52,9 @@ def _float64_run(img, txt, scale, alpha, kw, grad_out):
     eps = kw64.pop("label_smoothing")
     keys = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
     teacher = [kw64.get(k) for k in keys]
+    mask, reduction = kw64.get("soft_mask"), kw64.get("reduction", "mean")
     exact = run_loss(
-        lambda i, t, s: soft_target_loss_naive(i, t, s, alpha, *teacher, kw64.get("soft_mask"), eps),
+        lambda i, t, s: soft_target_loss_naive(i, t, s, alpha, *teacher, mask, eps, reduction),
         img64, txt64, scale64, grad_out,
     )  # fmt: skip
     return exact, (img64, txt64, teacher)
@@ -77,9 +78,9 @@ def _check(
     reduction="mean",
     grad_out=1.0,
     scale=14.3,
-    tol=None,
 ):
-    """The loss and the grads of (image, text, logit_scale) of ``impl`` against naive; none to the teacher."""
+    """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
+    (``_assert_float64_rule``); none to the teacher."""
     img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim)
     kw = dict(label_smoothing=eps, reduction=reduction, **_teacher_kwargs(batch, t_dim))
     if mask:
@@ -87,15 +88,33 @@ def _check(
     teacher = [kw[k] for k in ("teacher_image_features", "teacher_text_features") if k in kw]
     for t in teacher:
         t.requires_grad_()
-
-    def loss(i, t, s, impl):
-        return soft_target_loss(i, t, s, alpha, impl=impl, **kw)
-
-    want = run_loss(lambda i, t, s: loss(i, t, s, "naive"), img, txt, torch.tensor(scale), grad_out)
-    got = run_loss(lambda i, t, s: loss(i, t, s, impl), img, txt, torch.tensor(scale), grad_out)
-    assert_close_all(got, want, dtype, tol=tol)
+    got = _run_impl(impl, img, txt, scale, alpha, kw, grad_out)
+    _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out)
     assert all(t.grad is None for t in teacher), "the teacher must get no gradient"
     return got
+
+
+def _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out):
+    """flash-attention's rule: ``got`` errs from the float64 loss by at most twice what torch's naive loss
+    in the features' dtype errs (``assert_within_float64_error``), and, on the Triton path in a 16-bit
+    dtype, what rounding dL/dS to it adds (``g_rounding_bound``: the kernels round it at a scale of their
+    own): its elements are at most the student's row and column softmaxes plus the targets' (smoothed
+    one-hot and the teacher's softmaxes, whatever alpha and the mask), each term scaled by s g / (2B).
+    Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's)."""
+    batch, dtype = img.shape[0], img.dtype
+    exact, (img64, txt64, teacher) = _float64_run(img, txt, scale, alpha, kw, grad_out)
+    base = _run_impl("naive", img, txt, scale, alpha, kw, grad_out)
+    for name, a, b in zip(["loss", "d_image", "d_text", "d_scale"], got, base, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+    g = grad_out * (2.0 if kw.get("reduction") == "sum" else 1.0)  # "sum": the two directional means
+    rounding = None
+    if impl == "triton":
+        logits = scale * img64 @ txt64.T
+        t_logits = logits if teacher[0] is None else teacher[2] * teacher[0] @ teacher[1].T
+        weights = logits.softmax(1) + logits.softmax(0) + 2.0 * smoothed_targets(batch, kw["label_smoothing"])
+        weights += t_logits.softmax(1) + t_logits.softmax(0)
+        rounding = g_rounding_bound(dtype, exact, weights, img64, txt64, g * scale / (2 * batch))
+    assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
 
 
 # --- torch backend (fast) ---------------------------------------------------------------------
@@ -536,9 +555,8 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
     if use_mask:
         kw["soft_mask"] = torch.rand(batch, generator=torch.Generator().manual_seed(seed)) < 0.5
     # Judged against float64 (errors grow with logit_scale * grad_out): at most 2x the naive fp32 error.
-    exact, _ = _float64_run(img, txt, scale, alpha, kw, grad_out)
-    base, got = (_run_impl(impl, img, txt, scale, alpha, kw, grad_out) for impl in ("naive", "torch"))
-    assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out))
+    got = _run_impl("torch", img, txt, scale, alpha, kw, grad_out)
+    _assert_float64_rule(got, "torch", img, txt, scale, alpha, kw, grad_out)
 
 
 @pytest.mark.interpreter
@@ -554,20 +572,11 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
     seed=st.integers(0, 10_000),
 )
 def test_hypothesis_triton(batch, dim, t_dim, scale, alpha, eps, dtype, seed):
-    # The float64 rule, with what rounding G to a 16-bit dtype adds (g_rounding): G's elements are at most
-    # the student's row and column softmaxes plus the targets' (smoothed one-hot and the teacher's
-    # softmaxes, whatever alpha and the mask), each term scaled by s g / (2B).
+    # The float64 rule, with what rounding dL/dS to a 16-bit dtype adds (``_assert_float64_rule``).
     img, txt = features(batch, dim, dtype, seed=seed)
     kw = dict(label_smoothing=eps, soft_mask=_mask(batch), **_teacher_kwargs(batch, t_dim, dtype, scale / 2))
-    grad_out = 1.3
-    exact, (img64, txt64, teacher) = _float64_run(img, txt, scale, alpha, kw, grad_out)
-    base, got = (_run_impl(impl, img, txt, scale, alpha, kw, grad_out) for impl in ("naive", "triton"))
-    logits = scale * img64 @ txt64.T
-    t_logits = logits if t_dim is None else teacher[2] * teacher[0] @ teacher[1].T
-    weights = logits.softmax(1) + logits.softmax(0) + 2.0 * smoothed_targets(batch, eps)
-    weights += t_logits.softmax(1) + t_logits.softmax(0)
-    rounding = g_rounding(dtype, exact, weights, img64, txt64, grad_out * scale / (2 * batch))
-    assert_within_float64_error(got, base, exact, term_scales(batch, scale, grad_out), rounding=rounding)
+    got = _run_impl("triton", img, txt, scale, alpha, kw, 1.3)
+    _assert_float64_rule(got, "triton", img, txt, scale, alpha, kw, 1.3)
 
 
 # --- DistillClipLoss: open_clip's formula -----------------------------------------------------
