@@ -137,11 +137,12 @@ def assert_within_float64_error(
     dtype (``base``) errs, plus 8 fp32 ulps of the larger of the quantity and its error scale
     (``terms``, see ``term_scales``): both bounds scale with the values, logit_scale and grad_output.
     ``names`` label the quantities (a loss with more scalar inputs passes more). ``rounding``: per
-    quantity, what rounding G to a 16-bit input dtype adds (``g_rounding``; None: nothing)."""
+    quantity, what rounding G to a 16-bit input dtype adds (``g_rounding``; None: nothing). Each quantity
+    has torch's dtype (``base``'s) and the exact shape."""
     rounding = rounding or (0.0,) * len(names)
     for name, g, b, r, term, extra in zip(names, got, base, exact, terms, rounding, strict=True):
         assert g is not None and torch.isfinite(g).all(), name
-        assert g.shape == r.shape, (name, g.shape, r.shape)
+        assert g.shape == r.shape and g.dtype == b.dtype, (name, g.shape, r.shape, g.dtype, b.dtype)
         err_got = (g.double() - r).abs().max().item()
         err_base = (b.double() - r).abs().max().item()
         floor = 8 * torch.finfo(torch.float32).eps * max(r.abs().max().item(), term)

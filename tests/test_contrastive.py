@@ -57,8 +57,6 @@ def _assert_float64_rule(got, impl, img, txt, scale, grad_out, label_smoothing=0
     img64, txt64, scale64 = as_float64(img, txt, torch.tensor(scale))[:3]
     exact = run_loss(contrastive_loss_naive, img64, txt64, scale64, grad_out, **kw)
     base = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
-    for name, a, b in zip(["loss", "d_image", "d_text", "d_scale"], got, base, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
     g = grad_out * (2.0 if reduction == "sum" else 1.0)  # "sum": the two directional means summed
     rounding = None
     if impl == "triton":

@@ -104,8 +104,6 @@ def _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out):
     batch, dtype = img.shape[0], img.dtype
     exact, (img64, txt64, teacher) = _float64_run(img, txt, scale, alpha, kw, grad_out)
     base = _run_impl("naive", img, txt, scale, alpha, kw, grad_out)
-    for name, a, b in zip(["loss", "d_image", "d_text", "d_scale"], got, base, strict=True):
-        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
     g = grad_out * (2.0 if kw.get("reduction") == "sum" else 1.0)  # "sum": the two directional means
     rounding = None
     if impl == "triton":
