@@ -37,12 +37,14 @@ def _naive(img, txt, scale, **kw):
     return contrastive_loss(img, txt, scale, impl="naive", **kw)
 
 
-def _check(impl, batch, dim, dtype=torch.float32, scale=14.3, eps=0.0, grad_out=1.0, reduction="mean"):
+def _check(
+    impl, batch, dim, dtype=torch.float32, scale=14.3, eps=0.0, grad_out=1.0, reduction="mean", device="cpu"
+):
     """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
-    (``_assert_float64_rule``); returns them."""
-    img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim)
+    (``_assert_float64_rule``), on ``device`` (tests/test_gpu_contrastive.py passes "cuda"); returns them."""
+    img, txt = features(batch, dim, dtype, device=device, seed=batch * 1000 + dim)
     kw = dict(label_smoothing=eps, reduction=reduction)
-    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl=impl, **kw)
+    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale, device=device), grad_out, impl=impl, **kw)
     _assert_float64_rule(got, impl, img, txt, scale, grad_out, **kw)
     return got
 
@@ -52,16 +54,16 @@ def _assert_float64_rule(got, impl, img, txt, scale, grad_out, label_smoothing=0
     in the features' dtype errs (``assert_within_float64_error``), and, on the Triton path in a 16-bit
     dtype, what rounding G = P_row + P_col - 2 targets to it adds, each term scaled by s g / (2B)
     (``g_rounding``). Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's)."""
-    batch, dtype = img.shape[0], img.dtype
+    batch, dtype, device = img.shape[0], img.dtype, img.device
     kw = dict(label_smoothing=label_smoothing, reduction=reduction)
-    img64, txt64, scale64 = as_float64(img, txt, torch.tensor(scale))[:3]
+    img64, txt64, scale64 = as_float64(img, txt, torch.tensor(scale, device=device))[:3]
     exact = run_loss(contrastive_loss_naive, img64, txt64, scale64, grad_out, **kw)
-    base = run_loss(_naive, img, txt, torch.tensor(scale), grad_out, **kw)
+    base = run_loss(_naive, img, txt, torch.tensor(scale, device=device), grad_out, **kw)
     g = grad_out * (2.0 if reduction == "sum" else 1.0)  # "sum": the two directional means summed
     rounding = None
     if impl == "triton":
         logits = scale * img64 @ txt64.T
-        g64 = logits.softmax(1) + logits.softmax(0) - 2.0 * smoothed_targets(batch, label_smoothing)
+        g64 = logits.softmax(1) + logits.softmax(0) - 2.0 * smoothed_targets(batch, label_smoothing, device)
         rounding = g_rounding(dtype, exact, g64, img64, txt64, g * scale / (2 * batch))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
 

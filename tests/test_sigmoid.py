@@ -32,15 +32,17 @@ TRITON = pytest.param("triton", marks=pytest.mark.interpreter)
 
 def run(fn, img, txt, scale, bias, grad_out: float = 1.0, **kw):
     """(loss, d_image, d_text, d_scale, d_bias) for fresh leaf copies of the inputs."""
-    leaves = [x.detach().clone().requires_grad_() for x in (img, txt, torch.as_tensor(scale))]
-    leaves.append(torch.as_tensor(bias, dtype=leaves[2].dtype).detach().clone().requires_grad_())
+    scale = torch.as_tensor(scale, device=img.device)
+    leaves = [x.detach().clone().requires_grad_() for x in (img, txt, scale)]
+    bias = torch.as_tensor(bias, dtype=scale.dtype, device=img.device)
+    leaves.append(bias.detach().clone().requires_grad_())
     loss = fn(*leaves, **kw)
-    loss.backward(torch.tensor(grad_out, dtype=loss.dtype))
+    loss.backward(torch.tensor(grad_out, dtype=loss.dtype, device=loss.device))
     return [loss.detach()] + [x.grad for x in leaves]
 
 
 def _exact(img, txt, scale, bias, grad_out):
-    scale64 = torch.tensor(float(scale), dtype=torch.float64)
+    scale64 = torch.tensor(float(scale), dtype=torch.float64, device=img.device)
     return run(sigmoid_loss_naive, img.double(), txt.double(), scale64, float(bias), grad_out)
 
 
@@ -68,12 +70,23 @@ def rounding_of_g(img, txt, scale, bias, grad_out, exact):
     db): G = sigmoid(z) - [i == j] as the kernels store it, each term of dI and dT scaled by s g / B."""
     img64, txt64 = img.double(), txt.double()
     z = scale * img64 @ txt64.T + bias
-    g = torch.sigmoid(z) - torch.eye(z.shape[0], z.shape[1], dtype=torch.float64)
+    g = torch.sigmoid(z) - torch.eye(z.shape[0], z.shape[1], dtype=torch.float64, device=z.device)
     return g_rounding(img.dtype, exact, g, img64, txt64, grad_out * scale / z.shape[0], scalars=2)
 
 
-def check(impl, batch, dim, dtype=torch.float32, scale=10.0, bias=-10.0, grad_out=1.7, seed=None):
-    img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim if seed is None else seed)
+def check(
+    impl, batch, dim, dtype=torch.float32, scale=10.0, bias=-10.0, grad_out=1.7, seed=None, device="cpu"
+):
+    """``check_features`` on random features (tests/test_gpu_sigmoid.py passes ``device="cuda"``)."""
+    seed = batch * 1000 + dim if seed is None else seed
+    img, txt = features(batch, dim, dtype, device=device, seed=seed)
+    return check_features(impl, img, txt, scale, bias, grad_out)
+
+
+def check_features(impl, img, txt, scale, bias, grad_out):
+    """The loss and its four gradients of ``impl`` against float64 (``assert_within_float64``, with what
+    rounding G to a 16-bit dtype adds on the Triton path); returns them."""
+    batch, dtype = img.shape[0], img.dtype
     exact = _exact(img, txt, scale, bias, grad_out)
     base = run(_naive, img, txt, scale, bias, grad_out)
     got = run(sigmoid_loss, img, txt, scale, bias, grad_out, impl=impl)
@@ -237,10 +250,7 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
     img = img.t().contiguous().t()
     assert img.stride(1) != 1
     scale, bias, grad_out = 20.0, -4.0, 1.3
-    exact = _exact(img, txt, scale, bias, grad_out)
-    base = run(_naive, img, txt, scale, bias, grad_out)
-    got = run(sigmoid_loss, img, txt, scale, bias, grad_out, impl="triton")
-    assert_within_float64(got, base, exact, error_scales(37, scale, bias, grad_out))
+    check_features("triton", img, txt, scale, bias, grad_out)
     assert picked and not any(picked), picked
     picked.clear()
     check("triton", 37, 80, dtype=dtype, scale=scale, bias=bias, grad_out=grad_out)

@@ -34,21 +34,21 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TRITON = pytest.param("triton", marks=pytest.mark.interpreter)
 
 
-def _teacher_kwargs(batch: int, t_dim: int | None, dtype=torch.float32, t_scale=9.0):
+def _teacher_kwargs(batch: int, t_dim: int | None, dtype=torch.float32, t_scale=9.0, device="cpu"):
     if t_dim is None:
         return {}
-    t_img, t_txt = features(batch, t_dim, dtype, seed=batch * 7 + t_dim)
+    t_img, t_txt = features(batch, t_dim, dtype, device=device, seed=batch * 7 + t_dim)
     return dict(teacher_image_features=t_img, teacher_text_features=t_txt, teacher_logit_scale=t_scale)
 
 
-def _mask(batch: int) -> torch.Tensor:
-    return torch.arange(batch) % 3 != 1
+def _mask(batch: int, device="cpu") -> torch.Tensor:
+    return torch.arange(batch, device=device) % 3 != 1
 
 
 def _float64_run(img, txt, scale, alpha, kw, grad_out):
     """The exact (float64 naive) loss and gradients for ``soft_target_loss``'s keywords ``kw``, and the
     float64 (image, text, [teacher image, teacher text, teacher scale]) it used."""
-    img64, txt64, scale64, kw64 = as_float64(img, txt, torch.tensor(scale), kw)
+    img64, txt64, scale64, kw64 = as_float64(img, txt, torch.tensor(scale, device=img.device), kw)
     eps = kw64.pop("label_smoothing")
     keys = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
     teacher = [kw64.get(k) for k in keys]
@@ -63,7 +63,7 @@ def _float64_run(img, txt, scale, alpha, kw, grad_out):
 def _run_impl(impl, img, txt, scale, alpha, kw, grad_out):
     """``run_loss`` of ``soft_target_loss`` with ``impl`` and the keywords ``kw``."""
     fn = lambda i, t, s: soft_target_loss(i, t, s, alpha, impl=impl, **kw)  # noqa: E731
-    return run_loss(fn, img, txt, torch.tensor(scale), grad_out)
+    return run_loss(fn, img, txt, torch.tensor(scale, device=img.device), grad_out)
 
 
 def _check(
@@ -78,13 +78,17 @@ def _check(
     reduction="mean",
     grad_out=1.0,
     scale=14.3,
+    t_dtype=torch.float32,
+    device="cpu",
 ):
     """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
-    (``_assert_float64_rule``); none to the teacher."""
-    img, txt = features(batch, dim, dtype, seed=batch * 1000 + dim)
-    kw = dict(label_smoothing=eps, reduction=reduction, **_teacher_kwargs(batch, t_dim))
+    (``_assert_float64_rule``); none to the teacher (features ``t_dtype``, scale 9). On ``device``
+    (tests/test_gpu_soft_target.py passes "cuda")."""
+    img, txt = features(batch, dim, dtype, device=device, seed=batch * 1000 + dim)
+    teacher_kw = _teacher_kwargs(batch, t_dim, t_dtype, device=device)
+    kw = dict(label_smoothing=eps, reduction=reduction, **teacher_kw)
     if mask:
-        kw["soft_mask"] = _mask(batch)
+        kw["soft_mask"] = _mask(batch, device)
     teacher = [kw[k] for k in ("teacher_image_features", "teacher_text_features") if k in kw]
     for t in teacher:
         t.requires_grad_()
@@ -109,8 +113,8 @@ def _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out):
     if impl == "triton":
         logits = scale * img64 @ txt64.T
         t_logits = logits if teacher[0] is None else teacher[2] * teacher[0] @ teacher[1].T
-        weights = logits.softmax(1) + logits.softmax(0) + 2.0 * smoothed_targets(batch, kw["label_smoothing"])
-        weights += t_logits.softmax(1) + t_logits.softmax(0)
+        weights = logits.softmax(1) + logits.softmax(0) + t_logits.softmax(1) + t_logits.softmax(0)
+        weights += 2.0 * smoothed_targets(batch, kw["label_smoothing"], img.device)
         rounding = g_rounding_bound(dtype, exact, weights, img64, txt64, g * scale / (2 * batch))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
 
