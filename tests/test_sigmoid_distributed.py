@@ -18,9 +18,9 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (open_clip's reduce / gather exchanges)
 import torch.nn.functional as F
 
-from tests._ref import TOL as REF_TOL
-from tests._ref import MaxNumel
+from tests._ref import MaxNumel, assert_within_float64_error
 from tests._spawn import spawn
+from tests.test_sigmoid import NAMES, error_scales
 from vlkernels import SigLipLoss, sigmoid_loss
 from vlkernels.reference import sigmoid_loss_naive
 
@@ -152,7 +152,7 @@ def _leaves(img, txt, scale=9.0, bias=-4.0):
 
 def _run(fn, leaves, grad_out):
     loss = fn(*leaves)
-    loss.backward(torch.tensor(grad_out))
+    loss.backward(torch.as_tensor(grad_out, dtype=loss.dtype))
     return [loss.detach()] + [x.grad for x in leaves]
 
 
@@ -214,20 +214,24 @@ def _check_gather_contract(rank, world, impl, sizes):
 
 
 def _check_low_precision(rank, world):
-    """bf16 / fp16 features (blocks travel in that dtype, gradients returned in it) against the fp32
-    references on the same rounded inputs, with the single-process tolerances."""
-    b = 6
+    """bf16 / fp16 features (blocks travel in that dtype, gradients returned in it) on the single-process
+    float64 rule (tests/test_sigmoid.py's): the rank's loss and its four gradients err from open_clip's
+    per-rank loss on the float64 inputs by at most twice what that loss computed in fp32 from the same
+    rounded inputs errs (gradients returned in their dtype), plus 8 fp32 ulps of their error scale."""
+    b, scale, bias, grad_out = 6, 9.0, -4.0, 1.3
+    own = slice(rank * b, (rank + 1) * b)
+    open_clip = lambda *a: open_clip_siglip(*a, rank, world, "shift")  # noqa: E731
+    in_fp32 = lambda i, t, s, c: open_clip(i.float(), t.float(), s, c)  # noqa: E731
+    terms = error_scales(world * b, scale, bias, grad_out)
     for dtype in (torch.bfloat16, torch.float16):
         img, txt = _inputs(world * b, 12, seed=b, dtype=dtype)
-        own = slice(rank * b, (rank + 1) * b)
-        want = _run(
-            lambda *a: open_clip_siglip(*a, rank, world, "shift"),
-            _leaves(img[own].float(), txt[own].float()),
-            1.0,
-        )
-        got = _run(SigLipLoss(rank=rank, world_size=world, impl="torch"), _leaves(img[own], txt[own]), 1.0)
+        leaves64 = [x.double() for x in _leaves(img[own], txt[own], scale, bias)]
+        exact = _run(open_clip, [x.detach().requires_grad_() for x in leaves64], grad_out)
+        base = _run(in_fp32, _leaves(img[own], txt[own], scale, bias), grad_out)
+        module = SigLipLoss(rank=rank, world_size=world, impl="torch")
+        got = _run(module, _leaves(img[own], txt[own], scale, bias), grad_out)
         assert got[1].dtype == dtype and got[2].dtype == dtype
-        _close(got, want, f"SigLipLoss {dtype} rank={rank}", tol=REF_TOL[dtype])
+        assert_within_float64_error(got, base, exact, terms, names=NAMES)
 
 
 def _check_memory_independent_of_world(rank, world):
