@@ -79,13 +79,14 @@ def _check(
     grad_out=1.0,
     scale=14.3,
     t_dtype=torch.float32,
+    t_scale=9.0,
     device="cpu",
 ):
     """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
-    (``_assert_float64_rule``); none to the teacher (features ``t_dtype``, scale 9). On ``device``
-    (tests/test_gpu_soft_target.py passes "cuda")."""
+    (``_assert_float64_rule``); none to the teacher (features ``t_dtype``, scale ``t_scale``). On
+    ``device`` (tests/test_gpu_soft_target.py passes "cuda")."""
     img, txt = features(batch, dim, dtype, device=device, seed=batch * 1000 + dim)
-    teacher_kw = _teacher_kwargs(batch, t_dim, t_dtype, device=device)
+    teacher_kw = _teacher_kwargs(batch, t_dim, t_dtype, t_scale, device)
     kw = dict(label_smoothing=eps, reduction=reduction, **teacher_kw)
     if mask:
         kw["soft_mask"] = _mask(batch, device)
