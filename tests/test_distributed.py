@@ -54,8 +54,26 @@ def _leaves(*xs):
 
 
 def _grads(loss, leaves, grad_out):
-    loss.backward(torch.tensor(grad_out))
+    loss.backward(torch.tensor(grad_out, dtype=loss.dtype))
     return [x.grad for x in leaves]
+
+
+def _float64_rule(what, got, got_g, base, base_g, exact, exact_g, own, world, terms):
+    """The single-process float64 rule (tests/_ref.py) over (loss, d_image, d_text[, d_scale]) of the
+    gathered loss: its loss and its rank's gradients over the world size (the gather contract: n times the
+    full-batch gradients) against the full-batch loss in float64 (``exact``), with the naive loss in fp32
+    (``base``) as torch's error. ``got_g[2]`` None: the scale had no gradient to check."""
+    count = 3 if got_g[2] is None else 4
+    quantities = [
+        [got.detach(), got_g[0] / world, got_g[1] / world, got_g[2]],
+        [base.detach(), base_g[0][own], base_g[1][own], base_g[2]],
+        [exact.detach(), exact_g[0][own], exact_g[1][own], exact_g[2]],
+    ]
+    names = ("loss", "d_image", "d_text", "d_scale")[:count]
+    try:
+        assert_within_float64_error(*(q[:count] for q in quantities), terms[:count], names=names)
+    except AssertionError as error:
+        raise AssertionError(f"{what}: {error}") from None
 
 
 def _close(got, want, what, tol=TOL):
@@ -144,14 +162,15 @@ def _check_gather_contract(rank, world, cases, dims):
             full = _leaves(img, txt, torch.tensor(11.0))
             want = contrastive_loss_naive(*full, eps)
             want_g = _grads(want, full, grad_out)
+            full64 = _leaves(*(x.double() for x in full))
+            exact = contrastive_loss_naive(*full64, eps)
+            exact_g = _grads(exact, full64, grad_out)
             mine = _leaves(img[own], txt[own], torch.tensor(11.0))
             got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
             got_g = _grads(got, mine, grad_out)
             what = f"contrastive impl={impl} b={b} D={dim} eps={eps} rank={rank}"
-            _close(got, want, what + " loss")
-            _close(got_g[0], world * want_g[0][own], what + " d_image")
-            _close(got_g[1], world * want_g[1][own], what + " d_text")
-            _close(got_g[2], want_g[2], what + " d_scale")
+            terms = term_scales(batch, 11.0, grad_out)
+            _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms)
 
 
 def _check_low_precision(rank, world):
@@ -207,6 +226,10 @@ def _check_soft_target_contract(rank, world, cases):
             t_args = (None, None, None) if teacher is None else teacher
             want = soft_target_loss_naive(*full, 0.6, *t_args, mask, eps, "sum")
             want_g = _grads(want, full, 0.8)
+            full64 = _leaves(*(x.double() for x in full))
+            t_args64 = [x if x is None else x.double() for x in t_args]
+            exact = soft_target_loss_naive(*full64, 0.6, *t_args64, mask, eps, "sum")
+            exact_g = _grads(exact, full64, 0.8)
             mine = _leaves(img[own], txt[own], torch.tensor(9.0))
             # A constant logit_scale skips the extra statistics pass of a separate teacher.
             scale_grad = not (teacher_dim and eps)
@@ -215,13 +238,9 @@ def _check_soft_target_contract(rank, world, cases):
             got = _soft_target_gathered(*mine, 0.6, t_own, mask[own], eps, impl)
             got_g = _grads(got, mine, 0.8)
             what = f"soft-target {impl} b={b} teacher={teacher_dim} eps={eps} rank={rank}"
-            _close(got, want, what + " loss")
-            _close(got_g[0], world * want_g[0][own], what + " d_image")
-            _close(got_g[1], world * want_g[1][own], what + " d_text")
-            if scale_grad:
-                _close(got_g[2], want_g[2], what + " d_scale")
-            else:
-                assert got_g[2] is None
+            assert (got_g[2] is not None) == scale_grad, what
+            terms = term_scales(batch, 9.0, 2 * 0.8)  # "sum": the two directional means summed
+            _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms)
 
 
 FLAGS = [(False, False), (False, True), (True, False), (True, True)]
