@@ -61,8 +61,9 @@ def _grads(loss, leaves, grad_out):
 def _float64_rule(what, got, got_g, base, base_g, exact, exact_g, own, world, terms):
     """The single-process float64 rule (tests/_ref.py) over (loss, d_image, d_text[, d_scale]) of the
     gathered loss: its loss and its rank's gradients over the world size (the gather contract: n times the
-    full-batch gradients) against the full-batch loss in float64 (``exact``), with the naive loss in fp32
-    (``base``) as torch's error. ``got_g[2]`` None: the scale had no gradient to check."""
+    full-batch gradients) against the full-batch loss in float64 (``exact``), with the naive loss on the
+    same inputs (fp32 arithmetic, gradients in their dtype: ``base``) as torch's error. ``got_g[2]``
+    None: the scale had no gradient to check."""
     count = 3 if got_g[2] is None else 4
     quantities = [
         [got.detach(), got_g[0] / world, got_g[1] / world, got_g[2]],
@@ -180,24 +181,22 @@ def _check_low_precision(rank, world):
     rounded inputs errs, plus 8 fp32 ulps of their error scale."""
     b, scale, grad_out = 6, 9.0, 1.3
     own = slice(rank * b, (rank + 1) * b)
-
-    def full_batch(img, txt, scale_dtype):
-        leaves = _leaves(img, txt, torch.tensor(scale, dtype=scale_dtype))
-        loss = contrastive_loss_naive(*leaves, 0.1)
-        loss.backward(torch.tensor(grad_out, dtype=loss.dtype))
-        return [loss.detach(), leaves[0].grad[own], leaves[1].grad[own], leaves[2].grad]
-
     for dtype in (torch.bfloat16, torch.float16):
         img, txt = _inputs(world * b, 12, seed=b, dtype=dtype)
-        exact = full_batch(img.double(), txt.double(), torch.float64)
-        base = full_batch(img, txt, torch.float32)
+        full = _leaves(img, txt, torch.tensor(scale))
+        want = contrastive_loss_naive(*full, 0.1)
+        want_g = _grads(want, full, grad_out)
+        full64 = _leaves(*(x.double() for x in full))
+        exact = contrastive_loss_naive(*full64, 0.1)
+        exact_g = _grads(exact, full64, grad_out)
         mine = _leaves(img[own], txt[own], torch.tensor(scale))
         got = contrastive_loss(*mine, label_smoothing=0.1, impl="torch", gather=True)
         got_g = _grads(got, mine, grad_out)
         assert got_g[0].dtype == dtype and got_g[1].dtype == dtype
-        # gather=True: the rank's feature gradients are the world size times the full-batch ones
-        got = [got.detach(), got_g[0] / world, got_g[1] / world, got_g[2]]
-        assert_within_float64_error(got, base, exact, term_scales(world * b, scale, grad_out))
+        terms = term_scales(world * b, scale, grad_out)
+        _float64_rule(
+            f"contrastive {dtype} rank={rank}", got, got_g, want, want_g, exact, exact_g, own, world, terms
+        )
 
 
 def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
