@@ -41,24 +41,24 @@ def _check(
     impl, batch, dim, dtype=torch.float32, scale=14.3, eps=0.0, grad_out=1.0, reduction="mean", device="cpu"
 ):
     """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
-    (``_assert_float64_rule``), on ``device`` (tests/test_gpu_contrastive.py passes "cuda"); returns them."""
+    (``_check_features``), on ``device`` (tests/test_gpu_contrastive.py passes "cuda"); returns them."""
     img, txt = features(batch, dim, dtype, device=device, seed=batch * 1000 + dim)
-    kw = dict(label_smoothing=eps, reduction=reduction)
-    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale, device=device), grad_out, impl=impl, **kw)
-    _assert_float64_rule(got, impl, img, txt, scale, grad_out, **kw)
-    return got
+    return _check_features(impl, img, txt, scale, grad_out, label_smoothing=eps, reduction=reduction)
 
 
-def _assert_float64_rule(got, impl, img, txt, scale, grad_out, label_smoothing=0.0, reduction="mean"):
-    """flash-attention's rule: ``got`` errs from the float64 loss by at most twice what torch's naive loss
-    in the features' dtype errs (``assert_within_float64_error``), and, on the Triton path in a 16-bit
-    dtype, what rounding G = P_row + P_col - 2 targets to it adds, each term scaled by s g / (2B)
-    (``g_rounding``). Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's)."""
+def _check_features(impl, img, txt, scale, grad_out, label_smoothing=0.0, reduction="mean"):
+    """The loss and the grads of ``impl`` on these features, on flash-attention's rule: they err from the
+    float64 loss by at most twice what torch's naive loss in the features' dtype errs
+    (``assert_within_float64_error``), and, on the Triton path in a 16-bit dtype, what rounding
+    G = P_row + P_col - 2 targets to it adds, each term scaled by s g / (2B) (``g_rounding``). Gradients
+    in the features' dtype, the loss and d_scale in fp32 (as naive's); returns them."""
     batch, dtype, device = img.shape[0], img.dtype, img.device
     kw = dict(label_smoothing=label_smoothing, reduction=reduction)
-    img64, txt64, scale64 = as_float64(img, txt, torch.tensor(scale, device=device))[:3]
+    s = torch.tensor(scale, device=device)  # run_loss makes a fresh leaf of it for each run
+    got = run_loss(contrastive_loss, img, txt, s, grad_out, impl=impl, **kw)
+    img64, txt64, scale64 = as_float64(img, txt, s)[:3]
     exact = run_loss(contrastive_loss_naive, img64, txt64, scale64, grad_out, **kw)
-    base = run_loss(_naive, img, txt, torch.tensor(scale, device=device), grad_out, **kw)
+    base = run_loss(_naive, img, txt, s, grad_out, **kw)
     g = grad_out * (2.0 if reduction == "sum" else 1.0)  # "sum": the two directional means summed
     rounding = None
     if impl == "triton":
@@ -66,6 +66,7 @@ def _assert_float64_rule(got, impl, img, txt, scale, grad_out, label_smoothing=0
         g64 = logits.softmax(1) + logits.softmax(0) - 2.0 * smoothed_targets(batch, label_smoothing, device)
         rounding = g_rounding(dtype, exact, g64, img64, txt64, g * scale / (2 * batch))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
+    return got
 
 
 @pytest.mark.parametrize("batch", [1, 2, 3, 17, 127, 257])
@@ -151,8 +152,7 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch, dtype):
     img, txt = features(37, 80, dtype, seed=5)
     img = img.t().contiguous().t()
     assert img.stride(1) != 1
-    got = run_loss(contrastive_loss, img, txt, torch.tensor(14.3), 1.3, impl="triton", label_smoothing=0.1)
-    _assert_float64_rule(got, "triton", img, txt, 14.3, 1.3, label_smoothing=0.1)
+    _check_features("triton", img, txt, 14.3, 1.3, label_smoothing=0.1)
     assert picked and not any(picked), picked
     picked.clear()
     _check("triton", 37, 80, dtype=dtype, eps=0.1, grad_out=1.3)
@@ -489,10 +489,7 @@ def test_never_materialises_b_by_b(monkeypatch, impl):
 def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
     # Judged against float64 (errors grow with logit_scale * grad_out): at most 2x the naive fp32 error.
     img, txt = features(batch, dim, seed=seed)
-    got = run_loss(
-        contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl="torch", label_smoothing=eps
-    )
-    _assert_float64_rule(got, "torch", img, txt, scale, grad_out, label_smoothing=eps)
+    _check_features("torch", img, txt, scale, grad_out, label_smoothing=eps)
 
 
 @pytest.mark.interpreter
@@ -506,10 +503,9 @@ def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
     seed=st.integers(0, 10_000),
 )
 def test_hypothesis_triton(batch, dim, scale, eps, dtype, seed):
-    # The float64 rule, with what rounding G to a 16-bit dtype adds (``_assert_float64_rule``).
+    # The float64 rule, with what rounding G to a 16-bit dtype adds (``_check_features``).
     img, txt = features(batch, dim, dtype, seed=seed)
-    got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), 1.3, impl="triton", label_smoothing=eps)
-    _assert_float64_rule(got, "triton", img, txt, scale, 1.3, label_smoothing=eps)
+    _check_features("triton", img, txt, scale, 1.3, label_smoothing=eps)
 
 
 def test_reference_matches_direct_formula_with_smoothing():

@@ -225,8 +225,8 @@ def _check_low_precision(rank, world):
     terms = error_scales(world * b, scale, bias, grad_out)
     for dtype in (torch.bfloat16, torch.float16):
         img, txt = _inputs(world * b, 12, seed=b, dtype=dtype)
-        leaves64 = [x.double() for x in _leaves(img[own], txt[own], scale, bias)]
-        exact = _run(open_clip, [x.detach().requires_grad_() for x in leaves64], grad_out)
+        leaves64 = [x.detach().double().requires_grad_() for x in _leaves(img[own], txt[own], scale, bias)]
+        exact = _run(open_clip, leaves64, grad_out)
         base = _run(in_fp32, _leaves(img[own], txt[own], scale, bias), grad_out)
         module = SigLipLoss(rank=rank, world_size=world, impl="torch")
         got = _run(module, _leaves(img[own], txt[own], scale, bias), grad_out)

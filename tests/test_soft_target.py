@@ -83,7 +83,7 @@ def _check(
     device="cpu",
 ):
     """The loss and the grads of (image, text, logit_scale) of ``impl`` on the float64 rule
-    (``_assert_float64_rule``); none to the teacher (features ``t_dtype``, scale ``t_scale``). On
+    (``_check_features``); none to the teacher (features ``t_dtype``, scale ``t_scale``). On
     ``device`` (tests/test_gpu_soft_target.py passes "cuda")."""
     img, txt = features(batch, dim, dtype, device=device, seed=batch * 1000 + dim)
     teacher_kw = _teacher_kwargs(batch, t_dim, t_dtype, t_scale, device)
@@ -93,20 +93,21 @@ def _check(
     teacher = [kw[k] for k in ("teacher_image_features", "teacher_text_features") if k in kw]
     for t in teacher:
         t.requires_grad_()
-    got = _run_impl(impl, img, txt, scale, alpha, kw, grad_out)
-    _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out)
+    got = _check_features(impl, img, txt, scale, alpha, kw, grad_out)
     assert all(t.grad is None for t in teacher), "the teacher must get no gradient"
     return got
 
 
-def _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out):
-    """flash-attention's rule: ``got`` errs from the float64 loss by at most twice what torch's naive loss
+def _check_features(impl, img, txt, scale, alpha, kw, grad_out):
+    """The loss and the grads of ``impl`` (``soft_target_loss`` with the keywords ``kw``) on these features,
+    on flash-attention's rule: they err from the float64 loss by at most twice what torch's naive loss
     in the features' dtype errs (``assert_within_float64_error``), and, on the Triton path in a 16-bit
     dtype, what rounding dL/dS to it adds (``g_rounding_bound``: the kernels round it at a scale of their
     own): its elements are at most the student's row and column softmaxes plus the targets' (smoothed
     one-hot and the teacher's softmaxes, whatever alpha and the mask), each term scaled by s g / (2B).
-    Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's)."""
+    Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's); returns them."""
     batch, dtype = img.shape[0], img.dtype
+    got = _run_impl(impl, img, txt, scale, alpha, kw, grad_out)
     exact, (img64, txt64, teacher) = _float64_run(img, txt, scale, alpha, kw, grad_out)
     base = _run_impl("naive", img, txt, scale, alpha, kw, grad_out)
     g = grad_out * (2.0 if kw.get("reduction") == "sum" else 1.0)  # "sum": the two directional means
@@ -118,6 +119,7 @@ def _assert_float64_rule(got, impl, img, txt, scale, alpha, kw, grad_out):
         weights += 2.0 * smoothed_targets(batch, kw["label_smoothing"], img.device)
         rounding = g_rounding_bound(dtype, exact, weights, img64, txt64, g * scale / (2 * batch))
     assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
+    return got
 
 
 # --- torch backend (fast) ---------------------------------------------------------------------
@@ -214,8 +216,7 @@ def test_triton_wide_tiles_fall_back_for_strided_features(monkeypatch):
     img, txt = features(37, 80, torch.bfloat16, seed=3)
     img = img.t().contiguous().t()
     kw = dict(label_smoothing=0.1)
-    got = _run_impl("triton", img, txt, 14.3, 0.3, kw, 1.0)
-    _assert_float64_rule(got, "triton", img, txt, 14.3, 0.3, kw, 1.0)
+    _check_features("triton", img, txt, 14.3, 0.3, kw, 1.0)
     assert not made and stats and set(stats) == {(4, False)}, stats
     stats.clear()
     _check("triton", 37, 80, dtype=torch.bfloat16, eps=0.1, grad_out=1.3)
@@ -339,8 +340,7 @@ def test_triton_teacher_in_another_dtype():
     # bf16 student, fp16 teacher (each side gets its own upcast / dot precision).
     img, txt = features(18, 24, torch.bfloat16)
     kw = dict(label_smoothing=0.0, **_teacher_kwargs(18, 20, torch.float16))
-    got = _run_impl("triton", img, txt, 20.0, 0.5, kw, 1.0)
-    _assert_float64_rule(got, "triton", img, txt, 20.0, 0.5, kw, 1.0)
+    _check_features("triton", img, txt, 20.0, 0.5, kw, 1.0)
 
 
 @pytest.mark.interpreter
@@ -548,8 +548,7 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
     if use_mask:
         kw["soft_mask"] = torch.rand(batch, generator=torch.Generator().manual_seed(seed)) < 0.5
     # Judged against float64 (errors grow with logit_scale * grad_out): at most 2x the naive fp32 error.
-    got = _run_impl("torch", img, txt, scale, alpha, kw, grad_out)
-    _assert_float64_rule(got, "torch", img, txt, scale, alpha, kw, grad_out)
+    _check_features("torch", img, txt, scale, alpha, kw, grad_out)
 
 
 @pytest.mark.interpreter
@@ -565,11 +564,10 @@ def test_hypothesis_torch(batch, dim, t_dim, scale, alpha, eps, use_mask, grad_o
     seed=st.integers(0, 10_000),
 )
 def test_hypothesis_triton(batch, dim, t_dim, scale, alpha, eps, dtype, seed):
-    # The float64 rule, with what rounding dL/dS to a 16-bit dtype adds (``_assert_float64_rule``).
+    # The float64 rule, with what rounding dL/dS to a 16-bit dtype adds (``_check_features``).
     img, txt = features(batch, dim, dtype, seed=seed)
     kw = dict(label_smoothing=eps, soft_mask=_mask(batch), **_teacher_kwargs(batch, t_dim, dtype, scale / 2))
-    got = _run_impl("triton", img, txt, scale, alpha, kw, 1.3)
-    _assert_float64_rule(got, "triton", img, txt, scale, alpha, kw, 1.3)
+    _check_features("triton", img, txt, scale, alpha, kw, 1.3)
 
 
 # --- DistillClipLoss: open_clip's formula -----------------------------------------------------
