@@ -104,6 +104,17 @@ def term_scales(batch: int, scale: float, grad_out: float) -> tuple[float, float
     return 1.0 + scale, feat, feat, grad_out * (1.0 + scale)
 
 
+def logit_term_scales(img, txt, scale: float, grad_out: float) -> tuple[float, float, float, float]:
+    """``term_scales`` for features of any norm, from the actual logits: W errs by ~(1 + max|S|) ulps, a
+    feature-gradient row sums terms ~ g (1 + max|S|) s max|partner| / B times W, d_scale terms
+    ~ g (1 + max|S|) max|I| max|T|."""
+    img64, txt64 = img.double(), txt.double()
+    smax = scale * (img64 @ txt64.T).abs().max().item()
+    imax, tmax = (x.norm(dim=1).max().item() for x in (img64, txt64))
+    w, batch = grad_out * (1.0 + smax), img.shape[0]
+    return 1.0 + smax, w * scale * tmax / batch, w * scale * imax / batch, w * imax * tmax
+
+
 def assert_within_float64_error(
     got,
     base,

@@ -20,6 +20,7 @@ from tests._ref import (
     force_plan,
     g_rounding,
     largest_tensors,
+    logit_term_scales,
     pair_value,
     record_tma,
     run_loss,
@@ -348,14 +349,25 @@ def test_triton_unnormalised_features_and_fallback(monkeypatch, scale):
     got = run_loss(contrastive_loss, img, txt, s, 1.3, impl="triton", label_smoothing=0.1)
     base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=0.1)
     exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3, label_smoothing=0.1)
-    # error scales from the actual logits (term_scales assumes unit features): W errs by ~(1 + max|S|) ulps
-    smax = scale * (img @ txt.T).abs().max().item()
-    imax, tmax = (x.norm(dim=1).max().item() for x in (img, txt))
-    w = 1.3 * (1.0 + smax)
-    assert_within_float64_error(
-        got, base, exact, (1.0 + smax, w * scale * tmax / 29, w * scale * imax / 29, w * imax * tmax)
-    )
+    # error scales from the actual logits (term_scales assumes unit features)
+    assert_within_float64_error(got, base, exact, logit_term_scales(img, txt, scale, 1.3))
     assert flagged and flagged[0] > 0, flagged
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("norm", [1e3, 1e7, 1e13, 1e22])
+def test_triton_huge_logits(norm):
+    """Logits past fp32's integer range (|S| up to ~1e23 here) on the float64 rule: the backward's
+    exponents exp2(S2 - lse) subtract the forward's own base-2 LSEs. With a round trip through natural
+    logs (~2 ulps of |S| log2(e) in every exponent) d_image erred by 414 against an allowance of 171 at
+    1e7 and was not finite at 1e13 and 1e22 (naive's is exact to 6e-8 there)."""
+    img, txt = features(7, 5, seed=3)
+    img = img * norm
+    s = torch.tensor(10.0)
+    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl="triton", label_smoothing=0.1)
+    base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=0.1)
+    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3, label_smoothing=0.1)
+    assert_within_float64_error(got, base, exact, logit_term_scales(img, txt, 10.0, 1.3))
 
 
 @pytest.mark.interpreter
@@ -647,7 +659,7 @@ def test_triton_backward_stays_in_its_plan(monkeypatch, batch, dim, kib):
     img, txt = features(batch, dim, torch.bfloat16, seed=batch)
     scale = torch.tensor(10.0)
     logits = scale * img.float() @ txt.float().T  # the statistics the forward kernel gives, outside the count
-    r, c = logits.logsumexp(1), logits.logsumexp(0)
+    r, c = logits.logsumexp(1) / math.log(2.0), logits.logsumexp(0) / math.log(2.0)  # the backend's base 2
     plan = ct._plan(batch, batch, dim, torch.bfloat16, True, workspace)
     assert plan.workspace <= workspace
     with PeakLive() as mode:

@@ -7,6 +7,8 @@ ulps of their error scale, plus, on the Triton path in a 16-bit dtype, what roun
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -83,14 +85,15 @@ def test_int64_offsets_beyond_2_to_31_elements():
     q = torch.nn.functional.normalize(torch.randn(64, dim, device="cuda"), dim=1).bfloat16()
     k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
     scale = torch.tensor(20.0, device="cuda")
-    lse, lse_k = both_lse(q, k, scale)
+    lse2, lse2_k = both_lse(q, k, scale)  # base 2, the kernels' units
+    lse, lse_k = lse2 * math.log(2.0), lse2_k * math.log(2.0)
     tail = scale * q.float() @ k[-5000:].float().T
     assert torch.isfinite(lse).all() and torch.isfinite(lse_k).all()
     # The matching rows in the tail dominate the row LSE of the first three queries.
     assert (lse[:3] >= torch.logsumexp(tail[:3], 1) - 1e-3).all()
     torch.testing.assert_close(lse_k[-5000:], torch.logsumexp(tail, 0), atol=1e-3, rtol=1e-3)
     g = torch.empty(64, rows, dtype=torch.bfloat16, device="cuda")
-    weights(q, k, scale, lse, lse_k, g, None, 0, None, rows)
+    weights(q, k, scale, lse2, lse2_k, g, None, 0, None, rows)
     dq = matmul(g, k, torch.ones(1, device="cuda"), torch.empty(64, dim, device="cuda"))
     assert torch.isfinite(dq).all() and dq[:3].abs().sum() > 0
 

@@ -22,12 +22,14 @@ from tests._ref import (
     force_plan,
     g_rounding_bound,
     largest_tensors,
+    logit_term_scales,
     run_loss,
     smoothed_targets,
     term_scales,
 )
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
+from vlkernels.ops.torch_utils import lse_nats
 from vlkernels.reference import soft_target_loss_naive
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -98,14 +100,15 @@ def _check(
     return got
 
 
-def _check_features(impl, img, txt, scale, alpha, kw, grad_out):
+def _check_features(impl, img, txt, scale, alpha, kw, grad_out, terms=None):
     """The loss and the grads of ``impl`` (``soft_target_loss`` with the keywords ``kw``) on these features,
     on flash-attention's rule: they err from the float64 loss by at most twice what torch's naive loss
     in the features' dtype errs (``assert_within_float64_error``), and, on the Triton path in a 16-bit
     dtype, what rounding dL/dS to it adds (``g_rounding_bound``: the kernels round it at a scale of their
     own): its elements are at most the student's row and column softmaxes plus the targets' (smoothed
     one-hot and the teacher's softmaxes, whatever alpha and the mask), each term scaled by s g / (2B).
-    Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's); returns them."""
+    Gradients in the features' dtype, the loss and d_scale in fp32 (as naive's); returns them. ``terms``:
+    the error scales (default ``term_scales``, for unit features; ``logit_term_scales`` for others)."""
     batch, dtype = img.shape[0], img.dtype
     got = _run_impl(impl, img, txt, scale, alpha, kw, grad_out)
     exact, (img64, txt64, teacher) = _float64_run(img, txt, scale, alpha, kw, grad_out)
@@ -118,7 +121,8 @@ def _check_features(impl, img, txt, scale, alpha, kw, grad_out):
         weights = logits.softmax(1) + logits.softmax(0) + t_logits.softmax(1) + t_logits.softmax(0)
         weights += 2.0 * smoothed_targets(batch, kw["label_smoothing"], img.device)
         rounding = g_rounding_bound(dtype, exact, weights, img64, txt64, g * scale / (2 * batch))
-    assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
+    terms = terms or term_scales(batch, scale, g)
+    assert_within_float64_error(got, base, exact, terms, rounding=rounding)
     return got
 
 
@@ -336,6 +340,30 @@ def test_triton_matches_naive_large(t_dim):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("norm", [1e3, 1e5, 1e15])
+def test_triton_huge_teacher_logits(norm):
+    """A separate teacher with logits up to ~10 norm, the student's unit features: the float64 rule. The
+    weights kernel's teacher exponents subtract the statistics kernel's own base-2 LSEs; with a round trip
+    through natural logs (~2 ulps of |S'| log2(e)) d_image erred by 18x its allowance at 1e3 (teacher
+    logits ~1e4), 1400x at 1e5, and was not finite at 1e15."""
+    img, txt = features(7, 5, seed=4)
+    t_img, t_txt = features(7, 5, seed=5)
+    teacher = dict(teacher_image_features=t_img * norm, teacher_text_features=t_txt, teacher_logit_scale=10.0)
+    _check_features("triton", img, txt, 10.0, 0.4, dict(label_smoothing=0.1, **teacher), 1.3)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("norm", [1e7, 1e22])
+def test_triton_huge_logits_self_teacher(norm):
+    """The self teacher with logits past fp32's integer range (the contrastive loss's
+    test_triton_huge_logits): the float64 rule with error scales from the actual logits."""
+    img, txt = features(7, 5, seed=3)
+    img = img * norm
+    terms = logit_term_scales(img, txt, 10.0, 1.3)
+    _check_features("triton", img, txt, 10.0, 0.4, dict(label_smoothing=0.1), 1.3, terms=terms)
+
+
+@pytest.mark.interpreter
 def test_triton_teacher_in_another_dtype():
     # bf16 student, fp16 teacher (each side gets its own upcast / dot precision).
     img, txt = features(18, 24, torch.bfloat16)
@@ -364,12 +392,14 @@ def test_triton_backend_matches_torch_backend_rectangular(teacher):
         t = (*t, torch.tensor(7.0))
     fast, ref = TritonSoftTargetBackend(), TorchSoftTargetBackend()
     got, want = fast.stats(img, txt, scale, t), ref.stats(img, txt, scale, t)
-    for a, b in zip(got, want, strict=True):
-        torch.testing.assert_close(a, b, **TOL[torch.float32])
-    r, c, tr, tc = want[:4]
+    assert fast.lse_base2 and not ref.lse_base2  # the Triton LSEs in base 2, the torch ones natural
+    for k, (a, b) in enumerate(zip(got, want, strict=True)):
+        torch.testing.assert_close(a * (lse_nats(fast) if k < 4 else 1.0), b, **TOL[torch.float32])
     p_row, p_col, q_row, q_col = (torch.rand(k, generator=g) for k in (m, n, m, n))
-    args = (img, txt, scale, r, c, p_row, p_col, q_row, q_col, t, tr, tc)
-    for a, b in zip(fast.accumulate(*args), ref.accumulate(*args), strict=True):
+    weights = (p_row, p_col, q_row, q_col, t)
+    args_fast = (img, txt, scale, *got[:2], *weights, *got[2:4])  # each backend takes its own LSEs back
+    args_ref = (img, txt, scale, *want[:2], *weights, *want[2:4])
+    for a, b in zip(fast.accumulate(*args_fast), ref.accumulate(*args_ref), strict=True):
         torch.testing.assert_close(a, b, **TOL[torch.float32])
 
 

@@ -106,21 +106,23 @@ def check_ranks(group, device: torch.device, fields: dict[str, int | float | tor
         )
 
 
-def merge_columns(lse_parts, weighted, extra, group):
+def merge_columns(lse_parts, weighted, extra, group, base2: bool = False):
     """Merge per-rank partial column statistics over the ranks' rows.
 
-    ``lse_parts``: per-rank partial log-sum-exps [B]; ``weighted``: (k, w) pairs where w [B] is a
-    softmax-weighted sum normalised by the partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed
-    over ranks in the same all-reduce. Returns (global LSEs, global weighted sums, summed extra)."""
+    ``lse_parts``: per-rank partial log-sum-exps [B] (natural, or base 2 with ``base2``: the backend's
+    units, kept); ``weighted``: (k, w) pairs where w [B] is a softmax-weighted sum normalised by the
+    partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed over ranks in the same all-reduce.
+    Returns (global LSEs, global weighted sums, summed extra)."""
+    exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
     peak = torch.stack(lse_parts)
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
-    scaled = [torch.exp(part - peak[k]) for k, part in enumerate(lse_parts)]
+    scaled = [exp(part - peak[k]) for k, part in enumerate(lse_parts)]
     parts = scaled + [w * scaled[k] for k, w in weighted]
     buf = torch.cat([p.reshape(-1) for p in parts] + [extra])
     dist.all_reduce(buf, group=group)
     sums = buf[: len(parts) * cols].view(len(parts), cols)
-    lses = [peak[k] + torch.log(sums[k]) for k in range(len(lse_parts))]
+    lses = [peak[k] + log(sums[k]) for k in range(len(lse_parts))]
     sums_w = [sums[len(lse_parts) + j] / sums[k] for j, (k, _) in enumerate(weighted)]
     return lses, sums_w, buf[len(parts) * cols :]
 

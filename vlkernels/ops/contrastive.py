@@ -4,8 +4,11 @@ A backend (``ContrastiveBackend``) supplies two O(B)-memory passes over tiles of
 storing S); both accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme
 uses:
 
-- ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32;
-- ``accumulate(I, T, s, r, c) -> (A_I, A_T)``: with W = exp(S - r[:, None]) + exp(S - c[None, :]),
+- ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32, natural or, where the
+  backend's ``lse_base2`` is True, in base 2 (of S log2(e)): the units its kernels' exponents use, so
+  that the backward subtracts the forward's own values (``lse_nats`` converts for the loss);
+- ``accumulate(I, T, s, r, c) -> (A_I, A_T)``: with W = exp(S - r[:, None]) + exp(S - c[None, :]) (r, c
+  as ``lse`` returned them),
   ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I`` [N, D] in fp32 (the gathered Function's products);
 - ``gradients(I, T, s, r, c, coef, eps, need_t) -> (dI, dT, ds)``: the single-process gradients, in the
   features' dtype, assembled by ``finish_rows`` (the torch backend does it chunk by chunk, without fp32
@@ -35,10 +38,12 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, row_chunks
+from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, lse_nats, row_chunks
 
 
 class ContrastiveBackend(Protocol):
+    lse_base2: bool
+
     def lse(
         self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -97,7 +102,8 @@ class ContrastiveLossFunction(torch.autograd.Function):
         batch = image.shape[0]
         r, c = params.backend.lse(image, text, scale)
         targets = target_logit_sum(image, text, params.eps, batch, text.sum(0, dtype=torch.float32))
-        loss = (r.sum() + c.sum() - 2.0 * scale * targets) * (params.factor / (2.0 * batch))
+        lses = (r.sum() + c.sum()) * lse_nats(params.backend)
+        loss = (lses - 2.0 * scale * targets) * (params.factor / (2.0 * batch))
         ctx.save_for_backward(image, text, scale, r, c)
         ctx.params = params
         return loss
@@ -128,9 +134,11 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         r, c_part = params.backend.lse(image, texts, scale)
         colsum_i = image.sum(0, dtype=torch.float32)
         targets = target_logit_sum(image, text, params.eps, batch, texts.sum(0, dtype=torch.float32))
-        local = r.sum() - 2.0 * scale * targets
-        (c,), _, rest = _dist.merge_columns([c_part], [], torch.cat([local.reshape(1), colsum_i]), group)
-        loss = (rest[0] + c.sum()) * (params.factor / (2.0 * batch))
+        nats = lse_nats(params.backend)
+        local = r.sum() * nats - 2.0 * scale * targets
+        extra = torch.cat([local.reshape(1), colsum_i])
+        (c,), _, rest = _dist.merge_columns([c_part], [], extra, group, params.backend.lse_base2)
+        loss = (rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))
         ctx.save_for_backward(image, text, texts, scale, r, c, rest[1:])
         ctx.params = params
         return loss

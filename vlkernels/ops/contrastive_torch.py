@@ -32,6 +32,8 @@ def _weights(q32, k, scale, lse_q, lse_k, cols: int) -> torch.Tensor:
 class TorchBackend:
     """The contrastive backend protocol (ops/contrastive.py) in PyTorch."""
 
+    lse_base2 = False  # natural log-sum-exps
+
     def lse(self, image, text, scale):
         """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D])."""
         r = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)

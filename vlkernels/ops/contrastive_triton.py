@@ -24,7 +24,9 @@ chunks, the same kernels with the roles swapped (G.T has the same form): 2 B^2 D
 column share. No float atomics anywhere; every product has one writer per output tile.
 
 Operands stay in their dtype for tensor cores (TF32 when torch allows it for fp32; IEEE fp32 dots run on
-CUDA cores with tiles sized not to spill); accumulation is fp32; offsets are int64.
+CUDA cores with tiles sized not to spill); accumulation is fp32; offsets are int64. The LSEs r and c stay
+in base 2 (of S log2(e), the kernels' exponents) from the forward to the backward: the loss converts them
+(``lse_base2`` of the backend protocol).
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ import triton.language as tl
 from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
 from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
 from vlkernels.ops.triton_utils import (
-    LN2,
     LOG2E,
     config,
     dot_precision,
@@ -89,8 +90,8 @@ def _lse_kernel(
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Exact logsumexp_j s <Q_i, K_j> (online max/sum) for the rows idx[0:count] of Q, written to
-    lse[idx]: the forward's fallback for the columns whose fixed-reference sums underflowed."""
+    """Exact log2-sum-exp2_j S2_ij (S2 = s <Q_i, K_j> log2(e); online max/sum) for the rows idx[0:count] of
+    Q, written to lse[idx]: the forward's fallback for the columns whose fixed-reference sums underflowed."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
@@ -136,7 +137,7 @@ def _lse_kernel(
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
         m_i = m_new
-    tl.store(lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    tl.store(lse_ptr + offs_m, m_i + tl.log2(l_i), mask=mask_m)
 
 
 @triton.jit
@@ -163,7 +164,8 @@ def _forward_kernel(
     TMA: tl.constexpr = False,
     PARTS: tl.constexpr = 1,
 ):
-    """Row LSEs of S (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]), one pass.
+    """Row LSEs of S in base 2 (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]),
+    one pass.
     PARTS = 4: each score tile's epilogue in four column parts, one after the other (fewer registers: the
     128 x 256 tiles of config "fwd_wide"); the same sums in another order. TMA: q_ptr and k_ptr are
     tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (``forward_config``)."""
@@ -221,7 +223,7 @@ def _forward_kernel(
             p0, p1 = halves(h1, BLOCK_M, BLOCK_N // 2)
             m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v + 2 * V, mask_m, ref_ptr, my_part, N)
             m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + 3 * V, mask_m, ref_ptr, my_part, N)
-    tl.store(lse_ptr + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=mask_m)
+    tl.store(lse_ptr + offs_m, m_i + tl.log2(l_i), mask=mask_m)
 
 
 @triton.jit
@@ -353,7 +355,7 @@ def _g_part(
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2
-    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
     w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
     if TARGETS:
         w = w - tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), diag_w, 0.0) - all_w
@@ -401,7 +403,7 @@ def _weights_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0)
     args = (
         q_ptr,
         k_ptr,
@@ -493,7 +495,8 @@ def column_reference(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> t
 
 
 def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
-    """out[i] = logsumexp_j s <q_i, k_j> for the rows flagged in ``todo`` (bool [M]), without a host sync."""
+    """out[i] = log2-sum-exp2_j of s <q_i, k_j> log2(e) for the rows flagged in ``todo`` (bool [M]), without
+    a host sync."""
     m, dim = q.shape
     order = torch.argsort((~todo).to(torch.uint8), stable=True)  # flagged rows first
     count = todo.sum(dtype=torch.int32).reshape(1)
@@ -526,7 +529,8 @@ def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
 
 
 def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
-    """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in fp32, one pass over S."""
+    """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in fp32 and base 2 (of S log2(e): the
+    kernels' units, ``TritonBackend.lse_base2``), one pass over S."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = forward_config(dim, q.dtype, target_arch(q.device), q, k)
@@ -561,7 +565,7 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
         sums += part[:programs].sum(0)
     del part
     todo = ~(sums >= m * 2.0**-UNDERFLOW_BITS) | torch.isinf(sums)  # NaN compares False: flagged too
-    c = sums.log2_().add_(ref).mul_(0.6931471805599453)
+    c = sums.log2_().add_(ref)
     del ref
     _exact_rows(k, q, scale, c, todo)
     return r, c
@@ -637,7 +641,12 @@ def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
 
 
 class TritonBackend:
-    """The contrastive backend protocol (ops/contrastive.py) on the v2 kernels."""
+    """The contrastive backend protocol (ops/contrastive.py) on the v2 kernels. Its LSEs are in base 2
+    (``lse_base2``): the kernels' exponents exp2(S2 - lse) then subtract the very values the forward's
+    online max produced, with no conversion in between (a round trip through natural logs costs up to
+    ~2 ulps of |S| log2(e) in every exponent: past |S| ~ 2^22 a factor of 2 or more on the weights)."""
+
+    lse_base2 = True
 
     def lse(self, image, text, scale):
         return both_lse(image, text, scale)

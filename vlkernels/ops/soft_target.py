@@ -15,9 +15,10 @@ A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``ac
 rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
 teacher, else ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``, fp32; r' is r (c' is c) for the self
-  teacher; the weighted sums come unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no
-  division by s;
+- ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``, fp32, the LSEs natural or, where the
+  backend's ``lse_base2`` is True, in base 2 (ops/contrastive.py: the units of its kernels' exponents,
+  which ``accumulate`` and ``gradients`` take back); r' is r (c' is c) for the self teacher; the
+  weighted sums come unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s;
 - ``accumulate(I, T, s, r, c, p_row, p_col, q_row, q_col, teacher, r', c') -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j),
   A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products);
@@ -51,12 +52,14 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, row_chunks
+from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, lse_nats, row_chunks
 
 Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
 
 class SoftTargetBackend(Protocol):
+    lse_base2: bool
+
     def stats(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, teacher: Teacher = None):
         """(r, c, r', c', w, w'), fp32."""
         ...
@@ -151,6 +154,8 @@ class SoftTargetFunction(torch.autograd.Function):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
         r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
+        nats = lse_nats(params.backend)
+        r_nat, c_nat = r * nats, c * nats  # natural logs for the loss
         colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
         h_row, h_col = hard_target_rows(image, text, params.eps, batch, colsum_i, colsum_t)
         coef = params.factor / (2.0 * batch)
@@ -158,9 +163,10 @@ class SoftTargetFunction(torch.autograd.Function):
         if h is None:
             x, y = params.hard_affine
             h = soft_w * x + y
-        hard = (torch.dot(h, r - scale * h_row) + torch.dot(h, c - scale * h_col)) * coef
+        hard = (torch.dot(h, r_nat - scale * h_row) + torch.dot(h, c_nat - scale * h_col)) * coef
         del h
-        soft = (torch.dot(soft_w, r - scale * w_row) + torch.dot(soft_w, c - scale * w_col)) * coef
+        soft = (torch.dot(soft_w, r_nat - scale * w_row) + torch.dot(soft_w, c_nat - scale * w_col)) * coef
+        del r_nat, c_nat
         if teacher is None:
             tr = tc = None
         ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc)
@@ -233,7 +239,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
                 # d r_i / ds needs the student's own softmax-weighted sums: one more stats pass.
                 _, _, _, _, ws, ws_part = backend.stats(image, texts, scale, None)
                 weighted.append((0, ws_part))
-        lses, sums_w, _ = _dist.merge_columns(lse_parts, weighted, meta.new_empty(0), group)
+        empty = meta.new_empty(0)
+        lses, sums_w, _ = _dist.merge_columns(lse_parts, weighted, empty, group, backend.lse_base2)
         c, tc, wc = lses[0], lses[-1], sums_w[0]
         if teacher is None:
             ws, wsc = w, wc
@@ -242,10 +249,11 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
 
         colsum_t = texts.sum(0, dtype=torch.float32)
         h_row, h_col = hard_targets(i32, t32, eps, batch, colsum_i, colsum_t)
-        c_own, wc_own = c[own], wc[own]
+        nats = lse_nats(backend)
+        r_nat, c_own, wc_own = r * nats, c[own] * nats, wc[own]
         parts = [
-            torch.dot(hard_w, r - scale * h_row) + torch.dot(hard_w, c_own - scale * h_col),
-            torch.dot(soft_w, r - scale * w) + torch.dot(soft_w, c_own - scale * wc_own),
+            torch.dot(hard_w, r_nat - scale * h_row) + torch.dot(hard_w, c_own - scale * h_col),
+            torch.dot(soft_w, r_nat - scale * w) + torch.dot(soft_w, c_own - scale * wc_own),
         ]
         if need_s:
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the

@@ -29,6 +29,8 @@ def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
 class TorchSoftTargetBackend:
     """``stats`` / ``accumulate`` of the soft-target backend protocol (ops/soft_target.py) in PyTorch."""
 
+    lse_base2 = False  # natural log-sum-exps
+
     @staticmethod
     def _teacher_block(teacher, sl, s_blk, cols: int):
         if teacher is None:

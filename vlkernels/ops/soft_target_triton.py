@@ -33,7 +33,6 @@ from vlkernels.ops.contrastive_triton import forward_rows_per_launch
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
-    LN2,
     LOG2E,
     config,
     dot_precision,
@@ -218,10 +217,10 @@ def _stats_kernel(
                 tl.store(col + 2 * part_stride, m_c, mask=mask_n)
                 tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
                 tl.store(col + 4 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
-    t_lse = (m_t + tl.log2(l_t)) * LN2
+    t_lse = m_t + tl.log2(l_t)
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
     if TEACHER:
-        tl.store(lse_ptr + offs_m, (m_s + tl.log2(l_s)) * LN2, mask=mask_m)
+        tl.store(lse_ptr + offs_m, m_s + tl.log2(l_s), mask=mask_m)
         tl.store(t_lse_ptr + offs_m, t_lse, mask=mask_m)
     else:
         tl.store(lse_ptr + offs_m, t_lse, mask=mask_m)
@@ -470,7 +469,7 @@ def _w_part(
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2
-    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
     e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
     p_k = e_k
     if TEACHER:
@@ -497,7 +496,7 @@ def _w_part(
             T_UPCAST,
         )
         t2 = t_acc * t_scale2
-        t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0) * LOG2E
+        t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0)
         w -= q_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) + q_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
     if HARD:
         # the hard targets' part (e_i + e_j) (eps_diag [diagonal] + eps_all), its eps_all share as a row
@@ -571,7 +570,7 @@ def _weights_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0)
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
     e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
@@ -581,7 +580,7 @@ def _weights_kernel(
         q_q = tl.load(a_q_ptr + offs_m, mask=mask_m, other=0.0) * cq
         p_q = e_q + q_q
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
-        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0) * LOG2E
+        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0)
     else:
         q_q, cq, t_scale2, t_lse_q = e_q, ce, scale2, lse_q  # unused
     rows = (scale2, lse_q, e_q, p_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
@@ -783,7 +782,8 @@ def _column_stats(part, programs: int, k0: int, sums: int):
 
 
 def both_stats(q, k, scale, teacher=None):
-    """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), fp32, in one pass over the tiles:
+    """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), fp32, the LSEs in base 2 (the
+    kernels' units: ``TritonSoftTargetBackend.lse_base2``), in one pass over the tiles:
     the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
     (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
@@ -807,10 +807,10 @@ def both_stats(q, k, scale, teacher=None):
             stu = _merge(stu, _column_stats(part, programs, 0, 1))
             tea = _merge(tea, _column_stats(part, programs, 2, 2))
     del part
-    c = torch.log2(stu[1]).add_(stu[0]).mul_(LN2_F)
+    c = torch.log2(stu[1]).add_(stu[0])
     if teacher is None:
         return r, c, r, c, w, stu[2] / stu[1]
-    tc = torch.log2(tea[1]).add_(tea[0]).mul_(LN2_F)
+    tc = torch.log2(tea[1]).add_(tea[0])
     return r, c, tr, tc, w, tea[2] / tea[1]
 
 
@@ -887,9 +887,6 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     return count
 
 
-LN2_F = 0.6931471805599453
-
-
 def _blocks(dim: int, dtype, teacher, arch: int | None = None) -> tuple:
     """The weights kernel's blocks (``weights_blocks``: its TMA config and the pointer-load fallback's) for
     the plan, which sizes the workspace's partials, on sm_``arch`` (the device's: the tiles, and so the
@@ -905,10 +902,15 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
 class TritonSoftTargetBackend:
     """``stats`` / ``accumulate`` of ops/soft_target.py: the statistics kernel above, and the products on
     the G-chunk engine (ops/gchunk_triton.py): W in chunks of rows, two tensor-core GEMMs per chunk into
-    fp32 outputs (W @ T stored per chunk, W.T @ I accumulated), no float atomics (deterministic)."""
+    fp32 outputs (W @ T stored per chunk, W.T @ I accumulated), no float atomics (deterministic). The
+    LSEs are in base 2 (``lse_base2``, as the contrastive TritonBackend's): the weights kernel's exponents
+    subtract the statistics kernel's own values."""
+
+    lse_base2 = True
 
     def stats(self, image, text, scale, teacher=None):
-        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32."""
+        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32, the LSEs
+        in base 2."""
         scale = _f32(scale.detach())
         if teacher is not None:
             t_image, t_text, t_scale = teacher

@@ -111,6 +111,12 @@ def exact(fn):
     return wrapper
 
 
+def lse_nats(backend) -> float:
+    """What one unit of ``backend``'s log-sum-exps is in natural logs: ln 2 where they are base 2 (its
+    ``lse_base2``: the Triton backends keep their kernels' units), else 1."""
+    return 0.6931471805599453 if backend.lse_base2 else 1.0
+
+
 DOUBLE_BACKWARD_ERROR = (
     "vlkernels: the gradients of impl='torch' / impl='triton' losses cannot be differentiated again "
     "(double backward: create_graph=True followed by a backward through the gradients is not supported); "
