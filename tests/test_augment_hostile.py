@@ -315,6 +315,15 @@ def test_size_argument(size, err, match, impl):
         fused_augment(images_of("nhwc", [(10, 12)] * 2), size, impl=impl)
 
 
+def test_sparse_images_are_named():
+    """A sparse batch or image gets an error naming it (torch's own said "unsupported memory format")."""
+    batch = images_of("nhwc", [(10, 12)] * 2)
+    with pytest.raises(TypeError, match="images must be a dense"):
+        fused_augment(batch.to_sparse(), 8)
+    with pytest.raises(TypeError, match=r"images\[1\] must be a dense"):
+        fused_augment([batch[0], batch[1].to_sparse()], 8)
+
+
 @pytest.mark.parametrize("size", [np.int64(7), torch.tensor(7), (np.int32(7), 7), torch.Size([7, 7]), [7, 7]])
 def test_size_accepts_integer_likes(size):
     out = fused_augment(images_of("nhwc", [(10, 12)] * 2), size, impl="cpu")

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from tests._ref import features
-from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
+from vlkernels import (
+    ClipLoss,
+    DistillClipLoss,
+    SoftTargetLoss,
+    contrastive_loss,
+    sigmoid_loss,
+    soft_target_loss,
+)
 
 IMPLS_O_B = ["torch", pytest.param("triton", marks=pytest.mark.interpreter)]
 
@@ -150,6 +157,27 @@ def test_meta_scalars_are_named():
         )
     with pytest.raises(ValueError, match="dist_logit_scale is on the meta device"):
         DistillClipLoss()(img, txt, 2.0, img, txt, meta)
+
+
+def test_sparse_features_are_named():
+    """Sparse features get an error naming the argument (torch's own came from deep inside a kernel)."""
+    img, txt = features(5, 4)
+    for layout in ("to_sparse", "to_sparse_csr"):
+        sparse = getattr(img, layout)()
+        with pytest.raises(TypeError, match="image_features must be a dense"):
+            contrastive_loss(sparse, txt, 2.0)
+        with pytest.raises(TypeError, match="text_features must be a dense"):
+            sigmoid_loss(img, getattr(txt, layout)(), 2.0, -1.0)
+        with pytest.raises(TypeError, match="teacher_image_features must be a dense"):
+            soft_target_loss(
+                img,
+                txt,
+                2.0,
+                0.5,
+                teacher_image_features=sparse,
+                teacher_text_features=txt,
+                teacher_logit_scale=1.0,
+            )
 
 
 @pytest.mark.parametrize("cls", [ClipLoss, DistillClipLoss])

@@ -22,6 +22,8 @@ def check_features(
     for name, x in zip(names, (image_features, text_features), strict=True):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.layout != torch.strided or x.is_nested:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D [B, D], got shape {tuple(x.shape)}")
         if x.dtype not in FLOAT_DTYPES:

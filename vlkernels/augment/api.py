@@ -73,6 +73,8 @@ def _check_image(t, what: str) -> None:
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != torch.uint8:
         raise TypeError(f"{what} must be uint8 (decoded images), got {t.dtype}")
+    if t.layout != torch.strided or t.is_nested:
+        raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
 
 
 def as_batch(images) -> Batch:
