@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.distributed.nn  # noqa: F401  (open_clip calls torch.distributed.nn.all_gather)
 import torch.nn.functional as F
 
-from tests._ref import MaxNumel, assert_within_float64_error, term_scales
+from tests._ref import MaxNumel, assert_within_float64_error, logit_term_scales, term_scales
 from tests._spawn import spawn
 from vlkernels import ClipLoss, DistillClipLoss, SoftTargetLoss, contrastive_loss, soft_target_loss
 from vlkernels.functional import distill_clip_loss
@@ -172,6 +172,29 @@ def _check_gather_contract(rank, world, cases, dims):
             what = f"contrastive impl={impl} b={b} D={dim} eps={eps} rank={rank}"
             terms = term_scales(batch, 11.0, grad_out)
             _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms)
+
+
+def _check_huge_logits(rank, world, impl):
+    """gather=True with logits past fp32's integer range (features of norm 1e13, s = 10): the column
+    LSEs merged across ranks in the backend's units (base 2 for Triton), on the float64 rule with error
+    scales from the actual logits."""
+    b, grad_out = 4, 1.3
+    own = slice(rank * b, (rank + 1) * b)
+    img, txt = _inputs(world * b, 5, seed=7)
+    img = img * 1e13
+    full = _leaves(img, txt, torch.tensor(10.0))
+    want = contrastive_loss_naive(*full, 0.1)
+    want_g = _grads(want, full, grad_out)
+    full64 = _leaves(*(x.double() for x in full))
+    exact = contrastive_loss_naive(*full64, 0.1)
+    exact_g = _grads(exact, full64, grad_out)
+    mine = _leaves(img[own], txt[own], torch.tensor(10.0))
+    got = contrastive_loss(*mine, label_smoothing=0.1, impl=impl, gather=True)
+    got_g = _grads(got, mine, grad_out)
+    terms = logit_term_scales(img, txt, 10.0, grad_out)
+    _float64_rule(
+        f"huge logits impl={impl} rank={rank}", got, got_g, want, want_g, exact, exact_g, own, world, terms
+    )
 
 
 def _check_low_precision(rank, world):
@@ -607,6 +630,8 @@ def test_gather_triton_interpreter():
         ("_check_gather_contract", [("triton", 5)], (9,)),
         ("_check_clip_flags", [("triton", 3)]),
         ("_check_soft_target_contract", [("triton", 3)]),
+        ("_check_huge_logits", "triton"),
+        ("_check_huge_logits", "torch"),
     )
 
 
