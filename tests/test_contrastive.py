@@ -354,20 +354,29 @@ def test_triton_unnormalised_features_and_fallback(monkeypatch, scale):
     assert flagged and flagged[0] > 0, flagged
 
 
-@pytest.mark.interpreter
-@pytest.mark.parametrize("norm", [1e3, 1e7, 1e13, 1e22])
-def test_triton_huge_logits(norm):
-    """Logits past fp32's integer range (|S| up to ~1e23 here) on the float64 rule: the backward's
-    exponents exp2(S2 - lse) subtract the forward's own base-2 LSEs. With a round trip through natural
-    logs (~2 ulps of |S| log2(e) in every exponent) d_image erred by 414 against an allowance of 171 at
-    1e7 and was not finite at 1e13 and 1e22 (naive's is exact to 6e-8 there)."""
-    img, txt = features(7, 5, seed=3)
+def _check_huge_logits(norm: float, batch: int = 7, dim: int = 5, device="cpu"):
+    """fp32 image features of norm ``norm``, unit texts, s = 10, on the Triton path: the float64 rule with
+    error scales from the actual logits (tests/test_gpu_contrastive.py passes "cuda")."""
+    img, txt = features(batch, dim, device=device, seed=3)
     img = img * norm
-    s = torch.tensor(10.0)
+    s = torch.tensor(10.0, device=device)
     got = run_loss(contrastive_loss, img, txt, s, 1.3, impl="triton", label_smoothing=0.1)
     base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=0.1)
     exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3, label_smoothing=0.1)
     assert_within_float64_error(got, base, exact, logit_term_scales(img, txt, 10.0, 1.3))
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "norm,batch,dim", [(1e3, 7, 5), (1e7, 7, 5), (1e13, 7, 5), (1e22, 7, 5), (1e13, 70, 40)]
+)
+def test_triton_huge_logits(norm, batch, dim):
+    """Logits past fp32's integer range (|S| up to ~1e23 here) on the float64 rule: the backward's
+    exponents exp2(S2 - lse) subtract the forward's own base-2 LSEs (bitwise the forward's scores: the
+    G kernel recomputes them with the same dots). With a round trip through natural logs (~2 ulps of
+    |S| log2(e) in every exponent) d_image erred by 414 against an allowance of 171 at 1e7 and was not
+    finite at 1e13 and 1e22 (naive's is exact to 6e-8 there)."""
+    _check_huge_logits(norm, batch, dim)
 
 
 @pytest.mark.interpreter

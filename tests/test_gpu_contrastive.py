@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests._ref import features, force_plan, pair_value, run_loss
-from tests.test_contrastive import _check
+from tests.test_contrastive import _check, _check_huge_logits
 from vlkernels import contrastive_loss
 from vlkernels.ops.contrastive_triton import both_lse, weights
 from vlkernels.ops.triton_utils import matmul
@@ -29,6 +29,15 @@ def test_triton_cuda_matches_float64(monkeypatch, dtype, batch, dim, workspace_m
     monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace_mb)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # torch's fp32 base: IEEE
     _check("triton", batch, dim, dtype, scale=50.0, eps=0.1, grad_out=1.3, device="cuda")
+
+
+@pytest.mark.parametrize("norm", [1e3, 1e7, 1e13, 1e22])
+def test_triton_cuda_huge_logits(monkeypatch, norm):
+    """Logits past fp32's integer range on the float64 rule (tests/test_contrastive.py's check on the
+    GPU's real tiles): passes only where the G kernel recomputes the forward's scores bitwise (the same
+    dots in another tile shape), which the interpreter cannot show."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # torch's fp32 base: IEEE
+    _check_huge_logits(norm, batch=1031, dim=200, device="cuda")
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
