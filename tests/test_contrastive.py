@@ -379,6 +379,23 @@ def test_triton_huge_logits(norm, batch, dim):
     _check_huge_logits(norm, batch, dim)
 
 
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+@pytest.mark.parametrize("batch,dim", [(2, 7), (2, 64), (17, 64)])
+def test_near_one_hot_gradients_match_naive(impl, batch, dim):
+    """Aligned pairs at s = 100 (loss 1e-21 to 1e-35): the exact gradients are that small and fp32 keeps
+    them (naive errs by ~1e-5 of them), so each gradient may err from float64 by twice naive's error plus
+    8 ulps of its own largest element, not of the unit-feature error scale. The torch backend subtracted
+    the diagonal targets after the products: 2 T_i plus the tiny rest rounded to 2 T_i and every feature
+    gradient came out 0 (B = 2) or lost all its digits."""
+    img, txt = features(batch, dim, seed=batch + dim)
+    s = torch.tensor(100.0)
+    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl=impl)
+    base = run_loss(_naive, img, txt, s, 1.3)
+    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3)
+    names = ("d_image", "d_text", "d_scale")
+    assert_within_float64_error(got[1:], base[1:], exact[1:], (0.0,) * 3, names=names)
+
+
 @pytest.mark.interpreter
 def test_triton_normalised_features_need_no_fallback(monkeypatch):
     """CLIP's case (unit features, s = 100): no column is flagged, the forward is one pass."""

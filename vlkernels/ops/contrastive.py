@@ -80,8 +80,10 @@ def target_logit_sum(image, text, eps: float, batch: int, colsum_t) -> torch.Ten
 
 
 def subtract_targets(u: torch.Tensor, partner32, colsum_partner, eps: float, batch: int) -> torch.Tensor:
-    """In place: u -= 2 (1 - eps) partner + 2 eps / B colsum_partner (the targets' part of U)."""
-    u.sub_(partner32, alpha=2.0 * (1.0 - eps))
+    """In place: u -= 2 (1 - eps) partner + 2 eps / B colsum_partner (the targets' part of U); ``partner32``
+    None: the diagonal part is already in the products (subtracted from W before them)."""
+    if partner32 is not None:
+        u.sub_(partner32, alpha=2.0 * (1.0 - eps))
     if eps:
         u.sub_(colsum_partner[None], alpha=2.0 * eps / batch)
     return u
@@ -89,7 +91,8 @@ def subtract_targets(u: torch.Tensor, partner32, colsum_partner, eps: float, bat
 
 def finish_rows(acc, own32, partner32, colsum_partner, eps: float, batch: int, coef, scale, dtype, need_ds):
     """Gradient rows from their accumulated products ``acc`` = (W @ partner)[rows], in place on ``acc``:
-    U = coef (acc - targets); returns (s U in ``dtype``, sum(own * U) if ``need_ds`` else None)."""
+    U = coef (acc - targets); returns (s U in ``dtype``, sum(own * U) if ``need_ds`` else None).
+    ``partner32`` None: W had the diagonal targets subtracted before the product (``subtract_targets``)."""
     u = subtract_targets(acc, partner32, colsum_partner, eps, batch).mul_(coef)
     ds = torch.linalg.vecdot(own32, u).sum() if need_ds else None
     return u.mul_(scale).to(dtype), ds

@@ -11,7 +11,9 @@ LSEs merged across chunks with logaddexp (2 B^2 D FLOPs). The backward recompute
 - otherwise two passes (8 B^2 D): row chunks give the image gradient, column chunks (the same maths on
   S.T) the text gradient; the extra memory is then the chunk of S and its D-wide products only.
 
-Gradients are assembled per chunk (``ops.contrastive.finish_rows``) and written in the features' dtype.
+Gradients are assembled per chunk (``ops.contrastive.finish_rows``) and written in the features' dtype;
+the diagonal targets are subtracted from each chunk of W before its products (``_minus_diagonal``), as the
+Triton kernels fold them into G.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ def _weights(q32, k, scale, lse_q, lse_k, cols: int) -> torch.Tensor:
     s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
     w = torch.exp(s_blk - lse_q[:, None])
     return w.add_(s_blk.sub_(lse_k[None, :]).exp_())
+
+
+def _minus_diagonal(w: torch.Tensor, row0: int, eps: float) -> torch.Tensor:
+    """In place: W[i, row0 + i] -= 2 (1 - eps), the hard targets' diagonal, before the products: on near
+    one-hot rows W_ii ~ 2 then cancels exactly in W (after a GEMM, 2 T_i plus terms below its ulp has
+    rounded to 2 T_i and the gradient, ~ those terms, is lost)."""
+    idx = torch.arange(w.shape[0], device=w.device)
+    w[idx, idx + row0] -= 2.0 * (1.0 - eps)
+    return w
 
 
 class TorchBackend:
@@ -69,13 +80,13 @@ class TorchBackend:
         cols = chunk_rows(batch, dim, dev)
         for sl in row_chunks(batch, batch, dev):
             i_blk = f32_rows(image, sl)
-            w = _weights(i_blk, text, scale, r[sl], c, cols)
+            w = _minus_diagonal(_weights(i_blk, text, scale, r[sl], c, cols), sl.start, eps)
             if one_pass:
                 a_t.addmm_(w.T, i_blk)
             acc = matmul_f32(w, text, False, cols)
             del w
             d_image[sl], ds = finish_rows(
-                acc, i_blk, f32_rows(text, sl), colsum_t, eps, batch, coef, scale, image.dtype, True
+                acc, i_blk, None, colsum_t, eps, batch, coef, scale, image.dtype, True
             )
             d_scale += ds
         if not need_t:
@@ -85,10 +96,8 @@ class TorchBackend:
             if one_pass:
                 acc = a_t[sl]
             else:
-                w = _weights(f32_rows(text, sl), image, scale, c[sl], r, cols)
+                w = _minus_diagonal(_weights(f32_rows(text, sl), image, scale, c[sl], r, cols), sl.start, eps)
                 acc = matmul_f32(w, image, False, cols)
                 del w
-            d_text[sl], _ = finish_rows(
-                acc, None, f32_rows(image, sl), colsum_i, eps, batch, coef, scale, text.dtype, False
-            )
+            d_text[sl], _ = finish_rows(acc, None, None, colsum_i, eps, batch, coef, scale, text.dtype, False)
         return d_image, d_text, d_scale

@@ -81,14 +81,18 @@ class TorchSoftTargetBackend:
         ce, cq = coefs[0], coefs[1]
         rows = slice(sl.start, sl.start + q32.shape[0])
         e_rows = (a[rows] * h[0] + h[1] if isinstance(h, tuple) else h[rows]) * ce
-        p_rows = e_rows if teacher is None else e_rows + a[rows] * cq
+        p_rows = e_rows if teacher is None else e_rows.addcmul(a[rows], cq)  # as the column weights
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
         g = torch.sub(s_blk, lse_q[rows, None]).exp_().mul_(p_rows[:, None])
         col = s_blk.sub_(lse_k[None, :]).exp_()  # exp(S - c_j), in place
-        # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most
+        # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most, formed as
+        # the rows' (bitwise the same at j = i: with near one-hot rows the hard targets then cancel exactly)
         if isinstance(h, tuple):
-            w = a[None, :] * (ce * h[0] + (0.0 if teacher is None else cq))
-            g.addcmul_(col, w.add_(ce * h[1]))
+            w = a * h[0]
+            w.add_(h[1]).mul_(ce)
+            if teacher is not None:
+                w.addcmul_(a, cq)
+            g.addcmul_(col, w[None, :])
             del w
         elif teacher is None:
             g.addcmul_(col.mul_(h[None, :]), ce)
