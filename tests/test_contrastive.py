@@ -47,12 +47,13 @@ def _check(
     return _check_features(impl, img, txt, scale, grad_out, label_smoothing=eps, reduction=reduction)
 
 
-def _check_features(impl, img, txt, scale, grad_out, label_smoothing=0.0, reduction="mean"):
+def _check_features(impl, img, txt, scale, grad_out, label_smoothing=0.0, reduction="mean", terms=None):
     """The loss and the grads of ``impl`` on these features, on flash-attention's rule: they err from the
     float64 loss by at most twice what torch's naive loss in the features' dtype errs
     (``assert_within_float64_error``), and, on the Triton path in a 16-bit dtype, what rounding
     G = P_row + P_col - 2 targets to it adds, each term scaled by s g / (2B) (``g_rounding``). Gradients
-    in the features' dtype, the loss and d_scale in fp32 (as naive's); returns them."""
+    in the features' dtype, the loss and d_scale in fp32 (as naive's); returns them. ``terms``: the error
+    scales (default ``term_scales``, for unit features; ``logit_term_scales`` for others)."""
     batch, dtype, device = img.shape[0], img.dtype, img.device
     kw = dict(label_smoothing=label_smoothing, reduction=reduction)
     s = torch.tensor(scale, device=device)  # run_loss makes a fresh leaf of it for each run
@@ -66,7 +67,8 @@ def _check_features(impl, img, txt, scale, grad_out, label_smoothing=0.0, reduct
         logits = scale * img64 @ txt64.T
         g64 = logits.softmax(1) + logits.softmax(0) - 2.0 * smoothed_targets(batch, label_smoothing, device)
         rounding = g_rounding(dtype, exact, g64, img64, txt64, g * scale / (2 * batch))
-    assert_within_float64_error(got, base, exact, term_scales(batch, scale, g), rounding=rounding)
+    terms = terms or term_scales(batch, scale, g)
+    assert_within_float64_error(got, base, exact, terms, rounding=rounding)
     return got
 
 
@@ -345,12 +347,9 @@ def test_triton_unnormalised_features_and_fallback(monkeypatch, scale):
 
     monkeypatch.setattr(ct, "_exact_rows", spy)
     img, txt = _unnormalised(29, 13, seed=int(scale))
-    s = torch.tensor(scale)
-    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl="triton", label_smoothing=0.1)
-    base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=0.1)
-    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3, label_smoothing=0.1)
     # error scales from the actual logits (term_scales assumes unit features)
-    assert_within_float64_error(got, base, exact, logit_term_scales(img, txt, scale, 1.3))
+    terms = logit_term_scales(img, txt, scale, 1.3)
+    _check_features("triton", img, txt, scale, 1.3, label_smoothing=0.1, terms=terms)
     assert flagged and flagged[0] > 0, flagged
 
 
@@ -359,11 +358,8 @@ def _check_huge_logits(norm: float, batch: int = 7, dim: int = 5, device="cpu"):
     error scales from the actual logits (tests/test_gpu_contrastive.py passes "cuda")."""
     img, txt = features(batch, dim, device=device, seed=3)
     img = img * norm
-    s = torch.tensor(10.0, device=device)
-    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl="triton", label_smoothing=0.1)
-    base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=0.1)
-    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3, label_smoothing=0.1)
-    assert_within_float64_error(got, base, exact, logit_term_scales(img, txt, 10.0, 1.3))
+    terms = logit_term_scales(img, txt, 10.0, 1.3)
+    _check_features("triton", img, txt, 10.0, 1.3, label_smoothing=0.1, terms=terms)
 
 
 @pytest.mark.interpreter

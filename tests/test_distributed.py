@@ -151,6 +151,24 @@ def _open_clip_distill(
 # --- checks run inside the workers ---------------------------------------------------------------
 
 
+def _gathered_on_float64_rule(what, rank, world, img, txt, scale, eps, impl, grad_out, terms):
+    """The contrastive loss with gather=True on this rank's share of the full batch (img, txt) against the
+    full-batch naive loss (``_float64_rule``); returns the rank's gradients."""
+    b = img.shape[0] // world
+    own = slice(rank * b, (rank + 1) * b)
+    full = _leaves(img, txt, torch.tensor(scale))
+    want = contrastive_loss_naive(*full, eps)
+    want_g = _grads(want, full, grad_out)
+    full64 = _leaves(*(x.double() for x in full))
+    exact = contrastive_loss_naive(*full64, eps)
+    exact_g = _grads(exact, full64, grad_out)
+    mine = _leaves(img[own], txt[own], torch.tensor(scale))
+    got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
+    got_g = _grads(got, mine, grad_out)
+    _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms)
+    return got_g
+
+
 def _check_gather_contract(rank, world, cases, dims):
     """gather=True: per-rank loss = full-batch loss; local grads = n * full grads (so DDP's average is the
     single-process gradient); logit_scale grad = full-batch grad."""
@@ -158,42 +176,20 @@ def _check_gather_contract(rank, world, cases, dims):
         for dim, eps in zip(dims, (0.0, 0.1), strict=False):
             batch = world * b
             img, txt = _inputs(batch, dim, seed=100 * b + dim)
-            own = slice(rank * b, (rank + 1) * b)
-            grad_out = 1.7
-            full = _leaves(img, txt, torch.tensor(11.0))
-            want = contrastive_loss_naive(*full, eps)
-            want_g = _grads(want, full, grad_out)
-            full64 = _leaves(*(x.double() for x in full))
-            exact = contrastive_loss_naive(*full64, eps)
-            exact_g = _grads(exact, full64, grad_out)
-            mine = _leaves(img[own], txt[own], torch.tensor(11.0))
-            got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
-            got_g = _grads(got, mine, grad_out)
             what = f"contrastive impl={impl} b={b} D={dim} eps={eps} rank={rank}"
-            terms = term_scales(batch, 11.0, grad_out)
-            _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms)
+            terms = term_scales(batch, 11.0, 1.7)
+            _gathered_on_float64_rule(what, rank, world, img, txt, 11.0, eps, impl, 1.7, terms)
 
 
 def _check_huge_logits(rank, world, impl):
     """gather=True with logits past fp32's integer range (features of norm 1e13, s = 10): the column
     LSEs merged across ranks in the backend's units (base 2 for Triton), on the float64 rule with error
     scales from the actual logits."""
-    b, grad_out = 4, 1.3
-    own = slice(rank * b, (rank + 1) * b)
-    img, txt = _inputs(world * b, 5, seed=7)
+    img, txt = _inputs(world * 4, 5, seed=7)
     img = img * 1e13
-    full = _leaves(img, txt, torch.tensor(10.0))
-    want = contrastive_loss_naive(*full, 0.1)
-    want_g = _grads(want, full, grad_out)
-    full64 = _leaves(*(x.double() for x in full))
-    exact = contrastive_loss_naive(*full64, 0.1)
-    exact_g = _grads(exact, full64, grad_out)
-    mine = _leaves(img[own], txt[own], torch.tensor(10.0))
-    got = contrastive_loss(*mine, label_smoothing=0.1, impl=impl, gather=True)
-    got_g = _grads(got, mine, grad_out)
-    terms = logit_term_scales(img, txt, 10.0, grad_out)
-    _float64_rule(
-        f"huge logits impl={impl} rank={rank}", got, got_g, want, want_g, exact, exact_g, own, world, terms
+    terms = logit_term_scales(img, txt, 10.0, 1.3)
+    _gathered_on_float64_rule(
+        f"huge logits impl={impl} rank={rank}", rank, world, img, txt, 10.0, 0.1, impl, 1.3, terms
     )
 
 
@@ -203,23 +199,12 @@ def _check_low_precision(rank, world):
     contract) err from the float64 full-batch loss by at most twice what the naive loss on the same
     rounded inputs errs, plus 8 fp32 ulps of their error scale."""
     b, scale, grad_out = 6, 9.0, 1.3
-    own = slice(rank * b, (rank + 1) * b)
     for dtype in (torch.bfloat16, torch.float16):
         img, txt = _inputs(world * b, 12, seed=b, dtype=dtype)
-        full = _leaves(img, txt, torch.tensor(scale))
-        want = contrastive_loss_naive(*full, 0.1)
-        want_g = _grads(want, full, grad_out)
-        full64 = _leaves(*(x.double() for x in full))
-        exact = contrastive_loss_naive(*full64, 0.1)
-        exact_g = _grads(exact, full64, grad_out)
-        mine = _leaves(img[own], txt[own], torch.tensor(scale))
-        got = contrastive_loss(*mine, label_smoothing=0.1, impl="torch", gather=True)
-        got_g = _grads(got, mine, grad_out)
-        assert got_g[0].dtype == dtype and got_g[1].dtype == dtype
         terms = term_scales(world * b, scale, grad_out)
-        _float64_rule(
-            f"contrastive {dtype} rank={rank}", got, got_g, want, want_g, exact, exact_g, own, world, terms
-        )
+        what = f"contrastive {dtype} rank={rank}"
+        got_g = _gathered_on_float64_rule(what, rank, world, img, txt, scale, 0.1, "torch", grad_out, terms)
+        assert got_g[0].dtype == dtype and got_g[1].dtype == dtype
 
 
 def _soft_target_gathered(img, txt, scale, alpha, teacher, mask, eps, impl):
