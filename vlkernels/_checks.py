@@ -15,6 +15,13 @@ REDUCTIONS = {"mean": 1.0, "sum": 2.0}
 TEACHER_NAMES = ("teacher_image_features", "teacher_text_features", "teacher_logit_scale")
 
 
+def check_dense(x: torch.Tensor, name: str) -> None:
+    """A strided tensor: sparse and nested layouts get an error naming ``name`` (torch's own came from
+    inside a kernel)."""
+    if x.layout != torch.strided or x.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+
+
 def check_features(
     image_features, text_features, names=("image_features", "text_features")
 ) -> tuple[int, int]:
@@ -22,8 +29,7 @@ def check_features(
     for name, x in zip(names, (image_features, text_features), strict=True):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.layout != torch.strided or x.is_nested:
-            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+        check_dense(x, name)
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D [B, D], got shape {tuple(x.shape)}")
         if x.dtype not in FLOAT_DTYPES:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from vlkernels import _ext
+from vlkernels._checks import check_dense
 from vlkernels.augment import _op
 from vlkernels.augment.packed import PackedImages
 from vlkernels.augment.params import (
@@ -73,8 +74,7 @@ def _check_image(t, what: str) -> None:
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype != torch.uint8:
         raise TypeError(f"{what} must be uint8 (decoded images), got {t.dtype}")
-    if t.layout != torch.strided or t.is_nested:
-        raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
+    check_dense(t, what)
 
 
 def as_batch(images) -> Batch:
