@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tests._ref import features
-from tests.test_soft_target import _check, _check_features, _teacher_kwargs
+from tests.test_soft_target import _check, _check_features, _teacher_kwargs, check_distill_near_one_hot
 from vlkernels import soft_target_loss
 from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend, both_stats
 
@@ -36,6 +36,14 @@ def test_triton_cuda_matches_float64(monkeypatch, dtype, batch, dim, t_dim, work
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # torch's fp32 base: IEEE
     _check("triton", batch, dim, dtype, alpha=0.4, t_dim=t_dim, mask=True, eps=0.1, grad_out=1.3, scale=50.0,
            t_dtype=dtype, t_scale=40.0, device="cuda")  # fmt: skip
+
+
+@pytest.mark.parametrize("batch", [5, 257])
+def test_distill_near_one_hot_two_grad_outputs(monkeypatch, batch):
+    """DistillClipLoss near one-hot with its two losses weighted apart, fp32 on the real tiles
+    (tests/test_soft_target.py's check): no ulp of e + q left on the diagonal."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_distill_near_one_hot("triton", batch, 64, 48, device="cuda")
 
 
 def test_wide_tiles_fall_back_for_features_tma_cannot_read():

@@ -30,7 +30,7 @@ from tests._ref import (
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
 from vlkernels.ops.torch_utils import lse_nats
-from vlkernels.reference import soft_target_loss_naive
+from vlkernels.reference import distill_clip_loss_naive, soft_target_loss_naive
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 TRITON = pytest.param("triton", marks=pytest.mark.interpreter)
@@ -340,20 +340,61 @@ def test_triton_matches_naive_large(t_dim):
 
 
 @pytest.mark.parametrize("impl", ["torch", TRITON])
-@pytest.mark.parametrize("dim", [7, 64])
-def test_near_one_hot_gradients_match_naive(impl, dim):
+@pytest.mark.parametrize("dim,teacher,alpha", [(7, False, 0.4), (64, False, 0.4), (64, True, 0.3)])
+def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha):
     """Aligned pairs at s = 100, B = 2 (loss ~1e-30, gradients ~1e-30 to 1e-36): fp32 keeps those gradients
     (naive errs by 1e-35 at most), so each feature and scale gradient may err from float64 by twice
     naive's error plus 8 ulps of its own largest element, not of the unit-feature error scale. The torch
     backend formed the column hard weights in another rounding than the rows', so the hard targets left
-    an ulp of the weight on the diagonal: 9e-7 at D = 64, 2.6e-6 at D = 7."""
+    an ulp of the weight on the diagonal: 9e-7 at D = 64, 2.6e-6 at D = 7. With a separate teacher, also
+    near one-hot (s' = 100), the torch backend's diagonal 2 p - q - q - 2 e (p = e + q) left an ulp of p:
+    5.6e-7 where the exact gradient is 4e-38."""
     img, txt = features(2, dim, seed=2 + dim)
     kw = dict(label_smoothing=0.0)
-    got = _run_impl(impl, img, txt, 100.0, 0.4, kw, 1.3)
-    base = _run_impl("naive", img, txt, 100.0, 0.4, kw, 1.3)
-    exact, _ = _float64_run(img, txt, 100.0, 0.4, kw, 1.3)
+    if teacher:
+        t_img, t_txt = features(2, 5, seed=3)
+        kw.update(teacher_image_features=t_img, teacher_text_features=t_txt, teacher_logit_scale=100.0)
+    got = _run_impl(impl, img, txt, 100.0, alpha, kw, 1.3)
+    base = _run_impl("naive", img, txt, 100.0, alpha, kw, 1.3)
+    exact, _ = _float64_run(img, txt, 100.0, alpha, kw, 1.3)
     names = ("d_image", "d_text", "d_scale")
     assert_within_float64_error(got[1:], base[1:], exact[1:], (0.0,) * 3, names=names)
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+@pytest.mark.parametrize("batch", [2, 5])
+def test_distill_clip_loss_near_one_hot_two_grad_outputs(impl, batch):
+    """DistillClipLoss near one-hot (student and teacher at s = s' = 100, well-matched pairs) with its two
+    losses weighted apart (0.37 contrastive + 1.91 distill: hard and soft weights e != q): the float64
+    rule with 8 ulps of each gradient's own largest element (test_near_one_hot_gradients_match_naive).
+    Forming p = e + q rounds, and the diagonal's 2 p - 2 q - 2 e then kept that ulp of p: the torch and
+    the Triton backends erred by ~1e-6 where the exact gradients are ~1e-36 (naive: 1e-41)."""
+    check_distill_near_one_hot(impl, batch, 64, 48)
+
+
+def check_distill_near_one_hot(impl, batch, dim, t_dim, device="cpu"):
+    """``test_distill_clip_loss_near_one_hot_two_grad_outputs``'s check (tests/test_gpu_soft_target.py
+    runs it on "cuda")."""
+    img, txt = features(batch, dim, seed=7, device=device)
+    t_img, t_txt = features(batch, t_dim, seed=8, device=device)
+    runs = []
+    for fn, args in (
+        (DistillClipLoss(impl=impl), (img, txt, t_img, t_txt)),
+        (DistillClipLoss(impl="naive"), (img, txt, t_img, t_txt)),
+        (distill_clip_loss_naive, [x.double() for x in (img, txt, t_img, t_txt)]),
+    ):
+        i, t = args[0].clone().requires_grad_(), args[1].clone().requires_grad_()
+        s = torch.tensor(100.0, dtype=i.dtype, device=device, requires_grad=True)
+        if fn is distill_clip_loss_naive:
+            t_scale = torch.tensor(100.0, dtype=i.dtype, device=device)
+            contrastive, distill = fn(i, t, s, args[2], args[3], t_scale, 0.0)
+        else:
+            contrastive, distill = fn(i, t, s, args[2], args[3], 100.0)
+        (0.37 * contrastive + 1.91 * distill).backward()
+        runs.append((i.grad, t.grad, s.grad))
+    got, base, exact = runs
+    names = ("d_image", "d_text", "d_scale")
+    assert_within_float64_error(got, base, exact, (0.0,) * 3, names=names)
 
 
 @pytest.mark.interpreter

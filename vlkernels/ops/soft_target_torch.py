@@ -26,6 +26,22 @@ def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
     return torch.log(den) + m.squeeze(dim), (e.mul_(y)).sum(dim) / den
 
 
+def _teacher_diagonal(s_ii, t_ii, e, q, at, lses, eps: float, batch: int) -> torch.Tensor:
+    """dL/dS on the diagonal (at rows and columns ``at``) with a separate teacher, from its scores S_ii and
+    S'_ii and the weights e, q there (``lses`` = (r, c, r', c')): e (E_row + E_col) - 2 e (1 - eps + eps / B)
+    + q (E_row - T_row) + q (E_col - T_col), E = exp(S - LSE) and T = exp(S' - LSE'). Not the tile's
+    p (E_row + E_col) - q (T_row + T_col) - hard with p = e + q: where a row is near one-hot, the hard
+    targets cancel all but p's rounding there, an ulp of p where the exact dL/dS is tiny; here they
+    cancel the e terms first, and E - T is exact where the two softmaxes agree."""
+    r, c, tr, tc = lses
+    e_row, e_col = torch.exp(s_ii - r[at]), torch.exp(s_ii - c[at])
+    d = (e * e_row).addcmul_(e, e_col).sub_(e, alpha=2.0 * (1.0 - eps))
+    if eps:
+        d.sub_(e, alpha=2.0 * eps / batch)
+    d.addcmul_(q, e_row - torch.exp(t_ii - tr[at])).addcmul_(q, e_col - torch.exp(t_ii - tc[at]))
+    return d
+
+
 class TorchSoftTargetBackend:
     """``stats`` / ``accumulate`` of the soft-target backend protocol (ops/soft_target.py) in PyTorch."""
 
@@ -75,14 +91,18 @@ class TorchSoftTargetBackend:
         the hard targets (e_i + e_j) ((1 - eps) [i == j] + eps / B), with e = coefs[0] h, q = coefs[1] a
         from ``pair`` = (h, a) and p = e + q (p = e for the self teacher: the soft terms cancel); ``teacher``
         (Q', K', s') in the same orientation or None. The column weights are applied in place on the
-        exponentials; at most three [rows, N] buffers (or two and a [1, N] weight row) at once."""
+        exponentials; at most three [rows, N] buffers (or two and a [1, N] weight row) at once. With a
+        teacher the diagonal is formed again from its O(rows) scores without p (``_teacher_diagonal``)."""
         batch = k.shape[0]
         h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
         rows = slice(sl.start, sl.start + q32.shape[0])
         e_rows = (a[rows] * h[0] + h[1] if isinstance(h, tuple) else h[rows]) * ce
         p_rows = e_rows if teacher is None else e_rows.addcmul(a[rows], cq)  # as the column weights
+        idx = torch.arange(q32.shape[0], device=q32.device)
+        diag = (idx, idx + rows.start)
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
+        s_ii = None if teacher is None else s_blk[diag]  # a copy, [rows]
         g = torch.sub(s_blk, lse_q[rows, None]).exp_().mul_(p_rows[:, None])
         col = s_blk.sub_(lse_k[None, :]).exp_()  # exp(S - c_j), in place
         # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most, formed as
@@ -101,6 +121,7 @@ class TorchSoftTargetBackend:
         del s_blk, col
         if teacher is not None:
             t_blk = self._teacher_block(teacher, rows, None, cols)
+            t_ii = t_blk[diag]
             g.sub_(torch.sub(t_blk, t_lse_q[rows, None]).exp_().mul_((a[rows] * cq)[:, None]))
             g.sub_(t_blk.sub_(t_lse_k[None, :]).exp_().mul_(a[None, :]).mul_(cq))
             del t_blk
@@ -110,8 +131,11 @@ class TorchSoftTargetBackend:
                 g.addcmul_(a[None, :], ce * h[0], value=-eps / batch).sub_(ce * h[1] * (eps / batch))
             else:
                 g.addcmul_(h[None, :], ce, value=-eps / batch)
-        idx = torch.arange(q32.shape[0], device=q32.device)
-        g[idx, idx + rows.start] -= (2.0 * (1.0 - eps)) * e_rows
+        if teacher is None:
+            g[diag] -= (2.0 * (1.0 - eps)) * e_rows
+        else:
+            lses = (lse_q, lse_k, t_lse_q, t_lse_k)
+            g[diag] = _teacher_diagonal(s_ii, t_ii, e_rows, a[rows] * cq, diag[1], lses, eps, batch)
         return g
 
     def gradients(

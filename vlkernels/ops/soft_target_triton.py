@@ -14,12 +14,14 @@ strides, scales read from device memory (no host sync), fp32 accumulation, int64
   contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and writes
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the workspace in
   the features' dtype, the weights formed in registers from the pair weights (e = c_h h, q = c_a a,
-  p = e + q); with HARD minus the hard targets (dL/dS, and the scale's partial sums). The single-process
-  backward (``gradients``) stores dI = s dL/dS @ T, accumulates dT for the covered columns in fp32 and
-  runs a column pass for the rest, as the contrastive loss does: 6 B^2 D (+ 2 B^2 D') while the
-  accumulator covers every column; the gathered Function's products (``accumulate``) are fp32 W @ T
-  and W.T @ I. No float atomics, deterministic. For the self teacher S' = S and the q terms fold into
-  the p terms, so the backward costs what the contrastive one does.
+  p = e + q) as e_i E_row + e_j E_col [- hard] + q_i (E_row - T_row) + q_j (E_col - T_col), so that
+  near one-hot rows keep no ulp of e + q (``_w_part``); with HARD minus the hard targets (dL/dS, and the
+  scale's partial sums). The single-process backward (``gradients``) stores dI = s dL/dS @ T,
+  accumulates dT for the covered columns in fp32 and runs a column pass for the rest, as the contrastive
+  loss does: 6 B^2 D (+ 2 B^2 D') while the accumulator covers every column; the gathered Function's
+  products (``accumulate``) are fp32 W @ T and W.T @ I. No float atomics, deterministic. For the self
+  teacher S' = S and the q terms fold into the p terms, so the backward costs what the contrastive one
+  does.
 """
 
 from __future__ import annotations
@@ -259,7 +261,6 @@ def _weights_tile(
     scale2,
     lse_q,
     e_q,
-    p_q,
     q_q,
     ce,
     e0,
@@ -329,7 +330,7 @@ def _weights_tile(
         TMA,
     )
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
-    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, p_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
+    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
     cols = (lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, DT, row0)
     cols += (eps_diag, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
     # the runtime arguments in tuples (a tuple holds no constexpr)
@@ -426,7 +427,6 @@ def _w_part(
     scale2,
     lse_q,
     e_q,
-    p_q,
     q_q,
     ce,
     e0,
@@ -471,12 +471,8 @@ def _w_part(
     s2 = acc * scale2
     lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
     e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
-    p_k = e_k
-    if TEACHER:
+    if TEACHER:  # the teacher's tile first: no exponential tiles held across its dot
         q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
-        p_k = e_k + q_k
-    w = p_q[:, None] * tl.exp2(s2 - lse_q[:, None]) + p_k[None, :] * tl.exp2(s2 - lse_k[None, :])
-    if TEACHER:
         t_acc = dot_tile(
             tq_ptr,
             tk_ptr,
@@ -497,13 +493,22 @@ def _w_part(
         )
         t2 = t_acc * t_scale2
         t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0)
-        w -= q_q[:, None] * tl.exp2(t2 - t_lse_q[:, None]) + q_k[None, :] * tl.exp2(t2 - t_lse_k[None, :])
+    # W as e (E_row + E_col) - hard + q (E_row - T_row) + q (E_col - T_col), not (e + q) E - q T: the
+    # hard targets cancel the e terms (near one-hot rows: both ~2 e_i on the diagonal) before the soft
+    # terms come in, and E - T is exact where the student's and the teacher's weights agree, so no ulp of
+    # e + q is left where the exact dL/dS is tiny
+    e_row = tl.exp2(s2 - lse_q[:, None])
+    e_col = tl.exp2(s2 - lse_k[None, :])
+    w = e_q[:, None] * e_row + e_k[None, :] * e_col
     if HARD:
         # the hard targets' part (e_i + e_j) (eps_diag [diagonal] + eps_all), its eps_all share as a row
         # and a column term (fewer tile temporaries in the registers)
         w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
         eye = tile_diagonal(pid_m, b, row0, BLOCK_M, W)
         w = tl.where(eye, w - (e_q[:, None] + e_k[None, :]) * eps_diag, w)
+    if TEACHER:
+        w += q_q[:, None] * (e_row - tl.exp2(t2 - t_lse_q[:, None]))
+        w += q_k[None, :] * (e_col - tl.exp2(t2 - t_lse_k[None, :]))
     store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, HARD, UPCAST)
 
 
@@ -559,7 +564,8 @@ def _weights_kernel(
     """Tiles of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
     - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
     cf[2], q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
-    weights h, a of the rows (``*_q``) and of the columns (``*_k``). HARD: minus the hard targets' part,
+    weights h, a of the rows (``*_q``) and of the columns (``*_k``), formed as ``_w_part`` says (p is
+    never formed). HARD: minus the hard targets' part,
     (e_i + e_j) (eps_diag [row0 + i == j] + eps_all), so that W is dL/dS, and the tile's fp32 row sums
     of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
     walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
@@ -574,16 +580,14 @@ def _weights_kernel(
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
     e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
-    p_q = e_q
     if TEACHER:
         cq = tl.load(cf_ptr + 1)
         q_q = tl.load(a_q_ptr + offs_m, mask=mask_m, other=0.0) * cq
-        p_q = e_q + q_q
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
         t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0)
     else:
         q_q, cq, t_scale2, t_lse_q = e_q, ce, scale2, lse_q  # unused
-    rows = (scale2, lse_q, e_q, p_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
+    rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
     # the runtime arguments (a tuple holds no constexpr)
     args = (k_ptr, q_ptr, lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, D, DT)
     args += (row0, eps_diag, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
