@@ -42,10 +42,10 @@ def _spawn(world: int, *calls):
 # --- inputs and references -----------------------------------------------------------------------
 
 
-def _inputs(batch: int, dim: int, seed: int, dtype=torch.float32):
+def _inputs(batch: int, dim: int, seed: int, dtype=torch.float32, noise: float = 0.8):
     g = torch.Generator().manual_seed(seed)
     img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
-    txt = F.normalize(img + 0.8 * torch.randn(batch, dim, generator=g), dim=1)
+    txt = F.normalize(img + noise * torch.randn(batch, dim, generator=g), dim=1)
     return img.to(dtype), txt.to(dtype)
 
 
@@ -58,12 +58,12 @@ def _grads(loss, leaves, grad_out):
     return [x.grad for x in leaves]
 
 
-def _float64_rule(what, got, got_g, base, base_g, exact, exact_g, own, world, terms):
+def _float64_rule(what, got, got_g, base, base_g, exact, exact_g, own, world, terms, loss=True):
     """The single-process float64 rule (tests/_ref.py) over (loss, d_image, d_text[, d_scale]) of the
     gathered loss: its loss and its rank's gradients over the world size (the gather contract: n times the
     full-batch gradients) against the full-batch loss in float64 (``exact``), with the naive loss on the
     same inputs (fp32 arithmetic, gradients in their dtype: ``base``) as torch's error. ``got_g[2]``
-    None: the scale had no gradient to check."""
+    None: the scale had no gradient to check; ``loss`` False: the gradients only."""
     count = 3 if got_g[2] is None else 4
     quantities = [
         [got.detach(), got_g[0] / world, got_g[1] / world, got_g[2]],
@@ -71,8 +71,11 @@ def _float64_rule(what, got, got_g, base, base_g, exact, exact_g, own, world, te
         [exact.detach(), exact_g[0][own], exact_g[1][own], exact_g[2]],
     ]
     names = ("loss", "d_image", "d_text", "d_scale")[:count]
+    first = 0 if loss else 1
     try:
-        assert_within_float64_error(*(q[:count] for q in quantities), terms[:count], names=names)
+        assert_within_float64_error(
+            *(q[first:count] for q in quantities), terms[first:count], names=names[first:]
+        )
     except AssertionError as error:
         raise AssertionError(f"{what}: {error}") from None
 
@@ -151,13 +154,16 @@ def _open_clip_distill(
 # --- checks run inside the workers ---------------------------------------------------------------
 
 
-def _gathered_on_float64_rule(what, rank, world, img, txt, scale, eps, impl, grad_out, terms):
+def _gathered_on_float64_rule(
+    what, rank, world, img, txt, scale, eps, impl, grad_out, terms, loss=True, base="naive"
+):
     """The contrastive loss with gather=True on this rank's share of the full batch (img, txt) against the
-    full-batch naive loss (``_float64_rule``); returns the rank's gradients."""
+    full-batch loss of impl ``base`` as torch's error (``_float64_rule``; ``loss`` False: the gradients
+    only); returns the rank's gradients."""
     b = img.shape[0] // world
     own = slice(rank * b, (rank + 1) * b)
     full = _leaves(img, txt, torch.tensor(scale))
-    want = contrastive_loss_naive(*full, eps)
+    want = contrastive_loss(*full, label_smoothing=eps, impl=base)
     want_g = _grads(want, full, grad_out)
     full64 = _leaves(*(x.double() for x in full))
     exact = contrastive_loss_naive(*full64, eps)
@@ -165,7 +171,7 @@ def _gathered_on_float64_rule(what, rank, world, img, txt, scale, eps, impl, gra
     mine = _leaves(img[own], txt[own], torch.tensor(scale))
     got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
     got_g = _grads(got, mine, grad_out)
-    _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms)
+    _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, terms, loss)
     return got_g
 
 
@@ -191,6 +197,19 @@ def _check_huge_logits(rank, world, impl):
     _gathered_on_float64_rule(
         f"huge logits impl={impl} rank={rank}", rank, world, img, txt, 10.0, 0.1, impl, 1.3, terms
     )
+
+
+def _check_near_one_hot(rank, world, impl):
+    """gather=True on near one-hot rows (two well-matched pairs per rank at s = 100: gradients ~1e-20):
+    each gradient within twice the single-process loss's error (same impl: what the block-row scheme may
+    add; tests/test_contrastive.py holds that one to naive's) plus 8 ulps of its own largest element. The
+    targets are subtracted from each chunk of W before its products: after them, 2 T_i plus the tiny rest
+    had rounded to 2 T_i (errors of 100% of the gradients, 1e6 times the single-process ones)."""
+    img, txt = _inputs(2 * world, 64, seed=9, noise=0.1)
+    for eps in (0.0, 0.1):
+        what = f"near one-hot impl={impl} eps={eps} rank={rank}"
+        args = (what, rank, world, img, txt, 100.0, eps, impl, 1.3, (0.0,) * 4)
+        _gathered_on_float64_rule(*args, loss=False, base=impl)
 
 
 def _check_low_precision(rank, world):
@@ -580,6 +599,7 @@ def test_gather_matches_full_batch(world):
         ("_check_gather_contract", TORCH_CASES, (9, 16)),
         ("_check_soft_target_contract", TORCH_CASES),
         ("_check_low_precision",),
+        ("_check_near_one_hot", "torch"),
     )
 
 
@@ -617,6 +637,7 @@ def test_gather_triton_interpreter():
         ("_check_soft_target_contract", [("triton", 3)]),
         ("_check_huge_logits", "triton"),
         ("_check_huge_logits", "torch"),
+        ("_check_near_one_hot", "triton"),
     )
 
 

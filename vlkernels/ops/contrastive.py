@@ -7,9 +7,11 @@ uses:
 - ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32, natural or, where the
   backend's ``lse_base2`` is True, in base 2 (of S log2(e)): the units its kernels' exponents use, so
   that the backward subtracts the forward's own values (``lse_nats`` converts for the loss);
-- ``accumulate(I, T, s, r, c) -> (A_I, A_T)``: with W = exp(S - r[:, None]) + exp(S - c[None, :]) (r, c
-  as ``lse`` returned them),
-  ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I`` [N, D] in fp32 (the gathered Function's products);
+- ``accumulate(I, T, s, r, c, targets=None) -> (A_I, A_T)``: with W = exp(S - r[:, None]) +
+  exp(S - c[None, :]) (r, c as ``lse`` returned them), ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I``
+  [N, D] in fp32; with ``targets`` = (row0, eps), W minus 2 ((1 - eps) [row0 + i == j] + eps / N) before
+  the products (the gathered Function's U_I and its rank's share of U_T: subtracted after the GEMMs, the
+  targets would leave near one-hot rows no gradient);
 - ``gradients(I, T, s, r, c, coef, eps, need_t) -> (dI, dT, ds)``: the single-process gradients, in the
   features' dtype, assembled by ``finish_rows`` (the torch backend does it chunk by chunk, without fp32
   copies of the features).
@@ -49,7 +51,13 @@ class ContrastiveBackend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def accumulate(
-        self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, r: torch.Tensor, c: torch.Tensor
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        scale: torch.Tensor,
+        r: torch.Tensor,
+        c: torch.Tensor,
+        targets: tuple[int, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True): ...
@@ -135,14 +143,12 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         batch = dist.get_world_size(group) * image.shape[0]
         texts, _ = _dist.gather(text, group)
         r, c_part = params.backend.lse(image, texts, scale)
-        colsum_i = image.sum(0, dtype=torch.float32)
         targets = target_logit_sum(image, text, params.eps, batch, texts.sum(0, dtype=torch.float32))
         nats = lse_nats(params.backend)
         local = r.sum() * nats - 2.0 * scale * targets
-        extra = torch.cat([local.reshape(1), colsum_i])
-        (c,), _, rest = _dist.merge_columns([c_part], [], extra, group, params.backend.lse_base2)
+        (c,), _, rest = _dist.merge_columns([c_part], [], local.reshape(1), group, params.backend.lse_base2)
         loss = (rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))
-        ctx.save_for_backward(image, text, texts, scale, r, c, rest[1:])
+        ctx.save_for_backward(image, text, texts, scale, r, c)
         ctx.params = params
         return loss
 
@@ -150,21 +156,25 @@ class GatheredContrastiveFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, grad_out):
-        image, text, texts, scale, r, c, colsum_i = ctx.saved_tensors
+        image, text, texts, scale, r, c = ctx.saved_tensors
         p = ctx.params
         batch = texts.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
-        a_i, a_t = p.backend.accumulate(image, texts, scale, r, c)
-        u_t = torch.empty_like(a_i)
+        # The targets folded into each chunk of W before its products (this block-row's diagonal starts at
+        # its own texts' first column): U_I = A_I, and the reduce-scatter sums U_T over the ranks. After the
+        # products, near one-hot rows lost their gradient (2 T_i plus the tiny rest rounds to 2 T_i).
+        row0 = dist.get_rank(p.group) * image.shape[0]
+        u_i, a_t = p.backend.accumulate(image, texts, scale, r, c, (row0, p.eps))
+        u_t = torch.empty_like(u_i)
         rs_work = _dist.reduce_scatter(u_t, a_t, group=p.group, async_op=True)
-        i32, t32 = image.float(), text.float()
-        u_i = subtract_targets(a_i, t32, texts.sum(0, dtype=torch.float32), p.eps, batch)
         # Sum over ranks of the block-rows' ds parts, and of the upstream grads (gather_with_grad: every
         # rank's loss reaches these features).
-        red = torch.stack([(i32 * u_i).sum(), grad_out.float().reshape(())])
+        ds = image.new_zeros((), dtype=torch.float32)
+        for sl in row_chunks(image.shape[0], image.shape[1], image.device):
+            ds += torch.linalg.vecdot(f32_rows(image, sl), u_i[sl]).sum()
+        red = torch.stack([ds, grad_out.float().reshape(())])
         ar_work = dist.all_reduce(red, group=p.group, async_op=True)
         rs_work.wait()
-        subtract_targets(u_t, i32, colsum_i, p.eps, batch)
         ar_work.wait()
         coef = p.factor / (2.0 * batch)
         g_feat = (red[1] if p.with_grad else grad_out.float()) * (coef * scale)

@@ -56,14 +56,20 @@ class TorchBackend:
             c = torch.logaddexp(c, torch.logsumexp(s_blk, dim=0))
         return r, c
 
-    def accumulate(self, image, text, scale, r, c):
-        """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :])."""
+    def accumulate(self, image, text, scale, r, c, targets=None):
+        """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :]),
+        with ``targets`` = (row0, eps) minus 2 ((1 - eps) [row0 + i == j] + eps / N) before the products."""
         a_i = torch.empty(image.shape, dtype=torch.float32, device=image.device)
         a_t = torch.zeros(text.shape, dtype=torch.float32, device=image.device)
         cols = chunk_rows(text.shape[0], image.shape[1], image.device)
         for sl in row_chunks(image.shape[0], text.shape[0], image.device):
             i_blk = f32_rows(image, sl)
             w = _weights(i_blk, text, scale, r[sl], c, cols)
+            if targets is not None:
+                row0, eps = targets
+                _minus_diagonal(w, row0 + sl.start, eps)
+                if eps:
+                    w.sub_(2.0 * eps / text.shape[0])
             a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)
         return a_i, a_t

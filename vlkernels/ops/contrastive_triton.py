@@ -625,14 +625,16 @@ def _plan(m, n, dim, dtype, need_t, workspace, arch: int | None = None) -> Backw
     return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype, arch))
 
 
-def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps):
+def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps, diag0: int = 0):
     """The contrastive G for ``Workspace.products``: ``weights`` into the workspace; with targets (``eps`` not
-    None) the partial sums of G * <q, k> (the scale's gradient) as the statistics."""
+    None; q's row i on the diagonal at k's row ``diag0`` + i) the partial sums of G * <q, k> (the scale's
+    gradient) as the statistics."""
     n = k.shape[0]
 
     def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
         q_rows, k_cols = q[rows], k[s0 : s0 + cols]
-        count = weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, rows.start - s0, eps, n)
+        row0 = diag0 + rows.start - s0
+        count = weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, row0, eps, n)
         if eps is None:
             return None
         return work.part[:count].sum()
@@ -663,12 +665,15 @@ class TritonBackend:
         d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, ds * coef
 
-    def accumulate(self, image, text, scale, r, c):
+    def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (the gathered Function's products), G chunks of
-        rows without targets; W.T @ image accumulates in its fp32 output."""
+        rows, with ``targets`` = (row0, eps) the targets folded in (G = W - 2 ((1 - eps) [row0 + i == j] +
+        eps / N)); W.T @ image accumulates in its fp32 output."""
         m, dim = image.shape
         n = text.shape[0]
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes(), target_arch(image.device))
         work = Workspace(plan, m, n, dim, image.dtype, image.device)
-        a_i, a_t, _ = work.fp32_products(image, text, _fill(work, image, text, scale, r, c, None))
+        row0, eps = (0, None) if targets is None else targets
+        fill = _fill(work, image, text, scale, r, c, eps, row0)
+        a_i, a_t, _ = work.fp32_products(image, text, fill)
         return a_i, a_t

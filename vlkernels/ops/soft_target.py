@@ -155,7 +155,7 @@ class SoftTargetFunction(torch.autograd.Function):
         teacher = _teacher(t_image, t_text, t_scale)
         r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
         nats = lse_nats(params.backend)
-        r_nat, c_nat = r * nats, c * nats  # natural logs for the loss
+        r_nat, c_nat = (r * nats, c * nats) if nats != 1.0 else (r, c)  # natural logs for the loss
         colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
         h_row, h_col = hard_target_rows(image, text, params.eps, batch, colsum_i, colsum_t)
         coef = params.factor / (2.0 * batch)
