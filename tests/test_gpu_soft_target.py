@@ -101,10 +101,11 @@ def test_int64_offsets_beyond_2_to_31_elements():
     zeros = torch.zeros(rows, device="cuda")
     ones = torch.ones(64, device="cuda")
     be = TritonSoftTargetBackend()
-    # W = P (student rows) and W = P + P' with the same teacher (q = -1): the matching tail rows dominate
-    # W @ K; the W.T @ Q output ([rows, D] fp32, 8.6 GB) is dropped at once.
+    # W = P (student rows) and W = P + P' with the same teacher (e = 2, q = -1: W = e P + q (P - P')): the
+    # matching tail rows dominate W @ K; the W.T @ Q output ([rows, D] fp32, 8.6 GB) is dropped at once.
     dq = be.accumulate(q, k, scale, lse, zeros, ones, zeros, 0 * ones, zeros)[0]
-    dq_t = be.accumulate(q, k, scale, lse, zeros, ones, zeros, -ones, zeros, (q, k, scale), t_lse, zeros)[0]
+    same = ((q, k, scale), t_lse, zeros)  # the student as its own separate teacher
+    dq_t = be.accumulate(q, k, scale, lse, zeros, 2 * ones, zeros, -ones, zeros, *same)[0]
     assert torch.isfinite(dq).all() and torch.isfinite(dq_t).all()
     cos = F.cosine_similarity(dq[:3], q[:3].float(), dim=1)
     assert (cos > 0.9).all(), cos

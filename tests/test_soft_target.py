@@ -453,12 +453,15 @@ def test_triton_backend_matches_torch_backend_rectangular(teacher):
     assert fast.lse_base2 and not ref.lse_base2  # the Triton LSEs in base 2, the torch ones natural
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         torch.testing.assert_close(a * (lse_nats(fast) if k < 4 else 1.0), b, **TOL[torch.float32])
-    p_row, p_col, q_row, q_col = (torch.rand(k, generator=g) for k in (m, n, m, n))
-    weights = (p_row, p_col, q_row, q_col, t)
+    e_row, e_col, q_row, q_col = (torch.rand(k, generator=g) for k in (m, n, m, n))
+    weights = (e_row, e_col, q_row, q_col, t)
     args_fast = (img, txt, scale, *got[:2], *weights, *got[2:4])  # each backend takes its own LSEs back
     args_ref = (img, txt, scale, *want[:2], *weights, *want[2:4])
-    for a, b in zip(fast.accumulate(*args_fast), ref.accumulate(*args_ref), strict=True):
-        torch.testing.assert_close(a, b, **TOL[torch.float32])
+    # and with the hard targets' diagonal folded in (the block-row's at columns 5 + i)
+    for diag in (None, (5, 0.1)):
+        got_a, want_a = fast.accumulate(*args_fast, diag), ref.accumulate(*args_ref, diag)
+        for a, b in zip(got_a, want_a, strict=True):
+            torch.testing.assert_close(a, b, **TOL[torch.float32])
 
 
 # --- both backends: properties ----------------------------------------------------------------

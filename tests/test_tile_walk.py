@@ -141,7 +141,7 @@ def test_soft_target_weights_walk_is_exact(monkeypatch, case):
         g = torch.full((m * n,), float("nan"), dtype=torch.float16, device=dev)
         ds = torch.full((m * blocks,), float("nan"), device=dev)
         count = sst.weights(
-            q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, 0.1, n, ds)
+            q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, 0.9, 0.1 / n, ds)
         )
         return g, ds[:count]
 

@@ -19,9 +19,11 @@ teacher, else ``(I', T', s')``:
   backend's ``lse_base2`` is True, in base 2 (ops/contrastive.py: the units of its kernels' exponents,
   which ``accumulate`` and ``gradients`` take back); r' is r (c' is c) for the self teacher; the
   weighted sums come unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s;
-- ``accumulate(I, T, s, r, c, p_row, p_col, q_row, q_col, teacher, r', c') -> (A_I, A_T)``: with
-  W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j),
-  A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products);
+- ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
+  W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), p = e + q (hard and
+  soft weights, given apart: the backends never round p where it would show, see ``gradients``),
+  A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products); with ``diag``
+  = (row0, eps), W minus (e_i + e_j) (1 - eps) where row0 + i == j before the products;
 - ``gradients(I, T, s, r, c, h, a, coefs, eps, teacher, r', c', need_t) -> (dI, dT, ds)``: the
   single-process gradients in the features' dtype, without fp32 [B, D] buffers beyond the workspace
   (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors; h may be given as
@@ -33,8 +35,9 @@ With grad outputs g_h, g_s and coef = k / (2B), p = coef (g_h h + g_s a), q = co
     dI = s dL/dS @ T,  dT = s dL/dS.T @ I,  ds = sum_ij dL/dS_ij <I_i, T_j>.
 
 ``gradients`` forms dL/dS per chunk of rows (the Triton kernel folds the hard targets into its W tiles);
-the gathered Function subtracts the hard-target part from A_I, A_T as O(B D) algebra:
-U_I = A_I - 2 (1 - eps) e * T - eps / B (e colsum(T) + sum_j e_j T_j), U_T likewise, dI = s U_I.
+the gathered Function folds the hard targets' diagonal into W (``accumulate``'s ``diag``) and subtracts
+their eps part from A_I, A_T as O(B D) algebra: U_I = A_I - eps / B (e colsum(T) + sum_j e_j T_j), U_T
+likewise, dI = s U_I.
 
 Nothing flows to the teacher, the weights or alpha.
 
@@ -119,12 +122,13 @@ def hard_targets(i32, t32, eps: float, batch: int, colsum_i, colsum_t):
     return h_row, h_col
 
 
-def subtract_hard_targets(u, e_own, partner, eps: float, batch: int, colsum=None, e_dot=None, both=True):
-    """In place: u -= the hard targets' part of U for these rows (weights ``e_own``, partners ``partner``):
-    ``u -= w (1 - eps) e x + eps / B (e colsum(x) + [both] e_dot)``, w = 2 when the gradient flows from both
-    directions (``both``; ``e_dot`` = sum_j e_j x_j over all B partners), 1 from the rows' own direction.
-    ``colsum`` (the partners' column sum over all B) and ``e_dot`` are needed only when eps > 0."""
-    u.addcmul_(e_own[:, None], partner, value=-(2.0 if both else 1.0) * (1.0 - eps))
+def subtract_hard_targets(u, e_own, eps: float, batch: int, colsum=None, e_dot=None, both=True):
+    """In place: u -= the label-smoothing part of the hard targets' U for these rows (weights ``e_own``):
+    ``u -= eps / B (e colsum(x) + [both] e_dot)`` (``colsum``: the partners' column sum over all B;
+    ``e_dot`` = sum_j e_j x_j over them, when the gradient flows from both directions, ``both``). Their
+    diagonal part, w (1 - eps) e_i x_i (w = 2 from both directions, else 1), is folded into W before the
+    products (``accumulate``'s ``diag``): after them, on near one-hot rows, it would cancel all but the
+    products' rounding."""
     if eps:
         u.addr_(e_own, colsum, alpha=-eps / batch)
         if both:
@@ -316,40 +320,40 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             hsum_weighted = g_pair[0, 0] * hsum_i.sum(0)
         e = coef * g_pair[:, 0] * h_all
         q = coef * g_pair[:, 1] * a_all
-        p = e + q
         e_own = e[own]
-        i32, t32 = image.float(), text.float()
         colsum_t = texts.sum(0, dtype=torch.float32) if eps else None
         args = (image, texts, scale, r, c)
+        diag = (rank * b, eps)  # the hard targets' diagonal, folded into W before the products
         if prm.local_loss and not prm.with_grad:
             # The gathered features are constants: row terms reach only the images, column terms only
             # the texts, so the two products need separate passes.
-            zero_b, zero_n = p.new_zeros(b), p.new_zeros(batch)
-            a_i, _ = backend.accumulate(*args, p[own], zero_n, q[own], zero_n, teacher, tr, tc)
-            _, a_t = backend.accumulate(*args, zero_b, p, zero_b, q, teacher, tr, tc)
+            zero_b, zero_n = e.new_zeros(b), e.new_zeros(batch)
+            a_i, _ = backend.accumulate(*args, e_own, zero_n, q[own], zero_n, teacher, tr, tc, diag)
+            _, a_t = backend.accumulate(*args, zero_b, e, zero_b, q, teacher, tr, tc, diag)
             u_t = torch.empty_like(a_i)
             work = _dist.reduce_scatter(u_t, a_t, group=group, async_op=True)
-            u_i = subtract_hard_targets(a_i, e_own, t32, eps, batch, colsum_t, both=False)
+            u_i = subtract_hard_targets(a_i, e_own, eps, batch, colsum_t, both=False)
             work.wait()
-            subtract_hard_targets(u_t, e_own, i32, eps, batch, colsum_i, both=False)
+            subtract_hard_targets(u_t, e_own, eps, batch, colsum_i, both=False)
         else:
             if prm.local_loss or prm.with_grad or torch.equal(grads, grads[rank].expand_as(grads)):
-                a_i, a_t = backend.accumulate(*args, p[own], p, q[own], q, teacher, tr, tc)
+                a_i, a_t = backend.accumulate(*args, e_own, e, q[own], q, teacher, tr, tc, diag)
             else:
                 # Full loss without gather grads and ranks with different (g_hard, g_soft): column j's
                 # product takes its owner's pair of grads, so the hard and soft parts go separately.
                 e1, q1 = coef * h_all, coef * a_all
-                h_i, h_t = backend.accumulate(*args, e1[own], e1, 0 * q1[own], 0 * q1, teacher, tr, tc)
-                s_i, s_t = backend.accumulate(*args, q1[own], q1, q1[own], q1, teacher, tr, tc)
+                zero_b, zero_n = e.new_zeros(b), e.new_zeros(batch)
+                h_i, h_t = backend.accumulate(*args, e1[own], e1, zero_b, zero_n, teacher, tr, tc, diag)
+                s_i, s_t = backend.accumulate(*args, zero_b, zero_n, q1[own], q1, teacher, tr, tc)
                 g_col = grads.repeat_interleave(b, dim=0)
                 a_i = h_i.mul_(grads[rank, 0]).add_(s_i.mul_(grads[rank, 1]))
                 a_t = h_t.mul_(g_col[:, :1]).add_(s_t.mul_(g_col[:, 1:]))
             u_t = torch.empty_like(a_i)
             work = _dist.reduce_scatter(u_t, a_t, group=group, async_op=True)
             e_dot_t = e @ texts.float() if eps else None
-            u_i = subtract_hard_targets(a_i, e_own, t32, eps, batch, colsum_t, e_dot_t)
+            u_i = subtract_hard_targets(a_i, e_own, eps, batch, colsum_t, e_dot_t)
             work.wait()
-            subtract_hard_targets(u_t, e_own, i32, eps, batch, colsum_i, coef * hsum_weighted)
+            subtract_hard_targets(u_t, e_own, eps, batch, colsum_i, coef * hsum_weighted)
         d_image = (u_i * scale).to(image.dtype) if need_i else None
         d_text = (u_t * scale).to(text.dtype) if need_t else None
         d_scale = torch.dot(mine, ds_parts) if need_s else None

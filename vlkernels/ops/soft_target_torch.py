@@ -26,19 +26,22 @@ def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
     return torch.log(den) + m.squeeze(dim), (e.mul_(y)).sum(dim) / den
 
 
-def _teacher_diagonal(s_ii, t_ii, e, q, at, lses, eps: float, batch: int) -> torch.Tensor:
-    """dL/dS on the diagonal (at rows and columns ``at``) with a separate teacher, from its scores S_ii and
-    S'_ii and the weights e, q there (``lses`` = (r, c, r', c')): e (E_row + E_col) - 2 e (1 - eps + eps / B)
-    + q (E_row - T_row) + q (E_col - T_col), E = exp(S - LSE) and T = exp(S' - LSE'). Not the tile's
-    p (E_row + E_col) - q (T_row + T_col) - hard with p = e + q: where a row is near one-hot, the hard
-    targets cancel all but p's rounding there, an ulp of p where the exact dL/dS is tiny; here they
-    cancel the e terms first, and E - T is exact where the two softmaxes agree."""
+def _diagonal(s_ii, t_ii, weights, lses, diag_w: float, all_w: float) -> torch.Tensor:
+    """W minus the hard targets on the diagonal, from its scores S_ii (and the teacher's S'_ii, or None)
+    there: e_r E_row + e_c E_col - (e_r + e_c) (diag_w + all_w) [+ q_r (E_row - T_row) + q_c (E_col - T_col)]
+    with ``weights`` = (e_r, e_c, q_r, q_c) and ``lses`` = (r, c, r', c') at the diagonal's rows and
+    columns, E = exp(S - LSE) and T = exp(S' - LSE'). Not the tiles' p (E_row + E_col) - q (T_row + T_col)
+    - hard with p = e + q: where a row is near one-hot, the hard targets cancel all but p's rounding there,
+    an ulp of p where the exact dL/dS is tiny; here they cancel the e terms first, and E - T is exact where
+    the two softmaxes agree."""
+    e_r, e_c, q_r, q_c = weights
     r, c, tr, tc = lses
-    e_row, e_col = torch.exp(s_ii - r[at]), torch.exp(s_ii - c[at])
-    d = (e * e_row).addcmul_(e, e_col).sub_(e, alpha=2.0 * (1.0 - eps))
-    if eps:
-        d.sub_(e, alpha=2.0 * eps / batch)
-    d.addcmul_(q, e_row - torch.exp(t_ii - tr[at])).addcmul_(q, e_col - torch.exp(t_ii - tc[at]))
+    e_row, e_col = torch.exp(s_ii - r), torch.exp(s_ii - c)
+    d = (e_r * e_row).addcmul_(e_c, e_col).sub_((e_r + e_c) * diag_w)
+    if all_w:
+        d.sub_((e_r + e_c) * all_w)
+    if t_ii is not None:
+        d.addcmul_(q_r, e_row - torch.exp(t_ii - tr)).addcmul_(q_c, e_col - torch.exp(t_ii - tc))
     return d
 
 
@@ -92,7 +95,7 @@ class TorchSoftTargetBackend:
         from ``pair`` = (h, a) and p = e + q (p = e for the self teacher: the soft terms cancel); ``teacher``
         (Q', K', s') in the same orientation or None. The column weights are applied in place on the
         exponentials; at most three [rows, N] buffers (or two and a [1, N] weight row) at once. With a
-        teacher the diagonal is formed again from its O(rows) scores without p (``_teacher_diagonal``)."""
+        teacher the diagonal is formed again from its O(rows) scores without p (``_diagonal``)."""
         batch = k.shape[0]
         h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
@@ -134,8 +137,9 @@ class TorchSoftTargetBackend:
         if teacher is None:
             g[diag] -= (2.0 * (1.0 - eps)) * e_rows
         else:
-            lses = (lse_q, lse_k, t_lse_q, t_lse_k)
-            g[diag] = _teacher_diagonal(s_ii, t_ii, e_rows, a[rows] * cq, diag[1], lses, eps, batch)
+            at, q_rows = diag[1], a[rows] * cq
+            lses = (lse_q[at], lse_k[at], t_lse_q[at], t_lse_k[at])
+            g[diag] = _diagonal(s_ii, t_ii, (e_rows, e_rows, q_rows, q_rows), lses, 1.0 - eps, eps / batch)
         return g
 
     def gradients(
@@ -191,25 +195,37 @@ class TorchSoftTargetBackend:
         return d_image, d_text, ds
 
     def accumulate(
-        self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
+        self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):
-        """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py)."""
+        """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py); with ``diag`` =
+        (row0, eps), W minus (e_i + e_j) (1 - eps) where row0 + i == j before the products, the diagonal
+        formed from its O(rows) scores (``_diagonal``)."""
         dev = image.device
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         a_i = torch.empty(image.shape, dtype=torch.float32, device=dev)
         a_t = torch.zeros(text.shape, dtype=torch.float32, device=dev)
-        if teacher is None:
-            # S' = S: the two soft-target terms fold into the softmax terms.
-            p_row, p_col = p_row - q_row, p_col - q_col
+        # off the diagonal with a teacher: W = p_i E_row + p_j E_col - q_i T_row - q_j T_col, p = e + q
+        p_row, p_col = (e_row, e_col) if teacher is None else (e_row + q_row, e_col + q_col)
         for sl in row_chunks(image.shape[0], text.shape[0], dev):
             i_blk = f32_rows(image, sl)
             s_blk = matmul_f32(i_blk, text, True, cols).mul_(scale)
+            if diag is not None:
+                idx = torch.arange(i_blk.shape[0], device=dev)
+                at = (idx, idx + diag[0] + sl.start)
+                s_ii, t_ii = s_blk[at], None
             w = torch.exp(s_blk - r[sl, None]).mul_(p_row[sl, None])
             if teacher is not None:
                 t_blk = self._teacher_block(teacher, sl, None, cols)
+                if diag is not None:
+                    t_ii = t_blk[at]
                 w.sub_(torch.exp(t_blk - tr[sl, None]).mul_(q_row[sl, None]))
                 w.sub_(t_blk.sub_(tc[None, :]).exp_().mul_(q_col[None, :]))
             w.add_(s_blk.sub_(c[None, :]).exp_().mul_(p_col[None, :]))
+            if diag is not None:
+                j = at[1]
+                weights = (e_row[sl], e_col[j], q_row[sl], q_col[j])
+                lses = (r[sl], c[j], None, None) if teacher is None else (r[sl], c[j], tr[sl], tc[j])
+                w[at] = _diagonal(s_ii, t_ii, weights, lses, 1.0 - diag[1], 0.0)
             a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)
         return a_i, a_t

@@ -824,9 +824,9 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     e = cf[0] h + cf[2], q = cf[1] a, p = e + q (p = e without a teacher) from the pair weights
     ``pair_q`` = (h, a) of the rows [M] and ``pair_k`` of the columns [N]; ``teacher`` None or
     (Q' [M, D'], K' [N, D'], s').
-    ``hard`` = (row0, eps, batch, ds): also minus the hard targets' part (e_q + e_k) ((1 - eps)
-    [row0 + i == j] + eps / batch), with the fp32 row sums of W <q_i, k_j> per column block in ds;
-    returns how many (M x column blocks of BLOCK_N / PARTS), else 0."""
+    ``hard`` = (row0, eps_diag, eps_all, ds): also minus the hard targets' part (e_q + e_k) (eps_diag
+    [row0 + i == j] + eps_all), with the fp32 row sums of W <q_i, k_j> per column block in ds; returns
+    how many (M x column blocks of BLOCK_N / PARTS), else 0."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = features_config(q, k, teacher, "weights")
@@ -835,8 +835,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     if hard is None:
         row0, eps_diag, eps_all, ds, count = 0, 0.0, 0.0, g, 0
     else:
-        row0, eps, batch, ds = hard
-        eps_diag, eps_all = 1.0 - eps, eps / batch
+        row0, eps_diag, eps_all, ds = hard
         count = partials_of(m, n, cfg, ds)
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
@@ -931,7 +930,8 @@ class TritonSoftTargetBackend:
     @staticmethod
     def _fill(work, q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, hard=None):
         """``weights`` for ``Workspace.products`` (rows of q against a slab of k's columns); with ``hard`` =
-        (eps, batch) also the hard targets and, as the statistics, the slab's sum of W <q, k>."""
+        (diag0, eps_diag, eps_all) also the hard targets (q's row i on the diagonal at k's row diag0 + i)
+        and, as the statistics, the slab's sum of W <q, k>."""
 
         def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
             cs = slice(s0, s0 + cols)
@@ -951,7 +951,7 @@ class TritonSoftTargetBackend:
                 None if t is None else t_lse_q[rows],
                 None if t is None else t_lse_k[cs],
                 g,
-                None if hard is None else (rows.start - s0, *hard, work.part),
+                None if hard is None else (hard[0] + rows.start - s0, *hard[1:], work.part),
             )
             return work.part[:count].sum() if count else None
 
@@ -1006,7 +1006,7 @@ class TritonSoftTargetBackend:
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
         work = Workspace(plan, batch, batch, dim, image.dtype, dev)
         alpha = (scale * norm).reshape(1)
-        pair, hard = (h_vec, soft_w), (eps, batch)
+        pair, hard = (h_vec, soft_w), (0, 1.0 - eps, eps / batch)
         rows = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, hard)
         swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
         cols = self._fill(work, text, image, scale, c, r, pair, pair, cf, swapped, tc, tr, hard)
@@ -1014,23 +1014,27 @@ class TritonSoftTargetBackend:
         return d_image, d_text, ds * norm
 
     def accumulate(
-        self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher=None, tr=None, tc=None
+        self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):
-        """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py)."""
+        """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py), with ``diag`` =
+        (row0, eps) minus (e_i + e_j) (1 - eps) where row0 + i == j (in the weights kernel, before the
+        products)."""
         m, dim = image.shape
         n = text.shape[0]
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c, p_row, p_col, q_row, q_col = (_f32(x) for x in (r, c, p_row, p_col, q_row, q_col))
-        # as pair weights: h = p - q (the hard part), a = q, normalised by the largest weight
-        norm = torch.stack([v.abs().max() for v in (p_row, p_col, q_row, q_col)]).max()
+        r, c, e_row, e_col, q_row, q_col = (_f32(x) for x in (r, c, e_row, e_col, q_row, q_col))
+        # the pair weights h = e, a = q, normalised by the largest weight
+        norm = torch.stack([v.abs().max() for v in (e_row, e_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))
         cf = torch.stack([norm.reciprocal(), norm.reciprocal(), torch.zeros_like(norm)])
-        pair_q, pair_k = (p_row - q_row, q_row), (p_col - q_col, q_col)
         blocks = _blocks(dim, image.dtype, teacher, target_arch(dev))
-        plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, 0)
+        stats = 0 if diag is None else 1  # the hard targets' path also stores ds partials (unused here)
+        plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, stats)
         work = Workspace(plan, m, n, dim, image.dtype, dev)
-        fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc)
+        hard = None if diag is None else (diag[0], 1.0 - diag[1], 0.0)
+        pair_q, pair_k = (e_row, q_row), (e_col, q_col)
+        fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc, hard)
         a_i, a_t, _ = work.fp32_products(image, text, fill)
         return a_i.mul_(norm), a_t.mul_(norm)
