@@ -68,7 +68,20 @@ class SoftTargetBackend(Protocol):
         ...
 
     def accumulate(
-        self, image, text, scale, r, c, p_row, p_col, q_row, q_col, teacher: Teacher = None, tr=None, tc=None
+        self,
+        image,
+        text,
+        scale,
+        r,
+        c,
+        e_row,
+        e_col,
+        q_row,
+        q_col,
+        teacher: Teacher = None,
+        tr=None,
+        tc=None,
+        diag: tuple[int, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def gradients(
