@@ -214,19 +214,26 @@ def _check_near_one_hot(rank, world, impl):
 
 def _check_soft_target_near_one_hot(rank, world, impl):
     """The block-row soft-target Function on near one-hot rows (two well-matched pairs per rank at
-    s = s' = 100): soft_target_loss(gather=True) with the self and a separate teacher, and ClipLoss with
-    local_loss=True (its Function; with gather_with_grad and equal upstream grads every rank's features
-    get n times the full-batch gradient). The feature gradients on ``_check_near_one_hot``'s rule (twice
-    the single-process error of the same impl plus 8 ulps of their own largest element). The hard
-    targets' diagonal is folded into W before the products; subtracted after them it left an ulp of the
-    weights times |T|: 3.6e-7 where the exact gradients are ~5e-21. (The logit_scale's gradient comes
-    from the forward's weighted sums, ws_i - H_i, which keep an ulp of <I_i, T_i>: not checked here.)"""
+    s = s' = 100): soft_target_loss(gather=True) with the self and a separate teacher (label smoothing 0
+    and 0.1), and ClipLoss with local_loss=True (its Function; with gather_with_grad and equal upstream
+    grads every rank's features get n times the full-batch gradient). The feature gradients on
+    ``_check_near_one_hot``'s rule (twice the single-process error of the same impl plus 8 ulps of their
+    own largest element). The hard targets' diagonal is folded into W before the products; subtracted
+    after them it left an ulp of the weights times |T|: 3.6e-7 where the exact gradients are ~5e-21. (The
+    logit_scale's gradient comes from the forward's weighted sums, ws_i - H_i, which keep an ulp of
+    <I_i, T_i>: not checked here.)"""
     b, batch = 2, 2 * world
     own = slice(rank * b, (rank + 1) * b)
     img, txt = _inputs(batch, 64, seed=9, noise=0.1)
     t_img, t_txt = _inputs(batch, 48, seed=10, noise=0.1)
-    cases = [("self", None), ("teacher", (t_img, t_txt, torch.tensor(100.0))), ("ClipLoss local", None)]
-    for name, teacher in cases:
+    separate = (t_img, t_txt, torch.tensor(100.0))
+    cases = [
+        ("self", None, 0.0),
+        ("teacher", separate, 0.0),
+        ("teacher", separate, 0.1),
+        ("ClipLoss local", None, 0.0),
+    ]
+    for name, teacher, eps in cases:
         full, mine = _leaves(img, txt), _leaves(img[own], txt[own])
         full64 = _leaves(img.double(), txt.double())
         scale = torch.tensor(100.0)
@@ -238,13 +245,13 @@ def _check_soft_target_near_one_hot(rank, world, impl):
         else:
             t_args = (None, None, None) if teacher is None else teacher
             t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
-            want = _soft_target_gathered(*full, scale, 0.3, teacher, None, 0.0, impl, gather=False)
+            want = _soft_target_gathered(*full, scale, 0.3, teacher, None, eps, impl, gather=False)
             t_args64 = [x if x is None else x.double() for x in t_args]
-            exact = soft_target_loss_naive(*full64, scale.double(), 0.3, *t_args64, None, 0.0, "sum")
-            got = _soft_target_gathered(*mine, scale, 0.3, t_own, None, 0.0, impl)
+            exact = soft_target_loss_naive(*full64, scale.double(), 0.3, *t_args64, None, eps, "sum")
+            got = _soft_target_gathered(*mine, scale, 0.3, t_own, None, eps, impl)
         runs = ((want, full), (exact, full64), (got, mine))
         want_g, exact_g, got_g = (_grads(x, leaves, 1.3) + [None] for x, leaves in runs)
-        what = f"soft-target near one-hot {name} impl={impl} rank={rank}"
+        what = f"soft-target near one-hot {name} eps={eps} impl={impl} rank={rank}"
         _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, (0.0,) * 4, loss=False)
 
 
