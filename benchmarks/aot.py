@@ -295,7 +295,7 @@ def _run_call(call: Call):
         # targets, dI, the fp32 accumulator) and the gathered path's products (W, fp32 outputs)
         be = TritonBackend()
         be.lse(image, text, scale)
-        z = torch.zeros(n)
+        z = torch.zeros(n, dtype=torch.float64)  # the LSEs' dtype (two-part)
         be.gradients(image, text, scale, z, z, torch.tensor(0.5), 0.1, True)
         be.accumulate(image, text, scale, z, z)
         return

@@ -484,7 +484,7 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
     single = D <= bd
     P, C = math.ceil(B / bm), math.ceil(B / bn)
     l2 = {"K tiles": P * B * D * e, "Q tiles": B * D * e if single else B * C * D * e}
-    hbm = {"inputs": 2 * B * D * e, "column partials (write + sum)": 2 * 4.0 * P * B, "row LSE": 4 * B}
+    hbm = {"inputs": 2 * B * D * e, "column partials (write + sum)": 2 * 4.0 * P * B, "row LSE": 8 * B}
     waves = math.ceil(P / (hw.sms * hw.ctas_per_sm))
     if B * D * e > hw.l2_usable * hw.l2_bytes:
         hbm["column operand per wave"] = (waves - 1) * B * D * e

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -385,6 +386,26 @@ def test_near_one_hot_gradients_match_naive(impl, batch, dim):
     gradient came out 0 (B = 2) or lost all its digits."""
     img, txt = features(batch, dim, seed=batch + dim)
     s = torch.tensor(100.0)
+    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl=impl)
+    base = run_loss(_naive, img, txt, s, 1.3)
+    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3)
+    names = ("d_image", "d_text", "d_scale")
+    assert_within_float64_error(got[1:], base[1:], exact[1:], (0.0,) * 3, names=names)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_weights_near_one_keep_an_ulp_of_one(impl):
+    """Well-matched pairs at s = 30 (B = 64, D = 32, texts = normalise(images + 0.1 noise): loss ~1e-5,
+    rows whose off-diagonal softmax mass is ~1e-7 to 1e-5, so many weights lie just below 1): each
+    gradient within twice naive's error plus 8 ulps of its own largest element. With fp32 LSEs (rounded
+    to an ulp of |S| ~ 30-43) every weight near 1 erred by up to that, where naive's softmax keeps an ulp
+    of 1: the torch path erred by 8-14x naive's error, the Triton path by 25-38x (its forward's column
+    sums also rounded S2 - ref at an ulp of |S2 - ref|). Now the LSEs are float64, split into fp32
+    hi + lo for the exponents, and the column terms compensated (docs/design.md, "Two-part LSEs")."""
+    g = torch.Generator().manual_seed(2)
+    img = F.normalize(torch.randn(64, 32, generator=g), dim=1)
+    txt = F.normalize(img + 0.1 * torch.randn(64, 32, generator=g), dim=1)
+    s = torch.tensor(30.0)
     got = run_loss(contrastive_loss, img, txt, s, 1.3, impl=impl)
     base = run_loss(_naive, img, txt, s, 1.3)
     exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3)

@@ -4,9 +4,11 @@ A backend (``ContrastiveBackend``) supplies two O(B)-memory passes over tiles of
 storing S); both accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme
 uses:
 
-- ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, fp32, natural or, where the
-  backend's ``lse_base2`` is True, in base 2 (of S log2(e)): the units its kernels' exponents use, so
-  that the backward subtracts the forward's own values (``lse_nats`` converts for the loss);
+- ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, float64 (two-part LSEs: the
+  backends split them into fp32 hi + lo and take exp((S - hi) - lo), so that a weight near 1 keeps an ulp
+  of 1; an fp32 LSE would cost it an ulp of |S|), natural or, where the backend's ``lse_base2`` is True,
+  in base 2 (of S log2(e)): the units its kernels' exponents use, so that the backward subtracts the
+  forward's own values (``lse_nats`` converts for the loss);
 - ``accumulate(I, T, s, r, c, targets=None) -> (A_I, A_T)``: with W = exp(S - r[:, None]) +
   exp(S - c[None, :]) (r, c as ``lse`` returned them), ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I``
   [N, D] in fp32; with ``targets`` = (row0, eps), W minus 2 ((1 - eps) [row0 + i == j] + eps / N) before
@@ -113,8 +115,8 @@ class ContrastiveLossFunction(torch.autograd.Function):
         batch = image.shape[0]
         r, c = params.backend.lse(image, text, scale)
         targets = target_logit_sum(image, text, params.eps, batch, text.sum(0, dtype=torch.float32))
-        lses = (r.sum() + c.sum()) * lse_nats(params.backend)
-        loss = (lses - 2.0 * scale * targets) * (params.factor / (2.0 * batch))
+        lses = (r.sum() + c.sum()) * lse_nats(params.backend)  # float64 LSEs
+        loss = ((lses - 2.0 * scale * targets) * (params.factor / (2.0 * batch))).float()
         ctx.save_for_backward(image, text, scale, r, c)
         ctx.params = params
         return loss
@@ -147,7 +149,7 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         nats = lse_nats(params.backend)
         local = r.sum() * nats - 2.0 * scale * targets
         (c,), _, rest = _dist.merge_columns([c_part], [], local.reshape(1), group, params.backend.lse_base2)
-        loss = (rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))
+        loss = ((rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))).float()
         ctx.save_for_backward(image, text, texts, scale, r, c)
         ctx.params = params
         return loss

@@ -24,11 +24,20 @@ from vlkernels.ops.contrastive import finish_rows
 from vlkernels.ops.torch_utils import chunk_rows, f32_rows, matmul_f32, row_chunks, workspace_bytes
 
 
+def split_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) in fp32 of float64 LSEs (x = hi + lo to ~2^-48 relative)."""
+    hi = x.float()
+    return hi, (x - hi.double()).float()
+
+
 def _weights(q32, k, scale, lse_q, lse_k, cols: int) -> torch.Tensor:
-    """W = exp(S - lse_q[:, None]) + exp(S - lse_k[None, :]) for S = scale * q32 @ k.T, in fp32."""
+    """W = exp(S - lse_q[:, None]) + exp(S - lse_k[None, :]) for S = scale * q32 @ k.T, in fp32, from the
+    float64 LSEs as exp((S - hi) - lo): S - hi is exact near a row's largest score, so that a weight near
+    1 keeps an ulp of 1 (an fp32 LSE would cost it an ulp of |S|)."""
+    (q_hi, q_lo), (k_hi, k_lo) = split_lse(lse_q), split_lse(lse_k)
     s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
-    w = torch.exp(s_blk - lse_q[:, None])
-    return w.add_(s_blk.sub_(lse_k[None, :]).exp_())
+    w = torch.sub(s_blk, q_hi[:, None]).sub_(q_lo[:, None]).exp_()
+    return w.add_(s_blk.sub_(k_hi[None, :]).sub_(k_lo[None, :]).exp_())
 
 
 def _minus_diagonal(w: torch.Tensor, row0: int, eps: float) -> torch.Tensor:
@@ -46,15 +55,25 @@ class TorchBackend:
     lse_base2 = False  # natural log-sum-exps
 
     def lse(self, image, text, scale):
-        """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D])."""
-        r = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
-        c = torch.full((text.shape[0],), float("-inf"), dtype=torch.float32, device=image.device)
-        cols = chunk_rows(text.shape[0], image.shape[1], image.device)
-        for sl in row_chunks(image.shape[0], text.shape[0], image.device):
+        """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D]), in
+        float64: max + log(sum exp(S - max)) formed in float64 from the fp32 max and sum (the columns'
+        merged across chunks as (max, sum) pairs), so that the backward's weights near 1 keep an ulp of 1
+        (``_weights``)."""
+        dev = image.device
+        r = torch.empty(image.shape[0], dtype=torch.float64, device=dev)
+        c_max = torch.full((text.shape[0],), float("-inf"), dtype=torch.float32, device=dev)
+        c_sum = torch.zeros(text.shape[0], dtype=torch.float32, device=dev)
+        cols = chunk_rows(text.shape[0], image.shape[1], dev)
+        for sl in row_chunks(image.shape[0], text.shape[0], dev):
             s_blk = matmul_f32(f32_rows(image, sl), text, True, cols).mul_(scale)
-            r[sl] = torch.logsumexp(s_blk, dim=1)
-            c = torch.logaddexp(c, torch.logsumexp(s_blk, dim=0))
-        return r, c
+            m = s_blk.amax(1)
+            r[sl] = torch.sub(s_blk, m[:, None]).exp_().sum(1).double().log_().add_(m.double())
+            b_max = s_blk.amax(0)
+            new = torch.maximum(c_max, b_max)
+            b_sum = s_blk.sub_(b_max[None, :]).exp_().sum(0)
+            c_sum = c_sum.mul_(torch.exp(c_max - new)).add_(b_sum.mul_(torch.exp(b_max - new)))
+            c_max = new
+        return r, c_sum.double().log_().add_(c_max.double())
 
     def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :]),

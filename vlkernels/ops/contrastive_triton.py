@@ -26,7 +26,12 @@ column share. No float atomics anywhere; every product has one writer per output
 Operands stay in their dtype for tensor cores (TF32 when torch allows it for fp32; IEEE fp32 dots run on
 CUDA cores with tiles sized not to spill); accumulation is fp32; offsets are int64. The LSEs r and c stay
 in base 2 (of S log2(e), the kernels' exponents) from the forward to the backward: the loss converts them
-(``lse_base2`` of the backend protocol).
+(``lse_base2`` of the backend protocol). Two-part LSEs: they are stored in float64 (the rows' m + log2(l)
+formed in float64; the columns' ref + log2(sums) too, each column term compensated for the rounding of
+S2 - ref, whose ulp is coarser than S2's) and the weights kernel splits each into fp32 hi + lo
+(``split_lse``) for exp2((S2 - hi) - lo): an fp32 LSE is rounded to an ulp of |S2| (1.5e-5 at s = 100),
+which every weight near 1 inherited, where torch's softmax keeps an ulp of 1. 8 bytes per row and
+column instead of 4; per element, one more add in the backward and five in the forward's column terms.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import triton.language as tl
 from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
 from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
 from vlkernels.ops.triton_utils import (
+    LN2,
     LOG2E,
     config,
     dot_precision,
@@ -137,7 +143,7 @@ def _lse_kernel(
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
         m_i = m_new
-    tl.store(lse_ptr + offs_m, m_i + tl.log2(l_i), mask=mask_m)
+    tl.store(lse_ptr + offs_m, m_i.to(tl.float64) + tl.log2(l_i).to(tl.float64), mask=mask_m)
 
 
 @triton.jit
@@ -223,7 +229,7 @@ def _forward_kernel(
             p0, p1 = halves(h1, BLOCK_M, BLOCK_N // 2)
             m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v + 2 * V, mask_m, ref_ptr, my_part, N)
             m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + 3 * V, mask_m, ref_ptr, my_part, N)
-    tl.store(lse_ptr + offs_m, m_i + tl.log2(l_i), mask=mask_m)
+    tl.store(lse_ptr + offs_m, m_i.to(tl.float64) + tl.log2(l_i).to(tl.float64), mask=mask_m)
 
 
 @triton.jit
@@ -235,9 +241,24 @@ def _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, part_ptr, N):
     m_new = tl.maximum(m_i, tl.max(s2_row, axis=1))
     l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2_row - m_new[:, None]), axis=1)
     ref = tl.load(ref_ptr + offs_n, mask=mask_n, other=0.0)
-    col = tl.where(mask_m[:, None], tl.exp2(s2 - ref[None, :]), 0.0)
+    # S2 - ref rounds at an ulp of |S2 - ref| (~2^7 at s = 100: coarser than S2's own ulp); its rounding
+    # error (TwoSum) goes back in as exp2(d + err) ~ exp2(d) (1 + err ln 2), so that each term keeps an
+    # ulp of itself and the column LSE an ulp of 1 (module docstring, "two-part LSEs")
+    d = s2 - ref[None, :]
+    bb = d - s2
+    err = (s2 - (d - bb)) + (-ref[None, :] - bb)
+    col = tl.where(mask_m[:, None], tl.exp2(d) * (1.0 + err * LN2), 0.0)
     tl.store(part_ptr + offs_n, tl.sum(col, axis=0), mask=mask_n)
     return m_new, l_i
+
+
+@triton.jit
+def split_lse(x):
+    """(hi, lo) in fp32 of a float64 LSE vector (x = hi + lo to ~2^-48 relative): the exponents take
+    exp2((S2 - hi) - lo), where S2 - hi is exact near the row's largest score, so that a weight near 1
+    keeps an ulp of 1, not of |S2| (module docstring, "two-part LSEs")."""
+    hi = x.to(tl.float32)
+    return hi, (x - hi.to(tl.float64)).to(tl.float32)
 
 
 @triton.jit
@@ -355,8 +376,9 @@ def _g_part(
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2
-    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
-    w = tl.exp2(s2 - lse_q[:, None]) + tl.exp2(s2 - lse_k[None, :])
+    q_hi, q_lo = lse_q
+    k_hi, k_lo = split_lse(tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0))
+    w = tl.exp2((s2 - q_hi[:, None]) - q_lo[:, None]) + tl.exp2((s2 - k_hi[None, :]) - k_lo[None, :])
     if TARGETS:
         w = w - tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), diag_w, 0.0) - all_w
     store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, TARGETS, UPCAST)
@@ -403,7 +425,7 @@ def _weights_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0)
+    lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)
     args = (
         q_ptr,
         k_ptr,
@@ -529,13 +551,13 @@ def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
 
 
 def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
-    """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in fp32 and base 2 (of S log2(e): the
+    """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in float64 and base 2 (of S log2(e): the
     kernels' units, ``TritonBackend.lse_base2``), one pass over S."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = forward_config(dim, q.dtype, target_arch(q.device), q, k)
     ref = column_reference(q, k, scale)
-    r = torch.empty(m, dtype=torch.float32, device=q.device)
+    r = torch.empty(m, dtype=torch.float64, device=q.device)
     sums = torch.zeros(n, dtype=torch.float32, device=q.device)
     step = forward_rows_per_launch(m, n, cfg["BLOCK_M"], workspace_bytes())
     part = torch.empty((triton.cdiv(step, cfg["BLOCK_M"]), n), dtype=torch.float32, device=q.device)
@@ -565,7 +587,9 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
         sums += part[:programs].sum(0)
     del part
     todo = ~(sums >= m * 2.0**-UNDERFLOW_BITS) | torch.isinf(sums)  # NaN compares False: flagged too
-    c = sums.log2_().add_(ref)
+    c = sums.double()
+    del sums
+    c.log2_().add_(ref)
     del ref
     _exact_rows(k, q, scale, c, todo)
     return r, c
