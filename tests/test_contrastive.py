@@ -413,6 +413,26 @@ def test_weights_near_one_keep_an_ulp_of_one(impl):
     assert_within_float64_error(got[1:], base[1:], exact[1:], (0.0,) * 3, names=names)
 
 
+def test_torch_lse_merges_columns_across_chunks(monkeypatch):
+    """The torch backend's column LSEs, merged across chunks of two rows as (max, sum) pairs, on scores
+    that are -inf in the first chunk (column 0) or ~-6e19 there and O(1) later (columns 2-4): the float64
+    logsumexp of the same fp32 scores, to an ulp of fp32 (a reference kept at 0 until a column's first
+    finite max, or rescaled from it, overflowed exp and gave NaN)."""
+    from vlkernels.ops.contrastive_torch import TorchBackend
+
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "2")
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(6, 4, generator=g), torch.randn(5, 4, generator=g)
+    img[0:2, 0], img[0:2, 1:], txt[0, 0] = 1e20, 0.0, -1e20
+    scores = img @ txt.T
+    assert torch.isneginf(scores[:2, 0]).all() and scores[:2, 2:].max() < -1e19
+    r, c = TorchBackend().lse(img, txt, torch.tensor(1.0))
+    for got, dim in ((r, 1), (c, 0)):
+        want = torch.logsumexp(scores.double(), dim)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=2 * torch.finfo(torch.float32).eps, atol=1e-6)
+
+
 @pytest.mark.interpreter
 def test_triton_normalised_features_need_no_fallback(monkeypatch):
     """CLIP's case (unit features, s = 100): no column is flagged, the forward is one pass."""

@@ -30,6 +30,10 @@ def split_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (x - hi.double()).float()
 
 
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
 def _weights(q32, k, scale, lse_q, lse_k, cols: int) -> torch.Tensor:
     """W = exp(S - lse_q[:, None]) + exp(S - lse_k[None, :]) for S = scale * q32 @ k.T, in fp32, from the
     float64 LSEs as exp((S - hi) - lo): S - hi is exact near a row's largest score, so that a weight near
@@ -62,18 +66,19 @@ class TorchBackend:
         dev = image.device
         r = torch.empty(image.shape[0], dtype=torch.float64, device=dev)
         c_max = torch.full((text.shape[0],), float("-inf"), dtype=torch.float32, device=dev)
-        c_sum = torch.zeros(text.shape[0], dtype=torch.float32, device=dev)
+        c_ref = torch.zeros_like(c_max)  # the columns' finite reference: their max so far, else 0
+        c_sum = torch.zeros_like(c_max)  # sum exp(S - c_ref)
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         for sl in row_chunks(image.shape[0], text.shape[0], dev):
             s_blk = matmul_f32(f32_rows(image, sl), text, True, cols).mul_(scale)
-            m = s_blk.amax(1)
+            m = _finite_or_zero(s_blk.amax(1))  # as torch.logsumexp: an infinite max gives +-inf, not NaN
             r[sl] = torch.sub(s_blk, m[:, None]).exp_().sum(1).double().log_().add_(m.double())
-            b_max = s_blk.amax(0)
-            new = torch.maximum(c_max, b_max)
-            b_sum = s_blk.sub_(b_max[None, :]).exp_().sum(0)
-            c_sum = c_sum.mul_(torch.exp(c_max - new)).add_(b_sum.mul_(torch.exp(b_max - new)))
-            c_max = new
-        return r, c_sum.double().log_().add_(c_max.double())
+            c_max = torch.maximum(c_max, s_blk.amax(0))
+            ref = _finite_or_zero(c_max)
+            # (c_ref > ref only where c_sum is still 0: the placeholder 0 before a column's first finite max)
+            c_sum.mul_(torch.exp((c_ref - ref).clamp_(max=0.0))).add_(s_blk.sub_(ref[None, :]).exp_().sum(0))
+            c_ref = ref
+        return r, c_sum.double().log_().add_(c_ref.double())
 
     def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :]),
