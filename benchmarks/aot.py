@@ -170,7 +170,8 @@ def variant_ids(call: Call) -> list[str]:
     """The kernel variants a call launches (static: the test parametrises over these)."""
     base = _base(call)
     if call.op == "contrastive":
-        ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G", f"weights/{base}/W"]
+        # (the gathered path's products fold the targets in too: the same G specialisation)
+        ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G"]
         ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
         if call.dtype in ("bf16", "fp16"):
             # dT accumulated in dT with a 16-bit remainder; the gathered path's fp32 products
@@ -292,12 +293,12 @@ def _run_call(call: Call):
         return
     if call.op == "contrastive":
         # the forward (one pass + the exact fallback's launch), the single-process backward (G with
-        # targets, dI, the fp32 accumulator) and the gathered path's products (W, fp32 outputs)
+        # targets, dI, the fp32 accumulator) and the gathered path's products (G, fp32 outputs)
         be = TritonBackend()
         be.lse(image, text, scale)
         z = torch.zeros(n, dtype=torch.float64)  # the LSEs' dtype (two-part)
         be.gradients(image, text, scale, z, z, torch.tensor(0.5), 0.1, True)
-        be.accumulate(image, text, scale, z, z)
+        be.accumulate(image, text, scale, z, z, (0, 0.1))
         return
     teacher = None
     if call.teacher is not None:
@@ -305,9 +306,9 @@ def _run_call(call: Call):
         teacher = (torch.randn(n, call.teacher[1]).to(tdt), torch.randn(n, call.teacher[1]).to(tdt), scale)
     be = TritonSoftTargetBackend()
     be.stats(image, text, scale, teacher)
-    z = torch.zeros(n)
+    z = torch.zeros(n, dtype=torch.float64)  # the student's LSEs (two-part)
     vec = torch.ones(n)
-    tr = tc = None if teacher is None else z
+    tr = tc = None if teacher is None else torch.zeros(n)  # the teacher's, fp32
     coefs = torch.tensor([0.5, 0.25])
     be.gradients(image, text, scale, z, z, vec, vec * 0.5, coefs, 0.1, teacher, tr, tc, True)
     be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)

@@ -115,16 +115,19 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False):
     Returns (global LSEs, global weighted sums, summed extra)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
-    peak = torch.stack(lse_parts)
+    # in float64 where a part is (the student's two-part LSEs keep their precision); each result in its
+    # part's dtype
+    wide = max((p.dtype for p in lse_parts), key=lambda t: torch.finfo(t).bits)
+    peak = torch.stack([p.to(wide) for p in lse_parts])
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
     scaled = [exp(part - peak[k]) for k, part in enumerate(lse_parts)]
     parts = scaled + [w * scaled[k] for k, w in weighted]
-    buf = torch.cat([p.reshape(-1) for p in parts] + [extra])
+    buf = torch.cat([p.reshape(-1).to(wide) for p in parts] + [extra.to(wide)])
     dist.all_reduce(buf, group=group)
     sums = buf[: len(parts) * cols].view(len(parts), cols)
-    lses = [peak[k] + log(sums[k]) for k in range(len(lse_parts))]
-    sums_w = [sums[len(lse_parts) + j] / sums[k] for j, (k, _) in enumerate(weighted)]
-    return lses, sums_w, buf[len(parts) * cols :]
+    lses = [(peak[k] + log(sums[k])).to(part.dtype) for k, part in enumerate(lse_parts)]
+    sums_w = [(sums[len(lse_parts) + j] / sums[k]).to(w.dtype) for j, (k, w) in enumerate(weighted)]
+    return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype)
 
 
 # --- ring (P2P) helpers of the sigmoid loss ---------------------------------------------------------

@@ -3,7 +3,7 @@
 Rows of S are processed a chunk at a time (``torch_utils.chunk_rows``: a fixed element budget per fp32
 chunk of S) with fp32 matmuls; features in another dtype are converted a chunk at a time
 (``torch_utils.matmul_f32``), never as a whole. The forward is one pass over S: row LSEs per chunk, column
-LSEs merged across chunks with logaddexp (2 B^2 D FLOPs). The backward recomputes S:
+LSEs merged across chunks (``torch_utils.ColumnLSE``; 2 B^2 D FLOPs). The backward recomputes S:
 
 - one pass (6 B^2 D) when an fp32 [N, D] accumulator for W.T @ I fits half the workspace budget
   (``VLKERNELS_WORKSPACE_MB``, default 256; the chunks of S take the other half): each row chunk's image
@@ -21,27 +21,24 @@ from __future__ import annotations
 import torch
 
 from vlkernels.ops.contrastive import finish_rows
-from vlkernels.ops.torch_utils import chunk_rows, f32_rows, matmul_f32, row_chunks, workspace_bytes
-
-
-def split_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) in fp32 of float64 LSEs (x = hi + lo to ~2^-48 relative)."""
-    hi = x.float()
-    return hi, (x - hi.double()).float()
-
-
-def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+from vlkernels.ops.torch_utils import (
+    ColumnLSE,
+    chunk_rows,
+    f32_rows,
+    matmul_f32,
+    minus_lse_,
+    row_chunks,
+    row_lse,
+    workspace_bytes,
+)
 
 
 def _weights(q32, k, scale, lse_q, lse_k, cols: int) -> torch.Tensor:
     """W = exp(S - lse_q[:, None]) + exp(S - lse_k[None, :]) for S = scale * q32 @ k.T, in fp32, from the
-    float64 LSEs as exp((S - hi) - lo): S - hi is exact near a row's largest score, so that a weight near
-    1 keeps an ulp of 1 (an fp32 LSE would cost it an ulp of |S|)."""
-    (q_hi, q_lo), (k_hi, k_lo) = split_lse(lse_q), split_lse(lse_k)
+    float64 LSEs as exp((S - hi) - lo) (``torch_utils.minus_lse_``)."""
     s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
-    w = torch.sub(s_blk, q_hi[:, None]).sub_(q_lo[:, None]).exp_()
-    return w.add_(s_blk.sub_(k_hi[None, :]).sub_(k_lo[None, :]).exp_())
+    w = minus_lse_(s_blk.clone(), lse_q, 0).exp_()
+    return w.add_(minus_lse_(s_blk, lse_k, 1).exp_())
 
 
 def _minus_diagonal(w: torch.Tensor, row0: int, eps: float) -> torch.Tensor:
@@ -60,25 +57,18 @@ class TorchBackend:
 
     def lse(self, image, text, scale):
         """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D]), in
-        float64: max + log(sum exp(S - max)) formed in float64 from the fp32 max and sum (the columns'
-        merged across chunks as (max, sum) pairs), so that the backward's weights near 1 keep an ulp of 1
-        (``_weights``)."""
+        float64: max + log(sum exp(S - max)) formed in float64 from the fp32 max and sum (``row_lse``; the
+        columns' merged across chunks as (reference, sum) pairs, ``ColumnLSE``), so that the backward's
+        weights near 1 keep an ulp of 1 (``_weights``)."""
         dev = image.device
         r = torch.empty(image.shape[0], dtype=torch.float64, device=dev)
-        c_max = torch.full((text.shape[0],), float("-inf"), dtype=torch.float32, device=dev)
-        c_ref = torch.zeros_like(c_max)  # the columns' finite reference: their max so far, else 0
-        c_sum = torch.zeros_like(c_max)  # sum exp(S - c_ref)
+        columns = ColumnLSE(text.shape[0], dev)
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         for sl in row_chunks(image.shape[0], text.shape[0], dev):
             s_blk = matmul_f32(f32_rows(image, sl), text, True, cols).mul_(scale)
-            m = _finite_or_zero(s_blk.amax(1))  # as torch.logsumexp: an infinite max gives +-inf, not NaN
-            r[sl] = torch.sub(s_blk, m[:, None]).exp_().sum(1).double().log_().add_(m.double())
-            c_max = torch.maximum(c_max, s_blk.amax(0))
-            ref = _finite_or_zero(c_max)
-            # (c_ref > ref only where c_sum is still 0: the placeholder 0 before a column's first finite max)
-            c_sum.mul_(torch.exp((c_ref - ref).clamp_(max=0.0))).add_(s_blk.sub_(ref[None, :]).exp_().sum(0))
-            c_ref = ref
-        return r, c_sum.double().log_().add_(c_ref.double())
+            r[sl], _ = row_lse(s_blk)
+            columns.add(s_blk)
+        return r, columns.lse()
 
     def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :]),

@@ -160,6 +160,12 @@ def hard_target_rows(image, text, eps: float, batch: int, colsum_i, colsum_t):
     return h_row, h_col
 
 
+def _gap_dot(w, lse, scale, x) -> torch.Tensor:
+    """sum_i w_i (lse_i - scale x_i) in fp32, each difference formed in the LSEs' dtype (float64 for the
+    student's) and rounded once."""
+    return torch.dot(w, (lse - scale * x).float())
+
+
 def _teacher(t_image, t_text, t_scale) -> Teacher:
     return None if t_image is None else (t_image, t_text, t_scale)
 
@@ -180,9 +186,9 @@ class SoftTargetFunction(torch.autograd.Function):
         if h is None:
             x, y = params.hard_affine
             h = soft_w * x + y
-        hard = (torch.dot(h, r_nat - scale * h_row) + torch.dot(h, c_nat - scale * h_col)) * coef
+        hard = (_gap_dot(h, r_nat, scale, h_row) + _gap_dot(h, c_nat, scale, h_col)) * coef
         del h
-        soft = (torch.dot(soft_w, r_nat - scale * w_row) + torch.dot(soft_w, c_nat - scale * w_col)) * coef
+        soft = (_gap_dot(soft_w, r_nat, scale, w_row) + _gap_dot(soft_w, c_nat, scale, w_col)) * coef
         del r_nat, c_nat
         if teacher is None:
             tr = tc = None
@@ -269,8 +275,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         nats = lse_nats(backend)
         r_nat, c_own, wc_own = r * nats, c[own] * nats, wc[own]
         parts = [
-            torch.dot(hard_w, r_nat - scale * h_row) + torch.dot(hard_w, c_own - scale * h_col),
-            torch.dot(soft_w, r_nat - scale * w) + torch.dot(soft_w, c_own - scale * wc_own),
+            _gap_dot(hard_w, r_nat, scale, h_row) + _gap_dot(hard_w, c_own, scale, h_col),
+            _gap_dot(soft_w, r_nat, scale, w) + _gap_dot(soft_w, c_own, scale, wc_own),
         ]
         if need_s:
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the

@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import torch
 
-from vlkernels.ops.torch_utils import chunk_rows, f32_rows, matmul_f32, row_chunks, workspace_bytes
-
-
-def _softmax_stats(x: torch.Tensor, y: torch.Tensor, dim: int):
-    """(logsumexp(x), sum softmax(x) * y) along ``dim``, sharing the one exp of x."""
-    m = x.amax(dim=dim, keepdim=True)
-    e = torch.exp(x - m)
-    den = e.sum(dim)
-    return torch.log(den) + m.squeeze(dim), (e.mul_(y)).sum(dim) / den
+from vlkernels.ops.torch_utils import (
+    ColumnLSE,
+    chunk_rows,
+    f32_rows,
+    matmul_f32,
+    minus_lse_,
+    row_chunks,
+    row_lse,
+    workspace_bytes,
+)
 
 
 def _diagonal(s_ii, t_ii, weights, lses, diag_w: float, all_w: float) -> torch.Tensor:
@@ -42,7 +43,7 @@ def _diagonal(s_ii, t_ii, weights, lses, diag_w: float, all_w: float) -> torch.T
         d.sub_((e_r + e_c) * all_w)
     if t_ii is not None:
         d.addcmul_(q_r, e_row - torch.exp(t_ii - tr)).addcmul_(q_c, e_col - torch.exp(t_ii - tc))
-    return d
+    return d.float()  # formed in float64 (the student's LSEs' dtype), rounded once
 
 
 class TorchSoftTargetBackend:
@@ -58,36 +59,35 @@ class TorchSoftTargetBackend:
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
     def stats(self, image, text, scale, teacher=None):
-        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32."""
+        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]): the student's
+        LSEs in float64 (``row_lse``, ``ColumnLSE``: the backward's weights near 1 keep an ulp of 1), the
+        separate teacher's and the weighted sums in fp32."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
-        r = torch.empty(rows, dtype=torch.float32, device=dev)
-        tr = r if teacher is None else torch.empty_like(r)
-        w_row = torch.empty_like(r)
-        c = torch.full((n,), float("-inf"), dtype=torch.float32, device=dev)
-        tc = c if teacher is None else c.clone()
-        w_col = torch.zeros_like(c)
+        r = torch.empty(rows, dtype=torch.float64, device=dev)
+        tr = r if teacher is None else torch.empty(rows, dtype=torch.float32, device=dev)
+        w_row = torch.empty(rows, dtype=torch.float32, device=dev)
+        student = ColumnLSE(n, dev, weighted=teacher is None)
+        soft = student if teacher is None else ColumnLSE(n, dev, weighted=True)  # the teacher's softmax
         for sl in row_chunks(rows, n, dev):
             d_blk = matmul_f32(f32_rows(image, sl), text, True, cols)
             s_blk = d_blk * scale
-            t_blk = self._teacher_block(teacher, sl, s_blk, cols)
             if teacher is None:
-                r[sl], w_row[sl] = _softmax_stats(s_blk, d_blk, 1)
-                c_blk, wc_blk = _softmax_stats(s_blk, d_blk, 0)
-                c_new = torch.logaddexp(c, c_blk)
+                r[sl], w_row[sl] = row_lse(s_blk, d_blk)
+                student.add(s_blk, d_blk)
             else:
-                r[sl] = torch.logsumexp(s_blk, dim=1)
-                tr[sl], w_row[sl] = _softmax_stats(t_blk, d_blk, 1)
-                c = torch.logaddexp(c, torch.logsumexp(s_blk, dim=0))
-                c_blk, wc_blk = _softmax_stats(t_blk, d_blk, 0)
-                c_new = torch.logaddexp(tc, c_blk)
-            # Online merge of the column weighted sums: rescale both parts to the merged teacher LSE.
-            w_col = w_col * torch.exp(tc - c_new) + wc_blk * torch.exp(c_blk - c_new)
-            if teacher is None:
-                c = tc = c_new
-            else:
-                tc = c_new
-        return r, c, tr, tc, w_row, w_col
+                r[sl], _ = row_lse(s_blk)
+                student.add(s_blk)
+                del s_blk
+                t_blk = self._teacher_block(teacher, sl, None, cols)
+                tr[sl], w_row[sl] = row_lse(t_blk, d_blk)
+                soft.add(t_blk, d_blk)
+        w_col = soft.weighted_mean()
+        c = student.lse()
+        del student  # its sums, before the teacher's LSEs
+        if teacher is None:
+            return r, c, r, c, w_row, w_col
+        return r, c, tr, soft.lse(torch.float32), w_row, w_col
 
     def _grad_block(self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, cols):
         """dL/dS for the rows ``sl`` of q (q32 their fp32 copy) against all of k, fp32 [rows, N]: W minus
@@ -106,8 +106,9 @@ class TorchSoftTargetBackend:
         diag = (idx, idx + rows.start)
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
         s_ii = None if teacher is None else s_blk[diag]  # a copy, [rows]
-        g = torch.sub(s_blk, lse_q[rows, None]).exp_().mul_(p_rows[:, None])
-        col = s_blk.sub_(lse_k[None, :]).exp_()  # exp(S - c_j), in place
+        # the student's float64 LSEs as exp((S - hi) - lo) (``minus_lse_``), the teacher's fp32 ones plainly
+        g = minus_lse_(s_blk.clone(), lse_q[rows], 0).exp_().mul_(p_rows[:, None])
+        col = minus_lse_(s_blk, lse_k, 1).exp_()  # exp(S - c_j), in place
         # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most, formed as
         # the rows' (bitwise the same at j = i: with near one-hot rows the hard targets then cancel exactly)
         if isinstance(h, tuple):
@@ -213,14 +214,14 @@ class TorchSoftTargetBackend:
                 idx = torch.arange(i_blk.shape[0], device=dev)
                 at = (idx, idx + diag[0] + sl.start)
                 s_ii, t_ii = s_blk[at], None
-            w = torch.exp(s_blk - r[sl, None]).mul_(p_row[sl, None])
+            w = minus_lse_(s_blk.clone(), r[sl], 0).exp_().mul_(p_row[sl, None])
             if teacher is not None:
                 t_blk = self._teacher_block(teacher, sl, None, cols)
                 if diag is not None:
                     t_ii = t_blk[at]
                 w.sub_(torch.exp(t_blk - tr[sl, None]).mul_(q_row[sl, None]))
                 w.sub_(t_blk.sub_(tc[None, :]).exp_().mul_(q_col[None, :]))
-            w.add_(s_blk.sub_(c[None, :]).exp_().mul_(p_col[None, :]))
+            w.add_(minus_lse_(s_blk, c, 1).exp_().mul_(p_col[None, :]))
             if diag is not None:
                 j = at[1]
                 weights = (e_row[sl], e_col[j], q_row[sl], q_col[j])

@@ -9,7 +9,10 @@ strides, scales read from device memory (no host sync), fp32 accumulation, int64
   the teacher LSE and the teacher-softmax-weighted sum of the student's dot products <Q_i, K_j>
   (unscaled: the loss multiplies by s, and d/ds needs no division by s); and per column tile its column
   partials over the program's rows (max, sum, weighted sum per softmax), exact since each program sees
-  each column tile once, merged by torch in a fixed order (``both_stats``).
+  each column tile once, merged by torch in a fixed order (``both_stats``). The student's LSEs are
+  two-part (float64, as the contrastive loss's: ops/contrastive_triton.py): the rows' m + log2(l) and the
+  columns' max + log2(sum) formed in float64, split into fp32 hi + lo by the weights kernel; a separate
+  teacher's stay fp32.
 - ``_weights_kernel``: the backward on the G-chunk engine (ops/gchunk_triton.py, shared with the
   contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and writes
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the workspace in
@@ -31,7 +34,7 @@ import triton
 import triton.language as tl
 
 from vlkernels._triton import interpret_mode
-from vlkernels.ops.contrastive_triton import forward_rows_per_launch
+from vlkernels.ops.contrastive_triton import forward_rows_per_launch, split_lse
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import workspace_bytes
 from vlkernels.ops.triton_utils import (
@@ -219,13 +222,13 @@ def _stats_kernel(
                 tl.store(col + 2 * part_stride, m_c, mask=mask_n)
                 tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
                 tl.store(col + 4 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
-    t_lse = m_t + tl.log2(l_t)
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
+    # the student's LSEs in float64: m + log2(l) formed there (module docstring, two-part LSEs)
     if TEACHER:
-        tl.store(lse_ptr + offs_m, m_s + tl.log2(l_s), mask=mask_m)
-        tl.store(t_lse_ptr + offs_m, t_lse, mask=mask_m)
+        tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + tl.log2(l_s).to(tl.float64), mask=mask_m)
+        tl.store(t_lse_ptr + offs_m, m_t + tl.log2(l_t), mask=mask_m)
     else:
-        tl.store(lse_ptr + offs_m, t_lse, mask=mask_m)
+        tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
 
 
 @triton.jit
@@ -307,7 +310,7 @@ def _weights_tile(
 ):
     """Column tile ``t`` of ``_weights_kernel``'s row block, from the block's row terms (``q_q``, ``cq``,
     ``t_scale2``, ``t_lse_q`` unused without TEACHER); the column loads after the dots (in the epilogue,
-    not held in registers across a pipelined walk). PARTS = 4 (no TEACHER): the epilogue in four column
+    not held in registers across a pipelined walk). PARTS = 8 (no TEACHER): the epilogue in eight column
     parts, one after the other, each with its own ds partials."""
     pid_n = t  # a program id or the walk's counter (int32; a Python int in the interpreter)
     acc = weights_tile_dot(
@@ -350,71 +353,42 @@ def _weights_tile(
             UPCAST,
             T_UPCAST,
         )
-    else:  # four column parts of V
-        V: tl.constexpr = BLOCK_N // 4
+    else:  # eight column parts of V, four at a time
+        tl.static_assert(PARTS == 8)
+        V: tl.constexpr = BLOCK_N // 8
         h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
-        a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
-        _w_part(
-            a0,
-            4 * pid_n,
-            *rows,
-            *cols,
-            TEACHER,
-            HARD,
-            BLOCK_M,
-            V,
-            True,
-            BLOCK_DT,
-            T_DOT_PREC,
-            UPCAST,
-            T_UPCAST,
+        _w_quarters(
+            h0, 8 * pid_n, rows, cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
         )
-        _w_part(
-            a1,
-            4 * pid_n + 1,
-            *rows,
-            *cols,
-            TEACHER,
-            HARD,
-            BLOCK_M,
-            V,
-            True,
-            BLOCK_DT,
-            T_DOT_PREC,
-            UPCAST,
-            T_UPCAST,
+        _w_quarters(
+            h1, 8 * pid_n + 4, rows, cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
         )
-        a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
-        _w_part(
-            a0,
-            4 * pid_n + 2,
-            *rows,
-            *cols,
-            TEACHER,
-            HARD,
-            BLOCK_M,
-            V,
-            True,
-            BLOCK_DT,
-            T_DOT_PREC,
-            UPCAST,
-            T_UPCAST,
-        )
-        _w_part(
-            a1,
-            4 * pid_n + 3,
-            *rows,
-            *cols,
-            TEACHER,
-            HARD,
-            BLOCK_M,
-            V,
-            True,
-            BLOCK_DT,
-            T_DOT_PREC,
-            UPCAST,
-            T_UPCAST,
-        )
+
+
+@triton.jit
+def _w_quarters(
+    h,
+    b,
+    rows,
+    cols,
+    TEACHER: tl.constexpr,
+    HARD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    V: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    T_DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    T_UPCAST: tl.constexpr,
+):
+    """``_w_part`` over the four column parts of V of h [BLOCK_M, 4 V] (column blocks b .. b + 3), one
+    after the other; ``rows`` and ``cols``: ``_weights_tile``'s runtime argument tuples."""
+    q0, q1 = halves(h, BLOCK_M, 4 * V)
+    a0, a1 = halves(q0, BLOCK_M, 2 * V)
+    _w_part(a0, b, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
+    _w_part(a1, b + 1, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
+    a0, a1 = halves(q1, BLOCK_M, 2 * V)
+    _w_part(a0, b + 2, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
+    _w_part(a1, b + 3, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
 
 
 @triton.jit
@@ -469,7 +443,7 @@ def _w_part(
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2
-    lse_k = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
+    k_hi, k_lo = split_lse(tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0))
     e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
     if TEACHER:  # the teacher's tile first: no exponential tiles held across its dot
         q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
@@ -497,8 +471,9 @@ def _w_part(
     # hard targets cancel the e terms (near one-hot rows: both ~2 e_i on the diagonal) before the soft
     # terms come in, and E - T is exact where the student's and the teacher's weights agree, so no ulp of
     # e + q is left where the exact dL/dS is tiny
-    e_row = tl.exp2(s2 - lse_q[:, None])
-    e_col = tl.exp2(s2 - lse_k[None, :])
+    # the student's two-part LSEs: exp2((S2 - hi) - lo), S2 - hi exact near the largest score
+    e_row = tl.exp2((s2 - lse_q[0][:, None]) - lse_q[1][:, None])
+    e_col = tl.exp2((s2 - k_hi[None, :]) - k_lo[None, :])
     w = e_q[:, None] * e_row + e_k[None, :] * e_col
     if HARD:
         # the hard targets' part (e_i + e_j) (eps_diag [diagonal] + eps_all), its eps_all share as a row
@@ -576,7 +551,7 @@ def _weights_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    lse_q = tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0)
+    lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
     e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
@@ -642,9 +617,9 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     ``dim`` and ``dtype`` and ``teacher`` None or (Q', K', s') on sm_``arch`` (``triton_utils.HOST_ARCH``
     when None). With the self teacher, where ``wide_score_tiles`` holds, the statistics take 128-column
     tiles, the epilogue in four column parts (PARTS; in the interpreter 64 columns, the same paths), and
-    the weights kernel the G kernel's 256 x 128, both read through TMA descriptors. ``tma`` False (TMA
-    cannot read the features: ``tma_ready``, ``features_config``): the statistics keep their tiles with
-    pointer loads, the weights kernel takes the narrow tiles. Measured without a GPU
+    the weights kernel the G kernel's 256 x 128 in eight parts, both read through TMA descriptors. ``tma``
+    False (TMA cannot read the features: ``tma_ready``, ``features_config``): the statistics keep their
+    tiles with pointer loads, the weights kernel takes the narrow tiles. Measured without a GPU
     (benchmarks/aot.py; every variant without spills on sm_90 and sm_80): the student's own config
     alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
     for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
@@ -659,7 +634,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     if interpret_mode():
         cfg = dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
         if wide and kernel == "weights":
-            return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=4, TMA=True)
+            return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=8, TMA=True)
         if wide and tma:
             return dict(cfg, BLOCK_N=64, PARTS=4, TMA=True)
         return dict(cfg, BLOCK_N=64, PARTS=4) if wide else cfg
@@ -691,8 +666,11 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             )
         if wide:
             # the contrastive G kernel's 256 x 128 on 16 warps through TMA descriptors (config
-            # "weights_wide"), the epilogue in four parts with their own ds partials
-            return dict(config(dim, dtype, "weights_wide", arch), BLOCK_DT=base["BLOCK_D"])
+            # "weights_wide"), the epilogue in eight parts with their own ds partials: 120 registers on
+            # sm_90 with Triton 3.9. In four parts (the contrastive kernel's) it reached 128 and spilled
+            # 68 B once the student's LSEs were two-part (the pair weights e_i, e_j beside each LSE's hi
+            # and lo); 256 x 64 in four fit (96) but the model put the loss 11-18% slower
+            return dict(config(dim, dtype, "weights_wide", arch), BLOCK_DT=base["BLOCK_D"], PARTS=8)
         return dict(base, BLOCK_DT=base["BLOCK_D"])
     if split_dots(t_dtype):
         # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
@@ -786,17 +764,18 @@ def _column_stats(part, programs: int, k0: int, sums: int):
 
 
 def both_stats(q, k, scale, teacher=None):
-    """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), fp32, the LSEs in base 2 (the
-    kernels' units: ``TritonSoftTargetBackend.lse_base2``), in one pass over the tiles:
+    """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
+    kernels' units: ``TritonSoftTargetBackend.lse_base2``), the student's in float64 (two-part), the rest
+    in fp32, in one pass over the tiles:
     the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
     (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
     dev = q.device
     parts = 3 if teacher is None else 5
     meta, _ = _launch_meta(q, k, teacher)
-    r = torch.empty(m, dtype=torch.float32, device=dev)
-    tr = r if teacher is None else torch.empty_like(r)
-    w = torch.empty_like(r)
+    r = torch.empty(m, dtype=torch.float64, device=dev)
+    tr = r if teacher is None else torch.empty(m, dtype=torch.float32, device=dev)
+    w = torch.empty(m, dtype=torch.float32, device=dev)
     step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
     part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
     stu = tea = None
@@ -811,7 +790,7 @@ def both_stats(q, k, scale, teacher=None):
             stu = _merge(stu, _column_stats(part, programs, 0, 1))
             tea = _merge(tea, _column_stats(part, programs, 2, 2))
     del part
-    c = torch.log2(stu[1]).add_(stu[0])
+    c = stu[1].double().log2_().add_(stu[0])  # float64: each column's max + log2 of its sum below it
     if teacher is None:
         return r, c, r, c, w, stu[2] / stu[1]
     tc = torch.log2(tea[1]).add_(tea[0])
@@ -902,6 +881,10 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).contiguous()
 
 
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float64).contiguous()  # the student's two-part LSEs
+
+
 class TritonSoftTargetBackend:
     """``stats`` / ``accumulate`` of ops/soft_target.py: the statistics kernel above, and the products on
     the G-chunk engine (ops/gchunk_triton.py): W in chunks of rows, two tensor-core GEMMs per chunk into
@@ -984,7 +967,7 @@ class TritonSoftTargetBackend:
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c, soft_w = (_f32(x) for x in (r, c, soft_w))
+        r, c, soft_w = _f64(r), _f64(c), _f32(soft_w)
         coefs = coefs.float()
         lo, hi = torch.aminmax(soft_w)
         if isinstance(hard_w, tuple):  # h = x a + y: formed in the kernel from a, no [B] vector
@@ -1024,7 +1007,8 @@ class TritonSoftTargetBackend:
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c, e_row, e_col, q_row, q_col = (_f32(x) for x in (r, c, e_row, e_col, q_row, q_col))
+        r, c = _f64(r), _f64(c)
+        e_row, e_col, q_row, q_col = (_f32(x) for x in (e_row, e_col, q_row, q_col))
         # the pair weights h = e, a = q, normalised by the largest weight
         norm = torch.stack([v.abs().max() for v in (e_row, e_col, q_row, q_col)]).max()
         norm = torch.where(norm > 0, norm, torch.ones_like(norm))

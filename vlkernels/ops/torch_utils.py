@@ -72,6 +72,76 @@ def matmul_f32(a32: torch.Tensor, b: torch.Tensor, transpose_b: bool, cols: int)
     return out
 
 
+def split_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) in fp32 of float64 LSEs (x = hi + lo to ~2^-48 relative): the exponents take
+    exp((S - hi) - lo), where S - hi is exact near a row's largest score, so that a weight near 1 keeps an
+    ulp of 1 (an fp32 LSE would cost it an ulp of |S|)."""
+    hi = x.float()
+    return hi, (x - hi.double()).float()
+
+
+def minus_lse_(s: torch.Tensor, lse: torch.Tensor, dim: int) -> torch.Tensor:
+    """In place: S - lse along ``dim`` of the fp32 chunk ``s`` (lse float64 [s.shape[dim]]: per row with
+    dim 0, per column with 1) as (S - hi) - lo (``split_lse``). The columns' split (16 bytes of
+    temporaries per LSE) goes in slabs within the chunk budget (``chunk_rows``), not as [N] vectors."""
+    if dim == 0:
+        hi, lo = split_lse(lse)
+        return s.sub_(hi[:, None]).sub_(lo[:, None])
+    step = chunk_rows(lse.shape[0], 16, s.device)
+    for j in range(0, lse.shape[0], step):
+        hi, lo = split_lse(lse[j : j + step])
+        s[:, j : j + step].sub_(hi[None, :]).sub_(lo[None, :])
+    return s
+
+
+def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def row_lse(s: torch.Tensor, y: torch.Tensor | None = None):
+    """(LSEs of the rows of the fp32 chunk ``s`` in float64, and with ``y`` [same shape] the rows'
+    softmax-weighted means of y in fp32, else None): max + log(sum exp(S - max)) formed in float64 from the
+    fp32 max and sum, as torch.logsumexp (an infinite max gives +-inf, not NaN), one exp shared."""
+    m = finite_or_zero(s.amax(1))
+    e = torch.sub(s, m[:, None]).exp_()
+    den = e.sum(1)
+    lse = den.double().log_().add_(m.double())
+    return lse, None if y is None else e.mul_(y).sum(1).div_(den)
+
+
+class ColumnLSE:
+    """Column LSEs of fp32 chunks of rows of S [rows, N], merged across chunks as (reference, sum) pairs
+    in fp32 (8 bytes per column; 12 with ``weighted``: also the softmax-weighted sums of values y): the
+    reference is a column's largest finite score so far (0 before its first), the sum that of
+    exp(S - reference), so that ``lse()`` = reference + log(sum) in float64 keeps an ulp of 1 where
+    torch's softmax would. Scores of -inf, +inf or NaN give torch.logsumexp's -inf, +inf or NaN."""
+
+    def __init__(self, n: int, device: torch.device, weighted: bool = False):
+        self.ref = torch.zeros(n, dtype=torch.float32, device=device)
+        self.sum = torch.zeros_like(self.ref)
+        self.wsum = torch.zeros_like(self.ref) if weighted else None
+
+    def add(self, s: torch.Tensor, y: torch.Tensor | None = None) -> None:
+        """Merge the chunk ``s`` [rows, N] (overwritten), with ``y`` [rows, N] where ``weighted``; in place
+        where it can (a few bytes per column of temporaries)."""
+        ref = s.amax(0).nan_to_num_(nan=float("-inf"), posinf=float("-inf"))  # the chunk's finite max
+        self.ref.masked_fill_(self.sum == 0, float("-inf"))  # a placeholder: no finite score so far
+        ref = torch.maximum(ref, self.ref, out=ref).nan_to_num_(neginf=0.0)  # still none: the placeholder
+        rescale = self.ref.sub_(ref).exp_()  # <= 1 (0 from a placeholder)
+        e = s.sub_(ref[None, :]).exp_()
+        self.sum.mul_(rescale).add_(e.sum(0))
+        if self.wsum is not None:
+            self.wsum.mul_(rescale).add_(e.mul_(y).sum(0))
+        self.ref = ref
+
+    def lse(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """reference + log(sum) in ``dtype`` (float64: two-part precision; fp32: rounded once more)."""
+        return self.sum.to(dtype).log_().add_(self.ref)
+
+    def weighted_mean(self) -> torch.Tensor:
+        return self.wsum.div_(self.sum)  # (once: in place)
+
+
 # Whether autocast exists for a device type, asked once per type: torch 2.11's dynamo cannot trace
 # ``torch.amp.is_autocast_available`` (a skipped builtin: torch.compile(fullgraph=True) of a loss failed
 # there; 2.13's traces it), while a lookup in this dict it can. The usual types are asked at import.
