@@ -671,6 +671,10 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # 68 B once the student's LSEs were two-part (the pair weights e_i, e_j beside each LSE's hi
             # and lo); 256 x 64 in four fit (96) but the model put the loss 11-18% slower
             return dict(config(dim, dtype, "weights_wide", arch), BLOCK_DT=base["BLOCK_D"], PARTS=8)
+        if kernel == "stats" and split_dots(dtype):
+            # D chunks of 16 (the operands' parts take registers): at 32 with chunked D the two-part LSEs'
+            # float64 epilogue put sm_80's tf32x3 variant at 255 registers and 28 B of spill
+            return dict(base, BLOCK_D=16, BLOCK_DT=16)
         return dict(base, BLOCK_DT=base["BLOCK_D"])
     if split_dots(t_dtype):
         # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
