@@ -261,7 +261,10 @@ def test_soft_target_reference_b65536_bf16():
     B, D = 65536, 1024
     c = cm.predict("contrastive", B, D, "bf16")
     p = cm.predict("soft_target", B, D, "bf16")
-    assert p["plan"] == c["plan"] and p["flops_total"] == c["flops_total"]
+    # the same chunks and covered columns; the workspace holds the eight-part epilogue's ds partials
+    same = lambda plan: {k: v for k, v in plan.items() if k != "workspace"}  # noqa: E731
+    assert same(p["plan"]) == same(c["plan"]) and p["flops_total"] == c["flops_total"]
+    assert c["plan"]["workspace"] <= p["plan"]["workspace"] <= 256 * 2**20
     ratio = [a / b for a, b in zip(p["time_s"], c["time_s"], strict=True)]
     assert max(ratio) <= 1.15, ratio
     assert p["time_s"][0] * 1e3 == pytest.approx(48.7, abs=0.5)
