@@ -644,12 +644,16 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         # four, three of them spilled 8-32 B on sm_80 with Triton 3.6's ptxas; at two and aligned D 32 B on
         # sm_90 with Triton 3.8's PTX, at three and unaligned D 16 B on sm_80 with 3.6's. These spill with
         # none of 3.6, 3.8, 3.9
-        stages = 4
+        stages, warps = 4, 4
         if kernel == "stats":
             stages = 3 if dim % 16 == 0 else (2 if teacher is None else 4)
-        return dict(
-            BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16, num_warps=4, num_stages=stages
-        )
+            if teacher is not None and dim % 16 == 0 and dot_precision(dtype) == "ieee":
+                # fp32 student and teacher, aligned D: eight warps at four stages (145-186 registers with
+                # Triton 3.6-3.9, no spills); four warps at three spilled 16 B on sm_90 with 3.6 once the
+                # student's LSEs were two-part
+                stages, warps = 4, 8
+        cfg = dict(BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16)
+        return dict(cfg, num_warps=warps, num_stages=stages)
     if teacher is None:
         if kernel == "weights" and split_dots(dtype):
             # 128 x 64 tiles (128 x 128 spilled 4-12 B on sm_80 at two and three stages)
