@@ -52,9 +52,8 @@ class TorchSoftTargetBackend:
     lse_base2 = False  # natural log-sum-exps
 
     @staticmethod
-    def _teacher_block(teacher, sl, s_blk, cols: int):
-        if teacher is None:
-            return s_blk
+    def _teacher_block(teacher, sl, cols: int):
+        """S' for the rows ``sl`` of the separate teacher (I', T', s'), fp32 [rows, N]."""
         t_image, t_text, t_scale = teacher
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
@@ -79,7 +78,7 @@ class TorchSoftTargetBackend:
                 r[sl], _ = row_lse(s_blk)
                 student.add(s_blk)
                 del s_blk
-                t_blk = self._teacher_block(teacher, sl, None, cols)
+                t_blk = self._teacher_block(teacher, sl, cols)
                 tr[sl], w_row[sl] = row_lse(t_blk, d_blk)
                 soft.add(t_blk, d_blk)
         w_col = soft.weighted_mean()
@@ -124,7 +123,7 @@ class TorchSoftTargetBackend:
             g.addcmul_(col, h[None, :] * ce).addcmul_(col, a[None, :] * cq)
         del s_blk, col
         if teacher is not None:
-            t_blk = self._teacher_block(teacher, rows, None, cols)
+            t_blk = self._teacher_block(teacher, rows, cols)
             t_ii = t_blk[diag]
             g.sub_(torch.sub(t_blk, t_lse_q[rows, None]).exp_().mul_((a[rows] * cq)[:, None]))
             g.sub_(t_blk.sub_(t_lse_k[None, :]).exp_().mul_(a[None, :]).mul_(cq))
@@ -216,7 +215,7 @@ class TorchSoftTargetBackend:
                 s_ii, t_ii = s_blk[at], None
             w = minus_lse_(s_blk.clone(), r[sl], 0).exp_().mul_(p_row[sl, None])
             if teacher is not None:
-                t_blk = self._teacher_block(teacher, sl, None, cols)
+                t_blk = self._teacher_block(teacher, sl, cols)
                 if diag is not None:
                     t_ii = t_blk[at]
                 w.sub_(torch.exp(t_blk - tr[sl, None]).mul_(q_row[sl, None]))
