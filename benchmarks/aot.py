@@ -146,6 +146,9 @@ def grid(name: str = "full") -> list[Call]:
         # the split-precision fp32 candidates: their own D chunks and tiles (aligned and not)
         calls += [Call(c, "tf32x3", 1024), Call(c, "bf16x6", 100), Call("sigmoid", "tf32x3", 1024)]
         calls += [Call(s, "bf16x6", 1024), Call(s, "bf16", 1024, ("tf32x3", TEACHER_D))]
+        # the soft target's statistics configs that the two-part LSEs re-tiled: split-precision dots at
+        # unaligned D (D chunks of 16), an fp32 student and teacher at aligned D (eight warps)
+        calls += [Call(s, "tf32x3", 100), Call(s, "fp32", 64, f32t)]
         # the wide tiles' pointer-load fallbacks (features TMA cannot read)
         calls += [Call(op, "bf16", 1024, colmajor=True) for op in (c, s, "sigmoid")]
         return calls
