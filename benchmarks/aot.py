@@ -311,7 +311,8 @@ def _run_call(call: Call):
     be.stats(image, text, scale, teacher)
     z = torch.zeros(n, dtype=torch.float64)  # the student's LSEs (two-part)
     vec = torch.ones(n)
-    tr = tc = None if teacher is None else torch.zeros(n)  # the teacher's, fp32
+    # the teacher's, packed as the Functions keep them (fp32 hi, bf16 lo)
+    tr = tc = None if teacher is None else (torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16))
     coefs = torch.tensor([0.5, 0.25])
     be.gradients(image, text, scale, z, z, vec, vec * 0.5, coefs, 0.1, teacher, tr, tc, True)
     be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)

@@ -199,8 +199,9 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     # part of it: the self teacher's wide tiles, ``PARTS``)
     exps = 2 * M * N + M * C * cfg.get("PARTS", 1)
     parts = 3 if teacher is None else 5
-    # outputs: the student's LSEs in float64 (two-part), the teacher's and the weighted sums in fp32
-    hbm = {"inputs": (M + N) * D * e, "outputs": (M + N) * 16, "column partials": 2 * 4.0 * parts * P * N}
+    # outputs: the LSEs in float64 (two-part; a separate teacher's too), the weighted sums in fp32
+    outputs = (M + N) * (12 if teacher is None else 20)
+    hbm = {"inputs": (M + N) * D * e, "outputs": outputs, "column partials": 2 * 4.0 * parts * P * N}
     column_bytes = N * D * e
     if teacher is not None:
         dt, tdtype = teacher

@@ -17,6 +17,7 @@ from tests._ref import features
 from tests.test_soft_target import _check, _check_features, _teacher_kwargs, check_distill_near_one_hot
 from vlkernels import soft_target_loss
 from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend, both_stats
+from vlkernels.ops.torch_utils import pack_lse
 
 pytestmark = pytest.mark.gpu
 
@@ -104,7 +105,8 @@ def test_int64_offsets_beyond_2_to_31_elements():
     # W = P (student rows) and W = P + P' with the same teacher (e = 2, q = -1: W = e P + q (P - P')): the
     # matching tail rows dominate W @ K; the W.T @ Q output ([rows, D] fp32, 8.6 GB) is dropped at once.
     dq = be.accumulate(q, k, scale, lse, zeros, ones, zeros, 0 * ones, zeros)[0]
-    same = ((q, k, scale), t_lse, zeros)  # the student as its own separate teacher
+    # the student as its own separate teacher, its LSEs packed as the Functions keep them
+    same = ((q, k, scale), pack_lse(t_lse), pack_lse(zeros.double()))
     dq_t = be.accumulate(q, k, scale, lse, zeros, 2 * ones, zeros, -ones, zeros, *same)[0]
     assert torch.isfinite(dq).all() and torch.isfinite(dq_t).all()
     cos = F.cosine_similarity(dq[:3], q[:3].float(), dim=1)

@@ -15,10 +15,13 @@ A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``ac
 rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
 teacher, else ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``, fp32, the LSEs natural or, where the
-  backend's ``lse_base2`` is True, in base 2 (ops/contrastive.py: the units of its kernels' exponents,
-  which ``accumulate`` and ``gradients`` take back); r' is r (c' is c) for the self teacher; the
-  weighted sums come unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s;
+- ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``: the LSEs in float64 (two-part, as the
+  contrastive loss's: ops/contrastive.py), natural or, where the backend's ``lse_base2`` is True, in
+  base 2 (the units of its kernels' exponents, which ``accumulate`` and ``gradients`` take back); r' is
+  r (c' is c) for the self teacher; the weighted sums in fp32, unscaled (sum_j softmax_j(S'_i.)
+  <I_i, T_j>), so that d/ds needs no division by s. The Functions keep a separate teacher's r' and c'
+  packed as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the state
+  fits 32 bytes per row), and ``accumulate`` and ``gradients`` take them so;
 - ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), p = e + q (hard and
   soft weights, given apart: the backends never round p where it would show, see ``gradients``),
@@ -55,7 +58,7 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, lse_nats, row_chunks
+from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, lse_nats, pack_lse, row_chunks
 
 Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
@@ -64,7 +67,7 @@ class SoftTargetBackend(Protocol):
     lse_base2: bool
 
     def stats(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, teacher: Teacher = None):
-        """(r, c, r', c', w, w'), fp32."""
+        """(r, c, r', c', w, w'): the LSEs float64, the weighted sums fp32."""
         ...
 
     def accumulate(
@@ -170,6 +173,17 @@ def _teacher(t_image, t_text, t_scale) -> Teacher:
     return None if t_image is None else (t_image, t_text, t_scale)
 
 
+def _packed(teacher: Teacher, tr, tc) -> tuple:
+    """What the Functions save of a separate teacher's float64 LSEs: (r' hi, r' lo, c' hi, c' lo)
+    (``pack_lse``), or four Nones for the self teacher."""
+    return (None,) * 4 if teacher is None else (*pack_lse(tr), *pack_lse(tc))
+
+
+def _unpacked(hi_lo) -> tuple:
+    """(r', c') as the backends take them from ``_packed``'s four tensors: (hi, lo) pairs, or Nones."""
+    return (None, None) if hi_lo[0] is None else (tuple(hi_lo[:2]), tuple(hi_lo[2:]))
+
+
 class SoftTargetFunction(torch.autograd.Function):
     @staticmethod
     @exact
@@ -177,6 +191,8 @@ class SoftTargetFunction(torch.autograd.Function):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
         r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
+        packed = _packed(teacher, tr, tc)
+        del tr, tc
         nats = lse_nats(params.backend)
         r_nat, c_nat = (r * nats, c * nats) if nats != 1.0 else (r, c)  # natural logs for the loss
         colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
@@ -190,9 +206,7 @@ class SoftTargetFunction(torch.autograd.Function):
         del h
         soft = (_gap_dot(soft_w, r_nat, scale, w_row) + _gap_dot(soft_w, c_nat, scale, w_col)) * coef
         del r_nat, c_nat
-        if teacher is None:
-            tr = tc = None
-        ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc)
+        ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, *packed)
         ctx.params = params
         return hard, soft
 
@@ -200,7 +214,8 @@ class SoftTargetFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, g_hard, g_soft):
-        image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, tr, tc = ctx.saved_tensors
+        image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, *packed = ctx.saved_tensors
+        tr, tc = _unpacked(packed)
         prm, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
         coef = prm.factor / (2.0 * batch)
@@ -289,8 +304,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             dist.all_reduce(parts, group=group)
         parts = parts * (params.factor / (2.0 * (b if params.local_loss else batch)))
         ds_parts = parts[2:] if need_s else parts.new_zeros(2)
-        if teacher is None:
-            tr = tc = None
+        packed = _packed(teacher, tr, tc)
+        del tr, tc
         ctx.save_for_backward(
             image,
             text,
@@ -306,8 +321,7 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             t_image,
             t_texts,
             t_scale,
-            tr,
-            tc,
+            *packed,
         )
         ctx.params = params
         return parts[0], parts[1]
@@ -317,7 +331,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
     @exact
     def backward(ctx, g_hard, g_soft):
         (image, text, texts, scale, r, c, h_all, a_all, colsum_i, hsum_i, ds_parts, t_image, t_texts,
-         t_scale, tr, tc) = ctx.saved_tensors  # fmt: skip
+         t_scale, *packed) = ctx.saved_tensors  # fmt: skip
+        tr, tc = _unpacked(packed)
         prm = ctx.params
         eps, group, backend = prm.eps, prm.group, prm.backend
         need_i, need_t, need_s = ctx.needs_input_grad[:3]

@@ -19,6 +19,8 @@ from vlkernels.ops.torch_utils import (
     ColumnLSE,
     chunk_rows,
     f32_rows,
+    lse_at,
+    lse_double,
     matmul_f32,
     minus_lse_,
     row_chunks,
@@ -59,12 +61,12 @@ class TorchSoftTargetBackend:
 
     def stats(self, image, text, scale, teacher=None):
         """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]): the student's
-        LSEs in float64 (``row_lse``, ``ColumnLSE``: the backward's weights near 1 keep an ulp of 1), the
-        separate teacher's and the weighted sums in fp32."""
+        LSEs and a separate teacher's in float64 (``row_lse``, ``ColumnLSE``: the backward's weights near 1
+        keep an ulp of 1), the weighted sums in fp32."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
         r = torch.empty(rows, dtype=torch.float64, device=dev)
-        tr = r if teacher is None else torch.empty(rows, dtype=torch.float32, device=dev)
+        tr = r if teacher is None else torch.empty_like(r)
         w_row = torch.empty(rows, dtype=torch.float32, device=dev)
         student = ColumnLSE(n, dev, weighted=teacher is None)
         soft = student if teacher is None else ColumnLSE(n, dev, weighted=True)  # the teacher's softmax
@@ -86,13 +88,14 @@ class TorchSoftTargetBackend:
         del student  # its sums, before the teacher's LSEs
         if teacher is None:
             return r, c, r, c, w_row, w_col
-        return r, c, tr, soft.lse(torch.float32), w_row, w_col
+        return r, c, tr, soft.lse(), w_row, w_col
 
     def _grad_block(self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, cols):
         """dL/dS for the rows ``sl`` of q (q32 their fp32 copy) against all of k, fp32 [rows, N]: W minus
         the hard targets (e_i + e_j) ((1 - eps) [i == j] + eps / B), with e = coefs[0] h, q = coefs[1] a
         from ``pair`` = (h, a) and p = e + q (p = e for the self teacher: the soft terms cancel); ``teacher``
-        (Q', K', s') in the same orientation or None. The column weights are applied in place on the
+        (Q', K', s') in the same orientation or None, its LSEs ``t_lse_q``, ``t_lse_k`` packed (hi, lo)
+        pairs (``torch_utils.pack_lse``). The column weights are applied in place on the
         exponentials; at most three [rows, N] buffers (or two and a [1, N] weight row) at once. With a
         teacher the diagonal is formed again from its O(rows) scores without p (``_diagonal``)."""
         batch = k.shape[0]
@@ -105,7 +108,7 @@ class TorchSoftTargetBackend:
         diag = (idx, idx + rows.start)
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
         s_ii = None if teacher is None else s_blk[diag]  # a copy, [rows]
-        # the student's float64 LSEs as exp((S - hi) - lo) (``minus_lse_``), the teacher's fp32 ones plainly
+        # the LSEs as exp((S - hi) - lo) (``minus_lse_``: the student's float64, the teacher's packed)
         g = minus_lse_(s_blk.clone(), lse_q[rows], 0).exp_().mul_(p_rows[:, None])
         col = minus_lse_(s_blk, lse_k, 1).exp_()  # exp(S - c_j), in place
         # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most, formed as
@@ -125,8 +128,10 @@ class TorchSoftTargetBackend:
         if teacher is not None:
             t_blk = self._teacher_block(teacher, rows, cols)
             t_ii = t_blk[diag]
-            g.sub_(torch.sub(t_blk, t_lse_q[rows, None]).exp_().mul_((a[rows] * cq)[:, None]))
-            g.sub_(t_blk.sub_(t_lse_k[None, :]).exp_().mul_(a[None, :]).mul_(cq))
+            t_row = minus_lse_(t_blk.clone(), lse_at(t_lse_q, rows), 0)
+            g.sub_(t_row.exp_().mul_((a[rows] * cq)[:, None]))
+            del t_row
+            g.sub_(minus_lse_(t_blk, t_lse_k, 1).exp_().mul_(a[None, :]).mul_(cq))
             del t_blk
         if eps:
             g.sub_(e_rows[:, None] * (eps / batch))
@@ -138,7 +143,7 @@ class TorchSoftTargetBackend:
             g[diag] -= (2.0 * (1.0 - eps)) * e_rows
         else:
             at, q_rows = diag[1], a[rows] * cq
-            lses = (lse_q[at], lse_k[at], t_lse_q[at], t_lse_k[at])
+            lses = (lse_q[at], lse_k[at], *(lse_double(lse_at(t, at)) for t in (t_lse_q, t_lse_k)))
             g[diag] = _diagonal(s_ii, t_ii, (e_rows, e_rows, q_rows, q_rows), lses, 1.0 - eps, eps / batch)
         return g
 
@@ -218,13 +223,15 @@ class TorchSoftTargetBackend:
                 t_blk = self._teacher_block(teacher, sl, cols)
                 if diag is not None:
                     t_ii = t_blk[at]
-                w.sub_(torch.exp(t_blk - tr[sl, None]).mul_(q_row[sl, None]))
-                w.sub_(t_blk.sub_(tc[None, :]).exp_().mul_(q_col[None, :]))
+                w.sub_(minus_lse_(t_blk.clone(), lse_at(tr, sl), 0).exp_().mul_(q_row[sl, None]))
+                w.sub_(minus_lse_(t_blk, tc, 1).exp_().mul_(q_col[None, :]))
             w.add_(minus_lse_(s_blk, c, 1).exp_().mul_(p_col[None, :]))
             if diag is not None:
                 j = at[1]
                 weights = (e_row[sl], e_col[j], q_row[sl], q_col[j])
-                lses = (r[sl], c[j], None, None) if teacher is None else (r[sl], c[j], tr[sl], tc[j])
+                lses = (r[sl], c[j], None, None)
+                if teacher is not None:
+                    lses = lses[:2] + (lse_double(lse_at(tr, sl)), lse_double(lse_at(tc, j)))
                 w[at] = _diagonal(s_ii, t_ii, weights, lses, 1.0 - diag[1], 0.0)
             a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)

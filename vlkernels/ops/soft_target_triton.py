@@ -9,10 +9,11 @@ strides, scales read from device memory (no host sync), fp32 accumulation, int64
   the teacher LSE and the teacher-softmax-weighted sum of the student's dot products <Q_i, K_j>
   (unscaled: the loss multiplies by s, and d/ds needs no division by s); and per column tile its column
   partials over the program's rows (max, sum, weighted sum per softmax), exact since each program sees
-  each column tile once, merged by torch in a fixed order (``both_stats``). The student's LSEs are
-  two-part (float64, as the contrastive loss's: ops/contrastive_triton.py): the rows' m + log2(l) and the
-  columns' max + log2(sum) formed in float64, split into fp32 hi + lo by the weights kernel; a separate
-  teacher's stay fp32.
+  each column tile once, merged by torch in a fixed order (``both_stats``). The LSEs are two-part
+  (float64, as the contrastive loss's: ops/contrastive_triton.py): the rows' m + log2(l) and the
+  columns' max + log2(sum) formed in float64; the weights kernel splits the student's into fp32 hi + lo
+  and takes a separate teacher's as the Functions keep them, fp32 hi + bf16 lo
+  (``torch_utils.pack_lse``).
 - ``_weights_kernel``: the backward on the G-chunk engine (ops/gchunk_triton.py, shared with the
   contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and writes
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the workspace in
@@ -36,7 +37,7 @@ import triton.language as tl
 from vlkernels._triton import interpret_mode
 from vlkernels.ops.contrastive_triton import forward_rows_per_launch, split_lse
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
-from vlkernels.ops.torch_utils import workspace_bytes
+from vlkernels.ops.torch_utils import lse_at, workspace_bytes
 from vlkernels.ops.triton_utils import (
     LOG2E,
     config,
@@ -223,10 +224,10 @@ def _stats_kernel(
                 tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
                 tl.store(col + 4 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
-    # the student's LSEs in float64: m + log2(l) formed there (module docstring, two-part LSEs)
+    # the LSEs in float64: m + log2(l) formed there (module docstring, two-part LSEs)
     if TEACHER:
         tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + tl.log2(l_s).to(tl.float64), mask=mask_m)
-        tl.store(t_lse_ptr + offs_m, m_t + tl.log2(l_t), mask=mask_m)
+        tl.store(t_lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
     else:
         tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
 
@@ -278,6 +279,7 @@ def _weights_tile(
     tq_ptr,
     tk_ptr,
     t_lse_k_ptr,
+    t_lo_k_ptr,
     g_ptr,
     ds_ptr,
     N,
@@ -334,7 +336,7 @@ def _weights_tile(
     )
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
     rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
-    cols = (lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, DT, row0)
+    cols = (lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr, N, DT, row0)
     cols += (eps_diag, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
     # the runtime arguments in tuples (a tuple holds no constexpr)
     if PARTS == 1:
@@ -413,6 +415,7 @@ def _w_part(
     tq_ptr,
     tk_ptr,
     t_lse_k_ptr,
+    t_lo_k_ptr,
     g_ptr,
     ds_ptr,
     N,
@@ -466,7 +469,8 @@ def _w_part(
             T_UPCAST,
         )
         t2 = t_acc * t_scale2
-        t_lse_k = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0)
+        t_hi = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0)
+        t_lo = tl.load(t_lo_k_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     # W as e (E_row + E_col) - hard + q (E_row - T_row) + q (E_col - T_col), not (e + q) E - q T: the
     # hard targets cancel the e terms (near one-hot rows: both ~2 e_i on the diagonal) before the soft
     # terms come in, and E - T is exact where the student's and the teacher's weights agree, so no ulp of
@@ -482,8 +486,8 @@ def _w_part(
         eye = tile_diagonal(pid_m, b, row0, BLOCK_M, W)
         w = tl.where(eye, w - (e_q[:, None] + e_k[None, :]) * eps_diag, w)
     if TEACHER:
-        w += q_q[:, None] * (e_row - tl.exp2(t2 - t_lse_q[:, None]))
-        w += q_k[None, :] * (e_col - tl.exp2(t2 - t_lse_k[None, :]))
+        w += q_q[:, None] * (e_row - tl.exp2((t2 - t_lse_q[0][:, None]) - t_lse_q[1][:, None]))
+        w += q_k[None, :] * (e_col - tl.exp2((t2 - t_hi[None, :]) - t_lo[None, :]))
     store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, HARD, UPCAST)
 
 
@@ -504,6 +508,8 @@ def _weights_kernel(
     t_scale_ptr,
     t_lse_q_ptr,
     t_lse_k_ptr,
+    t_lo_q_ptr,
+    t_lo_k_ptr,
     g_ptr,
     ds_ptr,
     M,
@@ -559,12 +565,15 @@ def _weights_kernel(
         cq = tl.load(cf_ptr + 1)
         q_q = tl.load(a_q_ptr + offs_m, mask=mask_m, other=0.0) * cq
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
-        t_lse_q = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0)
+        # the teacher's LSEs packed: fp32 hi, bf16 lo (torch_utils.pack_lse)
+        t_hi = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0)
+        t_lse_q = (t_hi, tl.load(t_lo_q_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32))
     else:
         q_q, cq, t_scale2, t_lse_q = e_q, ce, scale2, lse_q  # unused
     rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
     # the runtime arguments (a tuple holds no constexpr)
-    args = (k_ptr, q_ptr, lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, g_ptr, ds_ptr, N, D, DT)
+    args = (k_ptr, q_ptr, lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr)
+    args += (N, D, DT)
     args += (row0, eps_diag, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
     if WALK:
         tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
@@ -773,8 +782,8 @@ def _column_stats(part, programs: int, k0: int, sums: int):
 
 def both_stats(q, k, scale, teacher=None):
     """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
-    kernels' units: ``TritonSoftTargetBackend.lse_base2``), the student's in float64 (two-part), the rest
-    in fp32, in one pass over the tiles:
+    kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the weighted sums in
+    fp32, in one pass over the tiles:
     the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
     (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
@@ -782,7 +791,7 @@ def both_stats(q, k, scale, teacher=None):
     parts = 3 if teacher is None else 5
     meta, _ = _launch_meta(q, k, teacher)
     r = torch.empty(m, dtype=torch.float64, device=dev)
-    tr = r if teacher is None else torch.empty(m, dtype=torch.float32, device=dev)
+    tr = r if teacher is None else torch.empty_like(r)
     w = torch.empty(m, dtype=torch.float32, device=dev)
     step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
     part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
@@ -801,7 +810,7 @@ def both_stats(q, k, scale, teacher=None):
     c = stu[1].double().log2_().add_(stu[0])  # float64: each column's max + log2 of its sum below it
     if teacher is None:
         return r, c, r, c, w, stu[2] / stu[1]
-    tc = torch.log2(tea[1]).add_(tea[0])
+    tc = tea[1].double().log2_().add_(tea[0])
     return r, c, tr, tc, w, tea[2] / tea[1]
 
 
@@ -810,7 +819,8 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (q_q exp(S' - t_lse_q) + q_k exp(S' - t_lse_k)),
     e = cf[0] h + cf[2], q = cf[1] a, p = e + q (p = e without a teacher) from the pair weights
     ``pair_q`` = (h, a) of the rows [M] and ``pair_k`` of the columns [N]; ``teacher`` None or
-    (Q' [M, D'], K' [N, D'], s').
+    (Q' [M, D'], K' [N, D'], s') with its LSEs ``t_lse_q``, ``t_lse_k`` packed (fp32 hi, bf16 lo) pairs
+    (``torch_utils.pack_lse``).
     ``hard`` = (row0, eps_diag, eps_all, ds): also minus the hard targets' part (e_q + e_k) (eps_diag
     [row0 + i == j] + eps_all), with the fp32 row sums of W <q_i, k_j> per column block in ds; returns
     how many (M x column blocks of BLOCK_N / PARTS), else 0."""
@@ -826,7 +836,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         count = partials_of(m, n, cfg, ds)
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
-        t_lse_q, t_lse_k = lse_q, lse_k
+        t_lse_q, t_lse_k = (lse_q, lse_q), (lse_k, lse_k)  # unused
         t_prec, t_up = dot_precision(q.dtype), upcast(q.dtype)
     else:
         t_q, t_k, t_scale = teacher
@@ -848,8 +858,10 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         t_q,
         t_k,
         t_scale,
-        t_lse_q,
-        t_lse_k,
+        t_lse_q[0],
+        t_lse_k[0],
+        t_lse_q[1],
+        t_lse_k[1],
         g,
         ds,
         m,
@@ -903,8 +915,8 @@ class TritonSoftTargetBackend:
     lse_base2 = True
 
     def stats(self, image, text, scale, teacher=None):
-        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]), fp32, the LSEs
-        in base 2."""
+        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]): the LSEs in
+        base 2, float64; the weighted sums fp32."""
         scale = _f32(scale.detach())
         if teacher is not None:
             t_image, t_text, t_scale = teacher
@@ -913,10 +925,12 @@ class TritonSoftTargetBackend:
 
     @staticmethod
     def _teacher32(teacher, tr, tc):
+        """The teacher's scale in fp32 and its packed LSEs (fp32 hi, bf16 lo) contiguous."""
         if teacher is None:
             return None, tr, tc
         t_image, t_text, t_scale = teacher
-        return (t_image, t_text, _f32(t_scale.detach())), _f32(tr), _f32(tc)
+        tr, tc = ((_f32(hi), lo.to(torch.bfloat16).contiguous()) for hi, lo in (tr, tc))
+        return (t_image, t_text, _f32(t_scale.detach())), tr, tc
 
     @staticmethod
     def _fill(work, q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, hard=None):
@@ -939,8 +953,8 @@ class TritonSoftTargetBackend:
                 tuple(v[cs] for v in pair_k),
                 cf,
                 t,
-                None if t is None else t_lse_q[rows],
-                None if t is None else t_lse_k[cs],
+                None if t is None else lse_at(t_lse_q, rows),
+                None if t is None else lse_at(t_lse_k, cs),
                 g,
                 None if hard is None else (hard[0] + rows.start - s0, *hard[1:], work.part),
             )

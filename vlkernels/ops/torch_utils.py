@@ -80,10 +80,34 @@ def split_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (x - hi.double()).float()
 
 
-def minus_lse_(s: torch.Tensor, lse: torch.Tensor, dim: int) -> torch.Tensor:
-    """In place: S - lse along ``dim`` of the fp32 chunk ``s`` (lse float64 [s.shape[dim]]: per row with
-    dim 0, per column with 1) as (S - hi) - lo (``split_lse``). The columns' split (16 bytes of
-    temporaries per LSE) goes in slabs within the chunk budget (``chunk_rows``), not as [N] vectors."""
+def pack_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi fp32, lo bf16) of float64 LSEs, 6 bytes each: a separate teacher's saved LSEs (its r' and c'
+    with the student's float64 r and c and the soft weights fit 32 bytes per row). lo's bf16 rounding
+    costs the exponents (S - hi) - lo at most ulp(hi) / 1024 (0.06 ulp of 1 below |S| = 128), against an
+    ulp of |S| for an fp32 LSE."""
+    hi = x.float()
+    return hi, (x - hi.double()).to(torch.bfloat16)
+
+
+def lse_at(lse, idx):
+    """``lse[idx]`` of a float64 LSE vector or of a packed (hi, lo) pair (``pack_lse``)."""
+    return tuple(v[idx] for v in lse) if isinstance(lse, tuple) else lse[idx]
+
+
+def lse_double(lse) -> torch.Tensor:
+    """A float64 LSE vector, or hi + lo of a packed pair (O(rows) uses: ``_diagonal``)."""
+    return lse[0].double() + lse[1].double() if isinstance(lse, tuple) else lse
+
+
+def minus_lse_(s: torch.Tensor, lse, dim: int) -> torch.Tensor:
+    """In place: S - lse along ``dim`` of the fp32 chunk ``s`` (lse [s.shape[dim]]: per row with dim 0,
+    per column with 1) as (S - hi) - lo: ``lse`` float64 (split by ``split_lse``; the columns' split, 16
+    bytes of temporaries per LSE, in slabs within the chunk budget, ``chunk_rows``, not as [N] vectors)
+    or a packed (hi, lo) pair (``pack_lse``: no temporaries)."""
+    if isinstance(lse, tuple):
+        hi, lo = lse
+        view = (slice(None), None) if dim == 0 else (None, slice(None))
+        return s.sub_(hi[view]).sub_(lo[view])
     if dim == 0:
         hi, lo = split_lse(lse)
         return s.sub_(hi[:, None]).sub_(lo[:, None])
