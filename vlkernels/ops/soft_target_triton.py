@@ -633,7 +633,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
     for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
     registers (a teacher) take 64 x 64 tiles (statistics, with their column partials) or 128 x 64
-    (weights) and teacher D chunks of 32 (128 x 128 spilled)."""
+    (weights; sixteen warps where both are TF32) and teacher D chunks of 32 (128 x 128 spilled)."""
     base = config(dim, dtype, "lse" if kernel == "stats" else "weights", arch)
     if teacher is None:
         t_dim, t_dtype = dim, dtype
@@ -699,7 +699,14 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         return dict(base, BLOCK_M=64, BLOCK_N=32, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=16)
     if kernel == "stats":
         return dict(base, BLOCK_M=64, BLOCK_DT=32)
-    return dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)
+    cfg = dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)
+    if dtype == t_dtype == torch.float32:
+        # two TF32 score tiles (the IEEE and split dots took their branches above): sixteen warps, 128
+        # registers (one program per SM either way). At eight the hard targets' variant reached 255 and
+        # spilled 4 B on sm_90 with Triton 3.9 once a separate teacher's LSEs were two-part (their bf16 lo
+        # beside each hi)
+        cfg["num_warps"] = 16
+    return cfg
 
 
 def features_config(q: torch.Tensor, k: torch.Tensor, teacher, kernel: str) -> dict:
