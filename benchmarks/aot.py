@@ -149,7 +149,8 @@ def grid(name: str = "full") -> list[Call]:
         # the soft target's statistics configs that the two-part LSEs re-tiled: split-precision dots at
         # unaligned D (D chunks of 16), an fp32 student and teacher at aligned D (eight warps)
         calls += [Call(s, "tf32x3", 100), Call(s, "fp32", 64, f32t)]
-        # the dL/dS kernel with TF32 student and teacher (sixteen warps: the packed teacher LSEs spilled 8)
+        # the dL/dS kernel with TF32 student and teacher (sixteen warps: at eight, with the packed
+        # teacher LSEs, it spilled 4 B)
         calls.append(Call(s, "tf32", 64, f32t))
         # the wide tiles' pointer-load fallbacks (features TMA cannot read)
         calls += [Call(op, "bf16", 1024, colmajor=True) for op in (c, s, "sigmoid")]
