@@ -20,11 +20,11 @@ from vlkernels.ops.torch_utils import (
     chunk_rows,
     f32_rows,
     lse_at,
-    lse_double,
     matmul_f32,
     minus_lse_,
     row_chunks,
     row_lse,
+    unpack_lse,
     workspace_bytes,
 )
 
@@ -143,7 +143,7 @@ class TorchSoftTargetBackend:
             g[diag] -= (2.0 * (1.0 - eps)) * e_rows
         else:
             at, q_rows = diag[1], a[rows] * cq
-            lses = (lse_q[at], lse_k[at], *(lse_double(lse_at(t, at)) for t in (t_lse_q, t_lse_k)))
+            lses = (lse_q[at], lse_k[at], *(unpack_lse(lse_at(t, at)) for t in (t_lse_q, t_lse_k)))
             g[diag] = _diagonal(s_ii, t_ii, (e_rows, e_rows, q_rows, q_rows), lses, 1.0 - eps, eps / batch)
         return g
 
@@ -231,7 +231,7 @@ class TorchSoftTargetBackend:
                 weights = (e_row[sl], e_col[j], q_row[sl], q_col[j])
                 lses = (r[sl], c[j], None, None)
                 if teacher is not None:
-                    lses = lses[:2] + (lse_double(lse_at(tr, sl)), lse_double(lse_at(tc, j)))
+                    lses = lses[:2] + (unpack_lse(lse_at(tr, sl)), unpack_lse(lse_at(tc, j)))
                 w[at] = _diagonal(s_ii, t_ii, weights, lses, 1.0 - diag[1], 0.0)
             a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)

@@ -72,12 +72,12 @@ def matmul_f32(a32: torch.Tensor, b: torch.Tensor, transpose_b: bool, cols: int)
     return out
 
 
-def split_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hi, lo) in fp32 of float64 LSEs (x = hi + lo to ~2^-48 relative): the exponents take
-    exp((S - hi) - lo), where S - hi is exact near a row's largest score, so that a weight near 1 keeps an
-    ulp of 1 (an fp32 LSE would cost it an ulp of |S|)."""
+def split_lse(x: torch.Tensor, lo_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi in fp32, lo in ``lo_dtype``) of float64 LSEs (x = hi + lo to ~2^-48 relative with an fp32 lo):
+    the exponents take exp((S - hi) - lo), where S - hi is exact near a row's largest score, so that a
+    weight near 1 keeps an ulp of 1 (an fp32 LSE would cost it an ulp of |S|)."""
     hi = x.float()
-    return hi, (x - hi.double()).float()
+    return hi, (x - hi.double()).to(lo_dtype)
 
 
 def pack_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,18 +85,17 @@ def pack_lse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with the student's float64 r and c and the soft weights fit 32 bytes per row). lo's bf16 rounding
     costs the exponents (S - hi) - lo at most ulp(hi) / 1024 (0.06 ulp of 1 below |S| = 128), against an
     ulp of |S| for an fp32 LSE."""
-    hi = x.float()
-    return hi, (x - hi.double()).to(torch.bfloat16)
+    return split_lse(x, torch.bfloat16)
 
 
-def lse_at(lse, idx):
-    """``lse[idx]`` of a float64 LSE vector or of a packed (hi, lo) pair (``pack_lse``)."""
-    return tuple(v[idx] for v in lse) if isinstance(lse, tuple) else lse[idx]
+def lse_at(packed, idx) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed LSEs (``pack_lse``) at ``idx``: (hi[idx], lo[idx])."""
+    return packed[0][idx], packed[1][idx]
 
 
-def lse_double(lse) -> torch.Tensor:
-    """A float64 LSE vector, or hi + lo of a packed pair (O(rows) uses: ``_diagonal``)."""
-    return lse[0].double() + lse[1].double() if isinstance(lse, tuple) else lse
+def unpack_lse(packed) -> torch.Tensor:
+    """hi + lo of packed LSEs in float64 (O(rows) uses: the soft target's ``_diagonal``)."""
+    return packed[0].double() + packed[1].double()
 
 
 def minus_lse_(s: torch.Tensor, lse, dim: int) -> torch.Tensor:
@@ -158,9 +157,9 @@ class ColumnLSE:
             self.wsum.mul_(rescale).add_(e.mul_(y).sum(0))
         self.ref = ref
 
-    def lse(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-        """reference + log(sum) in ``dtype`` (float64: two-part precision; fp32: rounded once more)."""
-        return self.sum.to(dtype).log_().add_(self.ref)
+    def lse(self) -> torch.Tensor:
+        """reference + log(sum) in float64 (two-part precision)."""
+        return self.sum.double().log_().add_(self.ref)
 
     def weighted_mean(self) -> torch.Tensor:
         return self.wsum.div_(self.sum)  # (once: in place)
