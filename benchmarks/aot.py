@@ -77,6 +77,7 @@ SPLIT = ("tf32x3", "bf16x6")
 KERNELS = {
     "_forward_kernel": "fwd",
     "_lse_kernel": "lse",
+    "_diagonal_kernel": "diag",
     "_weights_kernel": "weights",
     "_matmul_kernel": "matmul",
 }
@@ -177,7 +178,7 @@ def variant_ids(call: Call) -> list[str]:
     base = _base(call)
     if call.op == "contrastive":
         # (the gathered path's products fold the targets in too: the same G specialisation)
-        ids = [f"fwd/{base}", f"lse/{base}", f"weights/{base}/G"]
+        ids = [f"fwd/{base}", f"lse/{base}", f"diag/{base}", f"weights/{base}/G"]
         ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
         if call.dtype in ("bf16", "fp16"):
             # dT accumulated in dT with a 16-bit remainder; the gathered path's fp32 products
@@ -194,7 +195,7 @@ def variant_ids(call: Call) -> list[str]:
     # targets, dI stored in the features' dtype, dT accumulated) and the gathered path's products (W,
     # fp32 outputs)
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-    ids = [f"stats/{base}{t}", f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
+    ids = [f"stats/{base}{t}", f"st_diag/{base}{t}", f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
     ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
     if call.dtype in ("bf16", "fp16"):
         ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
@@ -351,6 +352,8 @@ def capture(calls: list[Call], arch: int = 90) -> dict:
             expected = variant_ids(call)
             for rec in records[start:]:
                 kernel = _short(rec)
+                if kernel == "diag" and call.op == "soft_target":
+                    kernel = "st_diag"  # the contrastive module's kernel on the statistics kernel's tiles
                 consts = _constexpr_names(rec)
                 vid = _variant_of(kernel, rec, consts, call, expected)
                 rec = dict(rec, spec=_spec_key(rec), kernel=kernel, call=asdict(call), config=consts)
@@ -523,7 +526,7 @@ def compile_all(by_arch: dict, jobs: int = 2) -> dict:
             unique.setdefault((rec["spec"], int(arch)), rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
     weight = {"st_weights": 3, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2}
-    weight.update(lse=1, matmul=1, sigmoid_loss=1)
+    weight.update(lse=1, diag=1, st_diag=1, matmul=1, sigmoid_loss=1)
 
     def cost(item):
         cfg = item[1]["config"]

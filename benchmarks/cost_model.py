@@ -227,6 +227,32 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     )
 
 
+def _diagonal_launch(M, N, D, dtype, hw: Hardware, cfg: dict) -> Launch:
+    """``_diagonal_kernel`` (``contrastive_triton.diagonal``) after a walk with the tile config ``cfg``: each
+    program of BLOCK_M rows recomputes the score tiles its diagonal crosses (single-process, the diagonal
+    from column 0: one tile where BLOCK_N is a multiple of BLOCK_M, BLOCK_M / BLOCK_N where BLOCK_N is
+    smaller) and stores the diagonal scores (fp32)."""
+    from vlkernels.ops import gchunk_triton as gchunk
+
+    e, _, unit = DTYPES[dtype]
+    bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
+    P, tiles = math.ceil(M / bm), max(1, bm // bn)
+    l2 = {"K tiles": P * tiles * bn * D * e, "Q tiles": M * D * e * (1 if D <= bd else tiles)}
+    return Launch(
+        kernel="diag",
+        M=M,
+        N=N,
+        config=dict(cfg, SINGLE_D=D <= bd, programs=P, tiles_per_program=tiles),
+        flops={unit: 2.0 * P * tiles * bm * bn * D},
+        exps=0.0,
+        l2_bytes=float(sum(l2.values())),
+        atomic_bytes=0.0,
+        hbm_bytes=4.0 * M,
+        detail=dict(l2=l2, hbm={"diagonal scores": 4.0 * M}),
+        filled=gchunk._filled(P, hw.sms * hw.ctas_per_sm),
+    )
+
+
 def _sigmoid_forward(M, N, D, dtype, hw: Hardware) -> Launch:
     """The sigmoid forward ``_loss_kernel`` on Q [M, D], K [N, D] (``loss_config``): one program per BLOCK_M
     rows walks all column tiles (the row block re-read per column tile when D is walked in chunks); one
@@ -509,8 +535,9 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
             count=math.ceil(B / rows),
         )
     )
+    out.append(_diagonal_launch(B, B, D, dtype, hw, fcfg))
     bwd, plan = _gchunk_backward(B, D, dtype, workspace, hw, stats=1, mufu=2.0)
-    return out + bwd, 1, plan
+    return out + bwd, 2, plan
 
 
 def _soft_weights_config(D, dtype, teacher) -> dict:
@@ -538,6 +565,7 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
 
     cfgs = _soft_weights_config(D, dtype, teacher)
     out = [_stats_launch(B, B, D, dtype, teacher, hw, cfgs["stats"])]
+    out.append(_diagonal_launch(B, B, D, dtype, hw, cfgs["stats"]))
     bwd, plan = _gchunk_backward(
         B,
         D,
@@ -550,7 +578,7 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
         wcfg=cfgs["weights"],
         teacher=teacher,
     )
-    return out + bwd, 1, plan
+    return out + bwd, 2, plan
 
 
 def _build(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace) -> tuple[list, int, dict]:

@@ -136,6 +136,8 @@ def test_capture_covers_the_plan(compiled, monkeypatch, arch):
             want = _soft_gpu_config(rec, monkeypatch, arch)
             assert {k: cfg[k] for k in want} == want, vid
             assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 32, vid
+        elif rec["kernel"] in ("diag", "st_diag"):
+            pass  # its walk's tile config (test_diagonal_scores_take_their_walks_tiles)
         else:
             # the compiled configs, not the interpreter's 16x16 blocks
             assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 64 and "num_warps" in cfg, vid
@@ -209,7 +211,7 @@ def test_contrastive_v2_kernels_are_deterministic_and_on_tensor_cores(compiled, 
     """The contrastive v2 kernels (one-pass forward, its exact fallback, G, the GEMMs): no float atomic in
     any PTX, every 16-bit / TF32 variant on tensor cores, nothing spills (no known defect among them)."""
     mine = {v: r for v, r in aot.records(compiled, arch).items() if r["call"]["op"] == "contrastive"}
-    assert {r["kernel"] for r in mine.values()} == {"fwd", "lse", "weights", "matmul"}
+    assert {r["kernel"] for r in mine.values()} == {"fwd", "lse", "diag", "weights", "matmul"}
     for vid, rec in mine.items():
         res = compiled["compiled"][str(arch)][rec["spec"]]
         assert not aot.violations(rec, res, arch), (vid, aot.violations(rec, res, arch))
@@ -263,7 +265,36 @@ def test_score_tiles_follow_the_architecture(compiled):
         cfg90, cfg80 = v90[vid]["config"], v80[vid]["config"]
         tiles = (cfg90["BLOCK_M"], cfg90["BLOCK_N"], cfg80["BLOCK_M"], cfg80["BLOCK_N"])
         assert tiles == (128, 128, 128, 64), vid
-    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == wide | acc_colmajor | split80
+    differ = wide | acc_colmajor | split80
+    differ |= {vid for vid in v90 if "diag/" in vid and _walk_of(vid) in differ}
+    assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == differ
     # the other column-major variants take the pointer-load fallbacks: no TMA anywhere
     assert not any(v90[vid]["config"].get("TMA") for vid in v90 if "/colmajor" in vid)
     assert {v90[vid]["config"]["BLOCK_N"] for vid in v90 if "/D72" in vid and "matmul" not in vid} == {64}
+
+
+def _walk_of(vid: str) -> str:
+    """The column walk whose diagonal scores the variant ``vid`` ("diag/...", "st_diag/...") recomputes: the
+    contrastive forward or the soft target's statistics kernel of the same call."""
+    kernel, rest = vid.split("/", 1)
+    return {"diag": "fwd", "st_diag": "stats"}[kernel] + "/" + rest
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_diagonal_scores_take_their_walks_tiles(compiled, arch):
+    """The diagonal scores the loss subtracts from the LSEs come from ``_diagonal_kernel``, which recomputes
+    the walk's own diagonal tiles: bitwise the walk's scores only with the same tile sizes, dot precision,
+    operand loads (TMA or pointers) and warps (the MMA instruction shapes), which every variant here must
+    share with its walk (the contrastive forward, the soft target's statistics kernel). It runs at one
+    pipeline stage (its loop is one to three tiles; the stages move loads, not products): at the walks'
+    three, the 64 x 32 IEEE fp32 tiles spilled 4-16 B."""
+    mine = aot.records(compiled, arch)
+    diag = {vid: rec for vid, rec in mine.items() if rec["kernel"] in ("diag", "st_diag")}
+    assert len(diag) == sum(1 for vid in aot.plan("test") if "diag/" in vid) > 0
+    assert {rec["kernel"] for rec in diag.values()} == {"diag", "st_diag"}
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "SINGLE_D", "DOT_PREC", "UPCAST", "num_warps")
+    for vid, rec in diag.items():
+        walk = mine[_walk_of(vid)]["config"]
+        assert {k: rec["config"][k] for k in keys} == {k: walk[k] for k in keys}, vid
+        assert rec["config"]["num_stages"] == 1, vid
+        assert rec["config"].get("TMA", False) == walk.get("TMA", False), vid

@@ -19,6 +19,19 @@ BS = (1024, 16384, 65536, 262144)
 BIG = 1 << 40  # a workspace that holds every plan's buffers: the 8 B^2 D design
 
 
+def diag_flops(p: dict) -> float:
+    """The FLOPs of the diagonal-scores launch (``_diagonal_kernel``: the walk's diagonal tiles recomputed,
+    2 B max(BLOCK_M, BLOCK_N) D), asserted to be that: the rest is the 8 B^2 D design."""
+    (ln,) = [ln for ln in p["launches"] if ln["kernel"] == "diag"]
+    cfg = ln["config"]
+    B, D = p["B"], p["D"]
+    want = 2.0 * cfg["programs"] * max(cfg["BLOCK_M"], cfg["BLOCK_N"]) * cfg["BLOCK_M"] * D
+    assert sum(ln["flops"].values()) == want and cfg["programs"] * cfg["BLOCK_M"] >= B
+    # the teacher adds nothing (only the student's diagonal); under 1 / 16 of the forward from B = 4096 on
+    assert want <= 2.0 * (B + cfg["BLOCK_M"]) * max(cfg["BLOCK_M"], cfg["BLOCK_N"]) * D
+    return want
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32", "bf16x6"])
 @pytest.mark.parametrize("D", [64, 100, 512, 1024])
 def test_flops_equal_the_formulas(D, dtype):
@@ -27,27 +40,29 @@ def test_flops_equal_the_formulas(D, dtype):
         # pass recomputes S for the columns the fp32 accumulator does not cover)
         p = cm.predict("contrastive", B, D, dtype)
         covered = p["plan"]["covered"]
-        assert p["flops_forward"] == 2.0 * B * B * D
+        assert p["flops_forward"] == 2.0 * B * B * D + diag_flops(p)
         assert p["flops_backward"] == 6.0 * B * B * D + 2.0 * B * (B - covered) * D
         big = cm.predict("contrastive", B, D, dtype, workspace=BIG)
         # with every buffer held, the 8 B^2 D design once the accumulation GEMM's tiles fill the SMs (at
         # B = 4096 and D <= 128 its 32 programs are modelled slower than the column pass's split GEMM)
+        dg = diag_flops(big)
         if B == 65536:
-            assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D
-        assert big["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - big["plan"]["covered"]) * D
+            assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D + dg
+        assert big["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - big["plan"]["covered"]) * D + dg
         assert p["atomic_bytes"] == 0
         # the soft target: one statistics pass, then the contrastive loss's G-chunk backward (dL/dS with
         # the hard targets; a column pass for the columns its fp32 accumulator does not cover)
         soft = cm.predict("soft_target", B, D, dtype)
         rest = B - soft["plan"]["covered"]
-        assert soft["flops_forward"] == 2.0 * B * B * D
+        assert soft["flops_forward"] == 2.0 * B * B * D + diag_flops(soft)
         assert soft["flops_backward"] == 6.0 * B * B * D + 2.0 * B * rest * D
         big = cm.predict("soft_target", B, D, dtype, workspace=BIG)
+        dg = diag_flops(big)
         if B == 65536:
-            assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D
-        assert big["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - big["plan"]["covered"]) * D
+            assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D + dg
+        assert big["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - big["plan"]["covered"]) * D + dg
         kernels = [ln["kernel"] for ln in soft["launches"]]
-        assert kernels[:3] == ["stats", "weights (row pass)", "dI = G @ T"]
+        assert kernels[:4] == ["stats", "diag", "weights (row pass)", "dI = G @ T"]
         assert ("weights (column pass)" in kernels) == (rest > 0)
         assert soft["atomic_bytes"] == 0 and soft["deterministic"]
 
@@ -58,14 +73,15 @@ def test_flops_with_a_teacher_and_their_units():
     # forward: one pass, 2 B^2 (D + D'); backward: 6 B^2 D + 2 B^2 D' (S' once, in the dL/dS chunks):
     # the floor with a teacher, 8 B^2 D + 4 B^2 D' (the workspace covers every column at this B)
     assert p["plan"]["covered"] == B
-    assert p["flops_forward"] == 2.0 * B * B * (D + Dt)
+    assert p["flops_forward"] == 2.0 * B * B * (D + Dt) + diag_flops(p)
     assert p["flops_backward"] == 6.0 * B * B * D + 2.0 * B * B * Dt
-    assert p["flops_total"] == p["floor_flops"]
+    assert p["flops_total"] == p["floor_flops"] + diag_flops(p)
     # the fp32 teacher under torch's default precision runs on the CUDA cores (IEEE dots)
     assert p["flops"]["ffma_fp32"] == 4.0 * B * B * Dt
-    assert p["flops"]["tc_bf16"] == 8.0 * B * B * D
-    assert cm.predict("contrastive", B, D, "tf32")["flops"] == {"tc_tf32": 8.0 * B * B * D}
-    assert cm.predict("contrastive", B, D, "fp32")["flops"] == {"ffma_fp32": 8.0 * B * B * D}
+    assert p["flops"]["tc_bf16"] == 8.0 * B * B * D + diag_flops(p)
+    for dtype, unit in (("tf32", "tc_tf32"), ("fp32", "ffma_fp32")):
+        q = cm.predict("contrastive", B, D, dtype)
+        assert q["flops"] == {unit: 8.0 * B * B * D + diag_flops(q)}
 
 
 def test_floor_formula():
@@ -144,8 +160,8 @@ def test_fp32_labels_take_their_kernels_configs(monkeypatch):
     assert torch.get_float32_matmul_precision() == old
     B, D = 65536, 1024
     p = {dt: cm.predict("contrastive", B, D, dt) for dt in ("fp32", "tf32", "tf32x3", "bf16x6")}
-    assert p["tf32x3"]["flops"] == {"tc_tf32x3": 8.0 * B * B * D}
-    assert p["bf16x6"]["flops"] == {"tc_bf16x6": 8.0 * B * B * D}
+    assert p["tf32x3"]["flops"] == {"tc_tf32x3": 8.0 * B * B * D + diag_flops(p["tf32x3"])}
+    assert p["bf16x6"]["flops"] == {"tc_bf16x6": 8.0 * B * B * D + diag_flops(p["bf16x6"])}
     assert cm.H100.tc_tf32x3 == cm.H100.tc_tf32 / 3 and cm.H100.tc_bf16x6 == cm.H100.tc_bf16 / 6
     low = {dt: q["time_s"][0] for dt, q in p.items()}
     assert low["tf32"] < low["tf32x3"] < low["fp32"] / 2
@@ -162,17 +178,18 @@ def test_reference_numbers_b65536_d1024_bf16():
     B, D = 65536, 1024
     p = cm.predict("contrastive", B, D, "bf16")
     assert p["plan"]["chunk"] == 1024 and p["plan"]["covered"] == B
-    assert p["flops_total"] == 8.0 * B * B * D
+    assert p["flops_total"] == 8.0 * B * B * D + diag_flops(p)  # the diagonal: 0.1% more
     assert p["plan"]["slab"] == B
     assert p["time_s"][0] * 1e3 == pytest.approx(46.1, abs=0.5)
     assert p["time_s"][1] * 1e3 == pytest.approx(76.3, abs=1)
     big = cm.predict("contrastive", B, D, "bf16", workspace=2**30)
-    assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D
+    assert big["plan"]["covered"] == B and big["flops_total"] == 8.0 * B * B * D + diag_flops(big)
     assert big["ratio_to_floor"][0] == pytest.approx(1.03, abs=0.01)
     # against the v1 kernels' 151-350 ms (3.4-7.9x): the forward is one pass, no fp32 dQ read-modify-write
     assert p["forward_s"][1] * 1e3 < 19 and p["ratio_to_floor"][1] < 1.75
-    fwd, g = p["launches"][0]["config"], p["launches"][1]["config"]
+    fwd, g = p["launches"][0]["config"], p["launches"][2]["config"]
     assert (fwd["BLOCK_M"], fwd["BLOCK_N"], fwd["PARTS"]) == (128, 256, 4)
+    assert p["launches"][1]["kernel"] == "diag" and p["launches"][1]["config"]["tiles_per_program"] == 1
     assert (g["BLOCK_M"], g["BLOCK_N"], g["PARTS"], g["TMA"]) == (256, 128, 4, True)
     assert p["launches"][0]["kernel"] == "fwd" and p["launches"][0]["flops"]["tc_bf16"] == 2.0 * B * B * D
 
@@ -192,7 +209,7 @@ def test_large_batches_take_large_chunks_in_slabs(monkeypatch):
     plan = p["plan"]
     assert (plan["chunk"], plan["slab"], plan["covered"]) == (8192, 4096, 159744), plan
     assert plan["workspace"] <= 256 * 2**20
-    assert p["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - plan["covered"]) * D
+    assert p["flops_total"] == 8.0 * B * B * D + 2.0 * B * (B - plan["covered"]) * D + diag_flops(p)
     assert p["ratio_to_floor"][0] == pytest.approx(1.14, abs=0.01)
     assert p["ratio_to_floor"][1] == pytest.approx(1.95, abs=0.01)
     with monkeypatch.context() as m:
@@ -263,7 +280,9 @@ def test_soft_target_reference_b65536_bf16():
     p = cm.predict("soft_target", B, D, "bf16")
     # the same chunks and covered columns; the workspace holds the eight-part epilogue's ds partials
     same = lambda plan: {k: v for k, v in plan.items() if k != "workspace"}  # noqa: E731
-    assert same(p["plan"]) == same(c["plan"]) and p["flops_total"] == c["flops_total"]
+    assert same(p["plan"]) == same(c["plan"])
+    # the same FLOPs but for the diagonal's tiles (the statistics' 128 x 128 against the forward's 128 x 256)
+    assert p["flops_total"] - diag_flops(p) == c["flops_total"] - diag_flops(c)
     assert c["plan"]["workspace"] <= p["plan"]["workspace"] <= 256 * 2**20
     ratio = [a / b for a, b in zip(p["time_s"], c["time_s"], strict=True)]
     assert max(ratio) <= 1.15, ratio
@@ -274,7 +293,7 @@ def test_soft_target_reference_b65536_bf16():
     rest = B - t["plan"]["covered"]
     # the student's 8 B^2 D plus the column pass (its teacher-sized tiles leave ``rest`` columns), the
     # teacher's product once in the statistics and once per recomputed dL/dS tile
-    want = 8.0 * B * B * D + 2.0 * rest * B * D + 4.0 * B * B * 768 + 2.0 * rest * B * 768
+    want = 8.0 * B * B * D + 2.0 * rest * B * D + 4.0 * B * B * 768 + 2.0 * rest * B * 768 + diag_flops(t)
     assert t["flops_total"] == pytest.approx(want, rel=1e-12)
     assert t["launches"][0]["config"]["BLOCK_M"] == 64  # two score tiles: 64 x 64 statistics tiles
 

@@ -200,16 +200,17 @@ def _check_huge_logits(rank, world, impl):
 
 
 def _check_near_one_hot(rank, world, impl):
-    """gather=True on near one-hot rows (two well-matched pairs per rank at s = 100: gradients ~1e-20):
-    each gradient within twice the single-process loss's error (same impl: what the block-row scheme may
-    add; tests/test_contrastive.py holds that one to naive's) plus 8 ulps of its own largest element. The
-    targets are subtracted from each chunk of W before its products: after them, 2 T_i plus the tiny rest
-    had rounded to 2 T_i (errors of 100% of the gradients, 1e6 times the single-process ones)."""
+    """gather=True on near one-hot rows (two well-matched pairs per rank at s = 100: loss and gradients
+    ~1e-20): the loss and each gradient within twice the single-process loss's error (same impl: what the
+    block-row scheme may add; tests/test_contrastive.py holds that one to naive's) plus 8 ulps of its own
+    largest element. The targets are subtracted from each chunk of W before its products: after them,
+    2 T_i plus the tiny rest had rounded to 2 T_i (errors of 100% of the gradients, 1e6 times the
+    single-process ones). Each rank's LSE pass returns its own diagonal scores (at column rank b + i)."""
     img, txt = _inputs(2 * world, 64, seed=9, noise=0.1)
     for eps in (0.0, 0.1):
         what = f"near one-hot impl={impl} eps={eps} rank={rank}"
         args = (what, rank, world, img, txt, 100.0, eps, impl, 1.3, (0.0,) * 4)
-        _gathered_on_float64_rule(*args, loss=False, base=impl)
+        _gathered_on_float64_rule(*args, base=impl)
 
 
 def _check_soft_target_near_one_hot(rank, world, impl):
@@ -221,19 +222,21 @@ def _check_soft_target_near_one_hot(rank, world, impl):
     own largest element). The hard targets' diagonal is folded into W before the products; subtracted
     after them it left an ulp of the weights times |T|: 3.6e-7 where the exact gradients are ~5e-21. (The
     logit_scale's gradient comes from the forward's weighted sums, ws_i - H_i, which keep an ulp of
-    <I_i, T_i>: not checked here.)"""
+    <I_i, T_i>: not checked here.) With alpha 0 (hard targets only) the loss value too: the LSEs less
+    each rank's pass's own diagonal scores (the soft part's weighted sums keep an ulp of |S|)."""
     b, batch = 2, 2 * world
     own = slice(rank * b, (rank + 1) * b)
     img, txt = _inputs(batch, 64, seed=9, noise=0.1)
     t_img, t_txt = _inputs(batch, 48, seed=10, noise=0.1)
     separate = (t_img, t_txt, torch.tensor(100.0))
     cases = [
-        ("self", None, 0.0),
-        ("teacher", separate, 0.0),
-        ("teacher", separate, 0.1),
-        ("ClipLoss local", None, 0.0),
+        ("self", None, 0.0, 0.3),
+        ("teacher", separate, 0.0, 0.3),
+        ("teacher", separate, 0.1, 0.3),
+        ("hard only", None, 0.0, 0.0),
+        ("ClipLoss local", None, 0.0, None),
     ]
-    for name, teacher, eps in cases:
+    for name, teacher, eps, alpha in cases:
         full, mine = _leaves(img, txt), _leaves(img[own], txt[own])
         full64 = _leaves(img.double(), txt.double())
         scale = torch.tensor(100.0)
@@ -245,14 +248,15 @@ def _check_soft_target_near_one_hot(rank, world, impl):
         else:
             t_args = (None, None, None) if teacher is None else teacher
             t_own = None if teacher is None else (teacher[0][own], teacher[1][own], teacher[2])
-            want = _soft_target_gathered(*full, scale, 0.3, teacher, None, eps, impl, gather=False)
+            want = _soft_target_gathered(*full, scale, alpha, teacher, None, eps, impl, gather=False)
             t_args64 = [x if x is None else x.double() for x in t_args]
-            exact = soft_target_loss_naive(*full64, scale.double(), 0.3, *t_args64, None, eps, "sum")
-            got = _soft_target_gathered(*mine, scale, 0.3, t_own, None, eps, impl)
+            exact = soft_target_loss_naive(*full64, scale.double(), alpha, *t_args64, None, eps, "sum")
+            got = _soft_target_gathered(*mine, scale, alpha, t_own, None, eps, impl)
         runs = ((want, full), (exact, full64), (got, mine))
         want_g, exact_g, got_g = (_grads(x, leaves, 1.3) + [None] for x, leaves in runs)
         what = f"soft-target near one-hot {name} eps={eps} impl={impl} rank={rank}"
-        _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, (0.0,) * 4, loss=False)
+        loss = alpha == 0.0
+        _float64_rule(what, got, got_g, want, want_g, exact, exact_g, own, world, (0.0,) * 4, loss=loss)
 
 
 def _check_low_precision(rank, world):

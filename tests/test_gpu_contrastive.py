@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests._ref import features, force_plan, pair_value, run_loss
-from tests.test_contrastive import _check, _check_huge_logits
+from tests.test_contrastive import _check, _check_huge_logits, check_diagonal_is_the_walks
 from vlkernels import contrastive_loss
 from vlkernels.ops.contrastive_triton import both_lse, weights
 from vlkernels.ops.triton_utils import matmul
@@ -51,6 +51,41 @@ def test_triton_cuda_large_chunks_in_slabs(monkeypatch, dtype):
     calls = force_plan(monkeypatch, ct, chunk=4096, slab=2048, covered=5120)
     _check("triton", 9001, 1024, dtype, scale=50.0, eps=0.1, grad_out=1.3, device="cuda")
     assert calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,dim,row0", [(257, 64, 0), (4099, 1024, 0), (1000, 256, 3001)])
+def test_triton_cuda_diagonal_is_the_forwards(monkeypatch, dtype, rows, dim, row0):
+    """tests/test_contrastive.py's ``check_diagonal_is_the_walks`` on the GPU's real tiles (the 128 x 256
+    TMA tiles at D = 1024 in bf16, IEEE fp32 at D = 64 / 256): ``_diagonal_kernel``'s recomputed tiles give
+    bitwise the forward's scores, or the loss keeps an ulp of |S| per row."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_diagonal_is_the_walks("triton", rows, dim, row0, device="cuda", dtype=dtype)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("batch,dim", [(64, 32), (1031, 256), (4099, 1024)])
+def test_cuda_near_one_hot_loss_subtracts_the_pass_own_diagonal(monkeypatch, impl, batch, dim):
+    """tests/test_contrastive.py's near-one-hot loss check on the GPU's real tiles (IEEE fp32: torch's naive
+    the same precision): the loss within twice naive's error plus 8 ulps of itself. The Triton path's
+    diagonal scores come from ``_diagonal_kernel``, the forward's diagonal tiles recomputed with its tile
+    config: this passes only where that is bitwise the forward's scores (an ulp of |S| per row otherwise,
+    25-120x naive's error on CPU), which the interpreter cannot show."""
+    import torch.nn.functional as F
+
+    from tests._ref import assert_within_float64_error
+    from vlkernels.reference import contrastive_loss_naive
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    g = torch.Generator().manual_seed(batch)
+    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
+    # noise of norm ~0.6 at every width (cosines ~0.85: the CPU test's well-matched pairs)
+    txt = F.normalize(img + 0.6 / math.sqrt(dim) * torch.randn(batch, dim, generator=g), dim=1)
+    img, txt, s = img.cuda(), txt.cuda(), torch.tensor(30.0, device="cuda")
+    got = contrastive_loss(img, txt, s, impl=impl)
+    base = contrastive_loss(img, txt, s, impl="naive")
+    exact = contrastive_loss_naive(img.double(), txt.double(), s.double())
+    assert_within_float64_error([got], [base], [exact], [0.0], names=("loss",))
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
@@ -94,7 +129,7 @@ def test_int64_offsets_beyond_2_to_31_elements():
     q = torch.nn.functional.normalize(torch.randn(64, dim, device="cuda"), dim=1).bfloat16()
     k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
     scale = torch.tensor(20.0, device="cuda")
-    lse2, lse2_k = both_lse(q, k, scale)  # base 2, the kernels' units
+    lse2, lse2_k, _ = both_lse(q, k, scale)  # base 2, the kernels' units
     lse, lse_k = (lse2 * math.log(2.0)).float(), (lse2_k * math.log(2.0)).float()  # float64 LSEs
     tail = scale * q.float() @ k[-5000:].float().T
     assert torch.isfinite(lse).all() and torch.isfinite(lse_k).all()

@@ -14,12 +14,29 @@ import torch
 import torch.nn.functional as F
 
 from tests._ref import features
-from tests.test_soft_target import _check, _check_features, _teacher_kwargs, check_distill_near_one_hot
+from tests.test_soft_target import (
+    _check,
+    _check_features,
+    _teacher_kwargs,
+    check_distill_near_one_hot,
+    check_stats_diagonal_is_the_walks,
+)
 from vlkernels import soft_target_loss
 from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend, both_stats
 from vlkernels.ops.torch_utils import pack_lse
 
 pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("rows,dim,row0", [(257, 64, 0), (4099, 1024, 0), (1000, 256, 3001)])
+def test_triton_cuda_stats_diagonal_is_the_walks(monkeypatch, dtype, teacher, rows, dim, row0):
+    """tests/test_soft_target.py's ``check_stats_diagonal_is_the_walks`` on the GPU's real tiles (the self
+    teacher's 128 x 128 TMA tiles at D = 1024 in bf16; a teacher's 64 x 64): ``_diagonal_kernel`` on the
+    statistics kernel's tile config gives bitwise its scores."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    check_stats_diagonal_is_the_walks("triton", rows, dim, row0, teacher, device="cuda", dtype=dtype)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +101,7 @@ def test_int64_offsets_beyond_2_to_31_elements():
     k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
     scale = torch.tensor(20.0, device="cuda")
     # the statistics pass: rows online, every column of K as per-program partials (int64 stores)
-    lse, col_lse, t_lse, t_col_lse, wsum, _ = both_stats(q, k, scale, (q, k, scale))
+    lse, col_lse, t_lse, t_col_lse, wsum, _, _ = both_stats(q, k, scale, (q, k, scale))
     assert torch.isfinite(lse).all() and torch.isfinite(wsum).all() and torch.isfinite(col_lse).all()
     torch.testing.assert_close(col_lse, t_col_lse)
     torch.testing.assert_close(lse, t_lse)

@@ -27,6 +27,7 @@ from tests._ref import (
     smoothed_targets,
     term_scales,
 )
+from tests.test_contrastive import dominant_diagonal
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
 from vlkernels.ops.torch_utils import lse_nats, pack_lse
@@ -351,11 +352,16 @@ def test_triton_matches_naive_large(t_dim):
 
 
 @pytest.mark.parametrize("impl", ["torch", TRITON])
-@pytest.mark.parametrize("dim,teacher,alpha", [(7, False, 0.4), (64, False, 0.4), (64, True, 0.3)])
+@pytest.mark.parametrize(
+    "dim,teacher,alpha",
+    [(7, False, 0.4), (64, False, 0.4), (64, True, 0.3), (64, False, 0.0), (7, True, 0.0)],
+)
 def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha):
     """Aligned pairs at s = 100, B = 2 (loss ~1e-30, gradients ~1e-30 to 1e-36): fp32 keeps those gradients
     (naive errs by 1e-35 at most), so each feature and scale gradient may err from float64 by twice
-    naive's error plus 8 ulps of its own largest element, not of the unit-feature error scale. The torch
+    naive's error plus 8 ulps of its own largest element, not of the unit-feature error scale; so does the
+    loss of the hard targets alone (alpha 0: the LSEs less the pass's own diagonal scores, ``hard_gaps``;
+    the soft part's weighted sums still keep an ulp of |S|, docs/design.md). The torch
     backend formed the column hard weights in another rounding than the rows', so the hard targets left
     an ulp of the weight on the diagonal: 9e-7 at D = 64, 2.6e-6 at D = 7. With a separate teacher, also
     near one-hot (s' = 100), the torch backend's diagonal 2 p - q - q - 2 e (p = e + q) left an ulp of p:
@@ -368,8 +374,9 @@ def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha):
     got = _run_impl(impl, img, txt, 100.0, alpha, kw, 1.3)
     base = _run_impl("naive", img, txt, 100.0, alpha, kw, 1.3)
     exact, _ = _float64_run(img, txt, 100.0, alpha, kw, 1.3)
-    names = ("d_image", "d_text", "d_scale")
-    assert_within_float64_error(got[1:], base[1:], exact[1:], (0.0,) * 3, names=names)
+    first = 0 if alpha == 0.0 else 1
+    names = ("loss", "d_image", "d_text", "d_scale")[first:]
+    assert_within_float64_error(got[first:], base[first:], exact[first:], (0.0,) * len(names), names=names)
 
 
 @pytest.mark.parametrize("impl", ["torch", TRITON])
@@ -407,7 +414,8 @@ def test_distill_clip_loss_near_one_hot_two_grad_outputs(impl, batch):
     losses weighted apart (0.37 contrastive + 1.91 distill: hard and soft weights e != q): the float64
     rule with 8 ulps of each gradient's own largest element (test_near_one_hot_gradients_match_naive).
     Forming p = e + q rounds, and the diagonal's 2 p - 2 q - 2 e then kept that ulp of p: the torch and
-    the Triton backends erred by ~1e-6 where the exact gradients are ~1e-36 (naive: 1e-41)."""
+    the Triton backends erred by ~1e-6 where the exact gradients are ~1e-36 (naive: 1e-41). The
+    contrastive loss's value on the same rule."""
     check_distill_near_one_hot(impl, batch, 64, 48)
 
 
@@ -430,10 +438,41 @@ def check_distill_near_one_hot(impl, batch, dim, t_dim, device="cpu"):
         else:
             contrastive, distill = fn(i, t, s, args[2], args[3], 100.0)
         (0.37 * contrastive + 1.91 * distill).backward()
-        runs.append((i.grad, t.grad, s.grad))
+        runs.append((contrastive.detach(), i.grad, t.grad, s.grad))
     got, base, exact = runs
-    names = ("d_image", "d_text", "d_scale")
-    assert_within_float64_error(got, base, exact, (0.0,) * 3, names=names)
+    # the contrastive loss's value too (the hard part: the LSEs less the pass's own diagonal scores)
+    names = ("contrastive", "d_image", "d_text", "d_scale")
+    assert_within_float64_error(got, base, exact, (0.0,) * 4, names=names)
+
+
+def check_stats_diagonal_is_the_walks(impl, rows, dim, row0, teacher, device="cpu", dtype=torch.float32):
+    """tests/test_contrastive.py's ``check_diagonal_is_the_walks`` for the statistics pass (``stats``, the
+    self or a separate teacher of width 24): x bitwise the student's LSE where each row's diagonal
+    dominates (the Triton x from ``_diagonal_kernel`` on the statistics kernel's tile config)."""
+    from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend
+
+    q, k = dominant_diagonal(rows, dim, row0, device, dtype)
+    t = None
+    if teacher:
+        g = torch.Generator().manual_seed(5)
+        t_q, t_k = (torch.randn(n, 24, generator=g).to(device, dtype) for n in (rows, k.shape[0]))
+        t = (t_q, t_k, torch.tensor(3.0, device=device))
+    backend = TorchSoftTargetBackend() if impl == "torch" else TritonSoftTargetBackend()
+    got = backend.stats(q, k, torch.tensor(100.0, device=device), t, row0)
+    r, x = got[0], got[6]
+    assert x.dtype == torch.float32 and x.shape == (rows,)
+    assert torch.equal(x.double(), r), (x.double() - r).abs().max()
+
+
+@pytest.mark.parametrize("impl", ["torch", TRITON])
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("rows,dim,row0", [(7, 16, 0), (130, 72, 0), (50, 64, 37)])
+def test_stats_return_their_own_diagonal_scores(monkeypatch, impl, teacher, rows, dim, row0):
+    """``check_stats_diagonal_is_the_walks`` in many pieces (torch: chunks of 3 rows; Triton: one program
+    per statistics launch), the block-row scheme's offset diagonal included."""
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "3")
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "0")
+    check_stats_diagonal_is_the_walks(impl, rows, dim, row0, teacher)
 
 
 @pytest.mark.interpreter
@@ -488,10 +527,16 @@ def test_triton_backend_matches_torch_backend_rectangular(teacher):
         )
         t = (*t, torch.tensor(7.0))
     fast, ref = TritonSoftTargetBackend(), TorchSoftTargetBackend()
-    got, want = fast.stats(img, txt, scale, t), ref.stats(img, txt, scale, t)
+    got, want = (
+        fast.stats(img, txt, scale, t, 5),
+        ref.stats(img, txt, scale, t, 5),
+    )  # diagonal at column 5 + i
     assert fast.lse_base2 and not ref.lse_base2  # the Triton LSEs in base 2, the torch ones natural
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
-        torch.testing.assert_close(a * (lse_nats(fast) if k < 4 else 1.0), b, **TOL[torch.float32])
+        # the LSEs and the diagonal scores (k = 6) in the backend's units
+        torch.testing.assert_close(
+            a * (lse_nats(fast) if k in (0, 1, 2, 3, 6) else 1.0), b, **TOL[torch.float32]
+        )
     e_row, e_col, q_row, q_col = (torch.rand(k, generator=g) for k in (m, n, m, n))
     weights = (e_row, e_col, q_row, q_col, t)
     # each backend takes its own LSEs back, a separate teacher's packed as the Functions keep them

@@ -4,11 +4,12 @@ A backend (``ContrastiveBackend``) supplies two O(B)-memory passes over tiles of
 storing S); both accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme
 uses:
 
-- ``lse(I, T, s) -> (r, c)``: row [M] and column [N] log-sum-exps of S, float64 (two-part LSEs: the
+- ``lse(I, T, s, row0=0) -> (r, c, x)``: row [M] and column [N] log-sum-exps of S, float64 (two-part LSEs: the
   backends split them into fp32 hi + lo and take exp((S - hi) - lo), so that a weight near 1 keeps an ulp
   of 1; an fp32 LSE would cost it an ulp of |S|), natural or, where the backend's ``lse_base2`` is True,
   in base 2 (of S log2(e)): the units its kernels' exponents use, so that the backward subtracts the
-  forward's own values (``lse_nats`` converts for the loss);
+  forward's own values (``lse_nats`` converts for the loss); and x [M] fp32, the pass's own scores
+  S[i, row0 + i] in the same units (the loss subtracts them from the LSEs: ``loss_sum``);
 - ``accumulate(I, T, s, r, c, targets=None) -> (A_I, A_T)``: with W = exp(S - r[:, None]) +
   exp(S - c[None, :]) (r, c as ``lse`` returned them), ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I``
   [N, D] in fp32; with ``targets`` = (row0, eps), W minus 2 ((1 - eps) [row0 + i == j] + eps / N) before
@@ -49,8 +50,8 @@ class ContrastiveBackend(Protocol):
     lse_base2: bool
 
     def lse(
-        self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+        self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, row0: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
     def accumulate(
         self,
@@ -77,15 +78,18 @@ class ContrastiveParams:
     with_grad: bool = True
 
 
-def target_logit_sum(image, text, eps: float, batch: int, colsum_t) -> torch.Tensor:
-    """(1 - eps) sum_i <I_i, T_i> + eps / B <colsum I, colsum_t>: the targets' logits / s for these rows
-    (``colsum_t``: the column sum of all B texts), in fp32, chunk by chunk (no fp32 copy of the features)."""
-    total = image.new_zeros((), dtype=torch.float32)
-    for sl in row_chunks(image.shape[0], image.shape[1], image.device):
-        total += torch.linalg.vecdot(f32_rows(image, sl), f32_rows(text, sl)).sum()
-    total = total * (1.0 - eps)
+def loss_sum(r, c, x, nats: float, scale, eps: float, batch: int, colsum_i, colsum_t) -> torch.Tensor:
+    """sum r + sum c - 2 (1 - eps) sum_i S_ii - 2 eps / B sum_ij S_ij over these rows and columns, float64:
+    the LSEs ``r``, ``c`` less the pass's own diagonal scores ``x`` (all in the backend's units, ``nats``
+    converting) summed in float64, so that near one-hot each row keeps an ulp of its small rest (a
+    separately computed diagonal would leave an ulp of |S| per row); the smoothing part as 2 eps (sum x -
+    s / B colsum_i . colsum_t) (``colsum_i``, ``colsum_t``: the column sums of these rows' images and of
+    all B texts)."""
+    x64 = x.double()
+    total = ((r - x64).sum() + (c - x64).sum()) * nats
     if eps:
-        total = total + (eps / batch) * torch.dot(image.sum(0, dtype=torch.float32), colsum_t)
+        mean = scale.double() * torch.dot(colsum_i, colsum_t).double() / batch
+        total = total + 2.0 * eps * (x64.sum() * nats - mean)
     return total
 
 
@@ -113,10 +117,10 @@ class ContrastiveLossFunction(torch.autograd.Function):
     @exact
     def forward(ctx, image, text, scale, params: ContrastiveParams):
         batch = image.shape[0]
-        r, c = params.backend.lse(image, text, scale)
-        targets = target_logit_sum(image, text, params.eps, batch, text.sum(0, dtype=torch.float32))
-        lses = (r.sum() + c.sum()) * lse_nats(params.backend)  # float64 LSEs
-        loss = ((lses - 2.0 * scale * targets) * (params.factor / (2.0 * batch))).float()
+        r, c, x = params.backend.lse(image, text, scale)
+        colsum_i, colsum_t = (f.sum(0, dtype=torch.float32) for f in (image, text))
+        total = loss_sum(r, c, x, lse_nats(params.backend), scale, params.eps, batch, colsum_i, colsum_t)
+        loss = (total * (params.factor / (2.0 * batch))).float()
         ctx.save_for_backward(image, text, scale, r, c)
         ctx.params = params
         return loss
@@ -144,10 +148,12 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         group = params.group
         batch = dist.get_world_size(group) * image.shape[0]
         texts, _ = _dist.gather(text, group)
-        r, c_part = params.backend.lse(image, texts, scale)
-        targets = target_logit_sum(image, text, params.eps, batch, texts.sum(0, dtype=torch.float32))
+        row0 = dist.get_rank(group) * image.shape[0]
+        r, c_part, x = params.backend.lse(image, texts, scale, row0)
         nats = lse_nats(params.backend)
-        local = r.sum() * nats - 2.0 * scale * targets
+        colsum_i, colsum_t = image.sum(0, dtype=torch.float32), texts.sum(0, dtype=torch.float32)
+        # this rank's rows and, for the columns, its diagonal scores (sum c comes from the merged c)
+        local = loss_sum(r, r.new_zeros(x.shape), x, nats, scale, params.eps, batch, colsum_i, colsum_t)
         (c,), _, rest = _dist.merge_columns([c_part], [], local.reshape(1), group, params.backend.lse_base2)
         loss = ((rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))).float()
         ctx.save_for_backward(image, text, texts, scale, r, c)

@@ -24,6 +24,7 @@ from vlkernels.ops.contrastive import finish_rows
 from vlkernels.ops.torch_utils import (
     ColumnLSE,
     chunk_rows,
+    diagonal_of,
     f32_rows,
     matmul_f32,
     minus_lse_,
@@ -55,20 +56,23 @@ class TorchBackend:
 
     lse_base2 = False  # natural log-sum-exps
 
-    def lse(self, image, text, scale):
+    def lse(self, image, text, scale, row0: int = 0):
         """Row LSEs [M] and column LSEs [N] of S = scale * image @ text.T (image [M, D], text [N, D]), in
         float64: max + log(sum exp(S - max)) formed in float64 from the fp32 max and sum (``row_lse``; the
         columns' merged across chunks as (reference, sum) pairs, ``ColumnLSE``), so that the backward's
-        weights near 1 keep an ulp of 1 (``_weights``)."""
+        weights near 1 keep an ulp of 1 (``_weights``); and the pass's own diagonal scores S[i, row0 + i]
+        [M] fp32 (``diagonal_of``)."""
         dev = image.device
         r = torch.empty(image.shape[0], dtype=torch.float64, device=dev)
+        x = torch.empty(image.shape[0], dtype=torch.float32, device=dev)
         columns = ColumnLSE(text.shape[0], dev)
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         for sl in row_chunks(image.shape[0], text.shape[0], dev):
             s_blk = matmul_f32(f32_rows(image, sl), text, True, cols).mul_(scale)
             r[sl], _ = row_lse(s_blk)
+            x[sl] = diagonal_of(s_blk, row0 + sl.start)
             columns.add(s_blk)
-        return r, columns.lse()
+        return r, columns.lse(), x
 
     def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32, W = exp(S - r[:, None]) + exp(S - c[None, :]),

@@ -55,6 +55,7 @@ from vlkernels.ops.triton_utils import (
     load_tile,
     partials_of,
     score_tile,
+    store_diagonal_scores,
     store_weights,
     target_arch,
     tile_diagonal,
@@ -144,6 +145,71 @@ def _lse_kernel(
         l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
         m_i = m_new
     tl.store(lse_ptr + offs_m, m_i.to(tl.float64) + tl.log2(l_i).to(tl.float64), mask=mask_m)
+
+
+@triton.jit
+def _diagonal_kernel(
+    q_ptr,
+    k_ptr,
+    scale_ptr,
+    diag_ptr,
+    M,
+    N,
+    D,
+    row0,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    TMA: tl.constexpr = False,
+):
+    """diag[i] = S2[i, row0 + i] (S2 = s <Q_i, K_j> log2(e)) bitwise as a one-pass walk over the same
+    tiles formed it (``triton_utils.store_diagonal_scores``): ``both_lse`` and the soft target's
+    ``both_stats`` launch this with their walk's tile config (``diagonal``), so that the loss subtracts
+    from the LSEs the very scores they were formed from."""
+    if DOT_PREC != "ieee":  # as the walks' (the same D loop)
+        tl.assume(D > 0)
+    pid = tl.program_id(0).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if SINGLE_D:
+        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    store_diagonal_scores(
+        q_ptr,
+        k_ptr,
+        q,
+        scale2,
+        diag_ptr,
+        row0,
+        offs_m,
+        mask_m,
+        offs_d,
+        mask_d,
+        M,
+        N,
+        D,
+        sqm,
+        sqd,
+        skn,
+        skd,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_D,
+        SINGLE_D,
+        DOT_PREC,
+        UPCAST,
+        TMA,
+    )
 
 
 @triton.jit
@@ -550,9 +616,42 @@ def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
     )
 
 
-def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
-    """(row LSEs [M], column LSEs [N]) of S = scale * q @ k.T in float64 and base 2 (of S log2(e): the
-    kernels' units, ``TritonBackend.lse_base2``), one pass over S."""
+def diagonal(q, k, scale, cfg: dict, row0: int = 0) -> torch.Tensor:
+    """S2[i, row0 + i] in fp32 [M] (base 2; 0 where row0 + i >= N), bitwise as a walk over S with the tile
+    config ``cfg`` formed it (``_diagonal_kernel``: that walk's tile sizes, dot precision, warps and TMA,
+    at one pipeline stage: its loop is one to three tiles, and the stages move loads, not products; at the
+    walks' three the 64 x 32 IEEE fp32 tiles spilled 4-16 B): one launch of ceil(M / BLOCK_M) programs,
+    each recomputing the score tiles its diagonal crosses (2 B (BLOCK_M + BLOCK_N) D FLOPs at most)."""
+    m, dim = q.shape
+    meta = {key: cfg[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "TMA", "num_warps") if key in cfg}
+    meta["num_stages"] = 1
+    out = torch.zeros(m, dtype=torch.float32, device=q.device)  # rows whose column is past N keep 0
+    q_arg, k_arg = tile_operands(q, k, meta)
+    _diagonal_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
+        q_arg,
+        k_arg,
+        scale,
+        out,
+        m,
+        k.shape[0],
+        dim,
+        row0,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        SINGLE_D=dim <= meta["BLOCK_D"],
+        DOT_PREC=dot_precision(q.dtype),
+        UPCAST=upcast(q.dtype),
+        **meta,
+    )
+    return out
+
+
+def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, row0: int = 0):
+    """(row LSEs [M], column LSEs [N], the diagonal scores [M]) of S = scale * q @ k.T, the LSEs in float64,
+    all in base 2 (of S log2(e): the kernels' units, ``TritonBackend.lse_base2``), one pass over S; the
+    diagonal of row i at column ``row0`` + i, fp32, as the pass formed it."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = forward_config(dim, q.dtype, target_arch(q.device), q, k)
@@ -592,7 +691,7 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor):
     c.log2_().add_(ref)
     del ref
     _exact_rows(k, q, scale, c, todo)
-    return r, c
+    return r, c, diagonal(q, k, scale, cfg, row0)
 
 
 def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batch: int) -> int:
@@ -674,8 +773,8 @@ class TritonBackend:
 
     lse_base2 = True
 
-    def lse(self, image, text, scale):
-        return both_lse(image, text, scale)
+    def lse(self, image, text, scale, row0: int = 0):
+        return both_lse(image, text, scale, row0)
 
     def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True):
         """(dI, dT or None, ds) of the single-process loss: the row pass (G chunks, dI, the covered columns

@@ -15,13 +15,15 @@ A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``ac
 rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
 teacher, else ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher) -> (r, c, r', c', w / s, w' / s)``: the LSEs in float64 (two-part, as the
-  contrastive loss's: ops/contrastive.py), natural or, where the backend's ``lse_base2`` is True, in
-  base 2 (the units of its kernels' exponents, which ``accumulate`` and ``gradients`` take back); r' is
-  r (c' is c) for the self teacher; the weighted sums in fp32, unscaled (sum_j softmax_j(S'_i.)
-  <I_i, T_j>), so that d/ds needs no division by s. The Functions keep a separate teacher's r' and c'
-  packed as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the state
-  fits 32 bytes per row), and ``accumulate`` and ``gradients`` take them so;
+- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x)``: the LSEs in float64
+  (two-part, as the contrastive loss's: ops/contrastive.py), natural or, where the backend's
+  ``lse_base2`` is True, in base 2 (the units of its kernels' exponents, which ``accumulate`` and
+  ``gradients`` take back); r' is r (c' is c) for the self teacher; the weighted sums in fp32, unscaled
+  (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s; x [M] fp32 the pass's own
+  scores S[i, row0 + i] in the LSEs' units (the hard part's loss subtracts them from the LSEs:
+  ``hard_gaps``). The Functions keep a separate teacher's r' and c' packed as fp32 hi + bf16 lo
+  (``torch_utils.pack_lse``: 12 bytes per row for both, so that the state fits 32 bytes per row), and
+  ``accumulate`` and ``gradients`` take them so;
 - ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), p = e + q (hard and
   soft weights, given apart: the backends never round p where it would show, see ``gradients``),
@@ -66,8 +68,15 @@ Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 class SoftTargetBackend(Protocol):
     lse_base2: bool
 
-    def stats(self, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, teacher: Teacher = None):
-        """(r, c, r', c', w, w'): the LSEs float64, the weighted sums fp32."""
+    def stats(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        scale: torch.Tensor,
+        teacher: Teacher = None,
+        row0: int = 0,
+    ):
+        """(r, c, r', c', w, w', x): the LSEs float64, the weighted sums and diagonal scores fp32."""
         ...
 
     def accumulate(
@@ -152,15 +161,25 @@ def subtract_hard_targets(u, e_own, eps: float, batch: int, colsum=None, e_dot=N
     return u
 
 
-def hard_target_rows(image, text, eps: float, batch: int, colsum_i, colsum_t):
-    """``hard_targets`` over all rows, a chunk of rows at a time in fp32 (no fp32 copy of the features)."""
-    h_row = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
-    h_col = torch.empty_like(h_row)
+def smoothing_rows(image, text, colsum_i, colsum_t) -> torch.Tensor:
+    """<I_i, colsum_t> + <T_i, colsum_i> for these rows (fp32 [M], a chunk of rows at a time: no fp32 copy
+    of the features): B / s times the label smoothing's mean logits of row i and column i."""
+    out = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
     for sl in row_chunks(image.shape[0], image.shape[1], image.device):
-        h_row[sl], h_col[sl] = hard_targets(
-            f32_rows(image, sl), f32_rows(text, sl), eps, batch, colsum_i, colsum_t
-        )
-    return h_row, h_col
+        out[sl] = f32_rows(image, sl) @ colsum_t + f32_rows(text, sl) @ colsum_i
+    return out
+
+
+def hard_gaps(r, c, x, nats: float, scale, eps: float, batch: int, smooth) -> torch.Tensor:
+    """(r_i - H_i) + (c_i - H'_i) per row, fp32 [M] (each formed in float64 and rounded once): the LSEs
+    ``r``, ``c`` less the pass's own diagonal scores ``x`` (the backend's units, ``nats`` converting; near
+    one-hot each keeps an ulp of its small rest, where a separately computed S_ii would leave an ulp of
+    |S|), with ``eps`` the smoothing part eps (2 S_ii - s / B ``smooth``_i) (``smoothing_rows``)."""
+    x64 = x.double()
+    gaps = ((r - x64) + (c - x64)) * nats
+    if eps:
+        gaps += eps * (2.0 * nats * x64 - scale.double() / batch * smooth.double())
+    return gaps.float()
 
 
 def _gap_dot(w, lse, scale, x) -> torch.Tensor:
@@ -190,20 +209,24 @@ class SoftTargetFunction(torch.autograd.Function):
     def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
-        r, c, tr, tc, w_row, w_col = params.backend.stats(image, text, scale, teacher)
+        r, c, tr, tc, w_row, w_col, x = params.backend.stats(image, text, scale, teacher)
         packed = _packed(teacher, tr, tc)
         del tr, tc
         nats = lse_nats(params.backend)
-        r_nat, c_nat = (r * nats, c * nats) if nats != 1.0 else (r, c)  # natural logs for the loss
-        colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
-        h_row, h_col = hard_target_rows(image, text, params.eps, batch, colsum_i, colsum_t)
+        smooth = None
+        if params.eps:
+            colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
+            smooth = smoothing_rows(image, text, colsum_i, colsum_t)
+        gaps = hard_gaps(r, c, x, nats, scale, params.eps, batch, smooth)
+        del x, smooth
         coef = params.factor / (2.0 * batch)
         h = hard_w
         if h is None:
-            x, y = params.hard_affine
-            h = soft_w * x + y
-        hard = (_gap_dot(h, r_nat, scale, h_row) + _gap_dot(h, c_nat, scale, h_col)) * coef
-        del h
+            xa, ya = params.hard_affine
+            h = soft_w * xa + ya
+        hard = torch.dot(h, gaps) * coef
+        del h, gaps
+        r_nat, c_nat = (r * nats, c * nats) if nats != 1.0 else (r, c)  # natural logs for the loss
         soft = (_gap_dot(soft_w, r_nat, scale, w_row) + _gap_dot(soft_w, c_nat, scale, w_col)) * coef
         del r_nat, c_nat
         ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, *packed)
@@ -268,14 +291,14 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         hsum_i = meta_all[:, 2 * b + dim :]
         need_s = ctx.needs_input_grad[2]
 
-        r, c_part, tr, tc_part, w, wc_part = backend.stats(image, texts, scale, teacher)
+        r, c_part, tr, tc_part, w, wc_part, x = backend.stats(image, texts, scale, teacher, rank * b)
         lse_parts, weighted = [c_part], [(0, wc_part)]
         if teacher is not None:
             lse_parts.append(tc_part)
             weighted = [(1, wc_part)]
             if need_s:
                 # d r_i / ds needs the student's own softmax-weighted sums: one more stats pass.
-                _, _, _, _, ws, ws_part = backend.stats(image, texts, scale, None)
+                _, _, _, _, ws, ws_part, _ = backend.stats(image, texts, scale, None)
                 weighted.append((0, ws_part))
         empty = meta.new_empty(0)
         lses, sums_w, _ = _dist.merge_columns(lse_parts, weighted, empty, group, backend.lse_base2)
@@ -286,14 +309,16 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             wsc = sums_w[1] if need_s else None
 
         colsum_t = texts.sum(0, dtype=torch.float32)
-        h_row, h_col = hard_targets(i32, t32, eps, batch, colsum_i, colsum_t)
         nats = lse_nats(backend)
+        smooth = i32 @ colsum_t + t32 @ colsum_i if eps else None
+        gaps = hard_gaps(r, c[own], x, nats, scale, eps, batch, smooth)
         r_nat, c_own, wc_own = r * nats, c[own] * nats, wc[own]
         parts = [
-            _gap_dot(hard_w, r_nat, scale, h_row) + _gap_dot(hard_w, c_own, scale, h_col),
+            torch.dot(hard_w, gaps),
             _gap_dot(soft_w, r_nat, scale, w) + _gap_dot(soft_w, c_own, scale, wc_own),
         ]
         if need_s:
+            h_row, h_col = hard_targets(i32, t32, eps, batch, colsum_i, colsum_t)
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the
             # targets (H, the teacher-weighted sums) are s times s-free quantities: no division by s.
             wsc_own = wsc[own]

@@ -18,6 +18,7 @@ import torch
 from vlkernels.ops.torch_utils import (
     ColumnLSE,
     chunk_rows,
+    diagonal_of,
     f32_rows,
     lse_at,
     matmul_f32,
@@ -59,20 +60,23 @@ class TorchSoftTargetBackend:
         t_image, t_text, t_scale = teacher
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
-    def stats(self, image, text, scale, teacher=None):
-        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]): the student's
-        LSEs and a separate teacher's in float64 (``row_lse``, ``ColumnLSE``: the backward's weights near 1
-        keep an ulp of 1), the weighted sums in fp32."""
+    def stats(self, image, text, scale, teacher=None, row0: int = 0):
+        """(r, c, r', c', w, w', x) for S = scale * image @ text.T (image [M, D], text [N, D]): the
+        student's LSEs and a separate teacher's in float64 (``row_lse``, ``ColumnLSE``: the backward's
+        weights near 1 keep an ulp of 1), the weighted sums in fp32, x the pass's own scores S[i, row0 + i]
+        (``diagonal_of``)."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
         r = torch.empty(rows, dtype=torch.float64, device=dev)
         tr = r if teacher is None else torch.empty_like(r)
         w_row = torch.empty(rows, dtype=torch.float32, device=dev)
+        x = torch.empty_like(w_row)
         student = ColumnLSE(n, dev, weighted=teacher is None)
         soft = student if teacher is None else ColumnLSE(n, dev, weighted=True)  # the teacher's softmax
         for sl in row_chunks(rows, n, dev):
             d_blk = matmul_f32(f32_rows(image, sl), text, True, cols)
             s_blk = d_blk * scale
+            x[sl] = diagonal_of(s_blk, row0 + sl.start)
             if teacher is None:
                 r[sl], w_row[sl] = row_lse(s_blk, d_blk)
                 student.add(s_blk, d_blk)
@@ -87,8 +91,8 @@ class TorchSoftTargetBackend:
         c = student.lse()
         del student  # its sums, before the teacher's LSEs
         if teacher is None:
-            return r, c, r, c, w_row, w_col
-        return r, c, tr, soft.lse(), w_row, w_col
+            return r, c, r, c, w_row, w_col, x
+        return r, c, tr, soft.lse(), w_row, w_col, x
 
     def _grad_block(self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, cols):
         """dL/dS for the rows ``sl`` of q (q32 their fp32 copy) against all of k, fp32 [rows, N]: W minus

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from vlkernels._triton import interpret_mode
-from vlkernels.ops.contrastive_triton import forward_rows_per_launch, split_lse
+from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch, split_lse
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import lse_at, workspace_bytes
 from vlkernels.ops.triton_utils import (
@@ -787,10 +787,10 @@ def _column_stats(part, programs: int, k0: int, sums: int):
     return (top, *((part[k0 + 1 + i, :programs] * w).sum(0) for i in range(sums)))
 
 
-def both_stats(q, k, scale, teacher=None):
-    """(r, c, r', c', w, w') of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
+def both_stats(q, k, scale, teacher=None, row0: int = 0):
+    """(r, c, r', c', w, w', x) of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
     kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the weighted sums in
-    fp32, in one pass over the tiles:
+    fp32, x the pass's own diagonal scores S2[i, row0 + i] in fp32 (base 2), in one pass over the tiles:
     the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
     (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
@@ -814,11 +814,12 @@ def both_stats(q, k, scale, teacher=None):
             stu = _merge(stu, _column_stats(part, programs, 0, 1))
             tea = _merge(tea, _column_stats(part, programs, 2, 2))
     del part
+    x = diagonal(q, k, scale, meta, row0)  # the student's scores as the pass's tiles formed them
     c = stu[1].double().log2_().add_(stu[0])  # float64: each column's max + log2 of its sum below it
     if teacher is None:
-        return r, c, r, c, w, stu[2] / stu[1]
+        return r, c, r, c, w, stu[2] / stu[1], x
     tc = tea[1].double().log2_().add_(tea[0])
-    return r, c, tr, tc, w, tea[2] / tea[1]
+    return r, c, tr, tc, w, tea[2] / tea[1], x
 
 
 def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
@@ -921,14 +922,15 @@ class TritonSoftTargetBackend:
 
     lse_base2 = True
 
-    def stats(self, image, text, scale, teacher=None):
-        """(r, c, r', c', w, w') for S = scale * image @ text.T (image [M, D], text [N, D]): the LSEs in
-        base 2, float64; the weighted sums fp32."""
+    def stats(self, image, text, scale, teacher=None, row0: int = 0):
+        """(r, c, r', c', w, w', x) for S = scale * image @ text.T (image [M, D], text [N, D]): the LSEs in
+        base 2, float64; the weighted sums fp32; the diagonal scores at columns ``row0`` + i
+        (``both_stats``)."""
         scale = _f32(scale.detach())
         if teacher is not None:
             t_image, t_text, t_scale = teacher
             teacher = (t_image, t_text, _f32(t_scale.detach()))
-        return both_stats(image, text, scale, teacher)
+        return both_stats(image, text, scale, teacher, row0)
 
     @staticmethod
     def _teacher32(teacher, tr, tc):

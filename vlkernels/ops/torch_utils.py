@@ -132,6 +132,18 @@ def row_lse(s: torch.Tensor, y: torch.Tensor | None = None):
     return lse, None if y is None else e.mul_(y).sum(1).div_(den)
 
 
+def diagonal_of(s: torch.Tensor, col0: int) -> torch.Tensor:
+    """s[i, col0 + i] of the chunk ``s`` [rows, N] (a copy, [rows]): the pass's own diagonal scores, which
+    the loss subtracts from its LSEs. Near one-hot a row's LSE is its diagonal score plus a tiny rest;
+    a score from another rounding (a separate dot product) would leave an ulp of |S| in each row's loss,
+    where torch's log_softmax keeps an ulp of the rest. Rows whose column is past N get 0 (as the Triton
+    forward's)."""
+    idx = torch.arange(max(0, min(s.shape[0], s.shape[1] - col0)), device=s.device)
+    out = s.new_zeros(s.shape[0])
+    out[idx] = s[idx, idx + col0]
+    return out
+
+
 class ColumnLSE:
     """Column LSEs of fp32 chunks of rows of S [rows, N], merged across chunks as (reference, sum) pairs
     in fp32 (8 bytes per column; 12 with ``weighted``: also the softmax-weighted sums of values y): the

@@ -252,13 +252,90 @@ def forward_tile_dot(
 
 @triton.jit
 def tile_diagonal(pid_m, pid_n, row0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """[BLOCK_M, BLOCK_N] mask of the tile (pid_m, pid_n) where global row row0 + i meets column j, in
-    tile-local int32 indices (a broadcast int64 compare costs registers: 8 B of spill at 128 x 128):
-    row0 + i == j iff local_i + shift == local_j, which no shift <= -BLOCK_M or >= BLOCK_N satisfies, so
-    the shift is clamped to that range before it narrows."""
-    shift = pid_m * BLOCK_M + row0 - pid_n * BLOCK_N
-    shift = tl.minimum(tl.maximum(shift, -BLOCK_M), BLOCK_N).to(tl.int32)
+    """[BLOCK_M, BLOCK_N] mask of the tile (pid_m, pid_n) where global row row0 + i meets column j
+    (``diagonal_mask``)."""
+    return diagonal_mask(pid_m * BLOCK_M + row0, pid_n * BLOCK_N, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def diagonal_mask(d0, col0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] mask of the block whose columns start at ``col0`` where its row i meets column
+    d0 + i, in block-local int32 indices (a broadcast int64 compare costs registers: 8 B of spill at
+    128 x 128): d0 + i == col0 + j iff local_i + shift == local_j, which no shift <= -BLOCK_M or
+    >= BLOCK_N satisfies, so the shift is clamped to that range before it narrows."""
+    shift = tl.minimum(tl.maximum(d0 - col0, -BLOCK_M), BLOCK_N).to(tl.int32)
     return (tl.arange(0, BLOCK_M)[:, None] + shift) == tl.arange(0, BLOCK_N)[None, :]
+
+
+@triton.jit
+def store_diagonal_scores(
+    q_ptr,
+    k_ptr,
+    q,
+    scale2,
+    diag_ptr,
+    row0,
+    offs_m,
+    mask_m,
+    offs_d,
+    mask_d,
+    M,
+    N,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+    UPCAST: tl.constexpr,
+    TMA: tl.constexpr,
+):
+    """diag[i] = S2[i, row0 + i] (S2 = acc * scale2) for a one-pass walk's rows (row block
+    ``tl.program_id(0)``), as the walk formed them: its own tiles (columns from multiples of BLOCK_N)
+    recomputed by the same ``forward_tile_dot`` with the same tile config, each product the same sequence
+    of operations on the same operands (bitwise the walk's scores). Each tile's diagonal scores are taken
+    per column (a masked column sum) and stored at the rows they belong to: a masked row sum spilled
+    56 B at 80 registers in the 64 x 32 IEEE fp32 tiles on sm_90 (Triton 3.8). ``_diagonal_kernel``
+    runs it in its own launch: inside the walks it cost them up to 70 registers and spilled
+    (docs/design.md, "The LSE passes' own diagonal scores")."""
+    d0 = tl.program_id(0).to(tl.int64) * BLOCK_M + row0  # the column of this program's first row
+    # int32 column starts, as the walks' (tensor descriptors take int32 offsets)
+    first = ((d0 // BLOCK_N) * BLOCK_N).to(tl.int32)
+    for start_n in range(first, tl.minimum(d0 + BLOCK_M, N).to(tl.int32), BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        acc = forward_tile_dot(
+            q_ptr,
+            k_ptr,
+            q,
+            start_n,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+            TMA,
+        )
+        x_col = tl.sum(tl.where(diagonal_mask(d0, start_n, BLOCK_M, BLOCK_N), acc * scale2, 0.0), axis=0)
+        rows = offs_n - row0  # the row each column's diagonal score belongs to
+        mine = (offs_n >= d0) & (offs_n < d0 + BLOCK_M) & mask_n & (rows < M)
+        tl.store(diag_ptr + rows, x_col, mask=mine)
 
 
 @triton.jit
