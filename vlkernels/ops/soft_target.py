@@ -21,9 +21,9 @@ teacher, else ``(I', T', s')``:
   ``gradients`` take back); r' is r (c' is c) for the self teacher; the weighted sums in fp32, unscaled
   (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s; x [M] fp32 the pass's own
   scores S[i, row0 + i] in the LSEs' units (the hard part's loss subtracts them from the LSEs:
-  ``hard_gaps``). The Functions keep a separate teacher's r' and c' packed as fp32 hi + bf16 lo
-  (``torch_utils.pack_lse``: 12 bytes per row for both, so that the state fits 32 bytes per row), and
-  ``accumulate`` and ``gradients`` take them so;
+  ``hard_gaps``; None where ``row0`` is None: not computed). The Functions keep a separate teacher's r'
+  and c' packed as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the
+  state fits 32 bytes per row), and ``accumulate`` and ``gradients`` take them so;
 - ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), p = e + q (hard and
   soft weights, given apart: the backends never round p where it would show, see ``gradients``),
@@ -74,7 +74,7 @@ class SoftTargetBackend(Protocol):
         text: torch.Tensor,
         scale: torch.Tensor,
         teacher: Teacher = None,
-        row0: int = 0,
+        row0: int | None = 0,
     ):
         """(r, c, r', c', w, w', x): the LSEs float64, the weighted sums and diagonal scores fp32."""
         ...
@@ -298,7 +298,7 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             weighted = [(1, wc_part)]
             if need_s:
                 # d r_i / ds needs the student's own softmax-weighted sums: one more stats pass.
-                _, _, _, _, ws, ws_part, _ = backend.stats(image, texts, scale, None)
+                _, _, _, _, ws, ws_part, _ = backend.stats(image, texts, scale, None, row0=None)
                 weighted.append((0, ws_part))
         empty = meta.new_empty(0)
         lses, sums_w, _ = _dist.merge_columns(lse_parts, weighted, empty, group, backend.lse_base2)

@@ -60,23 +60,24 @@ class TorchSoftTargetBackend:
         t_image, t_text, t_scale = teacher
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
-    def stats(self, image, text, scale, teacher=None, row0: int = 0):
+    def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
         """(r, c, r', c', w, w', x) for S = scale * image @ text.T (image [M, D], text [N, D]): the
         student's LSEs and a separate teacher's in float64 (``row_lse``, ``ColumnLSE``: the backward's
         weights near 1 keep an ulp of 1), the weighted sums in fp32, x the pass's own scores S[i, row0 + i]
-        (``diagonal_of``)."""
+        (``diagonal_of``; None for ``row0`` None)."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
         r = torch.empty(rows, dtype=torch.float64, device=dev)
         tr = r if teacher is None else torch.empty_like(r)
         w_row = torch.empty(rows, dtype=torch.float32, device=dev)
-        x = torch.empty_like(w_row)
+        x = None if row0 is None else torch.empty_like(w_row)
         student = ColumnLSE(n, dev, weighted=teacher is None)
         soft = student if teacher is None else ColumnLSE(n, dev, weighted=True)  # the teacher's softmax
         for sl in row_chunks(rows, n, dev):
             d_blk = matmul_f32(f32_rows(image, sl), text, True, cols)
             s_blk = d_blk * scale
-            x[sl] = diagonal_of(s_blk, row0 + sl.start)
+            if x is not None:
+                x[sl] = diagonal_of(s_blk, row0 + sl.start)
             if teacher is None:
                 r[sl], w_row[sl] = row_lse(s_blk, d_blk)
                 student.add(s_blk, d_blk)

@@ -787,10 +787,11 @@ def _column_stats(part, programs: int, k0: int, sums: int):
     return (top, *((part[k0 + 1 + i, :programs] * w).sum(0) for i in range(sums)))
 
 
-def both_stats(q, k, scale, teacher=None, row0: int = 0):
+def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
     """(r, c, r', c', w, w', x) of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
     kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the weighted sums in
-    fp32, x the pass's own diagonal scores S2[i, row0 + i] in fp32 (base 2), in one pass over the tiles:
+    fp32, x the pass's own diagonal scores S2[i, row0 + i] in fp32 (base 2; None for ``row0`` None), in
+    one pass over the tiles:
     the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
     (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
@@ -814,7 +815,8 @@ def both_stats(q, k, scale, teacher=None, row0: int = 0):
             stu = _merge(stu, _column_stats(part, programs, 0, 1))
             tea = _merge(tea, _column_stats(part, programs, 2, 2))
     del part
-    x = diagonal(q, k, scale, meta, row0)  # the student's scores as the pass's tiles formed them
+    # the student's scores as the pass's tiles formed them (row0 None: not wanted)
+    x = None if row0 is None else diagonal(q, k, scale, meta, row0)
     c = stu[1].double().log2_().add_(stu[0])  # float64: each column's max + log2 of its sum below it
     if teacher is None:
         return r, c, r, c, w, stu[2] / stu[1], x
@@ -922,7 +924,7 @@ class TritonSoftTargetBackend:
 
     lse_base2 = True
 
-    def stats(self, image, text, scale, teacher=None, row0: int = 0):
+    def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
         """(r, c, r', c', w, w', x) for S = scale * image @ text.T (image [M, D], text [N, D]): the LSEs in
         base 2, float64; the weighted sums fp32; the diagonal scores at columns ``row0`` + i
         (``both_stats``)."""
