@@ -621,7 +621,8 @@ def diagonal(q, k, scale, cfg: dict, row0: int = 0) -> torch.Tensor:
     config ``cfg`` formed it (``_diagonal_kernel``: that walk's tile sizes, dot precision, warps and TMA,
     at one pipeline stage: its loop is one to three tiles, and the stages move loads, not products; at the
     walks' three the 64 x 32 IEEE fp32 tiles spilled 4-16 B): one launch of ceil(M / BLOCK_M) programs,
-    each recomputing the score tiles its diagonal crosses (2 B (BLOCK_M + BLOCK_N) D FLOPs at most)."""
+    each recomputing the score tiles its diagonal crosses: 2 M max(BLOCK_M, BLOCK_N) D FLOPs where the
+    diagonal starts on a tile boundary (single process), one more tile per program where it does not."""
     m, dim = q.shape
     meta = {key: cfg[key] for key in ("BLOCK_M", "BLOCK_N", "BLOCK_D", "TMA", "num_warps") if key in cfg}
     meta["num_stages"] = 1
