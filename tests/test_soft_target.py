@@ -527,10 +527,8 @@ def test_triton_backend_matches_torch_backend_rectangular(teacher):
         )
         t = (*t, torch.tensor(7.0))
     fast, ref = TritonSoftTargetBackend(), TorchSoftTargetBackend()
-    got, want = (
-        fast.stats(img, txt, scale, t, 5),
-        ref.stats(img, txt, scale, t, 5),
-    )  # diagonal at column 5 + i
+    # the diagonal at column 5 + i (the block-row scheme's offset)
+    got, want = fast.stats(img, txt, scale, t, 5), ref.stats(img, txt, scale, t, 5)
     assert fast.lse_base2 and not ref.lse_base2  # the Triton LSEs in base 2, the torch ones natural
     for k, (a, b) in enumerate(zip(got, want, strict=True)):
         # the LSEs and the diagonal scores (k = 6) in the backend's units
