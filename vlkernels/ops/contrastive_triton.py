@@ -48,6 +48,7 @@ from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
     config,
+    diagonal_mask,
     dot_precision,
     forward_config,
     forward_tile_dot,
@@ -55,7 +56,6 @@ from vlkernels.ops.triton_utils import (
     load_tile,
     partials_of,
     score_tile,
-    store_diagonal_scores,
     store_weights,
     target_arch,
     tile_diagonal,
@@ -170,9 +170,14 @@ def _diagonal_kernel(
     TMA: tl.constexpr = False,
 ):
     """diag[i] = S2[i, row0 + i] (S2 = s <Q_i, K_j> log2(e)) bitwise as a one-pass walk over the same
-    tiles formed it (``triton_utils.store_diagonal_scores``): ``both_lse`` and the soft target's
-    ``both_stats`` launch this with their walk's tile config (``diagonal``), so that the loss subtracts
-    from the LSEs the very scores they were formed from."""
+    tiles formed it: ``both_lse`` and the soft target's ``both_stats`` launch this with their walk's tile
+    config (``diagonal``), so that the loss subtracts from the LSEs the very scores they were formed
+    from. Each program recomputes the walk's own tiles (columns from multiples of BLOCK_N) that its rows'
+    diagonal crosses, by the same ``forward_tile_dot``: each product the same sequence of operations on
+    the same operands. A tile's diagonal scores are taken per column (a masked column sum) and stored at
+    the rows they belong to: a masked row sum spilled 56 B at 80 registers in the 64 x 32 IEEE fp32 tiles
+    on sm_90 (Triton 3.8). Inside the walks this cost them up to 70 registers and spilled (docs/design.md,
+    "The LSE passes' own diagonal scores")."""
     if DOT_PREC != "ieee":  # as the walks' (the same D loop)
         tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
@@ -184,32 +189,40 @@ def _diagonal_kernel(
     q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if SINGLE_D:
         q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
-    store_diagonal_scores(
-        q_ptr,
-        k_ptr,
-        q,
-        scale2,
-        diag_ptr,
-        row0,
-        offs_m,
-        mask_m,
-        offs_d,
-        mask_d,
-        M,
-        N,
-        D,
-        sqm,
-        sqd,
-        skn,
-        skd,
-        BLOCK_M,
-        BLOCK_N,
-        BLOCK_D,
-        SINGLE_D,
-        DOT_PREC,
-        UPCAST,
-        TMA,
-    )
+    d0 = pid * BLOCK_M + row0  # the column of this program's first row
+    # int32 column starts, as the walks' (tensor descriptors take int32 offsets)
+    first = ((d0 // BLOCK_N) * BLOCK_N).to(tl.int32)
+    for start_n in range(first, tl.minimum(d0 + BLOCK_M, N).to(tl.int32), BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        acc = forward_tile_dot(
+            q_ptr,
+            k_ptr,
+            q,
+            start_n,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            offs_d,
+            mask_d,
+            D,
+            sqm,
+            sqd,
+            skn,
+            skd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_D,
+            SINGLE_D,
+            DOT_PREC,
+            UPCAST,
+            TMA,
+        )
+        x_col = tl.sum(tl.where(diagonal_mask(d0, start_n, BLOCK_M, BLOCK_N), acc * scale2, 0.0), axis=0)
+        rows = offs_n - row0  # the row each column's diagonal score belongs to
+        mine = (offs_n >= d0) & (offs_n < d0 + BLOCK_M) & mask_n & (rows < M)
+        tl.store(diag_ptr + rows, x_col, mask=mine)
 
 
 @triton.jit
