@@ -84,7 +84,7 @@ def loss_sum(r, c, x, nats: float, scale, eps: float, batch: int, colsum_i, cols
     converting) summed in float64, so that near one-hot each row keeps an ulp of its small rest (a
     separately computed diagonal would leave an ulp of |S| per row); the smoothing part as 2 eps (sum x -
     s / B colsum_i . colsum_t) (``colsum_i``, ``colsum_t``: the column sums of these rows' images and of
-    all B texts)."""
+    all B texts; unused, may be None, without smoothing)."""
     x64 = x.double()
     total = ((r - x64).sum() + (c - x64).sum()) * nats
     if eps:
@@ -118,7 +118,9 @@ class ContrastiveLossFunction(torch.autograd.Function):
     def forward(ctx, image, text, scale, params: ContrastiveParams):
         batch = image.shape[0]
         r, c, x = params.backend.lse(image, text, scale)
-        colsum_i, colsum_t = (f.sum(0, dtype=torch.float32) for f in (image, text))
+        colsum_i = colsum_t = None  # only the smoothing part needs them
+        if params.eps:
+            colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
         total = loss_sum(r, c, x, lse_nats(params.backend), scale, params.eps, batch, colsum_i, colsum_t)
         loss = (total * (params.factor / (2.0 * batch))).float()
         ctx.save_for_backward(image, text, scale, r, c)
@@ -151,7 +153,9 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         row0 = dist.get_rank(group) * image.shape[0]
         r, c_part, x = params.backend.lse(image, texts, scale, row0)
         nats = lse_nats(params.backend)
-        colsum_i, colsum_t = image.sum(0, dtype=torch.float32), texts.sum(0, dtype=torch.float32)
+        colsum_i = colsum_t = None  # only the smoothing part needs them
+        if params.eps:
+            colsum_i, colsum_t = image.sum(0, dtype=torch.float32), texts.sum(0, dtype=torch.float32)
         # this rank's rows and, for the columns, its diagonal scores (sum c comes from the merged c)
         local = loss_sum(r, r.new_zeros(x.shape), x, nats, scale, params.eps, batch, colsum_i, colsum_t)
         (c,), _, rest = _dist.merge_columns([c_part], [], local.reshape(1), group, params.backend.lse_base2)
