@@ -310,7 +310,7 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
 
         colsum_t = texts.sum(0, dtype=torch.float32)
         nats = lse_nats(backend)
-        smooth = i32 @ colsum_t + t32 @ colsum_i if eps else None
+        smooth = smoothing_rows(image, text, colsum_i, colsum_t) if eps else None
         gaps = hard_gaps(r, c[own], x, nats, scale, eps, batch, smooth)
         r_nat, c_own, wc_own = r * nats, c[own] * nats, wc[own]
         parts = [
