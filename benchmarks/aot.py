@@ -31,6 +31,7 @@ Two steps, both without a GPU:
     python -m benchmarks.aot                 # writes benchmarks/results/model/aot_sm90.md, aot_sm80.md
     python -m benchmarks.aot --json out.json --grid test --jobs 2
     python -m benchmarks.aot --grid sigmoid  # the sigmoid kernels only: aot_sigmoid.md (both archs)
+    python -m benchmarks.aot --diff old.json new.json  # what a change did to the compiled variants
 
 Nothing here is imported by the package.
 """
@@ -420,12 +421,27 @@ _MUFU = {
     "div": re.compile(r"\bdiv\.(?:full|approx|rn)\S*\.f32\b"),
 }
 _FLOAT_ATOMIC = re.compile(r"\b(?:atom|red)\.\S*\.(?:f16|bf16|f32|f64|f16x2|bf16x2)\b")
+# Lines of a PTX module that carry source positions only: line directives and the labels that the
+# debug sections' inlining scopes point at (``code_digest`` leaves them out).
+_DEBUG_ONLY = re.compile(r"^\s*(?:\.loc|\.file)\b|^\$L__(?:tmp|func_begin|func_end)\d+:")
 _PTXAS = {
     "registers": re.compile(r"Used (\d+) registers"),
     "stack": re.compile(r"(\d+) bytes stack frame"),
     "spill_stores": re.compile(r"(\d+) bytes spill stores"),
     "spill_loads": re.compile(r"(\d+) bytes spill loads"),
 }
+
+
+def code_digest(ptx: str) -> str:
+    """A digest of a PTX module's code alone: the text before its debug sections, without comments, line
+    directives and debug-only labels. A change that moves source lines (a helper extracted, a docstring
+    edited) and leaves the instructions alone leaves it unchanged (``--diff``)."""
+    lines = []
+    for line in ptx.split("\t.section\t.debug", 1)[0].splitlines():
+        line = line.split("//", 1)[0].rstrip()
+        if line and not _DEBUG_ONLY.match(line):
+            lines.append(line)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def classify_dots(ttgir: str) -> list[dict]:
@@ -514,6 +530,7 @@ def _compile_one(job: tuple) -> tuple:
     res["ptx_mma_sync"] = len(re.findall(r"\bmma\.sync\b", ptx))
     res["ptx_mufu"] = {k: len(p.findall(ptx)) for k, p in _MUFU.items()}
     res["ptx_float_atomics"] = sum(1 for line in ptx.splitlines() if _FLOAT_ATOMIC.search(line))
+    res["code"] = code_digest(ptx)
     return spec, arch, res
 
 
@@ -775,6 +792,23 @@ def run(grid_name: str = "full", archs=(90, 80), jobs: int = 2) -> dict:
     )
 
 
+def diff(old: dict, new: dict) -> list[str]:
+    """Lines for the variants whose compiled code (``code_digest``), registers or spills differ between two
+    runs' JSON (``--json``), per architecture both ran, and for the variants only one of them has."""
+    out = []
+    fields = ("code", "registers", "spill_stores", "spill_loads", "shared")
+    for arch in sorted(set(old["compiled"]) & set(new["compiled"])):
+        a, b = records(old, int(arch)), records(new, int(arch))
+        out += [f"sm_{arch} {vid}: only in the first run" for vid in sorted(set(a) - set(b))]
+        out += [f"sm_{arch} {vid}: only in the second run" for vid in sorted(set(b) - set(a))]
+        for vid in sorted(set(a) & set(b)):
+            ra, rb = old["compiled"][arch][a[vid]["spec"]], new["compiled"][arch][b[vid]["spec"]]
+            changed = [f"{f} {ra.get(f)} -> {rb.get(f)}" for f in fields if ra.get(f) != rb.get(f)]
+            if changed:
+                out.append(f"sm_{arch} {vid}: " + ", ".join(changed))
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--grid", default="full", choices=["full", "test", "sigmoid"])
@@ -783,7 +817,21 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the raw results here")
     p.add_argument("--out-dir", default=RESULTS, help="where aot_sm<arch>.md go ('' for none)")
     p.add_argument("--from-json", help="render the tables of a saved --json run instead of compiling")
+    p.add_argument(
+        "--diff",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="two saved --json runs: the variants whose code, registers, spills or shared memory differ",
+    )
     args = p.parse_args(argv)
+    if args.diff:
+        runs = []
+        for path in args.diff:
+            with open(path) as f:
+                runs.append(json.load(f))
+        lines = diff(*runs)
+        print("\n".join(lines) if lines else "the same code, registers, spills and shared memory everywhere")
+        return 1 if lines else 0
     if args.from_json:
         with open(args.from_json) as f:
             data = json.load(f)

@@ -51,17 +51,17 @@ from vlkernels.ops.triton_utils import (
     diagonal_mask,
     dot_precision,
     forward_config,
-    forward_tile_dot,
     halves,
-    load_tile,
     partials_of,
-    score_tile,
+    row_block,
+    row_operands,
     store_weights,
     target_arch,
     tile_diagonal,
     tile_operands,
     upcast,
     walk_grid,
+    walk_tile,
     weights_blocks,
     weights_config,
     weights_tile_dot,
@@ -108,37 +108,14 @@ def _lse_kernel(
     offs_m = tl.load(idx_ptr + offs, mask=mask_m, other=0)
     n_eff = tl.where(pid * BLOCK_M < count, N, 0)  # programs past the list do no work
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    operands = row_operands(
+        q_ptr, k_ptr, offs_m, mask_m, D, sqm, sqd, skn, skd, BLOCK_M, BLOCK_D, SINGLE_D, UPCAST
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in tl.range(0, n_eff, BLOCK_N, flatten=DOT_PREC != "ieee"):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        acc, _ = score_tile(
-            q_ptr,
-            k_ptr,
-            q,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
+        offs_n, mask_n, acc = walk_tile(
+            operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, False
         )
         s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
@@ -173,51 +150,24 @@ def _diagonal_kernel(
     tiles formed it: ``both_lse`` and the soft target's ``both_stats`` launch this with their walk's tile
     config (``diagonal``), so that the loss subtracts from the LSEs the very scores they were formed
     from. Each program recomputes the walk's own tiles (columns from multiples of BLOCK_N) that its rows'
-    diagonal crosses, by the same ``forward_tile_dot``: each product the same sequence of operations on
+    diagonal crosses, by the same ``walk_tile``: each product the same sequence of operations on
     the same operands. A tile's diagonal scores are taken per column (a masked column sum) and stored at
     the rows they belong to: a masked row sum spilled 56 B at 80 registers in the 64 x 32 IEEE fp32 tiles
     on sm_90 (Triton 3.8). Inside the walks this cost them up to 70 registers and spilled (docs/design.md,
     "The LSE passes' own diagonal scores")."""
     if DOT_PREC != "ieee":  # as the walks' (the same D loop)
         tl.assume(D > 0)
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    operands = row_operands(
+        q_ptr, k_ptr, offs_m, mask_m, D, sqm, sqd, skn, skd, BLOCK_M, BLOCK_D, SINGLE_D, UPCAST
+    )
     d0 = pid * BLOCK_M + row0  # the column of this program's first row
     # int32 column starts, as the walks' (tensor descriptors take int32 offsets)
     first = ((d0 // BLOCK_N) * BLOCK_N).to(tl.int32)
     for start_n in range(first, tl.minimum(d0 + BLOCK_M, N).to(tl.int32), BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        acc = forward_tile_dot(
-            q_ptr,
-            k_ptr,
-            q,
-            start_n,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-            TMA,
+        offs_n, mask_n, acc = walk_tile(
+            operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, TMA
         )
         x_col = tl.sum(tl.where(diagonal_mask(d0, start_n, BLOCK_M, BLOCK_N), acc * scale2, 0.0), axis=0)
         rows = offs_n - row0  # the row each column's diagonal score belongs to
@@ -256,44 +206,17 @@ def _forward_kernel(
     tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (``forward_config``)."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    operands = row_operands(
+        q_ptr, k_ptr, offs_m, mask_m, D, sqm, sqd, skn, skd, BLOCK_M, BLOCK_D, SINGLE_D, UPCAST
+    )
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     my_part = part_ptr + pid * N
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        acc = forward_tile_dot(
-            q_ptr,
-            k_ptr,
-            q,
-            start_n,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-            TMA,
+        offs_n, mask_n, acc = walk_tile(
+            operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, TMA
         )
         s2 = acc * scale2
         if PARTS == 1:
@@ -500,9 +423,7 @@ def _weights_kernel(
     per row block: ``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program
     (i, j) does tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] /
     [BLOCK_N, BLOCK_D] blocks (config "weights_wide")."""
-    pid_m = tl.program_id(0).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)
     args = (

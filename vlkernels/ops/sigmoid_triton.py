@@ -42,17 +42,18 @@ from vlkernels.ops.triton_utils import (
     config,
     dot_precision,
     forward_config,
-    forward_tile_dot,
     halves,
-    load_tile,
     partials_of,
     round_to,
+    row_block,
+    row_operands,
     split_dots,
     target_arch,
     tile_diagonal,
     tile_operands,
     upcast,
     walk_grid,
+    walk_tile,
     weights_blocks,
     weights_tile_dot,
 )
@@ -95,43 +96,16 @@ def _loss_kernel(
     addresses: with pointer loads the wide tiles spilled)."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid, offs_m, mask_m = row_block(M, BLOCK_M)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    operands = row_operands(
+        q_ptr, k_ptr, offs_m, mask_m, D, sqm, sqd, skn, skd, BLOCK_M, BLOCK_D, SINGLE_D, UPCAST
+    )
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        acc = forward_tile_dot(
-            q_ptr,
-            k_ptr,
-            q,
-            start_n,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-            TMA,
+        offs_n, mask_n, acc = walk_tile(
+            operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, TMA
         )
         if PARTS == 1:
             total += _loss_part(acc, scale, bias, pid, start_n, N, DIAG, BLOCK_M, BLOCK_N, BLOCK_N)
@@ -362,9 +336,7 @@ def _weights_kernel(
     as one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j). TMA: q_ptr and
     k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (config
     "weights_wide")."""
-    pid_m = tl.program_id(0).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale = tl.load(scale_ptr).to(tl.float32)
     bias = tl.load(bias_ptr).to(tl.float32)
     args = (

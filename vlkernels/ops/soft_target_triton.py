@@ -43,10 +43,10 @@ from vlkernels.ops.triton_utils import (
     config,
     dot_precision,
     dot_tile,
-    forward_tile_dot,
     halves,
-    load_tile,
     partials_of,
+    row_block,
+    row_operands,
     split_dots,
     store_weights,
     target_arch,
@@ -55,6 +55,7 @@ from vlkernels.ops.triton_utils import (
     tma_ready,
     upcast,
     walk_grid,
+    walk_tile,
     weights_blocks,
     weights_tile_dot,
     wide_score_tiles,
@@ -107,21 +108,17 @@ def _stats_kernel(
     K_j>) with TEACHER k = 2: max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max')
     <Q_i, K_j>. PARTS (the self teacher only): each score tile's epilogue in that many column parts, one
     after the other (fewer registers: the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor
-    descriptors (``forward_tile_dot``)."""
+    descriptors (``walk_tile``)."""
     if DOT_PREC != "ieee":  # the D walks run: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
         tl.assume(DT > 0)
-    pid = tl.program_id(0).to(tl.int64)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     if TEACHER:
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_d = offs_d < D
-    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    if SINGLE_D:
-        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    operands = row_operands(
+        q_ptr, k_ptr, offs_m, mask_m, D, sqm, sqd, skn, skd, BLOCK_M, BLOCK_D, SINGLE_D, UPCAST
+    )
     # Student max/sum (m_s, l_s); teacher max/sum (m_t, l_t) and sum_j exp2(t2_j - m_t) <Q, K_j> (acc_w).
     m_s = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_s = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -129,31 +126,8 @@ def _stats_kernel(
     l_t = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_w = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
-        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
-        mask_n = offs_n < N
-        acc = forward_tile_dot(
-            q_ptr,
-            k_ptr,
-            q,
-            start_n,
-            offs_m,
-            offs_n,
-            mask_m,
-            mask_n,
-            offs_d,
-            mask_d,
-            D,
-            sqm,
-            sqd,
-            skn,
-            skd,
-            BLOCK_M,
-            BLOCK_N,
-            BLOCK_D,
-            SINGLE_D,
-            DOT_PREC,
-            UPCAST,
-            TMA,
+        offs_n, mask_n, acc = walk_tile(
+            operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, TMA
         )
         if not TEACHER:  # the self teacher: S' = S
             my_part = part_ptr + pid * N
@@ -553,9 +527,7 @@ def _weights_kernel(
     (``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program (i, j) does
     tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors; PARTS: see ``_weights_tile`` (the ds
     partials in column blocks of BLOCK_N / PARTS)."""
-    pid_m = tl.program_id(0).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
+    pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)
     ce = tl.load(cf_ptr)

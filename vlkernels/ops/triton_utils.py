@@ -35,6 +35,42 @@ def load_tile(ptr, offs_r, offs_d, mask_r, mask_d, s_r, s_d, UPCAST: tl.constexp
 
 
 @triton.jit
+def row_block(M, BLOCK_M: tl.constexpr):
+    """(program id along axis 0 as int64, its rows' offsets, their mask): the block of BLOCK_M rows that a
+    walk's program owns (int64 offsets: B x D beyond 2^31 elements)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    return pid, offs_m, offs_m < M
+
+
+@triton.jit
+def row_operands(
+    q_ptr,
+    k_ptr,
+    offs_m,
+    mask_m,
+    D,
+    sqm,
+    sqd,
+    skn,
+    skd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SINGLE_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """The operands of a one-pass walk's score tiles for its rows ``offs_m``, as one tuple for
+    ``walk_tile``: with SINGLE_D (D <= BLOCK_D) their feature tile q, loaded once for the whole walk (else
+    zeros, unused: ``score_tile`` loads D chunks)."""
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < D
+    q = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if SINGLE_D:
+        q = load_tile(q_ptr, offs_m, offs_d, mask_m, mask_d, sqm, sqd, UPCAST)
+    return (q_ptr, k_ptr, q, offs_m, mask_m, offs_d, mask_d, D, sqm, sqd, skn, skd)
+
+
+@triton.jit
 def round_to(x, dtype: tl.constexpr, EMULATE: tl.constexpr):
     """fp32 x in ``dtype``, rounded to nearest even. On a GPU the conversion rounds so (cvt.rn); Triton's
     interpreter truncates fp32 -> bf16 (its bf16 is bit slicing), so there (EMULATE: the launchers pass
@@ -194,22 +230,10 @@ def score_tile(
 
 
 @triton.jit
-def forward_tile_dot(
-    q_ptr,
-    k_ptr,
-    q,
+def walk_tile(
+    operands,
     col0,
-    offs_m,
-    offs_n,
-    mask_m,
-    mask_n,
-    offs_d,
-    mask_d,
-    D,
-    sqm,
-    sqd,
-    skn,
-    skd,
+    N,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -218,9 +242,12 @@ def forward_tile_dot(
     UPCAST: tl.constexpr,
     TMA: tl.constexpr,
 ):
-    """The scores of a one-pass forward's tile (rows ``offs_m`` of row block ``tl.program_id(0)``, columns
-    ``offs_n`` from ``col0``) in fp32: through tensor descriptors with TMA (``q_ptr`` / ``k_ptr`` are
-    descriptors then, ``forward_config``), else ``score_tile``."""
+    """(offs_n, mask_n, scores in fp32) of a one-pass walk's tile at columns col0 .. col0 + BLOCK_N of
+    ``operands`` (``row_operands``; rows of row block ``tl.program_id(0)``): through tensor descriptors with
+    TMA (the operands' q_ptr / k_ptr are descriptors then, ``forward_config``), else ``score_tile``."""
+    q_ptr, k_ptr, q, offs_m, mask_m, offs_d, mask_d, D, sqm, sqd, skn, skd = operands
+    offs_n = col0 + tl.arange(0, BLOCK_N).to(tl.int64)
+    mask_n = offs_n < N
     if TMA:
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         acc = desc_dot_tile(q_ptr, k_ptr, tl.program_id(0) * BLOCK_M, col0, D, BLOCK_D, acc, UPCAST)
@@ -247,7 +274,7 @@ def forward_tile_dot(
             DOT_PREC,
             UPCAST,
         )
-    return acc
+    return offs_n, mask_n, acc
 
 
 @triton.jit
