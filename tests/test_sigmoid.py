@@ -423,12 +423,37 @@ def test_memory_grows_linearly_with_batch(monkeypatch, impl):
     assert naive_large >= 12 * naive_small, (naive_small, naive_large)
 
 
-def _extra_bytes(batch, dim, dtype):
+def _extra_bytes(batch, dim, dtype, impl="triton"):
     img, txt = features(batch, dim, dtype, seed=batch)
     leaves = img.requires_grad_(), txt.requires_grad_(), torch.tensor(10.0, requires_grad=True), -3.0
     with PeakLive() as mode:
-        sigmoid_loss(*leaves, impl="triton").backward()
+        sigmoid_loss(*leaves, impl=impl).backward()
     return mode.peak - 2 * batch * dim * img.element_size()  # minus the two feature gradients
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_torch_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, dtype):
+    """The torch path's extra memory beyond the inputs and their gradients, forward and backward: at most
+    32 bytes per row plus the workspace budget, by the slope between two batch sizes (no fp32 copy of the
+    features, no fp32 [B, D] gradient buffers: before, 3 such buffers, 8 D + 4 D bytes per row). With a
+    budget of 1 MiB, B = 2048 takes the two-pass backward (its fp32 [B, D] accumulator would not fit half
+    of it), B = 512 the one-pass one."""
+    workspace = 2**20
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", "1")
+    dim = 96
+    small, large = (_extra_bytes(batch, dim, dtype, "torch") for batch in (512, 2048))
+    assert large <= 32 * 2048 + workspace and small <= 32 * 512 + workspace, (small, large)
+    assert (large - small) / (2048 - 512) <= 32, (small, large)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("workspace_mb", ["0", "256"])
+def test_torch_backward_passes_match(monkeypatch, dtype, workspace_mb):
+    """The one-pass backward (a G.T @ I accumulator in the workspace) and the two-pass one (no workspace:
+    column chunks of z.T for the text gradient) against float64, in every dtype, with small chunks."""
+    monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace_mb)
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "7")
+    check("torch", 37, 19, dtype=dtype, scale=20.0, bias=-4.0, grad_out=1.7)
 
 
 @pytest.mark.interpreter
