@@ -29,8 +29,9 @@ from tests._ref import (
 )
 from tests.test_contrastive import dominant_diagonal
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
+from vlkernels.ops.soft_target import hard_targets
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
-from vlkernels.ops.torch_utils import lse_nats, pack_lse
+from vlkernels.ops.torch_utils import lse_nats, pack_lse, weighted_row_sum
 from vlkernels.reference import distill_clip_loss_naive, soft_target_loss_naive
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -342,6 +343,37 @@ def test_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, impl, dtype, t_d
     for batch in sizes:
         extra = _extra_bytes(batch, 24, dtype, impl, t_dim)
         assert extra <= 32 * batch + workspace, (batch, extra)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_gathered_row_terms_convert_the_features_by_chunks(monkeypatch, eps):
+    """The gathered Function's O(b D) row terms: the pair-weighted feature sum (``weighted_row_sum``; also
+    sum_j e_j T_j over the B gathered texts in the backward) and the hard targets / s (``hard_targets``)
+    convert 16-bit features a chunk of rows at a time. Before, fp32 copies of the local features and, with
+    label smoothing, of all B gathered texts: 49 KiB each here, against a bound of a few chunks. Values
+    against float64, within fp32's accumulation error."""
+    monkeypatch.setenv("VLKERNELS_TORCH_CHUNK_ROWS", "8")
+    batch, dim = 257, 48
+    img, txt = features(batch, dim, torch.bfloat16, seed=3)
+    w = torch.rand(batch, generator=torch.Generator().manual_seed(5)) + 0.5
+    colsum_i, colsum_t = img.sum(0, dtype=torch.float32), txt.sum(0, dtype=torch.float32)
+    with PeakLive() as mode:
+        got_w = weighted_row_sum(w, img)
+        h_row, h_col = hard_targets(img, txt, eps, 1000, colsum_i, colsum_t)
+    chunk = 8 * dim * 4
+    assert mode.peak <= 6 * chunk + 3 * batch * 4 + 4 * dim, mode.peak
+    i64, t64 = img.double(), txt.double()
+    ci, ct = colsum_i.double(), colsum_t.double()
+    diag = (i64 * t64).sum(1)
+    wants = [
+        (got_w, w.double() @ i64, w.double() @ i64.abs()),
+        (h_row, (1 - eps) * diag + eps / 1000 * (i64 @ ct), (i64 * t64).abs().sum(1) + i64.abs() @ ct.abs()),
+        (h_col, (1 - eps) * diag + eps / 1000 * (t64 @ ci), (i64 * t64).abs().sum(1) + t64.abs() @ ci.abs()),
+    ]
+    for got, want, magnitude in wants:
+        assert got.dtype == torch.float32
+        # fp32 accumulation: at most n roundings of sums bounded by the magnitude (n = batch or dim)
+        assert ((got.double() - want).abs() <= 2.0**-23 * batch * magnitude + 1e-30).all()
 
 
 @pytest.mark.interpreter

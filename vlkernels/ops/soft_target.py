@@ -60,7 +60,15 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, lse_nats, pack_lse, row_chunks
+from vlkernels.ops.torch_utils import (
+    exact,
+    f32_rows,
+    first_order_only,
+    lse_nats,
+    pack_lse,
+    row_chunks,
+    weighted_row_sum,
+)
 
 Teacher = tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
 
@@ -136,14 +144,20 @@ class SoftTargetParams:
     hard_affine: tuple[float, float] | None = None
 
 
-def hard_targets(i32, t32, eps: float, batch: int, colsum_i, colsum_t):
+def hard_targets(image, text, eps: float, batch: int, colsum_i, colsum_t):
     """(H, H') / s for these rows: the label-smoothed target logits of each row and each column of S,
-    divided by s (``colsum_i`` / ``colsum_t``: column sums over all B images / texts)."""
-    diag = (i32 * t32).sum(1)
-    if not eps:
-        return diag, diag
-    h_row = (1.0 - eps) * diag + (eps / batch) * (i32 @ colsum_t)
-    h_col = (1.0 - eps) * diag + (eps / batch) * (t32 @ colsum_i)
+    divided by s (``colsum_i`` / ``colsum_t``: column sums over all B images / texts); fp32 [M], the
+    features converted a chunk of rows at a time (no fp32 copy of them)."""
+    h_row = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
+    h_col = torch.empty_like(h_row) if eps else h_row
+    for sl in row_chunks(image.shape[0], image.shape[1], image.device):
+        i_blk, t_blk = f32_rows(image, sl), f32_rows(text, sl)
+        diag = (i_blk * t_blk).sum(1)
+        if not eps:
+            h_row[sl] = diag
+            continue
+        h_row[sl] = (1.0 - eps) * diag + (eps / batch) * (i_blk @ colsum_t)
+        h_col[sl] = (1.0 - eps) * diag + (eps / batch) * (t_blk @ colsum_i)
     return h_row, h_col
 
 
@@ -274,9 +288,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         b, dim = image.shape
         batch = n * b
         own = slice(rank * b, (rank + 1) * b)
-        i32, t32 = image.float(), text.float()
         # One fp32 all-gather for the pair weights (needed for every column) and two D-vectors per rank.
-        meta = torch.cat([hard_w, soft_w, i32.sum(0), hard_w @ i32])
+        meta = torch.cat([hard_w, soft_w, image.sum(0, dtype=torch.float32), weighted_row_sum(hard_w, image)])
         meta_all, meta_work = _dist.gather(meta[None], group, async_op=True)
         texts, text_work = _dist.gather(text, group, async_op=True)
         teacher = None
@@ -318,7 +331,7 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             _gap_dot(soft_w, r_nat, scale, w) + _gap_dot(soft_w, c_own, scale, wc_own),
         ]
         if need_s:
-            h_row, h_col = hard_targets(i32, t32, eps, batch, colsum_i, colsum_t)
+            h_row, h_col = hard_targets(image, text, eps, batch, colsum_i, colsum_t)
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the
             # targets (H, the teacher-weighted sums) are s times s-free quantities: no division by s.
             wsc_own = wsc[own]
@@ -409,7 +422,7 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
                 a_t = h_t.mul_(g_col[:, :1]).add_(s_t.mul_(g_col[:, 1:]))
             u_t = torch.empty_like(a_i)
             work = _dist.reduce_scatter(u_t, a_t, group=group, async_op=True)
-            e_dot_t = e @ texts.float() if eps else None
+            e_dot_t = weighted_row_sum(e, texts) if eps else None
             u_i = subtract_hard_targets(a_i, e_own, eps, batch, colsum_t, e_dot_t)
             work.wait()
             subtract_hard_targets(u_t, e_own, eps, batch, colsum_i, coef * hsum_weighted)

@@ -56,6 +56,15 @@ def f32_rows(x: torch.Tensor, sl: slice) -> torch.Tensor:
     return x[sl].float()
 
 
+def weighted_row_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """sum_i w_i x_i (``w`` [M] fp32, ``x`` [M, D] any float dtype) in fp32 [D], converting ``x`` a chunk of
+    rows at a time: never an fp32 copy of the whole of ``x``."""
+    out = torch.zeros(x.shape[1], dtype=torch.float32, device=x.device)
+    for sl in row_chunks(x.shape[0], x.shape[1], x.device):
+        out.addmv_(f32_rows(x, sl).T, w[sl])
+    return out
+
+
 def matmul_f32(a32: torch.Tensor, b: torch.Tensor, transpose_b: bool, cols: int) -> torch.Tensor:
     """``a32 @ b.T`` (``transpose_b``) or ``a32 @ b`` in fp32, converting ``b`` (any float dtype, rows of
     the partner features) ``cols`` rows at a time: never an fp32 copy of the whole of ``b``."""
