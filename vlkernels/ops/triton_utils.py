@@ -243,8 +243,9 @@ def walk_tile(
     TMA: tl.constexpr,
 ):
     """(offs_n, mask_n, scores in fp32) of a one-pass walk's tile at columns col0 .. col0 + BLOCK_N of
-    ``operands`` (``row_operands``; rows of row block ``tl.program_id(0)``): through tensor descriptors with
-    TMA (the operands' q_ptr / k_ptr are descriptors then, ``forward_config``), else ``score_tile``."""
+    ``operands`` (``row_operands``): through tensor descriptors with TMA (the operands' q_ptr / k_ptr are
+    descriptors then, ``forward_config``, and the rows are row block ``tl.program_id(0)``), else
+    ``score_tile`` (any rows: the exact fallback's are gathered)."""
     q_ptr, k_ptr, q, offs_m, mask_m, offs_d, mask_d, D, sqm, sqd, skn, skd = operands
     offs_n = col0 + tl.arange(0, BLOCK_N).to(tl.int64)
     mask_n = offs_n < N
