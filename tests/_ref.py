@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import weakref
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from benchmarks.harness import PeakLive  # noqa: F401  (the tests' live-bytes tracker)
 
 # Per-dtype tolerances for comparing against the fp32 naive reference computed from the same inputs:
 # differences come from fp32 accumulation order and from rounding the gradients to the input dtype.
@@ -180,51 +180,6 @@ def g_rounding_bound(dtype, exact, weights, image, text, coef: float, scalars: i
         return torch.finfo(dtype).eps * (terms + grad.abs().max().item())
 
     return (0.0, feature(exact[1], weights, text), feature(exact[2], weights.T, image)) + (0.0,) * scalars
-
-
-_SET_STORAGE = {torch.ops.aten.set_.source_Storage, torch.ops.aten.set_.source_Storage_storage_offset}
-
-
-class PeakLive(TorchDispatchMode):
-    """Peak bytes of the storages that ops create and that are still referenced (a storage is freed when
-    the last tensor produced on it dies); views of tensors made before the mode are not counted."""
-
-    def __init__(self):
-        super().__init__()
-        self.live, self.peak, self.refs = 0, 0, {}
-
-    def _drop(self, key):
-        nbytes, count = self.refs[key]
-        if count == 1:
-            del self.refs[key]
-            self.live -= nbytes
-        else:
-            self.refs[key] = (nbytes, count - 1)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        # Outputs on an argument's storage are views (or in-place results) of it: not new memory.
-        on_args = {
-            t.untyped_storage().data_ptr()
-            for t in tree_flatten((args, kwargs))[0]
-            if isinstance(t, torch.Tensor) and t.device.type != "meta"
-        }
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            storage = t.untyped_storage()
-            key = storage.data_ptr()
-            if key == 0 or (key in on_args and key not in self.refs):
-                continue
-            if func in _SET_STORAGE and key not in self.refs:
-                continue  # a tensor set onto a storage made before the mode (Triton's interpreter does this)
-            nbytes, count = self.refs.get(key, (storage.nbytes(), 0))
-            if count == 0:
-                self.live += nbytes
-                self.peak = max(self.peak, self.live)
-            self.refs[key] = (nbytes, count + 1)
-            weakref.finalize(t, self._drop, key)
-        return out
 
 
 def pair_value(hi, lo):
