@@ -147,9 +147,9 @@ def diagonal_of(s: torch.Tensor, col0: int) -> torch.Tensor:
     a score from another rounding (a separate dot product) would leave an ulp of |S| in each row's loss,
     where torch's log_softmax keeps an ulp of the rest. Rows whose column is past N get 0 (as the Triton
     forward's)."""
-    idx = torch.arange(max(0, min(s.shape[0], s.shape[1] - col0)), device=s.device)
+    diag = s.diagonal(offset=col0)  # [min(rows, N - col0)], empty past N
     out = s.new_zeros(s.shape[0])
-    out[idx] = s[idx, idx + col0]
+    out[: diag.shape[0]] = diag
     return out
 
 
