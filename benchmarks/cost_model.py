@@ -182,9 +182,10 @@ class Launch:
 
 def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     """The soft-target statistics kernel on Q [M, D], K [N, D] (config ``cfg``), one pass: every program
-    walks all column tiles with the online row statistics (student LSE, teacher LSE, weighted sum) and
-    writes its column partials (max, sum, weighted sum per softmax: 3 floats per column, 5 with a
-    teacher), summed by torch; teacher None or (D', dtype label)."""
+    walks all column tiles with the online row statistics (student LSE, teacher LSE, weighted sums, the
+    soft gap's rest) and writes its column partials (the student's max and rest, the teacher's max and sum,
+    the two weighted sums: 4 floats per column for the self teacher, 6 with a separate one), merged by
+    torch (read once); teacher None or (D', dtype label)."""
     e, _, unit = DTYPES[dtype]
     bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     single = D <= bd
@@ -198,9 +199,9 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     # exp2 per element for the rows and for the columns, the online rescale per row and column tile (per
     # part of it: the self teacher's wide tiles, ``PARTS``)
     exps = 2 * M * N + M * C * cfg.get("PARTS", 1)
-    parts = 3 if teacher is None else 5
-    # outputs: the LSEs in float64 (two-part; a separate teacher's too), the weighted sums in fp32
-    outputs = (M + N) * (12 if teacher is None else 20)
+    parts = 4 if teacher is None else 6
+    # outputs: the LSEs in float64 (two-part; a separate teacher's too), the weighted sums and soft gaps fp32
+    outputs = (M + N) * (16 if teacher is None else 24)
     hbm = {"inputs": (M + N) * D * e, "outputs": outputs, "column partials": 2 * 4.0 * parts * P * N}
     column_bytes = N * D * e
     if teacher is not None:

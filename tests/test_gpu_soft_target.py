@@ -101,8 +101,9 @@ def test_int64_offsets_beyond_2_to_31_elements():
     k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
     scale = torch.tensor(20.0, device="cuda")
     # the statistics pass: rows online, every column of K as per-program partials (int64 stores)
-    lse, col_lse, t_lse, t_col_lse, wsum, _, _ = both_stats(q, k, scale, (q, k, scale))
+    lse, col_lse, t_lse, t_col_lse, wsum, _, _, gap, col_gap = both_stats(q, k, scale, (q, k, scale))
     assert torch.isfinite(lse).all() and torch.isfinite(wsum).all() and torch.isfinite(col_lse).all()
+    assert (gap >= 0).all() and (col_gap >= 0).all()
     torch.testing.assert_close(col_lse, t_col_lse)
     torch.testing.assert_close(lse, t_lse)
     # fp32 reference of the first 8 rows over all of K, in chunks of rows of K: the LSE and the
@@ -111,10 +112,13 @@ def test_int64_offsets_beyond_2_to_31_elements():
     s = torch.cat([scale * q[:8].float() @ c.float().T for c in k.split(1 << 18)], 1)
     ref_lse = torch.logsumexp(s, 1)
     ref_wsum = (torch.softmax(s, 1) * (s / scale)).sum(1)
+    ref_gap = ref_lse - (torch.softmax(s, 1) * s).sum(1)  # the soft gap: LSE - softmax-weighted score
     del s
     lse_nat = lse[:8] * math.log(2.0)  # the Triton backend's LSEs are in base 2
-    torch.testing.assert_close(lse_nat, ref_lse, rtol=0, atol=1e-4 * ref_lse.abs().max().item())
+    atol = 1e-4 * ref_lse.abs().max().item()
+    torch.testing.assert_close(lse_nat, ref_lse, rtol=0, atol=atol)
     torch.testing.assert_close(wsum[:8], ref_wsum, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gap[:8] * math.log(2.0), ref_gap, rtol=0, atol=atol)
     assert (wsum[:3] > 0.9).all(), wsum[:3]
     zeros = torch.zeros(rows, device="cuda")
     ones = torch.ones(64, device="cuda")

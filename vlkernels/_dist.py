@@ -13,6 +13,8 @@ import struct
 import torch
 import torch.distributed as dist
 
+LOG2E = 1.4426950408889634
+
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 IMPL_CODES = {"torch": 0, "triton": 1, "naive": 2}
@@ -106,13 +108,17 @@ def check_ranks(group, device: torch.device, fields: dict[str, int | float | tor
         )
 
 
-def merge_columns(lse_parts, weighted, extra, group, base2: bool = False):
+def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=None):
     """Merge per-rank partial column statistics over the ranks' rows.
 
     ``lse_parts``: per-rank partial log-sum-exps [B] (natural, or base 2 with ``base2``: the backend's
     units, kept); ``weighted``: (k, w) pairs where w [B] is a softmax-weighted sum normalised by the
-    partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed over ranks in the same all-reduce.
-    Returns (global LSEs, global weighted sums, summed extra)."""
+    partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed over ranks in the same all-reduce;
+    ``gaps``: None, or (k, g) with g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of the
+    student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as
+    ``torch_utils.merge_partials`` merges partial sums (sums of non-negative terms: a near one-hot
+    column keeps the precision of its partial gaps). Returns (global LSEs, global weighted sums, summed
+    extra, global gaps or None)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
     # in float64 where a part is (the student's two-part LSEs keep their precision); each result in its
@@ -122,12 +128,25 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False):
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
     scaled = [exp(part - peak[k]) for k, part in enumerate(lse_parts)]
     parts = scaled + [w * scaled[k] for k, w in weighted]
+    if gaps is not None:
+        k, g = gaps
+        c0 = lse_parts[0].to(wide)
+        top = c0 == peak[0]
+        # the other ranks' terms below the peak, each further rank at the peak, and the weighted gaps
+        parts += [torch.where(top, 0.0, scaled[0]), top.to(wide), (g.to(wide) + (peak[0] - c0)) * scaled[k]]
     buf = torch.cat([p.reshape(-1).to(wide) for p in parts] + [extra.to(wide)])
     dist.all_reduce(buf, group=group)
     sums = buf[: len(parts) * cols].view(len(parts), cols)
     lses = [(peak[k] + log(sums[k])).to(part.dtype) for k, part in enumerate(lse_parts)]
     sums_w = [(sums[len(lse_parts) + j] / sums[k]).to(w.dtype) for j, (k, w) in enumerate(weighted)]
-    return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype)
+    merged = None
+    if gaps is not None:
+        rest, tops, weighted_gaps = sums[-3], sums[-2], sums[-1]
+        lg = torch.log1p(rest + (tops - 1.0))
+        if base2:
+            lg = lg * LOG2E
+        merged = (lg + weighted_gaps / sums[gaps[0]]).to(gaps[1].dtype)
+    return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype), merged
 
 
 # --- ring (P2P) helpers of the sigmoid loss ---------------------------------------------------------

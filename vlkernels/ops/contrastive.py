@@ -158,7 +158,9 @@ class GatheredContrastiveFunction(torch.autograd.Function):
             colsum_i, colsum_t = image.sum(0, dtype=torch.float32), texts.sum(0, dtype=torch.float32)
         # this rank's rows and, for the columns, its diagonal scores (sum c comes from the merged c)
         local = loss_sum(r, r.new_zeros(x.shape), x, nats, scale, params.eps, batch, colsum_i, colsum_t)
-        (c,), _, rest = _dist.merge_columns([c_part], [], local.reshape(1), group, params.backend.lse_base2)
+        (c,), _, rest, _ = _dist.merge_columns(
+            [c_part], [], local.reshape(1), group, params.backend.lse_base2
+        )
         loss = ((rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))).float()
         ctx.save_for_backward(image, text, texts, scale, r, c)
         ctx.params = params

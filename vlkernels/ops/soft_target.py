@@ -15,13 +15,16 @@ A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``ac
 rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
 teacher, else ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x)``: the LSEs in float64
+- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x, g, g')``: the LSEs in float64
   (two-part, as the contrastive loss's: ops/contrastive.py), natural or, where the backend's
   ``lse_base2`` is True, in base 2 (the units of its kernels' exponents, which ``accumulate`` and
   ``gradients`` take back); r' is r (c' is c) for the self teacher; the weighted sums in fp32, unscaled
   (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s; x [M] fp32 the pass's own
   scores S[i, row0 + i] in the LSEs' units (the hard part's loss subtracts them from the LSEs:
-  ``hard_gaps``; None where ``row0`` is None: not computed). The Functions keep a separate teacher's r'
+  ``hard_gaps``; None where ``row0`` is None: not computed); the soft gaps g_i = r_i - s w_i and
+  g'_j = c_j - s w'_j in fp32, in the LSEs' units, each formed as two sums of non-negative terms
+  (``torch_utils.soft_partials``: near one-hot, r - s w would cancel to the small gap and keep an ulp of
+  |S|). The Functions keep a separate teacher's r'
   and c' packed as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the
   state fits 32 bytes per row), and ``accumulate`` and ``gradients`` take them so;
 - ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
@@ -196,12 +199,6 @@ def hard_gaps(r, c, x, nats: float, scale, eps: float, batch: int, smooth) -> to
     return gaps.float()
 
 
-def _gap_dot(w, lse, scale, x) -> torch.Tensor:
-    """sum_i w_i (lse_i - scale x_i) in fp32, each difference formed in the LSEs' dtype (float64 for the
-    student's) and rounded once."""
-    return torch.dot(w, (lse - scale * x).float())
-
-
 def _teacher(t_image, t_text, t_scale) -> Teacher:
     return None if t_image is None else (t_image, t_text, t_scale)
 
@@ -223,7 +220,7 @@ class SoftTargetFunction(torch.autograd.Function):
     def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
-        r, c, tr, tc, w_row, w_col, x = params.backend.stats(image, text, scale, teacher)
+        r, c, tr, tc, _, _, x, g_row, g_col = params.backend.stats(image, text, scale, teacher)
         packed = _packed(teacher, tr, tc)
         del tr, tc
         nats = lse_nats(params.backend)
@@ -240,9 +237,8 @@ class SoftTargetFunction(torch.autograd.Function):
             h = soft_w * xa + ya
         hard = torch.dot(h, gaps) * coef
         del h, gaps
-        r_nat, c_nat = (r * nats, c * nats) if nats != 1.0 else (r, c)  # natural logs for the loss
-        soft = (_gap_dot(soft_w, r_nat, scale, w_row) + _gap_dot(soft_w, c_nat, scale, w_col)) * coef
-        del r_nat, c_nat
+        soft = (torch.dot(soft_w, g_row) + torch.dot(soft_w, g_col)) * (nats * coef)
+        del g_row, g_col
         ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, *packed)
         ctx.params = params
         return hard, soft
@@ -304,17 +300,22 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         hsum_i = meta_all[:, 2 * b + dim :]
         need_s = ctx.needs_input_grad[2]
 
-        r, c_part, tr, tc_part, w, wc_part, x = backend.stats(image, texts, scale, teacher, rank * b)
+        r, c_part, tr, tc_part, w, wc_part, x, g, gc_part = backend.stats(
+            image, texts, scale, teacher, rank * b
+        )
         lse_parts, weighted = [c_part], [(0, wc_part)]
         if teacher is not None:
             lse_parts.append(tc_part)
             weighted = [(1, wc_part)]
             if need_s:
                 # d r_i / ds needs the student's own softmax-weighted sums: one more stats pass.
-                _, _, _, _, ws, ws_part, _ = backend.stats(image, texts, scale, None, row0=None)
+                ws, ws_part = backend.stats(image, texts, scale, None, row0=None)[4:6]
                 weighted.append((0, ws_part))
         empty = meta.new_empty(0)
-        lses, sums_w, _ = _dist.merge_columns(lse_parts, weighted, empty, group, backend.lse_base2)
+        soft_gaps = (len(lse_parts) - 1, gc_part)
+        lses, sums_w, _, gc = _dist.merge_columns(
+            lse_parts, weighted, empty, group, backend.lse_base2, soft_gaps
+        )
         c, tc, wc = lses[0], lses[-1], sums_w[0]
         if teacher is None:
             ws, wsc = w, wc
@@ -325,11 +326,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         nats = lse_nats(backend)
         smooth = smoothing_rows(image, text, colsum_i, colsum_t) if eps else None
         gaps = hard_gaps(r, c[own], x, nats, scale, eps, batch, smooth)
-        r_nat, c_own, wc_own = r * nats, c[own] * nats, wc[own]
-        parts = [
-            torch.dot(hard_w, gaps),
-            _gap_dot(soft_w, r_nat, scale, w) + _gap_dot(soft_w, c_own, scale, wc_own),
-        ]
+        wc_own = wc[own]
+        parts = [torch.dot(hard_w, gaps), (torch.dot(soft_w, g) + torch.dot(soft_w, gc[own])) * nats]
         if need_s:
             h_row, h_col = hard_targets(image, text, eps, batch, colsum_i, colsum_t)
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the

@@ -16,15 +16,16 @@ from __future__ import annotations
 import torch
 
 from vlkernels.ops.torch_utils import (
-    ColumnLSE,
+    ColumnSoft,
     chunk_rows,
     diagonal_of,
     f32_rows,
+    finish_partials,
     lse_at,
     matmul_f32,
     minus_lse_,
     row_chunks,
-    row_lse,
+    soft_rows,
     unpack_lse,
     workspace_bytes,
 )
@@ -61,39 +62,35 @@ class TorchSoftTargetBackend:
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
     def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
-        """(r, c, r', c', w, w', x) for S = scale * image @ text.T (image [M, D], text [N, D]): the
-        student's LSEs and a separate teacher's in float64 (``row_lse``, ``ColumnLSE``: the backward's
-        weights near 1 keep an ulp of 1), the weighted sums in fp32, x the pass's own scores S[i, row0 + i]
-        (``diagonal_of``; None for ``row0`` None)."""
+        """(r, c, r', c', w, w', x, g, g') for S = scale * image @ text.T (image [M, D], text [N, D]): the
+        student's LSEs and a separate teacher's in float64 (``soft_rows``: the backward's weights near 1
+        keep an ulp of 1), the weighted sums and the soft gaps in fp32, x the pass's own scores
+        S[i, row0 + i] (``diagonal_of``; None for ``row0`` None). The columns' statistics are formed per
+        chunk of rows and merged online (``ColumnSoft``)."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
         r = torch.empty(rows, dtype=torch.float64, device=dev)
         tr = r if teacher is None else torch.empty_like(r)
         w_row = torch.empty(rows, dtype=torch.float32, device=dev)
+        g_row = torch.empty_like(w_row)
         x = None if row0 is None else torch.empty_like(w_row)
-        student = ColumnLSE(n, dev, weighted=teacher is None)
-        soft = student if teacher is None else ColumnLSE(n, dev, weighted=True)  # the teacher's softmax
+        columns = ColumnSoft(n, dev, teacher is not None)
         for sl in row_chunks(rows, n, dev):
             d_blk = matmul_f32(f32_rows(image, sl), text, True, cols)
             s_blk = d_blk * scale
             if x is not None:
                 x[sl] = diagonal_of(s_blk, row0 + sl.start)
-            if teacher is None:
-                r[sl], w_row[sl] = row_lse(s_blk, d_blk)
-                student.add(s_blk, d_blk)
-            else:
-                r[sl], _ = row_lse(s_blk)
-                student.add(s_blk)
-                del s_blk
-                t_blk = self._teacher_block(teacher, sl, cols)
-                tr[sl], w_row[sl] = row_lse(t_blk, d_blk)
-                soft.add(t_blk, d_blk)
-        w_col = soft.weighted_mean()
-        c = student.lse()
-        del student  # its sums, before the teacher's LSEs
+            t_blk = None if teacher is None else self._teacher_block(teacher, sl, cols)
+            r[sl], tr_blk, w_row[sl], g_row[sl] = soft_rows(s_blk, d_blk, t_blk)
+            if teacher is not None:
+                tr[sl] = tr_blk
+            columns.add(s_blk, d_blk, t_blk)
+            del s_blk, d_blk, t_blk
+        c, tc, g_col, w_col = finish_partials(*columns.partials())
+        del columns
         if teacher is None:
-            return r, c, r, c, w_row, w_col, x
-        return r, c, tr, soft.lse(), w_row, w_col, x
+            return r, c, r, c, w_row, w_col, x, g_row, g_col
+        return r, c, tr, tc, w_row, w_col, x, g_row, g_col
 
     def _grad_block(self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, cols):
         """dL/dS for the rows ``sl`` of q (q32 their fp32 copy) against all of k, fp32 [rows, N]: W minus

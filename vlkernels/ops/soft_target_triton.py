@@ -37,7 +37,7 @@ import triton.language as tl
 from vlkernels._triton import interpret_mode
 from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch, split_lse
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
-from vlkernels.ops.torch_utils import lse_at, workspace_bytes
+from vlkernels.ops.torch_utils import finish_partials, lse_at, merge_into, new_partials, workspace_bytes
 from vlkernels.ops.triton_utils import (
     LOG2E,
     config,
@@ -73,6 +73,7 @@ def _stats_kernel(
     lse_ptr,
     t_lse_ptr,
     wsum_ptr,
+    gap_ptr,
     part_ptr,
     part_stride,
     M,
@@ -103,12 +104,16 @@ def _stats_kernel(
 ):
     """Row statistics of Q against all of K (module docstring). COLUMNS: also this program's column
     statistics over its rows, each column tile seen once, so exact without an online rescale (base 2,
-    [programs, N] each, part[k * part_stride + pid * N + j]): k = 0: max_i S2_ij, 1: sum_i exp2(S2_ij -
-    max), and for the teacher's softmax (S' = S without TEACHER, then k = 2: sum_i exp2(S2 - max) <Q_i,
-    K_j>) with TEACHER k = 2: max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max')
-    <Q_i, K_j>. PARTS (the self teacher only): each score tile's epilogue in that many column parts, one
-    after the other (fewer registers: the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor
-    descriptors (``walk_tile``)."""
+    [programs, N] each, part[k * part_stride + pid * N + j]): k = 0: max_i S2_ij, 1: the rest (``_rest``:
+    sum_i exp2(S2_ij - max) less one largest term), and for the teacher's softmax (S' = S without TEACHER,
+    then k = 2: sum_i exp2(S2 - max) (max - S2_ij), 3: sum_i exp2(S2 - max) <Q_i, K_j>) with TEACHER k = 2:
+    max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max') (max - S2_ij), 5: sum_i exp2(S'2 -
+    max') <Q_i, K_j>. The rows' soft gaps (``gap_ptr``, fp32): log2(1 + rest) + sum_j softmax_j(S'_i.)
+    (m_i - S2_ij), m_i the row's largest score, both sums of non-negative terms (docs/design.md, "Soft
+    gaps"; the online form shifts the second by the move of m times the teacher's sum so far). PARTS (the
+    self teacher only): each score tile's epilogue in that many column parts, one after the other (fewer
+    registers: the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor descriptors
+    (``walk_tile``)."""
     if DOT_PREC != "ieee":  # the D walks run: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
         tl.assume(DT > 0)
@@ -119,11 +124,14 @@ def _stats_kernel(
     operands = row_operands(
         q_ptr, k_ptr, offs_m, mask_m, D, sqm, sqd, skn, skd, BLOCK_M, BLOCK_D, SINGLE_D, UPCAST
     )
-    # Student max/sum (m_s, l_s); teacher max/sum (m_t, l_t) and sum_j exp2(t2_j - m_t) <Q, K_j> (acc_w).
+    # Student max/sum/rest (m_s, l_s, rest); teacher max/sum (m_t, l_t), sum_j exp2(t2_j - m_t) (m_s - s2_j)
+    # (acc_u) and sum_j exp2(t2_j - m_t) <Q, K_j> (acc_w).
     m_s = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_s = tl.zeros([BLOCK_M], dtype=tl.float32)
+    rest = tl.zeros([BLOCK_M], dtype=tl.float32)
     m_t = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_t = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_w = tl.zeros([BLOCK_M], dtype=tl.float32)
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n, mask_n, acc = walk_tile(
@@ -132,30 +140,80 @@ def _stats_kernel(
         if not TEACHER:  # the self teacher: S' = S
             my_part = part_ptr + pid * N
             if PARTS == 1:
-                m_t, l_t, acc_w = _self_epilogue(
-                    acc, m_t, l_t, acc_w, scale2, offs_n, mask_m, my_part, part_stride, N, COLUMNS
+                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
+                    acc,
+                    m_t,
+                    l_t,
+                    rest,
+                    acc_u,
+                    acc_w,
+                    scale2,
+                    offs_n,
+                    mask_m,
+                    my_part,
+                    part_stride,
+                    N,
+                    COLUMNS,
                 )
             else:  # four column parts of V
                 V: tl.constexpr = BLOCK_N // 4
                 offs_v = start_n + tl.arange(0, V).to(tl.int64)
                 h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
                 a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
-                m_t, l_t, acc_w = _self_epilogue(
-                    a0, m_t, l_t, acc_w, scale2, offs_v, mask_m, my_part, part_stride, N, COLUMNS
+                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
+                    a0, m_t, l_t, rest, acc_u, acc_w, scale2, offs_v, mask_m, my_part, part_stride, N, COLUMNS
                 )
-                m_t, l_t, acc_w = _self_epilogue(
-                    a1, m_t, l_t, acc_w, scale2, offs_v + V, mask_m, my_part, part_stride, N, COLUMNS
+                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
+                    a1,
+                    m_t,
+                    l_t,
+                    rest,
+                    acc_u,
+                    acc_w,
+                    scale2,
+                    offs_v + V,
+                    mask_m,
+                    my_part,
+                    part_stride,
+                    N,
+                    COLUMNS,
                 )
                 a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
-                m_t, l_t, acc_w = _self_epilogue(
-                    a0, m_t, l_t, acc_w, scale2, offs_v + 2 * V, mask_m, my_part, part_stride, N, COLUMNS
+                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
+                    a0,
+                    m_t,
+                    l_t,
+                    rest,
+                    acc_u,
+                    acc_w,
+                    scale2,
+                    offs_v + 2 * V,
+                    mask_m,
+                    my_part,
+                    part_stride,
+                    N,
+                    COLUMNS,
                 )
-                m_t, l_t, acc_w = _self_epilogue(
-                    a1, m_t, l_t, acc_w, scale2, offs_v + 3 * V, mask_m, my_part, part_stride, N, COLUMNS
+                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
+                    a1,
+                    m_t,
+                    l_t,
+                    rest,
+                    acc_u,
+                    acc_w,
+                    scale2,
+                    offs_v + 3 * V,
+                    mask_m,
+                    my_part,
+                    part_stride,
+                    N,
+                    COLUMNS,
                 )
         else:
-            # Padded columns: -inf in the exponents, but the dot products stay 0 there (0 * -inf is nan).
-            s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
+            # Padded columns: -inf in the exponents, but the dot products (and the raw scores) stay 0 there
+            # (0 * -inf is nan).
+            raw = acc * scale2
+            s2 = tl.where(mask_n[None, :], raw, float("-inf"))
             t_acc = dot_tile(
                 tq_ptr,
                 tk_ptr,
@@ -176,13 +234,17 @@ def _stats_kernel(
             )
             t2 = tl.where(mask_n[None, :], t_acc * t_scale2, float("-inf"))
             m_new = tl.maximum(m_s, tl.max(s2, axis=1))
-            l_s = l_s * tl.exp2(m_s - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
-            m_s = m_new
+            alpha_s = tl.exp2(m_s - m_new)
+            e_s = tl.exp2(s2 - m_new[:, None])
+            l_s = l_s * alpha_s + tl.sum(e_s, axis=1)
+            rest = _rest(rest, alpha_s, m_new > m_s, e_s)
             mt_new = tl.maximum(m_t, tl.max(t2, axis=1))
             alpha = tl.exp2(m_t - mt_new)
             e = tl.exp2(t2 - mt_new[:, None])
+            acc_u = _shifted(acc_u, m_new - m_s, l_t) * alpha + tl.sum(e * (m_new[:, None] - raw), axis=1)
             l_t = l_t * alpha + tl.sum(e, axis=1)
             acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
+            m_s = m_new
             m_t = mt_new
             if COLUMNS:
                 col = part_ptr + pid * N + offs_n
@@ -190,33 +252,81 @@ def _stats_kernel(
                 m_c = tl.where(mask_n, tl.max(s2_c, axis=0), 0.0)  # padded columns: -inf - 0, no nan
                 e_c = tl.exp2(s2_c - m_c[None, :])
                 tl.store(col, m_c, mask=mask_n)
-                tl.store(col + part_stride, tl.sum(e_c, axis=0), mask=mask_n)
+                tl.store(col + part_stride, _column_rest(e_c), mask=mask_n)
                 t2_c = tl.where(mask_m[:, None], t2, float("-inf"))
-                m_c = tl.where(mask_n, tl.max(t2_c, axis=0), 0.0)
-                e_c = tl.exp2(t2_c - m_c[None, :])
-                tl.store(col + 2 * part_stride, m_c, mask=mask_n)
+                mt_c = tl.where(mask_n, tl.max(t2_c, axis=0), 0.0)
+                e_c = tl.exp2(t2_c - mt_c[None, :])
+                tl.store(col + 2 * part_stride, mt_c, mask=mask_n)
                 tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
-                tl.store(col + 4 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
+                tl.store(col + 4 * part_stride, tl.sum(e_c * (m_c[None, :] - raw), axis=0), mask=mask_n)
+                tl.store(col + 5 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
     # the LSEs in float64: m + log2(l) formed there (module docstring, two-part LSEs)
     if TEACHER:
         tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + tl.log2(l_s).to(tl.float64), mask=mask_m)
         tl.store(t_lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
+        gap = _log2p1(_tied(rest, l_s)) + (acc_u / l_t).to(tl.float64)
     else:
         tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
+        gap = _log2p1(_tied(rest, l_t)) + (acc_u / l_t).to(tl.float64)
+    tl.store(gap_ptr + offs_m, gap.to(tl.float32), mask=mask_m)
 
 
 @triton.jit
-def _self_epilogue(acc, m_t, l_t, acc_w, scale2, offs_n, mask_m, part_ptr, part_stride, N, COLUMNS):
+def _rest(rest, alpha, moved, e):
+    """The running rest of a row's sum below its largest score (``_stats_kernel``): rescaled by alpha, the
+    former largest term (alpha) once the max ``moved``, and the tile's terms below 1. A second term of
+    exactly 1 (a tie) is left out here and restored at the end (``_tied``)."""
+    return rest * alpha + tl.where(moved, alpha, 0.0) + tl.sum(tl.where(e < 1.0, e, 0.0), axis=1)
+
+
+@triton.jit
+def _column_rest(e):
+    """A column tile's rest over its rows: sum_i e_ij less one term of 1 (``_tied`` for ties)."""
+    total = tl.sum(e, axis=0)
+    return _tied(tl.sum(tl.where(e < 1.0, e, 0.0), axis=0), total)
+
+
+@triton.jit
+def _tied(rest, total):
+    """The rest, or total - 1 where further terms of exactly 1 (ties of the largest score) were left out of
+    it (then total - 1 - rest >= ~1; without ties it is a rounding of the sum, < 2^-23 total)."""
+    return tl.where(total - 1.0 - rest > 0.5, total - 1.0, rest)
+
+
+@triton.jit
+def _shifted(acc_u, moved_by, l_t):
+    """sum_j p_j (m_old - s_j) + moved_by sum_j p_j: the teacher-weighted gaps so far against a max that
+    moved up by ``moved_by`` (0 before the first tile, where moved_by is inf)."""
+    return acc_u + tl.where(l_t > 0.0, moved_by * l_t, 0.0)
+
+
+@triton.jit
+def _log2p1(x):
+    """log2(1 + x) in float64 for fp32 x >= 0, accurate where 1 + x rounds (Goldberg's form)."""
+    x64 = x.to(tl.float64)
+    y = 1.0 + x64
+    den = tl.where(y == 1.0, 1.0, y - 1.0)
+    return tl.where(y == 1.0, x64 * 1.4426950408889634, tl.log2(y) * (x64 / den))
+
+
+@triton.jit
+def _self_epilogue(
+    acc, m_t, l_t, rest, acc_u, acc_w, scale2, offs_n, mask_m, part_ptr, part_stride, N, COLUMNS
+):
     """One score tile (or column part of it) of ``_stats_kernel`` with the self teacher, acc = <Q_i, K_j>
-    [rows, cols]: the rows' online max / sum / softmax-weighted sum of acc updated (returned); with COLUMNS
-    the columns' max, sum and weighted sum over the rows stored at part[k * part_stride + offs_n]."""
+    [rows, cols]: the rows' online max / sum / rest / softmax-weighted sums of (max - S2) and of acc
+    updated (returned); with COLUMNS the columns' max, rest and the two weighted sums over the rows stored
+    at part[k * part_stride + offs_n]."""
     mask_n = offs_n < N
-    # Padded columns: -inf in the exponents, but the dot products stay 0 there (0 * -inf is nan).
-    s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
+    # Padded columns: -inf in the exponents, but the dot products (and raw scores) stay 0 (0 * -inf is nan).
+    raw = acc * scale2
+    s2 = tl.where(mask_n[None, :], raw, float("-inf"))
     mt_new = tl.maximum(m_t, tl.max(s2, axis=1))
     alpha = tl.exp2(m_t - mt_new)
     e = tl.exp2(s2 - mt_new[:, None])
+    rest = _rest(rest, alpha, mt_new > m_t, e)
+    acc_u = _shifted(acc_u, mt_new - m_t, l_t) * alpha + tl.sum(e * (mt_new[:, None] - raw), axis=1)
     l_t = l_t * alpha + tl.sum(e, axis=1)
     acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
     if COLUMNS:
@@ -225,9 +335,10 @@ def _self_epilogue(acc, m_t, l_t, acc_w, scale2, offs_n, mask_m, part_ptr, part_
         m_c = tl.where(mask_n, tl.max(s2_c, axis=0), 0.0)  # padded columns: -inf - 0, no nan
         e_c = tl.exp2(s2_c - m_c[None, :])
         tl.store(col, m_c, mask=mask_n)
-        tl.store(col + part_stride, tl.sum(e_c, axis=0), mask=mask_n)
-        tl.store(col + 2 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
-    return mt_new, l_t, acc_w
+        tl.store(col + part_stride, _column_rest(e_c), mask=mask_n)
+        tl.store(col + 2 * part_stride, tl.sum(e_c * (m_c[None, :] - raw), axis=0), mask=mask_n)
+        tl.store(col + 3 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
+    return mt_new, l_t, rest, acc_u, acc_w
 
 
 @triton.jit
@@ -709,10 +820,10 @@ def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
 
 def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
     """One ``_stats_kernel`` launch: the row statistics of the first ``rows`` rows of q (default all) into
-    ``outs`` = (lse, t_lse, wsum), and with ``part`` ([parts, programs, N] fp32) the column partials."""
+    ``outs`` = (lse, t_lse, wsum, gap), and with ``part`` ([parts, programs, N] fp32) the column partials."""
     m = q.shape[0] if rows is None else rows
     meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher)
-    lse, t_lse, wsum = outs
+    lse, t_lse, wsum, gap = outs
     t_scale = scale if teacher is None else teacher[2]
     q_arg, k_arg = tile_operands(q, k, meta)
     _stats_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
@@ -725,6 +836,7 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
         lse,
         t_lse,
         wsum,
+        gap,
         lse if part is None else part,
         0 if part is None else part.stride(0),
         m,
@@ -741,59 +853,48 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
     )
 
 
-def _merge(run, new):
-    """Merge two column statistics (max, then sums below it: the sum, optionally the weighted sum) in base
-    2 (``run`` None: ``new``)."""
-    if run is None:
-        return new
-    top = torch.maximum(run[0], new[0])
-    a, b = torch.exp2(run[0] - top), torch.exp2(new[0] - top)
-    return (top, *(x * a + y * b for x, y in zip(run[1:], new[1:], strict=True)))
-
-
-def _column_stats(part, programs: int, k0: int, sums: int):
-    """(max, ``sums`` sums below it) of one softmax over the programs' partials part[k0:k0 + 1 + sums]."""
-    mx = part[k0, :programs]
-    top = mx.max(0).values
-    w = torch.exp2(mx - top)
-    return (top, *((part[k0 + 1 + i, :programs] * w).sum(0) for i in range(sums)))
+def _column_parts(part, programs: int, teacher: bool) -> tuple:
+    """The programs' column partials (``_stats_kernel``'s part rows) as ``torch_utils.merge_partials``
+    takes them: (m, rest, m', l', u, w), [programs, N] views (m', l' None for the self teacher)."""
+    rows = part[:, :programs]
+    if teacher:
+        return tuple(rows)
+    return rows[0], rows[1], None, None, rows[2], rows[3]
 
 
 def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
-    """(r, c, r', c', w, w', x) of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
-    kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the weighted sums in
-    fp32, x the pass's own diagonal scores S2[i, row0 + i] in fp32 (base 2; None for ``row0`` None), in
-    one pass over the tiles:
-    the rows online; the columns as per-program (max, sum, weighted sum) partials, exact within a program
-    (each column tile is seen once), merged in a fixed order (deterministic, no atomics)."""
+    """(r, c, r', c', w, w', x, g, g') of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
+    kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the weighted sums and
+    the soft gaps (``torch_utils.soft_rows``) in fp32, x the pass's own diagonal scores S2[i, row0 + i] in
+    fp32 (base 2; None for ``row0`` None), in one pass over the tiles: the rows online; the columns as
+    per-program partials, exact within a program (each column tile is seen once), merged in a fixed order
+    (``torch_utils.merge_into``, in column slabs: deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
     dev = q.device
-    parts = 3 if teacher is None else 5
+    parts = 4 if teacher is None else 6
     meta, _ = _launch_meta(q, k, teacher)
     r = torch.empty(m, dtype=torch.float64, device=dev)
     tr = r if teacher is None else torch.empty_like(r)
     w = torch.empty(m, dtype=torch.float32, device=dev)
-    step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
+    g = torch.empty_like(w)
+    # the partials and, beside them, the merge's temporaries (a slab of columns at a time)
+    step = forward_rows_per_launch(m, (parts + 1) * n, meta["BLOCK_M"], workspace_bytes())
     part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
-    stu = tea = None
+    run = new_partials(n, teacher is not None, dev)
     for r0 in range(0, m, step):
         rows = min(step, m - r0)
         t = None if teacher is None else (teacher[0][r0:], teacher[1], teacher[2])
-        _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:]), part, rows=rows)
+        _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:], g[r0:]), part, rows=rows)
         programs = triton.cdiv(rows, meta["BLOCK_M"])
-        if teacher is None:
-            stu = _merge(stu, _column_stats(part, programs, 0, 2))
-        else:  # the student's (max, sum); the teacher's (max, sum, weighted sum)
-            stu = _merge(stu, _column_stats(part, programs, 0, 1))
-            tea = _merge(tea, _column_stats(part, programs, 2, 2))
+        merge_into(run, _column_parts(part, programs, teacher is not None), r0 == 0, base2=True)
     del part
+    c, tc, g_col, w_col = finish_partials(*run, base2=True)
+    del run
     # the student's scores as the pass's tiles formed them (row0 None: not wanted)
     x = None if row0 is None else diagonal(q, k, scale, meta, row0)
-    c = stu[1].double().log2_().add_(stu[0])  # float64: each column's max + log2 of its sum below it
     if teacher is None:
-        return r, c, r, c, w, stu[2] / stu[1], x
-    tc = tea[1].double().log2_().add_(tea[0])
-    return r, c, tr, tc, w, tea[2] / tea[1], x
+        return r, c, r, c, w, w_col, x, g, g_col
+    return r, c, tr, tc, w, w_col, x, g, g_col
 
 
 def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
@@ -897,9 +998,9 @@ class TritonSoftTargetBackend:
     lse_base2 = True
 
     def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
-        """(r, c, r', c', w, w', x) for S = scale * image @ text.T (image [M, D], text [N, D]): the LSEs in
-        base 2, float64; the weighted sums fp32; the diagonal scores at columns ``row0`` + i
-        (``both_stats``)."""
+        """(r, c, r', c', w, w', x, g, g') for S = scale * image @ text.T (image [M, D], text [N, D]): the
+        LSEs in base 2, float64; the weighted sums and soft gaps fp32; the diagonal scores at columns
+        ``row0`` + i (``both_stats``)."""
         scale = _f32(scale.detach())
         if teacher is not None:
             t_image, t_text, t_scale = teacher

@@ -12,6 +12,7 @@ import torch
 
 # A CPU cap on the elements of one fp32 chunk of S (cache-friendly; the workspace bounds it elsewhere).
 _CPU_CHUNK_ELEMS = 1 << 22
+LOG2E = 1.4426950408889634
 
 
 def env_number(name: str, default: str, minimum: float, integer: bool = False) -> float:
@@ -139,6 +140,165 @@ def row_lse(s: torch.Tensor, y: torch.Tensor | None = None):
     den = e.sum(1)
     lse = den.double().log_().add_(m.double())
     return lse, None if y is None else e.mul_(y).sum(1).div_(den)
+
+
+def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None):
+    """Soft-target sums over each row of the fp32 chunk ``s`` [rows, N] of scores (any strides: the
+    columns' take ``s.T``), natural logs: (m, l, rest, m', l', u, w) in fp32 [rows] with m the row's largest
+    score, l = sum_j exp(s_ij - m), rest the same less one largest term (exactly 1), m' and l' the
+    teacher's (``t``, its scores; None for the self teacher: m' is None, the weights are the student's
+    own and l' is l), and under the teacher's weights p_ij = exp(t_ij - m'): u = sum_j p_ij (m - s_ij)
+    and w = sum_j p_ij d_ij of the dot products ``d``. Every term is non-negative, so that the soft gap
+    log1p(rest) + u / l' (the row's LSE less its teacher-softmax-weighted score) keeps a few ulps of
+    itself near one-hot, where LSE - sum p S cancels to the rest and keeps an ulp of |S| (docs/design.md,
+    "Soft gaps"). At most two [rows, N] temporaries beside the inputs."""
+    m = finite_or_zero(s.amax(1))
+    e = torch.sub(s, m[:, None]).exp_()
+    den = e.sum(1)
+    if t is None:
+        t_max, t_den, weights = None, den, e
+    else:
+        rest = e.scatter_(1, s.argmax(1, keepdim=True), 0.0).sum(1)  # every term but one largest
+        t_max = finite_or_zero(t.amax(1))
+        weights = torch.sub(t, t_max[:, None], out=e).exp_()
+        t_den = weights.sum(1)
+    gap = torch.sub(m[:, None], s)  # m - s >= 0, exactly 0 at the largest score
+    u = gap.mul_(weights).sum(1)
+    w = torch.mul(weights, d, out=gap).sum(1)
+    del gap, weights
+    if t is None:
+        rest = e.scatter_(1, s.argmax(1, keepdim=True), 0.0).sum(1)
+    return m, den, rest, t_max, t_den, u, w
+
+
+def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None):
+    """(r, r', w, g) of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the LSEs in
+    float64 as ``row_lse`` forms them (r' is r for the self teacher), the teacher-softmax-weighted mean of
+    the dot products w and the soft gap g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both
+    fp32."""
+    m, den, rest, t_max, t_den, u, w = soft_partials(s, d, t)
+    r = den.double().log_().add_(m.double())
+    tr = r if t is None else t_den.double().log_().add_(t_max.double())
+    g = torch.log1p(rest.double()).add_(u.div_(t_den)).float()
+    return r, tr, w.div_(t_den), g
+
+
+def merge_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
+    """Merge K partial soft-target sums over disjoint sets of rows, each [K, cols] fp32 (``soft_partials``'
+    (m, rest, m', l', u, w), l left out; m' and l' None for the self teacher, whose l' is 1 + rest), in a
+    fixed order; natural logs, or base 2 with ``base2``. Returns the same six over all the rows [cols]:
+    with M = max_k m_k, a_k = exp(m_k - M) and b_k the teacher's (a_k for the self teacher),
+
+        rest = sum_k (rest_k if m_k = M else (1 + rest_k) a_k) + (#{k: m_k = M} - 1),
+        u = sum_k (u_k + (M - m_k) l'_k) b_k,  w = sum_k w_k b_k,
+
+    sums of non-negative terms only (a near one-hot column keeps the precision of its parts)."""
+    exp = torch.exp2 if base2 else torch.exp
+    top_m = m.amax(0)
+    a = exp(m - top_m)
+    top = m == top_m
+    whole = (rest + 1.0).mul_(a)  # each part's sum at the merged max
+    rest_all = torch.where(top, rest, whole).sum(0).add_(top.sum(0) - 1)
+    if t_max is None:
+        top_t, b, t_all, weights = None, a, None, whole
+    else:
+        top_t = t_max.amax(0)
+        b = exp(t_max - top_t)
+        weights = t_den * b
+        t_all = weights.sum(0)
+    u_all = torch.sub(top_m, m).mul_(weights).add_(u * b).sum(0)
+    return top_m, rest_all, top_t, t_all, u_all, (w * b).sum(0)
+
+
+def finish_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
+    """(c, c', g, w) from merged partial sums (``merge_partials``' [cols]): the LSE m + log1p(rest) and the
+    teacher's m' + log(l') in float64 (c' None for the self teacher), the soft gap log1p(rest) + u / l'
+    and the weighted mean w / l' in fp32."""
+    lg = torch.log1p(rest.double())
+    log = torch.log
+    if base2:
+        lg, log = lg.mul_(LOG2E), torch.log2
+    den = rest.double() + 1.0 if t_max is None else t_den.double()
+    tc = None if t_max is None else log(den).add_(t_max.double())
+    return lg + m.double(), tc, (u / den).add_(lg).float(), (w / den).float()
+
+
+class ColumnSoft:
+    """Soft-target sums of the columns of fp32 chunks of rows of S [rows, N], merged online in place (the
+    torch backend's columns; ``merge_partials``' sums, the chunks added one at a time at the merged max):
+    per column the largest score so far m, the rest below it, the teacher's m' and l' (a separate
+    teacher; else the student's weights, whose l' is 1 + rest), u and w (``soft_partials``): 16 bytes per
+    column, 24 with a teacher, and a few [N] temporaries while a chunk is added."""
+
+    def __init__(self, n: int, device: torch.device, teacher: bool):
+        self.m = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
+        self.rest, self.u, self.w = (torch.zeros_like(self.m) for _ in range(3))
+        self.t_max = torch.full_like(self.m, float("-inf")) if teacher else None
+        self.t_den = torch.zeros_like(self.m) if teacher else None
+
+    def add(self, s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None) -> None:
+        """Merge the chunk of scores ``s`` (its dot products ``d``; the teacher's scores ``t``, None for
+        the self teacher), each [rows, N]; ``t`` is overwritten."""
+        top = torch.maximum(finite_or_zero(s.amax(0)), self.m)
+        moved = top > self.m
+        a = torch.sub(self.m, top).exp_()  # the running sums' rescale (0 before the first chunk)
+        first = torch.isinf(self.m)
+        e = torch.sub(s, top).exp_()
+        gap = torch.sub(top, s)  # M - s >= 0, exactly 0 at the largest score
+        if self.t_max is None:
+            # the weights are the student's own, l' = 1 + rest: u shifts by the max's move times l'
+            shift = torch.where(first, 0.0, (top - self.m).mul_(self.rest + 1.0))
+            self.u.add_(shift).mul_(a).add_(gap.mul_(e).sum(0))
+            self.w.mul_(a).add_(torch.mul(e, d, out=gap).sum(0))
+        else:
+            t_top = torch.maximum(finite_or_zero(t.amax(0)), self.t_max)
+            b = torch.sub(self.t_max, t_top).exp_()
+            shift = torch.where(first, 0.0, (top - self.m).mul_(self.t_den))
+            p = t.sub_(t_top).exp_()
+            self.u.add_(shift).mul_(b).add_(gap.mul_(p).sum(0))
+            self.w.mul_(b).add_(torch.mul(p, d, out=gap).sum(0))
+            self.t_den.mul_(b).add_(p.sum(0))
+            self.t_max = t_top
+        del gap
+        # the rest: the former largest term joins it where the max moved, and every term of the chunk but
+        # one largest where the max is the chunk's own (a tie with an earlier chunk's max counts whole)
+        idx = s.argmax(0, keepdim=True)
+        e.scatter_(0, idx, torch.where(moved, 0.0, e.gather(0, idx)[0])[None])
+        self.rest = torch.where(moved, (self.rest + 1.0).mul_(a), self.rest).add_(e.sum(0))
+        self.m = top
+
+    def partials(self) -> tuple:
+        """``merge_partials``' six (m, rest, m', l', u, w) of the columns so far."""
+        return self.m, self.rest, self.t_max, self.t_den, self.u, self.w
+
+
+# Column slabs of the partial merges: their temporaries stay a fraction of the partials' memory.
+MERGE_SLABS = 16
+
+
+def new_partials(n: int, teacher: bool, device) -> tuple:
+    """Running merged soft-target sums of ``n`` columns (``merge_partials``' six, fp32; None: absent)."""
+    return tuple(
+        None if k in (2, 3) and not teacher else torch.empty(n, dtype=torch.float32, device=device)
+        for k in range(6)
+    )
+
+
+def merge_into(run, parts, fresh: bool, base2: bool = False, col0: int = 0) -> None:
+    """Merge ``parts`` (``merge_partials``' six, [K, cols] each, None where absent) over its K, and unless
+    ``fresh`` with the running sums ``run`` (``new_partials``) at columns col0 .. col0 + cols, into
+    ``run`` there, in column slabs (temporaries of a slab's size)."""
+    cols = parts[0].shape[1]
+    slab = max(1, -(-cols // MERGE_SLABS))
+    for j in range(0, cols, slab):
+        here = slice(col0 + j, col0 + j + slab)
+        new = merge_partials(*(None if p is None else p[:, j : j + slab] for p in parts), base2=base2)
+        if not fresh:
+            pairs = zip(run, new, strict=True)
+            new = merge_partials(*(None if a is None else torch.stack((a[here], b)) for a, b in pairs), base2)
+        for dst, src in zip(run, new, strict=True):
+            if dst is not None:
+                dst[here] = src
 
 
 def diagonal_of(s: torch.Tensor, col0: int) -> torch.Tensor:
