@@ -86,7 +86,7 @@ KERNELS = {
 SIGMOID_MODULE = "vlkernels.ops.sigmoid_triton"
 SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_weights_kernel": "sigmoid_weights"}
 SOFT_MODULE = "vlkernels.ops.soft_target_triton"
-SOFT_KERNELS = {"_stats_kernel": "stats", "_weights_kernel": "st_weights"}
+SOFT_KERNELS = {"_stats_kernel": "stats", "_merge_kernel": "st_merge", "_weights_kernel": "st_weights"}
 TEACHER_D = 768
 # The sigmoid calls of the "test" grid (each launches the forward, the weights kernel and the shared GEMMs),
 # within CI's time: the single-D forward (D = 64, IEEE fp32 included), the chunked one (D = 256 / 1024:
@@ -196,7 +196,8 @@ def variant_ids(call: Call) -> list[str]:
     # targets, dI stored in the features' dtype, dT accumulated) and the gathered path's products (W,
     # fp32 outputs)
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-    ids = [f"stats/{base}{t}", f"st_diag/{base}{t}", f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
+    ids = [f"stats/{base}{t}", f"st_merge/{base}{t}", f"st_diag/{base}{t}"]
+    ids += [f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
     ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
     if call.dtype in ("bf16", "fp16"):
         ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
@@ -543,7 +544,7 @@ def compile_all(by_arch: dict, jobs: int = 2) -> dict:
             unique.setdefault((rec["spec"], int(arch)), rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
     weight = {"st_weights": 3, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2}
-    weight.update(lse=1, diag=1, st_diag=1, matmul=1, sigmoid_loss=1)
+    weight.update(lse=1, diag=1, st_diag=1, st_merge=1, matmul=1, sigmoid_loss=1)
 
     def cost(item):
         cfg = item[1]["config"]

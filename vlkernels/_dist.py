@@ -116,7 +116,7 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=N
     partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed over ranks in the same all-reduce;
     ``gaps``: None, or (k, g) with g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of the
     student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as
-    ``torch_utils.merge_partials`` merges partial sums (sums of non-negative terms: a near one-hot
+    the statistics merge partial sums (``ColumnSoft``; sums of non-negative terms: a near one-hot
     column keeps the precision of its partial gaps). Returns (global LSEs, global weighted sums, summed
     extra, global gaps or None)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)

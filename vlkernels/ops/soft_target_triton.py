@@ -37,7 +37,7 @@ import triton.language as tl
 from vlkernels._triton import interpret_mode
 from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch, split_lse
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
-from vlkernels.ops.torch_utils import finish_partials, lse_at, merge_into, new_partials, workspace_bytes
+from vlkernels.ops.torch_utils import finish_partials, lse_at, workspace_bytes
 from vlkernels.ops.triton_utils import (
     LOG2E,
     config,
@@ -339,6 +339,85 @@ def _self_epilogue(
         tl.store(col + 2 * part_stride, tl.sum(e_c * (m_c[None, :] - raw), axis=0), mask=mask_n)
         tl.store(col + 3 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
     return mt_new, l_t, rest, acc_u, acc_w
+
+
+@triton.jit
+def _merge_kernel(
+    part_ptr,
+    part_stride,
+    run_ptr,
+    programs,
+    N,
+    TEACHER: tl.constexpr,
+    FRESH: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """Merge the column partials of ``programs`` statistics programs (part[k * part_stride + p * N + j],
+    ``_stats_kernel``'s rows k) in program order and, unless FRESH, the running sums run[k * N + j] (of the
+    launches before, the same rows k) into run, BLOCK columns per program. With M the largest of the
+    partial maxima m_p, a_p = exp2(m_p - M), b_p the teacher's rescale (a_p for the self teacher, whose
+    sums are 1 + rest):
+
+        rest = sum_p (rest_p if m_p = M else (1 + rest_p) a_p) + (#{p: m_p = M} - 1),
+        l' = sum_p l'_p b_p,  u = sum_p (u_p + (M - m_p) l'_p) b_p,  w = sum_p w_p b_p:
+
+    sums of non-negative terms only, so a near one-hot column keeps the precision of its parts
+    (docs/design.md, "Soft gaps"). Two passes over the partials, the first over their maxima; a fixed
+    order, no atomics."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    mask = offs < N
+    top = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    t_top = tl.full([BLOCK], float("-inf"), dtype=tl.float32)
+    if not FRESH:
+        top = tl.load(run_ptr + offs, mask=mask, other=0.0)
+        if TEACHER:
+            t_top = tl.load(run_ptr + 2 * N + offs, mask=mask, other=0.0)
+    row = part_ptr + offs  # program p's partials, p = 0, 1, ... (64-bit pointer steps of N)
+    for _ in range(programs):
+        top = tl.maximum(top, tl.load(row, mask=mask, other=0.0))
+        if TEACHER:
+            t_top = tl.maximum(t_top, tl.load(row + 2 * part_stride, mask=mask, other=0.0))
+        row += N
+    zero = tl.zeros([BLOCK], dtype=tl.float32)
+    sums = (zero, zero, zero, zero, zero)  # rest, partials at the max, l', u, w
+    if not FRESH:
+        sums = _merge_part(run_ptr + offs, N, mask, top, t_top, sums, TEACHER)
+    row = part_ptr + offs
+    for _ in range(programs):
+        sums = _merge_part(row, part_stride, mask, top, t_top, sums, TEACHER)
+        row += N
+    rest, tops, t_sum, u, w = sums
+    k_u: tl.constexpr = 4 if TEACHER else 2
+    tl.store(run_ptr + offs, top, mask=mask)
+    tl.store(run_ptr + N + offs, rest + (tops - 1.0), mask=mask)
+    if TEACHER:
+        tl.store(run_ptr + 2 * N + offs, t_top, mask=mask)
+        tl.store(run_ptr + 3 * N + offs, t_sum, mask=mask)
+    tl.store(run_ptr + k_u * N + offs, u, mask=mask)
+    tl.store(run_ptr + (k_u + 1) * N + offs, w, mask=mask)
+
+
+@triton.jit
+def _merge_part(src, stride, mask, top, t_top, sums, TEACHER: tl.constexpr):
+    """``_merge_kernel``'s sums with one more partial (its rows k at src + k * stride)."""
+    rest, tops, t_sum, u, w = sums
+    k_u: tl.constexpr = 4 if TEACHER else 2
+    m = tl.load(src, mask=mask, other=0.0)
+    r = tl.load(src + stride, mask=mask, other=0.0)
+    a = tl.exp2(m - top)
+    at_top = m == top
+    rest += tl.where(at_top, r, (1.0 + r) * a)
+    tops += at_top.to(tl.float32)
+    if TEACHER:
+        l_p = tl.load(src + 3 * stride, mask=mask, other=0.0)
+        b = tl.exp2(tl.load(src + 2 * stride, mask=mask, other=0.0) - t_top)
+        t_sum += l_p * b
+    else:
+        l_p = 1.0 + r
+        b = a
+    u += (tl.load(src + k_u * stride, mask=mask, other=0.0) + (top - m) * l_p) * b
+    w += tl.load(src + (k_u + 1) * stride, mask=mask, other=0.0) * b
+    return rest, tops, t_sum, u, w
 
 
 @triton.jit
@@ -853,13 +932,18 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
     )
 
 
-def _column_parts(part, programs: int, teacher: bool) -> tuple:
-    """The programs' column partials (``_stats_kernel``'s part rows) as ``torch_utils.merge_partials``
-    takes them: (m, rest, m', l', u, w), [programs, N] views (m', l' None for the self teacher)."""
-    rows = part[:, :programs]
-    if teacher:
-        return tuple(rows)
-    return rows[0], rows[1], None, None, rows[2], rows[3]
+# Columns per program of ``_merge_kernel``.
+_MERGE_BLOCK = 256
+
+
+def _merge_columns(part, programs: int, run, teacher: bool, fresh: bool) -> None:
+    """Merge the first ``programs`` programs' column partials in ``part`` (and unless ``fresh`` the sums
+    in ``run``, [parts, N] fp32) into ``run`` (``_merge_kernel``)."""
+    n = run.shape[1]
+    block = 64 if interpret_mode() else _MERGE_BLOCK
+    _merge_kernel[(triton.cdiv(n, block),)](
+        part, part.stride(0), run, programs, n, TEACHER=teacher, FRESH=fresh, BLOCK=block
+    )
 
 
 def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
@@ -868,7 +952,7 @@ def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
     the soft gaps (``torch_utils.soft_rows``) in fp32, x the pass's own diagonal scores S2[i, row0 + i] in
     fp32 (base 2; None for ``row0`` None), in one pass over the tiles: the rows online; the columns as
     per-program partials, exact within a program (each column tile is seen once), merged in a fixed order
-    (``torch_utils.merge_into``, in column slabs: deterministic, no atomics)."""
+    (``_merge_kernel``: deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
     dev = q.device
     parts = 4 if teacher is None else 6
@@ -877,19 +961,18 @@ def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
     tr = r if teacher is None else torch.empty_like(r)
     w = torch.empty(m, dtype=torch.float32, device=dev)
     g = torch.empty_like(w)
-    # the partials and, beside them, the merge's temporaries (a slab of columns at a time)
-    step = forward_rows_per_launch(m, (parts + 1) * n, meta["BLOCK_M"], workspace_bytes())
+    step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
     part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
-    run = new_partials(n, teacher is not None, dev)
+    run = torch.empty((parts, n), dtype=torch.float32, device=dev)  # the columns' sums so far
     for r0 in range(0, m, step):
         rows = min(step, m - r0)
         t = None if teacher is None else (teacher[0][r0:], teacher[1], teacher[2])
         _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:], g[r0:]), part, rows=rows)
-        programs = triton.cdiv(rows, meta["BLOCK_M"])
-        merge_into(run, _column_parts(part, programs, teacher is not None), r0 == 0, base2=True)
+        _merge_columns(part, triton.cdiv(rows, meta["BLOCK_M"]), run, teacher is not None, r0 == 0)
     del part
-    c, tc, g_col, w_col = finish_partials(*run, base2=True)
-    del run
+    sums = tuple(run) if teacher is not None else (run[0], run[1], None, None, run[2], run[3])
+    c, tc, g_col, w_col = finish_partials(*sums, base2=True)
+    del run, sums
     # the student's scores as the pass's tiles formed them (row0 None: not wanted)
     x = None if row0 is None else diagonal(q, k, scale, meta, row0)
     if teacher is None:

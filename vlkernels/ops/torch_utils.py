@@ -183,35 +183,9 @@ def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None):
     return r, tr, w.div_(t_den), g
 
 
-def merge_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
-    """Merge K partial soft-target sums over disjoint sets of rows, each [K, cols] fp32 (``soft_partials``'
-    (m, rest, m', l', u, w), l left out; m' and l' None for the self teacher, whose l' is 1 + rest), in a
-    fixed order; natural logs, or base 2 with ``base2``. Returns the same six over all the rows [cols]:
-    with M = max_k m_k, a_k = exp(m_k - M) and b_k the teacher's (a_k for the self teacher),
-
-        rest = sum_k (rest_k if m_k = M else (1 + rest_k) a_k) + (#{k: m_k = M} - 1),
-        u = sum_k (u_k + (M - m_k) l'_k) b_k,  w = sum_k w_k b_k,
-
-    sums of non-negative terms only (a near one-hot column keeps the precision of its parts)."""
-    exp = torch.exp2 if base2 else torch.exp
-    top_m = m.amax(0)
-    a = exp(m - top_m)
-    top = m == top_m
-    whole = (rest + 1.0).mul_(a)  # each part's sum at the merged max
-    rest_all = torch.where(top, rest, whole).sum(0).add_(top.sum(0) - 1)
-    if t_max is None:
-        top_t, b, t_all, weights = None, a, None, whole
-    else:
-        top_t = t_max.amax(0)
-        b = exp(t_max - top_t)
-        weights = t_den * b
-        t_all = weights.sum(0)
-    u_all = torch.sub(top_m, m).mul_(weights).add_(u * b).sum(0)
-    return top_m, rest_all, top_t, t_all, u_all, (w * b).sum(0)
-
-
 def finish_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
-    """(c, c', g, w) from merged partial sums (``merge_partials``' [cols]): the LSE m + log1p(rest) and the
+    """(c, c', g, w) from merged soft-target sums of columns [cols] (m, rest, m', l', u, w: ``ColumnSoft``,
+    the Triton statistics' ``_merge_kernel``): the LSE m + log1p(rest) and the
     teacher's m' + log(l') in float64 (c' None for the self teacher), the soft gap log1p(rest) + u / l'
     and the weighted mean w / l' in fp32."""
     lg = torch.log1p(rest.double())
@@ -225,7 +199,7 @@ def finish_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
 
 class ColumnSoft:
     """Soft-target sums of the columns of fp32 chunks of rows of S [rows, N], merged online in place (the
-    torch backend's columns; ``merge_partials``' sums, the chunks added one at a time at the merged max):
+    torch backend's columns; the Triton statistics merge their programs' partials alike, ``_merge_kernel``):
     per column the largest score so far m, the rest below it, the teacher's m' and l' (a separate
     teacher; else the student's weights, whose l' is 1 + rest), u and w (``soft_partials``): 16 bytes per
     column, 24 with a teacher, and a few [N] temporaries while a chunk is added."""
@@ -268,37 +242,8 @@ class ColumnSoft:
         self.m = top
 
     def partials(self) -> tuple:
-        """``merge_partials``' six (m, rest, m', l', u, w) of the columns so far."""
+        """(m, rest, m', l', u, w) of the columns so far (``finish_partials``' arguments)."""
         return self.m, self.rest, self.t_max, self.t_den, self.u, self.w
-
-
-# Column slabs of the partial merges: their temporaries stay a fraction of the partials' memory.
-MERGE_SLABS = 16
-
-
-def new_partials(n: int, teacher: bool, device) -> tuple:
-    """Running merged soft-target sums of ``n`` columns (``merge_partials``' six, fp32; None: absent)."""
-    return tuple(
-        None if k in (2, 3) and not teacher else torch.empty(n, dtype=torch.float32, device=device)
-        for k in range(6)
-    )
-
-
-def merge_into(run, parts, fresh: bool, base2: bool = False, col0: int = 0) -> None:
-    """Merge ``parts`` (``merge_partials``' six, [K, cols] each, None where absent) over its K, and unless
-    ``fresh`` with the running sums ``run`` (``new_partials``) at columns col0 .. col0 + cols, into
-    ``run`` there, in column slabs (temporaries of a slab's size)."""
-    cols = parts[0].shape[1]
-    slab = max(1, -(-cols // MERGE_SLABS))
-    for j in range(0, cols, slab):
-        here = slice(col0 + j, col0 + j + slab)
-        new = merge_partials(*(None if p is None else p[:, j : j + slab] for p in parts), base2=base2)
-        if not fresh:
-            pairs = zip(run, new, strict=True)
-            new = merge_partials(*(None if a is None else torch.stack((a[here], b)) for a, b in pairs), base2)
-        for dst, src in zip(run, new, strict=True):
-            if dst is not None:
-                dst[here] = src
 
 
 def diagonal_of(s: torch.Tensor, col0: int) -> torch.Tensor:
