@@ -39,6 +39,7 @@ from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch, 
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import finish_partials, lse_at, workspace_bytes
 from vlkernels.ops.triton_utils import (
+    HOST_ARCH,
     LOG2E,
     config,
     dot_precision,
@@ -850,6 +851,10 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # D chunks of 16 (the operands' parts take registers): at 32 with chunked D the two-part LSEs'
             # float64 epilogue put sm_80's tf32x3 variant at 255 registers and 28 B of spill
             return dict(base, BLOCK_D=16, BLOCK_DT=16)
+        if kernel == "stats" and base["BLOCK_D"] < dim:
+            # chunked D: the epilogue in four column parts (the soft gaps' rest and weighted distances put the
+            # 128 x 64 tiles at 255 registers and 28 B of spill on sm_90 at D = 72 / 100 in one; 252 in four)
+            return dict(base, BLOCK_DT=base["BLOCK_D"], PARTS=4)
         return dict(base, BLOCK_DT=base["BLOCK_D"])
     if split_dots(t_dtype):
         # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
@@ -857,7 +862,12 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         # sm_80 with Triton 3.6 or 3.9 (128 x 64 weights tiles 104-192 B on sm_90)
         if kernel == "stats":
             block_d = 16 if split_dots(dtype) else base["BLOCK_D"]
-            return dict(base, BLOCK_M=64, BLOCK_D=block_d, BLOCK_DT=16, num_stages=2)
+            cfg = dict(base, BLOCK_M=64, BLOCK_D=block_d, BLOCK_DT=16, num_stages=2)
+            if (HOST_ARCH if arch is None else arch) == 80:
+                # 32-column tiles on sm_80 (mma.sync keeps the score tiles in registers: with the soft gaps'
+                # sums the 64-column ones reached 255 and spilled 16-60 B; 169-242 registers now)
+                cfg["BLOCK_N"] = 32
+            return cfg
         return dict(base, BLOCK_M=64, BLOCK_N=32, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=16)
     if kernel == "stats":
         return dict(base, BLOCK_M=64, BLOCK_DT=32)
