@@ -632,9 +632,12 @@ def table(data: dict, arch: int) -> str:
     for vid, rec in records(data, arch).items():
         res = results[rec["spec"]]
         cfg = rec["config"]
-        blocks = f"{cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg.get('BLOCK_D', cfg.get('BLOCK_K'))}"
-        if cfg.get("TEACHER"):
-            blocks += f"/{cfg['BLOCK_DT']}"
+        if "BLOCK_M" in cfg:
+            blocks = f"{cfg['BLOCK_M']}/{cfg['BLOCK_N']}/{cfg.get('BLOCK_D', cfg.get('BLOCK_K'))}"
+            if cfg.get("TEACHER"):
+                blocks += f"/{cfg['BLOCK_DT']}"
+        else:  # the soft target's merge of column partials: a block of columns
+            blocks = f"{cfg['BLOCK']} columns"
         call = rec["call"]
         flags = []
         if "SINGLE_D" in cfg:
@@ -652,11 +655,12 @@ def table(data: dict, arch: int) -> str:
             flags.append("TMA descriptors")
         if "HARD" in cfg:
             flags.append("dL/dS (hard targets)" if cfg["HARD"] else "W")
-        if DTYPES[call["dtype"]][0] == "float32":
+        if DTYPES[call["dtype"]][0] == "float32" and "DOT_PREC" in cfg:
             flags.append(cfg["DOT_PREC"] + " dots")
         if cfg.get("TEACHER"):
             t_dtype = call["teacher"][0]
-            prec = f" ({cfg['T_DOT_PREC']} dots)" if DTYPES[t_dtype][0] == "float32" else ""
+            dots = DTYPES[t_dtype][0] == "float32" and "T_DOT_PREC" in cfg
+            prec = f" ({cfg['T_DOT_PREC']} dots)" if dots else ""
             flags.append(f"teacher {t_dtype}{prec}")
         bad = violations(rec, res, arch)
         n_ok += not bad

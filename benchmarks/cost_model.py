@@ -122,8 +122,13 @@ OPS = ("contrastive", "soft_target", "sigmoid")
 # thread, rounded up, the larger of D = 64 and 1024 (triton 3.9, sm_90, bf16; benchmarks/aot.py compiles
 # them): the forward's softplus (35.8-36.5; log2 is libdevice's polynomial: 12 FMA), the weights kernel's
 # sigmoid, G, the diagonal and the two partial sums (13.3-14.1). MUFU (ex2, the division's rcp) counted
-# apart; conversions, loads and stores not counted.
-ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_weights": 15}
+# apart; conversions, loads and stores not counted. The one-pass forwards likewise: the contrastive forward's
+# row and column LSE terms (18.3-18.9), the soft target's statistics with the self teacher (41.5-42.1: the
+# soft gaps' rest and weighted distances beside the LSEs and the weighted dot products; 22.4 without them)
+# and with a separate teacher (61.6 per element of S, its teacher tile's work included; 42.2 without). The
+# backward's weights kernels are not counted (the same structure in the contrastive and soft-target
+# losses).
+ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_weights": 15, "fwd": 19, "stats": 43, "stats_teacher": 62}
 
 
 @contextlib.contextmanager
@@ -175,7 +180,7 @@ class Launch:
     atomic_bytes: float
     hbm_bytes: float
     detail: dict  # the L2 / HBM terms by name
-    alu: float = 0.0  # fp32-pipe elementwise instructions (sigmoid kernels only; else not modelled)
+    alu: float = 0.0  # fp32-pipe elementwise instructions (the sigmoid kernels and the one-pass forwards)
     count: int = 1  # kernel launches the aggregate stands for (each costs ``Hardware.launch_s``)
     filled: float = 1.0  # the FLOP-weighted fraction of the SMs its programs keep busy over their waves
 
@@ -225,6 +230,7 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
         atomic_bytes=0.0,
         hbm_bytes=float(sum(hbm.values())),
         detail=dict(l2=l2, hbm=hbm),
+        alu=float(ALU_PER_ELEMENT["stats" if teacher is None else "stats_teacher"]) * M * N,
     )
 
 
@@ -533,6 +539,7 @@ def contrastive_v2_launches(B, D, dtype="bf16", workspace=256 * 2**20, hw=H100) 
             atomic_bytes=0.0,
             hbm_bytes=float(sum(hbm.values())),
             detail=dict(l2=l2, hbm=hbm),
+            alu=float(ALU_PER_ELEMENT["fwd"]) * B * B,
             count=math.ceil(B / rows),
         )
     )
@@ -731,7 +738,9 @@ def table(
             "Launches: the one-pass forward; per chunk of G rows the G kernel and dI = G @ T, the "
             "accumulator dT[covered] += G.T @ I (in dT itself, with an int8 remainder: 1 byte per element "
             "of workspace); the column pass (G kernel + GEMM) for the uncovered columns. Deterministic by "
-            "design (no float atomics). FLOPs in units of B^2 D (floor 8).",
+            "design (no float atomics). ALU: the forward's fp32-pipe elementwise instructions "
+            f"({ALU_PER_ELEMENT['fwd']} per element of S, static PTX counts), one more term of the max (low) "
+            "and of the sum (high); the backward's not modelled. FLOPs in units of B^2 D (floor 8).",
             "",
             "| B | D | chunk / slab / covered columns | B^2 D | TFLOP | floor ms | L2->SM GB | HBM GB | "
             "forward ms | backward ms | total ms | x floor |",
@@ -759,8 +768,11 @@ def table(
         "teacher), then the contrastive loss's G-chunk backward with dL/dS (the hard targets folded in; "
         "dI stored, the covered columns accumulated in dT, the column pass). Self teacher: "
         "S' = S (no teacher dots); separate teacher: width D' = 768 in the student's dtype or fp32 "
-        "(IEEE dots on CUDA cores, 64 x 32 tiles). Ratio: to the contrastive loss at the same shape "
-        "(the issue's target for the self teacher: at most 1.15x).",
+        "(IEEE dots on CUDA cores, 64 x 32 tiles). ALU: the statistics' fp32-pipe instructions per "
+        f"element of S ({ALU_PER_ELEMENT['stats']} with the self teacher, {ALU_PER_ELEMENT['stats_teacher']} "
+        "with a separate one: the soft gaps' sums beside the LSEs'), as the contrastive forward's. Ratio: "
+        "to the contrastive loss at the same shape (the issue's target for the self teacher: at most "
+        "1.15x).",
         "",
         "| B | D | teacher | TFLOP (tensor core) | TFLOP (FFMA) | floor ms | L2->SM GB | HBM GB | "
         "statistics ms | backward ms | total ms | x floor | x contrastive |",

@@ -392,8 +392,10 @@ def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha):
     """Aligned pairs at s = 100, B = 2 (loss ~1e-30, gradients ~1e-30 to 1e-36): fp32 keeps those gradients
     (naive errs by 1e-35 at most), so each feature and scale gradient may err from float64 by twice
     naive's error plus 8 ulps of its own largest element, not of the unit-feature error scale; so does the
-    loss of the hard targets alone (alpha 0: the LSEs less the pass's own diagonal scores, ``hard_gaps``;
-    the soft part's weighted sums still keep an ulp of |S|, docs/design.md). The torch
+    loss of the hard targets alone (alpha 0: the LSEs less the pass's own diagonal scores, ``hard_gaps``).
+    Not the loss with a soft part: its soft gaps keep log1p(rest) ~ 1e-31 (``soft_partials``), which the
+    float64 reference's log-softmax rounds away (log(1 + 1e-31) = 0 in float64: 1.4% of that loss;
+    ``test_soft_part_near_one_hot_keeps_its_own_ulps`` checks it where float64 sees the rest). The torch
     backend formed the column hard weights in another rounding than the rows', so the hard targets left
     an ulp of the weight on the diagonal: 9e-7 at D = 64, 2.6e-6 at D = 7. With a separate teacher, also
     near one-hot (s' = 100), the torch backend's diagonal 2 p - q - q - 2 e (p = e + q) left an ulp of p:

@@ -5,15 +5,16 @@ Q [M, D], K [N, D] (and for a separate teacher Q' [M, D'], K' [N, D'], any float
 strides, scales read from device memory (no host sync), fp32 accumulation, int64 offsets:
 
 - ``_stats_kernel``, one pass (2 B^2 D, + 2 B^2 D' for a teacher): one program per BLOCK_M rows of Q walks
-  all column tiles with three online row statistics (base 2, flash-attention style): the student LSE,
-  the teacher LSE and the teacher-softmax-weighted sum of the student's dot products <Q_i, K_j>
-  (unscaled: the loss multiplies by s, and d/ds needs no division by s); and per column tile its column
-  partials over the program's rows (max, sum, weighted sum per softmax), exact since each program sees
-  each column tile once, merged by torch in a fixed order (``both_stats``). The LSEs are two-part
-  (float64, as the contrastive loss's: ops/contrastive_triton.py): the rows' m + log2(l) and the
-  columns' max + log2(sum) formed in float64; the weights kernel splits the student's into fp32 hi + lo
-  and takes a separate teacher's as the Functions keep them, fp32 hi + bf16 lo
-  (``torch_utils.pack_lse``).
+  all column tiles with online row statistics (base 2, flash-attention style): the student LSE and the
+  rest of its sum below the largest term, the teacher LSE, and under the teacher's softmax the weighted
+  sums of the student's dot products <Q_i, K_j> (unscaled: d/ds needs no division by s) and of the
+  distances m_i - S2_ij to the row's largest score (the soft gap: docs/design.md, "Soft gaps"); and per
+  column tile its column partials over the program's rows (the same sums), exact since each program sees
+  each column tile once. ``_merge_kernel`` merges the programs' partials (and the launches') in a fixed
+  order (``both_stats``). The LSEs are two-part (float64, as the contrastive loss's:
+  ops/contrastive_triton.py): the rows' m + log2(l) and the columns' max + log2(1 + rest) formed in
+  float64; the weights kernel splits the student's into fp32 hi + lo and takes a separate teacher's as
+  the Functions keep them, fp32 hi + bf16 lo (``torch_utils.pack_lse``).
 - ``_weights_kernel``: the backward on the G-chunk engine (ops/gchunk_triton.py, shared with the
   contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and writes
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j) into the workspace in
@@ -819,10 +820,12 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         stages, warps = 4, 4
         if kernel == "stats":
             stages = 3 if dim % 16 == 0 else (2 if teacher is None else 4)
-            if teacher is not None and dim % 16 == 0 and dot_precision(dtype) == "ieee":
-                # fp32 student and teacher, aligned D: eight warps at four stages (145-186 registers with
-                # Triton 3.6-3.9, no spills); four warps at three spilled 16 B on sm_90 with 3.6 once the
-                # student's LSEs were two-part
+            if teacher is not None and (dim % 16 != 0 or dot_precision(dtype) == "ieee"):
+                # a teacher beside an IEEE fp32 side at unaligned D, or fp32 student and teacher at aligned
+                # D: eight warps at four stages (170-190 registers with Triton 3.6-3.9, no spills). Four
+                # warps at three spilled 16 B on sm_90 with 3.6 once the student's LSEs were two-part (fp32
+                # pair, aligned D), and at four 8 B on sm_80 with 3.6 (unaligned D: fp32 pairs before the
+                # soft gaps' sums, 16-bit students beside an fp32 teacher with them)
                 stages, warps = 4, 8
         cfg = dict(BLOCK_M=64, BLOCK_N=64 if wide else 32, BLOCK_D=16, BLOCK_DT=16)
         return dict(cfg, num_warps=warps, num_stages=stages)
