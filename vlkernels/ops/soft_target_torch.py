@@ -75,19 +75,22 @@ class TorchSoftTargetBackend:
         g_row = torch.empty_like(w_row)
         x = None if row0 is None else torch.empty_like(w_row)
         columns = ColumnSoft(n, dev, teacher is not None)
-        for sl in row_chunks(rows, n, dev):
+        chunks = row_chunks(rows, n, dev)
+        size = (chunks[0].stop - chunks[0].start, n) if chunks else (0, n)
+        scratch = tuple(torch.empty(size, dtype=torch.float32, device=dev) for _ in range(2))
+        for sl in chunks:
             d_blk = matmul_f32(f32_rows(image, sl), text, True, cols)
             s_blk = d_blk * scale
             if x is not None:
                 x[sl] = diagonal_of(s_blk, row0 + sl.start)
             t_blk = None if teacher is None else self._teacher_block(teacher, sl, cols)
-            r[sl], tr_blk, w_row[sl], g_row[sl] = soft_rows(s_blk, d_blk, t_blk)
+            r[sl], tr_blk, w_row[sl], g_row[sl] = soft_rows(s_blk, d_blk, t_blk, scratch)
             if teacher is not None:
                 tr[sl] = tr_blk
-            columns.add(s_blk, d_blk, t_blk)
+            columns.add(s_blk, d_blk, t_blk, scratch[0])
             del s_blk, d_blk, t_blk
         c, tc, g_col, w_col = finish_partials(*columns.partials())
-        del columns
+        del columns, scratch
         if teacher is None:
             return r, c, r, c, w_row, w_col, x, g_row, g_col
         return r, c, tr, tc, w_row, w_col, x, g_row, g_col

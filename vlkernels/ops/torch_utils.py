@@ -142,41 +142,58 @@ def row_lse(s: torch.Tensor, y: torch.Tensor | None = None):
     return lse, None if y is None else e.mul_(y).sum(1).div_(den)
 
 
-def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None):
-    """Soft-target sums over each row of the fp32 chunk ``s`` [rows, N] of scores (any strides: the
-    columns' take ``s.T``), natural logs: (m, l, rest, m', l', u, w) in fp32 [rows] with m the row's largest
-    score, l = sum_j exp(s_ij - m), rest the same less one largest term (exactly 1), m' and l' the
-    teacher's (``t``, its scores; None for the self teacher: m' is None, the weights are the student's
-    own and l' is l), and under the teacher's weights p_ij = exp(t_ij - m'): u = sum_j p_ij (m - s_ij)
-    and w = sum_j p_ij d_ij of the dot products ``d``. Every term is non-negative, so that the soft gap
-    log1p(rest) + u / l' (the row's LSE less its teacher-softmax-weighted score) keeps a few ulps of
-    itself near one-hot, where LSE - sum p S cancels to the rest and keeps an ulp of |S| (docs/design.md,
-    "Soft gaps"). At most two [rows, N] temporaries beside the inputs."""
+def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
+    """Soft-target sums over each row of the fp32 chunk ``s`` [rows, N] of scores, natural logs:
+    (m, l, rest, m', l', u, w) in fp32 [rows] with m the row's largest score, l = sum_j exp(s_ij - m),
+    rest the same less one largest term (exactly 1), m' and l' the teacher's (``t``, its scores; None for
+    the self teacher: m' is None, the weights are the student's own and l' is l), and under the teacher's
+    weights p_ij = exp(t_ij - m'): u = sum_j p_ij (m - s_ij) and w = sum_j p_ij d_ij of the dot products
+    ``d``. Every term is non-negative, so that the soft gap log1p(rest) + u / l' (the row's LSE less its
+    teacher-softmax-weighted score) keeps a few ulps of itself near one-hot, where LSE - sum p S cancels
+    to the rest and keeps an ulp of |S| (docs/design.md, "Soft gaps"). ``scratch``: two fp32 buffers of
+    at least s's shape for the two [rows, N] temporaries (else allocated)."""
+    e_buf, gap_buf = scratch if scratch is not None else (torch.empty_like(s), torch.empty_like(s))
+    e_buf, gap_buf = e_buf[: s.shape[0]], gap_buf[: s.shape[0]]
     m = finite_or_zero(s.amax(1))
-    e = torch.sub(s, m[:, None]).exp_()
+    e = torch.sub(s, m[:, None], out=e_buf).exp_()
     den = e.sum(1)
     if t is None:
         t_max, t_den, weights = None, den, e
     else:
-        rest = e.scatter_(1, s.argmax(1, keepdim=True), 0.0).sum(1)  # every term but one largest
+        rest = rest_below_one(e, 1, den)
         t_max = finite_or_zero(t.amax(1))
         weights = torch.sub(t, t_max[:, None], out=e).exp_()
         t_den = weights.sum(1)
-    gap = torch.sub(m[:, None], s)  # m - s >= 0, exactly 0 at the largest score
+    gap = torch.sub(m[:, None], s, out=gap_buf)  # m - s >= 0, exactly 0 at the largest score
     u = gap.mul_(weights).sum(1)
     w = torch.mul(weights, d, out=gap).sum(1)
     del gap, weights
     if t is None:
-        rest = e.scatter_(1, s.argmax(1, keepdim=True), 0.0).sum(1)
+        rest = rest_below_one(e, 1, den)
     return m, den, rest, t_max, t_den, u, w
 
 
-def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None):
+def rest_below_one(e: torch.Tensor, dim: int, total=None, exclude=None) -> torch.Tensor:
+    """sum of ``e`` (terms exp(s - max) <= 1) along ``dim`` less one term of exactly 1 (the largest), in
+    fp32; ``e`` is overwritten. The terms below 1 are summed as they are and those that round to 1 (the
+    max, and any tie within fp32 rounding of it) counted as round(total - below) (``total``: e's sum,
+    computed if None), never formed as 1 + small - 1: without ties total - below is 1 within an ulp;
+    with many, the count may be off by one where total's own rounding reaches 1/2, an error of the size
+    of that rounding. ``exclude`` (bool [other dims]): where False, no term is left out (the largest is
+    an earlier chunk's)."""
+    if total is None:
+        total = e.sum(dim)
+    below = e.masked_fill_(e >= 1.0, 0.0).sum(dim)
+    ones = torch.round(total - below)
+    return below.add_(ones.sub_(1.0 if exclude is None else exclude.to(ones.dtype)))
+
+
+def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
     """(r, r', w, g) of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the LSEs in
     float64 as ``row_lse`` forms them (r' is r for the self teacher), the teacher-softmax-weighted mean of
     the dot products w and the soft gap g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both
     fp32."""
-    m, den, rest, t_max, t_den, u, w = soft_partials(s, d, t)
+    m, den, rest, t_max, t_den, u, w = soft_partials(s, d, t, scratch)
     r = den.double().log_().add_(m.double())
     tr = r if t is None else t_den.double().log_().add_(t_max.double())
     g = torch.log1p(rest.double()).add_(u.div_(t_den)).float()
@@ -210,15 +227,17 @@ class ColumnSoft:
         self.t_max = torch.full_like(self.m, float("-inf")) if teacher else None
         self.t_den = torch.zeros_like(self.m) if teacher else None
 
-    def add(self, s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None) -> None:
+    def add(self, s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None) -> None:
         """Merge the chunk of scores ``s`` (its dot products ``d``; the teacher's scores ``t``, None for
-        the self teacher), each [rows, N]; ``t`` is overwritten."""
+        the self teacher), each [rows, N]; ``s`` and ``t`` are overwritten (``scratch``: an fp32 buffer of
+        at least their shape for the one [rows, N] temporary, else allocated)."""
         top = torch.maximum(finite_or_zero(s.amax(0)), self.m)
         moved = top > self.m
         a = torch.sub(self.m, top).exp_()  # the running sums' rescale (0 before the first chunk)
         first = torch.isinf(self.m)
-        e = torch.sub(s, top).exp_()
-        gap = torch.sub(top, s)  # M - s >= 0, exactly 0 at the largest score
+        gap = torch.empty_like(s) if scratch is None else scratch[: s.shape[0]]
+        gap = torch.sub(top, s, out=gap)  # M - s >= 0, exactly 0 at the largest score
+        e = s.sub_(top).exp_()
         if self.t_max is None:
             # the weights are the student's own, l' = 1 + rest: u shifts by the max's move times l'
             shift = torch.where(first, 0.0, (top - self.m).mul_(self.rest + 1.0))
@@ -236,9 +255,8 @@ class ColumnSoft:
         del gap
         # the rest: the former largest term joins it where the max moved, and every term of the chunk but
         # one largest where the max is the chunk's own (a tie with an earlier chunk's max counts whole)
-        idx = s.argmax(0, keepdim=True)
-        e.scatter_(0, idx, torch.where(moved, 0.0, e.gather(0, idx)[0])[None])
-        self.rest = torch.where(moved, (self.rest + 1.0).mul_(a), self.rest).add_(e.sum(0))
+        chunk = rest_below_one(e, 0, exclude=moved)
+        self.rest = torch.where(moved, (self.rest + 1.0).mul_(a), self.rest).add_(chunk)
         self.m = top
 
     def partials(self) -> tuple:
