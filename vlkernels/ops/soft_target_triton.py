@@ -141,76 +141,21 @@ def _stats_kernel(
         )
         if not TEACHER:  # the self teacher: S' = S
             my_part = part_ptr + pid * N
+            rows = (m_t, l_t, rest, acc_u, acc_w)
+            tile = (scale2, mask_m, my_part, part_stride, N)  # what every part shares
             if PARTS == 1:
-                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
-                    acc,
-                    m_t,
-                    l_t,
-                    rest,
-                    acc_u,
-                    acc_w,
-                    scale2,
-                    offs_n,
-                    mask_m,
-                    my_part,
-                    part_stride,
-                    N,
-                    COLUMNS,
-                )
+                rows = _self_epilogue(acc, rows, offs_n, tile, COLUMNS)
             else:  # four column parts of V
                 V: tl.constexpr = BLOCK_N // 4
                 offs_v = start_n + tl.arange(0, V).to(tl.int64)
                 h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
                 a0, a1 = halves(h0, BLOCK_M, BLOCK_N // 2)
-                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
-                    a0, m_t, l_t, rest, acc_u, acc_w, scale2, offs_v, mask_m, my_part, part_stride, N, COLUMNS
-                )
-                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
-                    a1,
-                    m_t,
-                    l_t,
-                    rest,
-                    acc_u,
-                    acc_w,
-                    scale2,
-                    offs_v + V,
-                    mask_m,
-                    my_part,
-                    part_stride,
-                    N,
-                    COLUMNS,
-                )
+                rows = _self_epilogue(a0, rows, offs_v, tile, COLUMNS)
+                rows = _self_epilogue(a1, rows, offs_v + V, tile, COLUMNS)
                 a0, a1 = halves(h1, BLOCK_M, BLOCK_N // 2)
-                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
-                    a0,
-                    m_t,
-                    l_t,
-                    rest,
-                    acc_u,
-                    acc_w,
-                    scale2,
-                    offs_v + 2 * V,
-                    mask_m,
-                    my_part,
-                    part_stride,
-                    N,
-                    COLUMNS,
-                )
-                m_t, l_t, rest, acc_u, acc_w = _self_epilogue(
-                    a1,
-                    m_t,
-                    l_t,
-                    rest,
-                    acc_u,
-                    acc_w,
-                    scale2,
-                    offs_v + 3 * V,
-                    mask_m,
-                    my_part,
-                    part_stride,
-                    N,
-                    COLUMNS,
-                )
+                rows = _self_epilogue(a0, rows, offs_v + 2 * V, tile, COLUMNS)
+                rows = _self_epilogue(a1, rows, offs_v + 3 * V, tile, COLUMNS)
+            m_t, l_t, rest, acc_u, acc_w = rows
         else:
             # Padded columns: -inf in the exponents, but the dot products (and the raw scores) stay 0 there
             # (0 * -inf is nan).
@@ -313,13 +258,14 @@ def _log2p1(x):
 
 
 @triton.jit
-def _self_epilogue(
-    acc, m_t, l_t, rest, acc_u, acc_w, scale2, offs_n, mask_m, part_ptr, part_stride, N, COLUMNS
-):
+def _self_epilogue(acc, rows, offs_n, tile, COLUMNS):
     """One score tile (or column part of it) of ``_stats_kernel`` with the self teacher, acc = <Q_i, K_j>
-    [rows, cols]: the rows' online max / sum / rest / softmax-weighted sums of (max - S2) and of acc
-    updated (returned); with COLUMNS the columns' max, rest and the two weighted sums over the rows stored
-    at part[k * part_stride + offs_n]."""
+    [rows, cols] at columns ``offs_n``: ``rows``, the rows' online (max, sum, rest, softmax-weighted sums
+    of (max - S2) and of acc), updated (returned); with COLUMNS the columns' max, rest and the two
+    weighted sums over the rows stored at part[k * part_stride + offs_n] (``tile`` = (scale2, mask_m,
+    part, part_stride, N))."""
+    m_t, l_t, rest, acc_u, acc_w = rows
+    scale2, mask_m, part_ptr, part_stride, N = tile
     mask_n = offs_n < N
     # Padded columns: -inf in the exponents, but the dot products (and raw scores) stay 0 (0 * -inf is nan).
     raw = acc * scale2
@@ -340,7 +286,7 @@ def _self_epilogue(
         tl.store(col + part_stride, _column_rest(e_c), mask=mask_n)
         tl.store(col + 2 * part_stride, tl.sum(e_c * (m_c[None, :] - raw), axis=0), mask=mask_n)
         tl.store(col + 3 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
-    return mt_new, l_t, rest, acc_u, acc_w
+    return (mt_new, l_t, rest, acc_u, acc_w)
 
 
 @triton.jit
