@@ -385,10 +385,18 @@ def test_triton_matches_naive_large(t_dim):
 
 @pytest.mark.parametrize("impl", ["torch", TRITON])
 @pytest.mark.parametrize(
-    "dim,teacher,alpha",
-    [(7, False, 0.4), (64, False, 0.4), (64, True, 0.3), (64, False, 0.0), (7, True, 0.0)],
+    "dim,teacher,alpha,eps",
+    [
+        (7, False, 0.4, 0.0),
+        (64, False, 0.4, 0.0),
+        (64, True, 0.3, 0.0),
+        (64, False, 0.0, 0.0),
+        (7, True, 0.0, 0.0),
+        (64, True, 1.0, 0.1),
+        (7, False, 1.0, 0.1),
+    ],
 )
-def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha):
+def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha, eps):
     """Aligned pairs at s = 100, B = 2 (loss ~1e-30, gradients ~1e-30 to 1e-36): fp32 keeps those gradients
     (naive errs by 1e-35 at most), so each feature and scale gradient may err from float64 by twice
     naive's error plus 8 ulps of its own largest element, not of the unit-feature error scale; so does the
@@ -399,9 +407,11 @@ def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha):
     backend formed the column hard weights in another rounding than the rows', so the hard targets left
     an ulp of the weight on the diagonal: 9e-7 at D = 64, 2.6e-6 at D = 7. With a separate teacher, also
     near one-hot (s' = 100), the torch backend's diagonal 2 p - q - q - 2 e (p = e + q) left an ulp of p:
-    5.6e-7 where the exact gradient is 4e-38."""
+    5.6e-7 where the exact gradient is 4e-38. At alpha 1 with label smoothing the hard weights h = 1 - a
+    are 0, and the torch backend subtracted the smoothing's column term as +a_j eps / B, then -eps / B:
+    the first rounded the separate teacher's tiny weights away (1e5-5e5x naive's error, 100% of them)."""
     img, txt = features(2, dim, seed=2 + dim)
-    kw = dict(label_smoothing=0.0)
+    kw = dict(label_smoothing=eps)
     if teacher:
         t_img, t_txt = features(2, 5, seed=3)
         kw.update(teacher_image_features=t_img, teacher_text_features=t_txt, teacher_logit_scale=100.0)

@@ -50,6 +50,12 @@ def _diagonal(s_ii, t_ii, weights, lses, diag_w: float, all_w: float) -> torch.T
     return d.float()  # formed in float64 (the student's LSEs' dtype), rounded once
 
 
+def _col_weights(h, a, coef) -> torch.Tensor:
+    """coef h_j, fp32 [N], for ``h`` [N] or the pair (x, y) of h = x a + y: formed as the rows' weights
+    are (bitwise the same at j = i for the same ``coef``), h whole before it is scaled."""
+    return (a * h[0]).add_(h[1]).mul_(coef) if isinstance(h, tuple) else h * coef
+
+
 class TorchSoftTargetBackend:
     """``stats`` / ``accumulate`` of the soft-target backend protocol (ops/soft_target.py) in PyTorch."""
 
@@ -116,20 +122,11 @@ class TorchSoftTargetBackend:
         # the LSEs as exp((S - hi) - lo) (``minus_lse_``: the student's float64, the teacher's packed)
         g = minus_lse_(s_blk.clone(), lse_q[rows], 0).exp_().mul_(p_rows[:, None])
         col = minus_lse_(s_blk, lse_k, 1).exp_()  # exp(S - c_j), in place
-        # the column weights p_j = ce h_j (+ cq a_j with a teacher): one [1, N] temporary at most, formed as
-        # the rows' (bitwise the same at j = i: with near one-hot rows the hard targets then cancel exactly)
-        if isinstance(h, tuple):
-            w = a * h[0]
-            w.add_(h[1]).mul_(ce)
-            if teacher is not None:
-                w.addcmul_(a, cq)
-            g.addcmul_(col, w[None, :])
-            del w
-        elif teacher is None:
-            g.addcmul_(col.mul_(h[None, :]), ce)
-        else:
-            g.addcmul_(col, h[None, :] * ce).addcmul_(col, a[None, :] * cq)
-        del s_blk, col
+        # the column weights e_j = ce h_j and p_j = e_j (+ cq a_j with a teacher), [N] each, formed as the
+        # rows' (bitwise the same at j = i: with near one-hot rows the hard targets then cancel exactly)
+        e_cols = _col_weights(h, a, ce)
+        g.addcmul_(col, (e_cols if teacher is None else e_cols.addcmul_(a, cq))[None, :])
+        del s_blk, col, e_cols
         if teacher is not None:
             t_blk = self._teacher_block(teacher, rows, cols)
             t_ii = t_blk[diag]
@@ -139,11 +136,9 @@ class TorchSoftTargetBackend:
             g.sub_(minus_lse_(t_blk, t_lse_k, 1).exp_().mul_(a[None, :]).mul_(cq))
             del t_blk
         if eps:
-            g.sub_(e_rows[:, None] * (eps / batch))
-            if isinstance(h, tuple):
-                g.addcmul_(a[None, :], ce * h[0], value=-eps / batch).sub_(ce * h[1] * (eps / batch))
-            else:
-                g.addcmul_(h[None, :], ce, value=-eps / batch)
+            # -(e_i + e_j) eps / B, each weight formed whole: h = x a + y subtracted as its two terms in
+            # turn (+x a_j, then -y) rounded a tiny dL/dS away where the two cancel (h = 0 at alpha = 1)
+            g.sub_(e_rows[:, None] * (eps / batch)).sub_(_col_weights(h, a, ce * (eps / batch))[None, :])
         if teacher is None:
             g[diag] -= (2.0 * (1.0 - eps)) * e_rows
         else:
