@@ -224,7 +224,9 @@ def _check_soft_target_near_one_hot(rank, world, impl):
     logit_scale's gradient comes from the forward's weighted sums, ws_i - H_i, which keep an ulp of
     <I_i, T_i>: not checked here.) The loss value too (not ClipLoss's local one): the LSEs less each
     rank's pass's own diagonal scores, and the soft gaps, whose column parts merge across the ranks as
-    sums of non-negative terms (``_dist.merge_columns``)."""
+    sums of non-negative terms (``_dist.merge_columns``). Alpha 1 with smoothing (hard weights 0): the
+    single-process torch backend once rounded the teacher's tiny weights away there; this path folds the
+    smoothing in after the products (``subtract_hard_targets``) and kept them."""
     b, batch = 2, 2 * world
     own = slice(rank * b, (rank + 1) * b)
     img, txt = _inputs(batch, 64, seed=9, noise=0.1)
@@ -234,6 +236,7 @@ def _check_soft_target_near_one_hot(rank, world, impl):
         ("self", None, 0.0, 0.3),
         ("teacher", separate, 0.0, 0.3),
         ("teacher", separate, 0.1, 0.3),
+        ("teacher", separate, 0.1, 1.0),
         ("hard only", None, 0.0, 0.0),
         ("ClipLoss local", None, 0.0, None),
     ]
