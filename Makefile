@@ -8,7 +8,7 @@ install:
 	$(PY) -m pip install -q --no-build-isolation -e ".[dev,train]"
 
 test:
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # No slow, distributed or GPU tests: a quick loop while editing.
 test-fast:

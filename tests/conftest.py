@@ -30,6 +30,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = torch.cuda.is_available()
 
+# Parallel workers (pytest-xdist, the README's ``-n 2``) share the cores: each takes its share as torch's
+# intra-op threads. With both workers on every core, OpenMP's spinning threads slowed the ops-heavy memory
+# tests 2-6x (CI's 2 cores). Tests that need more threads set them and restore them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_collection_modifyitems(config, items):
     if HAS_CUDA:
