@@ -50,9 +50,9 @@ def _diagonal(s_ii, t_ii, weights, lses, diag_w: float, all_w: float) -> torch.T
     return d.float()  # formed in float64 (the student's LSEs' dtype), rounded once
 
 
-def _col_weights(h, a, coef) -> torch.Tensor:
-    """coef h_j, fp32 [N], for ``h`` [N] or the pair (x, y) of h = x a + y: formed as the rows' weights
-    are (bitwise the same at j = i for the same ``coef``), h whole before it is scaled."""
+def _hard_weights(h, a, coef) -> torch.Tensor:
+    """coef h, fp32, for ``h`` (as ``a``) or the pair (x, y) of h = x a + y, h whole before it is scaled:
+    the rows' and the columns' weights alike (bitwise the same at j = i for the same ``coef``)."""
     return (a * h[0]).add_(h[1]).mul_(coef) if isinstance(h, tuple) else h * coef
 
 
@@ -113,7 +113,7 @@ class TorchSoftTargetBackend:
         h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
         rows = slice(sl.start, sl.start + q32.shape[0])
-        e_rows = (a[rows] * h[0] + h[1] if isinstance(h, tuple) else h[rows]) * ce
+        e_rows = _hard_weights(h if isinstance(h, tuple) else h[rows], a[rows], ce)
         p_rows = e_rows if teacher is None else e_rows.addcmul(a[rows], cq)  # as the column weights
         idx = torch.arange(q32.shape[0], device=q32.device)
         diag = (idx, idx + rows.start)
@@ -124,7 +124,7 @@ class TorchSoftTargetBackend:
         col = minus_lse_(s_blk, lse_k, 1).exp_()  # exp(S - c_j), in place
         # the column weights e_j = ce h_j and p_j = e_j (+ cq a_j with a teacher), [N] each, formed as the
         # rows' (bitwise the same at j = i: with near one-hot rows the hard targets then cancel exactly)
-        e_cols = _col_weights(h, a, ce)
+        e_cols = _hard_weights(h, a, ce)
         g.addcmul_(col, (e_cols if teacher is None else e_cols.addcmul_(a, cq))[None, :])
         del s_blk, col, e_cols
         if teacher is not None:
@@ -138,7 +138,7 @@ class TorchSoftTargetBackend:
         if eps:
             # -(e_i + e_j) eps / B, each weight formed whole: h = x a + y subtracted as its two terms in
             # turn (+x a_j, then -y) rounded a tiny dL/dS away where the two cancel (h = 0 at alpha = 1)
-            g.sub_(e_rows[:, None] * (eps / batch)).sub_(_col_weights(h, a, ce * (eps / batch))[None, :])
+            g.sub_(e_rows[:, None] * (eps / batch)).sub_(_hard_weights(h, a, ce * (eps / batch))[None, :])
         if teacher is None:
             g[diag] -= (2.0 * (1.0 - eps)) * e_rows
         else:
