@@ -136,8 +136,8 @@ class TorchSoftTargetBackend:
             g.sub_(minus_lse_(t_blk, t_lse_k, 1).exp_().mul_(a[None, :]).mul_(cq))
             del t_blk
         if eps:
-            # -(e_i + e_j) eps / B, each weight formed whole: h = x a + y subtracted as its two terms in
-            # turn (+x a_j, then -y) rounded a tiny dL/dS away where the two cancel (h = 0 at alpha = 1)
+            # -(e_i + e_j) eps / B, each weight formed whole (subtracting h = x a + y as two terms, x a_j
+            # then y, rounded a tiny dL/dS away where they cancel: h = 0 at alpha 1)
             g.sub_(e_rows[:, None] * (eps / batch)).sub_(_hard_weights(h, a, ce * (eps / batch))[None, :])
         if teacher is None:
             g[diag] -= (2.0 * (1.0 - eps)) * e_rows
