@@ -69,7 +69,7 @@ class TorchBackend:
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         for sl in row_chunks(image.shape[0], text.shape[0], dev):
             s_blk = matmul_f32(f32_rows(image, sl), text, True, cols).mul_(scale)
-            r[sl], _ = row_lse(s_blk)
+            r[sl] = row_lse(s_blk)
             x[sl] = diagonal_of(s_blk, row0 + sl.start)
             columns.add(s_blk)
         return r, columns.lse(), x

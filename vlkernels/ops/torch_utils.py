@@ -131,15 +131,11 @@ def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def row_lse(s: torch.Tensor, y: torch.Tensor | None = None):
-    """(LSEs of the rows of the fp32 chunk ``s`` in float64, and with ``y`` [same shape] the rows'
-    softmax-weighted means of y in fp32, else None): max + log(sum exp(S - max)) formed in float64 from the
-    fp32 max and sum, as torch.logsumexp (an infinite max gives +-inf, not NaN), one exp shared."""
+def row_lse(s: torch.Tensor) -> torch.Tensor:
+    """LSEs of the rows of the fp32 chunk ``s`` in float64: max + log(sum exp(S - max)) formed in float64
+    from the fp32 max and sum, as torch.logsumexp (an infinite max gives +-inf, not NaN)."""
     m = finite_or_zero(s.amax(1))
-    e = torch.sub(s, m[:, None]).exp_()
-    den = e.sum(1)
-    lse = den.double().log_().add_(m.double())
-    return lse, None if y is None else e.mul_(y).sum(1).div_(den)
+    return torch.sub(s, m[:, None]).exp_().sum(1).double().log_().add_(m.double())
 
 
 def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
@@ -278,35 +274,29 @@ def diagonal_of(s: torch.Tensor, col0: int) -> torch.Tensor:
 
 class ColumnLSE:
     """Column LSEs of fp32 chunks of rows of S [rows, N], merged across chunks as (reference, sum) pairs
-    in fp32 (8 bytes per column; 12 with ``weighted``: also the softmax-weighted sums of values y): the
-    reference is a column's largest finite score so far (0 before its first), the sum that of
-    exp(S - reference), so that ``lse()`` = reference + log(sum) in float64 keeps an ulp of 1 where
-    torch's softmax would. Scores of -inf, +inf or NaN give torch.logsumexp's -inf, +inf or NaN."""
+    in fp32 (8 bytes per column): the reference is a column's largest finite score so far (0 before its
+    first), the sum that of exp(S - reference), so that ``lse()`` = reference + log(sum) in float64 keeps
+    an ulp of 1 where torch's softmax would. Scores of -inf, +inf or NaN give torch.logsumexp's -inf,
+    +inf or NaN."""
 
-    def __init__(self, n: int, device: torch.device, weighted: bool = False):
+    def __init__(self, n: int, device: torch.device):
         self.ref = torch.zeros(n, dtype=torch.float32, device=device)
         self.sum = torch.zeros_like(self.ref)
-        self.wsum = torch.zeros_like(self.ref) if weighted else None
 
-    def add(self, s: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        """Merge the chunk ``s`` [rows, N] (overwritten), with ``y`` [rows, N] where ``weighted``; in place
-        where it can (a few bytes per column of temporaries)."""
+    def add(self, s: torch.Tensor) -> None:
+        """Merge the chunk ``s`` [rows, N] (overwritten); in place where it can (a few bytes per column of
+        temporaries)."""
         ref = s.amax(0).nan_to_num_(nan=float("-inf"), posinf=float("-inf"))  # the chunk's finite max
         self.ref.masked_fill_(self.sum == 0, float("-inf"))  # a placeholder: no finite score so far
         ref = torch.maximum(ref, self.ref, out=ref).nan_to_num_(neginf=0.0)  # still none: the placeholder
         rescale = self.ref.sub_(ref).exp_()  # <= 1 (0 from a placeholder)
         e = s.sub_(ref[None, :]).exp_()
         self.sum.mul_(rescale).add_(e.sum(0))
-        if self.wsum is not None:
-            self.wsum.mul_(rescale).add_(e.mul_(y).sum(0))
         self.ref = ref
 
     def lse(self) -> torch.Tensor:
         """reference + log(sum) in float64 (two-part precision)."""
         return self.sum.double().log_().add_(self.ref)
-
-    def weighted_mean(self) -> torch.Tensor:
-        return self.wsum.div_(self.sum)  # (once: in place)
 
 
 # Whether autocast exists for a device type, asked once per type: torch 2.11's dynamo cannot trace
