@@ -17,6 +17,7 @@ from tests._ref import (
     as_float64,
     assert_close_all,
     assert_within_float64_error,
+    centered_scale_grad,
     examples,
     features,
     force_plan,
@@ -29,7 +30,7 @@ from tests._ref import (
 )
 from tests.test_contrastive import dominant_diagonal
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
-from vlkernels.ops.soft_target import hard_targets
+from vlkernels.ops.soft_target import row_terms
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
 from vlkernels.ops.torch_utils import lse_nats, pack_lse, weighted_row_sum
 from vlkernels.reference import distill_clip_loss_naive, soft_target_loss_naive
@@ -345,10 +346,10 @@ def test_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, impl, dtype, t_d
         assert extra <= 32 * batch + workspace, (batch, extra)
 
 
-@pytest.mark.parametrize("eps", [0.0, 0.1])
-def test_gathered_row_terms_convert_the_features_by_chunks(monkeypatch, eps):
+def test_gathered_row_terms_convert_the_features_by_chunks(monkeypatch):
     """The gathered Function's O(b D) row terms: the pair-weighted feature sum (``weighted_row_sum``; also
-    sum_j e_j T_j over the B gathered texts in the backward) and the hard targets / s (``hard_targets``)
+    sum_j e_j T_j over the B gathered texts in the backward) and <I_i, T_i>, <I_i, colsum_t>,
+    <T_i, colsum_i> (``row_terms``: the hard targets and the label smoothing's mean logits, over s)
     convert 16-bit features a chunk of rows at a time. Before, fp32 copies of the local features and, with
     label smoothing, of all B gathered texts: 49 KiB each here, against a bound of a few chunks. Values
     against float64, within fp32's accumulation error."""
@@ -359,16 +360,17 @@ def test_gathered_row_terms_convert_the_features_by_chunks(monkeypatch, eps):
     colsum_i, colsum_t = img.sum(0, dtype=torch.float32), txt.sum(0, dtype=torch.float32)
     with PeakLive() as mode:
         got_w = weighted_row_sum(w, img)
-        h_row, h_col = hard_targets(img, txt, eps, 1000, colsum_i, colsum_t)
+        diag, row_t, col_i = row_terms(img, txt, colsum_i, colsum_t, diag=True)
     chunk = 8 * dim * 4
     assert mode.peak <= 6 * chunk + 3 * batch * 4 + 4 * dim, mode.peak
+    assert row_terms(img, txt)[1:] == (None, None) and row_terms(img, txt, colsum_i, colsum_t)[0] is None
     i64, t64 = img.double(), txt.double()
     ci, ct = colsum_i.double(), colsum_t.double()
-    diag = (i64 * t64).sum(1)
     wants = [
         (got_w, w.double() @ i64, w.double() @ i64.abs()),
-        (h_row, (1 - eps) * diag + eps / 1000 * (i64 @ ct), (i64 * t64).abs().sum(1) + i64.abs() @ ct.abs()),
-        (h_col, (1 - eps) * diag + eps / 1000 * (t64 @ ci), (i64 * t64).abs().sum(1) + t64.abs() @ ci.abs()),
+        (diag, (i64 * t64).sum(1), (i64 * t64).abs().sum(1)),
+        (row_t, i64 @ ct, i64.abs() @ ct.abs()),
+        (col_i, t64 @ ci, t64.abs() @ ci.abs()),
     ]
     for got, want, magnitude in wants:
         assert got.dtype == torch.float32
@@ -421,6 +423,32 @@ def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha, eps):
     first = 0 if alpha == 0.0 else 1
     names = ("loss", "d_image", "d_text", "d_scale")[first:]
     assert_within_float64_error(got[first:], base[first:], exact[first:], (0.0,) * len(names), names=names)
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_centered_scale_grad_is_float64_autograd(teacher, eps):
+    """``tests/_ref.centered_scale_grad``, the logit_scale gradient that the gathered near one-hot check
+    (tests/test_distributed.py) holds the Function to, is float64 autograd's where float64 keeps every
+    rest (B = 9, s = 7, alpha 0.3); near one-hot (B = 4, s = 100, aligned pairs: rests ~1e-26; the self
+    teacher without smoothing, where the hard part is the whole gradient) autograd drops each row's
+    -rest <I_i, T_i> (its softmax's diagonal rounds to 1) and errs by more than the whole gradient,
+    which the centred form keeps."""
+    for batch, scale, noise in ((9, 7.0, 0.8), (4, 100.0, 0.1)):
+        g = torch.Generator().manual_seed(batch)
+        img = F.normalize(torch.randn(batch, 64, generator=g, dtype=torch.float64), dim=1)
+        txt = F.normalize(img + noise * torch.randn(batch, 64, generator=g, dtype=torch.float64), dim=1)
+        t_args = (None, None, None)
+        if teacher:
+            t_img = F.normalize(img + noise * torch.randn(batch, 64, generator=g, dtype=torch.float64), dim=1)
+            t_args = (t_img, txt, torch.tensor(scale, dtype=torch.float64))
+        s = torch.tensor(scale, dtype=torch.float64, requires_grad=True)
+        (auto,) = torch.autograd.grad(soft_target_loss_naive(img, txt, s, 0.3, *t_args, None, eps, "sum"), s)
+        want = centered_scale_grad(img, txt, scale, 0.3, None if not teacher else t_args, eps)
+        if batch == 9:
+            torch.testing.assert_close(want, auto, rtol=1e-12, atol=0.0)
+        elif not (eps or teacher):  # (smoothing's eps (d_ii - mean) and the teacher's part dominate)
+            assert (auto - want).abs() > want.abs(), (auto, want)
 
 
 @pytest.mark.parametrize("impl", ["torch", TRITON])

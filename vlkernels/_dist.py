@@ -108,17 +108,17 @@ def check_ranks(group, device: torch.device, fields: dict[str, int | float | tor
         )
 
 
-def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=None):
+def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=()):
     """Merge per-rank partial column statistics over the ranks' rows.
 
     ``lse_parts``: per-rank partial log-sum-exps [B] (natural, or base 2 with ``base2``: the backend's
     units, kept); ``weighted``: (k, w) pairs where w [B] is a softmax-weighted sum normalised by the
     partial LSE ``lse_parts[k]``; ``extra``: a fp32 vector summed over ranks in the same all-reduce;
-    ``gaps``: None, or (k, g) with g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of the
-    student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as
-    the statistics merge partial sums (``ColumnSoft``; sums of non-negative terms: a near one-hot
-    column keeps the precision of its partial gaps). Returns (global LSEs, global weighted sums, summed
-    extra, global gaps or None)."""
+    ``gaps``: (k, g) pairs (or none), g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of
+    the student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as the statistics
+    merge partial sums (``ColumnSoft``; sums of non-negative terms: a near one-hot column keeps the
+    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, global
+    gaps)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
     # in float64 where a part is (the student's two-part LSEs keep their precision); each result in its
@@ -128,24 +128,24 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=N
     dist.all_reduce(peak, op=dist.ReduceOp.MAX, group=group)
     scaled = [exp(part - peak[k]) for k, part in enumerate(lse_parts)]
     parts = scaled + [w * scaled[k] for k, w in weighted]
-    if gaps is not None:
-        k, g = gaps
+    if gaps:
         c0 = lse_parts[0].to(wide)
         top = c0 == peak[0]
         # the other ranks' terms below the peak, each further rank at the peak, and the weighted gaps
-        parts += [torch.where(top, 0.0, scaled[0]), top.to(wide), (g.to(wide) + (peak[0] - c0)) * scaled[k]]
+        parts += [torch.where(top, 0.0, scaled[0]), top.to(wide)]
+        parts += [(g.to(wide) + (peak[0] - c0)) * scaled[k] for k, g in gaps]
     buf = torch.cat([p.reshape(-1).to(wide) for p in parts] + [extra.to(wide)])
     dist.all_reduce(buf, group=group)
     sums = buf[: len(parts) * cols].view(len(parts), cols)
     lses = [(peak[k] + log(sums[k])).to(part.dtype) for k, part in enumerate(lse_parts)]
     sums_w = [(sums[len(lse_parts) + j] / sums[k]).to(w.dtype) for j, (k, w) in enumerate(weighted)]
-    merged = None
-    if gaps is not None:
-        rest, tops, weighted_gaps = sums[-3], sums[-2], sums[-1]
-        lg = torch.log1p(rest + (tops - 1.0))
+    merged = []
+    if gaps:
+        first = len(parts) - len(gaps)
+        lg = torch.log1p(sums[first - 2] + (sums[first - 1] - 1.0))  # the rest and the ranks at the peak
         if base2:
             lg = lg * LOG2E
-        merged = (lg + weighted_gaps / sums[gaps[0]]).to(gaps[1].dtype)
+        merged = [(lg + sums[first + j] / sums[k]).to(g.dtype) for j, (k, g) in enumerate(gaps)]
     return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype), merged
 
 

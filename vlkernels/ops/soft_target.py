@@ -147,21 +147,41 @@ class SoftTargetParams:
     hard_affine: tuple[float, float] | None = None
 
 
-def hard_targets(image, text, eps: float, batch: int, colsum_i, colsum_t):
-    """(H, H') / s for these rows: the label-smoothed target logits of each row and each column of S,
-    divided by s (``colsum_i`` / ``colsum_t``: column sums over all B images / texts); fp32 [M], the
-    features converted a chunk of rows at a time (no fp32 copy of them)."""
-    h_row = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
-    h_col = torch.empty_like(h_row) if eps else h_row
-    for sl in row_chunks(image.shape[0], image.shape[1], image.device):
+def row_terms(image, text, colsum_i=None, colsum_t=None, diag: bool = False):
+    """(<I_i, T_i>, <I_i, colsum_t>, <T_i, colsum_i>) for these rows, fp32 [M] each, the features converted
+    a chunk of rows at a time (no fp32 copy of them); None where not asked (``diag`` False, no column
+    sums: ``colsum_i`` / ``colsum_t`` are those over all B images / texts). The last two are B / s times
+    the label smoothing's mean logits of row i and of column i."""
+    rows, dev = image.shape[0], image.device
+    smooth = colsum_t is not None
+    out = [
+        torch.empty(rows, dtype=torch.float32, device=dev) if want else None
+        for want in (diag, smooth, smooth)
+    ]
+    for sl in row_chunks(rows, image.shape[1], dev):
         i_blk, t_blk = f32_rows(image, sl), f32_rows(text, sl)
-        diag = (i_blk * t_blk).sum(1)
-        if not eps:
-            h_row[sl] = diag
-            continue
-        h_row[sl] = (1.0 - eps) * diag + (eps / batch) * (i_blk @ colsum_t)
-        h_col[sl] = (1.0 - eps) * diag + (eps / batch) * (t_blk @ colsum_i)
-    return h_row, h_col
+        if diag:
+            out[0][sl] = (i_blk * t_blk).sum(1)
+        if smooth:
+            out[1][sl] = i_blk @ colsum_t
+            out[2][sl] = t_blk @ colsum_i
+    return tuple(out)
+
+
+def mean_difference(a, b, gap_a, gap_b, nats: float, scale) -> torch.Tensor:
+    """a - b, fp32 [M], for two weighted means a, b [M] of the same rows' dot products (the student's
+    softmax-weighted one, the teacher's, or the pair's own <I_i, T_i>), given also as their gaps
+    ``gap`` = LSE - s * mean (in the LSE's units, ``nats`` converting: the soft gaps the statistics return,
+    or LSE - S_ii): a - b = (gap_b - gap_a) / s. Formed directly, a - b keeps an ulp of |a| + |b|, which
+    near one-hot is far more than a - b itself; the gaps there are tiny and keep a few ulps of themselves.
+    Each row takes the form whose rounding is the smaller: ulps of (|gap_a| + |gap_b|) / |s| or of
+    |a| + |b| (the latter at s = 0)."""
+    s = scale.detach().double()
+    ga, gb = gap_a.double() * nats, gap_b.double() * nats
+    a64, b64 = a.double(), b.double()
+    via_gaps = (gb - ga) / s
+    by_gaps = ga.abs() + gb.abs() < s.abs() * (a64.abs() + b64.abs())
+    return torch.where(by_gaps, via_gaps, a64 - b64).float()
 
 
 def subtract_hard_targets(u, e_own, eps: float, batch: int, colsum=None, e_dot=None, both=True):
@@ -178,20 +198,11 @@ def subtract_hard_targets(u, e_own, eps: float, batch: int, colsum=None, e_dot=N
     return u
 
 
-def smoothing_rows(image, text, colsum_i, colsum_t) -> torch.Tensor:
-    """<I_i, colsum_t> + <T_i, colsum_i> for these rows (fp32 [M], a chunk of rows at a time: no fp32 copy
-    of the features): B / s times the label smoothing's mean logits of row i and column i."""
-    out = torch.empty(image.shape[0], dtype=torch.float32, device=image.device)
-    for sl in row_chunks(image.shape[0], image.shape[1], image.device):
-        out[sl] = f32_rows(image, sl) @ colsum_t + f32_rows(text, sl) @ colsum_i
-    return out
-
-
 def hard_gaps(r, c, x, nats: float, scale, eps: float, batch: int, smooth) -> torch.Tensor:
     """(r_i - H_i) + (c_i - H'_i) per row, fp32 [M] (each formed in float64 and rounded once): the LSEs
     ``r``, ``c`` less the pass's own diagonal scores ``x`` (the backend's units, ``nats`` converting; near
     one-hot each keeps an ulp of its small rest, where a separately computed S_ii would leave an ulp of
-    |S|), with ``eps`` the smoothing part eps (2 S_ii - s / B ``smooth``_i) (``smoothing_rows``)."""
+    |S|), with ``eps`` the smoothing part eps (2 S_ii - s / B ``smooth``_i) (``row_terms``)."""
     x64 = x.double()
     gaps = ((r - x64) + (c - x64)) * nats
     if eps:
@@ -227,7 +238,9 @@ class SoftTargetFunction(torch.autograd.Function):
         smooth = None
         if params.eps:
             colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
-            smooth = smoothing_rows(image, text, colsum_i, colsum_t)
+            _, smooth_i, smooth_t = row_terms(image, text, colsum_i, colsum_t)
+            smooth = smooth_i.add_(smooth_t)
+            del smooth_t
         gaps = hard_gaps(r, c, x, nats, scale, params.eps, batch, smooth)
         del x, smooth
         coef = params.factor / (2.0 * batch)
@@ -272,8 +285,11 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
 
     Also the contrastive loss with ``local_loss=True`` (hard weights 1, soft weights 0): the per-rank
     logit_scale gradient of a local loss needs the softmax-weighted sums that only ``stats`` yields.
-    The logit_scale gradient comes from those sums in the forward (no division by s, so s = 0 is fine);
-    with a separate teacher it costs one more ``stats`` pass (2 b B D FLOPs) when s requires grad.
+    The logit_scale gradient comes from those sums in the forward; near one-hot their differences are
+    formed from the soft gaps and the hard gaps LSE - S_ii, over s (``mean_difference``: each keeps an ulp
+    of itself, where the sums' differences kept an ulp of |<I_i, T_i>|), and from the sums themselves where
+    those are the more precise (s = 0 included). With a separate teacher it costs one more ``stats`` pass
+    (2 b B D FLOPs) when s requires grad.
     """
 
     @staticmethod
@@ -303,38 +319,52 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         r, c_part, tr, tc_part, w, wc_part, x, g, gc_part = backend.stats(
             image, texts, scale, teacher, rank * b
         )
-        lse_parts, weighted = [c_part], [(0, wc_part)]
+        lse_parts, weighted, soft_gaps = [c_part], [(0, wc_part)], [(0, gc_part)]
         if teacher is not None:
             lse_parts.append(tc_part)
-            weighted = [(1, wc_part)]
+            weighted, soft_gaps = [(1, wc_part)], [(1, gc_part)]
             if need_s:
-                # d r_i / ds needs the student's own softmax-weighted sums: one more stats pass.
-                ws, ws_part = backend.stats(image, texts, scale, None, row0=None)[4:6]
-                weighted.append((0, ws_part))
+                # d r_i / ds needs the student's own softmax-weighted sums (and, to keep them precise
+                # near one-hot, its own soft gaps): one more stats pass.
+                own_stats = backend.stats(image, texts, scale, None, row0=None)
+                ws, gs = own_stats[4], own_stats[7]
+                weighted.append((0, own_stats[5]))
+                soft_gaps.append((0, own_stats[8]))
+                del own_stats
         empty = meta.new_empty(0)
-        soft_gaps = (len(lse_parts) - 1, gc_part)
-        lses, sums_w, _, gc = _dist.merge_columns(
+        lses, sums_w, _, gaps_c = _dist.merge_columns(
             lse_parts, weighted, empty, group, backend.lse_base2, soft_gaps
         )
-        c, tc, wc = lses[0], lses[-1], sums_w[0]
+        c, tc, wc, gc = lses[0], lses[-1], sums_w[0], gaps_c[0]
         if teacher is None:
-            ws, wsc = w, wc
-        else:
-            wsc = sums_w[1] if need_s else None
+            ws, wsc, gs, gsc = w, wc, g, gc
+        elif need_s:
+            wsc, gsc = sums_w[1], gaps_c[1]
 
         colsum_t = texts.sum(0, dtype=torch.float32)
         nats = lse_nats(backend)
-        smooth = smoothing_rows(image, text, colsum_i, colsum_t) if eps else None
-        gaps = hard_gaps(r, c[own], x, nats, scale, eps, batch, smooth)
-        wc_own = wc[own]
-        parts = [torch.dot(hard_w, gaps), (torch.dot(soft_w, g) + torch.dot(soft_w, gc[own])) * nats]
+        smoothing = (colsum_i, colsum_t) if eps else ()
+        diag, smooth_i, smooth_t = row_terms(image, text, *smoothing, diag=need_s)
+        smooth = smooth_i + smooth_t if eps else None
+        c_own, gc_own = c[own], gc[own]
+        gaps = hard_gaps(r, c_own, x, nats, scale, eps, batch, smooth)
+        parts = [torch.dot(hard_w, gaps), (torch.dot(soft_w, g) + torch.dot(soft_w, gc_own)) * nats]
         if need_s:
-            h_row, h_col = hard_targets(image, text, eps, batch, colsum_i, colsum_t)
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the
-            # targets (H, the teacher-weighted sums) are s times s-free quantities: no division by s.
-            wsc_own = wsc[own]
-            parts.append(torch.dot(hard_w, ws - h_row) + torch.dot(hard_w, wsc_own - h_col))
-            parts.append(torch.dot(soft_w, ws - w) + torch.dot(soft_w, wsc_own - wc_own))
+            # targets (H, the teacher-weighted sums) are s times s-free quantities. Near one-hot the
+            # differences are tiny: formed from the gaps (``mean_difference``), each keeps an ulp of itself
+            # where ws_i - <I_i, T_i> would keep an ulp of |<I_i, T_i>|. H_i / s - <I_i, T_i> =
+            # eps (<I_i, colsum_t> / B - <I_i, T_i>).
+            wsc_own, gsc_own = wsc[own], gsc[own]
+            hard_r = mean_difference(ws, diag, gs, r - x.double(), nats, scale)
+            hard_c = mean_difference(wsc_own, diag, gsc_own, c_own - x.double(), nats, scale)
+            if eps:
+                hard_r.sub_(smooth_i.div_(batch).sub_(diag), alpha=eps)
+                hard_c.sub_(smooth_t.div_(batch).sub_(diag), alpha=eps)
+            parts.append(torch.dot(hard_w, hard_r) + torch.dot(hard_w, hard_c))
+            soft_r = mean_difference(ws, w, gs, g, nats, scale)
+            soft_c = mean_difference(wsc_own, wc[own], gsc_own, gc_own, nats, scale)
+            parts.append(torch.dot(soft_w, soft_r) + torch.dot(soft_w, soft_c))
         parts = torch.stack(parts)
         if not params.local_loss:
             dist.all_reduce(parts, group=group)
