@@ -235,9 +235,10 @@ def _check_soft_target_near_one_hot(rank, world, impl):
 
     The logit_scale gradient against ``centered_scale_grad`` (float64 autograd drops each row's
     -rest <I_i, T_i> here and errs by 100-150%): within twice the single-process error plus 8 ulps, and
-    within 1/16 of itself (the rows' rests below 2^-24, which the LSEs drop, are at most 1/16.6 of their
-    weighted distances). The forward formed it as ws_i - <I_i, T_i> and ws_i - w_i, which kept an ulp of
-    <I_i, T_i>: 3e-8 to 8e-8 on gradients of 1e-28 to 1e-20 (``soft_target.mean_difference``)."""
+    within 1/16 of itself (what the float64 LSEs m + log1p(rest) drop, rests below ~2^-53 |m| whose
+    terms lie over 30 nats below the max, is under 1/30 of the rows' weighted distances). The forward
+    formed it as ws_i - <I_i, T_i> and ws_i - w_i, which kept an ulp of <I_i, T_i>: 3e-8 to 8e-8 on
+    gradients of 1e-28 to 1e-20 (``soft_target.mean_difference``)."""
     b, batch = 2, 2 * world
     own = slice(rank * b, (rank + 1) * b)
     img, txt = _inputs(batch, 64, seed=9, noise=0.1)

@@ -13,8 +13,6 @@ import struct
 import torch
 import torch.distributed as dist
 
-LOG2E = 1.4426950408889634
-
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 IMPL_CODES = {"torch": 0, "triton": 1, "naive": 2}
@@ -117,8 +115,9 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     ``gaps``: (k, g) pairs (or none), g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of
     the student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as the statistics
     merge partial sums (``ColumnSoft``; sums of non-negative terms: a near one-hot column keeps the
-    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, global
-    gaps)."""
+    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, the gaps'
+    global (rest, weighted distances) pairs in float64: the gap is log1p(rest) in the LSEs' units plus
+    the distances: ``torch_utils.log1p_units``)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
     # in float64 where a part is (the student's two-part LSEs keep their precision); each result in its
@@ -142,10 +141,8 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     merged = []
     if gaps:
         first = len(parts) - len(gaps)
-        lg = torch.log1p(sums[first - 2] + (sums[first - 1] - 1.0))  # the rest and the ranks at the peak
-        if base2:
-            lg = lg * LOG2E
-        merged = [(lg + sums[first + j] / sums[k]).to(g.dtype) for j, (k, g) in enumerate(gaps)]
+        rest = sums[first - 2] + (sums[first - 1] - 1.0)  # the rest and each further rank at the peak
+        merged = [(rest, sums[first + j] / sums[k]) for j, (k, _) in enumerate(gaps)]
     return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype), merged
 
 

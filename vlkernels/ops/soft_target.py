@@ -67,6 +67,7 @@ from vlkernels.ops.torch_utils import (
     exact,
     f32_rows,
     first_order_only,
+    log1p_units,
     lse_nats,
     pack_lse,
     row_chunks,
@@ -335,6 +336,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         lses, sums_w, _, gaps_c = _dist.merge_columns(
             lse_parts, weighted, empty, group, backend.lse_base2, soft_gaps
         )
+        rest_c = log1p_units(gaps_c[0][0], backend.lse_base2)  # the gaps share the student's rest
+        gaps_c = [(rest_c + dist_c).float() for _, dist_c in gaps_c]
         c, tc, wc, gc = lses[0], lses[-1], sums_w[0], gaps_c[0]
         if teacher is None:
             ws, wsc, gs, gsc = w, wc, g, gc

@@ -208,15 +208,17 @@ def _stats_kernel(
                 tl.store(col + 4 * part_stride, tl.sum(e_c * (m_c[None, :] - raw), axis=0), mask=mask_n)
                 tl.store(col + 5 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
-    # the LSEs in float64: m + log2(l) formed there (module docstring, two-part LSEs)
+    # the LSEs in float64, formed there (module docstring, two-part LSEs): the student's as
+    # m + log2(1 + rest), which keeps the rest where l = 1 + rest rounds it in fp32 (as the columns',
+    # ``torch_utils.finish_partials``); a separate teacher's as m' + log2(l')
     if TEACHER:
-        tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + tl.log2(l_s).to(tl.float64), mask=mask_m)
+        above = _log2p1(_tied(rest, l_s))
+        tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + above, mask=mask_m)
         tl.store(t_lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
-        gap = _log2p1(_tied(rest, l_s)) + (acc_u / l_t).to(tl.float64)
     else:
-        tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
-        gap = _log2p1(_tied(rest, l_t)) + (acc_u / l_t).to(tl.float64)
-    tl.store(gap_ptr + offs_m, gap.to(tl.float32), mask=mask_m)
+        above = _log2p1(_tied(rest, l_t))
+        tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + above, mask=mask_m)
+    tl.store(gap_ptr + offs_m, (above + (acc_u / l_t).to(tl.float64)).to(tl.float32), mask=mask_m)
 
 
 @triton.jit
@@ -254,7 +256,7 @@ def _log2p1(x):
     x64 = x.to(tl.float64)
     y = 1.0 + x64
     den = tl.where(y == 1.0, 1.0, y - 1.0)
-    return tl.where(y == 1.0, x64 * 1.4426950408889634, tl.log2(y) * (x64 / den))
+    return tl.where(y == 1.0, x64 * LOG2E, tl.log2(y) * (x64 / den))
 
 
 @triton.jit

@@ -186,14 +186,23 @@ def rest_below_one(e: torch.Tensor, dim: int, total=None, exclude=None) -> torch
 
 def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
     """(r, r', w, g) of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the LSEs in
-    float64 as ``row_lse`` forms them (r' is r for the self teacher), the teacher-softmax-weighted mean of
-    the dot products w and the soft gap g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both
-    fp32."""
+    float64, the student's m + log1p(rest) (as ``finish_partials`` forms the columns': log(l) would round
+    the rest at 1 + rest in fp32), the teacher's m' + log(l') (r' is r for the self teacher), the
+    teacher-softmax-weighted mean of the dot products w and the soft gap
+    g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both fp32."""
     m, den, rest, t_max, t_den, u, w = soft_partials(s, d, t, scratch)
-    r = den.double().log_().add_(m.double())
+    above = log1p_units(rest)  # not log(den): den = 1 + rest rounds the rest in fp32
+    r = above + m.double()
     tr = r if t is None else t_den.double().log_().add_(t_max.double())
-    g = torch.log1p(rest.double()).add_(u.div_(t_den)).float()
+    g = above.add_(u.div_(t_den)).float()
     return r, tr, w.div_(t_den), g
+
+
+def log1p_units(rest: torch.Tensor, base2: bool = False) -> torch.Tensor:
+    """log1p(rest) in float64, natural or (``base2``) base 2: the part of an LSE above its largest score
+    (m + log1p(rest)), and of a soft gap (log1p(rest) plus the weighted distances to m)."""
+    lg = torch.log1p(rest.double())
+    return lg.mul_(LOG2E) if base2 else lg
 
 
 def finish_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
@@ -201,10 +210,8 @@ def finish_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
     the Triton statistics' ``_merge_kernel``): the LSE m + log1p(rest) and the
     teacher's m' + log(l') in float64 (c' None for the self teacher), the soft gap log1p(rest) + u / l'
     and the weighted mean w / l' in fp32."""
-    lg = torch.log1p(rest.double())
-    log = torch.log
-    if base2:
-        lg, log = lg.mul_(LOG2E), torch.log2
+    lg = log1p_units(rest, base2)
+    log = torch.log2 if base2 else torch.log
     den = rest.double() + 1.0 if t_max is None else t_den.double()
     tc = None if t_max is None else log(den).add_(t_max.double())
     return lg + m.double(), tc, (u / den).add_(lg).float(), (w / den).float()
