@@ -16,7 +16,8 @@ rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teac
 teacher, else ``(I', T', s')``:
 
 - ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x, g, g')``: the LSEs in float64
-  (two-part, as the contrastive loss's: ops/contrastive.py), natural or, where the backend's
+  (two-part, as the contrastive loss's: ops/contrastive.py; the student's m + log1p(rest), which keeps
+  the rest where 1 + rest rounds in fp32), natural or, where the backend's
   ``lse_base2`` is True, in base 2 (the units of its kernels' exponents, which ``accumulate`` and
   ``gradients`` take back); r' is r (c' is c) for the self teacher; the weighted sums in fp32, unscaled
   (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s; x [M] fp32 the pass's own

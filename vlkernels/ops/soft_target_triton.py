@@ -12,8 +12,9 @@ strides, scales read from device memory (no host sync), fp32 accumulation, int64
   column tile its column partials over the program's rows (the same sums), exact since each program sees
   each column tile once. ``_merge_kernel`` merges the programs' partials (and the launches') in a fixed
   order (``both_stats``). The LSEs are two-part (float64, as the contrastive loss's:
-  ops/contrastive_triton.py): the rows' m + log2(l) and the columns' max + log2(1 + rest) formed in
-  float64; the weights kernel splits the student's into fp32 hi + lo and takes a separate teacher's as
+  ops/contrastive_triton.py): the student's rows' m + log2(1 + rest) and columns' max + log2(1 + rest)
+  formed in float64 (l = 1 + rest in fp32 would round the rest away near one-hot), a separate teacher's
+  m' + log2(l'); the weights kernel splits the student's into fp32 hi + lo and takes a separate teacher's as
   the Functions keep them, fp32 hi + bf16 lo (``torch_utils.pack_lse``).
 - ``_weights_kernel``: the backward on the G-chunk engine (ops/gchunk_triton.py, shared with the
   contrastive and sigmoid losses): for a chunk of rows it recomputes the tiles of S (and S') and writes
