@@ -232,8 +232,8 @@ def record_tma(monkeypatch, module, names, launches_only: bool = False) -> list:
 
 def centered_scale_grad(img, txt, scale, alpha, teacher=None, eps: float = 0.0) -> torch.Tensor:
     """d/ds of ``soft_target_loss_naive(img, txt, s, alpha, *teacher, None, eps, "sum")`` in float64,
-    formed on centred dot products: per row, sum_j (Q_ij - T_ij) d_ij equals sum_j (Q_ij - T_ij)
-    (d_ij - d_ii) for any two distributions Q, T over j, and the latter keeps the diagonal's share. Near
+    formed on centred dot products: per row, sum_j (Q_ij - P_ij) d_ij equals sum_j (Q_ij - P_ij)
+    (d_ij - d_ii) for any two distributions Q, P over j, and the latter keeps the diagonal's share. Near
     one-hot (rests below 2^-53) the softmax's diagonal rounds to 1 even in float64, and autograd's
     sum_j (softmax_ij - onehot_ij) d_ij drops the term -rest d_ii, of the size of the whole gradient
     (measured: 100-150% off at s = 100). Rows: hard part sum_j Q_ij (d_ij - d_ii) + eps (d_ii - mean_j d_ij),
