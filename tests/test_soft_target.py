@@ -30,7 +30,7 @@ from tests._ref import (
 )
 from tests.test_contrastive import dominant_diagonal
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
-from vlkernels.ops.soft_target import row_terms
+from vlkernels.ops.soft_target import mean_difference, row_terms
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
 from vlkernels.ops.torch_utils import lse_nats, pack_lse, weighted_row_sum
 from vlkernels.reference import distill_clip_loss_naive, soft_target_loss_naive
@@ -521,6 +521,30 @@ def test_soft_part_near_one_hot_keeps_its_own_ulps(impl, teacher, alpha, seed):
     term = _soft_error_scale(img, txt, 30.0, alpha, *t_args)
     assert teacher or term == 0.0
     assert_within_float64_error(got[:1], base[:1], exact[:1], (term,), names=("loss",))
+
+
+def test_mean_difference_takes_the_form_that_rounds_less():
+    """``soft_target.mean_difference`` (the gathered logit_scale gradient's row terms): near one-hot two
+    means agree to fp32 and only their gaps (LSE - s * mean) carry the difference, which it returns (the
+    means' own difference is 0); at s = 0, and where the gaps are large against s times the means, the
+    means' difference (no division by a scale near 0); a negative scale divides with its sign; NaN
+    propagates. Entries 2-3 are inconsistent on purpose (their gaps do not belong to their means), so
+    that the value shows which form was taken."""
+    a = torch.tensor([0.7, 0.7, 0.5, 0.5, float("nan")])
+    b = torch.tensor([0.7, 0.7, 0.25, 0.25, 0.5])
+    gap_a = torch.tensor([1e-18, 1e-18, 3.0, 3.0, 1.0], dtype=torch.float64)
+    gap_b = torch.tensor([3e-18, 3e-18, 2.5, 2.5, 1.0], dtype=torch.float64)
+    for scale in (100.0, -100.0):
+        got = mean_difference(a, b, gap_a, gap_b, 1.0, torch.tensor(scale))
+        assert got.dtype == torch.float32
+        assert got[0].item() == pytest.approx(2e-20 / scale, rel=1e-6) and got[0] == got[1]
+        # gaps 5.5 against |s| (|a| + |b|) = 75: the gaps' form, (2.5 - 3) / s
+        assert got[2].item() == pytest.approx(-0.5 / scale, rel=1e-6)
+        assert torch.isnan(got[4])
+    at_zero = mean_difference(a, b, gap_a, gap_b, 1.0, torch.tensor(0.0))
+    assert torch.equal(at_zero[:4], a[:4] - b[:4]) and torch.isnan(at_zero[4])
+    small = mean_difference(a, b, gap_a, gap_b, 1.0, torch.tensor(1e-3))  # gaps 5.5 > 1e-3 * 0.75
+    assert torch.equal(small[2:4], a[2:4] - b[2:4])
 
 
 def _loss_error_scale(img, txt, scale, alpha, t_img=None, t_txt=None, t_scale=None) -> float:
