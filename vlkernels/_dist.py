@@ -115,9 +115,10 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     ``gaps``: (k, g) pairs (or none), g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of
     the student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as the statistics
     merge partial sums (``ColumnSoft``; sums of non-negative terms: a near one-hot column keeps the
-    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, the gaps'
-    global (rest, weighted distances) pairs in float64: the gap is log1p(rest) in the LSEs' units plus
-    the distances: ``torch_utils.log1p_units``)."""
+    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, and for the
+    gaps (rest, [weighted distances, one per gaps pair]) in float64 or None without gaps: each gap is
+    log1p(rest) in the LSEs' units plus its distances, ``torch_utils.log1p_units``; the rest is the
+    student's, shared)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
     # in float64 where a part is (the student's two-part LSEs keep their precision); each result in its
@@ -138,11 +139,11 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     sums = buf[: len(parts) * cols].view(len(parts), cols)
     lses = [(peak[k] + log(sums[k])).to(part.dtype) for k, part in enumerate(lse_parts)]
     sums_w = [(sums[len(lse_parts) + j] / sums[k]).to(w.dtype) for j, (k, w) in enumerate(weighted)]
-    merged = []
+    merged = None
     if gaps:
         first = len(parts) - len(gaps)
         rest = sums[first - 2] + (sums[first - 1] - 1.0)  # the rest and each further rank at the peak
-        merged = [(rest, sums[first + j] / sums[k]) for j, (k, _) in enumerate(gaps)]
+        merged = (rest, [sums[first + j] / sums[k] for j, (k, _) in enumerate(gaps)])
     return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype), merged
 
 

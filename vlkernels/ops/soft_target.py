@@ -337,8 +337,9 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         lses, sums_w, _, gaps_c = _dist.merge_columns(
             lse_parts, weighted, empty, group, backend.lse_base2, soft_gaps
         )
-        rest_c = log1p_units(gaps_c[0][0], backend.lse_base2)  # the gaps share the student's rest
-        gaps_c = [(rest_c + dist_c).float() for _, dist_c in gaps_c]
+        rest_c, dists_c = gaps_c
+        above_c = log1p_units(rest_c, backend.lse_base2)  # the gaps share the student's rest
+        gaps_c = [(above_c + dist_c).float() for dist_c in dists_c]
         c, tc, wc, gc = lses[0], lses[-1], sums_w[0], gaps_c[0]
         if teacher is None:
             ws, wsc, gs, gsc = w, wc, g, gc
