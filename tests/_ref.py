@@ -254,3 +254,70 @@ def centered_scale_grad(img, txt, scale, alpha, teacher=None, eps: float = 0.0) 
         soft = ((q - p) * centred).sum(1)
         total = total + ((1.0 - alpha) * hard + alpha * soft).sum()
     return total / batch
+
+
+def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, factor: float = 1.0):
+    """(loss, d_image, d_text, d_scale) of ``contrastive_loss`` (label smoothing ``eps``, reduction factor
+    1 for "mean", 2 for "sum") in float64, with every diagonal term formed from its off-diagonal mass:
+    -log P_ii = softplus(LSE_{j != i} S_ij - S_ii) and P_ii - 1 = -sigmoid(LSE_{j != i} S_ij - S_ii), the
+    columns' alike. Autograd of the float64 naive loss forms them from P_ii, so that a row whose
+    off-diagonal mass is below 2^-53 (near one-hot: aligned pairs at s = 100 give 1e-20 to 1e-40) gets
+    loss 0 and loses its whole diagonal gradient term; here each keeps its relative precision. Also
+    returns G (dL/dS, float64 [B, B]) for the error scales (``assert_relatively_exact``)."""
+    img, txt = img.double(), txt.double()
+    batch = img.shape[0]
+    s = float(scale)
+    dots = img @ txt.T
+    logits = s * dots
+    eye = torch.eye(batch, dtype=torch.bool)
+    coef = factor * grad_out / (2.0 * batch)
+    loss = logits.new_zeros(())
+    g = torch.zeros_like(logits)
+    for sc, transpose in ((logits, False), (logits.T, True)):
+        own = sc.diagonal()
+        lse = torch.logsumexp(sc, 1)
+        off = torch.logsumexp(sc.masked_fill(eye, float("-inf")), 1) - own  # -inf for B = 1
+        nll = F.softplus(off, threshold=1e9)  # log1p(exp(off)): -log P_ii to its relative precision
+        loss = loss + (nll + eps * (own - sc.mean(1))).sum()
+        p = torch.exp(sc - lse[:, None]).masked_fill(eye, 0.0)
+        p = p + torch.diag(-torch.sigmoid(off) + eps)
+        p = p - eps / batch
+        g = g + (p.T if transpose else p)
+    g = g * coef
+    d_image = s * g @ txt
+    d_text = s * g.T @ img
+    d_scale = (g * dots).sum()
+    return [loss * factor / (2.0 * batch), d_image, d_text, d_scale], g
+
+
+def assert_relatively_exact(
+    got, img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, ulps: float = 16, rows=slice(None)
+):
+    """``got`` (loss, d_image, d_text, d_scale; the feature gradients those of the batch's ``rows``: a
+    rank's share of a gathered loss) against ``exact_contrastive`` within ``ulps`` fp32 ulps of
+    each quantity's own error scale times (1 + max |S|) (the logits' rounding: each weight's relative
+    error): the loss's scale is itself, a gradient row's the sum of its terms' magnitudes, s |G_ij| |T_j|
+    over j, d_scale's the sum of |G_ij <I_i, T_j>|. Near one-hot these are far below naive's error (which
+    keeps an ulp of 1 per diagonal weight): a diagonal term formed from P_ii fails this by many orders."""
+    (loss, d_image, d_text, d_scale), g = exact_contrastive(img, txt, scale, eps, grad_out)
+    i64, t64 = img.double(), txt.double()
+    s = float(scale)
+    smax = s * (i64 @ t64.T).abs().max().item()
+    unit = ulps * torch.finfo(torch.float32).eps * (1.0 + smax)
+    ga = g.abs()
+    scales = (
+        loss.abs(),
+        abs(s) * ga @ t64.abs().amax(1, keepdim=True),
+        abs(s) * ga.T @ i64.abs().amax(1, keepdim=True),
+        (ga * (i64 @ t64.T).abs()).sum(),
+    )
+    names = ("loss", "d_image", "d_text", "d_scale")
+    for name, a, want, sc in zip(names, got, (loss, d_image, d_text, d_scale), scales, strict=True):
+        if want.dim() == 2:
+            want, sc = want[rows], sc[rows]
+        err = (a.double() - want).abs()
+        if err.dim() == 2:
+            err = err.amax(1, keepdim=True)
+        bound = unit * sc
+        worst = (err / bound.clamp_min(1e-300)).max().item()
+        assert (err <= bound).all(), (name, worst, err.max().item(), want.abs().max().item())

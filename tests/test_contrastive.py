@@ -15,7 +15,9 @@ from tests._ref import (
     PeakLive,
     as_float64,
     assert_close_all,
+    assert_relatively_exact,
     assert_within_float64_error,
+    exact_contrastive,
     examples,
     features,
     force_plan,
@@ -343,9 +345,9 @@ def test_triton_unnormalised_features_and_fallback(monkeypatch, scale):
     flagged = []
     real = ct._exact_rows
 
-    def spy(q, k, s, out, todo):
+    def spy(q, k, s, top, off, todo, diag0):
         flagged.append(int(todo.sum()))
-        return real(q, k, s, out, todo)
+        return real(q, k, s, top, off, todo, diag0)
 
     monkeypatch.setattr(ct, "_exact_rows", spy)
     img, txt = _unnormalised(29, 13, seed=int(scale))
@@ -377,46 +379,63 @@ def test_triton_huge_logits(norm, batch, dim):
     _check_huge_logits(norm, batch, dim)
 
 
-def _check_on_own_scale(impl, img, txt, scale: float, loss_term: float = 0.0):
-    """The loss and the feature and scale gradients of ``impl`` (grad_output 1.3) within twice naive's
-    error against float64 plus 8 ulps of each quantity's own largest element (not the unit-feature error
-    scale: the exact loss and gradients of near one-hot rows are far below it); the loss's error scale
-    ``loss_term`` (8 ulps of it at least)."""
+def _check_on_own_scale(impl, img, txt, scale: float, eps: float = 0.0):
+    """The loss and the feature and scale gradients of ``impl`` (grad_output 1.3) against the float64
+    reference that keeps every diagonal term (``exact_contrastive``): within twice naive's error plus 8
+    ulps of each quantity's own largest element (not the unit-feature error scale: the exact loss and
+    gradients of near one-hot rows are far below it), and within 16 ulps of each quantity's own error
+    scale (``assert_relatively_exact``), which naive misses by orders near one-hot."""
     s = torch.tensor(scale)
-    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl=impl)
-    base = run_loss(_naive, img, txt, s, 1.3)
-    exact = run_loss(contrastive_loss_naive, *as_float64(img, txt, s)[:3], 1.3)
-    assert_within_float64_error(got, base, exact, (loss_term, 0.0, 0.0, 0.0))
+    got = run_loss(contrastive_loss, img, txt, s, 1.3, impl=impl, label_smoothing=eps)
+    base = run_loss(_naive, img, txt, s, 1.3, label_smoothing=eps)
+    exact, _ = exact_contrastive(img, txt, scale, eps, 1.3)
+    assert_within_float64_error(got, base, exact, (0.0,) * 4)
+    assert_relatively_exact(got, img, txt, scale, eps, 1.3)
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
 @pytest.mark.parametrize("batch,dim", [(2, 7), (2, 64), (17, 64)])
 def test_near_one_hot_loss_and_gradients_match_naive(impl, batch, dim):
     """Aligned pairs at s = 100 (loss 1e-21 to 1e-35): the exact loss and gradients are that small and fp32
-    keeps them (naive errs by ~1e-5 of them), so each may err from float64 by twice naive's error plus
-    8 ulps of its own largest element, not of the unit-feature error scale. The torch backend subtracted
-    the diagonal targets after the products: 2 T_i plus the tiny rest rounded to 2 T_i and every feature
-    gradient came out 0 (B = 2) or lost all its digits. The loss subtracts the LSE pass's own diagonal
-    scores (before, it kept an ulp of |S| per row: errors of 2.2e-6 to 4.0e-6). On the Triton path the
-    loss's error scale is 1: its column LSEs, summed against a fixed reference (S2 - ref ~ 2^7), keep the
-    fp32 exp2's ulp of 1 (8e-9 here, where naive's sums of 1 + ~1e-40 round to exactly 1)."""
+    keeps them, so each may err by 16 ulps of its own error scale (``_check_on_own_scale``). The torch
+    backend subtracted the diagonal targets after the products: 2 T_i plus the tiny rest rounded to 2 T_i
+    and every feature gradient came out 0 (B = 2) or lost all its digits. Then the diagonal weights
+    W_ii - 2, formed from exp(S_ii - LSE_i) near 1, kept an ulp of 2 where the exact value is the rows'
+    and columns' off-diagonal mass (naive's softmax - one-hot likewise): 1e5 ulps of the error scale on
+    the loss and every gradient. Now the forward sums the off-diagonal terms apart and the loss and G's
+    diagonal come from those masses (docs/design.md, "Off-diagonal masses")."""
     img, txt = features(batch, dim, seed=batch + dim)
-    _check_on_own_scale(impl, img, txt, 100.0, 1.0 if impl == "triton" else 0.0)
+    _check_on_own_scale(impl, img, txt, 100.0)
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
-def test_weights_near_one_keep_an_ulp_of_one(impl):
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_weights_near_one_keep_an_ulp_of_one(impl, eps):
     """Well-matched pairs at s = 30 (B = 64, D = 32, texts = normalise(images + 0.1 noise): loss ~1e-5,
-    rows whose off-diagonal softmax mass is ~1e-7 to 1e-5, so many weights lie just below 1): the loss and
-    each gradient within twice naive's error plus 8 ulps of its own largest element. With fp32 LSEs (rounded
-    to an ulp of |S| ~ 30-43) every weight near 1 erred by up to that, where naive's softmax keeps an ulp
-    of 1: the torch path erred by 8-14x naive's error, the Triton path by 25-38x (its forward's column
-    sums also rounded S2 - ref at an ulp of |S2 - ref|). Now the LSEs are float64, split into fp32
-    hi + lo for the exponents, and the column terms compensated (docs/design.md, "Two-part LSEs")."""
+    rows whose off-diagonal softmax mass is ~1e-7 to 1e-5, so many weights lie just below 1), with and
+    without label smoothing (``_check_on_own_scale``). With fp32 LSEs (rounded to an ulp of |S| ~ 30-43)
+    every weight near 1 erred by up to that, where naive's softmax keeps an ulp of 1: the torch path erred
+    by 8-14x naive's error, the Triton path by 25-38x (its forward's column sums also rounded S2 - ref at
+    an ulp of |S2 - ref|); the LSEs are float64 since, split into fp32 hi + lo for the exponents, and the
+    column terms compensated (docs/design.md, "Two-part LSEs"). The diagonal weights' ulp of 1 (naive's
+    too) still cost 1e5 ulps of the feature gradients' error scale until the off-diagonal masses."""
     g = torch.Generator().manual_seed(2)
     img = F.normalize(torch.randn(64, 32, generator=g), dim=1)
     txt = F.normalize(img + 0.1 * torch.randn(64, 32, generator=g), dim=1)
-    _check_on_own_scale(impl, img, txt, 30.0)
+    _check_on_own_scale(impl, img, txt, 30.0, eps)
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_confident_rows_at_s_60_keep_their_gradient(impl):
+    """B = 257 (prime), D = 64, texts = normalise(images + 0.1 noise), s = 60: loss ~1e-9, the diagonal
+    weights 2 - W_ii ~1e-12 to 1e-8. The Triton path's column LSEs through a fixed reference carry the
+    fp32 exp2's own ulp of 1, so that its W_ii - 2 erred by 2.4-2.5x naive's error (past the float64 rule)
+    and every path's by 1.6e5 ulps of the feature gradients' error scale; from the off-diagonal masses
+    both are within 3 ulps."""
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(257, 64, generator=g), dim=1)
+    txt = F.normalize(img + 0.1 * torch.randn(257, 64, generator=g), dim=1)
+    _check_on_own_scale(impl, img, txt, 60.0)
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
@@ -464,9 +483,18 @@ def check_diagonal_is_the_walks(impl, rows, dim, row0, device="cpu", dtype=torch
 
     q, k = dominant_diagonal(rows, dim, row0, device, dtype)
     backend = TorchBackend() if impl == "torch" else TritonBackend()
-    r, _, x = backend.lse(q, k, torch.tensor(100.0, device=device), row0)
+    r, _, x, mass, _ = backend.lse(q, k, torch.tensor(100.0, device=device), row0)
     assert x.dtype == torch.float32 and x.shape == (rows,)
     assert torch.equal(x.double(), r), (x.double() - r).abs().max()
+    # the off-diagonal mass (below 2^-24 here, where 1 - P_ii formed from P_ii would be 0) to an ulp of
+    # itself times the logits' rounding (1 + 144 ulps: |S2| < 145)
+    s2 = 100.0 * q.double() @ k.double().T / math.log(2.0)
+    own = s2[torch.arange(rows), torch.arange(rows) + row0]
+    s2[torch.arange(rows), torch.arange(rows) + row0] = float("-inf")
+    want = torch.exp2(torch.logsumexp(s2 * math.log(2.0), 1) / math.log(2.0) - own)
+    assert mass.dtype == torch.float32 and (want < 2.0**-24).all() and (want > 0).all()
+    err = ((mass.double().cpu() - want.cpu()) / want.cpu()).abs().max().item()
+    assert err <= 145 * 8 * torch.finfo(torch.float32).eps, err
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
@@ -492,7 +520,7 @@ def test_torch_lse_merges_columns_across_chunks(monkeypatch):
     img[0:2, 0], img[0:2, 1:], txt[0, 0] = 1e20, 0.0, -1e20
     scores = img @ txt.T
     assert torch.isneginf(scores[:2, 0]).all() and scores[:2, 2:].max() < -1e19
-    r, c, _ = TorchBackend().lse(img, txt, torch.tensor(1.0))
+    r, c, *_ = TorchBackend().lse(img, txt, torch.tensor(1.0))
     for got, dim in ((r, 1), (c, 0)):
         want = torch.logsumexp(scores.double(), dim)
         assert got.dtype == torch.float64
@@ -507,9 +535,9 @@ def test_triton_normalised_features_need_no_fallback(monkeypatch):
     flagged = []
     real = ct._exact_rows
 
-    def spy(q, k, s, out, todo):
+    def spy(q, k, s, top, off, todo, diag0):
         flagged.append(int(todo.sum()))
-        return real(q, k, s, out, todo)
+        return real(q, k, s, top, off, todo, diag0)
 
     monkeypatch.setattr(ct, "_exact_rows", spy)
     img, txt = features(40, 24, seed=5)
@@ -789,10 +817,11 @@ def test_triton_backward_stays_in_its_plan(monkeypatch, batch, dim, kib):
     scale = torch.tensor(10.0)
     logits = scale * img.float() @ txt.float().T  # the statistics the forward kernel gives, outside the count
     r, c = logits.logsumexp(1) / math.log(2.0), logits.logsumexp(0) / math.log(2.0)  # the backend's base 2
+    diag = torch.full((batch,), -0.3)  # G's diagonal (any values: the memory is the question)
     plan = ct._plan(batch, batch, dim, torch.bfloat16, True, workspace)
     assert plan.workspace <= workspace
     with PeakLive() as mode:
-        ct.TritonBackend().gradients(img, txt, scale, r, c, 0.5, 0.1)
+        ct.TritonBackend().gradients(img, txt, scale, r, c, 0.5, 0.1, diag)
     outputs = 2 * batch * dim * img.element_size()
     assert mode.peak - outputs <= plan.workspace + 64, (mode.peak - outputs, plan)
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from tests._ref import (
     MaxNumel,
+    assert_relatively_exact,
     assert_within_float64_error,
     centered_scale_grad,
     logit_term_scales,
@@ -211,12 +212,25 @@ def _check_near_one_hot(rank, world, impl):
     block-row scheme may add; tests/test_contrastive.py holds that one to naive's) plus 8 ulps of its own
     largest element. The targets are subtracted from each chunk of W before its products: after them,
     2 T_i plus the tiny rest had rounded to 2 T_i (errors of 100% of the gradients, 1e6 times the
-    single-process ones). Each rank's LSE pass returns its own diagonal scores (at column rank b + i)."""
+    single-process ones). Each rank's LSE pass returns its own diagonal scores (at column rank b + i).
+    Against the float64 reference that keeps the diagonal terms (``assert_relatively_exact``: 16 ulps of
+    each quantity's own error scale) too: the columns' off-diagonal masses merge across the ranks, and
+    each rank's diagonal of G is the rows' and its columns' masses (formed from W_ii, the loss and
+    gradients kept an ulp of 2 per diagonal weight: 1e5 ulps of their error scales)."""
     img, txt = _inputs(2 * world, 64, seed=9, noise=0.1)
+    own = slice(rank * 2, (rank + 1) * 2)
     for eps in (0.0, 0.1):
         what = f"near one-hot impl={impl} eps={eps} rank={rank}"
         args = (what, rank, world, img, txt, 100.0, eps, impl, 1.3, (0.0,) * 4)
         _gathered_on_float64_rule(*args, base=impl)
+        mine = _leaves(img[own], txt[own], torch.tensor(100.0))
+        got = contrastive_loss(*mine, label_smoothing=eps, impl=impl, gather=True)
+        d_image, d_text, d_scale = _grads(got, mine, 1.3)
+        try:
+            quantities = (got.detach(), d_image / world, d_text / world, d_scale)
+            assert_relatively_exact(quantities, img, txt, 100.0, eps, 1.3, rows=own)
+        except AssertionError as error:
+            raise AssertionError(f"{what}: {error}") from None
 
 
 def _check_soft_target_near_one_hot(rank, world, impl):

@@ -43,7 +43,14 @@ import torch
 import torch.distributed as dist
 
 from vlkernels import _dist
-from vlkernels.ops.torch_utils import exact, f32_rows, first_order_only, lse_nats, row_chunks
+from vlkernels.ops.torch_utils import (
+    diagonal_loss_terms,
+    exact,
+    f32_rows,
+    first_order_only,
+    lse_nats,
+    row_chunks,
+)
 
 
 class ContrastiveBackend(Protocol):
@@ -78,18 +85,24 @@ class ContrastiveParams:
     with_grad: bool = True
 
 
-def loss_sum(r, c, x, nats: float, scale, eps: float, batch: int, colsum_i, colsum_t) -> torch.Tensor:
+def target_diagonal(mass_r, mass_c, eps: float) -> torch.Tensor:
+    """G's diagonal W_ii - 2 (1 - eps) = 2 eps - (1 - P_ii) - (1 - Q_ii) in fp32 from the rows' and
+    columns' off-diagonal masses (``ContrastiveBackend.lse``), which the backward sets before its products:
+    formed from W_ii it would keep an ulp of 2, near one-hot the whole of its exact value."""
+    return (2.0 * eps - mass_r.double() - mass_c.double()).float()
+
+
+def loss_sum(terms, x, nats: float, scale, eps: float, batch: int, colsum_i, colsum_t) -> torch.Tensor:
     """sum r + sum c - 2 (1 - eps) sum_i S_ii - 2 eps / B sum_ij S_ij over these rows and columns, float64:
-    the LSEs ``r``, ``c`` less the pass's own diagonal scores ``x`` (all in the backend's units, ``nats``
-    converting) summed in float64, so that near one-hot each row keeps an ulp of its small rest (a
-    separately computed diagonal would leave an ulp of |S| per row); the smoothing part as 2 eps (sum x -
-    s / B colsum_i . colsum_t) (``colsum_i``, ``colsum_t``: the column sums of these rows' images and of
-    all B texts; unused, may be None, without smoothing)."""
-    x64 = x.double()
-    total = ((r - x64).sum() + (c - x64).sum()) * nats
+    ``terms``, the rows' and the columns' -log P_ii (``torch_utils.diagonal_loss_terms``, natural logs:
+    near one-hot each keeps an ulp of its tiny value), summed; the smoothing part as 2 eps (sum x -
+    s / B colsum_i . colsum_t) (x the pass's own diagonal scores in the backend's units, ``nats``
+    converting; ``colsum_i``, ``colsum_t``: the column sums of these rows' images and of all B texts;
+    unused, may be None, without smoothing)."""
+    total = sum(t.sum() for t in terms)
     if eps:
         mean = scale.double() * torch.dot(colsum_i, colsum_t).double() / batch
-        total = total + 2.0 * eps * (x64.sum() * nats - mean)
+        total = total + 2.0 * eps * (x.double().sum() * nats - mean)
     return total
 
 
@@ -117,13 +130,16 @@ class ContrastiveLossFunction(torch.autograd.Function):
     @exact
     def forward(ctx, image, text, scale, params: ContrastiveParams):
         batch = image.shape[0]
-        r, c, x = params.backend.lse(image, text, scale)
+        r, c, x, mass_r, mass_c = params.backend.lse(image, text, scale)
+        nats = lse_nats(params.backend)
+        diag = target_diagonal(mass_r, mass_c, params.eps)
+        terms = [diagonal_loss_terms(lse, x, mass, nats) for lse, mass in ((r, mass_r), (c, mass_c))]
         colsum_i = colsum_t = None  # only the smoothing part needs them
         if params.eps:
             colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
-        total = loss_sum(r, c, x, lse_nats(params.backend), scale, params.eps, batch, colsum_i, colsum_t)
+        total = loss_sum(terms, x, nats, scale, params.eps, batch, colsum_i, colsum_t)
         loss = (total * (params.factor / (2.0 * batch))).float()
-        ctx.save_for_backward(image, text, scale, r, c)
+        ctx.save_for_backward(image, text, scale, r, c, diag)
         ctx.params = params
         return loss
 
@@ -131,11 +147,11 @@ class ContrastiveLossFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, grad_out):
-        image, text, scale, r, c = ctx.saved_tensors
+        image, text, scale, r, c, diag = ctx.saved_tensors
         p, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
         coef = grad_out.float() * (p.factor / (2.0 * batch))
-        d_image, d_text, d_scale = p.backend.gradients(image, text, scale, r, c, coef, p.eps, need_t)
+        d_image, d_text, d_scale = p.backend.gradients(image, text, scale, r, c, coef, p.eps, diag, need_t)
         return (d_image if need_i else None), d_text, (d_scale if need_s else None), None
 
 
@@ -150,19 +166,29 @@ class GatheredContrastiveFunction(torch.autograd.Function):
         group = params.group
         batch = dist.get_world_size(group) * image.shape[0]
         texts, _ = _dist.gather(text, group)
-        row0 = dist.get_rank(group) * image.shape[0]
-        r, c_part, x = params.backend.lse(image, texts, scale, row0)
+        rows = image.shape[0]
+        row0 = dist.get_rank(group) * rows
+        r, c_part, x, mass_r, mass_part = params.backend.lse(image, texts, scale, row0)
         nats = lse_nats(params.backend)
         colsum_i = colsum_t = None  # only the smoothing part needs them
         if params.eps:
             colsum_i, colsum_t = image.sum(0, dtype=torch.float32), texts.sum(0, dtype=torch.float32)
-        # this rank's rows and, for the columns, its diagonal scores (sum c comes from the merged c)
-        local = loss_sum(r, r.new_zeros(x.shape), x, nats, scale, params.eps, batch, colsum_i, colsum_t)
-        (c,), _, rest, _ = _dist.merge_columns(
-            [c_part], [], local.reshape(1), group, params.backend.lse_base2
+        # this rank's rows; the columns' terms need the merged column LSEs and every rank's diagonal
+        # scores, which ride in the merge's all-reduce (zero but at this rank's columns: exact sums)
+        local = loss_sum(
+            [diagonal_loss_terms(r, x, mass_r, nats)], x, nats, scale, params.eps, batch, colsum_i, colsum_t
         )
-        loss = ((rest[0] + c.sum() * nats) * (params.factor / (2.0 * batch))).float()
-        ctx.save_for_backward(image, text, texts, scale, r, c)
+        extra = local.new_zeros(1 + batch)
+        extra[0] = local
+        extra[1 + row0 : 1 + row0 + rows] = x
+        # the columns' masses merge as weighted sums (the ratio of the off-diagonal sums to the sums)
+        (c,), (mass_c,), summed, _ = _dist.merge_columns(
+            [c_part], [(0, mass_part)], extra, group, params.backend.lse_base2
+        )
+        total = summed[0] + diagonal_loss_terms(c, summed[1:], mass_c, nats).sum()
+        loss = (total * (params.factor / (2.0 * batch))).float()
+        diag = target_diagonal(mass_r, mass_c[row0 : row0 + rows], params.eps)
+        ctx.save_for_backward(image, text, texts, scale, r, c, diag)
         ctx.params = params
         return loss
 
@@ -170,15 +196,16 @@ class GatheredContrastiveFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, grad_out):
-        image, text, texts, scale, r, c = ctx.saved_tensors
+        image, text, texts, scale, r, c, diag = ctx.saved_tensors
         p = ctx.params
         batch = texts.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
         # The targets folded into each chunk of W before its products (this block-row's diagonal starts at
-        # its own texts' first column): U_I = A_I, and the reduce-scatter sums U_T over the ranks. After the
-        # products, near one-hot rows lost their gradient (2 T_i plus the tiny rest rounds to 2 T_i).
+        # its own texts' first column, its values the forward's ``diag``): U_I = A_I, and the
+        # reduce-scatter sums U_T over the ranks. After the products, near one-hot rows lost their
+        # gradient (2 T_i plus the tiny rest rounds to 2 T_i).
         row0 = dist.get_rank(p.group) * image.shape[0]
-        u_i, a_t = p.backend.accumulate(image, texts, scale, r, c, (row0, p.eps))
+        u_i, a_t = p.backend.accumulate(image, texts, scale, r, c, (row0, p.eps, diag))
         u_t = torch.empty_like(u_i)
         rs_work = _dist.reduce_scatter(u_t, a_t, group=p.group, async_op=True)
         # Sum over ranks of the block-rows' ds parts, and of the upstream grads (gather_with_grad: every

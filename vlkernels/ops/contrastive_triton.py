@@ -80,12 +80,14 @@ def _lse_kernel(
     q_ptr,
     k_ptr,
     scale_ptr,
-    lse_ptr,
+    max_ptr,
+    off_ptr,
     idx_ptr,
     count_ptr,
     M,
     N,
     D,
+    diag0,
     sqm,
     sqd,
     skn,
@@ -97,8 +99,9 @@ def _lse_kernel(
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """Exact log2-sum-exp2_j S2_ij (S2 = s <Q_i, K_j> log2(e); online max/sum) for the rows idx[0:count] of
-    Q, written to lse[idx]: the forward's fallback for the columns whose fixed-reference sums underflowed."""
+    """The max over j of S2_ij (S2 = s <Q_i, K_j> log2(e)) and the sum of exp2(S2_ij - max) over the
+    off-diagonal j (j != i + diag0; online) for the rows idx[0:count] of Q, written to max[idx] and
+    off[idx]: the forward's fallback for the columns whose fixed-reference sums underflowed."""
     if DOT_PREC != "ieee":  # the D walk runs: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
     pid = tl.program_id(0).to(tl.int64)
@@ -119,9 +122,12 @@ def _lse_kernel(
         )
         s2 = tl.where(mask_n[None, :], acc * scale2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s2, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
+        own = offs_n[None, :] == (offs_m + diag0)[:, None]
+        e = tl.where(own, 0.0, tl.exp2(s2 - m_new[:, None]))
+        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(e, axis=1)
         m_i = m_new
-    tl.store(lse_ptr + offs_m, m_i.to(tl.float64) + tl.log2(l_i).to(tl.float64), mask=mask_m)
+    tl.store(max_ptr + offs_m, m_i, mask=mask_m)
+    tl.store(off_ptr + offs_m, l_i, mask=mask_m)
 
 
 @triton.jit
@@ -181,11 +187,13 @@ def _forward_kernel(
     k_ptr,
     scale_ptr,
     ref_ptr,
-    lse_ptr,
+    max_ptr,
+    off_ptr,
     part_ptr,
     M,
     N,
     D,
+    diag0,
     sqm,
     sqd,
     skn,
@@ -199,8 +207,10 @@ def _forward_kernel(
     TMA: tl.constexpr = False,
     PARTS: tl.constexpr = 1,
 ):
-    """Row LSEs of S in base 2 (online) and this program's column sums of exp2(S2 - ref) (part[pid, :]),
-    one pass.
+    """The rows' max of S2 = S log2(e) and sum of exp2(S2 - max) over their off-diagonal scores (online;
+    row i meets the diagonal at column diag0 + i) and this program's column sums of exp2(S2 - ref) over
+    the off-diagonal scores (part[pid, :]), one pass: the diagonal's terms are added in float64 after
+    (``both_lse``), so that the off-diagonal sums give 1 - P_ii to an ulp of itself.
     PARTS = 4: each score tile's epilogue in four column parts, one after the other (fewer registers: the
     128 x 256 tiles of config "fwd_wide"); the same sums in another order. TMA: q_ptr and k_ptr are
     tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (``forward_config``)."""
@@ -214,34 +224,45 @@ def _forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     my_part = part_ptr + pid * N
+    d0 = pid * BLOCK_M + diag0  # the diagonal's column at this program's first row
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n, mask_n, acc = walk_tile(
             operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, TMA
         )
         s2 = acc * scale2
         if PARTS == 1:
-            m_i, l_i = _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, my_part, N)
+            m_i, l_i = _forward_epilogue(
+                s2, m_i, l_i, offs_n, mask_m, ref_ptr, my_part, N, d0, start_n, BLOCK_M, BLOCK_N
+            )
         else:  # four column parts of V
             V: tl.constexpr = BLOCK_N // 4
             offs_v = start_n + tl.arange(0, V).to(tl.int64)
             h0, h1 = halves(s2, BLOCK_M, BLOCK_N)
             p0, p1 = halves(h0, BLOCK_M, BLOCK_N // 2)
-            m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v, mask_m, ref_ptr, my_part, N)
-            m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + V, mask_m, ref_ptr, my_part, N)
+            args = (mask_m, ref_ptr, my_part, N, d0)
+            m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v, *args, start_n, BLOCK_M, V)
+            m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + V, *args, start_n + V, BLOCK_M, V)
             p0, p1 = halves(h1, BLOCK_M, BLOCK_N // 2)
-            m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v + 2 * V, mask_m, ref_ptr, my_part, N)
-            m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + 3 * V, mask_m, ref_ptr, my_part, N)
-    tl.store(lse_ptr + offs_m, m_i.to(tl.float64) + tl.log2(l_i).to(tl.float64), mask=mask_m)
+            m_i, l_i = _forward_epilogue(p0, m_i, l_i, offs_v + 2 * V, *args, start_n + 2 * V, BLOCK_M, V)
+            m_i, l_i = _forward_epilogue(p1, m_i, l_i, offs_v + 3 * V, *args, start_n + 3 * V, BLOCK_M, V)
+    tl.store(max_ptr + offs_m, m_i, mask=mask_m)
+    tl.store(off_ptr + offs_m, l_i, mask=mask_m)
 
 
 @triton.jit
-def _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, part_ptr, N):
-    """One score tile (or column part of it) of ``_forward_kernel``, S2 = S log2(e) [rows, cols]: the
-    rows' online max / sum updated (returned), the columns' sums of exp2(S2 - ref) stored at part[offs_n]."""
+def _forward_epilogue(
+    s2, m_i, l_i, offs_n, mask_m, ref_ptr, part_ptr, N, d0, col0, BM: tl.constexpr, BN: tl.constexpr
+):
+    """One score tile (or column part of it, its first column ``col0``) of ``_forward_kernel``,
+    S2 = S log2(e) [rows, cols]: the rows' online max (over every score) and off-diagonal sum updated
+    (returned), the columns' off-diagonal sums of exp2(S2 - ref) stored at part[offs_n]; row i meets the
+    diagonal at column d0 + i."""
     mask_n = offs_n < N
+    own = diagonal_mask(d0, col0, BM, BN)
     s2_row = tl.where(mask_n[None, :], s2, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s2_row, axis=1))
-    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2_row - m_new[:, None]), axis=1)
+    e = tl.where(own, 0.0, tl.exp2(s2_row - m_new[:, None]))
+    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(e, axis=1)
     ref = tl.load(ref_ptr + offs_n, mask=mask_n, other=0.0)
     # S2 - ref rounds at an ulp of |S2 - ref| (~2^7 at s = 100: coarser than S2's own ulp); its rounding
     # error (TwoSum) goes back in as exp2(d + err) ~ exp2(d) (1 + err ln 2), so that each term keeps an
@@ -249,7 +270,7 @@ def _forward_epilogue(s2, m_i, l_i, offs_n, mask_m, ref_ptr, part_ptr, N):
     d = s2 - ref[None, :]
     bb = d - s2
     err = (s2 - (d - bb)) + (-ref[None, :] - bb)
-    col = tl.where(mask_m[:, None], tl.exp2(d) * (1.0 + err * LN2), 0.0)
+    col = tl.where(mask_m[:, None] & ~own, tl.exp2(d) * (1.0 + err * LN2), 0.0)
     tl.store(part_ptr + offs_n, tl.sum(col, axis=0), mask=mask_n)
     return m_new, l_i
 
@@ -279,7 +300,7 @@ def _weights_tile(
     N,
     D,
     row0,
-    diag_w,
+    diag_q,
     all_w,
     sqm,
     sqd,
@@ -331,7 +352,7 @@ def _weights_tile(
         N,
         ds_blocks,
         row0,
-        diag_w,
+        diag_q,
         all_w,
     )
     if PARTS == 1:
@@ -362,7 +383,7 @@ def _g_part(
     N,
     ds_blocks,
     row0,
-    diag_w,
+    diag_q,
     all_w,
     BLOCK_M: tl.constexpr,
     W: tl.constexpr,
@@ -382,7 +403,7 @@ def _g_part(
     k_hi, k_lo = split_lse(tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0))
     w = tl.exp2((s2 - q_hi[:, None]) - q_lo[:, None]) + tl.exp2((s2 - k_hi[None, :]) - k_lo[None, :])
     if TARGETS:
-        w = w - tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), diag_w, 0.0) - all_w
+        w = tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), diag_q[:, None], w) - all_w
     store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, TARGETS, UPCAST)
 
 
@@ -399,7 +420,7 @@ def _weights_kernel(
     N,
     D,
     row0,
-    diag_w,
+    diag_ptr,
     all_w,
     sqm,
     sqd,
@@ -416,9 +437,10 @@ def _weights_kernel(
     TMA: tl.constexpr = False,
     PARTS: tl.constexpr = 1,
 ):
-    """Tiles of G = exp(S - lse_q) + exp(S - lse_k) (- the targets: diag_w where the global row row0 + i
-    is column j, all_w everywhere), stored in g's dtype ([M, N] row-major); with TARGETS also each tile's
-    fp32 row sums of G * <Q_i, K_j> (ds[i, column block]: blocks of BLOCK_N / PARTS columns).
+    """Tiles of G = exp(S - lse_q) + exp(S - lse_k) (the targets: where the global row row0 + i is column
+    j, diag[i], the forward's W_ii - 2 (1 - eps); all_w off everywhere), stored in g's dtype ([M, N]
+    row-major); with TARGETS also each tile's fp32 row sums of G * <Q_i, K_j> (ds[i, column block]: blocks
+    of BLOCK_N / PARTS columns).
     WALK: program (i, g) takes the rows of block i and walks the column blocks g, g + G, ... (G programs
     per row block: ``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program
     (i, j) does tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] /
@@ -426,6 +448,10 @@ def _weights_kernel(
     pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)
+    if TARGETS:  # G's diagonal at these rows, W_ii - 2 (1 - eps) as the forward formed it
+        diag_q = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
+    else:
+        diag_q = tl.zeros([BLOCK_M], dtype=tl.float32)
     args = (
         q_ptr,
         k_ptr,
@@ -435,7 +461,7 @@ def _weights_kernel(
         N,
         D,
         row0,
-        diag_w,
+        diag_q,
         all_w,
         sqm,
         sqd,
@@ -516,9 +542,9 @@ def column_reference(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor) -> t
     return ref.sub_(headroom)
 
 
-def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
-    """out[i] = log2-sum-exp2_j of s <q_i, k_j> log2(e) for the rows flagged in ``todo`` (bool [M]), without
-    a host sync."""
+def _exact_rows(q, k, scale, top, off, todo: torch.Tensor, diag0: int) -> None:
+    """For the rows flagged in ``todo`` (bool [M]), without a host sync: top[i] = max_j S2_ij (S2 =
+    s <q_i, k_j> log2(e)) and off[i] = the sum of exp2(S2_ij - top[i]) over j != i + ``diag0`` (fp32)."""
     m, dim = q.shape
     order = torch.argsort((~todo).to(torch.uint8), stable=True)  # flagged rows first
     count = todo.sum(dtype=torch.int32).reshape(1)
@@ -533,12 +559,14 @@ def _exact_rows(q, k, scale, out, todo: torch.Tensor) -> None:
         q,
         k,
         scale,
-        out,
+        top,
+        off,
         order,
         count,
         m,
         k.shape[0],
         dim,
+        diag0,
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -583,18 +611,32 @@ def diagonal(q, k, scale, cfg: dict, row0: int = 0) -> torch.Tensor:
     return out
 
 
+def _lse_pair(top, off, x, own):
+    """(top + log2(off + e) in float64, off / (off + e) in fp32) [n], e = exp2(x - top) where ``own``
+    (the diagonal's term, in float64: exact to the rounding of x) and 0 elsewhere; ``top``, ``off``: a
+    reference and the sum of exp2(S2 - reference) over the off-diagonal scores. The second is the
+    off-diagonal mass 1 - P_ii to an ulp of itself."""
+    top = top.double()
+    total = torch.where(own, torch.exp2(x.double() - top), 0.0).add_(off)
+    return total.log2().add_(top), off.double().div_(total).float()
+
+
 def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, row0: int = 0):
-    """(row LSEs [M], column LSEs [N], the diagonal scores [M]) of S = scale * q @ k.T, the LSEs in float64,
-    all in base 2 (of S log2(e): the kernels' units, ``TritonBackend.lse_base2``), one pass over S; the
-    diagonal of row i at column ``row0`` + i, fp32, as the pass formed it."""
+    """(row LSEs [M], column LSEs [N], the diagonal scores [M], the rows' and the columns' off-diagonal
+    masses 1 - P_ii [M] and 1 - Q_jj [N]) of S = scale * q @ k.T, the LSEs in float64, the rest fp32, all
+    in base 2 (of S log2(e): the kernels' units, ``TritonBackend.lse_base2``), one pass over S; the
+    diagonal of row i at column ``row0`` + i, fp32, as the pass formed it. The pass sums the rows' and
+    the columns' off-diagonal terms; the diagonal's are added here in float64 (``_lse_pair``)."""
     m, dim = q.shape
     n = k.shape[0]
-    cfg = forward_config(dim, q.dtype, target_arch(q.device), q, k)
+    dev = q.device
+    cfg = forward_config(dim, q.dtype, target_arch(dev), q, k)
     ref = column_reference(q, k, scale)
-    r = torch.empty(m, dtype=torch.float64, device=q.device)
-    sums = torch.zeros(n, dtype=torch.float32, device=q.device)
+    top_r = torch.empty(m, dtype=torch.float32, device=dev)
+    off_r = torch.empty_like(top_r)
+    sums = torch.zeros(n, dtype=torch.float32, device=dev)
     step = forward_rows_per_launch(m, n, cfg["BLOCK_M"], workspace_bytes())
-    part = torch.empty((triton.cdiv(step, cfg["BLOCK_M"]), n), dtype=torch.float32, device=q.device)
+    part = torch.empty((triton.cdiv(step, cfg["BLOCK_M"]), n), dtype=torch.float32, device=dev)
     for r0 in range(0, m, step):
         rows = min(step, m - r0)
         programs = triton.cdiv(rows, cfg["BLOCK_M"])
@@ -604,11 +646,13 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, row0: int = 
             k_arg,
             scale,
             ref,
-            r[r0:],
+            top_r[r0:],
+            off_r[r0:],
             part,
             rows,
             n,
             dim,
+            row0 + r0,
             q.stride(0),
             q.stride(1),
             k.stride(0),
@@ -620,21 +664,32 @@ def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, row0: int = 
         )
         sums += part[:programs].sum(0)
     del part
-    todo = ~(sums >= m * 2.0**-UNDERFLOW_BITS) | torch.isinf(sums)  # NaN compares False: flagged too
-    c = sums.double()
-    del sums
-    c.log2_().add_(ref)
-    del ref
-    _exact_rows(k, q, scale, c, todo)
-    return r, c, diagonal(q, k, scale, cfg, row0)
+    x = diagonal(q, k, scale, cfg, row0)
+    r, mass_r = _lse_pair(top_r, off_r, x, torch.arange(row0, row0 + m, device=dev) < n)
+    del top_r, off_r
+    # the columns' diagonal scores and which columns have one (this pass's rows' columns)
+    x_col = torch.zeros(n, dtype=torch.float32, device=dev)
+    own_col = torch.zeros(n, dtype=torch.bool, device=dev)
+    mine = slice(min(row0, n), min(row0 + m, n))
+    x_col[mine] = x[: mine.stop - mine.start]
+    own_col[mine] = True
+    full = torch.where(own_col, torch.exp2(x_col.double() - ref.double()), 0.0).add_(sums)
+    todo = ~(full >= m * 2.0**-UNDERFLOW_BITS) | torch.isinf(full)  # NaN compares False: flagged too
+    del full
+    # the flagged columns' exact (max, off-diagonal sum) in place of (reference, sum)
+    _exact_rows(k, q, scale, ref, sums, todo, -row0)
+    del todo
+    c, mass_c = _lse_pair(ref, sums, x_col, own_col)
+    return r, c, x, mass_r, mass_c
 
 
-def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batch: int) -> int:
+def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batch: int, diag=None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with G for the rows q against the columns k;
-    ``eps`` None: plain W (no targets, ``ds`` unused), else the targets of label smoothing ``eps`` over
-    ``batch`` columns with the diagonal where ``row0`` + i == j, and ds [M, column blocks] the fp32 row
-    sums of G * <q_i, k_j>. Returns how many partial sums that is (rows x column blocks; 0 without
-    targets)."""
+    ``eps`` None: plain W (no targets, ``ds`` and ``diag`` unused), else the targets of label smoothing
+    ``eps`` over ``batch`` columns with the diagonal where ``row0`` + i == j, whose values are ``diag``
+    [M] fp32 (the forward's W_ii - 2 (1 - eps), ``ops.contrastive.target_diagonal``), and ds [M, column
+    blocks] the fp32 row sums of G * <q_i, k_j>. Returns how many partial sums that is (rows x column
+    blocks; 0 without targets)."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = weights_config(dim, q.dtype, target_arch(q.device), q, k)
@@ -655,7 +710,7 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
         n,
         dim,
         row0,
-        2.0 * (1.0 - eps) if targets else 0.0,
+        diag if targets else g,
         2.0 * eps / batch if targets else 0.0,
         q.stride(0),
         q.stride(1),
@@ -683,16 +738,17 @@ def _plan(m, n, dim, dtype, need_t, workspace, arch: int | None = None) -> Backw
     return backward_plan(m, n, dim, esize, need_t, workspace, _blocks(dim, dtype, arch))
 
 
-def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps, diag0: int = 0):
+def _fill(work: Workspace, q, k, scale, lse_q, lse_k, eps, diag=None, diag0: int = 0):
     """The contrastive G for ``Workspace.products``: ``weights`` into the workspace; with targets (``eps`` not
-    None; q's row i on the diagonal at k's row ``diag0`` + i) the partial sums of G * <q, k> (the scale's
-    gradient) as the statistics."""
+    None; q's row i on the diagonal at k's row ``diag0`` + i, with G's value ``diag`` [q rows] there) the
+    partial sums of G * <q, k> (the scale's gradient) as the statistics."""
     n = k.shape[0]
 
     def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
         q_rows, k_cols = q[rows], k[s0 : s0 + cols]
         row0 = diag0 + rows.start - s0
-        count = weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, row0, eps, n)
+        own = None if diag is None else diag[rows]
+        count = weights(q_rows, k_cols, scale, lse_q[rows], lse_k[s0:], g, work.part, row0, eps, n, own)
         if eps is None:
             return None
         return work.part[:count].sum()
@@ -711,27 +767,29 @@ class TritonBackend:
     def lse(self, image, text, scale, row0: int = 0):
         return both_lse(image, text, scale, row0)
 
-    def gradients(self, image, text, scale, r, c, coef, eps: float, need_t: bool = True):
+    def gradients(self, image, text, scale, r, c, coef, eps: float, diag, need_t: bool = True):
         """(dI, dT or None, ds) of the single-process loss: the row pass (G chunks, dI, the covered columns
-        accumulated in dT) then the column pass for the uncovered columns (module docstring)."""
+        accumulated in dT) then the column pass for the uncovered columns (module docstring); ``diag``
+        [B]: G's diagonal (the same for both: G.T's diagonal is G's)."""
         batch, dim = image.shape
         dev = image.device
         plan = _plan(batch, batch, dim, image.dtype, need_t, workspace_bytes(), target_arch(dev))
         alpha = (scale.detach().float() * coef).reshape(1)
         work = Workspace(plan, batch, batch, dim, image.dtype, dev)
-        rows, cols = _fill(work, image, text, scale, r, c, eps), _fill(work, text, image, scale, c, r, eps)
+        rows = _fill(work, image, text, scale, r, c, eps, diag)
+        cols = _fill(work, text, image, scale, c, r, eps, diag)
         d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, ds * coef
 
     def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (the gathered Function's products), G chunks of
-        rows, with ``targets`` = (row0, eps) the targets folded in (G = W - 2 ((1 - eps) [row0 + i == j] +
-        eps / N)); W.T @ image accumulates in its fp32 output."""
+        rows, with ``targets`` = (row0, eps, diag) the targets folded in (G = W - 2 ((1 - eps) [row0 + i == j]
+        + eps / N), its diagonal diag [M]); W.T @ image accumulates in its fp32 output."""
         m, dim = image.shape
         n = text.shape[0]
         plan = _plan(m, n, dim, image.dtype, False, workspace_bytes(), target_arch(image.device))
         work = Workspace(plan, m, n, dim, image.dtype, image.device)
-        row0, eps = (0, None) if targets is None else targets
-        fill = _fill(work, image, text, scale, r, c, eps, row0)
+        row0, eps, diag = (0, None, None) if targets is None else targets
+        fill = _fill(work, image, text, scale, r, c, eps, diag, row0)
         a_i, a_t, _ = work.fp32_products(image, text, fill)
         return a_i, a_t

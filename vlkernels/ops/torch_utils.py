@@ -131,11 +131,37 @@ def finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def row_lse(s: torch.Tensor) -> torch.Tensor:
-    """LSEs of the rows of the fp32 chunk ``s`` in float64: max + log(sum exp(S - max)) formed in float64
-    from the fp32 max and sum, as torch.logsumexp (an infinite max gives +-inf, not NaN)."""
+def row_lse(s: torch.Tensor, col0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LSEs in float64, off-diagonal masses 1 - P_ii in fp32) of the rows of the fp32 chunk ``s``
+    [rows, N], the diagonal at column ``col0`` + i (rows past N have none: mass 1): max + log(sum) formed
+    in float64 from the fp32 max and the fp32 sum of exp(S - max) over the row's off-diagonal scores, the
+    diagonal's term added in float64, as torch.logsumexp (an infinite max gives +-inf, not NaN); the
+    mass is the off-diagonal sum over the whole, to an ulp of itself (formed from P_ii it would keep an
+    ulp of 1: near one-hot, all of it)."""
     m = finite_or_zero(s.amax(1))
-    return torch.sub(s, m[:, None]).exp_().sum(1).double().log_().add_(m.double())
+    e = torch.sub(s, m[:, None]).exp_()
+    own = take_diagonal_(e, col0).double()
+    off = e.sum(1).double()
+    total = off + own
+    return total.log().add_(m.double()), off.div_(total).float()
+
+
+def take_diagonal_(e: torch.Tensor, col0: int) -> torch.Tensor:
+    """The diagonal e[i, col0 + i] of the chunk ``e`` [rows, N] as a [rows] copy (0 where col0 + i is past
+    N), zeroed in ``e``."""
+    diag = e.diagonal(offset=col0)  # [min(rows, N - col0)], empty past N
+    out = e.new_zeros(e.shape[0])
+    out[: diag.shape[0]] = diag
+    diag.zero_()
+    return out
+
+
+def diagonal_loss_terms(lse: torch.Tensor, x: torch.Tensor, mass: torch.Tensor, nats: float) -> torch.Tensor:
+    """-log P_ii per row (or column) in natural logs, float64: -log1p(-(1 - P_ii)) from the off-diagonal
+    mass (``row_lse``) where it is below 1/2, which keeps the tiny loss of a near one-hot row to
+    an ulp of itself, else (lse - x) ``nats`` (x the diagonal scores in the LSE's units), whose error, an
+    ulp of |S|, is then an ulp of a loss above log 2."""
+    return torch.where(mass < 0.5, torch.log1p(-mass), (x.double() - lse) * nats).neg_()
 
 
 def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
@@ -281,29 +307,38 @@ def diagonal_of(s: torch.Tensor, col0: int) -> torch.Tensor:
 
 class ColumnLSE:
     """Column LSEs of fp32 chunks of rows of S [rows, N], merged across chunks as (reference, sum) pairs
-    in fp32 (8 bytes per column): the reference is a column's largest finite score so far (0 before its
-    first), the sum that of exp(S - reference), so that ``lse()`` = reference + log(sum) in float64 keeps
-    an ulp of 1 where torch's softmax would. Scores of -inf, +inf or NaN give torch.logsumexp's -inf,
-    +inf or NaN."""
+    in fp32 (8 bytes per column, 4 more for the off-diagonal sums): the reference is a column's largest
+    finite score so far (0 before its first), the sums those of exp(S - reference) over the column's
+    scores and over its off-diagonal ones (``add``'s ``col0``), so that ``lse()`` = reference + log(sum)
+    in float64 keeps an ulp of 1 where torch's softmax would, and the ratio of the sums is the column's
+    1 - Q_jj to an ulp of itself (``row_lse``'s mass). Scores of -inf, +inf or NaN give
+    torch.logsumexp's -inf, +inf or NaN."""
 
     def __init__(self, n: int, device: torch.device):
         self.ref = torch.zeros(n, dtype=torch.float32, device=device)
         self.sum = torch.zeros_like(self.ref)
+        self.off = torch.zeros_like(self.ref)
 
-    def add(self, s: torch.Tensor) -> None:
-        """Merge the chunk ``s`` [rows, N] (overwritten); in place where it can (a few bytes per column of
-        temporaries)."""
+    def add(self, s: torch.Tensor, col0: int = 0) -> None:
+        """Merge the chunk ``s`` [rows, N] (overwritten), whose row i meets the diagonal at column
+        ``col0`` + i; in place where it can (a few bytes per column of temporaries)."""
         ref = s.amax(0).nan_to_num_(nan=float("-inf"), posinf=float("-inf"))  # the chunk's finite max
         self.ref.masked_fill_(self.sum == 0, float("-inf"))  # a placeholder: no finite score so far
         ref = torch.maximum(ref, self.ref, out=ref).nan_to_num_(neginf=0.0)  # still none: the placeholder
         rescale = self.ref.sub_(ref).exp_()  # <= 1 (0 from a placeholder)
         e = s.sub_(ref[None, :]).exp_()
-        self.sum.mul_(rescale).add_(e.sum(0))
+        own = take_diagonal_(e, col0)
+        off = e.sum(0)
+        self.off.mul_(rescale).add_(off)
+        self.sum.mul_(rescale).add_(off)
+        n_own = max(0, min(own.shape[0], off.shape[0] - col0))  # the rows whose diagonal is a column here
+        self.sum[col0 : col0 + n_own] += own[:n_own]
         self.ref = ref
 
-    def lse(self) -> torch.Tensor:
-        """reference + log(sum) in float64 (two-part precision)."""
-        return self.sum.double().log_().add_(self.ref)
+    def lse(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference + log(sum) in float64 (two-part precision), the off-diagonal sum over the sum in
+        fp32: 1 - Q_jj)."""
+        return self.sum.double().log_().add_(self.ref), self.off.div_(self.sum)
 
 
 # Whether autocast exists for a device type, asked once per type: torch 2.11's dynamo cannot trace
