@@ -306,8 +306,9 @@ def _run_call(call: Call):
         be = TritonBackend()
         be.lse(image, text, scale)
         z = torch.zeros(n, dtype=torch.float64)  # the LSEs' dtype (two-part)
-        be.gradients(image, text, scale, z, z, torch.tensor(0.5), 0.1, True)
-        be.accumulate(image, text, scale, z, z, (0, 0.1))
+        diag = torch.full((n,), -0.5)  # G's diagonal (fp32)
+        be.gradients(image, text, scale, z, z, torch.tensor(0.5), 0.1, diag, True)
+        be.accumulate(image, text, scale, z, z, (0, 0.1, diag))
         return
     teacher = None
     if call.teacher is not None:

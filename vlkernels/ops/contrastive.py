@@ -4,26 +4,31 @@ A backend (``ContrastiveBackend``) supplies two O(B)-memory passes over tiles of
 storing S); both accept rectangular blocks (I [M, D], T [N, D]), which the distributed block-row scheme
 uses:
 
-- ``lse(I, T, s, row0=0) -> (r, c, x)``: row [M] and column [N] log-sum-exps of S, float64 (two-part LSEs: the
-  backends split them into fp32 hi + lo and take exp((S - hi) - lo), so that a weight near 1 keeps an ulp
-  of 1; an fp32 LSE would cost it an ulp of |S|), natural or, where the backend's ``lse_base2`` is True,
-  in base 2 (of S log2(e)): the units its kernels' exponents use, so that the backward subtracts the
-  forward's own values (``lse_nats`` converts for the loss); and x [M] fp32, the pass's own scores
-  S[i, row0 + i] in the same units (the loss subtracts them from the LSEs: ``loss_sum``);
+- ``lse(I, T, s, row0=0) -> (r, c, x, mass_r, mass_c)``: row [M] and column [N] log-sum-exps of S,
+  float64 (two-part LSEs: the backends split them into fp32 hi + lo and take exp((S - hi) - lo), so that a
+  weight near 1 keeps an ulp of 1; an fp32 LSE would cost it an ulp of |S|), natural or, where the
+  backend's ``lse_base2`` is True, in base 2 (of S log2(e)): the units its kernels' exponents use, so that
+  the backward subtracts the forward's own values (``lse_nats`` converts for the loss); x [M] fp32, the
+  pass's own scores S[i, row0 + i] in the same units; and the off-diagonal masses 1 - P_ii [M] and
+  1 - Q_jj [N] in fp32 (of these rows' column sums only: a block-row's partials, which the gathered
+  Function merges), each to an ulp of itself: the backends sum the off-diagonal terms apart, so that near
+  one-hot the loss's -log P_ii and G's diagonal keep their tiny exact values (``diagonal_loss_terms``,
+  ``target_diagonal``; docs/design.md, "Off-diagonal masses");
 - ``accumulate(I, T, s, r, c, targets=None) -> (A_I, A_T)``: with W = exp(S - r[:, None]) +
   exp(S - c[None, :]) (r, c as ``lse`` returned them), ``A_I = W @ T`` [M, D] and ``A_T = W.T @ I``
-  [N, D] in fp32; with ``targets`` = (row0, eps), W minus 2 ((1 - eps) [row0 + i == j] + eps / N) before
-  the products (the gathered Function's U_I and its rank's share of U_T: subtracted after the GEMMs, the
-  targets would leave near one-hot rows no gradient);
-- ``gradients(I, T, s, r, c, coef, eps, need_t) -> (dI, dT, ds)``: the single-process gradients, in the
-  features' dtype, assembled by ``finish_rows`` (the torch backend does it chunk by chunk, without fp32
-  copies of the features).
+  [N, D] in fp32; with ``targets`` = (row0, eps, diag), W minus 2 ((1 - eps) [row0 + i == j] + eps / N)
+  before the products, the diagonal's W_ii - 2 (1 - eps) being diag [M] (the forward's
+  ``target_diagonal``) (the gathered Function's U_I and its rank's share of U_T: subtracted after the
+  GEMMs, the targets would leave near one-hot rows no gradient);
+- ``gradients(I, T, s, r, c, coef, eps, diag, need_t) -> (dI, dT, ds)``: the single-process gradients,
+  in the features' dtype, G's diagonal ``diag`` [B], assembled by ``finish_rows`` (the torch backend does
+  it chunk by chunk, without fp32 copies of the features).
 
 Everything else is O(B D) algebra, one copy here for the single-process Function and the gathered one
 (docs/design.md, "Contrastive loss"):
 
-    loss = k / (2B) * (sum r + sum c - 2 (1 - eps) sum_i S_ii - 2 eps / B * sum_ij S_ij)
-    dL/dS = k g / (2B) * (W - 2 ((1 - eps) delta_ij + eps / B))
+    loss = k / (2B) * (sum_i -log P_ii + sum_i -log Q_ii + 2 eps (sum_i S_ii - 1 / B * sum_ij S_ij))
+    dL/dS = k g / (2B) * (W - 2 ((1 - eps) delta_ij + eps / B)),  its diagonal 2 eps - mass_r - mass_c
     dI = s * U_I,  U_I = k g / (2B) * (A_I - 2 (1 - eps) T - 2 eps / B * colsum(T)),  dT likewise,
     ds = sum(I * U_I)
 

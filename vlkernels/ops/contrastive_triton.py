@@ -2,8 +2,10 @@
 deterministic. docs/design.md ("Contrastive kernels v2") has the derivations; in short:
 
 Forward, ``_forward_kernel``, one pass over S = s I @ T.T (2 B^2 D): one program per BLOCK_M rows walks
-every column tile once, keeps the rows' online max/sum (flash-attention style, base 2) and, for the
-columns, sums exp2(S2 - ref_j) over its rows, where ref_j (``column_reference``) is an upper bound of
+every column tile once, keeps the rows' online max and sum over the off-diagonal scores (flash-attention
+style, base 2; the diagonal's term is added in float64 after the pass, ``_lse_pair``, so that the
+off-diagonal masses 1 - P_ii come out to an ulp of themselves) and, for the columns, sums exp2(S2 - ref_j)
+over its rows but the diagonal, where ref_j (``column_reference``) is an upper bound of
 column j's scores, s |T_j| max_i |I_i| (Cauchy-Schwarz, with a rounding margin), lowered by a headroom of
 ``124 - ceil(log2 M)`` bits: no term exceeds 2^headroom and no sum of M terms overflows. With a fixed
 reference the per-program column sums merge by plain addition: each program writes its partial row of
@@ -14,8 +16,9 @@ exactly by ``_lse_kernel`` over a device-side list of such columns (no host sync
 programs of which those past the list's length do nothing).
 
 Backward, chunks of rows (``backward_plan``): ``_weights_kernel`` recomputes S for C rows and writes
-G = exp(S - r) + exp(S - c) - 2 (1 - eps) delta - 2 eps / B in the features' dtype into the workspace
-(with fp32 row sums of G * <I, T> for the scale's gradient), then two tensor-core GEMMs
+G = exp(S - r) + exp(S - c) - 2 (1 - eps) delta - 2 eps / B (its diagonal the forward's
+2 eps - (1 - P_ii) - (1 - Q_ii)) in the features' dtype into the workspace (with fp32 row sums of
+G * <I, T> for the scale's gradient), then two tensor-core GEMMs
 (``triton_utils.matmul``): dI[rows] = s k g / (2B) G @ T (written in the features' dtype) and, for the
 first ``covered`` columns, dT += G.T @ I[rows] in dT itself (an int8 remainder for 16-bit features:
 gchunk_triton) (6 B^2 D in all). The text gradients of
@@ -70,6 +73,8 @@ from vlkernels.ops.triton_utils import (
 # Relative margin on the column bound for the rounding of the dots (tensor-core products of rounded
 # operands, fp32 accumulation: well under 2^-8 of s |I| |T| for D up to 2^16).
 BOUND_MARGIN = 2.0**-6
+# The forward's stand-in for a diagonal score in its sums: exp2 of it less any max or reference is 0.
+OFF_DIAG = tl.constexpr(-3.0e38)
 # A column's sum of exp2(S2 - ref) below rows * 2^-100 is recomputed exactly: the terms flushed to zero
 # (< 2^-126 each) then weigh under 2^-26 of the sum.
 UNDERFLOW_BITS = 100
@@ -258,19 +263,24 @@ def _forward_epilogue(
     (returned), the columns' off-diagonal sums of exp2(S2 - ref) stored at part[offs_n]; row i meets the
     diagonal at column d0 + i."""
     mask_n = offs_n < N
-    own = diagonal_mask(d0, col0, BM, BN)
-    s2_row = tl.where(mask_n[None, :], s2, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s2_row, axis=1))
-    e = tl.where(own, 0.0, tl.exp2(s2_row - m_new[:, None]))
-    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(e, axis=1)
+    s2 = tl.where(mask_n[None, :], s2, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s2, axis=1))
+    # the diagonal's scores out of both sums, in one select whose mask dies at once: a score of OFF_DIAG
+    # gives exp2 terms of 0 below (OFF_DIAG - m, OFF_DIAG - ref finite to |S2| ~ 2^125, past which a
+    # column's NaN sum sends it to the exact fallback); a mask held from the rows' sum to the columns'
+    # took one register per score and spilled the IEEE fp32 tiles on sm_90
+    if (col0 < d0 + BM) & (col0 + BN > d0):  # the tiles the diagonal crosses, one or two per row block
+        s2 = tl.where(diagonal_mask(d0, col0, BM, BN), OFF_DIAG, s2)
+    l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s2 - m_new[:, None]), axis=1)
     ref = tl.load(ref_ptr + offs_n, mask=mask_n, other=0.0)
     # S2 - ref rounds at an ulp of |S2 - ref| (~2^7 at s = 100: coarser than S2's own ulp); its rounding
     # error (TwoSum) goes back in as exp2(d + err) ~ exp2(d) (1 + err ln 2), so that each term keeps an
-    # ulp of itself and the column LSE an ulp of 1 (module docstring, "two-part LSEs")
+    # ulp of itself and the column LSE an ulp of 1 (module docstring, "two-part LSEs"); columns past N
+    # (scores -inf: NaN here) are not stored
     d = s2 - ref[None, :]
     bb = d - s2
     err = (s2 - (d - bb)) + (-ref[None, :] - bb)
-    col = tl.where(mask_m[:, None] & ~own, tl.exp2(d) * (1.0 + err * LN2), 0.0)
+    col = tl.where(mask_m[:, None], tl.exp2(d) * (1.0 + err * LN2), 0.0)
     tl.store(part_ptr + offs_n, tl.sum(col, axis=0), mask=mask_n)
     return m_new, l_i
 
