@@ -486,15 +486,16 @@ def check_diagonal_is_the_walks(impl, rows, dim, row0, device="cpu", dtype=torch
     r, _, x, mass, _ = backend.lse(q, k, torch.tensor(100.0, device=device), row0)
     assert x.dtype == torch.float32 and x.shape == (rows,)
     assert torch.equal(x.double(), r), (x.double() - r).abs().max()
-    # the off-diagonal mass (below 2^-24 here, where 1 - P_ii formed from P_ii would be 0) to an ulp of
-    # itself times the logits' rounding (1 + 144 ulps: |S2| < 145)
+    # the off-diagonal mass (below 2^-24 here, where 1 - P_ii formed from P_ii would be 0 or 2^-24: 100%
+    # off) to the logits' rounding: up to ~(1 + |S2|) ulps (|S2| < 145) on CPU, about sqrt(D) times that
+    # for the GPU's long fp32 dot products at D = 1024
     s2 = 100.0 * q.double() @ k.double().T / math.log(2.0)
     own = s2[torch.arange(rows), torch.arange(rows) + row0]
     s2[torch.arange(rows), torch.arange(rows) + row0] = float("-inf")
     want = torch.exp2(torch.logsumexp(s2 * math.log(2.0), 1) / math.log(2.0) - own)
     assert mass.dtype == torch.float32 and (want < 2.0**-24).all() and (want > 0).all()
     err = ((mass.double().cpu() - want.cpu()) / want.cpu()).abs().max().item()
-    assert err <= 145 * 8 * torch.finfo(torch.float32).eps, err
+    assert err <= 2.0**-10, err
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from tests._ref import features, force_plan, pair_value, run_loss
+from tests._ref import assert_relatively_exact, features, force_plan, pair_value, run_loss
 from tests.test_contrastive import _check, _check_huge_logits, check_diagonal_is_the_walks
 from vlkernels import contrastive_loss
 from vlkernels.ops.contrastive_triton import both_lse, weights
@@ -61,6 +61,22 @@ def test_triton_cuda_diagonal_is_the_forwards(monkeypatch, dtype, rows, dim, row
     bitwise the forward's scores, or the loss keeps an ulp of |S| per row."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     check_diagonal_is_the_walks("triton", rows, dim, row0, device="cuda", dtype=dtype)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_cuda_confident_rows_keep_their_gradient(monkeypatch, impl, eps):
+    """tests/test_contrastive.py's ``test_confident_rows_at_s_60_keep_their_gradient`` on the GPU (fp32,
+    IEEE dots): the loss and every gradient within 16 ulps of their own error scales against the float64
+    reference that keeps the diagonal terms (``assert_relatively_exact``): the off-diagonal masses on the
+    real tiles, where the forward's branch picks the tiles the diagonal crosses."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(257, 64, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(img + 0.1 * torch.randn(257, 64, generator=g), dim=1)
+    s = torch.tensor(60.0, device="cuda")
+    got = run_loss(contrastive_loss, img.cuda(), txt.cuda(), s, 1.3, impl=impl, label_smoothing=eps)
+    assert_relatively_exact([x.cpu() for x in got], img, txt, 60.0, eps, 1.3)
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
