@@ -91,12 +91,13 @@ def test_contrastive_weights_walk_is_exact(monkeypatch, case, dtype):
     dev, m, n, dim, q, k = _on(case, dtype, (1, 2))
     scale = torch.tensor(7.0, device=dev)
     lse_q, lse_k = torch.randn(m, device=dev) + 3, torch.randn(n, device=dev) + 3
+    diag = torch.randn(m, device=dev) - 1.5  # G's diagonal less the smoothing, as the forward gives it
     blocks = math.ceil(n / ct._blocks(dim, dtype)[2])  # the workspace's (wide tiles: per part)
 
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=dtype, device=dev)
         ds = torch.full((m * blocks,), float("nan"), device=dev)
-        count = ct.weights(q, k, scale, lse_q, lse_k, g, ds, 5, 0.1, n)
+        count = ct.weights(q, k, scale, lse_q, lse_k, g, ds, 5, 0.1, n, diag)
         return g, ds[:count]
 
     _same(_grids(monkeypatch, launch, walks=dtype != torch.float32))
@@ -104,7 +105,7 @@ def test_contrastive_weights_walk_is_exact(monkeypatch, case, dtype):
     s2 = scale.double() * q.double() @ k.double().T / math.log(2.0)  # the kernels' LSEs are base 2
     want = torch.exp2(s2 - lse_q.double()[:, None]) + torch.exp2(s2 - lse_k.double()[None, :])
     eye = torch.arange(m, device=dev)[:, None] + 5 == torch.arange(n, device=dev)[None, :]
-    want -= 2 * 0.1 / n + 2 * 0.9 * eye
+    want = torch.where(eye, diag.double()[:, None], want) - 2 * 0.1 / n
     torch.testing.assert_close(g.view(m, n).double(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 

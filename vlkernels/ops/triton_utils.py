@@ -779,13 +779,15 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         # (128 x 256 and 256 x 128 spill, at 8 and at 16 warps);
         # IEEE fp32 dots run on CUDA cores, where 64 x 64 x 16 tiles on four warps do not spill (at most
         # 206 registers on sm_90 / sm_80; 64 x 64 x 32 spills 16 B on sm_80); at unaligned D (rows loaded
-        # through registers) 64 x 32 for G and 64 x 64 at three stages for the forward (64 x 32 at four
-        # spilled 4-16 B with Triton 3.6's ptxas): neither spills with 3.6's or 3.9's (benchmarks/aot.py)
+        # through registers) 64 x 32 for G and 64 x 64 on eight warps at three stages for the forward
+        # (on four warps, with the off-diagonal sums, 20 B spilled on sm_90 with Triton 3.8's ptxas, and
+        # at two stages 16 B with 3.6's; before them 64 x 32 at four spilled 4-16 B with 3.6's): 181-196
+        # registers with 3.6's, 3.8's and 3.9's (benchmarks/aot.py)
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
             if dim % 16 == 0:
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=4)
             if kernel == "fwd":
-                return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=3)
+                return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=8, num_stages=3)
             return dict(BLOCK_M=64, BLOCK_N=32, BLOCK_D=16, num_warps=4, num_stages=4)
         block_d = max(16, min(32 if dtype == torch.float32 else 64, triton.next_power_of_2(dim)))
         block_n = 128
