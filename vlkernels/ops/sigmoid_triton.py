@@ -424,10 +424,14 @@ def loss_config(dim: int, dtype, arch: int | None = None, *tensors) -> dict:
     """The forward's launch config: the contrastive forward's (``forward_config``: 128 x 256 tiles read
     through TMA descriptors, the softplus in four column parts, where ``wide_score_tiles`` holds and the
     features ``tensors`` allow), with 64-column tiles for split-precision fp32 dots (at 128 the softplus
-    epilogue spilled 12-16 B on sm_80; benchmarks/aot.py)."""
+    epilogue spilled 12-16 B on sm_80; benchmarks/aot.py), and for IEEE fp32 dots at unaligned D on four
+    warps, where the contrastive forward takes eight (on eight the softplus spilled 40 B on sm_90 with
+    Triton 3.8's ptxas; on four it takes 212 / 255 registers on sm_90 / sm_80 with 3.9's, no spills)."""
     cfg = forward_config(dim, dtype, arch, *tensors)
     if split_dots(dtype):
         cfg = dict(cfg, BLOCK_N=64)
+    elif cfg.get("num_warps") == 8 and cfg.get("BLOCK_N") == 64 and dot_precision(dtype) == "ieee":
+        cfg = dict(cfg, num_warps=4)
     return cfg
 
 

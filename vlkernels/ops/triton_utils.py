@@ -782,7 +782,8 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         # through registers) 64 x 32 for G and 64 x 64 on eight warps at three stages for the forward
         # (on four warps, with the off-diagonal sums, 20 B spilled on sm_90 with Triton 3.8's ptxas, and
         # at two stages 16 B with 3.6's; before them 64 x 32 at four spilled 4-16 B with 3.6's): 181-196
-        # registers with 3.6's, 3.8's and 3.9's (benchmarks/aot.py)
+        # registers with 3.6's, 3.8's and 3.9's (benchmarks/aot.py; the sigmoid forward keeps four warps:
+        # ``sigmoid_triton.loss_config``)
         if dtype == torch.float32 and dot_precision(dtype) == "ieee":
             if dim % 16 == 0:
                 return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, num_warps=4, num_stages=4)
