@@ -758,8 +758,9 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         if interpret_mode():
             return dict(cfg, BLOCK_N=64, PARTS=4)
         # 128 x 256 (wgmma m64n256: 85 FLOP per byte of L2 traffic, 64 at 128 x 128), read through TMA
-        # descriptors (``forward_config``): 174 registers on sm_90 with Triton 3.9, 218 with 3.6 (with
-        # pointer loads 216 / 248; in two parts 238 / 253, whole tiles spilled 20 B)
+        # descriptors (``forward_config``): 222 registers on sm_90 with Triton 3.9, 219 with 3.6, with the
+        # off-diagonal sums (174 / 218 before them, when pointer loads took 216 / 248, two epilogue parts
+        # 238 / 253, and whole tiles spilled 20 B)
         return dict(cfg, BLOCK_N=256, PARTS=4)
     if kernel == "weights_wide":
         cfg = config(dim, dtype, "weights", arch)
