@@ -263,7 +263,9 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
     columns' alike. Autograd of the float64 naive loss forms them from P_ii, so that a row whose
     off-diagonal mass is below 2^-53 (near one-hot: aligned pairs at s = 100 give 1e-20 to 1e-40) gets
     loss 0 and loses its whole diagonal gradient term; here each keeps its relative precision. Also
-    returns G (dL/dS, float64 [B, B]) for the error scales (``assert_relatively_exact``)."""
+    returns, for the error scales (``assert_relatively_exact``), the magnitudes of the parts of the loss
+    (the -log P_ii and the smoothing's |S_ii| and |mean_j S_ij|, summed) and of each dL/dS_ij (the
+    softmax weights, the off-diagonal masses and the smoothing's targets; float64 [B, B])."""
     img, txt = img.double(), txt.double()
     batch = img.shape[0]
     s = float(scale)
@@ -272,22 +274,26 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
     eye = torch.eye(batch, dtype=torch.bool)
     coef = factor * grad_out / (2.0 * batch)
     loss = logits.new_zeros(())
+    loss_abs = logits.new_zeros(())
     g = torch.zeros_like(logits)
+    g_abs = torch.zeros_like(logits)
     for sc, transpose in ((logits, False), (logits.T, True)):
         own = sc.diagonal()
         lse = torch.logsumexp(sc, 1)
         off = torch.logsumexp(sc.masked_fill(eye, float("-inf")), 1) - own  # -inf for B = 1
         nll = F.softplus(off, threshold=1e9)  # log1p(exp(off)): -log P_ii to its relative precision
         loss = loss + (nll + eps * (own - sc.mean(1))).sum()
+        loss_abs = loss_abs + (nll + eps * (own.abs() + sc.mean(1).abs())).sum()
         p = torch.exp(sc - lse[:, None]).masked_fill(eye, 0.0)
-        p = p + torch.diag(-torch.sigmoid(off) + eps)
-        p = p - eps / batch
-        g = g + (p.T if transpose else p)
+        mass = torch.sigmoid(off)
+        g = g + (p + torch.diag(eps - mass) - eps / batch).transpose(0, int(transpose))
+        g_abs = g_abs + (p + torch.diag(eps + mass) + eps / batch).transpose(0, int(transpose))
     g = g * coef
     d_image = s * g @ txt
     d_text = s * g.T @ img
     d_scale = (g * dots).sum()
-    return [loss * factor / (2.0 * batch), d_image, d_text, d_scale], g
+    scales = (loss_abs * factor / (2.0 * batch), g_abs * abs(coef))
+    return [loss * factor / (2.0 * batch), d_image, d_text, d_scale], scales
 
 
 def assert_relatively_exact(
@@ -296,17 +302,18 @@ def assert_relatively_exact(
     """``got`` (loss, d_image, d_text, d_scale; the feature gradients those of the batch's ``rows``: a
     rank's share of a gathered loss) against ``exact_contrastive`` within ``ulps`` fp32 ulps of
     each quantity's own error scale times (1 + max |S|) (the logits' rounding: each weight's relative
-    error): the loss's scale is itself, a gradient row's the sum of its terms' magnitudes, s |G_ij| |T_j|
-    over j, d_scale's the sum of |G_ij <I_i, T_j>|. Near one-hot these are far below naive's error (which
-    keeps an ulp of 1 per diagonal weight): a diagonal term formed from P_ii fails this by many orders."""
-    (loss, d_image, d_text, d_scale), g = exact_contrastive(img, txt, scale, eps, grad_out)
+    error): the loss's scale is the sum of its parts' magnitudes, a gradient row's the sum of its terms'
+    magnitudes, s |G|_ij |T_j| over j, d_scale's the sum of |G|_ij |<I_i, T_j>|, where |G|_ij sums the
+    magnitudes of dL/dS_ij's parts (``exact_contrastive``: without smoothing, on the diagonal, the
+    masses). Near one-hot these are far below naive's error (which keeps an ulp of 1 per diagonal weight):
+    a diagonal term formed from P_ii fails this by many orders."""
+    (loss, d_image, d_text, d_scale), (loss_abs, ga) = exact_contrastive(img, txt, scale, eps, grad_out)
     i64, t64 = img.double(), txt.double()
     s = float(scale)
     smax = s * (i64 @ t64.T).abs().max().item()
     unit = ulps * torch.finfo(torch.float32).eps * (1.0 + smax)
-    ga = g.abs()
     scales = (
-        loss.abs(),
+        loss_abs,
         abs(s) * ga @ t64.abs().amax(1, keepdim=True),
         abs(s) * ga.T @ i64.abs().amax(1, keepdim=True),
         (ga * (i64 @ t64.T).abs()).sum(),
