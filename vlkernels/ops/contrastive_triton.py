@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from vlkernels.ops.gchunk_triton import BackwardPlan, Workspace, backward_plan
-from vlkernels.ops.torch_utils import f32_rows, row_chunks, workspace_bytes
+from vlkernels.ops.torch_utils import f32_rows, lse_and_mass, row_chunks, workspace_bytes
 from vlkernels.ops.triton_utils import (
     LN2,
     LOG2E,
@@ -625,10 +625,8 @@ def _lse_pair(top, off, x, own):
     """(top + log2(off + e) in float64, off / (off + e) in fp32) [n], e = exp2(x - top) where ``own``
     (the diagonal's term, in float64: exact to the rounding of x) and 0 elsewhere; ``top``, ``off``: a
     reference and the sum of exp2(S2 - reference) over the off-diagonal scores. The second is the
-    off-diagonal mass 1 - P_ii to an ulp of itself."""
-    top = top.double()
-    total = torch.where(own, torch.exp2(x.double() - top), 0.0).add_(off)
-    return total.log2().add_(top), off.double().div_(total).float()
+    off-diagonal mass 1 - P_ii to an ulp of itself (``torch_utils.lse_and_mass``)."""
+    return lse_and_mass(top, off, torch.where(own, torch.exp2(x.double() - top.double()), 0.0), base2=True)
 
 
 def both_lse(q: torch.Tensor, k: torch.Tensor, scale: torch.Tensor, row0: int = 0):

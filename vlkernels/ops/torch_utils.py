@@ -140,19 +140,26 @@ def row_lse(s: torch.Tensor, col0: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     ulp of 1: near one-hot, all of it)."""
     m = finite_or_zero(s.amax(1))
     e = torch.sub(s, m[:, None]).exp_()
-    own = take_diagonal_(e, col0).double()
-    off = e.sum(1).double()
-    total = off + own
-    return total.log().add_(m.double()), off.div_(total).float()
+    own = take_diagonal_(e, col0)
+    return lse_and_mass(m, e.sum(1), own)
+
+
+def lse_and_mass(top, off, own, base2: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top + log(off + own) in float64, off / (off + own) in fp32), natural or (``base2``) base 2: an LSE
+    and its off-diagonal mass 1 - P_ii (to an ulp of itself) from a reference ``top``, the sum ``off`` of
+    exp(S - top) over the off-diagonal scores and the diagonal's term ``own`` (0 where there is none), the
+    total formed in float64."""
+    off = off.double()
+    total = off + own.double()
+    log = torch.log2 if base2 else torch.log
+    return log(total).add_(top.double()), (off / total).float()
 
 
 def take_diagonal_(e: torch.Tensor, col0: int) -> torch.Tensor:
-    """The diagonal e[i, col0 + i] of the chunk ``e`` [rows, N] as a [rows] copy (0 where col0 + i is past
-    N), zeroed in ``e``."""
-    diag = e.diagonal(offset=col0)  # [min(rows, N - col0)], empty past N
-    out = e.new_zeros(e.shape[0])
-    out[: diag.shape[0]] = diag
-    diag.zero_()
+    """The diagonal e[i, col0 + i] of the chunk ``e`` [rows, N] as a [rows] copy (``diagonal_of``: 0 where
+    col0 + i is past N), zeroed in ``e``."""
+    out = diagonal_of(e, col0)
+    e.diagonal(offset=col0).zero_()
     return out
 
 
