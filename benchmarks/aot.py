@@ -316,12 +316,13 @@ def _run_call(call: Call):
         teacher = (torch.randn(n, call.teacher[1]).to(tdt), torch.randn(n, call.teacher[1]).to(tdt), scale)
     be = TritonSoftTargetBackend()
     be.stats(image, text, scale, teacher)
-    z = torch.zeros(n, dtype=torch.float64)  # the student's LSEs (two-part)
+    z = torch.zeros(n, dtype=torch.float64)  # the student's LSEs (two-part; the gathered products')
     vec = torch.ones(n)
-    # the teacher's, packed as the Functions keep them (fp32 hi, bf16 lo)
-    tr = tc = None if teacher is None else (torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16))
+    # the LSEs packed as the single-process Function keeps them (fp32 hi, bf16 lo), the teacher's too
+    packed = (torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16))
+    tr = tc = None if teacher is None else packed
     coefs = torch.tensor([0.5, 0.25])
-    be.gradients(image, text, scale, z, z, vec, vec * 0.5, coefs, 0.1, teacher, tr, tc, True)
+    be.gradients(image, text, scale, packed, packed, vec, vec * 0.5, coefs, 0.1, -vec, teacher, tr, tc, True)
     be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)
 
 

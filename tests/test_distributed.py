@@ -25,6 +25,7 @@ from tests._ref import (
     assert_within_float64_error,
     centered_scale_grad,
     logit_term_scales,
+    relative_ulps,
     term_scales,
 )
 from tests._spawn import spawn
@@ -291,6 +292,14 @@ def _check_soft_target_near_one_hot(rank, world, impl):
         what = f"soft-target near one-hot {name} eps={eps} impl={impl} rank={rank}"
         feats = [g[:2] + [None] for g in (want_g, exact_g, got_g)]
         _float64_rule(what, got, feats[2], want, feats[0], exact, feats[1], own, world, (0.0,) * 4, not local)
+        if teacher is None:
+            # the self teacher's feature gradients are 1 - alpha times the contrastive loss's (reduction
+            # "sum": twice the mean's; ClipLoss's local loss: the full batch's), each within 16 ulps of its
+            # own error scale (``assert_relatively_exact``; the diagonal's hard part from the masses)
+            k = 1.0 if local else 2.0 * (1.0 - alpha)
+            grads = (got.detach(), got_g[0] / world, got_g[1] / world, got_g[2])
+            worst = relative_ulps(grads, img, txt, 100.0, eps, 1.3 * k, rows=own)
+            assert max(worst[1:3]) <= 16, (what, worst)
         if local:
             continue
         t64 = None if teacher is None else [x.double() for x in teacher]

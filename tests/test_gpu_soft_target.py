@@ -101,7 +101,7 @@ def test_int64_offsets_beyond_2_to_31_elements():
     k[-3:] = q[:3]  # the last rows matter: they sit past the 2^31 boundary
     scale = torch.tensor(20.0, device="cuda")
     # the statistics pass: rows online, every column of K as per-program partials (int64 stores)
-    lse, col_lse, t_lse, t_col_lse, wsum, _, _, gap, col_gap = both_stats(q, k, scale, (q, k, scale))
+    lse, col_lse, t_lse, t_col_lse, wsum, _, _, gap, col_gap, _, _ = both_stats(q, k, scale, (q, k, scale))
     assert torch.isfinite(lse).all() and torch.isfinite(wsum).all() and torch.isfinite(col_lse).all()
     assert (gap >= 0).all() and (col_gap >= 0).all()
     torch.testing.assert_close(col_lse, t_col_lse)

@@ -132,17 +132,19 @@ def test_soft_target_weights_walk_is_exact(monkeypatch, case):
 
     dev, m, n, dim, q, k = _on(case, torch.float16, (5, 6))
     scale = torch.tensor(6.0, device=dev)
-    lse_q, lse_k = torch.randn(m, device=dev) + 3, torch.randn(n, device=dev) + 3
+    # the LSEs packed (fp32 hi, bf16 lo), as the backends pass them
+    lse_q, lse_k = (sst._packed32(torch.randn(x, device=dev, dtype=torch.float64) + 3) for x in (m, n))
     pair_q = (torch.rand(m, device=dev), torch.rand(m, device=dev))
     pair_k = (torch.rand(n, device=dev), torch.rand(n, device=dev))
     cf = torch.tensor([0.7, 0.2, 0.05], device=dev)
+    diag = torch.rand(m, device=dev) - 0.5  # the hard targets' diagonal factors
     blocks = math.ceil(n / sst._blocks(dim, torch.float16, None)[2])  # the workspace's partial blocks
 
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=torch.float16, device=dev)
         ds = torch.full((m * blocks,), float("nan"), device=dev)
         count = sst.weights(
-            q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, 0.9, 0.1 / n, ds)
+            q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, diag, 0.1 / n, ds)
         )
         return g, ds[:count]
 

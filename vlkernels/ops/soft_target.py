@@ -15,7 +15,8 @@ A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``ac
 rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
 teacher, else ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x, g, g')``: the LSEs in float64
+- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x, g, g', rest, rest')``: the LSEs
+  in float64
   (two-part, as the contrastive loss's: ops/contrastive.py; the student's m + log1p(rest), which keeps
   the rest where 1 + rest rounds in fp32), natural or, where the backend's
   ``lse_base2`` is True, in base 2 (the units of its kernels' exponents, which ``accumulate`` and
@@ -25,23 +26,35 @@ teacher, else ``(I', T', s')``:
   ``hard_gaps``; None where ``row0`` is None: not computed); the soft gaps g_i = r_i - s w_i and
   g'_j = c_j - s w'_j in fp32, in the LSEs' units, each formed as two sums of non-negative terms
   (``torch_utils.soft_partials``: near one-hot, r - s w would cancel to the small gap and keep an ulp of
-  |S|). The Functions keep a separate teacher's r'
+  |S|); the rests of the student's rows and columns below their largest scores (sum_j exp(S_ij - m_i)
+  less one largest term, fp32 [M] and [N]: the LSEs are m + log1p(rest)), from which
+  ``diagonal_mass`` forms the off-diagonal masses 1 - P_ii and 1 - Q_ii to an ulp of themselves. The
+  Functions keep a separate teacher's r'
   and c' packed as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the
   state fits 32 bytes per row), and ``accumulate`` and ``gradients`` take them so;
 - ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), p = e + q (hard and
   soft weights, given apart: the backends never round p where it would show, see ``gradients``),
   A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products); with ``diag``
-  = (row0, eps), W minus (e_i + e_j) (1 - eps) where row0 + i == j before the products;
-- ``gradients(I, T, s, r, c, h, a, coefs, eps, teacher, r', c', need_t) -> (dI, dT, ds)``: the
+  = (row0, v), W's hard part where row0 + i == j set to (e_i + e_j) v_i before the products (v [M] fp32,
+  the hard targets' diagonal factors below);
+- ``gradients(I, T, s, r, c, h, a, coefs, eps, v, teacher, r', c', need_t) -> (dI, dT, ds)``: the
   single-process gradients in the features' dtype, without fp32 [B, D] buffers beyond the workspace
   (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors; h may be given as
-  (x, y): h = x a + y, ``SoftTargetParams.hard_affine``).
+  (x, y): h = x a + y, ``SoftTargetParams.hard_affine``; v the hard targets' diagonal factors below; the
+  student's LSEs packed as the teacher's, so that the state fits 32 bytes per row with v).
 
 With grad outputs g_h, g_s and coef = k / (2B), p = coef (g_h h + g_s a), q = coef g_s a, e = coef g_h h:
 
     dL/dS_ij = W_ij - (e_i + e_j) ((1 - eps) delta_ij + eps / B),
     dI = s dL/dS @ T,  dT = s dL/dS.T @ I,  ds = sum_ij dL/dS_ij <I_i, T_j>.
+
+On the diagonal, W's hard part less the hard targets' is e_i (P_ii - (1 - eps)) + e_i (Q_ii - (1 - eps)) =
+2 e_i v_i with v_i = eps - (mass_i + mass'_i) / 2, the mean of the off-diagonal masses 1 - P_ii and
+1 - Q_ii (``diagonal_mass``): near one-hot, formed from P_ii it kept an ulp of 1 where the exact term is
+the masses (the contrastive loss's "Off-diagonal masses", docs/design.md). The Function saves v (fp32
+[B]), and the backends set the diagonal's hard part to (e_i + e_j) v_i in place of e (P + Q) - the hard
+targets; the hard part's loss is -log P_ii from the masses alike (``torch_utils.diagonal_loss_terms``).
 
 ``gradients`` forms dL/dS per chunk of rows (the Triton kernel folds the hard targets into its W tiles);
 the gathered Function folds the hard targets' diagonal into W (``accumulate``'s ``diag``) and subtracts
@@ -65,6 +78,7 @@ import torch.distributed as dist
 
 from vlkernels import _dist
 from vlkernels.ops.torch_utils import (
+    diagonal_loss_terms,
     exact,
     f32_rows,
     first_order_only,
@@ -89,7 +103,8 @@ class SoftTargetBackend(Protocol):
         teacher: Teacher = None,
         row0: int | None = 0,
     ):
-        """(r, c, r', c', w, w', x): the LSEs float64, the weighted sums and diagonal scores fp32."""
+        """(r, c, r', c', w, w', x, g, g', rest, rest'): the LSEs float64, the weighted sums, diagonal
+        scores, soft gaps and rests fp32."""
         ...
 
     def accumulate(
@@ -106,7 +121,7 @@ class SoftTargetBackend(Protocol):
         teacher: Teacher = None,
         tr=None,
         tc=None,
-        diag: tuple[int, float] | None = None,
+        diag: tuple[int, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def gradients(
@@ -120,6 +135,7 @@ class SoftTargetBackend(Protocol):
         soft_w,
         coefs,
         eps,
+        diag,
         teacher=None,
         tr=None,
         tc=None,
@@ -127,8 +143,9 @@ class SoftTargetBackend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(dI, dT or None, ds) of the single-process loss in the features' dtype (no fp32 [B, D] buffers
         beyond the workspace): e = coefs[0] h, q = coefs[1] a (the pair weights times their grad outputs and
-        k / (2B)), dL/dS = W(p = e + q, q) - (e_i + e_j) ((1 - eps) delta_ij + eps / B); ``hard_w`` is h
-        [B] or (x, y) for h = x a + y."""
+        k / (2B)), dL/dS = W(p = e + q, q) - (e_i + e_j) ((1 - eps) delta_ij + eps / B), its diagonal's
+        hard part 2 e_i v_i from the factors ``diag`` = v [B]; ``hard_w`` is h [B] or (x, y) for
+        h = x a + y; the LSEs r, c (and r', c') packed (``torch_utils.pack_lse``)."""
         ...
 
 
@@ -200,15 +217,51 @@ def subtract_hard_targets(u, e_own, eps: float, batch: int, colsum=None, e_dot=N
     return u
 
 
-def hard_gaps(r, c, x, nats: float, scale, eps: float, batch: int, smooth) -> torch.Tensor:
-    """(r_i - H_i) + (c_i - H'_i) per row, fp32 [M] (each formed in float64 and rounded once): the LSEs
-    ``r``, ``c`` less the pass's own diagonal scores ``x`` (the backend's units, ``nats`` converting; near
-    one-hot each keeps an ulp of its small rest, where a separately computed S_ii would leave an ulp of
-    |S|), with ``eps`` the smoothing part eps (2 S_ii - s / B ``smooth``_i) (``row_terms``)."""
-    x64 = x.double()
-    gaps = ((r - x64) + (c - x64)) * nats
+_LN2 = 0.6931471805599453
+
+
+def diagonal_mass(lse, x, rest, nats: float) -> torch.Tensor:
+    """1 - P_ii, fp32, of rows (or columns) whose LSEs ``lse`` (float64, the backend's units, ``nats``
+    converting) are m + log1p(``rest``) from their largest score m and the fp32 rest of their sums below
+    it (the statistics'), ``x`` the pass's own diagonal scores. Where P_ii > 1/2 (lse - x below log 2)
+    the diagonal score is the largest (a score at least as large would hold as much of the softmax) and
+    the mass is rest / (1 + rest), the others' share, to an ulp of itself; elsewhere it is
+    1 - exp(x - lse) >= 1/2, to an ulp of itself. Formed from P_ii near 1 it kept an ulp of 1 (and the
+    float64 LSEs lose a rest below 2^-53 |m| whole)."""
+    gap = (lse - x.double()) * nats
+    r64 = rest.double()
+    return torch.where(gap < _LN2, r64 / (1.0 + r64), torch.expm1(-gap).neg_()).float()
+
+
+def merged_mass(lse, x, part, rest, nats: float) -> torch.Tensor:
+    """1 - P_jj, fp32, of columns merged across ranks (``_dist.merge_columns``): ``lse`` their merged LSEs,
+    ``x`` the diagonal scores, ``part`` the columns' masses over this rank's rows (``diagonal_mass`` of its
+    partial LSEs, this rank holding the diagonal) and ``rest`` the merge's rest R (float64: the other
+    ranks' partial sums relative to the largest partial sum). Where P_jj > 1/2, this rank's partial sum
+    is over half of the column's, so the largest, R is the others' over it and 1 - P_jj =
+    (R + part) / (1 + R), sums of non-negative terms; elsewhere 1 - exp(x - lse) >= 1/2."""
+    gap = (lse - x.double()) * nats
+    r64 = rest.double()
+    near = (r64 + part.double()) / (1.0 + r64)
+    return torch.where(gap < _LN2, near, torch.expm1(-gap).neg_()).float()
+
+
+def hard_factors(mass_r, mass_c, eps: float) -> torch.Tensor:
+    """The hard targets' diagonal factors v = eps - (mass_r + mass_c) / 2, fp32: dL/dS_ii's hard part is
+    2 e_i v_i (module docstring)."""
+    return (mass_r + mass_c).mul_(-0.5).add_(eps)
+
+
+def hard_gaps(nll_r, nll_c, x, nats: float, scale, eps: float, batch: int, smooth) -> torch.Tensor:
+    """(r_i - H_i) + (c_i - H'_i) per row, fp32 [M] (each formed in float64 and rounded once): the rows'
+    and the columns' -log P_ii ``nll_r``, ``nll_c`` (natural, float64: ``diagonal_loss_terms`` of the
+    LSEs, the pass's own diagonal scores ``x`` and the masses; near one-hot each keeps an ulp of
+    itself, where r - x keeps an ulp of float64 |S| and a separately computed S_ii an ulp of fp32 |S|),
+    with ``eps`` the smoothing part eps (2 S_ii - s / B ``smooth``_i) (``row_terms``; x in the backend's
+    units, ``nats`` converting)."""
+    gaps = nll_r + nll_c
     if eps:
-        gaps += eps * (2.0 * nats * x64 - scale.double() / batch * smooth.double())
+        gaps += eps * (2.0 * nats * x.double() - scale.double() / batch * smooth.double())
     return gaps.float()
 
 
@@ -233,18 +286,25 @@ class SoftTargetFunction(torch.autograd.Function):
     def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
-        r, c, tr, tc, _, _, x, g_row, g_col = params.backend.stats(image, text, scale, teacher)
+        stats = params.backend.stats(image, text, scale, teacher)
+        r, c, tr, tc, _, _, x, g_row, g_col, rest_r, rest_c = stats
+        del stats
         packed = _packed(teacher, tr, tc)
         del tr, tc
         nats = lse_nats(params.backend)
+        mass_r, mass_c = diagonal_mass(r, x, rest_r, nats), diagonal_mass(c, x, rest_c, nats)
+        del rest_r, rest_c
+        nll_r, nll_c = diagonal_loss_terms(r, x, mass_r, nats), diagonal_loss_terms(c, x, mass_c, nats)
+        diag = hard_factors(mass_r, mass_c, params.eps)
+        del mass_r, mass_c
         smooth = None
         if params.eps:
             colsum_i, colsum_t = image.sum(0, dtype=torch.float32), text.sum(0, dtype=torch.float32)
             _, smooth_i, smooth_t = row_terms(image, text, colsum_i, colsum_t)
             smooth = smooth_i.add_(smooth_t)
             del smooth_t
-        gaps = hard_gaps(r, c, x, nats, scale, params.eps, batch, smooth)
-        del x, smooth
+        gaps = hard_gaps(nll_r, nll_c, x, nats, scale, params.eps, batch, smooth)
+        del x, smooth, nll_r, nll_c
         coef = params.factor / (2.0 * batch)
         h = hard_w
         if h is None:
@@ -254,7 +314,12 @@ class SoftTargetFunction(torch.autograd.Function):
         del h, gaps
         soft = (torch.dot(soft_w, g_row) + torch.dot(soft_w, g_col)) * (nats * coef)
         del g_row, g_col
-        ctx.save_for_backward(image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, *packed)
+        # the student's LSEs packed as the teacher's (12 bytes per row for both, with the diagonal factors
+        # 16: with a separate teacher the state is 32 bytes per row)
+        lses = (*pack_lse(r), *pack_lse(c))
+        del r, c
+        saved = (image, text, scale, diag, hard_w, soft_w, t_image, t_text, t_scale)
+        ctx.save_for_backward(*saved, *lses, *packed)
         ctx.params = params
         return hard, soft
 
@@ -262,8 +327,9 @@ class SoftTargetFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, g_hard, g_soft):
-        image, text, scale, r, c, hard_w, soft_w, t_image, t_text, t_scale, *packed = ctx.saved_tensors
-        tr, tc = _unpacked(packed)
+        image, text, scale, diag, hard_w, soft_w, t_image, t_text, t_scale, *packed = ctx.saved_tensors
+        r, c = _unpacked(packed[:4])
+        tr, tc = _unpacked(packed[4:])
         prm, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
         coef = prm.factor / (2.0 * batch)
@@ -271,7 +337,7 @@ class SoftTargetFunction(torch.autograd.Function):
         teacher = _teacher(t_image, t_text, t_scale)
         hard = hard_w if hard_w is not None else prm.hard_affine
         d_image, d_text, d_scale = prm.backend.gradients(
-            image, text, scale, r, c, hard, soft_w, coefs, prm.eps, teacher, tr, tc, need_t
+            image, text, scale, r, c, hard, soft_w, coefs, prm.eps, diag, teacher, tr, tc, need_t
         )
         return (
             d_image if need_i else None,
@@ -318,9 +384,14 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         hsum_i = meta_all[:, 2 * b + dim :]
         need_s = ctx.needs_input_grad[2]
 
-        r, c_part, tr, tc_part, w, wc_part, x, g, gc_part = backend.stats(
+        r, c_part, tr, tc_part, w, wc_part, x, g, gc_part, rest_r, rest_cp = backend.stats(
             image, texts, scale, teacher, rank * b
         )
+        nats = lse_nats(backend)
+        # the off-diagonal masses: the rows', and the own columns' over this rank's rows (merged below)
+        mass_r = diagonal_mass(r, x, rest_r, nats)
+        mass_cp = diagonal_mass(c_part[own], x, rest_cp[own], nats)
+        del rest_r, rest_cp
         lse_parts, weighted, soft_gaps = [c_part], [(0, wc_part)], [(0, gc_part)]
         if teacher is not None:
             lse_parts.append(tc_part)
@@ -347,12 +418,13 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             wsc, gsc = sums_w[1], gaps_c[1]
 
         colsum_t = texts.sum(0, dtype=torch.float32)
-        nats = lse_nats(backend)
         smoothing = (colsum_i, colsum_t) if eps else ()
         diag, smooth_i, smooth_t = row_terms(image, text, *smoothing, diag=need_s)
         smooth = smooth_i + smooth_t if eps else None
         c_own, gc_own = c[own], gc[own]
-        gaps = hard_gaps(r, c_own, x, nats, scale, eps, batch, smooth)
+        mass_c = merged_mass(c_own, x, mass_cp, rest_c[own], nats)
+        nll_r, nll_c = diagonal_loss_terms(r, x, mass_r, nats), diagonal_loss_terms(c_own, x, mass_c, nats)
+        gaps = hard_gaps(nll_r, nll_c, x, nats, scale, eps, batch, smooth)
         parts = [torch.dot(hard_w, gaps), (torch.dot(soft_w, g) + torch.dot(soft_w, gc_own)) * nats]
         if need_s:
             # ds of each part: d r_i / ds = ws_i (the student-softmax-weighted dot products), and the
@@ -361,8 +433,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             # where ws_i - <I_i, T_i> would keep an ulp of |<I_i, T_i>|. H_i / s - <I_i, T_i> =
             # eps (<I_i, colsum_t> / B - <I_i, T_i>).
             wsc_own, gsc_own = wsc[own], gsc[own]
-            hard_r = mean_difference(ws, diag, gs, r - x.double(), nats, scale)
-            hard_c = mean_difference(wsc_own, diag, gsc_own, c_own - x.double(), nats, scale)
+            hard_r = mean_difference(ws, diag, gs, nll_r / nats, nats, scale)
+            hard_c = mean_difference(wsc_own, diag, gsc_own, nll_c / nats, nats, scale)
             if eps:
                 hard_r.sub_(smooth_i.div_(batch).sub_(diag), alpha=eps)
                 hard_c.sub_(smooth_t.div_(batch).sub_(diag), alpha=eps)
@@ -384,6 +456,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             scale,
             r,
             c,
+            mass_r,
+            mass_c,
             h_all,
             a_all,
             colsum_i,
@@ -401,8 +475,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, g_hard, g_soft):
-        (image, text, texts, scale, r, c, h_all, a_all, colsum_i, hsum_i, ds_parts, t_image, t_texts,
-         t_scale, *packed) = ctx.saved_tensors  # fmt: skip
+        (image, text, texts, scale, r, c, mass_r, mass_c, h_all, a_all, colsum_i, hsum_i, ds_parts, t_image,
+         t_texts, t_scale, *packed) = ctx.saved_tensors  # fmt: skip
         tr, tc = _unpacked(packed)
         prm = ctx.params
         eps, group, backend = prm.eps, prm.group, prm.backend
@@ -428,13 +502,16 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         e_own = e[own]
         colsum_t = texts.sum(0, dtype=torch.float32) if eps else None
         args = (image, texts, scale, r, c)
-        diag = (rank * b, eps)  # the hard targets' diagonal, folded into W before the products
+        # the hard targets' diagonal, folded into W before the products: (e_i + e_j) v_i there, with
+        # e_i = e_j (both directions: v the mean of the two masses' factors) or one of them 0
+        diag = (rank * b, hard_factors(mass_r, mass_c, eps))
         if prm.local_loss and not prm.with_grad:
             # The gathered features are constants: row terms reach only the images, column terms only
             # the texts, so the two products need separate passes.
             zero_b, zero_n = e.new_zeros(b), e.new_zeros(batch)
-            a_i, _ = backend.accumulate(*args, e_own, zero_n, q[own], zero_n, teacher, tr, tc, diag)
-            _, a_t = backend.accumulate(*args, zero_b, e, zero_b, q, teacher, tr, tc, diag)
+            diag_r, diag_c = ((rank * b, hard_factors(m, m, eps)) for m in (mass_r, mass_c))
+            a_i, _ = backend.accumulate(*args, e_own, zero_n, q[own], zero_n, teacher, tr, tc, diag_r)
+            _, a_t = backend.accumulate(*args, zero_b, e, zero_b, q, teacher, tr, tc, diag_c)
             u_t = torch.empty_like(a_i)
             work = _dist.reduce_scatter(u_t, a_t, group=group, async_op=True)
             u_i = subtract_hard_targets(a_i, e_own, eps, batch, colsum_t, both=False)

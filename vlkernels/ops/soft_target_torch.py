@@ -31,21 +31,21 @@ from vlkernels.ops.torch_utils import (
 )
 
 
-def _diagonal(s_ii, t_ii, weights, lses, diag_w: float, all_w: float) -> torch.Tensor:
-    """W minus the hard targets on the diagonal, from its scores S_ii (and the teacher's S'_ii, or None)
-    there: e_r E_row + e_c E_col - (e_r + e_c) (diag_w + all_w) [+ q_r (E_row - T_row) + q_c (E_col - T_col)]
-    with ``weights`` = (e_r, e_c, q_r, q_c) and ``lses`` = (r, c, r', c') at the diagonal's rows and
-    columns, E = exp(S - LSE) and T = exp(S' - LSE'). Not the tiles' p (E_row + E_col) - q (T_row + T_col)
-    - hard with p = e + q: where a row is near one-hot, the hard targets cancel all but p's rounding there,
-    an ulp of p where the exact dL/dS is tiny; here they cancel the e terms first, and E - T is exact where
-    the two softmaxes agree."""
+def _diagonal(v, s_ii, t_ii, weights, lses) -> torch.Tensor:
+    """W minus the hard targets' diagonal part on the diagonal (their eps / B part is not in it):
+    (e_r + e_c) v [+ q_r (E_row - T_row) + q_c (E_col - T_col)] with ``v`` the hard targets' diagonal
+    factor (ops/soft_target.py: eps less the mean of the row's and the column's off-diagonal masses,
+    which the statistics keep to an ulp of themselves), ``weights`` = (e_r, e_c, q_r, q_c) and, with a
+    separate teacher (its scores S'_ii ``t_ii``, else None), the soft part from the scores S_ii ``s_ii``
+    and ``lses`` = (r, c, r', c') at the diagonal's rows and columns, E = exp(S - LSE) and
+    T = exp(S' - LSE'). Not the tiles' p (E_row + E_col) - q (T_row + T_col) - hard with p = e + q, nor
+    e (E_row + E_col - 2 (1 - eps)): near one-hot E = 1 - mass keeps an ulp of 1 where the exact
+    dL/dS_ii is the masses; E - T is exact where the two softmaxes agree."""
     e_r, e_c, q_r, q_c = weights
-    r, c, tr, tc = lses
-    e_row, e_col = torch.exp(s_ii - r), torch.exp(s_ii - c)
-    d = (e_r * e_row).addcmul_(e_c, e_col).sub_((e_r + e_c) * diag_w)
-    if all_w:
-        d.sub_((e_r + e_c) * all_w)
+    d = (e_r + e_c).double().mul_(v)
     if t_ii is not None:
+        r, c, tr, tc = lses
+        e_row, e_col = torch.exp(s_ii - r), torch.exp(s_ii - c)
         d.addcmul_(q_r, e_row - torch.exp(t_ii - tr)).addcmul_(q_c, e_col - torch.exp(t_ii - tc))
     return d.float()  # formed in float64 (the student's LSEs' dtype), rounded once
 
@@ -68,17 +68,19 @@ class TorchSoftTargetBackend:
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
     def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
-        """(r, c, r', c', w, w', x, g, g') for S = scale * image @ text.T (image [M, D], text [N, D]): the
-        student's LSEs and a separate teacher's in float64 (``soft_rows``: the backward's weights near 1
-        keep an ulp of 1), the weighted sums and the soft gaps in fp32, x the pass's own scores
-        S[i, row0 + i] (``diagonal_of``; None for ``row0`` None). The columns' statistics are formed per
-        chunk of rows and merged online (``ColumnSoft``)."""
+        """(r, c, r', c', w, w', x, g, g', rest, rest') for S = scale * image @ text.T (image [M, D], text
+        [N, D]): the student's LSEs and a separate teacher's in float64 (``soft_rows``: the backward's
+        weights near 1 keep an ulp of 1), the weighted sums and the soft gaps in fp32, x the pass's own
+        scores S[i, row0 + i] (``diagonal_of``; None for ``row0`` None), the rows' and the columns' rests
+        below their largest scores in fp32. The columns' statistics are formed per chunk of rows and
+        merged online (``ColumnSoft``)."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
         r = torch.empty(rows, dtype=torch.float64, device=dev)
         tr = r if teacher is None else torch.empty_like(r)
         w_row = torch.empty(rows, dtype=torch.float32, device=dev)
         g_row = torch.empty_like(w_row)
+        rest = torch.empty_like(w_row)
         x = None if row0 is None else torch.empty_like(w_row)
         columns = ColumnSoft(n, dev, teacher is not None)
         chunks = row_chunks(rows, n, dev)
@@ -90,25 +92,30 @@ class TorchSoftTargetBackend:
             if x is not None:
                 x[sl] = diagonal_of(s_blk, row0 + sl.start)
             t_blk = None if teacher is None else self._teacher_block(teacher, sl, cols)
-            r[sl], tr_blk, w_row[sl], g_row[sl] = soft_rows(s_blk, d_blk, t_blk, scratch)
+            r[sl], tr_blk, w_row[sl], g_row[sl], rest[sl] = soft_rows(s_blk, d_blk, t_blk, scratch)
             if teacher is not None:
                 tr[sl] = tr_blk
             columns.add(s_blk, d_blk, t_blk, scratch[0])
             del s_blk, d_blk, t_blk
         c, tc, g_col, w_col = finish_partials(*columns.partials())
+        rest_col = columns.rest
         del columns, scratch
         if teacher is None:
-            return r, c, r, c, w_row, w_col, x, g_row, g_col
-        return r, c, tr, tc, w_row, w_col, x, g_row, g_col
+            return r, c, r, c, w_row, w_col, x, g_row, g_col, rest, rest_col
+        return r, c, tr, tc, w_row, w_col, x, g_row, g_col, rest, rest_col
 
-    def _grad_block(self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, cols):
+    def _grad_block(
+        self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, diag, cols
+    ):
         """dL/dS for the rows ``sl`` of q (q32 their fp32 copy) against all of k, fp32 [rows, N]: W minus
         the hard targets (e_i + e_j) ((1 - eps) [i == j] + eps / B), with e = coefs[0] h, q = coefs[1] a
         from ``pair`` = (h, a) and p = e + q (p = e for the self teacher: the soft terms cancel); ``teacher``
-        (Q', K', s') in the same orientation or None, its LSEs ``t_lse_q``, ``t_lse_k`` packed (hi, lo)
-        pairs (``torch_utils.pack_lse``). The column weights are applied in place on the
-        exponentials; at most three [rows, N] buffers (or two and a [1, N] weight row) at once. With a
-        teacher the diagonal is formed again from its O(rows) scores without p (``_diagonal``)."""
+        (Q', K', s') in the same orientation or None; the LSEs, the student's ``lse_q``, ``lse_k`` and the
+        teacher's ``t_lse_q``, ``t_lse_k``, packed (hi, lo) pairs (``torch_utils.pack_lse``). The column
+        weights are applied in place on the exponentials; at most three [rows, N] buffers (or two and a
+        [1, N] weight row) at once. The diagonal is set from the hard targets' diagonal factors ``diag``
+        [B] (and with a teacher the soft part from its O(rows) scores) without p (``_diagonal``), before
+        the smoothing's eps / B part."""
         batch = k.shape[0]
         h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
@@ -116,11 +123,13 @@ class TorchSoftTargetBackend:
         e_rows = _hard_weights(h if isinstance(h, tuple) else h[rows], a[rows], ce)
         p_rows = e_rows if teacher is None else e_rows.addcmul(a[rows], cq)  # as the column weights
         idx = torch.arange(q32.shape[0], device=q32.device)
-        diag = (idx, idx + rows.start)
+        at = (idx, idx + rows.start)
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
-        s_ii = None if teacher is None else s_blk[diag]  # a copy, [rows]
-        # the LSEs as exp((S - hi) - lo) (``minus_lse_``: the student's float64, the teacher's packed)
-        g = minus_lse_(s_blk.clone(), lse_q[rows], 0).exp_().mul_(p_rows[:, None])
+        s_ii = t_ii = None
+        if teacher is not None:
+            s_ii = s_blk[at]  # a copy, [rows]
+        # the LSEs as exp((S - hi) - lo) (``minus_lse_``, packed)
+        g = minus_lse_(s_blk.clone(), lse_at(lse_q, rows), 0).exp_().mul_(p_rows[:, None])
         col = minus_lse_(s_blk, lse_k, 1).exp_()  # exp(S - c_j), in place
         # the column weights e_j = ce h_j and p_j = e_j (+ cq a_j with a teacher), [N] each, formed as the
         # rows' (bitwise the same at j = i: with near one-hot rows the hard targets then cancel exactly)
@@ -129,22 +138,21 @@ class TorchSoftTargetBackend:
         del s_blk, col, e_cols
         if teacher is not None:
             t_blk = self._teacher_block(teacher, rows, cols)
-            t_ii = t_blk[diag]
+            t_ii = t_blk[at]
             t_row = minus_lse_(t_blk.clone(), lse_at(t_lse_q, rows), 0)
             g.sub_(t_row.exp_().mul_((a[rows] * cq)[:, None]))
             del t_row
             g.sub_(minus_lse_(t_blk, t_lse_k, 1).exp_().mul_(a[None, :]).mul_(cq))
             del t_blk
+        q_rows, lses = a[rows] * cq, None
+        if teacher is not None:
+            j = at[1]
+            lses = tuple(unpack_lse(lse_at(t, j)) for t in (lse_q, lse_k, t_lse_q, t_lse_k))
+        g[at] = _diagonal(diag[rows], s_ii, t_ii, (e_rows, e_rows, q_rows, q_rows), lses)
         if eps:
             # -(e_i + e_j) eps / B, each weight formed whole (subtracting h = x a + y as two terms, x a_j
             # then y, rounded a tiny dL/dS away where they cancel: h = 0 at alpha 1)
             g.sub_(e_rows[:, None] * (eps / batch)).sub_(_hard_weights(h, a, ce * (eps / batch))[None, :])
-        if teacher is None:
-            g[diag] -= (2.0 * (1.0 - eps)) * e_rows
-        else:
-            at, q_rows = diag[1], a[rows] * cq
-            lses = (lse_q[at], lse_k[at], *(unpack_lse(lse_at(t, at)) for t in (t_lse_q, t_lse_k)))
-            g[diag] = _diagonal(s_ii, t_ii, (e_rows, e_rows, q_rows, q_rows), lses, 1.0 - eps, eps / batch)
         return g
 
     def gradients(
@@ -158,13 +166,15 @@ class TorchSoftTargetBackend:
         soft_w,
         coefs,
         eps,
+        diag,
         teacher=None,
         tr=None,
         tc=None,
         need_t=True,
     ):
         """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py) in the features' dtype,
-        chunk by chunk (module docstring); ``hard_w``: h [B] or (x, y) for h = x a + y."""
+        chunk by chunk (module docstring); ``hard_w``: h [B] or (x, y) for h = x a + y; ``diag`` [B] the
+        hard targets' diagonal factors; the LSEs packed (``torch_utils.pack_lse``)."""
         batch, dim = image.shape
         dev = image.device
         scale = scale.detach().float()
@@ -177,7 +187,7 @@ class TorchSoftTargetBackend:
         a_t = torch.zeros(text.shape, dtype=torch.float32, device=dev) if one_pass else None
         for sl in row_chunks(batch, batch, dev):
             i_blk = f32_rows(image, sl)
-            g = self._grad_block(i_blk, text, scale, sl, r, c, pair, coefs, teacher, tr, tc, eps, cols)
+            g = self._grad_block(i_blk, text, scale, sl, r, c, pair, coefs, teacher, tr, tc, eps, diag, cols)
             if one_pass:
                 a_t.addmm_(g.T, i_blk)
             u = matmul_f32(g, text, False, cols)
@@ -193,7 +203,8 @@ class TorchSoftTargetBackend:
                 u = a_t[sl]
             else:
                 t_blk = f32_rows(text, sl)
-                g = self._grad_block(t_blk, image, scale, sl, c, r, pair, coefs, swapped, tc, tr, eps, cols)
+                args = (scale, sl, c, r, pair, coefs, swapped, tc, tr, eps, diag, cols)
+                g = self._grad_block(t_blk, image, *args)
                 u = matmul_f32(g, image, False, cols)
                 del g
             d_text[sl] = u.mul_(scale).to(text.dtype)
@@ -203,8 +214,8 @@ class TorchSoftTargetBackend:
         self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py); with ``diag`` =
-        (row0, eps), W minus (e_i + e_j) (1 - eps) where row0 + i == j before the products, the diagonal
-        formed from its O(rows) scores (``_diagonal``)."""
+        (row0, v), W's diagonal where row0 + i == j set to (e_i + e_j) v_i before the products (and with a
+        teacher the soft part formed from its O(rows) scores: ``_diagonal``)."""
         dev = image.device
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         a_i = torch.empty(image.shape, dtype=torch.float32, device=dev)
@@ -229,10 +240,10 @@ class TorchSoftTargetBackend:
             if diag is not None:
                 j = at[1]
                 weights = (e_row[sl], e_col[j], q_row[sl], q_col[j])
-                lses = (r[sl], c[j], None, None)
+                lses = None
                 if teacher is not None:
-                    lses = lses[:2] + (unpack_lse(lse_at(tr, sl)), unpack_lse(lse_at(tc, j)))
-                w[at] = _diagonal(s_ii, t_ii, weights, lses, 1.0 - diag[1], 0.0)
+                    lses = (r[sl], c[j], unpack_lse(lse_at(tr, sl)), unpack_lse(lse_at(tc, j)))
+                w[at] = _diagonal(diag[1][sl], s_ii, t_ii, weights, lses)
             a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)
         return a_i, a_t

@@ -37,9 +37,9 @@ import triton
 import triton.language as tl
 
 from vlkernels._triton import interpret_mode
-from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch, split_lse
+from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
-from vlkernels.ops.torch_utils import finish_partials, lse_at, workspace_bytes
+from vlkernels.ops.torch_utils import finish_partials, lse_at, pack_lse, workspace_bytes
 from vlkernels.ops.triton_utils import (
     HOST_ARCH,
     LOG2E,
@@ -77,6 +77,7 @@ def _stats_kernel(
     t_lse_ptr,
     wsum_ptr,
     gap_ptr,
+    rest_ptr,
     part_ptr,
     part_stride,
     M,
@@ -113,7 +114,8 @@ def _stats_kernel(
     max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max') (max - S2_ij), 5: sum_i exp2(S'2 -
     max') <Q_i, K_j>. The rows' soft gaps (``gap_ptr``, fp32): log2(1 + rest) + sum_j softmax_j(S'_i.)
     (m_i - S2_ij), m_i the row's largest score, both sums of non-negative terms (docs/design.md, "Soft
-    gaps"; the online form shifts the second by the move of m times the teacher's sum so far). PARTS (the
+    gaps"; the online form shifts the second by the move of m times the teacher's sum so far), and the
+    rest itself (``rest_ptr``, fp32: the off-diagonal masses, ``soft_target.diagonal_mass``). PARTS (the
     self teacher only): each score tile's epilogue in that many column parts, one after the other (fewer
     registers: the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor descriptors
     (``walk_tile``)."""
@@ -213,12 +215,15 @@ def _stats_kernel(
     # m + log2(1 + rest), which keeps the rest where l = 1 + rest rounds it in fp32 (as the columns',
     # ``torch_utils.finish_partials``); a separate teacher's as m' + log2(l')
     if TEACHER:
-        above = _log2p1(_tied(rest, l_s))
+        rest = _tied(rest, l_s)
+        above = _log2p1(rest)
         tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + above, mask=mask_m)
         tl.store(t_lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
     else:
-        above = _log2p1(_tied(rest, l_t))
+        rest = _tied(rest, l_t)
+        above = _log2p1(rest)
         tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + above, mask=mask_m)
+    tl.store(rest_ptr + offs_m, rest, mask=mask_m)
     tl.store(gap_ptr + offs_m, (above + (acc_u / l_t).to(tl.float64)).to(tl.float32), mask=mask_m)
 
 
@@ -386,9 +391,11 @@ def _weights_tile(
     cq,
     t_scale2,
     t_lse_q,
+    v_q,
     k_ptr,
     q_ptr,
     lse_k_ptr,
+    lo_k_ptr,
     h_k_ptr,
     a_k_ptr,
     tq_ptr,
@@ -401,7 +408,6 @@ def _weights_tile(
     D,
     DT,
     row0,
-    eps_diag,
     eps_all,
     n_blocks,
     sqm,
@@ -450,9 +456,9 @@ def _weights_tile(
         TMA,
     )
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
-    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
-    cols = (lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr, N, DT, row0)
-    cols += (eps_diag, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
+    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, v_q)
+    cols = (lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr)
+    cols += (N, DT, row0, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
     # the runtime arguments in tuples (a tuple holds no constexpr)
     if PARTS == 1:
         _w_part(
@@ -524,7 +530,9 @@ def _w_part(
     cq,
     t_scale2,
     t_lse_q,
+    v_q,
     lse_k_ptr,
+    lo_k_ptr,
     h_k_ptr,
     a_k_ptr,
     tq_ptr,
@@ -536,7 +544,6 @@ def _w_part(
     N,
     DT,
     row0,
-    eps_diag,
     eps_all,
     ds_blocks,
     stqm,
@@ -561,7 +568,8 @@ def _w_part(
     offs_n = b * W + tl.arange(0, W).to(tl.int64)
     mask_n = offs_n < N
     s2 = acc * scale2
-    k_hi, k_lo = split_lse(tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0))
+    k_hi = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
+    k_lo = tl.load(lo_k_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
     if TEACHER:  # the teacher's tile first: no exponential tiles held across its dot
         q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
@@ -586,20 +594,21 @@ def _w_part(
         t2 = t_acc * t_scale2
         t_hi = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0)
         t_lo = tl.load(t_lo_k_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    # W as e (E_row + E_col) - hard + q (E_row - T_row) + q (E_col - T_col), not (e + q) E - q T: the
-    # hard targets cancel the e terms (near one-hot rows: both ~2 e_i on the diagonal) before the soft
-    # terms come in, and E - T is exact where the student's and the teacher's weights agree, so no ulp of
-    # e + q is left where the exact dL/dS is tiny
-    # the student's two-part LSEs: exp2((S2 - hi) - lo), S2 - hi exact near the largest score
+    # W as e (E_row + E_col) - hard + q (E_row - T_row) + q (E_col - T_col), not (e + q) E - q T: on the
+    # diagonal the hard part is (e_i + e_j) v_i (v: eps less the mean off-diagonal mass, to an ulp of
+    # itself, where e (E_row + E_col) - hard keeps an ulp of e near one-hot) before the soft terms come
+    # in, and E - T is exact where the student's and the teacher's weights agree, so no ulp of e + q is
+    # left where the exact dL/dS is tiny
+    # the student's two-part LSEs (fp32 hi, bf16 lo): exp2((S2 - hi) - lo), S2 - hi exact near the max
     e_row = tl.exp2((s2 - lse_q[0][:, None]) - lse_q[1][:, None])
     e_col = tl.exp2((s2 - k_hi[None, :]) - k_lo[None, :])
     w = e_q[:, None] * e_row + e_k[None, :] * e_col
     if HARD:
-        # the hard targets' part (e_i + e_j) (eps_diag [diagonal] + eps_all), its eps_all share as a row
-        # and a column term (fewer tile temporaries in the registers)
-        w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
         eye = tile_diagonal(pid_m, b, row0, BLOCK_M, W)
-        w = tl.where(eye, w - (e_q[:, None] + e_k[None, :]) * eps_diag, w)
+        w = tl.where(eye, (e_q[:, None] + e_k[None, :]) * v_q[:, None], w)
+        # the hard targets' eps_all part (e_i + e_j) eps_all as a row and a column term (fewer tile
+        # temporaries in the registers)
+        w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
     if TEACHER:
         w += q_q[:, None] * (e_row - tl.exp2((t2 - t_lse_q[0][:, None]) - t_lse_q[1][:, None]))
         w += q_k[None, :] * (e_col - tl.exp2((t2 - t_hi[None, :]) - t_lo[None, :]))
@@ -613,6 +622,8 @@ def _weights_kernel(
     scale_ptr,
     lse_q_ptr,
     lse_k_ptr,
+    lo_q_ptr,
+    lo_k_ptr,
     h_q_ptr,
     h_k_ptr,
     a_q_ptr,
@@ -627,12 +638,12 @@ def _weights_kernel(
     t_lo_k_ptr,
     g_ptr,
     ds_ptr,
+    diag_ptr,
     M,
     N,
     D,
     DT,
     row0,
-    eps_diag,
     eps_all,
     n_blocks,
     sqm,
@@ -661,8 +672,10 @@ def _weights_kernel(
     - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
     cf[2], q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
     weights h, a of the rows (``*_q``) and of the columns (``*_k``), formed as ``_w_part`` says (p is
-    never formed). HARD: minus the hard targets' part,
-    (e_i + e_j) (eps_diag [row0 + i == j] + eps_all), so that W is dL/dS, and the tile's fp32 row sums
+    never formed); the student's LSEs packed as fp32 hi (``lse_*``) and bf16 lo (``lo_*``). HARD: the
+    hard targets' part on the diagonal (row0 + i == j) as (e_i + e_j) v_i (v = ``diag_ptr``'s fp32 row
+    factors, in place of e_i (E_row + E_col) less the targets) and minus
+    (e_i + e_j) eps_all everywhere, so that W is dL/dS, and the tile's fp32 row sums
     of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
     walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
     (``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program (i, j) does
@@ -670,7 +683,10 @@ def _weights_kernel(
     partials in column blocks of BLOCK_N / PARTS)."""
     pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
-    lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)
+    lse_q = (  # (hi, lo)
+        tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0),
+        tl.load(lo_q_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32),
+    )
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
     e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
@@ -683,11 +699,15 @@ def _weights_kernel(
         t_lse_q = (t_hi, tl.load(t_lo_q_ptr + offs_m, mask=mask_m, other=0.0).to(tl.float32))
     else:
         q_q, cq, t_scale2, t_lse_q = e_q, ce, scale2, lse_q  # unused
-    rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q)
+    if HARD:
+        v_q = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
+    else:
+        v_q = e_q  # unused
+    rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, v_q)
     # the runtime arguments (a tuple holds no constexpr)
-    args = (k_ptr, q_ptr, lse_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr)
-    args += (N, D, DT)
-    args += (row0, eps_diag, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
+    args = (k_ptr, q_ptr, lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr)
+    args += (g_ptr, ds_ptr, N, D, DT)
+    args += (row0, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
     if WALK:
         tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
         for t in tl.range(tl.program_id(1), n_blocks, tl.num_programs(1), flatten=True):
@@ -861,10 +881,11 @@ def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
 
 def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
     """One ``_stats_kernel`` launch: the row statistics of the first ``rows`` rows of q (default all) into
-    ``outs`` = (lse, t_lse, wsum, gap), and with ``part`` ([parts, programs, N] fp32) the column partials."""
+    ``outs`` = (lse, t_lse, wsum, gap, rest), and with ``part`` ([parts, programs, N] fp32) the column
+    partials."""
     m = q.shape[0] if rows is None else rows
     meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher)
-    lse, t_lse, wsum, gap = outs
+    lse, t_lse, wsum, gap, rest = outs
     t_scale = scale if teacher is None else teacher[2]
     q_arg, k_arg = tile_operands(q, k, meta)
     _stats_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
@@ -878,6 +899,7 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
         t_lse,
         wsum,
         gap,
+        rest,
         lse if part is None else part,
         0 if part is None else part.stride(0),
         m,
@@ -909,10 +931,11 @@ def _merge_columns(part, programs: int, run, teacher: bool, fresh: bool) -> None
 
 
 def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
-    """(r, c, r', c', w, w', x, g, g') of S = scale * q @ k.T (and the teacher's S'), the LSEs in base 2 (the
-    kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the weighted sums and
-    the soft gaps (``torch_utils.soft_rows``) in fp32, x the pass's own diagonal scores S2[i, row0 + i] in
-    fp32 (base 2; None for ``row0`` None), in one pass over the tiles: the rows online; the columns as
+    """(r, c, r', c', w, w', x, g, g', rest, rest') of S = scale * q @ k.T (and the teacher's S'), the LSEs
+    in base 2 (the kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the
+    weighted sums and the soft gaps (``torch_utils.soft_rows``) in fp32, x the pass's own diagonal scores
+    S2[i, row0 + i] in fp32 (base 2; None for ``row0`` None), the rows' and the columns' rests below their
+    largest scores in fp32, in one pass over the tiles: the rows online; the columns as
     per-program partials, exact within a program (each column tile is seen once), merged in a fixed order
     (``_merge_kernel``: deterministic, no atomics)."""
     m, n = q.shape[0], k.shape[0]
@@ -923,44 +946,47 @@ def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
     tr = r if teacher is None else torch.empty_like(r)
     w = torch.empty(m, dtype=torch.float32, device=dev)
     g = torch.empty_like(w)
+    rest = torch.empty_like(w)
     step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
     part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
     run = torch.empty((parts, n), dtype=torch.float32, device=dev)  # the columns' sums so far
     for r0 in range(0, m, step):
         rows = min(step, m - r0)
         t = None if teacher is None else (teacher[0][r0:], teacher[1], teacher[2])
-        _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:], g[r0:]), part, rows=rows)
+        _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:], g[r0:], rest[r0:]), part, rows=rows)
         _merge_columns(part, triton.cdiv(rows, meta["BLOCK_M"]), run, teacher is not None, r0 == 0)
     del part
     sums = tuple(run) if teacher is not None else (run[0], run[1], None, None, run[2], run[3])
     c, tc, g_col, w_col = finish_partials(*sums, base2=True)
+    rest_col = run[1].clone()
     del run, sums
     # the student's scores as the pass's tiles formed them (row0 None: not wanted)
     x = None if row0 is None else diagonal(q, k, scale, meta, row0)
     if teacher is None:
-        return r, c, r, c, w, w_col, x, g, g_col
-    return r, c, tr, tc, w, w_col, x, g, g_col
+        return r, c, r, c, w, w_col, x, g, g_col, rest, rest_col
+    return r, c, tr, tc, w, w_col, x, g, g_col, rest, rest_col
 
 
 def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with
     W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (q_q exp(S' - t_lse_q) + q_k exp(S' - t_lse_k)),
     e = cf[0] h + cf[2], q = cf[1] a, p = e + q (p = e without a teacher) from the pair weights
-    ``pair_q`` = (h, a) of the rows [M] and ``pair_k`` of the columns [N]; ``teacher`` None or
-    (Q' [M, D'], K' [N, D'], s') with its LSEs ``t_lse_q``, ``t_lse_k`` packed (fp32 hi, bf16 lo) pairs
-    (``torch_utils.pack_lse``).
-    ``hard`` = (row0, eps_diag, eps_all, ds): also minus the hard targets' part (e_q + e_k) (eps_diag
-    [row0 + i == j] + eps_all), with the fp32 row sums of W <q_i, k_j> per column block in ds; returns
-    how many (M x column blocks of BLOCK_N / PARTS), else 0."""
+    ``pair_q`` = (h, a) of the rows [M] and ``pair_k`` of the columns [N]; the student's LSEs ``lse_q``,
+    ``lse_k`` and ``teacher`` None or (Q' [M, D'], K' [N, D'], s') its LSEs ``t_lse_q``, ``t_lse_k``,
+    all packed (fp32 hi, bf16 lo) pairs (``torch_utils.pack_lse``).
+    ``hard`` = (row0, v, eps_all, ds): also the hard targets, (e_q + e_k) v_i on the diagonal
+    [row0 + i == j] in place of W's hard part there (v [M] fp32) and minus (e_q + e_k) eps_all, with the
+    fp32 row sums of W <q_i, k_j> per column block in ds; returns how many (M x column blocks of
+    BLOCK_N / PARTS), else 0."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = features_config(q, k, teacher, "weights")
     walk = dot_precision(q.dtype) != "ieee" and teacher is None
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     if hard is None:
-        row0, eps_diag, eps_all, ds, count = 0, 0.0, 0.0, g, 0
+        row0, diag, eps_all, ds, count = 0, g, 0.0, g, 0
     else:
-        row0, eps_diag, eps_all, ds = hard
+        row0, diag, eps_all, ds = hard
         count = partials_of(m, n, cfg, ds)
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
@@ -976,8 +1002,10 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         q_arg,
         k_arg,
         scale,
-        lse_q,
-        lse_k,
+        lse_q[0],
+        lse_k[0],
+        lse_q[1],
+        lse_k[1],
         pair_q[0],
         pair_k[0],
         pair_q[1],
@@ -992,12 +1020,12 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         t_lse_k[1],
         g,
         ds,
+        diag,
         m,
         n,
         dim,
         t_dim,
         row0,
-        eps_diag,
         eps_all,
         n_blocks,
         q.stride(0),
@@ -1029,8 +1057,11 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).contiguous()
 
 
-def _f64(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.float64).contiguous()  # the student's two-part LSEs
+def _packed32(lse) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSEs as the weights kernel takes them, (fp32 hi, bf16 lo) contiguous: float64 ones packed
+    (``torch_utils.pack_lse``: the gathered Function's; the single-process one saves them packed)."""
+    hi, lo = pack_lse(lse) if isinstance(lse, torch.Tensor) else lse
+    return _f32(hi), lo.to(torch.bfloat16).contiguous()
 
 
 class TritonSoftTargetBackend:
@@ -1058,14 +1089,14 @@ class TritonSoftTargetBackend:
         if teacher is None:
             return None, tr, tc
         t_image, t_text, t_scale = teacher
-        tr, tc = ((_f32(hi), lo.to(torch.bfloat16).contiguous()) for hi, lo in (tr, tc))
-        return (t_image, t_text, _f32(t_scale.detach())), tr, tc
+        return (t_image, t_text, _f32(t_scale.detach())), _packed32(tr), _packed32(tc)
 
     @staticmethod
     def _fill(work, q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, hard=None):
-        """``weights`` for ``Workspace.products`` (rows of q against a slab of k's columns); with ``hard`` =
-        (diag0, eps_diag, eps_all) also the hard targets (q's row i on the diagonal at k's row diag0 + i)
-        and, as the statistics, the slab's sum of W <q, k>."""
+        """``weights`` for ``Workspace.products`` (rows of q against a slab of k's columns; the LSEs packed);
+        with ``hard`` = (diag0, v, eps_all) also the hard targets (q's row i on the diagonal at k's row
+        diag0 + i, v [rows of q] their diagonal factors) and, as the statistics, the slab's sum of
+        W <q, k>."""
 
         def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
             cs = slice(s0, s0 + cols)
@@ -1076,8 +1107,8 @@ class TritonSoftTargetBackend:
                 q[rows],
                 k[cs],
                 scale,
-                lse_q[rows],
-                lse_k[cs],
+                lse_at(lse_q, rows),
+                lse_at(lse_k, cs),
                 tuple(v[rows] for v in pair_q),
                 tuple(v[cs] for v in pair_k),
                 cf,
@@ -1085,7 +1116,7 @@ class TritonSoftTargetBackend:
                 None if t is None else lse_at(t_lse_q, rows),
                 None if t is None else lse_at(t_lse_k, cs),
                 g,
-                None if hard is None else (hard[0] + rows.start - s0, *hard[1:], work.part),
+                None if hard is None else (hard[0] + rows.start - s0, hard[1][rows], hard[2], work.part),
             )
             return work.part[:count].sum() if count else None
 
@@ -1102,6 +1133,7 @@ class TritonSoftTargetBackend:
         soft_w,
         coefs,
         eps,
+        diag,
         teacher=None,
         tr=None,
         tc=None,
@@ -1110,15 +1142,16 @@ class TritonSoftTargetBackend:
         """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py), in the features' dtype: the
         weights kernel writes dL/dS = W - (e_i + e_j) ((1 - eps) delta_ij + eps / B) per chunk of rows
         (e = coefs[0] h, q = coefs[1] soft_w, formed in the kernel: no [B] temporaries; ``hard_w`` is h [B]
-        or (x, y) for h = x soft_w + y), dI = s dL/dS @ T is stored, dT = s dL/dS.T @ I accumulated in fp32
-        for the columns the workspace covers and computed by a column pass (the same kernel with the roles
-        swapped) for the rest, ds = sum dL/dS <I, T> from the kernel's partial sums. No fp32 [B, D] buffer
-        beyond the workspace."""
+        or (x, y) for h = x soft_w + y; the diagonal's hard part from the factors ``diag`` [B]; the LSEs
+        ``r``, ``c`` packed, ``torch_utils.pack_lse``), dI = s dL/dS @ T is stored, dT = s dL/dS.T @ I
+        accumulated in fp32 for the columns the workspace covers and computed by a column pass (the same
+        kernel with the roles swapped) for the rest, ds = sum dL/dS <I, T> from the kernel's partial sums.
+        No fp32 [B, D] buffer beyond the workspace."""
         batch, dim = image.shape
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c, soft_w = _f64(r), _f64(c), _f32(soft_w)
+        r, c, soft_w, diag = _packed32(r), _packed32(c), _f32(soft_w), _f32(diag)
         coefs = coefs.float()
         lo, hi = torch.aminmax(soft_w)
         if isinstance(hard_w, tuple):  # h = x a + y: formed in the kernel from a, no [B] vector
@@ -1140,7 +1173,7 @@ class TritonSoftTargetBackend:
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
         work = Workspace(plan, batch, batch, dim, image.dtype, dev)
         alpha = (scale * norm).reshape(1)
-        pair, hard = (h_vec, soft_w), (0, 1.0 - eps, eps / batch)
+        pair, hard = (h_vec, soft_w), (0, diag, eps / batch)
         rows = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, hard)
         swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
         cols = self._fill(work, text, image, scale, c, r, pair, pair, cf, swapped, tc, tr, hard)
@@ -1151,14 +1184,14 @@ class TritonSoftTargetBackend:
         self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py), with ``diag`` =
-        (row0, eps) minus (e_i + e_j) (1 - eps) where row0 + i == j (in the weights kernel, before the
+        (row0, v) the hard part (e_i + e_j) v_i where row0 + i == j (in the weights kernel, before the
         products)."""
         m, dim = image.shape
         n = text.shape[0]
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c = _f64(r), _f64(c)
+        r, c = _packed32(r), _packed32(c)
         e_row, e_col, q_row, q_col = (_f32(x) for x in (e_row, e_col, q_row, q_col))
         # the pair weights h = e, a = q, normalised by the largest weight
         norm = torch.stack([v.abs().max() for v in (e_row, e_col, q_row, q_col)]).max()
@@ -1168,7 +1201,7 @@ class TritonSoftTargetBackend:
         stats = 0 if diag is None else 1  # the hard targets' path also stores ds partials (unused here)
         plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, stats)
         work = Workspace(plan, m, n, dim, image.dtype, dev)
-        hard = None if diag is None else (diag[0], 1.0 - diag[1], 0.0)
+        hard = None if diag is None else (diag[0], _f32(diag[1]), 0.0)
         pair_q, pair_k = (e_row, q_row), (e_col, q_col)
         fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc, hard)
         a_i, a_t, _ = work.fp32_products(image, text, fill)

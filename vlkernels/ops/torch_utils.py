@@ -218,17 +218,18 @@ def rest_below_one(e: torch.Tensor, dim: int, total=None, exclude=None) -> torch
 
 
 def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
-    """(r, r', w, g) of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the LSEs in
+    """(r, r', w, g, rest) of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the LSEs in
     float64, the student's m + log1p(rest) (as ``finish_partials`` forms the columns': log(l) would round
     the rest at 1 + rest in fp32), the teacher's m' + log(l') (r' is r for the self teacher), the
     teacher-softmax-weighted mean of the dot products w and the soft gap
-    g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both fp32."""
+    g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both fp32, and the rest itself (fp32: the
+    off-diagonal masses, ``soft_target.diagonal_mass``)."""
     m, den, rest, t_max, t_den, u, w = soft_partials(s, d, t, scratch)
     above = log1p_units(rest)  # not log(den): den = 1 + rest rounds the rest in fp32
     r = above + m.double()
     tr = r if t is None else t_den.double().log_().add_(t_max.double())
     g = above.add_(u.div_(t_den)).float()
-    return r, tr, w.div_(t_den), g
+    return r, tr, w.div_(t_den), g, rest
 
 
 def log1p_units(rest: torch.Tensor, base2: bool = False) -> torch.Tensor:
