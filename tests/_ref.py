@@ -282,7 +282,8 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
     loss 0 and loses its whole diagonal gradient term; here each keeps its relative precision. Also
     returns, for the error scales (``assert_relatively_exact``), the magnitudes of the parts of the loss
     (the -log P_ii and the smoothing's |S_ii| and |mean_j S_ij|, summed) and of each dL/dS_ij (the
-    softmax weights, the off-diagonal masses and the smoothing's targets; float64 [B, B])."""
+    softmax weights, the off-diagonal masses and the smoothing's targets; float64 [B, B]), each at least
+    fp32's smallest normal (2^-126: below it fp32 keeps an absolute ulp of 2^-149, not a relative one)."""
     img, txt = img.double(), txt.double()
     batch = img.shape[0]
     s = float(scale)
@@ -309,7 +310,11 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
     d_image = s * g @ txt
     d_text = s * g.T @ img
     d_scale = (g * dots).sum()
-    scales = (loss_abs * factor / (2.0 * batch), g_abs * abs(coef))
+    # fp32's subnormal floor: a quantity, or a dL/dS element at the scale the backends hold it (at most
+    # grad_out k / (2B)), below the smallest normal keeps an absolute ulp of 2^-149 (masses below
+    # ~1e-38: gaps of 87 nats), so each scale counts at least the smallest normal
+    tiny = torch.finfo(torch.float32).tiny
+    scales = (loss_abs * factor / (2.0 * batch) + tiny, (g_abs + tiny) * abs(coef))
     return [loss * factor / (2.0 * batch), d_image, d_text, d_scale], scales
 
 
