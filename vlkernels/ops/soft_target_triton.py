@@ -391,7 +391,7 @@ def _weights_tile(
     cq,
     t_scale2,
     t_lse_q,
-    v_q,
+    d_q,
     k_ptr,
     q_ptr,
     lse_k_ptr,
@@ -456,7 +456,7 @@ def _weights_tile(
         TMA,
     )
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
-    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, v_q)
+    rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, d_q)
     cols = (lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr)
     cols += (N, DT, row0, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
     # the runtime arguments in tuples (a tuple holds no constexpr)
@@ -530,7 +530,7 @@ def _w_part(
     cq,
     t_scale2,
     t_lse_q,
-    v_q,
+    d_q,
     lse_k_ptr,
     lo_k_ptr,
     h_k_ptr,
@@ -595,8 +595,8 @@ def _w_part(
         t_hi = tl.load(t_lse_k_ptr + offs_n, mask=mask_n, other=0.0)
         t_lo = tl.load(t_lo_k_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     # W as e (E_row + E_col) - hard + q (E_row - T_row) + q (E_col - T_col), not (e + q) E - q T: on the
-    # diagonal the hard part is (e_i + e_j) v_i (v: eps less the mean off-diagonal mass, to an ulp of
-    # itself, where e (E_row + E_col) - hard keeps an ulp of e near one-hot) before the soft terms come
+    # diagonal the hard part is (e_i + e_j) v_i (v: eps less the mean off-diagonal mass, to an ulp
+    # of itself, where e (E_row + E_col) - hard keeps an ulp of e near one-hot) before the soft terms come
     # in, and E - T is exact where the student's and the teacher's weights agree, so no ulp of e + q is
     # left where the exact dL/dS is tiny
     # the student's two-part LSEs (fp32 hi, bf16 lo): exp2((S2 - hi) - lo), S2 - hi exact near the max
@@ -604,8 +604,7 @@ def _w_part(
     e_col = tl.exp2((s2 - k_hi[None, :]) - k_lo[None, :])
     w = e_q[:, None] * e_row + e_k[None, :] * e_col
     if HARD:
-        eye = tile_diagonal(pid_m, b, row0, BLOCK_M, W)
-        w = tl.where(eye, (e_q[:, None] + e_k[None, :]) * v_q[:, None], w)
+        w = tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), d_q[:, None], w)
         # the hard targets' eps_all part (e_i + e_j) eps_all as a row and a column term (fewer tile
         # temporaries in the registers)
         w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
@@ -674,7 +673,7 @@ def _weights_kernel(
     weights h, a of the rows (``*_q``) and of the columns (``*_k``), formed as ``_w_part`` says (p is
     never formed); the student's LSEs packed as fp32 hi (``lse_*``) and bf16 lo (``lo_*``). HARD: the
     hard targets' part on the diagonal (row0 + i == j) as (e_i + e_j) v_i (v = ``diag_ptr``'s fp32 row
-    factors, in place of e_i (E_row + E_col) less the targets) and minus
+    factors, in place of e_i (E_row + E_col) less the targets; formed per row block) and minus
     (e_i + e_j) eps_all everywhere, so that W is dL/dS, and the tile's fp32 row sums
     of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
     walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
@@ -700,10 +699,16 @@ def _weights_kernel(
     else:
         q_q, cq, t_scale2, t_lse_q = e_q, ce, scale2, lse_q  # unused
     if HARD:
-        v_q = tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
+        # the diagonal's hard part (e_i + e_j) v_i, row i meeting the diagonal at k's row0 + i (rows whose
+        # diagonal lies outside this launch's columns never select it): formed once per row block, the
+        # tiles only select it (a scalar branch per tile that loads and forms it there spilled more)
+        diag_k = row0 + offs_m
+        on_k = mask_m & (diag_k >= 0) & (diag_k < N)
+        e_d = tl.load(h_k_ptr + diag_k, mask=on_k, other=0.0) * ce + e0
+        d_q = (e_q + e_d) * tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
     else:
-        v_q = e_q  # unused
-    rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, v_q)
+        d_q = e_q  # unused
+    rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, d_q)
     # the runtime arguments (a tuple holds no constexpr)
     args = (k_ptr, q_ptr, lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr)
     args += (g_ptr, ds_ptr, N, D, DT)
@@ -764,9 +769,10 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     tiles with pointer loads, the weights kernel takes the narrow tiles. Measured without a GPU
     (benchmarks/aot.py; every variant without spills on sm_90 and sm_80): the student's own config
     alone; IEEE fp32 dots on either side run on CUDA cores, 64 x 32 x 16 tiles on four warps (64 x 64
-    for the weights kernel without a teacher and with aligned rows); two 16-bit / TF32 score tiles in
-    registers (a teacher) take 64 x 64 tiles (statistics, with their column partials) or 128 x 64
-    (weights; sixteen warps where both are TF32) and teacher D chunks of 32 (128 x 128 spilled)."""
+    for the weights kernel without a teacher and with aligned rows; eight warps for it at unaligned D);
+    two 16-bit / TF32 score tiles in registers (a teacher) take 64 x 64 tiles (statistics, with their
+    column partials) or 128 x 64 (weights, on sixteen warps) and teacher D chunks of 32 (128 x 128
+    spilled); the TF32 self teacher's weights kernel its epilogue in eight parts."""
     base = config(dim, dtype, "lse" if kernel == "stats" else "weights", arch)
     if teacher is None:
         t_dim, t_dtype = dim, dtype
@@ -787,6 +793,11 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         # sm_90 with Triton 3.8's PTX, at three and unaligned D 16 B on sm_80 with 3.6's. These spill with
         # none of 3.6, 3.8, 3.9
         stages, warps = 4, 4
+        if kernel == "weights" and dim % 16 != 0:
+            # unaligned D: eight warps (80-128 registers with Triton 3.9). On four the products' variant (no
+            # hard targets) took 96 registers and 4 B of spill on sm_80 once the student's LSEs came packed
+            # (fp32 hi + bf16 lo vectors)
+            warps = 8
         if kernel == "stats":
             stages = 3 if dim % 16 == 0 else (2 if teacher is None else 4)
             if teacher is not None and (dim % 16 != 0 or dot_precision(dtype) == "ieee"):
@@ -823,6 +834,11 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # D chunks of 16 (the operands' parts take registers): at 32 with chunked D the two-part LSEs'
             # float64 epilogue put sm_80's tf32x3 variant at 255 registers and 28 B of spill
             return dict(base, BLOCK_D=16, BLOCK_DT=16)
+        if kernel == "weights" and dot_precision(dtype) == "tf32":
+            # the TF32 128 x 128 tiles with the epilogue in eight column parts: 172 / 255 registers on
+            # sm_90 / sm_80 with Triton 3.9; in one part the hard targets' variant spilled 16-52 B on both
+            # once the diagonal's hard part came from the masses
+            return dict(base, BLOCK_DT=base["BLOCK_D"], PARTS=8)
         if kernel == "stats" and base["BLOCK_D"] < dim:
             # chunked D: the epilogue in four column parts (the soft gaps' rest and weighted distances put the
             # 128 x 64 tiles at 255 registers and 28 B of spill on sm_90 at D = 72 / 100 in one; 252 in four)
@@ -844,13 +860,12 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     if kernel == "stats":
         return dict(base, BLOCK_M=64, BLOCK_DT=32)
     cfg = dict(base, BLOCK_N=64, BLOCK_D=min(base["BLOCK_D"], 64), BLOCK_DT=32)
-    if dtype == t_dtype == torch.float32:
-        # two TF32 score tiles (the IEEE and split dots took their branches above): sixteen warps, 128
-        # registers (one program per SM either way). At eight the hard targets' variant reached 255 and
-        # spilled 4 B on sm_90 with Triton 3.9 once a separate teacher's LSEs were two-part (their bf16 lo
-        # beside each hi)
-        cfg["num_warps"] = 16
-    return cfg
+    # two 16-bit / TF32 score tiles (the IEEE and split dots took their branches above): sixteen warps, 128
+    # registers (one program per SM either way). At eight the TF32 hard targets' variant reached 255 and
+    # spilled 4 B on sm_90 with Triton 3.9 once a separate teacher's LSEs were two-part (their bf16 lo
+    # beside each hi), and the 16-bit ones at unaligned D 20-32 B once the diagonal's hard part came from
+    # the masses (its row vector, and the student's LSEs as hi + lo vectors)
+    return dict(cfg, num_warps=16)
 
 
 def features_config(q: torch.Tensor, k: torch.Tensor, teacher, kernel: str) -> dict:
