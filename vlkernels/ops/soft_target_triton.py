@@ -214,16 +214,15 @@ def _stats_kernel(
     # the LSEs in float64, formed there (module docstring, two-part LSEs): the student's as
     # m + log2(1 + rest), which keeps the rest where l = 1 + rest rounds it in fp32 (as the columns',
     # ``torch_utils.finish_partials``); a separate teacher's as m' + log2(l')
+    # the rest itself first (before the float64 terms take their register pairs)
+    rest = _tied(rest, l_s if TEACHER else l_t)
+    tl.store(rest_ptr + offs_m, rest, mask=mask_m)
+    above = _log2p1(rest)
     if TEACHER:
-        rest = _tied(rest, l_s)
-        above = _log2p1(rest)
         tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + above, mask=mask_m)
         tl.store(t_lse_ptr + offs_m, m_t.to(tl.float64) + tl.log2(l_t).to(tl.float64), mask=mask_m)
     else:
-        rest = _tied(rest, l_t)
-        above = _log2p1(rest)
         tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + above, mask=mask_m)
-    tl.store(rest_ptr + offs_m, rest, mask=mask_m)
     tl.store(gap_ptr + offs_m, (above + (acc_u / l_t).to(tl.float64)).to(tl.float32), mask=mask_m)
 
 
@@ -842,7 +841,13 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         if kernel == "stats" and base["BLOCK_D"] < dim:
             # chunked D: the epilogue in four column parts (the soft gaps' rest and weighted distances put the
             # 128 x 64 tiles at 255 registers and 28 B of spill on sm_90 at D = 72 / 100 in one; 252 in four)
-            return dict(base, BLOCK_DT=base["BLOCK_D"], PARTS=4)
+            cfg = dict(base, BLOCK_DT=base["BLOCK_D"], PARTS=4)
+            if (HOST_ARCH if arch is None else arch) == 80 and dim % 16 != 0:
+                # 32-column tiles on sm_80 at unaligned D (221-245 registers with Triton 3.6-3.9): at 64
+                # its 255 spilled 16 B with 3.6 once the rows' rest was stored (the off-diagonal masses),
+                # at any stage count
+                cfg["BLOCK_N"] = 32
+            return cfg
         return dict(base, BLOCK_DT=base["BLOCK_D"])
     if split_dots(t_dtype):
         # split-precision fp32 teacher dots: D' chunks of 16, the statistics at two pipeline stages (a split
