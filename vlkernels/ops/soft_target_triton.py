@@ -833,7 +833,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # D chunks of 16 (the operands' parts take registers): at 32 with chunked D the two-part LSEs'
             # float64 epilogue put sm_80's tf32x3 variant at 255 registers and 28 B of spill
             return dict(base, BLOCK_D=16, BLOCK_DT=16)
-        if kernel == "weights" and dot_precision(dtype) == "tf32":
+        if kernel == "weights" and dtype == torch.float32 and dot_precision(dtype) == "tf32":
             # the TF32 128 x 128 tiles with the epilogue in eight column parts: 172 / 255 registers on
             # sm_90 / sm_80 with Triton 3.9; in one part the hard targets' variant spilled 16-52 B on both
             # once the diagonal's hard part came from the masses
