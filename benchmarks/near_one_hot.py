@@ -19,18 +19,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-import torch.nn.functional as F
 
-from tests._ref import relative_ulps
+from tests._ref import paired_features, relative_ulps
 from vlkernels.functional import contrastive_loss, distill_clip_loss, soft_target_loss
 
 CASES = [(64, 32, 0.1, 30.0, 0), (257, 64, 0.1, 60.0, 1), (17, 64, 0.0, 100.0, 2), (33, 20, 1.0, 10.0, 3)]
-
-
-def _pairs(batch: int, dim: int, noise: float, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
-    return img, F.normalize(img + noise * torch.randn(batch, dim, generator=g), dim=1)
 
 
 def _quantities(fn, img, txt, scale: float, grad_out: float) -> list:
@@ -63,8 +56,8 @@ def _loss(name: str, impl: str, eps: float, t_img, t_txt):
 def rows(impl: str, grad_out: float = 1.3) -> list[str]:
     out = []
     for batch, dim, noise, scale, seed in CASES:
-        img, txt = _pairs(batch, dim, noise, seed)
-        t_img, t_txt = _pairs(batch, 24, 0.1, seed + 10)
+        img, txt = paired_features(batch, dim, noise, seed)
+        t_img, t_txt = paired_features(batch, 24, 0.1, seed + 10)
         for eps in (0.0, 0.1):
             case = f"B={batch} D={dim} s={scale:g} noise={noise:g} eps={eps:g}"
             for name in LOSSES:

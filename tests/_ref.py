@@ -7,6 +7,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.harness import PeakLive  # noqa: F401  (the tests' live-bytes tracker)
@@ -34,6 +35,27 @@ def features(batch: int, dim: int, dtype=torch.float32, device="cpu", seed: int 
     txt = img + 0.8 * torch.randn(batch, dim, generator=g)
     img, txt = F.normalize(img, dim=1), F.normalize(txt, dim=1)
     return img.to(device=device, dtype=dtype), txt.to(device=device, dtype=dtype)
+
+
+def paired_features(batch: int, dim: int, noise: float, seed: int, dtype=torch.float32):
+    """Unit image features and texts = normalise(images + ``noise`` noise): well matched (near one-hot at
+    large scales) for small noise, generic for large."""
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
+    txt = F.normalize(img + noise * torch.randn(batch, dim, generator=g), dim=1)
+    return img.to(dtype), txt.to(dtype)
+
+
+# The hypothesis draws of the near-one-hot precision tests (``relative_ulps``): from near one-hot to generic
+NEAR_ONE_HOT_DRAWS = dict(
+    batch=st.integers(1, 40),
+    dim=st.integers(1, 48),
+    noise=st.floats(0.01, 1.0),
+    scale=st.floats(1.0, 100.0),
+    eps=st.sampled_from([0.0, 0.1]),
+    grad_out=st.floats(0.1, 3.0),
+    seed=st.integers(0, 10_000),
+)
 
 
 def run_loss(fn, img, txt, scale, grad_out: float = 1.0, **kwargs):

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests._ref import (
+    NEAR_ONE_HOT_DRAWS,
     TOL,
     PeakLive,
     as_float64,
@@ -25,6 +26,7 @@ from tests._ref import (
     largest_tensors,
     logit_term_scales,
     pair_value,
+    paired_features,
     record_tma,
     run_loss,
     smoothed_targets,
@@ -662,29 +664,13 @@ def test_hypothesis_torch(batch, dim, scale, eps, grad_out, seed):
     _check_features("torch", img, txt, scale, grad_out, label_smoothing=eps)
 
 
-def _paired(batch: int, dim: int, noise: float, seed: int):
-    """Unit image features and texts = normalise(images + ``noise`` noise): well matched (near one-hot at
-    large scales) for small noise, generic for large."""
-    g = torch.Generator().manual_seed(seed)
-    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
-    return img, F.normalize(img + noise * torch.randn(batch, dim, generator=g), dim=1)
-
-
 @pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
 @settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    batch=st.integers(1, 40),
-    dim=st.integers(1, 48),
-    noise=st.floats(0.01, 1.0),
-    scale=st.floats(1.0, 100.0),
-    eps=st.sampled_from([0.0, 0.1]),
-    grad_out=st.floats(0.1, 3.0),
-    seed=st.integers(0, 10_000),
-)
+@given(**NEAR_ONE_HOT_DRAWS)
 def test_hypothesis_relatively_exact(impl, batch, dim, noise, scale, eps, grad_out, seed):
     """Drawn batches from near one-hot to generic: the loss and every gradient within 16 ulps of their own
     error scales against the float64 reference that keeps the diagonal terms (``assert_relatively_exact``)."""
-    img, txt = _paired(batch, dim, noise, seed)
+    img, txt = paired_features(batch, dim, noise, seed)
     got = run_loss(contrastive_loss, img, txt, torch.tensor(scale), grad_out, impl=impl, label_smoothing=eps)
     assert_relatively_exact(got, img, txt, scale, eps, grad_out)
 

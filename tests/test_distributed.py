@@ -25,6 +25,7 @@ from tests._ref import (
     assert_within_float64_error,
     centered_scale_grad,
     logit_term_scales,
+    paired_features,
     relative_ulps,
     term_scales,
 )
@@ -51,10 +52,7 @@ def _spawn(world: int, *calls):
 
 
 def _inputs(batch: int, dim: int, seed: int, dtype=torch.float32, noise: float = 0.8):
-    g = torch.Generator().manual_seed(seed)
-    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
-    txt = F.normalize(img + noise * torch.randn(batch, dim, generator=g), dim=1)
-    return img.to(dtype), txt.to(dtype)
+    return paired_features(batch, dim, noise, seed, dtype)
 
 
 def _leaves(*xs):

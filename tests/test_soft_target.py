@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests._ref import (
+    NEAR_ONE_HOT_DRAWS,
     TOL,
     PeakLive,
     as_float64,
@@ -25,6 +26,7 @@ from tests._ref import (
     g_rounding_bound,
     largest_tensors,
     logit_term_scales,
+    paired_features,
     relative_ulps,
     run_loss,
     smoothed_targets,
@@ -956,16 +958,7 @@ def test_hypothesis_triton(batch, dim, t_dim, scale, alpha, eps, dtype, seed):
 
 @pytest.mark.parametrize("impl", ["torch", TRITON])
 @settings(max_examples=examples(20), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    batch=st.integers(1, 40),
-    dim=st.integers(1, 48),
-    noise=st.floats(0.01, 1.0),
-    scale=st.floats(1.0, 100.0),
-    eps=st.sampled_from([0.0, 0.1]),
-    case=st.sampled_from(["self", "self alpha 0.3", "teacher"]),
-    grad_out=st.floats(0.1, 3.0),
-    seed=st.integers(0, 10_000),
-)
+@given(**NEAR_ONE_HOT_DRAWS, case=st.sampled_from(["self", "self alpha 0.3", "teacher"]))
 def test_hypothesis_hard_part_relatively_exact(impl, batch, dim, noise, scale, eps, case, grad_out, seed):
     """Where the soft target's gradients are 1 - alpha times the contrastive loss's (the self teacher; at
     alpha 0 with a separate teacher too, and the loss then), on drawn batches from near one-hot to
@@ -973,14 +966,11 @@ def test_hypothesis_hard_part_relatively_exact(impl, batch, dim, noise, scale, e
     float64 reference that keeps the diagonal terms (``relative_ulps``), as the contrastive loss's
     ``test_hypothesis_relatively_exact``. Formed from P_ii, the diagonal's hard part kept an ulp of 1
     (about 1e5 of these ulps near one-hot)."""
-    g = torch.Generator().manual_seed(seed)
-    img = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
-    txt = F.normalize(img + noise * torch.randn(batch, dim, generator=g), dim=1)
+    img, txt = paired_features(batch, dim, noise, seed)
     alpha = 0.3 if case == "self alpha 0.3" else 0.0
     kw = dict(label_smoothing=eps)
     if case == "teacher":
-        t_img = F.normalize(torch.randn(batch, 24, generator=g), dim=1)
-        t_txt = F.normalize(t_img + noise * torch.randn(batch, 24, generator=g), dim=1)
+        t_img, t_txt = paired_features(batch, 24, noise, seed + 1)
         kw.update(teacher_image_features=t_img, teacher_text_features=t_txt, teacher_logit_scale=scale)
     got = _run_impl(impl, img, txt, scale, alpha, kw, grad_out)
     worst = relative_ulps(got, img, txt, scale, eps, grad_out * (1.0 - alpha))

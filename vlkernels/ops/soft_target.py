@@ -78,6 +78,7 @@ import torch.distributed as dist
 
 from vlkernels import _dist
 from vlkernels.ops.torch_utils import (
+    LN2,
     diagonal_loss_terms,
     exact,
     f32_rows,
@@ -217,7 +218,11 @@ def subtract_hard_targets(u, e_own, eps: float, batch: int, colsum=None, e_dot=N
     return u
 
 
-_LN2 = 0.6931471805599453
+def _mass(lse, x, near, nats: float) -> torch.Tensor:
+    """1 - P_ii, fp32: ``near`` (float64, its form from the rests) where P_ii > 1/2 (lse - x below log 2),
+    else 1 - exp(x - lse) >= 1/2 (``diagonal_mass``, ``merged_mass``)."""
+    gap = (lse - x.double()) * nats
+    return torch.where(gap < LN2, near, torch.expm1(-gap).neg_()).float()
 
 
 def diagonal_mass(lse, x, rest, nats: float) -> torch.Tensor:
@@ -228,9 +233,8 @@ def diagonal_mass(lse, x, rest, nats: float) -> torch.Tensor:
     the mass is rest / (1 + rest), the others' share, to an ulp of itself; elsewhere it is
     1 - exp(x - lse) >= 1/2, to an ulp of itself. Formed from P_ii near 1 it kept an ulp of 1 (and the
     float64 LSEs lose a rest below 2^-53 |m| whole)."""
-    gap = (lse - x.double()) * nats
     r64 = rest.double()
-    return torch.where(gap < _LN2, r64 / (1.0 + r64), torch.expm1(-gap).neg_()).float()
+    return _mass(lse, x, r64 / (1.0 + r64), nats)
 
 
 def merged_mass(lse, x, part, rest, nats: float) -> torch.Tensor:
@@ -240,10 +244,8 @@ def merged_mass(lse, x, part, rest, nats: float) -> torch.Tensor:
     ranks' partial sums relative to the largest partial sum). Where P_jj > 1/2, this rank's partial sum
     is over half of the column's, so the largest, R is the others' over it and 1 - P_jj =
     (R + part) / (1 + R), sums of non-negative terms; elsewhere 1 - exp(x - lse) >= 1/2."""
-    gap = (lse - x.double()) * nats
     r64 = rest.double()
-    near = (r64 + part.double()) / (1.0 + r64)
-    return torch.where(gap < _LN2, near, torch.expm1(-gap).neg_()).float()
+    return _mass(lse, x, (r64 + part.double()) / (1.0 + r64), nats)
 
 
 def hard_factors(mass_r, mass_c, eps: float) -> torch.Tensor:

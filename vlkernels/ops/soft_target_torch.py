@@ -228,7 +228,9 @@ class TorchSoftTargetBackend:
             if diag is not None:
                 idx = torch.arange(i_blk.shape[0], device=dev)
                 at = (idx, idx + diag[0] + sl.start)
-                s_ii, t_ii = s_blk[at], None
+                s_ii = t_ii = None
+                if teacher is not None:
+                    s_ii = s_blk[at]  # (the soft part's diagonal; the hard part's is v)
             w = minus_lse_(s_blk.clone(), r[sl], 0).exp_().mul_(p_row[sl, None])
             if teacher is not None:
                 t_blk = self._teacher_block(teacher, sl, cols)

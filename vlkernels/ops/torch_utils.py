@@ -13,6 +13,7 @@ import torch
 # A CPU cap on the elements of one fp32 chunk of S (cache-friendly; the workspace bounds it elsewhere).
 _CPU_CHUNK_ELEMS = 1 << 22
 LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
 
 
 def env_number(name: str, default: str, minimum: float, integer: bool = False) -> float:
@@ -391,7 +392,7 @@ def exact(fn):
 def lse_nats(backend) -> float:
     """What one unit of ``backend``'s log-sum-exps is in natural logs: ln 2 where they are base 2 (its
     ``lse_base2``: the Triton backends keep their kernels' units), else 1."""
-    return 0.6931471805599453 if backend.lse_base2 else 1.0
+    return LN2 if backend.lse_base2 else 1.0
 
 
 DOUBLE_BACKWARD_ERROR = (
