@@ -86,7 +86,12 @@ KERNELS = {
 SIGMOID_MODULE = "vlkernels.ops.sigmoid_triton"
 SIGMOID_KERNELS = {"_loss_kernel": "sigmoid_loss", "_weights_kernel": "sigmoid_weights"}
 SOFT_MODULE = "vlkernels.ops.soft_target_triton"
-SOFT_KERNELS = {"_stats_kernel": "stats", "_merge_kernel": "st_merge", "_weights_kernel": "st_weights"}
+SOFT_KERNELS = {
+    "_stats_kernel": "stats",
+    "_merge_kernel": "st_merge",
+    "_weights_kernel": "st_weights",
+    "_teacher_diagonal_kernel": "st_tdiag",
+}
 TEACHER_D = 768
 # The sigmoid calls of the "test" grid (each launches the forward, the weights kernel and the shared GEMMs),
 # within CI's time: the single-D forward (D = 64, IEEE fp32 included), the chunked one (D = 256 / 1024:
@@ -192,11 +197,14 @@ def variant_ids(call: Call) -> list[str]:
         if call.dtype in ("bf16", "fp16"):
             ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
         return ids
-    # soft target: the statistics pass; the single-process backward (dL/dS chunks "G" with the hard
-    # targets, dI stored in the features' dtype, dT accumulated) and the gathered path's products (W,
-    # fp32 outputs)
+    # soft target: the statistics pass (with a separate teacher its own diagonal scores too); the
+    # single-process backward (dL/dS chunks "G" with the hard targets and uint8 soft weights, dI stored in
+    # the features' dtype, dT accumulated) and the gathered path's products (W: fp32 weight vectors, fp32
+    # outputs)
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
     ids = [f"stats/{base}{t}", f"st_merge/{base}{t}", f"st_diag/{base}{t}"]
+    if call.teacher is not None:
+        ids.append(f"st_tdiag/{base}{t}")
     ids += [f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
     ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
     if call.dtype in ("bf16", "fp16"):
@@ -322,8 +330,11 @@ def _run_call(call: Call):
     packed = (torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16))
     tr = tc = None if teacher is None else packed
     coefs = torch.tensor([0.5, 0.25])
-    be.gradients(image, text, scale, packed, packed, vec, vec * 0.5, coefs, 0.1, -vec, teacher, tr, tc, True)
-    be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc)
+    # as the single-process Function: the soft mask (uint8), h = x a + y, the diagonal factors (v, u)
+    mask, u = torch.ones(n, dtype=torch.uint8), None if teacher is None else vec * 0.25
+    hard = (torch.tensor(-0.4), 1.0)
+    be.gradients(image, text, scale, packed, packed, hard, mask, coefs, 0.1, (-vec, u), teacher, tr, tc, True)
+    be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc, (0, -vec, u))
 
 
 def _short(rec: dict) -> str:
@@ -382,7 +393,8 @@ def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list
         want = f"weights/{_base(call)}/" + ("G" if consts["TARGETS"] else "W")
     elif kernel == "st_weights":
         t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-        want = f"st_weights/{_base(call)}{t}/" + ("G" if consts["HARD"] else "W")
+        single = rec["signature"]["h_q_ptr"] == "*u8"  # the single-process Function's soft mask
+        want = f"st_weights/{_base(call)}{t}/" + ("G" if single else "W")
     elif kernel == "matmul":
         out_fp32 = rec["signature"]["c_ptr"] == "*fp32" and call.dtype in ("bf16", "fp16")
         mode = "acc" if consts["ACCUMULATE"] else ("store-fp32" if out_fp32 else "store")
@@ -546,7 +558,7 @@ def compile_all(by_arch: dict, jobs: int = 2) -> dict:
             unique.setdefault((rec["spec"], int(arch)), rec)
     # longest first (chunked D, teacher, backward), for the pool's balance
     weight = {"st_weights": 3, "sigmoid_weights": 2, "stats": 2, "fwd": 2, "weights": 2}
-    weight.update(lse=1, diag=1, st_diag=1, st_merge=1, matmul=1, sigmoid_loss=1)
+    weight.update(lse=1, diag=1, st_diag=1, st_tdiag=1, st_merge=1, matmul=1, sigmoid_loss=1)
 
     def cost(item):
         cfg = item[1]["config"]

@@ -361,6 +361,77 @@ def exact_hard_part(
     return [e - a.to(e.device) + w.to(e.device) for e, a, w in zip(exact, auto, want, strict=True)]
 
 
+def _masses(sc: torch.Tensor) -> torch.Tensor:
+    """1 - P_ii of the rows of the float64 scores ``sc`` [B, B] to their relative precision (0 for B = 1)."""
+    eye = torch.eye(sc.shape[0], dtype=torch.bool)
+    off = torch.logsumexp(sc.masked_fill(eye, float("-inf")), 1) - sc.diagonal()
+    return torch.sigmoid(off)
+
+
+def exact_soft_target_grads(
+    img, txt, scale, t_img, t_txt, t_scale, alpha: float, eps: float = 0.0, grad_out: float = 1.0, mask=None
+):
+    """(d_image, d_text, d_scale) of ``soft_target_loss`` with a separate teacher (soft weights a = alpha
+    on the ``mask``ed pairs, hard weights 1 - a, smoothing ``eps``, backward with ``grad_out``) in float64,
+    every diagonal term formed from the off-diagonal masses of the student and the teacher (rows and
+    columns, ``_masses``): dL/dS_ii = e_i (2 eps - mass_r - mass_c) + q_i ((mass'_r - mass_r) +
+    (mass'_c - mass_c)) less the smoothing's 2 e_i eps / B (e = coef h, q = coef a), where autograd forms
+    P_ii - P'_ii from the two softmaxes and drops masses below 2^-53. Also returns each dL/dS_ij's
+    magnitude (the sum of its parts', at least fp32's smallest normal times the weights' scale; float64
+    [B, B]) for the error scales (``soft_relative_ulps``)."""
+    img, txt, t_img, t_txt = (x.detach().double().cpu() for x in (img, txt, t_img, t_txt))
+    batch = img.shape[0]
+    s, ts = float(scale), float(t_scale)
+    dots = img @ txt.T
+    student, teacher = s * dots, ts * (t_img @ t_txt.T)
+    a = torch.full((batch,), float(alpha), dtype=torch.float64)
+    if mask is not None:
+        a = a * mask.cpu().double()
+    coef = grad_out / (2.0 * batch)
+    e, q = coef * (1.0 - a), coef * a
+    p = e + q
+    eye = torch.eye(batch, dtype=torch.bool)
+    soft = lambda x: torch.softmax(x, 1).masked_fill(eye, 0.0)  # noqa: E731
+    pr, pc, tr, tc = soft(student), soft(student.T).T, soft(teacher), soft(teacher.T).T
+    own, targets = p[:, None] * pr + p[None, :] * pc, q[:, None] * tr + q[None, :] * tc
+    smooth = (e[:, None] + e) * eps / batch
+    g, g_abs = own - targets - smooth, own + targets + smooth
+    m_r, m_c, t_r, t_c = _masses(student), _masses(student.T), _masses(teacher), _masses(teacher.T)
+    diag = e * (2.0 * eps - m_r - m_c) + q * ((t_r - m_r) + (t_c - m_c))
+    diag_abs = e * (2.0 * eps + m_r + m_c) + q * (t_r + m_r + t_c + m_c)
+    g = g + torch.diag(diag)
+    g_abs = g_abs + torch.diag(diag_abs)
+    tiny = torch.finfo(torch.float32).tiny
+    return [s * g @ txt, s * g.T @ img, (g * dots).sum()], g_abs + tiny * coef
+
+
+def soft_relative_ulps(got, img, txt, scale, t_img, t_txt, t_scale, alpha, eps=0.0, grad_out=1.0, mask=None):
+    """The worst error of each of ``got`` (d_image, d_text, d_scale) against ``exact_soft_target_grads``,
+    in fp32 ulps of each quantity's own error scale (as ``relative_ulps``: a gradient row's the sum of its
+    terms' magnitudes, d_scale's the sum of |G|_ij |<I_i, T_j>|) times 1 + max |S|, |S'| (the student's
+    and the teacher's logits' rounding: each weight's relative error)."""
+    want, g_abs = exact_soft_target_grads(img, txt, scale, t_img, t_txt, t_scale, alpha, eps, grad_out, mask)
+    i64, t64 = img.detach().double().cpu(), txt.detach().double().cpu()
+    s = float(scale)
+    smax = max(
+        s * (i64 @ t64.T).abs().max().item(),
+        float(t_scale) * (t_img.double().cpu() @ t_txt.double().cpu().T).abs().max().item(),
+    )
+    unit = torch.finfo(torch.float32).eps * (1.0 + smax)
+    scales = (
+        abs(s) * g_abs @ t64.abs().amax(1, keepdim=True),
+        abs(s) * g_abs.T @ i64.abs().amax(1, keepdim=True),
+        (g_abs * (i64 @ t64.T).abs()).sum(),
+    )
+    worst = []
+    for a, w, sc in zip(got, want, scales, strict=True):
+        err = (a.detach().double().cpu() - w).abs()
+        if err.dim() == 2:
+            err = err.amax(1, keepdim=True)
+        worst.append((err / (unit * sc).clamp_min(1e-300)).max().item())
+    return worst
+
+
 def relative_ulps(got, img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, rows=slice(None)) -> list:
     """The worst error of each of ``got`` (loss, d_image, d_text, d_scale; the feature gradients those of
     the batch's ``rows``) against ``exact_contrastive``, in fp32 ulps of each quantity's own error scale

@@ -139,6 +139,8 @@ def test_capture_covers_the_plan(compiled, monkeypatch, arch):
             assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 32, vid
         elif rec["kernel"] in ("diag", "st_diag"):
             pass  # its walk's tile config (test_diagonal_scores_take_their_walks_tiles)
+        elif rec["kernel"] == "st_tdiag":  # the statistics kernel's teacher tiles (the same test)
+            continue
         elif rec["kernel"] == "st_merge":  # no dots: the compiled block of columns, nothing else to check
             assert cfg["BLOCK"] == 256, vid
             continue
@@ -311,6 +313,15 @@ def test_diagonal_scores_take_their_walks_tiles(compiled, arch):
         assert {k: rec["config"][k] for k in keys} == {k: walk[k] for k in keys}, vid
         assert rec["config"]["num_stages"] == 1, vid
         assert rec["config"].get("TMA", False) == walk.get("TMA", False), vid
+    # a separate teacher's diagonal scores (``_teacher_diagonal_kernel``): the statistics kernel's teacher
+    # tiles (its dot_tile at the same sizes, teacher D chunk, dot precision and warps)
+    teacher = {vid: rec for vid, rec in mine.items() if rec["kernel"] == "st_tdiag"}
+    assert len(teacher) == sum(1 for vid in aot.plan("test") if vid.startswith("st_tdiag/")) > 0
+    keys = ("BLOCK_M", "BLOCK_N", "BLOCK_DT", "T_DOT_PREC", "T_UPCAST", "num_warps")
+    for vid, rec in teacher.items():
+        walk = mine["stats/" + vid.split("/", 1)[1]]["config"]
+        assert {k: rec["config"][k] for k in keys} == {k: walk[k] for k in keys}, vid
+        assert rec["config"]["num_stages"] == 1, vid
 
 
 _PTX = """//

@@ -106,7 +106,7 @@ def check_ranks(group, device: torch.device, fields: dict[str, int | float | tor
         )
 
 
-def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=()):
+def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(), rests=(0,)):
     """Merge per-rank partial column statistics over the ranks' rows.
 
     ``lse_parts``: per-rank partial log-sum-exps [B] (natural, or base 2 with ``base2``: the backend's
@@ -115,10 +115,11 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     ``gaps``: (k, g) pairs (or none), g [B] the rank's partial soft gaps (``torch_utils.soft_rows``) of
     the student's LSE ``lse_parts[0]`` under the softmax of ``lse_parts[k]``, merged as the statistics
     merge partial sums (``ColumnSoft``; sums of non-negative terms: a near one-hot column keeps the
-    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, and for the
-    gaps (rest, [weighted distances, one per gaps pair]) in float64 or None without gaps: each gap is
-    log1p(rest) in the LSEs' units plus its distances, ``torch_utils.log1p_units``; the rest is the
-    student's, shared)."""
+    precision of its partial gaps). Returns (global LSEs, global weighted sums, summed extra, and with
+    gaps ([rest, one per k of ``rests``], [weighted distances, one per gaps pair]) in float64, else None:
+    each gap is log1p(rest) in the LSEs' units plus its distances, ``torch_utils.log1p_units``, with the
+    student's rest, rests[0] = 0; a rest is the other ranks' partial sums of ``lse_parts[k]`` relative to
+    the largest, ``soft_target.merged_mass``)."""
     exp, log = (torch.exp2, torch.log2) if base2 else (torch.exp, torch.log)
     cols = lse_parts[0].shape[0]
     # in float64 where a part is (the student's two-part LSEs keep their precision); each result in its
@@ -129,10 +130,12 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     scaled = [exp(part - peak[k]) for k, part in enumerate(lse_parts)]
     parts = scaled + [w * scaled[k] for k, w in weighted]
     if gaps:
+        # per rest: the other ranks' terms below the peak and each further rank at the peak; then the
+        # weighted gaps
+        for k in rests:
+            top = lse_parts[k].to(wide) == peak[k]
+            parts += [torch.where(top, 0.0, scaled[k]), top.to(wide)]
         c0 = lse_parts[0].to(wide)
-        top = c0 == peak[0]
-        # the other ranks' terms below the peak, each further rank at the peak, and the weighted gaps
-        parts += [torch.where(top, 0.0, scaled[0]), top.to(wide)]
         parts += [(g.to(wide) + (peak[0] - c0)) * scaled[k] for k, g in gaps]
     buf = torch.cat([p.reshape(-1).to(wide) for p in parts] + [extra.to(wide)])
     dist.all_reduce(buf, group=group)
@@ -142,8 +145,10 @@ def merge_columns(lse_parts, weighted, extra, group, base2: bool = False, gaps=(
     merged = None
     if gaps:
         first = len(parts) - len(gaps)
-        rest = sums[first - 2] + (sums[first - 1] - 1.0)  # the rest and each further rank at the peak
-        merged = (rest, [sums[first + j] / sums[k] for j, (k, _) in enumerate(gaps)])
+        at = first - 2 * len(rests)
+        # each rest: its terms below the peak and each further rank at the peak
+        merged_rests = [sums[at + 2 * i] + (sums[at + 2 * i + 1] - 1.0) for i in range(len(rests))]
+        merged = (merged_rests, [sums[first + j] / sums[k] for j, (k, _) in enumerate(gaps)])
     return lses, sums_w, buf[len(parts) * cols :].to(extra.dtype), merged
 
 

@@ -252,11 +252,12 @@ def soft_target_loss(
         with autocast_off(image):
             return soft_target_loss_naive(image, text, scale, alpha_t, *t_args, mask, eps, reduction)
     _no_func_transforms(impl)
-    soft_w = _soft_weights(alpha_t, mask, image.shape[0])
     t_args = (None, None, None) if teacher is None else teacher
-    # the hard weights are 1 - a: formed by the backends, not saved as a [B] vector
+    # the soft weights a = alpha * mask and the hard weights 1 - a: formed by the backends from the mask
+    # (a uint8 view of it, no copy), not saved as [B] vectors
     params = SoftTargetParams(eps, factor, soft_target_backend(impl), hard_affine=(-1.0, 1.0))
-    hard, soft = SoftTargetFunction.apply(image, text, scale, None, soft_w, *t_args, params)
+    mask_u8 = None if mask is None else mask.view(torch.uint8)
+    hard, soft = SoftTargetFunction.apply(image, text, scale, mask_u8, alpha_t, *t_args, params)
     return hard + soft
 
 
@@ -394,16 +395,17 @@ def distill_clip_loss(
                 )
             return distill_clip_loss_naive(image, text, scale, *teacher, eps)
     _no_func_transforms(impl)
-    soft_w = torch.ones(image.shape[0], dtype=torch.float32, device=image.device)
     if distributed:
+        soft_w = torch.ones(image.shape[0], dtype=torch.float32, device=image.device)
         # Two distinct weight tensors: torch.compile rejects one tensor passed twice to Function.apply.
         params = SoftTargetParams(eps, 1.0, soft_target_backend(impl), group, local_loss, gather_with_grad)
         return GatheredSoftTargetFunction.apply(
             image, text, scale, torch.ones_like(soft_w), soft_w, *teacher, params
         )
-    # h = 1 for every pair: given as 0 a + 1, no second [B] vector
+    # a = 1 and h = 0 a + 1 for every pair: no [B] weight vectors
     params = SoftTargetParams(eps, 1.0, soft_target_backend(impl), hard_affine=(0.0, 1.0))
-    return SoftTargetFunction.apply(image, text, scale, None, soft_w, *teacher, params)
+    one = torch.ones((), dtype=torch.float32, device=image.device)
+    return SoftTargetFunction.apply(image, text, scale, None, one, *teacher, params)
 
 
 def progressive_alpha(step, total_steps: int, alpha_max: float):

@@ -15,34 +15,35 @@ A backend supplies O(B)-memory passes over tiles of S and S' (``stats`` and ``ac
 rectangular blocks, I [M, D], T [N, D], row stats [M], column stats [N]); ``teacher`` is None for the self
 teacher, else ``(I', T', s')``:
 
-- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x, g, g', rest, rest')``: the LSEs
-  in float64
-  (two-part, as the contrastive loss's: ops/contrastive.py; the student's m + log1p(rest), which keeps
-  the rest where 1 + rest rounds in fp32), natural or, where the backend's
-  ``lse_base2`` is True, in base 2 (the units of its kernels' exponents, which ``accumulate`` and
-  ``gradients`` take back); r' is r (c' is c) for the self teacher; the weighted sums in fp32, unscaled
-  (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s; x [M] fp32 the pass's own
-  scores S[i, row0 + i] in the LSEs' units (the hard part's loss subtracts them from the LSEs:
-  ``hard_gaps``; None where ``row0`` is None: not computed); the soft gaps g_i = r_i - s w_i and
+- ``stats(I, T, s, teacher, row0=0) -> (r, c, r', c', w / s, w' / s, x, g, g', rest, rest_c, x', rest',
+  rest'_c)``: the LSEs in float64 (two-part, as the contrastive loss's: ops/contrastive.py; the
+  student's m + log1p(rest), which keeps the rest where 1 + rest rounds in fp32), natural or, where the
+  backend's ``lse_base2`` is True, in base 2 (the units of its kernels' exponents, which ``accumulate``
+  and ``gradients`` take back); r' is r (c' is c) for the self teacher; the weighted sums in fp32,
+  unscaled (sum_j softmax_j(S'_i.) <I_i, T_j>), so that d/ds needs no division by s; x [M] fp32 the
+  pass's own scores S[i, row0 + i] in the LSEs' units (the hard part's loss subtracts them from the
+  LSEs: ``hard_gaps``; None where ``row0`` is None: not computed); the soft gaps g_i = r_i - s w_i and
   g'_j = c_j - s w'_j in fp32, in the LSEs' units, each formed as two sums of non-negative terms
   (``torch_utils.soft_partials``: near one-hot, r - s w would cancel to the small gap and keep an ulp of
   |S|); the rests of the student's rows and columns below their largest scores (sum_j exp(S_ij - m_i)
   less one largest term, fp32 [M] and [N]: the LSEs are m + log1p(rest)), from which
-  ``diagonal_mass`` forms the off-diagonal masses 1 - P_ii and 1 - Q_ii to an ulp of themselves. The
-  Functions keep a separate teacher's r'
-  and c' packed as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the
-  state fits 32 bytes per row), and ``accumulate`` and ``gradients`` take them so;
+  ``diagonal_mass`` forms the off-diagonal masses 1 - P_ii and 1 - Q_ii to an ulp of themselves; and a
+  separate teacher's own scores S'[i, row0 + i] and rests alike (its masses 1 - P'_ii, 1 - Q'_ii; the
+  student's x and rests for the self teacher). The Functions keep a separate teacher's r' and c' packed
+  as fp32 hi + bf16 lo (``torch_utils.pack_lse``: 12 bytes per row for both, so that the state fits 32
+  bytes per row), and ``accumulate`` and ``gradients`` take them so;
 - ``accumulate(I, T, s, r, c, e_row, e_col, q_row, q_col, teacher, r', c', diag) -> (A_I, A_T)``: with
   W = p_i exp(S - r_i) + p_j exp(S - c_j) - q_i exp(S' - r'_i) - q_j exp(S' - c'_j), p = e + q (hard and
   soft weights, given apart: the backends never round p where it would show, see ``gradients``),
   A_I = W @ T [M, D] and A_T = W.T @ I [N, D] in fp32 (the gathered Function's products); with ``diag``
-  = (row0, v), W's hard part where row0 + i == j set to (e_i + e_j) v_i before the products (v [M] fp32,
-  the hard targets' diagonal factors below);
-- ``gradients(I, T, s, r, c, h, a, coefs, eps, v, teacher, r', c', need_t) -> (dI, dT, ds)``: the
+  = (row0, v, u), W where row0 + i == j set to (e_i + e_j) v_i [+ (q_i + q_j) u_i with a separate
+  teacher] before the products (v, u [M] fp32: the diagonal factors below, u None for the self teacher);
+- ``gradients(I, T, s, r, c, h, a, coefs, eps, (v, u), teacher, r', c', need_t) -> (dI, dT, ds)``: the
   single-process gradients in the features' dtype, without fp32 [B, D] buffers beyond the workspace
-  (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors; h may be given as
-  (x, y): h = x a + y, ``SoftTargetParams.hard_affine``; v the hard targets' diagonal factors below; the
-  student's LSEs packed as the teacher's, so that the state fits 32 bytes per row with v).
+  (e = coefs[0] h and q = coefs[1] a formed chunk by chunk, not as [B] vectors; a of any real dtype,
+  possibly one weight expanded: the single-process Function's uint8 soft mask; h may be given as
+  (x, y): h = x a + y, ``SoftTargetParams.hard_affine``; v and u the diagonal factors below; the
+  student's LSEs packed as the teacher's, so that the state fits 32 bytes per row with v and u).
 
 With grad outputs g_h, g_s and coef = k / (2B), p = coef (g_h h + g_s a), q = coef g_s a, e = coef g_h h:
 
@@ -50,11 +51,14 @@ With grad outputs g_h, g_s and coef = k / (2B), p = coef (g_h h + g_s a), q = co
     dI = s dL/dS @ T,  dT = s dL/dS.T @ I,  ds = sum_ij dL/dS_ij <I_i, T_j>.
 
 On the diagonal, W's hard part less the hard targets' is e_i (P_ii - (1 - eps)) + e_i (Q_ii - (1 - eps)) =
-2 e_i v_i with v_i = eps - (mass_i + mass'_i) / 2, the mean of the off-diagonal masses 1 - P_ii and
+2 e_i v_i with v_i = eps - (mass_i + mass^c_i) / 2, the mean of the off-diagonal masses 1 - P_ii and
 1 - Q_ii (``diagonal_mass``): near one-hot, formed from P_ii it kept an ulp of 1 where the exact term is
-the masses (the contrastive loss's "Off-diagonal masses", docs/design.md). The Function saves v (fp32
-[B]), and the backends set the diagonal's hard part to (e_i + e_j) v_i in place of e (P + Q) - the hard
-targets; the hard part's loss is -log P_ii from the masses alike (``torch_utils.diagonal_loss_terms``).
+the masses (the contrastive loss's "Off-diagonal masses", docs/design.md). A separate teacher's soft
+part there, q_i (P_ii - P'_ii) + q_i (Q_ii - Q'_ii), is 2 q_i u_i with u_i the mean of the teacher's
+masses less the student's (``soft_factors``; formed from the two softmaxes it kept an ulp of 1 too).
+The Function saves v and u (fp32 [B]), and the backends set W's diagonal to (e_i + e_j) v_i
+[+ (q_i + q_j) u_i] in place of the tiles' p (P + Q) - q (P' + Q') less the hard targets; the hard
+part's loss is -log P_ii from the masses alike (``torch_utils.diagonal_loss_terms``).
 
 ``gradients`` forms dL/dS per chunk of rows (the Triton kernel folds the hard targets into its W tiles);
 the gathered Function folds the hard targets' diagonal into W (``accumulate``'s ``diag``) and subtracts
@@ -104,8 +108,8 @@ class SoftTargetBackend(Protocol):
         teacher: Teacher = None,
         row0: int | None = 0,
     ):
-        """(r, c, r', c', w, w', x, g, g', rest, rest'): the LSEs float64, the weighted sums, diagonal
-        scores, soft gaps and rests fp32."""
+        """(r, c, r', c', w, w', x, g, g', rest, rest_c, x', rest', rest'_c): the LSEs float64, the
+        weighted sums, diagonal scores, soft gaps and rests fp32."""
         ...
 
     def accumulate(
@@ -254,6 +258,16 @@ def hard_factors(mass_r, mass_c, eps: float) -> torch.Tensor:
     return (mass_r + mass_c).mul_(-0.5).add_(eps)
 
 
+def soft_factors(mass_r, mass_c, t_mass_r, t_mass_c) -> torch.Tensor:
+    """A separate teacher's diagonal factors u = ((mass'_r + mass'_c) - (mass_r + mass_c)) / 2, fp32 (each
+    formed in float64 and rounded once), from the off-diagonal masses of the student (``mass_*``) and the
+    teacher (``t_mass_*``): dL/dS_ii's soft part q_i (P_ii - P'_ii) + q_j (Q_ii - Q'_ii) is (q_i + q_j) u_i
+    where q_i = q_j (module docstring). Formed from the two softmaxes near one-hot, P_ii - P'_ii kept an
+    ulp of 1 where the exact term is the difference of the masses."""
+    teacher = t_mass_r.double() + t_mass_c.double()
+    return teacher.sub_(mass_r.double() + mass_c.double()).mul_(0.5).float()
+
+
 def hard_gaps(nll_r, nll_c, x, nats: float, scale, eps: float, batch: int, smooth) -> torch.Tensor:
     """(r_i - H_i) + (c_i - H'_i) per row, fp32 [M] (each formed in float64 and rounded once): the rows'
     and the columns' -log P_ii ``nll_r``, ``nll_c`` (natural, float64: ``diagonal_loss_terms`` of the
@@ -282,20 +296,39 @@ def _unpacked(hi_lo) -> tuple:
     return (None, None) if hi_lo[0] is None else (tuple(hi_lo[:2]), tuple(hi_lo[2:]))
 
 
+def _soft_weights(soft_mask, alpha, batch: int, dtype=torch.float32) -> torch.Tensor:
+    """The soft weights a = alpha * mask [B] (``soft_mask`` a uint8 [B] 0/1 vector, or None for all pairs)
+    in ``dtype``: as the backends take them, uint8 (alpha folded into their coefficients; without a mask
+    one 1 expanded, no [B] buffer), else a fp32 vector (the forward's dot products)."""
+    if dtype == torch.uint8:
+        return alpha.new_ones(1, dtype=torch.uint8).expand(batch) if soft_mask is None else soft_mask
+    return alpha.expand(batch) if soft_mask is None else soft_mask * alpha
+
+
 class SoftTargetFunction(torch.autograd.Function):
+    """The single-process loss's (hard, soft) pair for soft weights a = alpha * mask (``soft_mask`` uint8
+    [B] or None for 1, ``alpha`` a 0-d fp32 tensor: the Function keeps the caller's mask, no [B] weight
+    vector) and hard weights h = x a + y (``params.hard_affine``)."""
+
     @staticmethod
     @exact
-    def forward(ctx, image, text, scale, hard_w, soft_w, t_image, t_text, t_scale, params: SoftTargetParams):
+    def forward(ctx, image, text, scale, soft_mask, alpha, t_image, t_text, t_scale, params):
         batch = image.shape[0]
         teacher = _teacher(t_image, t_text, t_scale)
         stats = params.backend.stats(image, text, scale, teacher)
-        r, c, tr, tc, _, _, x, g_row, g_col, rest_r, rest_c = stats
+        r, c, tr, tc, _, _, x, g_row, g_col, rest_r, rest_c, t_x, t_rest_r, t_rest_c = stats
         del stats
-        packed = _packed(teacher, tr, tc)
-        del tr, tc
         nats = lse_nats(params.backend)
         mass_r, mass_c = diagonal_mass(r, x, rest_r, nats), diagonal_mass(c, x, rest_c, nats)
         del rest_r, rest_c
+        soft_diag = None
+        if teacher is not None:
+            t_mass = diagonal_mass(tr, t_x, t_rest_r, nats), diagonal_mass(tc, t_x, t_rest_c, nats)
+            soft_diag = soft_factors(mass_r, mass_c, *t_mass)
+            del t_mass
+        del t_x, t_rest_r, t_rest_c
+        packed = _packed(teacher, tr, tc)
+        del tr, tc
         nll_r, nll_c = diagonal_loss_terms(r, x, mass_r, nats), diagonal_loss_terms(c, x, mass_c, nats)
         diag = hard_factors(mass_r, mass_c, params.eps)
         del mass_r, mass_c
@@ -308,19 +341,17 @@ class SoftTargetFunction(torch.autograd.Function):
         gaps = hard_gaps(nll_r, nll_c, x, nats, scale, params.eps, batch, smooth)
         del x, smooth, nll_r, nll_c
         coef = params.factor / (2.0 * batch)
-        h = hard_w
-        if h is None:
-            xa, ya = params.hard_affine
-            h = soft_w * xa + ya
-        hard = torch.dot(h, gaps) * coef
-        del h, gaps
+        soft_w = _soft_weights(soft_mask, alpha, batch)
+        xa, ya = params.hard_affine
+        hard = torch.dot(soft_w * xa + ya, gaps) * coef
+        del gaps
         soft = (torch.dot(soft_w, g_row) + torch.dot(soft_w, g_col)) * (nats * coef)
-        del g_row, g_col
+        del soft_w, g_row, g_col
         # the student's LSEs packed as the teacher's (12 bytes per row for both, with the diagonal factors
-        # 16: with a separate teacher the state is 32 bytes per row)
+        # 16; with a separate teacher its LSEs and diagonal factors 16 more: 32 bytes per row)
         lses = (*pack_lse(r), *pack_lse(c))
         del r, c
-        saved = (image, text, scale, diag, hard_w, soft_w, t_image, t_text, t_scale)
+        saved = (image, text, scale, diag, soft_diag, soft_mask, alpha, t_image, t_text, t_scale)
         ctx.save_for_backward(*saved, *lses, *packed)
         ctx.params = params
         return hard, soft
@@ -329,18 +360,24 @@ class SoftTargetFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, g_hard, g_soft):
-        image, text, scale, diag, hard_w, soft_w, t_image, t_text, t_scale, *packed = ctx.saved_tensors
+        image, text, scale, diag, soft_diag, soft_mask, alpha, t_image, t_text, t_scale, *packed = (
+            ctx.saved_tensors
+        )
         r, c = _unpacked(packed[:4])
         tr, tc = _unpacked(packed[4:])
         prm, batch = ctx.params, image.shape[0]
         need_i, need_t, need_s = ctx.needs_input_grad[:3]
         coef = prm.factor / (2.0 * batch)
-        coefs = torch.stack([g_hard.float().reshape(()), g_soft.float().reshape(())]) * coef
+        # the backends' soft weights are the mask (uint8), alpha folded into the coefficients: q = cq a,
+        # h = (x alpha) mask + y
+        coefs = torch.stack([g_hard.float().reshape(()), g_soft.float().reshape(()) * alpha]) * coef
+        xa, ya = prm.hard_affine
+        soft_w = _soft_weights(soft_mask, alpha, batch, torch.uint8)
         teacher = _teacher(t_image, t_text, t_scale)
-        hard = hard_w if hard_w is not None else prm.hard_affine
         d_image, d_text, d_scale = prm.backend.gradients(
-            image, text, scale, r, c, hard, soft_w, coefs, prm.eps, diag, teacher, tr, tc, need_t
-        )
+            image, text, scale, r, c, (alpha * xa, ya), soft_w, coefs, prm.eps, (diag, soft_diag), teacher,
+            tr, tc, need_t,
+        )  # fmt: skip
         return (
             d_image if need_i else None,
             d_text if need_t else None,
@@ -386,14 +423,19 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         hsum_i = meta_all[:, 2 * b + dim :]
         need_s = ctx.needs_input_grad[2]
 
-        r, c_part, tr, tc_part, w, wc_part, x, g, gc_part, rest_r, rest_cp = backend.stats(
-            image, texts, scale, teacher, rank * b
-        )
+        stats = backend.stats(image, texts, scale, teacher, rank * b)
+        r, c_part, tr, tc_part, w, wc_part, x, g, gc_part, rest_r, rest_cp, t_x, t_rest_r, t_rest_cp = stats
+        del stats
         nats = lse_nats(backend)
-        # the off-diagonal masses: the rows', and the own columns' over this rank's rows (merged below)
+        # the off-diagonal masses: the rows', and the own columns' over this rank's rows (merged below); a
+        # separate teacher's alike
         mass_r = diagonal_mass(r, x, rest_r, nats)
         mass_cp = diagonal_mass(c_part[own], x, rest_cp[own], nats)
-        del rest_r, rest_cp
+        t_mass_r = t_mass_cp = None
+        if teacher is not None:
+            t_mass_r = diagonal_mass(tr, t_x, t_rest_r, nats)
+            t_mass_cp = diagonal_mass(tc_part[own], t_x, t_rest_cp[own], nats)
+        del rest_r, rest_cp, t_rest_r, t_rest_cp
         lse_parts, weighted, soft_gaps = [c_part], [(0, wc_part)], [(0, gc_part)]
         if teacher is not None:
             lse_parts.append(tc_part)
@@ -407,10 +449,11 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
                 soft_gaps.append((0, own_stats[8]))
                 del own_stats
         empty = meta.new_empty(0)
+        rests = (0,) if teacher is None else (0, 1)
         lses, sums_w, _, gaps_c = _dist.merge_columns(
-            lse_parts, weighted, empty, group, backend.lse_base2, soft_gaps
+            lse_parts, weighted, empty, group, backend.lse_base2, soft_gaps, rests
         )
-        rest_c, dists_c = gaps_c
+        (rest_c, *t_rest_c), dists_c = gaps_c
         above_c = log1p_units(rest_c, backend.lse_base2)  # the gaps share the student's rest
         gaps_c = [(above_c + dist_c).float() for dist_c in dists_c]
         c, tc, wc, gc = lses[0], lses[-1], sums_w[0], gaps_c[0]
@@ -425,6 +468,10 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         smooth = smooth_i + smooth_t if eps else None
         c_own, gc_own = c[own], gc[own]
         mass_c = merged_mass(c_own, x, mass_cp, rest_c[own], nats)
+        t_mass_c = None
+        if teacher is not None:
+            t_mass_c = merged_mass(tc[own], t_x, t_mass_cp, t_rest_c[0][own], nats)
+        del t_rest_c, t_mass_cp, t_x
         nll_r, nll_c = diagonal_loss_terms(r, x, mass_r, nats), diagonal_loss_terms(c_own, x, mass_c, nats)
         gaps = hard_gaps(nll_r, nll_c, x, nats, scale, eps, batch, smooth)
         parts = [torch.dot(hard_w, gaps), (torch.dot(soft_w, g) + torch.dot(soft_w, gc_own)) * nats]
@@ -460,6 +507,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
             c,
             mass_r,
             mass_c,
+            t_mass_r,
+            t_mass_c,
             h_all,
             a_all,
             colsum_i,
@@ -477,8 +526,8 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
     @first_order_only
     @exact
     def backward(ctx, g_hard, g_soft):
-        (image, text, texts, scale, r, c, mass_r, mass_c, h_all, a_all, colsum_i, hsum_i, ds_parts, t_image,
-         t_texts, t_scale, *packed) = ctx.saved_tensors  # fmt: skip
+        (image, text, texts, scale, r, c, mass_r, mass_c, t_mass_r, t_mass_c, h_all, a_all, colsum_i, hsum_i,
+         ds_parts, t_image, t_texts, t_scale, *packed) = ctx.saved_tensors  # fmt: skip
         tr, tc = _unpacked(packed)
         prm = ctx.params
         eps, group, backend = prm.eps, prm.group, prm.backend
@@ -504,14 +553,22 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
         e_own = e[own]
         colsum_t = texts.sum(0, dtype=torch.float32) if eps else None
         args = (image, texts, scale, r, c)
-        # the hard targets' diagonal, folded into W before the products: (e_i + e_j) v_i there, with
-        # e_i = e_j (both directions: v the mean of the two masses' factors) or one of them 0
-        diag = (rank * b, hard_factors(mass_r, mass_c, eps))
+        # the diagonal, folded into W before the products: (e_i + e_j) v_i (+ (q_i + q_j) u_i with a
+        # separate teacher) there, with e_i = e_j and q_i = q_j (both directions: v and u from the means of
+        # the rows' and the columns' masses) or one of each pair 0 (v and u of that direction's masses)
+
+        def factors(masses, t_masses):
+            """(row0, v, u) of the student's and the teacher's (mass_r, mass_c) pairs."""
+            u = None if teacher is None else soft_factors(*masses, *t_masses)
+            return rank * b, hard_factors(*masses, eps), u
+
+        diag = factors((mass_r, mass_c), (t_mass_r, t_mass_c))
         if prm.local_loss and not prm.with_grad:
             # The gathered features are constants: row terms reach only the images, column terms only
             # the texts, so the two products need separate passes.
             zero_b, zero_n = e.new_zeros(b), e.new_zeros(batch)
-            diag_r, diag_c = ((rank * b, hard_factors(m, m, eps)) for m in (mass_r, mass_c))
+            diag_r = factors((mass_r, mass_r), (t_mass_r, t_mass_r))
+            diag_c = factors((mass_c, mass_c), (t_mass_c, t_mass_c))
             a_i, _ = backend.accumulate(*args, e_own, zero_n, q[own], zero_n, teacher, tr, tc, diag_r)
             _, a_t = backend.accumulate(*args, zero_b, e, zero_b, q, teacher, tr, tc, diag_c)
             u_t = torch.empty_like(a_i)
@@ -528,7 +585,7 @@ class GatheredSoftTargetFunction(torch.autograd.Function):
                 e1, q1 = coef * h_all, coef * a_all
                 zero_b, zero_n = e.new_zeros(b), e.new_zeros(batch)
                 h_i, h_t = backend.accumulate(*args, e1[own], e1, zero_b, zero_n, teacher, tr, tc, diag)
-                s_i, s_t = backend.accumulate(*args, zero_b, zero_n, q1[own], q1, teacher, tr, tc)
+                s_i, s_t = backend.accumulate(*args, zero_b, zero_n, q1[own], q1, teacher, tr, tc, diag)
                 g_col = grads.repeat_interleave(b, dim=0)
                 a_i = h_i.mul_(grads[rank, 0]).add_(s_i.mul_(grads[rank, 1]))
                 a_t = h_t.mul_(g_col[:, :1]).add_(s_t.mul_(g_col[:, 1:]))

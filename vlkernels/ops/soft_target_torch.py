@@ -26,28 +26,24 @@ from vlkernels.ops.torch_utils import (
     minus_lse_,
     row_chunks,
     soft_rows,
-    unpack_lse,
     workspace_bytes,
 )
 
 
-def _diagonal(v, s_ii, t_ii, weights, lses) -> torch.Tensor:
+def _diagonal(v, u, weights) -> torch.Tensor:
     """W minus the hard targets' diagonal part on the diagonal (their eps / B part is not in it):
-    (e_r + e_c) v [+ q_r (E_row - T_row) + q_c (E_col - T_col)] with ``v`` the hard targets' diagonal
-    factor (ops/soft_target.py: eps less the mean of the row's and the column's off-diagonal masses,
-    which the statistics keep to an ulp of themselves), ``weights`` = (e_r, e_c, q_r, q_c) and, with a
-    separate teacher (its scores S'_ii ``t_ii``, else None), the soft part from the scores S_ii ``s_ii``
-    and ``lses`` = (r, c, r', c') at the diagonal's rows and columns, E = exp(S - LSE) and
-    T = exp(S' - LSE'). Not the tiles' p (E_row + E_col) - q (T_row + T_col) - hard with p = e + q, nor
-    e (E_row + E_col - 2 (1 - eps)): near one-hot E = 1 - mass keeps an ulp of 1 where the exact
-    dL/dS_ii is the masses; E - T is exact where the two softmaxes agree."""
+    (e_r + e_c) v [+ (q_r + q_c) u] with ``v`` the hard targets' and ``u`` a separate teacher's soft
+    diagonal factors (ops/soft_target.py: eps less the mean of the row's and the column's off-diagonal
+    masses, and the mean of the teacher's masses less the student's, each kept to an ulp of itself by the
+    statistics; u None for the self teacher, whose soft part is 0), ``weights`` = (e_r, e_c, q_r, q_c).
+    Not the tiles' p (E_row + E_col) - q (T_row + T_col) - hard with p = e + q, nor e (E_row + E_col -
+    2 (1 - eps)) + q (E_row - T_row + E_col - T_col): near one-hot E = 1 - mass and T = 1 - mass' keep an
+    ulp of 1 where the exact dL/dS_ii is the masses."""
     e_r, e_c, q_r, q_c = weights
     d = (e_r + e_c).double().mul_(v)
-    if t_ii is not None:
-        r, c, tr, tc = lses
-        e_row, e_col = torch.exp(s_ii - r), torch.exp(s_ii - c)
-        d.addcmul_(q_r, e_row - torch.exp(t_ii - tr)).addcmul_(q_c, e_col - torch.exp(t_ii - tc))
-    return d.float()  # formed in float64 (the student's LSEs' dtype), rounded once
+    if u is not None:
+        d.addcmul_((q_r + q_c).double(), u)
+    return d.float()  # formed in float64, rounded once
 
 
 def _hard_weights(h, a, coef) -> torch.Tensor:
@@ -68,11 +64,12 @@ class TorchSoftTargetBackend:
         return matmul_f32(f32_rows(t_image, sl), t_text, True, cols).mul_(t_scale)
 
     def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
-        """(r, c, r', c', w, w', x, g, g', rest, rest') for S = scale * image @ text.T (image [M, D], text
-        [N, D]): the student's LSEs and a separate teacher's in float64 (``soft_rows``: the backward's
-        weights near 1 keep an ulp of 1), the weighted sums and the soft gaps in fp32, x the pass's own
-        scores S[i, row0 + i] (``diagonal_of``; None for ``row0`` None), the rows' and the columns' rests
-        below their largest scores in fp32. The columns' statistics are formed per chunk of rows and
+        """(r, c, r', c', w, w', x, g, g', rest, rest_c, x', rest', rest'_c) for S = scale * image @ text.T
+        (image [M, D], text [N, D]): the student's LSEs and a separate teacher's in float64 (``soft_rows``:
+        the backward's weights near 1 keep an ulp of 1), the weighted sums and the soft gaps in fp32, x the
+        pass's own scores S[i, row0 + i] (``diagonal_of``; None for ``row0`` None), the rows' and the
+        columns' rests below their largest scores in fp32, and the same three of a separate teacher (the
+        student's for the self teacher). The columns' statistics are formed per chunk of rows and
         merged online (``ColumnSoft``)."""
         rows, n, dev = image.shape[0], text.shape[0], image.device
         cols = chunk_rows(n, image.shape[1], dev)
@@ -81,7 +78,9 @@ class TorchSoftTargetBackend:
         w_row = torch.empty(rows, dtype=torch.float32, device=dev)
         g_row = torch.empty_like(w_row)
         rest = torch.empty_like(w_row)
+        t_rest = None if teacher is None else torch.empty_like(w_row)
         x = None if row0 is None else torch.empty_like(w_row)
+        t_x = None if row0 is None or teacher is None else torch.empty_like(w_row)
         columns = ColumnSoft(n, dev, teacher is not None)
         chunks = row_chunks(rows, n, dev)
         size = (chunks[0].stop - chunks[0].start, n) if chunks else (0, n)
@@ -92,17 +91,21 @@ class TorchSoftTargetBackend:
             if x is not None:
                 x[sl] = diagonal_of(s_blk, row0 + sl.start)
             t_blk = None if teacher is None else self._teacher_block(teacher, sl, cols)
-            r[sl], tr_blk, w_row[sl], g_row[sl], rest[sl] = soft_rows(s_blk, d_blk, t_blk, scratch)
+            if t_x is not None:
+                t_x[sl] = diagonal_of(t_blk, row0 + sl.start)
+            out = soft_rows(s_blk, d_blk, t_blk, scratch)
+            r[sl], tr_blk, w_row[sl], g_row[sl], rest[sl], t_rest_blk = out
             if teacher is not None:
-                tr[sl] = tr_blk
+                tr[sl], t_rest[sl] = tr_blk, t_rest_blk
+            del out
             columns.add(s_blk, d_blk, t_blk, scratch[0])
             del s_blk, d_blk, t_blk
         c, tc, g_col, w_col = finish_partials(*columns.partials())
-        rest_col = columns.rest
+        rest_col, t_rest_col = columns.rest, columns.t_rest
         del columns, scratch
         if teacher is None:
-            return r, c, r, c, w_row, w_col, x, g_row, g_col, rest, rest_col
-        return r, c, tr, tc, w_row, w_col, x, g_row, g_col, rest, rest_col
+            return r, c, r, c, w_row, w_col, x, g_row, g_col, rest, rest_col, x, rest, rest_col
+        return r, c, tr, tc, w_row, w_col, x, g_row, g_col, rest, rest_col, t_x, t_rest, t_rest_col
 
     def _grad_block(
         self, q32, k, scale, sl, lse_q, lse_k, pair, coefs, teacher, t_lse_q, t_lse_k, eps, diag, cols
@@ -113,9 +116,9 @@ class TorchSoftTargetBackend:
         (Q', K', s') in the same orientation or None; the LSEs, the student's ``lse_q``, ``lse_k`` and the
         teacher's ``t_lse_q``, ``t_lse_k``, packed (hi, lo) pairs (``torch_utils.pack_lse``). The column
         weights are applied in place on the exponentials; at most three [rows, N] buffers (or two and a
-        [1, N] weight row) at once. The diagonal is set from the hard targets' diagonal factors ``diag``
-        [B] (and with a teacher the soft part from its O(rows) scores) without p (``_diagonal``), before
-        the smoothing's eps / B part."""
+        [1, N] weight row) at once. The diagonal is set from the diagonal factors ``diag`` =
+        (v, u) [B] each (the hard targets', a separate teacher's soft part's or None) without p
+        (``_diagonal``), before the smoothing's eps / B part."""
         batch = k.shape[0]
         h, a = pair  # h: [B], or (x, y) for h = x a + y
         ce, cq = coefs[0], coefs[1]
@@ -125,9 +128,6 @@ class TorchSoftTargetBackend:
         idx = torch.arange(q32.shape[0], device=q32.device)
         at = (idx, idx + rows.start)
         s_blk = matmul_f32(q32, k, True, cols).mul_(scale)
-        s_ii = t_ii = None
-        if teacher is not None:
-            s_ii = s_blk[at]  # a copy, [rows]
         # the LSEs as exp((S - hi) - lo) (``minus_lse_``, packed)
         g = minus_lse_(s_blk.clone(), lse_at(lse_q, rows), 0).exp_().mul_(p_rows[:, None])
         col = minus_lse_(s_blk, lse_k, 1).exp_()  # exp(S - c_j), in place
@@ -138,17 +138,14 @@ class TorchSoftTargetBackend:
         del s_blk, col, e_cols
         if teacher is not None:
             t_blk = self._teacher_block(teacher, rows, cols)
-            t_ii = t_blk[at]
             t_row = minus_lse_(t_blk.clone(), lse_at(t_lse_q, rows), 0)
             g.sub_(t_row.exp_().mul_((a[rows] * cq)[:, None]))
             del t_row
             g.sub_(minus_lse_(t_blk, t_lse_k, 1).exp_().mul_(a[None, :]).mul_(cq))
             del t_blk
-        q_rows, lses = a[rows] * cq, None
-        if teacher is not None:
-            j = at[1]
-            lses = tuple(unpack_lse(lse_at(t, j)) for t in (lse_q, lse_k, t_lse_q, t_lse_k))
-        g[at] = _diagonal(diag[rows], s_ii, t_ii, (e_rows, e_rows, q_rows, q_rows), lses)
+        q_rows = a[rows] * cq
+        v, u = diag
+        g[at] = _diagonal(v[rows], None if u is None else u[rows], (e_rows, e_rows, q_rows, q_rows))
         if eps:
             # -(e_i + e_j) eps / B, each weight formed whole (subtracting h = x a + y as two terms, x a_j
             # then y, rounded a tiny dL/dS away where they cancel: h = 0 at alpha 1)
@@ -173,13 +170,15 @@ class TorchSoftTargetBackend:
         need_t=True,
     ):
         """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py) in the features' dtype,
-        chunk by chunk (module docstring); ``hard_w``: h [B] or (x, y) for h = x a + y; ``diag`` [B] the
-        hard targets' diagonal factors; the LSEs packed (``torch_utils.pack_lse``)."""
+        chunk by chunk (module docstring); ``hard_w``: h [B] or (x, y) for h = x a + y; ``soft_w`` a [B]
+        of any real dtype (the single-process Function's uint8 mask, possibly one 1 expanded), used as it is
+        (no fp32 [B] copy); ``diag`` = (v, u) the diagonal factors; the LSEs packed
+        (``torch_utils.pack_lse``)."""
         batch, dim = image.shape
         dev = image.device
         scale = scale.detach().float()
         coefs = coefs.float()
-        pair = (hard_w if isinstance(hard_w, tuple) else hard_w.float(), soft_w.float())
+        pair = (hard_w if isinstance(hard_w, tuple) else hard_w.float(), soft_w)
         one_pass = need_t and 4 * text.numel() <= workspace_bytes() // 2  # the other half: chunks of S
         cols = chunk_rows(batch, dim, dev)
         d_image = torch.empty_like(image)
@@ -214,8 +213,8 @@ class TorchSoftTargetBackend:
         self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py); with ``diag`` =
-        (row0, v), W's diagonal where row0 + i == j set to (e_i + e_j) v_i before the products (and with a
-        teacher the soft part formed from its O(rows) scores: ``_diagonal``)."""
+        (row0, v, u), W's diagonal where row0 + i == j set to (e_i + e_j) v_i [+ (q_i + q_j) u_i with a
+        teacher] before the products (``_diagonal``)."""
         dev = image.device
         cols = chunk_rows(text.shape[0], image.shape[1], dev)
         a_i = torch.empty(image.shape, dtype=torch.float32, device=dev)
@@ -225,27 +224,19 @@ class TorchSoftTargetBackend:
         for sl in row_chunks(image.shape[0], text.shape[0], dev):
             i_blk = f32_rows(image, sl)
             s_blk = matmul_f32(i_blk, text, True, cols).mul_(scale)
-            if diag is not None:
-                idx = torch.arange(i_blk.shape[0], device=dev)
-                at = (idx, idx + diag[0] + sl.start)
-                s_ii = t_ii = None
-                if teacher is not None:
-                    s_ii = s_blk[at]  # (the soft part's diagonal; the hard part's is v)
             w = minus_lse_(s_blk.clone(), r[sl], 0).exp_().mul_(p_row[sl, None])
             if teacher is not None:
                 t_blk = self._teacher_block(teacher, sl, cols)
-                if diag is not None:
-                    t_ii = t_blk[at]
                 w.sub_(minus_lse_(t_blk.clone(), lse_at(tr, sl), 0).exp_().mul_(q_row[sl, None]))
                 w.sub_(minus_lse_(t_blk, tc, 1).exp_().mul_(q_col[None, :]))
             w.add_(minus_lse_(s_blk, c, 1).exp_().mul_(p_col[None, :]))
             if diag is not None:
+                row0, v, u = diag
+                idx = torch.arange(i_blk.shape[0], device=dev)
+                at = (idx, idx + row0 + sl.start)
                 j = at[1]
                 weights = (e_row[sl], e_col[j], q_row[sl], q_col[j])
-                lses = None
-                if teacher is not None:
-                    lses = (r[sl], c[j], unpack_lse(lse_at(tr, sl)), unpack_lse(lse_at(tc, j)))
-                w[at] = _diagonal(diag[1][sl], s_ii, t_ii, weights, lses)
+                w[at] = _diagonal(v[sl], None if u is None else u[sl], weights)
             a_i[sl] = matmul_f32(w, text, False, cols)
             a_t.addmm_(w.T, i_blk)
         return a_i, a_t

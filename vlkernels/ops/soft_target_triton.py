@@ -44,6 +44,7 @@ from vlkernels.ops.triton_utils import (
     HOST_ARCH,
     LOG2E,
     config,
+    diagonal_mask,
     dot_precision,
     dot_tile,
     halves,
@@ -78,6 +79,7 @@ def _stats_kernel(
     wsum_ptr,
     gap_ptr,
     rest_ptr,
+    t_rest_ptr,
     part_ptr,
     part_stride,
     M,
@@ -112,13 +114,13 @@ def _stats_kernel(
     sum_i exp2(S2_ij - max) less one largest term), and for the teacher's softmax (S' = S without TEACHER,
     then k = 2: sum_i exp2(S2 - max) (max - S2_ij), 3: sum_i exp2(S2 - max) <Q_i, K_j>) with TEACHER k = 2:
     max_i S'2_ij, 3: sum_i exp2(S'2 - max'), 4: sum_i exp2(S'2 - max') (max - S2_ij), 5: sum_i exp2(S'2 -
-    max') <Q_i, K_j>. The rows' soft gaps (``gap_ptr``, fp32): log2(1 + rest) + sum_j softmax_j(S'_i.)
-    (m_i - S2_ij), m_i the row's largest score, both sums of non-negative terms (docs/design.md, "Soft
-    gaps"; the online form shifts the second by the move of m times the teacher's sum so far), and the
-    rest itself (``rest_ptr``, fp32: the off-diagonal masses, ``soft_target.diagonal_mass``). PARTS (the
-    self teacher only): each score tile's epilogue in that many column parts, one after the other (fewer
-    registers: the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor descriptors
-    (``walk_tile``)."""
+    max') <Q_i, K_j>, 6: the teacher's rest (as k = 1). The rows' soft gaps (``gap_ptr``, fp32):
+    log2(1 + rest) + sum_j softmax_j(S'_i.) (m_i - S2_ij), m_i the row's largest score, both sums of
+    non-negative terms (docs/design.md, "Soft gaps"; the online form shifts the second by the move of m
+    times the teacher's sum so far), and the rest itself (``rest_ptr``, fp32: the off-diagonal masses,
+    ``soft_target.diagonal_mass``; with TEACHER the teacher's at ``t_rest_ptr``). PARTS (the self teacher
+    only): each score tile's epilogue in that many column parts, one after the other (fewer registers:
+    the 128 x 128 tiles of ``tile_config``); TMA: Q and K are tensor descriptors (``walk_tile``)."""
     if DOT_PREC != "ieee":  # the D walks run: the flattened column walk needs no zero-trip copy
         tl.assume(D > 0)
         tl.assume(DT > 0)
@@ -138,6 +140,7 @@ def _stats_kernel(
     l_t = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_u = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_w = tl.zeros([BLOCK_M], dtype=tl.float32)
+    t_rest = tl.zeros([BLOCK_M], dtype=tl.float32)  # a separate teacher's rest (its off-diagonal masses)
     for start_n in tl.range(0, N, BLOCK_N, flatten=DOT_PREC != "ieee"):
         offs_n, mask_n, acc = walk_tile(
             operands, start_n, N, BLOCK_M, BLOCK_N, BLOCK_D, SINGLE_D, DOT_PREC, UPCAST, TMA
@@ -194,6 +197,7 @@ def _stats_kernel(
             acc_u = _shifted(acc_u, m_new - m_s, l_t) * alpha + tl.sum(e * (m_new[:, None] - raw), axis=1)
             l_t = l_t * alpha + tl.sum(e, axis=1)
             acc_w = acc_w * alpha + tl.sum(e * acc, axis=1)
+            t_rest = _rest(t_rest, alpha, mt_new > m_t, e)
             m_s = m_new
             m_t = mt_new
             if COLUMNS:
@@ -210,6 +214,7 @@ def _stats_kernel(
                 tl.store(col + 3 * part_stride, tl.sum(e_c, axis=0), mask=mask_n)
                 tl.store(col + 4 * part_stride, tl.sum(e_c * (m_c[None, :] - raw), axis=0), mask=mask_n)
                 tl.store(col + 5 * part_stride, tl.sum(e_c * acc, axis=0), mask=mask_n)
+                tl.store(col + 6 * part_stride, _column_rest(e_c), mask=mask_n)
     tl.store(wsum_ptr + offs_m, acc_w / l_t, mask=mask_m)
     # the LSEs in float64, formed there (module docstring, two-part LSEs): the student's as
     # m + log2(1 + rest), which keeps the rest where l = 1 + rest rounds it in fp32 (as the columns',
@@ -217,6 +222,8 @@ def _stats_kernel(
     # the rest itself first (before the float64 terms take their register pairs)
     rest = _tied(rest, l_s if TEACHER else l_t)
     tl.store(rest_ptr + offs_m, rest, mask=mask_m)
+    if TEACHER:
+        tl.store(t_rest_ptr + offs_m, _tied(t_rest, l_t), mask=mask_m)
     above = _log2p1(rest)
     if TEACHER:
         tl.store(lse_ptr + offs_m, m_s.to(tl.float64) + above, mask=mask_m)
@@ -224,6 +231,95 @@ def _stats_kernel(
     else:
         tl.store(lse_ptr + offs_m, m_t.to(tl.float64) + above, mask=mask_m)
     tl.store(gap_ptr + offs_m, (above + (acc_u / l_t).to(tl.float64)).to(tl.float32), mask=mask_m)
+
+
+@triton.jit
+def _teacher_diagonal_kernel(
+    tq_ptr,
+    tk_ptr,
+    t_scale_ptr,
+    diag_ptr,
+    M,
+    N,
+    DT,
+    row0,
+    stqm,
+    stqd,
+    stkn,
+    stkd,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_DT: tl.constexpr,
+    T_DOT_PREC: tl.constexpr,
+    T_UPCAST: tl.constexpr,
+):
+    """diag[i] = S'2[i, row0 + i] (S'2 = s' <Q'_i, K'_j> log2(e)) bitwise as ``_stats_kernel`` formed it
+    with a separate teacher (its tiles' ``dot_tile`` at the same sizes, dot precision and warps; columns
+    from multiples of BLOCK_N): the teacher's own scores of the off-diagonal masses
+    (``soft_target.diagonal_mass``: near one-hot the rest gives the mass, elsewhere 1 - exp2(x' - r'),
+    which a separately rounded x' would err by an ulp of |S'|). Each program recomputes the tiles its rows'
+    diagonal crosses and stores a tile's diagonal scores per column (as the contrastive module's
+    ``_diagonal_kernel``)."""
+    pid, offs_m, mask_m = row_block(M, BLOCK_M)
+    t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
+    d0 = pid * BLOCK_M + row0  # the column of this program's first row
+    first = (d0 // BLOCK_N) * BLOCK_N
+    for start_n in range(first, tl.minimum(d0 + BLOCK_M, N), BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N).to(tl.int64)
+        mask_n = offs_n < N
+        t_acc = dot_tile(
+            tq_ptr,
+            tk_ptr,
+            offs_m,
+            offs_n,
+            mask_m,
+            mask_n,
+            DT,
+            stqm,
+            stqd,
+            stkn,
+            stkd,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_DT,
+            T_DOT_PREC,
+            T_UPCAST,
+        )
+        x_col = tl.sum(tl.where(diagonal_mask(d0, start_n, BLOCK_M, BLOCK_N), t_acc * t_scale2, 0.0), axis=0)
+        rows = offs_n - row0  # the row each column's diagonal score belongs to
+        mine = (offs_n >= d0) & (offs_n < d0 + BLOCK_M) & mask_n & (rows < M)
+        tl.store(diag_ptr + rows, x_col, mask=mine)
+
+
+def _teacher_diagonal(teacher, k_rows: int, meta: dict, row0: int) -> torch.Tensor:
+    """S'2[i, row0 + i] in fp32 [M] (base 2; 0 where row0 + i >= N) of the teacher (Q' [M, D'], K' [N, D'],
+    s'), bitwise as the statistics kernel's ``meta`` formed it (``_teacher_diagonal_kernel``, one launch,
+    one pipeline stage: the stages move loads, not products)."""
+    t_q, t_k, t_scale = teacher
+    m = t_q.shape[0]
+    out = torch.zeros(m, dtype=torch.float32, device=t_q.device)
+    _teacher_diagonal_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
+        t_q,
+        t_k,
+        t_scale,
+        out,
+        m,
+        k_rows,
+        t_q.shape[1],
+        row0,
+        t_q.stride(0),
+        t_q.stride(1),
+        t_k.stride(0),
+        t_k.stride(1),
+        BLOCK_M=meta["BLOCK_M"],
+        BLOCK_N=meta["BLOCK_N"],
+        BLOCK_DT=meta["BLOCK_DT"],
+        T_DOT_PREC=meta["T_DOT_PREC"],
+        T_UPCAST=meta["T_UPCAST"],
+        num_stages=1,
+        **{key: meta[key] for key in ("num_warps",) if key in meta},
+    )
+    return out
 
 
 @triton.jit
@@ -314,7 +410,9 @@ def _merge_kernel(
     sums are 1 + rest):
 
         rest = sum_p (rest_p if m_p = M else (1 + rest_p) a_p) + (#{p: m_p = M} - 1),
-        l' = sum_p l'_p b_p,  u = sum_p (u_p + (M - m_p) l'_p) b_p,  w = sum_p w_p b_p:
+        l' = sum_p l'_p b_p,  u = sum_p (u_p + (M - m_p) l'_p) b_p,  w = sum_p w_p b_p,
+
+    and with TEACHER its rest' as the student's rest (over its maxima m'_p and b_p):
 
     sums of non-negative terms only, so a near one-hot column keeps the precision of its parts
     (docs/design.md, "Soft gaps"). Two passes over the partials, the first over their maxima; a fixed
@@ -334,20 +432,21 @@ def _merge_kernel(
             t_top = tl.maximum(t_top, tl.load(row + 2 * part_stride, mask=mask, other=0.0))
         row += N
     zero = tl.zeros([BLOCK], dtype=tl.float32)
-    sums = (zero, zero, zero, zero, zero)  # rest, partials at the max, l', u, w
+    sums = (zero, zero, zero, zero, zero, zero, zero)  # rest, partials at the max, l', u, w, rest', at max'
     if not FRESH:
         sums = _merge_part(run_ptr + offs, N, mask, top, t_top, sums, TEACHER)
     row = part_ptr + offs
     for _ in range(programs):
         sums = _merge_part(row, part_stride, mask, top, t_top, sums, TEACHER)
         row += N
-    rest, tops, t_sum, u, w = sums
+    rest, tops, t_sum, u, w, t_rest, t_tops = sums
     k_u: tl.constexpr = 4 if TEACHER else 2
     tl.store(run_ptr + offs, top, mask=mask)
     tl.store(run_ptr + N + offs, rest + (tops - 1.0), mask=mask)
     if TEACHER:
         tl.store(run_ptr + 2 * N + offs, t_top, mask=mask)
         tl.store(run_ptr + 3 * N + offs, t_sum, mask=mask)
+        tl.store(run_ptr + 6 * N + offs, t_rest + (t_tops - 1.0), mask=mask)
     tl.store(run_ptr + k_u * N + offs, u, mask=mask)
     tl.store(run_ptr + (k_u + 1) * N + offs, w, mask=mask)
 
@@ -355,7 +454,7 @@ def _merge_kernel(
 @triton.jit
 def _merge_part(src, stride, mask, top, t_top, sums, TEACHER: tl.constexpr):
     """``_merge_kernel``'s sums with one more partial (its rows k at src + k * stride)."""
-    rest, tops, t_sum, u, w = sums
+    rest, tops, t_sum, u, w, t_rest, t_tops = sums
     k_u: tl.constexpr = 4 if TEACHER else 2
     m = tl.load(src, mask=mask, other=0.0)
     r = tl.load(src + stride, mask=mask, other=0.0)
@@ -365,14 +464,19 @@ def _merge_part(src, stride, mask, top, t_top, sums, TEACHER: tl.constexpr):
     tops += at_top.to(tl.float32)
     if TEACHER:
         l_p = tl.load(src + 3 * stride, mask=mask, other=0.0)
-        b = tl.exp2(tl.load(src + 2 * stride, mask=mask, other=0.0) - t_top)
+        m_t = tl.load(src + 2 * stride, mask=mask, other=0.0)
+        b = tl.exp2(m_t - t_top)
         t_sum += l_p * b
+        r_t = tl.load(src + 6 * stride, mask=mask, other=0.0)
+        at_t_top = m_t == t_top
+        t_rest += tl.where(at_t_top, r_t, (1.0 + r_t) * b)
+        t_tops += at_t_top.to(tl.float32)
     else:
         l_p = 1.0 + r
         b = a
     u += (tl.load(src + k_u * stride, mask=mask, other=0.0) + (top - m) * l_p) * b
     w += tl.load(src + (k_u + 1) * stride, mask=mask, other=0.0) * b
-    return rest, tops, t_sum, u, w
+    return rest, tops, t_sum, u, w, t_rest, t_tops
 
 
 @triton.jit
@@ -408,6 +512,7 @@ def _weights_tile(
     DT,
     row0,
     eps_all,
+    w_step,
     n_blocks,
     sqm,
     sqd,
@@ -457,7 +562,7 @@ def _weights_tile(
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
     rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, d_q)
     cols = (lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr)
-    cols += (N, DT, row0, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
+    cols += (N, DT, row0, eps_all, w_step, ds_blocks, stqm, stqd, stkn, stkd)
     # the runtime arguments in tuples (a tuple holds no constexpr)
     if PARTS == 1:
         _w_part(
@@ -544,6 +649,7 @@ def _w_part(
     DT,
     row0,
     eps_all,
+    w_step,
     ds_blocks,
     stqm,
     stqd,
@@ -569,9 +675,9 @@ def _w_part(
     s2 = acc * scale2
     k_hi = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
     k_lo = tl.load(lo_k_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    e_k = tl.load(h_k_ptr + offs_n, mask=mask_n, other=0.0) * ce + e0
+    e_k = tl.load(h_k_ptr + offs_n * w_step, mask=mask_n, other=0).to(tl.float32) * ce + e0
     if TEACHER:  # the teacher's tile first: no exponential tiles held across its dot
-        q_k = tl.load(a_k_ptr + offs_n, mask=mask_n, other=0.0) * cq
+        q_k = tl.load(a_k_ptr + offs_n * w_step, mask=mask_n, other=0).to(tl.float32) * cq
         t_acc = dot_tile(
             tq_ptr,
             tk_ptr,
@@ -602,18 +708,19 @@ def _w_part(
     e_row = tl.exp2((s2 - lse_q[0][:, None]) - lse_q[1][:, None])
     e_col = tl.exp2((s2 - k_hi[None, :]) - k_lo[None, :])
     w = e_q[:, None] * e_row + e_k[None, :] * e_col
+    if TEACHER:
+        w += q_q[:, None] * (e_row - tl.exp2((t2 - t_lse_q[0][:, None]) - t_lse_q[1][:, None]))
+        w += q_k[None, :] * (e_col - tl.exp2((t2 - t_hi[None, :]) - t_lo[None, :]))
     if HARD:
+        # the diagonal from its factors (with TEACHER its soft part too)
         w = tl.where(tile_diagonal(pid_m, b, row0, BLOCK_M, W), d_q[:, None], w)
         # the hard targets' eps_all part (e_i + e_j) eps_all as a row and a column term (fewer tile
         # temporaries in the registers)
         w -= (e_q * eps_all)[:, None] + (e_k * eps_all)[None, :]
-    if TEACHER:
-        w += q_q[:, None] * (e_row - tl.exp2((t2 - t_lse_q[0][:, None]) - t_lse_q[1][:, None]))
-        w += q_k[None, :] * (e_col - tl.exp2((t2 - t_hi[None, :]) - t_lo[None, :]))
     store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, HARD, UPCAST)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["w_step"])  # one variant for a weight vector and one expanded weight
 def _weights_kernel(
     q_ptr,
     k_ptr,
@@ -637,12 +744,14 @@ def _weights_kernel(
     g_ptr,
     ds_ptr,
     diag_ptr,
+    u_ptr,
     M,
     N,
     D,
     DT,
     row0,
     eps_all,
+    w_step,
     n_blocks,
     sqm,
     sqd,
@@ -669,10 +778,12 @@ def _weights_kernel(
     """Tiles of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
     - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
     cf[2], q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
-    weights h, a of the rows (``*_q``) and of the columns (``*_k``), formed as ``_w_part`` says (p is
-    never formed); the student's LSEs packed as fp32 hi (``lse_*``) and bf16 lo (``lo_*``). HARD: the
-    hard targets' part on the diagonal (row0 + i == j) as (e_i + e_j) v_i (v = ``diag_ptr``'s fp32 row
-    factors, in place of e_i (E_row + E_col) less the targets; formed per row block) and minus
+    weights h, a of the rows (``*_q``) and of the columns (``*_k``; any real dtype, at ``w_step``
+    elements apart: 0 for one weight expanded), formed as ``_w_part`` says (p is never formed); the
+    student's LSEs packed as fp32 hi (``lse_*``) and bf16 lo (``lo_*``). HARD: W on the diagonal
+    (row0 + i == j) as (e_i + e_j) v_i [+ (q_i + q_j) u_i with TEACHER] (v = ``diag_ptr``'s and u =
+    ``u_ptr``'s fp32 row factors, in place of e_i (E_row + E_col) less the targets and
+    q_i (E_row - T_row) + q_j (E_col - T_col); formed per row block) and minus
     (e_i + e_j) eps_all everywhere, so that W is dL/dS, and the tile's fp32 row sums
     of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
     walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
@@ -687,10 +798,10 @@ def _weights_kernel(
     )
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
-    e_q = tl.load(h_q_ptr + offs_m, mask=mask_m, other=0.0) * ce + e0
+    e_q = tl.load(h_q_ptr + offs_m * w_step, mask=mask_m, other=0).to(tl.float32) * ce + e0
     if TEACHER:
         cq = tl.load(cf_ptr + 1)
-        q_q = tl.load(a_q_ptr + offs_m, mask=mask_m, other=0.0) * cq
+        q_q = tl.load(a_q_ptr + offs_m * w_step, mask=mask_m, other=0).to(tl.float32) * cq
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
         # the teacher's LSEs packed: fp32 hi, bf16 lo (torch_utils.pack_lse)
         t_hi = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0)
@@ -703,15 +814,18 @@ def _weights_kernel(
         # tiles only select it (a scalar branch per tile that loads and forms it there spilled more)
         diag_k = row0 + offs_m
         on_k = mask_m & (diag_k >= 0) & (diag_k < N)
-        e_d = tl.load(h_k_ptr + diag_k, mask=on_k, other=0.0) * ce + e0
+        e_d = tl.load(h_k_ptr + diag_k * w_step, mask=on_k, other=0).to(tl.float32) * ce + e0
         d_q = (e_q + e_d) * tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
+        if TEACHER:  # the soft part (q_i + q_j) u_i
+            q_d = tl.load(a_k_ptr + diag_k * w_step, mask=on_k, other=0).to(tl.float32) * cq
+            d_q += (q_q + q_d) * tl.load(u_ptr + offs_m, mask=mask_m, other=0.0)
     else:
         d_q = e_q  # unused
     rows = (scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, d_q)
     # the runtime arguments (a tuple holds no constexpr)
     args = (k_ptr, q_ptr, lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr)
     args += (g_ptr, ds_ptr, N, D, DT)
-    args += (row0, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
+    args += (row0, eps_all, w_step, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
     if WALK:
         tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
         for t in tl.range(tl.program_id(1), n_blocks, tl.num_programs(1), flatten=True):
@@ -870,6 +984,12 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     # spilled 4 B on sm_90 with Triton 3.9 once a separate teacher's LSEs were two-part (their bf16 lo
     # beside each hi), and the 16-bit ones at unaligned D 20-32 B once the diagonal's hard part came from
     # the masses (its row vector, and the student's LSEs as hi + lo vectors)
+    if (HOST_ARCH if arch is None else arch) == 80 and t_dtype != torch.float32:
+        # 16-bit teachers on sm_80: 128 x 32 tiles (117-128 registers with Triton 3.9). At 128 x 64 they
+        # spilled 12-32 B once a separate teacher's soft part on the diagonal came from the masses (the
+        # pair weights at a runtime stride, the soft factors' row vector; mma.sync keeps both score tiles
+        # in registers)
+        cfg["BLOCK_N"] = 32
     return dict(cfg, num_warps=16)
 
 
@@ -901,11 +1021,11 @@ def _launch_meta(q, k, teacher) -> tuple[dict, tuple]:
 
 def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
     """One ``_stats_kernel`` launch: the row statistics of the first ``rows`` rows of q (default all) into
-    ``outs`` = (lse, t_lse, wsum, gap, rest), and with ``part`` ([parts, programs, N] fp32) the column
+    ``outs`` = (lse, t_lse, wsum, gap, rest, t_rest), and with ``part`` ([parts, programs, N] fp32) the column
     partials."""
     m = q.shape[0] if rows is None else rows
     meta, (t_q, t_k, t_dim, *t_strides) = _launch_meta(q, k, teacher)
-    lse, t_lse, wsum, gap, rest = outs
+    lse, t_lse, wsum, gap, rest, t_rest = outs
     t_scale = scale if teacher is None else teacher[2]
     q_arg, k_arg = tile_operands(q, k, meta)
     _stats_kernel[(triton.cdiv(m, meta["BLOCK_M"]),)](
@@ -920,6 +1040,7 @@ def _launch_stats(q, k, scale, teacher, outs, part=None, rows=None) -> None:
         wsum,
         gap,
         rest,
+        t_rest,
         lse if part is None else part,
         0 if part is None else part.stride(0),
         m,
@@ -951,40 +1072,46 @@ def _merge_columns(part, programs: int, run, teacher: bool, fresh: bool) -> None
 
 
 def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
-    """(r, c, r', c', w, w', x, g, g', rest, rest') of S = scale * q @ k.T (and the teacher's S'), the LSEs
-    in base 2 (the kernels' units: ``TritonSoftTargetBackend.lse_base2``) in float64 (two-part), the
-    weighted sums and the soft gaps (``torch_utils.soft_rows``) in fp32, x the pass's own diagonal scores
-    S2[i, row0 + i] in fp32 (base 2; None for ``row0`` None), the rows' and the columns' rests below their
-    largest scores in fp32, in one pass over the tiles: the rows online; the columns as
-    per-program partials, exact within a program (each column tile is seen once), merged in a fixed order
-    (``_merge_kernel``: deterministic, no atomics)."""
+    """(r, c, r', c', w, w', x, g, g', rest, rest_c, x', t_rest, t_rest_c) of S = scale * q @ k.T (and the
+    teacher's S'), the LSEs in base 2 (the kernels' units: ``TritonSoftTargetBackend.lse_base2``) in
+    float64 (two-part), the weighted sums and the soft gaps (``torch_utils.soft_rows``) in fp32, x the
+    pass's own diagonal scores S2[i, row0 + i] in fp32 (base 2; None for ``row0`` None), the rows' and the
+    columns' rests below their largest scores in fp32, and the same three of a separate teacher (its
+    diagonal S'2[i, row0 + i] from ``_teacher_diagonal``; the student's again for the self teacher), in
+    one pass over the tiles: the rows online; the columns as per-program partials, exact within a program
+    (each column tile is seen once), merged in a fixed order (``_merge_kernel``: deterministic, no
+    atomics)."""
     m, n = q.shape[0], k.shape[0]
     dev = q.device
-    parts = 4 if teacher is None else 6
+    parts = 4 if teacher is None else 7
     meta, _ = _launch_meta(q, k, teacher)
     r = torch.empty(m, dtype=torch.float64, device=dev)
     tr = r if teacher is None else torch.empty_like(r)
     w = torch.empty(m, dtype=torch.float32, device=dev)
     g = torch.empty_like(w)
     rest = torch.empty_like(w)
+    t_rest = rest if teacher is None else torch.empty_like(w)
     step = forward_rows_per_launch(m, parts * n, meta["BLOCK_M"], workspace_bytes())
     part = torch.empty((parts, triton.cdiv(step, meta["BLOCK_M"]), n), dtype=torch.float32, device=dev)
     run = torch.empty((parts, n), dtype=torch.float32, device=dev)  # the columns' sums so far
     for r0 in range(0, m, step):
         rows = min(step, m - r0)
         t = None if teacher is None else (teacher[0][r0:], teacher[1], teacher[2])
-        _launch_stats(q[r0:], k, scale, t, (r[r0:], tr[r0:], w[r0:], g[r0:], rest[r0:]), part, rows=rows)
+        outs = (r[r0:], tr[r0:], w[r0:], g[r0:], rest[r0:], t_rest[r0:])
+        _launch_stats(q[r0:], k, scale, t, outs, part, rows=rows)
         _merge_columns(part, triton.cdiv(rows, meta["BLOCK_M"]), run, teacher is not None, r0 == 0)
     del part
-    sums = tuple(run) if teacher is not None else (run[0], run[1], None, None, run[2], run[3])
+    sums = tuple(run[:6]) if teacher is not None else (run[0], run[1], None, None, run[2], run[3])
     c, tc, g_col, w_col = finish_partials(*sums, base2=True)
     rest_col = run[1].clone()
+    t_rest_col = rest_col if teacher is None else run[6].clone()
     del run, sums
     # the student's scores as the pass's tiles formed them (row0 None: not wanted)
     x = None if row0 is None else diagonal(q, k, scale, meta, row0)
     if teacher is None:
-        return r, c, r, c, w, w_col, x, g, g_col, rest, rest_col
-    return r, c, tr, tc, w, w_col, x, g, g_col, rest, rest_col
+        return r, c, r, c, w, w_col, x, g, g_col, rest, rest_col, x, rest, rest_col
+    t_x = None if row0 is None else _teacher_diagonal(teacher, n, meta, row0)
+    return r, c, tr, tc, w, w_col, x, g, g_col, rest, rest_col, t_x, t_rest, t_rest_col
 
 
 def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
@@ -994,20 +1121,24 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     ``pair_q`` = (h, a) of the rows [M] and ``pair_k`` of the columns [N]; the student's LSEs ``lse_q``,
     ``lse_k`` and ``teacher`` None or (Q' [M, D'], K' [N, D'], s') its LSEs ``t_lse_q``, ``t_lse_k``,
     all packed (fp32 hi, bf16 lo) pairs (``torch_utils.pack_lse``).
-    ``hard`` = (row0, v, eps_all, ds): also the hard targets, (e_q + e_k) v_i on the diagonal
-    [row0 + i == j] in place of W's hard part there (v [M] fp32) and minus (e_q + e_k) eps_all, with the
-    fp32 row sums of W <q_i, k_j> per column block in ds; returns how many (M x column blocks of
-    BLOCK_N / PARTS), else 0."""
+    ``hard`` = (row0, v, u, eps_all, ds): also the hard targets, W = (e_q + e_k) v_i [+ (q_q + q_k) u_i
+    with a teacher] on the diagonal [row0 + i == j] in place of W's own there (v, u [M] fp32; u None
+    without a teacher) and minus (e_q + e_k) eps_all, with the fp32 row sums of W <q_i, k_j> per column
+    block in ds; returns how many (M x column blocks of BLOCK_N / PARTS), else 0. The pair weights'
+    four vectors share one stride (0: one weight expanded)."""
     m, dim = q.shape
     n = k.shape[0]
     cfg = features_config(q, k, teacher, "weights")
     walk = dot_precision(q.dtype) != "ieee" and teacher is None
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
     if hard is None:
-        row0, diag, eps_all, ds, count = 0, g, 0.0, g, 0
+        row0, diag, u, eps_all, ds, count = 0, g, None, 0.0, g, 0
     else:
-        row0, diag, eps_all, ds = hard
+        row0, diag, u, eps_all, ds = hard
         count = partials_of(m, n, cfg, ds)
+    w_step = pair_q[0].stride(0)
+    if any(v.stride(0) != w_step for v in (*pair_q, *pair_k)):
+        raise ValueError("the pair weights' vectors must share one stride (1, or 0 for one expanded weight)")
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
         t_lse_q, t_lse_k = (lse_q, lse_q), (lse_k, lse_k)  # unused
@@ -1041,12 +1172,14 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         g,
         ds,
         diag,
+        diag if u is None else u,
         m,
         n,
         dim,
         t_dim,
         row0,
         eps_all,
+        w_step,
         n_blocks,
         q.stride(0),
         q.stride(1),
@@ -1114,9 +1247,13 @@ class TritonSoftTargetBackend:
     @staticmethod
     def _fill(work, q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, hard=None):
         """``weights`` for ``Workspace.products`` (rows of q against a slab of k's columns; the LSEs packed);
-        with ``hard`` = (diag0, v, eps_all) also the hard targets (q's row i on the diagonal at k's row
-        diag0 + i, v [rows of q] their diagonal factors) and, as the statistics, the slab's sum of
-        W <q, k>."""
+        with ``hard`` = (diag0, v, u, eps_all) also the hard targets (q's row i on the diagonal at k's row
+        diag0 + i, v and u [rows of q] the diagonal factors, u None without a teacher) and, as the
+        statistics, the slab's sum of W <q, k>."""
+
+        def on_diagonal(rows: slice, s0: int):
+            diag0, v, u, eps_all = hard
+            return diag0 + rows.start - s0, v[rows], None if u is None else u[rows], eps_all, work.part
 
         def fill(rows: slice, s0: int, cols: int, g: torch.Tensor):
             cs = slice(s0, s0 + cols)
@@ -1136,7 +1273,7 @@ class TritonSoftTargetBackend:
                 None if t is None else lse_at(t_lse_q, rows),
                 None if t is None else lse_at(t_lse_k, cs),
                 g,
-                None if hard is None else (hard[0] + rows.start - s0, hard[1][rows], hard[2], work.part),
+                None if hard is None else on_diagonal(rows, s0),
             )
             return work.part[:count].sum() if count else None
 
@@ -1161,19 +1298,22 @@ class TritonSoftTargetBackend:
     ):
         """(dI, dT or None, ds) of the single-process loss (ops/soft_target.py), in the features' dtype: the
         weights kernel writes dL/dS = W - (e_i + e_j) ((1 - eps) delta_ij + eps / B) per chunk of rows
-        (e = coefs[0] h, q = coefs[1] soft_w, formed in the kernel: no [B] temporaries; ``hard_w`` is h [B]
-        or (x, y) for h = x soft_w + y; the diagonal's hard part from the factors ``diag`` [B]; the LSEs
-        ``r``, ``c`` packed, ``torch_utils.pack_lse``), dI = s dL/dS @ T is stored, dT = s dL/dS.T @ I
-        accumulated in fp32 for the columns the workspace covers and computed by a column pass (the same
-        kernel with the roles swapped) for the rest, ds = sum dL/dS <I, T> from the kernel's partial sums.
-        No fp32 [B, D] buffer beyond the workspace."""
+        (e = coefs[0] h, q = coefs[1] soft_w, formed in the kernel: no [B] temporaries; ``soft_w`` of any
+        real dtype, one weight expanded (stride 0) or a vector: the single-process Function's uint8 mask;
+        ``hard_w`` is h [B] or (x, y) for h = x soft_w + y; the diagonal from the factors ``diag`` = (v, u)
+        [B] each, u None for the self teacher; the LSEs ``r``, ``c`` packed, ``torch_utils.pack_lse``),
+        dI = s dL/dS @ T is stored, dT = s dL/dS.T @ I accumulated in fp32 for the columns the workspace
+        covers and computed by a column pass (the same kernel with the roles swapped) for the rest,
+        ds = sum dL/dS <I, T> from the kernel's partial sums. No fp32 [B, D] buffer beyond the
+        workspace."""
         batch, dim = image.shape
         dev = image.device
         scale = _f32(scale.detach())
         teacher, tr, tc = self._teacher32(teacher, tr, tc)
-        r, c, soft_w, diag = _packed32(r), _packed32(c), _f32(soft_w), _f32(diag)
+        r, c = _packed32(r), _packed32(c)
+        v, u = (None if f is None else _f32(f) for f in diag)
         coefs = coefs.float()
-        lo, hi = torch.aminmax(soft_w)
+        lo, hi = (x.float() for x in torch.aminmax(soft_w))
         if isinstance(hard_w, tuple):  # h = x a + y: formed in the kernel from a, no [B] vector
             x, y = hard_w
             h_vec, h_mag = soft_w, torch.maximum((lo * x + y).abs(), (hi * x + y).abs())
@@ -1193,7 +1333,7 @@ class TritonSoftTargetBackend:
         plan = backward_plan(batch, batch, dim, image.element_size(), need_t, workspace_bytes(), blocks)
         work = Workspace(plan, batch, batch, dim, image.dtype, dev)
         alpha = (scale * norm).reshape(1)
-        pair, hard = (h_vec, soft_w), (0, diag, eps / batch)
+        pair, hard = (h_vec, soft_w), (0, v, u, eps / batch)
         rows = self._fill(work, image, text, scale, r, c, pair, pair, cf, teacher, tr, tc, hard)
         swapped = None if teacher is None else (teacher[1], teacher[0], teacher[2])
         cols = self._fill(work, text, image, scale, c, r, pair, pair, cf, swapped, tc, tr, hard)
@@ -1204,8 +1344,8 @@ class TritonSoftTargetBackend:
         self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (W: see ops/soft_target.py), with ``diag`` =
-        (row0, v) the hard part (e_i + e_j) v_i where row0 + i == j (in the weights kernel, before the
-        products)."""
+        (row0, v, u) W = (e_i + e_j) v_i [+ (q_i + q_j) u_i with a teacher] where row0 + i == j (in the
+        weights kernel, before the products)."""
         m, dim = image.shape
         n = text.shape[0]
         dev = image.device
@@ -1221,7 +1361,10 @@ class TritonSoftTargetBackend:
         stats = 0 if diag is None else 1  # the hard targets' path also stores ds partials (unused here)
         plan = backward_plan(m, n, dim, image.element_size(), False, workspace_bytes(), blocks, stats)
         work = Workspace(plan, m, n, dim, image.dtype, dev)
-        hard = None if diag is None else (diag[0], _f32(diag[1]), 0.0)
+        hard = None
+        if diag is not None:
+            row0, v, u = diag
+            hard = (row0, _f32(v), None if u is None else _f32(u), 0.0)
         pair_q, pair_k = (e_row, q_row), (e_col, q_col)
         fill = self._fill(work, image, text, scale, r, c, pair_q, pair_k, cf, teacher, tr, tc, hard)
         a_i, a_t, _ = work.fp32_products(image, text, fill)

@@ -174,14 +174,15 @@ def diagonal_loss_terms(lse: torch.Tensor, x: torch.Tensor, mass: torch.Tensor, 
 
 def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
     """Soft-target sums over each row of the fp32 chunk ``s`` [rows, N] of scores, natural logs:
-    (m, l, rest, m', l', u, w) in fp32 [rows] with m the row's largest score, l = sum_j exp(s_ij - m),
-    rest the same less one largest term (exactly 1), m' and l' the teacher's (``t``, its scores; None for
-    the self teacher: m' is None, the weights are the student's own and l' is l), and under the teacher's
-    weights p_ij = exp(t_ij - m'): u = sum_j p_ij (m - s_ij) and w = sum_j p_ij d_ij of the dot products
-    ``d``. Every term is non-negative, so that the soft gap log1p(rest) + u / l' (the row's LSE less its
-    teacher-softmax-weighted score) keeps a few ulps of itself near one-hot, where LSE - sum p S cancels
-    to the rest and keeps an ulp of |S| (docs/design.md, "Soft gaps"). ``scratch``: two fp32 buffers of
-    at least s's shape for the two [rows, N] temporaries (else allocated)."""
+    (m, l, rest, m', l', u, w, rest') in fp32 [rows] with m the row's largest score, l = sum_j
+    exp(s_ij - m), rest the same less one largest term (exactly 1), m', l' and rest' the teacher's (``t``,
+    its scores; None for the self teacher: m' and rest' are None, the weights are the student's own and l'
+    is l), and under the teacher's weights p_ij = exp(t_ij - m'): u = sum_j p_ij (m - s_ij) and
+    w = sum_j p_ij d_ij of the dot products ``d``. Every term is non-negative, so that the soft gap
+    log1p(rest) + u / l' (the row's LSE less its teacher-softmax-weighted score) keeps a few ulps of
+    itself near one-hot, where LSE - sum p S cancels to the rest and keeps an ulp of |S| (docs/design.md,
+    "Soft gaps"). ``scratch``: two fp32 buffers of at least s's shape for the two [rows, N] temporaries
+    (else allocated)."""
     e_buf, gap_buf = scratch if scratch is not None else (torch.empty_like(s), torch.empty_like(s))
     e_buf, gap_buf = e_buf[: s.shape[0]], gap_buf[: s.shape[0]]
     m = finite_or_zero(s.amax(1))
@@ -197,10 +198,14 @@ def soft_partials(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = Non
     gap = torch.sub(m[:, None], s, out=gap_buf)  # m - s >= 0, exactly 0 at the largest score
     u = gap.mul_(weights).sum(1)
     w = torch.mul(weights, d, out=gap).sum(1)
-    del gap, weights
+    del gap
+    t_rest = None
     if t is None:
         rest = rest_below_one(e, 1, den)
-    return m, den, rest, t_max, t_den, u, w
+    else:
+        t_rest = rest_below_one(weights, 1, t_den)  # the teacher's off-diagonal masses
+    del weights
+    return m, den, rest, t_max, t_den, u, w, t_rest
 
 
 def rest_below_one(e: torch.Tensor, dim: int, total=None, exclude=None) -> torch.Tensor:
@@ -219,18 +224,18 @@ def rest_below_one(e: torch.Tensor, dim: int, total=None, exclude=None) -> torch
 
 
 def soft_rows(s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None):
-    """(r, r', w, g, rest) of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the LSEs in
-    float64, the student's m + log1p(rest) (as ``finish_partials`` forms the columns': log(l) would round
-    the rest at 1 + rest in fp32), the teacher's m' + log(l') (r' is r for the self teacher), the
-    teacher-softmax-weighted mean of the dot products w and the soft gap
-    g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both fp32, and the rest itself (fp32: the
-    off-diagonal masses, ``soft_target.diagonal_mass``)."""
-    m, den, rest, t_max, t_den, u, w = soft_partials(s, d, t, scratch)
+    """(r, r', w, g, rest, rest') of the rows of the fp32 chunk ``s`` (``soft_partials``' arguments): the
+    LSEs in float64, the student's m + log1p(rest) (as ``finish_partials`` forms the columns': log(l)
+    would round the rest at 1 + rest in fp32), the teacher's m' + log(l') (r' is r for the self teacher),
+    the teacher-softmax-weighted mean of the dot products w and the soft gap
+    g = log1p(rest) + u / l' = r - sum_j softmax_j(t_i.) s_ij, both fp32, and the rests themselves (fp32:
+    the off-diagonal masses, ``soft_target.diagonal_mass``; rest' None for the self teacher)."""
+    m, den, rest, t_max, t_den, u, w, t_rest = soft_partials(s, d, t, scratch)
     above = log1p_units(rest)  # not log(den): den = 1 + rest rounds the rest in fp32
     r = above + m.double()
     tr = r if t is None else t_den.double().log_().add_(t_max.double())
     g = above.add_(u.div_(t_den)).float()
-    return r, tr, w.div_(t_den), g, rest
+    return r, tr, w.div_(t_den), g, rest, t_rest
 
 
 def log1p_units(rest: torch.Tensor, base2: bool = False) -> torch.Tensor:
@@ -255,15 +260,16 @@ def finish_partials(m, rest, t_max, t_den, u, w, base2: bool = False):
 class ColumnSoft:
     """Soft-target sums of the columns of fp32 chunks of rows of S [rows, N], merged online in place (the
     torch backend's columns; the Triton statistics merge their programs' partials alike, ``_merge_kernel``):
-    per column the largest score so far m, the rest below it, the teacher's m' and l' (a separate
+    per column the largest score so far m, the rest below it, the teacher's m', l' and rest' (a separate
     teacher; else the student's weights, whose l' is 1 + rest), u and w (``soft_partials``): 16 bytes per
-    column, 24 with a teacher, and a few [N] temporaries while a chunk is added."""
+    column, 28 with a teacher, and a few [N] temporaries while a chunk is added."""
 
     def __init__(self, n: int, device: torch.device, teacher: bool):
         self.m = torch.full((n,), float("-inf"), dtype=torch.float32, device=device)
         self.rest, self.u, self.w = (torch.zeros_like(self.m) for _ in range(3))
         self.t_max = torch.full_like(self.m, float("-inf")) if teacher else None
         self.t_den = torch.zeros_like(self.m) if teacher else None
+        self.t_rest = torch.zeros_like(self.m) if teacher else None
 
     def add(self, s: torch.Tensor, d: torch.Tensor, t: torch.Tensor | None = None, scratch=None) -> None:
         """Merge the chunk of scores ``s`` (its dot products ``d``; the teacher's scores ``t``, None for
@@ -289,6 +295,10 @@ class ColumnSoft:
             self.u.add_(shift).mul_(b).add_(gap.mul_(p).sum(0))
             self.w.mul_(b).add_(torch.mul(p, d, out=gap).sum(0))
             self.t_den.mul_(b).add_(p.sum(0))
+            # the teacher's rest below its largest score, as the student's below
+            t_moved = t_top > self.t_max
+            t_chunk = rest_below_one(p, 0, exclude=t_moved)
+            self.t_rest = torch.where(t_moved, (self.t_rest + 1.0).mul_(b), self.t_rest).add_(t_chunk)
             self.t_max = t_top
         del gap
         # the rest: the former largest term joins it where the max moved, and every term of the chunk but
