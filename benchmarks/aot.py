@@ -198,14 +198,14 @@ def variant_ids(call: Call) -> list[str]:
             ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
         return ids
     # soft target: the statistics pass (with a separate teacher its own diagonal scores too); the
-    # single-process backward (dL/dS chunks "G" with the hard targets and uint8 soft weights, dI stored in
-    # the features' dtype, dT accumulated) and the gathered path's products (W: fp32 weight vectors, fp32
-    # outputs)
+    # single-process backward (dL/dS chunks with the hard targets: "G" for one soft weight expanded, no
+    # mask, "M" for a uint8 soft mask; dI stored in the features' dtype, dT accumulated) and the gathered
+    # path's products (W: fp32 weight vectors, fp32 outputs)
     t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
     ids = [f"stats/{base}{t}", f"st_merge/{base}{t}", f"st_diag/{base}{t}"]
     if call.teacher is not None:
         ids.append(f"st_tdiag/{base}{t}")
-    ids += [f"st_weights/{base}{t}/G", f"st_weights/{base}{t}/W"]
+    ids += [f"st_weights/{base}{t}/{k}" for k in "GMW"]
     ids += [f"matmul/{base}/store", f"matmul/{base}/acc"]
     if call.dtype in ("bf16", "fp16"):
         ids += [f"matmul/{base}/acc-split", f"matmul/{base}/store-fp32"]
@@ -330,10 +330,13 @@ def _run_call(call: Call):
     packed = (torch.zeros(n), torch.zeros(n, dtype=torch.bfloat16))
     tr = tc = None if teacher is None else packed
     coefs = torch.tensor([0.5, 0.25])
-    # as the single-process Function: the soft mask (uint8), h = x a + y, the diagonal factors (v, u)
-    mask, u = torch.ones(n, dtype=torch.uint8), None if teacher is None else vec * 0.25
+    # as the single-process Function: no soft mask (one weight expanded) and a soft mask (uint8),
+    # h = x a + y, the diagonal factors (v, u)
+    u = None if teacher is None else vec * 0.25
     hard = (torch.tensor(-0.4), 1.0)
-    be.gradients(image, text, scale, packed, packed, hard, mask, coefs, 0.1, (-vec, u), teacher, tr, tc, True)
+    for soft in (torch.ones(1, dtype=torch.uint8).expand(n), torch.ones(n, dtype=torch.uint8)):
+        args = (hard, soft, coefs, 0.1, (-vec, u), teacher, tr, tc, True)
+        be.gradients(image, text, scale, packed, packed, *args)
     be.accumulate(image, text, scale, z, z, vec, vec, vec * 0.5, vec * 0.5, teacher, tr, tc, (0, -vec, u))
 
 
@@ -393,8 +396,8 @@ def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list
         want = f"weights/{_base(call)}/" + ("G" if consts["TARGETS"] else "W")
     elif kernel == "st_weights":
         t = "" if call.teacher is None else f"/T{call.teacher[0]}x{call.teacher[1]}"
-        single = rec["signature"]["h_q_ptr"] == "*u8"  # the single-process Function's soft mask
-        want = f"st_weights/{_base(call)}{t}/" + ("G" if single else "W")
+        single = rec["signature"]["h_q_ptr"] == "*u8"  # the single-process Function's soft weights
+        want = f"st_weights/{_base(call)}{t}/" + (("M" if consts["W_STEP"] else "G") if single else "W")
     elif kernel == "matmul":
         out_fp32 = rec["signature"]["c_ptr"] == "*fp32" and call.dtype in ("bf16", "fp16")
         mode = "acc" if consts["ACCUMULATE"] else ("store-fp32" if out_fp32 else "store")

@@ -125,10 +125,12 @@ OPS = ("contrastive", "soft_target", "sigmoid")
 # apart; conversions, loads and stores not counted. The one-pass forwards likewise: the contrastive forward's
 # row and column LSE terms (18.3-18.9), the soft target's statistics with the self teacher (41.5-42.1: the
 # soft gaps' rest and weighted distances beside the LSEs and the weighted dot products; 22.4 without them)
-# and with a separate teacher (61.6 per element of S, its teacher tile's work included; 42.2 without). The
+# and with a separate teacher (72.8 per element of S, its teacher tile's work included; 42.2 without; 61.6
+# before the teacher's rests, whose row and column sums below the max added 11.2: the same count before and
+# after, 58.9 -> 70.1 at D = 1024, a bf16 teacher of width 768). The
 # backward's weights kernels are not counted (the same structure in the contrastive and soft-target
 # losses).
-ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_weights": 15, "fwd": 19, "stats": 43, "stats_teacher": 62}
+ALU_PER_ELEMENT = {"sigmoid_loss": 37, "sigmoid_weights": 15, "fwd": 19, "stats": 43, "stats_teacher": 73}
 
 
 @contextlib.contextmanager
@@ -188,9 +190,9 @@ class Launch:
 def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     """The soft-target statistics kernel on Q [M, D], K [N, D] (config ``cfg``), one pass: every program
     walks all column tiles with the online row statistics (student LSE, teacher LSE, weighted sums, the
-    soft gap's rest) and writes its column partials (the student's max and rest, the teacher's max and sum,
-    the two weighted sums: 4 floats per column for the self teacher, 6 with a separate one), merged by
-    torch (read once); teacher None or (D', dtype label)."""
+    soft gap's rest) and writes its column partials (the student's max and rest, the teacher's max, sum
+    and rest, the two weighted sums: 4 floats per column for the self teacher, 7 with a separate one),
+    merged by a small kernel (read once); teacher None or (D', dtype label)."""
     e, _, unit = DTYPES[dtype]
     bm, bn, bd = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_D"]
     single = D <= bd
@@ -204,9 +206,10 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     # exp2 per element for the rows and for the columns, the online rescale per row and column tile (per
     # part of it: the self teacher's wide tiles, ``PARTS``)
     exps = 2 * M * N + M * C * cfg.get("PARTS", 1)
-    parts = 4 if teacher is None else 6
-    # outputs: the LSEs in float64 (two-part; a separate teacher's too), the weighted sums and soft gaps fp32
-    outputs = (M + N) * (16 if teacher is None else 24)
+    parts = 4 if teacher is None else 7
+    # outputs: the LSEs in float64 (two-part; a separate teacher's too), the weighted sums, soft gaps and
+    # rests fp32 (a separate teacher's rests too)
+    outputs = (M + N) * (20 if teacher is None else 32)
     hbm = {"inputs": (M + N) * D * e, "outputs": outputs, "column partials": 2 * 4.0 * parts * P * N}
     column_bytes = N * D * e
     if teacher is not None:
@@ -234,11 +237,12 @@ def _stats_launch(M, N, D, dtype, teacher, hw: Hardware, cfg: dict) -> Launch:
     )
 
 
-def _diagonal_launch(M, N, D, dtype, hw: Hardware, cfg: dict) -> Launch:
+def _diagonal_launch(M, N, D, dtype, hw: Hardware, cfg: dict, kernel: str = "diag") -> Launch:
     """``_diagonal_kernel`` (``contrastive_triton.diagonal``) after a walk with the tile config ``cfg``: each
     program of BLOCK_M rows recomputes the score tiles its diagonal crosses (single-process, the diagonal
     from column 0: one tile where BLOCK_N is a multiple of BLOCK_M, BLOCK_M / BLOCK_N where BLOCK_N is
-    smaller) and stores the diagonal scores (fp32)."""
+    smaller) and stores the diagonal scores (fp32). Also the soft target's ``_teacher_diagonal_kernel``
+    (``kernel`` "st_tdiag": the teacher's D', dtype and D chunk)."""
     from vlkernels.ops import gchunk_triton as gchunk
 
     e, _, unit = DTYPES[dtype]
@@ -246,7 +250,7 @@ def _diagonal_launch(M, N, D, dtype, hw: Hardware, cfg: dict) -> Launch:
     P, tiles = math.ceil(M / bm), max(1, bm // bn)
     l2 = {"K tiles": P * tiles * bn * D * e, "Q tiles": M * D * e * (1 if D <= bd else tiles)}
     return Launch(
-        kernel="diag",
+        kernel=kernel,
         M=M,
         N=N,
         config=dict(cfg, SINGLE_D=D <= bd, programs=P, tiles_per_program=tiles),
@@ -574,6 +578,9 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
     cfgs = _soft_weights_config(D, dtype, teacher)
     out = [_stats_launch(B, B, D, dtype, teacher, hw, cfgs["stats"])]
     out.append(_diagonal_launch(B, B, D, dtype, hw, cfgs["stats"]))
+    if teacher is not None:  # the teacher's own diagonal scores, on the statistics kernel's teacher tiles
+        t_cfg = dict(cfgs["stats"], BLOCK_D=cfgs["stats"]["BLOCK_DT"])
+        out.append(_diagonal_launch(B, B, teacher[0], teacher[1], hw, t_cfg, "st_tdiag"))
     bwd, plan = _gchunk_backward(
         B,
         D,
@@ -586,7 +593,7 @@ def soft_target_launches(B, D, dtype="bf16", teacher=None, workspace=256 * 2**20
         wcfg=cfgs["weights"],
         teacher=teacher,
     )
-    return out + bwd, 2, plan
+    return out + bwd, len(out), plan
 
 
 def _build(op, B, D, dtype, teacher_D, teacher_dtype, hw, workspace) -> tuple[list, int, dict]:
@@ -770,7 +777,8 @@ def table(
         "S' = S (no teacher dots); separate teacher: width D' = 768 in the student's dtype or fp32 "
         "(IEEE dots on CUDA cores, 64 x 32 tiles). ALU: the statistics' fp32-pipe instructions per "
         f"element of S ({ALU_PER_ELEMENT['stats']} with the self teacher, {ALU_PER_ELEMENT['stats_teacher']} "
-        "with a separate one: the soft gaps' sums beside the LSEs'), as the contrastive forward's. Ratio: "
+        "with a separate one: the soft gaps' sums beside the LSEs', and the teacher's rests), as the "
+        "contrastive forward's; with a separate teacher also its diagonal scores' launch. Ratio: "
         "to the contrastive loss at the same shape (the issue's target for the self teacher: at most "
         "1.15x).",
         "",

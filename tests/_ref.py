@@ -405,11 +405,14 @@ def exact_soft_target_grads(
     return [s * g @ txt, s * g.T @ img, (g * dots).sum()], g_abs + tiny * coef
 
 
-def soft_relative_ulps(got, img, txt, scale, t_img, t_txt, t_scale, alpha, eps=0.0, grad_out=1.0, mask=None):
-    """The worst error of each of ``got`` (d_image, d_text, d_scale) against ``exact_soft_target_grads``,
-    in fp32 ulps of each quantity's own error scale (as ``relative_ulps``: a gradient row's the sum of its
-    terms' magnitudes, d_scale's the sum of |G|_ij |<I_i, T_j>|) times 1 + max |S|, |S'| (the student's
-    and the teacher's logits' rounding: each weight's relative error)."""
+def soft_relative_ulps(
+    got, img, txt, scale, t_img, t_txt, t_scale, alpha, eps=0.0, grad_out=1.0, mask=None, rows=slice(None)
+):
+    """The worst error of each of ``got`` (d_image, d_text[, d_scale]; the feature gradients those of the
+    batch's ``rows``) against ``exact_soft_target_grads``, in fp32 ulps of each quantity's own error scale
+    (as ``relative_ulps``: a gradient row's the sum of its terms' magnitudes, d_scale's the sum of
+    |G|_ij |<I_i, T_j>|) times 1 + max |S|, |S'| (the student's and the teacher's logits' rounding: each
+    weight's relative error)."""
     want, g_abs = exact_soft_target_grads(img, txt, scale, t_img, t_txt, t_scale, alpha, eps, grad_out, mask)
     i64, t64 = img.detach().double().cpu(), txt.detach().double().cpu()
     s = float(scale)
@@ -424,7 +427,9 @@ def soft_relative_ulps(got, img, txt, scale, t_img, t_txt, t_scale, alpha, eps=0
         (g_abs * (i64 @ t64.T).abs()).sum(),
     )
     worst = []
-    for a, w, sc in zip(got, want, scales, strict=True):
+    for a, w, sc in zip(got, want[: len(got)], scales[: len(got)], strict=True):
+        if w.dim() == 2:
+            w, sc = w[rows], sc[rows]
         err = (a.detach().double().cpu() - w).abs()
         if err.dim() == 2:
             err = err.amax(1, keepdim=True)

@@ -242,7 +242,7 @@ def test_score_tiles_follow_the_architecture(compiled):
         vid for vid, rec in v90.items() if rec["config"].get("PARTS", 1) > 1 and rec["kernel"] != "matmul"
     }
     g = {f"weights/{dt}/D1024/G" for dt in ("bf16", "fp16")}
-    g |= {f"st_weights/bf16/D1024/{k}" for k in "GW"}
+    g |= {f"st_weights/bf16/D1024/{k}" for k in "GMW"}
     g |= {f"sigmoid_{k}/bf16/D{d}" for k in ("loss", "weights") for d in (256, 1024)}
     assert wide == {"fwd/bf16/D1024", "fwd/fp16/D1024", "stats/bf16/D1024", "stats/bf16/D1024/colmajor"} | g
     tiles = {  # (sm_90, sm_80) tiles, parts on sm_90, TMA on sm_90
@@ -280,19 +280,28 @@ def test_score_tiles_follow_the_architecture(compiled):
     split_teacher = {"stats/bf16/D1024/Ttf32x3x768"}
     for vid in split_teacher:
         assert (v90[vid]["config"]["BLOCK_N"], v80[vid]["config"]["BLOCK_N"]) == (64, 32), vid
-    differ = wide | acc_colmajor | split80 | split_teacher
-    differ |= {vid for vid in v90 if "diag/" in vid and _walk_of(vid) in differ}
+    # and a 16-bit teacher's weights kernel: 128 x 32 tiles on sm_80 (128 x 64 spilled 12-20 B once the
+    # teacher's soft part on the diagonal came from the masses), 128 x 64 on sm_90
+    teacher16 = {f"st_weights/bf16/D1024/Tbf16x768/{k}" for k in "GMW"}
+    for vid in teacher16:
+        assert (v90[vid]["config"]["BLOCK_N"], v80[vid]["config"]["BLOCK_N"]) == (64, 32), vid
+    differ = wide | acc_colmajor | split80 | split_teacher | teacher16
+    differ |= {vid for vid in v90 if v90[vid]["kernel"] in DIAGONALS and _walk_of(vid) in differ}
     assert {vid for vid in v90 if v90[vid]["spec"] != v80[vid]["spec"]} == differ
     # the other column-major variants take the pointer-load fallbacks: no TMA anywhere
     assert not any(v90[vid]["config"].get("TMA") for vid in v90 if "/colmajor" in vid)
     assert {v90[vid]["config"]["BLOCK_N"] for vid in v90 if "/D72" in vid and "matmul" not in vid} == {64}
 
 
+# The diagonal-score kernels and the column walks whose tiles they recompute
+DIAGONALS = {"diag": "fwd", "st_diag": "stats", "st_tdiag": "stats"}
+
+
 def _walk_of(vid: str) -> str:
-    """The column walk whose diagonal scores the variant ``vid`` ("diag/...", "st_diag/...") recomputes: the
-    contrastive forward or the soft target's statistics kernel of the same call."""
+    """The column walk whose diagonal scores the variant ``vid`` ("diag/...", "st_diag/...", "st_tdiag/...")
+    recomputes: the contrastive forward or the soft target's statistics kernel of the same call."""
     kernel, rest = vid.split("/", 1)
-    return {"diag": "fwd", "st_diag": "stats"}[kernel] + "/" + rest
+    return DIAGONALS[kernel] + "/" + rest
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -305,7 +314,7 @@ def test_diagonal_scores_take_their_walks_tiles(compiled, arch):
     three, the 64 x 32 IEEE fp32 tiles spilled 4-16 B."""
     mine = aot.records(compiled, arch)
     diag = {vid: rec for vid, rec in mine.items() if rec["kernel"] in ("diag", "st_diag")}
-    assert len(diag) == sum(1 for vid in aot.plan("test") if "diag/" in vid) > 0
+    assert len(diag) == sum(1 for vid in aot.plan("test") if vid.split("/")[0] in ("diag", "st_diag")) > 0
     assert {rec["kernel"] for rec in diag.values()} == {"diag", "st_diag"}
     keys = ("BLOCK_M", "BLOCK_N", "BLOCK_D", "SINGLE_D", "DOT_PREC", "UPCAST", "num_warps")
     for vid, rec in diag.items():

@@ -20,16 +20,21 @@ BIG = 1 << 40  # a workspace that holds every plan's buffers: the 8 B^2 D design
 
 
 def diag_flops(p: dict) -> float:
-    """The FLOPs of the diagonal-scores launch (``_diagonal_kernel``: the walk's diagonal tiles recomputed,
-    2 B max(BLOCK_M, BLOCK_N) D), asserted to be that: the rest is the 8 B^2 D design."""
-    (ln,) = [ln for ln in p["launches"] if ln["kernel"] == "diag"]
-    cfg = ln["config"]
-    B, D = p["B"], p["D"]
-    want = 2.0 * cfg["programs"] * max(cfg["BLOCK_M"], cfg["BLOCK_N"]) * cfg["BLOCK_M"] * D
-    assert sum(ln["flops"].values()) == want and cfg["programs"] * cfg["BLOCK_M"] >= B
-    # the teacher adds nothing (only the student's diagonal); under 1 / 16 of the forward from B = 4096 on
-    assert want <= 2.0 * (B + cfg["BLOCK_M"]) * max(cfg["BLOCK_M"], cfg["BLOCK_N"]) * D
-    return want
+    """The FLOPs of the diagonal-scores launches (``_diagonal_kernel``: the walk's diagonal tiles recomputed,
+    2 B max(BLOCK_M, BLOCK_N) D; with a separate teacher also ``_teacher_diagonal_kernel``'s, the same on
+    its D'), asserted to be that: the rest is the 8 B^2 D design."""
+    B, total = p["B"], 0.0
+    launches = [ln for ln in p["launches"] if ln["kernel"] in ("diag", "st_tdiag")]
+    assert [ln["kernel"] for ln in launches] == ["diag"] + (["st_tdiag"] if p.get("teacher_D") else [])
+    for ln in launches:
+        cfg = ln["config"]
+        D = p["D"] if ln["kernel"] == "diag" else p["teacher_D"]
+        want = 2.0 * cfg["programs"] * max(cfg["BLOCK_M"], cfg["BLOCK_N"]) * cfg["BLOCK_M"] * D
+        assert sum(ln["flops"].values()) == want and cfg["programs"] * cfg["BLOCK_M"] >= B
+        # under 1 / 16 of the forward from B = 4096 on
+        assert want <= 2.0 * (B + cfg["BLOCK_M"]) * max(cfg["BLOCK_M"], cfg["BLOCK_N"]) * D
+        total += want
+    return total
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "tf32", "fp32", "bf16x6"])
@@ -76,9 +81,11 @@ def test_flops_with_a_teacher_and_their_units():
     assert p["flops_forward"] == 2.0 * B * B * (D + Dt) + diag_flops(p)
     assert p["flops_backward"] == 6.0 * B * B * D + 2.0 * B * B * Dt
     assert p["flops_total"] == p["floor_flops"] + diag_flops(p)
-    # the fp32 teacher under torch's default precision runs on the CUDA cores (IEEE dots)
-    assert p["flops"]["ffma_fp32"] == 4.0 * B * B * Dt
-    assert p["flops"]["tc_bf16"] == 8.0 * B * B * D + diag_flops(p)
+    # the fp32 teacher under torch's default precision runs on the CUDA cores (IEEE dots; its diagonal
+    # scores' launch too)
+    (t_diag,) = [ln for ln in p["launches"] if ln["kernel"] == "st_tdiag"]
+    assert p["flops"]["ffma_fp32"] == 4.0 * B * B * Dt + t_diag["flops"]["ffma_fp32"]
+    assert p["flops"]["tc_bf16"] == 8.0 * B * B * D + diag_flops(p) - t_diag["flops"]["ffma_fp32"]
     for dtype, unit in (("tf32", "tc_tf32"), ("fp32", "ffma_fp32")):
         q = cm.predict("contrastive", B, D, dtype)
         assert q["flops"] == {unit: 8.0 * B * B * D + diag_flops(q)}

@@ -27,6 +27,7 @@ from tests._ref import (
     logit_term_scales,
     paired_features,
     relative_ulps,
+    soft_relative_ulps,
     term_scales,
 )
 from tests._spawn import spawn
@@ -299,6 +300,12 @@ def _check_soft_target_near_one_hot(rank, world, impl):
             grads = (unchecked, got_g[0] / world, got_g[1] / world, unchecked)
             worst = relative_ulps(grads, img, txt, 100.0, eps, 1.3 * k, rows=own)
             assert max(worst[1:3]) <= 16, (what, worst)
+        else:
+            # a separate teacher: its soft part's diagonal from the student's and the teacher's masses
+            # merged across the ranks too (``soft_relative_ulps``; reduction "sum": twice the mean's)
+            grads = (got_g[0] / world, got_g[1] / world)
+            worst = soft_relative_ulps(grads, img, txt, 100.0, *teacher, alpha, eps, 2.6, rows=own)
+            assert max(worst) <= 16, (what, worst)
         if local:
             continue
         t64 = None if teacher is None else [x.double() for x in teacher]

@@ -323,7 +323,8 @@ def test_distill_clip_loss_memory_is_32_bytes_per_row(monkeypatch, impl):
             sum(DistillClipLoss(impl=impl)(img, txt, scale, t_img, t_txt, 9.0)).backward()
         return mode.peak - 2 * batch * dim * 4
 
-    # torch 31 B/row (r and c in float64, r' and c' as fp32 hi + bf16 lo, the soft weights), Triton 32
+    # the state: r, c, r', c' as fp32 hi + bf16 lo (24 B), the diagonal factors v and u (8 B); the soft
+    # weights are 1 (none saved): Triton 32 B/row, torch at most that
     small, large = extra(sizes[0]), extra(sizes[1])
     assert (large - small) / (sizes[1] - sizes[0]) <= 32, (small, large)
 
@@ -337,14 +338,16 @@ def test_memory_is_32_bytes_per_row_plus_workspace(monkeypatch, impl, dtype, t_d
     features, no fp32 [B, D] gradient or product buffers): the per-row slope between two batch sizes
     (``_slope_plan``) is at most 32 bytes, and with a workspace the extra stays within 32 bytes per row
     plus it."""
-    # The slope is exact: the state per row. With a teacher: r and c in float64 (16 B: the backward's
-    # weights near 1 keep an ulp of 1), r' and c' as fp32 hi + bf16 lo (12), the soft weights (4): torch
-    # 31 B/row, Triton 32; r' and c' in float64 (4 B more), or an fp32 row of D = 24 (96 B), fail. Triton's
-    # sizes stay small (the interpreter).
+    # The slope is exact: the state per row. The student's r and c as fp32 hi + bf16 lo (12 B) and the hard
+    # diagonal factors v (4 B); with a teacher r' and c' alike (12) and the soft diagonal factors u (4); the
+    # soft weights are the caller's mask times alpha (no saved vector; a fp32 one made the teacher's 36 B):
+    # Triton 16 / 32 B/row, torch 17.6-19.1 / 27-31 (its peak holds chunk temporaries). r' and c' in float64
+    # (4 B more), or an fp32 row of D = 24 (96 B), fail. Triton's sizes stay small (the interpreter).
     workspace, sizes = _slope_plan(impl)
     monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(workspace / 2**20))
     small, large = (_extra_bytes(batch, 24, dtype, impl, t_dim) for batch in sizes)
-    assert (large - small) / (sizes[1] - sizes[0]) <= 32, (small, large)
+    bound = 32 if t_dim else (16 if impl == "triton" else 20)
+    assert (large - small) / (sizes[1] - sizes[0]) <= bound, (small, large)
     workspace = 2**15
     monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", str(workspace / 2**20))
     for batch in sizes:

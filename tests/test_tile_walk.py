@@ -143,9 +143,8 @@ def test_soft_target_weights_walk_is_exact(monkeypatch, case):
     def launch():
         g = torch.full((m * n,), float("nan"), dtype=torch.float16, device=dev)
         ds = torch.full((m * blocks,), float("nan"), device=dev)
-        count = sst.weights(
-            q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=(4, diag, 0.1 / n, ds)
-        )
+        hard = (4, diag, None, 0.1 / n, ds)  # (row0, v, u: no teacher, eps / B, the ds partials)
+        count = sst.weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, None, None, None, g, hard=hard)
         return g, ds[:count]
 
     _same(_grids(monkeypatch, launch))

@@ -512,7 +512,6 @@ def _weights_tile(
     DT,
     row0,
     eps_all,
-    w_step,
     n_blocks,
     sqm,
     sqd,
@@ -534,6 +533,7 @@ def _weights_tile(
     T_UPCAST: tl.constexpr,
     TMA: tl.constexpr,
     PARTS: tl.constexpr,
+    W_STEP: tl.constexpr,
 ):
     """Column tile ``t`` of ``_weights_kernel``'s row block, from the block's row terms (``q_q``, ``cq``,
     ``t_scale2``, ``t_lse_q`` unused without TEACHER); the column loads after the dots (in the epilogue,
@@ -562,7 +562,7 @@ def _weights_tile(
     ds_blocks = tl.cdiv(N, BLOCK_N // PARTS)  # the partials' column blocks (n_blocks when PARTS is 1)
     rows = (pid_m, offs_m, mask_m, scale2, lse_q, e_q, q_q, ce, e0, cq, t_scale2, t_lse_q, d_q)
     cols = (lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr, g_ptr, ds_ptr)
-    cols += (N, DT, row0, eps_all, w_step, ds_blocks, stqm, stqd, stkn, stkd)
+    cols += (N, DT, row0, eps_all, ds_blocks, stqm, stqd, stkn, stkd)
     # the runtime arguments in tuples (a tuple holds no constexpr)
     if PARTS == 1:
         _w_part(
@@ -579,17 +579,18 @@ def _weights_tile(
             T_DOT_PREC,
             UPCAST,
             T_UPCAST,
+            W_STEP,
         )
     else:  # eight column parts of V, four at a time
         tl.static_assert(PARTS == 8)
         V: tl.constexpr = BLOCK_N // 8
         h0, h1 = halves(acc, BLOCK_M, BLOCK_N)
-        _w_quarters(
-            h0, 8 * pid_n, rows, cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
-        )
-        _w_quarters(
-            h1, 8 * pid_n + 4, rows, cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST
-        )
+        # fmt: off
+        _w_quarters(h0, 8 * pid_n, rows, cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST,
+                    T_UPCAST, W_STEP)
+        _w_quarters(h1, 8 * pid_n + 4, rows, cols, TEACHER, HARD, BLOCK_M, V, BLOCK_DT, T_DOT_PREC, UPCAST,
+                    T_UPCAST, W_STEP)
+        # fmt: on
 
 
 @triton.jit
@@ -606,16 +607,23 @@ def _w_quarters(
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
+    W_STEP: tl.constexpr,
 ):
     """``_w_part`` over the four column parts of V of h [BLOCK_M, 4 V] (column blocks b .. b + 3), one
     after the other; ``rows`` and ``cols``: ``_weights_tile``'s runtime argument tuples."""
     q0, q1 = halves(h, BLOCK_M, 4 * V)
     a0, a1 = halves(q0, BLOCK_M, 2 * V)
-    _w_part(a0, b, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
-    _w_part(a1, b + 1, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
+    # fmt: off
+    _w_part(a0, b, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST,
+            W_STEP)
+    _w_part(a1, b + 1, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST,
+            W_STEP)
     a0, a1 = halves(q1, BLOCK_M, 2 * V)
-    _w_part(a0, b + 2, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
-    _w_part(a1, b + 3, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST)
+    _w_part(a0, b + 2, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST,
+            W_STEP)
+    _w_part(a1, b + 3, *rows, *cols, TEACHER, HARD, BLOCK_M, V, True, BLOCK_DT, T_DOT_PREC, UPCAST, T_UPCAST,
+            W_STEP)
+    # fmt: on
 
 
 @triton.jit
@@ -649,7 +657,6 @@ def _w_part(
     DT,
     row0,
     eps_all,
-    w_step,
     ds_blocks,
     stqm,
     stqd,
@@ -664,6 +671,7 @@ def _w_part(
     T_DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     T_UPCAST: tl.constexpr,
+    W_STEP: tl.constexpr,
 ):
     """Columns [b W, (b + 1) W) of W = dL/dS for the row block pid_m from acc = <Q_i, K_j> there (with
     TEACHER their teacher tile recomputed), stored in g's dtype; with HARD the fp32 row sums of W * acc at
@@ -675,9 +683,9 @@ def _w_part(
     s2 = acc * scale2
     k_hi = tl.load(lse_k_ptr + offs_n, mask=mask_n, other=0.0)
     k_lo = tl.load(lo_k_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    e_k = tl.load(h_k_ptr + offs_n * w_step, mask=mask_n, other=0).to(tl.float32) * ce + e0
+    e_k = tl.load(h_k_ptr + offs_n * W_STEP, mask=mask_n, other=0).to(tl.float32) * ce + e0
     if TEACHER:  # the teacher's tile first: no exponential tiles held across its dot
-        q_k = tl.load(a_k_ptr + offs_n * w_step, mask=mask_n, other=0).to(tl.float32) * cq
+        q_k = tl.load(a_k_ptr + offs_n * W_STEP, mask=mask_n, other=0).to(tl.float32) * cq
         t_acc = dot_tile(
             tq_ptr,
             tk_ptr,
@@ -720,7 +728,7 @@ def _w_part(
     store_weights(w, acc, g_ptr, ds_ptr, offs_m, offs_n, mask_m, mask_n, N, ds_blocks, b, HARD, UPCAST)
 
 
-@triton.jit(do_not_specialize=["w_step"])  # one variant for a weight vector and one expanded weight
+@triton.jit
 def _weights_kernel(
     q_ptr,
     k_ptr,
@@ -751,7 +759,6 @@ def _weights_kernel(
     DT,
     row0,
     eps_all,
-    w_step,
     n_blocks,
     sqm,
     sqd,
@@ -764,6 +771,7 @@ def _weights_kernel(
     TEACHER: tl.constexpr,
     HARD: tl.constexpr,
     WALK: tl.constexpr,
+    W_STEP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -778,8 +786,10 @@ def _weights_kernel(
     """Tiles of W = p_i exp(S - r_i) + p_j exp(S - c_j) (- q_i exp(S' - r'_i)
     - q_j exp(S' - c'_j) with TEACHER), stored in g's dtype ([M, N] row-major), where e = cf[0] h +
     cf[2], q = cf[1] a and p = e + q (p = e without TEACHER: S' = S, the soft terms cancel), from the pair
-    weights h, a of the rows (``*_q``) and of the columns (``*_k``; any real dtype, at ``w_step``
-    elements apart: 0 for one weight expanded), formed as ``_w_part`` says (p is never formed); the
+    weights h, a of the rows (``*_q``) and of the columns (``*_k``; any real dtype, W_STEP elements apart:
+    1, or 0 for one weight expanded, whose loads take one address; a runtime stride cost the 128 x 128
+    tiles 5 registers and the gathered products' variant 12-28 B of spill on sm_90), formed as
+    ``_w_part`` says (p is never formed); the
     student's LSEs packed as fp32 hi (``lse_*``) and bf16 lo (``lo_*``). HARD: W on the diagonal
     (row0 + i == j) as (e_i + e_j) v_i [+ (q_i + q_j) u_i with TEACHER] (v = ``diag_ptr``'s and u =
     ``u_ptr``'s fp32 row factors, in place of e_i (E_row + E_col) less the targets and
@@ -798,10 +808,10 @@ def _weights_kernel(
     )
     ce = tl.load(cf_ptr)
     e0 = tl.load(cf_ptr + 2)
-    e_q = tl.load(h_q_ptr + offs_m * w_step, mask=mask_m, other=0).to(tl.float32) * ce + e0
+    e_q = tl.load(h_q_ptr + offs_m * W_STEP, mask=mask_m, other=0).to(tl.float32) * ce + e0
     if TEACHER:
         cq = tl.load(cf_ptr + 1)
-        q_q = tl.load(a_q_ptr + offs_m * w_step, mask=mask_m, other=0).to(tl.float32) * cq
+        q_q = tl.load(a_q_ptr + offs_m * W_STEP, mask=mask_m, other=0).to(tl.float32) * cq
         t_scale2 = tl.load(t_scale_ptr).to(tl.float32) * LOG2E
         # the teacher's LSEs packed: fp32 hi, bf16 lo (torch_utils.pack_lse)
         t_hi = tl.load(t_lse_q_ptr + offs_m, mask=mask_m, other=0.0)
@@ -814,10 +824,10 @@ def _weights_kernel(
         # tiles only select it (a scalar branch per tile that loads and forms it there spilled more)
         diag_k = row0 + offs_m
         on_k = mask_m & (diag_k >= 0) & (diag_k < N)
-        e_d = tl.load(h_k_ptr + diag_k * w_step, mask=on_k, other=0).to(tl.float32) * ce + e0
+        e_d = tl.load(h_k_ptr + diag_k * W_STEP, mask=on_k, other=0).to(tl.float32) * ce + e0
         d_q = (e_q + e_d) * tl.load(diag_ptr + offs_m, mask=mask_m, other=0.0)
         if TEACHER:  # the soft part (q_i + q_j) u_i
-            q_d = tl.load(a_k_ptr + diag_k * w_step, mask=on_k, other=0).to(tl.float32) * cq
+            q_d = tl.load(a_k_ptr + diag_k * W_STEP, mask=on_k, other=0).to(tl.float32) * cq
             d_q += (q_q + q_d) * tl.load(u_ptr + offs_m, mask=mask_m, other=0.0)
     else:
         d_q = e_q  # unused
@@ -825,7 +835,7 @@ def _weights_kernel(
     # the runtime arguments (a tuple holds no constexpr)
     args = (k_ptr, q_ptr, lse_k_ptr, lo_k_ptr, h_k_ptr, a_k_ptr, tq_ptr, tk_ptr, t_lse_k_ptr, t_lo_k_ptr)
     args += (g_ptr, ds_ptr, N, D, DT)
-    args += (row0, eps_all, w_step, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
+    args += (row0, eps_all, n_blocks, sqm, sqd, skn, skd, stqm, stqd, stkn, stkd)
     if WALK:
         tl.assume(D > 0)  # the D walk runs: the flattened walk needs no zero-trip copy
         for t in tl.range(tl.program_id(1), n_blocks, tl.num_programs(1), flatten=True):
@@ -848,6 +858,7 @@ def _weights_kernel(
                 T_UPCAST,
                 TMA,
                 PARTS,
+                W_STEP,
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
@@ -869,6 +880,7 @@ def _weights_kernel(
             T_UPCAST,
             TMA,
             PARTS,
+            W_STEP,
         )
 
 
@@ -985,10 +997,10 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     # beside each hi), and the 16-bit ones at unaligned D 20-32 B once the diagonal's hard part came from
     # the masses (its row vector, and the student's LSEs as hi + lo vectors)
     if (HOST_ARCH if arch is None else arch) == 80 and t_dtype != torch.float32:
-        # 16-bit teachers on sm_80: 128 x 32 tiles (117-128 registers with Triton 3.9). At 128 x 64 they
-        # spilled 12-32 B once a separate teacher's soft part on the diagonal came from the masses (the
-        # pair weights at a runtime stride, the soft factors' row vector; mma.sync keeps both score tiles
-        # in registers)
+        # 16-bit teachers on sm_80: 128 x 32 tiles (112-128 registers with Triton 3.9). At 128 x 64 they
+        # spilled 12-20 B once a separate teacher's soft part on the diagonal came from the masses (the
+        # soft factors' row vector, and the gathered products' variant now with the diagonal; mma.sync
+        # keeps both score tiles in registers)
         cfg["BLOCK_N"] = 32
     return dict(cfg, num_warps=16)
 
@@ -1136,8 +1148,8 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     else:
         row0, diag, u, eps_all, ds = hard
         count = partials_of(m, n, cfg, ds)
-    w_step = pair_q[0].stride(0)
-    if any(v.stride(0) != w_step for v in (*pair_q, *pair_k)):
+    w_step = pair_q[0].stride(0) if pair_q[0].shape[0] > 1 else 1
+    if w_step not in (0, 1) or any(v.shape[0] > 1 and v.stride(0) != w_step for v in (*pair_q, *pair_k)):
         raise ValueError("the pair weights' vectors must share one stride (1, or 0 for one expanded weight)")
     if teacher is None:
         t_q, t_k, t_scale, t_dim, t_strides = q, k, scale, 1, (0, 0, 0, 0)
@@ -1179,7 +1191,6 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         t_dim,
         row0,
         eps_all,
-        w_step,
         n_blocks,
         q.stride(0),
         q.stride(1),
@@ -1189,6 +1200,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         TEACHER=teacher is not None,
         HARD=hard is not None,
         WALK=walk,
+        W_STEP=w_step,
         DOT_PREC=dot_precision(q.dtype),
         T_DOT_PREC=t_prec,
         UPCAST=upcast(q.dtype),
