@@ -295,7 +295,9 @@ def centered_scale_grad(img, txt, scale, alpha, teacher=None, eps: float = 0.0) 
     return total / batch
 
 
-def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, factor: float = 1.0):
+def exact_contrastive(
+    img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, factor: float = 1.0, split: bool = False
+):
     """(loss, d_image, d_text, d_scale) of ``contrastive_loss`` (label smoothing ``eps``, reduction factor
     1 for "mean", 2 for "sum") in float64, with every diagonal term formed from its off-diagonal mass:
     -log P_ii = softplus(LSE_{j != i} S_ij - S_ii) and P_ii - 1 = -sigmoid(LSE_{j != i} S_ij - S_ii), the
@@ -305,7 +307,10 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
     returns, for the error scales (``assert_relatively_exact``), the magnitudes of the parts of the loss
     (the -log P_ii and the smoothing's |S_ii| and |mean_j S_ij|, summed) and of each dL/dS_ij (the
     softmax weights, the off-diagonal masses and the smoothing's targets; float64 [B, B]), each at least
-    fp32's smallest normal (2^-126: below it fp32 keeps an absolute ulp of 2^-149, not a relative one)."""
+    fp32's smallest normal (2^-126: below it fp32 keeps an absolute ulp of 2^-149, not a relative one).
+    ``split``: the gradients of open_clip's local loss without gather grads, whose gathered features are
+    constants: d_image from the rows' cross-entropy only, d_text from the columns' only (the magnitudes
+    then a pair, the rows' and the columns'; d_scale is not formed)."""
     img, txt = img.double(), txt.double()
     batch = img.shape[0]
     s = float(scale)
@@ -315,8 +320,7 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
     coef = factor * grad_out / (2.0 * batch)
     loss = logits.new_zeros(())
     loss_abs = logits.new_zeros(())
-    g = torch.zeros_like(logits)
-    g_abs = torch.zeros_like(logits)
+    parts, parts_abs = [], []
     for sc, transpose in ((logits, False), (logits.T, True)):
         own = sc.diagonal()
         lse = torch.logsumexp(sc, 1)
@@ -326,18 +330,24 @@ def exact_contrastive(img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, 
         loss_abs = loss_abs + (nll + eps * (own.abs() + sc.mean(1).abs())).sum()
         p = torch.exp(sc - lse[:, None]).masked_fill(eye, 0.0)
         mass = torch.sigmoid(off)
-        g = g + (p + torch.diag(eps - mass) - eps / batch).transpose(0, int(transpose))
-        g_abs = g_abs + (p + torch.diag(eps + mass) + eps / batch).transpose(0, int(transpose))
-    g = g * coef
-    d_image = s * g @ txt
-    d_text = s * g.T @ img
-    d_scale = (g * dots).sum()
+        parts.append((p + torch.diag(eps - mass) - eps / batch).transpose(0, int(transpose)) * coef)
+        parts_abs.append((p + torch.diag(eps + mass) + eps / batch).transpose(0, int(transpose)))
     # fp32's subnormal floor: a quantity, or a dL/dS element at the scale the backends hold it (at most
     # grad_out k / (2B)), below the smallest normal keeps an absolute ulp of 2^-149 (masses below
     # ~1e-38: gaps of 87 nats), so each scale counts at least the smallest normal
     tiny = torch.finfo(torch.float32).tiny
-    scales = (loss_abs * factor / (2.0 * batch) + tiny, (g_abs + tiny) * abs(coef))
-    return [loss * factor / (2.0 * batch), d_image, d_text, d_scale], scales
+    loss_scale = loss_abs * factor / (2.0 * batch) + tiny
+    value = loss * factor / (2.0 * batch)
+    if split:
+        (g_rows, g_cols), (a_rows, a_cols) = parts, parts_abs
+        grads = [value, s * g_rows @ txt, s * g_cols.T @ img, None]
+        return grads, (loss_scale, ((a_rows + tiny) * abs(coef), (a_cols + tiny) * abs(coef)))
+    g, g_abs = parts[0] + parts[1], parts_abs[0] + parts_abs[1]
+    d_image = s * g @ txt
+    d_text = s * g.T @ img
+    d_scale = (g * dots).sum()
+    scales = (loss_scale, (g_abs + tiny) * abs(coef))
+    return [value, d_image, d_text, d_scale], scales
 
 
 def exact_hard_part(
@@ -437,26 +447,31 @@ def soft_relative_ulps(
     return worst
 
 
-def relative_ulps(got, img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, rows=slice(None)) -> list:
+def relative_ulps(
+    got, img, txt, scale, eps: float = 0.0, grad_out: float = 1.0, rows=slice(None), split: bool = False
+) -> list:
     """The worst error of each of ``got`` (loss, d_image, d_text, d_scale; the feature gradients those of
     the batch's ``rows``) against ``exact_contrastive``, in fp32 ulps of each quantity's own error scale
     times (1 + max |S|) (the logits' rounding: each weight's relative error): the loss's scale is the sum
     of its parts' magnitudes, a gradient row's the sum of its terms' magnitudes, s |G|_ij |T_j| over j,
     d_scale's the sum of |G|_ij |<I_i, T_j>|, where |G|_ij sums the magnitudes of dL/dS_ij's parts
-    (``exact_contrastive``: without smoothing, on the diagonal, the masses)."""
-    (loss, d_image, d_text, d_scale), (loss_abs, ga) = exact_contrastive(img, txt, scale, eps, grad_out)
+    (``exact_contrastive``: without smoothing, on the diagonal, the masses). ``split``: the local loss
+    without gather grads (``exact_contrastive``'s; ``got`` then (loss, d_image, d_text) or fewer)."""
+    wants, (loss_abs, ga) = exact_contrastive(img, txt, scale, eps, grad_out, split=split)
+    ga_i, ga_t = ga if split else (ga, ga)
     i64, t64 = img.double(), txt.double()
     s = float(scale)
     smax = s * (i64 @ t64.T).abs().max().item()
     unit = torch.finfo(torch.float32).eps * (1.0 + smax)
-    scales = (
+    scales = [
         loss_abs,
-        abs(s) * ga @ t64.abs().amax(1, keepdim=True),
-        abs(s) * ga.T @ i64.abs().amax(1, keepdim=True),
-        (ga * (i64 @ t64.T).abs()).sum(),
-    )
+        abs(s) * ga_i @ t64.abs().amax(1, keepdim=True),
+        abs(s) * ga_t.T @ i64.abs().amax(1, keepdim=True),
+    ]
+    if not split:
+        scales.append((ga * (i64 @ t64.T).abs()).sum())
     worst = []
-    for a, want, sc in zip(got, (loss, d_image, d_text, d_scale), scales, strict=True):
+    for a, want, sc in zip(got, wants[: len(got)], scales[: len(got)], strict=True):
         if want.dim() == 2:
             want, sc = want[rows], sc[rows]
         err = (a.double() - want).abs()

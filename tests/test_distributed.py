@@ -315,6 +315,26 @@ def _check_soft_target_near_one_hot(rank, world, impl):
         assert err <= min(2 * base, abs(exact_s) / 16) + floor, (what, "d_scale", err, base, exact_s)
 
 
+def _check_local_no_gather_grad_near_one_hot(rank, world, impl):
+    """ClipLoss(local_loss=True, gather_with_grad=False) on near one-hot rows (two well-matched pairs per
+    rank at s = 100): the gathered features are constants (open_clip's), so each rank's image gradients
+    come from its rows' cross-entropy over all B texts and its text gradients from its columns' over all
+    B images, each within 16 ulps of its own error scale against the float64 reference that forms the
+    diagonal from the masses (``relative_ulps``' ``split``; the rank's loss is the mean over its b rows:
+    world times the full batch's coefficient). Its separate row and column passes take the diagonal
+    factors of their own direction (eps - mass_r, eps - mass_c); naive errs 5.2e4-5.6e4 here."""
+    b, batch = 2, 2 * world
+    own = slice(rank * b, (rank + 1) * b)
+    img, txt = _inputs(batch, 64, seed=9, noise=0.1)
+    mine = _leaves(img[own], txt[own], torch.tensor(100.0))
+    mod = ClipLoss(local_loss=True, gather_with_grad=False, rank=rank, world_size=world, impl=impl)
+    d_image, d_text, _ = _grads(mod(*mine), mine, 1.3)
+    unchecked = torch.zeros((), dtype=torch.float64)  # the rank's own loss, not the full batch's
+    got = (unchecked, d_image, d_text)
+    worst = relative_ulps(got, img, txt, 100.0, 0.0, 1.3 * world, rows=own, split=True)
+    assert max(worst[1:]) <= 16, (f"local loss without gather grads impl={impl} rank={rank}", worst)
+
+
 def _check_low_precision(rank, world):
     """bf16 / fp16 features (texts gathered in that dtype, gradients returned in it) on the single-process
     float64 rule (tests/_ref.py): the loss and the rank's gradients (over the world size, the gather
@@ -706,6 +726,7 @@ def test_gather_matches_full_batch(world):
         ("_check_low_precision",),
         ("_check_near_one_hot", "torch"),
         ("_check_soft_target_near_one_hot", "torch"),
+        ("_check_local_no_gather_grad_near_one_hot", "torch"),
     )
 
 
@@ -745,6 +766,7 @@ def test_gather_triton_interpreter():
         ("_check_huge_logits", "torch"),
         ("_check_near_one_hot", "triton"),
         ("_check_soft_target_near_one_hot", "triton"),
+        ("_check_local_no_gather_grad_near_one_hot", "triton"),
     )
 
 
