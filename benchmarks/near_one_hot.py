@@ -104,17 +104,12 @@ def main(argv=None) -> int:
     ap.add_argument("--impl", nargs="+", default=["torch", "naive"], choices=["torch", "triton", "naive"])
     ap.add_argument("--soft", action="store_true", help="a separate teacher's soft part (the second table)")
     args = ap.parse_args(argv)
-    if args.soft:
-        print("| impl | case | setting | d_image | d_text | d_scale |")
-        print("|---|---|---|---|---|---|")
-        for impl in args.impl:
-            for line in soft_rows(impl):
-                print(line, flush=True)
-        return 0
-    print("| impl | case | function | loss | d_image | d_text | d_scale |")
-    print("|---|---|---|---|---|---|---|")
+    columns = ["impl", "case", "setting"] if args.soft else ["impl", "case", "function", "loss"]
+    columns += ["d_image", "d_text", "d_scale"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for impl in args.impl:
-        for line in rows(impl):
+        for line in (soft_rows if args.soft else rows)(impl):
             print(line, flush=True)
     return 0
 

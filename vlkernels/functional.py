@@ -17,7 +17,12 @@ from vlkernels import _checks, _dist
 from vlkernels._dispatch import contrastive_backend, resolve_impl, sigmoid_backend, soft_target_backend
 from vlkernels.ops.contrastive import ContrastiveLossFunction, ContrastiveParams, GatheredContrastiveFunction
 from vlkernels.ops.sigmoid import RingSigmoidFunction, SigmoidLossFunction, SigmoidParams
-from vlkernels.ops.soft_target import GatheredSoftTargetFunction, SoftTargetFunction, SoftTargetParams
+from vlkernels.ops.soft_target import (
+    GatheredSoftTargetFunction,
+    SoftTargetFunction,
+    SoftTargetParams,
+    soft_weights,
+)
 from vlkernels.ops.torch_utils import autocast_off
 from vlkernels.reference import (
     contrastive_loss_naive,
@@ -286,12 +291,6 @@ def _soft_target_args(
     return image, text, scale, alpha_t, teacher, mask, eps, factor, resolve_impl(impl, image.device)
 
 
-def _soft_weights(alpha_t: torch.Tensor, mask, batch: int) -> torch.Tensor:
-    """Per-pair soft-target weights [B]: alpha on the masked pairs (all when ``mask`` is None), else 0."""
-    soft_w = alpha_t.expand(batch)
-    return soft_w if mask is None else soft_w * mask
-
-
 def soft_target_loss_distributed(
     image_features,
     text_features,
@@ -344,7 +343,7 @@ def soft_target_loss_distributed(
                 group=group,
             )
     _no_func_transforms(impl)
-    soft_w = _soft_weights(alpha_t, mask, image.shape[0])
+    soft_w = soft_weights(mask, alpha_t, image.shape[0])
     t_args = (None, None, None) if teacher is None else teacher
     params = SoftTargetParams(eps, factor, soft_target_backend(impl), group, local_loss, gather_with_grad)
     hard, soft = GatheredSoftTargetFunction.apply(image, text, scale, 1.0 - soft_w, soft_w, *t_args, params)

@@ -296,10 +296,11 @@ def _unpacked(hi_lo) -> tuple:
     return (None, None) if hi_lo[0] is None else (tuple(hi_lo[:2]), tuple(hi_lo[2:]))
 
 
-def _soft_weights(soft_mask, alpha, batch: int, dtype=torch.float32) -> torch.Tensor:
-    """The soft weights a = alpha * mask [B] (``soft_mask`` a uint8 [B] 0/1 vector, or None for all pairs)
-    in ``dtype``: as the backends take them, uint8 (alpha folded into their coefficients; without a mask
-    one 1 expanded, no [B] buffer), else a fp32 vector (the forward's dot products)."""
+def soft_weights(soft_mask, alpha, batch: int, dtype=torch.float32) -> torch.Tensor:
+    """The soft weights a = alpha * mask [B] (``soft_mask`` a bool or uint8 [B] 0/1 vector, or None for all
+    pairs; ``alpha`` 0-d fp32) in ``dtype``: as the single-process backends take them, uint8 (alpha folded
+    into their coefficients; without a mask one 1 expanded, no [B] buffer), else fp32 (alpha expanded
+    without a mask: the forward's dot products, the gathered Function's weights)."""
     if dtype == torch.uint8:
         return alpha.new_ones(1, dtype=torch.uint8).expand(batch) if soft_mask is None else soft_mask
     return alpha.expand(batch) if soft_mask is None else soft_mask * alpha
@@ -341,7 +342,7 @@ class SoftTargetFunction(torch.autograd.Function):
         gaps = hard_gaps(nll_r, nll_c, x, nats, scale, params.eps, batch, smooth)
         del x, smooth, nll_r, nll_c
         coef = params.factor / (2.0 * batch)
-        soft_w = _soft_weights(soft_mask, alpha, batch)
+        soft_w = soft_weights(soft_mask, alpha, batch)
         xa, ya = params.hard_affine
         hard = torch.dot(soft_w * xa + ya, gaps) * coef
         del gaps
@@ -372,7 +373,7 @@ class SoftTargetFunction(torch.autograd.Function):
         # h = (x alpha) mask + y
         coefs = torch.stack([g_hard.float().reshape(()), g_soft.float().reshape(()) * alpha]) * coef
         xa, ya = prm.hard_affine
-        soft_w = _soft_weights(soft_mask, alpha, batch, torch.uint8)
+        soft_w = soft_weights(soft_mask, alpha, batch, torch.uint8)
         teacher = _teacher(t_image, t_text, t_scale)
         d_image, d_text, d_scale = prm.backend.gradients(
             image, text, scale, r, c, (alpha * xa, ya), soft_w, coefs, prm.eps, (diag, soft_diag), teacher,
