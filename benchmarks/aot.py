@@ -12,7 +12,9 @@ Two steps, both without a GPU:
    torch's default "highest" matmul precision -> IEEE dots, fp32 under "high" -> TF32 dots, fp32 with
    ``VLKERNELS_FP32_DOTS`` tf32x3 / bf16x6 -> split-precision tensor-core dots) x D (single-D path,
    chunked path, unaligned D) x (soft target) teacher (none / a separate teacher of another width
-   and dtype); the contrastive v2 kernels (the one-pass forward, its exact fallback, G with and without
+   and dtype) x the grid of the one-tile-per-program weights launches (IEEE fp32, a separate teacher:
+   column tiles along y, or past 65,535 of them in slabs along z, ``Call.slabs``); the contrastive v2
+   kernels (the one-pass forward, its exact fallback, G with and without
    targets, the GEMMs storing in the features' dtype / in fp32 / accumulating in fp32); the soft-target
    statistics ``_stats_kernel``, its W chunks ``_weights_kernel`` and the same GEMMs; the sigmoid
    (SigLIP) forward ``_loss_kernel``, its G chunks ``_weights_kernel`` and the same GEMMs. No float
@@ -49,7 +51,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results", "model")
@@ -115,6 +117,10 @@ class Call:
     # column-major image features (last stride not 1): TMA cannot read them, so the launchers take the
     # pointer-load fallbacks of their wide tiles (``tma_ready``); the variant ids end in "/colmajor"
     colmajor: bool = False
+    # the one-tile-per-program weights launches (IEEE fp32 dots, a separate teacher) past 65,535 column
+    # tiles, the tiles in slabs along the grid's z (the kernels' SLABS; the capture lowers
+    # ``triton_utils.GRID_YZ_MAX`` to 1): only the weights kernels are recorded, their ids end in "/slabs"
+    slabs: bool = False
 
 
 def _base(call: Call) -> str:
@@ -161,6 +167,9 @@ def grid(name: str = "full") -> list[Call]:
         calls.append(Call(s, "tf32", 64, f32t))
         # the wide tiles' pointer-load fallbacks (features TMA cannot read)
         calls += [Call(op, "bf16", 1024, colmajor=True) for op in (c, s, "sigmoid")]
+        # the one-tile launches past 65,535 column tiles (slabs along z)
+        calls += [Call(op, "fp32", 100, slabs=True) for op in (c, s, "sigmoid")]
+        calls += [Call(s, dt, D, f32t, slabs=True) for dt, D in [("bf16", 1024), ("fp32", 100), ("tf32", 64)]]
         return calls
     calls = []
     for dt in DTYPES:
@@ -176,11 +185,23 @@ def grid(name: str = "full") -> list[Call]:
         if dt in ("bf16", "fp16"):
             ops = ("contrastive", "soft_target", "sigmoid")
             calls.extend(Call(op, dt, 1024, colmajor=True) for op in ops)
-    return calls
+    # every one-tile-per-program weights launch again past 65,535 column tiles (``Call.slabs``)
+    return calls + [replace(call, slabs=True) for call in calls if one_tile(call)]
+
+
+def one_tile(call: Call) -> bool:
+    """Whether a call's weights kernels take one tile per program (``triton_utils.walk_grid``'s walk
+    False): IEEE fp32 dots, or the soft target with a separate teacher."""
+    teacher = call.op == "soft_target" and call.teacher is not None
+    return not call.colmajor and (call.dtype == "fp32" or teacher)
 
 
 def variant_ids(call: Call) -> list[str]:
-    """The kernel variants a call launches (static: the test parametrises over these)."""
+    """The kernel variants a call launches (static: the test parametrises over these); a ``slabs`` call's:
+    its weights kernels' with "/slabs"."""
+    if call.slabs:
+        plain = variant_ids(replace(call, slabs=False))
+        return [f"{i}/slabs" for i in plain if i.split("/")[0] in WEIGHTS_KERNELS]
     base = _base(call)
     if call.op == "contrastive":
         # (the gathered path's products fold the targets in too: the same G specialisation)
@@ -292,7 +313,7 @@ def _run_call(call: Call):
     from vlkernels.ops.soft_target_triton import TritonSoftTargetBackend
 
     dtype = getattr(torch, DTYPES[call.dtype][0])
-    n = 48
+    n = 144 if call.slabs else 48  # slabs: at least two column tiles of 64 (a multiple of 16, as 48)
     image = torch.randn(n, call.D).to(dtype)
     if call.colmajor:
         image = image.t().contiguous().t()
@@ -366,10 +387,16 @@ def capture(calls: list[Call], arch: int = 90) -> dict:
             torch.set_float32_matmul_precision(DTYPES[call.dtype][1])
             os.environ["VLKERNELS_FP32_DOTS"] = fp32_dots_of(call)
             start = len(records)
-            _run_call(call)
+            if call.slabs:
+                with _slabs():
+                    _run_call(call)
+            else:
+                _run_call(call)
             expected = variant_ids(call)
             for rec in records[start:]:
                 kernel = _short(rec)
+                if call.slabs and kernel not in WEIGHTS_KERNELS:
+                    continue  # recorded by the call without slabs
                 if kernel == "diag" and call.op == "soft_target":
                     kernel = "st_diag"  # the contrastive module's kernel on the statistics kernel's tiles
                 consts = _constexpr_names(rec)
@@ -389,9 +416,25 @@ def capture(calls: list[Call], arch: int = 90) -> dict:
     return variants
 
 
+@contextlib.contextmanager
+def _slabs():
+    """The weights launchers' one-tile grids in slabs along z whatever their size (``Call.slabs``)."""
+    from vlkernels.ops import triton_utils
+
+    old = triton_utils.GRID_YZ_MAX
+    triton_utils.GRID_YZ_MAX = 1
+    try:
+        yield
+    finally:
+        triton_utils.GRID_YZ_MAX = old
+
+
 def _variant_of(kernel: str, rec: dict, consts: dict, call: Call, expected: list) -> str:
     """The variant id of a captured launch: the v2 contrastive kernels launch several specialisations per
     call (G with / without targets; GEMMs that store in the features' dtype, in fp32, or accumulate)."""
+    if consts.get("SLABS"):
+        plain = [i.removesuffix("/slabs") for i in expected]
+        return _variant_of(kernel, rec, dict(consts, SLABS=False), call, plain) + "/slabs"
     if kernel == "weights":
         want = f"weights/{_base(call)}/" + ("G" if consts["TARGETS"] else "W")
     elif kernel == "st_weights":
@@ -490,6 +533,7 @@ def classify_dots(ttgir: str) -> list[dict]:
 # Not checked: IEEE fp32 (CUDA-core FMA: FFMA-bound, and flattening spilled there) and the soft-target
 # statistics with a separate teacher (two D walks per column tile, the student's and the teacher's, which
 # the pass cannot fuse into one loop).
+WEIGHTS_KERNELS = ("weights", "st_weights", "sigmoid_weights")
 COLUMN_WALKS = ("fwd", "lse", "stats", "sigmoid_loss", "weights", "st_weights", "sigmoid_weights")
 
 
@@ -639,7 +683,9 @@ def table(data: dict, arch: int) -> str:
         f"{a['smem_limit'] // 1024} KiB per block on {a['name']}); dots: how each `tt.dot` is lowered "
         "(TTGIR); dot loops: the deepest loop nesting around a dot (TTGIR; 1 = the column walk is one "
         "pipelined loop); TC PTX: tensor-core instructions in the PTX; atomics: float `atom`/`red` "
-        "instructions in the PTX. `targets`: what `benchmarks.aot.violations` reports (empty = all met).",
+        "instructions in the PTX. `targets`: what `benchmarks.aot.violations` reports (empty = all met). "
+        "`/slabs`: a one-tile-per-program G kernel (IEEE fp32, a separate teacher) launched past 65,535 "
+        "column tiles, the tiles in slabs along the grid's z.",
         "",
         "| variant | flags | BLOCK M/N/D(/DT) | warps | stages | regs | spill B (st+ld) | shared KiB | "
         "dots | dot loops | TC PTX | atomics | spec | targets |",
@@ -679,6 +725,8 @@ def table(data: dict, arch: int) -> str:
             dots = DTYPES[t_dtype][0] == "float32" and "T_DOT_PREC" in cfg
             prec = f" ({cfg['T_DOT_PREC']} dots)" if dots else ""
             flags.append(f"teacher {t_dtype}{prec}")
+        if cfg.get("SLABS"):
+            flags.append("column tiles in slabs along z")
         bad = violations(rec, res, arch)
         n_ok += not bad
         if res.get("error"):
@@ -729,7 +777,8 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
         '(IEEE dots) / fp32 under "high" (TF32 dots) / fp32 as split-precision tensor-core dots '
         "(VLKERNELS_FP32_DOTS=tf32x3 / bf16x6, experimental) x D in (64, 72, 100, 256, 1024), and for "
         "bf16 / fp16 at D = 1024 column-major image features (`/colmajor`: TMA cannot read them, the "
-        "pointer-load fallbacks of the wide tiles), captured and "
+        "pointer-load fallbacks of the wide tiles), and the IEEE fp32 G kernels' launches past 65,535 "
+        "column tiles (`/slabs`: the tiles in slabs along the grid's z), captured and "
         "compiled as in aot_sm90.md / aot_sm80.md (which have the same rows, one architecture each). Per "
         "architecture: registers, "
         "spill bytes (stores+loads), shared KiB, tensor-core instructions in the PTX (wgmma.mma_async on "

@@ -101,7 +101,7 @@ def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     off)."""
     import torch
 
-    from vlkernels.ops.soft_target_triton import tile_config
+    from vlkernels.ops.soft_target_triton import slabs_config, tile_config
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     call = rec["call"]
@@ -116,7 +116,8 @@ def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     try:
         ready = not call.get("colmajor")  # else the pointer-load fallbacks (tma_ready fails)
         kernel = "stats" if rec["kernel"] == "stats" else "weights"
-        return tile_config(call["D"], dtype, teacher, kernel, arch, tma=ready)
+        cfg = tile_config(call["D"], dtype, teacher, kernel, arch, tma=ready)
+        return slabs_config(cfg, dtype, teacher) if call.get("slabs") else cfg
     finally:
         torch.set_float32_matmul_precision(old)
 

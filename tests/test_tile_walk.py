@@ -221,3 +221,137 @@ def test_workspace_holds_the_partials_of_the_device_arch(monkeypatch, mode):
         tu.partials_of(3, 100, cfg, torch.empty(5))
     with pytest.raises(RuntimeError, match="write 12"):
         tu.partials_of(3, 100, cfg, torch.empty(6), stats=2)
+
+
+@pytest.mark.interpreter
+def test_one_tile_grids_stay_within_cuda_limits():
+    """The one-tile-per-program launches (IEEE fp32, a separate teacher's soft target) put their column
+    tiles along y, and past CUDA's limit of 65,535 in slabs along z: 2.1M columns of 32-wide tiles (a
+    gathered batch) are 65,536 tiles, which a grid of (rows, tiles) could not launch."""
+    cfg = dict(BLOCK_M=64, BLOCK_N=32)
+    cpu = torch.device("cpu")
+    for n in (1, 31, 32, 33, 65535 * 32, 65535 * 32 + 1, 2**21, 3 * 2**20 + 7, 2**31 - 1):
+        grid, blocks = tu.walk_grid(5, n, cfg, False, cpu)
+        assert blocks == math.ceil(n / 32) and grid[0] == 1
+        assert max(grid[1:]) <= tu.GRID_YZ_MAX == 65535, (n, grid)
+        if blocks <= 65535:
+            assert grid == (1, blocks)  # (row blocks, column tiles), the kernels' SLABS False
+        else:
+            # slabs along z (SLABS True): every tile has a program, and only the last slab has programs
+            # past them (fewer than a slab)
+            assert len(grid) == 3 and blocks <= grid[1] * grid[2] < blocks + grid[1], (n, grid)
+    assert tu.walk_grid(3 * 2**20 + 7, 100, cfg, False, cpu)[0][0] == math.ceil((3 * 2**20 + 7) / 64)
+    # the walks' programs per row block (y): at most 16 waves, far below the limit however many tiles
+    for rb, cb, sms in [(1, 2**26, 132), (1, 65536, 148), (3, 10**6, 264), (1, 70000, 132)]:
+        assert tu.walk_groups(rb, cb, sms) <= 16 * sms <= tu.GRID_YZ_MAX, (rb, cb, sms)
+
+
+def _slabs(monkeypatch, launch):
+    """Outputs of ``launch()`` with the column tiles along y (SLABS False), in slabs of 3 (the last one
+    short: programs past the tiles) and of 1 (all along z): ``GRID_YZ_MAX`` lowered."""
+    outs = {}
+    for limit in (65535, 3, 1):
+        monkeypatch.setattr(tu, "GRID_YZ_MAX", limit)
+        outs[limit] = launch()
+    return outs
+
+
+def _padded(count, dtype):
+    """A NaN buffer of ``count`` values and 64 more, which no program may write."""
+    return torch.full((count + 64,), float("nan"), dtype=dtype)
+
+
+def _written(buf, count):
+    assert torch.isnan(buf[count:]).all(), "a program wrote past its buffer"
+    return buf[:count]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("op", ["contrastive", "sigmoid", "soft target, teacher"])
+def test_one_tile_slabs_are_exact(monkeypatch, op):
+    """The slabs along z (``test_one_tile_grids_stay_within_cuda_limits``) change which program computes a
+    tile, never what it computes: bitwise the same G and partials, nothing written past them."""
+    from vlkernels.ops import contrastive_triton as ct
+    from vlkernels.ops import sigmoid_triton as st
+    from vlkernels.ops import soft_target_triton as sst
+
+    m, n, dim = 37, 150, 24  # 3 x 10 of the interpreter's 16 x 16 tiles
+    student = torch.float16 if op.startswith("soft") else torch.float32  # fp32: IEEE dots, one tile each
+    q = features(m, dim, student, seed=7)[0]
+    k = features(n, dim, student, seed=8)[0]
+    scale = torch.tensor(6.0)
+    if op == "contrastive":
+        lse_q, lse_k = torch.randn(m) + 3, torch.randn(n) + 3
+        diag = torch.randn(m) - 1.5
+        blocks = math.ceil(n / ct._blocks(dim, student)[2])
+
+        def launch():
+            g, ds = _padded(m * n, student), _padded(m * blocks, torch.float32)
+            count = ct.weights(q, k, scale, lse_q, lse_k, g, ds, 5, 0.1, n, diag)
+            return _written(g, m * n), _written(ds, count)
+
+    elif op == "sigmoid":
+        bias = torch.tensor(-2.0)
+        blocks = math.ceil(n / st._blocks(dim, student)[2])
+
+        def launch():
+            g, part = _padded(m * n, student), _padded(2 * m * blocks, torch.float32)
+            count = st.weights(q, k, scale, bias, g, part, 3)
+            return _written(g, m * n), _written(part, 2 * count)
+
+    else:
+        t_dim = 20
+        tq = features(m, t_dim, torch.float32, seed=9)[0]
+        tk = features(n, t_dim, torch.float32, seed=10)[0]
+        teacher = (tq, tk, torch.tensor(4.0))
+        lse_q, lse_k, t_lse_q, t_lse_k = (
+            sst._packed32(torch.randn(x, dtype=torch.float64) + 3) for x in (m, n, m, n)
+        )
+        pair_q, pair_k = (torch.rand(m), torch.rand(m)), (torch.rand(n), torch.rand(n))
+        cf = torch.tensor([0.7, 0.2, 0.05])
+        v, u = torch.rand(m) - 0.5, torch.rand(m) - 0.5
+        blocks = math.ceil(n / sst._blocks(dim, student, teacher)[2])
+
+        def launch():
+            g, ds = _padded(m * n, student), _padded(m * blocks, torch.float32)
+            hard = (4, v, u, 0.1 / n, ds)
+            count = sst.weights(
+                q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=hard
+            )
+            return _written(g, m * n), _written(ds, count)
+
+    calls = []
+    monkeypatch.setattr(tu, "walk_groups", lambda *a: calls.append(a) or 1)
+    outs = _slabs(monkeypatch, launch)
+    assert not calls  # one tile per program: these launches do not walk
+    ref = outs[65535]
+    for limit, out in outs.items():
+        for a, b in zip(out, ref, strict=True):
+            assert a.numel() and torch.equal(a, b), limit
+    assert all(torch.isfinite(x).all() for x in ref)
+
+
+@pytest.mark.gpu
+def test_cuda_one_tile_launch_past_65535_tiles():
+    """On a GPU: an IEEE fp32 G launch over more than 65,535 column tiles (two slabs along z) runs, and its
+    first and last columns are G's (the interpreter, which has no grid limit, checks the slabs' values)."""
+    from vlkernels.ops import contrastive_triton as ct
+
+    dev, m, dim = "cuda", 5, 24
+    cfg = tu.weights_config(dim, torch.float32, tu.target_arch(torch.device(dev)))
+    n = tu.GRID_YZ_MAX * cfg["BLOCK_N"] + 7  # one more tile, of 7 columns
+    q = features(m, dim, device=dev, seed=11)[0]
+    k = features(n, dim, device=dev, seed=12)[0]
+    grid, blocks = tu.walk_grid(m, n, cfg, False, q.device)
+    assert grid[2] == 2 and blocks == tu.GRID_YZ_MAX + 1
+    scale = torch.tensor(7.0, device=dev)
+    lse_q, lse_k = torch.randn(m, device=dev) + 3, torch.randn(n, device=dev) + 3
+    g = torch.full((m * n,), float("nan"), device=dev)
+    ct.weights(q, k, scale, lse_q, lse_k, g, None, 0, None, n)  # plain W: no targets, no partials
+    torch.cuda.synchronize()
+    g = g.view(m, n)
+    for cols in (slice(0, 300), slice(n - 300, n)):
+        s2 = scale.double() * q.double() @ k[cols].double().T / math.log(2.0)
+        want = torch.exp2(s2 - lse_q.double()[:, None]) + torch.exp2(s2 - lse_k[cols].double()[None, :])
+        torch.testing.assert_close(g[:, cols].double(), want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
+    assert not g.isnan().any()

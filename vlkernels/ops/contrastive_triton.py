@@ -54,6 +54,7 @@ from vlkernels.ops.triton_utils import (
     diagonal_mask,
     dot_precision,
     forward_config,
+    grid_tile,
     halves,
     partials_of,
     row_block,
@@ -442,6 +443,7 @@ def _weights_kernel(
     BLOCK_D: tl.constexpr,
     TARGETS: tl.constexpr,
     WALK: tl.constexpr,
+    SLABS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     TMA: tl.constexpr = False,
@@ -501,7 +503,7 @@ def _weights_kernel(
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
-            tl.program_id(1),
+            grid_tile(n_blocks, SLABS),
             pid_m,
             offs_m,
             mask_m,
@@ -727,6 +729,7 @@ def weights(q, k, scale, lse_q, lse_k, g, ds, row0: int, eps: float | None, batc
         n_blocks,
         TARGETS=targets,
         WALK=walk,
+        SLABS=len(grid) == 3,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,

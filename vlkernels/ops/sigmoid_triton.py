@@ -42,6 +42,7 @@ from vlkernels.ops.triton_utils import (
     config,
     dot_precision,
     forward_config,
+    grid_tile,
     halves,
     partials_of,
     round_to,
@@ -323,6 +324,7 @@ def _weights_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     WALK: tl.constexpr,
+    SLABS: tl.constexpr,
     DOT_PREC: tl.constexpr,
     UPCAST: tl.constexpr,
     TMA: tl.constexpr = False,
@@ -376,7 +378,7 @@ def _weights_kernel(
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
-            tl.program_id(1),
+            grid_tile(n_blocks, SLABS),
             pid_m,
             offs_m,
             mask_m,
@@ -473,6 +475,7 @@ def weights(q, k, scale, bias, g, part, row0: int | None) -> int:
         count,
         DIAG=row0 is not None,
         WALK=walk,
+        SLABS=len(grid) == 3,
         DOT_PREC=dot_precision(q.dtype),
         UPCAST=upcast(q.dtype),
         **cfg,

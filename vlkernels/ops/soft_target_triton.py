@@ -47,6 +47,7 @@ from vlkernels.ops.triton_utils import (
     diagonal_mask,
     dot_precision,
     dot_tile,
+    grid_tile,
     halves,
     partials_of,
     row_block,
@@ -771,6 +772,7 @@ def _weights_kernel(
     TEACHER: tl.constexpr,
     HARD: tl.constexpr,
     WALK: tl.constexpr,
+    SLABS: tl.constexpr,
     W_STEP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -862,7 +864,7 @@ def _weights_kernel(
             )
     else:  # not the walk's loop run once: that costs the IEEE fp32 variants 40-90 registers and spills
         _weights_tile(
-            tl.program_id(1),
+            grid_tile(n_blocks, SLABS),
             pid_m,
             offs_m,
             mask_m,
@@ -1126,6 +1128,15 @@ def both_stats(q, k, scale, teacher=None, row0: int | None = 0):
     return r, c, tr, tc, w, w_col, x, g, g_col, rest, rest_col, t_x, t_rest, t_rest_col
 
 
+def slabs_config(cfg: dict, dtype, teacher) -> dict:
+    """The weights kernel's ``cfg`` for a launch past 65,535 column tiles (``triton_utils.walk_grid``'s
+    slabs along z): an IEEE teacher's eight-warp tiles (unaligned D) on four. On eight the slabs' tile
+    index put the fp32 student's variant at 128 registers and 28 B of spill on sm_90; on four, 168 and
+    none with Triton 3.6-3.9 (benchmarks/aot.py's "/slabs" rows)."""
+    ieee = teacher is not None and "ieee" in (dot_precision(dtype), dot_precision(teacher[0].dtype))
+    return dict(cfg, num_warps=4) if ieee and cfg.get("num_warps") == 8 else cfg  # (the interpreter's: none)
+
+
 def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_lse_k, g, hard=None) -> int:
     """Fill g [M, N] (a workspace view, the features' dtype) with
     W = p_q exp(S - lse_q) + p_k exp(S - lse_k) - [teacher] (q_q exp(S' - t_lse_q) + q_k exp(S' - t_lse_k)),
@@ -1143,6 +1154,8 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
     cfg = features_config(q, k, teacher, "weights")
     walk = dot_precision(q.dtype) != "ieee" and teacher is None
     grid, n_blocks = walk_grid(m, n, cfg, walk, q.device)
+    if len(grid) == 3:
+        cfg = slabs_config(cfg, q.dtype, teacher)
     if hard is None:
         row0, diag, u, eps_all, ds, count = 0, g, None, 0.0, g, 0
     else:
@@ -1200,6 +1213,7 @@ def weights(q, k, scale, lse_q, lse_k, pair_q, pair_k, cf, teacher, t_lse_q, t_l
         TEACHER=teacher is not None,
         HARD=hard is not None,
         WALK=walk,
+        SLABS=len(grid) == 3,
         W_STEP=w_step,
         DOT_PREC=dot_precision(q.dtype),
         T_DOT_PREC=t_prec,

@@ -286,6 +286,21 @@ def tile_diagonal(pid_m, pid_n, row0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constex
 
 
 @triton.jit
+def grid_tile(n_blocks, SLABS: tl.constexpr):
+    """The column tile of a one-tile-per-program weights launch (``walk_grid``): y, or with ``SLABS`` (a
+    launch past 65,535 tiles) y + z * (y's size), the last z slab's programs past the ``n_blocks`` tiles on
+    the last one. They write what its own program writes, bitwise (the same code on the same data, no
+    atomics). SLABS is constexpr so that every launch within the limit compiles as before: the slabs'
+    index cost some variants 1-2 registers and spilled 28 B (sm_90, Triton 3.9) or 4 B (sm_80, 3.6), and a
+    branch that skipped the programs past the tiles up to 87 registers (``python -m benchmarks.aot
+    --diff``)."""
+    t = tl.program_id(1)
+    if SLABS:
+        t = tl.minimum(t + tl.program_id(2) * tl.num_programs(1), n_blocks - 1)
+    return t
+
+
+@triton.jit
 def diagonal_mask(d0, col0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """[BLOCK_M, BLOCK_N] mask of the block whose columns start at ``col0`` where its row i meets column
     d0 + i, in block-local int32 indices (a broadcast int64 compare costs registers: 8 B of spill at
@@ -602,6 +617,9 @@ def target_arch(device: torch.device) -> int:
 # a quarter of a 128 x 128 tile at D = 1024 (an assumption: on the H100 the one-tile-per-program G kernel
 # ran 12.2 us a tile, 1.3x the L2 time at the rate the long-walk GEMM drew). It only picks the grouping.
 WALK_RESTART = 0.25
+# CUDA's limit on a grid's y and z sizes (x takes 2^31 - 1): the one-tile-per-program weights launches
+# put their column tiles along y and z (``walk_grid``).
+GRID_YZ_MAX = 65535
 # Programs per wave assumed by the interpreter (CPU tensors): a few, so that its tests walk several
 # column tiles per program, unevenly.
 INTERPRET_SMS = 3
@@ -631,10 +649,14 @@ def walk_filled(row_blocks: int, col_blocks: int, sms: int) -> float:
 def walk_grid(m: int, n: int, cfg: dict, walk: bool, device: torch.device) -> tuple:
     """(grid, column blocks) of a weights kernel over [m, n] with ``cfg``'s blocks: (row blocks, programs
     per row block). ``walk`` False (IEEE fp32 dots on CUDA cores; a separate teacher's second D walk,
-    which the loop fusion does not take): one tile per program."""
+    which the loop fusion does not take): one tile per program, the column tiles along y and, past y's
+    limit (``GRID_YZ_MAX``: 2.1M columns of 32-wide tiles), in slabs along z (a 3-D grid: the kernels'
+    SLABS, ``grid_tile``)."""
     row_blocks, col_blocks = triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"])
     if not walk:
-        return (row_blocks, col_blocks), col_blocks
+        if col_blocks <= GRID_YZ_MAX:
+            return (row_blocks, col_blocks), col_blocks
+        return (row_blocks, GRID_YZ_MAX, triton.cdiv(col_blocks, GRID_YZ_MAX)), col_blocks
     sms = INTERPRET_SMS if interpret_mode() else sm_count(device)
     return (row_blocks, walk_groups(row_blocks, col_blocks, sms)), col_blocks
 
