@@ -455,8 +455,9 @@ def _weights_kernel(
     of BLOCK_N / PARTS columns).
     WALK: program (i, g) takes the rows of block i and walks the column blocks g, g + G, ... (G programs
     per row block: ``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program
-    (i, j) does tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] /
-    [BLOCK_N, BLOCK_D] blocks (config "weights_wide")."""
+    (i, j) does tile (i, j) (SLABS: j = y + z Y past 65,535 tiles, ``triton_utils.grid_tile``).
+    TMA: q_ptr and k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (config
+    "weights_wide")."""
     pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
     lse_q = split_lse(tl.load(lse_q_ptr + offs_m, mask=mask_m, other=0.0))  # (hi, lo)

@@ -335,7 +335,8 @@ def _weights_kernel(
     column block]) and of G (part[stat_stride + i * ds_blocks + column block]) over column blocks of
     BLOCK_N / PARTS (ds_blocks of them).
     WALK: program (i, g) walks the column blocks g, g + G, ... of row block i (``triton_utils.walk_grid``)
-    as one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j). TMA: q_ptr and
+    as one pipelined (column tile, D chunk) loop; else program (i, j) does tile (i, j) (SLABS: j = y + z Y
+    past 65,535 tiles, ``triton_utils.grid_tile``). TMA: q_ptr and
     k_ptr are tensor descriptors of [BLOCK_M, BLOCK_D] / [BLOCK_N, BLOCK_D] blocks (config
     "weights_wide")."""
     pid_m, offs_m, mask_m = row_block(M, BLOCK_M)

@@ -800,7 +800,8 @@ def _weights_kernel(
     of W <Q_i, K_j> at ds[i, column block] (the scale's gradient). WALK (tensor cores, no TEACHER: one D
     walk per tile): program (i, g) walks the column blocks g, g + G, ... of row block i
     (``triton_utils.walk_grid``) as one pipelined (column tile, D chunk) loop; else program (i, j) does
-    tile (i, j). TMA: q_ptr and k_ptr are tensor descriptors; PARTS: see ``_weights_tile`` (the ds
+    tile (i, j) (SLABS: j = y + z Y past 65,535 tiles, ``triton_utils.grid_tile``).
+    TMA: q_ptr and k_ptr are tensor descriptors; PARTS: see ``_weights_tile`` (the ds
     partials in column blocks of BLOCK_N / PARTS)."""
     pid_m, offs_m, mask_m = row_block(M, BLOCK_M)
     scale2 = tl.load(scale_ptr).to(tl.float32) * LOG2E
