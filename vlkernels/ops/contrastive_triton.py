@@ -56,6 +56,7 @@ from vlkernels.ops.triton_utils import (
     forward_config,
     grid_tile,
     halves,
+    on_device,
     partials_of,
     row_block,
     row_operands,
@@ -776,9 +777,11 @@ class TritonBackend:
 
     lse_base2 = True
 
+    @on_device
     def lse(self, image, text, scale, row0: int = 0):
         return both_lse(image, text, scale, row0)
 
+    @on_device
     def gradients(self, image, text, scale, r, c, coef, eps: float, diag, need_t: bool = True):
         """(dI, dT or None, ds) of the single-process loss: the row pass (G chunks, dI, the covered columns
         accumulated in dT) then the column pass for the uncovered columns (module docstring); ``diag``
@@ -793,6 +796,7 @@ class TritonBackend:
         d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, ds * coef
 
+    @on_device
     def accumulate(self, image, text, scale, r, c, targets=None):
         """W @ text [M, D] and W.T @ image [N, D] in fp32 (the gathered Function's products), G chunks of
         rows, with ``targets`` = (row0, eps, diag) the targets folded in (G = W - 2 ((1 - eps) [row0 + i == j]

@@ -44,6 +44,7 @@ from vlkernels.ops.triton_utils import (
     forward_config,
     grid_tile,
     halves,
+    on_device,
     partials_of,
     round_to,
     row_block,
@@ -519,9 +520,11 @@ class TritonSigmoidBackend:
     each (dI stored, dT accumulated in fp32 for the columns the workspace covers, a column pass for the
     rest): 8 B^2 D FLOPs with the default budget up to the coverage limit."""
 
+    @on_device
     def loss_sum(self, image, text, scale, bias, diag):
         return row_loss_sums(image, text, _f32(scale), _f32(bias), diag).sum()
 
+    @on_device
     def gradients(self, image, text, scale, bias, alpha, need_t=True):
         """(dI, dT or None, sum G, sum G * <I, T>) of the single-process loss, dI and dT = alpha * (G @ T,
         G.T @ I) in the features' dtype (alpha a device scalar)."""
@@ -537,6 +540,7 @@ class TritonSigmoidBackend:
         d_image, d_text, stats = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, stats[1], stats[0]
 
+    @on_device
     def grads(self, image, text, scale, bias, diag, need_t=True):
         """(G @ T [M, D], G.T @ I [N, D] or None, sum G, sum G * <I, T>) in fp32 (the ring Function's block
         products), G chunks of rows; G.T @ I accumulates in its fp32 output."""

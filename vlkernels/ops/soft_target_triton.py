@@ -49,6 +49,7 @@ from vlkernels.ops.triton_utils import (
     dot_tile,
     grid_tile,
     halves,
+    on_device,
     partials_of,
     row_block,
     row_operands,
@@ -1253,6 +1254,7 @@ class TritonSoftTargetBackend:
 
     lse_base2 = True
 
+    @on_device
     def stats(self, image, text, scale, teacher=None, row0: int | None = 0):
         """(r, c, r', c', w, w', x, g, g') for S = scale * image @ text.T (image [M, D], text [N, D]): the
         LSEs in base 2, float64; the weighted sums and soft gaps fp32; the diagonal scores at columns
@@ -1306,6 +1308,7 @@ class TritonSoftTargetBackend:
 
         return fill
 
+    @on_device
     def gradients(
         self,
         image,
@@ -1367,6 +1370,7 @@ class TritonSoftTargetBackend:
         d_image, d_text, ds = work.gradients(image, text, rows, cols, alpha, need_t)
         return d_image, d_text, ds * norm
 
+    @on_device
     def accumulate(
         self, image, text, scale, r, c, e_row, e_col, q_row, q_col, teacher=None, tr=None, tc=None, diag=None
     ):

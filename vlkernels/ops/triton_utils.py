@@ -591,6 +591,29 @@ def sm_count(device: torch.device) -> int:
     return DEFAULT_SMS
 
 
+def tensor_device(args) -> torch.device | None:
+    """The device of the first tensor in ``args`` (None without one)."""
+    return next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+
+
+def on_device(method):
+    """Decorator for the Triton backends' methods: runs ``method`` with the current CUDA device set to
+    that of its first tensor argument. Triton launches on the current device and that device's current
+    stream (``JITFunction.run``), whatever device its tensors are on: features on cuda:1 while cuda:0 is
+    current would be refused ("cannot be accessed from Triton") or run outside cuda:1's stream order. Off
+    CUDA, or on the current device already, it calls ``method`` as it is."""
+
+    @functools.wraps(method)
+    def run(*args, **kwargs):
+        device = tensor_device(args)
+        if device is None or device.type != "cuda" or device.index == torch.cuda.current_device():
+            return method(*args, **kwargs)
+        with torch.cuda.device(device.index):
+            return method(*args, **kwargs)
+
+    return run
+
+
 # The architecture (10 x major + minor compute capability) configs are chosen for where the tensors are
 # not on a CUDA device: the H100's (the cost model's); benchmarks/aot.py sets it to each architecture it
 # captures the launchers' specialisations for (CPU tensors, a fake driver).
