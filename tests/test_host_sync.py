@@ -1,0 +1,114 @@
+r"""The single-process losses read no device value on the host: their forward and backward queue work and
+never wait for it (no ``.item()``, ``bool(tensor)``, ``.tolist()``, ``nonzero`` or boolean-mask indexing,
+whose sizes depend on values). On a GPU each such read stalls the host until every kernel queued before
+it has run (the model's whole forward, at the loss) and cannot be captured in a CUDA graph. The check
+runs on CPU: a dispatch mode records the aten calls that read values or size their outputs by them,
+which on CUDA synchronise (the Triton kernels' own launches, under the interpreter, do not dispatch
+through torch). Copies to the host, which on CPU look like any copy, are not seen here; the library
+makes none (``grep -rn "\.cpu()\|numpy()" vlkernels/ops vlkernels/functional.py``).
+
+Known and intended reads, not covered here: a CPU tensor ``alpha`` (``SoftTargetLoss``'s schedule
+buffer on a CPU module) is range-checked on the host (on a GPU it stays on the device), and the
+distributed losses' rank-agreement check (``_dist.check_ranks``) reads one small all-gather of
+settings per call."""
+
+from __future__ import annotations
+
+import traceback
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from tests._ref import features
+from vlkernels import ClipLoss, DistillClipLoss, SigLipLoss
+from vlkernels.functional import contrastive_loss, distill_clip_loss, sigmoid_loss, soft_target_loss
+
+# aten calls that read a value on the host or size their output by the values (on CUDA: a host sync)
+READS = {
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.is_nonzero.default,
+    torch.ops.aten.equal.default,
+    torch.ops.aten.nonzero.default,
+    torch.ops.aten.masked_select.default,
+    torch.ops.aten._unique2.default,
+    torch.ops.aten.unique_consecutive.default,
+    torch.ops.aten.repeat_interleave.Tensor,
+}
+
+
+class HostReads(TorchDispatchMode):
+    """Records each aten call that reads device values on the host, with the library line that made it."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        read = func in READS
+        if func is torch.ops.aten.index.Tensor:  # x[mask]: a boolean index is a nonzero
+            read = any(i is not None and i.dtype == torch.bool for i in args[1])
+        if read:
+            ours = [f for f in traceback.extract_stack() if "vlkernels" in f.filename.replace("\\", "/")]
+            where = (
+                f"{ours[-1].filename.rsplit('/', 1)[-1]}:{ours[-1].lineno}" if ours else "outside vlkernels"
+            )
+            self.reads.append(f"{func} at {where}")
+        return func(*args, **kwargs)
+
+
+def _cases(impl: str):
+    t_image, t_text = features(37, 27, seed=2)
+    mask = torch.rand(37, generator=torch.Generator().manual_seed(4)) < 0.5
+    teacher = dict(teacher_image_features=t_image, teacher_text_features=t_text, teacher_logit_scale=5.0)
+    return {
+        "contrastive_loss": lambda i, t, s: contrastive_loss(i, t, s, label_smoothing=0.1, impl=impl),
+        "sigmoid_loss": lambda i, t, s: sigmoid_loss(i, t, s, -3.0, impl=impl),
+        "soft_target_loss": lambda i, t, s: soft_target_loss(
+            i, t, s, 0.4, soft_mask=mask, label_smoothing=0.1, impl=impl, **teacher
+        ),
+        "soft_target_loss self": lambda i, t, s: soft_target_loss(i, t, s, 0.3, impl=impl),
+        "distill_clip_loss": lambda i, t, s: sum(distill_clip_loss(i, t, s, t_image, t_text, 5.0, impl=impl)),
+        "ClipLoss": lambda i, t, s: ClipLoss(impl=impl)(i, t, s),
+        "SigLipLoss": lambda i, t, s: SigLipLoss(impl=impl)(i, t, s, torch.tensor(-2.0, requires_grad=True)),
+        "DistillClipLoss": lambda i, t, s: sum(DistillClipLoss(impl=impl)(i, t, s, t_image, t_text, 5.0)),
+    }
+
+
+NAMES = list(_cases("torch"))
+
+
+def _check(impl: str, name: str) -> None:
+    image, text = features(37, 24, seed=1)
+    image.requires_grad_(True)
+    text.requires_grad_(True)
+    scale = torch.tensor(7.0, requires_grad=True)
+    loss_fn = _cases(impl)[name]
+    mode = HostReads()
+    with mode:
+        loss = loss_fn(image, text, scale)
+        loss.backward(torch.tensor(1.3))
+    assert not mode.reads, f"{name} ({impl}) read device values on the host: {mode.reads}"
+    assert image.grad is not None and text.grad is not None and scale.grad is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_losses_read_no_device_value(name):
+    _check("torch", name)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("name", NAMES)
+def test_triton_losses_read_no_device_value(name):
+    _check("triton", name)
+
+
+def test_the_check_sees_a_read():
+    """The mode is not blind: ``.item()``, ``bool()`` and a boolean index are each recorded."""
+    x = torch.arange(5.0)
+    for read in (lambda: x.sum().item(), lambda: bool(x[0] > 1), lambda: x[x > 2], lambda: x.nonzero()):
+        mode = HostReads()
+        with mode:
+            read()
+        assert len(mode.reads) == 1, mode.reads
