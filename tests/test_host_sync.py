@@ -15,14 +15,24 @@ settings per call."""
 from __future__ import annotations
 
 import traceback
+from unittest import mock
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests._ref import features
+from tests._spawn import spawn
 from vlkernels import ClipLoss, DistillClipLoss, SigLipLoss
-from vlkernels.functional import contrastive_loss, distill_clip_loss, sigmoid_loss, soft_target_loss
+from vlkernels.functional import (
+    contrastive_loss,
+    contrastive_loss_distributed,
+    distill_clip_loss,
+    sigmoid_loss,
+    sigmoid_loss_distributed,
+    soft_target_loss,
+    soft_target_loss_distributed,
+)
 
 # aten calls that read a value on the host or size their output by the values (on CUDA: a host sync)
 READS = {
@@ -38,11 +48,40 @@ READS = {
 
 
 class HostReads(TorchDispatchMode):
-    """Records each aten call that reads device values on the host, with the library line that made it."""
+    """Records each call that reads device values on the host, with the library function that made it:
+    the aten calls above (``.item()``, ``bool()``, ``float()`` come through ``_local_scalar_dense``) and
+    ``Tensor.tolist`` / ``Tensor.numpy``, which read a CPU tensor's memory without dispatching (on CUDA
+    they copy to the host first)."""
 
     def __init__(self):
         super().__init__()
         self.reads: list[str] = []
+        self._patches = []
+
+    def _record(self, what) -> None:
+        ours = [f for f in traceback.extract_stack() if "/vlkernels/" in f.filename.replace("\\", "/")]
+        last = ours[-1] if ours else None
+        where = f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno} ({last.name})" if last else "outside"
+        self.reads.append(f"{what} at {where}")
+
+    def __enter__(self):
+        for name in ("tolist", "numpy"):
+            real = getattr(torch.Tensor, name)
+
+            def read(t, *args, _real=real, _name=name, **kwargs):
+                self._record(f"Tensor.{_name}")
+                return _real(t, *args, **kwargs)
+
+            patch = mock.patch.object(torch.Tensor, name, read)
+            patch.start()
+            self._patches.append(patch)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for patch in self._patches:
+            patch.stop()
+        self._patches.clear()
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -50,11 +89,7 @@ class HostReads(TorchDispatchMode):
         if func is torch.ops.aten.index.Tensor:  # x[mask]: a boolean index is a nonzero
             read = any(i is not None and i.dtype == torch.bool for i in args[1])
         if read:
-            ours = [f for f in traceback.extract_stack() if "vlkernels" in f.filename.replace("\\", "/")]
-            where = (
-                f"{ours[-1].filename.rsplit('/', 1)[-1]}:{ours[-1].lineno}" if ours else "outside vlkernels"
-            )
-            self.reads.append(f"{func} at {where}")
+            self._record(func)
         return func(*args, **kwargs)
 
 
@@ -104,10 +139,52 @@ def test_triton_losses_read_no_device_value(name):
     _check("triton", name)
 
 
+# The distributed losses: one read per call, the rank-agreement check's (``_dist.check_ranks``: every rank
+# raises the same error when the ranks disagree, instead of hanging); none in their merges or backward.
+
+
+def _check_distributed_reads(rank, world, impl):
+    image, text = features(5, 12, seed=11 + rank)
+    t_image, t_text = features(5, 9, seed=31 + rank)
+    teacher = dict(teacher_image_features=t_image, teacher_text_features=t_text, teacher_logit_scale=4.0)
+    runs = {
+        "contrastive": lambda i, t, s: contrastive_loss_distributed(i, t, s, label_smoothing=0.1, impl=impl),
+        "contrastive local": lambda i, t, s: contrastive_loss_distributed(
+            i, t, s, impl=impl, local_loss=True, gather_with_grad=False
+        ),
+        "sigmoid": lambda i, t, s: sigmoid_loss_distributed(i, t, s, -2.0, impl=impl),
+        "sigmoid per rank": lambda i, t, s: sigmoid_loss_distributed(i, t, s, -2.0, impl=impl, per_rank=True),
+        "soft target": lambda i, t, s: soft_target_loss_distributed(i, t, s, 0.4, impl=impl, **teacher),
+        "soft target self": lambda i, t, s: soft_target_loss_distributed(i, t, s, 0.3, impl=impl),
+    }
+    for name, run in runs.items():
+        i, t = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
+        s = torch.tensor(7.0, requires_grad=True)
+        mode = HostReads()
+        with mode:
+            run(i, t, s).backward(torch.tensor(0.7))
+        others = [r for r in mode.reads if not r.endswith("(check_ranks)")]
+        assert not others and len(mode.reads) == 1, f"{name} ({impl}) on rank {rank}: {mode.reads}"
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=pytest.mark.interpreter)])
+def test_distributed_losses_read_only_the_rank_check(impl):
+    spawn(__name__, 2, ("_check_distributed_reads", impl))
+
+
 def test_the_check_sees_a_read():
-    """The mode is not blind: ``.item()``, ``bool()`` and a boolean index are each recorded."""
+    """The mode is not blind: each of these reads is recorded once."""
     x = torch.arange(5.0)
-    for read in (lambda: x.sum().item(), lambda: bool(x[0] > 1), lambda: x[x > 2], lambda: x.nonzero()):
+    reads = [
+        lambda: x.sum().item(),
+        lambda: bool(x[0] > 1),
+        lambda: float(x[1]),
+        lambda: x[x > 2],
+        lambda: x.nonzero(),
+        lambda: x.tolist(),
+        lambda: x.numpy(),
+    ]
+    for read in reads:
         mode = HostReads()
         with mode:
             read()
