@@ -7,13 +7,14 @@ which on CUDA synchronise (the Triton kernels' own launches, under the interpret
 through torch). Copies to the host, which on CPU look like any copy, are not seen here; the library
 makes none (``grep -rn "\.cpu()\|numpy()" vlkernels/ops vlkernels/functional.py``).
 
-Known and intended reads, not covered here: a CPU tensor ``alpha`` (``SoftTargetLoss``'s schedule
-buffer on a CPU module) is range-checked on the host (on a GPU it stays on the device), and the
-distributed losses' rank-agreement check (``_dist.check_ranks``) reads one small all-gather of
-settings per call."""
+Known and intended reads: a CPU tensor ``alpha`` (``SoftTargetLoss``'s schedule buffer on a CPU module)
+is range-checked on the host (on a GPU it stays on the device; not covered here), and the distributed
+losses' rank-agreement check (``_dist.check_ranks``) reads one small all-gather of settings per call
+(the distributed test allows exactly that one)."""
 
 from __future__ import annotations
 
+import sys
 import traceback
 from unittest import mock
 
@@ -24,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests._ref import features
 from tests._spawn import spawn
 from vlkernels import ClipLoss, DistillClipLoss, SigLipLoss
+from vlkernels._checks import to_device
 from vlkernels.functional import (
     contrastive_loss,
     contrastive_loss_distributed,
@@ -51,7 +53,8 @@ class HostReads(TorchDispatchMode):
     """Records each call that reads device values on the host, with the library function that made it:
     the aten calls above (``.item()``, ``bool()``, ``float()`` come through ``_local_scalar_dense``) and
     ``Tensor.tolist`` / ``Tensor.numpy``, which read a CPU tensor's memory without dispatching (on CUDA
-    they copy to the host first)."""
+    they copy to the host first); and ``torch.tensor`` / ``torch.as_tensor`` called by the library with a
+    device (host data copied to the features' device: a blocking copy, which synchronises the stream)."""
 
     def __init__(self):
         super().__init__()
@@ -72,10 +75,23 @@ class HostReads(TorchDispatchMode):
                 self._record(f"Tensor.{_name}")
                 return _real(t, *args, **kwargs)
 
-            patch = mock.patch.object(torch.Tensor, name, read)
-            patch.start()
-            self._patches.append(patch)
+            self._patch(torch.Tensor, name, read)
+        for name in ("tensor", "as_tensor"):
+            real = getattr(torch, name)
+
+            def copy(data, *args, _real=real, _name=name, **kwargs):
+                # host data made a tensor on the features' device by the library: on a GPU a blocking copy
+                if kwargs.get("device") is not None and "/vlkernels/" in sys._getframe(1).f_code.co_filename:
+                    self._record(f"torch.{_name}(..., device=)")
+                return _real(data, *args, **kwargs)
+
+            self._patch(torch, name, copy)
         return super().__enter__()
+
+    def _patch(self, owner, name, value) -> None:
+        patch = mock.patch.object(owner, name, value)
+        patch.start()
+        self._patches.append(patch)
 
     def __exit__(self, *exc):
         for patch in self._patches:
@@ -108,6 +124,9 @@ def _cases(impl: str):
         "ClipLoss": lambda i, t, s: ClipLoss(impl=impl)(i, t, s),
         "SigLipLoss": lambda i, t, s: SigLipLoss(impl=impl)(i, t, s, torch.tensor(-2.0, requires_grad=True)),
         "DistillClipLoss": lambda i, t, s: sum(DistillClipLoss(impl=impl)(i, t, s, t_image, t_text, 5.0)),
+        # Python floats for every scalar: made on the device without a host copy
+        "contrastive_loss float scale": lambda i, t, s: contrastive_loss(i, t, 7.0, impl=impl),
+        "sigmoid_loss float scale": lambda i, t, s: sigmoid_loss(i, t, 7.0, -3.0, impl=impl),
     }
 
 
@@ -125,7 +144,7 @@ def _check(impl: str, name: str) -> None:
         loss = loss_fn(image, text, scale)
         loss.backward(torch.tensor(1.3))
     assert not mode.reads, f"{name} ({impl}) read device values on the host: {mode.reads}"
-    assert image.grad is not None and text.grad is not None and scale.grad is not None
+    assert image.grad is not None and text.grad is not None
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -172,6 +191,26 @@ def test_distributed_losses_read_only_the_rank_check(impl):
     spawn(__name__, 2, ("_check_distributed_reads", impl))
 
 
+def test_scalars_reach_the_device_without_a_blocking_copy():
+    """``_checks.to_device``: a CPU scalar (a logit_scale or alpha tensor, the rank check's settings) goes
+    to a GPU with a non-blocking copy unless it is pinned (the caller could change it before the copy
+    runs); to the CPU nothing is asked (``is_pinned`` could start CUDA)."""
+    calls = []
+
+    def to(t, *args, **kwargs):
+        calls.append(kwargs["non_blocking"])
+        return t
+
+    x = torch.tensor(2.5)
+    with mock.patch.object(torch.Tensor, "to", to):
+        to_device(x, torch.device("cuda", 0))
+        with mock.patch.object(torch.Tensor, "is_pinned", lambda t: True):
+            to_device(x, torch.device("cuda", 0))
+        with mock.patch.object(torch.Tensor, "is_pinned", lambda t: pytest.fail("asked is_pinned")):
+            to_device(x, torch.device("cpu"))
+    assert calls == [True, False, False]
+
+
 def test_the_check_sees_a_read():
     """The mode is not blind: each of these reads is recorded once."""
     x = torch.arange(5.0)
@@ -183,9 +222,15 @@ def test_the_check_sees_a_read():
         lambda: x.nonzero(),
         lambda: x.tolist(),
         lambda: x.numpy(),
+        lambda: _library_tensor(device=x.device),
     ]
     for read in reads:
         mode = HostReads()
         with mode:
             read()
         assert len(mode.reads) == 1, mode.reads
+
+
+# a call from inside the library (the check looks at the caller's file)
+_PROBE = "lambda device: torch.tensor(1.0, device=device)"
+_library_tensor = eval(compile(_PROBE, "/vlkernels/probe.py", "eval"), {"torch": torch})

@@ -56,6 +56,15 @@ def _check_not_meta(x: torch.Tensor, ref: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} is on the meta device (a tensor without data); pass it on {ref.device}")
 
 
+def to_device(x: torch.Tensor, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    """``x`` in ``dtype`` on ``device`` (differentiable) without waiting for the device: a blocking copy
+    from pageable host memory synchronises the stream (the host waits for every queued kernel, the model's
+    whole forward at the loss). Pageable memory is staged at once, so a non-blocking copy from it is safe;
+    a pinned source is copied blocking (the caller could change it before the copy runs)."""
+    non_blocking = device.type != "cpu" and x.device.type == "cpu" and not x.is_pinned()
+    return x.to(device=device, dtype=dtype, non_blocking=non_blocking)
+
+
 def scale_tensor(logit_scale, ref: torch.Tensor, name: str = "logit_scale") -> torch.Tensor:
     """A 0-d float32 tensor on ``ref``'s device; differentiable when ``logit_scale`` requires grad."""
     if isinstance(logit_scale, torch.Tensor):
@@ -64,12 +73,12 @@ def scale_tensor(logit_scale, ref: torch.Tensor, name: str = "logit_scale") -> t
         if not logit_scale.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {logit_scale.dtype}")
         _check_not_meta(logit_scale, ref, name)
-        return logit_scale.reshape(()).to(device=ref.device, dtype=torch.float32)
+        return to_device(logit_scale.reshape(()), ref.device)
     if isinstance(logit_scale, bool) or not isinstance(logit_scale, numbers.Real):
         raise TypeError(f"{name} must be a float or a 0-d tensor, got {type(logit_scale).__name__}")
     if not math.isfinite(float(logit_scale)):
         raise ValueError(f"{name} must be finite, got {logit_scale}")
-    return torch.tensor(float(logit_scale), dtype=torch.float32, device=ref.device)
+    return torch.full((), float(logit_scale), dtype=torch.float32, device=ref.device)
 
 
 def check_label_smoothing(label_smoothing) -> float:
@@ -108,12 +117,12 @@ def check_alpha(alpha, ref: torch.Tensor) -> torch.Tensor:
             value = float(alpha)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"alpha must be in [0, 1], got {value}")
-        return alpha.detach().reshape(()).to(device=ref.device, dtype=torch.float32)
+        return to_device(alpha.detach().reshape(()), ref.device)
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a float or a 0-d tensor, got {type(alpha).__name__}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    return torch.tensor(float(alpha), dtype=torch.float32, device=ref.device)
+    return torch.full((), float(alpha), dtype=torch.float32, device=ref.device)
 
 
 def check_teacher(image: torch.Tensor, t_image, t_text, t_scale, names=TEACHER_NAMES):

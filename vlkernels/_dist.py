@@ -13,6 +13,8 @@ import struct
 import torch
 import torch.distributed as dist
 
+from vlkernels._checks import to_device
+
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _CODE_DTYPES = {v: k for k, v in DTYPE_CODES.items()}
 IMPL_CODES = {"torch": 0, "triton": 1, "naive": 2}
@@ -75,12 +77,8 @@ def _describe(name: str, value: int) -> str:
     return str(value)
 
 
-def _as_int64(value, device) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().reshape(1).to(device=device, dtype=torch.float64).view(torch.int64)
-    if isinstance(value, float):
-        value = float_bits(value)
-    return torch.tensor([int(value)], dtype=torch.int64, device=device)
+def _host_bits(value) -> int:
+    return float_bits(value) if isinstance(value, float) else int(value)
 
 
 def check_ranks(group, device: torch.device, fields: dict[str, int | float | torch.Tensor]) -> None:
@@ -89,8 +87,17 @@ def check_ranks(group, device: torch.device, fields: dict[str, int | float | tor
     Without it, ranks with different local batch sizes, widths, dtypes, scales or implementations would
     deadlock, fail inside a collective with an opaque message or, worse, silently compute a wrong loss.
     Values: ints, floats (compared bit for bit) or 0-d tensors (their float64 bits)."""
-    names = list(fields)
-    mine = torch.cat([_as_int64(fields[k], device) for k in names])
+    # the host values in one non-blocking copy (one blocking copy each would synchronise the stream each),
+    # then the tensors' float64 bits; the names in that order
+    host = [k for k, v in fields.items() if not isinstance(v, torch.Tensor)]
+    on_device = [k for k in fields if k not in host]
+    names = host + on_device
+    bits = torch.tensor([_host_bits(fields[k]) for k in host], dtype=torch.int64)
+    parts = [to_device(bits, device, torch.int64)]
+    parts += [
+        to_device(fields[k].detach().reshape(1), device, torch.float64).view(torch.int64) for k in on_device
+    ]
+    mine = torch.cat(parts)
     rows, _ = gather(mine[None], group)
     rows = rows.tolist()
     bad = []
