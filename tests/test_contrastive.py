@@ -180,6 +180,39 @@ def test_tma_ready_needs_unit_last_stride_and_16_byte_alignment():
     assert not tma_ready(x[:, 1:])  # base 2 bytes off
     assert not tma_ready(torch.zeros(8, 100, dtype=torch.bfloat16))  # 200-byte rows
     assert not tma_ready(x.reshape(-1))  # not 2-D
+    assert not tma_ready(x[:1].expand(8, 80))  # row stride 0: features expanded from one row
+    assert not tma_ready(x.reshape(-1).as_strided((8, 80), (8, 1)))  # rows overlap (16-byte stride)
+    assert tma_ready(x[:1])  # one row
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    "device,dim", [("cpu", 80), pytest.param("cuda", 512, marks=pytest.mark.gpu, id="cuda")]
+)
+def test_features_with_zero_or_overlapping_row_strides(device, dim):
+    """Image features expanded from one row (row stride 0) and texts whose rows overlap (an as_strided
+    view, 16 elements apart) in bf16 at a D that takes the TMA-read tiles: the launchers read them with
+    pointer loads (``tma_ready``) and give naive's values on the same features (fp32), the gradients
+    summed into the rows and the buffer they view."""
+    batch, dtype = 37, torch.bfloat16
+    gen = torch.Generator().manual_seed(5)
+    row = (torch.randn(1, dim, generator=gen) / dim**0.5).to(device=device, dtype=dtype)
+    buf = (torch.randn(16 * batch + dim, generator=gen) / dim**0.5).to(device=device, dtype=dtype)
+    results = {}
+    for impl in ["triton", "naive"]:
+        cast = torch.bfloat16 if impl == "triton" else torch.float32  # naive in fp32 on the same values
+        base_row = row.to(cast, copy=True).requires_grad_()
+        base_buf = buf.to(cast, copy=True).requires_grad_()
+        img = base_row.expand(batch, dim)
+        txt = base_buf.as_strided((batch, dim), (16, 1))
+        scale = torch.tensor(10.0, device=device, requires_grad=True)
+        loss = contrastive_loss(img, txt, scale, label_smoothing=0.1, impl=impl)
+        loss.backward(torch.tensor(1.3, device=device))
+        results[impl] = [loss.detach(), base_row.grad, base_buf.grad, scale.grad]
+    names = ["loss", "d_row", "d_buf", "d_scale"]
+    for got, want, what in zip(results["triton"], results["naive"], names, strict=True):
+        tol = 2e-2 * want.abs().max().item()
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=tol, msg=what)
 
 
 @pytest.mark.interpreter

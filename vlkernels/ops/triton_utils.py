@@ -405,10 +405,14 @@ def tile_operands(q: torch.Tensor, k: torch.Tensor, cfg: dict) -> tuple:
 
 def tma_ready(*tensors: torch.Tensor) -> bool:
     """Whether 2-D tensors can be read through TMA descriptors: unit last stride, 16-byte aligned base and
-    row stride (else the launchers take their pointer-load configs)."""
+    row stride, rows that do not overlap (else the launchers take their pointer-load configs). A row
+    stride of 0 (features expanded from one row) or below the row's length passes the descriptor's own
+    checks, but a tensor map describes a packed layout (each stride at least the span below it: CUTLASS
+    folds zero-stride modes before it builds one); the pointer loads read any strides."""
     return all(
         t.dim() == 2
         and t.stride(1) == 1
+        and t.stride(0) >= t.shape[1]
         and t.data_ptr() % 16 == 0
         and (t.stride(0) * t.element_size()) % 16 == 0
         for t in tensors
