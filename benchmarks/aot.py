@@ -60,9 +60,14 @@ RESULTS = os.path.join(ROOT, "benchmarks", "results", "model")
 # Specifications", table "Technical Specifications per Compute Capability": compute capability 9.0:
 # 228 KB per SM, 227 KB per thread block (1 KB of each SM's 228 KB is reserved for the system); 8.0:
 # 164 KB per SM, 163 KB per thread block. Same numbers in the NVIDIA Hopper and Ampere tuning guides.
+# 8.6, 8.9 and 12.0 (the RTX 30 / 40 / 50 series): 100 KB per SM, 99 KB per thread block; their tensor
+# cores take mma.sync, as 8.0's (no wgmma; 12.0 has no tcgen05 either).
 ARCHS = {
     90: dict(name="sm_90", smem_limit=227 * 1024, tc_kind="wgmma", tc_ptx="wgmma.mma_async"),
     80: dict(name="sm_80", smem_limit=163 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
+    86: dict(name="sm_86", smem_limit=99 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
+    89: dict(name="sm_89", smem_limit=99 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
+    120: dict(name="sm_120", smem_limit=99 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
 }
 MAX_REGISTERS = 255  # per thread, the ptxas limit and the budget per kernel
 

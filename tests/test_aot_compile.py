@@ -404,3 +404,41 @@ def test_every_compiled_variant_has_a_code_digest(compiled):
     for arch in ARCHS:
         done = {spec: res for spec, res in compiled["compiled"][str(arch)].items() if not res.get("error")}
         assert done and all(len(res["code"]) == 16 for res in done.values()), arch
+
+
+# The GPUs whose tensor cores take mma.sync, as sm_80's, with 99 KiB of shared memory per block (100 KB per
+# SM): sm_86 / sm_89 / sm_120, the RTX 30 / 40 / 50 series (``triton_utils.mma_sync``).
+MMA_SYNC_ARCHS = (86, 89, 120)
+
+
+def test_mma_sync_gpus_take_the_sm80_tiles():
+    """Every variant of the grid is launched on sm_86, sm_89 and sm_120 with sm_80's specialisation (the
+    same tiles, warps and stages; captured through the real backends as the compile test captures
+    them). ``benchmarks/results/model/aot_sm89.md`` / ``aot_sm120.md`` have them compiled for those
+    targets."""
+    code = (
+        "import json, sys; from benchmarks import aot; calls = aot.grid('test'); "
+        "json.dump({a: {v: r['spec'] for v, r in aot.capture(calls, a).items()} "
+        f"for a in (80, {', '.join(map(str, MMA_SYNC_ARCHS))})}}, sys.stdout)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    specs = json.loads(out.stdout)
+    assert set(specs["80"]) == set(aot.plan("test"))
+    for arch in MMA_SYNC_ARCHS:
+        differ = sorted(v for v in specs["80"] if specs[str(arch)].get(v) != specs["80"][v])
+        assert not differ, f"sm_{arch} launches {len(differ)} variants unlike sm_80: {differ[:8]}"
+
+
+def test_sm80_tiles_fit_the_mma_sync_gpus(compiled):
+    """sm_80's variants (the tiles the mma.sync GPUs launch) use at most 99 KiB of shared memory, the
+    per-block limit of sm_86, sm_89 and sm_120 (sm_80 allows 163)."""
+    limit = min(aot.ARCHS[a]["smem_limit"] for a in MMA_SYNC_ARCHS)
+    assert limit == 99 * 1024
+    over = {
+        vid: compiled["compiled"]["80"][rec["spec"]]["shared"]
+        for vid, rec in aot.records(compiled, 80).items()
+        if compiled["compiled"]["80"][rec["spec"]]["shared"] > limit
+    }
+    assert not over, over

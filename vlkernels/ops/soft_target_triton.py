@@ -49,6 +49,7 @@ from vlkernels.ops.triton_utils import (
     dot_tile,
     grid_tile,
     halves,
+    mma_sync,
     on_device,
     partials_of,
     row_block,
@@ -972,7 +973,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # chunked D: the epilogue in four column parts (the soft gaps' rest and weighted distances put the
             # 128 x 64 tiles at 255 registers and 28 B of spill on sm_90 at D = 72 / 100 in one; 252 in four)
             cfg = dict(base, BLOCK_DT=base["BLOCK_D"], PARTS=4)
-            if (HOST_ARCH if arch is None else arch) == 80 and dim % 16 != 0:
+            if mma_sync(HOST_ARCH if arch is None else arch) and dim % 16 != 0:
                 # 32-column tiles on sm_80 at unaligned D (221-245 registers with Triton 3.6-3.9): at 64
                 # its 255 spilled 16 B with 3.6 once the rows' rest was stored (the off-diagonal masses),
                 # at any stage count
@@ -986,7 +987,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         if kernel == "stats":
             block_d = 16 if split_dots(dtype) else base["BLOCK_D"]
             cfg = dict(base, BLOCK_M=64, BLOCK_D=block_d, BLOCK_DT=16, num_stages=2)
-            if (HOST_ARCH if arch is None else arch) == 80:
+            if mma_sync(HOST_ARCH if arch is None else arch):
                 # 32-column tiles on sm_80 (mma.sync keeps the score tiles in registers: with the soft gaps'
                 # sums the 64-column ones reached 255 and spilled 16-60 B; 169-242 registers now)
                 cfg["BLOCK_N"] = 32
@@ -1000,7 +1001,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     # spilled 4 B on sm_90 with Triton 3.9 once a separate teacher's LSEs were two-part (their bf16 lo
     # beside each hi), and the 16-bit ones at unaligned D 20-32 B once the diagonal's hard part came from
     # the masses (its row vector, and the student's LSEs as hi + lo vectors)
-    if (HOST_ARCH if arch is None else arch) == 80 and t_dtype != torch.float32:
+    if mma_sync(HOST_ARCH if arch is None else arch) and t_dtype != torch.float32:
         # 16-bit teachers on sm_80: 128 x 32 tiles (112-128 registers with Triton 3.9). At 128 x 64 they
         # spilled 12-20 B once a separate teacher's soft part on the diagonal came from the masses (the
         # soft factors' row vector, and the gathered products' variant now with the diagonal; mma.sync

@@ -575,7 +575,7 @@ def matmul_config(
     if not aligned:
         wide = 64
     if dtype != torch.float32:
-        block_k = 32 if accumulate and b_k_major and arch < 90 else 64
+        block_k = 32 if accumulate and b_k_major and mma_sync(arch) else 64
         if wide == 256:  # m64n256 wgmma: 180 registers storing, 192-249 accumulating in parts
             return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=block_k, num_warps=8, num_stages=3, PARTS=parts)
         return dict(BLOCK_M=128, BLOCK_N=wide, BLOCK_K=block_k, num_warps=8, num_stages=4)
@@ -628,6 +628,12 @@ HOST_ARCH = 90
 def _cuda_arch(index: int) -> int:
     major, minor = torch.cuda.get_device_capability(index)
     return 10 * major + minor
+
+
+def mma_sync(arch: int) -> bool:
+    """Whether sm_``arch``'s tensor cores take mma.sync (sm_80, sm_86, sm_89 and sm_120: no wgmma, no
+    tcgen05), so that its tiles are sm_80's; sm_90 and sm_100 take the wide ones."""
+    return arch < 90 or arch >= 120
 
 
 def target_arch(device: torch.device) -> int:
@@ -780,7 +786,7 @@ def wide_score_tiles(dim: int, dtype: torch.dtype, arch: int | None = None) -> b
     arch = HOST_ARCH if arch is None else arch
     if not wide_tiles_enabled():
         return False
-    return dtype in (torch.bfloat16, torch.float16) and dim % 16 == 0 and dim > 64 and 90 <= arch < 120
+    return dtype in (torch.bfloat16, torch.float16) and dim % 16 == 0 and dim > 64 and not mma_sync(arch)
 
 
 def wide_tiles_enabled() -> bool:
@@ -848,7 +854,7 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
             # 128 columns the G kernels and the forward sat at 253-255 registers with Triton 3.6 and 3.9,
             # and spilled 8-32 B with 3.8)
             block_d = 16
-            block_n = 128 if arch >= 90 else 64
+            block_n = 64 if mma_sync(arch) else 128
         # 64-column tiles unless D is a multiple of 16 (Triton's divisibility hint): rows not 16-byte
         # aligned load through registers, and where D is a multiple of 8 only (D = 72, 136) the masked last
         # D chunk spilled 8-180 B at 128 columns on sm_90 and sm_80
