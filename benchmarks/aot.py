@@ -68,7 +68,19 @@ ARCHS = {
     86: dict(name="sm_86", smem_limit=99 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
     89: dict(name="sm_89", smem_limit=99 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
     120: dict(name="sm_120", smem_limit=99 * 1024, tc_kind="mma.sync", tc_ptx="mma.sync"),
+    # 10.0 (B200): 228 KB per SM, 227 KB per block, as 9.0; tensor cores through tcgen05 (accumulators in
+    # tensor memory)
+    100: dict(name="sm_100", smem_limit=227 * 1024, tc_kind="tcgen05", tc_ptx="tcgen05.mma"),
 }
+# the PTX count (``_compile_one``) of each tensor-core kind's instructions
+TC_PTX_FIELD = {"wgmma": "ptx_wgmma", "mma.sync": "ptx_mma_sync", "tcgen05": "ptx_tcgen05"}
+
+
+def tc_ptx_count(res: dict, arch: int) -> int:
+    """How many of sm_``arch``'s tensor-core instructions a compiled variant's PTX has."""
+    return res.get(TC_PTX_FIELD[ARCHS[arch]["tc_kind"]], 0)
+
+
 MAX_REGISTERS = 255  # per thread, the ptxas limit and the budget per kernel
 
 # dtype label -> (torch dtype name, torch.set_float32_matmul_precision value, VLKERNELS_FP32_DOTS)
@@ -474,7 +486,9 @@ def _constexpr_names(rec: dict) -> dict:
 # Compile and inspect
 
 _MMA_ALIAS = re.compile(r"^(#\w+) = #ttg\.nvidia_mma<\{versionMajor = (\d+)", re.M)
-_DOT = re.compile(r"= (ttng\.warp_group_dot|tt\.dot) (.*)$", re.M)
+# a dot's TTGIR op: tt.dot (mma.sync or FMA by its result's layout), wgmma, or tcgen05 (no result: it
+# accumulates in tensor memory, so its line starts with the op)
+_DOT = re.compile(r"(?:= |^[ \t]*)(ttng\.warp_group_dot|tt\.dot|ttng\.tc_gen5_mma) (.*)$", re.M)
 _OPERAND = re.compile(r" : (?:tensor|!ttg\.memdesc)<(?:\d+x)+(\w+)[,>]")
 _RESULT_ENC = re.compile(r"-> tensor<[^,>]+, (#[\w.]+)")
 _PREC = re.compile(r"inputPrecision = (\w+)")
@@ -511,7 +525,8 @@ def code_digest(ptx: str) -> str:
 
 
 def classify_dots(ttgir: str) -> list[dict]:
-    """Every dot of a TTGIR module: operand dtype, input precision, lowering (wgmma | mma.sync | fma)."""
+    """Every dot of a TTGIR module: operand dtype, input precision, lowering (wgmma | mma.sync | tcgen05 |
+    fma)."""
     mma_version = {alias: int(v) for alias, v in _MMA_ALIAS.findall(ttgir)}
     dots = []
     for op, rest in _DOT.findall(ttgir):
@@ -522,6 +537,9 @@ def classify_dots(ttgir: str) -> list[dict]:
         prec = prec.group(1) if prec else "ieee"
         if op == "ttng.warp_group_dot":
             kind = "wgmma"
+        elif op == "ttng.tc_gen5_mma":
+            kind = "tcgen05"
+            prec = "tf32" if dtype == "f32" else prec  # its fp32 operands are TF32 (no precision printed)
         else:
             enc = _RESULT_ENC.search(rest)
             kind = "mma.sync" if enc and mma_version.get(enc.group(1)) == 2 else "fma"
@@ -595,6 +613,7 @@ def _compile_one(job: tuple) -> tuple:
     res["dot_loop_depth"] = dot_loop_depth(kernel.asm["ttgir"])
     res["ptx_wgmma"] = ptx.count("wgmma.mma_async")
     res["ptx_mma_sync"] = len(re.findall(r"\bmma\.sync\b", ptx))
+    res["ptx_tcgen05"] = len(re.findall(r"\btcgen05\.mma\b", ptx))
     res["ptx_mufu"] = {k: len(p.findall(ptx)) for k, p in _MUFU.items()}
     res["ptx_float_atomics"] = sum(1 for line in ptx.splitlines() if _FLOAT_ATOMIC.search(line))
     res["code"] = code_digest(ptx)
@@ -652,7 +671,7 @@ def violations(rec: dict, res: dict, arch: int) -> list[str]:
     if wrong:
         kinds = ", ".join(f"{d['dtype']}/{d['precision']}->{d['kind']}" for d in wrong)
         out.append(f"{len(wrong)} of {len(tc_dots)} tensor-core dots not lowered to {a['tc_kind']}: {kinds}")
-    if tc_dots and not res["ptx_wgmma" if arch == 90 else "ptx_mma_sync"]:
+    if tc_dots and not tc_ptx_count(res, arch):
         out.append(f"no {a['tc_ptx']} in the PTX")
     spills = (res["spill_stores"] or 0) + (res["spill_loads"] or 0)
     if spills:
@@ -743,7 +762,7 @@ def table(data: dict, arch: int) -> str:
         for d in res["dots"]:
             kinds[f"{d['dtype']}:{d['kind']}"] = kinds.get(f"{d['dtype']}:{d['kind']}", 0) + 1
         dots = " ".join(f"{n}x{k}" for k, n in kinds.items())
-        tc = res["ptx_wgmma"] if arch == 90 else res["ptx_mma_sync"]
+        tc = tc_ptx_count(res, arch)
         lines.append(
             f"| {vid} | {', '.join(flags)} | {blocks} | {cfg['num_warps']} | {cfg['num_stages']} | "
             f"{res['registers']} | {res['spill_stores']}+{res['spill_loads']} | {res['shared'] / 1024:.0f} | "
@@ -825,7 +844,7 @@ def sigmoid_table(data: dict, archs=(90, 80)) -> str:
             if res.get("error"):
                 row += f" | | | | | | {bad[0]} |"
                 continue
-            tc = res["ptx_wgmma"] if a == 90 else res["ptx_mma_sync"]
+            tc = tc_ptx_count(res, a)
             mufu = res.get("ptx_mufu", {})
             row += (
                 f" {res['registers']} | {res['spill_stores']}+{res['spill_loads']} | "

@@ -230,7 +230,7 @@ def test_contrastive_v2_kernels_are_deterministic_and_on_tensor_cores(compiled, 
         assert not aot.violations(rec, res, arch), (vid, aot.violations(rec, res, arch))
         assert res["ptx_float_atomics"] == 0, vid
         if rec["call"]["dtype"] != "fp32":
-            assert res["ptx_wgmma" if arch == 90 else "ptx_mma_sync"] > 0, vid
+            assert aot.tc_ptx_count(res, arch) > 0, vid
 
 
 def test_score_tiles_follow_the_architecture(compiled):
@@ -442,3 +442,48 @@ def test_sm80_tiles_fit_the_mma_sync_gpus(compiled):
         if compiled["compiled"]["80"][rec["spec"]]["shared"] > limit
     }
     assert not over, over
+
+
+def test_tcgen05_gpus_launch_at_most_eight_warps():
+    """On sm_100 (B200: tensor cores through tcgen05) Triton lowers a dot on more than eight warps to
+    mma.sync; the launchers keep every variant of the grid within eight there (the wide G kernels and the
+    teacher's weights kernel take sixteen on sm_90). Captured through the real backends, no compile;
+    ``benchmarks/results/model/aot_sm100.md`` has them compiled: every tensor-core dot on tcgen05."""
+    code = (
+        "import json, sys; from benchmarks import aot; calls = aot.grid('test'); "
+        "json.dump({v: r['num_warps'] for v, r in aot.capture(calls, 100).items()}, sys.stdout)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    warps = json.loads(out.stdout)
+    assert set(warps) == set(aot.plan("test"))
+    over = {vid: w for vid, w in warps.items() if w > 8}
+    assert not over, over
+
+
+def test_classify_dots_reads_each_lowering():
+    """``aot.classify_dots`` on the TTGIR forms of a dot: mma.sync (a ``tt.dot`` with an MMA v2 result),
+    FMA (IEEE fp32, a blocked result), wgmma, and tcgen05 (no result: it accumulates in tensor memory,
+    its fp32 operands TF32)."""
+    ttgir = "\n".join(
+        [
+            "#mma = #ttg.nvidia_mma<{versionMajor = 2, versionMinor = 0}>",
+            "    %a = tt.dot %x, %y, %z : tensor<128x64xbf16, #d0> * tensor<64x128xbf16, #d1>"
+            " -> tensor<128x128xf32, #mma>",
+            "    %b = tt.dot %x, %y, %z : tensor<64x16xf32, #d0> * tensor<16x64xf32, #d1>"
+            " -> tensor<64x64xf32, #blocked>",
+            "    %c = ttng.warp_group_dot %x, %y, %z {inputPrecision = tf32}"
+            " : !ttg.memdesc<128x32xf32, #s> * x",
+            "      ttng.tc_gen5_mma %x, %y, %acc, %f, %p[%t] {is_async} : !ttg.memdesc<128x64xbf16, #s>, x",
+            "      ttng.tc_gen5_mma %x, %y, %acc, %f, %p[%t] {is_async} : !ttg.memdesc<128x32xf32, #s>, x",
+        ]
+    )
+    got = [(d["kind"], d["dtype"], d["precision"], d["needs_tc"]) for d in aot.classify_dots(ttgir)]
+    assert got == [
+        ("mma.sync", "bf16", "ieee", True),
+        ("fma", "f32", "ieee", False),
+        ("wgmma", "f32", "tf32", True),
+        ("tcgen05", "bf16", "ieee", True),
+        ("tcgen05", "f32", "tf32", True),
+    ]

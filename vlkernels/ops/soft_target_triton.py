@@ -57,6 +57,7 @@ from vlkernels.ops.triton_utils import (
     split_dots,
     store_weights,
     target_arch,
+    tcgen05,
     tile_diagonal,
     tile_operands,
     tma_ready,
@@ -1007,7 +1008,8 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         # soft factors' row vector, and the gathered products' variant now with the diagonal; mma.sync
         # keeps both score tiles in registers)
         cfg["BLOCK_N"] = 32
-    return dict(cfg, num_warps=16)
+    # eight warps on tcgen05 (sm_100), where Triton lowers a dot on sixteen to mma.sync
+    return dict(cfg, num_warps=8 if tcgen05(HOST_ARCH if arch is None else arch) else 16)
 
 
 def features_config(q: torch.Tensor, k: torch.Tensor, teacher, kernel: str) -> dict:
