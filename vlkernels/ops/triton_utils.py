@@ -637,8 +637,8 @@ def mma_sync(arch: int) -> bool:
 
 
 def tcgen05(arch: int) -> bool:
-    """Whether sm_``arch``'s tensor cores take tcgen05 (sm_100, sm_103, sm_110), which Triton uses only
-    for dots on four or eight warps (on more it lowers them to mma.sync)."""
+    """Whether sm_``arch``'s tensor cores take tcgen05 (sm_100, sm_103, sm_110), where Triton 3.9 lowered
+    the G kernels' dots to mma.sync on sixteen warps and to tcgen05 on eight (benchmarks/aot.py)."""
     return 100 <= arch < 120
 
 
@@ -833,9 +833,9 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         # in four 32-column parts, each storing its own ds partials: 128 / 127 registers (the cap at 16
         # warps) with Triton 3.9 / 3.6, no spills (ds summed over the parts in registers spilled 8-12 B,
         # pointer loads 12 B; 128 x 256 on 8 warps sat at 251-255 registers)
-        # On tcgen05 (sm_100) eight warps: Triton lowers a dot on sixteen to mma.sync there (its tcgen05 MMA
-        # takes four or eight); the accumulator lives in tensor memory, and 256 x 128 on eight took 179-222
-        # registers, no spills (the contrastive, sigmoid and soft-target G kernels, AOT-compiled)
+        # On tcgen05 (sm_100) eight warps: there Triton 3.9 lowered these kernels' dots to mma.sync on
+        # sixteen, to tcgen05 on eight; the accumulator lives in tensor memory, and 256 x 128 on eight took
+        # 179-222 registers, no spills (the contrastive, sigmoid and soft-target G kernels, AOT-compiled)
         warps = 8 if tcgen05(arch) else 16
         return dict(cfg, BLOCK_M=256, BLOCK_N=128, num_warps=warps, PARTS=4, TMA=True)
     if interpret_mode():
