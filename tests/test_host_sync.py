@@ -24,16 +24,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests._ref import features
 from tests._spawn import spawn
+from tests.test_launch_device import distributed_cases, fresh_leaves, loss_cases, teacher_features
 from vlkernels import ClipLoss, DistillClipLoss, SigLipLoss
 from vlkernels._checks import to_device
 from vlkernels.functional import (
     contrastive_loss,
-    contrastive_loss_distributed,
-    distill_clip_loss,
     sigmoid_loss,
-    sigmoid_loss_distributed,
-    soft_target_loss,
-    soft_target_loss_distributed,
 )
 
 # aten calls that read a value on the host or size their output by the values (on CUDA: a host sync)
@@ -110,23 +106,16 @@ class HostReads(TorchDispatchMode):
 
 
 def _cases(impl: str):
-    t_image, t_text = features(37, 27, seed=2)
-    mask = torch.rand(37, generator=torch.Generator().manual_seed(4)) < 0.5
-    teacher = dict(teacher_image_features=t_image, teacher_text_features=t_text, teacher_logit_scale=5.0)
+    """The single-process losses (``loss_cases``), the modules, and Python floats for every scalar."""
+    t_image, t_text = teacher_features(37, 24, seed=1)
     return {
-        "contrastive_loss": lambda i, t, s: contrastive_loss(i, t, s, label_smoothing=0.1, impl=impl),
-        "sigmoid_loss": lambda i, t, s: sigmoid_loss(i, t, s, -3.0, impl=impl),
-        "soft_target_loss": lambda i, t, s: soft_target_loss(
-            i, t, s, 0.4, soft_mask=mask, label_smoothing=0.1, impl=impl, **teacher
-        ),
-        "soft_target_loss self": lambda i, t, s: soft_target_loss(i, t, s, 0.3, impl=impl),
-        "distill_clip_loss": lambda i, t, s: sum(distill_clip_loss(i, t, s, t_image, t_text, 5.0, impl=impl)),
+        **loss_cases(37, 24, seed=1, impl=impl),
         "ClipLoss": lambda i, t, s: ClipLoss(impl=impl)(i, t, s),
         "SigLipLoss": lambda i, t, s: SigLipLoss(impl=impl)(i, t, s, torch.tensor(-2.0, requires_grad=True)),
         "DistillClipLoss": lambda i, t, s: sum(DistillClipLoss(impl=impl)(i, t, s, t_image, t_text, 5.0)),
         # Python floats for every scalar: made on the device without a host copy
-        "contrastive_loss float scale": lambda i, t, s: contrastive_loss(i, t, 7.0, impl=impl),
-        "sigmoid_loss float scale": lambda i, t, s: sigmoid_loss(i, t, 7.0, -3.0, impl=impl),
+        "contrastive float scale": lambda i, t, s: contrastive_loss(i, t, 7.0, impl=impl),
+        "sigmoid float scale": lambda i, t, s: sigmoid_loss(i, t, 7.0, -3.0, impl=impl),
     }
 
 
@@ -134,10 +123,7 @@ NAMES = list(_cases("torch"))
 
 
 def _check(impl: str, name: str) -> None:
-    image, text = features(37, 24, seed=1)
-    image.requires_grad_(True)
-    text.requires_grad_(True)
-    scale = torch.tensor(7.0, requires_grad=True)
+    image, text, scale = fresh_leaves(*features(37, 24, seed=1))
     loss_fn = _cases(impl)[name]
     mode = HostReads()
     with mode:
@@ -163,25 +149,11 @@ def test_triton_losses_read_no_device_value(name):
 
 
 def _check_distributed_reads(rank, world, impl):
-    image, text = features(5, 12, seed=11 + rank)
-    t_image, t_text = features(5, 9, seed=31 + rank)
-    teacher = dict(teacher_image_features=t_image, teacher_text_features=t_text, teacher_logit_scale=4.0)
-    runs = {
-        "contrastive": lambda i, t, s: contrastive_loss_distributed(i, t, s, label_smoothing=0.1, impl=impl),
-        "contrastive local": lambda i, t, s: contrastive_loss_distributed(
-            i, t, s, impl=impl, local_loss=True, gather_with_grad=False
-        ),
-        "sigmoid": lambda i, t, s: sigmoid_loss_distributed(i, t, s, -2.0, impl=impl),
-        "sigmoid per rank": lambda i, t, s: sigmoid_loss_distributed(i, t, s, -2.0, impl=impl, per_rank=True),
-        "soft target": lambda i, t, s: soft_target_loss_distributed(i, t, s, 0.4, impl=impl, **teacher),
-        "soft target self": lambda i, t, s: soft_target_loss_distributed(i, t, s, 0.3, impl=impl),
-    }
+    image, text, runs = distributed_cases(rank, impl)
     for name, run in runs.items():
-        i, t = image.clone().requires_grad_(True), text.clone().requires_grad_(True)
-        s = torch.tensor(7.0, requires_grad=True)
         mode = HostReads()
         with mode:
-            run(i, t, s).backward(torch.tensor(0.7))
+            run(*fresh_leaves(image, text)).backward(torch.tensor(0.7))
         others = [r for r in mode.reads if not r.endswith("(check_ranks)")]
         assert not others and len(mode.reads) == 1, f"{name} ({impl}) on rank {rank}: {mode.reads}"
 

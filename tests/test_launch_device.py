@@ -70,19 +70,16 @@ def pretend_second_device():
     assert state["current"] == 0, "the current device was not restored"
 
 
-def _leaves(batch, dim, seed, device="cpu", scale=7.0):
-    image, text = features(batch, dim, device=device, seed=seed)
-    return (
-        image.requires_grad_(True),
-        text.requires_grad_(True),
-        torch.tensor(scale, device=device).requires_grad_(),
-    )
+def teacher_features(batch: int, dim: int, seed: int, device="cpu"):
+    """The teacher's features of ``loss_cases`` (D + 3 wide)."""
+    return features(batch, dim + 3, device=device, seed=seed + 7)
 
 
-def _losses(batch: int, dim: int, seed: int, device="cpu", impl="triton"):
-    """name -> loss(image, text, scale), a scalar whose backward launches the backward kernels; the teacher
-    (D + 3 wide) and the soft mask on ``device``."""
-    t_image, t_text = features(batch, dim + 3, device=device, seed=seed + 7)
+def loss_cases(batch: int, dim: int, seed: int, device="cpu", impl="triton"):
+    """name -> loss(image, text, scale), a scalar whose backward launches the backward kernels, for each
+    single-process loss (tests/test_host_sync.py runs them too); the teacher and the soft mask on
+    ``device``."""
+    t_image, t_text = teacher_features(batch, dim, seed, device)
     mask = (torch.rand(batch, generator=torch.Generator().manual_seed(seed)) < 0.5).to(device)
 
     def soft(i, t, s):
@@ -100,6 +97,38 @@ def _losses(batch: int, dim: int, seed: int, device="cpu", impl="triton"):
     }
 
 
+def distributed_cases(rank: int, impl: str):
+    """(this rank's image and text features, name -> loss(image, text, scale)) for each distributed loss
+    and mode (tests/test_host_sync.py runs them too)."""
+    image, text = features(5, 12, seed=11 + rank)
+    t_image, t_text = features(5, 9, seed=31 + rank)
+    teacher = dict(teacher_image_features=t_image, teacher_text_features=t_text, teacher_logit_scale=4.0)
+    return (
+        image,
+        text,
+        {
+            "contrastive": lambda i, t, s: contrastive_loss_distributed(
+                i, t, s, label_smoothing=0.1, impl=impl
+            ),
+            "contrastive local": lambda i, t, s: contrastive_loss_distributed(
+                i, t, s, impl=impl, local_loss=True, gather_with_grad=False
+            ),
+            "sigmoid": lambda i, t, s: sigmoid_loss_distributed(i, t, s, -2.0, impl=impl),
+            "sigmoid per rank": lambda i, t, s: sigmoid_loss_distributed(
+                i, t, s, -2.0, impl=impl, per_rank=True
+            ),
+            "soft target": lambda i, t, s: soft_target_loss_distributed(i, t, s, 0.4, impl=impl, **teacher),
+            "soft target self": lambda i, t, s: soft_target_loss_distributed(i, t, s, 0.3, impl=impl),
+        },
+    )
+
+
+def fresh_leaves(image, text, scale=7.0):
+    """Leaf copies of the features and a scale tensor on their device, all requiring grad."""
+    scale = torch.tensor(scale, device=image.device, requires_grad=True)
+    return image.clone().requires_grad_(True), text.clone().requires_grad_(True), scale
+
+
 def _launches_on_device(seen: list) -> None:
     launches = [x for x in seen if not isinstance(x, tuple)]
     assert launches, "no kernel was launched"
@@ -110,8 +139,8 @@ def _launches_on_device(seen: list) -> None:
 @pytest.mark.interpreter
 @pytest.mark.parametrize("loss", ["contrastive", "sigmoid", "soft_target", "soft_target_self", "distill"])
 def test_every_launch_runs_on_the_tensors_device(loss):
-    image, text, scale = _leaves(13, 24, seed=3)
-    fn = _losses(13, 24, seed=3)[loss]
+    image, text, scale = fresh_leaves(*features(13, 24, seed=3))
+    fn = loss_cases(13, 24, seed=3)[loss]
     with pretend_second_device() as seen:
         out = fn(image, text, scale)
         out.backward(torch.tensor(1.3))
@@ -142,31 +171,10 @@ def test_on_device_enters_only_off_the_current_device():
 
 
 def _check_distributed_launches(rank, world):
-    image, text, scale = _leaves(5, 12, seed=11 + rank)
-    t_image, t_text = features(5, 9, seed=31 + rank)
-    runs = {
-        "contrastive": lambda: contrastive_loss_distributed(image, text, scale, impl="triton"),
-        "contrastive_local": lambda: contrastive_loss_distributed(
-            image, text, scale, impl="triton", local_loss=True, gather_with_grad=False
-        ),
-        "sigmoid": lambda: sigmoid_loss_distributed(image, text, scale, -2.0, impl="triton"),
-        "sigmoid_per_rank": lambda: sigmoid_loss_distributed(
-            image, text, scale, -2.0, impl="triton", per_rank=True
-        ),
-        "soft_target": lambda: soft_target_loss_distributed(
-            image,
-            text,
-            scale,
-            0.4,
-            teacher_image_features=t_image,
-            teacher_text_features=t_text,
-            teacher_logit_scale=4.0,
-            impl="triton",
-        ),  # fmt: skip
-    }
+    image, text, runs = distributed_cases(rank, "triton")
     for name, run in runs.items():
         with pretend_second_device() as seen:
-            run().backward(torch.tensor(0.7))
+            run(*fresh_leaves(image, text)).backward(torch.tensor(0.7))
         try:
             _launches_on_device(seen)
         except AssertionError as e:
@@ -188,8 +196,8 @@ def test_cuda_losses_on_a_device_that_is_not_current():
     for name in ["contrastive", "sigmoid", "soft_target", "soft_target_self", "distill"]:
         results = {}
         for impl in ["triton", "naive"]:
-            image, text, scale = _leaves(257, 96, seed=5, device="cuda:1")
-            loss = _losses(257, 96, 5, "cuda:1", impl)[name](image, text, scale)
+            image, text, scale = fresh_leaves(*features(257, 96, device="cuda:1", seed=5))
+            loss = loss_cases(257, 96, 5, "cuda:1", impl)[name](image, text, scale)
             loss.backward(torch.tensor(1.3, device="cuda:1"))
             results[impl] = (loss, image.grad, text.grad, scale.grad)
         assert torch.cuda.current_device() == 0, name
