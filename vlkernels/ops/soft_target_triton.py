@@ -904,6 +904,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     two 16-bit / TF32 score tiles in registers (a teacher) take 64 x 64 tiles (statistics, with their
     column partials) or 128 x 64 (weights, on sixteen warps) and teacher D chunks of 32 (128 x 128
     spilled); the TF32 self teacher's weights kernel its epilogue in eight parts."""
+    arch = HOST_ARCH if arch is None else arch
     base = config(dim, dtype, "lse" if kernel == "stats" else "weights", arch)
     if teacher is None:
         t_dim, t_dtype = dim, dtype
@@ -974,7 +975,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
             # chunked D: the epilogue in four column parts (the soft gaps' rest and weighted distances put the
             # 128 x 64 tiles at 255 registers and 28 B of spill on sm_90 at D = 72 / 100 in one; 252 in four)
             cfg = dict(base, BLOCK_DT=base["BLOCK_D"], PARTS=4)
-            if mma_sync(HOST_ARCH if arch is None else arch) and dim % 16 != 0:
+            if mma_sync(arch) and dim % 16 != 0:
                 # 32-column tiles on sm_80 at unaligned D (221-245 registers with Triton 3.6-3.9): at 64
                 # its 255 spilled 16 B with 3.6 once the rows' rest was stored (the off-diagonal masses),
                 # at any stage count
@@ -988,7 +989,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
         if kernel == "stats":
             block_d = 16 if split_dots(dtype) else base["BLOCK_D"]
             cfg = dict(base, BLOCK_M=64, BLOCK_D=block_d, BLOCK_DT=16, num_stages=2)
-            if mma_sync(HOST_ARCH if arch is None else arch):
+            if mma_sync(arch):
                 # 32-column tiles on sm_80 (mma.sync keeps the score tiles in registers: with the soft gaps'
                 # sums the 64-column ones reached 255 and spilled 16-60 B; 169-242 registers now)
                 cfg["BLOCK_N"] = 32
@@ -1002,14 +1003,14 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     # spilled 4 B on sm_90 with Triton 3.9 once a separate teacher's LSEs were two-part (their bf16 lo
     # beside each hi), and the 16-bit ones at unaligned D 20-32 B once the diagonal's hard part came from
     # the masses (its row vector, and the student's LSEs as hi + lo vectors)
-    if mma_sync(HOST_ARCH if arch is None else arch) and t_dtype != torch.float32:
+    if mma_sync(arch) and t_dtype != torch.float32:
         # 16-bit teachers on sm_80: 128 x 32 tiles (112-128 registers with Triton 3.9). At 128 x 64 they
         # spilled 12-20 B once a separate teacher's soft part on the diagonal came from the masses (the
         # soft factors' row vector, and the gathered products' variant now with the diagonal; mma.sync
         # keeps both score tiles in registers)
         cfg["BLOCK_N"] = 32
     # eight warps on tcgen05 (sm_100), where Triton lowers a dot on sixteen to mma.sync
-    return dict(cfg, num_warps=8 if tcgen05(HOST_ARCH if arch is None else arch) else 16)
+    return dict(cfg, num_warps=8 if tcgen05(arch) else 16)
 
 
 def features_config(q: torch.Tensor, k: torch.Tensor, teacher, kernel: str) -> dict:
