@@ -97,11 +97,11 @@ def loss_cases(batch: int, dim: int, seed: int, device="cpu", impl="triton"):
     }
 
 
-def distributed_cases(rank: int, impl: str):
+def distributed_cases(rank: int, impl: str, batch: int = 5, dim: int = 12):
     """(this rank's image and text features, name -> loss(image, text, scale)) for each distributed loss
-    and mode (tests/test_host_sync.py runs them too)."""
-    image, text = features(5, 12, seed=11 + rank)
-    t_image, t_text = features(5, 9, seed=31 + rank)
+    and mode (tests/test_host_sync.py and tests/test_races.py run them too)."""
+    image, text = features(batch, dim, seed=11 + rank)
+    t_image, t_text = features(batch, dim - 3, seed=31 + rank)
     teacher = dict(teacher_image_features=t_image, teacher_text_features=t_text, teacher_logit_scale=4.0)
     return (
         image,
