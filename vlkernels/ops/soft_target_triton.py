@@ -36,7 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
-from vlkernels._triton import interpret_mode
+from vlkernels.ops import triton_utils
 from vlkernels.ops.contrastive_triton import diagonal, forward_rows_per_launch
 from vlkernels.ops.gchunk_triton import Workspace, backward_plan
 from vlkernels.ops.torch_utils import finish_partials, lse_at, pack_lse, workspace_bytes
@@ -911,7 +911,7 @@ def tile_config(dim: int, dtype, teacher, kernel: str, arch: int | None = None, 
     else:
         t_dim, t_dtype = teacher[0].shape[1], teacher[0].dtype
     wide = teacher is None and wide_score_tiles(dim, dtype, arch) and (tma or kernel == "stats")
-    if interpret_mode():
+    if triton_utils.small_tiles():
         cfg = dict(base, BLOCK_DT=config(t_dim, t_dtype, "weights")["BLOCK_D"])
         if wide and kernel == "weights":
             return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=8, TMA=True)
@@ -1085,7 +1085,7 @@ def _merge_columns(part, programs: int, run, teacher: bool, fresh: bool) -> None
     """Merge the first ``programs`` programs' column partials in ``part`` (and unless ``fresh`` the sums
     in ``run``, [parts, N] fp32) into ``run`` (``_merge_kernel``)."""
     n = run.shape[1]
-    block = 64 if interpret_mode() else _MERGE_BLOCK
+    block = 64 if triton_utils.small_tiles() else _MERGE_BLOCK
     _merge_kernel[(triton.cdiv(n, block),)](
         part, part.stride(0), run, programs, n, TEACHER=teacher, FRESH=fresh, BLOCK=block
     )

@@ -23,6 +23,14 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
 
+def small_tiles() -> bool:
+    """Whether the launchers take small tiles (16 x 16 and the like, the same code paths): in Triton's
+    interpreter, where the GPU's tiles run slowly. Only the tile choice asks this; the interpreter's own
+    numerics (``upcast``, ``dot_precision``) and walks (``walk_grid``) ask ``interpret_mode``, so that
+    tests/test_gpu_tiles.py can run the GPU's tiles in the interpreter by patching it."""
+    return interpret_mode()
+
+
 @triton.jit
 def load_tile(ptr, offs_r, offs_d, mask_r, mask_d, s_r, s_d, UPCAST: tl.constexpr):
     """A [rows, BLOCK_D] tile, zero-padded; UPCAST only where the interpreter cannot dot bf16."""
@@ -568,7 +576,7 @@ def matmul_config(
     parts = 1
     if accumulate and aligned and dtype != torch.float32 and wide == 256:
         parts = 4 if lo else 2
-    if interpret_mode():  # small tiles, the same paths
+    if small_tiles():  # the same paths
         return dict(BLOCK_M=16, BLOCK_N=16 * parts, BLOCK_K=16, PARTS=parts)
     if dtype == torch.float32 and dot_precision(dtype) == "ieee":
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=3)
@@ -816,7 +824,7 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         cfg = config(dim, dtype, "fwd", arch)
         if not wide_score_tiles(dim, dtype, arch):
             return cfg
-        if interpret_mode():
+        if small_tiles():
             return dict(cfg, BLOCK_N=64, PARTS=4)
         # 128 x 256 (wgmma m64n256: 85 FLOP per byte of L2 traffic, 64 at 128 x 128), read through TMA
         # descriptors (``forward_config``): 222 registers on sm_90 with Triton 3.9, 219 with 3.6, with the
@@ -827,7 +835,7 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         cfg = config(dim, dtype, "weights", arch)
         if not wide_score_tiles(dim, dtype, arch):
             return cfg
-        if interpret_mode():
+        if small_tiles():
             return dict(cfg, BLOCK_M=32, BLOCK_N=64, PARTS=4, TMA=True)
         # 256 x 128 (85 FLOP per byte of L2 traffic) on 16 warps, read through TMA descriptors, the epilogue
         # in four 32-column parts, each storing its own ds partials: 128 / 127 registers (the cap at 16
@@ -838,7 +846,7 @@ def config(dim: int, dtype: torch.dtype, kernel: str, arch: int | None = None) -
         # 179-222 registers, no spills (the contrastive, sigmoid and soft-target G kernels, AOT-compiled)
         warps = 8 if tcgen05(arch) else 16
         return dict(cfg, BLOCK_M=256, BLOCK_N=128, num_warps=warps, PARTS=4, TMA=True)
-    if interpret_mode():
+    if small_tiles():
         return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_D=max(16, min(32, triton.next_power_of_2(dim))))
     if kernel in ("fwd", "weights"):
         # the v2 contrastive kernels: 128 x 128 score tiles, D walked in chunks of 64 (16-bit) / 32 (TF32)

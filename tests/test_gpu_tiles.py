@@ -1,0 +1,113 @@
+"""The GPU's own tiles, run in the interpreter.
+
+In Triton's interpreter the launchers take small tiles (16 x 16 and the like: ``triton_utils.small_tiles``),
+the same code paths at a fraction of the time. The tiles a GPU launches (128 x 128 and 256 x 128 through
+TMA descriptors, 64 x 32 IEEE fp32 tiles, the epilogues in four or eight column parts, the statistics'
+partials per part, the merge's 256-column blocks) are compiled ahead of time (tests/test_aot_compile.py)
+but never run here. The tests below run them: ``small_tiles`` patched off and ``HOST_ARCH`` set to sm_90
+(the H100's tiles) or sm_80 (the A100's, which the RTX 30 / 40 / 50 GPUs share), on CPU tensors in the
+interpreter. Each checks the loss and every gradient against float64 on the rule of the loss's own tests
+(the checks tests/test_gpu_*.py run on a GPU, at smaller shapes), the diagonal checks' bitwise
+equalities, and that no launch races (``tests/_races.py``).
+
+The interpreter's numerics are not a GPU's (numpy dots; bf16 tiles upcast after loading): what this
+shows is the tiles' indexing, masking, layouts and buffer sizes, not the tensor cores' rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests._races import hazards_of, races
+from tests.test_contrastive import _check as contrastive_check
+from tests.test_contrastive import check_diagonal_is_the_walks
+from tests.test_sigmoid import check as sigmoid_check
+from tests.test_soft_target import _check as soft_target_check
+from tests.test_soft_target import check_stats_diagonal_is_the_walks
+from vlkernels.ops import triton_utils as tu
+
+pytestmark = pytest.mark.interpreter
+
+ARCHS = [90, 80]
+
+
+@pytest.fixture(params=ARCHS, ids=lambda a: f"sm{a}")
+def gpu_tiles(request, monkeypatch):
+    """The launchers take sm_``arch``'s tiles in the interpreter; yields the launches' race records."""
+    monkeypatch.setattr(tu, "small_tiles", lambda: False)
+    monkeypatch.setattr(tu, "HOST_ARCH", request.param)
+    with races() as launches:
+        yield launches
+    assert launches, "no kernel was launched"
+    small = [x for x in launches if min(x.blocks.get(k, 64) for k in ("BLOCK_M", "BLOCK")) < 64]
+    assert not small, f"launches on the interpreter's small tiles: {small[:3]}"
+    bad = hazards_of(launches)
+    assert not bad, "; ".join(bad)
+
+
+@pytest.fixture
+def fp32_restore():
+    before = torch.get_float32_matmul_precision()
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+# (dtype or fp32 dots, batch, dim, workspace MiB or None): 16-bit at an aligned D (TMA tiles, D walked in
+# chunks) and an unaligned one (pointer loads), every fp32 kind, one with no workspace (G in slabs)
+CASES = [
+    ("bf16", 300, 200, None),
+    ("fp16", 257, 129, "0"),
+    ("ieee", 200, 72, None),
+    ("tf32", 200, 129, None),
+    ("bf16x6", 160, 96, None),
+]
+
+
+def _dtype(monkeypatch, kind: str) -> torch.dtype:
+    if kind in ("bf16", "fp16"):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[kind]
+    torch.set_float32_matmul_precision("high" if kind == "tf32" else "highest")
+    if kind not in ("ieee", "tf32"):
+        monkeypatch.setenv("VLKERNELS_FP32_DOTS", kind)
+    return torch.float32
+
+
+def _case(monkeypatch, case):
+    kind, batch, dim, workspace = case
+    if workspace is not None:
+        monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace)
+    return _dtype(monkeypatch, kind), batch, dim
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}")
+def test_contrastive(monkeypatch, fp32_restore, gpu_tiles, case):
+    dtype, batch, dim = _case(monkeypatch, case)
+    contrastive_check("triton", batch, dim, dtype, scale=30.0, eps=0.1, grad_out=1.3)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}")
+def test_sigmoid(monkeypatch, fp32_restore, gpu_tiles, case):
+    dtype, batch, dim = _case(monkeypatch, case)
+    sigmoid_check("triton", batch, dim, dtype, grad_out=1.3)
+
+
+@pytest.mark.parametrize("teacher", [None, 40], ids=["self", "teacher"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}")
+def test_soft_target(monkeypatch, fp32_restore, gpu_tiles, case, teacher):
+    dtype, batch, dim = _case(monkeypatch, case)
+    t_dtype = torch.float32 if dtype == torch.float32 else dtype
+    soft_target_check("triton", batch, dim, dtype, alpha=0.4, t_dim=teacher, mask=True, eps=0.1,
+                      grad_out=1.3, scale=30.0, t_dtype=t_dtype, t_scale=20.0)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind,rows,dim,row0",
+    [("bf16", 300, 200, 0), ("bf16", 130, 72, 37), ("ieee", 200, 64, 0), ("ieee", 130, 72, 37)],
+)
+def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, kind, rows, dim, row0):
+    """The contrastive forward's and the statistics kernel's diagonal scores, recomputed by
+    ``_diagonal_kernel`` / ``_teacher_diagonal_kernel`` on their tile configs, are bitwise theirs."""
+    dtype = _dtype(monkeypatch, kind)
+    check_diagonal_is_the_walks("triton", rows, dim, row0, dtype=dtype)
+    for teacher in (False, True):
+        check_stats_diagonal_is_the_walks("triton", rows, dim, row0, teacher, dtype=dtype)
