@@ -18,12 +18,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests import test_contrastive as contrastive_tests
 from tests._races import hazards_of, races
 from tests.test_contrastive import _check as contrastive_check
-from tests.test_contrastive import check_diagonal_is_the_walks
+from tests.test_contrastive import _check_huge_logits, check_diagonal_is_the_walks
 from tests.test_sigmoid import check as sigmoid_check
 from tests.test_soft_target import _check as soft_target_check
-from tests.test_soft_target import check_stats_diagonal_is_the_walks
+from tests.test_soft_target import check_distill_near_one_hot, check_stats_diagonal_is_the_walks
 from vlkernels.ops import triton_utils as tu
 
 pytestmark = pytest.mark.interpreter
@@ -111,3 +112,18 @@ def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, kind, row
     check_diagonal_is_the_walks("triton", rows, dim, row0, dtype=dtype)
     for teacher in (False, True):
         check_stats_diagonal_is_the_walks("triton", rows, dim, row0, teacher, dtype=dtype)
+
+
+@pytest.mark.parametrize("check", ["confident rows", "distill near one-hot", "huge logits"])
+def test_extremes(fp32_restore, gpu_tiles, check):
+    """The CPU tests' extremes (tests/test_contrastive.py, tests/test_soft_target.py; IEEE fp32) that
+    tests/test_gpu_*.py owe on a GPU, here on its tiles: near one-hot rows within 16 ulps of their own
+    error scale (B = 257, s = 60); DistillClipLoss near one-hot with its two losses weighted apart;
+    logits near 1e23 on the float64 rule (the G kernel recomputes the forward's scores bitwise)."""
+    torch.set_float32_matmul_precision("highest")
+    if check == "confident rows":
+        contrastive_tests.test_confident_rows_at_s_60_keep_their_gradient("triton")  # (not collected here)
+    elif check == "distill near one-hot":
+        check_distill_near_one_hot("triton", 257, 64, 48)
+    else:
+        _check_huge_logits(1e22, 130, 72)
