@@ -8,20 +8,25 @@ but never run here. The tests below run them: ``small_tiles`` patched off and ``
 (the H100's tiles) or sm_80 (the A100's, which the RTX 30 / 40 / 50 GPUs share), on CPU tensors in the
 interpreter. Each checks the loss and every gradient against float64 on the rule of the loss's own tests
 (the checks tests/test_gpu_*.py run on a GPU, at smaller shapes), the diagonal checks' bitwise
-equalities, and that no launch races (``tests/_races.py``).
+equalities, the extremes (near one-hot rows, logits near 1e23), the one-tile launches in slabs, the
+distributed modes on 2 gloo ranks against naive, and that no launch races (``tests/_races.py``).
 
 The interpreter's numerics are not a GPU's (numpy dots; bf16 tiles upcast after loading): what this
 shows is the tiles' indexing, masking, layouts and buffer sizes, not the tensor cores' rounding."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 
 from tests import test_contrastive as contrastive_tests
 from tests._races import hazards_of, races
+from tests._spawn import spawn
 from tests.test_contrastive import _check as contrastive_check
 from tests.test_contrastive import _check_huge_logits, check_diagonal_is_the_walks
+from tests.test_launch_device import distributed_cases, fresh_leaves
 from tests.test_sigmoid import check as sigmoid_check
 from tests.test_soft_target import _check as soft_target_check
 from tests.test_soft_target import check_distill_near_one_hot, check_stats_diagonal_is_the_walks
@@ -39,11 +44,16 @@ def gpu_tiles(request, monkeypatch):
     monkeypatch.setattr(tu, "HOST_ARCH", request.param)
     with races() as launches:
         yield launches
-    assert launches, "no kernel was launched"
+    _assert_gpu_launches(launches)
+
+
+def _assert_gpu_launches(launches, what: str = "") -> None:
+    """Kernels were launched, every one on GPU tiles (no block below 64), none with a race."""
+    assert launches, f"{what}: no kernel was launched"
     small = [x for x in launches if min(x.blocks.get(k, 64) for k in ("BLOCK_M", "BLOCK")) < 64]
-    assert not small, f"launches on the interpreter's small tiles: {small[:3]}"
+    assert not small, f"{what}: launches on the interpreter's small tiles: {small[:3]}"
     bad = hazards_of(launches)
-    assert not bad, "; ".join(bad)
+    assert not bad, f"{what}: " + "; ".join(bad)
 
 
 @pytest.fixture
@@ -56,11 +66,11 @@ def fp32_restore():
 # (dtype or fp32 dots, batch, dim, workspace MiB or None): 16-bit at an aligned D (TMA tiles, D walked in
 # chunks) and an unaligned one (pointer loads), every fp32 kind, one with no workspace (G in slabs)
 CASES = [
-    ("bf16", 300, 200, None),
-    ("fp16", 257, 129, "0"),
-    ("ieee", 200, 72, None),
-    ("tf32", 200, 129, None),
-    ("bf16x6", 160, 96, None),
+    ("bf16", 200, 136, None),
+    ("fp16", 150, 65, "0"),
+    ("ieee", 100, 72, None),
+    ("tf32", 150, 129, None),
+    ("bf16x6", 130, 96, None),
 ]
 
 
@@ -103,7 +113,7 @@ def test_soft_target(monkeypatch, fp32_restore, gpu_tiles, case, teacher):
 
 @pytest.mark.parametrize(
     "kind,rows,dim,row0",
-    [("bf16", 300, 200, 0), ("bf16", 130, 72, 37), ("ieee", 200, 64, 0), ("ieee", 130, 72, 37)],
+    [("bf16", 200, 136, 0), ("bf16", 130, 72, 37), ("ieee", 150, 64, 0), ("ieee", 130, 72, 37)],
 )
 def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, kind, rows, dim, row0):
     """The contrastive forward's and the statistics kernel's diagonal scores, recomputed by
@@ -118,12 +128,61 @@ def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, kind, row
 def test_extremes(fp32_restore, gpu_tiles, check):
     """The CPU tests' extremes (tests/test_contrastive.py, tests/test_soft_target.py; IEEE fp32) that
     tests/test_gpu_*.py owe on a GPU, here on its tiles: near one-hot rows within 16 ulps of their own
-    error scale (B = 257, s = 60); DistillClipLoss near one-hot with its two losses weighted apart;
+    error scale (B = 257, s = 60); DistillClipLoss near one-hot (B = 130) with its two losses weighted apart;
     logits near 1e23 on the float64 rule (the G kernel recomputes the forward's scores bitwise)."""
     torch.set_float32_matmul_precision("highest")
     if check == "confident rows":
         contrastive_tests.test_confident_rows_at_s_60_keep_their_gradient("triton")  # (not collected here)
     elif check == "distill near one-hot":
-        check_distill_near_one_hot("triton", 257, 64, 48)
+        check_distill_near_one_hot("triton", 130, 64, 48)
     else:
         _check_huge_logits(1e22, 130, 72)
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "sigmoid", "soft target"])
+def test_one_tile_slabs(monkeypatch, fp32_restore, gpu_tiles, loss):
+    """The one-tile G launches (IEEE fp32: 64 x 32 tiles; the soft target's separate teacher) with their
+    column tiles in slabs of two along z (``triton_utils.GRID_YZ_MAX`` lowered from 65,535), on the
+    float64 rule; the spare program of the last slab writes the last tile again, alike."""
+    monkeypatch.setattr(tu, "GRID_YZ_MAX", 2)
+    torch.set_float32_matmul_precision("highest")
+    if loss == "contrastive":
+        contrastive_check("triton", 150, 72, scale=30.0, eps=0.1, grad_out=1.3)
+    elif loss == "sigmoid":
+        sigmoid_check("triton", 150, 72, grad_out=1.3)
+    else:
+        soft_target_check("triton", 150, 72, alpha=0.4, t_dim=40, mask=True, eps=0.1, grad_out=1.3)
+    assert any(x.same_writes for x in gpu_tiles), "no launch clamped a spare program onto a tile"
+
+
+ROWS = 100  # a rank's: 200 gathered columns
+
+
+def _check_distributed_on_gpu_tiles(rank, world, arch):
+    """Each distributed loss and mode on sm_``arch``'s tiles: the Triton loss and gradients within 1e-4
+    of naive's largest value (fp32, IEEE dots), and no race."""
+    image, text, _ = distributed_cases(rank, "triton", ROWS, 72)
+    torch.set_float32_matmul_precision("highest")
+    with mock.patch.object(tu, "small_tiles", lambda: False), mock.patch.object(tu, "HOST_ARCH", arch):
+        for name in distributed_cases(rank, "naive", ROWS, 72)[2]:
+            results = {}
+            for impl in ("triton", "naive"):
+                run = distributed_cases(rank, impl, ROWS, 72)[2][name]
+                i, t, s = fresh_leaves(image, text)
+                with races() as launches:
+                    loss = run(i, t, s)
+                    loss.backward(torch.tensor(1.3))
+                results[impl] = (loss, i.grad, t.grad, s.grad)
+                if impl == "triton":
+                    _assert_gpu_launches(launches, name)
+            names = ("loss", "dI", "dT", "ds")
+            for got, want, what in zip(results["triton"], results["naive"], names, strict=True):
+                tol = 1e-4 * want.abs().max().item()
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=tol, msg=f"{name} {what}")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_distributed_losses(arch):
+    """The six distributed modes (the contrastive loss gathered and local, the sigmoid loss gathered and
+    per rank, the soft target with and without a teacher) on 2 gloo ranks, 100 rows a rank."""
+    spawn(__name__, 2, ("_check_distributed_on_gpu_tiles", arch))
