@@ -34,12 +34,11 @@ from vlkernels.ops import triton_utils as tu
 
 pytestmark = pytest.mark.interpreter
 
-ARCHS = [90, 80]
 
-
-@pytest.fixture(params=ARCHS, ids=lambda a: f"sm{a}")
+@pytest.fixture
 def gpu_tiles(request, monkeypatch):
-    """The launchers take sm_``arch``'s tiles in the interpreter; yields the launches' race records."""
+    """The launchers take sm_``request.param``'s tiles in the interpreter (tests parametrize it
+    indirectly); yields the launches' race records."""
     monkeypatch.setattr(tu, "small_tiles", lambda: False)
     monkeypatch.setattr(tu, "HOST_ARCH", request.param)
     with races() as launches:
@@ -63,15 +62,23 @@ def fp32_restore():
     torch.set_float32_matmul_precision(before)
 
 
-# (dtype or fp32 dots, batch, dim, workspace MiB or None): 16-bit at an aligned D (TMA tiles, D walked in
-# chunks) and an unaligned one (pointer loads), every fp32 kind, one with no workspace (G in slabs)
+# (dtype or fp32 dots, batch, dim, workspace MiB or None, architectures): bf16 at D a multiple of 16
+# above 64 (sm_90: the wide tiles, 128 x 256 forward and 256 x 128 G through TMA descriptors, the soft
+# target's 128 x 128 statistics in parts; sm_80: 128 x 128), fp16 at an unaligned D (pointer loads) with
+# no workspace (G in slabs of one block), every fp32 kind. sm_80 only where its tiles differ from sm_90's
+# at these shapes (the IEEE and TF32 launches take the same blocks on both).
 CASES = [
-    ("bf16", 200, 136, None),
-    ("fp16", 150, 65, "0"),
-    ("ieee", 100, 72, None),
-    ("tf32", 150, 129, None),
-    ("bf16x6", 130, 96, None),
+    ("bf16", 200, 144, None, (90, 80)),
+    ("fp16", 150, 65, "0", (90, 80)),
+    ("ieee", 100, 72, None, (90,)),
+    ("tf32", 150, 129, None, (90,)),
+    ("bf16x6", 130, 96, None, (90, 80)),
 ]
+
+
+def _params(cases) -> list:
+    """pytest params (case, arch) for ``gpu_tiles`` (indirect), one per architecture of each case."""
+    return [pytest.param(c[:-1], a, id=f"sm{a}-{c[0]}-{c[1]}x{c[2]}") for c in cases for a in c[-1]]
 
 
 def _dtype(monkeypatch, kind: str) -> torch.dtype:
@@ -83,6 +90,14 @@ def _dtype(monkeypatch, kind: str) -> torch.dtype:
     return torch.float32
 
 
+def _assert_wide(launches, dtype, dim) -> None:
+    """Where ``wide_score_tiles`` holds (sm_90, 16-bit, D a multiple of 16 above 64), the forward ran on
+    128 x 256 tiles and the G kernel on 256 x 128; elsewhere neither did."""
+    blocks = {(x.blocks.get("BLOCK_M"), x.blocks.get("BLOCK_N")) for x in launches}
+    wide = tu.wide_score_tiles(dim, dtype, tu.HOST_ARCH)
+    assert ({(128, 256), (256, 128)} <= blocks) == wide, (wide, sorted(blocks, key=str))
+
+
 def _case(monkeypatch, case):
     kind, batch, dim, workspace = case
     if workspace is not None:
@@ -90,20 +105,22 @@ def _case(monkeypatch, case):
     return _dtype(monkeypatch, kind), batch, dim
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}")
+@pytest.mark.parametrize("case,gpu_tiles", _params(CASES), indirect=["gpu_tiles"])
 def test_contrastive(monkeypatch, fp32_restore, gpu_tiles, case):
     dtype, batch, dim = _case(monkeypatch, case)
     contrastive_check("triton", batch, dim, dtype, scale=30.0, eps=0.1, grad_out=1.3)
+    _assert_wide(gpu_tiles, dtype, dim)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}")
+@pytest.mark.parametrize("case,gpu_tiles", _params(CASES), indirect=["gpu_tiles"])
 def test_sigmoid(monkeypatch, fp32_restore, gpu_tiles, case):
     dtype, batch, dim = _case(monkeypatch, case)
     sigmoid_check("triton", batch, dim, dtype, grad_out=1.3)
+    _assert_wide(gpu_tiles, dtype, dim)
 
 
 @pytest.mark.parametrize("teacher", [None, 40], ids=["self", "teacher"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}x{c[2]}")
+@pytest.mark.parametrize("case,gpu_tiles", _params(CASES), indirect=["gpu_tiles"])
 def test_soft_target(monkeypatch, fp32_restore, gpu_tiles, case, teacher):
     dtype, batch, dim = _case(monkeypatch, case)
     t_dtype = torch.float32 if dtype == torch.float32 else dtype
@@ -112,18 +129,22 @@ def test_soft_target(monkeypatch, fp32_restore, gpu_tiles, case, teacher):
 
 
 @pytest.mark.parametrize(
-    "kind,rows,dim,row0",
-    [("bf16", 200, 136, 0), ("bf16", 130, 72, 37), ("ieee", 150, 64, 0), ("ieee", 130, 72, 37)],
-)
-def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, kind, rows, dim, row0):
+    "case,gpu_tiles",
+    _params([("bf16", 200, 144, 0, (90, 80)), ("bf16", 130, 72, 37, (90, 80)), ("ieee", 150, 64, 0, (90,)),
+             ("ieee", 130, 72, 37, (90,))]),
+    indirect=["gpu_tiles"],
+)  # fmt: skip
+def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, case):
     """The contrastive forward's and the statistics kernel's diagonal scores, recomputed by
     ``_diagonal_kernel`` / ``_teacher_diagonal_kernel`` on their tile configs, are bitwise theirs."""
+    kind, rows, dim, row0 = case
     dtype = _dtype(monkeypatch, kind)
     check_diagonal_is_the_walks("triton", rows, dim, row0, dtype=dtype)
     for teacher in (False, True):
         check_stats_diagonal_is_the_walks("triton", rows, dim, row0, teacher, dtype=dtype)
 
 
+@pytest.mark.parametrize("gpu_tiles", [90], indirect=True, ids=["sm90"])  # IEEE: sm_80's tiles alike
 @pytest.mark.parametrize("check", ["confident rows", "distill near one-hot", "huge logits"])
 def test_extremes(fp32_restore, gpu_tiles, check):
     """The CPU tests' extremes (tests/test_contrastive.py, tests/test_soft_target.py; IEEE fp32) that
@@ -139,6 +160,7 @@ def test_extremes(fp32_restore, gpu_tiles, check):
         _check_huge_logits(1e22, 130, 72)
 
 
+@pytest.mark.parametrize("gpu_tiles", [90], indirect=True, ids=["sm90"])  # IEEE: sm_80's tiles alike
 @pytest.mark.parametrize("loss", ["contrastive", "sigmoid", "soft target"])
 def test_one_tile_slabs(monkeypatch, fp32_restore, gpu_tiles, loss):
     """The one-tile G launches (IEEE fp32: 64 x 32 tiles; the soft target's separate teacher) with their
@@ -181,8 +203,7 @@ def _check_distributed_on_gpu_tiles(rank, world, arch):
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=tol, msg=f"{name} {what}")
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_distributed_losses(arch):
+def test_distributed_losses():
     """The six distributed modes (the contrastive loss gathered and local, the sigmoid loss gathered and
     per rank, the soft target with and without a teacher) on 2 gloo ranks, 100 rows a rank."""
-    spawn(__name__, 2, ("_check_distributed_on_gpu_tiles", arch))
+    spawn(__name__, 2, ("_check_distributed_on_gpu_tiles", 90))  # IEEE: sm_80's tiles alike
