@@ -59,12 +59,20 @@ def compiled(tmp_path_factory):
     if not _have_ptxas():
         skip_or_fail("triton's bundled ptxas is missing: cannot compile for sm_90/sm_80")
     out = tmp_path_factory.mktemp("aot") / "aot.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-m", "benchmarks.aot", "--grid", "test", "--json", str(out), "--out-dir", ""]
-    cmd += ["--arch", *map(str, ARCHS), "--jobs", "2"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    cmd = ["-m", "benchmarks.aot", "--grid", "test", "--json", str(out), "--out-dir", ""]
+    _without_interpreter(cmd + ["--arch", *map(str, ARCHS), "--jobs", "2"], timeout=1200)
     return json.loads(out.read_text())
+
+
+def _without_interpreter(args: list, timeout: float | None = None) -> str:
+    """stdout of ``python *args`` in the repository without TRITON_INTERPRET (a compile or capture for a
+    GPU target), asserting that it succeeded."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
 
 
 def _features(rec: dict, dtype) -> tuple:
@@ -421,10 +429,7 @@ def test_mma_sync_gpus_take_the_sm80_tiles():
         "json.dump({a: {v: r['spec'] for v, r in aot.capture(calls, a).items()} "
         f"for a in (80, {', '.join(map(str, MMA_SYNC_ARCHS))})}}, sys.stdout)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    specs = json.loads(out.stdout)
+    specs = json.loads(_without_interpreter(["-c", code]))
     assert set(specs["80"]) == set(aot.plan("test"))
     for arch in MMA_SYNC_ARCHS:
         differ = sorted(v for v in specs["80"] if specs[str(arch)].get(v) != specs["80"][v])
@@ -453,10 +458,7 @@ def test_tcgen05_gpus_launch_at_most_eight_warps():
         "import json, sys; from benchmarks import aot; calls = aot.grid('test'); "
         "json.dump({v: r['num_warps'] for v, r in aot.capture(calls, 100).items()}, sys.stdout)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    warps = json.loads(out.stdout)
+    warps = json.loads(_without_interpreter(["-c", code]))
     assert set(warps) == set(aot.plan("test"))
     over = {vid: w for vid, w in warps.items() if w > 8}
     assert not over, over
