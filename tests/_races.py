@@ -152,3 +152,12 @@ def hazards_of(launches: list[Launch]) -> list[str]:
         for x in launches
         if not x.clean
     ]
+
+
+def assert_no_race(launches: list[Launch], what: str) -> None:
+    """Kernels were launched, at least one with two programs (else nothing could race), none with a
+    hazard."""
+    assert launches, f"{what}: no kernel was launched"
+    assert any(x.programs > 1 for x in launches), f"{what}: no launch had two programs"
+    bad = hazards_of(launches)
+    assert not bad, f"{what}: " + "; ".join(bad)

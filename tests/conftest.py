@@ -61,3 +61,12 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def matmul_precision():
+    """``torch.set_float32_matmul_precision`` for the test (it decides whether fp32 dots are TF32); the
+    value before it is restored after."""
+    before = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(before)

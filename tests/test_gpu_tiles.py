@@ -22,11 +22,12 @@ import pytest
 import torch
 
 from tests import test_contrastive as contrastive_tests
-from tests._races import hazards_of, races
+from tests._races import assert_no_race, races
+from tests._ref import run_loss
 from tests._spawn import spawn
 from tests.test_contrastive import _check as contrastive_check
 from tests.test_contrastive import _check_huge_logits, check_diagonal_is_the_walks
-from tests.test_launch_device import distributed_cases, fresh_leaves
+from tests.test_launch_device import distributed_cases
 from tests.test_sigmoid import check as sigmoid_check
 from tests.test_soft_target import _check as soft_target_check
 from tests.test_soft_target import check_distill_near_one_hot, check_stats_diagonal_is_the_walks
@@ -48,18 +49,9 @@ def gpu_tiles(request, monkeypatch):
 
 def _assert_gpu_launches(launches, what: str = "") -> None:
     """Kernels were launched, every one on GPU tiles (no block below 64), none with a race."""
-    assert launches, f"{what}: no kernel was launched"
+    assert_no_race(launches, what)
     small = [x for x in launches if min(x.blocks.get(k, 64) for k in ("BLOCK_M", "BLOCK")) < 64]
     assert not small, f"{what}: launches on the interpreter's small tiles: {small[:3]}"
-    bad = hazards_of(launches)
-    assert not bad, f"{what}: " + "; ".join(bad)
-
-
-@pytest.fixture
-def fp32_restore():
-    before = torch.get_float32_matmul_precision()
-    yield
-    torch.set_float32_matmul_precision(before)
 
 
 # (dtype or fp32 dots, batch, dim, workspace MiB or None, architectures): bf16 at D a multiple of 16
@@ -81,10 +73,10 @@ def _params(cases) -> list:
     return [pytest.param(c[:-1], a, id=f"sm{a}-{c[0]}-{c[1]}x{c[2]}") for c in cases for a in c[-1]]
 
 
-def _dtype(monkeypatch, kind: str) -> torch.dtype:
+def _dtype(monkeypatch, matmul_precision, kind: str) -> torch.dtype:
     if kind in ("bf16", "fp16"):
         return {"bf16": torch.bfloat16, "fp16": torch.float16}[kind]
-    torch.set_float32_matmul_precision("high" if kind == "tf32" else "highest")
+    matmul_precision("high" if kind == "tf32" else "highest")
     if kind not in ("ieee", "tf32"):
         monkeypatch.setenv("VLKERNELS_FP32_DOTS", kind)
     return torch.float32
@@ -98,31 +90,31 @@ def _assert_wide(launches, dtype, dim) -> None:
     assert ({(128, 256), (256, 128)} <= blocks) == wide, (wide, sorted(blocks, key=str))
 
 
-def _case(monkeypatch, case):
+def _case(monkeypatch, matmul_precision, case):
     kind, batch, dim, workspace = case
     if workspace is not None:
         monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace)
-    return _dtype(monkeypatch, kind), batch, dim
+    return _dtype(monkeypatch, matmul_precision, kind), batch, dim
 
 
 @pytest.mark.parametrize("case,gpu_tiles", _params(CASES), indirect=["gpu_tiles"])
-def test_contrastive(monkeypatch, fp32_restore, gpu_tiles, case):
-    dtype, batch, dim = _case(monkeypatch, case)
+def test_contrastive(monkeypatch, matmul_precision, gpu_tiles, case):
+    dtype, batch, dim = _case(monkeypatch, matmul_precision, case)
     contrastive_check("triton", batch, dim, dtype, scale=30.0, eps=0.1, grad_out=1.3)
     _assert_wide(gpu_tiles, dtype, dim)
 
 
 @pytest.mark.parametrize("case,gpu_tiles", _params(CASES), indirect=["gpu_tiles"])
-def test_sigmoid(monkeypatch, fp32_restore, gpu_tiles, case):
-    dtype, batch, dim = _case(monkeypatch, case)
+def test_sigmoid(monkeypatch, matmul_precision, gpu_tiles, case):
+    dtype, batch, dim = _case(monkeypatch, matmul_precision, case)
     sigmoid_check("triton", batch, dim, dtype, grad_out=1.3)
     _assert_wide(gpu_tiles, dtype, dim)
 
 
 @pytest.mark.parametrize("teacher", [None, 40], ids=["self", "teacher"])
 @pytest.mark.parametrize("case,gpu_tiles", _params(CASES), indirect=["gpu_tiles"])
-def test_soft_target(monkeypatch, fp32_restore, gpu_tiles, case, teacher):
-    dtype, batch, dim = _case(monkeypatch, case)
+def test_soft_target(monkeypatch, matmul_precision, gpu_tiles, case, teacher):
+    dtype, batch, dim = _case(monkeypatch, matmul_precision, case)
     t_dtype = torch.float32 if dtype == torch.float32 else dtype
     soft_target_check("triton", batch, dim, dtype, alpha=0.4, t_dim=teacher, mask=True, eps=0.1,
                       grad_out=1.3, scale=30.0, t_dtype=t_dtype, t_scale=20.0)  # fmt: skip
@@ -134,11 +126,11 @@ def test_soft_target(monkeypatch, fp32_restore, gpu_tiles, case, teacher):
              ("ieee", 130, 72, 37, (90,))]),
     indirect=["gpu_tiles"],
 )  # fmt: skip
-def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, case):
+def test_diagonals_are_the_walks(monkeypatch, matmul_precision, gpu_tiles, case):
     """The contrastive forward's and the statistics kernel's diagonal scores, recomputed by
     ``_diagonal_kernel`` / ``_teacher_diagonal_kernel`` on their tile configs, are bitwise theirs."""
     kind, rows, dim, row0 = case
-    dtype = _dtype(monkeypatch, kind)
+    dtype = _dtype(monkeypatch, matmul_precision, kind)
     check_diagonal_is_the_walks("triton", rows, dim, row0, dtype=dtype)
     for teacher in (False, True):
         check_stats_diagonal_is_the_walks("triton", rows, dim, row0, teacher, dtype=dtype)
@@ -146,12 +138,12 @@ def test_diagonals_are_the_walks(monkeypatch, fp32_restore, gpu_tiles, case):
 
 @pytest.mark.parametrize("gpu_tiles", [90], indirect=True, ids=["sm90"])  # IEEE: sm_80's tiles alike
 @pytest.mark.parametrize("check", ["confident rows", "distill near one-hot", "huge logits"])
-def test_extremes(fp32_restore, gpu_tiles, check):
+def test_extremes(matmul_precision, gpu_tiles, check):
     """The CPU tests' extremes (tests/test_contrastive.py, tests/test_soft_target.py; IEEE fp32) that
     tests/test_gpu_*.py owe on a GPU, here on its tiles: near one-hot rows within 16 ulps of their own
     error scale (B = 257, s = 60); DistillClipLoss near one-hot (B = 130) with its two losses weighted apart;
     logits near 1e23 on the float64 rule (the G kernel recomputes the forward's scores bitwise)."""
-    torch.set_float32_matmul_precision("highest")
+    matmul_precision("highest")
     if check == "confident rows":
         contrastive_tests.test_confident_rows_at_s_60_keep_their_gradient("triton")  # (not collected here)
     elif check == "distill near one-hot":
@@ -162,12 +154,12 @@ def test_extremes(fp32_restore, gpu_tiles, check):
 
 @pytest.mark.parametrize("gpu_tiles", [90], indirect=True, ids=["sm90"])  # IEEE: sm_80's tiles alike
 @pytest.mark.parametrize("loss", ["contrastive", "sigmoid", "soft target"])
-def test_one_tile_slabs(monkeypatch, fp32_restore, gpu_tiles, loss):
+def test_one_tile_slabs(monkeypatch, matmul_precision, gpu_tiles, loss):
     """The one-tile G launches (IEEE fp32: 64 x 32 tiles; the soft target's separate teacher) with their
     column tiles in slabs of two along z (``triton_utils.GRID_YZ_MAX`` lowered from 65,535), on the
     float64 rule; the spare program of the last slab writes the last tile again, alike."""
     monkeypatch.setattr(tu, "GRID_YZ_MAX", 2)
-    torch.set_float32_matmul_precision("highest")
+    matmul_precision("highest")
     if loss == "contrastive":
         contrastive_check("triton", 150, 72, scale=30.0, eps=0.1, grad_out=1.3)
     elif loss == "sigmoid":
@@ -190,11 +182,8 @@ def _check_distributed_on_gpu_tiles(rank, world, arch):
             results = {}
             for impl in ("triton", "naive"):
                 run = distributed_cases(rank, impl, ROWS, 72)[2][name]
-                i, t, s = fresh_leaves(image, text)
                 with races() as launches:
-                    loss = run(i, t, s)
-                    loss.backward(torch.tensor(1.3))
-                results[impl] = (loss, i.grad, t.grad, s.grad)
+                    results[impl] = run_loss(run, image, text, torch.tensor(7.0), 1.3)
                 if impl == "triton":
                     _assert_gpu_launches(launches, name)
             names = ("loss", "dI", "dT", "ds")

@@ -18,11 +18,11 @@ import triton
 import triton.language as tl
 
 import vlkernels.ops
-from tests._races import hazards_of, races
-from tests._ref import features
+from tests._races import assert_no_race, races
+from tests._ref import features, run_loss
 from tests._spawn import spawn
 from tests.test_contrastive import _partial_workspace, _unnormalised
-from tests.test_launch_device import distributed_cases, fresh_leaves, loss_cases
+from tests.test_launch_device import distributed_cases, loss_cases
 from vlkernels.ops import triton_utils as tu
 
 LOSSES = ["contrastive", "sigmoid", "soft_target", "soft_target_self", "distill"]
@@ -72,17 +72,10 @@ def test_the_check_finds_each_hazard(mode, hazard, same):
     assert launch.same_writes == same  # block 0's 64 bytes, written alike by all four programs
 
 
-def _run(loss, image, text, scale):
-    i, t, s = fresh_leaves(image, text, scale)
-    loss(i, t, s).backward(torch.tensor(1.3))
-    assert i.grad is not None and t.grad is not None and s.grad is not None
-
-
-def _assert_no_race(launches, what):
-    assert launches, f"{what}: no kernel was launched"
-    assert any(x.programs > 1 for x in launches), f"{what}: no launch had two programs"
-    bad = hazards_of(launches)
-    assert not bad, f"{what}: " + "; ".join(bad)
+def _run(loss, image, text, scale: float) -> None:
+    """Forward and backward (grad_output 1.3) of ``loss``, every input reached."""
+    grads = run_loss(loss, image, text, torch.tensor(scale), 1.3)[1:]
+    assert len(grads) == 3 and all(g is not None for g in grads)
 
 
 # (dtype, torch.get_float32_matmul_precision, workspace, features): bf16 with a workspace that covers
@@ -99,25 +92,21 @@ SETTINGS = {
 @pytest.mark.interpreter
 @pytest.mark.parametrize("setting", list(SETTINGS))
 @pytest.mark.parametrize("loss", LOSSES)
-def test_losses_do_not_race(monkeypatch, loss, setting):
+def test_losses_do_not_race(monkeypatch, matmul_precision, loss, setting):
     dtype, precision, workspace, kind = SETTINGS[setting]
     batch, dim = 37, 19
     if workspace == "partial":
         workspace = str(_partial_workspace(batch, dim, dtype) / 2**20)
     if workspace is not None:
         monkeypatch.setenv("VLKERNELS_WORKSPACE_MB", workspace)
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        if kind == "unnormalised":
-            image, text, scale = *_unnormalised(batch, dim, 5), 100.0
-        else:
-            image, text, scale = *features(batch, dim, dtype, seed=3), 30.0
-        with races() as launches:
-            _run(loss_cases(batch, dim, seed=3)[loss], image, text, scale)
-    finally:
-        torch.set_float32_matmul_precision(before)
-    _assert_no_race(launches, f"{loss} {setting}")
+    matmul_precision(precision)
+    if kind == "unnormalised":
+        image, text, scale = *_unnormalised(batch, dim, 5), 100.0
+    else:
+        image, text, scale = *features(batch, dim, dtype, seed=3), 30.0
+    with races() as launches:
+        _run(loss_cases(batch, dim, seed=3)[loss], image, text, scale)
+    assert_no_race(launches, f"{loss} {setting}")
 
 
 def _package_kernels() -> set[str]:
@@ -135,18 +124,14 @@ def _package_kernels() -> set[str]:
 
 
 @pytest.mark.interpreter
-def test_every_kernel_is_checked():
+def test_every_kernel_is_checked(matmul_precision):
     """The losses above launch every Triton kernel of the package (here at one setting, TF32 dots)."""
     launched = set()
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")
-    try:
-        for loss in LOSSES:
-            with races() as launches:
-                _run(loss_cases(37, 19, seed=3)[loss], *features(37, 19, seed=3), 30.0)
-            launched |= {x.kernel for x in launches}
-    finally:
-        torch.set_float32_matmul_precision(before)
+    matmul_precision("high")
+    for loss in LOSSES:
+        with races() as launches:
+            _run(loss_cases(37, 19, seed=3)[loss], *features(37, 19, seed=3), 30.0)
+        launched |= {x.kernel for x in launches}
     kernels = _package_kernels()
     assert len(kernels) >= 11, sorted(kernels)
     assert kernels <= launched, f"never launched: {sorted(kernels - launched)}"
@@ -154,19 +139,15 @@ def test_every_kernel_is_checked():
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("loss", ["contrastive", "sigmoid", "soft_target"])
-def test_one_tile_slabs_write_alike_without_a_race(monkeypatch, loss):
+def test_one_tile_slabs_write_alike_without_a_race(monkeypatch, matmul_precision, loss):
     """The one-tile weights launches (IEEE fp32 dots; a separate teacher) in slabs of two column tiles
     along z: with three tiles, the last slab's spare program is clamped onto the last tile and writes its
     bytes again, alike (``same_writes``); nothing else is shared."""
     monkeypatch.setattr(tu, "GRID_YZ_MAX", 2)
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        with races() as launches:
-            _run(loss_cases(37, 19, seed=3)[loss], *features(37, 19, seed=3), 30.0)
-    finally:
-        torch.set_float32_matmul_precision(before)
-    _assert_no_race(launches, loss)
+    matmul_precision("highest")
+    with races() as launches:
+        _run(loss_cases(37, 19, seed=3)[loss], *features(37, 19, seed=3), 30.0)
+    assert_no_race(launches, loss)
     assert any(x.same_writes for x in launches), "no launch clamped a spare program onto a tile"
 
 
@@ -175,7 +156,7 @@ def _check_distributed_races(rank, world):
     for name, run in runs.items():
         with races() as launches:
             _run(run, image, text, 7.0)
-        _assert_no_race(launches, f"rank {rank} {name}")
+        assert_no_race(launches, f"rank {rank} {name}")
 
 
 @pytest.mark.interpreter
