@@ -84,8 +84,9 @@ def _features(rec: dict, dtype) -> tuple:
     return (x.t().contiguous().t(), x) if rec["call"].get("colmajor") else (x, x)
 
 
-def _sigmoid_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
-    """The config the sigmoid launchers pick on sm_``arch`` for this variant's call (interpreter off)."""
+def _sigmoid_gpu_config(rec: dict, monkeypatch, matmul_precision, arch: int) -> dict:
+    """The config the sigmoid launchers pick on sm_``arch`` for this variant's call (interpreter off; the
+    float32 matmul precision set through the ``matmul_precision`` fixture, which restores it)."""
     import torch
 
     from vlkernels.ops.sigmoid_triton import loss_config, weights_config  # before the interpreter is unset
@@ -94,19 +95,15 @@ def _sigmoid_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", aot.DTYPES[rec["call"]["dtype"]][2])
     dtype = getattr(torch, aot.DTYPES[rec["call"]["dtype"]][0])
     D = rec["call"]["D"]
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(aot.DTYPES[rec["call"]["dtype"]][1])  # tf32: "high"
-    try:
-        if rec["kernel"] == "sigmoid_weights":
-            return weights_config(D, dtype, arch, *_features(rec, dtype))
-        return loss_config(D, dtype, arch, *_features(rec, dtype))
-    finally:
-        torch.set_float32_matmul_precision(old)
+    matmul_precision(aot.DTYPES[rec["call"]["dtype"]][1])  # tf32: "high"
+    if rec["kernel"] == "sigmoid_weights":
+        return weights_config(D, dtype, arch, *_features(rec, dtype))
+    return loss_config(D, dtype, arch, *_features(rec, dtype))
 
 
-def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
+def _soft_gpu_config(rec: dict, monkeypatch, matmul_precision, arch: int) -> dict:
     """The config the soft-target launchers pick on sm_``arch`` for this variant's call (interpreter
-    off)."""
+    off; the precision as in ``_sigmoid_gpu_config``)."""
     import torch
 
     from vlkernels.ops.soft_target_triton import slabs_config, tile_config
@@ -119,19 +116,15 @@ def _soft_gpu_config(rec: dict, monkeypatch, arch: int) -> dict:
     if call["teacher"] is not None:
         t_dtype = getattr(torch, aot.DTYPES[call["teacher"][0]][0])
         teacher = (torch.empty(0, call["teacher"][1], dtype=t_dtype),)
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(aot.DTYPES[call["dtype"]][1])
-    try:
-        ready = not call.get("colmajor")  # else the pointer-load fallbacks (tma_ready fails)
-        kernel = "stats" if rec["kernel"] == "stats" else "weights"
-        cfg = tile_config(call["D"], dtype, teacher, kernel, arch, tma=ready)
-        return slabs_config(cfg, dtype, teacher) if call.get("slabs") else cfg
-    finally:
-        torch.set_float32_matmul_precision(old)
+    matmul_precision(aot.DTYPES[call["dtype"]][1])
+    ready = not call.get("colmajor")  # else the pointer-load fallbacks (tma_ready fails)
+    kernel = "stats" if rec["kernel"] == "stats" else "weights"
+    cfg = tile_config(call["D"], dtype, teacher, kernel, arch, tma=ready)
+    return slabs_config(cfg, dtype, teacher) if call.get("slabs") else cfg
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_capture_covers_the_plan(compiled, monkeypatch, arch):
+def test_capture_covers_the_plan(compiled, monkeypatch, matmul_precision, arch):
     """Every variant the grid selects was launched (through the real backends) for each architecture, and
     nothing else."""
     assert set(aot.records(compiled, arch)) == set(aot.plan("test"))
@@ -139,11 +132,11 @@ def test_capture_covers_the_plan(compiled, monkeypatch, arch):
         cfg = rec["config"]
         if rec["kernel"].startswith("sigmoid_"):
             # exactly the launchers' GPU configs
-            want = _sigmoid_gpu_config(rec, monkeypatch, arch)
+            want = _sigmoid_gpu_config(rec, monkeypatch, matmul_precision, arch)
             assert {k: cfg[k] for k in want} == want, vid
             assert "ATOMIC_DK" not in cfg and cfg["DIAG"], vid
         elif rec["kernel"] in ("stats", "st_weights"):
-            want = _soft_gpu_config(rec, monkeypatch, arch)
+            want = _soft_gpu_config(rec, monkeypatch, matmul_precision, arch)
             assert {k: cfg[k] for k in want} == want, vid
             assert cfg["BLOCK_M"] >= 64 and cfg["BLOCK_N"] >= 32, vid
         elif rec["kernel"] in ("diag", "st_diag"):

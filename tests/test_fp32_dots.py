@@ -47,11 +47,10 @@ def check_fp32_class(device, batch, dim, scale=30.0, grad_out=0.7, within=10.0) 
 
 
 @pytest.fixture
-def highest():
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
+def highest(matmul_precision):
+    """torch's default float32 matmul precision for the test (restored after, with whatever it sets)."""
+    matmul_precision("highest")
+    return matmul_precision
 
 
 @pytest.mark.parametrize("value,want", KNOB_VALUES)
@@ -82,7 +81,7 @@ def test_torch_precision_decides_first(monkeypatch, highest, split):
     assert dot_precision(torch.float32) == split and split_dots(torch.float32)
     assert dot_precision(torch.bfloat16) == "tf32" and not split_dots(torch.float16)
     for precision in ("high", "medium"):
-        torch.set_float32_matmul_precision(precision)
+        highest(precision)
         assert dot_precision(torch.float32) == "tf32" and not split_dots(torch.float32)
 
 

@@ -112,7 +112,7 @@ def test_cuda_fp32_ieee(monkeypatch, impl):
 
 @pytest.mark.parametrize("split", ["tf32x3", "bf16x6"])
 @pytest.mark.parametrize("batch,dim", [(1000, 300), (4099, 1024)])
-def test_cuda_split_fp32_dots(monkeypatch, split, batch, dim):
+def test_cuda_split_fp32_dots(monkeypatch, matmul_precision, split, batch, dim):
     """The split-precision fp32 dots (experimental: VLKERNELS_FP32_DOTS) run on tensor cores with
     fp32-class results: against float64, the loss and every gradient within 10x torch fp32's own error
     plus 8 ulps of their scale (tests/_ref.py's rule with factor 10; a plain TF32 product errs 77-800x
@@ -121,12 +121,8 @@ def test_cuda_split_fp32_dots(monkeypatch, split, batch, dim):
     from tests.test_fp32_dots import check_fp32_class
 
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", split)
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        check_fp32_class("cuda", batch, dim)
-    finally:
-        torch.set_float32_matmul_precision(old)
+    matmul_precision("highest")
+    check_fp32_class("cuda", batch, dim)
 
 
 def test_auto_picks_triton_on_cuda():

@@ -162,7 +162,7 @@ MODES = {
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_workspace_holds_the_partials_of_the_device_arch(monkeypatch, mode):
+def test_workspace_holds_the_partials_of_the_device_arch(monkeypatch, matmul_precision, mode):
     """The backward's workspace holds the statistics' partials of the G kernel's tiles on the device's
     architecture (GPU configs, not the interpreter's): every module's ``_blocks`` for sm_``arch`` gives a
     partial block no wider than any config its weights launcher can pick there (TMA-ready features or
@@ -176,43 +176,39 @@ def test_workspace_holds_the_partials_of_the_device_arch(monkeypatch, mode):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     dtype, dots, precision = MODES[mode]
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", dots)
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
+    matmul_precision(precision)
     teacher = (torch.empty(0, 768, dtype=torch.bfloat16),)
     short_on_host = []
-    try:
-        for dim in (64, 72, 100, 1024):
-            aligned = torch.empty(8, dim, dtype=dtype)
-            unaligned = torch.empty(8, dim + 1, dtype=dtype)[:, 1:]  # neither base nor rows 16-byte aligned
-            assert tu.tma_ready(aligned, aligned) == (dim * aligned.element_size() % 16 == 0)
-            assert not tu.tma_ready(unaligned, unaligned)
-            for arch in (80, 90):
-                # name -> (the workspace's blocks on sm_arch, on sm_90 (the host default), launch configs)
-                launches = {
-                    "contrastive": (
-                        ct._blocks(dim, dtype, arch),
-                        ct._blocks(dim, dtype, 90),
-                        [tu.weights_config(dim, dtype, arch, x, x) for x in (aligned, unaligned)],
-                    ),
-                    "sigmoid": (
-                        st._blocks(dim, dtype, arch),
-                        st._blocks(dim, dtype, 90),
-                        [st.weights_config(dim, dtype, arch, x, x) for x in (aligned, unaligned)],
-                    ),
-                }
-                for name, t in (("soft target", None), ("soft target, teacher", teacher)):
-                    launches[name] = (
-                        sst._blocks(dim, dtype, t, arch),
-                        sst._blocks(dim, dtype, t, 90),
-                        [sst.tile_config(dim, dtype, t, "weights", arch, tma=x) for x in (True, False)],
-                    )
-                for name, (blocks, host_blocks, configs) in launches.items():
-                    narrowest = min(tu.partial_cols(c) for c in configs)
-                    assert blocks[2] <= narrowest, (name, dim, arch, blocks, configs)
-                    if host_blocks[2] > narrowest:
-                        short_on_host.append((name, dim, arch))
-    finally:
-        torch.set_float32_matmul_precision(old)
+    for dim in (64, 72, 100, 1024):
+        aligned = torch.empty(8, dim, dtype=dtype)
+        unaligned = torch.empty(8, dim + 1, dtype=dtype)[:, 1:]  # neither base nor rows 16-byte aligned
+        assert tu.tma_ready(aligned, aligned) == (dim * aligned.element_size() % 16 == 0)
+        assert not tu.tma_ready(unaligned, unaligned)
+        for arch in (80, 90):
+            # name -> (the workspace's blocks on sm_arch, on sm_90 (the host default), launch configs)
+            launches = {
+                "contrastive": (
+                    ct._blocks(dim, dtype, arch),
+                    ct._blocks(dim, dtype, 90),
+                    [tu.weights_config(dim, dtype, arch, x, x) for x in (aligned, unaligned)],
+                ),
+                "sigmoid": (
+                    st._blocks(dim, dtype, arch),
+                    st._blocks(dim, dtype, 90),
+                    [st.weights_config(dim, dtype, arch, x, x) for x in (aligned, unaligned)],
+                ),
+            }
+            for name, t in (("soft target", None), ("soft target, teacher", teacher)):
+                launches[name] = (
+                    sst._blocks(dim, dtype, t, arch),
+                    sst._blocks(dim, dtype, t, 90),
+                    [sst.tile_config(dim, dtype, t, "weights", arch, tma=x) for x in (True, False)],
+                )
+            for name, (blocks, host_blocks, configs) in launches.items():
+                narrowest = min(tu.partial_cols(c) for c in configs)
+                assert blocks[2] <= narrowest, (name, dim, arch, blocks, configs)
+                if host_blocks[2] > narrowest:
+                    short_on_host.append((name, dim, arch))
     if mode in ("tf32x3", "bf16x6"):
         assert ("contrastive", 1024, 80) in short_on_host and ("sigmoid", 64, 80) in short_on_host
     cfg = dict(BLOCK_M=128, BLOCK_N=64)  # 3 rows x 2 column blocks of 100 columns: 6 partials
