@@ -48,9 +48,9 @@ def check_fp32_class(device, batch, dim, scale=30.0, grad_out=0.7, within=10.0) 
 
 @pytest.fixture
 def highest(matmul_precision):
-    """torch's default float32 matmul precision for the test (restored after, with whatever it sets)."""
+    """torch's default float32 matmul precision for the test (``matmul_precision`` restores the value
+    before it)."""
     matmul_precision("highest")
-    return matmul_precision
 
 
 @pytest.mark.parametrize("value,want", KNOB_VALUES)
@@ -75,13 +75,13 @@ def test_bad_knob_is_named(monkeypatch, highest, value):
 
 
 @pytest.mark.parametrize("split", SPLIT)
-def test_torch_precision_decides_first(monkeypatch, highest, split):
+def test_torch_precision_decides_first(monkeypatch, highest, matmul_precision, split):
     monkeypatch.setenv("VLKERNELS_FP32_DOTS", split)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert dot_precision(torch.float32) == split and split_dots(torch.float32)
     assert dot_precision(torch.bfloat16) == "tf32" and not split_dots(torch.float16)
     for precision in ("high", "medium"):
-        highest(precision)
+        matmul_precision(precision)
         assert dot_precision(torch.float32) == "tf32" and not split_dots(torch.float32)
 
 
