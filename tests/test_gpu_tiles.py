@@ -175,15 +175,15 @@ ROWS = 100  # a rank's: 200 gathered columns
 def _check_distributed_on_gpu_tiles(rank, world, arch):
     """Each distributed loss and mode on sm_``arch``'s tiles: the Triton loss and gradients within 1e-4
     of naive's largest value (fp32, IEEE dots), and no race."""
-    image, text, _ = distributed_cases(rank, "triton", ROWS, 72)
+    image, text, triton_runs = distributed_cases(rank, "triton", ROWS, 72)
+    runs = {"triton": triton_runs, "naive": distributed_cases(rank, "naive", ROWS, 72)[2]}
     torch.set_float32_matmul_precision("highest")
     with mock.patch.object(tu, "small_tiles", lambda: False), mock.patch.object(tu, "HOST_ARCH", arch):
-        for name in distributed_cases(rank, "naive", ROWS, 72)[2]:
+        for name in triton_runs:
             results = {}
             for impl in ("triton", "naive"):
-                run = distributed_cases(rank, impl, ROWS, 72)[2][name]
                 with races() as launches:
-                    results[impl] = run_loss(run, image, text, torch.tensor(7.0), 1.3)
+                    results[impl] = run_loss(runs[impl][name], image, text, torch.tensor(7.0), 1.3)
                 if impl == "triton":
                     _assert_gpu_launches(launches, name)
             names = ("loss", "dI", "dT", "ds")
