@@ -53,6 +53,7 @@ def _loss_fn(impl: str, device: str):
 
 
 def worker(cfg: dict) -> dict:
+    harness.use_threads(cfg)
     device, batch, dim = cfg["device"], cfg["B"], cfg["D"]
     dtype = getattr(torch, cfg["dtype"])
     torch.manual_seed(0)
@@ -156,6 +157,7 @@ def main(argv=None) -> list[dict]:
                             mode=mode,
                             device=args.device,
                             reps=reps,
+                            threads=args.threads,
                         )
                         row = harness.run_in_subprocess("benchmarks.bench_contrastive", cfg)
                         print(

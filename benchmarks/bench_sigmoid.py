@@ -63,6 +63,7 @@ def _loss_fn(impl: str):
 
 
 def worker(cfg: dict) -> dict:
+    harness.use_threads(cfg)
     device, batch, dim = cfg["device"], cfg["B"], cfg["D"]
     dtype = getattr(torch, cfg["dtype"])
     torch.manual_seed(0)
@@ -118,7 +119,7 @@ def main(argv=None) -> list[dict]:
                         ):
                             continue
                         cfg = dict(op="sigmoid", impl=impl, B=batch, D=dim, dtype=dtype, mode=mode)
-                        cfg.update(device=args.device, reps=args.reps)
+                        cfg.update(device=args.device, reps=args.reps, threads=args.threads)
                         row = harness.run_in_subprocess("benchmarks.bench_sigmoid", cfg)
                         print(
                             f"{impl:13s} B={batch:8d} D={dim:5d} {dtype:8s} {mode:8s} "

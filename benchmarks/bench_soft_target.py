@@ -58,8 +58,7 @@ def worker(cfg: dict) -> dict:
     from vlkernels import contrastive_loss, soft_target_loss
 
     device, batch, dim, t_dim = cfg["device"], cfg["B"], cfg["D"], cfg["teacher_dim"]
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg["threads"])
+    harness.use_threads(cfg)
     dtype = getattr(torch, cfg["dtype"])
     impl = cfg["impl"]
     torch.manual_seed(0)
@@ -118,13 +117,6 @@ def main(argv=None) -> list[dict]:
     p = harness.loss_bench_parser(__doc__, "soft_target")
     p.add_argument("--teacher-dims", type=int, nargs="+", help="0: the self teacher; else D_t of a teacher")
     p.add_argument("--no-contrastive", action="store_true", help="skip the contrastive_loss baseline rows")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads per worker (default 1 on CPU: on a shared machine several threads stall on each "
-        "other's time slices and the timings become meaningless; 0 keeps torch's default)",
-    )
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -133,7 +125,6 @@ def main(argv=None) -> list[dict]:
     kind, batch_sizes, dims, dtypes, impls = args.kind, args.batch_sizes, args.dims, args.dtypes, args.impls
     reps, out, plot_path = args.reps, args.out, args.plot
     teachers = args.teacher_dims if args.teacher_dims is not None else defaults["teachers"]
-    threads = (1 if kind == "cpu" else 0) if args.threads is None else args.threads
 
     skipped = {impl: available(impl, args.device) for impl in impls}
     for impl, why in skipped.items():
@@ -167,7 +158,7 @@ def main(argv=None) -> list[dict]:
                                     teacher_dim=t_dim,
                                     device=args.device,
                                     reps=reps,
-                                    threads=threads,
+                                    threads=args.threads,
                                 )
                             )
     rows = []

@@ -46,6 +46,7 @@ def environment(device: str) -> dict:
         device=name,
         torch=torch.__version__,
         triton=triton_version,
+        torch_threads=torch.get_num_threads(),
         date=datetime.date.today().isoformat(),
     )
 
@@ -253,21 +254,38 @@ def loss_bench_parser(doc: str, name: str) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help=f"JSON path (default benchmarks/results/<device>/{name}.json)")
     p.add_argument("--plot", default=None, help="PNG path (default next to the JSON)")
     p.add_argument("--max-flops", type=float, default=2e16, help="skip configurations costlier than this")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per worker (default 1 on CPU: on a shared machine several threads stall on each "
+        "other's time slices and the timings become meaningless; 0 keeps torch's default)",
+    )
     return p
 
 
 def fill_loss_defaults(args: argparse.Namespace, cpu: dict, cuda: dict, name: str) -> dict:
     """Fill the unset shared options from the device kind's defaults (in place: ``args.kind``,
-    ``batch_sizes``, ``dims``, ``dtypes``, ``impls``, ``reps``, ``out``, ``plot``); returns those defaults."""
+    ``batch_sizes``, ``dims``, ``dtypes``, ``impls``, ``reps``, ``threads``, ``out``, ``plot``); returns
+    those defaults."""
     args.kind = "cuda" if args.device.startswith("cuda") else "cpu"
     defaults = cuda if args.kind == "cuda" else cpu
     for key in ("batch_sizes", "dims", "dtypes", "impls"):
         if not getattr(args, key):
             setattr(args, key, defaults[key])
     args.reps = args.reps or (3 if args.kind == "cpu" else 100)
+    if args.threads is None:
+        args.threads = 1 if args.kind == "cpu" else 0
     args.out = args.out or os.path.join(ROOT, "benchmarks", "results", args.kind, f"{name}.json")
     args.plot = args.plot or os.path.splitext(args.out)[0] + ".png"
     return defaults
+
+
+def use_threads(cfg: dict) -> None:
+    """A worker's first step: torch's CPU thread count from the run's ``threads`` (0 or absent: torch's
+    default)."""
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
 
 
 def measure_loss(fn: Callable[[], torch.Tensor], leaves, backward: bool, device: str, reps: int) -> dict:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+
+import pytest
 import torch
 
 from benchmarks import harness
@@ -24,3 +28,34 @@ def test_cpu_peak_memory_is_the_live_bytes_of_the_call():
 
     peaks = {harness.peak_memory(call, "cpu") for _ in range(3)}
     assert peaks == {1 << 20}, peaks
+
+
+@pytest.mark.parametrize(
+    "module, extra",
+    [
+        ("bench_contrastive", []),
+        ("bench_sigmoid", ["--impls", "naive", "torch"]),
+        ("bench_soft_target", ["--teacher-dims", "0", "--impls", "naive", "torch"]),
+    ],
+)
+def test_loss_benchmark_runs_each_impl_on_one_cpu_thread(module, extra, tmp_path):
+    """A tiny run of each loss benchmark end to end (every row in its own worker process): no row fails,
+    each worker ran on the one CPU thread the CPU default asks for (torch's own default would take every
+    core: the committed CPU tables are single-thread), the ratios against naive are filled in, and the
+    loss each impl's worker read out agrees with naive's on the same inputs."""
+    bench = importlib.import_module(f"benchmarks.{module}")
+    out = tmp_path / "rows.json"
+    argv = ["--device", "cpu", "--batch-sizes", "13", "--dims", "6", "--modes", "fwd+bwd", "--reps", "1"]
+    rows = bench.main(argv + ["--out", str(out), "--plot", str(tmp_path / "rows.png")] + extra)
+    assert rows and json.loads(out.read_text()) == rows
+    assert [r.get("error") for r in rows] == [None] * len(rows)
+    assert {(r["threads"], r["torch_threads"]) for r in rows} == {(1, 1)}
+    naive = {r.get("teacher") for r in rows if r["impl"] == "naive"}
+    losses = {}
+    for r in rows:
+        if r.get("op", "") == "soft_target" or module != "bench_soft_target":
+            losses.setdefault(r.get("teacher"), []).append(r["loss"])
+            assert r["ratio_time_vs_naive"] > 0
+    assert set(losses) == naive
+    for values in losses.values():
+        assert max(values) - min(values) <= 1e-5 * max(abs(v) for v in values), values
