@@ -1,4 +1,5 @@
-"""The benchmark harness's CPU memory measure (benchmarks/harness.py): live tensor bytes, deterministic."""
+"""The benchmark harness (benchmarks/harness.py): its CPU memory measure (live tensor bytes,
+deterministic) and the loss benchmarks built on it, end to end at a tiny shape."""
 
 from __future__ import annotations
 
