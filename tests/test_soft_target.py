@@ -39,7 +39,7 @@ from tests.test_contrastive import dominant_diagonal
 from vlkernels import DistillClipLoss, SoftTargetLoss, contrastive_loss, progressive_alpha, soft_target_loss
 from vlkernels.ops.soft_target import mean_difference, row_terms
 from vlkernels.ops.soft_target_torch import TorchSoftTargetBackend
-from vlkernels.ops.torch_utils import lse_nats, pack_lse, weighted_row_sum
+from vlkernels.ops.torch_utils import lse_nats, pack_lse, rest_below_one, weighted_row_sum
 from vlkernels.reference import distill_clip_loss_naive, soft_target_loss_naive
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -456,6 +456,39 @@ def test_near_one_hot_gradients_match_naive(impl, dim, teacher, alpha, eps):
         # none): each within 16 ulps of its own error scale (the masses on the diagonal)
         worst = relative_ulps(got, img, txt, 100.0, eps, 1.3 * (1.0 - alpha))[first:]
     assert max(worst) <= 16, worst
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_rest_below_one_sums_the_terms_below_one(dim):
+    """The torch backend's rests (``torch_utils.rest_below_one``) on terms exp(s - max): every term below 1
+    summed, the terms that round to 1 counted, less one (or none where ``exclude`` is False), against
+    float64 sums; ties of the max count whole; a NaN term gives NaN and an infinite one inf (as the
+    masked_fill formulation it replaced, whose values it must keep bitwise)."""
+    gen = torch.Generator().manual_seed(3)
+    e = torch.rand(9, 37, generator=gen).mul_(0.999)
+    e[:, 0] = 1.0  # each line's max
+    e[2, 5:8] = 1.0  # three ties with it
+    e[4, 1:] = torch.rand(36, generator=gen) * 1e-30  # a near one-hot line: the rest is tiny
+    e[6, 3] = float("nan")
+    e[7, 9] = float("inf")
+    lines = e if dim == 1 else e.T.contiguous()
+    exclude = torch.arange(9) % 2 == 0
+    for ex in (None, exclude):
+        got = rest_below_one(lines.clone(), dim, exclude=ex)
+        e64 = e.double()
+        ones = (e64 >= 1.0).sum(1).double()
+        want = e64.where(e64 < 1.0, 0.0).sum(1) + (ones - (1.0 if ex is None else ex.double()))
+        finite = torch.arange(9) < 6
+        assert torch.allclose(got[finite].double(), want[finite], rtol=4e-7, atol=0.0), (got, want)
+        assert got[4] < 1e-28 and got[4] == pytest.approx(want[4], rel=1e-6)  # no ulp of 1 in a tiny rest
+        assert torch.isnan(got[6]) and got[7] == float("inf")
+        # the replaced formulation, bitwise
+        old = lines.clone()
+        total = old.sum(dim)
+        below = old.masked_fill_(old >= 1.0, 0.0).sum(dim)
+        count = torch.round(total - below)
+        old_rest = below.add_(count.sub_(1.0 if ex is None else ex.to(count.dtype)))
+        assert torch.allclose(got, old_rest, rtol=0.0, atol=0.0, equal_nan=True)  # NaN where it was
 
 
 @pytest.mark.parametrize("teacher", [False, True])
