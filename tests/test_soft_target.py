@@ -473,12 +473,12 @@ def test_rest_below_one_sums_the_terms_below_one(dim):
     e[7, 9] = float("inf")
     lines = e if dim == 1 else e.T.contiguous()
     exclude = torch.arange(9) % 2 == 0
+    e64 = e.double()
+    below64, ones = e64.where(e64 < 1.0, 0.0).sum(1), (e64 >= 1.0).sum(1).double()
+    finite = torch.arange(9) < 6
     for ex in (None, exclude):
         got = rest_below_one(lines.clone(), dim, exclude=ex)
-        e64 = e.double()
-        ones = (e64 >= 1.0).sum(1).double()
-        want = e64.where(e64 < 1.0, 0.0).sum(1) + (ones - (1.0 if ex is None else ex.double()))
-        finite = torch.arange(9) < 6
+        want = below64 + (ones - (1.0 if ex is None else ex.double()))
         assert torch.allclose(got[finite].double(), want[finite], rtol=4e-7, atol=0.0), (got, want)
         assert got[4] < 1e-28 and got[4] == pytest.approx(want[4], rel=1e-6)  # no ulp of 1 in a tiny rest
         assert torch.isnan(got[6]) and got[7] == float("inf")
